@@ -1,0 +1,76 @@
+# Thin wrapper around CMake. Every target first makes sure the Debian
+# packages it needs are present (`make deps`).
+BUILD      ?= build
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+PACKAGES    = cmake gcc pkg-config make libevent-dev libssl-dev libyaml-dev libjansson-dev \
+              check etcd-server etcd-client curl openssl python3 iproute2 procps
+BENCH_PACKAGES = haproxy nginx-light wrk iperf3
+FUZZ_PACKAGES  = clang libclang-rt-14-dev
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps build test unit asan tsan fuzz demo bench clean check-config
+
+all: build
+
+# Install only what is missing; `apt-get update` once, only when needed.
+define apt_install
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+deps:
+	$(call apt_install,$(PACKAGES))
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DWAYGATE_WERROR=ON >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	@WAYGATE_BUILD=$(BUILD) python3 tests/run --build $(BUILD)
+
+asan: deps
+	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DWAYGATE_WERROR=ON \
+	       -DWAYGATE_SANITIZE=address,undefined >/dev/null
+	@cmake --build build-asan -j $(JOBS)
+	@WAYGATE_SANITIZED=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	 python3 tests/run --build build-asan
+
+# The reclamation stress test under ThreadSanitizer (DESIGN §3).
+tsan: deps
+	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DWAYGATE_WERROR=ON \
+	       -DWAYGATE_SANITIZE=thread >/dev/null
+	@cmake --build build-tsan -j $(JOBS) --target check_reclaim
+	@TSAN_OPTIONS=halt_on_error=1 ./build-tsan/check_reclaim
+
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	$(call apt_install,$(FUZZ_PACKAGES))
+	@CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DWAYGATE_FUZZ=ON \
+	       -DWAYGATE_SANITIZE=address,undefined >/dev/null
+	@cmake --build build-fuzz -j $(JOBS)
+	@set -e; for f in build-fuzz/fuzz_*; do \
+	  name=$$(basename $$f); corpus=tests/fuzz/corpus/$${name#fuzz_}; mkdir -p fuzz-out/$$name; \
+	  dict=""; [ -f tests/fuzz/$${name#fuzz_}.dict ] && dict="-dict=tests/fuzz/$${name#fuzz_}.dict"; \
+	  echo "== $$name ($(FUZZ_SECONDS)s)"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$dict fuzz-out/$$name $$corpus 2>&1 | tail -3; \
+	done
+
+demo: build
+	@./conf/demo.sh $(BUILD)
+
+bench: build
+	$(call apt_install,$(BENCH_PACKAGES))
+	@./benchmarks/run
+
+check-config: build
+	@./$(BUILD)/waygate -t -c conf/waygate.yaml
+
+clean:
+	rm -rf build build-asan build-tsan build-fuzz fuzz-out
