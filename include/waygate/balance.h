@@ -1,0 +1,87 @@
+/* balance — load-balancing policies behind one ops table.
+ *
+ * Promises:
+ *  - A policy is one file (src/balance_<policy>.c) and one entry in the
+ *    table of wg_balance_ops_for(); nothing else changes to add one.
+ *  - Policies do no I/O, take no lock and never block. Shared data a policy
+ *    needs (a hash ring, say) is built once per service version on the
+ *    control thread (shared_new) and is immutable afterwards. Mutable state
+ *    (smooth-WRR current weights, say) is per worker (state_new), rebuilt
+ *    when the worker first picks from a new service version: never indexed
+ *    into a stale member array.
+ *  - A pick honours weights and returns only a routable member (see
+ *    wg_balance_routable), or NULL when there is none.
+ */
+#ifndef WAYGATE_BALANCE_H
+#define WAYGATE_BALANCE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "waygate/pool.h"
+
+/* Per-worker PRNG (xoshiro256**); never rand(). */
+struct wg_rng {
+    uint64_t s[4];
+};
+void wg_rng_seed(struct wg_rng *r, uint64_t seed);
+uint64_t wg_rng_next(struct wg_rng *r);
+/* Uniform in [0, bound). */
+uint64_t wg_rng_below(struct wg_rng *r, uint64_t bound);
+
+#define WG_MAX_TRIES 16
+
+struct wg_pick {
+    const struct wg_pool_service *svc;
+    void *state;                        /* the worker's state for svc (may be NULL) */
+    struct wg_rng *rng;
+    uint64_t now_ms;
+    bool panic;                         /* route to every non-draining member */
+    bool has_hash;
+    uint64_t hash;                      /* hash policy: key hash */
+    unsigned n_tried;                   /* instances already tried for this request */
+    struct wg_instance *tried[WG_MAX_TRIES];
+};
+
+struct wg_balance_ops {
+    const char *name;
+    /* Control thread, once per service version; may be NULL. */
+    void *(*shared_new)(const struct wg_pool_service *svc);
+    void (*shared_free)(void *shared);
+    /* Worker thread, first pick on a service version; may be NULL. */
+    void *(*state_new)(const struct wg_pool_service *svc);
+    void (*state_free)(void *state);
+    /* The member to use, or NULL when nothing is routable. */
+    const struct wg_member *(*pick)(struct wg_pick *p);
+};
+
+const struct wg_balance_ops *wg_balance_ops_for(enum wg_balance policy);
+
+/* Can `m` take new work for this pick: healthy (any non-draining state in
+ * panic mode), weight > 0, under max_connections, not tried already. */
+bool wg_balance_routable(const struct wg_pick *p, const struct wg_member *m);
+/* Effective weight with slow start applied. */
+uint32_t wg_balance_weight(const struct wg_pick *p, const struct wg_member *m);
+
+/* A worker's per-service policy states, keyed by service version. */
+struct wg_balance_cache {
+    struct wg_balance_cache_entry *v;
+    size_t cap;
+    size_t used;
+};
+/* Fill p->state for p->svc (creating it when the version is new). */
+void wg_balance_cache_bind(struct wg_balance_cache *c, struct wg_pick *p);
+/* Release states of service versions `snap` no longer holds (call when the
+ * worker first sees a new generation; NULL releases everything). */
+void wg_balance_cache_sweep(struct wg_balance_cache *c, const struct wg_snapshot *snap);
+void wg_balance_cache_free(struct wg_balance_cache *c);
+
+/* Prepare a pick on a service: panic mode decision and bookkeeping. */
+void wg_pick_init(struct wg_pick *p, const struct wg_pool_service *svc, struct wg_rng *rng,
+                  struct wg_balance_cache *cache);
+/* Pick and remember the instance as tried. NULL: nothing left. */
+const struct wg_member *wg_pick_next(struct wg_pick *p);
+
+extern const struct wg_balance_ops wg_balance_round_robin;
+
+#endif

@@ -1,0 +1,174 @@
+/* pool — services, instances and the immutable snapshots workers route on.
+ *
+ * Ownership model (DESIGN §3):
+ *  - The control thread alone builds snapshots and publishes them with one
+ *    atomic pointer swap; workers read wg_pool_current() inside a callback
+ *    and use it until their next quiescent point (reclaim.h).
+ *  - A snapshot is refcounted: the published reference is dropped after the
+ *    grace period; a connection that keeps anything across callbacks takes
+ *    its own snapshot reference (wg_snapshot_ref) while the snapshot is
+ *    current for it, i.e. while the published reference still exists.
+ *  - Services are refcounted immutable objects shared by consecutive
+ *    snapshots when unchanged. A service owns one reference on each of its
+ *    instances; a connection takes its own (wg_instance_ref).
+ *  - Instance identity is (service, id, address:port): the same identity in
+ *    the next snapshot is the SAME object, so health, counters and ejection
+ *    carry over. Health and counters are atomics: changing them never needs a
+ *    new snapshot.
+ *  - An instance removed from the registry becomes `draining`: no new work,
+ *    its connections finish; it is freed with its last reference.
+ */
+#ifndef WAYGATE_POOL_H
+#define WAYGATE_POOL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "waygate/config.h"
+#include "waygate/record.h"
+
+struct wg_reclaim;
+struct wg_balance_ops;
+
+enum wg_health {
+    WG_HEALTH_UNKNOWN,      /* new, not yet probed: not routed */
+    WG_HEALTH_HEALTHY,
+    WG_HEALTH_UNHEALTHY,    /* active probes failed */
+    WG_HEALTH_EJECTED,      /* passive outlier detection */
+    WG_HEALTH_DRAINING,     /* removed or drained: no new work */
+};
+const char *wg_health_name(enum wg_health h);
+
+/* State of a service that outlives snapshots (shared by all its versions). */
+struct wg_service_state {
+    _Atomic unsigned refs;
+    _Atomic int healthy;            /* instances currently healthy */
+    _Atomic uint64_t panic_routed;  /* picks made in panic mode */
+    char name[];
+};
+
+#define WG_INSTANCE_MAGIC 0x1257a9ceU
+
+struct wg_instance {
+    uint32_t magic;
+    _Atomic unsigned refs;
+    struct wg_service_state *service;   /* one reference */
+    char *id;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    char addr_text[64];                 /* 127.0.0.1:80 / [::1]:80 */
+    _Atomic int health;                 /* enum wg_health */
+    _Atomic int admin_drained;          /* drained through the admin API */
+    _Atomic unsigned active;            /* open connections / in-flight requests */
+    _Atomic unsigned consecutive_failures;
+    _Atomic unsigned ejections;
+    _Atomic uint64_t ejected_until_ms;
+    _Atomic uint64_t healthy_since_ms;  /* for slow start */
+    _Atomic uint64_t requests_total;    /* connections (tcp) or requests (http) */
+    _Atomic uint64_t connect_failures;
+    _Atomic uint64_t bytes_in, bytes_out;
+    void *health_private;               /* owned by the health module (control side) */
+};
+
+struct wg_member {
+    struct wg_instance *inst;
+    uint32_t weight;                    /* 0 = no new traffic */
+    char *metadata;                     /* JSON text or NULL */
+};
+
+/* One version of a service: immutable once published. */
+struct wg_pool_service {
+    _Atomic unsigned refs;
+    uint64_t serial;                    /* unique per version (balance caches key on it) */
+    const char *name;                   /* == state->name */
+    struct wg_service_state *state;
+    const struct wg_service_config *cfg;    /* owned by `config` below */
+    struct wg_config_ref *config;
+    const struct wg_balance_ops *balance;
+    void *balance_shared;               /* policy data built at publish, or NULL */
+    struct wg_member *members;          /* sorted by id */
+    uint32_t n_members;
+    uint64_t total_weight;
+};
+
+/* A refcounted, immutable configuration. */
+struct wg_config_ref {
+    _Atomic unsigned refs;
+    struct wg_config *cfg;
+};
+struct wg_config_ref *wg_config_ref_new(struct wg_config *cfg);  /* takes cfg */
+void wg_config_ref_get(struct wg_config_ref *r);
+void wg_config_ref_put(struct wg_config_ref *r);
+
+#define WG_SNAPSHOT_MAGIC 0x5a4b5407U
+
+struct wg_snapshot {
+    uint32_t magic;
+    _Atomic unsigned refs;
+    uint64_t generation;
+    uint64_t created_ns;                /* CLOCK_MONOTONIC at publish */
+    struct wg_config_ref *config;
+    struct wg_pool_service **services;  /* sorted by name */
+    size_t n_services;
+};
+
+struct wg_pool;
+
+/* `wake` is called on the control thread after every publish so that idle
+ * readers pass a quiescent point (reclaim.h) and see the new snapshot. */
+struct wg_pool *wg_pool_new(struct wg_reclaim *rc, void (*wake)(void *), void *wake_arg);
+void wg_pool_free(struct wg_pool *p);
+
+/* --- control thread --- */
+/* Install a configuration (takes a reference on `config`). Every service is
+ * rebuilt with its new settings; instances keep their identity. Publishes. */
+void wg_pool_set_config(struct wg_pool *p, struct wg_config_ref *config);
+/* Stage the complete instance list of one service (records sorted by id,
+ * all of that service; n == 0 removes the service). Nothing is visible to
+ * workers until wg_pool_commit(). */
+int wg_pool_stage_service(struct wg_pool *p, const char *service,
+                          const struct wg_record *recs, size_t n);
+/* Replace everything with `all` (sorted by service, id): services not in it
+ * are removed. Commits. */
+int wg_pool_replace_all(struct wg_pool *p, const struct wg_record_set *all);
+/* Publish one new snapshot with every staged change (no-op if none).
+ * Returns the new generation, or 0 when nothing changed. */
+uint64_t wg_pool_commit(struct wg_pool *p);
+/* Free snapshots all workers have moved past. Call periodically. */
+size_t wg_pool_reclaim(struct wg_pool *p);
+/* The snapshot the control thread published last (control thread only). */
+struct wg_snapshot *wg_pool_published(struct wg_pool *p);
+bool wg_pool_has_snapshot(struct wg_pool *p);
+/* Called after each publish with the new snapshot (health prober, admin). */
+void wg_pool_on_publish(struct wg_pool *p, void (*cb)(void *arg, struct wg_snapshot *s), void *arg);
+
+/* --- any thread --- */
+/* The current snapshot: valid until the caller's next quiescent point. */
+struct wg_snapshot *wg_pool_current(struct wg_pool *p);
+void wg_snapshot_ref(struct wg_snapshot *s);
+void wg_snapshot_unref(struct wg_snapshot *s);
+const struct wg_pool_service *wg_snapshot_service(const struct wg_snapshot *s, const char *name);
+
+/* Take/drop a reference on a service version (only while it is reachable
+ * from a snapshot the caller may read, or already referenced). */
+void wg_pool_service_ref(struct wg_pool_service *s);
+void wg_pool_service_unref(struct wg_pool_service *s);
+
+void wg_instance_ref(struct wg_instance *i);
+void wg_instance_unref(struct wg_instance *i);
+/* Change health, keeping the service's healthy count exact. Returns the
+ * previous state. A draining instance never leaves draining. */
+enum wg_health wg_instance_set_health(struct wg_instance *i, enum wg_health h);
+static inline enum wg_health wg_instance_health(const struct wg_instance *i)
+{
+    return (enum wg_health)atomic_load_explicit(&((struct wg_instance *)i)->health,
+                                                memory_order_relaxed);
+}
+
+uint64_t wg_now_ms(void);       /* CLOCK_MONOTONIC in milliseconds */
+uint64_t wg_now_ns(void);
+
+#endif

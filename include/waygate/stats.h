@@ -1,0 +1,49 @@
+/* stats — per-worker counters, summed on read.
+ *
+ * Promises:
+ *  - The data plane increments counters in its own worker's block with a
+ *    relaxed atomic add: no lock, no shared cache line between workers.
+ *  - Readers (admin, tests) sum all registered blocks at any time; a sum
+ *    is never torn per counter, though counters are not a consistent cut.
+ *  - Per-instance counters live as atomics on the instance (pool.h).
+ */
+#ifndef WAYGATE_STATS_H
+#define WAYGATE_STATS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+enum wg_counter {
+    WG_C_CONN_ACCEPTED,         /* client connections accepted */
+    WG_C_CONN_REJECTED_LIMIT,   /* closed at once: global max_connections */
+    WG_C_ACCEPT_PAUSED,         /* accept paused on EMFILE/ENFILE/ENOBUFS */
+    WG_C_CONNECT_ERRORS,        /* upstream connects that failed or timed out */
+    WG_C_RETRIES,               /* attempts after the first */
+    WG_C_NO_UPSTREAM,           /* nothing routable (tcp close / http 503) */
+    WG_C_BYTES_IN,              /* from clients */
+    WG_C_BYTES_OUT,             /* to clients */
+    WG_C_IDLE_TIMEOUTS,
+    WG_C_SNAPSHOT_SWITCHES,     /* a worker saw a new generation */
+    WG_C__COUNT
+};
+
+struct wg_stats_block {
+    _Alignas(64) _Atomic uint64_t c[WG_C__COUNT];
+};
+
+/* Register a block for the calling worker (control thread, at start). */
+struct wg_stats_block *wg_stats_block_new(void);
+void wg_stats_reset_all(void);      /* frees every block (at exit) */
+
+static inline void wg_stats_add(struct wg_stats_block *b, enum wg_counter c, uint64_t n)
+{
+    atomic_fetch_add_explicit(&b->c[c], n, memory_order_relaxed);
+}
+
+uint64_t wg_stats_sum(enum wg_counter c);
+const char *wg_counter_name(enum wg_counter c);
+
+/* Connections open right now across all workers (global max_connections). */
+extern _Atomic uint64_t wg_stats_open_connections;
+
+#endif

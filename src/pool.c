@@ -1,0 +1,542 @@
+/* pool — see include/waygate/pool.h */
+#include "waygate/pool.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "waygate/balance.h"
+#include "waygate/log.h"
+#include "waygate/reclaim.h"
+
+struct staged {
+    char *name;
+    struct wg_pool_service *svc;        /* NULL: remove the service */
+};
+
+struct publish_hook {
+    void (*cb)(void *arg, struct wg_snapshot *s);
+    void *arg;
+};
+
+struct wg_pool {
+    struct wg_reclaim *rc;
+    void (*wake)(void *);
+    void *wake_arg;
+    _Atomic(struct wg_snapshot *) current;
+    struct wg_config_ref *config;
+    uint64_t generation;
+    uint64_t serial;
+    struct staged *staged;
+    size_t n_staged, cap_staged;
+    bool config_changed;
+    struct publish_hook hooks[4];
+    unsigned n_hooks;
+};
+
+const char *wg_health_name(enum wg_health h)
+{
+    static const char *const names[] = { "unknown", "healthy", "unhealthy", "ejected", "draining" };
+    return (unsigned)h < 5 ? names[h] : "?";
+}
+
+uint64_t wg_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t wg_now_ms(void) { return wg_now_ns() / 1000000u; }
+
+/* ---- config references ---- */
+
+struct wg_config_ref *wg_config_ref_new(struct wg_config *cfg)
+{
+    struct wg_config_ref *r = malloc(sizeof *r);
+    if (!r)
+        return NULL;
+    atomic_init(&r->refs, 1);
+    r->cfg = cfg;
+    return r;
+}
+
+void wg_config_ref_get(struct wg_config_ref *r) { atomic_fetch_add(&r->refs, 1); }
+
+void wg_config_ref_put(struct wg_config_ref *r)
+{
+    if (r && atomic_fetch_sub(&r->refs, 1) == 1) {
+        wg_config_free(r->cfg);
+        free(r);
+    }
+}
+
+/* ---- service state and instances ---- */
+
+static struct wg_service_state *state_new(const char *name)
+{
+    size_t len = strlen(name);
+    struct wg_service_state *s = malloc(sizeof *s + len + 1);
+    if (!s)
+        return NULL;
+    atomic_init(&s->refs, 1);
+    atomic_init(&s->healthy, 0);
+    atomic_init(&s->panic_routed, 0);
+    memcpy(s->name, name, len + 1);
+    return s;
+}
+
+static void state_unref(struct wg_service_state *s)
+{
+    if (s && atomic_fetch_sub(&s->refs, 1) == 1)
+        free(s);
+}
+
+void wg_instance_ref(struct wg_instance *i) { atomic_fetch_add_explicit(&i->refs, 1, memory_order_relaxed); }
+
+void wg_instance_unref(struct wg_instance *i)
+{
+    if (!i || atomic_fetch_sub_explicit(&i->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    if (wg_instance_health(i) == WG_HEALTH_HEALTHY)
+        atomic_fetch_sub(&i->service->healthy, 1);
+    i->magic = 0;
+    state_unref(i->service);
+    free(i->id);
+    free(i);
+}
+
+enum wg_health wg_instance_set_health(struct wg_instance *i, enum wg_health h)
+{
+    int old = atomic_load(&i->health);
+    do {
+        if (old == (int)h || old == WG_HEALTH_DRAINING)
+            return (enum wg_health)old;
+    } while (!atomic_compare_exchange_weak(&i->health, &old, (int)h));
+    if (old == WG_HEALTH_HEALTHY)
+        atomic_fetch_sub(&i->service->healthy, 1);
+    if (h == WG_HEALTH_HEALTHY) {
+        atomic_fetch_add(&i->service->healthy, 1);
+        atomic_store(&i->healthy_since_ms, wg_now_ms());
+    }
+    return (enum wg_health)old;
+}
+
+static struct wg_instance *instance_new(struct wg_service_state *st, const struct wg_record *r,
+                                        const struct wg_service_config *cfg)
+{
+    struct wg_instance *i = calloc(1, sizeof *i);
+    if (!i)
+        return NULL;
+    i->id = strdup(r->id);
+    if (!i->id) {
+        free(i);
+        return NULL;
+    }
+    i->magic = WG_INSTANCE_MAGIC;
+    atomic_init(&i->refs, 1);
+    atomic_fetch_add(&st->refs, 1);
+    i->service = st;
+    memcpy(&i->addr, &r->addr, r->addrlen);
+    i->addrlen = r->addrlen;
+    wg_sockaddr_text((const struct sockaddr *)&r->addr, i->addr_text, sizeof i->addr_text);
+    atomic_init(&i->health, WG_HEALTH_UNKNOWN);
+    /* Without active probing an instance is routable from the start (§9). */
+    if (cfg->health_check.type == WG_HEALTH_NONE)
+        wg_instance_set_health(i, WG_HEALTH_HEALTHY);
+    return i;
+}
+
+/* ---- service versions ---- */
+
+static void service_unref(struct wg_pool_service *s)
+{
+    if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    if (s->balance && s->balance->shared_free && s->balance_shared)
+        s->balance->shared_free(s->balance_shared);
+    for (uint32_t k = 0; k < s->n_members; k++) {
+        free(s->members[k].metadata);
+        wg_instance_unref(s->members[k].inst);
+    }
+    free(s->members);
+    state_unref(s->state);
+    wg_config_ref_put(s->config);
+    free(s);
+}
+
+void wg_pool_service_ref(struct wg_pool_service *s) { atomic_fetch_add(&s->refs, 1); }
+void wg_pool_service_unref(struct wg_pool_service *s) { service_unref(s); }
+
+static const struct wg_member *find_member(const struct wg_pool_service *s, const char *id)
+{
+    size_t lo = 0, hi = s ? s->n_members : 0;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(s->members[mid].inst->id, id);
+        if (c == 0)
+            return &s->members[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+static bool same_address(const struct wg_instance *i, const struct wg_record *r)
+{
+    return i->addrlen == r->addrlen && memcmp(&i->addr, &r->addr, r->addrlen) == 0;
+}
+
+/* Build a new version of a service from records sorted by id, reusing the
+ * instances of `prev` that keep their identity. */
+static struct wg_pool_service *service_build(struct wg_pool *p, const char *name,
+                                             const struct wg_pool_service *prev,
+                                             const struct wg_record *recs, size_t n)
+{
+    struct wg_pool_service *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    atomic_init(&s->refs, 1);
+    s->serial = ++p->serial;
+    s->state = prev ? prev->state : state_new(name);
+    if (!s->state)
+        goto fail;
+    if (prev)
+        atomic_fetch_add(&s->state->refs, 1);
+    s->name = s->state->name;
+    wg_config_ref_get(p->config);
+    s->config = p->config;
+    s->cfg = wg_config_service(p->config->cfg, name);
+    s->balance = wg_balance_ops_for(s->cfg->balance);
+    s->members = n ? calloc(n, sizeof *s->members) : NULL;
+    if (n && !s->members)
+        goto fail;
+    for (size_t k = 0; k < n; k++) {
+        const struct wg_record *r = &recs[k];
+        if (s->n_members && strcmp(s->members[s->n_members - 1].inst->id, r->id) == 0) {
+            wg_warn("msg=\"duplicate instance id, first kept\" service=%s id=%s", name, r->id);
+            continue;
+        }
+        const struct wg_member *old = find_member(prev, r->id);
+        struct wg_instance *inst;
+        if (old && same_address(old->inst, r) &&
+            wg_instance_health(old->inst) != WG_HEALTH_DRAINING) {
+            inst = old->inst;
+            wg_instance_ref(inst);
+        } else if (!(inst = instance_new(s->state, r, s->cfg))) {
+            goto fail;
+        }
+        struct wg_member *m = &s->members[s->n_members++];
+        m->inst = inst;
+        m->weight = r->weight;
+        m->metadata = r->metadata ? strdup(r->metadata) : NULL;
+        s->total_weight += r->weight;
+    }
+    if (s->balance->shared_new && !(s->balance_shared = s->balance->shared_new(s)))
+        goto fail;
+    return s;
+fail:
+    wg_error("msg=\"out of memory building service\" service=%s", name);
+    service_unref(s);
+    return NULL;
+}
+
+/* Instances of `old` that `new` no longer holds start draining. */
+static void drain_removed(const struct wg_pool_service *old, const struct wg_pool_service *new)
+{
+    if (!old)
+        return;
+    for (uint32_t k = 0; k < old->n_members; k++) {
+        struct wg_instance *i = old->members[k].inst;
+        const struct wg_member *m = find_member(new, i->id);
+        if (m && m->inst == i)
+            continue;
+        if (wg_instance_set_health(i, WG_HEALTH_DRAINING) != WG_HEALTH_DRAINING)
+            wg_info("msg=\"instance removed, draining\" service=%s id=%s address=%s",
+                    old->name, i->id, i->addr_text);
+    }
+}
+
+/* ---- snapshots ---- */
+
+static void snapshot_free(struct wg_snapshot *s)
+{
+    for (size_t k = 0; k < s->n_services; k++)
+        service_unref(s->services[k]);
+    free(s->services);
+    wg_config_ref_put(s->config);
+    s->magic = 0;
+    free(s);
+}
+
+void wg_snapshot_ref(struct wg_snapshot *s) { atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed); }
+
+void wg_snapshot_unref(struct wg_snapshot *s)
+{
+    if (s && atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1)
+        snapshot_free(s);
+}
+
+static void snapshot_unref_cb(void *s) { wg_snapshot_unref(s); }
+
+const struct wg_pool_service *wg_snapshot_service(const struct wg_snapshot *s, const char *name)
+{
+    size_t lo = 0, hi = s->n_services;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(s->services[mid]->name, name);
+        if (c == 0)
+            return s->services[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+struct wg_snapshot *wg_pool_current(struct wg_pool *p)
+{
+    return atomic_load_explicit(&p->current, memory_order_acquire);
+}
+
+struct wg_snapshot *wg_pool_published(struct wg_pool *p) { return atomic_load(&p->current); }
+bool wg_pool_has_snapshot(struct wg_pool *p) { return atomic_load(&p->current) != NULL; }
+
+/* ---- the pool ---- */
+
+struct wg_pool *wg_pool_new(struct wg_reclaim *rc, void (*wake)(void *), void *wake_arg)
+{
+    struct wg_pool *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->rc = rc;
+    p->wake = wake;
+    p->wake_arg = wake_arg;
+    atomic_init(&p->current, NULL);
+    return p;
+}
+
+static void staged_clear(struct wg_pool *p)
+{
+    for (size_t k = 0; k < p->n_staged; k++) {
+        free(p->staged[k].name);
+        service_unref(p->staged[k].svc);
+    }
+    p->n_staged = 0;
+}
+
+void wg_pool_free(struct wg_pool *p)
+{
+    if (!p)
+        return;
+    staged_clear(p);
+    free(p->staged);
+    struct wg_snapshot *s = atomic_exchange(&p->current, NULL);
+    if (s)
+        wg_snapshot_unref(s);
+    wg_config_ref_put(p->config);
+    free(p);
+}
+
+void wg_pool_on_publish(struct wg_pool *p, void (*cb)(void *, struct wg_snapshot *), void *arg)
+{
+    if (p->n_hooks < sizeof p->hooks / sizeof p->hooks[0])
+        p->hooks[p->n_hooks++] = (struct publish_hook){ cb, arg };
+}
+
+static struct staged *staged_find(struct wg_pool *p, const char *name)
+{
+    for (size_t k = 0; k < p->n_staged; k++)
+        if (strcmp(p->staged[k].name, name) == 0)
+            return &p->staged[k];
+    return NULL;
+}
+
+/* The latest version of a service: staged if any, else published. */
+static const struct wg_pool_service *latest(struct wg_pool *p, const char *name)
+{
+    struct staged *st = staged_find(p, name);
+    if (st)
+        return st->svc;
+    struct wg_snapshot *cur = atomic_load(&p->current);
+    return cur ? wg_snapshot_service(cur, name) : NULL;
+}
+
+int wg_pool_stage_service(struct wg_pool *p, const char *service,
+                          const struct wg_record *recs, size_t n)
+{
+    if (!p->config)
+        return -1;
+    const struct wg_pool_service *prev = latest(p, service);
+    if (!prev && n == 0)
+        return 0;
+    struct wg_pool_service *svc = NULL;
+    if (n && !(svc = service_build(p, service, prev, recs, n)))
+        return -1;
+    struct staged *st = staged_find(p, service);
+    if (!st) {
+        if (p->n_staged == p->cap_staged) {
+            size_t cap = p->cap_staged ? p->cap_staged * 2 : 16;
+            struct staged *v = realloc(p->staged, cap * sizeof *v);
+            if (!v)
+                goto fail;
+            p->staged = v;
+            p->cap_staged = cap;
+        }
+        st = &p->staged[p->n_staged];
+        if (!(st->name = strdup(service)))
+            goto fail;
+        st->svc = NULL;
+        p->n_staged++;
+    }
+    service_unref(st->svc);
+    st->svc = svc;
+    return 0;
+fail:
+    service_unref(svc);
+    return -1;
+}
+
+static int cmp_service(const void *a, const void *b)
+{
+    const struct wg_pool_service *x = *(struct wg_pool_service *const *)a;
+    const struct wg_pool_service *y = *(struct wg_pool_service *const *)b;
+    return strcmp(x->name, y->name);
+}
+
+/* The next list of services: published ones not staged, plus staged ones. */
+static struct wg_snapshot *snapshot_next(struct wg_pool *p, struct wg_snapshot *cur)
+{
+    struct wg_snapshot *s = calloc(1, sizeof *s);
+    size_t cap = (cur ? cur->n_services : 0) + p->n_staged;
+    if (!s || !(s->services = calloc(cap ? cap : 1, sizeof *s->services))) {
+        free(s);
+        return NULL;
+    }
+    s->magic = WG_SNAPSHOT_MAGIC;
+    atomic_init(&s->refs, 1);
+    wg_config_ref_get(p->config);
+    s->config = p->config;
+    for (size_t k = 0; cur && k < cur->n_services; k++) {
+        struct wg_pool_service *svc = cur->services[k];
+        if (staged_find(p, svc->name))
+            continue;
+        atomic_fetch_add(&svc->refs, 1);
+        s->services[s->n_services++] = svc;
+    }
+    for (size_t k = 0; k < p->n_staged; k++) {
+        struct wg_pool_service *svc = p->staged[k].svc;
+        if (!svc)
+            continue;
+        atomic_fetch_add(&svc->refs, 1);
+        s->services[s->n_services++] = svc;
+    }
+    qsort(s->services, s->n_services, sizeof *s->services, cmp_service);
+    return s;
+}
+
+uint64_t wg_pool_commit(struct wg_pool *p)
+{
+    struct wg_snapshot *cur = atomic_load(&p->current);
+    if (!p->n_staged && !p->config_changed && cur)
+        return 0;
+    struct wg_snapshot *s = snapshot_next(p, cur);
+    if (!s) {
+        wg_error("msg=\"out of memory publishing snapshot\"");
+        staged_clear(p);
+        return 0;
+    }
+    for (size_t k = 0; k < p->n_staged; k++) {
+        const struct wg_pool_service *old = cur ? wg_snapshot_service(cur, p->staged[k].name) : NULL;
+        drain_removed(old, p->staged[k].svc);
+    }
+    staged_clear(p);
+    p->config_changed = false;
+    s->generation = ++p->generation;
+    s->created_ns = wg_now_ns();
+    atomic_store_explicit(&p->current, s, memory_order_release);
+    if (cur)
+        wg_reclaim_retire(p->rc, cur, snapshot_unref_cb);
+    for (unsigned k = 0; k < p->n_hooks; k++)
+        p->hooks[k].cb(p->hooks[k].arg, s);
+    if (p->wake)
+        p->wake(p->wake_arg);
+    return s->generation;
+}
+
+void wg_pool_set_config(struct wg_pool *p, struct wg_config_ref *config)
+{
+    wg_config_ref_get(config);
+    wg_config_ref_put(p->config);
+    p->config = config;
+    /* Before the first snapshot only the registry may publish (readiness). */
+    struct wg_snapshot *cur = atomic_load(&p->current);
+    if (!cur)
+        return;
+    p->config_changed = true;
+    /* Rebuild every service on the new settings, same records. */
+    for (size_t k = 0; cur && k < cur->n_services; k++) {
+        const struct wg_pool_service *svc = cur->services[k];
+        if (staged_find(p, svc->name))
+            continue;
+        struct wg_record *recs = calloc(svc->n_members ? svc->n_members : 1, sizeof *recs);
+        if (!recs)
+            continue;
+        for (uint32_t m = 0; m < svc->n_members; m++) {
+            struct wg_instance *i = svc->members[m].inst;
+            recs[m].id = i->id;
+            memcpy(&recs[m].addr, &i->addr, i->addrlen);
+            recs[m].addrlen = i->addrlen;
+            recs[m].weight = svc->members[m].weight;
+            recs[m].metadata = svc->members[m].metadata;
+        }
+        wg_pool_stage_service(p, svc->name, recs, svc->n_members);
+        free(recs);
+    }
+    wg_pool_commit(p);
+}
+
+/* `all` is sorted by service: binary search. */
+static bool records_have_service(const struct wg_record_set *all, const char *name)
+{
+    size_t lo = 0, hi = all->n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(all->v[mid].service, name);
+        if (c == 0)
+            return true;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+int wg_pool_replace_all(struct wg_pool *p, const struct wg_record_set *all)
+{
+    int rc = 0;
+    size_t k = 0;
+    while (k < all->n) {
+        size_t end = k + 1;
+        while (end < all->n && strcmp(all->v[end].service, all->v[k].service) == 0)
+            end++;
+        if (wg_pool_stage_service(p, all->v[k].service, &all->v[k], end - k) < 0)
+            rc = -1;
+        k = end;
+    }
+    /* Services that are gone. */
+    struct wg_snapshot *cur = atomic_load(&p->current);
+    for (size_t s = 0; cur && s < cur->n_services; s++) {
+        const char *name = cur->services[s]->name;
+        if (!records_have_service(all, name) && wg_pool_stage_service(p, name, NULL, 0) < 0)
+            rc = -1;
+    }
+    wg_pool_commit(p);
+    return rc;
+}
+
+size_t wg_pool_reclaim(struct wg_pool *p) { return wg_reclaim_poll(p->rc); }

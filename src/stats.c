@@ -1,0 +1,63 @@
+/* stats — see include/waygate/stats.h */
+#include "waygate/stats.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+#define MAX_BLOCKS 1024
+
+static struct wg_stats_block *blocks[MAX_BLOCKS];
+static _Atomic unsigned n_blocks;
+static pthread_mutex_t blocks_lock = PTHREAD_MUTEX_INITIALIZER; /* registration only */
+_Atomic uint64_t wg_stats_open_connections;
+
+static const char *const names[WG_C__COUNT] = {
+    [WG_C_CONN_ACCEPTED] = "connections_accepted",
+    [WG_C_CONN_REJECTED_LIMIT] = "connections_rejected_limit",
+    [WG_C_ACCEPT_PAUSED] = "accept_paused",
+    [WG_C_CONNECT_ERRORS] = "connect_errors",
+    [WG_C_RETRIES] = "retries",
+    [WG_C_NO_UPSTREAM] = "no_upstream",
+    [WG_C_BYTES_IN] = "bytes_in",
+    [WG_C_BYTES_OUT] = "bytes_out",
+    [WG_C_IDLE_TIMEOUTS] = "idle_timeouts",
+    [WG_C_SNAPSHOT_SWITCHES] = "snapshot_switches",
+};
+
+struct wg_stats_block *wg_stats_block_new(void)
+{
+    struct wg_stats_block *b = NULL;
+    pthread_mutex_lock(&blocks_lock);
+    unsigned n = atomic_load(&n_blocks);
+    if (n < MAX_BLOCKS && posix_memalign((void **)&b, 64, sizeof *b) == 0) {
+        for (int i = 0; i < WG_C__COUNT; i++)
+            atomic_init(&b->c[i], 0);
+        blocks[n] = b;
+        atomic_store(&n_blocks, n + 1);
+    }
+    pthread_mutex_unlock(&blocks_lock);
+    return b;
+}
+
+void wg_stats_reset_all(void)
+{
+    pthread_mutex_lock(&blocks_lock);
+    unsigned n = atomic_load(&n_blocks);
+    for (unsigned i = 0; i < n; i++) {
+        free(blocks[i]);
+        blocks[i] = NULL;
+    }
+    atomic_store(&n_blocks, 0);
+    pthread_mutex_unlock(&blocks_lock);
+}
+
+uint64_t wg_stats_sum(enum wg_counter c)
+{
+    uint64_t sum = 0;
+    unsigned n = atomic_load(&n_blocks);
+    for (unsigned i = 0; i < n; i++)
+        sum += atomic_load_explicit(&blocks[i]->c[c], memory_order_relaxed);
+    return sum;
+}
+
+const char *wg_counter_name(enum wg_counter c) { return c < WG_C__COUNT ? names[c] : "?"; }
