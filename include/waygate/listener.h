@@ -1,0 +1,62 @@
+/* listener — listening sockets and the accept loop.
+ *
+ * Promises:
+ *  - wg_listener_open() binds one socket per worker with SO_REUSEPORT, so
+ *    the kernel spreads connections over workers; before that it checks
+ *    with a plain bind (no SO_REUSEPORT) that no other process holds the
+ *    address, instead of silently sharing its traffic.
+ *  - Accepting never spins: on EMFILE/ENFILE/ENOBUFS/ENOMEM the acceptor
+ *    pauses for 100 ms and counts WG_C_ACCEPT_PAUSED.
+ *  - Connections over the global max_connections are accepted and closed at
+ *    once (counted WG_C_CONN_REJECTED_LIMIT).
+ *  - Accepted sockets are non-blocking, close-on-exec, TCP_NODELAY, and are
+ *    handed to the mode's handler on the accepting worker.
+ */
+#ifndef WAYGATE_LISTENER_H
+#define WAYGATE_LISTENER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "waygate/config.h"
+
+struct wg_worker;
+struct wg_listener;
+
+/* Called on the worker that accepted `fd`; takes ownership of fd. */
+typedef void (*wg_accept_fn)(struct wg_worker *w, const struct wg_listener *l, int fd,
+                             const struct sockaddr *peer, socklen_t peerlen);
+
+/* What the data plane needs of a listener config, copied (immutable). */
+struct wg_listener {
+    char *name;
+    struct wg_addr addr;
+    enum wg_listener_mode mode;
+    char *service;                  /* tcp mode */
+    bool proxy_protocol;
+    uint64_t idle_timeout_ms;
+    uint64_t max_connections;       /* the global limit */
+    wg_accept_fn on_accept;
+    int *fds;                       /* one per worker */
+    unsigned n_fds;
+};
+
+/* Bind `n_workers` sockets for `cfg`. Errors are "listener NAME: ..." */
+struct wg_listener *wg_listener_open(const struct wg_listener_config *cfg, uint64_t max_conns,
+                                     unsigned n_workers, wg_accept_fn on_accept,
+                                     struct wg_errors *errs);
+void wg_listener_close(struct wg_listener *l);
+
+/* One worker's accept state for one listener. */
+struct wg_acceptor;
+struct wg_acceptor *wg_acceptor_new(struct wg_listener *l, int fd);
+/* Worker thread: attach to the worker's base (not accepting yet). */
+int wg_acceptor_attach(struct wg_acceptor *a, struct wg_worker *w);
+void wg_acceptor_enable(struct wg_acceptor *a, bool on);
+void wg_acceptor_free(struct wg_acceptor *a);
+
+/* Global open-connection accounting (max_connections). */
+void wg_listener_conn_closed(void);
+
+#endif

@@ -1,0 +1,59 @@
+/* registry — where instances come from: a file or etcd, behind one interface.
+ *
+ * Promises:
+ *  - A registry runs on the control thread's event_base and publishes every
+ *    change it sees into the pool (pool.h) as one new snapshot per change.
+ *  - It never drops the last known pools because its source went away or
+ *    turned invalid: only a successful read of the source replaces them.
+ *  - Its status (source, connected, revision, counters) is readable on the
+ *    control thread at any time for /status and /metrics.
+ */
+#ifndef WAYGATE_REGISTRY_H
+#define WAYGATE_REGISTRY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "waygate/config.h"
+
+struct event_base;
+struct wg_pool;
+struct wg_registry;
+
+struct wg_registry_status {
+    const char *source;             /* "file", "etcd", "none" */
+    bool connected;                 /* file: last read succeeded */
+    int64_t revision;               /* etcd revision; file: reload count */
+    uint64_t events_total;          /* changes applied */
+    uint64_t reconnects_total;
+    uint64_t resyncs_total;
+    uint64_t invalid_records_total;
+    uint64_t last_contact_ms;       /* wg_now_ms() of the last good read */
+};
+
+struct wg_registry_ops {
+    const char *name;
+    int (*start)(struct wg_registry *r);
+    void (*free)(struct wg_registry *r);
+};
+
+struct wg_registry {
+    const struct wg_registry_ops *ops;
+    struct event_base *base;
+    struct wg_pool *pool;
+    struct wg_registry_status status;
+};
+
+/* Create the registry the config names (none, file or etcd). */
+struct wg_registry *wg_registry_new(const struct wg_config *cfg, struct event_base *base,
+                                    struct wg_pool *pool);
+/* Start watching; the first successful read publishes the first snapshot. */
+int wg_registry_start(struct wg_registry *r);
+void wg_registry_free(struct wg_registry *r);
+
+/* Implementations. */
+struct wg_registry *wg_registry_file_new(const char *path, struct event_base *base,
+                                         struct wg_pool *pool);
+struct wg_registry *wg_registry_none_new(struct event_base *base, struct wg_pool *pool);
+
+#endif

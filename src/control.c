@@ -1,0 +1,353 @@
+/* control — see include/waygate/control.h */
+#include "waygate/control.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "waygate/listener.h"
+#include "waygate/log.h"
+#include "waygate/pool.h"
+#include "waygate/reclaim.h"
+#include "waygate/registry.h"
+#include "waygate/stats.h"
+#include "waygate/tcp_proxy.h"
+#include "waygate/worker.h"
+
+#define TICK_MS 100
+
+struct control {
+    struct event_base *base;
+    struct wg_config_ref *config;
+    struct wg_reclaim *rc;
+    struct wg_pool *pool;
+    struct wg_registry *registry;
+    struct wg_worker **workers;
+    unsigned n_workers;
+    unsigned n_running;
+    struct wg_listener **listeners;
+    size_t n_listeners;
+    struct event *signals[4];
+    struct event *tick;
+    uint64_t started_ms;
+    uint64_t stop_deadline_ms;
+    bool ready;
+    bool stopping;
+    bool forced;
+};
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            wg_warn("msg=\"cannot raise RLIMIT_NOFILE\" error=\"%s\"", strerror(errno));
+    }
+}
+
+static void wake_workers(void *arg)
+{
+    struct control *c = arg;
+    for (unsigned k = 0; k < c->n_workers; k++)
+        wg_worker_wake(c->workers[k]);
+}
+
+static void become_ready(struct control *c, const char *why)
+{
+    if (c->ready || c->stopping)
+        return;
+    c->ready = true;
+    for (unsigned k = 0; k < c->n_workers; k++)
+        wg_worker_set_accepting(c->workers[k], true);
+    wg_info("msg=\"ready, accepting connections\" reason=\"%s\" workers=%u listeners=%zu", why,
+            c->n_workers, c->n_listeners);
+}
+
+static void on_publish(void *arg, struct wg_snapshot *s)
+{
+    struct control *c = arg;
+    wg_debug("msg=\"snapshot published\" generation=%llu services=%zu",
+             (unsigned long long)s->generation, s->n_services);
+    become_ready(c, "first snapshot");
+}
+
+/* ---- stop ---- */
+
+static void begin_stop(struct control *c, const char *sig)
+{
+    if (c->stopping)
+        return;
+    c->stopping = true;
+    uint64_t timeout = c->config->cfg->shutdown_timeout_ms;
+    c->stop_deadline_ms = wg_now_ms() + timeout;
+    wg_info("msg=\"stopping: draining connections\" signal=%s shutdown_timeout_ms=%llu", sig,
+            (unsigned long long)timeout);
+    for (unsigned k = 0; k < c->n_workers; k++)
+        wg_worker_drain(c->workers[k]);
+}
+
+static void check_stop(struct control *c)
+{
+    for (unsigned k = 0; k < c->n_workers; k++) {
+        struct wg_worker *w = c->workers[k];
+        if (w->started && pthread_tryjoin_np(w->thread, NULL) == 0) {
+            w->started = false;
+            c->n_running--;
+        }
+    }
+    if (c->n_running == 0) {
+        event_base_loopbreak(c->base);
+        return;
+    }
+    if (!c->forced && wg_now_ms() >= c->stop_deadline_ms) {
+        c->forced = true;
+        wg_warn("msg=\"shutdown_timeout reached, closing remaining connections\" open=%llu",
+                (unsigned long long)atomic_load(&wg_stats_open_connections));
+        for (unsigned k = 0; k < c->n_workers; k++)
+            wg_worker_stop(c->workers[k]);
+    }
+}
+
+/* ---- reload ---- */
+
+static bool listeners_equal(const struct wg_config *a, const struct wg_config *b)
+{
+    if (a->n_listeners != b->n_listeners)
+        return false;
+    for (size_t k = 0; k < a->n_listeners; k++) {
+        const struct wg_listener_config *x = &a->listeners[k], *y = &b->listeners[k];
+        if (strcmp(x->name, y->name) || strcmp(x->listen.text, y->listen.text) || x->mode != y->mode ||
+            (x->service && y->service && strcmp(x->service, y->service)))
+            return false;
+    }
+    return true;
+}
+
+static void reload(struct control *c)
+{
+    const char *path = c->config->cfg->path;
+    struct wg_errors errs = { 0 };
+    struct wg_config *cfg = wg_config_load(path, &errs);
+    if (!cfg) {
+        for (size_t k = 0; k < errs.n; k++)
+            wg_error("msg=\"reload refused\" error=\"%s\"", errs.lines[k]);
+        wg_errors_free(&errs);
+        return;
+    }
+    wg_errors_free(&errs);
+    const struct wg_config *old = c->config->cfg;
+    if (cfg->workers != old->workers)
+        wg_warn("msg=\"workers changed: needs a restart\" old=%u new=%u", old->workers, cfg->workers);
+    if (!listeners_equal(old, cfg))
+        wg_warn("msg=\"listener changes need a restart in this version\"");
+    struct wg_config_ref *ref = wg_config_ref_new(cfg);
+    if (!ref) {
+        wg_config_free(cfg);
+        wg_error("msg=\"reload failed: out of memory\"");
+        return;
+    }
+    wg_log_set_level(cfg->log.level);
+    wg_pool_set_config(c->pool, ref);
+    wg_config_ref_put(c->config);
+    c->config = ref;
+    wg_info("msg=\"configuration reloaded\" file=%s", path);
+}
+
+/* ---- events ---- */
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    struct control *c = arg;
+    switch (sig) {
+    case SIGTERM:
+        begin_stop(c, "SIGTERM");
+        break;
+    case SIGINT:
+        begin_stop(c, "SIGINT");
+        break;
+    case SIGHUP:
+        reload(c);
+        break;
+    case SIGUSR1:
+        wg_info("msg=\"SIGUSR1: logs go to stderr, nothing to reopen\"");
+        break;
+    }
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct control *c = arg;
+    wg_pool_reclaim(c->pool);
+    if (!c->ready && wg_now_ms() - c->started_ms >= c->config->cfg->startup_timeout_ms)
+        become_ready(c, "startup_timeout");
+    if (c->stopping)
+        check_stop(c);
+}
+
+/* ---- start-up ---- */
+
+static unsigned worker_count(const struct wg_config *cfg)
+{
+    if (cfg->workers)
+        return cfg->workers;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1;
+}
+
+static wg_accept_fn handler_for(enum wg_listener_mode mode)
+{
+    return mode == WG_MODE_TCP ? wg_tcp_proxy_accept : NULL;
+}
+
+static int open_listeners(struct control *c)
+{
+    const struct wg_config *cfg = c->config->cfg;
+    struct wg_errors errs = { 0 };
+    c->listeners = calloc(cfg->n_listeners ? cfg->n_listeners : 1, sizeof *c->listeners);
+    if (!c->listeners)
+        return -1;
+    for (size_t k = 0; k < cfg->n_listeners; k++) {
+        const struct wg_listener_config *lc = &cfg->listeners[k];
+        wg_accept_fn fn = handler_for(lc->mode);
+        if (!fn) {
+            wg_errors_add(&errs, "listener %s: mode http is not available in this build", lc->name);
+            continue;
+        }
+        struct wg_listener *l = wg_listener_open(lc, cfg->max_connections, c->n_workers, fn, &errs);
+        if (l)
+            c->listeners[c->n_listeners++] = l;
+    }
+    for (size_t k = 0; k < errs.n; k++)
+        wg_error("msg=\"%s\"", errs.lines[k]);
+    int rc = errs.n ? -1 : 0;
+    wg_errors_free(&errs);
+    return rc;
+}
+
+static int start_workers(struct control *c)
+{
+    c->workers = calloc(c->n_workers, sizeof *c->workers);
+    if (!c->workers)
+        return -1;
+    for (unsigned k = 0; k < c->n_workers; k++) {
+        struct wg_worker *w = wg_worker_new(k, c->pool, c->rc);
+        if (!w)
+            return -1;
+        c->workers[k] = w;
+        for (size_t i = 0; i < c->n_listeners; i++) {
+            struct wg_acceptor *a = wg_acceptor_new(c->listeners[i], c->listeners[i]->fds[k]);
+            if (!a || wg_worker_add_acceptor(w, a) < 0) {
+                wg_acceptor_free(a);
+                return -1;
+            }
+        }
+    }
+    for (unsigned k = 0; k < c->n_workers; k++) {
+        if (wg_worker_start(c->workers[k]) < 0)
+            return -1;
+        c->n_running++;
+    }
+    return 0;
+}
+
+static int drop_privileges(const char *user)
+{
+    if (!user || !*user)
+        return 0;
+    struct passwd *pw = getpwnam(user);
+    if (!pw) {
+        wg_error("msg=\"unknown user\" user=%s", user);
+        return -1;
+    }
+    if (setgroups(0, NULL) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
+        wg_error("msg=\"cannot drop privileges\" user=%s error=\"%s\"", user, strerror(errno));
+        return -1;
+    }
+    wg_info("msg=\"privileges dropped\" user=%s", user);
+    return 0;
+}
+
+static int setup_events(struct control *c)
+{
+    static const int sigs[4] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
+    for (int k = 0; k < 4; k++) {
+        c->signals[k] = evsignal_new(c->base, sigs[k], signal_cb, c);
+        if (!c->signals[k] || event_add(c->signals[k], NULL) < 0)
+            return -1;
+    }
+    c->tick = event_new(c->base, -1, EV_PERSIST, tick_cb, c);
+    struct timeval tv = { 0, TICK_MS * 1000 };
+    return c->tick && event_add(c->tick, &tv) == 0 ? 0 : -1;
+}
+
+static void teardown(struct control *c)
+{
+    for (unsigned k = 0; k < c->n_workers; k++) {
+        if (!c->workers[k])
+            continue;
+        wg_worker_stop(c->workers[k]);
+        wg_worker_join(c->workers[k]);
+    }
+    for (unsigned k = 0; k < c->n_workers; k++)
+        wg_worker_free(c->workers[k]);
+    free(c->workers);
+    wg_registry_free(c->registry);
+    for (size_t k = 0; k < c->n_listeners; k++)
+        wg_listener_close(c->listeners[k]);
+    free(c->listeners);
+    wg_pool_free(c->pool);
+    wg_reclaim_free(c->rc);
+    wg_config_ref_put(c->config);
+    for (int k = 0; k < 4; k++)
+        if (c->signals[k])
+            event_free(c->signals[k]);
+    if (c->tick)
+        event_free(c->tick);
+    if (c->base)
+        event_base_free(c->base);
+    wg_stats_reset_all();
+    libevent_global_shutdown();
+}
+
+int wg_control_run(struct wg_config *cfg)
+{
+    struct control ctl = { 0 }, *c = &ctl;
+    int status = 1;
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+    wg_log_set_level(cfg->log.level);
+    c->started_ms = wg_now_ms();
+    if (evthread_use_pthreads() < 0 || !(c->config = wg_config_ref_new(cfg))) {
+        wg_config_free(cfg);
+        wg_error("msg=\"cannot initialise\"");
+        return 1;
+    }
+    c->n_workers = worker_count(cfg);
+    if (!(c->base = event_base_new()) || !(c->rc = wg_reclaim_new()) ||
+        !(c->pool = wg_pool_new(c->rc, wake_workers, c)))
+        goto out;
+    wg_pool_on_publish(c->pool, on_publish, c);
+    wg_pool_set_config(c->pool, c->config);
+    if (open_listeners(c) < 0 || drop_privileges(cfg->user) < 0 || start_workers(c) < 0 ||
+        setup_events(c) < 0)
+        goto out;
+    c->registry = wg_registry_new(cfg, c->base, c->pool);
+    if (!c->registry || wg_registry_start(c->registry) < 0)
+        goto out;
+    wg_info("msg=\"waygate started\" version=%s config=%s workers=%u", WAYGATE_VERSION, cfg->path,
+            c->n_workers);
+    event_base_dispatch(c->base);
+    status = 0;
+    wg_info("msg=\"stopped\"");
+out:
+    teardown(c);
+    return status;
+}

@@ -1,0 +1,196 @@
+/* listener — see include/waygate/listener.h */
+#include "waygate/listener.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "waygate/log.h"
+#include "waygate/stats.h"
+#include "waygate/worker.h"
+
+#define ACCEPT_BATCH 64
+#define PAUSE_MS 100
+#define BACKLOG 4096
+
+struct wg_acceptor {
+    struct wg_listener *l;
+    struct wg_worker *w;
+    int fd;
+    struct event *ev;
+    struct event *pause_ev;
+    bool enabled;
+    bool paused;
+};
+
+static int socket_for(const struct wg_addr *a, bool reuseport)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+        goto fail;
+    if (a->ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0)
+        goto fail;
+    return fd;
+fail: {
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+}
+}
+
+struct wg_listener *wg_listener_open(const struct wg_listener_config *cfg, uint64_t max_conns,
+                                     unsigned n_workers, wg_accept_fn on_accept,
+                                     struct wg_errors *errs)
+{
+    struct wg_listener *l = calloc(1, sizeof *l);
+    if (!l || !(l->fds = calloc(n_workers, sizeof *l->fds)) || !(l->name = strdup(cfg->name)) ||
+        (cfg->service && !(l->service = strdup(cfg->service)))) {
+        wg_errors_add(errs, "listener %s: out of memory", cfg->name);
+        goto fail;
+    }
+    l->addr = cfg->listen;
+    l->mode = cfg->mode;
+    l->proxy_protocol = cfg->proxy_protocol;
+    l->idle_timeout_ms = cfg->idle_timeout_ms;
+    l->max_connections = max_conns;
+    l->on_accept = on_accept;
+    /* Someone else on this address? A plain bind tells without sharing. */
+    int probe = socket_for(&l->addr, false);
+    if (probe < 0) {
+        wg_errors_add(errs, "listener %s: cannot bind %s: %s", cfg->name, l->addr.text,
+                      strerror(errno));
+        goto fail;
+    }
+    close(probe);
+    for (unsigned k = 0; k < n_workers; k++) {
+        int fd = socket_for(&l->addr, true);
+        if (fd < 0 || listen(fd, BACKLOG) < 0) {
+            wg_errors_add(errs, "listener %s: cannot listen on %s: %s", cfg->name, l->addr.text,
+                          strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            goto fail;
+        }
+        l->fds[l->n_fds++] = fd;
+    }
+    return l;
+fail:
+    wg_listener_close(l);
+    return NULL;
+}
+
+void wg_listener_close(struct wg_listener *l)
+{
+    if (!l)
+        return;
+    for (unsigned k = 0; k < l->n_fds; k++)
+        if (l->fds[k] >= 0)
+            close(l->fds[k]);
+    free(l->fds);
+    free(l->name);
+    free(l->service);
+    free(l);
+}
+
+void wg_listener_conn_closed(void) { atomic_fetch_sub(&wg_stats_open_connections, 1); }
+
+static void update_event(struct wg_acceptor *a)
+{
+    if (a->enabled && !a->paused)
+        event_add(a->ev, NULL);
+    else
+        event_del(a->ev);
+}
+
+static void pause_done(evutil_socket_t fd, short what, void *arg)
+{
+    struct wg_acceptor *a = arg;
+    a->paused = false;
+    update_event(a);
+}
+
+static void pause_accepting(struct wg_acceptor *a, int err)
+{
+    wg_stats_add(a->w->stats, WG_C_ACCEPT_PAUSED, 1);
+    wg_warn("msg=\"accept paused\" listener=%s error=\"%s\" pause_ms=%d", a->l->name,
+            strerror(err), PAUSE_MS);
+    a->paused = true;
+    update_event(a);
+    struct timeval tv = { 0, PAUSE_MS * 1000 };
+    event_add(a->pause_ev, &tv);
+}
+
+static void accept_cb(evutil_socket_t lfd, short what, void *arg)
+{
+    struct wg_acceptor *a = arg;
+    for (int k = 0; k < ACCEPT_BATCH; k++) {
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof peer;
+        int fd = accept4(lfd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                pause_accepting(a, errno);
+            else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                wg_warn("msg=\"accept failed\" listener=%s error=\"%s\"", a->l->name, strerror(errno));
+            return;
+        }
+        wg_stats_add(a->w->stats, WG_C_CONN_ACCEPTED, 1);
+        uint64_t open = atomic_fetch_add(&wg_stats_open_connections, 1);
+        if (a->l->max_connections && open >= a->l->max_connections) {
+            wg_stats_add(a->w->stats, WG_C_CONN_REJECTED_LIMIT, 1);
+            atomic_fetch_sub(&wg_stats_open_connections, 1);
+            close(fd);
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        a->l->on_accept(a->w, a->l, fd, (struct sockaddr *)&peer, len);
+    }
+}
+
+struct wg_acceptor *wg_acceptor_new(struct wg_listener *l, int fd)
+{
+    struct wg_acceptor *a = calloc(1, sizeof *a);
+    if (!a)
+        return NULL;
+    a->l = l;
+    a->fd = fd;
+    return a;
+}
+
+int wg_acceptor_attach(struct wg_acceptor *a, struct wg_worker *w)
+{
+    a->w = w;
+    a->ev = event_new(w->base, a->fd, EV_READ | EV_PERSIST, accept_cb, a);
+    a->pause_ev = evtimer_new(w->base, pause_done, a);
+    return a->ev && a->pause_ev ? 0 : -1;
+}
+
+void wg_acceptor_enable(struct wg_acceptor *a, bool on)
+{
+    a->enabled = on;
+    if (a->ev)
+        update_event(a);
+}
+
+void wg_acceptor_free(struct wg_acceptor *a)
+{
+    if (!a)
+        return;
+    if (a->ev)
+        event_free(a->ev);
+    if (a->pause_ev)
+        event_free(a->pause_ev);
+    free(a);
+}

@@ -1,0 +1,56 @@
+/* registry — see include/waygate/registry.h */
+#include "waygate/registry.h"
+
+#include <stdlib.h>
+
+#include "waygate/log.h"
+#include "waygate/pool.h"
+
+struct wg_registry *wg_registry_new(const struct wg_config *cfg, struct event_base *base,
+                                    struct wg_pool *pool)
+{
+    switch (cfg->registry.kind) {
+    case WG_REGISTRY_FILE:
+        return wg_registry_file_new(cfg->registry.file, base, pool);
+    case WG_REGISTRY_ETCD:
+        wg_error("msg=\"the etcd registry is not available in this build\"");
+        return NULL;
+    case WG_REGISTRY_NONE:
+    default:
+        return wg_registry_none_new(base, pool);
+    }
+}
+
+int wg_registry_start(struct wg_registry *r) { return r->ops->start(r); }
+
+void wg_registry_free(struct wg_registry *r)
+{
+    if (r)
+        r->ops->free(r);
+}
+
+/* ---- no registry: one empty snapshot, so that the proxy is ready ---- */
+
+static int none_start(struct wg_registry *r)
+{
+    wg_pool_commit(r->pool);
+    r->status.connected = true;
+    r->status.last_contact_ms = wg_now_ms();
+    return 0;
+}
+
+static void none_free(struct wg_registry *r) { free(r); }
+
+static const struct wg_registry_ops none_ops = { "none", none_start, none_free };
+
+struct wg_registry *wg_registry_none_new(struct event_base *base, struct wg_pool *pool)
+{
+    struct wg_registry *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->ops = &none_ops;
+    r->base = base;
+    r->pool = pool;
+    r->status.source = "none";
+    return r;
+}
