@@ -1,0 +1,762 @@
+/* config — YAML -> struct wg_config (DESIGN §5): defaults, top-level keys,
+ * registry, services merged over service_defaults, cross-checks. Listeners
+ * and routes live in config_listener.c, the walker in config_keys.c. */
+#include "config_parse.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config_value.h"
+
+#define CF(f) offsetof(struct wg_config, f)
+#define SF(f) offsetof(struct wg_service_config, f)
+#define DMAX WG_DURATION_MAX_MS
+
+static const char *const level_names[] = { "debug", "info", "warn", "error", NULL };
+static const char *const format_names[] = { "text", "json", NULL };
+static const char *const balance_names[] = { "round_robin", "least_conn", "random", "p2c",
+                                             "hash", NULL };
+static const char *const health_names[] = { "http", "tcp", "none", NULL };
+static const char *const unhealthy_names[] = { "keep", "close", NULL };
+
+/* ---- services ---------------------------------------------------------- */
+
+static void p_hash_key(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    struct wg_service_config *s = base;
+    const char *t = cfg_text(c, v, k->name);
+    enum wg_hash_key kind = WG_HASH_HEADER;
+    const char *name = NULL;
+
+    if (!t)
+        return;
+    if (strcmp(t, "client_ip") == 0) {
+        free(s->hash_name);
+        s->hash_name = NULL;
+        s->hash_key = WG_HASH_CLIENT_IP;
+        return;
+    }
+    if (strncmp(t, "header:", 7) == 0)
+        name = t + 7;
+    else if (strncmp(t, "cookie:", 7) == 0)
+        name = t + 7, kind = WG_HASH_COOKIE;
+    if (!name || !wg_is_token(name)) {
+        cfg_error(c, v, "%s: expected client_ip, header:NAME or cookie:NAME, got '%.80s'",
+                  k->name, t);
+        return;
+    }
+    if (cfg_set_str(c, &s->hash_name, name))
+        s->hash_key = kind;
+}
+
+static void p_hc_type(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    struct wg_service_config *s = base;
+    int i = cfg_enum(c, v, k->name, health_names);
+
+    if (i < 0)
+        return;
+    s->health_check.type = (enum wg_health_type)i;
+    s->health_check.type_set = true;
+}
+
+static void p_hc_path(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    const char *t = cfg_text(c, v, k->name);
+
+    if (t && t[0] != '/')
+        cfg_error(c, v, "%s: must start with '/', got '%.80s'", k->name, t);
+    else if (t)
+        cfg_set_str(c, &((struct wg_service_config *)base)->health_check.path, t);
+}
+
+static void p_on_unhealthy(struct cfg_ctx *c, yaml_node_t *v, void *base,
+                           const struct cfg_key *k)
+{
+    int i = cfg_enum(c, v, k->name, unhealthy_names);
+
+    if (i >= 0)
+        ((struct wg_service_config *)base)->on_unhealthy_close = i == 1;
+}
+
+static const struct cfg_key upstream_keys[] = {
+    { "max_idle", cfg_p_unsigned, SF(upstream.max_idle), 0, 65536, NULL },
+    { "idle_timeout", cfg_p_duration, SF(upstream.idle_timeout_ms), 1, DMAX, NULL },
+};
+static const struct cfg_table upstream_table = CFG_TABLE("upstream", upstream_keys);
+
+static const struct cfg_key health_keys[] = {
+    { "type", p_hc_type, 0, 0, 0, NULL },
+    { "path", p_hc_path, 0, 0, 0, NULL },
+    { "host", cfg_p_str, SF(health_check.host), 0, 0, NULL },
+    { "port", cfg_p_u16, SF(health_check.port), 0, 65535, NULL },
+    { "interval", cfg_p_duration, SF(health_check.interval_ms), 1, DMAX, NULL },
+    { "timeout", cfg_p_duration, SF(health_check.timeout_ms), 1, DMAX, NULL },
+    { "healthy_threshold", cfg_p_unsigned, SF(health_check.healthy_threshold), 1, 1000, NULL },
+    { "unhealthy_threshold", cfg_p_unsigned, SF(health_check.unhealthy_threshold), 1, 1000,
+      NULL },
+    { "expected_status", cfg_p_status, SF(health_check.expected_status), 0, 0, NULL },
+};
+static const struct cfg_table health_table = CFG_TABLE("health_check", health_keys);
+
+static const struct cfg_key outlier_keys[] = {
+    { "consecutive_failures", cfg_p_unsigned, SF(outlier.consecutive_failures), 1, 100000,
+      NULL },
+    { "base_ejection_time", cfg_p_duration, SF(outlier.base_ejection_time_ms), 1, DMAX, NULL },
+    { "max_ejection_time", cfg_p_duration, SF(outlier.max_ejection_time_ms), 1, DMAX, NULL },
+    { "max_ejection_percent", cfg_p_unsigned, SF(outlier.max_ejection_percent), 0, 100, NULL },
+};
+static const struct cfg_table outlier_table = CFG_TABLE("outlier_detection", outlier_keys);
+
+static const struct cfg_key service_tls_keys[] = {
+    { "enabled", cfg_p_bool, SF(tls.enabled), 0, 0, NULL },
+    { "ca", cfg_p_file, SF(tls.ca), 0, 0, NULL },
+    { "cert", cfg_p_file, SF(tls.cert), 0, 0, NULL },
+    { "key", cfg_p_file, SF(tls.key), 0, 0, NULL },
+    { "verify", cfg_p_bool, SF(tls.verify), 0, 0, NULL },
+    { "sni", cfg_p_str, SF(tls.sni), 0, 0, NULL },
+};
+static const struct cfg_table service_tls_table = CFG_TABLE("tls", service_tls_keys);
+
+static const struct cfg_key service_keys[] = {
+    { "balance", cfg_p_enum, SF(balance), 0, 0, balance_names },
+    { "hash_key", p_hash_key, 0, 0, 0, NULL },
+    { "slow_start", cfg_p_duration, SF(slow_start_ms), 0, DMAX, NULL },
+    { "connect_timeout", cfg_p_duration, SF(connect_timeout_ms), 1, DMAX, NULL },
+    { "response_timeout", cfg_p_duration, SF(response_timeout_ms), 1, DMAX, NULL },
+    { "retries", cfg_p_unsigned, SF(retries), 0, 10, NULL },
+    { "panic_threshold", cfg_p_unsigned, SF(panic_threshold), 0, 100, NULL },
+    { "max_connections", cfg_p_unsigned, SF(max_connections), 0, 1000000, NULL },
+    { "drain_timeout", cfg_p_duration, SF(drain_timeout_ms), 0, DMAX, NULL },
+    { "on_unhealthy", p_on_unhealthy, 0, 0, 0, NULL },
+    { "upstream", cfg_p_map, 0, 0, 0, &upstream_table },
+    { "health_check", cfg_p_map, 0, 0, 0, &health_table },
+    { "outlier_detection", cfg_p_map, 0, 0, 0, &outlier_table },
+    { "tls", cfg_p_map, 0, 0, 0, &service_tls_table },
+    { "proxy_protocol", cfg_p_bool, SF(proxy_protocol), 0, 0, NULL },
+};
+static const struct cfg_table service_table = CFG_TABLE("service", service_keys);
+
+static bool service_defaults_init(struct cfg_ctx *c, struct wg_service_config *s)
+{
+    memset(s, 0, sizeof *s);
+    s->balance = WG_BALANCE_ROUND_ROBIN;
+    s->hash_key = WG_HASH_CLIENT_IP;
+    s->connect_timeout_ms = 1000;
+    s->response_timeout_ms = 30000;
+    s->retries = 2;
+    s->upstream.max_idle = 64;
+    s->upstream.idle_timeout_ms = 60000;
+    s->health_check.type = WG_HEALTH_HTTP;
+    s->health_check.interval_ms = 1000;
+    s->health_check.timeout_ms = 500;
+    s->health_check.healthy_threshold = 2;
+    s->health_check.unhealthy_threshold = 2;
+    s->health_check.expected_status.n = 1;
+    s->health_check.expected_status.r[0].lo = 200;
+    s->health_check.expected_status.r[0].hi = 399;
+    s->outlier.consecutive_failures = 5;
+    s->outlier.base_ejection_time_ms = 30000;
+    s->outlier.max_ejection_time_ms = 300000;
+    s->outlier.max_ejection_percent = 50;
+    s->tls.verify = true;
+    return cfg_set_str(c, &s->health_check.path, "/health") &&
+           cfg_set_str(c, &s->health_check.host, "") && cfg_set_str(c, &s->tls.ca, "") &&
+           cfg_set_str(c, &s->tls.cert, "") && cfg_set_str(c, &s->tls.key, "") &&
+           cfg_set_str(c, &s->tls.sni, "");
+}
+
+static void service_free(struct wg_service_config *s)
+{
+    free(s->name);
+    free(s->hash_name);
+    free(s->health_check.path);
+    free(s->health_check.host);
+    free(s->tls.ca);
+    free(s->tls.cert);
+    free(s->tls.key);
+    free(s->tls.sni);
+}
+
+static bool dup_str(struct cfg_ctx *c, char **dst, const char *src)
+{
+    if (src && !(*dst = strdup(src))) {
+        wg_yaml_oom(&c->y);
+        return false;
+    }
+    return true;
+}
+
+/* A deep copy of src named `name`. On failure dst owns only what was
+ * copied (the rest is NULL), so service_free() stays safe. */
+static bool service_copy(struct cfg_ctx *c, struct wg_service_config *dst,
+                         const struct wg_service_config *src, const char *name)
+{
+    *dst = *src;
+    dst->name = dst->hash_name = dst->health_check.path = dst->health_check.host = NULL;
+    dst->tls.ca = dst->tls.cert = dst->tls.key = dst->tls.sni = NULL;
+    return dup_str(c, &dst->name, name) && dup_str(c, &dst->hash_name, src->hash_name) &&
+           dup_str(c, &dst->health_check.path, src->health_check.path) &&
+           dup_str(c, &dst->health_check.host, src->health_check.host) &&
+           dup_str(c, &dst->tls.ca, src->tls.ca) && dup_str(c, &dst->tls.cert, src->tls.cert) &&
+           dup_str(c, &dst->tls.key, src->tls.key) && dup_str(c, &dst->tls.sni, src->tls.sni);
+}
+
+static struct wg_service_config *service_add(struct cfg_ctx *c, const char *name)
+{
+    struct wg_config *cfg = c->cfg;
+    struct wg_service_config *v, *s;
+
+    v = realloc(cfg->services, (cfg->n_services + 1) * sizeof *v);
+    if (!v) {
+        wg_yaml_oom(&c->y);
+        return NULL;
+    }
+    cfg->services = v;
+    s = &v[cfg->n_services];
+    if (!service_copy(c, s, &cfg->service_defaults, name)) {
+        service_free(s);
+        return NULL;
+    }
+    cfg->n_services++;
+    return s;
+}
+
+static struct wg_service_config *service_find(struct wg_config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->n_services; i++)
+        if (strcmp(cfg->services[i].name, name) == 0)
+            return &cfg->services[i];
+    return NULL;
+}
+
+static void service_check(struct cfg_ctx *c, const struct wg_service_config *s,
+                          yaml_node_t *node)
+{
+    if (!node)
+        return;
+    if (!*s->tls.cert != !*s->tls.key)
+        cfg_error(c, node, "tls: cert and key must be set together");
+    if (s->outlier.base_ejection_time_ms > s->outlier.max_ejection_time_ms)
+        cfg_error(c, node, "outlier_detection: base_ejection_time exceeds max_ejection_time");
+}
+
+static void parse_service(struct cfg_ctx *c, const struct wg_yaml_pair *p)
+{
+    char what[320];
+    struct wg_service_config *s;
+
+    if (!wg_service_name_ok(p->name)) {
+        cfg_error(c, p->key, "invalid service name '%.80s' (non-empty, no '/' or spaces)",
+                  p->name);
+        return;
+    }
+    s = service_add(c, p->name);
+    if (!s)
+        return;
+    snprintf(what, sizeof what, "service '%.255s'", p->name);
+    cfg_map(c, p->value, &service_table, s, NULL, p->name, what);
+    service_check(c, s, p->value);
+}
+
+/* service_defaults first, whatever the order in the file: services merge
+ * over it key by key (nested mappings included). */
+static void parse_services(struct cfg_ctx *c)
+{
+    struct wg_config *cfg = c->cfg;
+    yaml_node_t *node = c->services_node;
+    struct wg_yaml_pairs pairs;
+
+    cfg_map(c, c->defaults_node, &service_table, &cfg->service_defaults, NULL,
+            "service_defaults", "service_defaults");
+    service_check(c, &cfg->service_defaults, c->defaults_node);
+    if (!node || wg_yaml_is_null(node) || c->y.aborted)
+        return;
+    if (node->type != YAML_MAPPING_NODE) {
+        cfg_error(c, node, "services: expected a mapping");
+        return;
+    }
+    wg_yaml_pairs(&c->y, node, &pairs);
+    for (size_t i = 0; i < pairs.n && !c->y.aborted; i++)
+        parse_service(c, &pairs.v[i]);
+    wg_yaml_pairs_free(&pairs);
+}
+
+/* ---- top level, log, admin, registry ------------------------------------ */
+
+static void p_access_log(struct cfg_ctx *c, yaml_node_t *v, void *base,
+                         const struct cfg_key *k)
+{
+    const char *t = cfg_text(c, v, k->name);
+
+    if (t && !*t)
+        cfg_error(c, v, "%s: expected a path, stdout or off", k->name);
+    else if (t)
+        cfg_set_str(c, &((struct wg_config *)base)->log.access_log, t);
+}
+
+static const struct cfg_key log_keys[] = {
+    { "level", cfg_p_enum, CF(log.level), 0, 0, level_names },
+    { "access_log", p_access_log, 0, 0, 0, NULL },
+    { "access_format", cfg_p_enum, CF(log.access_format), 0, 0, format_names },
+};
+static const struct cfg_table log_table = CFG_TABLE("log", log_keys);
+
+static const struct cfg_key admin_keys[] = {
+    { "listen", cfg_p_addr, CF(admin.listen), 0, 0, NULL },
+    { "allow_remote", cfg_p_bool, CF(admin.allow_remote), 0, 0, NULL },
+};
+static const struct cfg_table admin_table = CFG_TABLE("admin", admin_keys);
+
+static void p_admin(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    struct wg_config *cfg = base;
+    struct cfg_seen seen;
+    unsigned listen = cfg_key_index(&admin_table, "listen");
+
+    cfg_map(c, v, &admin_table, cfg, &seen, k->name, NULL);
+    if ((seen.mask & (1u << listen)) && !cfg->admin.allow_remote &&
+        !wg_addr_is_loopback(&cfg->admin.listen))
+        cfg_error(c, seen.value[listen],
+                  "listen: %s is not a loopback address; set admin.allow_remote: true "
+                  "to expose the admin API", cfg->admin.listen.text);
+}
+
+/* "http://HOST:PORT" or "https://HOST:PORT", HOST a name, IPv4 or [IPv6]. */
+static bool endpoint_ok(const char *s)
+{
+    const char *host, *end;
+    uint64_t port;
+
+    if (strncmp(s, "http://", 7) == 0)
+        host = s + 7;
+    else if (strncmp(s, "https://", 8) == 0)
+        host = s + 8;
+    else
+        return false;
+    if (*host == '[') {
+        end = strchr(host, ']');
+        if (!end || end == host + 1)
+            return false;
+        end++;
+    } else {
+        end = host + strspn(host, "abcdefghijklmnopqrstuvwxyz"
+                                  "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_");
+        if (end == host)
+            return false;
+    }
+    if (*end != ':')
+        return false;
+    char digits[8];
+    size_t n = strcspn(end + 1, "/");
+    if (n == 0 || n >= sizeof digits || (end[1 + n] && strcmp(end + 1 + n, "/") != 0))
+        return false;
+    memcpy(digits, end + 1, n);
+    digits[n] = '\0';
+    return !wg_uint_reason(digits, 65535, &port) && port > 0;
+}
+
+static bool prefix_ok(const char *s)
+{
+    return *s != '\0';
+}
+
+static void str_list_free(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* Build a new list from a sequence (or, if scalar_ok, one scalar); replace
+ * *out only when every item is valid. */
+static void str_list(struct cfg_ctx *c, yaml_node_t *v, const char *key, bool scalar_ok,
+                     bool (*ok)(const char *), const char *why, char ***out, size_t *n_out)
+{
+    size_t n = v->type == YAML_SEQUENCE_NODE ? wg_yaml_seq_len(v) : 1, got = 0;
+    unsigned long before = c->y.n_errors;
+    char **list;
+
+    if (v->type != YAML_SEQUENCE_NODE && !(scalar_ok && v->type == YAML_SCALAR_NODE)) {
+        cfg_error(c, v, "%s: expected a list", key);
+        return;
+    }
+    if (n == 0) {
+        cfg_error(c, v, "%s: expected at least one value", key);
+        return;
+    }
+    if (!(list = calloc(n, sizeof *list))) {
+        wg_yaml_oom(&c->y);
+        return;
+    }
+    for (size_t i = 0; i < n && !c->y.aborted; i++) {
+        yaml_node_t *item = v->type == YAML_SEQUENCE_NODE ? wg_yaml_seq_item(&c->y, v, i) : v;
+        const char *t = item ? cfg_text(c, item, key) : NULL;
+        if (t && !ok(t))
+            cfg_error(c, item, "%s: %s, got '%.80s'", key, why, t);
+        else if (t && !(list[got++] = strdup(t)))
+            wg_yaml_oom(&c->y);
+    }
+    if (c->y.n_errors != before || c->y.aborted) {
+        str_list_free(list, got);
+        return;
+    }
+    str_list_free(*out, *n_out);
+    *out = list;
+    *n_out = got;
+}
+
+static void p_endpoints(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    struct wg_config *cfg = base;
+
+    str_list(c, v, k->name, false, endpoint_ok,
+             "invalid etcd endpoint (expected http://HOST:PORT or https://HOST:PORT)",
+             &cfg->registry.etcd.endpoints, &cfg->registry.etcd.n_endpoints);
+}
+
+static void p_prefix(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    struct wg_config *cfg = base;
+
+    str_list(c, v, k->name, true, prefix_ok, "a prefix must not be empty",
+             &cfg->registry.etcd.prefixes, &cfg->registry.etcd.n_prefixes);
+}
+
+static const struct cfg_key backoff_keys[] = {
+    { "initial", cfg_p_duration, CF(registry.etcd.backoff_initial_ms), 1, DMAX, NULL },
+    { "max", cfg_p_duration, CF(registry.etcd.backoff_max_ms), 1, DMAX, NULL },
+};
+static const struct cfg_table backoff_table = CFG_TABLE("backoff", backoff_keys);
+
+static const struct cfg_key etcd_tls_keys[] = {
+    { "ca", cfg_p_file, CF(registry.etcd.tls.ca), 0, 0, NULL },
+    { "cert", cfg_p_file, CF(registry.etcd.tls.cert), 0, 0, NULL },
+    { "key", cfg_p_file, CF(registry.etcd.tls.key), 0, 0, NULL },
+    { "server_name", cfg_p_str, CF(registry.etcd.tls.server_name), 0, 0, NULL },
+};
+static const struct cfg_table etcd_tls_table = CFG_TABLE("tls", etcd_tls_keys);
+
+static const struct cfg_key etcd_keys[] = {
+    { "endpoints", p_endpoints, 0, 0, 0, NULL },
+    { "prefix", p_prefix, 0, 0, 0, NULL },
+    { "username", cfg_p_str, CF(registry.etcd.username), 0, 0, NULL },
+    { "password", cfg_p_str, CF(registry.etcd.password), 0, 0, NULL },
+    { "tls", cfg_p_map, 0, 0, 0, &etcd_tls_table },
+    { "watch_timeout", cfg_p_duration, CF(registry.etcd.watch_timeout_ms), 1, DMAX, NULL },
+    { "backoff", cfg_p_map, 0, 0, 0, &backoff_table },
+};
+static const struct cfg_table etcd_table = CFG_TABLE("registry.etcd", etcd_keys);
+
+static void p_etcd(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    struct wg_config *cfg = base;
+    struct cfg_seen seen;
+
+    cfg->registry.kind = WG_REGISTRY_ETCD;
+    cfg_map(c, v, &etcd_table, cfg, &seen, k->name, NULL);
+    if (cfg_seen_has(&seen, &etcd_table, "backoff") &&
+        cfg->registry.etcd.backoff_initial_ms > cfg->registry.etcd.backoff_max_ms)
+        cfg_error(c, seen.value[cfg_key_index(&etcd_table, "backoff")],
+                  "backoff: initial exceeds max");
+    if (!*cfg->registry.etcd.tls.cert != !*cfg->registry.etcd.tls.key)
+        cfg_error(c, seen.value[cfg_key_index(&etcd_table, "tls")],
+                  "tls: cert and key must be set together");
+    if (*cfg->registry.etcd.password && !*cfg->registry.etcd.username)
+        cfg_error(c, seen.value[cfg_key_index(&etcd_table, "password")],
+                  "password: needs a username");
+}
+
+static void p_registry_file(struct cfg_ctx *c, yaml_node_t *v, void *base,
+                            const struct cfg_key *k)
+{
+    struct wg_config *cfg = base;
+    const char *t = cfg_text(c, v, k->name);
+
+    if (!t)
+        return;
+    if (!*t) {
+        cfg_error(c, v, "%s: expected a path", k->name);
+        return;
+    }
+    cfg->registry.kind = WG_REGISTRY_FILE;
+    if (cfg_set_str(c, &cfg->registry.file, t))
+        cfg_check_file(c, v, t);
+}
+
+static const struct cfg_key registry_keys[] = {
+    { "etcd", p_etcd, 0, 0, 0, NULL },
+    { "file", p_registry_file, 0, 0, 0, NULL },
+    { "cache", cfg_p_str, CF(registry.cache), 0, 0, NULL },
+};
+static const struct cfg_table registry_table = CFG_TABLE("registry", registry_keys);
+
+static void p_registry(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    struct cfg_seen seen;
+    unsigned etcd = cfg_key_index(&registry_table, "etcd");
+    unsigned file = cfg_key_index(&registry_table, "file");
+
+    cfg_map(c, v, &registry_table, base, &seen, k->name, NULL);
+    if ((seen.mask & (1u << etcd)) && (seen.mask & (1u << file))) {
+        yaml_node_t *later = seen.key[etcd]->start_mark.index > seen.key[file]->start_mark.index
+                                 ? seen.key[etcd] : seen.key[file];
+        cfg_error(c, later, "registry: etcd and file are mutually exclusive");
+    }
+}
+
+static void p_workers(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    struct wg_config *cfg = base;
+    const char *t = v->type == YAML_SCALAR_NODE ? (const char *)v->data.scalar.value : NULL;
+    uint64_t n;
+
+    if (t && strcmp(t, "auto") == 0)
+        cfg->workers = 0;
+    else if (t && *t && strspn(t, "0123456789") == strlen(t)) {
+        if (cfg_uint(c, v, k->name, k->min, k->max, &n))
+            cfg->workers = (unsigned)n;
+    } else if (t)
+        cfg_error(c, v, "%s: expected auto or an integer, got '%.80s'", k->name, t);
+    else
+        cfg_error(c, v, "%s: expected auto or an integer", k->name);
+}
+
+static void p_defer_defaults(struct cfg_ctx *c, yaml_node_t *v, CFG_UNUSED void *base,
+                             CFG_UNUSED const struct cfg_key *k)
+{
+    c->defaults_node = v;
+}
+
+static void p_defer_services(struct cfg_ctx *c, yaml_node_t *v, CFG_UNUSED void *base,
+                             CFG_UNUSED const struct cfg_key *k)
+{
+    c->services_node = v;
+}
+
+static const struct cfg_key top_keys[] = {
+    { "workers", p_workers, 0, 0, 1024, NULL },
+    { "user", cfg_p_str, CF(user), 0, 0, NULL },
+    { "max_connections", cfg_p_u64, CF(max_connections), 1, 10000000, NULL },
+    { "startup_timeout", cfg_p_duration, CF(startup_timeout_ms), 0, DMAX, NULL },
+    { "shutdown_timeout", cfg_p_duration, CF(shutdown_timeout_ms), 0, DMAX, NULL },
+    { "log", cfg_p_map, 0, 0, 0, &log_table },
+    { "admin", p_admin, 0, 0, 0, NULL },
+    { "registry", p_registry, 0, 0, 0, NULL },
+    { "service_defaults", p_defer_defaults, 0, 0, 0, NULL },
+    { "services", p_defer_services, 0, 0, 0, NULL },
+    { "listeners", cfg_p_listeners, 0, 0, 0, NULL },
+};
+static const struct cfg_table top_table = CFG_TABLE("the top level", top_keys);
+
+/* ---- cross-checks once everything is read -------------------------------- */
+
+static int service_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct wg_service_config *)a)->name,
+                  ((const struct wg_service_config *)b)->name);
+}
+
+/* Every service a tcp listener or a route names exists in services[]. */
+static void add_referenced(struct cfg_ctx *c)
+{
+    struct wg_config *cfg = c->cfg;
+
+    for (size_t i = 0; i < cfg->n_listeners && !c->y.aborted; i++) {
+        struct wg_listener_config *l = &cfg->listeners[i];
+        if (l->service && !service_find(cfg, l->service))
+            service_add(c, l->service);
+        for (size_t r = 0; r < l->n_routes && !c->y.aborted; r++)
+            if (l->routes[r].service && !service_find(cfg, l->routes[r].service))
+                service_add(c, l->routes[r].service);
+    }
+}
+
+static const char *const hash_kind_names[] = { "client_ip", "header", "cookie" };
+
+/* health_check.type defaults to tcp for services used only by tcp
+ * listeners; header/cookie hashing needs HTTP. */
+static void check_usage(struct cfg_ctx *c)
+{
+    struct wg_config *cfg = c->cfg;
+    unsigned char *use = calloc(cfg->n_services + 1, 1);   /* bit 0 tcp, bit 1 http */
+
+    if (!use) {
+        wg_yaml_oom(&c->y);
+        return;
+    }
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        struct wg_listener_config *l = &cfg->listeners[i];
+        const struct wg_service_config *s = l->service ? wg_config_service(cfg, l->service) : NULL;
+        if (s && s->name) {
+            use[s - cfg->services] |= 1;
+            if (s->hash_key != WG_HASH_CLIENT_IP && c->meta[i].service)
+                cfg_error(c, c->meta[i].service,
+                          "service: service '%s' uses hash_key '%s:%s', which needs an http "
+                          "listener", s->name, hash_kind_names[s->hash_key], s->hash_name);
+        }
+        for (size_t r = 0; r < l->n_routes; r++) {
+            s = l->routes[r].service ? wg_config_service(cfg, l->routes[r].service) : NULL;
+            if (s && s->name)
+                use[s - cfg->services] |= 2;
+        }
+    }
+    for (size_t i = 0; i < cfg->n_services; i++)
+        if (!cfg->services[i].health_check.type_set)
+            cfg->services[i].health_check.type = use[i] == 1 ? WG_HEALTH_TCP : WG_HEALTH_HTTP;
+    free(use);
+}
+
+static void check_admin_collision(struct cfg_ctx *c)
+{
+    struct wg_config *cfg = c->cfg;
+
+    for (size_t i = 0; i < cfg->n_listeners; i++)
+        if (c->meta[i].listen && wg_addr_same(&cfg->listeners[i].listen, &cfg->admin.listen))
+            cfg_error(c, c->meta[i].listen, "listen: %s is already used by admin.listen",
+                      cfg->listeners[i].listen.text);
+}
+
+static void parse_root(struct cfg_ctx *c, yaml_node_t *root)
+{
+    struct wg_config *cfg = c->cfg;
+
+    if (root->type != YAML_MAPPING_NODE) {
+        cfg_error(c, root, "expected a mapping of settings at the top level");
+        return;
+    }
+    cfg_map(c, root, &top_table, cfg, NULL, "configuration", NULL);
+    if (!c->y.aborted)
+        parse_services(c);
+    if (!c->y.aborted)
+        add_referenced(c);
+    if (c->y.aborted)
+        return;
+    if (cfg->n_services > 1)
+        qsort(cfg->services, cfg->n_services, sizeof *cfg->services, service_cmp);
+    check_usage(c);
+    check_admin_collision(c);
+}
+
+/* ---- construction, loading, freeing -------------------------------------- */
+
+static bool config_defaults(struct cfg_ctx *c, struct wg_config *cfg, const char *path)
+{
+    static const char *const endpoint = "http://127.0.0.1:2379", *const prefix = "/services/";
+
+    cfg->max_connections = 100000;
+    cfg->startup_timeout_ms = 5000;
+    cfg->shutdown_timeout_ms = 10000;
+    cfg->log.level = WG_LOG_INFO;
+    cfg->log.access_format = WG_ACCESS_TEXT;
+    wg_parse_addr("127.0.0.1:9901", &cfg->admin.listen);
+    cfg->registry.kind = WG_REGISTRY_NONE;
+    cfg->registry.etcd.watch_timeout_ms = 10000;
+    cfg->registry.etcd.backoff_initial_ms = 50;
+    cfg->registry.etcd.backoff_max_ms = 5000;
+    cfg->registry.etcd.endpoints = calloc(1, sizeof(char *));
+    cfg->registry.etcd.prefixes = calloc(1, sizeof(char *));
+    if (!cfg->registry.etcd.endpoints || !cfg->registry.etcd.prefixes) {
+        wg_yaml_oom(&c->y);
+        return false;
+    }
+    if (!cfg_set_str(c, &cfg->registry.etcd.endpoints[0], endpoint))
+        return false;
+    cfg->registry.etcd.n_endpoints = 1;
+    if (!cfg_set_str(c, &cfg->registry.etcd.prefixes[0], prefix))
+        return false;
+    cfg->registry.etcd.n_prefixes = 1;
+    return cfg_set_str(c, &cfg->path, path) && cfg_set_str(c, &cfg->user, "") &&
+           cfg_set_str(c, &cfg->log.access_log, "stdout") &&
+           cfg_set_str(c, &cfg->registry.etcd.username, "") &&
+           cfg_set_str(c, &cfg->registry.etcd.password, "") &&
+           cfg_set_str(c, &cfg->registry.etcd.tls.ca, "") &&
+           cfg_set_str(c, &cfg->registry.etcd.tls.cert, "") &&
+           cfg_set_str(c, &cfg->registry.etcd.tls.key, "") &&
+           cfg_set_str(c, &cfg->registry.etcd.tls.server_name, "") &&
+           cfg_set_str(c, &cfg->registry.file, "") && cfg_set_str(c, &cfg->registry.cache, "") &&
+           service_defaults_init(c, &cfg->service_defaults);
+}
+
+struct wg_config *wg_config_load_buffer(const char *name, const char *buf, size_t len,
+                                        bool check_files, struct wg_errors *errs)
+{
+    struct cfg_ctx c;
+    enum wg_yaml_status st;
+    yaml_mark_t start = { 0, 0, 0 };
+
+    memset(&c, 0, sizeof c);
+    c.check_files = check_files;
+    st = wg_yaml_load(&c.y, name, buf, len, errs);
+    c.y.abort_on_error_cap = true;
+    if (st == WG_YAML_EMPTY)
+        wg_yaml_error(&c.y, start, "empty configuration (expected a mapping of settings)");
+    if (st == WG_YAML_OK && !(c.cfg = calloc(1, sizeof *c.cfg)))
+        wg_yaml_oom(&c.y);
+    if (c.cfg && config_defaults(&c, c.cfg, name))
+        parse_root(&c, wg_yaml_root(&c.y));
+    free(c.meta);
+    wg_yaml_sort_errors(&c.y);
+    wg_yaml_close(&c.y);
+    if (c.y.n_errors == 0)
+        return c.cfg;
+    wg_config_free(c.cfg);
+    return NULL;
+}
+
+struct wg_config *wg_config_load(const char *path, struct wg_errors *errs)
+{
+    char *buf;
+    size_t len;
+    struct wg_config *cfg;
+
+    if (!wg_yaml_read_file(path, &buf, &len, errs))
+        return NULL;
+    cfg = wg_config_load_buffer(path, buf, len, true, errs);
+    free(buf);
+    return cfg;
+}
+
+void wg_config_free(struct wg_config *cfg)
+{
+    if (!cfg)
+        return;
+    free(cfg->path);
+    free(cfg->user);
+    free(cfg->log.access_log);
+    str_list_free(cfg->registry.etcd.endpoints, cfg->registry.etcd.n_endpoints);
+    str_list_free(cfg->registry.etcd.prefixes, cfg->registry.etcd.n_prefixes);
+    free(cfg->registry.etcd.username);
+    free(cfg->registry.etcd.password);
+    free(cfg->registry.etcd.tls.ca);
+    free(cfg->registry.etcd.tls.cert);
+    free(cfg->registry.etcd.tls.key);
+    free(cfg->registry.etcd.tls.server_name);
+    free(cfg->registry.file);
+    free(cfg->registry.cache);
+    service_free(&cfg->service_defaults);
+    for (size_t i = 0; i < cfg->n_services; i++)
+        service_free(&cfg->services[i]);
+    free(cfg->services);
+    for (size_t i = 0; i < cfg->n_listeners; i++)
+        cfg_listener_free(&cfg->listeners[i]);
+    free(cfg->listeners);
+    free(cfg);
+}
+
+static int service_key_cmp(const void *key, const void *elem)
+{
+    return strcmp(key, ((const struct wg_service_config *)elem)->name);
+}
+
+const struct wg_service_config *wg_config_service(const struct wg_config *cfg,
+                                                  const char *name)
+{
+    const struct wg_service_config *s = NULL;
+
+    if (name && cfg->n_services)
+        s = bsearch(name, cfg->services, cfg->n_services, sizeof *cfg->services,
+                    service_key_cmp);
+    return s ? s : &cfg->service_defaults;
+}
