@@ -106,20 +106,55 @@ void wg_instance_unref(struct wg_instance *i)
     free(i);
 }
 
-enum wg_health wg_instance_set_health(struct wg_instance *i, enum wg_health h)
+/* Moves the healthy count for a visible transition from `old` to `h`. */
+static void count_transition(struct wg_instance *i, int old, int h)
 {
-    int old = atomic_load(&i->health);
-    do {
-        if (old == (int)h || old == WG_HEALTH_DRAINING)
-            return (enum wg_health)old;
-    } while (!atomic_compare_exchange_weak(&i->health, &old, (int)h));
     if (old == WG_HEALTH_HEALTHY)
         atomic_fetch_sub(&i->service->healthy, 1);
     if (h == WG_HEALTH_HEALTHY) {
         atomic_fetch_add(&i->service->healthy, 1);
         atomic_store(&i->healthy_since_ms, wg_now_ms());
     }
+}
+
+enum wg_health wg_instance_set_health(struct wg_instance *i, enum wg_health h)
+{
+    int old = atomic_load(&i->health), next;
+    do {
+        if (old & WG_HEALTH_ADMIN_BIT)      /* visible state stays draining */
+            next = h == WG_HEALTH_DRAINING ? WG_HEALTH_DRAINING
+                   : WG_HEALTH_DRAINING | WG_HEALTH_ADMIN_BIT | ((int)h << WG_HEALTH_SAVED_SHIFT);
+        else if (old == (int)h || old == WG_HEALTH_DRAINING)
+            return (enum wg_health)old;
+        else
+            next = (int)h;
+    } while (!atomic_compare_exchange_weak(&i->health, &old, next));
+    if (old & WG_HEALTH_ADMIN_BIT) {
+        if (next == WG_HEALTH_DRAINING)
+            atomic_store(&i->admin_drained, 0);
+        return WG_HEALTH_DRAINING;
+    }
+    count_transition(i, old, (int)h);
     return (enum wg_health)old;
+}
+
+bool wg_instance_admin_drain(struct wg_instance *i, bool drain)
+{
+    int old = atomic_load(&i->health), next;
+    do {
+        if (old == WG_HEALTH_DRAINING)      /* removed from the registry: final */
+            return drain;
+        if (drain == !!(old & WG_HEALTH_ADMIN_BIT))
+            return true;
+        next = drain ? WG_HEALTH_DRAINING | WG_HEALTH_ADMIN_BIT | (old << WG_HEALTH_SAVED_SHIFT)
+                     : (old >> WG_HEALTH_SAVED_SHIFT) & WG_HEALTH_VISIBLE_MASK;
+    } while (!atomic_compare_exchange_weak(&i->health, &old, next));
+    atomic_store(&i->admin_drained, drain ? 1 : 0);
+    if (drain)
+        count_transition(i, old, WG_HEALTH_DRAINING);
+    else
+        count_transition(i, WG_HEALTH_DRAINING, next);
+    return true;
 }
 
 static struct wg_instance *instance_new(struct wg_service_state *st, const struct wg_record *r,
@@ -221,8 +256,7 @@ static struct wg_pool_service *service_build(struct wg_pool *p, const char *name
         }
         const struct wg_member *old = find_member(prev, r->id);
         struct wg_instance *inst;
-        if (old && same_address(old->inst, r) &&
-            wg_instance_health(old->inst) != WG_HEALTH_DRAINING) {
+        if (old && same_address(old->inst, r) && !wg_instance_removed(old->inst)) {
             inst = old->inst;
             wg_instance_ref(inst);
         } else if (!(inst = instance_new(s->state, r, s->cfg))) {

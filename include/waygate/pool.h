@@ -16,7 +16,9 @@
  *    carry over. Health and counters are atomics: changing them never needs a
  *    new snapshot.
  *  - An instance removed from the registry becomes `draining`: no new work,
- *    its connections finish; it is freed with its last reference.
+ *    its connections finish; it is freed with its last reference. The admin
+ *    API can drain an instance too, and undo that (wg_instance_admin_drain);
+ *    an admin-drained instance keeps its identity across snapshots.
  */
 #ifndef WAYGATE_POOL_H
 #define WAYGATE_POOL_H
@@ -60,8 +62,11 @@ struct wg_instance {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     char addr_text[64];                 /* 127.0.0.1:80 / [::1]:80 */
-    _Atomic int health;                 /* enum wg_health */
-    _Atomic int admin_drained;          /* drained through the admin API */
+    _Atomic int health;                 /* read with wg_instance_health(): the low
+                                           byte is the enum wg_health, higher bits
+                                           hold an admin drain (see below) */
+    _Atomic int admin_drained;          /* 1 while drained through the admin API
+                                           (mirror for readers; `health` decides) */
     _Atomic unsigned active;            /* open connections / in-flight requests */
     _Atomic unsigned consecutive_failures;
     _Atomic unsigned ejections;
@@ -160,12 +165,37 @@ void wg_pool_service_unref(struct wg_pool_service *s);
 void wg_instance_ref(struct wg_instance *i);
 void wg_instance_unref(struct wg_instance *i);
 /* Change health, keeping the service's healthy count exact. Returns the
- * previous state. A draining instance never leaves draining. */
+ * previous state. Any thread. Setting WG_HEALTH_DRAINING means "removed from
+ * the registry" and is final. While an instance is drained by the admin its
+ * visible state stays draining and `h` is only remembered: enabling it again
+ * restores the latest state set meanwhile. */
 enum wg_health wg_instance_set_health(struct wg_instance *i, enum wg_health h);
+
+/* Admin drain (drain = true) or undo (false); any thread, idempotent.
+ * Draining makes the visible state draining (no new work; open connections
+ * finish) and remembers the state underneath; undoing restores it (a restored
+ * healthy state restarts slow start). The healthy count stays exact. Returns
+ * false only when asked to undo the drain of an instance removed from the
+ * registry, which stays draining for good; true otherwise. */
+bool wg_instance_admin_drain(struct wg_instance *i, bool drain);
+
+/* Layout of the `health` word: the low byte is what readers see; while an
+ * admin drain is in force WG_HEALTH_ADMIN_BIT is set, the low byte is
+ * draining and the next byte holds the state to restore. */
+#define WG_HEALTH_VISIBLE_MASK 0xff
+#define WG_HEALTH_SAVED_SHIFT 8
+#define WG_HEALTH_ADMIN_BIT (1 << 16)
+
 static inline enum wg_health wg_instance_health(const struct wg_instance *i)
 {
-    return (enum wg_health)atomic_load_explicit(&((struct wg_instance *)i)->health,
-                                                memory_order_relaxed);
+    int v = atomic_load_explicit(&((struct wg_instance *)i)->health, memory_order_relaxed);
+    return (enum wg_health)(v & WG_HEALTH_VISIBLE_MASK);
+}
+/* Removed from the registry (draining, not merely drained by the admin). */
+static inline bool wg_instance_removed(const struct wg_instance *i)
+{
+    int v = atomic_load_explicit(&((struct wg_instance *)i)->health, memory_order_relaxed);
+    return v == WG_HEALTH_DRAINING;
 }
 
 uint64_t wg_now_ms(void);       /* CLOCK_MONOTONIC in milliseconds */
