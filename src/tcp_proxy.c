@@ -257,6 +257,7 @@ static void connected(struct tcp_conn *c)
     uint64_t idle = c->l->idle_timeout_ms;
     struct timeval tv = { (time_t)(idle / 1000), (suseconds_t)(idle % 1000) * 1000 };
     event_add(c->timer, &tv);
+    dir_interest(&c->down);
     /* The client may have sent bytes (or FIN) while we were connecting. */
     relay(c, &c->up);
 }

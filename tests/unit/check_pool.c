@@ -1,0 +1,211 @@
+/* check_pool — snapshots, instance identity, draining, reclamation. */
+#include "unit_util.h"
+
+#include "waygate/pool.h"
+#include "waygate/reclaim.h"
+
+static const char *CFG = "services:\n  s: { health_check: { type: none } }\n"
+                         "  p: { health_check: { type: http } }\n";
+
+struct fixture {
+    struct wg_reclaim *rc;
+    struct wg_pool *pool;
+    struct wg_config_ref *ref;
+    int wakes;
+};
+
+static void on_wake(void *arg) { ((struct fixture *)arg)->wakes++; }
+
+static void setup(struct fixture *f, const char *yaml)
+{
+    memset(f, 0, sizeof *f);
+    f->rc = wg_reclaim_new();
+    f->pool = wg_pool_new(f->rc, on_wake, f);
+    f->ref = wg_config_ref_new(unit_config(yaml));
+    wg_pool_set_config(f->pool, f->ref);
+}
+
+static void teardown(struct fixture *f)
+{
+    wg_pool_free(f->pool);
+    wg_reclaim_free(f->rc);
+    wg_config_ref_put(f->ref);
+}
+
+static void publish(struct fixture *f, struct wg_record_set *set)
+{
+    wg_record_set_sort(set);
+    ck_assert_int_eq(wg_pool_replace_all(f->pool, set), 0);
+    wg_record_set_clear(set);
+}
+
+START_TEST(first_snapshot_only_from_registry)
+{
+    struct fixture f;
+    setup(&f, CFG);
+    ck_assert(!wg_pool_has_snapshot(f.pool));      /* config alone is not readiness */
+    struct wg_record_set set = { 0 };
+    publish(&f, &set);                              /* an empty registry is */
+    ck_assert(wg_pool_has_snapshot(f.pool));
+    ck_assert_uint_eq(wg_pool_current(f.pool)->generation, 1);
+    ck_assert_int_eq(f.wakes, 1);
+    teardown(&f);
+}
+END_TEST
+
+START_TEST(identity_carries_health_over_weight_change)
+{
+    struct fixture f;
+    setup(&f, CFG);
+    struct wg_record_set set = { 0 };
+    unit_record(&set, "s", "a", "127.0.0.1", 9001, 100);
+    unit_record(&set, "s", "b", "127.0.0.1", 9002, 100);
+    publish(&f, &set);
+    struct wg_snapshot *s1 = wg_pool_current(f.pool);
+    const struct wg_pool_service *svc = wg_snapshot_service(s1, "s");
+    ck_assert_ptr_nonnull(svc);
+    ck_assert_uint_eq(svc->n_members, 2);
+    struct wg_instance *a = svc->members[0].inst;
+    ck_assert_str_eq(a->id, "a");
+    ck_assert_int_eq(wg_instance_health(a), WG_HEALTH_HEALTHY);    /* type none */
+    ck_assert_int_eq(atomic_load(&svc->state->healthy), 2);
+    atomic_store(&a->requests_total, 42);
+    wg_instance_set_health(a, WG_HEALTH_EJECTED);
+    /* Weight change: same object, same health, same counters. */
+    unit_record(&set, "s", "a", "127.0.0.1", 9001, 300);
+    unit_record(&set, "s", "b", "127.0.0.1", 9002, 100);
+    publish(&f, &set);
+    struct wg_snapshot *s2 = wg_pool_current(f.pool);
+    ck_assert_uint_eq(s2->generation, 2);
+    svc = wg_snapshot_service(s2, "s");
+    ck_assert_ptr_eq(svc->members[0].inst, a);
+    ck_assert_uint_eq(svc->members[0].weight, 300);
+    ck_assert_uint_eq(svc->total_weight, 400);
+    ck_assert_int_eq(wg_instance_health(a), WG_HEALTH_EJECTED);
+    ck_assert_uint_eq(atomic_load(&a->requests_total), 42);
+    ck_assert_int_eq(atomic_load(&svc->state->healthy), 1);
+    teardown(&f);
+}
+END_TEST
+
+START_TEST(address_change_is_new_instance_old_drains)
+{
+    struct fixture f;
+    setup(&f, CFG);
+    struct wg_record_set set = { 0 };
+    unit_record(&set, "s", "a", "127.0.0.1", 9001, 100);
+    publish(&f, &set);
+    struct wg_instance *old = wg_snapshot_service(wg_pool_current(f.pool), "s")->members[0].inst;
+    wg_instance_ref(old);                           /* as a connection would */
+    atomic_fetch_add(&old->active, 1);
+    unit_record(&set, "s", "a", "127.0.0.2", 9001, 100);
+    publish(&f, &set);
+    const struct wg_pool_service *svc = wg_snapshot_service(wg_pool_current(f.pool), "s");
+    ck_assert_ptr_ne(svc->members[0].inst, old);
+    ck_assert_int_eq(wg_instance_health(old), WG_HEALTH_DRAINING);
+    /* Draining is final: probes cannot bring it back. */
+    wg_instance_set_health(old, WG_HEALTH_HEALTHY);
+    ck_assert_int_eq(wg_instance_health(old), WG_HEALTH_DRAINING);
+    ck_assert_int_eq(atomic_load(&svc->state->healthy), 1);
+    wg_pool_reclaim(f.pool);                        /* no readers: old snapshots go */
+    ck_assert_uint_eq(old->magic, WG_INSTANCE_MAGIC);   /* still ours */
+    ck_assert_uint_eq(atomic_load(&old->active), 1);
+    wg_instance_unref(old);
+    teardown(&f);
+}
+END_TEST
+
+START_TEST(removed_service_and_unchanged_service_shared)
+{
+    struct fixture f;
+    setup(&f, CFG);
+    struct wg_record_set set = { 0 };
+    unit_record(&set, "s", "a", "127.0.0.1", 9001, 100);
+    unit_record(&set, "t", "x", "127.0.0.1", 9003, 100);
+    publish(&f, &set);
+    const struct wg_pool_service *t1 = wg_snapshot_service(wg_pool_current(f.pool), "t");
+    struct wg_instance *a = wg_snapshot_service(wg_pool_current(f.pool), "s")->members[0].inst;
+    wg_instance_ref(a);
+    unit_record(&set, "t", "x", "127.0.0.1", 9003, 100);
+    publish(&f, &set);
+    struct wg_snapshot *s = wg_pool_current(f.pool);
+    ck_assert_ptr_null(wg_snapshot_service(s, "s"));
+    ck_assert_int_eq(wg_instance_health(a), WG_HEALTH_DRAINING);
+    ck_assert_uint_eq(s->n_services, 1);
+    /* t was staged with identical records: a new version, same instance. */
+    ck_assert_ptr_eq(wg_snapshot_service(s, "t")->members[0].inst, t1->members[0].inst);
+    wg_instance_unref(a);
+    teardown(&f);
+}
+END_TEST
+
+START_TEST(probed_service_starts_unknown)
+{
+    struct fixture f;
+    setup(&f, CFG);
+    struct wg_record_set set = { 0 };
+    unit_record(&set, "p", "a", "127.0.0.1", 9001, 100);
+    publish(&f, &set);
+    const struct wg_pool_service *svc = wg_snapshot_service(wg_pool_current(f.pool), "p");
+    ck_assert_int_eq(wg_instance_health(svc->members[0].inst), WG_HEALTH_UNKNOWN);
+    ck_assert_int_eq(atomic_load(&svc->state->healthy), 0);
+    wg_instance_set_health(svc->members[0].inst, WG_HEALTH_HEALTHY);
+    ck_assert_int_eq(atomic_load(&svc->state->healthy), 1);
+    teardown(&f);
+}
+END_TEST
+
+START_TEST(reclaim_waits_for_reader)
+{
+    struct fixture f;
+    setup(&f, CFG);
+    struct wg_reclaim_reader *r = wg_reclaim_register(f.rc);
+    struct wg_record_set set = { 0 };
+    unit_record(&set, "s", "a", "127.0.0.1", 9001, 100);
+    publish(&f, &set);
+    struct wg_snapshot *held = wg_pool_current(f.pool);     /* reader holds it */
+    unit_record(&set, "s", "a", "127.0.0.1", 9001, 50);
+    publish(&f, &set);
+    ck_assert_uint_eq(wg_pool_reclaim(f.pool), 1);
+    ck_assert_uint_eq(held->magic, WG_SNAPSHOT_MAGIC);
+    wg_reclaim_quiescent(r);
+    ck_assert_uint_eq(wg_pool_reclaim(f.pool), 0);
+    wg_reclaim_unregister(f.rc, r);
+    teardown(&f);
+}
+END_TEST
+
+START_TEST(config_change_keeps_instances)
+{
+    struct fixture f;
+    setup(&f, CFG);
+    struct wg_record_set set = { 0 };
+    unit_record(&set, "s", "a", "127.0.0.1", 9001, 100);
+    publish(&f, &set);
+    struct wg_instance *a = wg_snapshot_service(wg_pool_current(f.pool), "s")->members[0].inst;
+    struct wg_config_ref *ref2 = wg_config_ref_new(unit_config(
+        "services:\n  s: { retries: 5, health_check: { type: none } }\n"));
+    wg_pool_set_config(f.pool, ref2);
+    const struct wg_pool_service *svc = wg_snapshot_service(wg_pool_current(f.pool), "s");
+    ck_assert_uint_eq(svc->cfg->retries, 5);
+    ck_assert_ptr_eq(svc->members[0].inst, a);
+    ck_assert_uint_eq(wg_pool_current(f.pool)->generation, 2);
+    wg_config_ref_put(ref2);
+    teardown(&f);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("pool");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, first_snapshot_only_from_registry);
+    tcase_add_test(tc, identity_carries_health_over_weight_change);
+    tcase_add_test(tc, address_change_is_new_instance_old_drains);
+    tcase_add_test(tc, removed_service_and_unchanged_service_shared);
+    tcase_add_test(tc, probed_service_starts_unknown);
+    tcase_add_test(tc, reclaim_waits_for_reader);
+    tcase_add_test(tc, config_change_keeps_instances);
+    suite_add_tcase(s, tc);
+    return unit_run(s);
+}
