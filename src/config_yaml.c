@@ -424,29 +424,32 @@ void wg_yaml_pairs_free(struct wg_yaml_pairs *p)
     memset(p, 0, sizeof *p);
 }
 
+/* Optimal string alignment distance: an adjacent transposition ("tsl" for
+ * "tls") costs one edit, like a substitution. */
 static unsigned edit_distance(const char *a, const char *b)
 {
-    unsigned row[65], la = (unsigned)strlen(a), lb = (unsigned)strlen(b);
+    unsigned d[3][65], la = (unsigned)strlen(a), lb = (unsigned)strlen(b);
 
     if (la > 64 || lb > 64)
         return 99;
     for (unsigned j = 0; j <= lb; j++)
-        row[j] = j;
+        d[0][j] = j;
     for (unsigned i = 1; i <= la; i++) {
-        unsigned diag = row[0];
+        unsigned *row = d[i % 3], *up = d[(i - 1) % 3], *up2 = d[(i + 1) % 3];
         row[0] = i;
         for (unsigned j = 1; j <= lb; j++) {
-            unsigned up = row[j];
-            unsigned best = diag + (a[i - 1] != b[j - 1]);
-            if (up + 1 < best)
-                best = up + 1;
+            unsigned best = up[j - 1] + (a[i - 1] != b[j - 1]);
+            if (up[j] + 1 < best)
+                best = up[j] + 1;
             if (row[j - 1] + 1 < best)
                 best = row[j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                up2[j - 2] + 1 < best)
+                best = up2[j - 2] + 1;
             row[j] = best;
-            diag = up;
         }
     }
-    return row[lb];
+    return d[la % 3][lb];
 }
 
 const char *wg_yaml_suggest(const char *name, const void *records, size_t n, size_t stride)
