@@ -123,6 +123,7 @@ static void pause_done(evutil_socket_t fd, short what, void *arg)
 static void pause_accepting(struct wg_acceptor *a, int err)
 {
     wg_stats_add(a->w->stats, WG_C_ACCEPT_PAUSED, 1);
+    wg_worker_pipe_flush(a->w);
     wg_warn("msg=\"accept paused\" listener=%s error=\"%s\" pause_ms=%d", a->l->name,
             strerror(err), PAUSE_MS);
     a->paused = true;

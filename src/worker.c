@@ -206,6 +206,15 @@ int wg_worker_pipe_get(struct wg_worker *w, int fds[2])
     return 0;
 }
 
+void wg_worker_pipe_flush(struct wg_worker *w)
+{
+    while (w->pipes.n) {
+        w->pipes.n--;
+        close(w->pipes.fds[w->pipes.n][0]);
+        close(w->pipes.fds[w->pipes.n][1]);
+    }
+}
+
 void wg_worker_pipe_put(struct wg_worker *w, int fds[2])
 {
     if (w->pipes.n < WG_PIPE_CACHE) {

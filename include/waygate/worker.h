@@ -88,5 +88,7 @@ void wg_worker_conn_remove(struct wg_worker *w, struct wg_conn_link *l);
 int wg_worker_pipe_get(struct wg_worker *w, int fds[2]);
 /* Give back an EMPTY pipe. */
 void wg_worker_pipe_put(struct wg_worker *w, int fds[2]);
+/* Close the cached pipes (descriptors are short: give them to connections). */
+void wg_worker_pipe_flush(struct wg_worker *w);
 
 #endif
