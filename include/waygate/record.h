@@ -56,4 +56,49 @@ bool wg_record_parse_file_buffer(const char *name, const char *buf, size_t len,
                                  struct wg_record_set *out, struct wg_errors *warnings,
                                  unsigned *invalid);
 
+/* ---- registry values (DESIGN §7), decoded in record_json.c ----------------
+ *
+ * A key <prefix><service>/<instance-id> holds one value in one of the formats
+ * below, detected per value. The key names the service and (except go-micro,
+ * whose nodes carry their own ids) the instance: names inside the value are
+ * ignored. Addresses are IP literals or hostnames; a hostname is reported in
+ * `hosts` for the caller to resolve (its record has address family
+ * AF_UNSPEC until then), or refused when `hosts` is NULL. */
+enum wg_record_format {
+    WG_FORMAT_NATIVE,       /* {"address":"10.0.0.5","port":8080,"weight":100,"metadata":{}} */
+    WG_FORMAT_PLAIN,        /* 10.0.0.5:8080 or [fd00::5]:8080 */
+    WG_FORMAT_ENDPOINTS,    /* etcd endpoints.Manager {"Op":0,"Addr":"10.0.0.5:8080"} */
+    WG_FORMAT_GO_MICRO,     /* {"name":"users","nodes":[{"id":"u1","address":"..."}]} */
+    WG_FORMAT_KRATOS,       /* {"id":"u1","endpoints":["http://10.0.0.5:8000"]} */
+    WG_FORMAT_SKYDNS        /* {"host":"10.0.0.5","port":8080} */
+};
+const char *wg_record_format_name(enum wg_record_format f);
+
+/* A hostname to resolve for record `index` of the output set. */
+struct wg_record_host {
+    size_t index;
+    char *name;
+    uint16_t port;
+};
+struct wg_record_hosts {
+    struct wg_record_host *v;
+    size_t n, cap;
+};
+void wg_record_hosts_clear(struct wg_record_hosts *h);
+
+/* Split `key` (key_len bytes, any bytes) under `prefix` into a service (the
+ * first segment, wg_service_name_ok) and an instance id (the rest, non-empty,
+ * may hold '/'). Returns false with a static reason in *why. */
+bool wg_record_key_split(const char *prefix, const char *key, size_t key_len, char **service,
+                         char **id, const char **why);
+
+/* Decode one etcd value stored at `key`. On success appends every instance
+ * of the value to `out` (go-micro: one per node; never zero), hostnames to
+ * `hosts`, sets *format and returns true. On failure appends nothing and
+ * writes a one-line reason into why[why_len]. Never crashes on any input. */
+bool wg_record_decode_etcd(const char *prefix, const char *key, size_t key_len,
+                           const char *value, size_t value_len, struct wg_record_set *out,
+                           struct wg_record_hosts *hosts, enum wg_record_format *format,
+                           char *why, size_t why_len);
+
 #endif

@@ -1,0 +1,501 @@
+/* record_json — the etcd value formats of DESIGN §7 (see record.h).
+ *
+ * Detection, per value: a value whose first non-blank byte is '{' is JSON
+ * and its keys decide the format (first match wins):
+ *     "nodes"     go-micro Service (one instance per node, id = node id)
+ *     "endpoints" Kratos ServiceInstance (the first http:// endpoint)
+ *     "Addr"      etcd endpoints.Manager (Op must be 0, i.e. Add)
+ *     "address"   native
+ *     "host"      SkyDNS (priority, weight, ttl and text are ignored)
+ * anything else is plain "host:port" / "[v6]:port". The key names the
+ * service and the instance: a "name" or "id" inside the value is ignored
+ * (go-micro nodes keep their own ids, as several share one key).
+ */
+#include "waygate/record.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config_value.h"
+
+#define HOSTPORT_MAX 300
+
+struct decode {
+    const char *service;
+    const char *key_id;
+    bool allow_hosts;
+    struct wg_record_set recs;
+    struct wg_record_hosts hosts;
+    char *why;
+    size_t why_len;
+};
+
+static const char *const format_names[] = { "native", "plain", "endpoints", "go-micro",
+                                            "kratos", "skydns" };
+
+const char *wg_record_format_name(enum wg_record_format f)
+{
+    return (unsigned)f < sizeof format_names / sizeof *format_names ? format_names[f] : "?";
+}
+
+void wg_record_hosts_clear(struct wg_record_hosts *h)
+{
+    for (size_t i = 0; i < h->n; i++)
+        free(h->v[i].name);
+    free(h->v);
+    memset(h, 0, sizeof *h);
+}
+
+static bool fail(struct decode *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static bool fail(struct decode *d, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(d->why, d->why_len, fmt, ap);
+    va_end(ap);
+    return false;
+}
+
+/* ---- keys -------------------------------------------------------------- */
+
+bool wg_record_key_split(const char *prefix, const char *key, size_t key_len, char **service,
+                         char **id, const char **why)
+{
+    size_t plen = strlen(prefix);
+    const char *rest, *slash;
+    size_t rlen;
+
+    *service = *id = NULL;
+    if (key_len < plen || memcmp(key, prefix, plen) != 0)
+        return (*why = "key is outside the prefix"), false;
+    if (memchr(key, '\0', key_len))
+        return (*why = "key holds a NUL byte"), false;
+    rest = key + plen;
+    rlen = key_len - plen;
+    slash = memchr(rest, '/', rlen);
+    if (!slash)
+        return (*why = "key is not <prefix><service>/<instance-id>"), false;
+    if (slash + 1 == rest + rlen)
+        return (*why = "empty instance id in key"), false;
+    *service = strndup(rest, (size_t)(slash - rest));
+    *id = strndup(slash + 1, (size_t)(rest + rlen - slash - 1));
+    if (!*service || !*id || !wg_service_name_ok(*service)) {
+        *why = *service && *id ? "invalid service name in key" : "out of memory";
+        free(*service);
+        free(*id);
+        *service = *id = NULL;
+        return false;
+    }
+    return true;
+}
+
+/* ---- addresses ----------------------------------------------------------- */
+
+/* RFC 1123 host name: labels of letters, digits and '-', not starting or
+ * ending with '-', at most 63 bytes each and 253 in all. */
+static bool hostname_ok(const char *s)
+{
+    size_t n = strlen(s), label = 0;
+
+    if (n == 0 || n > 253)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '.') {
+            if (label == 0 || s[i - 1] == '-')
+                return false;
+            label = 0;
+        } else if (isalnum(c) || (c == '-' && label > 0)) {
+            if (++label > 63)
+                return false;
+        } else {
+            return false;
+        }
+    }
+    if (s[n - 1] == '-' || s[n - 1] == '.')
+        return false;
+    /* an all-numeric last label ("10.0.0.300") is a broken IP, not a name */
+    const char *last = strrchr(s, '.');
+    last = last ? last + 1 : s;
+    return strspn(last, "0123456789") != strlen(last);
+}
+
+static bool port_text(const char *s, uint16_t *port)
+{
+    uint64_t v;
+
+    if (wg_uint_reason(s, 65535, &v) || v == 0)
+        return false;
+    *port = (uint16_t)v;
+    return true;
+}
+
+/* "10.0.0.5:80", "[fd00::5]:80", "host.example:80" -> host text + port. */
+static bool split_hostport(const char *s, char *host, size_t host_len, uint16_t *port)
+{
+    const char *colon;
+    size_t n;
+
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':')
+            return false;
+        colon = close + 1;
+        n = (size_t)(close + 1 - s);
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon || memchr(s, ':', (size_t)(colon - s)))
+            return false;       /* a bare IPv6 address needs brackets */
+        n = (size_t)(colon - s);
+    }
+    if (n == 0 || n >= host_len)
+        return false;
+    memcpy(host, s, n);
+    host[n] = '\0';
+    return port_text(colon + 1, port);
+}
+
+/* Fill r->addr from an IP literal, or record `host` for resolution. */
+static bool set_address(struct decode *d, struct wg_record *r, const char *host, uint16_t port)
+{
+    struct wg_record_hosts *h = &d->hosts;
+
+    if (wg_ip_literal(host, port, &r->addr, &r->addrlen))
+        return true;
+    if (host[0] == '[' || !hostname_ok(host))
+        return fail(d, "address '%.80s' is neither an IP literal nor a host name", host);
+    if (!d->allow_hosts)
+        return fail(d, "address '%.80s' is a host name (not resolved here)", host);
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 4;
+        struct wg_record_host *v = realloc(h->v, cap * sizeof *v);
+        if (!v)
+            return fail(d, "out of memory");
+        h->v = v;
+        h->cap = cap;
+    }
+    if (!(h->v[h->n].name = strdup(host)))
+        return fail(d, "out of memory");
+    h->v[h->n].index = d->recs.n;
+    h->v[h->n].port = port;
+    h->n++;
+    memset(&r->addr, 0, sizeof r->addr);
+    r->addrlen = 0;
+    return true;
+}
+
+/* ---- JSON fields ------------------------------------------------------------ */
+
+static bool json_port(struct decode *d, json_t *v, uint16_t *port)
+{
+    if (json_is_integer(v) && json_integer_value(v) >= 1 && json_integer_value(v) <= 65535) {
+        *port = (uint16_t)json_integer_value(v);
+        return true;
+    }
+    if (json_is_string(v) && port_text(json_string_value(v), port))
+        return true;
+    return fail(d, "port must be an integer 1..65535");
+}
+
+static bool json_weight(struct decode *d, json_t *v, uint32_t *weight)
+{
+    if (!v || json_is_null(v))
+        return true;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+        json_integer_value(v) > WG_WEIGHT_MAX)
+        return fail(d, "weight must be an integer 0..%d", WG_WEIGHT_MAX);
+    *weight = (uint32_t)json_integer_value(v);
+    return true;
+}
+
+/* metadata: an object is kept as compact JSON text; absent/null: none. */
+static bool json_metadata(struct decode *d, json_t *v, bool strict, char **out)
+{
+    *out = NULL;
+    if (!v || json_is_null(v) || (json_is_object(v) && json_object_size(v) == 0))
+        return true;
+    if (!json_is_object(v))
+        return strict ? fail(d, "metadata must be an object") : true;
+    if (!(*out = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS)))
+        return fail(d, "out of memory");
+    return true;
+}
+
+static const char *json_text(json_t *obj, const char *name)
+{
+    json_t *v = json_object_get(obj, name);
+
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+/* Append one record (takes `metadata`). */
+static bool add_record(struct decode *d, const char *id, const char *host, uint16_t port,
+                       uint32_t weight, char *metadata)
+{
+    struct wg_record r;
+
+    memset(&r, 0, sizeof r);
+    r.weight = weight;
+    r.metadata = metadata;
+    if (!id[0]) {
+        free(metadata);
+        return fail(d, "empty instance id");
+    }
+    for (size_t i = 0; i < d->recs.n; i++)
+        if (strcmp(d->recs.v[i].id, id) == 0) {
+            free(metadata);
+            return fail(d, "duplicate instance id '%.80s'", id);
+        }
+    if (!set_address(d, &r, host, port)) {
+        free(metadata);
+        return false;
+    }
+    r.service = strdup(d->service);
+    r.id = strdup(id);
+    if (!r.service || !r.id) {
+        wg_record_free(&r);
+        return fail(d, "out of memory");
+    }
+    return wg_record_set_push(&d->recs, &r) || fail(d, "out of memory");
+}
+
+/* A "host:port" string with an optional weight and metadata. */
+static bool add_hostport(struct decode *d, const char *id, const char *hostport,
+                         uint32_t weight, char *metadata)
+{
+    char host[HOSTPORT_MAX];
+    uint16_t port;
+
+    if (!split_hostport(hostport, host, sizeof host, &port)) {
+        free(metadata);
+        return fail(d, "address '%.80s' is not host:port or [v6]:port", hostport);
+    }
+    return add_record(d, id, host, port, weight, metadata);
+}
+
+/* ---- formats ------------------------------------------------------------------ */
+
+/* {"address":"10.0.0.5","port":8080,...}; address may be host:port when
+ * there is no port field. */
+static bool decode_native(struct decode *d, json_t *o)
+{
+    const char *address = json_text(o, "address");
+    json_t *port_v = json_object_get(o, "port");
+    uint32_t weight = WG_WEIGHT_DEFAULT;
+    uint16_t port;
+    char *md;
+
+    if (!address)
+        return fail(d, "native: address must be a string");
+    if (!json_weight(d, json_object_get(o, "weight"), &weight) ||
+        !json_metadata(d, json_object_get(o, "metadata"), true, &md))
+        return false;
+    if (!port_v)
+        return add_hostport(d, d->key_id, address, weight, md);
+    if (!json_port(d, port_v, &port)) {
+        free(md);
+        return false;
+    }
+    return add_record(d, d->key_id, address, port, weight, md);
+}
+
+static bool decode_skydns(struct decode *d, json_t *o)
+{
+    const char *host = json_text(o, "host");
+    uint16_t port;
+
+    if (!host)
+        return fail(d, "skydns: host must be a string");
+    if (!json_port(d, json_object_get(o, "port"), &port))
+        return false;
+    return add_record(d, d->key_id, host, port, WG_WEIGHT_DEFAULT, NULL);
+}
+
+static bool decode_endpoints(struct decode *d, json_t *o)
+{
+    const char *addr = json_text(o, "Addr");
+    json_t *op = json_object_get(o, "Op");
+    char *md;
+
+    if (!addr)
+        return fail(d, "endpoints: Addr must be a string");
+    if (op && !(json_is_integer(op) && json_integer_value(op) == 0))
+        return fail(d, "endpoints: Op must be 0 (Add)");
+    if (!json_metadata(d, json_object_get(o, "Metadata"), false, &md))
+        return false;
+    return add_hostport(d, d->key_id, addr, WG_WEIGHT_DEFAULT, md);
+}
+
+/* One go-micro node: {"id","address":"h:p","metadata"} (v2+), or
+ * {"id","address":"h","port":N} (v1). */
+static bool decode_micro_node(struct decode *d, json_t *node)
+{
+    const char *id = json_text(node, "id"), *address = json_text(node, "address");
+    json_t *port_v = json_object_get(node, "port");
+    uint16_t port;
+    char *md;
+
+    if (!json_is_object(node) || !id || !address)
+        return fail(d, "go-micro: each node needs a string id and address");
+    if (!json_metadata(d, json_object_get(node, "metadata"), false, &md))
+        return false;
+    if (!port_v || (json_is_integer(port_v) && json_integer_value(port_v) == 0))
+        return add_hostport(d, id, address, WG_WEIGHT_DEFAULT, md);
+    if (!json_port(d, port_v, &port)) {
+        free(md);
+        return false;
+    }
+    return add_record(d, id, address, port, WG_WEIGHT_DEFAULT, md);
+}
+
+static bool decode_micro(struct decode *d, json_t *o)
+{
+    json_t *nodes = json_object_get(o, "nodes");
+
+    if (!json_is_array(nodes) || json_array_size(nodes) == 0)
+        return fail(d, "go-micro: nodes must be a non-empty array");
+    for (size_t i = 0; i < json_array_size(nodes); i++)
+        if (!decode_micro_node(d, json_array_get(nodes, i)))
+            return false;
+    return true;
+}
+
+/* Kratos: the first "http://host:port[/...][?...]" endpoint. */
+static bool decode_kratos(struct decode *d, json_t *o)
+{
+    json_t *eps = json_object_get(o, "endpoints");
+    char hostport[HOSTPORT_MAX];
+    char *md;
+
+    if (!json_is_array(eps))
+        return fail(d, "kratos: endpoints must be an array");
+    for (size_t i = 0; i < json_array_size(eps); i++) {
+        const char *e = json_string_value(json_array_get(eps, i));
+        if (!e || strncasecmp(e, "http://", 7) != 0)
+            continue;
+        size_t n = strcspn(e + 7, "/?#");
+        if (n >= sizeof hostport)
+            return fail(d, "kratos: endpoint too long");
+        memcpy(hostport, e + 7, n);
+        hostport[n] = '\0';
+        if (!json_metadata(d, json_object_get(o, "metadata"), false, &md))
+            return false;
+        return add_hostport(d, d->key_id, hostport, WG_WEIGHT_DEFAULT, md);
+    }
+    return fail(d, "kratos: no http:// endpoint");
+}
+
+static bool decode_json(struct decode *d, const char *value, size_t len,
+                        enum wg_record_format *format)
+{
+    json_error_t err;
+    json_t *o = json_loadb(value, len, JSON_REJECT_DUPLICATES, &err);
+    bool ok;
+
+    if (!o)
+        return fail(d, "not valid JSON: %.80s", err.text);
+    if (!json_is_object(o))
+        ok = fail(d, "JSON value is not an object");
+    else if (json_object_get(o, "nodes"))
+        ok = (*format = WG_FORMAT_GO_MICRO, decode_micro(d, o));
+    else if (json_object_get(o, "endpoints"))
+        ok = (*format = WG_FORMAT_KRATOS, decode_kratos(d, o));
+    else if (json_object_get(o, "Addr"))
+        ok = (*format = WG_FORMAT_ENDPOINTS, decode_endpoints(d, o));
+    else if (json_object_get(o, "address"))
+        ok = (*format = WG_FORMAT_NATIVE, decode_native(d, o));
+    else if (json_object_get(o, "host"))
+        ok = (*format = WG_FORMAT_SKYDNS, decode_skydns(d, o));
+    else
+        ok = fail(d, "unknown JSON format (no address, host, Addr, nodes or endpoints)");
+    json_decref(o);
+    return ok;
+}
+
+static bool decode_plain(struct decode *d, const char *value, size_t len)
+{
+    char text[HOSTPORT_MAX];
+
+    while (len && isspace((unsigned char)value[len - 1]))
+        len--;
+    if (len == 0)
+        return fail(d, "empty value");
+    if (len >= sizeof text || memchr(value, '\0', len))
+        return fail(d, "value is not host:port");
+    memcpy(text, value, len);
+    text[len] = '\0';
+    return add_hostport(d, d->key_id, text, WG_WEIGHT_DEFAULT, NULL);
+}
+
+/* Move the decoded records and hosts to the caller's sets, all or none. */
+static bool hand_over(struct decode *d, struct wg_record_set *out, struct wg_record_hosts *hosts)
+{
+    size_t base = out->n;
+
+    if (hosts && hosts->cap - hosts->n < d->hosts.n) {
+        size_t cap = hosts->n + d->hosts.n + 4;
+        struct wg_record_host *v = realloc(hosts->v, cap * sizeof *v);
+        if (!v)
+            return fail(d, "out of memory");
+        hosts->v = v;
+        hosts->cap = cap;
+    }
+    for (size_t i = 0; i < d->recs.n; i++) {
+        if (!wg_record_set_push(out, &d->recs.v[i])) {
+            while (out->n > base)
+                wg_record_free(&out->v[--out->n]);
+            return fail(d, "out of memory");
+        }
+    }
+    d->recs.n = 0;
+    for (size_t i = 0; i < d->hosts.n; i++) {
+        hosts->v[hosts->n] = d->hosts.v[i];
+        hosts->v[hosts->n++].index += base;
+    }
+    d->hosts.n = 0;
+    return true;
+}
+
+bool wg_record_decode_etcd(const char *prefix, const char *key, size_t key_len,
+                           const char *value, size_t value_len, struct wg_record_set *out,
+                           struct wg_record_hosts *hosts, enum wg_record_format *format,
+                           char *why, size_t why_len)
+{
+    struct decode d;
+    char *service = NULL, *id = NULL;
+    const char *key_why;
+    enum wg_record_format f = WG_FORMAT_PLAIN;
+    size_t skip = 0;
+    bool ok;
+
+    memset(&d, 0, sizeof d);
+    d.why = why;
+    d.why_len = why_len;
+    d.allow_hosts = hosts != NULL;
+    if (!wg_record_key_split(prefix, key, key_len, &service, &id, &key_why))
+        return fail(&d, "%s", key_why);
+    d.service = service;
+    d.key_id = id;
+    while (skip < value_len && isspace((unsigned char)value[skip]))
+        skip++;
+    if (skip < value_len && value[skip] == '{')
+        ok = decode_json(&d, value, value_len, &f);
+    else
+        ok = decode_plain(&d, value + skip, value_len - skip);
+    ok = ok && hand_over(&d, out, hosts);
+    if (ok && format)
+        *format = f;
+    wg_record_set_clear(&d.recs);
+    wg_record_hosts_clear(&d.hosts);
+    free(service);
+    free(id);
+    return ok;
+}
