@@ -9,9 +9,15 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "waygate/admin.h"
 #include "waygate/listener.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
@@ -29,11 +35,14 @@ struct control {
     struct wg_reclaim *rc;
     struct wg_pool *pool;
     struct wg_registry *registry;
+    struct wg_admin *admin;
     struct wg_worker **workers;
     unsigned n_workers;
     unsigned n_running;
-    struct wg_listener **listeners;
+    struct wg_listener **listeners;     /* serving */
     size_t n_listeners;
+    struct wg_listener **retired;       /* removed by a reload; freed at exit */
+    size_t n_retired;
     struct event *signals[4];
     struct event *tick;
     uint64_t started_ms;
@@ -42,6 +51,26 @@ struct control {
     bool stopping;
     bool forced;
 };
+
+/* sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET (a path,
+ * or an abstract socket when it starts with '@'). */
+static void notify_systemd(const char *msg)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    if (!path || !*path || strlen(path) >= sizeof sun.sun_path)
+        return;
+    memcpy(sun.sun_path, path, strlen(path));
+    if (sun.sun_path[0] == '@')
+        sun.sun_path[0] = '\0';
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sun, len) < 0)
+        wg_warn("msg=\"sd_notify failed\" socket=%s error=\"%s\"", path, strerror(errno));
+    close(fd);
+}
 
 static void raise_nofile(void)
 {
@@ -67,8 +96,10 @@ static void become_ready(struct control *c, const char *why)
     c->ready = true;
     for (unsigned k = 0; k < c->n_workers; k++)
         wg_worker_set_accepting(c->workers[k], true);
+    wg_admin_set_ready(c->admin, true);
     wg_info("msg=\"ready, accepting connections\" reason=\"%s\" workers=%u listeners=%zu", why,
             c->n_workers, c->n_listeners);
+    notify_systemd("READY=1");
 }
 
 static void on_publish(void *arg, struct wg_snapshot *s)
@@ -86,10 +117,12 @@ static void begin_stop(struct control *c, const char *sig)
     if (c->stopping)
         return;
     c->stopping = true;
+    wg_admin_set_ready(c->admin, false);
     uint64_t timeout = c->config->cfg->shutdown_timeout_ms;
     c->stop_deadline_ms = wg_now_ms() + timeout;
     wg_info("msg=\"stopping: draining connections\" signal=%s shutdown_timeout_ms=%llu", sig,
             (unsigned long long)timeout);
+    notify_systemd("STOPPING=1");
     for (unsigned k = 0; k < c->n_workers; k++)
         wg_worker_drain(c->workers[k]);
 }
@@ -118,22 +151,117 @@ static void check_stop(struct control *c)
 
 /* ---- reload ---- */
 
-static bool listeners_equal(const struct wg_config *a, const struct wg_config *b)
+static struct wg_listener *listener_at(struct control *c, const struct wg_addr *a)
 {
-    if (a->n_listeners != b->n_listeners)
-        return false;
-    for (size_t k = 0; k < a->n_listeners; k++) {
-        const struct wg_listener_config *x = &a->listeners[k], *y = &b->listeners[k];
-        if (strcmp(x->name, y->name) || strcmp(x->listen.text, y->listen.text) || x->mode != y->mode ||
-            (x->service && y->service && strcmp(x->service, y->service)))
-            return false;
+    for (size_t k = 0; k < c->n_listeners; k++)
+        if (strcmp(c->listeners[k]->addr.text, a->text) == 0)
+            return c->listeners[k];
+    return NULL;
+}
+
+static wg_accept_fn handler_for(enum wg_listener_mode mode);
+
+/* Bind the listeners `cfg` adds. All or nothing: on any error the new
+ * sockets are closed and the reload is refused. */
+static int open_added(struct control *c, const struct wg_config *cfg, struct wg_listener ***out,
+                      size_t *n_out)
+{
+    struct wg_errors errs = { 0 };
+    struct wg_listener **v = calloc(cfg->n_listeners ? cfg->n_listeners : 1, sizeof *v);
+    size_t n = 0;
+    for (size_t k = 0; v && k < cfg->n_listeners; k++) {
+        const struct wg_listener_config *lc = &cfg->listeners[k];
+        struct wg_listener *old = listener_at(c, &lc->listen);
+        if (old) {
+            if (old->mode != lc->mode)
+                wg_warn("msg=\"listener mode change needs a restart\" listen=%s", lc->listen.text);
+            continue;
+        }
+        wg_accept_fn fn = handler_for(lc->mode);
+        struct wg_listener *l = fn ? wg_listener_open(lc, cfg->max_connections, c->n_workers, fn, &errs)
+                                   : NULL;
+        if (!fn)
+            wg_errors_add(&errs, "listener %s: mode not available in this build", lc->name);
+        if (l)
+            v[n++] = l;
     }
-    return true;
+    for (size_t k = 0; k < errs.n; k++)
+        wg_error("msg=\"reload refused\" error=\"%s\"", errs.lines[k]);
+    bool ok = v && errs.n == 0;
+    wg_errors_free(&errs);
+    if (!ok) {
+        for (size_t k = 0; k < n; k++)
+            wg_listener_close(v ? v[k] : NULL);
+        free(v);
+        return -1;
+    }
+    *out = v;
+    *n_out = n;
+    return 0;
+}
+
+/* Removed listeners stop accepting on every worker; their sockets close once
+ * all workers let go (tick), their connections finish on their own. */
+static int retire_removed(struct control *c, const struct wg_config *cfg)
+{
+    size_t keep = 0;
+    struct wg_listener **r = realloc(c->retired, (c->n_retired + c->n_listeners + 1) * sizeof *r);
+    if (!r)
+        return -1;
+    c->retired = r;
+    for (size_t k = 0; k < c->n_listeners; k++) {
+        struct wg_listener *l = c->listeners[k];
+        if (wg_listener_config_in(cfg, l)) {
+            c->listeners[keep++] = l;
+            continue;
+        }
+        wg_info("msg=\"listener removed, draining\" listener=%s listen=%s", l->name, l->addr.text);
+        for (unsigned w = 0; w < c->n_workers; w++)
+            if (wg_worker_post_remove(c->workers[w], l) < 0)
+                atomic_fetch_add(&l->detached, 1);
+        c->retired[c->n_retired++] = l;
+    }
+    c->n_listeners = keep;
+    return 0;
+}
+
+static int add_opened(struct control *c, struct wg_listener **added, size_t n)
+{
+    struct wg_listener **v = realloc(c->listeners, (c->n_listeners + n + 1) * sizeof *v);
+    if (!v)
+        return -1;
+    c->listeners = v;
+    for (size_t k = 0; k < n; k++) {
+        struct wg_listener *l = added[k];
+        c->listeners[c->n_listeners++] = l;
+        for (unsigned w = 0; w < c->n_workers; w++) {
+            struct wg_acceptor *a = wg_acceptor_new(l, l->fds[w]);
+            if (!a || wg_worker_post_acceptor(c->workers[w], a) < 0)
+                wg_acceptor_free(a);
+        }
+        wg_info("msg=\"listener added\" listener=%s listen=%s", l->name, l->addr.text);
+    }
+    return 0;
+}
+
+static void close_detached(struct control *c)
+{
+    for (size_t k = 0; k < c->n_retired; k++) {
+        struct wg_listener *l = c->retired[k];
+        if (l->n_fds && atomic_load(&l->detached) >= c->n_workers)
+            wg_listener_close_sockets(l);
+    }
 }
 
 static void reload(struct control *c)
 {
     const char *path = c->config->cfg->path;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    char msg[96];
+    snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)now.tv_sec * 1000000ULL + (unsigned long long)now.tv_nsec / 1000);
+    notify_systemd(msg);
     struct wg_errors errs = { 0 };
     struct wg_config *cfg = wg_config_load(path, &errs);
     if (!cfg) {
@@ -146,19 +274,33 @@ static void reload(struct control *c)
     const struct wg_config *old = c->config->cfg;
     if (cfg->workers != old->workers)
         wg_warn("msg=\"workers changed: needs a restart\" old=%u new=%u", old->workers, cfg->workers);
-    if (!listeners_equal(old, cfg))
-        wg_warn("msg=\"listener changes need a restart in this version\"");
+    if (cfg->registry.kind != old->registry.kind ||
+        (cfg->registry.file && old->registry.file && strcmp(cfg->registry.file, old->registry.file)))
+        wg_warn("msg=\"registry changes need a restart in this version\"");
+    struct wg_listener **added = NULL;
+    size_t n_added = 0;
     struct wg_config_ref *ref = wg_config_ref_new(cfg);
-    if (!ref) {
-        wg_config_free(cfg);
-        wg_error("msg=\"reload failed: out of memory\"");
+    if (!ref || open_added(c, cfg, &added, &n_added) < 0) {
+        if (ref)
+            wg_config_ref_put(ref);
+        else
+            wg_config_free(cfg);
+        wg_error("msg=\"reload refused, old configuration keeps serving\" file=%s", path);
+        notify_systemd("READY=1");
         return;
     }
     wg_log_set_level(cfg->log.level);
+    /* New settings first: a new listener finds itself in the snapshot. */
     wg_pool_set_config(c->pool, ref);
     wg_config_ref_put(c->config);
     c->config = ref;
-    wg_info("msg=\"configuration reloaded\" file=%s", path);
+    if (add_opened(c, added, n_added) < 0 || retire_removed(c, cfg) < 0)
+        wg_error("msg=\"reload: out of memory changing listeners\"");
+    free(added);
+    struct wg_snapshot *snap = wg_pool_published(c->pool);
+    wg_info("msg=\"configuration reloaded\" file=%s generation=%llu", path,
+            (unsigned long long)(snap ? snap->generation : 0));
+    notify_systemd("READY=1");
 }
 
 /* ---- events ---- */
@@ -188,6 +330,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     wg_pool_reclaim(c->pool);
     if (!c->ready && wg_now_ms() - c->started_ms >= c->config->cfg->startup_timeout_ms)
         become_ready(c, "startup_timeout");
+    close_detached(c);
     if (c->stopping)
         check_stop(c);
 }
@@ -230,6 +373,17 @@ static int open_listeners(struct control *c)
     int rc = errs.n ? -1 : 0;
     wg_errors_free(&errs);
     return rc;
+}
+
+/* Before dropping privileges, like the listeners; failing to bind is fatal. */
+static int open_admin(struct control *c)
+{
+    struct wg_errors errs = { 0 };
+    c->admin = wg_admin_new(c->base, c->config->cfg, c->pool, &errs);
+    for (size_t k = 0; k < errs.n; k++)
+        wg_error("msg=\"cannot start the admin API\" error=\"%s\"", errs.lines[k]);
+    wg_errors_free(&errs);
+    return c->admin ? 0 : -1;
 }
 
 static int start_workers(struct control *c)
@@ -290,6 +444,7 @@ static int setup_events(struct control *c)
 
 static void teardown(struct control *c)
 {
+    wg_admin_free(c->admin);
     for (unsigned k = 0; k < c->n_workers; k++) {
         if (!c->workers[k])
             continue;
@@ -303,6 +458,9 @@ static void teardown(struct control *c)
     for (size_t k = 0; k < c->n_listeners; k++)
         wg_listener_close(c->listeners[k]);
     free(c->listeners);
+    for (size_t k = 0; k < c->n_retired; k++)
+        wg_listener_close(c->retired[k]);
+    free(c->retired);
     wg_pool_free(c->pool);
     wg_reclaim_free(c->rc);
     wg_config_ref_put(c->config);
@@ -336,11 +494,14 @@ int wg_control_run(struct wg_config *cfg)
         goto out;
     wg_pool_on_publish(c->pool, on_publish, c);
     wg_pool_set_config(c->pool, c->config);
-    if (open_listeners(c) < 0 || drop_privileges(cfg->user) < 0 || start_workers(c) < 0 ||
-        setup_events(c) < 0)
+    if (open_listeners(c) < 0 || open_admin(c) < 0 || drop_privileges(cfg->user) < 0 ||
+        start_workers(c) < 0 || setup_events(c) < 0)
         goto out;
     c->registry = wg_registry_new(cfg, c->base, c->pool);
-    if (!c->registry || wg_registry_start(c->registry) < 0)
+    if (!c->registry)
+        goto out;
+    wg_admin_set_registry(c->admin, c->registry);
+    if (wg_registry_start(c->registry) < 0)
         goto out;
     wg_info("msg=\"waygate started\" version=%s config=%s workers=%u", WAYGATE_VERSION, cfg->path,
             c->n_workers);

@@ -54,16 +54,22 @@ struct wg_listener *wg_listener_open(const struct wg_listener_config *cfg, uint6
                                      struct wg_errors *errs)
 {
     struct wg_listener *l = calloc(1, sizeof *l);
-    if (!l || !(l->fds = calloc(n_workers, sizeof *l->fds)) || !(l->name = strdup(cfg->name)) ||
-        (cfg->service && !(l->service = strdup(cfg->service)))) {
+    if (!l || !(l->fds = calloc(n_workers, sizeof *l->fds)) || !(l->name = strdup(cfg->name))) {
         wg_errors_add(errs, "listener %s: out of memory", cfg->name);
         goto fail;
     }
     l->addr = cfg->listen;
     l->mode = cfg->mode;
-    l->proxy_protocol = cfg->proxy_protocol;
-    l->idle_timeout_ms = cfg->idle_timeout_ms;
     l->max_connections = max_conns;
+    l->http = (struct wg_listener_http){
+        .max_header_size = cfg->http.max_header_size,
+        .max_body_size = cfg->http.max_body_size,
+        .client_header_timeout_ms = cfg->http.client_header_timeout_ms,
+        .client_body_timeout_ms = cfg->http.client_body_timeout_ms,
+        .client_idle_timeout_ms = cfg->http.client_idle_timeout_ms,
+        .send_timeout_ms = cfg->http.send_timeout_ms,
+        .tunnel_idle_timeout_ms = cfg->http.tunnel_idle_timeout_ms,
+    };
     l->on_accept = on_accept;
     /* Someone else on this address? A plain bind tells without sharing. */
     int probe = socket_for(&l->addr, false);
@@ -90,17 +96,31 @@ fail:
     return NULL;
 }
 
+void wg_listener_close_sockets(struct wg_listener *l)
+{
+    for (unsigned k = 0; k < l->n_fds; k++)
+        if (l->fds[k] >= 0)
+            close(l->fds[k]);
+    l->n_fds = 0;
+}
+
 void wg_listener_close(struct wg_listener *l)
 {
     if (!l)
         return;
-    for (unsigned k = 0; k < l->n_fds; k++)
-        if (l->fds[k] >= 0)
-            close(l->fds[k]);
+    wg_listener_close_sockets(l);
     free(l->fds);
     free(l->name);
-    free(l->service);
     free(l);
+}
+
+const struct wg_listener_config *wg_listener_config_in(const struct wg_config *cfg,
+                                                       const struct wg_listener *l)
+{
+    for (size_t k = 0; k < cfg->n_listeners; k++)
+        if (strcmp(cfg->listeners[k].listen.text, l->addr.text) == 0)
+            return &cfg->listeners[k];
+    return NULL;
 }
 
 void wg_listener_conn_closed(void) { atomic_fetch_sub(&wg_stats_open_connections, 1); }
@@ -169,6 +189,8 @@ struct wg_acceptor *wg_acceptor_new(struct wg_listener *l, int fd)
     a->fd = fd;
     return a;
 }
+
+struct wg_listener *wg_acceptor_listener(const struct wg_acceptor *a) { return a->l; }
 
 int wg_acceptor_attach(struct wg_acceptor *a, struct wg_worker *w)
 {

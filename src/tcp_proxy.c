@@ -46,6 +46,7 @@ struct tcp_conn {
     struct relay_dir up;            /* client -> upstream */
     struct relay_dir down;          /* upstream -> client */
     struct event *timer;            /* idle timeout */
+    uint64_t idle_timeout_ms;       /* the listener's, when accepted */
     uint64_t last_active_ms;
     unsigned attempts;
     bool connected;
@@ -195,7 +196,7 @@ static void down_ready(evutil_socket_t fd, short what, void *arg)
 static void idle_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct tcp_conn *c = arg;
-    uint64_t now = wg_now_ms(), idle = c->l->idle_timeout_ms;
+    uint64_t now = wg_now_ms(), idle = c->idle_timeout_ms;
     if (now - c->last_active_ms >= idle) {
         wg_stats_add(c->w->stats, WG_C_IDLE_TIMEOUTS, 1);
         conn_close(c);
@@ -254,7 +255,7 @@ static void connected(struct tcp_conn *c)
         return;
     }
     c->last_active_ms = wg_now_ms();
-    uint64_t idle = c->l->idle_timeout_ms;
+    uint64_t idle = c->idle_timeout_ms;
     struct timeval tv = { (time_t)(idle / 1000), (suseconds_t)(idle % 1000) * 1000 };
     event_add(c->timer, &tv);
     dir_interest(&c->down);
@@ -326,7 +327,8 @@ void wg_tcp_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int f
                          const struct sockaddr *peer, socklen_t peerlen)
 {
     struct wg_snapshot *snap = wg_pool_current(w->pool);
-    const struct wg_pool_service *svc = snap ? wg_snapshot_service(snap, l->service) : NULL;
+    const struct wg_listener_config *lc = snap ? wg_listener_config_in(snap->config->cfg, l) : NULL;
+    const struct wg_pool_service *svc = lc ? wg_snapshot_service(snap, lc->service) : NULL;
     struct tcp_conn *c = svc ? calloc(1, sizeof *c) : NULL;
     if (!c) {
         wg_stats_add(w->stats, WG_C_NO_UPSTREAM, 1);
@@ -339,6 +341,7 @@ void wg_tcp_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int f
     c->l = l;
     c->cfd = fd;
     c->ufd = -1;
+    c->idle_timeout_ms = lc->idle_timeout_ms;
     c->up.pipe[0] = c->up.pipe[1] = c->down.pipe[0] = c->down.pipe[1] = -1;
     c->link.force_close = force_close;
     wg_sockaddr_text(peer, c->peer, sizeof c->peer);

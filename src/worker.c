@@ -18,8 +18,71 @@
 
 #define PIPE_SIZE (256 * 1024)
 
+struct wg_worker_msg {
+    struct wg_worker_msg *next;
+    struct wg_acceptor *add;            /* attach and enable like the others */
+    struct wg_listener *remove;         /* drop the acceptor of this listener */
+};
+
+static void remove_acceptor(struct wg_worker *w, struct wg_listener *l)
+{
+    for (unsigned k = 0; k < w->n_acceptors; k++) {
+        if (wg_acceptor_listener(w->acceptors[k]) != l)
+            continue;
+        wg_acceptor_free(w->acceptors[k]);
+        w->acceptors[k] = w->acceptors[--w->n_acceptors];
+        break;
+    }
+    atomic_fetch_add(&l->detached, 1);
+}
+
+/* Messages from the control thread (reload). */
+static void worker_mailbox(struct wg_worker *w)
+{
+    pthread_mutex_lock(&w->mbox_lock);
+    struct wg_worker_msg *m = w->mbox;
+    w->mbox = NULL;
+    pthread_mutex_unlock(&w->mbox_lock);
+    while (m) {
+        struct wg_worker_msg *next = m->next;
+        if (m->add) {
+            if (wg_worker_add_acceptor(w, m->add) < 0) {
+                wg_error("msg=\"cannot add acceptor\" worker=%u", w->index);
+                wg_acceptor_free(m->add);
+            } else {
+                wg_acceptor_enable(m->add, w->accepting);
+            }
+        }
+        if (m->remove)
+            remove_acceptor(w, m->remove);
+        free(m);
+        m = next;
+    }
+}
+
+static int post(struct wg_worker *w, struct wg_acceptor *a, struct wg_listener *l)
+{
+    struct wg_worker_msg *m = calloc(1, sizeof *m);
+    if (!m)
+        return -1;
+    m->add = a;
+    m->remove = l;
+    pthread_mutex_lock(&w->mbox_lock);
+    struct wg_worker_msg **tail = &w->mbox;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = m;                          /* in order: a remove never overtakes an add */
+    pthread_mutex_unlock(&w->mbox_lock);
+    wg_worker_wake(w);
+    return 0;
+}
+
+int wg_worker_post_acceptor(struct wg_worker *w, struct wg_acceptor *a) { return post(w, a, NULL); }
+int wg_worker_post_remove(struct wg_worker *w, struct wg_listener *l) { return post(w, NULL, l); }
+
 static void worker_sync(struct wg_worker *w)
 {
+    worker_mailbox(w);
     struct wg_snapshot *s = wg_pool_current(w->pool);
     if (s && s->generation != w->generation) {
         w->generation = s->generation;
@@ -75,6 +138,7 @@ struct wg_worker *wg_worker_new(unsigned index, struct wg_pool *pool, struct wg_
     w->pool = pool;
     w->rc = rc;
     w->conns.next = w->conns.prev = &w->conns;
+    pthread_mutex_init(&w->mbox_lock, NULL);
     wg_rng_seed(&w->rng, wg_now_ns() ^ ((uint64_t)index << 48) ^ (uint64_t)getpid());
     struct event_config *ec = event_config_new();
     if (!ec)
@@ -157,9 +221,11 @@ void wg_worker_free(struct wg_worker *w)
 {
     if (!w)
         return;
+    worker_mailbox(w);                  /* undelivered messages: their acceptors too */
     for (unsigned k = 0; k < w->n_acceptors; k++)
         wg_acceptor_free(w->acceptors[k]);
     free(w->acceptors);
+    pthread_mutex_destroy(&w->mbox_lock);
     for (unsigned k = 0; k < w->pipes.n; k++) {
         close(w->pipes.fds[k][0]);
         close(w->pipes.fds[k][1]);

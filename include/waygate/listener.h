@@ -28,19 +28,31 @@ struct wg_listener;
 typedef void (*wg_accept_fn)(struct wg_worker *w, const struct wg_listener *l, int fd,
                              const struct sockaddr *peer, socklen_t peerlen);
 
-/* What the data plane needs of a listener config, copied (immutable). */
+/* A bound address. Its identity is its address: a reload keeps the sockets
+ * of an unchanged address and never re-binds them. Everything else a
+ * listener does (service, routes, timeouts) is read per connection or per
+ * request from the current snapshot's config (wg_listener_config_in), so a
+ * reload changes it for new work without touching the sockets. */
 struct wg_listener {
-    char *name;
+    char *name;                     /* at bind time, for logs */
     struct wg_addr addr;
     enum wg_listener_mode mode;
-    char *service;                  /* tcp mode */
-    bool proxy_protocol;
-    uint64_t idle_timeout_ms;
     uint64_t max_connections;       /* the global limit */
+    struct wg_listener_http http;   /* http mode */
+    size_t config_index;            /* position in config->listeners (a hint: match by name) */
     wg_accept_fn on_accept;
     int *fds;                       /* one per worker */
     unsigned n_fds;
+    _Atomic unsigned detached;      /* workers that dropped it after removal */
 };
+
+/* This listener's settings in `cfg` (matched by address), or NULL when the
+ * config no longer has it. */
+const struct wg_listener_config *wg_listener_config_in(const struct wg_config *cfg,
+                                                       const struct wg_listener *l);
+/* Close the sockets (after every worker detached); the struct stays valid
+ * for connections that still point at it until wg_listener_close(). */
+void wg_listener_close_sockets(struct wg_listener *l);
 
 /* Bind `n_workers` sockets for `cfg`. Errors are "listener NAME: ..." */
 struct wg_listener *wg_listener_open(const struct wg_listener_config *cfg, uint64_t max_conns,
@@ -51,6 +63,7 @@ void wg_listener_close(struct wg_listener *l);
 /* One worker's accept state for one listener. */
 struct wg_acceptor;
 struct wg_acceptor *wg_acceptor_new(struct wg_listener *l, int fd);
+struct wg_listener *wg_acceptor_listener(const struct wg_acceptor *a);
 /* Worker thread: attach to the worker's base (not accepting yet). */
 int wg_acceptor_attach(struct wg_acceptor *a, struct wg_worker *w);
 void wg_acceptor_enable(struct wg_acceptor *a, bool on);

@@ -43,6 +43,9 @@ struct wg_pipe_cache {
     unsigned n;
 };
 
+struct wg_worker_msg;
+struct wg_listener;
+
 struct wg_worker {
     unsigned index;
     pthread_t thread;
@@ -63,6 +66,8 @@ struct wg_worker {
     bool accepting;                     /* worker-local view of want_accept */
     struct wg_conn_link conns;          /* list head */
     unsigned n_conns;
+    pthread_mutex_t mbox_lock;          /* control -> worker messages (not the data path) */
+    struct wg_worker_msg *mbox;
     _Atomic int want_accept;
     _Atomic int draining;               /* stop accepting, exit when idle */
     _Atomic int stop;                   /* close everything and exit */
@@ -77,6 +82,10 @@ void wg_worker_wake(struct wg_worker *w);
 void wg_worker_set_accepting(struct wg_worker *w, bool on);
 void wg_worker_drain(struct wg_worker *w);
 void wg_worker_stop(struct wg_worker *w);
+/* Control thread, while running (reload): hand a new acceptor over; or make
+ * the worker drop its acceptor of `l` and then increment l->detached. */
+int wg_worker_post_acceptor(struct wg_worker *w, struct wg_acceptor *a);
+int wg_worker_post_remove(struct wg_worker *w, struct wg_listener *l);
 /* Control thread: wait for the thread, then free everything it owned. */
 void wg_worker_join(struct wg_worker *w);
 void wg_worker_free(struct wg_worker *w);
