@@ -61,15 +61,6 @@ struct wg_listener *wg_listener_open(const struct wg_listener_config *cfg, uint6
     l->addr = cfg->listen;
     l->mode = cfg->mode;
     l->max_connections = max_conns;
-    l->http = (struct wg_listener_http){
-        .max_header_size = cfg->http.max_header_size,
-        .max_body_size = cfg->http.max_body_size,
-        .client_header_timeout_ms = cfg->http.client_header_timeout_ms,
-        .client_body_timeout_ms = cfg->http.client_body_timeout_ms,
-        .client_idle_timeout_ms = cfg->http.client_idle_timeout_ms,
-        .send_timeout_ms = cfg->http.send_timeout_ms,
-        .tunnel_idle_timeout_ms = cfg->http.tunnel_idle_timeout_ms,
-    };
     l->on_accept = on_accept;
     /* Someone else on this address? A plain bind tells without sharing. */
     int probe = socket_for(&l->addr, false);

@@ -38,8 +38,6 @@ struct wg_listener {
     struct wg_addr addr;
     enum wg_listener_mode mode;
     uint64_t max_connections;       /* the global limit */
-    struct wg_listener_http http;   /* http mode */
-    size_t config_index;            /* position in config->listeners (a hint: match by name) */
     wg_accept_fn on_accept;
     int *fds;                       /* one per worker */
     unsigned n_fds;
