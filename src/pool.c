@@ -82,6 +82,8 @@ static struct wg_service_state *state_new(const char *name)
     atomic_init(&s->refs, 1);
     atomic_init(&s->healthy, 0);
     atomic_init(&s->panic_routed, 0);
+    atomic_init(&s->ejected, 0);
+    atomic_init(&s->ejections_refused, 0);
     memcpy(s->name, name, len + 1);
     return s;
 }
@@ -100,21 +102,34 @@ void wg_instance_unref(struct wg_instance *i)
         return;
     if (wg_instance_health(i) == WG_HEALTH_HEALTHY)
         atomic_fetch_sub(&i->service->healthy, 1);
+    if (wg_instance_health(i) == WG_HEALTH_EJECTED)
+        atomic_fetch_sub(&i->service->ejected, 1);
     i->magic = 0;
     state_unref(i->service);
     free(i->id);
     free(i);
 }
 
-/* Moves the healthy count for a visible transition from `old` to `h`. */
+/* Moves the healthy and ejected counts for a visible transition from `old`
+ * to `h`; a change to a down state bumps down_generation (health.h). */
 static void count_transition(struct wg_instance *i, int old, int h)
 {
     if (old == WG_HEALTH_HEALTHY)
         atomic_fetch_sub(&i->service->healthy, 1);
+    if (old == WG_HEALTH_EJECTED)
+        atomic_fetch_sub(&i->service->ejected, 1);
+    if (old == WG_HEALTH_DRAINING)
+        atomic_store(&i->draining_since_ms, 0);
     if (h == WG_HEALTH_HEALTHY) {
         atomic_fetch_add(&i->service->healthy, 1);
         atomic_store(&i->healthy_since_ms, wg_now_ms());
     }
+    if (h == WG_HEALTH_EJECTED)
+        atomic_fetch_add(&i->service->ejected, 1);
+    if (h == WG_HEALTH_DRAINING)
+        atomic_store(&i->draining_since_ms, wg_now_ms());
+    if (h == WG_HEALTH_UNHEALTHY || h == WG_HEALTH_EJECTED || h == WG_HEALTH_DRAINING)
+        atomic_fetch_add(&i->down_generation, 1);
 }
 
 enum wg_health wg_instance_set_health(struct wg_instance *i, enum wg_health h)
@@ -154,6 +169,29 @@ bool wg_instance_admin_drain(struct wg_instance *i, bool drain)
         count_transition(i, old, WG_HEALTH_DRAINING);
     else
         count_transition(i, WG_HEALTH_DRAINING, next);
+    return true;
+}
+
+bool wg_instance_cas_health(struct wg_instance *i, enum wg_health from, enum wg_health to)
+{
+    int old = atomic_load(&i->health), next;
+    if (to == WG_HEALTH_DRAINING || from == to)
+        return false;
+    do {
+        if (old == WG_HEALTH_DRAINING)      /* removed from the registry: final */
+            return false;
+        if (old & WG_HEALTH_ADMIN_BIT) {
+            if (((old >> WG_HEALTH_SAVED_SHIFT) & WG_HEALTH_VISIBLE_MASK) != (int)from)
+                return false;
+            next = WG_HEALTH_DRAINING | WG_HEALTH_ADMIN_BIT | ((int)to << WG_HEALTH_SAVED_SHIFT);
+        } else {
+            if (old != (int)from)
+                return false;
+            next = (int)to;
+        }
+    } while (!atomic_compare_exchange_weak(&i->health, &old, next));
+    if (!(old & WG_HEALTH_ADMIN_BIT))
+        count_transition(i, old, (int)to);
     return true;
 }
 

@@ -49,6 +49,8 @@ struct wg_service_state {
     _Atomic unsigned refs;
     _Atomic int healthy;            /* instances currently healthy */
     _Atomic uint64_t panic_routed;  /* picks made in panic mode */
+    _Atomic int ejected;            /* instances currently ejected (health.h) */
+    _Atomic uint64_t ejections_refused; /* ejections max_ejection_percent prevented */
     char name[];
 };
 
@@ -76,6 +78,14 @@ struct wg_instance {
     _Atomic uint64_t connect_failures;
     _Atomic uint64_t bytes_in, bytes_out;
     void *health_private;               /* owned by the health module (control side) */
+    /* Health bookkeeping (health.h). */
+    _Atomic unsigned down_generation;   /* +1 at every change to unhealthy, ejected
+                                           or draining: pooled idle connections
+                                           remember it and are closed on change */
+    _Atomic uint64_t draining_since_ms; /* when it started draining; 0 = not */
+    _Atomic uint64_t probes_passed, probes_failed;
+    _Atomic uint64_t last_probe_ms;     /* CLOCK_MONOTONIC ms of the last result */
+    _Atomic int last_probe_result;      /* HTTP status, 0 = tcp pass, -errno = failure */
 };
 
 struct wg_member {
@@ -178,6 +188,13 @@ enum wg_health wg_instance_set_health(struct wg_instance *i, enum wg_health h);
  * false only when asked to undo the drain of an instance removed from the
  * registry, which stays draining for good; true otherwise. */
 bool wg_instance_admin_drain(struct wg_instance *i, bool drain);
+
+/* Conditional change: from `from` to `to` only if the state is `from` right
+ * now (compare-and-swap), keeping the healthy and ejected counts exact. While
+ * the admin drains the instance, the remembered state is compared and
+ * replaced instead. Never changes a removed instance; `to` must not be
+ * draining. Any thread. Returns true when the change was made. */
+bool wg_instance_cas_health(struct wg_instance *i, enum wg_health from, enum wg_health to);
 
 /* Layout of the `health` word: the low byte is what readers see; while an
  * admin drain is in force WG_HEALTH_ADMIN_BIT is set, the low byte is
