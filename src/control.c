@@ -112,6 +112,15 @@ static void on_publish(void *arg, struct wg_snapshot *s)
 
 /* ---- stop ---- */
 
+static int retire_removed(struct control *c, const struct wg_config *cfg);
+
+static void retire_all(struct control *c)
+{
+    struct wg_config none = { 0 };
+    if (retire_removed(c, &none) < 0)
+        wg_warn("msg=\"out of memory closing listeners, they close at exit\"");
+}
+
 static void begin_stop(struct control *c, const char *sig)
 {
     if (c->stopping)
@@ -125,6 +134,9 @@ static void begin_stop(struct control *c, const char *sig)
     notify_systemd("STOPPING=1");
     for (unsigned k = 0; k < c->n_workers; k++)
         wg_worker_drain(c->workers[k]);
+    /* Close the listening sockets once every worker let go of them, so new
+     * connections go to a sibling process (SO_REUSEPORT) or are refused. */
+    retire_all(c);
 }
 
 static void check_stop(struct control *c)
@@ -215,7 +227,9 @@ static int retire_removed(struct control *c, const struct wg_config *cfg)
             c->listeners[keep++] = l;
             continue;
         }
-        wg_info("msg=\"listener removed, draining\" listener=%s listen=%s", l->name, l->addr.text);
+        if (!c->stopping)
+            wg_info("msg=\"listener removed, draining\" listener=%s listen=%s", l->name,
+                    l->addr.text);
         for (unsigned w = 0; w < c->n_workers; w++)
             if (wg_worker_post_remove(c->workers[w], l) < 0)
                 atomic_fetch_add(&l->detached, 1);
