@@ -323,6 +323,20 @@ static void start_connect(struct tcp_conn *c)
 
 /* ---- entry point ---- */
 
+/* hash_key client_ip: the address bytes, not the port. */
+static void hash_client_ip(struct wg_pick *p, const struct sockaddr *peer)
+{
+    if (peer->sa_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)peer;
+        p->hash = wg_balance_hash_bytes(&sin->sin_addr, sizeof sin->sin_addr);
+        p->has_hash = true;
+    } else if (peer->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)peer;
+        p->hash = wg_balance_hash_bytes(&sin6->sin6_addr, sizeof sin6->sin6_addr);
+        p->has_hash = true;
+    }
+}
+
 void wg_tcp_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int fd,
                          const struct sockaddr *peer, socklen_t peerlen)
 {
@@ -350,5 +364,7 @@ void wg_tcp_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int f
     c->svc = (struct wg_pool_service *)svc;
     wg_worker_conn_add(w, &c->link);
     wg_pick_init(&c->pick, svc, &w->rng, NULL);
+    if (svc->cfg->balance == WG_BALANCE_HASH)   /* tcp knows only the client address */
+        hash_client_ip(&c->pick, peer);
     start_connect(c);
 }
