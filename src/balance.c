@@ -212,6 +212,14 @@ const struct wg_member *wg_pick_next(struct wg_pick *p)
 const struct wg_balance_ops *wg_balance_ops_for(enum wg_balance policy)
 {
     switch (policy) {
+    case WG_BALANCE_LEAST_CONN:
+        return &wg_balance_least_conn;
+    case WG_BALANCE_RANDOM:
+        return &wg_balance_random;
+    case WG_BALANCE_P2C:
+        return &wg_balance_p2c;
+    case WG_BALANCE_HASH:
+        return &wg_balance_hash;
     case WG_BALANCE_ROUND_ROBIN:
     default:
         return &wg_balance_round_robin;

@@ -16,6 +16,7 @@
 #define WAYGATE_BALANCE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "waygate/pool.h"
@@ -82,6 +83,16 @@ void wg_pick_init(struct wg_pick *p, const struct wg_pool_service *svc, struct w
 /* Pick and remember the instance as tried. NULL: nothing left. */
 const struct wg_member *wg_pick_next(struct wg_pick *p);
 
+/* A fast, well-mixed 64-bit hash (wyhash-style multiply-fold), identical on
+ * every platform and release: proxies route the same key to the same
+ * instance, and sticky keys survive an upgrade. Not keyed: do not use it to
+ * index tables an attacker can fill. `data` may be NULL when len is 0. */
+uint64_t wg_balance_hash_bytes(const void *data, size_t len);
+
 extern const struct wg_balance_ops wg_balance_round_robin;
+extern const struct wg_balance_ops wg_balance_least_conn;
+extern const struct wg_balance_ops wg_balance_random;
+extern const struct wg_balance_ops wg_balance_p2c;
+extern const struct wg_balance_ops wg_balance_hash;
 
 #endif
