@@ -1,0 +1,968 @@
+/* admin — see include/waygate/admin.h */
+#include "waygate/admin.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/http_struct.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "waygate/balance.h"
+#include "waygate/log.h"
+#include "waygate/pool.h"
+#include "waygate/registry.h"
+#include "waygate/stats.h"
+
+#define STREAM_AHEAD (64 * 1024)    /* generate this much, then wait for the client */
+#define STREAM_BATCH 256            /* items per produce() step */
+#define ADMIN_TIMEOUT_S 30          /* read/write timeout of admin connections */
+#define ADMIN_MAX_HEADERS (16 * 1024)
+#define ADMIN_MAX_BODY 4096
+
+#define CT_JSON "application/json"
+#define CT_TEXT "text/plain; charset=utf-8"
+#define CT_METRICS "text/plain; version=0.0.4; charset=utf-8"
+#define CT_HTML "text/html; charset=utf-8"
+
+/* An evbuffer being filled; `failed` remembers an allocation failure. */
+struct out {
+    struct evbuffer *buf;
+    bool failed;
+};
+
+struct stream;
+/* Appends the next piece of a streamed reply; returns true when it is done. */
+typedef bool (*produce_fn)(struct stream *st, struct out *o);
+
+/* A streamed reply in progress (/status, /metrics). */
+struct stream {
+    struct wg_admin *admin;
+    struct evhttp_request *req;
+    struct evhttp_connection *evcon;
+    struct wg_snapshot *snap;       /* one reference, or NULL before the first */
+    produce_fn produce;
+    size_t svc_first, svc_end;      /* services shown: snap->services[first, end) */
+    size_t part;                    /* cursor: reply part / metric family */
+    size_t svc;                     /* cursor: service */
+    uint32_t member;                /* cursor: instance within the service */
+    bool opened;                    /* the current part's header is written */
+    struct stream *prev, *next;
+};
+
+struct wg_admin {
+    struct event_base *base;
+    struct evhttp *http;
+    struct wg_pool *pool;
+    const struct wg_registry *registry;
+    struct stream *streams;         /* in flight, freed with the admin */
+    uint64_t started_ms;
+    bool ready;
+    bool loopback;                  /* bound to a loopback address */
+    char listen_text[64];
+};
+
+/* ---- output helpers ---- */
+
+static void out_add(struct out *o, const void *p, size_t n)
+{
+    if (!o->failed && n && evbuffer_add(o->buf, p, n) < 0)
+        o->failed = true;
+}
+
+static void out_str(struct out *o, const char *s) { out_add(o, s, strlen(s)); }
+
+__attribute__((format(printf, 2, 3)))
+static void out_printf(struct out *o, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    if (!o->failed && evbuffer_add_vprintf(o->buf, fmt, ap) < 0)
+        o->failed = true;
+    va_end(ap);
+}
+
+/* Length (1-4) of the well-formed UTF-8 sequence at s, or 0 (RFC 3629: no
+ * overlong forms, surrogates or code points above U+10FFFF). */
+static size_t utf8_seq(const unsigned char *s)
+{
+    unsigned c = s[0], cp, min;
+    size_t n;
+    if (c < 0x80)
+        return 1;
+    if ((c & 0xe0) == 0xc0)
+        n = 2, cp = c & 0x1f, min = 0x80;
+    else if ((c & 0xf0) == 0xe0)
+        n = 3, cp = c & 0x0f, min = 0x800;
+    else if ((c & 0xf8) == 0xf0)
+        n = 4, cp = c & 0x07, min = 0x10000;
+    else
+        return 0;
+    for (size_t k = 1; k < n; k++) {
+        if ((s[k] & 0xc0) != 0x80)      /* also stops at the terminating NUL */
+            return 0;
+        cp = cp << 6 | (s[k] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
+/* A JSON string literal (RFC 8259). */
+static void out_json_string(struct out *o, const char *str)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t n;
+    out_add(o, "\"", 1);
+    while (*s) {
+        const unsigned char *run = s;
+        while (*s >= 0x20 && *s != '"' && *s != '\\' && (n = utf8_seq(s)) > 0)
+            s += n;
+        out_add(o, run, (size_t)(s - run));
+        if (!*s)
+            break;
+        if (*s == '"' || *s == '\\')
+            out_add(o, *s == '"' ? "\\\"" : "\\\\", 2);
+        else if (*s < 0x20)
+            out_printf(o, "\\u%04x", *s);
+        else
+            out_str(o, "\\ufffd");
+        s++;
+    }
+    out_add(o, "\"", 1);
+}
+
+/* A Prometheus label value (text format 0.0.4): \ " and newline escaped. */
+static void out_label_value(struct out *o, const char *str)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t n;
+    while (*s) {
+        const unsigned char *run = s;
+        while (*s && *s != '"' && *s != '\\' && *s != '\n' && (n = utf8_seq(s)) > 0)
+            s += n;
+        out_add(o, run, (size_t)(s - run));
+        if (!*s)
+            break;
+        if (*s == '\n')
+            out_add(o, "\\n", 2);
+        else if (*s == '"' || *s == '\\')
+            out_add(o, *s == '"' ? "\\\"" : "\\\\", 2);
+        else
+            out_str(o, "\xef\xbf\xbd");
+        s++;
+    }
+}
+
+/* ---- plain replies ---- */
+
+static void reply_buffer(struct evhttp_request *req, int code, const char *ctype,
+                         struct evbuffer *body)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", ctype);
+    evhttp_add_header(h, "Cache-Control", "no-store");
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+        /* evhttp would send the body of a HEAD reply: send only its length. */
+        char len[24];
+        snprintf(len, sizeof len, "%zu", evbuffer_get_length(body));
+        evhttp_add_header(h, "Content-Length", len);
+        evhttp_send_reply(req, code, NULL, NULL);
+        return;
+    }
+    evhttp_send_reply(req, code, NULL, body);
+}
+
+/* Sends `o` (and frees its buffer), or a bare 500 when building it failed. */
+static void reply_out(struct evhttp_request *req, int code, const char *ctype, struct out *o)
+{
+    if (!o->buf || o->failed)
+        evhttp_send_error(req, HTTP_INTERNAL, NULL);
+    else
+        reply_buffer(req, code, ctype, o->buf);
+    if (o->buf)
+        evbuffer_free(o->buf);
+}
+
+static void reply_text(struct evhttp_request *req, int code, const char *text)
+{
+    struct out o = { evbuffer_new(), false };
+    if (o.buf)
+        out_str(&o, text);
+    reply_out(req, code, CT_TEXT, &o);
+}
+
+/* {"error":MSG} or {"error":MSG,KEY:VALUE}. */
+static void reply_error(struct evhttp_request *req, int code, const char *msg, const char *key,
+                        const char *value)
+{
+    struct out o = { evbuffer_new(), false };
+    if (o.buf) {
+        out_str(&o, "{\"error\":");
+        out_json_string(&o, msg);
+        if (key) {
+            out_add(&o, ",", 1);
+            out_json_string(&o, key);
+            out_add(&o, ":", 1);
+            out_json_string(&o, value);
+        }
+        out_str(&o, "}\n");
+    }
+    reply_out(req, code, CT_JSON, &o);
+}
+
+static void reply_method_not_allowed(struct evhttp_request *req, const char *allow)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    reply_error(req, HTTP_BADMETHOD, "method not allowed", "allow", allow);
+}
+
+/* ---- streamed replies ---- */
+
+static void stream_free(struct stream *st)
+{
+    if (st->evcon)
+        evhttp_connection_set_closecb(st->evcon, NULL, NULL);
+    if (st->prev)
+        st->prev->next = st->next;
+    else
+        st->admin->streams = st->next;
+    if (st->next)
+        st->next->prev = st->prev;
+    wg_snapshot_unref(st->snap);
+    free(st);
+}
+
+/* A stream that never started (not linked, no callbacks). */
+static void stream_discard(struct stream *st)
+{
+    wg_snapshot_unref(st->snap);
+    free(st);
+}
+
+/* The client went away (or the admin is being freed) mid-reply. When the
+ * connection failed, evhttp detached the unfinished request from it and left
+ * it to us; otherwise the connection frees it. */
+static void stream_closed(struct evhttp_connection *evcon, void *arg)
+{
+    struct stream *st = arg;
+    struct evhttp_request *req = st->req;
+    st->evcon = NULL;
+    stream_free(st);
+    if (!evhttp_request_get_connection(req))
+        evhttp_request_free(req);
+}
+
+static void stream_pump(struct stream *st);
+
+static void stream_sent(struct evhttp_connection *evcon, void *arg) { stream_pump(arg); }
+
+/* Generate up to STREAM_AHEAD bytes and hand them to the connection; the
+ * next step runs when the client has taken them (stream_sent). */
+static void stream_pump(struct stream *st)
+{
+    struct evhttp_request *req = st->req;
+    struct out o = { evbuffer_new(), false };
+    bool done = false;
+    while (o.buf && !o.failed && !done && evbuffer_get_length(o.buf) < STREAM_AHEAD)
+        done = st->produce(st, &o);
+    if (!o.buf || o.failed) {
+        struct evhttp_connection *evcon = st->evcon;
+        wg_error("msg=\"admin reply aborted: out of memory\" uri=\"%s\"", evhttp_request_get_uri(req));
+        if (o.buf)
+            evbuffer_free(o.buf);
+        stream_free(st);
+        evhttp_connection_free(evcon);
+        return;
+    }
+    if (done) {
+        evhttp_send_reply_chunk(req, o.buf);
+        stream_free(st);            /* before the end: it may free the connection */
+        evhttp_send_reply_end(req);
+    } else {
+        evhttp_send_reply_chunk_with_cb(req, o.buf, stream_sent, st);
+    }
+    evbuffer_free(o.buf);
+}
+
+static struct stream *stream_new(struct wg_admin *a, struct evhttp_request *req, produce_fn fn)
+{
+    struct stream *st = calloc(1, sizeof *st);
+    if (!st)
+        return NULL;
+    st->admin = a;
+    st->req = req;
+    st->evcon = evhttp_request_get_connection(req);
+    st->produce = fn;
+    st->snap = wg_pool_published(a->pool);
+    if (st->snap) {
+        wg_snapshot_ref(st->snap);
+        st->svc_end = st->snap->n_services;
+    }
+    return st;
+}
+
+/* Send the head of a 200 reply and start streaming `st` (takes it). */
+static void stream_start(struct stream *st, const char *ctype)
+{
+    struct evhttp_request *req = st->req;
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", ctype);
+    evhttp_add_header(h, "Cache-Control", "no-store");
+    if (req->major == 1 && req->minor == 0) {
+        /* No chunked encoding in HTTP/1.0: closing the connection ends the
+         * reply, so a keep-alive request must not keep it open. */
+        evhttp_remove_header(evhttp_request_get_input_headers(req), "Connection");
+        evhttp_add_header(h, "Connection", "close");
+    }
+    evhttp_send_reply_start(req, HTTP_OK, NULL);
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+        stream_discard(st);
+        evhttp_send_reply_end(req);
+        return;
+    }
+    st->next = st->admin->streams;
+    if (st->next)
+        st->next->prev = st;
+    st->admin->streams = st;
+    evhttp_connection_set_closecb(st->evcon, stream_closed, st);
+    stream_pump(st);
+}
+
+/* ---- GET /status ---- */
+
+static const struct wg_registry_status *registry_status(const struct wg_admin *a)
+{
+    static const struct wg_registry_status none = { .source = "none" };
+    return a->registry ? &a->registry->status : &none;
+}
+
+static void status_head(struct stream *st, struct out *o)
+{
+    const struct wg_registry_status *rs = registry_status(st->admin);
+    out_str(o, "{\"version\":");
+    out_json_string(o, WAYGATE_VERSION);
+    out_printf(o, ",\"generation\":%" PRIu64 ",\"registry\":{\"source\":",
+               st->snap ? st->snap->generation : 0);
+    out_json_string(o, rs->source ? rs->source : "none");
+    out_printf(o, ",\"connected\":%s,\"revision\":%" PRId64 "},\"services\":{",
+               rs->connected ? "true" : "false", rs->revision);
+}
+
+static void status_instance(struct out *o, const struct wg_member *m, bool comma)
+{
+    const struct wg_instance *i = m->inst;
+    out_str(o, comma ? ",{\"id\":" : "{\"id\":");
+    out_json_string(o, i->id);
+    out_str(o, ",\"address\":");
+    out_json_string(o, i->addr_text);
+    out_printf(o, ",\"weight\":%" PRIu32 ",\"health\":\"%s\",\"active_connections\":%u"
+               ",\"requests_total\":%" PRIu64 "}",
+               m->weight, wg_health_name(wg_instance_health(i)),
+               atomic_load_explicit(&((struct wg_instance *)i)->active, memory_order_relaxed),
+               atomic_load_explicit(&((struct wg_instance *)i)->requests_total,
+                                    memory_order_relaxed));
+}
+
+static bool status_produce(struct stream *st, struct out *o)
+{
+    if (st->part == 0) {
+        status_head(st, o);
+        st->part = 1;
+        st->svc = st->svc_first;
+        return false;
+    }
+    if (st->svc >= st->svc_end) {
+        out_str(o, "}}\n");
+        return true;
+    }
+    const struct wg_pool_service *s = st->snap->services[st->svc];
+    if (!st->opened) {
+        if (st->svc > st->svc_first)
+            out_add(o, ",", 1);
+        out_json_string(o, s->name);
+        out_str(o, ":{\"balance\":");
+        out_json_string(o, s->balance ? s->balance->name : "none");
+        out_str(o, ",\"instances\":[");
+        st->opened = true;
+    }
+    uint32_t end = s->n_members - st->member > STREAM_BATCH ? st->member + STREAM_BATCH
+                                                             : s->n_members;
+    for (; st->member < end; st->member++)
+        status_instance(o, &s->members[st->member], st->member > 0);
+    if (st->member == s->n_members) {
+        out_str(o, "]}");
+        st->svc++;
+        st->member = 0;
+        st->opened = false;
+    }
+    return false;
+}
+
+/* Index of service `name` in the snapshot, or -1. */
+static long snapshot_index(const struct wg_snapshot *s, const char *name)
+{
+    const struct wg_pool_service *svc = s ? wg_snapshot_service(s, name) : NULL;
+    for (size_t k = 0; svc && k < s->n_services; k++)
+        if (s->services[k] == svc)
+            return (long)k;
+    return -1;
+}
+
+static void serve_status(struct wg_admin *a, struct evhttp_request *req)
+{
+    struct evkeyvalq query = { 0 };
+    const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    if (q && evhttp_parse_query_str(q, &query) < 0) {
+        reply_error(req, HTTP_BADREQUEST, "malformed query", NULL, NULL);
+        return;
+    }
+    const char *service = evhttp_find_header(&query, "service");
+    struct stream *st = stream_new(a, req, status_produce);
+    if (!st) {
+        evhttp_clear_headers(&query);
+        evhttp_send_error(req, HTTP_INTERNAL, NULL);
+        return;
+    }
+    if (service) {
+        long k = snapshot_index(st->snap, service);
+        if (k < 0) {
+            reply_error(req, HTTP_NOTFOUND, "unknown service", "service", service);
+            evhttp_clear_headers(&query);
+            stream_discard(st);
+            return;
+        }
+        st->svc_first = (size_t)k;
+        st->svc_end = (size_t)k + 1;
+    }
+    evhttp_clear_headers(&query);
+    stream_start(st, CT_JSON);
+}
+
+/* ---- GET /metrics ---- */
+
+static void family_head(struct out *o, const char *name, const char *type, const char *help)
+{
+    out_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void metric_u64(struct out *o, const char *name, const char *type, const char *help,
+                       uint64_t v)
+{
+    family_head(o, name, type, help);
+    out_printf(o, "%s %" PRIu64 "\n", name, v);
+}
+
+static const struct {
+    enum wg_counter c;
+    const char *name, *help;
+} counters[] = {
+    { WG_C_CONN_ACCEPTED, "waygate_connections_accepted_total",
+      "Client connections accepted on all listeners." },
+    { WG_C_CONN_REJECTED_LIMIT, "waygate_connections_rejected_total",
+      "Client connections closed at once because the global max_connections was reached." },
+    { WG_C_ACCEPT_PAUSED, "waygate_accept_paused_total",
+      "Times accepting paused because descriptors or buffers ran out (EMFILE, ENFILE, ENOBUFS)." },
+    { WG_C_CONNECT_ERRORS, "waygate_upstream_connect_errors_total",
+      "Upstream connection attempts that failed or timed out." },
+    { WG_C_RETRIES, "waygate_retries_total", "Upstream attempts after the first one." },
+    { WG_C_NO_UPSTREAM, "waygate_no_upstream_total",
+      "Connections or requests that found no routable instance." },
+    { WG_C_BYTES_IN, "waygate_bytes_in_total", "Bytes received from clients." },
+    { WG_C_BYTES_OUT, "waygate_bytes_out_total", "Bytes sent to clients." },
+    { WG_C_IDLE_TIMEOUTS, "waygate_idle_timeouts_total",
+      "Connections closed because no byte moved for idle_timeout." },
+    { WG_C_SNAPSHOT_SWITCHES, "waygate_snapshot_switches_total",
+      "Times a worker started routing on a newer snapshot." },
+};
+
+static void metrics_process(struct stream *st, struct out *o)
+{
+    family_head(o, "waygate_build_info", "gauge", "Always 1; the version label names the build.");
+    out_str(o, "waygate_build_info{version=\"");
+    out_label_value(o, WAYGATE_VERSION);
+    out_str(o, "\"} 1\n");
+    metric_u64(o, "waygate_ready", "gauge",
+               "1 while /ready answers 200 (serving), 0 before that and while stopping.",
+               st->admin->ready);
+    metric_u64(o, "waygate_snapshot_generation", "gauge",
+               "Generation of the published snapshot (0: none yet).",
+               st->snap ? st->snap->generation : 0);
+    metric_u64(o, "waygate_connections_open", "gauge", "Client connections open now.",
+               atomic_load(&wg_stats_open_connections));
+    for (size_t k = 0; k < sizeof counters / sizeof counters[0]; k++)
+        metric_u64(o, counters[k].name, "counter", counters[k].help, wg_stats_sum(counters[k].c));
+}
+
+static void metrics_registry(struct stream *st, struct out *o)
+{
+    const struct wg_registry_status *rs = registry_status(st->admin);
+    uint64_t now = wg_now_ms();
+    uint64_t since = rs->last_contact_ms ? rs->last_contact_ms : st->admin->started_ms;
+    family_head(o, "waygate_registry_info", "gauge",
+                "Always 1; the source label names the registry (file, etcd, none).");
+    out_str(o, "waygate_registry_info{source=\"");
+    out_label_value(o, rs->source ? rs->source : "none");
+    out_str(o, "\"} 1\n");
+    metric_u64(o, "waygate_registry_connected", "gauge",
+               "1 when the registry is reachable (file: its last read succeeded).", rs->connected);
+    metric_u64(o, "waygate_registry_revision", "gauge",
+               "Registry revision (etcd) or number of successful reads (file).",
+               rs->revision > 0 ? (uint64_t)rs->revision : 0);
+    metric_u64(o, "waygate_registry_events_total", "counter", "Registry changes applied.",
+               rs->events_total);
+    metric_u64(o, "waygate_registry_reconnects_total", "counter",
+               "Reconnections to the registry.", rs->reconnects_total);
+    metric_u64(o, "waygate_registry_resyncs_total", "counter",
+               "Full re-reads of the registry after a lost watch or compaction.", rs->resyncs_total);
+    metric_u64(o, "waygate_registry_invalid_records_total", "counter",
+               "Registry values skipped because they could not be decoded.",
+               rs->invalid_records_total);
+    family_head(o, "waygate_registry_last_contact_seconds", "gauge",
+                "Seconds since the last successful registry read (since start if none yet).");
+    out_printf(o, "waygate_registry_last_contact_seconds %.3f\n",
+               now > since ? (double)(now - since) / 1000.0 : 0.0);
+}
+
+/* Per-service and per-instance families: one value per service or member. */
+struct family {
+    const char *name, *type, *help;
+    uint64_t (*value)(const struct wg_pool_service *s, const struct wg_member *m);
+};
+
+static uint64_t v_instances(const struct wg_pool_service *s, const struct wg_member *m)
+{
+    return s->n_members;
+}
+static uint64_t v_healthy(const struct wg_pool_service *s, const struct wg_member *m)
+{
+    int n = atomic_load_explicit(&s->state->healthy, memory_order_relaxed);
+    return n > 0 ? (uint64_t)n : 0;
+}
+static uint64_t v_panic(const struct wg_pool_service *s, const struct wg_member *m)
+{
+    return atomic_load_explicit(&s->state->panic_routed, memory_order_relaxed);
+}
+static uint64_t v_requests(const struct wg_pool_service *s, const struct wg_member *m)
+{
+    return atomic_load_explicit(&m->inst->requests_total, memory_order_relaxed);
+}
+static uint64_t v_active(const struct wg_pool_service *s, const struct wg_member *m)
+{
+    return atomic_load_explicit(&m->inst->active, memory_order_relaxed);
+}
+static uint64_t v_failures(const struct wg_pool_service *s, const struct wg_member *m)
+{
+    return atomic_load_explicit(&m->inst->connect_failures, memory_order_relaxed);
+}
+static uint64_t v_weight(const struct wg_pool_service *s, const struct wg_member *m)
+{
+    return m->weight;
+}
+static uint64_t v_is_healthy(const struct wg_pool_service *s, const struct wg_member *m)
+{
+    return wg_instance_health(m->inst) == WG_HEALTH_HEALTHY;
+}
+
+static const struct family service_families[] = {
+    { "waygate_service_instances", "gauge", "Instances the registry lists for the service.",
+      v_instances },
+    { "waygate_service_healthy_instances", "gauge", "Instances of the service that are healthy.",
+      v_healthy },
+    { "waygate_panic_routed_total", "counter",
+      "Picks made in panic mode (healthy share below panic_threshold).", v_panic },
+};
+#define N_SERVICE_FAMILIES (sizeof service_families / sizeof service_families[0])
+
+/* value NULL: the state set waygate_instance_state. */
+static const struct family instance_families[] = {
+    { "waygate_upstream_requests_total", "counter",
+      "Connections (tcp) or requests (http) routed to the instance.", v_requests },
+    { "waygate_upstream_active", "gauge",
+      "Open connections or in-flight requests on the instance.", v_active },
+    { "waygate_upstream_connect_failures_total", "counter",
+      "Connection attempts to the instance that failed or timed out.", v_failures },
+    { "waygate_upstream_weight", "gauge", "Weight of the instance (0: no new traffic).",
+      v_weight },
+    { "waygate_instance_healthy", "gauge", "1 when the instance is healthy, else 0.",
+      v_is_healthy },
+    { "waygate_instance_state", "gauge",
+      "1 for the instance's current health state, 0 for the others.", NULL },
+};
+#define N_INSTANCE_FAMILIES (sizeof instance_families / sizeof instance_families[0])
+
+static void out_series(struct out *o, const char *name, const struct wg_pool_service *s,
+                       const struct wg_member *m)
+{
+    out_str(o, name);
+    out_str(o, "{service=\"");
+    out_label_value(o, s->name);
+    if (m) {
+        out_str(o, "\",upstream=\"");
+        out_label_value(o, m->inst->id);
+    }
+    out_add(o, "\"", 1);
+}
+
+static void metrics_sample(struct out *o, const struct family *f, const struct wg_pool_service *s,
+                           const struct wg_member *m)
+{
+    if (f->value) {
+        out_series(o, f->name, s, m);
+        out_printf(o, "} %" PRIu64 "\n", f->value(s, m));
+        return;
+    }
+    enum wg_health now = wg_instance_health(m->inst);
+    for (int h = WG_HEALTH_UNKNOWN; h <= WG_HEALTH_DRAINING; h++) {
+        out_series(o, f->name, s, m);
+        out_printf(o, ",state=\"%s\"} %d\n", wg_health_name((enum wg_health)h), h == (int)now);
+    }
+}
+
+/* One step of a per-service family; true when the family is complete. */
+static bool metrics_services(struct stream *st, struct out *o, const struct family *f)
+{
+    if (!st->opened) {
+        family_head(o, f->name, f->type, f->help);
+        st->opened = true;
+    }
+    for (unsigned n = 0; n < STREAM_BATCH && st->svc < st->svc_end; n++, st->svc++)
+        metrics_sample(o, f, st->snap->services[st->svc], NULL);
+    return st->svc >= st->svc_end;
+}
+
+/* One step of a per-instance family; true when the family is complete. */
+static bool metrics_instances(struct stream *st, struct out *o, const struct family *f)
+{
+    if (!st->opened) {
+        family_head(o, f->name, f->type, f->help);
+        st->opened = true;
+    }
+    for (unsigned n = 0; n < STREAM_BATCH && st->svc < st->svc_end; n++) {
+        const struct wg_pool_service *s = st->snap->services[st->svc];
+        if (st->member < s->n_members)
+            metrics_sample(o, f, s, &s->members[st->member++]);
+        if (st->member >= s->n_members) {
+            st->svc++;
+            st->member = 0;
+        }
+    }
+    return st->svc >= st->svc_end;
+}
+
+static bool metrics_produce(struct stream *st, struct out *o)
+{
+    size_t f = st->part;
+    bool family_done;
+    if (f == 0) {
+        metrics_process(st, o);
+        metrics_registry(st, o);
+        st->part++;
+        return false;
+    }
+    f--;
+    if (f < N_SERVICE_FAMILIES)
+        family_done = metrics_services(st, o, &service_families[f]);
+    else if (f - N_SERVICE_FAMILIES < N_INSTANCE_FAMILIES)
+        family_done = metrics_instances(st, o, &instance_families[f - N_SERVICE_FAMILIES]);
+    else
+        return true;
+    if (family_done) {
+        st->part++;
+        st->svc = st->svc_first;
+        st->member = 0;
+        st->opened = false;
+    }
+    return false;
+}
+
+static void serve_metrics(struct wg_admin *a, struct evhttp_request *req)
+{
+    struct stream *st = stream_new(a, req, metrics_produce);
+    if (!st) {
+        evhttp_send_error(req, HTTP_INTERNAL, NULL);
+        return;
+    }
+    stream_start(st, CT_METRICS);
+}
+
+/* ---- POST /services/NAME/instances/ID/{drain,enable} ---- */
+
+/* Cross-site requests from a browser carry an Origin that is not this
+ * server; on a loopback admin, a Host that is not an address or localhost
+ * means DNS rebinding. Both are refused for actions. */
+static bool action_allowed(const struct wg_admin *a, struct evhttp_request *req)
+{
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    const char *host = evhttp_find_header(in, "Host");
+    const char *origin = evhttp_find_header(in, "Origin");
+    if (origin && (!host || strncmp(origin, "http://", 7) || strcasecmp(origin + 7, host)))
+        return false;
+    if (!a->loopback || !host)
+        return true;
+    char name[256];
+    size_t n = strcspn(host, host[0] == '[' ? "]" : ":");
+    if (n >= sizeof name)
+        return false;
+    memcpy(name, host + (host[0] == '['), n - (host[0] == '['));
+    name[n - (host[0] == '[')] = '\0';
+    struct in6_addr any;
+    return strcasecmp(name, "localhost") == 0 || inet_pton(AF_INET, name, &any) == 1 ||
+           inet_pton(AF_INET6, name, &any) == 1;
+}
+
+/* Percent-decode one path segment; NULL (with *oom) when out of memory or
+ * when it decodes to something holding a NUL byte. */
+static char *decode_segment(const char *start, size_t len, bool *oom)
+{
+    char *raw = strndup(start, len), *dec = NULL;
+    size_t dec_len = 0;
+    if (raw)
+        dec = evhttp_uridecode(raw, 0, &dec_len);
+    free(raw);
+    if (!dec) {
+        *oom = true;
+        return NULL;
+    }
+    if (strlen(dec) != dec_len) {
+        free(dec);
+        return NULL;
+    }
+    return dec;
+}
+
+/* Split "NAME/instances/ID/ACTION" (decoded per segment; ID may hold '/').
+ * Returns 1, 0 when the path has not that shape, -1 when out of memory. */
+static int parse_action_path(const char *rest, char **service, char **id, bool *drain)
+{
+    const char *slash = strchr(rest, '/');
+    const char *last = strrchr(rest, '/');
+    bool oom = false;
+    if (!slash || slash == rest || strncmp(slash, "/instances/", 11) || last <= slash + 11)
+        return 0;
+    if (strcmp(last, "/drain") == 0)
+        *drain = true;
+    else if (strcmp(last, "/enable") == 0)
+        *drain = false;
+    else
+        return 0;
+    *service = decode_segment(rest, (size_t)(slash - rest), &oom);
+    *id = decode_segment(slash + 11, (size_t)(last - (slash + 11)), &oom);
+    if (*service && *id)
+        return 1;
+    free(*service);
+    free(*id);
+    *service = *id = NULL;
+    return oom ? -1 : 0;
+}
+
+static void action_reply(struct evhttp_request *req, const char *service,
+                         const struct wg_instance *i)
+{
+    struct out o = { evbuffer_new(), false };
+    if (o.buf) {
+        out_str(&o, "{\"service\":");
+        out_json_string(&o, service);
+        out_str(&o, ",\"id\":");
+        out_json_string(&o, i->id);
+        out_str(&o, ",\"address\":");
+        out_json_string(&o, i->addr_text);
+        out_printf(&o, ",\"health\":\"%s\",\"admin_drained\":%s}\n",
+                   wg_health_name(wg_instance_health(i)),
+                   atomic_load(&((struct wg_instance *)i)->admin_drained) ? "true" : "false");
+    }
+    reply_out(req, HTTP_OK, CT_JSON, &o);
+}
+
+static void act_on(struct wg_admin *a, struct evhttp_request *req, const char *service,
+                   const char *id, bool drain)
+{
+    const struct wg_snapshot *snap = wg_pool_published(a->pool);
+    const struct wg_pool_service *svc = snap ? wg_snapshot_service(snap, service) : NULL;
+    if (!svc) {
+        reply_error(req, HTTP_NOTFOUND, "unknown service", "service", service);
+        return;
+    }
+    struct wg_instance *inst = NULL;
+    for (uint32_t k = 0; k < svc->n_members && !inst; k++)
+        if (strcmp(svc->members[k].inst->id, id) == 0)
+            inst = svc->members[k].inst;
+    if (!inst) {
+        reply_error(req, HTTP_NOTFOUND, "unknown instance", "id", id);
+        return;
+    }
+    if (!wg_instance_admin_drain(inst, drain)) {
+        reply_error(req, 409, "removed from the registry: stays draining", "id", id);
+        return;
+    }
+    wg_info("msg=\"instance %s by admin\" service=%s id=%s address=%s health=%s",
+            drain ? "drained" : "enabled", service, id, inst->addr_text,
+            wg_health_name(wg_instance_health(inst)));
+    action_reply(req, service, inst);
+}
+
+static void serve_action(struct wg_admin *a, struct evhttp_request *req, const char *rest)
+{
+    char *service = NULL, *id = NULL;
+    bool drain = false;
+    int parsed = parse_action_path(rest, &service, &id, &drain);
+    if (parsed < 0)
+        evhttp_send_error(req, HTTP_INTERNAL, NULL);
+    else if (parsed == 0)
+        reply_error(req, HTTP_NOTFOUND, "not found", NULL, NULL);
+    else if (evhttp_request_get_command(req) != EVHTTP_REQ_POST)
+        reply_method_not_allowed(req, "POST");
+    else if (!action_allowed(a, req))
+        reply_error(req, 403, "cross-origin request refused", NULL, NULL);
+    else
+        act_on(a, req, service, id, drain);
+    free(service);
+    free(id);
+}
+
+/* ---- small pages and dispatch ---- */
+
+static void serve_ready(struct wg_admin *a, struct evhttp_request *req)
+{
+    if (a->ready)
+        reply_text(req, HTTP_OK, "ready\n");
+    else
+        reply_text(req, HTTP_SERVUNAVAIL, "not ready\n");
+}
+
+static void serve_live(struct wg_admin *a, struct evhttp_request *req)
+{
+    reply_text(req, HTTP_OK, "live\n");
+}
+
+static void serve_dashboard(struct wg_admin *a, struct evhttp_request *req)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (!b || evbuffer_add_reference(b, wg_admin_dashboard_html, wg_admin_dashboard_html_len,
+                                     NULL, NULL) < 0) {
+        if (b)
+            evbuffer_free(b);
+        evhttp_send_error(req, HTTP_INTERNAL, NULL);
+        return;
+    }
+    reply_buffer(req, HTTP_OK, CT_HTML, b);
+    evbuffer_free(b);
+}
+
+static const struct {
+    const char *path;
+    void (*serve)(struct wg_admin *a, struct evhttp_request *req);
+} pages[] = {
+    { "/", serve_dashboard },    { "/status", serve_status }, { "/metrics", serve_metrics },
+    { "/ready", serve_ready },   { "/live", serve_live },
+};
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    struct wg_admin *a = arg;
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    enum evhttp_cmd_type method = evhttp_request_get_command(req);
+    if (!path || !*path)
+        path = "/";
+    for (size_t k = 0; k < sizeof pages / sizeof pages[0]; k++) {
+        if (strcmp(path, pages[k].path))
+            continue;
+        if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD)
+            reply_method_not_allowed(req, "GET, HEAD");
+        else
+            pages[k].serve(a, req);
+        return;
+    }
+    if (strncmp(path, "/services/", 10) == 0)
+        serve_action(a, req, path + 10);
+    else
+        reply_error(req, HTTP_NOTFOUND, "not found", NULL, NULL);
+}
+
+/* ---- life cycle ---- */
+
+static bool is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+    if (ss->ss_family == AF_INET6)
+        return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+    return false;
+}
+
+static int admin_bind(struct wg_admin *a, const struct wg_addr *listen, struct wg_errors *errs)
+{
+    struct evconnlistener *l = evconnlistener_new_bind(
+        a->base, NULL, NULL, LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+        128, (const struct sockaddr *)&listen->ss, (int)listen->len);
+    if (!l) {
+        wg_errors_add(errs, "admin.listen %s: %s", listen->text,
+                      errno ? strerror(errno) : "cannot listen");
+        return -1;
+    }
+    if (!evhttp_bind_listener(a->http, l)) {
+        evconnlistener_free(l);
+        wg_errors_add(errs, "admin.listen %s: out of memory", listen->text);
+        return -1;
+    }
+    return 0;
+}
+
+struct wg_admin *wg_admin_new(struct event_base *base, const struct wg_config *cfg,
+                              struct wg_pool *pool, struct wg_errors *errs)
+{
+    struct wg_admin *a = calloc(1, sizeof *a);
+    if (!a || !(a->http = evhttp_new(base))) {
+        wg_errors_add(errs, "admin.listen %s: out of memory", cfg->admin.listen.text);
+        free(a);
+        return NULL;
+    }
+    a->base = base;
+    a->pool = pool;
+    a->started_ms = wg_now_ms();
+    a->loopback = is_loopback(&cfg->admin.listen.ss);
+    snprintf(a->listen_text, sizeof a->listen_text, "%s", cfg->admin.listen.text);
+    evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
+                                            EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+    evhttp_set_timeout(a->http, ADMIN_TIMEOUT_S);
+    evhttp_set_max_headers_size(a->http, ADMIN_MAX_HEADERS);
+    evhttp_set_max_body_size(a->http, ADMIN_MAX_BODY);
+    evhttp_set_gencb(a->http, on_request, a);
+    if (admin_bind(a, &cfg->admin.listen, errs) < 0) {
+        wg_admin_free(a);
+        return NULL;
+    }
+    wg_info("msg=\"admin API listening\" address=%s", a->listen_text);
+    return a;
+}
+
+void wg_admin_set_registry(struct wg_admin *a, const struct wg_registry *registry)
+{
+    a->registry = registry;
+}
+
+void wg_admin_set_ready(struct wg_admin *a, bool ready) { a->ready = ready; }
+
+void wg_admin_free(struct wg_admin *a)
+{
+    if (!a)
+        return;
+    evhttp_free(a->http);           /* closes connections: stream_closed() runs */
+    while (a->streams) {            /* any whose connection could not report */
+        a->streams->evcon = NULL;
+        stream_free(a->streams);
+    }
+    free(a);
+}
