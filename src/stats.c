@@ -22,6 +22,15 @@ static const char *const names[WG_C__COUNT] = {
     [WG_C_BYTES_OUT] = "bytes_out",
     [WG_C_IDLE_TIMEOUTS] = "idle_timeouts",
     [WG_C_SNAPSHOT_SWITCHES] = "snapshot_switches",
+    [WG_C_HTTP_REQUESTS] = "http_requests",
+    [WG_C_HTTP_1XX] = "http_responses_1xx",
+    [WG_C_HTTP_2XX] = "http_responses_2xx",
+    [WG_C_HTTP_3XX] = "http_responses_3xx",
+    [WG_C_HTTP_4XX] = "http_responses_4xx",
+    [WG_C_HTTP_5XX] = "http_responses_5xx",
+    [WG_C_HTTP_UPSTREAM_REUSED] = "http_upstream_reused",
+    [WG_C_HTTP_UPSTREAM_STALE] = "http_upstream_stale",
+    [WG_C_HTTP_TIMEOUTS] = "http_timeouts",
 };
 
 struct wg_stats_block *wg_stats_block_new(void)

@@ -24,6 +24,15 @@ enum wg_counter {
     WG_C_BYTES_OUT,             /* to clients */
     WG_C_IDLE_TIMEOUTS,
     WG_C_SNAPSHOT_SWITCHES,     /* a worker saw a new generation */
+    WG_C_HTTP_REQUESTS,         /* http requests answered (by waygate or an upstream) */
+    WG_C_HTTP_1XX,              /* final status class of those answers (101 counts 1xx) */
+    WG_C_HTTP_2XX,
+    WG_C_HTTP_3XX,
+    WG_C_HTTP_4XX,
+    WG_C_HTTP_5XX,
+    WG_C_HTTP_UPSTREAM_REUSED,  /* requests sent on a pooled keep-alive connection */
+    WG_C_HTTP_UPSTREAM_STALE,   /* pooled connections found closed: free retry */
+    WG_C_HTTP_TIMEOUTS,         /* 408, 504 and closes on http timeouts */
     WG_C__COUNT
 };
 
