@@ -188,8 +188,10 @@ class Proc:
         if self.alive():
             self.popen.send_signal(sig)
 
-    def stop(self, timeout=5.0):
+    def stop(self, timeout=None):
         """SIGTERM, a bounded wait, then SIGKILL. Returns the exit status."""
+        if timeout is None:
+            timeout = slack(5.0)
         if self.alive():
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -458,7 +460,10 @@ class Waygate:
         self.service_defaults = sd
         self.services = services
         self.workers = workers
-        self.top = top
+        self.top = dict(top)
+        # Short, so that stopping a waygate with open connections at the end
+        # of a test does not wait out the 10 s default.
+        self.top.setdefault("shutdown_timeout", "2s")
         self.rlimit_nofile = rlimit_nofile
         self.wait_ready = wait_ready
         self.config_path = harness.path("waygate.yaml")
