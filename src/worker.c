@@ -98,7 +98,17 @@ static void worker_sync(struct wg_worker *w)
 }
 
 static void wake_cb(evutil_socket_t fd, short what, void *arg) { worker_sync(arg); }
-static void tick_cb(evutil_socket_t fd, short what, void *arg) { worker_sync(arg); }
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct wg_worker *w = arg;
+    worker_sync(w);
+    uint64_t now = wg_now_ms();
+    for (struct wg_conn_link *l = w->conns.next, *next; l != &w->conns; l = next) {
+        next = l->next;                 /* l->tick may free l */
+        if (l->tick)
+            l->tick(l, now);
+    }
+}
 
 static void close_all(struct wg_worker *w)
 {

@@ -34,6 +34,10 @@ struct wg_conn_link {
     struct wg_conn_link *prev, *next;
     /* Close at once (forced stop); must unlink and free the connection. */
     void (*force_close)(struct wg_conn_link *l);
+    /* Optional (NULL: none): called on the 1 s housekeeping tick with the
+     * monotonic time, e.g. to apply drain_timeout and on_unhealthy (health.h);
+     * it may close (unlink and free) the connection. */
+    void (*tick)(struct wg_conn_link *l, uint64_t now_ms);
 };
 
 /* Spare pipes for splice(2), so idle connections hold none. */
