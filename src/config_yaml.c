@@ -164,6 +164,44 @@ static enum wg_yaml_status check_single(struct wg_yaml *y, yaml_parser_t *p, con
     return st;
 }
 
+/* libyaml's scanner costs O(depth) per token inside flow collections, so
+ * "[[[[..." is quadratic: a first event pass refuses deep nesting early,
+ * before the document is built. It also reports syntax errors. */
+static bool check_nesting(struct wg_yaml *y, const char *buf, size_t len)
+{
+    yaml_parser_t p;
+    yaml_event_t ev;
+    unsigned depth = 0;
+    bool ok = true, end = false;
+
+    if (!yaml_parser_initialize(&p)) {
+        wg_yaml_oom(y);
+        return false;
+    }
+    yaml_parser_set_input_string(&p, (const unsigned char *)buf, len);
+    yaml_parser_set_encoding(&p, YAML_UTF8_ENCODING);
+    while (ok && !end) {
+        if (!yaml_parser_parse(&p, &ev)) {
+            report_parser(y, &p, buf, len);
+            ok = false;
+            break;
+        }
+        if (ev.type == YAML_SEQUENCE_START_EVENT || ev.type == YAML_MAPPING_START_EVENT) {
+            if (++depth > WG_YAML_MAX_DEPTH) {
+                wg_yaml_error(y, ev.start_mark, "nesting too deep (max %d levels)",
+                              WG_YAML_MAX_DEPTH);
+                ok = false;
+            }
+        } else if (ev.type == YAML_SEQUENCE_END_EVENT || ev.type == YAML_MAPPING_END_EVENT) {
+            depth--;
+        }
+        end = ev.type == YAML_STREAM_END_EVENT;
+        yaml_event_delete(&ev);
+    }
+    yaml_parser_delete(&p);
+    return ok;
+}
+
 enum wg_yaml_status wg_yaml_load(struct wg_yaml *y, const char *file, const char *buf,
                                  size_t len, struct wg_errors *errs)
 {
@@ -174,6 +212,8 @@ enum wg_yaml_status wg_yaml_load(struct wg_yaml *y, const char *file, const char
     y->file = file;
     y->errs = errs;
     y->first_line = errs ? errs->n : 0;
+    if (!check_nesting(y, buf, len))
+        return WG_YAML_FAILED;
     if (!yaml_parser_initialize(&p)) {
         wg_yaml_oom(y);
         return WG_YAML_FAILED;

@@ -13,6 +13,8 @@
  *    mapping: explicit keys win, then earlier merge sources; nesting is
  *    bounded by WG_YAML_MAX_DEPTH.
  *  - Duplicate explicit keys are errors at the second occurrence.
+ *  - Collections nest at most WG_YAML_MAX_DEPTH levels (libyaml's scanner
+ *    is quadratic in flow nesting; deeper files are refused up front).
  */
 #ifndef WAYGATE_CONFIG_YAML_H
 #define WAYGATE_CONFIG_YAML_H

@@ -501,6 +501,26 @@ START_TEST(test_recursive_merge_refused)
 }
 END_TEST
 
+/* Deep flow nesting is quadratic in libyaml: refused before the document. */
+START_TEST(test_deep_nesting_refused)
+{
+    size_t depth = 100000;
+    char *yaml = malloc(2 * depth + 8);
+    struct wg_errors errs = { 0 };
+
+    ck_assert_ptr_nonnull(yaml);
+    memcpy(yaml, "a: ", 3);
+    memset(yaml + 3, '[', depth);
+    memset(yaml + 3 + depth, ']', depth);
+    strcpy(yaml + 3 + 2 * depth, "\n");
+    ck_assert_ptr_null(load(yaml, &errs));
+    ck_assert_uint_eq(errs.n, 1);
+    ck_assert_str_eq(errs.lines[0], "t.yaml:1:67: nesting too deep (max 64 levels)");
+    wg_errors_free(&errs);
+    free(yaml);
+}
+END_TEST
+
 START_TEST(test_too_many_errors_capped)
 {
     char yaml[40000] = "";
@@ -1083,6 +1103,7 @@ static Suite *config_suite(void)
     tcase_add_test(errors, test_billion_laughs_refused);
     tcase_add_test(errors, test_alias_expansion_bound);
     tcase_add_test(errors, test_recursive_merge_refused);
+    tcase_add_test(errors, test_deep_nesting_refused);
     tcase_add_test(errors, test_too_many_errors_capped);
     tcase_add_test(errors, test_missing_files);
     tcase_add_test(errors, test_existing_files_pass);
