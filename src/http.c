@@ -82,6 +82,16 @@ static const uint8_t wg_http_lower[256] = {
 #define WG_HTTP_IS(c, cls) (wg_http_ctype[(unsigned char)(c)] & (cls))
 #define WG_HTTP_INT64_MAX UINT64_C(0x7fffffffffffffff)
 
+/* Word-at-a-time tests (portable SWAR): is there, among the 8 bytes of x, a
+ * byte below n (n <= 0x80), a byte equal to b, a byte >= 0x7f? Each answer
+ * is exact as a yes/no (borrows and carries only spread upward from a byte
+ * that already answers yes), which is all the fast scans need. */
+#define WG_HTTP_ONES UINT64_C(0x0101010101010101)
+#define WG_HTTP_HIGHS UINT64_C(0x8080808080808080)
+#define WG_HTTP_HAS_LESS(x, n) (((x) - WG_HTTP_ONES * (n)) & ~(x) & WG_HTTP_HIGHS)
+#define WG_HTTP_HAS_BYTE(x, b) WG_HTTP_HAS_LESS((x) ^ (WG_HTTP_ONES * (b)), 1)
+#define WG_HTTP_HAS_HIGH(x) (((x) | ((x) + WG_HTTP_ONES)) & WG_HTTP_HIGHS)
+
 enum wg_http_state {
     /* request line */
     WG_HTTP_S_RL_START, WG_HTTP_S_RL_START_LF, WG_HTTP_S_RL_METHOD, WG_HTTP_S_RL_TARGET,
@@ -380,6 +390,24 @@ static int wg_http_target_byte(struct wg_http_parser *p, const unsigned char *ba
     }
 }
 
+/* Skip whole words of target bytes (VCHAR but '#', and but '?' in a path);
+ * the byte loop after it finds the exact stop. */
+static const unsigned char *wg_http_skip_target8(const unsigned char *s,
+                                                 const unsigned char *end, bool path)
+{
+    uint64_t qmark = path ? WG_HTTP_ONES * '?' : WG_HTTP_ONES * '#';
+
+    while (end - s >= 8) {
+        uint64_t x;
+        memcpy(&x, s, sizeof x);
+        if (WG_HTTP_HAS_LESS(x, 0x21) | WG_HTTP_HAS_HIGH(x) | WG_HTTP_HAS_BYTE(x, '#') |
+            WG_HTTP_HAS_LESS(x ^ qmark, 1))
+            break;
+        s += 8;
+    }
+    return s;
+}
+
 /* Fast-scan class of each target state; 0: every byte goes to the switch. */
 static uint8_t wg_http_target_class(uint8_t state)
 {
@@ -400,6 +428,8 @@ static int wg_http_target(struct wg_http_parser *p, const unsigned char *base,
     while (s < end) {
         uint8_t cls = wg_http_target_class(p->state);
 
+        if (cls == WG_HTTP_C_PATH || cls == WG_HTTP_C_URI)
+            s = wg_http_skip_target8(s, end, cls == WG_HTTP_C_PATH);
         if (cls) {
             while (s < end && WG_HTTP_IS(*s, cls))
                 s++;
@@ -424,6 +454,15 @@ static int wg_http_request_version(struct wg_http_parser *p, const unsigned char
 {
     const unsigned char *s = base + p->pos;
 
+    /* the usual case in one comparison; the bytes decide exactly as below */
+    if (p->state == WG_HTTP_S_RL_VERSION && p->vpos == 0 && end - s >= 10 &&
+        memcmp(s, "HTTP/1.", 7) == 0 && (s[7] == '1' || s[7] == '0') &&
+        s[8] == '\r' && s[9] == '\n') {
+        p->msg.version = 10 + (unsigned)(s[7] - '0');
+        p->state = WG_HTTP_S_F_LINE;
+        p->head_start = p->pos = (uint32_t)(s - base) + 10;
+        return WG_HTTP_STEP_NEXT;
+    }
     for (; s < end; s++) {
         uint32_t off = (uint32_t)(s - base);
         unsigned char c = *s;
@@ -627,7 +666,6 @@ static int wg_http_field_done(struct wg_http_parser *p, const unsigned char *bas
     struct wg_http_span item;
     uint32_t cursor = 0;
 
-    h->value.len = p->value_end - h->value.off;
     h->id = wg_http_hdr_lookup(base + h->name.off, h->name.len);
     switch (h->id) {
     case WG_HTTP_HDR_HOST:
@@ -659,19 +697,9 @@ static int wg_http_field_done(struct wg_http_parser *p, const unsigned char *bas
 
 /* ---- header section: the byte-level machine --------------------------- */
 
-static int wg_http_field_start(struct wg_http_parser *p, uint32_t off, unsigned char c)
+/* Why the first byte of a field line is refused. */
+static int wg_http_bad_line_start(struct wg_http_parser *p, uint32_t off, unsigned char c)
 {
-    if (c == '\r') {
-        p->state = WG_HTTP_S_F_END_LF;
-        return WG_HTTP_STEP_END;
-    }
-    if (WG_HTTP_IS(c, WG_HTTP_C_TCHAR)) {
-        if (p->msg.nheaders >= p->max_headers)
-            return wg_http_fail(p, off, 431, "too many header fields");
-        p->headers[p->msg.nheaders].name.off = off;
-        p->state = WG_HTTP_S_F_NAME;
-        return WG_HTTP_STEP_END;
-    }
     if (WG_HTTP_IS(c, WG_HTTP_C_WS))
         return wg_http_fail(p, off, 400, p->msg.nheaders ? "obs-fold in header section"
                             : "whitespace before the first header field");
@@ -679,110 +707,116 @@ static int wg_http_field_start(struct wg_http_parser *p, uint32_t off, unsigned 
                         : "invalid character in header field name");
 }
 
-static int wg_http_field_byte(struct wg_http_parser *p, const unsigned char *base,
-                              uint32_t off, unsigned char c);
-
-/* Field value: runs of field-vchar separated by SP/HTAB; value_end tracks
- * the last non-blank byte so that trailing OWS is trimmed without looking
- * back. Returns the position of the first byte that is neither. */
-static const unsigned char *wg_http_scan_value(struct wg_http_parser *p,
-                                               const unsigned char *base,
-                                               const unsigned char *s,
-                                               const unsigned char *end)
+/* Skip field-value bytes (field-vchar, SP, HTAB): whole words while they
+ * hold no CTL (HTAB included, rare) and no DEL, then bytes up to the end of
+ * the word that stopped it. Returns the first byte that is none of them. */
+static const unsigned char *wg_http_skip_value(const unsigned char *s, const unsigned char *end)
 {
     for (;;) {
-        const unsigned char *q = s;
-        while (q < end && WG_HTTP_IS(*q, WG_HTTP_C_VCHAR))
-            q++;
-        if (q != s)
-            p->value_end = (uint32_t)(q - base);
-        s = q;
-        if (s == end || (*s != ' ' && *s != '\t'))
+        while (end - s >= 8) {
+            uint64_t x;
+            memcpy(&x, s, sizeof x);
+            if (WG_HTTP_HAS_LESS(x, 0x20) | WG_HTTP_HAS_BYTE(x, 0x7f))
+                break;
+            s += 8;
+        }
+        const unsigned char *stop = end - s > 8 ? s + 8 : end;
+        while (s < stop && WG_HTTP_IS(*s, WG_HTTP_C_VCHAR | WG_HTTP_C_WS))
+            s++;
+        if (s < stop || s == end)
             return s;
-        s++;
     }
-}
-
-static int wg_http_fields(struct wg_http_parser *p, const unsigned char *base,
-                          const unsigned char *end)
-{
-    const unsigned char *s = base + p->pos;
-
-    while (s < end) {
-        if (p->state == WG_HTTP_S_F_NAME) {
-            while (s < end && WG_HTTP_IS(*s, WG_HTTP_C_TCHAR))
-                s++;
-        } else if (p->state == WG_HTTP_S_F_VALUE) {
-            s = wg_http_scan_value(p, base, s, end);
-        }
-        if (s == end)
-            break;
-        int rc = wg_http_field_byte(p, base, (uint32_t)(s - base), *s);
-        if (rc != WG_HTTP_STEP_END) {
-            if (rc == WG_HTTP_STEP_NEXT)
-                p->pos = (uint32_t)(s - base) + 1;
-            return rc;
-        }
-        s++;
-    }
-    p->pos = (uint32_t)(s - base);
-    return WG_HTTP_STEP_END;
 }
 
 static int wg_http_finish(struct wg_http_parser *p, const unsigned char *base, uint32_t off);
 
-static int wg_http_field_byte(struct wg_http_parser *p, const unsigned char *base,
-                              uint32_t off, unsigned char c)
+/* The value ends before the CR at `cr`, trailing OWS excluded. The caller
+ * passes the message from its first byte, so looking back is allowed; the
+ * value starts after the leading OWS, so the trim stops there. */
+static void wg_http_value_end(struct wg_http_header *h, const unsigned char *base, uint32_t cr)
 {
-    struct wg_http_header *h = &p->headers[p->msg.nheaders];
+    while (cr > h->value.off && WG_HTTP_IS(base[cr - 1], WG_HTTP_C_WS))
+        cr--;
+    h->value.len = cr - h->value.off;
+}
+
+/* Field lines up to the empty line. The switch only resumes a line cut by
+ * the end of the input; a complete line falls through name, OWS, value and
+ * CRLF without going back to a dispatcher. */
+static int wg_http_fields(struct wg_http_parser *p, const unsigned char *base,
+                          const unsigned char *end)
+{
+#define WG_HTTP_OFF(x) ((uint32_t)((x) - base))
+#define WG_HTTP_CUR (&p->headers[p->msg.nheaders])
+#define WG_HTTP_NEED(st) do { if (s == end) { p->state = (st); goto out; } } while (0)
+    const unsigned char *s = base + p->pos;
 
     switch (p->state) {
-    case WG_HTTP_S_F_LINE:
-        return wg_http_field_start(p, off, c);
-    case WG_HTTP_S_F_NAME:
-        if (c != ':')
-            return wg_http_fail(p, off, 400, WG_HTTP_IS(c, WG_HTTP_C_WS)
-                                ? "whitespace before colon" : (c == '\r' || c == '\n')
-                                ? "header field without colon"
-                                : "invalid character in header field name");
-        h->name.len = off - h->name.off;
-        p->state = WG_HTTP_S_F_OWS;
-        return WG_HTTP_STEP_END;
-    case WG_HTTP_S_F_OWS:
-        if (WG_HTTP_IS(c, WG_HTTP_C_WS))
-            return WG_HTTP_STEP_END;
-        h->value.off = p->value_end = off;
-        if (c == '\r') {
-            p->state = WG_HTTP_S_F_VALUE_LF;
-            return WG_HTTP_STEP_END;
-        }
-        if (WG_HTTP_IS(c, WG_HTTP_C_VCHAR)) {
-            p->value_end = off + 1;
-            p->state = WG_HTTP_S_F_VALUE;
-            return WG_HTTP_STEP_END;
-        }
-        return wg_http_fail(p, off, 400, c == '\n' ? "bare LF"
-                            : "control character in header field value");
-    case WG_HTTP_S_F_VALUE:     /* the fast scan stopped on a byte that is not vchar/ws */
-        if (c == '\r') {
-            p->state = WG_HTTP_S_F_VALUE_LF;
-            return WG_HTTP_STEP_END;
-        }
-        return wg_http_fail(p, off, 400, c == '\n' ? "bare LF"
-                            : "control character in header field value");
-    case WG_HTTP_S_F_VALUE_LF:
-        if (c != '\n')
-            return wg_http_fail(p, off, 400, "bare CR");
-        p->state = WG_HTTP_S_F_LINE;
-        return wg_http_field_done(p, base, off);
-    default: /* F_END_LF */
-        if (c != '\n')
-            return wg_http_fail(p, off, 400, "bare CR");
-        if (wg_http_finish(p, base, off) < 0)
-            return WG_HTTP_STEP_ERROR;
-        p->state = WG_HTTP_S_DONE;
-        return WG_HTTP_STEP_NEXT;
+    case WG_HTTP_S_F_NAME: goto name;
+    case WG_HTTP_S_F_OWS: goto ows;
+    case WG_HTTP_S_F_VALUE: goto value;
+    case WG_HTTP_S_F_VALUE_LF: goto value_lf;
+    case WG_HTTP_S_F_END_LF: goto end_lf;
+    default: break;
     }
+line:
+    WG_HTTP_NEED(WG_HTTP_S_F_LINE);
+    if (*s == '\r') {
+        s++;
+        goto end_lf;
+    }
+    if (!WG_HTTP_IS(*s, WG_HTTP_C_TCHAR))
+        return wg_http_bad_line_start(p, WG_HTTP_OFF(s), *s);
+    if (p->msg.nheaders >= p->max_headers)
+        return wg_http_fail(p, WG_HTTP_OFF(s), 431, "too many header fields");
+    WG_HTTP_CUR->name.off = WG_HTTP_OFF(s);
+name:
+    while (s < end && WG_HTTP_IS(*s, WG_HTTP_C_TCHAR))
+        s++;
+    WG_HTTP_NEED(WG_HTTP_S_F_NAME);
+    if (*s != ':')
+        return wg_http_fail(p, WG_HTTP_OFF(s), 400, WG_HTTP_IS(*s, WG_HTTP_C_WS)
+                            ? "whitespace before colon" : (*s == '\r' || *s == '\n')
+                            ? "header field without colon"
+                            : "invalid character in header field name");
+    WG_HTTP_CUR->name.len = WG_HTTP_OFF(s) - WG_HTTP_CUR->name.off;
+    s++;
+ows:
+    while (s < end && WG_HTTP_IS(*s, WG_HTTP_C_WS))
+        s++;
+    WG_HTTP_NEED(WG_HTTP_S_F_OWS);
+    WG_HTTP_CUR->value.off = WG_HTTP_OFF(s);
+value:
+    s = wg_http_skip_value(s, end);
+    WG_HTTP_NEED(WG_HTTP_S_F_VALUE);
+    if (*s != '\r')
+        return wg_http_fail(p, WG_HTTP_OFF(s), 400, *s == '\n' ? "bare LF"
+                            : "control character in header field value");
+    wg_http_value_end(WG_HTTP_CUR, base, WG_HTTP_OFF(s));
+    s++;
+value_lf:
+    WG_HTTP_NEED(WG_HTTP_S_F_VALUE_LF);
+    if (*s != '\n')
+        return wg_http_fail(p, WG_HTTP_OFF(s), 400, "bare CR");
+    if (wg_http_field_done(p, base, WG_HTTP_OFF(s)) < 0)
+        return WG_HTTP_STEP_ERROR;
+    s++;
+    goto line;
+end_lf:
+    WG_HTTP_NEED(WG_HTTP_S_F_END_LF);
+    if (*s != '\n')
+        return wg_http_fail(p, WG_HTTP_OFF(s), 400, "bare CR");
+    if (wg_http_finish(p, base, WG_HTTP_OFF(s)) < 0)
+        return WG_HTTP_STEP_ERROR;
+    p->state = WG_HTTP_S_DONE;
+    p->pos = WG_HTTP_OFF(s) + 1;
+    return WG_HTTP_STEP_NEXT;
+out:
+    p->pos = WG_HTTP_OFF(s);
+    return WG_HTTP_STEP_END;
+#undef WG_HTTP_NEED
+#undef WG_HTTP_CUR
+#undef WG_HTTP_OFF
 }
 
 /* ---- end of head: framing and connection semantics -------------------- */

@@ -203,7 +203,6 @@ struct wg_http_parser {
     uint8_t vpos;                       /* position inside "HTTP/d.d" */
     uint32_t pos;                       /* bytes of the message consumed */
     uint32_t head_start;                /* first byte of the header section */
-    uint32_t value_end;                 /* end of the current value, OWS excluded */
     uint8_t host_count;
     bool upgrade_field;                 /* a non-empty Upgrade field was seen */
     bool expect_continue;               /* Expect: 100-continue seen (any version) */
