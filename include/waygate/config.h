@@ -10,6 +10,9 @@
  *    threads through snapshots and freed with wg_config_free() by whoever
  *    drops the last snapshot reference to it.
  *  - Durations are milliseconds, sizes bytes.
+ *  - String fields are never NULL unless documented ("" when unset).
+ *  - YAML anchors, aliases and merge keys (<<) are supported; alias
+ *    expansion and nesting are bounded (docs/configuration.md).
  */
 #ifndef WAYGATE_CONFIG_H
 #define WAYGATE_CONFIG_H

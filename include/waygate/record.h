@@ -36,7 +36,8 @@ struct wg_record_set {
     size_t n, cap;
 };
 
-/* Takes ownership of the strings in *r (they must be malloc'd). */
+/* Takes ownership of the strings in *r (they must be malloc'd), also on
+ * failure (then they are freed); *r is left zeroed either way. */
 bool wg_record_set_push(struct wg_record_set *set, struct wg_record *r);
 void wg_record_set_clear(struct wg_record_set *set);
 void wg_record_free(struct wg_record *r);
@@ -49,7 +50,9 @@ void wg_sockaddr_text(const struct sockaddr *sa, char *buf, size_t len);
 /* Parse the file registry. Returns false only if the file cannot be read or
  * is not valid YAML at all (the caller keeps its last good pools). Invalid
  * entries are reported in `warnings` ("FILE:LINE:COL: message") and skipped;
- * *invalid counts them. */
+ * *invalid counts them. Records are appended to `out`; on false nothing is
+ * appended. A top level that is not a mapping, or aliases beyond the
+ * expansion bound, also give false. An empty file is zero services. */
 bool wg_record_parse_file(const char *path, struct wg_record_set *out,
                           struct wg_errors *warnings, unsigned *invalid);
 bool wg_record_parse_file_buffer(const char *name, const char *buf, size_t len,
