@@ -73,10 +73,14 @@ static const struct wg_member *lc_pick(struct wg_pick *p)
     uint32_t n_ties = 0;
     for (uint32_t k = 0; k < svc->n_members; k++) {
         const struct wg_member *m = &svc->members[k];
+        uint64_t active = atomic_load_explicit(&m->inst->active, memory_order_relaxed);
+        /* Effective weight <= static weight: already busier than the best
+         * on its full weight means busier still on its effective one. */
+        if (best && active * best_w > best_active * m->weight)
+            continue;
         if (!wg_balance_routable(p, m))
             continue;
         uint64_t w = wg_balance_weight(p, m);
-        uint64_t active = atomic_load_explicit(&m->inst->active, memory_order_relaxed);
         /* active/w < best_active/best_w, without division (fits: 32 x 32 bits) */
         if (!best || active * best_w < best_active * w) {
             best = m;

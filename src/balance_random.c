@@ -33,16 +33,16 @@ static void *random_shared_new(const struct wg_pool_service *svc)
 
 static void random_shared_free(void *shared) { free(shared); }
 
-/* The first member whose prefix sum exceeds x (x < total). */
+/* The first member whose prefix sum exceeds x (x < total). Branch-free
+ * halving (the answer stays in [lo, lo + len - 1]): the draws are random,
+ * so a branching search would mispredict at every step. */
 static uint32_t member_at(const struct random_shared *r, uint64_t x)
 {
-    uint32_t lo = 0, hi = r->n - 1;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (r->upto[mid] > x)
-            hi = mid;
-        else
-            lo = mid + 1;
+    uint32_t lo = 0, len = r->n;
+    while (len > 1) {
+        uint32_t half = len / 2;
+        lo = r->upto[lo + half - 1] <= x ? lo + half : lo;
+        len -= half;
     }
     return lo;
 }
