@@ -13,9 +13,10 @@ import socket
 import struct
 import subprocess
 import time
+import urllib.parse
 
-from wglib import (SANITIZED, Harness, Waygate, connect, http_request, name_via, recv_exact,
-                   recv_line, slack, wait_until, write_atomic)
+from wglib import (SANITIZED, Harness, Waygate, connect, free_port, http_request, name_via,
+                   recv_exact, recv_line, slack, wait_until, write_atomic)
 
 STATUS_KEYS = {"version", "generation", "registry", "services"}
 INSTANCE_KEYS = {"id", "address", "weight", "health", "active_connections", "requests_total"}
@@ -285,6 +286,44 @@ def test_metrics_pass_promtool():
                             capture_output=True, timeout=30)
         assert cp.returncode == 0, "promtool: %s%s\n%s" % (
             cp.stdout.decode(), cp.stderr.decode(), text[:3000])
+
+
+def test_prometheus_scrapes_metrics():
+    """A real Prometheus (Debian package prometheus) scrapes /metrics: the
+    target is up, without error, and a per-instance counter arrives."""
+    binary = shutil.which("prometheus")
+    if not binary:
+        print("prometheus not installed: real scrape skipped")
+        return
+    with Harness() as h:
+        wg, _ = start_world(h, ipv6=False)
+        names = [name_via(wg.port()) for _ in range(4)]
+        with open(h.path("prometheus.yml"), "w") as f:
+            f.write("global: { scrape_interval: 1s, scrape_timeout: 1s }\n"
+                    "scrape_configs:\n  - job_name: waygate\n"
+                    "    static_configs: [ { targets: [\"127.0.0.1:%d\"] } ]\n" % wg.admin_port)
+        port = free_port()
+        h.start("prometheus", [binary, "--config.file=" + h.path("prometheus.yml"),
+                               "--storage.tsdb.path=" + h.path("tsdb"),
+                               "--web.listen-address=127.0.0.1:%d" % port, "--log.level=warn"])
+
+        def query(expr):
+            try:
+                r = http_request(port, "GET", "/api/v1/query?query=" + urllib.parse.quote(expr))
+            except (OSError, AssertionError):
+                return None
+            doc = json.loads(r.body) if r.status == 200 else {}
+            return doc.get("data", {}).get("result") or None
+        up = wait_until(lambda: query('up{job="waygate"}'), slack(30), "a first scrape")
+        assert up[0]["value"][1] == "1", up
+        r = http_request(port, "GET", "/api/v1/targets")
+        target = json.loads(r.body)["data"]["activeTargets"][0]
+        assert target["health"] == "up" and target["lastError"] == "", target
+        series = query('waygate_upstream_requests_total{service="users",upstream="a"}')
+        assert series and series[0]["metric"]["job"] == "waygate", series
+        assert float(series[0]["value"][1]) >= names.count("a"), (series, names)
+        odd = query('waygate_instance_healthy{service="odd"}')
+        assert odd and odd[0]["metric"]["upstream"] == ODD_ID, odd
 
 
 def test_ready_and_live_follow_the_life_cycle():
