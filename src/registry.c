@@ -13,13 +13,16 @@ struct wg_registry *wg_registry_new(const struct wg_config *cfg, struct event_ba
     case WG_REGISTRY_FILE:
         return wg_registry_file_new(cfg->registry.file, base, pool);
     case WG_REGISTRY_ETCD:
-        wg_error("msg=\"the etcd registry is not available in this build\"");
-        return NULL;
+        return wg_registry_etcd_new(cfg, base, pool);
     case WG_REGISTRY_NONE:
     default:
         return wg_registry_none_new(base, pool);
     }
 }
+
+const double wg_registry_propagation_le[WG_REGISTRY_PROPAGATION_BUCKETS] = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0
+};
 
 int wg_registry_start(struct wg_registry *r) { return r->ops->start(r); }
 

@@ -29,7 +29,19 @@ struct wg_registry_status {
     uint64_t resyncs_total;
     uint64_t invalid_records_total;
     uint64_t last_contact_ms;       /* wg_now_ms() of the last good read */
+    /* etcd: time from reading a watch response off the socket to the commit
+     * of its snapshot returning, as a Prometheus histogram
+     * (waygate_registry_propagation_seconds): propagation_buckets[i] counts
+     * the observations <= wg_registry_propagation_le[i] seconds (cumulative,
+     * like Prometheus buckets); +Inf is propagation_count. */
+    uint64_t propagation_count;
+    uint64_t propagation_sum_ns;
+#define WG_REGISTRY_PROPAGATION_BUCKETS 12
+    uint64_t propagation_buckets[WG_REGISTRY_PROPAGATION_BUCKETS];
 };
+
+/* Upper bounds (seconds) of the propagation histogram's buckets. */
+extern const double wg_registry_propagation_le[WG_REGISTRY_PROPAGATION_BUCKETS];
 
 struct wg_registry_ops {
     const char *name;
@@ -55,5 +67,8 @@ void wg_registry_free(struct wg_registry *r);
 struct wg_registry *wg_registry_file_new(const char *path, struct event_base *base,
                                          struct wg_pool *pool);
 struct wg_registry *wg_registry_none_new(struct event_base *base, struct wg_pool *pool);
+/* registry.etcd (and registry.cache); NULL with the reason logged. */
+struct wg_registry *wg_registry_etcd_new(const struct wg_config *cfg, struct event_base *base,
+                                         struct wg_pool *pool);
 
 #endif
