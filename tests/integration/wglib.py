@@ -348,6 +348,18 @@ class Backend:
                 out.append(dict(kv.split("=", 1) for kv in l.split()[1:]))
         return out
 
+    def last_accept_id(self):
+        """The id (conn=) of the newest accepted connection, or None."""
+        acc = self.accepts()
+        return acc[-1].split()[1].split("=", 1)[1] if acc else None
+
+    def close_of(self, conn_id):
+        """The close record of connection `conn_id`, or None while open."""
+        for c in self.closes():
+            if c["conn"] == conn_id:
+                return c
+        return None
+
     def stop(self):
         return self.proc.stop()
 
