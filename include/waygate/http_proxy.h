@@ -1,0 +1,53 @@
+/* http_proxy — the L7 path of `mode: http` listeners (DESIGN §5, §6, §10, §13).
+ *
+ * One request, top to bottom in src/http_proxy.c:
+ *   read the client -> parse the head (http.h) -> pin the current config and
+ *   route (http_route.h) -> pick an instance (balance.h) -> an idle pooled
+ *   connection to it or a new one (upstream_pool.h) -> forward the rewritten
+ *   head and the body -> parse the response head -> forward it rewritten and
+ *   its body -> keep both connections alive, or close.
+ *
+ * Promises:
+ *  - Raw non-blocking sockets, edge-triggered, on the worker's event_base;
+ *    no lock, no blocking call. Buffers are 16 KiB blocks from a per-worker
+ *    free list, taken when bytes arrive and given back when drained: an idle
+ *    keep-alive client holds no buffer and no parser state, an idle pooled
+ *    upstream connection holds no buffer either.
+ *  - Bounded buffering both ways: at most one block of unforwarded body per
+ *    direction; a side is not read while the other side has not taken what
+ *    was read (backpressure). Body bytes are forwarded as received
+ *    (Content-Length or chunked, trailers included), straight from the block
+ *    they were read into; only a chunked response to an HTTP/1.0 client is
+ *    de-chunked (in place).
+ *  - Heads are rewritten in one pass (DESIGN §10): hop-by-hop fields
+ *    removed, X-Forwarded-For appended, X-Forwarded-Proto/-Host set,
+ *    X-Request-Id generated when absent, X-Client-Cert-* stripped, Host
+ *    passed through, absolute-form targets sent in origin form.
+ *  - Each request pins the config current when its first byte arrives (its
+ *    listener's routes and http settings) and the service version it was
+ *    routed to; instance->active counts it while in flight.
+ *  - Retries (DESIGN §6) go to instances not yet tried, up to the route's or
+ *    service's `retries`: on connect failure or connect_timeout, and, for
+ *    idempotent requests or bodies still held whole, on a reset or EOF before
+ *    the first response byte. A stale pooled connection is retried for free
+ *    on a new connection. Nothing is retried once a byte reached the client.
+ *  - Timeouts are deadlines: client_header_timeout from the request's first
+ *    byte (408), client_idle_timeout between requests, response_timeout from
+ *    the end of the request (504 before any response byte, else close),
+ *    connect_timeout per attempt. client_body_timeout, send_timeout and
+ *    tunnel_idle_timeout bound a period without progress.
+ *  - Errors are answered with a short text body (DESIGN §13) and, for
+ *    anything malformed, the connection is closed after a lingering close.
+ */
+#ifndef WAYGATE_HTTP_PROXY_H
+#define WAYGATE_HTTP_PROXY_H
+
+#include <sys/socket.h>
+
+struct wg_worker;
+struct wg_listener;
+
+void wg_http_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int fd,
+                          const struct sockaddr *peer, socklen_t peerlen);
+
+#endif

@@ -1,0 +1,1710 @@
+/* http_proxy — see include/waygate/http_proxy.h
+ *
+ * Reading order: buffers and per-worker state; the connection; errors we
+ * answer ourselves; the request (head, route, upstream head); picking and
+ * connecting with retries; forwarding the request body; the response (head,
+ * body); the end of a request (keep-alive or close); timeouts; the pump that
+ * drives it all from the events; accept. */
+#include "waygate/http_proxy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "waygate/balance.h"
+#include "waygate/http.h"
+#include "waygate/http_route.h"
+#include "waygate/listener.h"
+#include "waygate/log.h"
+#include "waygate/pool.h"
+#include "waygate/stats.h"
+#include "waygate/upstream_pool.h"
+#include "waygate/worker.h"
+
+#define HP_MAGIC 0x48707830U
+#define HP_BLOCK (16u * 1024u)          /* one I/O buffer */
+#define HP_SPARE_BLOCKS 256             /* per worker free list */
+#define HP_SPARE_HEADS 64
+#define HP_MAX_HEADERS 128
+#define HP_ROUNDS 32                    /* pump rounds per event, for fairness */
+#define HP_LINGER_MS 2000               /* lingering close after an error */
+#define HP_DRAIN_CHECK_MS 1000          /* idle clients notice a drain this fast */
+#define HP_HEAD_EXTRA 1024              /* room for the fields we add to a head */
+
+/* ---- buffers -------------------------------------------------------------
+ * One block of bytes read from one side: [start, sent) is kept for a replay,
+ * [sent, fwd) is ready to be written to the other side, [fwd, scan) was
+ * framing the decoder dropped (de-chunking only), [scan, end) is not decoded
+ * yet. Heads we build use sent and end only. */
+struct hp_buf {
+    struct hp_buf *next;
+    uint32_t cap;
+    uint32_t start, sent, fwd, scan, end;
+    char data[];
+};
+
+/* Parser state for one head, held only while that head is being parsed. */
+struct hp_head {
+    struct hp_head *next;
+    struct wg_http_parser p;
+    struct wg_http_header h[HP_MAX_HEADERS];
+};
+
+/* Per worker thread: free lists and the upstream keep-alive pool. */
+struct hp_local {
+    struct hp_buf *bufs;
+    unsigned n_bufs;
+    struct hp_head *heads;
+    unsigned n_heads;
+    struct wg_upstream_pool *pool;
+};
+
+static pthread_key_t hp_key;
+static pthread_once_t hp_once = PTHREAD_ONCE_INIT;
+static _Thread_local struct hp_local *hp_tls;
+
+static void local_free(void *arg)
+{
+    struct hp_local *loc = arg;
+    wg_upstream_pool_free(loc->pool);
+    while (loc->bufs) {
+        struct hp_buf *b = loc->bufs;
+        loc->bufs = b->next;
+        free(b);
+    }
+    while (loc->heads) {
+        struct hp_head *h = loc->heads;
+        loc->heads = h->next;
+        free(h);
+    }
+    free(loc);
+}
+
+static void key_init(void)
+{
+    if (pthread_key_create(&hp_key, local_free) != 0)
+        wg_error("msg=\"http: cannot create the worker key\"");
+}
+
+static struct hp_local *local_get(struct wg_worker *w)
+{
+    if (hp_tls)
+        return hp_tls;
+    pthread_once(&hp_once, key_init);
+    struct hp_local *loc = calloc(1, sizeof *loc);
+    if (!loc || !(loc->pool = wg_upstream_pool_new(w->base)) ||
+        pthread_setspecific(hp_key, loc) != 0) {
+        if (loc)
+            wg_upstream_pool_free(loc->pool);
+        free(loc);
+        return NULL;
+    }
+    hp_tls = loc;
+    return loc;
+}
+
+static struct hp_buf *buf_new(struct hp_local *loc, uint32_t cap)
+{
+    struct hp_buf *b;
+    if (cap <= HP_BLOCK && loc->bufs) {
+        b = loc->bufs;
+        loc->bufs = b->next;
+        loc->n_bufs--;
+    } else {
+        cap = cap < HP_BLOCK ? HP_BLOCK : cap;
+        if (!(b = malloc(sizeof *b + cap)))
+            return NULL;
+        b->cap = cap;
+    }
+    b->next = NULL;
+    b->start = b->sent = b->fwd = b->scan = b->end = 0;
+    return b;
+}
+
+static void buf_free(struct hp_local *loc, struct hp_buf **bp)
+{
+    struct hp_buf *b = *bp;
+    if (!b)
+        return;
+    *bp = NULL;
+    if (b->cap == HP_BLOCK && loc->n_bufs < HP_SPARE_BLOCKS) {
+        b->next = loc->bufs;
+        loc->bufs = b;
+        loc->n_bufs++;
+    } else {
+        free(b);
+    }
+}
+
+/* Move the kept bytes to the front to make room at the end. */
+static void buf_compact(struct hp_buf *b)
+{
+    uint32_t d = b->start;
+    if (d == 0)
+        return;
+    memmove(b->data, b->data + d, b->end - d);
+    b->start = 0;
+    b->sent -= d;
+    b->fwd -= d;
+    b->scan -= d;
+    b->end -= d;
+}
+
+static struct hp_head *head_new(struct hp_local *loc)
+{
+    struct hp_head *h = loc->heads;
+    if (h) {
+        loc->heads = h->next;
+        loc->n_heads--;
+        return h;
+    }
+    return malloc(sizeof *h);
+}
+
+static void head_free(struct hp_local *loc, struct hp_head **hp)
+{
+    struct hp_head *h = *hp;
+    if (!h)
+        return;
+    *hp = NULL;
+    if (loc->n_heads < HP_SPARE_HEADS) {
+        h->next = loc->heads;
+        loc->heads = h;
+        loc->n_heads++;
+    } else {
+        free(h);
+    }
+}
+
+/* ---- the connection --------------------------------------------------- */
+
+enum hp_rq {
+    RQ_IDLE,        /* between requests (or before the first) */
+    RQ_HEAD,        /* reading a request head */
+    RQ_BODY,        /* forwarding the request body (or waiting for a connection) */
+    RQ_SENT,        /* request forwarded whole (or answered by us) */
+    RQ_TUNNEL,      /* after a 101: raw bytes both ways */
+    RQ_LINGER       /* error sent: read and drop until EOF, then close */
+};
+
+enum hp_rs {
+    RS_NONE,        /* nothing expected from an upstream */
+    RS_HEAD,        /* waiting for the response head */
+    RS_BODY,        /* forwarding the response body */
+    RS_DONE         /* response complete (ours or the upstream's) */
+};
+
+enum hp_deadline {
+    DL_NONE, DL_IDLE, DL_HEADER, DL_BODY, DL_CONNECT, DL_RESPONSE, DL_UPSTREAM_IDLE,
+    DL_SEND, DL_TUNNEL, DL_LINGER
+};
+
+/* The settings of the request in progress (copied from the pinned config). */
+struct hp_settings {
+    uint64_t header_ms, body_ms, idle_ms, send_ms, tunnel_ms;
+    uint64_t max_head, max_body;
+    uint64_t connect_ms, response_ms;
+    unsigned retries;
+};
+
+struct hp_conn {
+    uint32_t magic;
+    struct wg_conn_link link;
+    struct wg_worker *w;
+    struct hp_local *loc;
+    const struct wg_listener *l;
+    int fd;
+    struct event ev;                    /* client: EV_READ|EV_WRITE|EV_ET|EV_PERSIST */
+    struct event timer;
+    bool readable, writable, eof, shut;
+    bool hup;                           /* EV_CLOSED seen: read until EOF */
+    bool dead;
+    uint64_t blocked_since;             /* output to the client waits since (0: not) */
+    uint64_t armed_ms;                  /* the timer's deadline, 0 when not armed */
+    struct hp_buf *in;                  /* from the client */
+    struct hp_buf *out;                 /* heads (ours or rewritten) to the client */
+    enum hp_rq rq;
+    enum hp_rs rs;
+    struct hp_settings t;
+    /* the request */
+    struct hp_head *head;               /* while RQ_HEAD */
+    struct wg_config_ref *cfg;          /* pinned for the request */
+    const struct wg_listener_config *lc;
+    const struct wg_route *route;
+    struct wg_pool_service *svc;        /* one reference while routed */
+    struct wg_pick pick;
+    struct wg_instance *inst;           /* one reference + one `active` per attempt */
+    unsigned attempts;
+    enum wg_http_method method;
+    bool http10, req_keep_alive, req_upgrade, req_body_done, replayable;
+    bool close_after;                   /* close the client after this response */
+    bool fresh_only;                    /* next attempt on a new connection */
+    struct wg_http_body rq_body;
+    /* the upstream */
+    struct wg_upconn *up;
+    struct hp_buf *uin;                 /* from the upstream */
+    struct hp_buf *uout;                /* the rewritten request head */
+    bool u_eof, u_shut, up_reused, resp_started, final_sent, dechunk;
+    bool upstream_keep;                 /* the response leaves the connection reusable */
+    struct hp_head *rhead;              /* while RS_HEAD */
+    struct wg_http_body rs_body;
+    unsigned status;
+    /* deadlines and progress (ms, CLOCK_MONOTONIC) */
+    uint64_t idle_deadline, header_deadline, connect_deadline, response_deadline;
+    uint64_t linger_deadline, client_progress, upstream_progress, send_progress;
+    char client_ip[INET6_ADDRSTRLEN];
+};
+
+static void conn_pump(struct hp_conn *c);
+static void upstream_start(struct hp_conn *c);
+static void upstream_event(struct wg_upconn *u, short what, void *owner);
+
+static bool transient(void) { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
+
+static struct hp_conn *conn_of(struct wg_conn_link *l)
+{
+    return (struct hp_conn *)((char *)l - offsetof(struct hp_conn, link));
+}
+
+/* Drop what a request holds: upstream attempt, service, config. */
+static void release_instance(struct hp_conn *c)
+{
+    if (!c->inst)
+        return;
+    atomic_fetch_sub_explicit(&c->inst->active, 1, memory_order_relaxed);
+    wg_instance_unref(c->inst);
+    c->inst = NULL;
+}
+
+static void release_upstream(struct hp_conn *c)
+{
+    if (c->up)
+        wg_upconn_close(c->up);
+    c->up = NULL;
+    buf_free(c->loc, &c->uin);
+    head_free(c->loc, &c->rhead);
+    c->u_eof = c->u_shut = false;
+}
+
+static void release_request(struct hp_conn *c)
+{
+    release_upstream(c);
+    release_instance(c);
+    buf_free(c->loc, &c->uout);
+    head_free(c->loc, &c->head);
+    if (c->svc)
+        wg_pool_service_unref(c->svc);
+    c->svc = NULL;
+    if (c->cfg)
+        wg_config_ref_put(c->cfg);
+    c->cfg = NULL;
+    c->lc = NULL;
+    c->route = NULL;
+}
+
+static void conn_free(struct hp_conn *c)
+{
+    release_request(c);
+    event_del(&c->ev);
+    event_del(&c->timer);
+    close(c->fd);
+    buf_free(c->loc, &c->in);
+    buf_free(c->loc, &c->out);
+    wg_worker_conn_remove(c->w, &c->link);
+    wg_listener_conn_closed();
+    c->magic = 0;
+    free(c);
+}
+
+static void force_close(struct wg_conn_link *l) { conn_free(conn_of(l)); }
+
+/* Mark for closing; the pump frees it when the current event is done. */
+static void conn_kill(struct hp_conn *c) { c->dead = true; }
+
+/* ---- passive health hooks --------------------------------------------
+ * The health module's lock-free reporting (outlier detection) plugs in
+ * here; until then the instance's own failure counters are kept, as the
+ * L4 proxy does. */
+static void report_failure(struct hp_conn *c, bool connect)
+{
+    struct wg_instance *i = c->inst;
+    if (connect) {
+        wg_stats_add(c->w->stats, WG_C_CONNECT_ERRORS, 1);
+        atomic_fetch_add_explicit(&i->connect_failures, 1, memory_order_relaxed);
+    }
+    atomic_fetch_add_explicit(&i->consecutive_failures, 1, memory_order_relaxed);
+}
+
+static void report_success(struct hp_conn *c)
+{
+    if (atomic_load_explicit(&c->inst->consecutive_failures, memory_order_relaxed))
+        atomic_store_explicit(&c->inst->consecutive_failures, 0, memory_order_relaxed);
+}
+
+/* ---- writing heads ---------------------------------------------------- */
+
+struct hp_out {
+    char *p;
+    size_t n, cap;
+    bool full;
+};
+
+static void put(struct hp_out *o, const char *s, size_t n)
+{
+    if (o->n + n > o->cap) {
+        o->full = true;
+        return;
+    }
+    memcpy(o->p + o->n, s, n);
+    o->n += n;
+}
+
+static void puts_(struct hp_out *o, const char *s) { put(o, s, strlen(s)); }
+
+static void put_span(struct hp_out *o, const char *base, struct wg_http_span s)
+{
+    put(o, base + s.off, s.len);
+}
+
+static void put_u64(struct hp_out *o, uint64_t v)
+{
+    char tmp[24];
+    int n = snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)v);
+    put(o, tmp, (size_t)n);
+}
+
+/* Room for `need` more bytes after the pending bytes of *bp (a head buffer
+ * that may still hold unsent heads); NULL when out of memory. */
+static struct hp_out out_open(struct hp_local *loc, struct hp_buf **bp, size_t need)
+{
+    struct hp_buf *b = *bp;
+    if (b && b->sent == b->end)
+        b->sent = b->end = 0;
+    if (b && b->end + need > b->cap) {
+        struct hp_buf *nb = buf_new(loc, (uint32_t)(b->end - b->sent + need));
+        if (nb) {
+            nb->end = b->end - b->sent;
+            memcpy(nb->data, b->data + b->sent, nb->end);
+        }
+        buf_free(loc, bp);
+        *bp = b = nb;
+    } else if (!b) {
+        *bp = b = buf_new(loc, (uint32_t)need);
+    }
+    if (!b)
+        return (struct hp_out){ NULL, 0, 0, true };
+    return (struct hp_out){ b->data + b->end, 0, b->cap - b->end, false };
+}
+
+static void out_close(struct hp_buf *b, const struct hp_out *o)
+{
+    if (b && !o->full)
+        b->end += (uint32_t)o->n;
+}
+
+/* ---- errors we answer ourselves (DESIGN §13) -------------------------- */
+
+static const char *reason_of(unsigned status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Error";
+    }
+}
+
+static void count_status(struct hp_conn *c, unsigned status)
+{
+    static const enum wg_counter cls[] = { WG_C_HTTP_1XX, WG_C_HTTP_2XX, WG_C_HTTP_3XX,
+                                           WG_C_HTTP_4XX, WG_C_HTTP_5XX };
+    wg_stats_add(c->w->stats, WG_C_HTTP_REQUESTS, 1);
+    if (status >= 100 && status < 600)
+        wg_stats_add(c->w->stats, cls[status / 100 - 1], 1);
+}
+
+/* Answer `status` with a short text body; the request ends with it. `keep`:
+ * the connection may carry another request (only when nothing of this
+ * request is left unread). */
+static void reply(struct hp_conn *c, unsigned status, const char *body, bool keep)
+{
+    char text[64];
+    if (!body) {
+        snprintf(text, sizeof text, "%u %s\n", status, reason_of(status));
+        body = text;
+    }
+    keep = keep && c->req_keep_alive && !atomic_load_explicit(&c->w->draining, memory_order_relaxed);
+    struct hp_out o = out_open(c->loc, &c->out, 256 + strlen(body));
+    puts_(&o, "HTTP/1.1 ");
+    put_u64(&o, status);
+    puts_(&o, " ");
+    puts_(&o, reason_of(status));
+    puts_(&o, "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+    put_u64(&o, strlen(body));
+    puts_(&o, keep ? (c->http10 ? "\r\nConnection: keep-alive\r\n\r\n" : "\r\n\r\n")
+                   : "\r\nConnection: close\r\n\r\n");
+    if (c->method != WG_HTTP_HEAD)
+        puts_(&o, body);
+    out_close(c->out, &o);
+    if (o.full) {
+        conn_kill(c);
+        return;
+    }
+    count_status(c, status);
+    if (status == 408 || status == 504)
+        wg_stats_add(c->w->stats, WG_C_HTTP_TIMEOUTS, 1);
+    release_upstream(c);
+    c->final_sent = true;
+    c->close_after = !keep;
+    c->rs = RS_DONE;
+    if (c->rq != RQ_IDLE && c->rq != RQ_HEAD)
+        c->req_body_done = true;
+    c->rq = RQ_SENT;
+}
+
+/* An upstream failure: answer `status` if the client has seen nothing of
+ * the response yet, else cut the connection (the response is truncated). */
+static void fail_upstream(struct hp_conn *c, unsigned status)
+{
+    if (c->final_sent || c->resp_started)
+        conn_kill(c);
+    else
+        reply(c, status, NULL, false);
+}
+
+/* ---- the request head ------------------------------------------------- */
+
+/* Pin the config current now for the request about to start. */
+static bool request_pin(struct hp_conn *c)
+{
+    struct wg_snapshot *s = wg_pool_current(c->w->pool);
+    const struct wg_listener_config *lc = s ? wg_listener_config_in(s->config->cfg, c->l) : NULL;
+    if (!lc)
+        return false;
+    wg_config_ref_get(s->config);
+    c->cfg = s->config;
+    c->lc = lc;
+    c->t.header_ms = lc->http.client_header_timeout_ms;
+    c->t.body_ms = lc->http.client_body_timeout_ms;
+    c->t.idle_ms = lc->http.client_idle_timeout_ms;
+    c->t.send_ms = lc->http.send_timeout_ms;
+    c->t.tunnel_ms = lc->http.tunnel_idle_timeout_ms;
+    c->t.max_head = lc->http.max_header_size;
+    c->t.max_body = lc->http.max_body_size;
+    return true;
+}
+
+/* A request starts with its first byte: pin, start the header deadline. */
+static void request_begin(struct hp_conn *c, uint64_t now)
+{
+    if (!c->cfg)
+        request_pin(c);
+    c->rq = RQ_HEAD;
+    c->header_deadline = now + c->t.header_ms;
+    c->method = WG_HTTP_OTHER;
+    c->http10 = false;
+    c->req_keep_alive = true;
+    c->req_upgrade = c->req_body_done = c->replayable = c->close_after = false;
+    c->fresh_only = c->up_reused = c->resp_started = c->final_sent = c->dechunk = false;
+    c->attempts = 0;
+    c->status = 0;
+    c->rs = RS_NONE;
+}
+
+static bool is_name(const char *base, const struct wg_http_header *h, const char *name, size_t n)
+{
+    return h->name.len == n && wg_http_name_eq(base + h->name.off, n, name, n);
+}
+
+#define IS(h, lit) is_name(msg, (h), lit, sizeof lit - 1)
+
+/* Field names a Connection header lists (hop-by-hop by declaration). */
+struct hp_conn_tokens {
+    struct wg_http_span v[16];
+    unsigned n;
+};
+
+static void connection_tokens(const struct wg_http_parser *p, const char *msg,
+                              struct hp_conn_tokens *t)
+{
+    t->n = 0;
+    for (unsigned i = 0; i < p->msg.nheaders; i++) {
+        if (p->headers[i].id != WG_HTTP_HDR_CONNECTION)
+            continue;
+        uint32_t cur = 0;
+        struct wg_http_span item;
+        while (t->n < 16 && wg_http_list_next(msg, p->headers[i].value, &cur, &item))
+            t->v[t->n++] = item;
+    }
+}
+
+static bool listed(const struct hp_conn_tokens *t, const char *msg, const struct wg_http_header *h)
+{
+    for (unsigned k = 0; k < t->n; k++)
+        if (wg_http_name_eq(msg + t->v[k].off, t->v[k].len, msg + h->name.off, h->name.len))
+            return true;
+    return false;
+}
+
+/* Hop-by-hop (DESIGN §10): never forwarded, except the Upgrade field of an
+ * upgrade. Framing fields stay even when Connection names them. */
+static bool hop_by_hop(const struct hp_conn_tokens *t, const char *msg,
+                       const struct wg_http_header *h, bool upgrade)
+{
+    switch (h->id) {
+    case WG_HTTP_HDR_CONNECTION: case WG_HTTP_HDR_KEEP_ALIVE:
+    case WG_HTTP_HDR_PROXY_CONNECTION: case WG_HTTP_HDR_TE: case WG_HTTP_HDR_TRAILER:
+        return true;
+    case WG_HTTP_HDR_UPGRADE:
+        return !upgrade;
+    case WG_HTTP_HDR_OTHER:
+        return t->n && listed(t, msg, h);
+    default:
+        return false;
+    }
+}
+
+static void put_request_line(struct hp_conn *c, struct hp_out *o, const char *msg,
+                             const struct wg_http_message *m)
+{
+    put_span(o, msg, m->method_text);
+    put(o, " ", 1);
+    if (m->target_form == WG_HTTP_TARGET_ASTERISK) {
+        put(o, "*", 1);
+    } else {
+        bool slash;
+        size_t off = wg_route_strip(c->route, msg + m->path.off, m->path.len, &slash);
+        if (slash)
+            put(o, "/", 1);
+        put(o, msg + m->path.off + off, m->path.len - off);
+        if (m->has_query) {
+            put(o, "?", 1);
+            put_span(o, msg, m->query);
+        }
+    }
+    puts_(o, " HTTP/1.1\r\n");
+}
+
+static void put_request_id(struct hp_conn *c, struct hp_out *o)
+{
+    static const char hex[] = "0123456789abcdef";
+    char id[32];
+    uint64_t a = wg_rng_next(&c->w->rng), b = wg_rng_next(&c->w->rng);
+    for (int k = 0; k < 16; k++) {
+        id[k] = hex[(a >> (4 * k)) & 15];
+        id[16 + k] = hex[(b >> (4 * k)) & 15];
+    }
+    puts_(o, "X-Request-Id: ");
+    put(o, id, sizeof id);
+    puts_(o, "\r\n");
+}
+
+/* Fields waygate sets itself (DESIGN §10): inbound copies are dropped. */
+static bool ours(const char *msg, const struct wg_http_header *h)
+{
+    if (h->id != WG_HTTP_HDR_OTHER || h->name.len < 14)
+        return false;
+    return IS(h, "x-forwarded-for") || IS(h, "x-forwarded-proto") || IS(h, "x-forwarded-host") ||
+           (h->name.len > 14 && wg_http_name_eq(msg + h->name.off, 14, "x-client-cert-", 14));
+}
+
+static void put_field(struct hp_out *o, const char *msg, const struct wg_http_header *h)
+{
+    put_span(o, msg, h->name);
+    put(o, ": ", 2);
+    put_span(o, msg, h->value);
+    put(o, "\r\n", 2);
+}
+
+/* X-Forwarded-For: the values received, in order, then the client. */
+static void put_xff(struct hp_conn *c, struct hp_out *o, const struct wg_http_parser *p,
+                    const char *msg, unsigned n_xff)
+{
+    puts_(o, "X-Forwarded-For: ");
+    for (unsigned i = 0; n_xff && i < p->msg.nheaders; i++) {
+        const struct wg_http_header *h = &p->headers[i];
+        if (h->id == WG_HTTP_HDR_OTHER && IS(h, "x-forwarded-for") && h->value.len) {
+            put_span(o, msg, h->value);
+            put(o, ", ", 2);
+        }
+    }
+    puts_(o, c->client_ip);
+    put(o, "\r\n", 2);
+}
+
+/* The head sent upstream, built in one pass over the parsed fields. */
+static bool build_upstream_head(struct hp_conn *c, const struct wg_http_parser *p,
+                                const char *msg, size_t head_len)
+{
+    const struct wg_http_message *m = &p->msg;
+    bool absolute = m->target_form == WG_HTTP_TARGET_ABSOLUTE, has_id = false;
+    unsigned n_xff = 0;
+    struct hp_conn_tokens tok;
+    struct hp_out o = out_open(c->loc, &c->uout, head_len + HP_HEAD_EXTRA);
+
+    connection_tokens(p, msg, &tok);
+    put_request_line(c, &o, msg, m);
+    if (!m->has_host || absolute) {     /* the authority becomes Host */
+        puts_(&o, "Host: ");
+        if (m->has_host)
+            put_span(&o, msg, m->host);
+        else
+            puts_(&o, c->l->addr.text);
+        put(&o, "\r\n", 2);
+    }
+    for (unsigned i = 0; i < m->nheaders; i++) {
+        const struct wg_http_header *h = &p->headers[i];
+        if (hop_by_hop(&tok, msg, h, m->upgrade) || (absolute && h->id == WG_HTTP_HDR_HOST))
+            continue;
+        if (ours(msg, h)) {
+            n_xff += IS(h, "x-forwarded-for");
+            continue;
+        }
+        has_id |= h->id == WG_HTTP_HDR_OTHER && IS(h, "x-request-id");
+        put_field(&o, msg, h);
+    }
+    put_xff(c, &o, p, msg, n_xff);
+    puts_(&o, "X-Forwarded-Proto: http\r\n");
+    if (m->has_host) {
+        puts_(&o, "X-Forwarded-Host: ");
+        put_span(&o, msg, m->host);
+        put(&o, "\r\n", 2);
+    }
+    if (!has_id)
+        put_request_id(c, &o);
+    puts_(&o, m->upgrade ? "Connection: upgrade\r\n\r\n" : "\r\n");
+    out_close(c->uout, &o);
+    return !o.full;
+}
+
+/* The hash policy's key (hash_key: client_ip, header:NAME or cookie:NAME). */
+static bool cookie_value(const struct wg_http_parser *p, const char *msg, const char *name,
+                         struct wg_http_span *out)
+{
+    size_t n = strlen(name);
+    for (int k = wg_http_find_header(p, msg, "cookie", 6, 0); k >= 0;
+         k = wg_http_find_header(p, msg, "cookie", 6, (unsigned)k + 1)) {
+        struct wg_http_span v = p->headers[k].value;
+        uint32_t i = 0;
+        while (i < v.len) {
+            while (i < v.len && (msg[v.off + i] == ' ' || msg[v.off + i] == ';'))
+                i++;
+            uint32_t s = i;
+            while (i < v.len && msg[v.off + i] != ';')
+                i++;
+            if (i - s > n && msg[v.off + s + n] == '=' && memcmp(msg + v.off + s, name, n) == 0) {
+                *out = (struct wg_http_span){ v.off + s + (uint32_t)n + 1, i - s - (uint32_t)n - 1 };
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+static void pick_key(struct hp_conn *c, const struct wg_http_parser *p, const char *msg)
+{
+    const struct wg_service_config *sc = c->svc->cfg;
+    struct wg_http_span v = { 0, 0 };
+    bool found = false;
+
+    if (sc->balance != WG_BALANCE_HASH)
+        return;
+    if (sc->hash_key == WG_HASH_CLIENT_IP) {
+        c->pick.has_hash = true;
+        c->pick.hash = wg_balance_hash_bytes(c->client_ip, strlen(c->client_ip));
+        return;
+    }
+    if (sc->hash_key == WG_HASH_HEADER) {
+        int k = wg_http_find_header(p, msg, sc->hash_name, strlen(sc->hash_name), 0);
+        if ((found = k >= 0))
+            v = p->headers[k].value;
+    } else {
+        found = cookie_value(p, msg, sc->hash_name, &v);
+    }
+    if (found) {
+        c->pick.has_hash = true;
+        c->pick.hash = wg_balance_hash_bytes(msg + v.off, v.len);
+    }
+}
+
+/* Route the request; 0, or the status to answer. */
+static unsigned request_route(struct hp_conn *c, const struct wg_http_parser *p, const char *msg)
+{
+    const struct wg_http_message *m = &p->msg;
+    if (!c->lc)
+        return 503;
+    int r = wg_route_match(c->lc->routes, c->lc->n_routes, p, msg);
+    if (r < 0)
+        return 404;
+    c->route = &c->lc->routes[r];
+    if (c->t.max_body && m->has_content_length && m->content_length > c->t.max_body)
+        return 413;
+    struct wg_snapshot *s = wg_pool_current(c->w->pool);
+    const struct wg_pool_service *svc = s ? wg_snapshot_service(s, c->route->service) : NULL;
+    if (!svc)
+        return 503;
+    wg_pool_service_ref((struct wg_pool_service *)svc);
+    c->svc = (struct wg_pool_service *)svc;
+    c->t.connect_ms = svc->cfg->connect_timeout_ms;
+    c->t.response_ms = c->route->response_timeout_ms >= 0 ? (uint64_t)c->route->response_timeout_ms
+                                                          : svc->cfg->response_timeout_ms;
+    c->t.retries = c->route->retries >= 0 ? (unsigned)c->route->retries : svc->cfg->retries;
+    wg_pick_init(&c->pick, svc, &c->w->rng, NULL);
+    pick_key(c, p, msg);
+    return 0;
+}
+
+/* 308 to the https URL of the request (tls.redirect_http: https). */
+static void reply_redirect(struct hp_conn *c, const struct wg_http_parser *p, const char *msg,
+                           bool keep)
+{
+    const struct wg_http_message *m = &p->msg;
+    char host[WG_ROUTE_HOST_MAX + 1];
+    size_t hlen = m->has_host ? wg_route_host_normalize(msg + m->host.off, m->host.len, host) : 0;
+    if (hlen == 0 || m->target_form == WG_HTTP_TARGET_ASTERISK) {
+        reply(c, 400, NULL, false);
+        return;
+    }
+    struct hp_out o = out_open(c->loc, &c->out, 256 + hlen + m->target.len);
+    puts_(&o, "HTTP/1.1 308 Permanent Redirect\r\nLocation: https://");
+    put(&o, host, hlen);
+    if (m->path.len == 0)
+        put(&o, "/", 1);
+    put_span(&o, msg, m->path);
+    if (m->has_query) {
+        put(&o, "?", 1);
+        put_span(&o, msg, m->query);
+    }
+    puts_(&o, "\r\nContent-Length: 0\r\n");
+    keep = keep && c->req_keep_alive;
+    puts_(&o, keep ? (c->http10 ? "Connection: keep-alive\r\n\r\n" : "\r\n")
+                   : "Connection: close\r\n\r\n");
+    out_close(c->out, &o);
+    if (o.full) {
+        conn_kill(c);
+        return;
+    }
+    count_status(c, 308);
+    c->final_sent = c->req_body_done = true;
+    c->close_after = !keep;
+    c->rs = RS_DONE;
+    c->rq = RQ_SENT;
+}
+
+/* The head is complete: check, route, rewrite, then start the upstream. */
+static void request_head_done(struct hp_conn *c, size_t head_len)
+{
+    struct hp_buf *b = c->in;
+    const struct wg_http_parser *p = &c->head->p;
+    const struct wg_http_message *m = &p->msg;
+    const char *msg = b->data + b->start;
+    bool body = m->framing == WG_HTTP_BODY_CHUNKED ||
+                (m->framing == WG_HTTP_BODY_LENGTH && m->content_length > 0);
+    enum wg_http_framing framing = m->framing;
+    uint64_t length = m->content_length;
+    unsigned status;
+
+    c->method = m->method;
+    c->http10 = m->version == 10;
+    c->req_keep_alive = m->keep_alive;
+    c->req_upgrade = m->upgrade;
+    if (c->lc && c->lc->tls.redirect_http && strcmp(c->lc->tls.redirect_http, "https") == 0) {
+        reply_redirect(c, p, msg, !body);
+        status = 0;
+    } else if ((status = request_route(c, p, msg)) == 0 && !build_upstream_head(c, p, msg, head_len)) {
+        status = 431;
+    }
+    head_free(c->loc, &c->head);
+    b->start += (uint32_t)head_len;
+    b->sent = b->fwd = b->scan = b->start;
+    c->client_progress = wg_now_ms();
+    if (status)
+        reply(c, status, status == 503 ? "no healthy upstream\n" : NULL, !body);
+    if (c->rq != RQ_HEAD)
+        return;
+    wg_http_body_init(&c->rq_body, framing, length, 0);
+    c->req_body_done = !body;
+    c->replayable = true;
+    c->rq = RQ_BODY;
+    upstream_start(c);
+}
+
+/* ---- reading ---------------------------------------------------------- */
+
+/* Read from the client into c->in; bytes read (0: none now, see c->eof). */
+static ssize_t client_read(struct hp_conn *c)
+{
+    if (!c->readable || c->eof)
+        return 0;
+    if (!c->in && !(c->in = buf_new(c->loc, HP_BLOCK))) {
+        conn_kill(c);
+        return 0;
+    }
+    struct hp_buf *b = c->in;
+    if (b->end == b->cap)
+        buf_compact(b);
+    size_t space = b->cap - b->end;
+    if (space == 0)
+        return 0;
+    ssize_t n = read(c->fd, b->data + b->end, space);
+    if (n > 0) {
+        b->end += (uint32_t)n;
+        if ((size_t)n < space && !c->hup)
+            c->readable = false;        /* drained: the next edge says when */
+        c->client_progress = wg_now_ms();
+        wg_stats_add(c->w->stats, WG_C_BYTES_IN, (uint64_t)n);
+        return n;
+    }
+    c->readable = false;
+    if (n == 0 || !transient())
+        c->eof = true;
+    return 0;
+}
+
+/* Read from the upstream into c->uin; bytes read (0: none now, see u_eof). */
+static ssize_t upstream_read(struct hp_conn *c)
+{
+    struct wg_upconn *u = c->up;
+    if (!u->readable || c->u_eof)
+        return 0;
+    if (!c->uin && !(c->uin = buf_new(c->loc, HP_BLOCK))) {
+        conn_kill(c);
+        return 0;
+    }
+    struct hp_buf *b = c->uin;
+    if (b->end == b->cap)
+        buf_compact(b);
+    size_t space = b->cap - b->end;
+    if (space == 0)
+        return 0;
+    ssize_t n = read(u->fd, b->data + b->end, space);
+    if (n > 0) {
+        b->end += (uint32_t)n;
+        if ((size_t)n < space && !u->hup)
+            u->readable = false;
+        c->upstream_progress = wg_now_ms();
+        return n;
+    }
+    u->readable = false;
+    if (n == 0 || !transient())
+        c->u_eof = true;
+    return 0;
+}
+
+/* Write the pending head bytes of `head`, then the ready body bytes of
+ * `body`, in one writev. Returns bytes written (0 when the socket is full,
+ * which clears *writable), or -1 on a broken connection. */
+static ssize_t flush_to(int fd, bool *writable, struct hp_buf *head, struct hp_buf *body)
+{
+    struct iovec iov[2];
+    int n = 0;
+    size_t hlen = head ? head->end - head->sent : 0, blen = body ? body->fwd - body->sent : 0;
+    if (hlen)
+        iov[n++] = (struct iovec){ head->data + head->sent, hlen };
+    if (blen)
+        iov[n++] = (struct iovec){ body->data + body->sent, blen };
+    if (n == 0 || !*writable)
+        return 0;
+    ssize_t w = writev(fd, iov, n);
+    if (w < 0) {
+        if (!transient())
+            return -1;
+        *writable = false;
+        return 0;
+    }
+    size_t k = (size_t)w, h = k < hlen ? k : hlen;
+    if (hlen)
+        head->sent += (uint32_t)h;
+    if (k > h)
+        body->sent += (uint32_t)(k - h);
+    if (k < hlen + blen)
+        *writable = false;              /* full: the next edge says when */
+    return w;
+}
+
+/* Decode the undecoded bytes of `b`: raw mode leaves them in place as
+ * ready; de-chunk mode moves only payload runs down to `fwd`. */
+static enum wg_http_result body_decode(struct wg_http_body *d, struct hp_buf *b, bool dechunk)
+{
+    enum wg_http_result r = WG_HTTP_AGAIN;
+    while (b->scan < b->end && r == WG_HTTP_AGAIN) {
+        struct wg_http_body_step st;
+        r = wg_http_body_parse(d, b->data + b->scan, b->end - b->scan, &st);
+        if (r == WG_HTTP_ERROR)
+            break;
+        if (dechunk && st.data_len)
+            memmove(b->data + b->fwd, b->data + b->scan + st.data_off, st.data_len);
+        b->fwd += (uint32_t)(dechunk ? st.data_len : st.consumed);
+        b->scan += (uint32_t)st.consumed;
+        if (st.consumed == 0)
+            break;
+    }
+    return r;
+}
+
+/* ---- picking and connecting (DESIGN §6) ------------------------------- */
+
+/* Send the request again from its first byte (a retry). */
+static void rewind_request(struct hp_conn *c)
+{
+    if (c->uout)
+        c->uout->sent = 0;
+    if (c->in)
+        c->in->sent = c->in->start;
+    c->rs = RS_NONE;
+}
+
+/* This attempt failed: the next untried instance, or `status`. */
+static void retry_or_fail(struct hp_conn *c, unsigned status)
+{
+    release_upstream(c);
+    release_instance(c);
+    if (c->attempts > c->t.retries || !c->replayable) {
+        wg_info("msg=\"upstream attempts failed\" listener=%s service=%s client=%s attempts=%u "
+                "status=%u", c->lc ? c->lc->name : c->l->name, c->svc->name, c->client_ip,
+                c->attempts, status);
+        fail_upstream(c, status);
+        return;
+    }
+    wg_stats_add(c->w->stats, WG_C_RETRIES, 1);
+    rewind_request(c);
+    upstream_start(c);
+}
+
+static void connect_failed(struct hp_conn *c, int err)
+{
+    report_failure(c, true);
+    wg_debug("msg=\"upstream connect failed\" service=%s upstream=%s address=%s error=\"%s\"",
+             c->svc->name, c->inst->id, c->inst->addr_text, err ? strerror(err) : "timeout");
+    retry_or_fail(c, 502);
+}
+
+/* The connection is usable: the request may flow, a response may come. */
+static void upstream_ready(struct hp_conn *c)
+{
+    if (!(c->rhead = head_new(c->loc))) {
+        conn_kill(c);
+        return;
+    }
+    wg_http_parser_init_response(&c->rhead->p, c->rhead->h, HP_MAX_HEADERS, 0, c->method,
+                                 c->req_upgrade);
+    c->rs = RS_HEAD;
+    c->upstream_progress = wg_now_ms();
+    if (c->req_body_done && c->rq == RQ_BODY)
+        c->response_deadline = c->upstream_progress + c->t.response_ms;
+}
+
+/* A connection to c->inst for this attempt: pooled, unless a stale pooled
+ * one just failed, else new. */
+static void upstream_attach(struct hp_conn *c)
+{
+    struct wg_upconn *u = c->fresh_only ? NULL
+                        : wg_upstream_pool_get(c->loc->pool, c->inst, c, upstream_event);
+    c->up_reused = u != NULL;
+    c->fresh_only = false;
+    if (u) {
+        wg_stats_add(c->w->stats, WG_C_HTTP_UPSTREAM_REUSED, 1);
+    } else {
+        int rc = wg_upconn_open(c->loc->pool, c->inst, c, upstream_event, &u);
+        if (rc < 0) {
+            connect_failed(c, -rc);
+            return;
+        }
+        u->writable = !u->connecting;
+    }
+    c->up = u;
+    if (u->connecting)
+        c->connect_deadline = wg_now_ms() + c->t.connect_ms;
+    else
+        upstream_ready(c);
+}
+
+static void upstream_start(struct hp_conn *c)
+{
+    if (c->fresh_only && c->inst) {     /* free retry: same instance, new connection */
+        upstream_attach(c);
+        return;
+    }
+    wg_balance_cache_bind(&c->w->balance, &c->pick);
+    const struct wg_member *m = wg_pick_next(&c->pick);
+    if (!m) {
+        wg_stats_add(c->w->stats, WG_C_NO_UPSTREAM, 1);
+        if (c->attempts)
+            fail_upstream(c, 502);
+        else if (!c->final_sent)
+            reply(c, 503, "no healthy upstream\n", false);
+        else
+            conn_kill(c);
+        return;
+    }
+    struct wg_instance *i = m->inst;
+    wg_instance_ref(i);
+    atomic_fetch_add_explicit(&i->active, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&i->requests_total, 1, memory_order_relaxed);
+    c->inst = i;
+    c->attempts++;
+    upstream_attach(c);
+}
+
+/* EV_WRITE on a connecting socket: connected, or this attempt failed. */
+static void upstream_connect_done(struct hp_conn *c)
+{
+    int err = wg_upconn_connect_result(c->up);
+    if (err)
+        connect_failed(c, err);
+    else
+        upstream_ready(c);
+}
+
+/* The upstream broke (EOF, reset, write error) before its response began:
+ * a stale pooled connection is retried for free, anything else counts as
+ * an attempt (DESIGN §6). */
+static void upstream_lost(struct hp_conn *c)
+{
+    bool stale = c->up_reused && (!c->uin || c->uin->end == 0);
+    if (stale && c->replayable) {
+        wg_stats_add(c->w->stats, WG_C_HTTP_UPSTREAM_STALE, 1);
+        release_upstream(c);
+        rewind_request(c);
+        c->fresh_only = true;
+        upstream_start(c);
+        return;
+    }
+    report_failure(c, false);
+    retry_or_fail(c, 502);
+}
+
+/* ---- forwarding the request ------------------------------------------ */
+
+/* The first response byte arrived: the request can no longer be replayed,
+ * so what was kept for that is let go. */
+static void response_begins(struct hp_conn *c)
+{
+    c->resp_started = true;
+    c->replayable = false;
+    if (c->in)
+        c->in->start = c->in->sent;
+    if (c->uout && c->uout->sent == c->uout->end)
+        buf_free(c->loc, &c->uout);
+}
+
+static void request_body_error(struct hp_conn *c, unsigned status)
+{
+    if (c->final_sent)
+        conn_kill(c);
+    else
+        reply(c, status, NULL, false);
+}
+
+/* Make room in c->in for more body: kept replay bytes go first. */
+static void in_make_room(struct hp_conn *c)
+{
+    struct hp_buf *b = c->in;
+    if (!b || b->end < b->cap)
+        return;
+    if (b->start < b->sent) {
+        c->replayable = false;
+        b->start = b->sent;
+    }
+    buf_compact(b);
+}
+
+/* Request body (or tunnel bytes) client -> upstream, with backpressure:
+ * the client is read only into the room the upstream has made. */
+static void request_body_step(struct hp_conn *c, bool *progress)
+{
+    struct wg_upconn *u = c->up;
+    struct hp_buf *b = c->in;
+    if (!u || u->connecting || c->u_shut)
+        return;
+    if (b && b->scan < b->end && !c->req_body_done) {
+        enum wg_http_result r = body_decode(&c->rq_body, b, false);
+        if (r == WG_HTTP_ERROR) {
+            request_body_error(c, (unsigned)c->rq_body.err_status);
+            return;
+        }
+        c->req_body_done = r == WG_HTTP_DONE;
+        if (c->t.max_body && c->rq_body.payload > c->t.max_body) {
+            request_body_error(c, 413);
+            return;
+        }
+    }
+    ssize_t n = flush_to(u->fd, &u->writable, c->uout, b);
+    if (n < 0) {
+        if (c->resp_started) {          /* it answered early and stopped reading */
+            c->req_body_done = c->close_after = true;
+            c->u_shut = true;
+            return;
+        }
+        upstream_lost(c);
+        return;
+    }
+    *progress |= n > 0;
+    if (b && !c->replayable)
+        b->start = b->sent;
+    bool flushed = (!c->uout || c->uout->sent == c->uout->end) && (!b || b->sent == b->fwd);
+    if (c->req_body_done && flushed) {
+        if (c->rq == RQ_BODY) {
+            c->rq = RQ_SENT;
+            c->response_deadline = wg_now_ms() + c->t.response_ms;
+            *progress = true;
+        }
+        return;
+    }
+    if (c->rq == RQ_TUNNEL && c->eof && flushed) {
+        shutdown(u->fd, SHUT_WR);       /* forward the client's half-close */
+        c->u_shut = true;
+        *progress = true;
+        return;
+    }
+    if (c->req_body_done || c->eof)
+        return;
+    in_make_room(c);
+    if (client_read(c) > 0)
+        *progress = true;
+    else if (c->eof && c->rq == RQ_BODY)
+        conn_kill(c);                   /* the client gave up mid-body */
+    else if (c->eof)
+        *progress = true;
+}
+
+/* ---- the response ----------------------------------------------------- */
+
+/* The response head as the client gets it: hop-by-hop fields out, our
+ * Connection in. Interim (1xx) heads go through the same filter. */
+static bool build_client_head(struct hp_conn *c, const struct wg_http_parser *p,
+                              const char *msg, size_t head_len, bool final)
+{
+    const struct wg_http_message *m = &p->msg;
+    bool upgrade = m->status == 101;
+    struct hp_conn_tokens tok;
+    struct hp_out o = out_open(c->loc, &c->out, head_len + 64);
+
+    connection_tokens(p, msg, &tok);
+    puts_(&o, "HTTP/1.1 ");
+    put_u64(&o, m->status);
+    put(&o, " ", 1);
+    put_span(&o, msg, m->reason);
+    put(&o, "\r\n", 2);
+    for (unsigned i = 0; i < m->nheaders; i++) {
+        const struct wg_http_header *h = &p->headers[i];
+        if (hop_by_hop(&tok, msg, h, upgrade) ||
+            (c->dechunk && h->id == WG_HTTP_HDR_TRANSFER_ENCODING))
+            continue;
+        put_field(&o, msg, h);
+    }
+    if (upgrade)
+        puts_(&o, "Connection: upgrade\r\n");
+    else if (final && c->close_after)
+        puts_(&o, "Connection: close\r\n");
+    else if (final && c->http10)
+        puts_(&o, "Connection: keep-alive\r\n");
+    put(&o, "\r\n", 2);
+    out_close(c->out, &o);
+    return !o.full;
+}
+
+/* A final response head: decide both connections' fate, forward it. */
+static void response_final(struct hp_conn *c, const struct wg_http_parser *p, const char *msg,
+                           size_t used)
+{
+    const struct wg_http_message *m = &p->msg;
+    bool upgrade = m->status == 101;
+    bool draining = atomic_load_explicit(&c->w->draining, memory_order_relaxed);
+
+    c->status = m->status;
+    if (m->status >= 500)
+        report_failure(c, false);
+    else
+        report_success(c);
+    c->dechunk = c->http10 && m->framing == WG_HTTP_BODY_CHUNKED;
+    c->upstream_keep = m->keep_alive && !upgrade && !c->req_upgrade &&
+                       m->framing != WG_HTTP_BODY_UNTIL_CLOSE;
+    c->close_after = !upgrade && (!c->req_keep_alive || c->rq != RQ_SENT || c->dechunk ||
+                                  m->framing == WG_HTTP_BODY_UNTIL_CLOSE || draining);
+    if (!build_client_head(c, p, msg, used, true)) {
+        fail_upstream(c, 502);
+        return;
+    }
+    wg_http_body_init(&c->rs_body, m->framing, m->content_length, 0);
+    c->final_sent = true;
+    count_status(c, m->status);
+    c->rs = RS_BODY;
+    if (upgrade) {
+        c->rq = RQ_TUNNEL;
+        c->req_body_done = false;
+        wg_http_body_init(&c->rq_body, WG_HTTP_BODY_TUNNEL, 0, 0);
+    }
+}
+
+static void response_head_step(struct hp_conn *c, bool *progress)
+{
+    struct hp_buf *b = c->uin;
+    if (!b || b->scan == b->end) {
+        if (upstream_read(c) > 0) {
+            *progress = true;
+            if (!c->resp_started)
+                response_begins(c);
+        } else if (c->u_eof && (!c->uin || c->uin->end == c->uin->start)) {
+            upstream_lost(c);
+            *progress = true;
+            return;
+        } else if (c->u_eof) {
+            report_failure(c, false);   /* a truncated head */
+            fail_upstream(c, 502);
+            return;
+        }
+        if (c->dead || !(b = c->uin) || b->scan == b->end)
+            return;
+    }
+    size_t used;
+    enum wg_http_result r = wg_http_parse_head(&c->rhead->p, b->data + b->start,
+                                               b->end - b->start, &used);
+    b->scan = b->end;
+    *progress = true;
+    if (r == WG_HTTP_AGAIN) {
+        if (b->end == b->cap && b->start == 0)  /* a head over 16 KiB */
+            fail_upstream(c, 502);
+        return;
+    }
+    if (r == WG_HTTP_ERROR) {
+        wg_info("msg=\"malformed upstream response\" service=%s upstream=%s reason=\"%s\"",
+                c->svc->name, c->inst->id, c->rhead->p.err_reason);
+        report_failure(c, false);
+        fail_upstream(c, 502);
+        return;
+    }
+    const char *msg = b->data + b->start;
+    if (c->rhead->p.msg.interim) {      /* 100, 103: forwarded, the final one follows */
+        if (!c->http10 && !build_client_head(c, &c->rhead->p, msg, used, false)) {
+            conn_kill(c);
+            return;
+        }
+        wg_http_parser_reset(&c->rhead->p);
+    } else {
+        response_final(c, &c->rhead->p, msg, used);
+        head_free(c->loc, &c->rhead);
+    }
+    b->start += (uint32_t)used;
+    b->sent = b->fwd = b->scan = b->start;
+}
+
+/* Response body (or tunnel bytes) upstream -> client, with backpressure:
+ * the upstream is read only into the room the client has made. */
+static void response_body_step(struct hp_conn *c, bool *progress)
+{
+    struct hp_buf *b = c->uin;
+    if (b && b->scan < b->end) {
+        enum wg_http_result r = body_decode(&c->rs_body, b, c->dechunk);
+        if (r == WG_HTTP_ERROR) {
+            wg_info("msg=\"malformed upstream body\" service=%s upstream=%s reason=\"%s\"",
+                    c->svc->name, c->inst->id, c->rs_body.err_reason);
+            conn_kill(c);
+            return;
+        }
+        if (r == WG_HTTP_DONE) {
+            c->rs = RS_DONE;
+            c->upstream_keep &= b->scan == b->end;  /* nothing may follow a response */
+            *progress = true;
+            return;
+        }
+    }
+    if (c->up && upstream_read(c) > 0) {
+        *progress = true;
+        return;
+    }
+    if (!c->u_eof)
+        return;
+    if (wg_http_body_eof(&c->rs_body) != WG_HTTP_DONE) {
+        wg_info("msg=\"upstream closed mid-body\" service=%s upstream=%s", c->svc->name,
+                c->inst->id);
+        conn_kill(c);
+        return;
+    }
+    c->upstream_keep = false;
+    c->rs = RS_DONE;
+    *progress = true;
+}
+
+/* Everything for the client (heads, then body bytes) in one writev. */
+static void client_flush(struct hp_conn *c, bool *progress)
+{
+    uint64_t now;
+    ssize_t n = flush_to(c->fd, &c->writable, c->out, c->uin);
+    if (n < 0) {
+        conn_kill(c);
+        return;
+    }
+    bool pending = (c->out && c->out->sent < c->out->end) || (c->uin && c->uin->sent < c->uin->fwd);
+    if (n > 0) {
+        *progress = true;
+        wg_stats_add(c->w->stats, WG_C_BYTES_OUT, (uint64_t)n);
+        if (c->uin)
+            c->uin->start = c->uin->sent;
+    }
+    if (!pending) {
+        c->blocked_since = 0;
+        if (c->out)
+            buf_free(c->loc, &c->out);
+    } else if (n > 0 || !c->blocked_since) {
+        now = wg_now_ms();
+        c->blocked_since = now;
+    }
+}
+
+static bool client_flushed(const struct hp_conn *c)
+{
+    return (!c->out || c->out->sent == c->out->end) && (!c->uin || c->uin->sent == c->uin->fwd);
+}
+
+/* ---- the end of a request --------------------------------------------- */
+
+/* After an error or a "close": stop sending, drain what the client still
+ * sends for a moment so that it reads our answer before any reset. */
+static void linger_start(struct hp_conn *c)
+{
+    shutdown(c->fd, SHUT_WR);
+    c->shut = true;
+    c->rq = RQ_LINGER;
+    c->linger_deadline = wg_now_ms() + HP_LINGER_MS;
+    buf_free(c->loc, &c->in);
+    buf_free(c->loc, &c->out);
+}
+
+static void linger_step(struct hp_conn *c, bool *progress)
+{
+    char sink[4096];
+    for (int k = 0; k < 16 && c->readable; k++) {
+        ssize_t n = read(c->fd, sink, sizeof sink);
+        if (n > 0)
+            continue;
+        if (n == 0 || !transient()) {
+            conn_kill(c);
+            return;
+        }
+        c->readable = false;
+    }
+    *progress |= c->readable;           /* more to drop: another round */
+}
+
+/* The response reached the client whole: pool the upstream connection if
+ * it may carry another request, let go of the request, go idle or close. */
+static void request_end(struct hp_conn *c)
+{
+    bool reuse = c->up && c->upstream_keep && c->rq == RQ_SENT && !c->u_eof &&
+                 (!c->uin || c->uin->scan == c->uin->end);
+    if (reuse) {
+        wg_upstream_pool_put(c->up, c->svc->cfg->upstream.max_idle,
+                             c->svc->cfg->upstream.idle_timeout_ms);
+        c->up = NULL;
+    }
+    release_request(c);
+    c->rs = RS_NONE;
+    if (c->close_after) {
+        linger_start(c);
+        return;
+    }
+    c->rq = RQ_IDLE;
+    c->idle_deadline = wg_now_ms() + c->t.idle_ms;
+    if (c->in && c->in->scan == c->in->end && c->in->start == c->in->end)
+        buf_free(c->loc, &c->in);       /* an idle client holds no buffer */
+    else if (c->in)
+        c->in->start = c->in->sent = c->in->fwd = c->in->scan;
+}
+
+static void response_step(struct hp_conn *c, bool *progress)
+{
+    if (c->rs == RS_HEAD && c->up && !c->up->connecting)
+        response_head_step(c, progress);
+    else if (c->rs == RS_BODY)
+        response_body_step(c, progress);
+    if (c->dead)
+        return;
+    client_flush(c, progress);
+    if (c->dead || c->rs != RS_DONE || !client_flushed(c))
+        return;
+    if (c->rq == RQ_TUNNEL) {
+        if (!c->shut) {
+            shutdown(c->fd, SHUT_WR);   /* forward the upstream's half-close */
+            c->shut = true;
+        }
+        if (c->u_shut)
+            conn_kill(c);
+        return;
+    }
+    if (c->rq == RQ_SENT || (c->rq == RQ_BODY && c->close_after)) {
+        request_end(c);
+        *progress = true;
+    }
+}
+
+/* ---- the request side, driven by the pump ---------------------------- */
+
+static void request_head_step(struct hp_conn *c, bool *progress)
+{
+    struct hp_buf *b = c->in;
+    if (!b || b->scan == b->end) {      /* nothing new to parse: read */
+        if (client_read(c) <= 0) {
+            if (c->eof)
+                conn_kill(c);           /* EOF before or inside a head: close quietly */
+            else if (c->rq == RQ_IDLE && c->in && c->in->start == c->in->end)
+                buf_free(c->loc, &c->in);
+            return;
+        }
+        *progress = true;
+        b = c->in;
+    }
+    if (c->rq == RQ_IDLE)
+        request_begin(c, wg_now_ms());
+    if (!c->head) {
+        if (!(c->head = head_new(c->loc))) {
+            conn_kill(c);
+            return;
+        }
+        wg_http_parser_init_request(&c->head->p, c->head->h, HP_MAX_HEADERS,
+                                    (uint32_t)c->t.max_head);
+    }
+    size_t used;
+    enum wg_http_result r = wg_http_parse_head(&c->head->p, b->data + b->start,
+                                               b->end - b->start, &used);
+    b->scan = b->end;
+    *progress = true;
+    if (r == WG_HTTP_DONE) {
+        request_head_done(c, used);
+    } else if (r == WG_HTTP_ERROR) {
+        unsigned status = (unsigned)c->head->p.err_status;
+        c->method = c->head->p.msg.method;
+        c->http10 = c->head->p.msg.version == 10;
+        wg_debug("msg=\"bad request\" client=%s status=%u reason=\"%s\"", c->client_ip,
+                 status, c->head->p.err_reason);
+        head_free(c->loc, &c->head);
+        reply(c, status, NULL, false);
+    } else if (b->end == b->cap && b->start == 0) {
+        uint32_t cap = WG_HTTP_MAX_REQUEST_LINE + 3 + (uint32_t)c->t.max_head;
+        struct hp_buf *nb = b->cap < cap ? buf_new(c->loc, cap) : NULL;
+        if (!nb) {
+            conn_kill(c);
+            return;
+        }
+        memcpy(nb->data, b->data, b->end);
+        nb->end = nb->scan = b->end;
+        buf_free(c->loc, &c->in);
+        c->in = nb;
+    }
+}
+
+static void request_step(struct hp_conn *c, bool *progress)
+{
+    switch (c->rq) {
+    case RQ_IDLE:
+    case RQ_HEAD:
+        request_head_step(c, progress);
+        break;
+    case RQ_BODY:
+    case RQ_TUNNEL:
+        request_body_step(c, progress);
+        break;
+    case RQ_LINGER:
+        linger_step(c, progress);
+        break;
+    case RQ_SENT:
+        break;
+    }
+}
+
+/* ---- timeouts (DESIGN §6: deadlines) ---------------------------------- */
+
+static uint64_t next_deadline(const struct hp_conn *c, enum hp_deadline *kind)
+{
+    uint64_t d = UINT64_MAX;
+    const struct hp_buf *b = c->in;
+    *kind = DL_NONE;
+#define CANDIDATE(t, k) do { if ((t) < d) { d = (t); *kind = (k); } } while (0)
+    switch (c->rq) {
+    case RQ_IDLE: CANDIDATE(c->idle_deadline, DL_IDLE); break;
+    case RQ_HEAD: CANDIDATE(c->header_deadline, DL_HEADER); break;
+    case RQ_BODY:                       /* waiting for the client, not for the upstream */
+        if (c->up && !c->up->connecting && !c->req_body_done && (!b || b->sent == b->fwd))
+            CANDIDATE(c->client_progress + c->t.body_ms, DL_BODY);
+        break;
+    case RQ_TUNNEL:
+        CANDIDATE((c->client_progress > c->upstream_progress ? c->client_progress
+                                                             : c->upstream_progress) +
+                  c->t.tunnel_ms, DL_TUNNEL);
+        break;
+    case RQ_LINGER: CANDIDATE(c->linger_deadline, DL_LINGER); break;
+    case RQ_SENT: break;
+    }
+    if (c->up && c->up->connecting)
+        CANDIDATE(c->connect_deadline, DL_CONNECT);
+    if (c->rs == RS_HEAD && c->rq == RQ_SENT && c->up && !c->up->connecting)
+        CANDIDATE(c->response_deadline, DL_RESPONSE);
+    if (c->rs == RS_BODY && c->rq != RQ_TUNNEL && !c->blocked_since && c->up)
+        CANDIDATE(c->upstream_progress + c->t.response_ms, DL_UPSTREAM_IDLE);
+    if (c->blocked_since)
+        CANDIDATE(c->blocked_since + c->t.send_ms, DL_SEND);
+#undef CANDIDATE
+    return d;
+}
+
+static void on_timeout(struct hp_conn *c, enum hp_deadline kind)
+{
+    if (kind != DL_IDLE && kind != DL_LINGER)
+        wg_stats_add(c->w->stats, WG_C_HTTP_TIMEOUTS, 1);
+    switch (kind) {
+    case DL_HEADER:
+        head_free(c->loc, &c->head);
+        reply(c, 408, NULL, false);
+        break;
+    case DL_BODY:
+        request_body_error(c, 408);
+        break;
+    case DL_CONNECT:
+        connect_failed(c, 0);
+        break;
+    case DL_RESPONSE:
+        report_failure(c, false);
+        fail_upstream(c, 504);
+        break;
+    case DL_IDLE:
+        wg_stats_add(c->w->stats, WG_C_IDLE_TIMEOUTS, 1);
+        conn_kill(c);
+        break;
+    default:                            /* upstream idle, send, tunnel, linger */
+        conn_kill(c);
+        break;
+    }
+}
+
+static void timer_update(struct hp_conn *c)
+{
+    enum hp_deadline kind;
+    uint64_t d = next_deadline(c, &kind), now = wg_now_ms();
+    if (c->rq == RQ_IDLE && d > now + HP_DRAIN_CHECK_MS)
+        d = now + HP_DRAIN_CHECK_MS;    /* notice a drain while idle */
+    if (d == UINT64_MAX || (c->armed_ms && c->armed_ms <= d))
+        return;                         /* none, or the armed one fires first */
+    uint64_t left = d > now ? d - now : 0;
+    struct timeval tv = { (time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000 };
+    if (evtimer_add(&c->timer, &tv) == 0)
+        c->armed_ms = d;
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct hp_conn *c = arg;
+    enum hp_deadline kind;
+    c->armed_ms = 0;
+    uint64_t d = next_deadline(c, &kind);
+    if (c->rq == RQ_IDLE && atomic_load_explicit(&c->w->draining, memory_order_relaxed))
+        conn_kill(c);
+    else if (d <= wg_now_ms())
+        on_timeout(c, kind);
+    conn_pump(c);
+}
+
+/* ---- the pump --------------------------------------------------------- */
+
+/* Make every step that can progress without blocking; bounded per event so
+ * that one busy connection does not starve the others. */
+static void conn_pump(struct hp_conn *c)
+{
+    bool progress = true;
+    for (unsigned round = 0; progress && !c->dead && round < HP_ROUNDS; round++) {
+        progress = false;
+        if (c->up && c->up->connecting && c->up->writable)
+            upstream_connect_done(c);
+        if (!c->dead)
+            request_step(c, &progress);
+        if (!c->dead)
+            response_step(c, &progress);
+    }
+    if (c->dead) {
+        conn_free(c);
+        return;
+    }
+    if (progress)
+        event_active(&c->ev, EV_TIMEOUT, 0);    /* budget spent: continue later */
+    timer_update(c);
+}
+
+static void client_event(evutil_socket_t fd, short what, void *arg)
+{
+    struct hp_conn *c = arg;
+    if (what & EV_READ)
+        c->readable = true;
+    if (what & EV_WRITE)
+        c->writable = true;
+    if (what & EV_CLOSED)
+        c->readable = c->hup = true;
+    conn_pump(c);
+}
+
+static void upstream_event(struct wg_upconn *u, short what, void *owner) { conn_pump(owner); }
+
+/* ---- accept ----------------------------------------------------------- */
+
+static void ip_text(const struct sockaddr *sa, char *buf, size_t len)
+{
+    const void *a = sa->sa_family == AF_INET ? (const void *)&((const struct sockaddr_in *)sa)->sin_addr
+                  : sa->sa_family == AF_INET6 ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
+                  : NULL;
+    if (!a || !inet_ntop(sa->sa_family, a, buf, (socklen_t)len))
+        snprintf(buf, len, "unknown");
+}
+
+/* Defaults of DESIGN §5 for a connection accepted before any config. */
+static const struct hp_settings hp_defaults = {
+    .header_ms = 10000, .body_ms = 60000, .idle_ms = 60000, .send_ms = 60000,
+    .tunnel_ms = 3600000, .max_head = 32768,
+};
+
+void wg_http_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int fd,
+                          const struct sockaddr *peer, socklen_t peerlen)
+{
+    struct hp_local *loc = local_get(w);
+    struct hp_conn *c = loc ? calloc(1, sizeof *c) : NULL;
+    if (!c || event_assign(&c->ev, w->base, fd, EV_READ | EV_WRITE | EV_CLOSED | EV_ET | EV_PERSIST,
+                           client_event, c) < 0 ||
+        evtimer_assign(&c->timer, w->base, timer_cb, c) < 0 || event_add(&c->ev, NULL) < 0) {
+        free(c);
+        close(fd);
+        wg_listener_conn_closed();
+        return;
+    }
+    c->magic = HP_MAGIC;
+    c->w = w;
+    c->loc = loc;
+    c->l = l;
+    c->fd = fd;
+    c->link.force_close = force_close;
+    c->t = hp_defaults;
+    ip_text(peer, c->client_ip, sizeof c->client_ip);
+    wg_worker_conn_add(w, &c->link);
+    c->rq = RQ_IDLE;
+    if (!request_pin(c)) {              /* no snapshot yet (startup_timeout) */
+        c->req_keep_alive = false;
+        reply(c, 503, "no configuration yet\n", false);
+    }
+    c->idle_deadline = wg_now_ms() + c->t.header_ms;   /* the first request's head */
+    conn_pump(c);
+}
