@@ -24,6 +24,7 @@
 #include "waygate/reclaim.h"
 #include "waygate/registry.h"
 #include "waygate/stats.h"
+#include "waygate/http_proxy.h"
 #include "waygate/tcp_proxy.h"
 #include "waygate/worker.h"
 
@@ -361,7 +362,8 @@ static unsigned worker_count(const struct wg_config *cfg)
 
 static wg_accept_fn handler_for(enum wg_listener_mode mode)
 {
-    return mode == WG_MODE_TCP ? wg_tcp_proxy_accept : NULL;
+    return mode == WG_MODE_TCP ? wg_tcp_proxy_accept
+         : mode == WG_MODE_HTTP ? wg_http_proxy_accept : NULL;
 }
 
 static int open_listeners(struct control *c)
