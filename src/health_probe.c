@@ -1,0 +1,684 @@
+/* health_probe — the prober thread; see include/waygate/health.h.
+ *
+ * One thread, one event_base, one `struct probe` per instance. The control
+ * thread hands every published snapshot over through a one-slot mailbox (a
+ * mutex held for a pointer swap, then event_active); the prober diffs it
+ * against its table by instance identity (the pointer: the same identity is
+ * the same object, pool.h) and keeps one snapshot reference for as long as it
+ * uses the settings of its services.
+ *
+ * A probe: http — GET <path> on a keep-alive connection (opened on first use,
+ * reopened when the instance closed it; a failure on a reused connection
+ * before any byte of the response is retried once on a fresh one), parsed
+ * with the http module's response parser; tcp — a connect, then a close with
+ * RST. Sockets the prober closes itself are closed with RST (SO_LINGER 0) so
+ * that no TIME_WAIT is left behind: 10,000 instances at 1 s do not exhaust
+ * ephemeral ports.
+ */
+#include "waygate/health.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "waygate/balance.h"
+#include "waygate/http.h"
+#include "waygate/log.h"
+#include "waygate/record.h"
+
+#define PROBE_MAGIC 0x9a0be511U
+#define PROBE_HEAD_MAX 8192             /* response head bytes kept */
+#define PROBE_HEADERS 64
+#define PROBE_REQUEST_MAX 2048
+#define PROBE_BODY_MAX (1024 * 1024)    /* larger bodies: close instead of draining */
+#define BURST_AT_ONCE 64                /* new instances probed at once; more: spread */
+#define STATS_LOG_MS 10000
+
+/* State of one probe while it runs (http only). */
+struct probe_io {
+    struct wg_http_parser parser;
+    struct wg_http_body body;
+    struct wg_http_header headers[PROBE_HEADERS];
+    bool head_done;
+    size_t len;                         /* bytes in buf */
+    size_t req_len, sent;
+    char req[PROBE_REQUEST_MAX];
+    char buf[PROBE_HEAD_MAX];
+};
+
+struct probe {
+    uint32_t magic;
+    struct wg_prober *pr;
+    struct wg_instance *inst;           /* one reference */
+    const struct wg_pool_service *svc;  /* in pr->snap */
+    struct wg_health_run run;
+    struct event *timer;                /* next probe, or the running probe's timeout */
+    struct event *rev;                  /* connection readable (persistent) */
+    struct event *wev;                  /* connect done / request writable */
+    int fd;                             /* -1, or an open (keep-alive) connection */
+    bool in_flight;
+    bool reused;                        /* this probe runs on a kept-alive connection */
+    bool got_bytes;                     /* some of the response arrived */
+    uint64_t due_us;                    /* when the probe should start */
+    uint64_t started_ms;
+    uint64_t seen;                      /* generation of the last snapshot holding it */
+    struct probe_io *x;
+};
+
+struct wg_prober {
+    struct wg_pool *pool;
+    pthread_t thread;
+    bool started;
+    struct event_base *base;
+    struct event *mail_ev;
+    struct event *stats_ev;
+    pthread_mutex_t lock;
+    struct wg_snapshot *pending;        /* under lock */
+    _Atomic int stop;
+    /* prober thread only */
+    struct wg_snapshot *snap;
+    struct probe **set;                 /* every probe, in snapshot order */
+    size_t n_set;
+    struct wg_rng rng;
+    uint64_t emfile_warned_ms;
+    /* counters */
+    _Atomic uint64_t probes, passed, failed, connects, instances, open_conns, snapshots;
+    _Atomic uint64_t lag_max_us, lag_sum_us, lag_count;
+};
+
+static void probe_schedule(struct probe *p, uint64_t delay_ms);
+static void probe_finish(struct probe *p, bool passed, int result);
+static void probe_connect(struct probe *p);
+
+/* ---- connections ---------------------------------------------------------- */
+
+static void conn_close(struct probe *p, bool reset)
+{
+    if (p->rev)
+        event_free(p->rev);
+    if (p->wev)
+        event_free(p->wev);
+    p->rev = p->wev = NULL;
+    if (p->fd < 0)
+        return;
+    if (reset) {
+        struct linger lg = { 1, 0 };
+        setsockopt(p->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    close(p->fd);
+    p->fd = -1;
+    atomic_fetch_sub_explicit(&p->pr->open_conns, 1, memory_order_relaxed);
+}
+
+static const struct wg_service_config *cfg_of(const struct probe *p) { return p->svc->cfg; }
+
+static void probe_addr(const struct probe *p, struct sockaddr_storage *ss)
+{
+    memcpy(ss, &p->inst->addr, p->inst->addrlen);
+    uint16_t port = cfg_of(p)->health_check.port;
+    if (!port)
+        return;
+    if (ss->ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+    else
+        ((struct sockaddr_in *)ss)->sin_port = htons(port);
+}
+
+static int build_request(struct probe *p)
+{
+    const struct wg_service_config *cfg = cfg_of(p);
+    char host[80];
+    if (cfg->health_check.host && *cfg->health_check.host) {
+        snprintf(host, sizeof host, "%s", cfg->health_check.host);
+    } else {
+        struct sockaddr_storage ss;
+        probe_addr(p, &ss);
+        wg_sockaddr_text((const struct sockaddr *)&ss, host, sizeof host);
+    }
+    const char *path = cfg->health_check.path && *cfg->health_check.path ? cfg->health_check.path : "/";
+    int n = snprintf(p->x->req, sizeof p->x->req,
+                     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: waygate-health/%s\r\n"
+                     "Accept: */*\r\n\r\n", path, host, WAYGATE_VERSION);
+    if (n < 0 || (size_t)n >= sizeof p->x->req)
+        return -1;
+    p->x->req_len = (size_t)n;
+    p->x->sent = 0;
+    return 0;
+}
+
+/* ---- http ------------------------------------------------------------------ */
+
+static void io_reset(struct probe_io *x)
+{
+    wg_http_parser_init_response(&x->parser, x->headers, PROBE_HEADERS, PROBE_HEAD_MAX,
+                                 WG_HTTP_GET, false);
+    x->head_done = false;
+    x->len = 0;
+    x->sent = 0;
+}
+
+/* A failure: on a reused connection before any response byte it is the
+ * instance closing an idle keep-alive connection, not a verdict: retry once
+ * on a fresh connection. */
+static void probe_fail(struct probe *p, int err)
+{
+    if (p->reused && !p->got_bytes && (err == ECONNRESET || err == EPIPE)) {
+        conn_close(p, true);
+        p->reused = false;
+        io_reset(p->x);
+        probe_connect(p);
+        return;
+    }
+    probe_finish(p, false, -err);
+}
+
+static void send_request(struct probe *p)
+{
+    struct probe_io *x = p->x;
+    while (x->sent < x->req_len) {
+        ssize_t n = send(p->fd, x->req + x->sent, x->req_len - x->sent, MSG_NOSIGNAL);
+        if (n > 0) {
+            x->sent += (size_t)n;
+        } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            if (errno == EINTR)
+                continue;
+            if (event_add(p->wev, NULL) < 0)
+                probe_fail(p, ENOMEM);
+            return;
+        } else {
+            probe_fail(p, n < 0 ? errno : EPIPE);
+            return;
+        }
+    }
+}
+
+/* The head is complete: the verdict is its status. Keep the connection when
+ * the rest of a small body is already here; else close it. */
+static void head_done(struct probe *p, size_t head_len)
+{
+    struct probe_io *x = p->x;
+    const struct wg_http_message *m = &x->parser.msg;
+    int status = (int)m->status;
+    bool passed = wg_status_ranges_match(&cfg_of(p)->health_check.expected_status, status);
+    bool keep = m->keep_alive && m->framing != WG_HTTP_BODY_UNTIL_CLOSE &&
+                m->framing != WG_HTTP_BODY_TUNNEL;
+    if (keep && m->framing != WG_HTTP_BODY_NONE) {
+        wg_http_body_init(&x->body, m->framing, m->content_length, 0);
+        size_t off = head_len;
+        enum wg_http_result r;
+        struct wg_http_body_step step;
+        do {
+            r = wg_http_body_parse(&x->body, x->buf + off, x->len - off, &step);
+            off += step.consumed;
+        } while (r == WG_HTTP_AGAIN && step.consumed > 0 && off < x->len);
+        keep = r == WG_HTTP_DONE && off == x->len;
+    } else if (keep) {
+        keep = head_len == x->len;      /* nothing unexpected after the head */
+    }
+    if (!keep)
+        conn_close(p, true);
+    probe_finish(p, passed, status);
+}
+
+static void parse_response(struct probe *p)
+{
+    struct probe_io *x = p->x;
+    size_t used = 0;
+    for (;;) {
+        enum wg_http_result r = wg_http_parse_head(&x->parser, x->buf, x->len, &used);
+        if (r == WG_HTTP_AGAIN) {
+            if (x->len == sizeof x->buf)
+                probe_finish(p, false, -EMSGSIZE);
+            return;
+        }
+        if (r == WG_HTTP_ERROR) {
+            conn_close(p, true);
+            probe_finish(p, false, -EPROTO);
+            return;
+        }
+        if (!x->parser.msg.interim)
+            break;
+        memmove(x->buf, x->buf + used, x->len - used);   /* 1xx: the final response follows */
+        x->len -= used;
+        wg_http_parser_reset(&x->parser);
+    }
+    head_done(p, used);
+}
+
+static void read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct probe *p = arg;
+    if (!p->in_flight) {                /* an idle kept-alive connection: closed or junk */
+        conn_close(p, false);
+        return;
+    }
+    struct probe_io *x = p->x;
+    ssize_t n = recv(fd, x->buf + x->len, sizeof x->buf - x->len, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        int err = n == 0 ? ECONNRESET : errno;
+        conn_close(p, n < 0);
+        probe_fail(p, err);
+        return;
+    }
+    p->got_bytes = true;
+    x->len += (size_t)n;
+    parse_response(p);
+}
+
+static void write_cb(evutil_socket_t fd, short what, void *arg) { send_request(arg); }
+
+/* ---- probe lifecycle ---------------------------------------------------------- */
+
+static void connected(struct probe *p)
+{
+    if (cfg_of(p)->health_check.type == WG_HEALTH_TCP) {
+        conn_close(p, true);
+        probe_finish(p, true, 0);
+        return;
+    }
+    if (p->wev)
+        event_free(p->wev);
+    p->rev = event_new(p->pr->base, p->fd, EV_READ | EV_PERSIST, read_cb, p);
+    p->wev = event_new(p->pr->base, p->fd, EV_WRITE, write_cb, p);
+    if (!p->rev || !p->wev || event_add(p->rev, NULL) < 0) {
+        conn_close(p, true);
+        probe_finish(p, false, -ENOMEM);
+        return;
+    }
+    send_request(p);
+}
+
+static void connect_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct probe *p = arg;
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err) {
+        conn_close(p, true);
+        probe_finish(p, false, -err);
+        return;
+    }
+    connected(p);
+}
+
+/* Out of descriptors is not the instance's fault: no verdict, try later. */
+static void no_socket(struct probe *p, int err)
+{
+    uint64_t now = wg_now_ms();
+    if (now - p->pr->emfile_warned_ms >= 60000 || !p->pr->emfile_warned_ms) {
+        p->pr->emfile_warned_ms = now;
+        wg_warn("msg=\"prober cannot open a socket, probes skipped\" error=\"%s\"", strerror(err));
+    }
+    p->in_flight = false;
+    free(p->x);
+    p->x = NULL;
+    probe_schedule(p, wg_health_jitter(cfg_of(p)->health_check.interval_ms, wg_rng_next(&p->pr->rng)));
+}
+
+static void probe_connect(struct probe *p)
+{
+    struct sockaddr_storage ss;
+    probe_addr(p, &ss);
+    p->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (p->fd < 0) {
+        no_socket(p, errno);
+        return;
+    }
+    atomic_fetch_add_explicit(&p->pr->open_conns, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->pr->connects, 1, memory_order_relaxed);
+    int one = 1;
+    setsockopt(p->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(p->fd, (struct sockaddr *)&ss, p->inst->addrlen) == 0) {
+        connected(p);
+        return;
+    }
+    if (errno != EINPROGRESS) {
+        int err = errno;
+        conn_close(p, true);
+        probe_finish(p, false, -err);
+        return;
+    }
+    p->wev = event_new(p->pr->base, p->fd, EV_WRITE, connect_cb, p);
+    if (!p->wev || event_add(p->wev, NULL) < 0) {
+        conn_close(p, true);
+        probe_finish(p, false, -ENOMEM);
+    }
+}
+
+static void record_lag(struct wg_prober *pr, uint64_t due_us)
+{
+    uint64_t now_us = wg_now_ns() / 1000;
+    uint64_t lag = now_us > due_us ? now_us - due_us : 0;
+    uint64_t max = atomic_load_explicit(&pr->lag_max_us, memory_order_relaxed);
+    while (lag > max && !atomic_compare_exchange_weak(&pr->lag_max_us, &max, lag))
+        ;
+    atomic_fetch_add_explicit(&pr->lag_sum_us, lag, memory_order_relaxed);
+    atomic_fetch_add_explicit(&pr->lag_count, 1, memory_order_relaxed);
+}
+
+static void probe_start(struct probe *p)
+{
+    const struct wg_service_config *cfg = cfg_of(p);
+    uint64_t now = wg_now_ms();
+    record_lag(p->pr, p->due_us);
+    p->started_ms = now;
+    if (cfg->health_check.type == WG_HEALTH_NONE) {
+        conn_close(p, true);
+        wg_health_without_probes(p->inst, now);
+        probe_schedule(p, wg_health_jitter(cfg->health_check.interval_ms, wg_rng_next(&p->pr->rng)));
+        return;
+    }
+    p->in_flight = true;
+    p->got_bytes = false;
+    struct timeval tv = { (time_t)(cfg->health_check.timeout_ms / 1000),
+                          (suseconds_t)(cfg->health_check.timeout_ms % 1000) * 1000 };
+    event_add(p->timer, &tv);
+    if (cfg->health_check.type == WG_HEALTH_HTTP) {
+        if (!p->x && !(p->x = malloc(sizeof *p->x))) {
+            probe_finish(p, false, -ENOMEM);
+            return;
+        }
+        io_reset(p->x);
+        if (build_request(p) < 0) {
+            probe_finish(p, false, -ENAMETOOLONG);
+            return;
+        }
+        if (p->fd >= 0 && p->rev) {
+            p->reused = true;
+            send_request(p);
+            return;
+        }
+    }
+    conn_close(p, true);
+    p->reused = false;
+    probe_connect(p);
+}
+
+static void probe_finish(struct probe *p, bool passed, int result)
+{
+    struct wg_prober *pr = p->pr;
+    uint64_t now = wg_now_ms();
+    p->in_flight = false;
+    free(p->x);
+    p->x = NULL;
+    if (!passed)
+        conn_close(p, true);
+    else if (p->wev)
+        event_del(p->wev);
+    atomic_fetch_add_explicit(&pr->probes, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(passed ? &pr->passed : &pr->failed, 1, memory_order_relaxed);
+    wg_health_on_probe(p->inst, cfg_of(p), &p->run, passed, result, now);
+    uint64_t next = p->started_ms + wg_health_jitter(cfg_of(p)->health_check.interval_ms,
+                                                     wg_rng_next(&pr->rng));
+    probe_schedule(p, next > now ? next - now : 0);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct probe *p = arg;
+    if (p->in_flight) {
+        conn_close(p, true);
+        probe_finish(p, false, -ETIMEDOUT);
+    } else {
+        probe_start(p);
+    }
+}
+
+static void probe_schedule(struct probe *p, uint64_t delay_ms)
+{
+    p->due_us = wg_now_ns() / 1000 + delay_ms * 1000;
+    struct timeval tv = { (time_t)(delay_ms / 1000), (suseconds_t)(delay_ms % 1000) * 1000 };
+    event_add(p->timer, &tv);
+}
+
+/* ---- the probe set --------------------------------------------------------------- */
+
+/* inst->health_private points at the instance's probe (prober thread only):
+ * the same identity is the same object, so the diff needs no lookup table. */
+static struct probe *probe_new(struct wg_prober *pr, struct wg_instance *inst)
+{
+    struct probe *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->magic = PROBE_MAGIC;
+    p->pr = pr;
+    p->fd = -1;
+    p->timer = evtimer_new(pr->base, timer_cb, p);
+    if (!p->timer) {
+        free(p);
+        return NULL;
+    }
+    wg_instance_ref(inst);
+    p->inst = inst;
+    inst->health_private = p;
+    return p;
+}
+
+static void probe_free(struct probe *p)
+{
+    conn_close(p, true);
+    event_free(p->timer);
+    free(p->x);
+    p->inst->health_private = NULL;
+    wg_instance_unref(p->inst);
+    p->magic = 0;
+    free(p);
+}
+
+#define FOR_EACH_MEMBER(s, svc, inst)                                                       \
+    for (size_t k_ = 0; k_ < (s)->n_services; k_++)                                           \
+        for (uint32_t m_ = 0; m_ < (s)->services[k_]->n_members; m_++)                        \
+            for (const struct wg_pool_service *svc = (s)->services[k_]; svc; svc = NULL)      \
+                for (struct wg_instance *inst = svc->members[m_].inst; inst; inst = NULL)
+
+/* Pass 1: a probe for every new instance (svc still NULL marks them new).
+ * Returns the number of new probes, or -1 when memory ran out (the new
+ * ones are freed again). */
+static long create_new(struct wg_prober *pr, const struct wg_snapshot *s)
+{
+    long n = 0;
+    FOR_EACH_MEMBER(s, svc, inst) {
+        if (inst->health_private)
+            continue;
+        if (!probe_new(pr, inst))
+            goto fail;
+        n++;
+    }
+    return n;
+fail:
+    FOR_EACH_MEMBER(s, svc, inst) {
+        struct probe *p = inst->health_private;
+        if (p && !p->svc)
+            probe_free(p);
+    }
+    return -1;
+}
+
+/* Take over snapshot `s` (its reference included): new instances are probed
+ * at once (a large batch is spread over one interval), known ones keep their
+ * state and connection, the others are dropped. */
+static void adopt(struct wg_prober *pr, struct wg_snapshot *s)
+{
+    size_t n = 0;
+    for (size_t k = 0; k < s->n_services; k++)
+        n += s->services[k]->n_members;
+    struct probe **set = malloc((n ? n : 1) * sizeof *set);
+    long fresh = set ? create_new(pr, s) : -1;
+    if (fresh < 0) {
+        wg_error("msg=\"prober out of memory, snapshot skipped\" generation=%llu",
+                 (unsigned long long)s->generation);
+        free(set);
+        wg_snapshot_unref(s);
+        return;
+    }
+    uint64_t gen = s->generation;
+    size_t used = 0;
+    FOR_EACH_MEMBER(s, svc, inst) {
+        struct probe *p = inst->health_private;
+        bool is_new = !p->svc;
+        p->svc = svc;
+        p->seen = gen;
+        set[used++] = p;
+        uint64_t iv = svc->cfg->health_check.interval_ms;
+        if (is_new)
+            probe_schedule(p, fresh > BURST_AT_ONCE && iv ? wg_rng_below(&pr->rng, iv) : 0);
+    }
+    for (size_t k = 0; k < pr->n_set; k++)
+        if (pr->set[k]->seen != gen)
+            probe_free(pr->set[k]);                 /* in no service any more */
+    free(pr->set);
+    pr->set = set;
+    pr->n_set = used;
+    atomic_store(&pr->instances, used);
+    atomic_fetch_add(&pr->snapshots, 1);
+    wg_snapshot_unref(pr->snap);
+    pr->snap = s;
+}
+
+/* ---- the thread and the mailbox -------------------------------------------------- */
+
+/* Control thread, after each publish: hand the snapshot over. */
+static void on_publish(void *arg, struct wg_snapshot *s)
+{
+    struct wg_prober *pr = arg;
+    wg_snapshot_ref(s);                     /* s is current: its refcount is not zero */
+    pthread_mutex_lock(&pr->lock);
+    struct wg_snapshot *old = pr->pending;
+    pr->pending = s;
+    pthread_mutex_unlock(&pr->lock);
+    wg_snapshot_unref(old);                 /* superseded before the prober saw it */
+    event_active(pr->mail_ev, 0, 0);
+}
+
+static void mail_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct wg_prober *pr = arg;
+    if (atomic_load(&pr->stop)) {
+        event_base_loopbreak(pr->base);
+        return;
+    }
+    pthread_mutex_lock(&pr->lock);
+    struct wg_snapshot *s = pr->pending;
+    pr->pending = NULL;
+    pthread_mutex_unlock(&pr->lock);
+    if (s)
+        adopt(pr, s);
+}
+
+static void stats_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct wg_prober *pr = arg;
+    uint64_t count = atomic_load(&pr->lag_count), sum = atomic_load(&pr->lag_sum_us);
+    wg_debug("msg=\"prober\" instances=%llu open_connections=%llu probes=%llu failed=%llu "
+             "connects=%llu lag_mean_us=%llu lag_max_us=%llu",
+             (unsigned long long)atomic_load(&pr->instances),
+             (unsigned long long)atomic_load(&pr->open_conns),
+             (unsigned long long)atomic_load(&pr->probes),
+             (unsigned long long)atomic_load(&pr->failed),
+             (unsigned long long)atomic_load(&pr->connects),
+             (unsigned long long)(count ? sum / count : 0),
+             (unsigned long long)atomic_load(&pr->lag_max_us));
+}
+
+static void *prober_main(void *arg)
+{
+    struct wg_prober *pr = arg;
+    event_base_loop(pr->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    return NULL;
+}
+
+static int prober_start(struct wg_prober *pr)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);     /* signals belong to the control thread */
+    int rc = pthread_create(&pr->thread, NULL, prober_main, pr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        wg_error("msg=\"cannot start the prober thread\" error=\"%s\"", strerror(rc));
+        return -1;
+    }
+    pr->started = true;
+    return 0;
+}
+
+struct wg_prober *wg_prober_new(struct wg_pool *pool)
+{
+    struct wg_prober *pr = calloc(1, sizeof *pr);
+    if (!pr)
+        return NULL;
+    pr->pool = pool;
+    pthread_mutex_init(&pr->lock, NULL);
+    wg_rng_seed(&pr->rng, wg_now_ns() ^ (uint64_t)getpid() << 32);
+    struct event_config *ec = event_config_new();
+    if (!ec)
+        goto fail;
+    event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER);
+    pr->base = event_base_new_with_config(ec);
+    event_config_free(ec);
+    if (!pr->base)
+        goto fail;
+    pr->mail_ev = event_new(pr->base, -1, 0, mail_cb, pr);
+    pr->stats_ev = event_new(pr->base, -1, EV_PERSIST, stats_cb, pr);
+    struct timeval tv = { STATS_LOG_MS / 1000, 0 };
+    if (!pr->mail_ev || !pr->stats_ev || event_add(pr->stats_ev, &tv) < 0 || prober_start(pr) < 0)
+        goto fail;
+    wg_pool_on_publish(pool, on_publish, pr);
+    struct wg_snapshot *cur = wg_pool_published(pool);
+    if (cur)
+        on_publish(pr, cur);
+    return pr;
+fail:
+    wg_error("msg=\"cannot create the prober\"");
+    wg_prober_free(pr);
+    return NULL;
+}
+
+void wg_prober_free(struct wg_prober *pr)
+{
+    if (!pr)
+        return;
+    if (pr->started) {
+        atomic_store(&pr->stop, 1);
+        event_active(pr->mail_ev, 0, 0);
+        pthread_join(pr->thread, NULL);
+    }
+    for (size_t k = 0; k < pr->n_set; k++)
+        probe_free(pr->set[k]);
+    free(pr->set);
+    wg_snapshot_unref(pr->snap);
+    wg_snapshot_unref(pr->pending);
+    if (pr->mail_ev)
+        event_free(pr->mail_ev);
+    if (pr->stats_ev)
+        event_free(pr->stats_ev);
+    if (pr->base)
+        event_base_free(pr->base);
+    pthread_mutex_destroy(&pr->lock);
+    free(pr);
+}
+
+void wg_prober_stats(struct wg_prober *pr, struct wg_prober_stats *out)
+{
+    out->probes = atomic_load(&pr->probes);
+    out->passed = atomic_load(&pr->passed);
+    out->failed = atomic_load(&pr->failed);
+    out->connects = atomic_load(&pr->connects);
+    out->instances = atomic_load(&pr->instances);
+    out->open_connections = atomic_load(&pr->open_conns);
+    out->snapshots = atomic_load(&pr->snapshots);
+    out->lag_max_us = atomic_exchange(&pr->lag_max_us, 0);
+    out->lag_sum_us = atomic_load(&pr->lag_sum_us);
+    out->lag_count = atomic_load(&pr->lag_count);
+}
