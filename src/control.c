@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "waygate/admin.h"
+#include "waygate/health.h"
 #include "waygate/listener.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
@@ -36,6 +37,7 @@ struct control {
     struct wg_reclaim *rc;
     struct wg_pool *pool;
     struct wg_registry *registry;
+    struct wg_prober *prober;
     struct wg_admin *admin;
     struct wg_worker **workers;
     unsigned n_workers;
@@ -471,6 +473,7 @@ static void teardown(struct control *c)
         wg_worker_free(c->workers[k]);
     free(c->workers);
     wg_registry_free(c->registry);
+    wg_prober_free(c->prober);              /* nothing publishes any more */
     for (size_t k = 0; k < c->n_listeners; k++)
         wg_listener_close(c->listeners[k]);
     free(c->listeners);
@@ -511,7 +514,7 @@ int wg_control_run(struct wg_config *cfg)
     wg_pool_on_publish(c->pool, on_publish, c);
     wg_pool_set_config(c->pool, c->config);
     if (open_listeners(c) < 0 || open_admin(c) < 0 || drop_privileges(cfg->user) < 0 ||
-        start_workers(c) < 0 || setup_events(c) < 0)
+        start_workers(c) < 0 || setup_events(c) < 0 || !(c->prober = wg_prober_new(c->pool)))
         goto out;
     c->registry = wg_registry_new(cfg, c->base, c->pool);
     if (!c->registry)
