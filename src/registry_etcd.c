@@ -497,6 +497,11 @@ static void dns_answer(struct dns_lookup *d, struct key_entry *e, int err, struc
     struct etcd_registry *r = d->r;
     struct wg_record *rec = &e->recs[d->index];
 
+    for (struct evutil_addrinfo *p = ai; p; p = p->ai_next)
+        if (p->ai_family == AF_INET) {
+            ai = p;                 /* IPv4 first, like getaddrinfo's usual order */
+            break;
+        }
     if (err || !ai || ai->ai_addrlen > sizeof rec->addr) {
         wg_warn("msg=\"invalid registry record skipped: host name does not resolve\" key=\"%.200s\" "
                 "id=%s error=\"%s\"", d->key, rec->id, err ? evutil_gai_strerror(err) : "no address");
