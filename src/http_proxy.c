@@ -1249,6 +1249,9 @@ static void response_final(struct hp_conn *c, const struct wg_http_parser *p, co
     c->final_sent = true;
     count_status(c, m->status);
     c->rs = RS_BODY;
+    if (!upgrade && (m->framing == WG_HTTP_BODY_NONE ||
+                     (m->framing == WG_HTTP_BODY_LENGTH && m->content_length == 0)))
+        c->rs = RS_DONE;                /* HEAD, 204, 304, empty: nothing to wait for */
     if (upgrade) {
         c->rq = RQ_TUNNEL;
         c->req_body_done = false;
