@@ -14,6 +14,7 @@ import struct
 import subprocess
 import time
 import urllib.parse
+import zlib
 
 from wglib import (SANITIZED, Harness, Waygate, connect, free_port, http_request, name_via,
                    recv_exact, recv_line, slack, wait_until, write_atomic)
@@ -122,6 +123,49 @@ def get_metrics(wg):
     assert r.status == 200, r
     assert r.header("Content-Type").startswith("text/plain; version=0.0.4"), r.headers
     return r.body.decode("utf-8")
+
+
+def png_rgb(data):
+    """(width, height, rows of bytes in RGB) of an 8-bit, non-interlaced RGB
+    or RGBA PNG (what Chromium writes), undoing the per-row filters."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, ihdr = 8, b"", None
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IHDR":
+            ihdr = struct.unpack(">IIBBBBB", data[pos + 8:pos + 21])
+        elif kind == b"IDAT":
+            idat += data[pos + 8:pos + 8 + n]
+        pos += 12 + n
+    width, height, depth, ctype, _, _, interlace = ihdr
+    assert depth == 8 and ctype in (2, 6) and interlace == 0, ihdr
+    bpp = 3 if ctype == 2 else 4
+    raw, stride = zlib.decompress(idat), width * bpp
+    rows, prev = [], bytearray(stride)
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for x in range(stride if kind else 0):
+            a = line[x - bpp] if x >= bpp else 0
+            b, c = prev[x], prev[x - bpp] if x >= bpp else 0
+            if kind == 1:
+                line[x] = (line[x] + a) & 255
+            elif kind == 2:
+                line[x] = (line[x] + b) & 255
+            elif kind == 3:
+                line[x] = (line[x] + ((a + b) >> 1)) & 255
+            else:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(bytes(line) if bpp == 3 else
+                    b"".join(line[x:x + 3] for x in range(0, stride, 4)))
+        prev = line
+    return width, height, rows
+
+
+def count_colour(rows, hex_colour):
+    rgb = bytes.fromhex(hex_colour)
+    return sum(sum(1 for x in range(0, len(r), 3) if r[x:x + 3] == rgb) for r in rows)
 
 
 def ipv6_loopback():
@@ -476,3 +520,34 @@ def test_dashboard_is_self_contained():
         assert not re.search(r'(src|href)\s*=\s*["\']?(https?:)?//', page), "external asset"
         assert "@import" not in page and "url(" not in page
         assert "innerHTML" not in page, "data must go in with textContent"
+
+
+def test_dashboard_renders_in_chromium():
+    """Headless Chromium loads the dashboard, which fetches /status and
+    draws one green (healthy) and one grey (draining) badge; a failed fetch
+    would show the red banner instead."""
+    binary = shutil.which("chromium")
+    if not binary:
+        print("chromium not installed: screenshot check skipped")
+        return
+    with Harness() as h:
+        a = h.backend("name", name="a")
+        b = h.backend("name", name="b")
+        wg = h.waygate(instances={"users": [a.instance("a"), b.instance("b")]})
+        assert admin(wg, "/services/users/instances/b/drain", method="POST").status == 200
+        shot = h.path("dashboard.png")
+        env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS="disabled:")
+        cp = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu",
+                             "--disable-background-networking", "--user-data-dir=" + h.path("chrome"),
+                             "--window-size=1000,400", "--virtual-time-budget=3000",
+                             "--screenshot=" + shot, "http://127.0.0.1:%d/" % wg.admin_port],
+                            stdin=subprocess.DEVNULL, capture_output=True, env=env,
+                            timeout=slack(90))
+        assert cp.returncode == 0 and os.path.exists(shot), cp.stderr.decode()[-2000:]
+        with open(shot, "rb") as f:
+            width, height, rows = png_rgb(f.read())
+        assert (width, height) == (1000, 400), (width, height)
+        assert count_colour(rows, "1d2430") > 10000, "no header bar"
+        assert count_colour(rows, "1f9d55") > 400, "no healthy badge"
+        assert count_colour(rows, "64748b") > 400, "no draining badge"
+        assert count_colour(rows, "d64545") == 0, "error banner shown"
