@@ -27,6 +27,7 @@
 #include "waygate/stats.h"
 #include "waygate/http_proxy.h"
 #include "waygate/tcp_proxy.h"
+#include "waygate/tls.h"
 #include "waygate/worker.h"
 
 #define TICK_MS 100
@@ -49,6 +50,7 @@ struct control {
     struct event *signals[4];
     struct event *tick;
     uint64_t started_ms;
+    uint64_t tickets_rotated_ms;
     uint64_t stop_deadline_ms;
     bool ready;
     bool stopping;
@@ -270,6 +272,24 @@ static void close_detached(struct control *c)
     }
 }
 
+/* A config with what is built from it once: its TLS contexts (certificates
+ * are read here, on the control thread, never on a worker). Takes cfg. */
+static struct wg_config_ref *config_ref_build(struct wg_config *cfg, struct wg_errors *errs)
+{
+    struct wg_config_ref *ref = wg_config_ref_new(cfg);
+    if (!ref) {
+        wg_config_free(cfg);
+        wg_errors_add(errs, "out of memory");
+        return NULL;
+    }
+    if (!(ref->ext = wg_tls_set_new(cfg, errs))) {
+        wg_config_ref_put(ref);
+        return NULL;
+    }
+    ref->ext_free = wg_tls_set_free;
+    return ref;
+}
+
 static void reload(struct control *c)
 {
     const char *path = c->config->cfg->path;
@@ -281,10 +301,12 @@ static void reload(struct control *c)
     notify_systemd(msg);
     struct wg_errors errs = { 0 };
     struct wg_config *cfg = wg_config_load(path, &errs);
-    if (!cfg) {
+    struct wg_config_ref *ref = cfg ? config_ref_build(cfg, &errs) : NULL;
+    if (!ref) {
         for (size_t k = 0; k < errs.n; k++)
             wg_error("msg=\"reload refused\" error=\"%s\"", errs.lines[k]);
         wg_errors_free(&errs);
+        notify_systemd("READY=1");
         return;
     }
     wg_errors_free(&errs);
@@ -296,12 +318,8 @@ static void reload(struct control *c)
         wg_warn("msg=\"registry changes need a restart in this version\"");
     struct wg_listener **added = NULL;
     size_t n_added = 0;
-    struct wg_config_ref *ref = wg_config_ref_new(cfg);
-    if (!ref || open_added(c, cfg, &added, &n_added) < 0) {
-        if (ref)
-            wg_config_ref_put(ref);
-        else
-            wg_config_free(cfg);
+    if (open_added(c, cfg, &added, &n_added) < 0) {
+        wg_config_ref_put(ref);
         wg_error("msg=\"reload refused, old configuration keeps serving\" file=%s", path);
         notify_systemd("READY=1");
         return;
@@ -341,9 +359,15 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     }
 }
 
+#define TICKET_ROTATION_MS (3600 * 1000)
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct control *c = arg;
+    if (wg_now_ms() - c->tickets_rotated_ms >= TICKET_ROTATION_MS) {
+        wg_tls_rotate_ticket_keys();
+        c->tickets_rotated_ms = wg_now_ms();
+    }
     wg_pool_reclaim(c->pool);
     if (!c->ready && wg_now_ms() - c->started_ms >= c->config->cfg->startup_timeout_ms)
         become_ready(c, "startup_timeout");
@@ -501,9 +525,12 @@ int wg_control_run(struct wg_config *cfg)
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
     wg_log_set_level(cfg->log.level);
-    c->started_ms = wg_now_ms();
-    if (evthread_use_pthreads() < 0 || !(c->config = wg_config_ref_new(cfg))) {
-        wg_config_free(cfg);
+    c->started_ms = c->tickets_rotated_ms = wg_now_ms();
+    struct wg_errors errs = { 0 };
+    if (evthread_use_pthreads() < 0 || !(c->config = config_ref_build(cfg, &errs))) {
+        for (size_t k = 0; k < errs.n; k++)
+            wg_error("msg=\"%s\"", errs.lines[k]);
+        wg_errors_free(&errs);
         wg_error("msg=\"cannot initialise\"");
         return 1;
     }

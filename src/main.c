@@ -5,6 +5,7 @@
 
 #include "waygate/config.h"
 #include "waygate/control.h"
+#include "waygate/tls.h"
 
 #define DEFAULT_CONFIG "conf/waygate.yaml"
 
@@ -22,13 +23,16 @@ static int check_config(const char *path)
 {
     struct wg_errors errs = { 0 };
     struct wg_config *cfg = wg_config_load(path, &errs);
+    /* Certificates and keys: readable, and each key matching its certificate. */
+    struct wg_tls_set *tls = cfg ? wg_tls_set_new(cfg, &errs) : NULL;
     for (size_t k = 0; k < errs.n; k++)
         fprintf(stderr, "%s\n", errs.lines[k]);
     wg_errors_free(&errs);
-    if (!cfg)
+    wg_tls_set_free(tls);
+    wg_config_free(cfg);
+    if (!tls)
         return 1;
     printf("%s: configuration ok\n", path);
-    wg_config_free(cfg);
     return 0;
 }
 

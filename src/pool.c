@@ -58,6 +58,8 @@ struct wg_config_ref *wg_config_ref_new(struct wg_config *cfg)
         return NULL;
     atomic_init(&r->refs, 1);
     r->cfg = cfg;
+    r->ext = NULL;
+    r->ext_free = NULL;
     return r;
 }
 
@@ -66,6 +68,8 @@ void wg_config_ref_get(struct wg_config_ref *r) { atomic_fetch_add(&r->refs, 1);
 void wg_config_ref_put(struct wg_config_ref *r)
 {
     if (r && atomic_fetch_sub(&r->refs, 1) == 1) {
+        if (r->ext_free)
+            r->ext_free(r->ext);
         wg_config_free(r->cfg);
         free(r);
     }

@@ -11,27 +11,40 @@
 #include <unistd.h>
 
 #include "waygate/balance.h"
+#include "waygate/health.h"
 #include "waygate/listener.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
 #include "waygate/stats.h"
+#include "waygate/tls.h"
 #include "waygate/worker.h"
 
 #define TCP_CONN_MAGIC 0x7c9c0e11U
 #define SPLICE_CHUNK (256 * 1024)
+#define TLS_BUF (64 * 1024)             /* per direction, only while data flows */
 #define PUMP_BUDGET (4 * 1024 * 1024)   /* per callback, for fairness */
 
-/* One direction of the relay: src -> pipe -> dst. */
+/* One socket of the connection, with its TLS session if any. Its event's
+ * flags are recomputed from both directions' needs after every pump. */
+struct endpoint {
+    int fd;
+    SSL *ssl;
+    struct event *ev;
+    short registered;                   /* EV_READ / EV_WRITE currently added */
+};
+
+/* One direction of the relay: src -> pipe (plain) or buffer (TLS) -> dst. */
 struct relay_dir {
-    int src, dst;
-    struct event *rd;               /* src readable */
-    struct event *wr;               /* dst writable */
-    int pipe[2];                    /* -1 when none held */
-    size_t pending;                 /* bytes in the pipe */
-    bool eof;                       /* src sent FIN */
-    bool shut;                      /* FIN forwarded to dst */
-    bool reading, writing;          /* event registered */
-    enum wg_counter counter;        /* WG_C_BYTES_IN or WG_C_BYTES_OUT */
+    struct endpoint *src, *dst;
+    int pipe[2];                        /* splice mode; -1 when none held */
+    char *buf;                          /* TLS mode; NULL when empty */
+    size_t head, tail;                  /* buf[head, tail) pending */
+    size_t pending;                     /* bytes in the pipe or the buffer */
+    bool eof;                           /* src sent FIN / close_notify */
+    bool shut;                          /* FIN forwarded to dst */
+    bool src_wants_write;               /* TLS read needs the socket writable */
+    bool dst_wants_read;                /* TLS write needs the socket readable */
+    enum wg_counter counter;            /* WG_C_BYTES_IN or WG_C_BYTES_OUT */
 };
 
 struct tcp_conn {
@@ -39,31 +52,39 @@ struct tcp_conn {
     struct wg_conn_link link;
     struct wg_worker *w;
     const struct wg_listener *l;
-    struct wg_pool_service *svc;    /* one reference: settings for our lifetime */
-    struct wg_pick pick;            /* instances tried so far */
-    struct wg_instance *inst;       /* one reference + one `active` while set */
-    int cfd, ufd;
-    struct relay_dir up;            /* client -> upstream */
-    struct relay_dir down;          /* upstream -> client */
-    struct event *timer;            /* idle timeout */
-    uint64_t idle_timeout_ms;       /* the listener's, when accepted */
+    struct wg_pool_service *svc;        /* one reference: settings for our lifetime */
+    struct wg_pick pick;                /* instances tried so far */
+    struct wg_instance *inst;           /* one reference + one `active` while set */
+    unsigned inst_gen;                  /* its down_generation when picked (health.h) */
+    struct endpoint client, upstream;
+    struct relay_dir up;                /* client -> upstream */
+    struct relay_dir down;              /* upstream -> client */
+    struct event *timer;                /* handshake, connect and idle deadlines */
+    SSL_CTX *upstream_tls;              /* the service's, when it wants TLS */
+    struct wg_tls_server *tls_server;   /* one reference during the handshake (SNI) */
+    uint64_t idle_timeout_ms;
     uint64_t last_active_ms;
     unsigned attempts;
-    bool connected;
+    enum { HANDSHAKE, CONNECTING, UPSTREAM_HANDSHAKE, RELAY } state;
     char peer[64];
 };
 
 static void start_connect(struct tcp_conn *c);
+static void conn_event(evutil_socket_t fd, short what, void *arg);
+
+static struct timeval tv_ms(uint64_t ms)
+{
+    return (struct timeval){ (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+}
+
+static bool transient(void) { return errno == EAGAIN || errno == EINTR; }
 
 /* ---- teardown ---- */
 
 static void dir_release(struct tcp_conn *c, struct relay_dir *d)
 {
-    if (d->rd)
-        event_free(d->rd);
-    if (d->wr)
-        event_free(d->wr);
-    d->rd = d->wr = NULL;
+    free(d->buf);
+    d->buf = NULL;
     if (d->pipe[0] < 0)
         return;
     if (d->pending == 0) {
@@ -75,6 +96,22 @@ static void dir_release(struct tcp_conn *c, struct relay_dir *d)
     }
 }
 
+static void endpoint_close(struct endpoint *e)
+{
+    if (e->ev)
+        event_free(e->ev);
+    e->ev = NULL;
+    if (e->ssl) {
+        wg_tls_close(e->ssl);
+        SSL_free(e->ssl);
+        e->ssl = NULL;
+    }
+    if (e->fd >= 0)
+        close(e->fd);
+    e->fd = -1;
+    e->registered = 0;
+}
+
 static void release_instance(struct tcp_conn *c)
 {
     if (!c->inst)
@@ -84,16 +121,21 @@ static void release_instance(struct tcp_conn *c)
     c->inst = NULL;
 }
 
+static void drop_tls_server(struct tcp_conn *c)
+{
+    wg_tls_server_unref(c->tls_server);
+    c->tls_server = NULL;
+}
+
 static void conn_close(struct tcp_conn *c)
 {
+    drop_tls_server(c);
     dir_release(c, &c->up);
     dir_release(c, &c->down);
     if (c->timer)
         event_free(c->timer);
-    if (c->cfd >= 0)
-        close(c->cfd);
-    if (c->ufd >= 0)
-        close(c->ufd);
+    endpoint_close(&c->client);
+    endpoint_close(&c->upstream);
     release_instance(c);
     wg_pool_service_unref(c->svc);
     wg_worker_conn_remove(c->w, &c->link);
@@ -107,27 +149,61 @@ static void force_close(struct wg_conn_link *l)
     conn_close((struct tcp_conn *)((char *)l - offsetof(struct tcp_conn, link)));
 }
 
-/* ---- relay ---- */
-
-static void dir_interest(struct relay_dir *d)
+/* The worker's 1 s tick: drain_timeout and on_unhealthy: close (health.h). */
+static void health_tick(struct wg_conn_link *l, uint64_t now_ms)
 {
-    bool want_read = !d->eof && d->pending == 0;
-    bool want_write = d->pending > 0;
-    if (want_read != d->reading) {
-        d->reading = want_read;
-        want_read ? event_add(d->rd, NULL) : event_del(d->rd);
-    }
-    if (want_write != d->writing) {
-        d->writing = want_write;
-        want_write ? event_add(d->wr, NULL) : event_del(d->wr);
-    }
+    struct tcp_conn *c = (struct tcp_conn *)((char *)l - offsetof(struct tcp_conn, link));
+    if (!c->inst)
+        return;
+    enum wg_health_cut cut = wg_health_conn_cut(c->svc->cfg, c->inst, c->inst_gen, now_ms);
+    if (cut == WG_CUT_NONE)
+        return;
+    wg_debug("msg=\"connection closed\" reason=%s listener=%s service=%s upstream=%s client=%s "
+            "health=%s", wg_health_cut_name(cut), c->l->name, c->svc->name, c->inst->id, c->peer,
+            wg_health_name(wg_instance_health(c->inst)));
+    conn_close(c);
 }
 
-static bool transient(void) { return errno == EAGAIN || errno == EINTR; }
+/* ---- events ---- */
 
-/* Move what can be moved without blocking. Returns -1 when the connection
- * must close (an error on either socket). */
-static int pump(struct tcp_conn *c, struct relay_dir *d)
+/* (Re)register `e` for `want` if it changed. */
+static void endpoint_want(struct tcp_conn *c, struct endpoint *e, short want)
+{
+    if (want == e->registered || !e->ev)
+        return;
+    event_del(e->ev);
+    e->registered = want;
+    if (!want)
+        return;
+    event_assign(e->ev, c->w->base, e->fd, want | EV_PERSIST, conn_event, c);
+    event_add(e->ev, NULL);
+}
+
+static short dir_needs_src(const struct relay_dir *d)
+{
+    return (short)((!d->eof && d->pending == 0 ? EV_READ : 0) | (d->src_wants_write ? EV_WRITE : 0));
+}
+
+static short dir_needs_dst(const struct relay_dir *d)
+{
+    return (short)((d->pending ? EV_WRITE : 0) | (d->dst_wants_read ? EV_READ : 0));
+}
+
+static void update_interest(struct tcp_conn *c)
+{
+    endpoint_want(c, &c->client, dir_needs_src(&c->up) | dir_needs_dst(&c->down));
+    endpoint_want(c, &c->upstream, dir_needs_src(&c->down) | dir_needs_dst(&c->up));
+}
+
+static void arm_timer(struct tcp_conn *c, uint64_t ms)
+{
+    struct timeval tv = tv_ms(ms);
+    event_add(c->timer, &tv);
+}
+
+/* ---- relay: splice for plain sockets ---- */
+
+static int pump_splice(struct tcp_conn *c, struct relay_dir *d)
 {
     size_t budget = PUMP_BUDGET;
     bool progress = true;
@@ -136,7 +212,7 @@ static int pump(struct tcp_conn *c, struct relay_dir *d)
         if (!d->eof) {
             if (d->pipe[0] < 0 && wg_worker_pipe_get(c->w, d->pipe) < 0)
                 return -1;
-            ssize_t n = splice(d->src, NULL, d->pipe[1], NULL, SPLICE_CHUNK,
+            ssize_t n = splice(d->src->fd, NULL, d->pipe[1], NULL, SPLICE_CHUNK,
                                SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (n > 0) {
                 d->pending += (size_t)n;
@@ -148,7 +224,7 @@ static int pump(struct tcp_conn *c, struct relay_dir *d)
             }
         }
         if (d->pending) {
-            ssize_t n = splice(d->pipe[0], NULL, d->dst, NULL, d->pending,
+            ssize_t n = splice(d->pipe[0], NULL, d->dst->fd, NULL, d->pending,
                                SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (n > 0) {
                 d->pending -= (size_t)n;
@@ -164,47 +240,145 @@ static int pump(struct tcp_conn *c, struct relay_dir *d)
     }
     if (d->pending == 0 && d->pipe[0] >= 0)
         wg_worker_pipe_put(c->w, d->pipe);      /* idle connections hold no pipe */
-    if (d->eof && d->pending == 0 && !d->shut) {
-        d->shut = true;
-        shutdown(d->dst, SHUT_WR);              /* forward the half-close */
-    }
-    dir_interest(d);
-    c->last_active_ms = wg_now_ms();
     return 0;
 }
 
-static void relay(struct tcp_conn *c, struct relay_dir *d)
+/* ---- relay: a bounded buffer when either side speaks TLS ---- */
+
+static enum wg_tls_io ep_read(struct endpoint *e, char *buf, size_t len, size_t *n)
 {
-    if (pump(c, d) < 0 || (c->up.shut && c->down.shut))
-        conn_close(c);
+    if (e->ssl)
+        return wg_tls_read(e->ssl, buf, len, n);
+    ssize_t r = read(e->fd, buf, len);
+    if (r > 0) {
+        *n = (size_t)r;
+        return WG_TLS_OK;
+    }
+    if (r == 0)
+        return WG_TLS_EOF;
+    return transient() ? WG_TLS_WANT_READ : WG_TLS_ERROR;
 }
 
-/* Client readable or upstream writable. */
-static void up_ready(evutil_socket_t fd, short what, void *arg)
+static enum wg_tls_io ep_write(struct endpoint *e, const char *buf, size_t len, size_t *n)
 {
-    struct tcp_conn *c = arg;
-    relay(c, &c->up);
+    if (e->ssl)
+        return wg_tls_write(e->ssl, buf, len, n);
+    ssize_t r = send(e->fd, buf, len, MSG_NOSIGNAL);
+    if (r >= 0) {
+        *n = (size_t)r;
+        return WG_TLS_OK;
+    }
+    return transient() ? WG_TLS_WANT_WRITE : WG_TLS_ERROR;
 }
 
-/* Upstream readable or client writable. */
-static void down_ready(evutil_socket_t fd, short what, void *arg)
+static int fill(struct relay_dir *d, bool *progress)
 {
-    struct tcp_conn *c = arg;
-    relay(c, &c->down);
+    if (d->eof || d->tail == TLS_BUF)
+        return 0;
+    if (!d->buf && !(d->buf = malloc(TLS_BUF)))
+        return -1;
+    size_t n = 0;
+    enum wg_tls_io r = ep_read(d->src, d->buf + d->tail, TLS_BUF - d->tail, &n);
+    d->src_wants_write = r == WG_TLS_WANT_WRITE;
+    if (r == WG_TLS_OK) {
+        d->tail += n;
+        *progress = true;
+    } else if (r == WG_TLS_EOF) {
+        d->eof = true;
+    } else if (r == WG_TLS_ERROR) {
+        return -1;
+    }
+    return 0;
 }
 
-static void idle_cb(evutil_socket_t fd, short what, void *arg)
+static int flush(struct tcp_conn *c, struct relay_dir *d, bool *progress)
 {
-    struct tcp_conn *c = arg;
-    uint64_t now = wg_now_ms(), idle = c->idle_timeout_ms;
-    if (now - c->last_active_ms >= idle) {
-        wg_stats_add(c->w->stats, WG_C_IDLE_TIMEOUTS, 1);
+    if (d->head == d->tail)
+        return 0;
+    size_t n = 0;
+    enum wg_tls_io r = ep_write(d->dst, d->buf + d->head, d->tail - d->head, &n);
+    d->dst_wants_read = r == WG_TLS_WANT_READ;
+    if (r == WG_TLS_ERROR || r == WG_TLS_EOF)
+        return -1;
+    if (r == WG_TLS_OK) {
+        d->head += n;
+        wg_stats_add(c->w->stats, d->counter, n);
+        *progress = true;
+    }
+    return 0;
+}
+
+static int pump_buffered(struct tcp_conn *c, struct relay_dir *d)
+{
+    size_t budget = PUMP_BUDGET;
+    bool progress = true;
+    while (progress && budget) {
+        progress = false;
+        size_t before = d->head;
+        if (fill(d, &progress) < 0 || flush(c, d, &progress) < 0)
+            return -1;
+        budget = d->head - before >= budget ? 0 : budget - (d->head - before);
+        if (d->head == d->tail) {
+            d->head = d->tail = 0;
+            /* SSL may hold decrypted bytes the socket will not signal again:
+             * the loop reads on while there is progress, which drains them. */
+        } else if (d->dst_wants_read || !progress) {
+            break;
+        }
+    }
+    d->pending = d->tail - d->head;
+    if (!d->pending && d->buf) {
+        free(d->buf);                   /* idle connections hold no buffer */
+        d->buf = NULL;
+    }
+    return 0;
+}
+
+static void forward_shutdown(struct relay_dir *d)
+{
+    if (!d->eof || d->pending || d->shut)
+        return;
+    d->shut = true;
+    if (d->dst->ssl)
+        wg_tls_close(d->dst->ssl);      /* close_notify, then the TCP FIN */
+    shutdown(d->dst->fd, SHUT_WR);
+}
+
+static int pump(struct tcp_conn *c, struct relay_dir *d)
+{
+    bool buffered = c->client.ssl || c->upstream.ssl;
+    if ((buffered ? pump_buffered(c, d) : pump_splice(c, d)) < 0)
+        return -1;
+    forward_shutdown(d);
+    return 0;
+}
+
+static void relay(struct tcp_conn *c, struct endpoint *e, short what)
+{
+    /* Directions that read from or write to `e`, and their TLS inversions. */
+    struct relay_dir *from = e == &c->client ? &c->up : &c->down;
+    struct relay_dir *to = e == &c->client ? &c->down : &c->up;
+    bool readable = what & EV_READ, writable = what & EV_WRITE;
+    if (((readable || (writable && from->src_wants_write)) && pump(c, from) < 0) ||
+        ((writable || (readable && to->dst_wants_read)) && pump(c, to) < 0) ||
+        (c->up.shut && c->down.shut)) {
         conn_close(c);
         return;
     }
-    uint64_t left = idle - (now - c->last_active_ms);
-    struct timeval tv = { (time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000 };
-    event_add(c->timer, &tv);
+    c->last_active_ms = wg_now_ms();
+    update_interest(c);
+}
+
+/* ---- timers ---- */
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg);
+
+static void handshake_failed(struct tcp_conn *c, enum wg_counter why)
+{
+    wg_stats_add(c->w->stats, why, 1);
+    wg_debug("msg=\"tls handshake failed\" listener=%s client=%s reason=%s", c->l->name, c->peer,
+             why == WG_C_TLS_FAIL_TIMEOUT ? "timeout" : wg_tls_error_reason());
+    conn_close(c);
 }
 
 /* ---- connect and retry ---- */
@@ -214,16 +388,12 @@ static void attempt_failed(struct tcp_conn *c, int err)
     struct wg_instance *i = c->inst;
     wg_stats_add(c->w->stats, WG_C_CONNECT_ERRORS, 1);
     atomic_fetch_add_explicit(&i->connect_failures, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&i->consecutive_failures, 1, memory_order_relaxed);
+    if (err != ENOMEM)
+        wg_health_report_failure(c->svc, i, WG_FAIL_CONNECT);
     wg_debug("msg=\"upstream connect failed\" listener=%s service=%s upstream=%s address=%s "
              "error=\"%s\"", c->l->name, c->svc->name, i->id, i->addr_text,
              err ? strerror(err) : "timeout");
-    if (c->up.wr) {
-        event_free(c->up.wr);
-        c->up.wr = NULL;
-    }
-    close(c->ufd);
-    c->ufd = -1;
+    endpoint_close(&c->upstream);
     release_instance(c);
     if (c->attempts > c->svc->cfg->retries) {
         wg_info("msg=\"all connect attempts failed\" listener=%s service=%s client=%s attempts=%u",
@@ -235,47 +405,69 @@ static void attempt_failed(struct tcp_conn *c, int err)
     start_connect(c);
 }
 
-static void connected(struct tcp_conn *c)
+static void start_relay(struct tcp_conn *c)
 {
-    struct event_base *base = c->w->base;
-    c->connected = true;
-    atomic_store_explicit(&c->inst->consecutive_failures, 0, memory_order_relaxed);
-    event_free(c->up.wr);
-    c->up = (struct relay_dir){ .src = c->cfd, .dst = c->ufd, .pipe = { -1, -1 },
-                                .counter = WG_C_BYTES_IN };
-    c->down = (struct relay_dir){ .src = c->ufd, .dst = c->cfd, .pipe = { -1, -1 },
-                                  .counter = WG_C_BYTES_OUT };
-    c->up.rd = event_new(base, c->cfd, EV_READ | EV_PERSIST, up_ready, c);
-    c->up.wr = event_new(base, c->ufd, EV_WRITE | EV_PERSIST, up_ready, c);
-    c->down.rd = event_new(base, c->ufd, EV_READ | EV_PERSIST, down_ready, c);
-    c->down.wr = event_new(base, c->cfd, EV_WRITE | EV_PERSIST, down_ready, c);
-    c->timer = evtimer_new(base, idle_cb, c);
-    if (!c->up.rd || !c->up.wr || !c->down.rd || !c->down.wr || !c->timer) {
-        conn_close(c);
-        return;
-    }
+    c->state = RELAY;
+    wg_health_report_success(c->inst);
     c->last_active_ms = wg_now_ms();
-    uint64_t idle = c->idle_timeout_ms;
-    struct timeval tv = { (time_t)(idle / 1000), (suseconds_t)(idle % 1000) * 1000 };
-    event_add(c->timer, &tv);
-    dir_interest(&c->down);
+    event_del(c->timer);
+    arm_timer(c, c->idle_timeout_ms);
     /* The client may have sent bytes (or FIN) while we were connecting. */
-    relay(c, &c->up);
+    relay(c, &c->client, EV_READ);
 }
 
-static void connect_done(evutil_socket_t fd, short what, void *arg)
+static void upstream_handshake(struct tcp_conn *c)
 {
-    struct tcp_conn *c = arg;
+    enum wg_tls_io r = wg_tls_handshake(c->upstream.ssl);
+    if (r == WG_TLS_OK) {
+        start_relay(c);
+    } else if (r == WG_TLS_WANT_READ || r == WG_TLS_WANT_WRITE) {
+        endpoint_want(c, &c->upstream, r == WG_TLS_WANT_READ ? EV_READ : EV_WRITE);
+    } else {
+        wg_stats_add(c->w->stats, WG_C_UPSTREAM_TLS_FAILURES, 1);
+        wg_info("msg=\"upstream tls handshake failed\" service=%s upstream=%s reason=%s",
+                c->svc->name, c->inst->id, wg_tls_error_reason());
+        attempt_failed(c, EPROTO);
+    }
+}
+
+static void connected(struct tcp_conn *c)
+{
+    if (!c->upstream_tls) {
+        start_relay(c);
+        return;
+    }
+    const struct wg_service_config *sc = c->svc->cfg;
+    char host[64];
+    wg_sockaddr_text((struct sockaddr *)&c->inst->addr, host, sizeof host);
+    char *colon = strrchr(host, ':');     /* the name to verify: the address without port */
+    if (colon)
+        *colon = '\0';
+    const char *h = host[0] == '[' ? host + 1 : host;
+    if (host[0] == '[' && colon && colon[-1] == ']')
+        colon[-1] = '\0';
+    c->upstream.ssl = wg_tls_client_ssl(c->upstream_tls, c->upstream.fd, sc->tls.sni, h,
+                                        sc->tls.verify);
+    if (!c->upstream.ssl) {
+        attempt_failed(c, ENOMEM);
+        return;
+    }
+    c->state = UPSTREAM_HANDSHAKE;
+    upstream_handshake(c);
+}
+
+static void connect_done(struct tcp_conn *c)
+{
     int err = 0;
     socklen_t len = sizeof err;
-    if (what & EV_TIMEOUT)
-        err = ETIMEDOUT;
-    else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+    if (getsockopt(c->upstream.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         err = errno;
-    if (err)
-        attempt_failed(c, err == ETIMEDOUT ? 0 : err);
-    else
-        connected(c);
+    if (err) {
+        attempt_failed(c, err);
+        return;
+    }
+    endpoint_want(c, &c->upstream, 0);
+    connected(c);
 }
 
 static void start_connect(struct tcp_conn *c)
@@ -295,18 +487,25 @@ static void start_connect(struct tcp_conn *c)
     atomic_fetch_add_explicit(&i->active, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&i->requests_total, 1, memory_order_relaxed);
     c->inst = i;
+    c->inst_gen = wg_health_conn_generation(i);
     c->attempts++;
-    c->ufd = socket(i->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (c->ufd < 0) {
+    c->state = CONNECTING;
+    int fd = socket(i->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
         /* Out of descriptors: not the instance's fault, nothing to retry. */
         wg_warn("msg=\"cannot create upstream socket\" error=\"%s\"", strerror(errno));
         conn_close(c);
         return;
     }
+    c->upstream = (struct endpoint){ .fd = fd };
+    c->upstream.ev = event_new(c->w->base, fd, 0, conn_event, c);
+    if (!c->upstream.ev) {
+        attempt_failed(c, ENOMEM);
+        return;
+    }
     int one = 1;
-    setsockopt(c->ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(c->ufd, (struct sockaddr *)&i->addr, i->addrlen) == 0) {
-        c->up.wr = event_new(c->w->base, c->ufd, EV_WRITE, connect_done, c);
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, (struct sockaddr *)&i->addr, i->addrlen) == 0) {
         connected(c);
         return;
     }
@@ -314,11 +513,76 @@ static void start_connect(struct tcp_conn *c)
         attempt_failed(c, errno);
         return;
     }
-    uint64_t t = c->svc->cfg->connect_timeout_ms;
-    struct timeval tv = { (time_t)(t / 1000), (suseconds_t)(t % 1000) * 1000 };
-    c->up.wr = event_new(c->w->base, c->ufd, EV_WRITE, connect_done, c);
-    if (!c->up.wr || event_add(c->up.wr, &tv) < 0)
-        attempt_failed(c, ENOMEM);
+    endpoint_want(c, &c->upstream, EV_WRITE);
+    event_del(c->timer);
+    arm_timer(c, c->svc->cfg->connect_timeout_ms);
+}
+
+/* ---- the client's TLS handshake ---- */
+
+static void client_handshake(struct tcp_conn *c)
+{
+    enum wg_tls_io r = wg_tls_handshake(c->client.ssl);
+    if (r == WG_TLS_WANT_READ || r == WG_TLS_WANT_WRITE) {
+        endpoint_want(c, &c->client, r == WG_TLS_WANT_READ ? EV_READ : EV_WRITE);
+        return;
+    }
+    if (r != WG_TLS_OK) {
+        const char *why = wg_tls_error_reason();
+        handshake_failed(c, strcmp(why, "protocol_version") == 0 || strcmp(why, "protocol") == 0
+                                ? WG_C_TLS_FAIL_PROTOCOL
+                            : strcmp(why, "certificate") == 0 ? WG_C_TLS_FAIL_CERTIFICATE
+                                                              : WG_C_TLS_FAIL_OTHER);
+        return;
+    }
+    drop_tls_server(c);
+    wg_stats_add(c->w->stats, WG_C_TLS_HANDSHAKES, 1);
+    if (SSL_session_reused(c->client.ssl))
+        wg_stats_add(c->w->stats, WG_C_TLS_RESUMED, 1);
+    endpoint_want(c, &c->client, 0);
+    start_connect(c);
+}
+
+/* ---- dispatch ---- */
+
+static void conn_event(evutil_socket_t fd, short what, void *arg)
+{
+    struct tcp_conn *c = arg;
+    struct endpoint *e = fd == c->client.fd ? &c->client : &c->upstream;
+    switch (c->state) {
+    case HANDSHAKE:
+        client_handshake(c);
+        break;
+    case CONNECTING:
+        connect_done(c);
+        break;
+    case UPSTREAM_HANDSHAKE:
+        upstream_handshake(c);
+        break;
+    case RELAY:
+        relay(c, e, what);
+        break;
+    }
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct tcp_conn *c = arg;
+    if (c->state == HANDSHAKE) {
+        handshake_failed(c, WG_C_TLS_FAIL_TIMEOUT);
+        return;
+    }
+    if (c->state != RELAY) {
+        attempt_failed(c, 0);           /* connect (or upstream TLS) timed out */
+        return;
+    }
+    uint64_t now = wg_now_ms(), idle = c->idle_timeout_ms;
+    if (now - c->last_active_ms >= idle) {
+        wg_stats_add(c->w->stats, WG_C_IDLE_TIMEOUTS, 1);
+        conn_close(c);
+        return;
+    }
+    arm_timer(c, idle - (now - c->last_active_ms));
 }
 
 /* ---- entry point ---- */
@@ -332,39 +596,80 @@ static void hash_client_ip(struct wg_pick *p, const struct sockaddr *peer)
         p->has_hash = true;
     } else if (peer->sa_family == AF_INET6) {
         const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)peer;
-        p->hash = wg_balance_hash_bytes(&sin6->sin6_addr, sizeof sin6->sin6_addr);
+        const uint8_t *a = sin6->sin6_addr.s6_addr;
+        bool mapped = IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr);   /* same key as plain IPv4 */
+        p->hash = mapped ? wg_balance_hash_bytes(a + 12, 4) : wg_balance_hash_bytes(a, 16);
         p->has_hash = true;
     }
+}
+
+static struct tcp_conn *conn_new(struct wg_worker *w, const struct wg_listener *l, int fd,
+                                 const struct sockaddr *peer)
+{
+    struct tcp_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->magic = TCP_CONN_MAGIC;
+    c->w = w;
+    c->l = l;
+    c->client = (struct endpoint){ .fd = fd };
+    c->upstream = (struct endpoint){ .fd = -1 };
+    c->up = (struct relay_dir){ .src = &c->client, .dst = &c->upstream, .pipe = { -1, -1 },
+                                .counter = WG_C_BYTES_IN };
+    c->down = (struct relay_dir){ .src = &c->upstream, .dst = &c->client, .pipe = { -1, -1 },
+                                  .counter = WG_C_BYTES_OUT };
+    c->link.force_close = force_close;
+    c->link.tick = health_tick;
+    c->client.ev = event_new(w->base, fd, 0, conn_event, c);
+    c->timer = evtimer_new(w->base, timer_cb, c);
+    if (!c->client.ev || !c->timer) {
+        if (c->client.ev)
+            event_free(c->client.ev);
+        if (c->timer)
+            event_free(c->timer);
+        free(c);
+        return NULL;
+    }
+    wg_sockaddr_text(peer, c->peer, sizeof c->peer);
+    return c;
 }
 
 void wg_tcp_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int fd,
                          const struct sockaddr *peer, socklen_t peerlen)
 {
     struct wg_snapshot *snap = wg_pool_current(w->pool);
-    const struct wg_listener_config *lc = snap ? wg_listener_config_in(snap->config->cfg, l) : NULL;
+    const struct wg_config *cfg = snap ? snap->config->cfg : NULL;
+    const struct wg_listener_config *lc = cfg ? wg_listener_config_in(cfg, l) : NULL;
     const struct wg_pool_service *svc = lc ? wg_snapshot_service(snap, lc->service) : NULL;
-    struct tcp_conn *c = svc ? calloc(1, sizeof *c) : NULL;
+    struct tcp_conn *c = svc ? conn_new(w, l, fd, peer) : NULL;
     if (!c) {
         wg_stats_add(w->stats, WG_C_NO_UPSTREAM, 1);
         close(fd);
         wg_listener_conn_closed();
         return;
     }
-    c->magic = TCP_CONN_MAGIC;
-    c->w = w;
-    c->l = l;
-    c->cfd = fd;
-    c->ufd = -1;
-    c->idle_timeout_ms = lc->idle_timeout_ms;
-    c->up.pipe[0] = c->up.pipe[1] = c->down.pipe[0] = c->down.pipe[1] = -1;
-    c->link.force_close = force_close;
-    wg_sockaddr_text(peer, c->peer, sizeof c->peer);
-    /* The snapshot is current: its services hold a reference we can add to. */
+    /* The snapshot is current: its services hold a reference we can add to.
+     * The service version pins its config, hence the TLS contexts below. */
     wg_pool_service_ref((struct wg_pool_service *)svc);
     c->svc = (struct wg_pool_service *)svc;
+    c->idle_timeout_ms = lc->idle_timeout_ms;
+    c->upstream_tls = wg_tls_set_service(svc->config->ext, svc->config->cfg, svc->cfg);
     wg_worker_conn_add(w, &c->link);
     wg_pick_init(&c->pick, svc, &w->rng, NULL);
     if (svc->cfg->balance == WG_BALANCE_HASH)   /* tcp knows only the client address */
         hash_client_ip(&c->pick, peer);
-    start_connect(c);
+    struct wg_tls_server *tls = wg_tls_set_listener(snap->config->ext, cfg, lc);
+    if (!tls) {
+        start_connect(c);
+        return;
+    }
+    c->state = HANDSHAKE;
+    wg_tls_server_ref(tls);             /* its config may go while we shake hands */
+    c->tls_server = tls;
+    if (!(c->client.ssl = wg_tls_server_ssl(tls, fd))) {
+        handshake_failed(c, WG_C_TLS_FAIL_OTHER);
+        return;
+    }
+    arm_timer(c, lc->tls.handshake_timeout_ms);
+    client_handshake(c);
 }

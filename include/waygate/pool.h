@@ -113,6 +113,10 @@ struct wg_pool_service {
 struct wg_config_ref {
     _Atomic unsigned refs;
     struct wg_config *cfg;
+    /* What was built from cfg on the control thread (TLS contexts); freed
+     * with it through ext_free. */
+    void *ext;
+    void (*ext_free)(void *ext);
 };
 struct wg_config_ref *wg_config_ref_new(struct wg_config *cfg);  /* takes cfg */
 void wg_config_ref_get(struct wg_config_ref *r);

@@ -33,6 +33,13 @@ enum wg_counter {
     WG_C_HTTP_UPSTREAM_REUSED,  /* requests sent on a pooled keep-alive connection */
     WG_C_HTTP_UPSTREAM_STALE,   /* pooled connections found closed: free retry */
     WG_C_HTTP_TIMEOUTS,         /* 408, 504 and closes on http timeouts */
+    WG_C_TLS_HANDSHAKES,        /* completed server-side handshakes */
+    WG_C_TLS_RESUMED,           /* of which resumed with a session ticket */
+    WG_C_TLS_FAIL_PROTOCOL,     /* failed: version or protocol error */
+    WG_C_TLS_FAIL_CERTIFICATE,  /* failed: client certificate missing or invalid */
+    WG_C_TLS_FAIL_TIMEOUT,      /* closed at handshake_timeout */
+    WG_C_TLS_FAIL_OTHER,        /* failed: network error, peer closed */
+    WG_C_UPSTREAM_TLS_FAILURES, /* upstream handshakes that failed (verification...) */
     WG_C__COUNT
 };
 

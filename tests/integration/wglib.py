@@ -478,8 +478,11 @@ class Waygate:
         self.top.setdefault("shutdown_timeout", "2s")
         self.rlimit_nofile = rlimit_nofile
         self.wait_ready = wait_ready
-        self.config_path = harness.path("waygate.yaml")
-        self.registry_path = harness.path("instances.yaml")
+        n = len(harness.waygates)       # several waygates per test: own files
+        suffix = "" if n == 0 else "-%d" % n
+        self.config_path = harness.path("waygate%s.yaml" % suffix)
+        self.registry_path = harness.path("instances%s.yaml" % suffix)
+        self.proc_prefix = "waygate%s" % suffix
         self.proc = None
         self.procs = []
         self.ports = {}
@@ -527,7 +530,7 @@ class Waygate:
             if self.rlimit_nofile:
                 n = self.rlimit_nofile
                 preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
-            self.proc = self.h.start("waygate%d" % len(self.procs),
+            self.proc = self.h.start("%s.%d" % (self.proc_prefix, len(self.procs)),
                                      [tool("waygate"), "-c", self.config_path],
                                      preexec_fn=preexec)
             self.procs.append(self.proc)

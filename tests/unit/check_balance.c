@@ -35,7 +35,7 @@ static const struct wg_pool_service *publish_weights(struct fixture *f, const un
 {
     struct wg_record_set set = { 0 };
     for (int k = 0; k < n; k++) {
-        char id[8];
+        char id[16];
         snprintf(id, sizeof id, "i%d", k);
         unit_record(&set, "s", id, "127.0.0.1", 9000 + k, w[k]);
     }

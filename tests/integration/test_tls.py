@@ -1,0 +1,251 @@
+"""TLS at the edge and to upstreams (DESIGN §11), on tcp listeners: SNI,
+versions, tickets, client certificates, handshake timeout, backpressure,
+reload, and upstream verification of chain and name."""
+
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+from tlslib import Pki, client_context, peer_cn
+from wglib import (SANITIZED, Harness, MIB, connect, free_port, recv_exact, run_waygate, slack,
+                   wait_until, write_atomic, yaml_block)
+
+
+def tls_listener(certs, **tls):
+    t = {"certificates": [{"cert": c, "key": k} for c, k in certs], "handshake_timeout": "2s"}
+    t.update(tls)
+    return {"name": "t", "mode": "tcp", "service": "users", "tls": t}
+
+
+def tls_connect(port, ctx, sni=None, timeout=5):
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        return ctx.wrap_socket(raw, server_hostname=sni)
+    except Exception:
+        raw.close()
+        raise
+
+
+def read_name(s):
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(64)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode().strip()
+
+
+def start(h, pki, certs, backend_mode="name", **tls):
+    b = h.backend(backend_mode, name="a")
+    wg = h.waygate(listeners=[tls_listener(certs, **tls)], instances={"users": [b.instance()]})
+    return b, wg
+
+
+def test_sni_selects_certificate_and_default_without_sni():
+    with Harness() as h:
+        pki = Pki(h.path("pki"))
+        a = pki.leaf("a", ["a.test"])
+        wild = pki.leaf("wild", ["*.b.test"])
+        b, wg = start(h, pki, [a, wild])
+        ctx = client_context(ca=pki.ca)
+        with tls_connect(wg.port(), ctx, "a.test") as s:
+            assert peer_cn(s) == "a.test"
+            assert read_name(s) == "a"          # relayed to the backend
+        with tls_connect(wg.port(), ctx, "x.b.test") as s:
+            assert peer_cn(s) == "*.b.test"
+        # A wildcard covers exactly one label: x.y.b.test gets the default.
+        with tls_connect(wg.port(), client_context(), "x.y.b.test") as s:
+            assert peer_cn(s) == "a.test"
+        with tls_connect(wg.port(), client_context(), None) as s:
+            assert peer_cn(s) == "a.test"
+
+
+def test_ecdsa_and_rsa_side_by_side():
+    with Harness() as h:
+        pki = Pki(h.path("pki"))
+        rsa = pki.leaf("c-rsa", ["c.test"])
+        ec = pki.leaf("c-ec", ["c.test"], ec=True)
+        b, wg = start(h, pki, [rsa, ec])
+        for ciphers, want in (("ECDHE-ECDSA-AES128-GCM-SHA256", "id-ecPublicKey"),
+                              ("ECDHE-RSA-AES128-GCM-SHA256", "rsaEncryption")):
+            ctx = client_context(ca=pki.ca, max_version=ssl.TLSVersion.TLSv1_2)
+            ctx.set_ciphers(ciphers)
+            with tls_connect(wg.port(), ctx, "c.test") as s:
+                der = s.getpeercert(binary_form=True)
+                out = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-text"],
+                                     input=der, capture_output=True).stdout.decode()
+                assert want in out, "expected a %s certificate" % want
+
+
+def test_old_versions_refused_tls13_works():
+    with Harness() as h:
+        pki = Pki(h.path("pki"))
+        b, wg = start(h, pki, [pki.leaf("a", ["a.test"])])
+        for v in ("-tls1", "-tls1_1"):
+            cp = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % wg.port(), v,
+                                 "-servername", "a.test"], input=b"", capture_output=True,
+                                timeout=20)
+            assert cp.returncode != 0, "%s was accepted" % v
+        ctx = client_context(ca=pki.ca, min_version=ssl.TLSVersion.TLSv1_3)
+        with tls_connect(wg.port(), ctx, "a.test") as s:
+            assert s.version() == "TLSv1.3"
+            assert read_name(s) == "a"
+        assert wg.alive()
+
+
+def test_min_version_13_refuses_12():
+    with Harness() as h:
+        pki = Pki(h.path("pki"))
+        b, wg = start(h, pki, [pki.leaf("a", ["a.test"])], min_version="1.3")
+        ctx = client_context(ca=pki.ca, max_version=ssl.TLSVersion.TLSv1_2)
+        try:
+            tls_connect(wg.port(), ctx, "a.test").close()
+            raise AssertionError("TLS 1.2 accepted with min_version 1.3")
+        except (ssl.SSLError, ConnectionResetError):
+            pass
+
+
+def test_session_ticket_resumption():
+    with Harness() as h:
+        pki = Pki(h.path("pki"))
+        b, wg = start(h, pki, [pki.leaf("a", ["a.test"])])
+        sess = h.path("sess.pem")
+        base = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % wg.port(),
+                "-servername", "a.test", "-CAfile", pki.ca]
+        for v in ("-tls1_2", "-tls1_3"):
+            first = subprocess.run(base + [v, "-sess_out", sess], input=b"", capture_output=True,
+                                   timeout=20)
+            assert first.returncode == 0, first.stderr
+            again = subprocess.run(base + [v, "-sess_in", sess], input=b"", capture_output=True,
+                                   timeout=20)
+            assert b"Reused" in again.stdout, "%s session not resumed:\n%s" % (
+                v, again.stdout.decode(errors="replace")[-2000:])
+
+
+def test_required_client_certificate():
+    with Harness() as h:
+        pki = Pki(h.path("pki"))
+        client = pki.leaf("client", cn="client-1", client=True)
+        b, wg = start(h, pki, [pki.leaf("a", ["a.test"])], client_ca=pki.ca, verify="required")
+        with tls_connect(wg.port(), client_context(ca=pki.ca, cert=client[0], key=client[1]),
+                         "a.test") as s:
+            assert read_name(s) == "a"
+        other = Pki(h.path("other"))
+        forged = other.leaf("forged", cn="client-1", client=True)
+        for ctx in (client_context(ca=pki.ca),
+                    client_context(ca=pki.ca, cert=forged[0], key=forged[1])):
+            try:
+                with tls_connect(wg.port(), ctx, "a.test") as s:
+                    # TLS 1.3: the refusal arrives after the client's Finished.
+                    s.settimeout(5)
+                    assert s.recv(10) == b"", "served without a valid client certificate"
+            except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+                pass
+
+
+def test_handshake_timeout_closes_silent_connection():
+    with Harness() as h:
+        pki = Pki(h.path("pki"))
+        b, wg = start(h, pki, [pki.leaf("a", ["a.test"])])
+        with connect(wg.port(), timeout=10) as s:
+            t0 = time.monotonic()
+            s.settimeout(slack(10))
+            assert s.recv(10) == b""
+            took = time.monotonic() - t0
+        assert 1.5 <= took <= slack(4), "closed after %.2fs (handshake_timeout 2s)" % took
+        assert not b.accepts(), "a connection without a handshake reached the backend"
+
+
+def test_slow_reader_over_tls_keeps_rss_bounded():
+    with Harness() as h:
+        pki = Pki(h.path("pki"))
+        b = h.backend("source", name="src", source=1024 * MIB)
+        wg = h.waygate(listeners=[tls_listener([pki.leaf("a", ["a.test"])])],
+                       instances={"users": [b.instance()]})
+        rss0 = wg.rss_kib()
+        with tls_connect(wg.port(), client_context(ca=pki.ca), "a.test", timeout=10) as s:
+            got = 0
+            while got < 4 * MIB:                # some traffic, then stop reading
+                got += len(s.recv(65536))
+            time.sleep(2)
+            rss1 = wg.rss_kib()
+        if not SANITIZED:
+            assert rss1 - rss0 < 8 * 1024, "RSS grew by %d KiB with a stalled TLS reader" % (
+                rss1 - rss0)
+        assert wg.alive()
+
+
+def test_reload_swaps_certificate_old_connection_continues():
+    with Harness() as h:
+        pki = Pki(h.path("pki"))
+        old = pki.leaf("old", ["a.test"], cn="old")
+        new = pki.leaf("new", ["a.test"], cn="new")
+        b = h.backend("echo", name="e")
+        wg = h.waygate(listeners=[tls_listener([old])], instances={"users": [b.instance()]})
+        ctx = client_context(ca=pki.ca)
+        with tls_connect(wg.port(), ctx, "a.test") as held:
+            assert peer_cn(held) == "old"
+            cfg = wg.config_dict()
+            cfg["listeners"][0]["tls"]["certificates"] = [{"cert": new[0], "key": new[1]}]
+            write_atomic(wg.config_path, yaml_block(cfg) + "\n")
+            wg.proc.signal(signal.SIGHUP)
+            wait_until(lambda: "configuration reloaded" in wg.stderr_text(), slack(5), "reload")
+            with tls_connect(wg.port(), ctx, "a.test") as s:
+                assert peer_cn(s) == "new"
+            held.sendall(b"still old")
+            assert recv_exact(held, 9) == b"still old"
+
+
+def test_key_not_matching_certificate_is_a_config_error():
+    with Harness() as h:
+        pki = Pki(h.path("pki"))
+        a_crt, a_key = pki.leaf("a", ["a.test"])
+        b_crt, b_key = pki.leaf("b", ["b.test"])
+        port = free_port()
+        cfg = h.path("bad.yaml")
+        write_atomic(cfg, yaml_block({"listeners": [dict(tls_listener([(a_crt, b_key)]),
+                                                         listen="127.0.0.1:%d" % port)]}) + "\n")
+        rc, out, err = run_waygate("-t", "-c", cfg)
+        assert rc == 1, (rc, out, err)
+        assert b_key in err and "does not match" in err, err
+
+
+def upstream_chain(h, pki, server_cert, upstream_tls):
+    """client -> waygate B (plain tcp, TLS to its upstream) -> waygate A
+    (TLS listener) -> name backend."""
+    b = h.backend("name", name="a")
+    front = h.waygate(listeners=[tls_listener([server_cert])], instances={"users": [b.instance()]})
+    back = h.waygate(listeners=[{"name": "p", "mode": "tcp", "service": "tlsup"}],
+                     instances={"tlsup": [{"id": "front", "address": "127.0.0.1",
+                                           "port": front.port()}]},
+                     services={"tlsup": {"tls": upstream_tls, "retries": 0}})
+    return back
+
+
+def name_or_none(port):
+    try:
+        with connect(port) as s:
+            s.settimeout(5)
+            return read_name(s) or None
+    except OSError:
+        return None
+
+
+def test_upstream_tls_verifies_chain_and_name():
+    with Harness() as h:
+        pki = Pki(h.path("pki"))
+        good = pki.leaf("up", ["up.test"], ips=["127.0.0.1"])
+        ok = upstream_chain(h, pki, good, {"enabled": True, "ca": pki.ca, "sni": "up.test"})
+        assert name_or_none(ok.port()) == "a"
+        by_ip = upstream_chain(h, pki, good, {"enabled": True, "ca": pki.ca})
+        assert name_or_none(by_ip.port()) == "a"    # verified against 127.0.0.1
+        other = Pki(h.path("other"))
+        wrong_ca = upstream_chain(h, pki, good, {"enabled": True, "ca": other.ca, "sni": "up.test"})
+        assert name_or_none(wrong_ca.port()) is None
+        wrong_name = upstream_chain(h, pki, good, {"enabled": True, "ca": pki.ca,
+                                                   "sni": "other.test"})
+        assert name_or_none(wrong_name.port()) is None
+        assert "upstream tls handshake failed" in wrong_name.stderr_text()

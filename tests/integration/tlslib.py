@@ -1,0 +1,71 @@
+"""tlslib — a throw-away PKI made with the openssl CLI for the TLS tests.
+
+    pki = Pki(h.path("pki"))
+    cert, key = pki.leaf("a", ["a.test"])            # signed by pki.ca
+    cert, key = pki.leaf("c-ec", ["c.test"], ec=True)
+    other = Pki(h.path("other"))                      # an unrelated CA
+"""
+
+import os
+import ssl
+import subprocess
+
+
+def _run(*argv):
+    cp = subprocess.run(argv, capture_output=True, timeout=60)
+    if cp.returncode != 0:
+        raise AssertionError("%s failed: %s" % (" ".join(argv), cp.stderr.decode(errors="replace")))
+    return cp
+
+
+class Pki:
+    def __init__(self, directory, name="waygate test CA"):
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+        self.ca_key = os.path.join(directory, "ca.key")
+        self.ca = os.path.join(directory, "ca.crt")
+        _run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self.ca_key,
+             "-out", self.ca, "-days", "2", "-subj", "/CN=%s" % name)
+
+    def leaf(self, name, dns=(), ips=(), ec=False, client=False, cn=None):
+        key = os.path.join(self.dir, name + ".key")
+        csr = os.path.join(self.dir, name + ".csr")
+        crt = os.path.join(self.dir, name + ".crt")
+        ext = os.path.join(self.dir, name + ".ext")
+        if ec:
+            _run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
+        else:
+            _run("openssl", "genrsa", "-out", key, "2048")
+        _run("openssl", "req", "-new", "-key", key, "-out", csr, "-subj",
+             "/O=waygate tests/CN=%s" % (cn or (dns[0] if dns else name)))
+        sans = ["DNS:%s" % d for d in dns] + ["IP:%s" % i for i in ips]
+        with open(ext, "w") as f:
+            if sans:
+                f.write("subjectAltName=%s\n" % ",".join(sans))
+            f.write("extendedKeyUsage=%s\n" % ("clientAuth" if client else "serverAuth"))
+        _run("openssl", "x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", self.ca_key,
+             "-CAcreateserial", "-out", crt, "-days", "2", "-extfile", ext)
+        return crt, key
+
+
+def client_context(ca=None, cert=None, key=None, min_version=None, max_version=None):
+    ctx = ssl.create_default_context(cafile=ca) if ca else ssl._create_unverified_context()
+    if min_version:
+        ctx.minimum_version = min_version
+    if max_version:
+        ctx.maximum_version = max_version
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def peer_cn(sock):
+    """The subject CN of the certificate the server presented."""
+    der = sock.getpeercert(binary_form=True)
+    cp = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject",
+                         "-nameopt", "multiline"], input=der, capture_output=True, timeout=10)
+    for line in cp.stdout.decode().splitlines():
+        line = line.strip()
+        if line.startswith("commonName"):
+            return line.split("=", 1)[1].strip()
+    return None
