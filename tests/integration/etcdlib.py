@@ -155,7 +155,7 @@ class Member:
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
              "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
              "--initial-cluster", self.cluster or "%s=%s" % (self.name, self.peer_url),
-             "--initial-cluster-token", os.path.basename(self.data_dir),
+             "--initial-cluster-token", os.path.basename(os.path.dirname(self.data_dir)),
              "--initial-cluster-state", "new", "--unsafe-no-fsync",
              "--log-level", "warn", "--logger", "zap"]
         if self.progress_notify:
@@ -309,7 +309,9 @@ class EtcdHarness(Harness):
             with open(ext, "w") as f:
                 if role == "server":
                     sans = ["DNS:%s" % n for n in names] + ["IP:%s" % i for i in ips]
-                    f.write("subjectAltName=%s\nextendedKeyUsage=serverAuth\n" % ",".join(sans))
+                    # etcd's gateway dials its own listener with this certificate
+                    f.write("subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n"
+                            % ",".join(sans))
                 else:
                     f.write("extendedKeyUsage=clientAuth\n")
             run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",

@@ -1,0 +1,123 @@
+"""etcd registry: authentication (short token TTL, etcd restart), TLS with a
+CA made by the test, start from the cache with etcd down, and an idle watch
+on etcd's default settings."""
+
+import os
+import subprocess
+import time
+
+from etcdlib import ETCDCTL, EtcdHarness
+from wglib import NameLoad, SANITIZED, name_via, slack, wait_until
+
+P = "/services/users/"
+
+
+def etcdctl(member, *args):
+    cp = subprocess.run([ETCDCTL, "--endpoints", member.url] + list(args),
+                        capture_output=True, timeout=30, env=dict(os.environ, ETCDCTL_API="3"))
+    assert cp.returncode == 0, "etcdctl %s: %s" % (" ".join(args), cp.stderr.decode())
+    return cp.stdout.decode()
+
+
+def enable_auth(member):
+    etcdctl(member, "role", "add", "root")
+    etcdctl(member, "user", "add", "root", "--new-user-password", "rootpw")
+    etcdctl(member, "user", "grant-role", "root", "root")
+    etcdctl(member, "auth", "enable")
+
+
+def test_auth_short_token_ttl_and_restart():
+    with EtcdHarness() as h:
+        etcd = h.etcd(extra=["--auth-token", "simple", "--auth-token-ttl", "1"])
+        enable_auth(etcd)
+        a, b, x = (h.backend("name", name=n) for n in ("a", "b", "x"))
+        c = etcd.client(user="root", password="rootpw")
+        c.put(P + "a", "127.0.0.1:%d" % a.port)
+        wg = h.waygate_etcd(etcd, username="root", password="rootpw", watch_timeout="2s",
+                            backoff=("50ms", "300ms"))
+        wg.wait_instances({"a": "127.0.0.1:%d" % a.port})
+        # the token expires while idle; the silence probe then re-authenticates
+        time.sleep(3.5)
+        c.authenticate("root", "rootpw")
+        c.put(P + "b", "127.0.0.1:%d" % b.port)
+        wg.wait_instances({"a": "127.0.0.1:%d" % a.port, "b": "127.0.0.1:%d" % b.port})
+        # a restart kills every simple token
+        etcd.stop()
+        etcd.start()
+        etcd.wait_healthy()
+        c = etcd.client(user="root", password="rootpw")
+        c.put(P + "x", "127.0.0.1:%d" % x.port)
+        wg.wait_instances({"a": "127.0.0.1:%d" % a.port, "b": "127.0.0.1:%d" % b.port,
+                           "x": "127.0.0.1:%d" % x.port}, timeout=10)
+        wait_until(lambda: wg.registry_status()["connected"], slack(5), "connected")
+        assert "etcd authenticated" in wg.stderr_text()
+        assert wg.stderr_text().count("etcd authenticated") >= 2
+
+
+def test_tls_with_a_test_ca():
+    with EtcdHarness() as h:
+        files = h.tls_files()
+        etcd = h.etcd(tls=files)
+        (a,) = [h.backend("name", name="a")]
+        etcd.client().put(P + "a", "127.0.0.1:%d" % a.port)
+        tls = {"ca": files["ca"], "cert": files["client_cert"], "key": files["client_key"]}
+        wg = h.waygate_etcd(etcd, tls=tls)
+        wg.wait_instances({"a": "127.0.0.1:%d" % a.port})
+        assert name_via(wg.port()) == "a"
+        # by name: localhost is in the certificate
+        wg2 = h.waygate_etcd(["https://localhost:%d" % etcd.client_port], tls=tls)
+        wg2.wait_instances({"a": "127.0.0.1:%d" % a.port})
+        # a name the certificate does not hold is refused
+        bad = dict(tls, server_name="wrong.example")
+        wg3 = h.waygate_etcd(etcd, tls=bad, wait_ready=False)
+        wait_until(lambda: "etcd session ended" in wg3.stderr_text(), slack(10), "a refusal")
+        time.sleep(0.5)
+        assert "etcd watching" not in wg3.stderr_text()
+
+
+def test_start_from_cache_with_etcd_down():
+    with EtcdHarness() as h:
+        etcd = h.etcd()
+        a, b = h.backend("name", name="a"), h.backend("name", name="b")
+        c = etcd.client()
+        c.put(P + "a", "127.0.0.1:%d" % a.port)
+        cache = h.path("registry-cache.yaml")
+        wg = h.waygate_etcd(etcd, cache=cache, backoff=("50ms", "300ms"))
+        wg.wait_instances({"a": "127.0.0.1:%d" % a.port})
+        wait_until(lambda: os.path.exists(cache) and "127.0.0.1" in open(cache).read(),
+                   slack(5), "the cache file")
+        wg.proc.stop()
+        etcd.stop()
+        wg2 = h.waygate_etcd(etcd, cache=cache, backoff=("50ms", "300ms"))
+        assert name_via(wg2.port()) == "a"
+        st = wg2.registry_status()
+        assert not st["connected"], st
+        with NameLoad(wg2.port(), threads=1) as load:
+            etcd.start()
+            etcd.wait_healthy()
+            c = etcd.client()
+            c.put(P + "b", "127.0.0.1:%d" % b.port)
+            c.delete(P + "a")
+            wg2.wait_instances({"b": "127.0.0.1:%d" % b.port}, timeout=10)
+        assert not load.errors(), load.errors()[:5]
+
+
+def test_idle_watch_on_default_settings_stays_connected():
+    """etcd's default progress interval (10 min): 30 s of silence are
+    bridged by the silence probes, not by reconnecting."""
+    with EtcdHarness() as h:
+        etcd = h.etcd(progress_notify=None)
+        (a,) = [h.backend("name", name="a")]
+        etcd.client().put(P + "a", "127.0.0.1:%d" % a.port)
+        wg = h.waygate_etcd(etcd, watch_timeout="10s")
+        wg.wait_instances({"a": "127.0.0.1:%d" % a.port})
+        ranges0 = etcd.grpc_handled("Range")
+        time.sleep(30)
+        st = wg.registry_status()
+        assert st["connected"], st
+        assert wg.metric("waygate_registry_reconnects_total") == 0
+        probes = etcd.grpc_handled("Range") - ranges0
+        assert 2 <= probes <= 4, "silence probes in 30 s: %d" % probes
+        assert wg.metric("waygate_registry_last_contact_seconds") < 11
+        etcd.client().put(P + "b", "127.0.0.1:%d" % a.port)
+        wg.wait_instances({"a": "127.0.0.1:%d" % a.port, "b": "127.0.0.1:%d" % a.port})
