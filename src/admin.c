@@ -483,6 +483,22 @@ static const struct {
       "Connections closed because no byte moved for idle_timeout." },
     { WG_C_SNAPSHOT_SWITCHES, "waygate_snapshot_switches_total",
       "Times a worker started routing on a newer snapshot." },
+    { WG_C_HTTP_REQUESTS, "waygate_http_requests_total",
+      "HTTP requests answered, by waygate or by an upstream." },
+    { WG_C_HTTP_UPSTREAM_REUSED, "waygate_http_upstream_reused_total",
+      "HTTP requests sent on a pooled keep-alive upstream connection." },
+    { WG_C_HTTP_UPSTREAM_STALE, "waygate_http_upstream_stale_total",
+      "Pooled upstream connections found closed when reused (retried for free)." },
+    { WG_C_HTTP_TIMEOUTS, "waygate_http_timeouts_total",
+      "HTTP requests ended by a timeout (408, 504, or a close)." },
+};
+
+static const struct {
+    enum wg_counter c;
+    const char *code;
+} response_classes[] = {
+    { WG_C_HTTP_1XX, "1xx" }, { WG_C_HTTP_2XX, "2xx" }, { WG_C_HTTP_3XX, "3xx" },
+    { WG_C_HTTP_4XX, "4xx" }, { WG_C_HTTP_5XX, "5xx" },
 };
 
 static void metrics_process(struct stream *st, struct out *o)
@@ -501,6 +517,11 @@ static void metrics_process(struct stream *st, struct out *o)
                atomic_load(&wg_stats_open_connections));
     for (size_t k = 0; k < sizeof counters / sizeof counters[0]; k++)
         metric_u64(o, counters[k].name, "counter", counters[k].help, wg_stats_sum(counters[k].c));
+    family_head(o, "waygate_http_responses_total", "counter",
+                "HTTP responses sent to clients, by status class (101 counts as 1xx).");
+    for (size_t k = 0; k < sizeof response_classes / sizeof response_classes[0]; k++)
+        out_printf(o, "waygate_http_responses_total{code=\"%s\"} %" PRIu64 "\n",
+                   response_classes[k].code, wg_stats_sum(response_classes[k].c));
 }
 
 static void metrics_registry(struct stream *st, struct out *o)
@@ -552,6 +573,27 @@ static uint64_t v_panic(const struct wg_pool_service *s, const struct wg_member 
 {
     return atomic_load_explicit(&s->state->panic_routed, memory_order_relaxed);
 }
+static uint64_t v_ejected(const struct wg_pool_service *s, const struct wg_member *m)
+{
+    int n = atomic_load_explicit(&s->state->ejected, memory_order_relaxed);
+    return n > 0 ? (uint64_t)n : 0;
+}
+static uint64_t v_refused(const struct wg_pool_service *s, const struct wg_member *m)
+{
+    return atomic_load_explicit(&s->state->ejections_refused, memory_order_relaxed);
+}
+static uint64_t v_ejections(const struct wg_pool_service *s, const struct wg_member *m)
+{
+    return atomic_load_explicit(&m->inst->ejections, memory_order_relaxed);
+}
+static uint64_t v_probes_passed(const struct wg_pool_service *s, const struct wg_member *m)
+{
+    return atomic_load_explicit(&m->inst->probes_passed, memory_order_relaxed);
+}
+static uint64_t v_probes_failed(const struct wg_pool_service *s, const struct wg_member *m)
+{
+    return atomic_load_explicit(&m->inst->probes_failed, memory_order_relaxed);
+}
 static uint64_t v_requests(const struct wg_pool_service *s, const struct wg_member *m)
 {
     return atomic_load_explicit(&m->inst->requests_total, memory_order_relaxed);
@@ -578,8 +620,12 @@ static const struct family service_families[] = {
       v_instances },
     { "waygate_service_healthy_instances", "gauge", "Instances of the service that are healthy.",
       v_healthy },
+    { "waygate_service_ejected_instances", "gauge",
+      "Instances of the service ejected by passive outlier detection.", v_ejected },
     { "waygate_panic_routed_total", "counter",
       "Picks made in panic mode (healthy share below panic_threshold).", v_panic },
+    { "waygate_ejections_refused_total", "counter",
+      "Ejections not made because max_ejection_percent was reached.", v_refused },
 };
 #define N_SERVICE_FAMILIES (sizeof service_families / sizeof service_families[0])
 
@@ -593,6 +639,12 @@ static const struct family instance_families[] = {
       "Connection attempts to the instance that failed or timed out.", v_failures },
     { "waygate_upstream_weight", "gauge", "Weight of the instance (0: no new traffic).",
       v_weight },
+    { "waygate_upstream_ejections_total", "counter",
+      "Times passive outlier detection ejected the instance.", v_ejections },
+    { "waygate_upstream_probes_passed_total", "counter", "Active health probes that passed.",
+      v_probes_passed },
+    { "waygate_upstream_probes_failed_total", "counter", "Active health probes that failed.",
+      v_probes_failed },
     { "waygate_instance_healthy", "gauge", "1 when the instance is healthy, else 0.",
       v_is_healthy },
     { "waygate_instance_state", "gauge",

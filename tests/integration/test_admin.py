@@ -280,7 +280,9 @@ def test_metrics_format_and_counters_move():
                      "waygate_registry_revision", "waygate_registry_events_total",
                      "waygate_registry_reconnects_total", "waygate_registry_resyncs_total",
                      "waygate_registry_invalid_records_total",
-                     "waygate_registry_last_contact_seconds"):
+                     "waygate_registry_last_contact_seconds", "waygate_http_requests_total",
+                     "waygate_http_responses_total", "waygate_service_ejected_instances",
+                     "waygate_upstream_ejections_total", "waygate_upstream_probes_failed_total"):
             assert name in before, "missing family %s" % name
         assert metric(before, "waygate_build_info")
         assert metric(before, "waygate_registry_connected") == 1
@@ -292,6 +294,8 @@ def test_metrics_format_and_counters_move():
                       state="healthy") == 1
         assert metric(before, "waygate_instance_state", service="users", upstream="a",
                       state="draining") == 0
+        codes = {l["code"] for l, _ in before["waygate_http_responses_total"]["samples"]}
+        assert codes == {"1xx", "2xx", "3xx", "4xx", "5xx"}, codes
 
         def settled():
             f = parse_metrics(get_metrics(wg))
