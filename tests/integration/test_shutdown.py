@@ -5,7 +5,7 @@ import signal
 import socket
 import time
 
-from wglib import Harness, connect, recv_exact, slack, wait_until
+from wglib import Harness, Waygate, connect, recv_exact, slack, wait_until
 
 
 def test_sigterm_idle_exits_zero():
@@ -17,6 +17,35 @@ def test_sigterm_idle_exits_zero():
         rc = wg.proc.wait(timeout=slack(2) + 1)
         assert rc == 0, "exit status %d after SIGTERM" % rc
         print("idle shutdown took %.2fs" % (time.monotonic() - t0))
+
+
+def test_sigterm_as_soon_as_listening_exits_zero():
+    """A SIGTERM that arrives once the listener is connectable (start-up not
+    finished yet, e.g. a supervisor stopping a just-started unit) still
+    means a clean stop: exit 0, not death by the default action."""
+    with Harness() as h:
+        b = h.backend("echo", name="e")
+        statuses = []
+        for _ in range(5):
+            wg = Waygate(h, instances={"users": [b.instance()]}, wait_ready=False)
+            h.waygates.append(wg)
+            wg.start()
+            wait_until(lambda: connectable(wg.port()), slack(10), "the listener", interval=0.0005)
+            wg.proc.signal(signal.SIGTERM)
+            statuses.append(wg.proc.wait(timeout=slack(2) + 1))
+        assert statuses == [0] * 5, "exit statuses after an early SIGTERM: %s (-15 = killed " \
+            "by the signal's default action)" % statuses
+
+
+def connectable(port):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 def new_client_refused(port):

@@ -15,8 +15,10 @@
  *   --log FILE      append one line per connection event:
  *                     accept conn=ID peer=ADDR
  *                     close conn=ID rx=BYTES tx=BYTES rx_fnv=HEX8 reason=WHY
- *                   (rx_fnv: FNV-1a 32 of every byte received, 8 hex digits;
- *                    WHY: done | reset | error | timeout)
+ *                   (rx_fnv: FNV-1a 32 of every byte received, 8 hex digits,
+ *                    or "-" in echo and name modes, which splice(2) the
+ *                    bytes without reading them; WHY: done | reset | error |
+ *                    timeout)
  *   --seed S        seed of the deterministic byte stream (default 1)
  *   --source N      same as --mode source, sending N bytes
  *   --health-status N  initial status of GET /health (default 200)
@@ -48,8 +50,9 @@
  *           headers of the matching GET. "Connection: close" and HTTP/1.0
  *           without keep-alive close the connection after the response.
  *           Malformed requests get 400 and a close.
- *   echo    TCP echo. On the client's EOF the backend sends what it still has,
- *           then shutdown(SHUT_WR) and closes.
+ *   echo    TCP echo (splice(2) through a pipe of at most 256 KiB). On the
+ *           client's EOF the backend sends what it still has, then
+ *           shutdown(SHUT_WR) and closes.
  *   name    writes "NAME\n" on connect, then echo.
  *   source  sends N bytes of the stream, then shutdown(SHUT_WR); reads (and
  *           counts, see --log) whatever the client sends until its EOF.
@@ -73,6 +76,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -81,6 +85,7 @@
 #define IN_CAP (64 * 1024)
 #define OUT_CAP (128 * 1024)
 #define LINGER_MS 2000
+#define PIPE_CAP (256 * 1024)
 #define MAX_EVENTS 256
 
 enum mode { MODE_HTTP, MODE_ECHO, MODE_NAME, MODE_SOURCE, MODE_SINK };
@@ -193,6 +198,9 @@ struct conn {
     size_t in_off, in_len;
     bool rd_eof, wr_shut;
     bool replied;                   /* sink: the summary line is queued */
+    int pipe_r, pipe_w;             /* echo, name: splice(2) pipe, -1 if none */
+    size_t pipe_bytes, pipe_cap;
+    bool pipe_full;                 /* the pipe took no more although data waits */
     uint64_t rx, tx;
     uint32_t rx_fnv;
     uint64_t gen_left;              /* stream bytes still to generate */
@@ -221,12 +229,20 @@ static void set_deadline(struct conn *c, int64_t when)
 
 static void conn_close(struct conn *c, const char *reason)
 {
-    if (g.log)
+    if (g.log) {
+        char fnv[16] = "-";         /* spliced bytes never pass through here */
+        if (c->pipe_r < 0)
+            snprintf(fnv, sizeof fnv, "%08x", c->rx_fnv);
         fprintf(g.log, "close conn=%" PRIu64 " rx=%" PRIu64 " tx=%" PRIu64
-                " rx_fnv=%08x reason=%s\n", c->id, c->rx, c->tx, c->rx_fnv, reason);
+                " rx_fnv=%s reason=%s\n", c->id, c->rx, c->tx, fnv, reason);
+    }
     set_deadline(c, 0);
     epoll_ctl(g.epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
+    if (c->pipe_r >= 0) {
+        close(c->pipe_r);
+        close(c->pipe_w);
+    }
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -347,6 +363,49 @@ static ssize_t read_some(struct conn *c, uint8_t *buf, size_t room)
 
 /* ---- TCP modes ----------------------------------------------------------- */
 
+/* Echo through the connection's pipe: socket -> pipe -> socket with
+ * splice(2), so bulk echo costs no user-space copies. At most pipe_cap
+ * bytes wait in the pipe (the backpressure bound). The name-mode greeting
+ * in `out` is flushed before any echoed byte. Returns false on a socket
+ * error. */
+static bool splice_echo(struct conn *c, bool *progress)
+{
+    if (!c->rd_eof && !c->pipe_full && c->pipe_bytes < c->pipe_cap) {
+        ssize_t n = splice(c->fd, NULL, c->pipe_w, NULL, c->pipe_cap - c->pipe_bytes,
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+            c->pipe_bytes += (size_t)n;
+            c->rx += (uint64_t)n;
+            *progress = true;
+        } else if (n == 0) {
+            c->rd_eof = true;
+            *progress = true;
+        } else if (errno == EAGAIN) {
+            /* Either nothing to read, or the pipe ran out of slots (many
+             * small segments): then wait for the pipe to drain instead of
+             * spinning on a readable socket. */
+            int waiting = 0;
+            if (c->pipe_bytes > 0 && ioctl(c->fd, FIONREAD, &waiting) == 0 && waiting > 0)
+                c->pipe_full = true;
+        } else if (errno != EINTR) {
+            return false;
+        }
+    }
+    if (out_pending(c) == 0 && c->pipe_bytes > 0 && !c->wr_shut) {
+        ssize_t n = splice(c->pipe_r, NULL, c->fd, NULL, c->pipe_bytes,
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+            c->pipe_bytes -= (size_t)n;
+            c->tx += (uint64_t)n;
+            c->pipe_full = false;
+            *progress = true;
+        } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            return false;
+        }
+    }
+    return true;
+}
+
 /* Returns false when the connection is gone. */
 static bool pump_tcp(struct conn *c)
 {
@@ -360,27 +419,21 @@ static bool pump_tcp(struct conn *c)
         }
         if (g.mode == MODE_SOURCE)
             fill_stream(c, &progress);
-        bool was_eof = c->rd_eof;
-        ssize_t n;
-        switch (g.mode) {
-        case MODE_ECHO:
-        case MODE_NAME: {
-            size_t room = out_room(c);
-            n = read_some(c, c->out + c->out_len, room);
-            if (n > 0)
-                c->out_len += (size_t)n;
-            break;
+        if (c->pipe_r >= 0) {
+            if (!splice_echo(c, &progress)) {
+                conn_close(c, "reset");
+                return false;
+            }
+        } else {    /* source, sink: read and count, keep nothing */
+            bool was_eof = c->rd_eof;
+            ssize_t n = read_some(c, discard, sizeof discard);
+            if (n < 0) {
+                conn_close(c, "reset");
+                return false;
+            }
+            if (n > 0 || c->rd_eof != was_eof)
+                progress = true;
         }
-        default:    /* source, sink: read and count, keep nothing */
-            n = read_some(c, discard, sizeof discard);
-            break;
-        }
-        if (n < 0) {
-            conn_close(c, "reset");
-            return false;
-        }
-        if (n > 0 || c->rd_eof != was_eof)
-            progress = true;
 
         if (g.mode == MODE_SINK && c->rd_eof && !c->replied) {
             char line[96];
@@ -390,7 +443,7 @@ static bool pump_tcp(struct conn *c)
             c->replied = true;
             progress = true;
         }
-        bool sent_all = out_pending(c) == 0 && c->gen_left == 0;
+        bool sent_all = out_pending(c) == 0 && c->gen_left == 0 && c->pipe_bytes == 0;
         bool done_sending = g.mode == MODE_SOURCE ? sent_all
                           : (c->rd_eof && sent_all && (g.mode != MODE_SINK || c->replied));
         if (!c->wr_shut && done_sending) {
@@ -410,12 +463,12 @@ static uint32_t tcp_interest(struct conn *c)
 {
     uint32_t ev = 0;
     if (!c->rd_eof) {
-        if (g.mode == MODE_ECHO || g.mode == MODE_NAME)
-            ev |= out_room(c) > 0 ? EPOLLIN : 0;
+        if (c->pipe_r >= 0)
+            ev |= !c->pipe_full && c->pipe_bytes < c->pipe_cap ? EPOLLIN : 0;
         else
             ev |= EPOLLIN;
     }
-    if (!c->wr_shut && (out_pending(c) > 0 || c->gen_left > 0))
+    if (!c->wr_shut && (out_pending(c) > 0 || c->gen_left > 0 || c->pipe_bytes > 0))
         ev |= EPOLLOUT;
     return ev;
 }
@@ -1040,6 +1093,24 @@ static void accept_all(void)
             continue;
         }
         c->fd = fd;
+        c->pipe_r = c->pipe_w = -1;
+        if (g.mode == MODE_ECHO || g.mode == MODE_NAME) {
+            int p[2];
+            if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) {
+                fprintf(stderr, "wg_backend: pipe: %s\n", strerror(errno));
+                free(c);
+                free(out);
+                free(in);
+                close(fd);
+                continue;
+            }
+            c->pipe_r = p[0];
+            c->pipe_w = p[1];
+            int size = fcntl(p[1], F_SETPIPE_SZ, PIPE_CAP);
+            if (size < 0)
+                size = fcntl(p[1], F_GETPIPE_SZ);
+            c->pipe_cap = size > 0 ? (size_t)size : 65536;
+        }
         c->id = ++g.next_id;
         c->out = out;
         c->in = in;
