@@ -66,6 +66,7 @@ struct tcp_conn {
     uint64_t last_active_ms;
     unsigned attempts;
     enum { HANDSHAKE, CONNECTING, UPSTREAM_HANDSHAKE, RELAY } state;
+    struct sockaddr_storage peer_addr;  /* the client, for PROXY v2 upstream */
     char peer[64];
 };
 
@@ -431,8 +432,54 @@ static void upstream_handshake(struct tcp_conn *c)
     }
 }
 
+/* PROXY protocol v2 header (a binary prefix, before any TLS) telling the
+ * instance who the client is: signature, v2 PROXY, TCP over IPv4/IPv6, then
+ * source and destination addresses and ports. */
+static int send_proxy_v2(struct tcp_conn *c)
+{
+    static const unsigned char sig[12] = { 0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
+                                           0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A };
+    unsigned char h[16 + 36];
+    struct sockaddr_storage local;
+    socklen_t len = sizeof local;
+    if (getsockname(c->client.fd, (struct sockaddr *)&local, &len) < 0)
+        return -1;
+    memcpy(h, sig, 12);
+    h[12] = 0x21;
+    size_t n;
+    if (c->peer_addr.ss_family == AF_INET && local.ss_family == AF_INET) {
+        const struct sockaddr_in *s = (void *)&c->peer_addr, *d = (void *)&local;
+        h[13] = 0x11;
+        memcpy(h + 16, &s->sin_addr, 4);
+        memcpy(h + 20, &d->sin_addr, 4);
+        memcpy(h + 24, &s->sin_port, 2);
+        memcpy(h + 26, &d->sin_port, 2);
+        n = 12;
+    } else if (c->peer_addr.ss_family == AF_INET6 && local.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (void *)&c->peer_addr, *d = (void *)&local;
+        h[13] = 0x21;
+        memcpy(h + 16, &s->sin6_addr, 16);
+        memcpy(h + 32, &d->sin6_addr, 16);
+        memcpy(h + 48, &s->sin6_port, 2);
+        memcpy(h + 50, &d->sin6_port, 2);
+        n = 36;
+    } else {
+        h[12] = 0x20;                   /* LOCAL: no address to tell */
+        h[13] = 0x00;
+        n = 0;
+    }
+    h[14] = (unsigned char)(n >> 8);
+    h[15] = (unsigned char)n;
+    /* A fresh connection's send buffer always takes these few bytes. */
+    return send(c->upstream.fd, h, 16 + n, MSG_NOSIGNAL) == (ssize_t)(16 + n) ? 0 : -1;
+}
+
 static void connected(struct tcp_conn *c)
 {
+    if (c->svc->cfg->proxy_protocol && send_proxy_v2(c) < 0) {
+        attempt_failed(c, errno ? errno : EIO);
+        return;
+    }
     if (!c->upstream_tls) {
         start_relay(c);
         return;
@@ -631,6 +678,8 @@ static struct tcp_conn *conn_new(struct wg_worker *w, const struct wg_listener *
         return NULL;
     }
     wg_sockaddr_text(peer, c->peer, sizeof c->peer);
+    memcpy(&c->peer_addr, peer, peer->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                            : sizeof(struct sockaddr_in));
     return c;
 }
 
