@@ -77,6 +77,8 @@ bool wg_base64_decode(const char *text, size_t len, char **out, size_t *out_len)
                 goto fail;
             v = v << 6 | (unsigned)d;
         }
+        if ((last == 1 && (v & 0xff)) || (last == 2 && (v & 0xffff)))
+            goto fail;              /* non-zero pad bits: not canonical */
         buf[n++] = (char)(v >> 16);
         if (last < 2)
             buf[n++] = (char)(v >> 8);
