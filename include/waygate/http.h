@@ -8,9 +8,11 @@
  *  - Head parsing is a byte-level state machine whose state lives in a
  *    caller-owned struct wg_http_parser. The caller passes the bytes of the
  *    message received so far, always starting at the message's first byte;
- *    the parser resumes at the offset where it stopped and never scans a byte
- *    twice. Between calls the caller may move (compact) the message in memory
- *    as long as bytes [0, len) keep their values: the parser keeps no pointer.
+ *    the parser resumes at the offset where it stopped and never re-scans
+ *    what earlier calls consumed (it only reads back, once, a value's
+ *    trailing whitespace and the values of the few fields it interprets).
+ *    Between calls the caller may move (compact) the message in memory as
+ *    long as bytes [0, len) keep their values: the parser keeps no pointer.
  *  - Nothing is copied: the method, target, path, query, reason phrase and
  *    every header name and value are reported as spans (offset, length)
  *    relative to the message's first byte. Header values are trimmed of
@@ -239,7 +241,11 @@ void wg_http_parser_reset(struct wg_http_parser *p);
  *          next message starts at msg + *consumed); p->msg is filled in.
  *  AGAIN — every byte was consumed (*consumed = len); call again with more.
  *  ERROR — refused; p->err_status / p->err_reason say why and *consumed is
- *          the offset of the offending byte. Further calls return ERROR.
+ *          the offset of the offending byte (for a field refused for its
+ *          meaning, the LF ending it; for the head as a whole, its last
+ *          LF). Further calls return ERROR.
+ * `len` must not be less than in the previous call (if it is, nothing more
+ * is parsed).
  * `consumed` may be NULL. */
 enum wg_http_result wg_http_parse_head(struct wg_http_parser *p, const char *msg, size_t len,
                                        size_t *consumed);

@@ -1,9 +1,9 @@
 /* check_http — unit tests of the http module (include/waygate/http.h).
  *
  * Every head parse goes through parse_msg(), which parses the message in one
- * call AND one byte per call (each call from a fresh heap copy, so the
- * parser can keep no pointer into an old buffer) and asserts that both give
- * the same result, status, reason, offset, message and headers. */
+ * call AND one byte per call (from fresh heap copies, so that the parser can
+ * keep no pointer into an old buffer) and asserts that both give the same
+ * result, status, reason, offset, message and headers. */
 #include "waygate/http.h"
 
 #include <check.h>
@@ -12,6 +12,10 @@
 #include <string.h>
 
 #define CAP 100
+
+/* For loops in the helpers: a ck_assert records a mark point on every call,
+ * which dominates the suite's time; this costs nothing until it fails. */
+#define REQUIRE(c) do { if (!(c)) ck_abort_msg("%s:%d: %s", __FILE__, __LINE__, #c); } while (0)
 
 static struct wg_http_header hdrs[CAP];
 static struct wg_http_parser P;
@@ -42,17 +46,26 @@ static enum wg_http_result parse_bytewise(struct wg_http_parser *p, struct wg_ht
 {
     enum wg_http_result r = WG_HTTP_AGAIN;
 
+    /* Each call gets a fresh copy of the prefix; for long messages only every
+     * 256th does (else the copies are quadratic), the others share one. */
+    char *shared = malloc(len + 1);
+    REQUIRE(shared != NULL);
+    memcpy(shared, s, len);
     init(p, h, m);
     *consumed = 0;
     for (size_t n = 1; n <= len && r == WG_HTTP_AGAIN; n++) {
-        char *copy = malloc(n);
-        ck_assert_ptr_nonnull(copy);
-        memcpy(copy, s, n);
+        bool fresh = len <= 2048 || n % 256 == 0;
+        char *copy = fresh ? malloc(n) : shared;
+        REQUIRE(copy != NULL);
+        if (fresh)
+            memcpy(copy, s, n);
         r = wg_http_parse_head(p, copy, n, consumed);
-        free(copy);
+        if (fresh)
+            free(copy);
         if (r == WG_HTTP_AGAIN)
-            ck_assert_uint_eq(*consumed, n);
+            REQUIRE(*consumed == n);
     }
+    free(shared);
     return r;
 }
 
@@ -68,13 +81,13 @@ static enum wg_http_result parse_msg(const struct mode *m, const char *s, size_t
     MSG = s;
     enum wg_http_result r1 = wg_http_parse_head(&P, s, len, &c1);
     enum wg_http_result r2 = parse_bytewise(&p2, h2, m, s, len, &c2);
-    ck_assert_int_eq(r1, r2);
-    ck_assert_uint_eq(c1, c2);
-    ck_assert_int_eq(P.err_status, p2.err_status);
-    ck_assert_ptr_eq(P.err_reason, p2.err_reason);
-    ck_assert_mem_eq(&P.msg, &p2.msg, sizeof P.msg);
+    REQUIRE(r1 == r2);
+    REQUIRE(c1 == c2);
+    REQUIRE(P.err_status == p2.err_status);
+    REQUIRE(P.err_reason == p2.err_reason);
+    REQUIRE(memcmp(&P.msg, &p2.msg, sizeof P.msg) == 0);
     if (P.msg.nheaders)
-        ck_assert_mem_eq(hdrs, h2, P.msg.nheaders * sizeof hdrs[0]);
+        REQUIRE(memcmp(hdrs, h2, P.msg.nheaders * sizeof hdrs[0]) == 0);
     if (consumed)
         *consumed = c1;
     return r1;
@@ -582,6 +595,47 @@ START_TEST(test_header_section_size)
 }
 END_TEST
 
+START_TEST(test_default_max_head)
+{
+    /* max_head 0 means WG_HTTP_DEFAULT_MAX_HEAD; above the limit it is clamped */
+    struct wg_http_parser q;
+    wg_http_parser_init_request(&q, hdrs, CAP, 0);
+    ck_assert_uint_eq(q.max_head, WG_HTTP_DEFAULT_MAX_HEAD);
+    wg_http_parser_init_request(&q, hdrs, CAP, UINT32_MAX);
+    ck_assert_uint_eq(q.max_head, WG_HTTP_LIMIT_MAX_HEAD);
+    wg_http_parser_init_request(&q, NULL, CAP, 0);
+    ck_assert_uint_eq(q.max_headers, 0);
+
+    size_t fixed = strlen("Host: a\r\nX: \r\n\r\n");
+    size_t vlen = WG_HTTP_DEFAULT_MAX_HEAD - fixed;
+    char *s = malloc(vlen + 64);
+    ck_assert_ptr_nonnull(s);
+    int n = sprintf(s, "GET / HTTP/1.1\r\nHost: a\r\nX: ");
+    memset(s + n, 'v', vlen);
+    strcpy(s + n + vlen, "\r\n\r\n");
+    REQ_IS(0, s);
+    memset(s + n, 'v', vlen + 1);
+    strcpy(s + n + vlen + 1, "\r\n\r\n");
+    REQ_IS(431, s);
+    free(s);
+}
+END_TEST
+
+START_TEST(test_shorter_buffer_is_harmless)
+{
+    /* a caller bug (passing fewer bytes than before) neither crashes nor rewinds */
+    const char *s = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    size_t n;
+    init(&P, hdrs, &REQ);
+    ck_assert_int_eq(wg_http_parse_head(&P, s, 20, &n), WG_HTTP_AGAIN);
+    ck_assert_uint_eq(n, 20);
+    ck_assert_int_eq(wg_http_parse_head(&P, s, 10, &n), WG_HTTP_AGAIN);
+    ck_assert_uint_eq(n, 20);
+    ck_assert_int_eq(wg_http_parse_head(&P, s, strlen(s), &n), WG_HTTP_DONE);
+    ck_assert_uint_eq(n, strlen(s));
+}
+END_TEST
+
 /* ---- connection semantics --------------------------------------------- */
 
 START_TEST(test_keep_alive)
@@ -1025,15 +1079,15 @@ static void decode(struct body_result *res, enum wg_http_framing f, uint64_t cl,
     for (size_t k = 0; k <= ncuts && res->r == WG_HTTP_AGAIN; k++) {
         piece_end = k < ncuts ? cuts[k] : len;
         char *piece = malloc(piece_end - off + 1);      /* a fresh buffer per read */
-        ck_assert_ptr_nonnull(piece);
+        REQUIRE(piece != NULL);
         memcpy(piece, in + off, piece_end - off);
         size_t poff = 0, plen = piece_end - off;
         while (res->r == WG_HTTP_AGAIN && (poff < plen || plen == 0)) {
             struct wg_http_body_step st;
             res->r = wg_http_body_parse(&res->b, piece + poff, plen - poff, &st);
-            ck_assert_uint_le(st.consumed, plen - poff);
-            ck_assert_uint_le(st.data_off + st.data_len, st.consumed);
-            ck_assert_uint_le(res->payload_len + st.data_len, sizeof res->payload);
+            REQUIRE(st.consumed <= plen - poff);
+            REQUIRE(st.data_off + st.data_len <= st.consumed);
+            REQUIRE(res->payload_len + st.data_len <= sizeof res->payload);
             memcpy(res->payload + res->payload_len, piece + poff + st.data_off, st.data_len);
             res->payload_len += st.data_len;
             poff += st.consumed;
@@ -1043,7 +1097,7 @@ static void decode(struct body_result *res, enum wg_http_framing f, uint64_t cl,
         free(piece);
         off += poff;
         if (res->r == WG_HTTP_AGAIN)
-            ck_assert_uint_eq(off, piece_end);
+            REQUIRE(off == piece_end);
     }
     res->consumed = off;
     res->status = res->b.err_status;
@@ -1052,15 +1106,15 @@ static void decode(struct body_result *res, enum wg_http_framing f, uint64_t cl,
 
 static void same_result(const struct body_result *a, const struct body_result *b)
 {
-    ck_assert_int_eq(a->r, b->r);
-    ck_assert_uint_eq(a->consumed, b->consumed);
-    ck_assert_int_eq(a->status, b->status);
-    ck_assert_ptr_eq(a->reason, b->reason);
-    ck_assert_uint_eq(a->payload_len, b->payload_len);
-    ck_assert_mem_eq(a->payload, b->payload, a->payload_len);
-    ck_assert_uint_eq(a->b.chunks, b->b.chunks);
-    ck_assert_uint_eq(a->b.trailers, b->b.trailers);
-    ck_assert_uint_eq(a->b.payload, b->b.payload);
+    REQUIRE(a->r == b->r);
+    REQUIRE(a->consumed == b->consumed);
+    REQUIRE(a->status == b->status);
+    REQUIRE(a->reason == b->reason);
+    REQUIRE(a->payload_len == b->payload_len);
+    REQUIRE(memcmp(a->payload, b->payload, a->payload_len) == 0);
+    REQUIRE(a->b.chunks == b->b.chunks);
+    REQUIRE(a->b.trailers == b->b.trailers);
+    REQUIRE(a->b.payload == b->b.payload);
 }
 
 /* One-shot, every two-piece split, and one byte at a time agree. */
@@ -1074,7 +1128,7 @@ static void decode_all_ways(struct body_result *res, enum wg_http_framing f, uin
         decode(&other, f, cl, max_trailer, in, len, &cut, 1);
         same_result(res, &other);
     }
-    ck_assert_uint_lt(len, sizeof cuts / sizeof cuts[0]);
+    REQUIRE(len < sizeof cuts / sizeof cuts[0]);
     for (size_t i = 0; i < len; i++)
         cuts[i] = i + 1;
     decode(&other, f, cl, max_trailer, in, len, cuts, len);
@@ -1318,6 +1372,8 @@ static Suite *http_suite(void)
     tcase_add_test(t, test_transfer_encoding_rules);
     tcase_add_test(t, test_header_limits);
     tcase_add_test(t, test_header_section_size);
+    tcase_add_test(t, test_default_max_head);
+    tcase_add_test(t, test_shorter_buffer_is_harmless);
     tcase_add_test(t, test_keep_alive);
     tcase_add_test(t, test_expect_continue);
     tcase_add_test(t, test_upgrade_request);
