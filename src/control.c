@@ -471,14 +471,28 @@ static int drop_privileges(const char *user)
     return 0;
 }
 
+static const int handled_signals[4] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
+
+/* Blocked from the start until their handlers exist: the listeners are
+ * bound (connectable) before that, and a SIGTERM or SIGHUP arriving then
+ * must wait for its handler, not kill the process by its default action. */
+static void mask_handled_signals(int how)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    for (int k = 0; k < 4; k++)
+        sigaddset(&set, handled_signals[k]);
+    pthread_sigmask(how, &set, NULL);
+}
+
 static int setup_events(struct control *c)
 {
-    static const int sigs[4] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
     for (int k = 0; k < 4; k++) {
-        c->signals[k] = evsignal_new(c->base, sigs[k], signal_cb, c);
+        c->signals[k] = evsignal_new(c->base, handled_signals[k], signal_cb, c);
         if (!c->signals[k] || event_add(c->signals[k], NULL) < 0)
             return -1;
     }
+    mask_handled_signals(SIG_UNBLOCK);
     c->tick = event_new(c->base, -1, EV_PERSIST, tick_cb, c);
     struct timeval tv = { 0, TICK_MS * 1000 };
     return c->tick && event_add(c->tick, &tv) == 0 ? 0 : -1;
@@ -523,6 +537,7 @@ int wg_control_run(struct wg_config *cfg)
     struct control ctl = { 0 }, *c = &ctl;
     int status = 1;
     signal(SIGPIPE, SIG_IGN);
+    mask_handled_signals(SIG_BLOCK);
     raise_nofile();
     wg_log_set_level(cfg->log.level);
     c->started_ms = c->tickets_rotated_ms = wg_now_ms();
