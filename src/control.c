@@ -501,13 +501,13 @@ static int setup_events(struct control *c)
 static void teardown(struct control *c)
 {
     wg_admin_free(c->admin);
-    for (unsigned k = 0; k < c->n_workers; k++) {
+    for (unsigned k = 0; c->workers && k < c->n_workers; k++) {
         if (!c->workers[k])
             continue;
         wg_worker_stop(c->workers[k]);
         wg_worker_join(c->workers[k]);
     }
-    for (unsigned k = 0; k < c->n_workers; k++)
+    for (unsigned k = 0; c->workers && k < c->n_workers; k++)
         wg_worker_free(c->workers[k]);
     free(c->workers);
     wg_registry_free(c->registry);

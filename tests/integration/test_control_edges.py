@@ -40,3 +40,15 @@ def test_sighup_as_soon_as_listening_is_a_reload():
             assert wg.alive(), "waygate died of an early SIGHUP (exit %s)" % wg.proc.returncode
             assert name_via(wg.port()) == "a"
             wg.proc.stop()
+
+
+def test_address_in_use_exits_1_without_crashing():
+    """A listener that cannot bind fails start-up with exit status 1 (the
+    teardown of a half-started process must not crash)."""
+    with Harness() as h:
+        a = h.backend("name", name="a")
+        wg = h.waygate(instances={"users": [a.instance()]})
+        rc, out, err = run_waygate("-c", wg.config_path, timeout=slack(10))
+        assert rc == 1, "exit status %d (negative: killed by a signal)\n%s" % (rc, err[-2000:])
+        assert "Address already in use" in err, err
+        assert name_via(wg.port()) == "a"
