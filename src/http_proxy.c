@@ -25,6 +25,7 @@
 #include "waygate/listener.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
+#include "waygate/proxy_protocol.h"
 #include "waygate/stats.h"
 #include "waygate/upstream_pool.h"
 #include "waygate/worker.h"
@@ -226,6 +227,7 @@ struct hp_conn {
     struct event timer;
     bool readable, writable, eof, shut;
     bool hup;                           /* EV_CLOSED seen: read until EOF */
+    bool need_proxy;                    /* a PROXY header must come first */
     bool dead;
     uint64_t blocked_since;             /* output to the client waits since (0: not) */
     uint64_t armed_ms;                  /* the timer's deadline, 0 when not armed */
@@ -1462,9 +1464,35 @@ static void response_step(struct hp_conn *c, bool *progress)
 
 /* ---- the request side, driven by the pump ---------------------------- */
 
+static void ip_text(const struct sockaddr *sa, char *buf, size_t len);
+
+/* proxy_protocol: true — the real client address comes first (v1 or v2). */
+static void proxy_header_step(struct hp_conn *c, bool *progress)
+{
+    struct wg_proxy_info pi;
+    enum wg_proxy_result r = c->readable ? wg_proxy_read(c->fd, &pi) : WG_PROXY_AGAIN;
+    if (r == WG_PROXY_AGAIN) {
+        c->readable = false;
+        return;
+    }
+    if (r == WG_PROXY_ERROR) {
+        wg_debug("msg=\"invalid PROXY protocol header\" client=%s", c->client_ip);
+        conn_kill(c);
+        return;
+    }
+    c->need_proxy = false;
+    if (!pi.local)
+        ip_text((const struct sockaddr *)&pi.src, c->client_ip, sizeof c->client_ip);
+    *progress = true;
+}
+
 static void request_head_step(struct hp_conn *c, bool *progress)
 {
     struct hp_buf *b = c->in;
+    if (c->need_proxy) {
+        proxy_header_step(c, progress);
+        return;
+    }
     if (!b || b->scan == b->end) {      /* nothing new to parse: read */
         if (client_read(c) <= 0) {
             if (c->eof)
@@ -1707,6 +1735,8 @@ void wg_http_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int 
     if (!request_pin(c)) {              /* no snapshot yet (startup_timeout) */
         c->req_keep_alive = false;
         reply(c, 503, "no configuration yet\n", false);
+    } else {
+        c->need_proxy = c->lc->proxy_protocol;
     }
     c->idle_deadline = wg_now_ms() + c->t.header_ms;   /* the first request's head */
     conn_pump(c);
