@@ -551,11 +551,33 @@ static int wg_http_status_byte(struct wg_http_parser *p, uint32_t off, unsigned 
     }
 }
 
+/* "HTTP/1.x ddd" followed by SP or CR, at once; the bytes decide exactly as
+ * wg_http_status_byte() would, which handles every other case. */
+static void wg_http_status_fast(struct wg_http_parser *p, const unsigned char *base,
+                                const unsigned char *s, const unsigned char *end)
+{
+    struct wg_http_message *m = &p->msg;
+
+    if (end - s < 13 || memcmp(s, "HTTP/1.", 7) != 0 || (s[7] != '0' && s[7] != '1') ||
+        s[8] != ' ' || s[9] < '1' || s[9] > '9' || s[10] < '0' || s[10] > '9' ||
+        s[11] < '0' || s[11] > '9' || (s[12] != ' ' && s[12] != '\r'))
+        return;
+    m->version = 10 + (unsigned)(s[7] - '0');
+    m->status = (unsigned)(s[9] - '0') * 100 + (unsigned)(s[10] - '0') * 10 +
+                (unsigned)(s[11] - '0');
+    m->reason.off = (uint32_t)(s - base) + (s[12] == ' ' ? 13 : 12);
+    p->state = s[12] == ' ' ? WG_HTTP_S_SL_REASON : WG_HTTP_S_SL_LF;
+    p->pos = (uint32_t)(s - base) + 13;
+}
+
 static int wg_http_status_line(struct wg_http_parser *p, const unsigned char *base,
                                const unsigned char *end)
 {
-    const unsigned char *s = base + p->pos;
+    const unsigned char *s;
 
+    if (p->pos == 0 && p->state == WG_HTTP_S_SL_VERSION)
+        wg_http_status_fast(p, base, base, end);
+    s = base + p->pos;
     while (s < end) {
         if (p->state == WG_HTTP_S_SL_REASON) {
             while (s < end && WG_HTTP_IS(*s, WG_HTTP_C_VCHAR | WG_HTTP_C_WS))
