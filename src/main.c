@@ -5,6 +5,7 @@
 
 #include "waygate/config.h"
 #include "waygate/control.h"
+#include "waygate/register.h"
 #include "waygate/tls.h"
 
 #define DEFAULT_CONFIG "conf/waygate.yaml"
@@ -15,7 +16,7 @@ static void usage(FILE *out)
             "usage: waygate [-c FILE]        run in the foreground (default %s)\n"
             "       waygate -t [-c FILE]     check the configuration and exit\n"
             "       waygate -V               print the version\n"
-            "       waygate register ...     provider side (see docs)\n",
+            "       waygate register ...     provider side (waygate register --help)\n",
             DEFAULT_CONFIG);
 }
 
@@ -38,10 +39,8 @@ static int check_config(const char *path)
 
 int main(int argc, char **argv)
 {
-    if (argc > 1 && strcmp(argv[1], "register") == 0) {
-        fprintf(stderr, "waygate register: not available in this build\n");
-        return 2;
-    }
+    if (argc > 1 && strcmp(argv[1], "register") == 0)
+        return wg_register_main(argc - 1, argv + 1);
     const char *path = DEFAULT_CONFIG;
     int test_only = 0, opt;
     while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
