@@ -137,11 +137,13 @@ static void begin_stop(struct control *c, const char *sig)
     wg_info("msg=\"stopping: draining connections\" signal=%s shutdown_timeout_ms=%llu", sig,
             (unsigned long long)timeout);
     notify_systemd("STOPPING=1");
+    /* Close the listening sockets once every worker let go of them, so new
+     * connections go to a sibling process (SO_REUSEPORT) or are refused.
+     * The removals are posted BEFORE the drain: an idle worker exits as soon
+     * as it sees `draining`, and reads its mailbox one last time then. */
+    retire_all(c);
     for (unsigned k = 0; k < c->n_workers; k++)
         wg_worker_drain(c->workers[k]);
-    /* Close the listening sockets once every worker let go of them, so new
-     * connections go to a sibling process (SO_REUSEPORT) or are refused. */
-    retire_all(c);
 }
 
 static void check_stop(struct control *c)

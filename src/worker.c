@@ -133,6 +133,7 @@ static void *worker_main(void *arg)
         event_base_loop(w->base, EVLOOP_ONCE);
         wg_reclaim_quiescent(w->reader);
     }
+    worker_mailbox(w);                  /* let go of removed listeners (begin_stop) */
     close_all(w);
     wg_balance_cache_free(&w->balance);
     wg_reclaim_unregister(w->rc, w->reader);

@@ -11,6 +11,40 @@ import socket
 from wglib import Harness, Waygate, connect, name_via, recv_exact, run_waygate, slack, wait_until
 
 
+def refused(port):
+    """True when a new connection is refused outright (ECONNREFUSED)."""
+    s = socket.socket()
+    s.settimeout(1.0)
+    try:
+        s.connect(("127.0.0.1", port))
+        return False
+    except OSError as e:
+        return e.errno == errno.ECONNREFUSED
+    finally:
+        s.close()
+
+
+def test_sigterm_closes_listeners_while_draining_with_many_idle_workers():
+    """Idle workers exit at once on SIGTERM. Each must still let go of its
+    listening sockets, or none of them ever closes and new clients hang in
+    the backlog for the whole drain. Repeated: the worker exit races the
+    control thread's removal messages."""
+    with Harness() as h:
+        b = h.backend("echo", name="e")
+        for round in range(3):
+            wg = h.waygate(instances={"users": [b.instance()]}, workers=8,
+                           shutdown_timeout="30s")
+            with connect(wg.port()) as s:
+                s.sendall(b"hello")
+                assert recv_exact(s, 5) == b"hello"
+                wg.proc.signal(signal.SIGTERM)
+                wait_until(lambda: refused(wg.port()), slack(3),
+                           "round %d: new connections refused while one drains" % round)
+                s.sendall(b"still")
+                assert recv_exact(s, 5) == b"still"
+            assert wg.proc.wait(timeout=slack(5)) == 0
+
+
 def connectable(port):
     s = socket.socket()
     try:
