@@ -8,7 +8,7 @@ import ssl
 import subprocess
 import time
 
-from tlslib import Pki, client_context, peer_cn
+from tlslib import client_context, peer_cn, shared
 from wglib import (SANITIZED, Harness, MIB, connect, free_port, recv_exact, run_waygate, slack,
                    wait_until, write_atomic, yaml_block)
 
@@ -46,7 +46,7 @@ def start(h, pki, certs, backend_mode="name", **tls):
 
 def test_sni_selects_certificate_and_default_without_sni():
     with Harness() as h:
-        pki = Pki(h.path("pki"))
+        pki = shared()
         a = pki.leaf("a", ["a.test"])
         wild = pki.leaf("wild", ["*.b.test"])
         b, wg = start(h, pki, [a, wild])
@@ -65,7 +65,7 @@ def test_sni_selects_certificate_and_default_without_sni():
 
 def test_ecdsa_and_rsa_side_by_side():
     with Harness() as h:
-        pki = Pki(h.path("pki"))
+        pki = shared()
         rsa = pki.leaf("c-rsa", ["c.test"])
         ec = pki.leaf("c-ec", ["c.test"], ec=True)
         b, wg = start(h, pki, [rsa, ec])
@@ -82,7 +82,7 @@ def test_ecdsa_and_rsa_side_by_side():
 
 def test_old_versions_refused_tls13_works():
     with Harness() as h:
-        pki = Pki(h.path("pki"))
+        pki = shared()
         b, wg = start(h, pki, [pki.leaf("a", ["a.test"])])
         for v in ("-tls1", "-tls1_1"):
             cp = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % wg.port(), v,
@@ -98,7 +98,7 @@ def test_old_versions_refused_tls13_works():
 
 def test_min_version_13_refuses_12():
     with Harness() as h:
-        pki = Pki(h.path("pki"))
+        pki = shared()
         b, wg = start(h, pki, [pki.leaf("a", ["a.test"])], min_version="1.3")
         ctx = client_context(ca=pki.ca, max_version=ssl.TLSVersion.TLSv1_2)
         try:
@@ -110,7 +110,7 @@ def test_min_version_13_refuses_12():
 
 def test_session_ticket_resumption():
     with Harness() as h:
-        pki = Pki(h.path("pki"))
+        pki = shared()
         b, wg = start(h, pki, [pki.leaf("a", ["a.test"])])
         sess = h.path("sess.pem")
         base = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % wg.port(),
@@ -127,13 +127,13 @@ def test_session_ticket_resumption():
 
 def test_required_client_certificate():
     with Harness() as h:
-        pki = Pki(h.path("pki"))
+        pki = shared()
         client = pki.leaf("client", cn="client-1", client=True)
         b, wg = start(h, pki, [pki.leaf("a", ["a.test"])], client_ca=pki.ca, verify="required")
         with tls_connect(wg.port(), client_context(ca=pki.ca, cert=client[0], key=client[1]),
                          "a.test") as s:
             assert read_name(s) == "a"
-        other = Pki(h.path("other"))
+        other = shared("other")
         forged = other.leaf("forged", cn="client-1", client=True)
         for ctx in (client_context(ca=pki.ca),
                     client_context(ca=pki.ca, cert=forged[0], key=forged[1])):
@@ -148,7 +148,7 @@ def test_required_client_certificate():
 
 def test_handshake_timeout_closes_silent_connection():
     with Harness() as h:
-        pki = Pki(h.path("pki"))
+        pki = shared()
         b, wg = start(h, pki, [pki.leaf("a", ["a.test"])])
         with connect(wg.port(), timeout=10) as s:
             t0 = time.monotonic()
@@ -161,7 +161,7 @@ def test_handshake_timeout_closes_silent_connection():
 
 def test_slow_reader_over_tls_keeps_rss_bounded():
     with Harness() as h:
-        pki = Pki(h.path("pki"))
+        pki = shared()
         b = h.backend("source", name="src", source=1024 * MIB)
         wg = h.waygate(listeners=[tls_listener([pki.leaf("a", ["a.test"])])],
                        instances={"users": [b.instance()]})
@@ -180,7 +180,7 @@ def test_slow_reader_over_tls_keeps_rss_bounded():
 
 def test_reload_swaps_certificate_old_connection_continues():
     with Harness() as h:
-        pki = Pki(h.path("pki"))
+        pki = shared()
         old = pki.leaf("old", ["a.test"], cn="old")
         new = pki.leaf("new", ["a.test"], cn="new")
         b = h.backend("echo", name="e")
@@ -201,7 +201,7 @@ def test_reload_swaps_certificate_old_connection_continues():
 
 def test_key_not_matching_certificate_is_a_config_error():
     with Harness() as h:
-        pki = Pki(h.path("pki"))
+        pki = shared()
         a_crt, a_key = pki.leaf("a", ["a.test"])
         b_crt, b_key = pki.leaf("b", ["b.test"])
         port = free_port()
@@ -236,13 +236,13 @@ def name_or_none(port):
 
 def test_upstream_tls_verifies_chain_and_name():
     with Harness() as h:
-        pki = Pki(h.path("pki"))
+        pki = shared()
         good = pki.leaf("up", ["up.test"], ips=["127.0.0.1"])
         ok = upstream_chain(h, pki, good, {"enabled": True, "ca": pki.ca, "sni": "up.test"})
         assert name_or_none(ok.port()) == "a"
         by_ip = upstream_chain(h, pki, good, {"enabled": True, "ca": pki.ca})
         assert name_or_none(by_ip.port()) == "a"    # verified against 127.0.0.1
-        other = Pki(h.path("other"))
+        other = shared("other")
         wrong_ca = upstream_chain(h, pki, good, {"enabled": True, "ca": other.ca, "sni": "up.test"})
         assert name_or_none(wrong_ca.port()) is None
         wrong_name = upstream_chain(h, pki, good, {"enabled": True, "ca": pki.ca,

@@ -9,6 +9,7 @@
 import os
 import ssl
 import subprocess
+import tempfile
 
 
 def _run(*argv):
@@ -19,15 +20,34 @@ def _run(*argv):
 
 
 class Pki:
+    """A CA in `directory`; leaf() results are cached per name, so tests that
+    share a Pki (see shared()) pay for each key once."""
+
     def __init__(self, directory, name="waygate test CA"):
         self.dir = directory
         os.makedirs(directory, exist_ok=True)
         self.ca_key = os.path.join(directory, "ca.key")
         self.ca = os.path.join(directory, "ca.crt")
+        if os.path.exists(self.ca):
+            return                      # made by an earlier test of this run
         _run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self.ca_key,
              "-out", self.ca, "-days", "2", "-subj", "/CN=%s" % name)
 
     def leaf(self, name, dns=(), ips=(), ec=False, client=False, cn=None):
+        spec = repr((tuple(dns), tuple(ips), ec, client, cn))
+        marker = os.path.join(self.dir, name + ".spec")
+        try:
+            with open(marker) as f:
+                if f.read() == spec:
+                    return os.path.join(self.dir, name + ".crt"), os.path.join(self.dir, name + ".key")
+        except OSError:
+            pass
+        pair = self._make_leaf(name, dns, ips, ec, client, cn)
+        with open(marker, "w") as f:
+            f.write(spec)
+        return pair
+
+    def _make_leaf(self, name, dns, ips, ec, client, cn):
         key = os.path.join(self.dir, name + ".key")
         csr = os.path.join(self.dir, name + ".csr")
         crt = os.path.join(self.dir, name + ".crt")
@@ -69,3 +89,12 @@ def peer_cn(sock):
         if line.startswith("commonName"):
             return line.split("=", 1)[1].strip()
     return None
+
+
+def shared(name="main"):
+    """A Pki shared by the tests of one runner (each test is a child process
+    of tests/run, which removes the directory when it ends): certificates are
+    read-only for the tests, so sharing them only saves key generation."""
+    base = os.environ.get("WAYGATE_RUN_TMP") or os.path.join(
+        tempfile.gettempdir(), "wg-pki-%d" % os.getppid())
+    return Pki(os.path.join(base, "pki-" + name), name="waygate test CA %s" % name)
