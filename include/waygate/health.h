@@ -151,6 +151,7 @@ struct wg_prober_stats {
     uint64_t lag_max_us;        /* worst lateness of a probe start, since the last read */
     uint64_t lag_sum_us;        /* sum of lateness, with lag_count: the mean */
     uint64_t lag_count;
+    uint64_t deferred;          /* probe starts postponed: too many connects in progress */
 };
 
 /* Create the prober thread and hook it on `pool` (wg_pool_on_publish; also
