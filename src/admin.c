@@ -22,6 +22,7 @@
 #include "waygate/pool.h"
 #include "waygate/registry.h"
 #include "waygate/stats.h"
+#include "waygate/tls.h"
 
 #define STREAM_AHEAD (64 * 1024)    /* generate this much, then wait for the client */
 #define STREAM_BATCH 256            /* items per produce() step */
@@ -491,6 +492,22 @@ static const struct {
       "Pooled upstream connections found closed when reused (retried for free)." },
     { WG_C_HTTP_TIMEOUTS, "waygate_http_timeouts_total",
       "HTTP requests ended by a timeout (408, 504, or a close)." },
+    { WG_C_TLS_HANDSHAKES, "waygate_tls_handshakes_total",
+      "TLS handshakes with clients that completed." },
+    { WG_C_TLS_RESUMED, "waygate_tls_resumed_total",
+      "Completed client TLS handshakes that resumed a session (ticket)." },
+    { WG_C_UPSTREAM_TLS_FAILURES, "waygate_upstream_tls_failures_total",
+      "TLS handshakes with upstream instances that failed (verification, protocol, network)." },
+};
+
+static const struct {
+    enum wg_counter c;
+    const char *reason;
+} tls_failures[] = {
+    { WG_C_TLS_FAIL_PROTOCOL, "protocol" },
+    { WG_C_TLS_FAIL_CERTIFICATE, "certificate" },
+    { WG_C_TLS_FAIL_TIMEOUT, "timeout" },
+    { WG_C_TLS_FAIL_OTHER, "other" },
 };
 
 static const struct {
@@ -522,6 +539,42 @@ static void metrics_process(struct stream *st, struct out *o)
     for (size_t k = 0; k < sizeof response_classes / sizeof response_classes[0]; k++)
         out_printf(o, "waygate_http_responses_total{code=\"%s\"} %" PRIu64 "\n",
                    response_classes[k].code, wg_stats_sum(response_classes[k].c));
+}
+
+/* Expiry of every edge certificate of the snapshot's configuration. */
+static void metrics_certificates(struct stream *st, struct out *o)
+{
+    const struct wg_config_ref *ref = st->snap ? st->snap->config : NULL;
+    const struct wg_tls_set *set = ref ? ref->ext : NULL;
+    bool head = false;
+    for (size_t k = 0; set && k < set->n_listeners && k < ref->cfg->n_listeners; k++) {
+        const struct wg_tls_cert_info *certs;
+        size_t n = set->listeners[k] ? wg_tls_server_certs(set->listeners[k], &certs) : 0;
+        for (size_t c = 0; c < n; c++) {
+            if (!head)
+                family_head(o, "waygate_tls_cert_not_after_seconds", "gauge",
+                            "Expiry (notAfter, Unix seconds) of each listener certificate.");
+            head = true;
+            out_str(o, "waygate_tls_cert_not_after_seconds{listener=\"");
+            out_label_value(o, ref->cfg->listeners[k].name);
+            out_str(o, "\",cert=\"");
+            out_label_value(o, certs[c].path);
+            out_printf(o, "\"} %" PRId64 "\n", certs[c].not_after);
+        }
+    }
+}
+
+static void metrics_tls(struct stream *st, struct out *o)
+{
+    family_head(o, "waygate_tls_handshake_failures_total", "counter",
+                "TLS handshakes with clients that failed, by reason.");
+    for (size_t k = 0; k < sizeof tls_failures / sizeof tls_failures[0]; k++)
+        out_printf(o, "waygate_tls_handshake_failures_total{reason=\"%s\"} %" PRIu64 "\n",
+                   tls_failures[k].reason, wg_stats_sum(tls_failures[k].c));
+    metrics_certificates(st, o);
+    metric_u64(o, "waygate_access_log_dropped_total", "counter",
+               "Access log lines dropped: a worker's buffer was full (slow disk) or a write failed.",
+               wg_access_log_dropped());
 }
 
 static void metrics_registry(struct stream *st, struct out *o)
@@ -717,6 +770,7 @@ static bool metrics_produce(struct stream *st, struct out *o)
     bool family_done;
     if (f == 0) {
         metrics_process(st, o);
+        metrics_tls(st, o);
         metrics_registry(st, o);
         st->part++;
         return false;

@@ -327,6 +327,8 @@ static void reload(struct control *c)
         return;
     }
     wg_log_set_level(cfg->log.level);
+    if (wg_access_log_open(cfg) < 0)
+        wg_error("msg=\"reload: the access log keeps its previous destination and format\"");
     /* New settings first: a new listener finds itself in the snapshot. */
     wg_pool_set_config(c->pool, ref);
     wg_config_ref_put(c->config);
@@ -356,7 +358,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
         reload(c);
         break;
     case SIGUSR1:
-        wg_info("msg=\"SIGUSR1: logs go to stderr, nothing to reopen\"");
+        wg_access_log_reopen();         /* leveled logs go to stderr: nothing to reopen */
         break;
     }
 }
@@ -512,6 +514,7 @@ static void teardown(struct control *c)
     for (unsigned k = 0; c->workers && k < c->n_workers; k++)
         wg_worker_free(c->workers[k]);
     free(c->workers);
+    wg_access_log_close();                  /* the workers' lines are written out */
     wg_registry_free(c->registry);
     wg_prober_free(c->prober);              /* nothing publishes any more */
     for (size_t k = 0; k < c->n_listeners; k++)
@@ -557,7 +560,8 @@ int wg_control_run(struct wg_config *cfg)
         goto out;
     wg_pool_on_publish(c->pool, on_publish, c);
     wg_pool_set_config(c->pool, c->config);
-    if (open_listeners(c) < 0 || open_admin(c) < 0 || drop_privileges(cfg->user) < 0 ||
+    if (open_listeners(c) < 0 || open_admin(c) < 0 ||
+        wg_access_log_open(cfg) < 0 || drop_privileges(cfg->user) < 0 ||
         start_workers(c) < 0 || setup_events(c) < 0 || !(c->prober = wg_prober_new(c->pool)))
         goto out;
     c->registry = wg_registry_new(cfg, c->base, c->pool);

@@ -45,6 +45,7 @@ struct relay_dir {
     bool src_wants_write;               /* TLS read needs the socket writable */
     bool dst_wants_read;                /* TLS write needs the socket readable */
     enum wg_counter counter;            /* WG_C_BYTES_IN or WG_C_BYTES_OUT */
+    uint64_t bytes;                     /* forwarded to dst (access log) */
 };
 
 struct tcp_conn {
@@ -68,6 +69,10 @@ struct tcp_conn {
     enum { HANDSHAKE, CONNECTING, UPSTREAM_HANDSHAKE, RELAY } state;
     struct sockaddr_storage peer_addr;  /* the client, for PROXY v2 upstream */
     char peer[64];
+    /* for the access log (log.h) */
+    uint64_t start_ns, attempt_ns;      /* accepted; the current attempt started */
+    int64_t connect_us;                 /* the last attempt's connect time; -1: none */
+    const char *end_reason;             /* NULL: told by the state (close_reason) */
 };
 
 static void start_connect(struct tcp_conn *c);
@@ -128,8 +133,38 @@ static void drop_tls_server(struct tcp_conn *c)
     c->tls_server = NULL;
 }
 
+/* How the connection ended, for the access log. */
+static const char *close_reason(const struct tcp_conn *c)
+{
+    if (c->end_reason)
+        return c->end_reason;
+    if (c->state == HANDSHAKE)
+        return "tls_handshake_failed";
+    if (c->state != RELAY)
+        return "connect_failed";
+    return c->up.shut && c->down.shut ? "eof" : "error";
+}
+
+static void access_log(const struct tcp_conn *c)
+{
+    struct wg_access_entry e = {
+        .client = c->peer,
+        .listener = c->l->name,
+        .service = c->svc ? c->svc->name : NULL,
+        .upstream = c->inst ? c->inst->id : NULL,
+        .reason = close_reason(c),
+        .bytes_in = c->up.bytes,
+        .bytes_out = c->down.bytes,
+        .duration_us = (wg_now_ns() - c->start_ns) / 1000,
+        .connect_us = c->connect_us,
+        .retries = c->attempts > 1 ? c->attempts - 1 : 0,
+    };
+    wg_access_log(c->w->access_log, &e);
+}
+
 static void conn_close(struct tcp_conn *c)
 {
+    access_log(c);
     drop_tls_server(c);
     dir_release(c, &c->up);
     dir_release(c, &c->down);
@@ -147,7 +182,9 @@ static void conn_close(struct tcp_conn *c)
 
 static void force_close(struct wg_conn_link *l)
 {
-    conn_close((struct tcp_conn *)((char *)l - offsetof(struct tcp_conn, link)));
+    struct tcp_conn *c = (struct tcp_conn *)((char *)l - offsetof(struct tcp_conn, link));
+    c->end_reason = "shutdown";
+    conn_close(c);
 }
 
 /* The worker's 1 s tick: drain_timeout and on_unhealthy: close (health.h). */
@@ -162,6 +199,7 @@ static void health_tick(struct wg_conn_link *l, uint64_t now_ms)
     wg_debug("msg=\"connection closed\" reason=%s listener=%s service=%s upstream=%s client=%s "
             "health=%s", wg_health_cut_name(cut), c->l->name, c->svc->name, c->inst->id, c->peer,
             wg_health_name(wg_instance_health(c->inst)));
+    c->end_reason = wg_health_cut_name(cut);
     conn_close(c);
 }
 
@@ -231,6 +269,7 @@ static int pump_splice(struct tcp_conn *c, struct relay_dir *d)
                 d->pending -= (size_t)n;
                 budget = (size_t)n >= budget ? 0 : budget - (size_t)n;
                 wg_stats_add(c->w->stats, d->counter, (uint64_t)n);
+                d->bytes += (uint64_t)n;
                 progress = true;
             } else if (n < 0 && !transient()) {
                 return -1;
@@ -304,6 +343,7 @@ static int flush(struct tcp_conn *c, struct relay_dir *d, bool *progress)
     if (r == WG_TLS_OK) {
         d->head += n;
         wg_stats_add(c->w->stats, d->counter, n);
+        d->bytes += n;
         *progress = true;
     }
     return 0;
@@ -379,6 +419,7 @@ static void handshake_failed(struct tcp_conn *c, enum wg_counter why)
     wg_stats_add(c->w->stats, why, 1);
     wg_debug("msg=\"tls handshake failed\" listener=%s client=%s reason=%s", c->l->name, c->peer,
              why == WG_C_TLS_FAIL_TIMEOUT ? "timeout" : wg_tls_error_reason());
+    c->end_reason = why == WG_C_TLS_FAIL_TIMEOUT ? "tls_handshake_timeout" : "tls_handshake_failed";
     conn_close(c);
 }
 
@@ -476,6 +517,7 @@ static int send_proxy_v2(struct tcp_conn *c)
 
 static void connected(struct tcp_conn *c)
 {
+    c->connect_us = (int64_t)((wg_now_ns() - c->attempt_ns) / 1000);
     if (c->svc->cfg->proxy_protocol && send_proxy_v2(c) < 0) {
         attempt_failed(c, errno ? errno : EIO);
         return;
@@ -526,6 +568,7 @@ static void start_connect(struct tcp_conn *c)
         if (c->attempts == 0)
             wg_info("msg=\"no routable instance\" listener=%s service=%s client=%s", c->l->name,
                     c->svc->name, c->peer);
+        c->end_reason = c->attempts ? "connect_failed" : "no_upstream";
         conn_close(c);
         return;
     }
@@ -536,6 +579,8 @@ static void start_connect(struct tcp_conn *c)
     c->inst = i;
     c->inst_gen = wg_health_conn_generation(i);
     c->attempts++;
+    c->attempt_ns = wg_now_ns();
+    c->connect_us = -1;
     c->state = CONNECTING;
     int fd = socket(i->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -626,6 +671,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     uint64_t now = wg_now_ms(), idle = c->idle_timeout_ms;
     if (now - c->last_active_ms >= idle) {
         wg_stats_add(c->w->stats, WG_C_IDLE_TIMEOUTS, 1);
+        c->end_reason = "idle_timeout";
         conn_close(c);
         return;
     }
@@ -667,6 +713,8 @@ static struct tcp_conn *conn_new(struct wg_worker *w, const struct wg_listener *
                                   .counter = WG_C_BYTES_OUT };
     c->link.force_close = force_close;
     c->link.tick = health_tick;
+    c->start_ns = wg_now_ns();
+    c->connect_us = -1;
     c->client.ev = event_new(w->base, fd, 0, conn_event, c);
     c->timer = evtimer_new(w->base, timer_cb, c);
     if (!c->client.ev || !c->timer) {
@@ -692,6 +740,11 @@ void wg_tcp_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int f
     const struct wg_pool_service *svc = lc ? wg_snapshot_service(snap, lc->service) : NULL;
     struct tcp_conn *c = svc ? conn_new(w, l, fd, peer) : NULL;
     if (!c) {
+        char client[64];
+        wg_sockaddr_text(peer, client, sizeof client);
+        wg_access_log(w->access_log, &(struct wg_access_entry){
+            .client = client, .listener = l->name, .reason = svc ? "out_of_memory" : "no_upstream",
+            .connect_us = -1 });
         wg_stats_add(w->stats, WG_C_NO_UPSTREAM, 1);
         close(fd);
         wg_listener_conn_closed();

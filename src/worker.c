@@ -160,10 +160,12 @@ struct wg_worker *wg_worker_new(unsigned index, struct wg_pool *pool, struct wg_
     if (!w->base)
         goto fail;
     w->stats = wg_stats_block_new();
+    w->access_log = wg_worker_log_new();
     w->wake_ev = event_new(w->base, -1, 0, wake_cb, w);
     w->tick_ev = event_new(w->base, -1, EV_PERSIST, tick_cb, w);
     struct timeval one_second = { 1, 0 };
-    if (!w->stats || !w->wake_ev || !w->tick_ev || event_add(w->tick_ev, &one_second) < 0)
+    if (!w->stats || !w->access_log || !w->wake_ev || !w->tick_ev ||
+        event_add(w->tick_ev, &one_second) < 0)
         goto fail;
     return w;
 fail:
@@ -237,6 +239,7 @@ void wg_worker_free(struct wg_worker *w)
         wg_acceptor_free(w->acceptors[k]);
     free(w->acceptors);
     pthread_mutex_destroy(&w->mbox_lock);
+    wg_worker_log_free(w->access_log);
     for (unsigned k = 0; k < w->pipes.n; k++) {
         close(w->pipes.fds[k][0]);
         close(w->pipes.fds[k][1]);

@@ -26,6 +26,7 @@ struct wg_pool;
 struct wg_reclaim;
 struct wg_reclaim_reader;
 struct wg_stats_block;
+struct wg_worker_log;
 struct wg_acceptor;
 
 /* A connection a worker owns; linked so that drain and forced stop can
@@ -61,6 +62,7 @@ struct wg_worker {
     struct wg_reclaim *rc;
     struct wg_reclaim_reader *reader;
     struct wg_stats_block *stats;
+    struct wg_worker_log *access_log;   /* this worker's access log ring (log.h) */
     struct wg_balance_cache balance;
     struct wg_rng rng;
     struct wg_pipe_cache pipes;
