@@ -131,13 +131,40 @@ def open_fds(pid):
 
 # ---- processes --------------------------------------------------------------
 
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "WARNING: ThreadSanitizer", "ERROR: ThreadSanitizer")
+
+
+def sanitizer_report(text):
+    """The first line of a sanitizer report in `text`, or None."""
+    for line in text.splitlines():
+        if any(m in line for m in SANITIZER_MARKERS):
+            return line.strip()
+    return None
+
+
+def parse_duration(text):
+    """Seconds of a config duration ("250ms", "2s", "1m", "1h")."""
+    m = re.fullmatch(r"(\d+)(ms|s|m|h)", str(text))
+    if not m:
+        raise ValueError("bad duration %r" % text)
+    return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
 class Proc:
-    """A process started by a test. Only `Harness` creates these."""
+    """A process started by a test. Only `Harness` creates these.
+
+    expect_clean_exit: checked by the harness at the end of the test: if the
+    process is still running then, the cleanup's SIGTERM must make it exit 0
+    within stop_timeout, and its stderr must hold no sanitizer report.
+    Waygate sets it for its processes."""
 
     def __init__(self, name, argv, stdout_path, stderr_path, pipe_stdout=False,
                  preexec_fn=None, env=None):
         self.name = name
         self.argv = argv
+        self.expect_clean_exit = False
+        self.stop_timeout = slack(5.0)
         self.stdout_path = stdout_path
         self.stderr_path = stderr_path
         self._stderr = open(stderr_path, "wb")
@@ -252,19 +279,35 @@ class Harness:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        problems = []
         for p in reversed(self.procs):
             try:
-                p.stop()
+                was_alive = p.alive()
+                rc = p.stop(p.stop_timeout)
+                if p.expect_clean_exit and was_alive and rc != 0:
+                    problems.append("%s (pid %d) exited with status %s after the cleanup's "
+                                    "SIGTERM (want 0 within %.0fs)"
+                                    % (p.name, p.pid, rc, p.stop_timeout))
             except Exception as e:      # keep stopping the others
-                print("cleanup: %s: %s" % (p.name, e), file=sys.stderr)
-        if exc_type is not None:
+                problems.append("cleanup: %s: %s" % (p.name, e))
+        for p in self.procs:
+            if p.expect_clean_exit:
+                found = sanitizer_report(p.stderr_text())
+                if found:
+                    problems.append("%s (pid %d) stderr has a sanitizer report: %s"
+                                    % (p.name, p.pid, found))
+        failed = exc_type is not None or bool(problems)
+        if failed:
             for wg in self.waygates:
                 wg.dump(sys.stderr)
-        keep = exc_type is not None and os.environ.get("WAYGATE_KEEP_TMP") == "1"
-        if keep:
+        if failed and os.environ.get("WAYGATE_KEEP_TMP") == "1":
             print("kept %s" % self.tmp, file=sys.stderr)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+        if problems and exc_type is None:
+            raise AssertionError("\n".join(problems))
+        if problems:
+            print("\n".join(problems), file=sys.stderr)
         return False
 
     def path(self, name):
@@ -534,6 +577,8 @@ class Waygate:
                                      [tool("waygate"), "-c", self.config_path],
                                      preexec_fn=preexec)
             self.procs.append(self.proc)
+            self.proc.expect_clean_exit = True
+            self.proc.stop_timeout = parse_duration(self.top["shutdown_timeout"]) + slack(3)
             if not self.wait_ready:
                 return
             try:
