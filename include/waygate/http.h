@@ -46,8 +46,9 @@
  *    the only safe choice for a proxy that forwards headers unchanged.
  *  - Transfer-Encoding: the only coding accepted is "chunked" (case-
  *    insensitive, OWS around it allowed), exactly once and last, possibly
- *    spread over several field lines. "chunked" not final or repeated: 400.
- *    Any other coding ("gzip, chunked", "identity", "xchunked"): 501.
+ *    spread over several field lines. "chunked" not final or repeated, or
+ *    no coding at all: 400 (checked first). Any other coding ("gzip,
+ *    chunked", "identity", "xchunked"): 501 — waygate decodes none.
  *    Elements that are not a bare token ("chunked x", parameters): 400.
  *    Transfer-Encoding in an HTTP/1.0 message: 400 (RFC 9112 §6.1).
  *    Both Content-Length and Transfer-Encoding: 400, also in responses.
@@ -84,6 +85,12 @@
  *  - Expect: 100-continue and Upgrade are honoured in HTTP/1.1 only
  *    (RFC 9110 §10.1.1, §7.8); other expectations are ignored.
  *  - Connection: each list element must be a token (400 otherwise).
+ *  - Field lines: a name must be a non-empty token directly followed by ':'
+ *    (whitespace before the colon: 400); a value may hold VCHAR, obs-text,
+ *    SP and HTAB, no other CTL, no NUL, no DEL (400); a line starting with
+ *    whitespace (obs-fold, or before the first field) is 400.
+ *  - Body size limits (413) are the caller's: content_length is known up
+ *    front, and wg_http_body counts payload bytes as they pass.
  */
 #ifndef WAYGATE_HTTP_H
 #define WAYGATE_HTTP_H
@@ -257,7 +264,7 @@ struct wg_http_body {
     uint8_t state;
     uint8_t digits;                     /* hex digits of the chunk size so far */
     uint64_t remaining;                 /* bytes left (length) or left in this chunk */
-    uint32_t line_len;                  /* bytes of the current size/trailer line */
+    uint32_t line_len;                  /* bytes of the current chunk-size line */
     uint32_t trailer_len;               /* bytes of the trailer section so far */
     uint32_t max_trailer;
     uint64_t payload;                   /* payload (de-chunked) bytes seen so far */
@@ -284,8 +291,9 @@ void wg_http_body_init(struct wg_http_body *b, enum wg_http_framing framing,
 /* Decode `len` bytes of body that follow what earlier calls consumed. Each
  * call consumes framing bytes and at most ONE run of payload bytes, which it
  * reports in `step` (data_len 0 if none). Returns:
- *  DONE  — the body is complete; step->consumed bytes ended it and any
- *          further bytes belong to the next message. Later calls: DONE, 0.
+ *  DONE  — the body is complete (with the data run of this call, if any);
+ *          bytes past step->consumed belong to the next message. Later
+ *          calls: DONE, nothing consumed.
  *  AGAIN — step->consumed bytes were used; if fewer than `len`, call again
  *          with the rest (a payload run ended the call), else more input is
  *          needed.
