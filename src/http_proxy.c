@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "waygate/balance.h"
+#include "waygate/health.h"
 #include "waygate/http.h"
 #include "waygate/http_route.h"
 #include "waygate/listener.h"
@@ -331,25 +332,18 @@ static void force_close(struct wg_conn_link *l) { conn_free(conn_of(l)); }
 /* Mark for closing; the pump frees it when the current event is done. */
 static void conn_kill(struct hp_conn *c) { c->dead = true; }
 
-/* ---- passive health hooks --------------------------------------------
- * The health module's lock-free reporting (outlier detection) plugs in
- * here; until then the instance's own failure counters are kept, as the
- * L4 proxy does. */
-static void report_failure(struct hp_conn *c, bool connect)
+/* ---- passive health (health.h: outlier detection) -------------------- */
+
+static void report_failure(struct hp_conn *c, enum wg_health_failure why)
 {
-    struct wg_instance *i = c->inst;
-    if (connect) {
+    if (why == WG_FAIL_CONNECT)
         wg_stats_add(c->w->stats, WG_C_CONNECT_ERRORS, 1);
-        atomic_fetch_add_explicit(&i->connect_failures, 1, memory_order_relaxed);
-    }
-    atomic_fetch_add_explicit(&i->consecutive_failures, 1, memory_order_relaxed);
+    if (wg_health_report_failure(c->svc, c->inst, why))
+        wg_info("msg=\"upstream ejected\" service=%s upstream=%s address=%s", c->svc->name,
+                c->inst->id, c->inst->addr_text);
 }
 
-static void report_success(struct hp_conn *c)
-{
-    if (atomic_load_explicit(&c->inst->consecutive_failures, memory_order_relaxed))
-        atomic_store_explicit(&c->inst->consecutive_failures, 0, memory_order_relaxed);
-}
+static void report_success(struct hp_conn *c) { wg_health_report_success(c->inst); }
 
 /* ---- writing heads ---------------------------------------------------- */
 
@@ -994,7 +988,7 @@ static void retry_or_fail(struct hp_conn *c, unsigned status)
 
 static void connect_failed(struct hp_conn *c, int err)
 {
-    report_failure(c, true);
+    report_failure(c, WG_FAIL_CONNECT);
     wg_debug("msg=\"upstream connect failed\" service=%s upstream=%s address=%s error=\"%s\"",
              c->svc->name, c->inst->id, c->inst->addr_text, err ? strerror(err) : "timeout");
     retry_or_fail(c, 502);
@@ -1091,7 +1085,7 @@ static void upstream_lost(struct hp_conn *c)
         upstream_start(c);
         return;
     }
-    report_failure(c, false);
+    report_failure(c, WG_FAIL_HTTP_5XX);
     retry_or_fail(c, 502);
 }
 
@@ -1235,7 +1229,7 @@ static void response_final(struct hp_conn *c, const struct wg_http_parser *p, co
 
     c->status = m->status;
     if (m->status >= 500)
-        report_failure(c, false);
+        report_failure(c, WG_FAIL_HTTP_5XX);
     else
         report_success(c);
     c->dechunk = c->http10 && m->framing == WG_HTTP_BODY_CHUNKED;
@@ -1274,7 +1268,7 @@ static void response_head_step(struct hp_conn *c, bool *progress)
             *progress = true;
             return;
         } else if (c->u_eof) {
-            report_failure(c, false);   /* a truncated head */
+            report_failure(c, WG_FAIL_HTTP_5XX);   /* a truncated head */
             fail_upstream(c, 502);
             return;
         }
@@ -1294,7 +1288,7 @@ static void response_head_step(struct hp_conn *c, bool *progress)
     if (r == WG_HTTP_ERROR) {
         wg_info("msg=\"malformed upstream response\" service=%s upstream=%s reason=\"%s\"",
                 c->svc->name, c->inst->id, c->rhead->p.err_reason);
-        report_failure(c, false);
+        report_failure(c, WG_FAIL_HTTP_5XX);
         fail_upstream(c, 502);
         return;
     }
@@ -1613,7 +1607,7 @@ static void on_timeout(struct hp_conn *c, enum hp_deadline kind)
         connect_failed(c, 0);
         break;
     case DL_RESPONSE:
-        report_failure(c, false);
+        report_failure(c, WG_FAIL_TIMEOUT);
         fail_upstream(c, 504);
         break;
     case DL_IDLE:

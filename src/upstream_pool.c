@@ -1,6 +1,8 @@
 /* upstream_pool — see include/waygate/upstream_pool.h */
 #include "waygate/upstream_pool.h"
 
+#include "waygate/health.h"
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -110,7 +112,7 @@ static void sweep_arm(struct wg_upstream_pool *p)
 
 static bool reusable(const struct wg_upconn *u, uint64_t now)
 {
-    return wg_instance_health(u->inst) == WG_HEALTH_HEALTHY && now < u->idle_until_ms;
+    return wg_health_conn_reusable(u->inst, u->health_gen) && now < u->idle_until_ms;
 }
 
 static void sweep_cb(evutil_socket_t fd, short what, void *arg)
@@ -258,6 +260,7 @@ void wg_upstream_pool_put(struct wg_upconn *u, unsigned max_idle, uint64_t idle_
     u->owner = NULL;
     u->on_event = NULL;
     u->idle_until_ms = wg_now_ms() + idle_timeout_ms;
+    u->health_gen = wg_health_conn_generation(u->inst);
     u->idle = l;
     u->prev = NULL;
     u->next = l->head;

@@ -14,8 +14,9 @@
  *    idle connection is closed after upstream.idle_timeout (checked by a
  *    sweep at most every second, so within a second of it), when its
  *    instance is no longer healthy (draining, unhealthy, ejected: checked on
- *    reuse and by the sweep), and when its peer closes it or sends anything
- *    while idle (seen as soon as the event arrives).
+ *    reuse and by the sweep, with health.h's wg_health_conn_reusable: also
+ *    when it went down and came back meanwhile), and when its peer closes
+ *    it or sends anything while idle (seen as soon as the event arrives).
  *  - wg_upstream_pool_get() returns the most recently parked connection
  *    (warm, least likely to have been closed by the peer's own timer).
  *  - A connection handed out may still turn out stale (the peer's FIN was
@@ -52,6 +53,7 @@ struct wg_upconn {
     bool connecting;                    /* non-blocking connect not yet complete */
     unsigned requests;                  /* requests it carried (reuse count + 1) */
     uint64_t idle_until_ms;             /* while idle */
+    unsigned health_gen;                /* wg_health_conn_generation() when parked */
     struct wg_upconn *prev, *next;      /* idle list, most recent first */
     struct wg_upstream_idle *idle;      /* the list it is on, or NULL */
 };
