@@ -195,6 +195,38 @@ START_TEST(config_change_keeps_instances)
 }
 END_TEST
 
+START_TEST(admin_drain_is_undoable_and_keeps_counts)
+{
+    struct fixture f;
+    setup(&f, CFG);
+    struct wg_record_set set = { 0 };
+    unit_record(&set, "s", "a", "127.0.0.1", 9001, 100);
+    publish(&f, &set);
+    const struct wg_pool_service *svc = wg_snapshot_service(wg_pool_current(f.pool), "s");
+    struct wg_instance *a = svc->members[0].inst;
+    ck_assert(wg_instance_admin_drain(a, true));
+    ck_assert_int_eq(wg_instance_health(a), WG_HEALTH_DRAINING);
+    ck_assert_int_eq(atomic_load(&svc->state->healthy), 0);
+    /* A probe result while drained changes what enable restores, not what
+     * readers see. */
+    wg_instance_set_health(a, WG_HEALTH_UNHEALTHY);
+    ck_assert_int_eq(wg_instance_health(a), WG_HEALTH_DRAINING);
+    ck_assert(wg_instance_admin_drain(a, false));
+    ck_assert_int_eq(wg_instance_health(a), WG_HEALTH_UNHEALTHY);
+    wg_instance_set_health(a, WG_HEALTH_HEALTHY);
+    ck_assert_int_eq(atomic_load(&svc->state->healthy), 1);
+    /* Drained, then removed from the registry: enable cannot bring it back. */
+    ck_assert(wg_instance_admin_drain(a, true));
+    wg_instance_ref(a);
+    struct wg_record_set none = { 0 };
+    publish(&f, &none);
+    ck_assert(!wg_instance_admin_drain(a, false));
+    ck_assert_int_eq(wg_instance_health(a), WG_HEALTH_DRAINING);
+    wg_instance_unref(a);
+    teardown(&f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("pool");
@@ -206,6 +238,7 @@ int main(void)
     tcase_add_test(tc, probed_service_starts_unknown);
     tcase_add_test(tc, reclaim_waits_for_reader);
     tcase_add_test(tc, config_change_keeps_instances);
+    tcase_add_test(tc, admin_drain_is_undoable_and_keeps_counts);
     suite_add_tcase(s, tc);
     return unit_run(s);
 }
