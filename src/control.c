@@ -355,7 +355,10 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
         begin_stop(c, "SIGINT");
         break;
     case SIGHUP:
-        reload(c);
+        if (c->stopping)                /* its listeners would bind again */
+            wg_warn("msg=\"SIGHUP ignored: stopping, no reload\"");
+        else
+            reload(c);
         break;
     case SIGUSR1:
         wg_access_log_reopen();         /* leveled logs go to stderr: nothing to reopen */

@@ -86,3 +86,24 @@ def test_address_in_use_exits_1_without_crashing():
         assert rc == 1, "exit status %d (negative: killed by a signal)\n%s" % (rc, err[-2000:])
         assert "Address already in use" in err, err
         assert name_via(wg.port()) == "a"
+
+
+def test_sighup_while_draining_does_not_reopen_listeners():
+    """A reload during the graceful stop must not bind the listeners again
+    (to workers that no longer accept): new clients stay refused."""
+    with Harness() as h:
+        b = h.backend("echo", name="e")
+        wg = h.waygate(instances={"users": [b.instance()]}, shutdown_timeout="30s")
+        with connect(wg.port()) as s:
+            s.sendall(b"hello")
+            assert recv_exact(s, 5) == b"hello"
+            wg.proc.signal(signal.SIGTERM)
+            wait_until(lambda: refused(wg.port()), slack(3), "new connections refused")
+            wg.proc.signal(signal.SIGHUP)
+            wait_until(lambda: "reload" in wg.stderr_text().split("stopping: draining", 1)[1],
+                       slack(5), "the SIGHUP to be handled")
+            for _ in range(5):
+                assert refused(wg.port()), "a new connection was accepted into a backlog " \
+                    "after a reload during the drain"
+            s.sendall(b"still")
+            assert recv_exact(s, 5) == b"still"
