@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import time
@@ -555,3 +556,64 @@ def test_dashboard_renders_in_chromium():
         assert count_colour(rows, "1f9d55") > 400, "no healthy badge"
         assert count_colour(rows, "64748b") > 400, "no draining badge"
         assert count_colour(rows, "d64545") == 0, "error banner shown"
+
+
+def test_tls_metrics_and_certificate_expiry():
+    """A TLS tcp listener: the certificate's notAfter is exported; a full
+    and a resumed handshake, a plain-text client, a silent client and an
+    upstream that does not speak TLS move their counters."""
+    from tlslib import shared
+    with Harness() as h:
+        pki = shared()
+        cert, key = pki.leaf("a", ["a.test"])
+        a = h.backend("name", name="a")
+        tls = {"certificates": [{"cert": cert, "key": key}], "handshake_timeout": "500ms"}
+        wg = h.waygate(listeners=[{"name": "edge", "mode": "tcp", "service": "users", "tls": tls},
+                                  {"name": "up", "mode": "tcp", "service": "tlsup"}],
+                       services={"tlsup": {"tls": {"enabled": True, "ca": pki.ca}}},
+                       instances={"users": [a.instance("a")], "tlsup": [a.instance("a")]})
+        end = subprocess.run(["openssl", "x509", "-noout", "-enddate", "-in", cert],
+                             capture_output=True, timeout=10).stdout.decode().strip()
+        not_after = ssl.cert_time_to_seconds(end.split("=", 1)[1])
+        before = parse_metrics(get_metrics(wg))
+        assert metric(before, "waygate_tls_cert_not_after_seconds", listener="edge",
+                      cert=cert) == not_after
+        assert len(before["waygate_tls_cert_not_after_seconds"]["samples"]) == 1
+        reasons = {l["reason"] for l, _ in before["waygate_tls_handshake_failures_total"]["samples"]}
+        assert reasons == {"protocol", "certificate", "timeout", "other"}, reasons
+
+        sess = h.path("sess.pem")
+        base = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % wg.port("edge"), "-tls1_2",
+                "-servername", "a.test", "-CAfile", pki.ca]
+        for extra in (["-sess_out", sess], ["-sess_in", sess]):
+            cp = subprocess.run(base + extra, input=b"", capture_output=True, timeout=20)
+            assert cp.returncode == 0, cp.stderr
+        with connect(wg.port("edge")) as s:        # plain HTTP on a TLS port
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            try:
+                s.recv(4096)                # a TLS alert, then the close (or a reset)
+            except ConnectionResetError:
+                pass
+        with connect(wg.port("edge")) as s:        # says nothing: handshake_timeout
+            s.settimeout(slack(5))
+            assert s.recv(1) == b""
+        with connect(wg.port("up")) as s:          # the instance does not speak TLS
+            assert s.recv(1) == b""
+
+        def moved():
+            f = parse_metrics(get_metrics(wg))
+            d = lambda name, **l: metric(f, name, **l) - metric(before, name, **l)
+            fail = lambda r: d("waygate_tls_handshake_failures_total", reason=r)
+            ok = (d("waygate_tls_handshakes_total") == 2 and d("waygate_tls_resumed_total") == 1
+                  and fail("protocol") == 1 and fail("timeout") == 1
+                  and d("waygate_upstream_tls_failures_total") >= 1)
+            return f if ok else None
+        after = wait_until(moved, slack(5), "the TLS counters to move")
+        assert metric(after, "waygate_access_log_dropped_total") == 0
+        promtool = shutil.which("promtool")
+        if promtool:
+            cp = subprocess.run([promtool, "check", "metrics"], input=get_metrics(wg).encode(),
+                                capture_output=True, timeout=30)
+            assert cp.returncode == 0, "promtool: %s%s" % (cp.stdout.decode(), cp.stderr.decode())
+        else:
+            print("promtool not installed (Debian package prometheus): check skipped")
