@@ -60,7 +60,9 @@
  *
  * SIGTERM / SIGINT: exit 0.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>

@@ -31,7 +31,9 @@
  * stderr saying which); 2: usage or connect error; 3: timeout; 4: a socket
  * error (reset) before everything was received.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
