@@ -14,7 +14,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
-#define MAX_READERS 512
+#define MAX_READERS 1024                /* >= the most workers a config allows (1024) */
 #define OFFLINE UINT64_MAX
 
 struct wg_reclaim_reader {

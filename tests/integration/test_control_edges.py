@@ -107,3 +107,22 @@ def test_sighup_while_draining_does_not_reopen_listeners():
                     "after a reload during the drain"
             s.sendall(b"still")
             assert recv_exact(s, 5) == b"still"
+
+
+def test_many_workers_all_accept():
+    """Every worker a config may ask for (up to 1024) must serve: a worker
+    that could not start (no reclaim slot) still owned its SO_REUSEPORT
+    socket, so its share of new connections hung forever."""
+    with Harness() as h:
+        a = h.backend("name", name="a")
+        wg = h.waygate(instances={"users": [a.instance()]}, workers=600)
+        wait_until(lambda: "waygate started" in wg.stderr_text(), slack(10), "start-up")
+        assert "too many reclaim readers" not in wg.stderr_text()
+        hung = 0
+        for _ in range(40):
+            try:
+                # A slow start of 600 threads on 2 cores delays, never loses.
+                assert name_via(wg.port(), timeout=slack(3.0)) == "a"
+            except (OSError, AssertionError):
+                hung += 1
+        assert hung == 0, "%d of 40 connections not served with 600 workers" % hung
