@@ -32,6 +32,10 @@ static bool transition(struct wg_instance *i, enum wg_health from, enum wg_healt
 {
     if (!wg_instance_cas_health(i, from, to))
         return false;
+    /* Failures counted while it was down (late connects, panic mode) must
+     * not eject it on its first failure back. */
+    if (to == WG_HEALTH_HEALTHY)
+        atomic_store_explicit(&i->consecutive_failures, 0, memory_order_relaxed);
     log_transition(i, from, to, reason);
     return true;
 }

@@ -215,6 +215,16 @@ START_TEST(passive_ejection_and_percent)
     ck_assert_int_eq(atomic_load(&f.svc->state->ejected), 1);
     /* A slot is free again: c's next failure ejects it. */
     ck_assert(wg_health_report_failure(f.svc, c, WG_FAIL_CONNECT));
+    /* Failures reported while down do not count once it is back. */
+    wg_health_report_failure(f.svc, a, WG_FAIL_CONNECT);       /* a is healthy: 1 */
+    wg_instance_cas_health(a, WG_HEALTH_HEALTHY, WG_HEALTH_UNHEALTHY);
+    for (int k = 0; k < 5; k++)
+        wg_health_report_failure(f.svc, a, WG_FAIL_CONNECT);
+    struct wg_health_run r2 = { 0 };
+    for (int k = 0; k < 3; k++)
+        wg_health_on_probe(a, f.svc->cfg, &r2, true, 200, wg_now_ms());
+    ck_assert_int_eq(wg_instance_health(a), WG_HEALTH_HEALTHY);
+    ck_assert_uint_eq(atomic_load(&a->consecutive_failures), 0);
     teardown(&f);
 }
 END_TEST
