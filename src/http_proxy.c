@@ -264,6 +264,14 @@ struct hp_conn {
     uint64_t idle_deadline, header_deadline, connect_deadline, response_deadline;
     uint64_t linger_deadline, client_progress, upstream_progress, send_progress;
     char client_ip[INET6_ADDRSTRLEN];
+    char client[64];                    /* "ip:port" / "[v6]:port", for the access log */
+    /* the access log's view of the request in progress */
+    struct hp_buf *note;                /* method, target, request id as sent */
+    struct wg_http_span note_method, note_target, note_id;
+    bool log_pending;                   /* a request to log when it ends */
+    const char *end_reason;             /* why it ended early, NULL: complete */
+    uint64_t req_start_ns, connect_start_ns, req_bytes_in, req_bytes_out;
+    int64_t connect_us;
 };
 
 static void conn_pump(struct hp_conn *c);
@@ -302,6 +310,7 @@ static void release_request(struct hp_conn *c)
     release_upstream(c);
     release_instance(c);
     buf_free(c->loc, &c->uout);
+    buf_free(c->loc, &c->note);
     head_free(c->loc, &c->head);
     if (c->svc)
         wg_pool_service_unref(c->svc);
@@ -313,8 +322,12 @@ static void release_request(struct hp_conn *c)
     c->route = NULL;
 }
 
+static void log_request(struct hp_conn *c, const char *reason);
+
 static void conn_free(struct hp_conn *c)
 {
+    log_request(c, c->end_reason ? c->end_reason
+                 : c->rq == RQ_TUNNEL ? "tunnel_closed" : "client_closed");
     release_request(c);
     event_del(&c->ev);
     event_del(&c->timer);
@@ -466,6 +479,7 @@ static void reply(struct hp_conn *c, unsigned status, const char *body, bool kee
         return;
     }
     count_status(c, status);
+    c->status = status;
     if (status == 408 || status == 504)
         wg_stats_add(c->w->stats, WG_C_HTTP_TIMEOUTS, 1);
     release_upstream(c);
@@ -481,10 +495,75 @@ static void reply(struct hp_conn *c, unsigned status, const char *body, bool kee
  * the response yet, else cut the connection (the response is truncated). */
 static void fail_upstream(struct hp_conn *c, unsigned status)
 {
+    c->end_reason = "upstream_error";
     if (c->final_sent || c->resp_started)
         conn_kill(c);
     else
         reply(c, status, NULL, false);
+}
+
+/* ---- the access log (log.h) ------------------------------------------- */
+
+/* Keep what the access log needs of a head that is about to be dropped. */
+static bool note_request(struct hp_conn *c, const struct wg_http_parser *p, const char *msg)
+{
+    const struct wg_http_message *m = &p->msg;
+    struct hp_buf *b = buf_new(c->loc, m->method_text.len + m->target.len + 320);
+    if (!b)
+        return false;
+    memcpy(b->data, msg + m->method_text.off, m->method_text.len);
+    memcpy(b->data + m->method_text.len, msg + m->target.off, m->target.len);
+    c->note_method = (struct wg_http_span){ 0, m->method_text.len };
+    c->note_target = (struct wg_http_span){ m->method_text.len, m->target.len };
+    c->note_id = (struct wg_http_span){ 0, 0 };
+    b->end = m->method_text.len + m->target.len;
+    c->note = b;
+    c->log_pending = true;
+    return true;
+}
+
+static void note_request_id(struct hp_conn *c, const char *id, size_t len)
+{
+    struct hp_buf *b = c->note;
+    if (!b)
+        return;
+    len = len < 256 ? len : 256;
+    memcpy(b->data + b->end, id, len);
+    c->note_id = (struct wg_http_span){ b->end, (uint32_t)len };
+    b->end += (uint32_t)len;
+}
+
+/* Once per request, when it is over, before its references go. */
+static void log_request(struct hp_conn *c, const char *reason)
+{
+    if (!c->log_pending)
+        return;
+    c->log_pending = false;
+    const char *base = c->note ? c->note->data : "";
+    struct wg_access_entry e = {
+        .client = c->client,
+        .listener = c->lc ? c->lc->name : c->l->name,
+        .service = c->svc ? c->svc->name : NULL,
+        .upstream = c->inst ? c->inst->id : NULL,
+        .method = NULL,
+        .path = base + c->note_target.off,
+        .path_len = c->note_target.len,
+        .request_id = c->note_id.len ? base + c->note_id.off : NULL,
+        .request_id_len = c->note_id.len,
+        .status = c->final_sent ? c->status : 0,
+        .reason = reason,
+        .bytes_in = c->req_bytes_in,
+        .bytes_out = c->req_bytes_out,
+        .duration_us = (wg_now_ns() - c->req_start_ns) / 1000,
+        .connect_us = c->connect_us,
+        .retries = c->attempts > 1 ? c->attempts - 1 : 0,
+    };
+    char method[32];
+    size_t mlen = c->note_method.len < sizeof method - 1 ? c->note_method.len : sizeof method - 1;
+    memcpy(method, base + c->note_method.off, mlen);
+    method[mlen] = '\0';
+    e.method = method;
+    wg_access_log(c->w->access_log, &e);
 }
 
 /* ---- the request head ------------------------------------------------- */
@@ -523,6 +602,11 @@ static void request_begin(struct hp_conn *c, uint64_t now)
     c->fresh_only = c->up_reused = c->resp_started = c->final_sent = c->dechunk = false;
     c->attempts = 0;
     c->status = 0;
+    c->end_reason = NULL;
+    c->req_start_ns = wg_now_ns();
+    c->req_bytes_in = c->in ? c->in->end - c->in->scan : 0;
+    c->req_bytes_out = 0;
+    c->connect_us = -1;
     c->rs = RS_NONE;
 }
 
@@ -611,6 +695,7 @@ static void put_request_id(struct hp_conn *c, struct hp_out *o)
     }
     puts_(o, "X-Request-Id: ");
     put(o, id, sizeof id);
+    note_request_id(c, id, sizeof id);
     puts_(o, "\r\n");
 }
 
@@ -675,7 +760,10 @@ static bool build_upstream_head(struct hp_conn *c, const struct wg_http_parser *
             n_xff += IS(h, "x-forwarded-for");
             continue;
         }
-        has_id |= h->id == WG_HTTP_HDR_OTHER && IS(h, "x-request-id");
+        if (h->id == WG_HTTP_HDR_OTHER && IS(h, "x-request-id") && !has_id) {
+            has_id = true;
+            note_request_id(c, msg + h->value.off, h->value.len);
+        }
         put_field(&o, msg, h);
     }
     put_xff(c, &o, p, msg, n_xff);
@@ -800,6 +888,7 @@ static void reply_redirect(struct hp_conn *c, const struct wg_http_parser *p, co
         return;
     }
     count_status(c, 308);
+    c->status = 308;
     c->final_sent = c->req_body_done = true;
     c->close_after = !keep;
     c->rs = RS_DONE;
@@ -823,6 +912,10 @@ static void request_head_done(struct hp_conn *c, size_t head_len)
     c->http10 = m->version == 10;
     c->req_keep_alive = m->keep_alive;
     c->req_upgrade = m->upgrade;
+    if (!note_request(c, p, msg)) {
+        conn_kill(c);
+        return;
+    }
     if (c->lc && c->lc->tls.redirect_http && strcmp(c->lc->tls.redirect_http, "https") == 0) {
         reply_redirect(c, p, msg, !body);
         status = 0;
@@ -867,6 +960,7 @@ static ssize_t client_read(struct hp_conn *c)
         if ((size_t)n < space && !c->hup)
             c->readable = false;        /* drained: the next edge says when */
         c->client_progress = wg_now_ms();
+        c->req_bytes_in += (uint64_t)n;
         wg_stats_add(c->w->stats, WG_C_BYTES_IN, (uint64_t)n);
         return n;
     }
@@ -1005,6 +1099,7 @@ static void upstream_ready(struct hp_conn *c)
                                  c->req_upgrade);
     c->rs = RS_HEAD;
     c->upstream_progress = wg_now_ms();
+    c->connect_us = c->up_reused ? 0 : (int64_t)((wg_now_ns() - c->connect_start_ns) / 1000);
     if (c->req_body_done && c->rq == RQ_BODY)
         c->response_deadline = c->upstream_progress + c->t.response_ms;
 }
@@ -1028,6 +1123,7 @@ static void upstream_attach(struct hp_conn *c)
         u->writable = !u->connecting;
     }
     c->up = u;
+    c->connect_start_ns = wg_now_ns();
     if (u->connecting)
         c->connect_deadline = wg_now_ms() + c->t.connect_ms;
     else
@@ -1356,6 +1452,7 @@ static void client_flush(struct hp_conn *c, bool *progress)
     bool pending = (c->out && c->out->sent < c->out->end) || (c->uin && c->uin->sent < c->uin->fwd);
     if (n > 0) {
         *progress = true;
+        c->req_bytes_out += (uint64_t)n;
         wg_stats_add(c->w->stats, WG_C_BYTES_OUT, (uint64_t)n);
         if (c->uin)
             c->uin->start = c->uin->sent;
@@ -1409,6 +1506,7 @@ static void linger_step(struct hp_conn *c, bool *progress)
  * it may carry another request, let go of the request, go idle or close. */
 static void request_end(struct hp_conn *c)
 {
+    log_request(c, c->end_reason);
     bool reuse = c->up && c->upstream_keep && c->rq == RQ_SENT && !c->u_eof &&
                  (!c->uin || c->uin->scan == c->uin->end);
     if (reuse) {
@@ -1475,8 +1573,10 @@ static void proxy_header_step(struct hp_conn *c, bool *progress)
         return;
     }
     c->need_proxy = false;
-    if (!pi.local)
+    if (!pi.local) {
         ip_text((const struct sockaddr *)&pi.src, c->client_ip, sizeof c->client_ip);
+        wg_sockaddr_text((const struct sockaddr *)&pi.src, c->client, sizeof c->client);
+    }
     *progress = true;
 }
 
@@ -1521,6 +1621,7 @@ static void request_head_step(struct hp_conn *c, bool *progress)
         c->http10 = c->head->p.msg.version == 10;
         wg_debug("msg=\"bad request\" client=%s status=%u reason=\"%s\"", c->client_ip,
                  status, c->head->p.err_reason);
+        note_request(c, &c->head->p, b->data + b->start);  /* what was parsed, for the log */
         head_free(c->loc, &c->head);
         reply(c, status, NULL, false);
     } else if (b->end == b->cap && b->start == 0) {
@@ -1593,10 +1694,14 @@ static uint64_t next_deadline(const struct hp_conn *c, enum hp_deadline *kind)
 
 static void on_timeout(struct hp_conn *c, enum hp_deadline kind)
 {
-    if (kind != DL_IDLE && kind != DL_LINGER)
+    if (kind != DL_IDLE && kind != DL_LINGER) {
         wg_stats_add(c->w->stats, WG_C_HTTP_TIMEOUTS, 1);
+        c->end_reason = "timeout";
+    }
     switch (kind) {
     case DL_HEADER:
+        if (c->head && c->in)
+            note_request(c, &c->head->p, c->in->data + c->in->start);
         head_free(c->loc, &c->head);
         reply(c, 408, NULL, false);
         break;
@@ -1724,6 +1829,7 @@ void wg_http_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int 
     c->link.force_close = force_close;
     c->t = hp_defaults;
     ip_text(peer, c->client_ip, sizeof c->client_ip);
+    wg_sockaddr_text(peer, c->client, sizeof c->client);
     wg_worker_conn_add(w, &c->link);
     c->rq = RQ_IDLE;
     if (!request_pin(c)) {              /* no snapshot yet (startup_timeout) */
