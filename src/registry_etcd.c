@@ -39,7 +39,10 @@
 #include "waygate/pool.h"
 #include "waygate/record.h"
 
-#define PAGE_LIMIT 1000
+/* etcd 3.4 counts every key from a page's start to the range end for each
+ * page, so n keys cost n^2 / (2 * PAGE_LIMIT) key visits: 10,000 keeps a
+ * 100,000-key list at ~10 pages of ~2 MiB. */
+#define PAGE_LIMIT 10000
 #define PROBE_MIN_MS 500
 #define PROBE_MAX_MS 5000
 #define AUTH_TIMEOUT_MS 5000
@@ -242,6 +245,9 @@ static struct key_entry *keymap_put(struct keymap *m, const char *key, struct wg
     }
     s->n_records -= e->n;
     entry_free_records(e);
+    struct wg_record *fit = realloc(set->v, set->n * sizeof *fit);     /* keep no spare */
+    if (fit)
+        set->v = fit;
     e->recs = set->v;
     e->n = set->n;
     e->seq = ++entry_seq;
