@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "waygate/log.h"
+#include "waygate/pool.h"
 #include "waygate/stats.h"
 #include "waygate/worker.h"
 
@@ -158,8 +159,12 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
             return;
         }
         wg_stats_add(a->w->stats, WG_C_CONN_ACCEPTED, 1);
+        /* The global limit is reloadable: the current config's, not the one
+         * this listener was bound with. */
+        struct wg_snapshot *snap = wg_pool_current(a->w->pool);
+        uint64_t max = snap ? snap->config->cfg->max_connections : a->l->max_connections;
         uint64_t open = atomic_fetch_add(&wg_stats_open_connections, 1);
-        if (a->l->max_connections && open >= a->l->max_connections) {
+        if (max && open >= max) {
             wg_stats_add(a->w->stats, WG_C_CONN_REJECTED_LIMIT, 1);
             atomic_fetch_sub(&wg_stats_open_connections, 1);
             close(fd);

@@ -8,7 +8,8 @@ import errno
 import signal
 import socket
 
-from wglib import Harness, Waygate, connect, name_via, recv_exact, run_waygate, slack, wait_until
+from wglib import (Harness, Waygate, connect, name_via, recv_exact, run_waygate, slack,
+                   wait_until, write_atomic, yaml_block)
 
 
 def refused(port):
@@ -126,3 +127,45 @@ def test_many_workers_all_accept():
             except (OSError, AssertionError):
                 hung += 1
         assert hung == 0, "%d of 40 connections not served with 600 workers" % hung
+
+
+def served(port):
+    try:
+        with connect(port, timeout=slack(2)) as s:
+            s.sendall(b"z")
+            return recv_exact(s, 1, timeout=slack(2)) == b"z"
+    except (OSError, AssertionError):
+        return False
+
+
+def test_reload_applies_global_max_connections_to_existing_listeners():
+    """The global max_connections is reloadable (docs/operations.md lists
+    what needs a restart, and it is not there): a listener whose address is
+    unchanged must apply the new limit, not the one it was bound with."""
+    with Harness() as h:
+        b = h.backend("echo", name="e")
+        wg = h.waygate(instances={"users": [b.instance()]}, max_connections=2)
+        held = []
+
+        def hold_one():         # the start-up probe may still count for a moment
+            s = connect(wg.port())
+            try:
+                s.sendall(b"x")
+                if recv_exact(s, 1) == b"x":
+                    held.append(s)
+                    return True
+            except (OSError, AssertionError):
+                pass
+            s.close()
+            return False
+        for _ in range(2):
+            wait_until(hold_one, slack(5), "a connection served")
+        assert not served(wg.port()), "a third connection served with max_connections 2"
+        cfg = wg.config_dict()
+        cfg["max_connections"] = 10
+        write_atomic(wg.config_path, yaml_block(cfg) + "\n")
+        wg.proc.signal(signal.SIGHUP)
+        wait_until(lambda: "configuration reloaded" in wg.stderr_text(), slack(5), "the reload")
+        assert served(wg.port()), "a third connection refused after raising max_connections to 10"
+        for s in held:
+            s.close()
