@@ -467,10 +467,14 @@ static void apply_events(struct watch *w, const struct wg_etcd_event *ev, size_t
             w->rev = ev[i].kv.mod_revision;
     }
     stage_dirty(r, &r->map);
-    wg_pool_commit(r->base.pool);
-    observe_propagation(&r->base.status, wg_now_ns() - recv_ns);
+    uint64_t generation = wg_pool_commit(r->base.pool);
+    uint64_t ns = wg_now_ns() - recv_ns;
+    observe_propagation(&r->base.status, ns);
     r->base.status.events_total += n;
     published(r);
+    wg_debug("msg=\"etcd watch response applied\" prefix=%s events=%zu revision=%lld "
+             "generation=%llu propagation_us=%.1f", w->prefix, n, (long long)w->rev,
+             (unsigned long long)generation, ns / 1000.0);
 }
 
 /* ---- hostnames ------------------------------------------------------------------------ */
