@@ -386,8 +386,12 @@ static void put_span(struct hp_out *o, const char *base, struct wg_http_span s)
 static void put_u64(struct hp_out *o, uint64_t v)
 {
     char tmp[24];
-    int n = snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)v);
-    put(o, tmp, (size_t)n);
+    size_t n = sizeof tmp;
+    do {
+        tmp[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    put(o, tmp + n, sizeof tmp - n);
 }
 
 /* Room for `need` more bytes after the pending bytes of *bp (a head buffer
@@ -1532,7 +1536,7 @@ static void response_step(struct hp_conn *c, bool *progress)
 {
     if (c->rs == RS_HEAD && c->up && !c->up->connecting)
         response_head_step(c, progress);
-    else if (c->rs == RS_BODY)
+    if (c->rs == RS_BODY && !c->dead)   /* the body bytes read with the head go out with it */
         response_body_step(c, progress);
     if (c->dead)
         return;
