@@ -4,11 +4,14 @@ BUILD      ?= build
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 PACKAGES    = cmake gcc pkg-config make libevent-dev libssl-dev libyaml-dev libjansson-dev \
               check etcd-server etcd-client curl openssl python3 iproute2 procps
+# Tools some tests use (promtool, a real Prometheus scrape, the dashboard in
+# headless Chromium); best effort: without them those tests skip.
+TEST_PACKAGES  = prometheus chromium
 BENCH_PACKAGES = haproxy nginx-light wrk iperf3
 FUZZ_PACKAGES  = clang libclang-rt-14-dev
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build test unit asan tsan fuzz demo bench clean check-config
+.PHONY: all deps test-deps apt-optional build test unit asan tsan fuzz demo bench clean check-config dashboard-shot
 
 all: build
 
@@ -24,17 +27,29 @@ define apt_install
 	fi
 endef
 
+# The same, but a failure only warns (tests that need these skip).
+define apt_install_optional
+	@$(MAKE) --no-print-directory apt-optional APT_OPTIONAL="$(1)" || \
+	  echo "warning: could not install$(1); the tests that need them skip"
+endef
+
 deps:
 	$(call apt_install,$(PACKAGES))
+
+test-deps:
+	$(call apt_install_optional, $(TEST_PACKAGES))
+
+apt-optional:
+	$(call apt_install,$(APT_OPTIONAL))
 
 build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DWAYGATE_WERROR=ON >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
-test: build
+test: build test-deps
 	@WAYGATE_BUILD=$(BUILD) python3 tests/run --build $(BUILD)
 
-asan: deps
+asan: deps test-deps
 	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DWAYGATE_WERROR=ON \
 	       -DWAYGATE_SANITIZE=address,undefined >/dev/null
 	@cmake --build build-asan -j $(JOBS)
@@ -68,6 +83,12 @@ demo: build
 bench: build
 	$(call apt_install,$(BENCH_PACKAGES))
 	@./benchmarks/run
+
+# docs/dashboard.png: sample backends, waygate with its admin API, and the
+# dashboard screenshotted by headless Chromium once it has polled /status.
+dashboard-shot: build
+	$(call apt_install,chromium)
+	@python3 tests/tools/dashboard_shot.py --build $(BUILD) --out docs/dashboard.png
 
 check-config: build
 	@./$(BUILD)/waygate -t -c conf/waygate.yaml
