@@ -261,8 +261,9 @@ static int add_pair(struct wg_tls_server *s, const struct wg_listener_config *lc
                     const struct wg_tls_cert_pair *pair, bool alpn_http, struct wg_errors *errs)
 {
     X509 *x = read_cert(pair->cert, errs);
-    char **names = NULL;
+    char **names = NULL;                /* freed below unless a new context took them */
     size_t n = 0;
+    int rc = -1;
     if (!x || cert_names(x, &names, &n) < 0)
         goto fail;
     struct wg_tls_cert_info *info = &s->certs[s->n_certs];
@@ -306,14 +307,13 @@ static int add_pair(struct wg_tls_server *s, const struct wg_listener_config *lc
         ERR_clear_error();
         goto fail;
     }
-    X509_free(x);
-    return 0;
+    rc = 0;
 fail:
     for (size_t i = 0; names && i < n; i++)
         free(names[i]);
     free(names);
     X509_free(x);
-    return -1;
+    return rc;
 }
 
 static void server_free(struct wg_tls_server *s)
