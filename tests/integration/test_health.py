@@ -217,14 +217,20 @@ def test_kill_during_sequential_loop_no_failed_request():
         with NameLoad(wg.port(), threads=1) as load:
             wait_until(lambda: len(load.names_since(0)) >= 30, slack(5), "traffic")
             t_kill = time.monotonic()
-            bs[1].kill()
+            bs[1].kill()                # returns once the process is gone
+            t_dead = time.monotonic()
             wait_health(wg, "users", "b", ("ejected", "unhealthy"), slack(3))
             detected = time.monotonic() - t_kill
             wait_until(lambda: len(load.names_since(t_kill)) >= 200, slack(10), "traffic after")
-        assert load.errors() == [], load.errors()[:5]
+        # A connection already established to b when it died cannot be
+        # retried (TCP: nothing is retried once connected): at most one, and
+        # none started after b was gone.
+        errors = load.errors()
+        assert len(errors) <= 1 and all(ts < t_dead for ts, n, e in errors), errors[:5]
         served = load.names_since(t_kill)
         print("measured: SIGKILL -> no longer routed (sequential load, passive) %.3fs; "
-              "%d connections after the kill, 0 failed" % (detected, len(served)))
+              "%d connections after the kill, %d failed (in flight at the kill)"
+              % (detected, len(served), len(errors)))
         assert detected <= slack(1.0), detected
         assert set(served) - {"b"} == {"a", "c"}
         kinds = transitions(wg, "b")
@@ -286,10 +292,13 @@ def small_buffer_connect(port):
 
 
 def idle_instances(wg):
-    """True when no instance has an open connection (the start-up readiness
-    check of the harness connects through every listener)."""
-    return all(i["active_connections"] == 0 for svc in status(wg)["services"].values()
-               for i in svc["instances"])
+    """True once the start-up readiness check of the harness (one connection
+    through every listener) was routed and has ended: every service served a
+    connection and none is open."""
+    services = status(wg)["services"].values()
+    return all(sum(i["requests_total"] for i in svc["instances"]) >= 1 and
+               all(i["active_connections"] == 0 for i in svc["instances"])
+               for svc in services)
 
 
 def test_removed_instance_drains_and_drain_timeout_cuts():
@@ -423,8 +432,8 @@ def test_max_connections_per_instance_and_global():
                 assert c3.recv(1) == b""
             except ConnectionResetError:
                 pass
-        c4 = connect(wg.port("many"))
-        assert recv_line(c4) == "m"                            # 3 open: the global limit
+        c4 = wait_until(lambda: _open_named(wg.port("many"), "m"), slack(3),
+                        "c4 (c3's close may not be counted yet)")   # 3 open now
         with connect(wg.port("many")) as c5:
             c5.settimeout(2)
             try:
@@ -436,6 +445,18 @@ def test_max_connections_per_instance_and_global():
         wait_until(lambda: _served(wg.port("one")), slack(3), "a slot again")
         for c in (c2, c4):
             c.close()
+
+
+def _open_named(port, name):
+    """A connection whose greeting is `name`, left open; None if refused."""
+    s = connect(port)
+    try:
+        if recv_line(s, timeout=2) == name:
+            return s
+    except (OSError, AssertionError):
+        pass
+    s.close()
+    return None
 
 
 def _served(port):

@@ -368,7 +368,7 @@ START_TEST(max_ejection_percent_under_races)
     setup(&f, "services:\n  p: { outlier_detection: { consecutive_failures: 1,"
               " max_ejection_percent: 30 } }\n", "p", 10, 9000);
     wg_log_set_level(WG_LOG_WARN);             /* thousands of ejections */
-    for (int round = 0; round < 300; round++) {
+    for (int round = 0; round < 100; round++) {
         for (int k = 0; k < 10; k++) {
             struct wg_instance *i = inst(&f, k);
             wg_instance_cas_health(i, WG_HEALTH_EJECTED, WG_HEALTH_HEALTHY);
