@@ -332,3 +332,50 @@ def test_redirect_http_308():
                            b"Connection: close\r\n\r\n")
         assert status_of(raw) == 308, raw
         assert b"\r\nLocation: https://example.com/a/b?c=d\r\n" in raw, raw
+
+
+def test_chunked_response_with_trailers_and_dechunked_for_http10():
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def serve(c):
+        with c:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(4096)
+                    if not d:
+                        return
+                    buf += d
+                _, _, buf = buf.partition(b"\r\n\r\n")
+                c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+                          b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n")
+
+    def accept():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        with Harness() as h:
+            wg, _ = start(h, instances={"users": [{"id": "c", "address": "127.0.0.1",
+                                                   "port": srv.getsockname()[1]}]})
+            raw = raw_exchange(wg.port(), b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            assert raw.endswith(b"\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n"), raw
+            assert b"Transfer-Encoding: chunked" in raw and b"Trailer:" not in raw, raw
+            raw = raw_exchange(wg.port(), b"GET / HTTP/1.0\r\n\r\n")
+            assert raw.endswith(b"\r\nConnection: close\r\n\r\nhello world"), raw
+            assert b"Transfer-Encoding" not in raw, raw
+            with connect(wg.port()) as s:               # keep-alive over a chunked upstream
+                rd = Responses(s)
+                for _ in range(3):
+                    s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                    assert rd.next()[2] == b"hello world"
+    finally:
+        srv.close()
