@@ -51,6 +51,7 @@ struct control {
     struct event *tick;
     uint64_t started_ms;
     uint64_t tickets_rotated_ms;
+    struct event *settle_ev;            /* polls readiness until the first probes are in */
     uint64_t stop_deadline_ms;
     bool ready;
     bool stopping;
@@ -107,12 +108,45 @@ static void become_ready(struct control *c, const char *why)
     notify_systemd("READY=1");
 }
 
+/* A service is settled when it has a healthy instance, or none of its
+ * instances is still waiting for its first probe. Readiness waits for that
+ * (bounded by startup_timeout) so that a restarted waygate does not answer
+ * 503 for the few milliseconds its first probes take. */
+static bool snapshot_settled(const struct wg_snapshot *s)
+{
+    for (size_t k = 0; k < s->n_services; k++) {
+        const struct wg_pool_service *svc = s->services[k];
+        if (atomic_load(&svc->state->healthy) > 0)
+            continue;
+        for (uint32_t m = 0; m < svc->n_members; m++)
+            if (wg_instance_health(svc->members[m].inst) == WG_HEALTH_UNKNOWN)
+                return false;
+    }
+    return true;
+}
+
+static void check_settled(struct control *c)
+{
+    struct wg_snapshot *s = wg_pool_published(c->pool);
+    if (c->ready || !s)
+        return;
+    if (snapshot_settled(s)) {
+        event_del(c->settle_ev);
+        become_ready(c, "first snapshot, first probes done");
+    } else if (!event_pending(c->settle_ev, EV_TIMEOUT, NULL)) {
+        struct timeval tv = { 0, 5000 };
+        event_add(c->settle_ev, &tv);
+    }
+}
+
+static void settle_cb(evutil_socket_t fd, short what, void *arg) { check_settled(arg); }
+
 static void on_publish(void *arg, struct wg_snapshot *s)
 {
     struct control *c = arg;
     wg_debug("msg=\"snapshot published\" generation=%llu services=%zu",
              (unsigned long long)s->generation, s->n_services);
-    become_ready(c, "first snapshot");
+    check_settled(c);
 }
 
 /* ---- stop ---- */
@@ -500,6 +534,9 @@ static int setup_events(struct control *c)
             return -1;
     }
     mask_handled_signals(SIG_UNBLOCK);
+    c->settle_ev = evtimer_new(c->base, settle_cb, c);
+    if (!c->settle_ev)
+        return -1;
     c->tick = event_new(c->base, -1, EV_PERSIST, tick_cb, c);
     struct timeval tv = { 0, TICK_MS * 1000 };
     return c->tick && event_add(c->tick, &tv) == 0 ? 0 : -1;
@@ -534,6 +571,8 @@ static void teardown(struct control *c)
             event_free(c->signals[k]);
     if (c->tick)
         event_free(c->tick);
+    if (c->settle_ev)
+        event_free(c->settle_ev);
     if (c->base)
         event_base_free(c->base);
     wg_stats_reset_all();
