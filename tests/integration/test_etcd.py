@@ -203,3 +203,42 @@ def test_watch_is_real_500_puts():
         assert ranges <= probes, "Range rose by %d during 500 puts (%.1fs, probes <= %d)" % (
             ranges, elapsed, probes)
         assert wg.metric("waygate_registry_reconnects_total") == 0
+
+
+def test_transaction_is_one_generation_and_fragments_join():
+    """A 50-op transaction is one watch response, hence one snapshot. A
+    catch-up response larger than etcd's fragment threshold (max-request-bytes
+    + 512 KiB) arrives in fragments, applied together as one snapshot."""
+    with EtcdHarness() as h:
+        etcd = h.etcd(extra=["--max-request-bytes", "300000"])
+        c = etcd.client()
+        (a,) = backends(h, 1)
+        c.put(P + "a", addr(a))
+        cut = TcpCut(etcd.client_port)
+        try:
+            wg = h.waygate_etcd([cut.url], backoff=("50ms", "300ms"))
+            wg.wait_instances({"a": addr(a)})
+            gen0 = wg.status()["generation"]
+            c.txn_put([(P + "t%02d" % k, addr(a)) for k in range(50)])
+            want = {"t%02d" % k: addr(a) for k in range(50)}
+            want["a"] = addr(a)
+            wg.wait_instances(want)
+            assert wg.status()["generation"] == gen0 + 1
+            events0 = wg.metric("waygate_registry_events_total")
+            gen1 = wg.status()["generation"]
+            cut.cut()
+            wait_until(lambda: not wg.registry_status()["connected"], slack(5), "disconnected")
+            pad = "x" * 100000
+            for k in range(20):
+                c.put(P + "big%02d" % k, json.dumps({"address": "127.0.0.1", "port": a.port,
+                                                     "metadata": {"pad": pad}}))
+            cut.restore()
+            for k in range(20):
+                want["big%02d" % k] = addr(a)
+            wg.wait_instances(want, timeout=10)
+            assert wg.metric("waygate_registry_events_total") == events0 + 20
+            assert wg.metric("waygate_registry_resyncs_total") == 0
+            # 2.6 MB of events in ~3 fragments of one catch-up response
+            assert wg.status()["generation"] == gen1 + 1, (gen1, wg.status()["generation"])
+        finally:
+            cut.close()
