@@ -169,9 +169,10 @@ static int parse_args(int argc, char **argv, struct options *o, char *err, size_
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
             return 1;
         int id = find_option(a, &v);
+        if (id < 0 && a[0] == '-')
+            return fail_text(err, len, "unknown option '%s'", a), -1;
         if (id < 0)
-            return fail_text(err, len, a[0] == '-' ? "unknown option '%s'"
-                                                    : "unexpected argument '%s' (a command goes after --)",
+            return fail_text(err, len, "unexpected argument '%s' (a command goes after --)",
                              a), -1;
         if (!v && i + 1 >= argc)
             return fail_text(err, len, "%s needs a value", a), -1;
@@ -466,15 +467,16 @@ static void op_start(struct registrar *r, enum op op)
 {
     char *body = op_body(r, op);
 
+    r->op = op;
     r->call = body ? wg_etcd_call_start(r->etcd, r->ep, op_paths[op], body, false,
                                         call_timeout_ms(r), &op_ops, r)
                    : NULL;
     free(body);
     if (!r->call) {
+        r->op = OP_NONE;
         op_failed(r, op, "out of memory");
         return;
     }
-    r->op = op;
     wg_debug("msg=\"etcd call\" call=\"%s\" endpoint=%s", op_names[op], endpoint_now(r));
 }
 
@@ -483,16 +485,16 @@ static void etcd_step(struct registrar *r)
 {
     bool want = r->phase == PH_RUNNING && r->healthy;
 
+    if (r->phase == PH_STOPPING && !r->lease)
+        finish(r);                      /* nothing to undo (a grant in flight expires) */
     if (r->call || r->waiting || r->done)
         return;
     if (r->user && !wg_etcd_client_has_token(r->etcd))
         op_start(r, OP_AUTH);
     else if (r->registered && !want)
         op_start(r, OP_DELETE);
-    else if (r->phase == PH_STOPPING && r->lease)
-        op_start(r, OP_REVOKE);
     else if (r->phase == PH_STOPPING)
-        finish(r);
+        op_start(r, OP_REVOKE);
     else if (!r->lease)
         op_start(r, OP_GRANT);
     else if (want && !r->registered)
@@ -735,11 +737,15 @@ static void probe_read_cb(struct bufferevent *bev, void *arg)
 {
     struct probe *p = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
-    size_t n = evbuffer_remove(in, p->head + p->head_len, sizeof p->head - p->head_len);
+    int n = evbuffer_remove(in, p->head + p->head_len, sizeof p->head - p->head_len);
     enum wg_http_result res;
     char why[64];
 
-    p->head_len += n;
+    if (n < 0) {
+        probe_done(p, false, "read failed");
+        return;
+    }
+    p->head_len += (size_t)n;
     res = wg_http_parse_head(&p->parser, p->head, p->head_len, NULL);
     if (res == WG_HTTP_ERROR) {
         probe_done(p, false, p->parser.err_reason ? p->parser.err_reason : "bad response");
@@ -766,13 +772,16 @@ static void probe_event_cb(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_EOF)
         probe_done(p, false, "closed before a response");
     else if (what & BEV_EVENT_ERROR)
-        probe_done(p, false, dns ? evutil_gai_strerror(dns) : evutil_socket_error_to_string(err));
+        probe_done(p, false, dns ? evutil_gai_strerror(dns)
+                             : err ? evutil_socket_error_to_string(err)
+                                   : "connection failed");
 }
 
 static void probe_start(struct probe *p)
 {
     struct registrar *r = p->r;
-    struct bufferevent *bev = bufferevent_socket_new(r->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    struct bufferevent *bev =
+        bufferevent_socket_new(r->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 
     if (!bev) {
         probe_done(p, false, "out of memory");
@@ -990,13 +999,14 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     }
 }
 
+static const int handled_signals[] = { SIGTERM, SIGINT, SIGCHLD, SIGHUP, SIGQUIT, SIGUSR1,
+                                       SIGUSR2, SIGWINCH };
+#define N_HANDLED (sizeof handled_signals / sizeof *handled_signals)
+
 static bool signals_init(struct registrar *r)
 {
-    static const int sigs[] = { SIGTERM, SIGINT, SIGCHLD, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2,
-                                SIGWINCH };
-
-    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) {
-        struct event *ev = evsignal_new(r->base, sigs[i], signal_cb, r);
+    for (size_t i = 0; i < N_HANDLED; i++) {
+        struct event *ev = evsignal_new(r->base, handled_signals[i], signal_cb, r);
         if (!ev || evsignal_add(ev, NULL) < 0) {
             if (ev)
                 event_free(ev);
@@ -1007,30 +1017,40 @@ static bool signals_init(struct registrar *r)
     return true;
 }
 
+/* In the child: default dispositions (a signal before exec must not run
+ * the registrar's handler, which would wake the parent's loop), then exec. */
+static void child_exec(char **cmd, pid_t parent, const sigset_t *mask)
+{
+    for (size_t i = 0; i < N_HANDLED; i++)
+        signal(handled_signals[i], SIG_DFL);
+    signal(SIGPIPE, SIG_DFL);
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent)
+        _exit(128 + SIGTERM);
+    sigprocmask(SIG_SETMASK, mask, NULL);
+    execvp(cmd[0], cmd);
+    dprintf(2, "waygate register: cannot run %s: %s\n", cmd[0], strerror(errno));
+    _exit(127);
+}
+
 /* The child leads its own process group, so a terminal's Ctrl-C reaches
  * the registrar only (which deregisters first, then forwards); it gets
  * SIGTERM if the registrar dies. */
 static bool child_start(struct registrar *r)
 {
     char **cmd = r->o->command;
-    pid_t parent = getpid(), pid = fork();
+    pid_t parent = getpid(), pid;
+    sigset_t all, old;
 
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    if ((pid = fork()) == 0)
+        child_exec(cmd, parent, &old);
+    sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {
         wg_error("msg=\"cannot fork\" error=\"%s\"", strerror(errno));
         return false;
-    }
-    if (pid == 0) {
-        sigset_t none;
-        setpgid(0, 0);
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != parent)
-            _exit(128 + SIGTERM);
-        signal(SIGPIPE, SIG_DFL);
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        execvp(cmd[0], cmd);
-        dprintf(2, "waygate register: cannot run %s: %s\n", cmd[0], strerror(errno));
-        _exit(127);
     }
     setpgid(pid, pid);                  /* also here: no race with the first signal */
     r->child = pid;
