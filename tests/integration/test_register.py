@@ -80,8 +80,10 @@ def test_register_route_sigkill_expires_sigterm_removes():
         assert lease and lease_ttl(c, lease) > 0
         wg.wait_instances({"a": "127.0.0.1:%d" % a.port})
         assert name_via(wg.port()) == "a"
-        rb = registrar(h, [etcd.url], "b", b.port, "--ttl", "2s")
+        # etcd grants at least 2 s for 1 s: keep-alives follow the granted TTL
+        rb = registrar(h, [etcd.url], "b", b.port, "--ttl", "1s")
         wg.wait_instances({"a": "127.0.0.1:%d" % a.port, "b": "127.0.0.1:%d" % b.port})
+        assert "ttl_s=2 keepalive_ms=666" in rb.stderr_text(), rb.stderr_text()
         # SIGKILL: nothing deletes the key; the lease expires after the TTL
         time.sleep(1.5)                 # several keep-alives went through meanwhile
         assert record(c, "a")[1] == lease, "the lease changed while etcd was fine"
