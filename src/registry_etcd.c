@@ -353,6 +353,7 @@ struct etcd_registry {
 };
 
 static void session_fail(struct etcd_registry *r, enum fail_kind kind, const char *why);
+static void start_probe(struct watch *w);
 static void start_watches(struct etcd_registry *r);
 static void start_list(struct etcd_registry *r);
 static void published(struct etcd_registry *r);
@@ -870,12 +871,8 @@ static bool watch_check(struct watch *w, const struct wg_etcd_watch_response *m)
         session_fail(r, FAIL_RESYNC, "the endpoint belongs to another cluster");
         return false;
     }
-    if (m->header.revision && m->header.revision < w->rev) {
-        snprintf(why, sizeof why, "revision went backwards (%lld < %lld)",
-                 (long long)m->header.revision, (long long)w->rev);
-        session_fail(r, FAIL_RESYNC, why);
-        return false;
-    }
+    if (m->header.revision && m->header.revision < w->rev)
+        start_probe(w);     /* a lagging member, or a cluster that went back? */
     if (m->canceled) {
         bool auth = strstr(m->cancel_reason, "auth") || strstr(m->cancel_reason, "permission");
         snprintf(why, sizeof why, "watch canceled: compact_revision=%lld reason=\"%s\"",
@@ -965,14 +962,30 @@ static void start_watches(struct etcd_registry *r)
 
 /* ---- silence probe ------------------------------------------------------------------------ */
 
+/* The probe is a linearizable read: its revision is the cluster's, so one
+ * below what was applied means the cluster went back (a restore). */
 static bool probe_message(void *arg, struct wg_etcd_call *call, unsigned status, const char *msg,
                           size_t len, uint64_t recv_ns)
 {
     struct watch *w = arg;
+    struct wg_etcd_range_response rr;
+    const char *why;
+    char text[200];
 
     w->probe = NULL;
     if (status != 200) {
         unary_error(w->r, status, msg, len, "silence probe");
+        return false;
+    }
+    if (!wg_etcd_parse_range(msg, len, &rr, &why)) {
+        session_fail(w->r, FAIL_ERROR, why);
+        return false;
+    }
+    wg_etcd_range_response_free(&rr);
+    if (rr.header.revision < w->rev) {
+        snprintf(text, sizeof text, "revision went backwards (%lld < %lld)",
+                 (long long)rr.header.revision, (long long)w->rev);
+        session_fail(w->r, FAIL_RESYNC, text);
         return false;
     }
     contact(w->r);
@@ -995,9 +1008,8 @@ static void probe_end(void *arg, struct wg_etcd_call *call, bool ok, const char 
 
 static const struct wg_etcd_call_ops probe_ops = { probe_message, probe_end };
 
-static void silence_cb(evutil_socket_t fd, short what, void *arg)
+static void start_probe(struct watch *w)
 {
-    struct watch *w = arg;
     struct etcd_registry *r = w->r;
     uint64_t timeout = r->watch_timeout_ms;
     char *body;
@@ -1014,6 +1026,8 @@ static void silence_cb(evutil_socket_t fd, short what, void *arg)
     if (!w->probe)
         session_fail(r, FAIL_ERROR, "out of memory");
 }
+
+static void silence_cb(evutil_socket_t fd, short what, void *arg) { start_probe(arg); }
 
 /* ---- sessions ------------------------------------------------------------------------------ */
 

@@ -7,9 +7,10 @@ instance it reached.
 """
 
 import json
+import subprocess
 import time
 
-from etcdlib import EtcdHarness, TcpCut
+from etcdlib import ETCDCTL, EtcdHarness, TcpCut
 from wglib import NameLoad, name_via, slack, wait_until
 
 P = "/services/users/"
@@ -242,3 +243,34 @@ def test_transaction_is_one_generation_and_fragments_join():
             assert wg.status()["generation"] == gen1 + 1, (gen1, wg.status()["generation"])
         finally:
             cut.close()
+
+
+def test_restore_from_backup_resyncs():
+    """etcd restored from an older snapshot: another cluster id and a lower
+    revision. waygate re-lists and shows the restored state."""
+    with EtcdHarness() as h:
+        etcd = h.etcd()
+        c = etcd.client()
+        a, b = backends(h, 2)
+        c.put(P + "a", addr(a))
+        snap = h.path("snap.db")
+        subprocess.run([ETCDCTL, "--endpoints", etcd.url, "snapshot", "save", snap],
+                       check=True, capture_output=True, timeout=30)
+        wg = h.waygate_etcd(etcd, backoff=("50ms", "300ms"))
+        for k in range(5):
+            c.put(P + "b", addr(b))
+        wg.wait_instances({"a": addr(a), "b": addr(b)})
+        etcd.stop()
+        restored = etcd.data_dir + "-restored"
+        subprocess.run([ETCDCTL, "snapshot", "restore", snap, "--data-dir", restored,
+                        "--name", etcd.name, "--initial-cluster",
+                        "%s=%s" % (etcd.name, etcd.peer_url),
+                        "--initial-advertise-peer-urls", etcd.peer_url],
+                       check=True, capture_output=True, timeout=30)
+        etcd.data_dir = restored
+        etcd.start()
+        etcd.wait_healthy()
+        wg.wait_instances({"a": addr(a)}, timeout=10)
+        assert wg.metric("waygate_registry_resyncs_total") == 1
+        etcd.client().put(P + "b", addr(b))
+        wg.wait_instances({"a": addr(a), "b": addr(b)})
