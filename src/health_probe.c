@@ -70,6 +70,8 @@ struct probe {
     bool reused;                        /* this probe runs on a kept-alive connection */
     bool got_bytes;                     /* some of the response arrived */
     bool connecting;                    /* counted in pr->connecting */
+    bool waiting;                       /* queued for a connect slot */
+    struct probe *wait_prev, *wait_next;
     uint64_t due_us;                    /* when the probe should start */
     uint64_t started_ms;
     uint64_t seen;                      /* generation of the last snapshot holding it */
@@ -93,6 +95,8 @@ struct wg_prober {
     struct wg_rng rng;
     uint64_t emfile_warned_ms;
     unsigned connecting;                /* probes waiting for a connect */
+    struct probe *wait_head, *wait_tail;    /* probes waiting for a connect slot */
+    struct event *kick_ev;              /* starts waiting probes */
     struct probe_io *io_free[IO_FREELIST];
     unsigned n_io_free;
     /* counters */
@@ -106,12 +110,48 @@ static void probe_connect(struct probe *p);
 
 /* ---- connections ---------------------------------------------------------- */
 
+/* ---- connect slots: at most MAX_CONNECTING connects in progress ---- */
+
+static void wait_push(struct probe *p)
+{
+    struct wg_prober *pr = p->pr;
+    p->waiting = true;
+    p->wait_next = NULL;
+    p->wait_prev = pr->wait_tail;
+    if (pr->wait_tail)
+        pr->wait_tail->wait_next = p;
+    else
+        pr->wait_head = p;
+    pr->wait_tail = p;
+}
+
+static void wait_remove(struct probe *p)
+{
+    struct wg_prober *pr = p->pr;
+    if (!p->waiting)
+        return;
+    if (p->wait_prev)
+        p->wait_prev->wait_next = p->wait_next;
+    else
+        pr->wait_head = p->wait_next;
+    if (p->wait_next)
+        p->wait_next->wait_prev = p->wait_prev;
+    else
+        pr->wait_tail = p->wait_prev;
+    p->waiting = false;
+    p->wait_prev = p->wait_next = NULL;
+}
+
+/* A slot freed: start waiting probes from their own callback (kick_cb), not
+ * from deep inside the code that freed it. */
 static void connect_over(struct probe *p)
 {
-    if (p->connecting) {
-        p->connecting = false;
-        p->pr->connecting--;
-    }
+    if (!p->connecting)
+        return;
+    p->connecting = false;
+    p->pr->connecting--;
+    if (p->pr->wait_head)
+        event_active(p->pr->kick_ev, 0, 0);
 }
 
 static void conn_close(struct probe *p, bool reset)
@@ -406,21 +446,22 @@ static void record_lag(struct wg_prober *pr, uint64_t due_us)
 static void probe_start(struct probe *p)
 {
     const struct wg_service_config *cfg = cfg_of(p);
+    bool reuse = cfg->health_check.type == WG_HEALTH_HTTP && p->fd >= 0 && p->rev;
+    if (!reuse && cfg->health_check.type != WG_HEALTH_NONE &&
+        p->pr->connecting >= MAX_CONNECTING) {
+        /* Not a verdict: the prober itself is the bottleneck. Wait for a
+         * slot rather than let hundreds of connects time out together. */
+        atomic_fetch_add_explicit(&p->pr->deferred, 1, memory_order_relaxed);
+        wait_push(p);
+        return;
+    }
     uint64_t now = wg_now_ms();
-    record_lag(p->pr, p->due_us);
+    record_lag(p->pr, p->due_us);       /* waiting for a slot counts as lateness */
     p->started_ms = now;
     if (cfg->health_check.type == WG_HEALTH_NONE) {
         conn_close(p, true);
         wg_health_without_probes(p->inst, now);
         probe_schedule(p, wg_health_jitter(cfg->health_check.interval_ms, wg_rng_next(&p->pr->rng)));
-        return;
-    }
-    bool reuse = cfg->health_check.type == WG_HEALTH_HTTP && p->fd >= 0 && p->rev;
-    if (!reuse && p->pr->connecting >= MAX_CONNECTING) {
-        /* Not a verdict: the prober itself is the bottleneck. Try again soon
-         * rather than let hundreds of connects time out together. */
-        atomic_fetch_add_explicit(&p->pr->deferred, 1, memory_order_relaxed);
-        probe_schedule(p, 5 + wg_rng_below(&p->pr->rng, 20));
         return;
     }
     p->in_flight = true;
@@ -465,6 +506,16 @@ static void probe_finish(struct probe *p, bool passed, int result)
     uint64_t next = p->started_ms + wg_health_jitter(cfg_of(p)->health_check.interval_ms,
                                                      wg_rng_next(&pr->rng));
     probe_schedule(p, next > now ? next - now : 0);
+}
+
+static void kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct wg_prober *pr = arg;
+    while (pr->wait_head && pr->connecting < MAX_CONNECTING) {
+        struct probe *p = pr->wait_head;
+        wait_remove(p);
+        probe_start(p);
+    }
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -517,6 +568,7 @@ static struct probe *probe_new(struct wg_prober *pr, struct wg_instance *inst)
 
 static void probe_free(struct probe *p)
 {
+    wait_remove(p);
     conn_close(p, true);
     event_free(p->timer);
     free(p->x);
@@ -680,9 +732,10 @@ struct wg_prober *wg_prober_new(struct wg_pool *pool)
     if (!pr->base)
         goto fail;
     pr->mail_ev = event_new(pr->base, -1, 0, mail_cb, pr);
+    pr->kick_ev = event_new(pr->base, -1, 0, kick_cb, pr);
     pr->stats_ev = event_new(pr->base, -1, EV_PERSIST, stats_cb, pr);
     struct timeval tv = { STATS_LOG_MS / 1000, 0 };
-    if (!pr->mail_ev || !pr->stats_ev || event_add(pr->stats_ev, &tv) < 0 || prober_start(pr) < 0)
+    if (!pr->mail_ev || !pr->kick_ev || !pr->stats_ev || event_add(pr->stats_ev, &tv) < 0 || prober_start(pr) < 0)
         goto fail;
     wg_pool_on_publish(pool, on_publish, pr);
     struct wg_snapshot *cur = wg_pool_published(pool);
@@ -715,6 +768,8 @@ void wg_prober_free(struct wg_prober *pr)
         event_free(pr->mail_ev);
     if (pr->stats_ev)
         event_free(pr->stats_ev);
+    if (pr->kick_ev)
+        event_free(pr->kick_ev);
     if (pr->base)
         event_base_free(pr->base);
     pthread_mutex_destroy(&pr->lock);
