@@ -83,6 +83,11 @@ def test_tcp_lines_text_then_json_on_reload():
         assert doc["reason"] == "eof" and doc["retries"] == "0", doc
         assert doc["bytes_in"] == "5" and doc["bytes_out"] == "5", doc
         assert float(doc["duration_ms"]) >= float(doc["connect_ms"]) >= 0, doc
+        clients = [echo_once(wg.port()) for _ in range(10)]
+        for c in clients:
+            line_of(path, c, parse_text)
+        seen = [parse_text(l)["client"] for l in lines_of(path)]
+        assert all(seen.count(c) == 1 for c in clients + [client]), seen
 
         # A reload switches the format of the next lines, same file.
         wg.top["log"] = access(path, "json")
