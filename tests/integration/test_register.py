@@ -3,7 +3,8 @@ a registered backend becomes routable; SIGKILL leaves the record to its
 lease's TTL, SIGTERM removes it at once and revokes the lease; --health
 gates the record (the lease stays); a lost lease (revoked, or etcd's data
 gone) is granted again and the record written again; a wrapped command is
-restarted three times in a row with no failed request through waygate; a
+restarted three times in a row with no failed request through waygate; TLS
+settings from a config file and a partition longer than the TTL; a
 cluster member dies under a registrar that authenticates with settings from
 a config file; usage errors and the child's exit status."""
 
@@ -16,7 +17,7 @@ import subprocess
 import threading
 import time
 
-from etcdlib import ETCDCTL, EtcdError, EtcdHarness, b64, unb64
+from etcdlib import ETCDCTL, EtcdError, EtcdHarness, TcpCut, b64, unb64
 from wglib import (Harness, http_request, name_via, run_waygate, slack, tool, wait_until,
                    free_port)
 
@@ -243,6 +244,11 @@ def test_wrapped_commands_rolling_restart_no_failed_request():
                                                            load.failures[:3])
         err = regs[0].stderr_text()
         assert "health check passes" in err, err
+        for r in regs:                  # all at once: the drains overlap
+            r.signal(signal.SIGTERM)
+        for r in regs:
+            assert r.wait(slack(10)) == 0
+        assert c.get_prefix(P) == {}
 
 
 def test_member_failover_with_auth_from_the_config_file():
@@ -280,6 +286,41 @@ def test_member_failover_with_auth_from_the_config_file():
         assert record(c, "a") is None and lease_ttl(c, lease) == -1
         err = r.stderr_text()
         assert "authenticating again" in err and err.count("etcd authenticated") >= 2, err
+
+
+def test_tls_and_a_partition_longer_than_the_ttl():
+    """TLS settings from -c; the registrar is cut off from etcd for longer
+    than the TTL: the lease expires, and once the path is back the
+    keep-alive finds it gone and the record is written under a new lease."""
+    with EtcdHarness() as h:
+        files = h.tls_files()
+        etcd = h.etcd(tls=files)
+        c = etcd.client()
+        cut = TcpCut(etcd.client_port)
+        try:
+            cfg = h.path("register.yaml")
+            with open(cfg, "w") as f:
+                f.write("registry:\n  etcd:\n    endpoints: [https://127.0.0.1:%d]\n"
+                        "    tls: { ca: %s, cert: %s, key: %s }\n"
+                        "    backoff: { initial: 20ms, max: 200ms }\n"
+                        % (cut.port, files["ca"], files["client_cert"], files["client_key"]))
+            r = h.start("register-a", [tool("waygate"), "register", "-c", cfg, "--service",
+                                       "users", "--id", "a", "--address", "127.0.0.1:9",
+                                       "--ttl", "2s"])
+            _, lease = wait_record(c, "a")
+            cut.cut()
+            wait_record(c, "a", present=False, timeout=4)
+            assert lease_ttl(c, lease) == -1
+            cut.restore()
+            _, lease2 = wait_record(c, "a", timeout=4)
+            assert lease2 != lease
+            err = r.stderr_text()
+            assert "lease lost, granting a new one" in err, err
+            r.signal(signal.SIGTERM)
+            assert r.wait(slack(5)) == 0
+            assert record(c, "a") is None
+        finally:
+            cut.close()
 
 
 def test_usage_errors_and_the_childs_exit_status():
