@@ -28,6 +28,7 @@
 #include "waygate/pool.h"
 #include "waygate/proxy_protocol.h"
 #include "waygate/stats.h"
+#include "waygate/tls.h"
 #include "waygate/upstream_pool.h"
 #include "waygate/worker.h"
 
@@ -38,7 +39,6 @@
 #define HP_MAX_HEADERS 128
 #define HP_ROUNDS 32                    /* pump rounds per event, for fairness */
 #define HP_LINGER_MS 2000               /* lingering close after an error */
-#define HP_DRAIN_CHECK_MS 1000          /* idle clients notice a drain this fast */
 #define HP_HEAD_EXTRA 1024              /* room for the fields we add to a head */
 
 /* ---- buffers -------------------------------------------------------------
@@ -229,6 +229,12 @@ struct hp_conn {
     bool readable, writable, eof, shut;
     bool hup;                           /* EV_CLOSED seen: read until EOF */
     bool need_proxy;                    /* a PROXY header must come first */
+    SSL *ssl;                           /* TLS listener: the session, NULL when plain */
+    struct wg_tls_server *tls_server;   /* one reference during the handshake (SNI) */
+    bool tls_done;                      /* handshake complete */
+    bool read_wants_write;              /* SSL_read waits for the socket to be writable */
+    bool write_wants_read;              /* SSL_write waits for it to be readable */
+    char *cert_subject;                 /* verified client certificate, RFC 4514 */
     bool dead;
     uint64_t blocked_since;             /* output to the client waits since (0: not) */
     uint64_t armed_ms;                  /* the timer's deadline, 0 when not armed */
@@ -245,6 +251,7 @@ struct hp_conn {
     struct wg_pool_service *svc;        /* one reference while routed */
     struct wg_pick pick;
     struct wg_instance *inst;           /* one reference + one `active` per attempt */
+    unsigned inst_gen;                  /* its down_generation when picked (health.h) */
     unsigned attempts;
     enum wg_http_method method;
     bool http10, req_keep_alive, req_upgrade, req_body_done, replayable;
@@ -331,6 +338,12 @@ static void conn_free(struct hp_conn *c)
     release_request(c);
     event_del(&c->ev);
     event_del(&c->timer);
+    if (c->ssl) {
+        wg_tls_close(c->ssl);
+        SSL_free(c->ssl);
+    }
+    wg_tls_server_unref(c->tls_server);
+    free(c->cert_subject);
     close(c->fd);
     buf_free(c->loc, &c->in);
     buf_free(c->loc, &c->out);
@@ -341,6 +354,25 @@ static void conn_free(struct hp_conn *c)
 }
 
 static void force_close(struct wg_conn_link *l) { conn_free(conn_of(l)); }
+
+/* The worker's 1 s tick: idle clients go when the worker drains; requests
+ * and tunnels to an instance that must be cut (drain_timeout, on_unhealthy:
+ * close) end now (health.h). */
+static void conn_tick(struct wg_conn_link *l, uint64_t now_ms)
+{
+    struct hp_conn *c = conn_of(l);
+    if (c->rq == RQ_IDLE && atomic_load_explicit(&c->w->draining, memory_order_relaxed)) {
+        conn_free(c);
+        return;
+    }
+    if (!c->inst || !c->svc)
+        return;
+    enum wg_health_cut cut = wg_health_conn_cut(c->svc->cfg, c->inst, c->inst_gen, now_ms);
+    if (cut == WG_CUT_NONE)
+        return;
+    c->end_reason = wg_health_cut_name(cut);
+    conn_free(c);
+}
 
 /* Mark for closing; the pump frees it when the current event is done. */
 static void conn_kill(struct hp_conn *c) { c->dead = true; }
@@ -771,7 +803,12 @@ static bool build_upstream_head(struct hp_conn *c, const struct wg_http_parser *
         put_field(&o, msg, h);
     }
     put_xff(c, &o, p, msg, n_xff);
-    puts_(&o, "X-Forwarded-Proto: http\r\n");
+    puts_(&o, c->ssl ? "X-Forwarded-Proto: https\r\n" : "X-Forwarded-Proto: http\r\n");
+    if (c->cert_subject) {              /* inbound X-Client-Cert-* were dropped above */
+        puts_(&o, "X-Client-Cert-Subject: ");
+        puts_(&o, c->cert_subject);
+        put(&o, "\r\n", 2);
+    }
     if (m->has_host) {
         puts_(&o, "X-Forwarded-Host: ");
         put_span(&o, msg, m->host);
@@ -943,6 +980,93 @@ static void request_head_done(struct hp_conn *c, size_t head_len)
 
 /* ---- reading ---------------------------------------------------------- */
 
+/* ---- TLS on the client side (TLS listeners) ----------------------------
+ * The same contract as read(2)/writev(2) for the callers: >0 bytes, 0 EOF,
+ * -1 with errno EAGAIN when the socket must become ready. A read that needs
+ * the socket writable (or a write that needs it readable) is remembered so
+ * that client_event turns the other edge into a retry. */
+static ssize_t tls_read(struct hp_conn *c, char *buf, size_t len)
+{
+    size_t n = 0;
+    switch (wg_tls_read(c->ssl, buf, len, &n)) {
+    case WG_TLS_OK:
+        return (ssize_t)n;
+    case WG_TLS_EOF:
+        return 0;
+    case WG_TLS_WANT_WRITE:
+        c->read_wants_write = true;
+        /* fall through */
+    case WG_TLS_WANT_READ:
+        errno = EAGAIN;
+        return -1;
+    default:
+        errno = ECONNRESET;
+        return -1;
+    }
+}
+
+/* Write the head then the body bytes, as flush_to() does with writev. */
+static ssize_t tls_flush(struct hp_conn *c, struct hp_buf *head, struct hp_buf *body)
+{
+    ssize_t total = 0;
+    struct hp_buf *bufs[2] = { head, body };
+    for (int k = 0; k < 2 && c->writable; k++) {
+        struct hp_buf *b = bufs[k];
+        uint32_t end = k == 0 ? (b ? b->end : 0) : (b ? b->fwd : 0);
+        while (b && b->sent < end) {
+            size_t n = 0;
+            enum wg_tls_io r = wg_tls_write(c->ssl, b->data + b->sent, end - b->sent, &n);
+            if (r == WG_TLS_OK) {
+                b->sent += (uint32_t)n;
+                total += (ssize_t)n;
+                continue;
+            }
+            if (r != WG_TLS_WANT_WRITE && r != WG_TLS_WANT_READ)
+                return -1;
+            c->write_wants_read = r == WG_TLS_WANT_READ;
+            c->writable = false;
+            break;
+        }
+    }
+    return total;
+}
+
+/* The TLS handshake, before the first request (after a PROXY header). */
+static void tls_handshake_step(struct hp_conn *c, bool *progress)
+{
+    enum wg_tls_io r = wg_tls_handshake(c->ssl);
+    if (r == WG_TLS_WANT_READ || r == WG_TLS_WANT_WRITE) {
+        if (r == WG_TLS_WANT_READ)
+            c->readable = false;
+        else
+            c->writable = false;
+        return;
+    }
+    if (r != WG_TLS_OK) {
+        const char *why = wg_tls_error_reason();
+        wg_stats_add(c->w->stats, strcmp(why, "certificate") == 0 ? WG_C_TLS_FAIL_CERTIFICATE
+                                  : strncmp(why, "protocol", 8) == 0 ? WG_C_TLS_FAIL_PROTOCOL
+                                                                     : WG_C_TLS_FAIL_OTHER, 1);
+        wg_debug("msg=\"tls handshake failed\" client=%s reason=%s", c->client, why);
+        c->end_reason = "tls_handshake_failed";
+        conn_kill(c);
+        return;
+    }
+    c->tls_done = true;
+    wg_tls_server_unref(c->tls_server);
+    c->tls_server = NULL;
+    wg_stats_add(c->w->stats, WG_C_TLS_HANDSHAKES, 1);
+    if (SSL_session_reused(c->ssl))
+        wg_stats_add(c->w->stats, WG_C_TLS_RESUMED, 1);
+    char subject[400];
+    if (wg_tls_client_subject(c->ssl, subject, sizeof subject))
+        c->cert_subject = strdup(subject);
+    if (c->lc)
+        c->t.header_ms = c->lc->http.client_header_timeout_ms;
+    c->idle_deadline = wg_now_ms() + c->t.header_ms;   /* now the first request's head */
+    *progress = true;
+}
+
 /* Read from the client into c->in; bytes read (0: none now, see c->eof). */
 static ssize_t client_read(struct hp_conn *c)
 {
@@ -958,11 +1082,12 @@ static ssize_t client_read(struct hp_conn *c)
     size_t space = b->cap - b->end;
     if (space == 0)
         return 0;
-    ssize_t n = read(c->fd, b->data + b->end, space);
+    ssize_t n = c->ssl ? tls_read(c, b->data + b->end, space) : read(c->fd, b->data + b->end, space);
     if (n > 0) {
         b->end += (uint32_t)n;
-        if ((size_t)n < space && !c->hup)
-            c->readable = false;        /* drained: the next edge says when */
+        if ((size_t)n < space && !c->hup && !c->ssl)
+            c->readable = false;        /* drained: the next edge says when (TLS: its
+                                           own buffer may hold more, read until WANT_READ) */
         c->client_progress = wg_now_ms();
         c->req_bytes_in += (uint64_t)n;
         wg_stats_add(c->w->stats, WG_C_BYTES_IN, (uint64_t)n);
@@ -1157,6 +1282,7 @@ static void upstream_start(struct hp_conn *c)
     atomic_fetch_add_explicit(&i->active, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&i->requests_total, 1, memory_order_relaxed);
     c->inst = i;
+    c->inst_gen = wg_health_conn_generation(i);
     c->attempts++;
     upstream_attach(c);
 }
@@ -1448,7 +1574,7 @@ static void response_body_step(struct hp_conn *c, bool *progress)
 static void client_flush(struct hp_conn *c, bool *progress)
 {
     uint64_t now;
-    ssize_t n = flush_to(c->fd, &c->writable, c->out, c->uin);
+    ssize_t n = c->ssl ? tls_flush(c, c->out, c->uin) : flush_to(c->fd, &c->writable, c->out, c->uin);
     if (n < 0) {
         conn_kill(c);
         return;
@@ -1482,6 +1608,8 @@ static bool client_flushed(const struct hp_conn *c)
  * sends for a moment so that it reads our answer before any reset. */
 static void linger_start(struct hp_conn *c)
 {
+    if (c->ssl)
+        wg_tls_close(c->ssl);           /* close_notify before the FIN */
     shutdown(c->fd, SHUT_WR);
     c->shut = true;
     c->rq = RQ_LINGER;
@@ -1494,7 +1622,7 @@ static void linger_step(struct hp_conn *c, bool *progress)
 {
     char sink[4096];
     for (int k = 0; k < 16 && c->readable; k++) {
-        ssize_t n = read(c->fd, sink, sizeof sink);
+        ssize_t n = c->ssl ? tls_read(c, sink, sizeof sink) : read(c->fd, sink, sizeof sink);
         if (n > 0)
             continue;
         if (n == 0 || !transient()) {
@@ -1545,6 +1673,8 @@ static void response_step(struct hp_conn *c, bool *progress)
         return;
     if (c->rq == RQ_TUNNEL) {
         if (!c->shut) {
+            if (c->ssl)
+                wg_tls_close(c->ssl);
             shutdown(c->fd, SHUT_WR);   /* forward the upstream's half-close */
             c->shut = true;
         }
@@ -1589,6 +1719,10 @@ static void request_head_step(struct hp_conn *c, bool *progress)
     struct hp_buf *b = c->in;
     if (c->need_proxy) {
         proxy_header_step(c, progress);
+        return;
+    }
+    if (c->ssl && !c->tls_done) {
+        tls_handshake_step(c, progress);
         return;
     }
     if (!b || b->scan == b->end) {      /* nothing new to parse: read */
@@ -1720,7 +1854,12 @@ static void on_timeout(struct hp_conn *c, enum hp_deadline kind)
         fail_upstream(c, 504);
         break;
     case DL_IDLE:
-        wg_stats_add(c->w->stats, WG_C_IDLE_TIMEOUTS, 1);
+        if (c->ssl && !c->tls_done) {   /* handshake_timeout */
+            wg_stats_add(c->w->stats, WG_C_TLS_FAIL_TIMEOUT, 1);
+            c->end_reason = "tls_handshake_timeout";
+        } else {
+            wg_stats_add(c->w->stats, WG_C_IDLE_TIMEOUTS, 1);
+        }
         conn_kill(c);
         break;
     default:                            /* upstream idle, send, tunnel, linger */
@@ -1733,8 +1872,6 @@ static void timer_update(struct hp_conn *c)
 {
     enum hp_deadline kind;
     uint64_t d = next_deadline(c, &kind), now = wg_now_ms();
-    if (c->rq == RQ_IDLE && d > now + HP_DRAIN_CHECK_MS)
-        d = now + HP_DRAIN_CHECK_MS;    /* notice a drain while idle */
     if (d == UINT64_MAX || (c->armed_ms && c->armed_ms <= d))
         return;                         /* none, or the armed one fires first */
     uint64_t left = d > now ? d - now : 0;
@@ -1749,9 +1886,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     enum hp_deadline kind;
     c->armed_ms = 0;
     uint64_t d = next_deadline(c, &kind);
-    if (c->rq == RQ_IDLE && atomic_load_explicit(&c->w->draining, memory_order_relaxed))
-        conn_kill(c);
-    else if (d <= wg_now_ms())
+    if (d <= wg_now_ms())
         on_timeout(c, kind);
     conn_pump(c);
 }
@@ -1784,10 +1919,18 @@ static void conn_pump(struct hp_conn *c)
 static void client_event(evutil_socket_t fd, short what, void *arg)
 {
     struct hp_conn *c = arg;
-    if (what & EV_READ)
+    if (what & EV_READ) {
         c->readable = true;
-    if (what & EV_WRITE)
+        if (c->write_wants_read)        /* TLS: a write was waiting for this edge */
+            c->writable = true;
+        c->write_wants_read = false;
+    }
+    if (what & EV_WRITE) {
         c->writable = true;
+        if (c->read_wants_write)
+            c->readable = true;
+        c->read_wants_write = false;
+    }
     if (what & EV_CLOSED)
         c->readable = c->hup = true;
     conn_pump(c);
@@ -1812,6 +1955,22 @@ static const struct hp_settings hp_defaults = {
     .tunnel_ms = 3600000, .max_head = 32768,
 };
 
+/* A TLS listener: the session, and the handshake deadline. */
+static void tls_accept(struct hp_conn *c, int fd)
+{
+    struct wg_tls_server *tls = wg_tls_set_listener(c->cfg->ext, c->cfg->cfg, c->lc);
+    if (!tls)
+        return;
+    wg_tls_server_ref(tls);             /* its config may go while we shake hands */
+    c->tls_server = tls;
+    if (!(c->ssl = wg_tls_server_ssl(tls, fd))) {
+        c->end_reason = "tls_failed";
+        conn_kill(c);
+        return;
+    }
+    c->t.header_ms = c->lc->tls.handshake_timeout_ms;   /* until the handshake is done */
+}
+
 void wg_http_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int fd,
                           const struct sockaddr *peer, socklen_t peerlen)
 {
@@ -1831,6 +1990,7 @@ void wg_http_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int 
     c->l = l;
     c->fd = fd;
     c->link.force_close = force_close;
+    c->link.tick = conn_tick;
     c->t = hp_defaults;
     ip_text(peer, c->client_ip, sizeof c->client_ip);
     wg_sockaddr_text(peer, c->client, sizeof c->client);
@@ -1841,6 +2001,7 @@ void wg_http_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int 
         reply(c, 503, "no configuration yet\n", false);
     } else {
         c->need_proxy = c->lc->proxy_protocol;
+        tls_accept(c, fd);
     }
     c->idle_deadline = wg_now_ms() + c->t.header_ms;   /* the first request's head */
     conn_pump(c);
