@@ -395,7 +395,10 @@ class EtcdWaygate(Waygate):
         last = [None]
 
         def ok():
-            last[0] = self.pool(service)
+            try:
+                last[0] = self.pool(service)
+            except (OSError, http.client.HTTPException) as e:
+                last[0] = "admin API: %s" % e       # not answering yet: keep waiting
             return last[0] == want
         try:
             wait_until(ok, slack(timeout), "instances %s" % want, interval=0.02)
