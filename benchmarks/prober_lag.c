@@ -12,7 +12,8 @@
  * and etcd registries do) whose commit time is measured, as is the time until
  * the added instance is healthy (a registration's first probe round trip).
  *
- * Output: one line per second, then a summary line starting "summary".
+ * Output: one line per second, then a summary line starting "summary" over
+ * the second half of the run (the steady state after the start-up burst).
  * Built and run by benchmarks/prober_lag.sh.
  */
 #include <arpa/inet.h>
@@ -52,6 +53,7 @@ struct bench {
     uint64_t probe_lag_max_us, probes0;
     struct wg_prober_stats first;
     uint64_t cpu_first_us;
+    uint64_t prev_lag_sum_us, prev_lag_count;   /* per-second means */
 };
 
 static uint64_t now_us(void) { return wg_now_ns() / 1000; }
@@ -162,17 +164,24 @@ static void second_cb(evutil_socket_t fd, short what, void *arg)
            "control_lag_max_us=%llu\n", b->elapsed, healthy,
            (unsigned long long)st.probes, (unsigned long long)st.failed,
            (unsigned long long)st.connects, (unsigned long long)st.open_connections,
-           (unsigned long long)(st.lag_count ? st.lag_sum_us / st.lag_count : 0),
+           (unsigned long long)(st.lag_count - b->prev_lag_count
+                                    ? (st.lag_sum_us - b->prev_lag_sum_us) /
+                                          (st.lag_count - b->prev_lag_count) : 0),
            (unsigned long long)st.lag_max_us,
            (unsigned long long)(b->lag_n ? b->lag_sum_us / b->lag_n : 0),
            (unsigned long long)b->lag_max_us);
     print_results(s);
     fflush(stdout);
-    if (b->elapsed == 2) {
-        b->first = st;                  /* the start-up burst is over */
+    b->prev_lag_sum_us = st.lag_sum_us;
+    b->prev_lag_count = st.lag_count;
+    unsigned warm = b->seconds / 2;     /* the second half is the steady state */
+    if (b->elapsed == warm) {
+        b->first = st;
         b->cpu_first_us = cpu_us();
+        b->commit_max_us = b->commit_sum_us = b->commit_n = 0;
+        b->reg_max_us = b->reg_sum_us = b->reg_n = 0;
     }
-    if (b->elapsed > 2) {
+    if (b->elapsed > warm) {
         b->probe_lag_max_us = st.lag_max_us > b->probe_lag_max_us ? st.lag_max_us
                                                                   : b->probe_lag_max_us;
         b->all_lag_max_us = b->lag_max_us > b->all_lag_max_us ? b->lag_max_us : b->all_lag_max_us;
@@ -182,7 +191,7 @@ static void second_cb(evutil_socket_t fd, short what, void *arg)
     b->lag_max_us = b->lag_sum_us = b->lag_n = 0;
     if (++b->elapsed >= b->seconds) {
         struct wg_prober_stats end = st;
-        double secs = b->seconds - 3;
+        double secs = b->seconds - b->seconds / 2 - 1;
         printf("summary instances=%u prober=%s probes_per_s=%.0f connects_after_start=%llu "
                "probe_lag_mean_us=%llu probe_lag_max_us=%llu control_lag_mean_us=%llu "
                "control_lag_max_us=%llu commit_mean_us=%llu commit_max_us=%llu "

@@ -49,7 +49,6 @@ struct probe_io {
     struct wg_http_parser parser;
     struct wg_http_body body;
     struct wg_http_header headers[PROBE_HEADERS];
-    bool head_done;
     size_t len;                         /* bytes in buf */
     size_t req_len, sent;
     char req[PROBE_REQUEST_MAX];
@@ -232,7 +231,6 @@ static void io_reset(struct probe_io *x)
 {
     wg_http_parser_init_response(&x->parser, x->headers, PROBE_HEADERS, PROBE_HEAD_MAX,
                                  WG_HTTP_GET, false);
-    x->head_done = false;
     x->len = 0;
     x->sent = 0;
 }
