@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config_value.h"
@@ -1217,6 +1218,7 @@ static void runtime_free(struct registrar *r)
 static int run(struct registrar *r)
 {
     signal(SIGPIPE, SIG_IGN);
+    srandom((unsigned)getpid() ^ (unsigned)time(NULL));     /* registrars retry out of step */
     if (!runtime_init(r))
         return 1;
     r->phase = r->o->command ? PH_STARTING : PH_RUNNING;
