@@ -15,6 +15,7 @@
 #include "waygate/listener.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
+#include "waygate/proxy_protocol.h"
 #include "waygate/stats.h"
 #include "waygate/tls.h"
 #include "waygate/worker.h"
@@ -733,8 +734,99 @@ static struct tcp_conn *conn_new(struct wg_worker *w, const struct wg_listener *
     return c;
 }
 
+static void tcp_accept(struct wg_worker *w, const struct wg_listener *l, int fd,
+                       const struct sockaddr *peer);
+
+/* ---- PROXY protocol from the client (listener proxy_protocol: true) ----
+ * The header is taken off the socket before anything else happens; then the
+ * connection starts as if just accepted from the address it names. */
+
+#define PROXY_HEADER_TIMEOUT_MS 10000
+
+struct proxy_wait {
+    struct wg_conn_link link;
+    struct wg_worker *w;
+    const struct wg_listener *l;
+    int fd;
+    struct event *ev;
+    struct sockaddr_storage peer;
+};
+
+static void proxy_wait_free(struct proxy_wait *p, bool close_fd)
+{
+    event_free(p->ev);
+    wg_worker_conn_remove(p->w, &p->link);
+    if (close_fd) {
+        close(p->fd);
+        wg_listener_conn_closed();
+    }
+    free(p);
+}
+
+static void proxy_wait_force_close(struct wg_conn_link *l)
+{
+    proxy_wait_free((struct proxy_wait *)((char *)l - offsetof(struct proxy_wait, link)), true);
+}
+
+static void proxy_header_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct proxy_wait *p = arg;
+    struct wg_proxy_info pi;
+    enum wg_proxy_result r = what & EV_TIMEOUT ? WG_PROXY_ERROR : wg_proxy_read(p->fd, &pi);
+    if (r == WG_PROXY_AGAIN)
+        return;                         /* EV_PERSIST: the timeout still runs */
+    if (r == WG_PROXY_ERROR) {
+        char client[64];
+        wg_sockaddr_text((struct sockaddr *)&p->peer, client, sizeof client);
+        wg_access_log(p->w->access_log, &(struct wg_access_entry){
+            .client = client, .listener = p->l->name,
+            .reason = what & EV_TIMEOUT ? "proxy_protocol_timeout" : "proxy_protocol_invalid",
+            .connect_us = -1 });
+        proxy_wait_free(p, true);
+        return;
+    }
+    struct wg_worker *w = p->w;
+    const struct wg_listener *l = p->l;
+    struct sockaddr_storage peer = pi.local ? p->peer : pi.src;
+    proxy_wait_free(p, false);
+    tcp_accept(w, l, fd, (struct sockaddr *)&peer);
+}
+
+static void proxy_wait_start(struct wg_worker *w, const struct wg_listener *l, int fd,
+                             const struct sockaddr *peer, socklen_t peerlen)
+{
+    struct proxy_wait *p = calloc(1, sizeof *p);
+    struct timeval tv = tv_ms(PROXY_HEADER_TIMEOUT_MS);
+    if (!p || !(p->ev = event_new(w->base, fd, EV_READ | EV_PERSIST, proxy_header_cb, p)) ||
+        event_add(p->ev, &tv) < 0) {
+        if (p && p->ev)
+            event_free(p->ev);
+        free(p);
+        close(fd);
+        wg_listener_conn_closed();
+        return;
+    }
+    p->w = w;
+    p->l = l;
+    p->fd = fd;
+    memcpy(&p->peer, peer, peerlen < sizeof p->peer ? peerlen : sizeof p->peer);
+    p->link.force_close = proxy_wait_force_close;
+    wg_worker_conn_add(w, &p->link);
+}
+
 void wg_tcp_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int fd,
                          const struct sockaddr *peer, socklen_t peerlen)
+{
+    struct wg_snapshot *snap = wg_pool_current(w->pool);
+    const struct wg_listener_config *lc = snap ? wg_listener_config_in(snap->config->cfg, l) : NULL;
+    if (lc && lc->proxy_protocol)
+        proxy_wait_start(w, l, fd, peer, peerlen);
+    else
+        tcp_accept(w, l, fd, peer);
+}
+
+static void tcp_accept(struct wg_worker *w, const struct wg_listener *l, int fd,
+                       const struct sockaddr *peer)
 {
     struct wg_snapshot *snap = wg_pool_current(w->pool);
     const struct wg_config *cfg = snap ? snap->config->cfg : NULL;
