@@ -72,3 +72,73 @@ def test_no_proxy_header_on_plain_listener_is_http():
             s.sendall(b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 80\r\n" + REQ)
             data = recv_until_eof(s)
         assert data.startswith(b"HTTP/1.1 400 "), data
+
+
+class V2Reader:
+    """Reads the PROXY v2 header waygate sends upstream (service
+    proxy_protocol: true) and answers the source address it names."""
+
+    def __init__(self):
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with c:
+                try:
+                    c.settimeout(5)
+                    head = b""
+                    while len(head) < 16:
+                        d = c.recv(16 - len(head))
+                        if not d:
+                            break
+                        head += d
+                    if len(head) < 16 or head[:12] != SIG:
+                        continue
+                    n = struct.unpack("!H", head[14:16])[0]
+                    body = b""
+                    while len(body) < n:
+                        body += c.recv(n - len(body))
+                    src = socket.inet_ntoa(body[0:4]) if head[13] == 0x11 else \
+                        socket.inet_ntop(socket.AF_INET6, body[0:16]) if head[13] == 0x21 \
+                        else "local"
+                    c.sendall(("src=%s\n" % src).encode())
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+
+
+def test_tcp_listener_accepts_proxy_protocol():
+    up = V2Reader()
+    try:
+        with Harness() as h:
+            wg = h.waygate(listeners=[{"name": "t", "mode": "tcp", "service": "users",
+                                       "proxy_protocol": True}],
+                           instances={"users": [{"id": "r", "address": "127.0.0.1",
+                                                 "port": up.port}]},
+                           services={"users": {"proxy_protocol": True}})
+            for prefix, want in ((b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 80\r\n", "192.0.2.7"),
+                                 (v2_tcp4("203.0.113.9", "10.0.0.1", 1234, 80), "203.0.113.9"),
+                                 (b"PROXY UNKNOWN\r\n", "127.0.0.1")):
+                with connect(wg.port()) as s:
+                    for k in range(0, len(prefix), 7):     # in pieces
+                        s.sendall(prefix[k:k + 7])
+                    assert recv_until_eof(s) == ("src=%s\n" % want).encode(), prefix
+            with connect(wg.port()) as s:                   # garbage: closed, nothing relayed
+                s.sendall(b"HELLO\r\n")
+                try:
+                    assert recv_until_eof(s) == b""
+                except ConnectionResetError:
+                    pass
+    finally:
+        up.close()
