@@ -249,3 +249,80 @@ def test_upstream_tls_verifies_chain_and_name():
                                                    "sni": "other.test"})
         assert name_or_none(wrong_name.port()) is None
         assert "upstream tls handshake failed" in wrong_name.stderr_text()
+
+
+# ---- http listeners -----------------------------------------------------------
+
+def https_listener(certs, **tls):
+    t = {"certificates": [{"cert": c, "key": k} for c, k in certs], "handshake_timeout": "2s"}
+    t.update(tls)
+    return {"name": "web", "mode": "http", "routes": [{"path_prefix": "/", "service": "users"}],
+            "tls": t}
+
+
+def https_get(port, ctx, sni, path, headers=(), keep=False):
+    s = tls_connect(port, ctx, sni)
+    req = "GET %s HTTP/1.1\r\nHost: %s\r\n" % (path, sni) + "".join(
+        "%s: %s\r\n" % kv for kv in headers) + ("" if keep else "Connection: close\r\n") + "\r\n"
+    s.sendall(req.encode())
+    from wglib import read_http_response
+    r = read_http_response(s, timeout=10)
+    if not keep:
+        s.close()
+        return r
+    return r, s
+
+
+def test_https_listener_alpn_forwarded_proto_keepalive():
+    with Harness() as h:
+        pki = shared()
+        b = h.backend("http", name="a")
+        wg = h.waygate(listeners=[https_listener([pki.leaf("a", ["a.test"])])],
+                       instances={"users": [b.instance()]})
+        ctx = client_context(ca=pki.ca)
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        r, s = https_get(wg.port(), ctx, "a.test", "/request", keep=True)
+        try:
+            assert s.selected_alpn_protocol() == "http/1.1"
+            assert r.status == 200
+            assert b"x-forwarded-proto: https" in r.body.lower(), r.body
+            from wglib import read_http_response
+            s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")   # same TLS connection
+            assert read_http_response(s, timeout=10).body.strip() == b"a"
+        finally:
+            s.close()
+
+
+def test_https_client_certificate_subject_and_forged_header_stripped():
+    with Harness() as h:
+        pki = shared()
+        client = pki.leaf("client", cn="client-1", client=True)
+        b = h.backend("http", name="a")
+        wg = h.waygate(listeners=[https_listener([pki.leaf("a", ["a.test"])], client_ca=pki.ca,
+                                                 verify="optional")],
+                       instances={"users": [b.instance()]})
+        forged = [("X-Client-Cert-Subject", "CN=admin"), ("X-Client-Cert-Verified", "yes")]
+        with_cert = https_get(wg.port(), client_context(ca=pki.ca, cert=client[0], key=client[1]),
+                              "a.test", "/request", forged)
+        body = with_cert.body.lower()
+        assert b"x-client-cert-subject: cn=client-1,o=waygate tests" in body, with_cert.body
+        assert b"cn=admin" not in body and b"x-client-cert-verified" not in body, with_cert.body
+        without = https_get(wg.port(), client_context(ca=pki.ca), "a.test", "/request", forged)
+        body = without.body.lower()
+        assert b"x-client-cert" not in body, without.body
+
+
+def test_https_download_and_handshake_timeout():
+    with Harness() as h:
+        pki = shared()
+        b = h.backend("http", name="a")
+        wg = h.waygate(listeners=[https_listener([pki.leaf("a", ["a.test"])])],
+                       instances={"users": [b.instance()]})
+        n = 8 * MIB
+        r = https_get(wg.port(), client_context(ca=pki.ca), "a.test", "/bytes?n=%d" % n)
+        assert r.status == 200 and len(r.body) == n
+        with connect(wg.port(), timeout=10) as s:     # never sends a ClientHello
+            t0 = time.monotonic()
+            s.settimeout(slack(10))
+            assert s.recv(10) == b""
+            assert time.monotonic() - t0 <= slack(4)
