@@ -22,8 +22,8 @@
  *    to the same member; only its failure reconnects.
  *  - registry.cache: after each publish the snapshot is handed to a writer
  *    thread (registry_cache.c) that writes at most once a second. When the
- *    first attempt fails and nothing was listed yet, the cache is served
- *    until the first list replaces it.
+ *    first attempt fails, or nothing was listed 1 s after the start, the
+ *    cache is served until the first list replaces it.
  */
 #include "waygate/registry.h"
 
@@ -47,6 +47,7 @@
 #define PROBE_MAX_MS 5000
 #define AUTH_TIMEOUT_MS 5000
 #define RANGE_TIMEOUT_MS 30000
+#define CACHE_AFTER_MS 1000         /* no list by then: serve the cache */
 
 /* ---- key and service tables --------------------------------------------------- */
 
@@ -337,6 +338,7 @@ struct etcd_registry {
     size_t ep;                      /* the member in use */
     uint64_t backoff_ms;            /* the next retry delay (before jitter) */
     struct event *retry;
+    struct event *cache_timer;
     bool live;                      /* a session is running (no retry pending) */
     bool synced;                    /* a list was applied: watches resume */
     bool need_resync;
@@ -1046,6 +1048,14 @@ static void load_cache(struct etcd_registry *r)
     wg_record_set_clear(&set);
 }
 
+static void cache_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct etcd_registry *r = arg;
+
+    if (!r->synced && !r->cache_tried)
+        load_cache(r);
+}
+
 static void session_fail(struct etcd_registry *r, enum fail_kind kind, const char *why)
 {
     uint64_t delay = 0;
@@ -1109,6 +1119,11 @@ static int etcd_start(struct wg_registry *base)
     r->backoff_ms = r->backoff_initial_ms;
     if (!(r->retry = evtimer_new(base->base, session_start, r)))
         return -1;
+    if (r->cache) {
+        if (!(r->cache_timer = evtimer_new(base->base, cache_timer_cb, r)))
+            return -1;
+        arm(r->cache_timer, CACHE_AFTER_MS);     /* etcd reachable but slow to answer */
+    }
     for (size_t i = 0; i < r->n_prefixes; i++)
         if (!(r->watches[i].silence = evtimer_new(base->base, silence_cb, &r->watches[i])))
             return -1;
@@ -1142,6 +1157,8 @@ static void etcd_free(struct wg_registry *base)
     free(r->watches);
     if (r->retry)
         event_free(r->retry);
+    if (r->cache_timer)
+        event_free(r->cache_timer);
     wg_registry_cache_free(r->cache);
     keymap_clear(&r->map);
     wg_etcd_client_free(r->client);
