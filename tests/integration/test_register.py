@@ -3,7 +3,8 @@ a registered backend becomes routable; SIGKILL leaves the record to its
 lease's TTL, SIGTERM removes it at once and revokes the lease; --health
 gates the record (the lease stays); a lost lease (revoked, or etcd's data
 gone) is granted again and the record written again; a wrapped command is
-restarted three times in a row with no failed request through waygate; TLS
+restarted three times in a row with no failed request through waygate; a
+forwarded signal that ends the child deregisters and passes its status; TLS
 settings from a config file and a partition longer than the TTL; a
 cluster member dies under a registrar that authenticates with settings from
 a config file; usage errors and the child's exit status."""
@@ -249,6 +250,23 @@ def test_wrapped_commands_rolling_restart_no_failed_request():
         for r in regs:
             assert r.wait(slack(10)) == 0
         assert c.get_prefix(P) == {}
+
+
+def test_forwarded_signal_ends_the_child_then_the_record_goes():
+    """SIGHUP is forwarded at once; the child (no HUP handler) dies of it:
+    the key is deleted, the lease revoked, and the exit status is 128 + 1."""
+    with EtcdHarness() as h:
+        etcd = h.etcd()
+        c = etcd.client()
+        port = free_port()
+        cmd = [tool("wg_backend"), "--listen", "127.0.0.1:%d" % port, "--mode", "http"]
+        r = registrar(h, [etcd.url], "x", port, "--ttl", "5s", command=cmd)
+        _, lease = wait_record(c, "x")
+        r.signal(signal.SIGHUP)
+        assert r.wait(slack(5)) == 128 + signal.SIGHUP, r.stderr_text()
+        assert record(c, "x") is None and lease_ttl(c, lease) == -1
+        assert not port_open(port)
+        assert "forwarding signal" in r.stderr_text()
 
 
 def test_member_failover_with_auth_from_the_config_file():
