@@ -408,8 +408,11 @@ class EtcdWaygate(Waygate):
 
 class TcpCut:
     """A TCP proxy in front of an etcd member whose connections the test can
-    cut: `cut()` closes every open connection and refuses new ones (RST),
-    `restore()` accepts again."""
+    cut: `cut()` closes every open connection and refuses new ones (RST);
+    `freeze()` makes the member silent without closing anything (bytes are
+    held, new connections are accepted and never answered), like a network
+    partition; `restore()` forwards again (and resets the connections
+    accepted while frozen)."""
 
     def __init__(self, target_port):
         self.target = target_port
@@ -420,6 +423,8 @@ class TcpCut:
         self.port = self.sock.getsockname()[1]
         self.url = "http://127.0.0.1:%d" % self.port
         self.open = True
+        self.frozen = False
+        self.held = []
         self.conns = []
         self.lock = threading.Lock()
         self.stopping = False
@@ -435,6 +440,10 @@ class TcpCut:
             if not self.open:
                 c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
                 c.close()
+                continue
+            if self.frozen:
+                with self.lock:
+                    self.held.append(c)
                 continue
             try:
                 u = socket.create_connection(("127.0.0.1", self.target), timeout=2)
@@ -452,6 +461,8 @@ class TcpCut:
                 d = a.recv(65536)
                 if not d:
                     break
+                while self.frozen and not self.stopping:
+                    time.sleep(0.02)
                 b.sendall(d)
         except OSError:
             pass
@@ -473,10 +484,20 @@ class TcpCut:
                 pass
             s.close()
 
+    def freeze(self):
+        self.frozen = True
+
     def restore(self):
         self.open = True
+        self.frozen = False
+        with self.lock:
+            held, self.held = self.held, []
+        for c in held:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            c.close()
 
     def close(self):
         self.stopping = True
+        self.restore()
         self.cut()
         self.sock.close()

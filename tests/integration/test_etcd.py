@@ -274,3 +274,35 @@ def test_restore_from_backup_resyncs():
         assert wg.metric("waygate_registry_resyncs_total") == 1
         etcd.client().put(P + "b", addr(b))
         wg.wait_instances({"a": addr(a), "b": addr(b)})
+
+
+def test_silent_member_is_probed_then_left():
+    """A member that goes silent without closing anything (a partition):
+    after watch_timeout the probe gets no answer either, so waygate
+    reconnects, keeping its pools meanwhile, and catches up afterwards."""
+    with EtcdHarness() as h:
+        etcd = h.etcd()
+        c = etcd.client()
+        a, b = backends(h, 2)
+        c.put(P + "a", addr(a))
+        cut = TcpCut(etcd.client_port)
+        try:
+            wg = h.waygate_etcd([cut.url], watch_timeout="1s", backoff=("50ms", "300ms"))
+            wg.wait_instances({"a": addr(a)})
+            wait_until(lambda: wg.registry_status()["connected"], slack(5), "connected")
+            with NameLoad(wg.port(), threads=1) as load:
+                t = time.monotonic()
+                cut.freeze()
+                wait_until(lambda: not wg.registry_status()["connected"], slack(6),
+                           "the silent member to be given up")
+                gave_up = time.monotonic() - t
+                assert wg.pool() == {"a": addr(a)}
+                c.put(P + "b", addr(b))
+                cut.restore()
+                wg.wait_instances({"a": addr(a), "b": addr(b)}, timeout=10)
+            assert not load.errors(), load.errors()[:5]
+            assert "silence probe failed" in wg.stderr_text()
+            assert wg.metric("waygate_registry_resyncs_total") == 0
+            print("silent member given up after %.1fs (watch_timeout 1s)" % gave_up)
+        finally:
+            cut.close()
