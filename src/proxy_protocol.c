@@ -81,13 +81,16 @@ static enum wg_proxy_result v1_parse(const uint8_t *buf, size_t len, struct wg_p
 {
     const char *s = (const char *)buf;
     size_t lim = len < WG_PROXY_V1_MAX ? len : WG_PROXY_V1_MAX;
-    const char *cr = memchr(s, '\r', lim);
-    if (!cr)
-        return len >= WG_PROXY_V1_MAX || memchr(s, '\n', lim) ? WG_PROXY_ERROR : WG_PROXY_AGAIN;
-    size_t end = (size_t)(cr - s);
+    size_t end = 0;
+    while (end < lim && s[end] != '\r' && s[end] != '\n')
+        end++;
+    if (end == lim)                     /* no line end yet */
+        return len >= WG_PROXY_V1_MAX ? WG_PROXY_ERROR : WG_PROXY_AGAIN;
+    if (s[end] == '\n')
+        return WG_PROXY_ERROR;          /* bare LF */
     if (end + 1 >= len)
         return end + 2 > WG_PROXY_V1_MAX ? WG_PROXY_ERROR : WG_PROXY_AGAIN;
-    if (s[end + 1] != '\n' || memchr(s, '\n', end))
+    if (s[end + 1] != '\n')
         return WG_PROXY_ERROR;
     info->version = 1;
     if (end >= 13 && memcmp(s + 6, "UNKNOWN", 7) == 0 && (end == 13 || s[13] == ' ')) {
