@@ -1,0 +1,137 @@
+"""Memory per idle keep-alive client connection.
+
+For each target, a fresh process (and a fresh backend): one request through
+it (pools, lazy initialisation), RSS from /proc/PID/status; then a Python
+client opens N = 10,000 connections (RLIMIT_NOFILE raised to its hard
+limit), sends one keep-alive GET on each, reads the whole response, and keeps
+them all open and idle; after 1 s the RSS again. Per connection =
+(RSS after - RSS before) / N. The connections end with RST (SO_LINGER 0), so
+runs leave no TIME_WAIT behind. "direct" is the nginx backend itself.
+"""
+
+import resource
+import selectors
+import socket
+import struct
+import time
+
+from ._common import Env, combine, free_port, rss_kib, start_target, table, check_get
+
+NAME = "idle_memory"
+TITLE = "10,000 idle keep-alive client connections after one request each: RSS per connection"
+
+REQ = b"GET / HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: idle\r\n\r\n"
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def open_idle(port, n):
+    """n connections, one request/response each, left open; returns (sockets, failures)."""
+    socks, pending, failures = [], {}, 0
+    sel = selectors.DefaultSelector()
+    batch = 500
+    for start in range(0, n, batch):
+        for _ in range(min(batch, n - start)):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            socks.append(s)
+            pending[s] = b""
+            sel.register(s, selectors.EVENT_WRITE)
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            for key, ev in sel.select(timeout=1):
+                s = key.fileobj
+                if ev & selectors.EVENT_WRITE:
+                    try:
+                        s.send(REQ)
+                    except OSError:
+                        failures += 1
+                        sel.unregister(s)
+                        del pending[s]
+                        continue
+                    sel.modify(s, selectors.EVENT_READ)
+                    continue
+                try:
+                    data = s.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    failures += 1
+                    sel.unregister(s)
+                    del pending[s]
+                    continue
+                buf = pending[s] + data
+                head, sep, body = buf.partition(b"\r\n\r\n")
+                if sep:
+                    clen = 0
+                    for line in head.split(b"\r\n")[1:]:
+                        k, _, v = line.partition(b":")
+                        if k.strip().lower() == b"content-length":
+                            clen = int(v)
+                    if len(body) >= clen:
+                        if not head.startswith(b"HTTP/1.1 200"):
+                            failures += 1
+                        sel.unregister(s)
+                        del pending[s]
+                        continue
+                pending[s] = buf
+        failures += len(pending)
+        for s in pending:
+            sel.unregister(s)
+        pending = {}
+    sel.close()
+    return socks, failures
+
+
+def one(ctx, target, n):
+    with Env(ctx) as env:
+        backend_port = env.backend()
+        url, proc, _ = start_target(env, target, "http", backend_port)
+        port = int(url.rsplit(":", 1)[1])
+        for _ in range(3):
+            check_get(url, "/")
+        time.sleep(0.3)
+        before = rss_kib(proc.pid)
+        socks, failures = open_idle(port, n)
+        time.sleep(1.0)
+        after = rss_kib(proc.pid)
+        for s in socks:
+            s.close()
+        return {"before": before / 1024.0, "after": after / 1024.0,
+                "per_conn": (after - before) * 1024.0 / n, "errors": failures}
+
+
+def run(ctx, log=print):
+    hard = raise_nofile()
+    n = 200 if ctx.smoke else min(10000, hard - 500)
+    rows = []
+    for target in ctx.targets:
+        samples = []
+        for _ in range(ctx.runs):
+            try:
+                samples.append(one(ctx, target, n))
+            except RuntimeError as e:
+                log("  %s: %s" % (target, e))
+                break
+        if not samples:
+            rows.append((target, "%d conns" % n, None))
+            continue
+        d = combine(samples)
+        rows.append((target, "%d conns" % n, d))
+        log("  %-8s RSS %6.1f -> %6.1f MiB: %6.0f bytes per idle connection%s"
+            % (target, d["before"], d["after"], d["per_conn"],
+               "  (%d failed)" % d["errors"] if d["errors"] else ""))
+    cols = [("RSS before MiB", "before", "%.1f"), ("RSS after MiB", "after", "%.1f"),
+            ("bytes / idle conn", "per_conn", "%.0f"), ("failed", "errors", "%d")]
+    md = table(rows, cols, "per_conn")
+    md += ("\n\nLower is better here: a bytes/conn ratio below 1.00 means less memory per "
+           "idle connection than HAProxy (resp. the nginx backend).")
+    return md, sum((d or {}).get("errors", 0) for _, _, d in rows)
