@@ -1172,6 +1172,24 @@ static void etcd_free(struct wg_registry *base)
 
 static const struct wg_registry_ops etcd_ops = { "etcd", etcd_start, etcd_free };
 
+/* "/services" means "/services/": keys are <prefix><service>/<id>, and a
+ * prefix without its '/' would also match "/services-old/...". */
+static char *prefix_dir(const char *prefix)
+{
+    size_t n = strlen(prefix);
+    char *p = malloc(n + 2);
+
+    if (!p)
+        return NULL;
+    memcpy(p, prefix, n + 1);
+    if (n && prefix[n - 1] != '/') {
+        p[n] = '/';
+        p[n + 1] = '\0';
+        wg_info("msg=\"etcd prefix taken as a directory\" prefix=%s watched=%s", prefix, p);
+    }
+    return p;
+}
+
 static bool copy_settings(struct etcd_registry *r, const struct wg_config *cfg)
 {
     const typeof(cfg->registry.etcd) *e = &cfg->registry.etcd;
@@ -1188,8 +1206,8 @@ static bool copy_settings(struct etcd_registry *r, const struct wg_config *cfg)
         return false;
     for (size_t i = 0; i < e->n_prefixes; i++) {
         r->watches[i].r = r;
-        if (!(r->prefixes[i] = strdup(e->prefixes[i])) ||
-            !(r->watches[i].prefix = strdup(e->prefixes[i])))
+        if (!(r->prefixes[i] = prefix_dir(e->prefixes[i])) ||
+            !(r->watches[i].prefix = strdup(r->prefixes[i])))
             return false;
     }
     return true;

@@ -58,12 +58,14 @@ def test_lease_expiry_removes_instance():
         etcd = h.etcd()
         c = etcd.client()
         (a,) = backends(h, 1)
-        wg = h.waygate_etcd(etcd)
+        c.put("/services-old/users/z", addr(a))         # outside the prefix below
+        wg = h.waygate_etcd(etcd, prefix="/services")   # read as /services/
         lease, ttl = c.lease_grant(2)
         t = time.monotonic()
         c.put(P + "a", addr(a), lease=lease)
         wg.wait_instances({"a": addr(a)})
         wg.wait_instances({}, timeout=ttl + 3)
+        assert wg.metric("waygate_registry_invalid_records_total") == 0
         gone = time.monotonic() - t
         assert gone <= slack(ttl + 1.0), "removed %.2fs after the lease grant (TTL %d)" % (gone, ttl)
 
