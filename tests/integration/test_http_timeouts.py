@@ -49,13 +49,27 @@ def test_hundreds_of_slow_clients_do_not_delay_others():
                 s = connect(wg.port())
                 s.sendall(b"GET / HTTP/1.1\r\n")        # a head that never ends
                 socks.append(s)
-            worst = 0.0
-            for _ in range(50):
+
+            def drip():                                 # each sends a byte a second
+                while not stop.wait(1.0):
+                    for s in socks:
+                        try:
+                            s.send(b"x")
+                        except OSError:
+                            pass
+
+            threading.Thread(target=drip, daemon=True).start()
+            took = []
+            for _ in range(100):
+                time.sleep(0.02)
                 t = time.monotonic()
                 r = http_request(wg.port(), path="/x")
-                worst = max(worst, time.monotonic() - t)
+                took.append(time.monotonic() - t)
                 assert r.status == 200, r
-            assert worst < slack(0.25), worst
+            took.sort()
+            # medians and 95th percentiles, not the worst: this machine's
+            # scheduler (and the drip thread) add their own outliers
+            assert took[50] < slack(0.05) and took[95] < slack(0.25), took
         finally:
             stop.set()
             for s in socks:
