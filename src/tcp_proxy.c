@@ -797,7 +797,9 @@ static void proxy_wait_start(struct wg_worker *w, const struct wg_listener *l, i
 {
     struct proxy_wait *p = calloc(1, sizeof *p);
     struct timeval tv = tv_ms(PROXY_HEADER_TIMEOUT_MS);
-    if (!p || !(p->ev = event_new(w->base, fd, EV_READ | EV_PERSIST, proxy_header_cb, p)) ||
+    /* Edge-triggered: the header is peeked, not consumed, so a level-triggered
+     * event would fire again at once for a partial header (a busy loop). */
+    if (!p || !(p->ev = event_new(w->base, fd, EV_READ | EV_PERSIST | EV_ET, proxy_header_cb, p)) ||
         event_add(p->ev, &tv) < 0) {
         if (p && p->ev)
             event_free(p->ev);
