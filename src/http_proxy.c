@@ -283,6 +283,7 @@ struct hp_conn {
 
 static void conn_pump(struct hp_conn *c);
 static void upstream_start(struct hp_conn *c);
+static void upstream_connect_done(struct hp_conn *c);
 static void upstream_event(struct wg_upconn *u, short what, void *owner);
 
 static bool transient(void) { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
@@ -985,16 +986,16 @@ static void request_head_done(struct hp_conn *c, size_t head_len)
  * -1 with errno EAGAIN when the socket must become ready. A read that needs
  * the socket writable (or a write that needs it readable) is remembered so
  * that client_event turns the other edge into a retry. */
-static ssize_t tls_read(struct hp_conn *c, char *buf, size_t len)
+static ssize_t tls_read(SSL *ssl, bool *read_wants_write, char *buf, size_t len)
 {
     size_t n = 0;
-    switch (wg_tls_read(c->ssl, buf, len, &n)) {
+    switch (wg_tls_read(ssl, buf, len, &n)) {
     case WG_TLS_OK:
         return (ssize_t)n;
     case WG_TLS_EOF:
         return 0;
     case WG_TLS_WANT_WRITE:
-        c->read_wants_write = true;
+        *read_wants_write = true;
         /* fall through */
     case WG_TLS_WANT_READ:
         errno = EAGAIN;
@@ -1006,16 +1007,17 @@ static ssize_t tls_read(struct hp_conn *c, char *buf, size_t len)
 }
 
 /* Write the head then the body bytes, as flush_to() does with writev. */
-static ssize_t tls_flush(struct hp_conn *c, struct hp_buf *head, struct hp_buf *body)
+static ssize_t tls_flush(SSL *ssl, bool *writable, bool *write_wants_read, struct hp_buf *head,
+                         struct hp_buf *body)
 {
     ssize_t total = 0;
     struct hp_buf *bufs[2] = { head, body };
-    for (int k = 0; k < 2 && c->writable; k++) {
+    for (int k = 0; k < 2 && *writable; k++) {
         struct hp_buf *b = bufs[k];
         uint32_t end = k == 0 ? (b ? b->end : 0) : (b ? b->fwd : 0);
         while (b && b->sent < end) {
             size_t n = 0;
-            enum wg_tls_io r = wg_tls_write(c->ssl, b->data + b->sent, end - b->sent, &n);
+            enum wg_tls_io r = wg_tls_write(ssl, b->data + b->sent, end - b->sent, &n);
             if (r == WG_TLS_OK) {
                 b->sent += (uint32_t)n;
                 total += (ssize_t)n;
@@ -1023,8 +1025,8 @@ static ssize_t tls_flush(struct hp_conn *c, struct hp_buf *head, struct hp_buf *
             }
             if (r != WG_TLS_WANT_WRITE && r != WG_TLS_WANT_READ)
                 return -1;
-            c->write_wants_read = r == WG_TLS_WANT_READ;
-            c->writable = false;
+            *write_wants_read = r == WG_TLS_WANT_READ;
+            *writable = false;
             break;
         }
     }
@@ -1082,7 +1084,8 @@ static ssize_t client_read(struct hp_conn *c)
     size_t space = b->cap - b->end;
     if (space == 0)
         return 0;
-    ssize_t n = c->ssl ? tls_read(c, b->data + b->end, space) : read(c->fd, b->data + b->end, space);
+    ssize_t n = c->ssl ? tls_read(c->ssl, &c->read_wants_write, b->data + b->end, space)
+                       : read(c->fd, b->data + b->end, space);
     if (n > 0) {
         b->end += (uint32_t)n;
         if ((size_t)n < space && !c->hup && !c->ssl)
@@ -1115,10 +1118,11 @@ static ssize_t upstream_read(struct hp_conn *c)
     size_t space = b->cap - b->end;
     if (space == 0)
         return 0;
-    ssize_t n = read(u->fd, b->data + b->end, space);
+    ssize_t n = u->ssl ? tls_read(u->ssl, &u->read_wants_write, b->data + b->end, space)
+                       : read(u->fd, b->data + b->end, space);
     if (n > 0) {
         b->end += (uint32_t)n;
-        if ((size_t)n < space && !u->hup)
+        if ((size_t)n < space && !u->hup && !u->ssl)
             u->readable = false;
         c->upstream_progress = wg_now_ms();
         return n;
@@ -1253,10 +1257,13 @@ static void upstream_attach(struct hp_conn *c)
     }
     c->up = u;
     c->connect_start_ns = wg_now_ns();
+    c->connect_deadline = wg_now_ms() + c->t.connect_ms;
     if (u->connecting)
-        c->connect_deadline = wg_now_ms() + c->t.connect_ms;
-    else
+        return;
+    if (c->up_reused)
         upstream_ready(c);
+    else
+        upstream_connect_done(c);       /* connected at once: TLS may follow */
 }
 
 static void upstream_start(struct hp_conn *c)
@@ -1287,14 +1294,55 @@ static void upstream_start(struct hp_conn *c)
     upstream_attach(c);
 }
 
-/* EV_WRITE on a connecting socket: connected, or this attempt failed. */
+/* The service's TLS handshake, still counted as connecting (connect_timeout
+ * bounds both); a failure is a failed attempt, retried elsewhere. */
+static void upstream_tls_step(struct hp_conn *c)
+{
+    struct wg_upconn *u = c->up;
+    enum wg_tls_io r = wg_tls_handshake(u->ssl);
+    if (r == WG_TLS_OK) {
+        u->tls_pending = u->connecting = false;
+        upstream_ready(c);
+    } else if (r == WG_TLS_WANT_READ) {
+        u->readable = false;
+    } else if (r == WG_TLS_WANT_WRITE) {
+        u->writable = false;
+    } else {
+        wg_stats_add(c->w->stats, WG_C_UPSTREAM_TLS_FAILURES, 1);
+        wg_info("msg=\"upstream tls handshake failed\" service=%s upstream=%s reason=%s",
+                c->svc->name, c->inst->id, wg_tls_error_reason());
+        connect_failed(c, EPROTO);
+    }
+}
+
+/* EV_WRITE on a connecting socket: connected, or this attempt failed; then
+ * TLS when the service wants it. */
 static void upstream_connect_done(struct hp_conn *c)
 {
-    int err = wg_upconn_connect_result(c->up);
-    if (err)
+    struct wg_upconn *u = c->up;
+    if (u->tls_pending) {
+        upstream_tls_step(c);
+        return;
+    }
+    int err = wg_upconn_connect_result(u);
+    if (err) {
         connect_failed(c, err);
-    else
+        return;
+    }
+    SSL_CTX *ctx = wg_tls_set_service(c->svc->config->ext, c->svc->config->cfg, c->svc->cfg);
+    if (!ctx) {
         upstream_ready(c);
+        return;
+    }
+    const struct wg_service_config *sc = c->svc->cfg;
+    u->ssl = wg_tls_upstream_ssl(ctx, u->fd, sc->tls.sni, sc->tls.verify,
+                                 (const struct sockaddr *)&c->inst->addr);
+    if (!u->ssl) {
+        connect_failed(c, ENOMEM);
+        return;
+    }
+    u->tls_pending = u->connecting = true;
+    upstream_tls_step(c);
 }
 
 /* The upstream broke (EOF, reset, write error) before its response began:
@@ -1370,7 +1418,8 @@ static void request_body_step(struct hp_conn *c, bool *progress)
             return;
         }
     }
-    ssize_t n = flush_to(u->fd, &u->writable, c->uout, b);
+    ssize_t n = u->ssl ? tls_flush(u->ssl, &u->writable, &u->write_wants_read, c->uout, b)
+                       : flush_to(u->fd, &u->writable, c->uout, b);
     if (n < 0) {
         if (c->resp_started) {          /* it answered early and stopped reading */
             c->req_body_done = c->close_after = true;
@@ -1393,6 +1442,8 @@ static void request_body_step(struct hp_conn *c, bool *progress)
         return;
     }
     if (c->rq == RQ_TUNNEL && c->eof && flushed) {
+        if (u->ssl)
+            wg_tls_close(u->ssl);
         shutdown(u->fd, SHUT_WR);       /* forward the client's half-close */
         c->u_shut = true;
         *progress = true;
@@ -1574,7 +1625,8 @@ static void response_body_step(struct hp_conn *c, bool *progress)
 static void client_flush(struct hp_conn *c, bool *progress)
 {
     uint64_t now;
-    ssize_t n = c->ssl ? tls_flush(c, c->out, c->uin) : flush_to(c->fd, &c->writable, c->out, c->uin);
+    ssize_t n = c->ssl ? tls_flush(c->ssl, &c->writable, &c->write_wants_read, c->out, c->uin)
+                     : flush_to(c->fd, &c->writable, c->out, c->uin);
     if (n < 0) {
         conn_kill(c);
         return;
@@ -1622,7 +1674,8 @@ static void linger_step(struct hp_conn *c, bool *progress)
 {
     char sink[4096];
     for (int k = 0; k < 16 && c->readable; k++) {
-        ssize_t n = c->ssl ? tls_read(c, sink, sizeof sink) : read(c->fd, sink, sizeof sink);
+        ssize_t n = c->ssl ? tls_read(c->ssl, &c->read_wants_write, sink, sizeof sink)
+                         : read(c->fd, sink, sizeof sink);
         if (n > 0)
             continue;
         if (n == 0 || !transient()) {
@@ -1900,7 +1953,8 @@ static void conn_pump(struct hp_conn *c)
     bool progress = true;
     for (unsigned round = 0; progress && !c->dead && round < HP_ROUNDS; round++) {
         progress = false;
-        if (c->up && c->up->connecting && c->up->writable)
+        if (c->up && c->up->connecting &&
+            (c->up->writable || (c->up->tls_pending && c->up->readable)))
             upstream_connect_done(c);
         if (!c->dead)
             request_step(c, &progress);

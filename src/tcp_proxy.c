@@ -530,16 +530,8 @@ static void connected(struct tcp_conn *c)
         return;
     }
     const struct wg_service_config *sc = c->svc->cfg;
-    char host[64];
-    wg_sockaddr_text((struct sockaddr *)&c->inst->addr, host, sizeof host);
-    char *colon = strrchr(host, ':');     /* the name to verify: the address without port */
-    if (colon)
-        *colon = '\0';
-    const char *h = host[0] == '[' ? host + 1 : host;
-    if (host[0] == '[' && colon && colon[-1] == ']')
-        colon[-1] = '\0';
-    c->upstream.ssl = wg_tls_client_ssl(c->upstream_tls, c->upstream.fd, sc->tls.sni, h,
-                                        sc->tls.verify);
+    c->upstream.ssl = wg_tls_upstream_ssl(c->upstream_tls, c->upstream.fd, sc->tls.sni,
+                                          sc->tls.verify, (struct sockaddr *)&c->inst->addr);
     if (!c->upstream.ssl) {
         attempt_failed(c, ENOMEM);
         return;

@@ -488,6 +488,18 @@ fail:
     return NULL;
 }
 
+SSL *wg_tls_upstream_ssl(SSL_CTX *ctx, int fd, const char *sni, bool verify,
+                         const struct sockaddr *addr)
+{
+    char ip[INET6_ADDRSTRLEN] = "";
+    const void *a = addr->sa_family == AF_INET
+                        ? (const void *)&((const struct sockaddr_in *)addr)->sin_addr
+                        : (const void *)&((const struct sockaddr_in6 *)addr)->sin6_addr;
+    if (!inet_ntop(addr->sa_family, a, ip, sizeof ip))
+        ip[0] = '\0';
+    return wg_tls_client_ssl(ctx, fd, sni, ip, verify);
+}
+
 /* ---- I/O ---- */
 
 static __thread const char *last_reason = "none";

@@ -70,6 +70,10 @@ static void idle_unlink(struct wg_upstream_pool *p, struct wg_upconn *u)
 static void upconn_free(struct wg_upconn *u)
 {
     event_del(&u->ev);
+    if (u->ssl) {
+        wg_tls_close(u->ssl);
+        SSL_free(u->ssl);
+    }
     close(u->fd);
     wg_instance_unref(u->inst);
     free(u);
@@ -87,10 +91,18 @@ void wg_upconn_close(struct wg_upconn *u)
 static void upconn_event(evutil_socket_t fd, short what, void *arg)
 {
     struct wg_upconn *u = arg;
-    if (what & EV_READ)
+    if (what & EV_READ) {
         u->readable = true;
-    if (what & EV_WRITE)
+        if (u->write_wants_read)        /* TLS: a write waited for this edge */
+            u->writable = true;
+        u->write_wants_read = false;
+    }
+    if (what & EV_WRITE) {
         u->writable = true;
+        if (u->read_wants_write)
+            u->readable = true;
+        u->read_wants_write = false;
+    }
     if (what & EV_CLOSED)
         u->readable = u->hup = true;
     if (u->owner) {

@@ -92,6 +92,11 @@ struct wg_tls_server *wg_tls_set_listener(const struct wg_tls_set *set, const st
 SSL_CTX *wg_tls_set_service(const struct wg_tls_set *set, const struct wg_config *cfg,
                             const struct wg_service_config *sc);
 
+/* A client SSL to an upstream instance at `addr`: SNI `sni` when set, and
+ * verification of `sni`, else of the instance's IP address. */
+SSL *wg_tls_upstream_ssl(SSL_CTX *ctx, int fd, const char *sni, bool verify,
+                         const struct sockaddr *addr);
+
 /* ---- non-blocking I/O ---- */
 
 enum wg_tls_io wg_tls_handshake(SSL *ssl);

@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 #include "waygate/pool.h"
+#include "waygate/tls.h"
 
 struct wg_upconn;
 struct wg_upstream_pool;
@@ -50,7 +51,11 @@ struct wg_upconn {
     wg_upconn_fn on_event;
     bool readable, writable;            /* edge-triggered readiness not yet consumed */
     bool hup;                           /* the peer's FIN is pending (EV_CLOSED) */
-    bool connecting;                    /* non-blocking connect not yet complete */
+    bool connecting;                    /* connect (and TLS handshake) not yet complete */
+    SSL *ssl;                           /* TLS to the instance, kept while pooled */
+    bool tls_pending;                   /* TCP is up, the TLS handshake is not */
+    bool read_wants_write;              /* SSL_read waits for writability */
+    bool write_wants_read;              /* SSL_write waits for readability */
     unsigned requests;                  /* requests it carried (reuse count + 1) */
     uint64_t idle_until_ms;             /* while idle */
     unsigned health_gen;                /* wg_health_conn_generation() when parked */

@@ -326,3 +326,39 @@ def test_https_download_and_handshake_timeout():
             s.settimeout(slack(10))
             assert s.recv(10) == b""
             assert time.monotonic() - t0 <= slack(4)
+
+
+def test_http_upstream_tls_pooled_and_verified():
+    """client -> waygate B (http, TLS to its upstream, keep-alive pool) ->
+    waygate A (https listener) -> backend; wrong CA or name: 502."""
+    with Harness() as h:
+        pki = shared()
+        b = h.backend("http", name="a")
+        good = pki.leaf("up", ["up.test"], ips=["127.0.0.1"])
+        front = h.waygate(listeners=[https_listener([good])], instances={"users": [b.instance()]})
+
+        def back_with(tls):
+            return h.waygate(listeners=[{"name": "web", "mode": "http",
+                                         "routes": [{"path_prefix": "/", "service": "tlsup"}]}],
+                             instances={"tlsup": [{"id": "front", "address": "127.0.0.1",
+                                                   "port": front.port()}]},
+                             services={"tlsup": {"tls": tls, "retries": 0,
+                                                 "health_check": {"type": "none"}}})
+        from wglib import http_request
+        ok = back_with({"enabled": True, "ca": pki.ca, "sni": "up.test"})
+        with connect(ok.port()) as s:
+            from wglib import read_http_response
+            for _ in range(3):          # keep-alive client, pooled TLS upstream
+                s.sendall(b"GET /request HTTP/1.1\r\nHost: x\r\n\r\n")
+                r = read_http_response(s, timeout=10)
+                assert r.status == 200 and b"x-forwarded-proto: http" in r.body.lower(), r
+        # front accepted the harness's readiness probe and ONE pooled TLS connection
+        m = http_request(front.admin_port, path="/metrics").body.decode()
+        accepted = [l for l in m.splitlines() if l.startswith("waygate_connections_accepted_total")]
+        assert accepted and float(accepted[0].split()[-1]) <= 2, accepted
+        by_ip = back_with({"enabled": True, "ca": pki.ca})
+        assert http_request(by_ip.port(), path="/").status == 200
+        wrong_ca = back_with({"enabled": True, "ca": shared("other").ca, "sni": "up.test"})
+        assert http_request(wrong_ca.port(), path="/").status == 502
+        wrong_name = back_with({"enabled": True, "ca": pki.ca, "sni": "nope.test"})
+        assert http_request(wrong_name.port(), path="/").status == 502
