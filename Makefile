@@ -3,10 +3,10 @@
 BUILD      ?= build
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 PACKAGES    = cmake gcc pkg-config make libevent-dev libssl-dev libyaml-dev libjansson-dev \
-              check etcd-server etcd-client curl openssl python3 iproute2 procps
+              check etcd-server etcd-client curl openssl python3 iproute2 procps wrk
 # Tools some tests use (promtool, a real Prometheus scrape, the dashboard in
 # headless Chromium); best effort: without them those tests skip.
-TEST_PACKAGES  = prometheus chromium
+TEST_PACKAGES  = prometheus chromium haproxy nginx-light iperf3
 BENCH_PACKAGES = haproxy nginx-light wrk iperf3
 FUZZ_PACKAGES  = clang libclang-rt-14-dev
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
