@@ -1203,6 +1203,10 @@ static void runtime_free(struct registrar *r)
             event_free(evs[i]);
     for (size_t i = 0; i < r->n_signals; i++)
         event_free(r->signals[i]);
+    /* a freed bufferevent whose deferred callback is still queued (a refused
+     * connect) keeps a reference until that callback runs: run them */
+    if (r->base)
+        event_base_loop(r->base, EVLOOP_NONBLOCK);
     wg_etcd_client_free(r->etcd);
     if (r->base)
         event_base_free(r->base);
