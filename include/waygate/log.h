@@ -89,9 +89,25 @@ void wg_worker_log_free(struct wg_worker_log *wl);
  * (its last response byte handed to the client socket, or it ended early:
  * an error answered, a timeout, a close by either side), after the status is
  * known and BEFORE the request's references (service, instance, config,
- * head buffer holding the path) are dropped:
- *     wg_access_log(c->w->access_log, &(struct wg_access_entry){ ... });
- * The TCP proxy calls it once per accepted connection, when it closes. */
+ * head buffer holding the path) are dropped, i.e. before release_request():
+ *     wg_access_log(c->w->access_log, &(struct wg_access_entry){
+ *         .client = "IP:port", .listener = c->l->name,
+ *         .service = c->svc ? c->svc->name : NULL,
+ *         .upstream = c->inst ? c->inst->id : NULL,
+ *         .method = wg_http_method_name(c->method),
+ *         .path = <target bytes>, .path_len = <its length>,
+ *         .request_id = <X-Request-Id sent>, .request_id_len = <its length>,
+ *         .status = <status sent, 0 if none>, .reason = NULL or one of
+ *             "client_closed", "client_timeout", "upstream_timeout",
+ *             "upstream_error", "bad_request",
+ *         .bytes_in = <this request's bytes from the client>,
+ *         .bytes_out = <this response's bytes to the client>,
+ *         .duration_us = <first request byte to now>,
+ *         .connect_us = <last attempt's connect; 0 reused; -1 none>,
+ *         .retries = c->attempts > 1 ? c->attempts - 1 : 0 });
+ * A request answered without an upstream (404 no route, 503, 400...) is
+ * logged too, with its status and NULL upstream. The TCP proxy calls it once
+ * per accepted connection, when it closes. */
 void wg_access_log(struct wg_worker_log *wl, const struct wg_access_entry *e);
 
 /* Control thread. Apply cfg->log.access_log and access_format: open the
