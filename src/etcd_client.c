@@ -605,10 +605,17 @@ struct endpoint {
     socklen_t sslen;
 };
 
+/* An idle keep-alive connection left by a unary call, per endpoint. */
+struct idle_conn {
+    struct wg_etcd_client *c;
+    struct bufferevent *bev;
+};
+
 struct wg_etcd_client {
     struct event_base *base;
     struct evdns_base *dns;
     struct endpoint *eps;
+    struct idle_conn *idle;         /* one per endpoint */
     size_t n;
     SSL_CTX *ssl_ctx;
     char *server_name;
@@ -703,7 +710,8 @@ fail:
 static bool client_endpoints(struct wg_etcd_client *c, char *const *endpoints, size_t n,
                              char *err, size_t err_len)
 {
-    if (!(c->eps = calloc(n ? n : 1, sizeof *c->eps)))
+    if (!(c->eps = calloc(n ? n : 1, sizeof *c->eps)) ||
+        !(c->idle = calloc(n ? n : 1, sizeof *c->idle)))
         return snprintf(err, err_len, "out of memory"), false;
     for (; c->n < n; c->n++)
         if (!endpoint_parse(endpoints[c->n], &c->eps[c->n], err, err_len)) {
@@ -751,8 +759,11 @@ void wg_etcd_client_free(struct wg_etcd_client *c)
     for (size_t i = 0; i < c->n; i++) {
         free(c->eps[i].url);
         free(c->eps[i].host);
+        if (c->idle && c->idle[i].bev)
+            bufferevent_free(c->idle[i].bev);
     }
     free(c->eps);
+    free(c->idle);
     if (c->ssl_ctx)
         SSL_CTX_free(c->ssl_ctx);
     if (c->dns)
@@ -801,7 +812,13 @@ struct wg_etcd_call {
     unsigned depth;                 /* callbacks running on the stack */
     bool over;                      /* ended or cancelled: no more callbacks */
     bool connect_failed;
+    bool stream;
+    bool reused;                    /* on an idle keep-alive connection */
+    bool retried;                   /* reused, failed, sent again on a new one */
+    char *path, *body;              /* unary: kept to retry on a fresh connection */
 };
+
+static int call_open(struct wg_etcd_call *call);
 
 static void call_free(struct wg_etcd_call *call)
 {
@@ -810,6 +827,8 @@ static void call_free(struct wg_etcd_call *call)
     if (call->deadline)
         event_free(call->deadline);
     wg_etcd_reader_free(&call->reader);
+    free(call->path);
+    free(call->body);
     free(call);
 }
 
@@ -819,13 +838,41 @@ static void call_release(struct wg_etcd_call *call)
         call_free(call);
 }
 
+static void idle_close(struct idle_conn *ic)
+{
+    bufferevent_free(ic->bev);
+    ic->bev = NULL;
+}
+
+/* An idle connection that reads anything or closes is dropped. */
+static void idle_read_cb(struct bufferevent *bev, void *arg) { idle_close(arg); }
+static void idle_event_cb(struct bufferevent *bev, short what, void *arg) { idle_close(arg); }
+
+/* A complete unary response on a keep-alive connection: keep it for the
+ * next unary call to the same endpoint. */
+static bool call_park(struct wg_etcd_call *call)
+{
+    struct idle_conn *ic = &call->c->idle[call->ep - call->c->eps];
+
+    if (call->stream || !call->reader.done || !call->reader.parser.msg.keep_alive ||
+        evbuffer_get_length(bufferevent_get_input(call->bev)))
+        return false;
+    if (ic->bev)
+        idle_close(ic);
+    ic->c = call->c;
+    ic->bev = call->bev;
+    call->bev = NULL;
+    bufferevent_setcb(ic->bev, idle_read_cb, NULL, idle_event_cb, ic);
+    return true;
+}
+
 /* End the call once: the end callback, then the call is freed. */
 static void call_end(struct wg_etcd_call *call, bool ok, const char *why)
 {
     if (call->over)
         return;
     call->over = true;
-    if (call->bev) {
+    if (call->bev && !call_park(call)) {
         bufferevent_free(call->bev);
         call->bev = NULL;
     }
@@ -902,6 +949,16 @@ static void call_event_cb(struct bufferevent *bev, short what, void *arg)
         setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         return;
     }
+    if (call->reused && !call->reader.head_len && !call->over) {
+        /* the server closed the idle connection meanwhile: once more, fresh */
+        call->reused = false;
+        call->retried = true;
+        bufferevent_free(call->bev);
+        call->bev = NULL;
+        if (call_open(call) == 0)
+            return;
+        what = BEV_EVENT_EOF;       /* out of memory: end with the reader's view */
+    }
     call->depth++;
     if (what & BEV_EVENT_EOF) {
         enum wg_etcd_read st = wg_etcd_reader_eof(&call->reader, call_message, call);
@@ -965,21 +1022,19 @@ static struct bufferevent *call_bev(struct wg_etcd_call *call)
     return bev;
 }
 
-static int call_write_request(struct wg_etcd_call *call, const char *path, const char *body,
-                              bool stream)
+static int call_write_request(struct wg_etcd_call *call)
 {
     struct evbuffer *out = bufferevent_get_output(call->bev);
-    size_t len = strlen(body);
+    size_t len = strlen(call->body);
 
     if (evbuffer_add_printf(out,
                             "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                            "Content-Length: %zu\r\nGrpc-Metadata-hasleader: true\r\n%s",
-                            path, call->ep->authority, len,
-                            stream ? "" : "Connection: close\r\n") < 0)
+                            "Content-Length: %zu\r\nGrpc-Metadata-hasleader: true\r\n",
+                            call->path, call->ep->authority, len) < 0)
         return -1;
     if (call->c->token && evbuffer_add_printf(out, "Authorization: %s\r\n", call->c->token) < 0)
         return -1;
-    return evbuffer_add(out, "\r\n", 2) == 0 && evbuffer_add(out, body, len) == 0 ? 0 : -1;
+    return evbuffer_add(out, "\r\n", 2) == 0 && evbuffer_add(out, call->body, len) == 0 ? 0 : -1;
 }
 
 static int call_connect(struct wg_etcd_call *call)
@@ -990,6 +1045,30 @@ static int call_connect(struct wg_etcd_call *call)
         return bufferevent_socket_connect(call->bev, (struct sockaddr *)&ep->ss, (int)ep->sslen);
     return bufferevent_socket_connect_hostname(call->bev, call->c->dns, AF_UNSPEC, ep->host,
                                                ep->port);
+}
+
+/* Put the request on a connection: the endpoint's idle keep-alive one for
+ * a unary call (not on a retry), else a new one. -1 when out of memory; a
+ * failed connect is reported from the loop like any connection failure. */
+static int call_open(struct wg_etcd_call *call)
+{
+    struct idle_conn *ic = &call->c->idle[call->ep - call->c->eps];
+    struct timeval now = { 0, 0 };
+
+    if (!call->stream && !call->retried && ic->bev) {
+        call->bev = ic->bev;
+        ic->bev = NULL;
+        call->reused = true;
+    } else if (!(call->bev = call_bev(call))) {
+        return -1;
+    }
+    bufferevent_setcb(call->bev, call_read_cb, NULL, call_event_cb, call);
+    if (call_write_request(call) < 0 || bufferevent_enable(call->bev, EV_READ | EV_WRITE) < 0)
+        return -1;
+    if (call->reused || call_connect(call) == 0)
+        return 0;
+    call->connect_failed = true;
+    return evtimer_add(call->deadline, &now);
 }
 
 struct wg_etcd_call *wg_etcd_call_start(struct wg_etcd_client *c, size_t ep, const char *path,
@@ -1005,24 +1084,15 @@ struct wg_etcd_call *wg_etcd_call_start(struct wg_etcd_client *c, size_t ep, con
     call->ep = &c->eps[ep % c->n];
     call->ops = ops;
     call->arg = arg;
+    call->stream = stream;
     wg_etcd_reader_init(&call->reader, stream, stream ? MAX_STREAM_MESSAGE : MAX_UNARY);
-    if (!(call->bev = call_bev(call)) || call_write_request(call, path, body, stream) < 0)
+    if (!(call->path = strdup(path)) || !(call->body = strdup(body)) ||
+        !(call->deadline = evtimer_new(c->base, call_deadline_cb, call)))
         goto fail;
-    bufferevent_setcb(call->bev, call_read_cb, NULL, call_event_cb, call);
-    if (bufferevent_enable(call->bev, EV_READ | EV_WRITE) < 0)
+    if (!stream && evtimer_add(call->deadline, &tv) < 0)
         goto fail;
-    if (!stream && (!(call->deadline = evtimer_new(c->base, call_deadline_cb, call)) ||
-                    evtimer_add(call->deadline, &tv) < 0))
+    if (call_open(call) < 0)
         goto fail;
-    if (call_connect(call) < 0) {
-        /* reported like any other connection failure, from the loop */
-        struct timeval now = { 0, 0 };
-        call->connect_failed = true;
-        if (!call->deadline && !(call->deadline = evtimer_new(c->base, call_deadline_cb, call)))
-            goto fail;
-        if (evtimer_add(call->deadline, &now) < 0)
-            goto fail;
-    }
     return call;
 fail:
     call_free(call);
