@@ -1,7 +1,9 @@
 #!/bin/sh
-# make demo: a local etcd, two sample backends registered in it under a
-# lease, and waygate over conf/waygate-etcd.yaml, in the foreground. Ctrl-C
-# stops everything this script started (by PID) and removes etcd's data.
+# make demo: a local etcd, two sample backends each run by `waygate register`
+# (registered under a kept-alive lease while /health passes), and waygate
+# over conf/waygate-etcd.yaml, in the foreground. Ctrl-C stops everything
+# this script started (by PID; etcd last, so that the registrars deregister)
+# and removes etcd's data.
 # DEMO_REGISTRY=file make demo runs the file-registry demo (conf/waygate.yaml).
 set -eu
 BUILD=${1:-build}
@@ -9,22 +11,23 @@ cd "$(dirname "$0")/.."
 ETCD_URL=http://127.0.0.1:23790
 pids=""
 data=""
+etcd_pid=""
 cleanup() {
     trap - INT TERM EXIT
     for p in $pids; do kill "$p" 2>/dev/null || true; done
     for p in $pids; do wait "$p" 2>/dev/null || true; done
-    [ -n "$data" ] && rm -rf "$data" "$data.log"
+    if [ -n "$etcd_pid" ]; then kill "$etcd_pid" 2>/dev/null || true; wait "$etcd_pid" 2>/dev/null || true; fi
+    [ -n "$data" ] && rm -rf "$data" "$data.log" "$data-register.log"
     echo "demo stopped"
 }
 trap cleanup INT TERM EXIT
 
-"$BUILD/wg_backend" --listen 127.0.0.1:9001 --name d1 --mode http >/dev/null &
-pids="$pids $!"
-"$BUILD/wg_backend" --listen 127.0.0.1:9002 --name d2 --mode http >/dev/null &
-pids="$pids $!"
-
 if [ "${DEMO_REGISTRY:-etcd}" = file ]; then
     config=conf/waygate.yaml
+    for n in 1 2; do
+        "$BUILD/wg_backend" --listen 127.0.0.1:900$n --name d$n --mode http >/dev/null &
+        pids="$pids $!"
+    done
 else
     config=conf/waygate-etcd.yaml
     command -v etcd >/dev/null || { echo "etcd is missing: make deps" >&2; exit 1; }
@@ -35,7 +38,7 @@ else
          --initial-advertise-peer-urls http://127.0.0.1:23800 \
          --initial-cluster demo=http://127.0.0.1:23800 --log-level warn --logger zap \
          >"$data.log" 2>&1 &
-    pids="$pids $!"
+    etcd_pid=$!
     ctl() { ETCDCTL_API=3 etcdctl --endpoints "$ETCD_URL" "$@"; }
     n=0
     until ctl endpoint health >/dev/null 2>&1; do
@@ -43,11 +46,13 @@ else
         [ $n -lt 100 ] || { echo "etcd did not start; see $data.log" >&2; exit 1; }
         sleep 0.1
     done
-    lease=$(ctl lease grant 10 | awk '{print $2}')
-    ctl put --lease="$lease" /services/demo/d1 '{"address":"127.0.0.1","port":9001,"weight":100}' >/dev/null
-    ctl put --lease="$lease" /services/demo/d2 127.0.0.1:9002 >/dev/null
-    ctl lease keep-alive "$lease" >/dev/null 2>&1 &
-    pids="$pids $!"
+    for n in 1 2; do
+        "$BUILD/waygate" register -c "$config" --service demo --id d$n \
+            --address 127.0.0.1:900$n --health http://127.0.0.1:900$n/health --drain 1s \
+            -- "$BUILD/wg_backend" --listen 127.0.0.1:900$n --name d$n --mode http \
+            >/dev/null 2>>"$data-register.log" &
+        pids="$pids $!"
+    done
 fi
 
 "$BUILD/waygate" -t -c "$config"
@@ -75,8 +80,9 @@ cat <<TXT
 
 waygate is running over etcd (Ctrl-C stops it, etcd and the sample backends).
 
-  etcd: $ETCD_URL. Backends d1 (127.0.0.1:9001) and d2 (127.0.0.1:9002) are
-  registered under lease $lease (TTL 10 s, kept alive by etcdctl).
+  etcd: $ETCD_URL. Backends d1 (127.0.0.1:9001) and d2 (127.0.0.1:9002) run
+  under \`waygate register\`: each is registered under its own lease (TTL 10 s,
+  kept alive) while its /health passes (logs: $data-register.log).
   TCP listener demo-tcp on 127.0.0.1:7000 balances over them:
 
     for i in 1 2 3 4; do curl -s http://127.0.0.1:7000/; echo; done
@@ -84,11 +90,13 @@ waygate is running over etcd (Ctrl-C stops it, etcd and the sample backends).
   Change the registry and watch waygate follow at once (curl -s 127.0.0.1:9901/status):
 
     export ETCDCTL_API=3 ETCDCTL_ENDPOINTS=$ETCD_URL
-    etcdctl put /services/demo/d1 '{"address":"127.0.0.1","port":9001,"weight":300}'
-    etcdctl put /services/demo/d3 127.0.0.1:9002          # plain host:port
-    etcdctl del /services/demo/d2
-    etcdctl put /services/demo/d2 '{"Op":0,"Addr":"127.0.0.1:9002"}'   # endpoints.Manager
-    etcdctl lease revoke $lease                           # d1 and d2 go at once
+    etcdctl put /services/demo/d3 '{"address":"127.0.0.1","port":9001,"weight":300}'
+    etcdctl put /services/demo/d4 127.0.0.1:9002          # plain host:port
+    etcdctl put /services/demo/d4 '{"Op":0,"Addr":"127.0.0.1:9002"}'   # endpoints.Manager
+    etcdctl del /services/demo/d3
+    curl -s '127.0.0.1:9002/control/health?status=503'    # d2 deregisters itself
+    curl -s '127.0.0.1:9002/control/health?status=200'    # and comes back
+    etcdctl lease list; etcdctl lease revoke <id>         # gone, then back on a new lease
 
   Every value format is in docs/registry.md.
 
