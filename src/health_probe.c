@@ -31,6 +31,7 @@
 #include "waygate/balance.h"
 #include "waygate/http.h"
 #include "waygate/log.h"
+#include "waygate/tls.h"
 #include "waygate/record.h"
 
 #define PROBE_MAGIC 0x9a0be511U
@@ -65,6 +66,8 @@ struct probe {
     struct event *rev;                  /* connection readable (persistent) */
     struct event *wev;                  /* connect done / request writable */
     int fd;                             /* -1, or an open (keep-alive) connection */
+    SSL *ssl;                           /* services with tls.enabled: kept with fd */
+    bool handshaking;                   /* TLS handshake in progress */
     bool in_flight;
     bool reused;                        /* this probe runs on a kept-alive connection */
     bool got_bytes;                     /* some of the response arrived */
@@ -161,6 +164,13 @@ static void conn_close(struct probe *p, bool reset)
     if (p->wev)
         event_free(p->wev);
     p->rev = p->wev = NULL;
+    if (p->ssl) {
+        if (!reset)
+            wg_tls_close(p->ssl);
+        SSL_free(p->ssl);
+        p->ssl = NULL;
+    }
+    p->handshaking = false;
     if (p->fd < 0)
         return;
     if (reset) {
@@ -250,11 +260,61 @@ static void probe_fail(struct probe *p, int err)
     probe_finish(p, false, -err);
 }
 
+/* TLS I/O with send(2)/recv(2) results: >0, 0 (EOF), -1 + errno (EAGAIN:
+ * wait; a read that needs writability arms the write event). */
+static ssize_t tls_send(struct probe *p, const char *buf, size_t len)
+{
+    size_t n = 0;
+    enum wg_tls_io r = wg_tls_write(p->ssl, buf, len, &n);
+    if (r == WG_TLS_OK)
+        return (ssize_t)n;
+    errno = r == WG_TLS_WANT_WRITE || r == WG_TLS_WANT_READ ? EAGAIN : EPIPE;
+    return -1;
+}
+
+static ssize_t tls_recv(struct probe *p, char *buf, size_t len)
+{
+    size_t n = 0;
+    enum wg_tls_io r = wg_tls_read(p->ssl, buf, len, &n);
+    if (r == WG_TLS_OK)
+        return (ssize_t)n;
+    if (r == WG_TLS_EOF)
+        return 0;
+    if (r == WG_TLS_WANT_WRITE)
+        event_add(p->wev, NULL);
+    errno = r == WG_TLS_WANT_READ || r == WG_TLS_WANT_WRITE ? EAGAIN : ECONNRESET;
+    return -1;
+}
+
+static void send_request(struct probe *p);
+
+/* The TLS handshake of a new probe connection (chain and name verified as
+ * for traffic); then the request. */
+static void handshake_step(struct probe *p)
+{
+    enum wg_tls_io r = wg_tls_handshake(p->ssl);
+    if (r == WG_TLS_WANT_READ)
+        return;                         /* the persistent read event fires */
+    if (r == WG_TLS_WANT_WRITE) {
+        if (event_add(p->wev, NULL) < 0)
+            probe_fail(p, ENOMEM);
+        return;
+    }
+    if (r != WG_TLS_OK) {
+        conn_close(p, true);
+        probe_finish(p, false, -EPROTO);
+        return;
+    }
+    p->handshaking = false;
+    send_request(p);
+}
+
 static void send_request(struct probe *p)
 {
     struct probe_io *x = p->x;
     while (x->sent < x->req_len) {
-        ssize_t n = send(p->fd, x->req + x->sent, x->req_len - x->sent, MSG_NOSIGNAL);
+        ssize_t n = p->ssl ? tls_send(p, x->req + x->sent, x->req_len - x->sent)
+                           : send(p->fd, x->req + x->sent, x->req_len - x->sent, MSG_NOSIGNAL);
         if (n > 0) {
             x->sent += (size_t)n;
         } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
@@ -330,8 +390,13 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
         conn_close(p, false);
         return;
     }
+    if (p->handshaking) {
+        handshake_step(p);
+        return;
+    }
     struct probe_io *x = p->x;
-    ssize_t n = recv(fd, x->buf + x->len, sizeof x->buf - x->len, 0);
+    ssize_t n = p->ssl ? tls_recv(p, x->buf + x->len, sizeof x->buf - x->len)
+                       : recv(fd, x->buf + x->len, sizeof x->buf - x->len, 0);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
     if (n <= 0) {
@@ -343,9 +408,19 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
     p->got_bytes = true;
     x->len += (size_t)n;
     parse_response(p);
+    /* TLS may hold decrypted bytes the socket will not signal again. */
+    if (p->ssl && p->in_flight && p->x == x && SSL_pending(p->ssl) > 0 && x->len < sizeof x->buf)
+        read_cb(fd, what, arg);
 }
 
-static void write_cb(evutil_socket_t fd, short what, void *arg) { send_request(arg); }
+static void write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct probe *p = arg;
+    if (p->handshaking)
+        handshake_step(p);
+    else
+        send_request(p);
+}
 
 /* ---- probe lifecycle ---------------------------------------------------------- */
 
@@ -363,6 +438,22 @@ static void connected(struct probe *p)
     if (!p->rev || !p->wev || event_add(p->rev, NULL) < 0) {
         conn_close(p, true);
         probe_finish(p, false, -ENOMEM);
+        return;
+    }
+    const struct wg_config_ref *cr = p->svc->config;
+    SSL_CTX *ctx = wg_tls_set_service(cr->ext, cr->cfg, cfg_of(p));
+    if (ctx) {
+        const struct wg_service_config *sc = cfg_of(p);
+        struct sockaddr_storage ss;
+        probe_addr(p, &ss);
+        if (!(p->ssl = wg_tls_upstream_ssl(ctx, p->fd, sc->tls.sni, sc->tls.verify,
+                                           (struct sockaddr *)&ss))) {
+            conn_close(p, true);
+            probe_finish(p, false, -ENOMEM);
+            return;
+        }
+        p->handshaking = true;
+        handshake_step(p);
         return;
     }
     send_request(p);

@@ -362,3 +362,33 @@ def test_http_upstream_tls_pooled_and_verified():
         assert http_request(wrong_ca.port(), path="/").status == 502
         wrong_name = back_with({"enabled": True, "ca": pki.ca, "sni": "nope.test"})
         assert http_request(wrong_name.port(), path="/").status == 502
+
+
+def test_health_probes_over_tls():
+    """http probes of a TLS service speak TLS and verify like traffic does."""
+    with Harness() as h:
+        pki = shared()
+        b = h.backend("http", name="a")
+        good = pki.leaf("up", ["up.test"], ips=["127.0.0.1"])
+        front = h.waygate(listeners=[https_listener([good])], instances={"users": [b.instance()]})
+        from wglib import http_request
+        import json
+
+        def back_with(ca):
+            return h.waygate(listeners=[{"name": "web", "mode": "http",
+                                         "routes": [{"path_prefix": "/", "service": "tlsup"}]}],
+                             instances={"tlsup": [{"id": "front", "address": "127.0.0.1",
+                                                   "port": front.port()}]},
+                             services={"tlsup": {"tls": {"enabled": True, "ca": ca,
+                                                         "sni": "up.test"},
+                                                 "health_check": {"type": "http",
+                                                                  "interval": "200ms"}}})
+
+        def health(wg):
+            st = json.loads(http_request(wg.admin_port, path="/status").body)
+            return st["services"]["tlsup"]["instances"][0]["health"]
+        ok = back_with(pki.ca)
+        wait_until(lambda: health(ok) == "healthy", slack(5), "the TLS probe to pass")
+        assert http_request(ok.port(), path="/").body.strip() == b"a"
+        bad = back_with(shared("other").ca)
+        wait_until(lambda: health(bad) == "unhealthy", slack(5), "the TLS probe to fail")
