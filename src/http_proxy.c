@@ -533,7 +533,7 @@ static void reply(struct hp_conn *c, unsigned status, const char *body, bool kee
 static void fail_upstream(struct hp_conn *c, unsigned status)
 {
     c->end_reason = "upstream_error";
-    if (c->final_sent || c->resp_started)
+    if (c->final_sent)                  /* interim responses may precede a 502 */
         conn_kill(c);
     else
         reply(c, status, NULL, false);
@@ -1193,6 +1193,8 @@ static void rewind_request(struct hp_conn *c)
         c->uout->sent = 0;
     if (c->in)
         c->in->sent = c->in->start;
+    if (c->rq == RQ_SENT)
+        c->rq = RQ_BODY;                /* it goes out again from its first byte */
     c->rs = RS_NONE;
 }
 
