@@ -1162,6 +1162,12 @@ static void etcd_free(struct wg_registry *base)
     wg_registry_cache_free(r->cache);
     keymap_clear(&r->map);
     wg_etcd_client_free(r->client);
+    /* A bufferevent freed above may still have a deferred callback queued
+     * (libevent defers a refused connect's error), which holds a reference
+     * on it: one non-blocking pass of the loop runs those, so that the
+     * bufferevents are really freed before the base is. */
+    if (base->base)
+        event_base_loop(base->base, EVLOOP_NONBLOCK);
     for (size_t i = 0; i < r->n_prefixes; i++)
         free(r->prefixes[i]);
     free(r->prefixes);
