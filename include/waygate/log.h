@@ -41,8 +41,9 @@ void wg_log(enum wg_log_level level, const char *fmt, ...) __attribute__((format
  *    fit in its worker's ring is dropped and counted
  *    (wg_access_log_dropped(), waygate_access_log_dropped_total). Lines that
  *    a failed write(2) loses are counted there too.
- *  - Lines are whole: a ring holds only complete lines, and each write(2)
- *    ends at a line end, so lines never interleave.
+ *  - Lines are whole: a ring holds only complete lines, and the single
+ *    writer writes a ring's pending lines out completely (partial writes
+ *    continued) before it touches another ring, so lines never interleave.
  *  - With access_log: off, wg_access_log() returns after one atomic load.
  */
 
@@ -65,7 +66,7 @@ struct wg_access_entry {
                                  * or the client went away before any response) */
     const char *reason;         /* how it ended: tcp "eof", "idle_timeout"...; http
                                  * NULL after a complete response, else e.g.
-                                 * "client_closed", "timeout", "upstream_error" */
+                                 * "client_closed", "client_timeout" (below) */
     uint64_t bytes_in;          /* from the client (body and head bytes for http) */
     uint64_t bytes_out;         /* to the client */
     uint64_t duration_us;       /* accept (tcp) or first request byte (http) to the end */
