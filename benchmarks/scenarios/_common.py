@@ -312,7 +312,7 @@ def ratio(a, b):
 def table(rows, cols, key, note_na=None):
     """rows: [(target, variant, dict or None)]; cols: [(header, dict key, format)].
     Ratio columns are of `key` to haproxy's and to direct's of the same variant."""
-    hdr = ["target", ""] + [c[0] for c in cols] + ["%s / haproxy" % key, "%s / direct" % key]
+    hdr = ["target", "variant"] + [c[0] for c in cols] + ["%s / haproxy" % key, "%s / direct" % key]
     lines = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
     base = {(t, v): d for t, v, d in rows}
     for t, v, d in rows:
@@ -334,7 +334,8 @@ WRK_COLS = [("rps", "rps", "%.0f"), ("p50 ms", "p50", "%.2f"), ("p99 ms", "p99",
 
 
 def errors_of(rows):
-    return sum((d or {}).get("errors", 0) or 0 for _, _, d in rows)
+    """Errors of all rows; a target that could not be measured (None) counts as one."""
+    return sum(1 if d is None else d.get("errors", 0) or 0 for _, _, d in rows)
 
 
 # ---- the L7 matrix shared by l7_newconn, l7_64k and tls ----
@@ -387,6 +388,13 @@ def l7_matrix(ctx, kind, variants, log):
                 continue
             try:
                 check_get(url, variants[0][1], variants[0][3])
+            except Exception as e:          # a target that does not serve: n/a, not the scenario
+                log("  %s: does not serve %s%s: %s" % (target, url, variants[0][1], e))
+                rows += [(target, v[0], None) for v in variants]
+                if own:
+                    env.stop(own)
+                continue
+            try:
                 if not ctx.smoke:
                     warm = dict(variants[0][2], conns=10, duration=1)
                     wrk(url + variants[0][1], **warm)                      # warm up
