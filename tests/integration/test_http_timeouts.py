@@ -127,3 +127,23 @@ def test_connect_timeout_then_502():
         hole.close()
         assert r.status == 502, r
         assert 0.25 <= took <= slack(1.5), took
+
+
+def test_send_timeout_closes_a_client_that_stops_reading():
+    with Harness() as h:
+        wg, _ = start(h, http={"send_timeout": "1s"})
+        total = 200 * 1024 * 1024
+        with connect(wg.port(), timeout=20) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            s.sendall(b"GET /bytes?n=%d HTTP/1.1\r\nHost: a\r\n\r\n" % total)
+            time.sleep(slack(3.0))                      # read nothing: waygate's writes stall
+            got = 0
+            try:
+                while True:
+                    chunk = s.recv(1 << 20)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+            except ConnectionResetError:
+                pass
+        assert 0 < got < total, got                     # cut, not completed
