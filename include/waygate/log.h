@@ -66,7 +66,7 @@ struct wg_access_entry {
                                  * or the client went away before any response) */
     const char *reason;         /* how it ended: tcp "eof", "idle_timeout"...; http
                                  * NULL after a complete response, else e.g.
-                                 * "client_closed", "client_timeout" (below) */
+                                 * "client_closed", "timeout" (below) */
     uint64_t bytes_in;          /* from the client (body and head bytes for http) */
     uint64_t bytes_out;         /* to the client */
     uint64_t duration_us;       /* accept (tcp) or first request byte (http) to the end */
@@ -98,9 +98,9 @@ void wg_worker_log_free(struct wg_worker_log *wl);
  *         .method = wg_http_method_name(c->method),
  *         .path = <target bytes>, .path_len = <its length>,
  *         .request_id = <X-Request-Id sent>, .request_id_len = <its length>,
- *         .status = <status sent, 0 if none>, .reason = NULL or one of
- *             "client_closed", "client_timeout", "upstream_timeout",
- *             "upstream_error", "bad_request",
+ *         .status = <status sent, 0 if none>, .reason = NULL or e.g.
+ *             "client_closed", "timeout", "upstream_error" (documented in
+ *             docs/operations.md "Access log"),
  *         .bytes_in = <this request's bytes from the client>,
  *         .bytes_out = <this response's bytes to the client>,
  *         .duration_us = <first request byte to now>,
