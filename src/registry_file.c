@@ -36,6 +36,8 @@ struct file_registry {
     struct event *debounce_ev;
     struct stat last;               /* of the last read attempt */
     bool have_last;
+    struct stat poll_stat;          /* a change the poll saw, waiting to settle */
+    bool poll_have, poll_seen;
     bool ever_loaded;
 };
 
@@ -57,6 +59,7 @@ static bool stat_changed(struct file_registry *f)
 
 static void file_reload(struct file_registry *f)
 {
+    f->poll_seen = false;
     struct wg_record_set set = { 0 };
     struct wg_errors warnings = { 0 };
     unsigned invalid = 0;
@@ -111,11 +114,34 @@ static void inotify_cb(evutil_socket_t fd, short what, void *arg)
         schedule_reload(f);
 }
 
+/* The poll only catches what inotify missed (or all changes where inotify is
+ * unavailable). A writer rewriting the file in place may be half-way through
+ * when we look, so a change the poll sees is trusted only once the file has
+ * stayed the same for a whole poll interval. */
 static void poll_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct file_registry *f = arg;
-    if (stat_changed(f) || (!f->ever_loaded && f->have_last))
+    struct stat before = f->last;
+    bool had = f->have_last;
+    if (!stat_changed(f) && !(!f->ever_loaded && f->have_last))
+        return;
+    struct stat now = f->last;
+    bool have = f->have_last;
+    bool stable = f->poll_seen && have == f->poll_have && (!have ||
+                  (now.st_ino == f->poll_stat.st_ino && now.st_size == f->poll_stat.st_size &&
+                   now.st_mtim.tv_sec == f->poll_stat.st_mtim.tv_sec &&
+                   now.st_mtim.tv_nsec == f->poll_stat.st_mtim.tv_nsec));
+    if (stable) {
+        f->poll_seen = false;
         schedule_reload(f);
+        return;
+    }
+    /* Not yet: remember what we saw, and look again at the next poll. */
+    f->poll_seen = true;
+    f->poll_stat = now;
+    f->poll_have = have;
+    f->last = before;
+    f->have_last = had;
 }
 
 static int file_start(struct wg_registry *r)
