@@ -3,7 +3,7 @@
 For each target, a fresh process (and a fresh backend): one request through
 it (pools, lazy initialisation), RSS from /proc/PID/status; then a Python
 client opens N = 10,000 connections (RLIMIT_NOFILE raised to its hard
-limit), sends one keep-alive GET on each, reads the whole response, and keeps
+limit; at most 50, resp. 500, requests in flight), sends one keep-alive GET on each, reads the whole response, and keeps
 them all open and idle; after 1 s the RSS again. Per connection =
 (RSS after - RSS before) / N. The connections end with RST (SO_LINGER 0), so
 runs leave no TIME_WAIT behind. "direct" is the nginx backend itself.
@@ -20,6 +20,11 @@ from ._common import Env, combine, free_port, rss_kib, start_target, table, chec
 NAME = "idle_memory"
 TITLE = "10,000 idle keep-alive client connections after one request each: RSS per connection"
 
+# Requests in flight while the connections are opened: 50 shows the steady
+# cost of an idle connection; 500 adds what a burst leaves behind (buffers
+# kept in free lists, heap fragmentation).
+BATCHES = (50, 500)
+
 REQ = b"GET / HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: idle\r\n\r\n"
 
 
@@ -29,11 +34,11 @@ def raise_nofile():
     return hard
 
 
-def open_idle(port, n):
-    """n connections, one request/response each, left open; returns (sockets, failures)."""
+def open_idle(port, n, batch):
+    """n connections, one request/response each, left open; at most `batch`
+    requests in flight at a time. Returns (sockets, failures)."""
     socks, pending, failures = [], {}, 0
     sel = selectors.DefaultSelector()
-    batch = 500
     for start in range(0, n, batch):
         for _ in range(min(batch, n - start)):
             s = socket.socket()
@@ -91,7 +96,7 @@ def open_idle(port, n):
     return socks, failures
 
 
-def one(ctx, target, n):
+def one(ctx, target, n, batch):
     with Env(ctx) as env:
         backend_port = env.backend()
         url, proc, _ = start_target(env, target, "http", backend_port)
@@ -100,7 +105,7 @@ def one(ctx, target, n):
             check_get(url, "/")
         time.sleep(0.3)
         before = rss_kib(proc.pid)
-        socks, failures = open_idle(port, n)
+        socks, failures = open_idle(port, n, batch)
         time.sleep(1.0)
         after = rss_kib(proc.pid)
         for s in socks:
@@ -113,22 +118,24 @@ def run(ctx, log=print):
     hard = raise_nofile()
     n = 200 if ctx.smoke else min(10000, hard - 500)
     rows = []
-    for target in ctx.targets:
-        samples = []
-        for _ in range(ctx.runs):
-            try:
-                samples.append(one(ctx, target, n))
-            except RuntimeError as e:
-                log("  %s: %s" % (target, e))
-                break
-        if not samples:
-            rows.append((target, "%d conns" % n, None))
-            continue
-        d = combine(samples)
-        rows.append((target, "%d conns" % n, d))
-        log("  %-8s RSS %6.1f -> %6.1f MiB: %6.0f bytes per idle connection%s"
-            % (target, d["before"], d["after"], d["per_conn"],
-               "  (%d failed)" % d["errors"] if d["errors"] else ""))
+    for batch in BATCHES:
+        label = "%d conns, %d in flight" % (n, batch)
+        for target in ctx.targets:
+            samples = []
+            for _ in range(ctx.runs):
+                try:
+                    samples.append(one(ctx, target, n, batch))
+                except RuntimeError as e:
+                    log("  %s: %s" % (target, e))
+                    break
+            if not samples:
+                rows.append((target, label, None))
+                continue
+            d = combine(samples)
+            rows.append((target, label, d))
+            log("  %-8s %s: RSS %6.1f -> %6.1f MiB: %6.0f bytes per idle connection%s"
+                % (target, label, d["before"], d["after"], d["per_conn"],
+                   "  (%d failed)" % d["errors"] if d["errors"] else ""))
     cols = [("RSS before MiB", "before", "%.1f"), ("RSS after MiB", "after", "%.1f"),
             ("bytes / idle conn", "per_conn", "%.0f"), ("failed", "errors", "%d")]
     md = table(rows, cols, "per_conn")
