@@ -605,6 +605,18 @@ static void metrics_registry(struct stream *st, struct out *o)
                 "Seconds since the last successful registry read (since start if none yet).");
     out_printf(o, "waygate_registry_last_contact_seconds %.3f\n",
                now > since ? (double)(now - since) / 1000.0 : 0.0);
+    family_head(o, "waygate_registry_propagation_seconds", "histogram",
+                "From a registry change read off the socket to the snapshot published "
+                "to every worker.");
+    for (int k = 0; k < WG_REGISTRY_PROPAGATION_BUCKETS; k++)
+        out_printf(o, "waygate_registry_propagation_seconds_bucket{le=\"%g\"} %llu\n",
+                   wg_registry_propagation_le[k], (unsigned long long)rs->propagation_buckets[k]);
+    out_printf(o, "waygate_registry_propagation_seconds_bucket{le=\"+Inf\"} %llu\n",
+               (unsigned long long)rs->propagation_count);
+    out_printf(o, "waygate_registry_propagation_seconds_sum %.9f\n",
+               (double)rs->propagation_sum_ns / 1e9);
+    out_printf(o, "waygate_registry_propagation_seconds_count %llu\n",
+               (unsigned long long)rs->propagation_count);
 }
 
 /* Per-service and per-instance families: one value per service or member. */

@@ -93,17 +93,21 @@ def parse_metrics(text):
         if line.startswith("# TYPE "):
             name, typ = line[7:].split(" ")
             assert name == current and fams[name]["type"] is None, line
-            assert typ in ("counter", "gauge"), line
+            assert typ in ("counter", "gauge", "histogram"), line
             fams[name]["type"] = typ
             continue
         assert not line.startswith("#"), line
         m = _SAMPLE.match(line)
         assert m, "bad sample line %r" % line
         name, labels = m.group(1), _labels(m.group(2)) if m.group(2) else {}
-        assert name == current and fams[name]["type"], "sample outside its family: %r" % line
+        if current and fams[current]["type"] == "histogram" and name != current:
+            suffix = name[len(current):]
+            assert name.startswith(current) and suffix in ("_bucket", "_sum", "_count"), line
+            assert (suffix == "_bucket") == ("le" in labels), line
+            name = current                  # a histogram's samples belong to its family
         assert name.startswith("waygate_"), line
         assert not {"instance", "job"} & set(labels), line
-        key = (name, tuple(sorted(labels.items())))
+        key = (m.group(1), tuple(sorted(labels.items())))
         assert key not in seen, "series twice: %r" % line
         seen.add(key)
         if fams[name]["type"] == "counter":

@@ -308,3 +308,21 @@ def test_silent_member_is_probed_then_left():
             print("silent member given up after %.1fs (watch_timeout 1s)" % gave_up)
         finally:
             cut.close()
+
+
+def test_propagation_histogram_exported():
+    """Each applied watch response is timed from the socket to the publish:
+    waygate_registry_propagation_seconds, a Prometheus histogram."""
+    with EtcdHarness() as h:
+        etcd = h.etcd()
+        c = etcd.client()
+        (a,) = backends(h, 1)
+        wg = h.waygate_etcd(etcd)
+        before = wg.metric("waygate_registry_propagation_seconds_count") or 0
+        for k in range(5):
+            c.put(P + "p%d" % k, addr(a))
+        wait_until(lambda: (wg.metric("waygate_registry_propagation_seconds_count") or 0)
+                   >= before + 5, slack(5), "5 timed propagations")
+        inf = wg.metric('waygate_registry_propagation_seconds_bucket{le="+Inf"}')
+        assert inf == wg.metric("waygate_registry_propagation_seconds_count"), inf
+        assert wg.metric("waygate_registry_propagation_seconds_sum") > 0
