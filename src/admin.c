@@ -18,6 +18,7 @@
 #include <strings.h>
 
 #include "waygate/balance.h"
+#include "waygate/listener.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
 #include "waygate/registry.h"
@@ -61,6 +62,8 @@ struct stream {
 };
 
 struct wg_admin {
+    struct wg_listener *const *const *listeners;   /* control's array, and its size */
+    const size_t *n_listeners;
     struct event_base *base;
     struct evhttp *http;
     struct wg_pool *pool;
@@ -577,6 +580,28 @@ static void metrics_tls(struct stream *st, struct out *o)
                wg_access_log_dropped());
 }
 
+/* Per listener (label `listener`): atomics on the listener, all workers. */
+static void metrics_listeners(struct stream *st, struct out *o)
+{
+    const struct wg_admin *a = st->admin;
+    size_t n = a->n_listeners ? *a->n_listeners : 0;
+    static const char *const names[2] = { "waygate_listener_connections_accepted_total",
+                                          "waygate_listener_connections_rejected_total" };
+    static const char *const helps[2] = {
+        "Client connections accepted by the listener.",
+        "Of those, closed at once because max_connections was reached." };
+    for (int f = 0; f < 2; f++) {
+        family_head(o, names[f], "counter", helps[f]);
+        for (size_t k = 0; k < n; k++) {
+            const struct wg_listener *l = (*a->listeners)[k];
+            out_printf(o, "%s{listener=\"", names[f]);
+            out_label_value(o, l->name);
+            out_printf(o, "\"} %llu\n", (unsigned long long)atomic_load_explicit(
+                f == 0 ? &l->accepted : &l->rejected, memory_order_relaxed));
+        }
+    }
+}
+
 static void metrics_registry(struct stream *st, struct out *o)
 {
     const struct wg_registry_status *rs = registry_status(st->admin);
@@ -783,6 +808,7 @@ static bool metrics_produce(struct stream *st, struct out *o)
     if (f == 0) {
         metrics_process(st, o);
         metrics_tls(st, o);
+        metrics_listeners(st, o);
         metrics_registry(st, o);
         st->part++;
         return false;
@@ -1069,6 +1095,13 @@ struct wg_admin *wg_admin_new(struct event_base *base, const struct wg_config *c
 void wg_admin_set_registry(struct wg_admin *a, const struct wg_registry *registry)
 {
     a->registry = registry;
+}
+
+void wg_admin_set_listeners(struct wg_admin *a, struct wg_listener *const *const *listeners,
+                            const size_t *n)
+{
+    a->listeners = listeners;
+    a->n_listeners = n;
 }
 
 void wg_admin_set_ready(struct wg_admin *a, bool ready) { a->ready = ready; }

@@ -610,6 +610,8 @@ int wg_control_run(struct wg_config *cfg)
     if (!c->registry)
         goto out;
     wg_admin_set_registry(c->admin, c->registry);
+    wg_admin_set_listeners(c->admin, (struct wg_listener *const *const *)&c->listeners,
+                           &c->n_listeners);
     if (wg_registry_start(c->registry) < 0)
         goto out;
     wg_info("msg=\"waygate started\" version=%s config=%s workers=%u", WAYGATE_VERSION, cfg->path,

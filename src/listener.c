@@ -159,6 +159,7 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
             return;
         }
         wg_stats_add(a->w->stats, WG_C_CONN_ACCEPTED, 1);
+        atomic_fetch_add_explicit(&a->l->accepted, 1, memory_order_relaxed);
         /* The global limit is reloadable: the current config's, not the one
          * this listener was bound with. */
         struct wg_snapshot *snap = wg_pool_current(a->w->pool);
@@ -166,6 +167,7 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
         uint64_t open = atomic_fetch_add(&wg_stats_open_connections, 1);
         if (max && open >= max) {
             wg_stats_add(a->w->stats, WG_C_CONN_REJECTED_LIMIT, 1);
+            atomic_fetch_add_explicit(&a->l->rejected, 1, memory_order_relaxed);
             atomic_fetch_sub(&wg_stats_open_connections, 1);
             close(fd);
             continue;

@@ -49,6 +49,12 @@ struct wg_admin *wg_admin_new(struct event_base *base, const struct wg_config *c
  * `registry` must outlive the admin or be replaced first. */
 void wg_admin_set_registry(struct wg_admin *a, const struct wg_registry *registry);
 
+/* The control thread's serving listeners (read at each scrape, on the
+ * control thread: the array may change with reloads). */
+struct wg_listener;
+void wg_admin_set_listeners(struct wg_admin *a, struct wg_listener *const *const *listeners,
+                            const size_t *n);
+
 /* /ready answers 200 "ready" when true, 503 "not ready" when false: true once
  * the listeners accept, false again when the graceful stop begins. */
 void wg_admin_set_ready(struct wg_admin *a, bool ready);

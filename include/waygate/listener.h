@@ -42,6 +42,8 @@ struct wg_listener {
     int *fds;                       /* one per worker */
     unsigned n_fds;
     _Atomic unsigned detached;      /* workers that dropped it after removal */
+    _Atomic uint64_t accepted;      /* connections accepted (all workers) */
+    _Atomic uint64_t rejected;      /* of which closed at once: max_connections */
 };
 
 /* This listener's settings in `cfg` (matched by address), or NULL when the

@@ -319,6 +319,11 @@ def test_metrics_format_and_counters_move():
         after = wait_until(moved, slack(5), "per-instance counters to move by %d" % n)
         delta = lambda name: metric(after, name) - metric(before, name)
         assert delta("waygate_connections_accepted_total") == n
+        lname = wg.listeners_spec[0]["name"]
+        per_listener = lambda f: metric(f, "waygate_listener_connections_accepted_total",
+                                        listener=lname)
+        assert per_listener(after) - per_listener(before) == n
+        assert metric(after, "waygate_listener_connections_rejected_total", listener=lname) == 0
         assert delta("waygate_bytes_out_total") == 2 * n       # "a\n" or "b\n" each
         for u in "ab":
             assert requests(after, u) - requests(before, u) == names.count(u), (u, names)
