@@ -34,8 +34,8 @@
 
 #define HP_MAGIC 0x48707830U
 #define HP_BLOCK (16u * 1024u)          /* one I/O buffer */
-#define HP_SPARE_BLOCKS 256             /* per worker free list */
-#define HP_SPARE_HEADS 64
+#define HP_SPARE_BLOCKS 64              /* per worker free list (1 MiB): a burst leaves little behind */
+#define HP_SPARE_HEADS 16
 #define HP_MAX_HEADERS 128
 #define HP_ROUNDS 32                    /* pump rounds per event, for fairness */
 #define HP_LINGER_MS 2000               /* lingering close after an error */
