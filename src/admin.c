@@ -602,6 +602,37 @@ static void metrics_listeners(struct stream *st, struct out *o)
     }
 }
 
+/* waygate_request_duration_seconds{service}: a histogram per service
+ * (http requests, first byte of the request to the end of the response). */
+static void metrics_durations(struct stream *st, struct out *o)
+{
+    const struct wg_snapshot *s = st->snap;
+    family_head(o, "waygate_request_duration_seconds", "histogram",
+                "HTTP request duration, from the request's first byte to the end of its "
+                "response, per service.");
+    for (size_t k = 0; s && k < s->n_services; k++) {
+        struct wg_service_state *ss = s->services[k]->state;
+        uint64_t cum = 0;
+        for (int b = 0; b <= WG_DURATION_BUCKETS; b++) {
+            out_str(o, "waygate_request_duration_seconds_bucket{service=\"");
+            out_label_value(o, ss->name);
+            if (b < WG_DURATION_BUCKETS) {
+                cum += atomic_load_explicit(&ss->duration_buckets[b], memory_order_relaxed);
+                out_printf(o, "\",le=\"%g\"} %llu\n", wg_duration_le[b], (unsigned long long)cum);
+            } else {
+                out_printf(o, "\",le=\"+Inf\"} %llu\n", (unsigned long long)atomic_load_explicit(
+                               &ss->duration_count, memory_order_relaxed));
+            }
+        }
+        out_str(o, "waygate_request_duration_seconds_sum{service=\"");
+        out_label_value(o, ss->name);
+        out_printf(o, "\"} %.6f\n", (double)atomic_load(&ss->duration_sum_us) / 1e6);
+        out_str(o, "waygate_request_duration_seconds_count{service=\"");
+        out_label_value(o, ss->name);
+        out_printf(o, "\"} %llu\n", (unsigned long long)atomic_load(&ss->duration_count));
+    }
+}
+
 static void metrics_registry(struct stream *st, struct out *o)
 {
     const struct wg_registry_status *rs = registry_status(st->admin);
@@ -809,6 +840,7 @@ static bool metrics_produce(struct stream *st, struct out *o)
         metrics_process(st, o);
         metrics_tls(st, o);
         metrics_listeners(st, o);
+        metrics_durations(st, o);
         metrics_registry(st, o);
         st->part++;
         return false;

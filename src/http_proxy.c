@@ -601,6 +601,8 @@ static void log_request(struct hp_conn *c, const char *reason)
     method[mlen] = '\0';
     e.method = method;
     wg_access_log(c->w->access_log, &e);
+    if (c->svc)
+        wg_service_observe_duration(c->svc->state, e.duration_us);
 }
 
 /* ---- the request head ------------------------------------------------- */

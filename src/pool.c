@@ -80,7 +80,7 @@ void wg_config_ref_put(struct wg_config_ref *r)
 static struct wg_service_state *state_new(const char *name)
 {
     size_t len = strlen(name);
-    struct wg_service_state *s = malloc(sizeof *s + len + 1);
+    struct wg_service_state *s = calloc(1, sizeof *s + len + 1);
     if (!s)
         return NULL;
     atomic_init(&s->refs, 1);
@@ -90,6 +90,20 @@ static struct wg_service_state *state_new(const char *name)
     atomic_init(&s->ejections_refused, 0);
     memcpy(s->name, name, len + 1);
     return s;
+}
+
+const double wg_duration_le[WG_DURATION_BUCKETS] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                     0.5,   1,    2.5,   5,    10 };
+
+void wg_service_observe_duration(struct wg_service_state *s, uint64_t us)
+{
+    int k = 0;
+    while (k < WG_DURATION_BUCKETS && (double)us > wg_duration_le[k] * 1e6)
+        k++;
+    if (k < WG_DURATION_BUCKETS)
+        atomic_fetch_add_explicit(&s->duration_buckets[k], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->duration_count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->duration_sum_us, us, memory_order_relaxed);
 }
 
 static void state_unref(struct wg_service_state *s)

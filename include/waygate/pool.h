@@ -44,6 +44,11 @@ enum wg_health {
 };
 const char *wg_health_name(enum wg_health h);
 
+/* Upper bounds (seconds) of the request duration histogram's buckets
+ * (waygate_request_duration_seconds{service}; +Inf is the count). */
+#define WG_DURATION_BUCKETS 11
+extern const double wg_duration_le[WG_DURATION_BUCKETS];
+
 /* State of a service that outlives snapshots (shared by all its versions). */
 struct wg_service_state {
     _Atomic unsigned refs;
@@ -51,8 +56,14 @@ struct wg_service_state {
     _Atomic uint64_t panic_routed;  /* picks made in panic mode */
     _Atomic int ejected;            /* instances currently ejected (health.h) */
     _Atomic uint64_t ejections_refused; /* ejections max_ejection_percent prevented */
+    /* Request durations (http): per bucket (not cumulative), count, sum. */
+    _Atomic uint64_t duration_buckets[WG_DURATION_BUCKETS];
+    _Atomic uint64_t duration_count, duration_sum_us;
     char name[];
 };
+
+/* Record one request's duration (any worker; relaxed atomics). */
+void wg_service_observe_duration(struct wg_service_state *s, uint64_t us);
 
 #define WG_INSTANCE_MAGIC 0x1257a9ceU
 

@@ -324,6 +324,7 @@ def test_metrics_format_and_counters_move():
                                         listener=lname)
         assert per_listener(after) - per_listener(before) == n
         assert metric(after, "waygate_listener_connections_rejected_total", listener=lname) == 0
+        assert "waygate_request_duration_seconds" in after      # filled by http requests
         assert delta("waygate_bytes_out_total") == 2 * n       # "a\n" or "b\n" each
         for u in "ab":
             assert requests(after, u) - requests(before, u) == names.count(u), (u, names)
