@@ -326,6 +326,51 @@ static struct wg_config_ref *config_ref_build(struct wg_config *cfg, struct wg_e
     return ref;
 }
 
+static bool str_eq(const char *a, const char *b) { return strcmp(a ? a : "", b ? b : "") == 0; }
+
+static bool strv_eq(char *const *a, size_t na, char *const *b, size_t nb)
+{
+    if (na != nb)
+        return false;
+    for (size_t k = 0; k < na; k++)
+        if (!str_eq(a[k], b[k]))
+            return false;
+    return true;
+}
+
+/* Anything that changes where or how instances are read. */
+static bool registry_changed(const __typeof__(((struct wg_config *)0)->registry) *a,
+                             const __typeof__(((struct wg_config *)0)->registry) *b)
+{
+    const __typeof__(a->etcd) *x = &a->etcd, *y = &b->etcd;
+    return a->kind != b->kind || !str_eq(a->file, b->file) || !str_eq(a->cache, b->cache) ||
+           !strv_eq(x->endpoints, x->n_endpoints, y->endpoints, y->n_endpoints) ||
+           !strv_eq(x->prefixes, x->n_prefixes, y->prefixes, y->n_prefixes) ||
+           !str_eq(x->username, y->username) || !str_eq(x->password, y->password) ||
+           !str_eq(x->tls.ca, y->tls.ca) || !str_eq(x->tls.cert, y->tls.cert) ||
+           !str_eq(x->tls.key, y->tls.key) || !str_eq(x->tls.server_name, y->tls.server_name) ||
+           x->watch_timeout_ms != y->watch_timeout_ms ||
+           x->backoff_initial_ms != y->backoff_initial_ms || x->backoff_max_ms != y->backoff_max_ms;
+}
+
+/* A changed registry section: a new registry replaces the old one. The
+ * pools stay as they are until the new source's first complete read
+ * replaces them (as after a restart, without the restart). */
+static void switch_registry(struct control *c, const struct wg_config *cfg)
+{
+    struct wg_registry *r = wg_registry_new(cfg, c->base, c->pool);
+    if (!r) {
+        wg_error("msg=\"new registry settings could not be applied, keeping the old source\"");
+        return;
+    }
+    wg_registry_free(c->registry);
+    c->registry = r;
+    wg_admin_set_registry(c->admin, r);
+    if (wg_registry_start(r) < 0)
+        wg_error("msg=\"the new registry did not start\"");
+    wg_info("msg=\"registry settings changed, reconnected\" source=%s", r->status.source);
+}
+
 static void reload(struct control *c)
 {
     const char *path = c->config->cfg->path;
@@ -349,9 +394,7 @@ static void reload(struct control *c)
     const struct wg_config *old = c->config->cfg;
     if (cfg->workers != old->workers)
         wg_warn("msg=\"workers changed: needs a restart\" old=%u new=%u", old->workers, cfg->workers);
-    if (cfg->registry.kind != old->registry.kind ||
-        (cfg->registry.file && old->registry.file && strcmp(cfg->registry.file, old->registry.file)))
-        wg_warn("msg=\"registry changes need a restart in this version\"");
+    bool new_registry = registry_changed(&old->registry, &cfg->registry);
     struct wg_listener **added = NULL;
     size_t n_added = 0;
     if (open_added(c, cfg, &added, &n_added) < 0) {
@@ -370,6 +413,8 @@ static void reload(struct control *c)
     if (add_opened(c, added, n_added) < 0 || retire_removed(c, cfg) < 0)
         wg_error("msg=\"reload: out of memory changing listeners\"");
     free(added);
+    if (new_registry)
+        switch_registry(c, cfg);
     struct wg_snapshot *snap = wg_pool_published(c->pool);
     wg_info("msg=\"configuration reloaded\" file=%s generation=%llu", path,
             (unsigned long long)(snap ? snap->generation : 0));

@@ -132,3 +132,19 @@ def test_sd_notify_ready_reloading_stopping():
             assert p.wait(timeout=slack(10)) == 0
         finally:
             sock.close()
+
+
+def test_reload_with_a_new_registry_source_reconnects():
+    with Harness() as h:
+        a, b = h.backend("name", name="a"), h.backend("name", name="b")
+        wg = h.waygate(instances={"users": [a.instance()]})
+        other = h.path("other-instances.yaml")
+        write_atomic(other, "users:\n  - { id: b, address: 127.0.0.1, port: %d }\n" % b.port)
+        assert name_via(wg.port()) == "a"
+        reload(wg, lambda c: c["registry"].update(file=other))
+        wait_until(lambda: "registry settings changed, reconnected" in wg.stderr_text(),
+                   slack(5), "the registry switch")
+        wait_until(lambda: name_via(wg.port()) == "b", slack(5), "the new source's instances")
+        # The new source is watched: edit it, and the change applies.
+        write_atomic(other, "users:\n  - { id: a, address: 127.0.0.1, port: %d }\n" % a.port)
+        wait_until(lambda: name_via(wg.port()) == "a", slack(5), "an edit of the new source")
