@@ -398,3 +398,36 @@ def test_health_probes_over_tls():
         assert http_request(ok.port(), path="/").body.strip() == b"a"
         bad = back_with(shared("other").ca)
         wait_until(lambda: health(bad) == "unhealthy", slack(5), "the TLS probe to fail")
+
+
+def test_bad_certificate_reload_keeps_the_old_one():
+    with Harness() as h:
+        pki = shared()
+        good = pki.leaf("old", ["a.test"], cn="old")
+        other = pki.leaf("b", ["b.test"])
+        b = h.backend("name", name="a")
+        wg = h.waygate(listeners=[tls_listener([good])], instances={"users": [b.instance()]})
+        cfg = wg.config_dict()
+        cfg["listeners"][0]["tls"]["certificates"] = [{"cert": good[0], "key": other[1]}]
+        write_atomic(wg.config_path, yaml_block(cfg) + "\n")
+        wg.proc.signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in wg.stderr_text(), slack(5), "the refusal")
+        assert "does not match" in wg.stderr_text()
+        with tls_connect(wg.port(), client_context(ca=pki.ca), "a.test") as s:
+            assert peer_cn(s) == "old" and read_name(s) == "a"
+
+
+def test_expired_certificate_is_a_warning_and_a_metric():
+    with Harness() as h:
+        pki = shared()
+        expired = pki.leaf("expired", ["a.test"], cn="expired", days=0)
+        time.sleep(1.1)                     # notAfter = notBefore = when it was made
+        b = h.backend("name", name="a")
+        wg = h.waygate(listeners=[tls_listener([expired])], instances={"users": [b.instance()]})
+        assert "certificate expired" in wg.stderr_text()
+        with tls_connect(wg.port(), client_context(), "a.test") as s:   # still served
+            assert read_name(s) == "a"
+        from wglib import http_request
+        text = http_request(wg.admin_port, path="/metrics").body.decode()
+        line = [l for l in text.splitlines() if l.startswith("waygate_tls_cert_not_after_seconds{")]
+        assert line and float(line[0].split()[-1]) < time.time(), line

@@ -33,8 +33,8 @@ class Pki:
         _run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self.ca_key,
              "-out", self.ca, "-days", "2", "-subj", "/CN=%s" % name)
 
-    def leaf(self, name, dns=(), ips=(), ec=False, client=False, cn=None):
-        spec = repr((tuple(dns), tuple(ips), ec, client, cn))
+    def leaf(self, name, dns=(), ips=(), ec=False, client=False, cn=None, days=2):
+        spec = repr((tuple(dns), tuple(ips), ec, client, cn, days))
         marker = os.path.join(self.dir, name + ".spec")
         try:
             with open(marker) as f:
@@ -42,12 +42,12 @@ class Pki:
                     return os.path.join(self.dir, name + ".crt"), os.path.join(self.dir, name + ".key")
         except OSError:
             pass
-        pair = self._make_leaf(name, dns, ips, ec, client, cn)
+        pair = self._make_leaf(name, dns, ips, ec, client, cn, days)
         with open(marker, "w") as f:
             f.write(spec)
         return pair
 
-    def _make_leaf(self, name, dns, ips, ec, client, cn):
+    def _make_leaf(self, name, dns, ips, ec, client, cn, days):
         key = os.path.join(self.dir, name + ".key")
         csr = os.path.join(self.dir, name + ".csr")
         crt = os.path.join(self.dir, name + ".crt")
@@ -64,7 +64,7 @@ class Pki:
                 f.write("subjectAltName=%s\n" % ",".join(sans))
             f.write("extendedKeyUsage=%s\n" % ("clientAuth" if client else "serverAuth"))
         _run("openssl", "x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", self.ca_key,
-             "-CAcreateserial", "-out", crt, "-days", "2", "-extfile", ext)
+             "-CAcreateserial", "-out", crt, "-days", str(days), "-extfile", ext)
         return crt, key
 
 
