@@ -33,7 +33,9 @@ else
     command -v etcd >/dev/null || { echo "etcd is missing: make deps" >&2; exit 1; }
     base=/dev/shm; [ -d "$base" ] && [ -w "$base" ] || base=${TMPDIR:-/tmp}
     data=$(mktemp -d "$base/waygate-demo-etcd.XXXXXX")
-    etcd --name demo --data-dir "$data" --listen-client-urls "$ETCD_URL" \
+    # Its own session: Ctrl-C reaches the registrars first, and etcd stays up
+    # until they have deregistered (cleanup stops it last).
+    setsid etcd --name demo --data-dir "$data" --listen-client-urls "$ETCD_URL" \
          --advertise-client-urls "$ETCD_URL" --listen-peer-urls http://127.0.0.1:23800 \
          --initial-advertise-peer-urls http://127.0.0.1:23800 \
          --initial-cluster demo=http://127.0.0.1:23800 --log-level warn --logger zap \
@@ -83,9 +85,13 @@ waygate is running over etcd (Ctrl-C stops it, etcd and the sample backends).
   etcd: $ETCD_URL. Backends d1 (127.0.0.1:9001) and d2 (127.0.0.1:9002) run
   under \`waygate register\`: each is registered under its own lease (TTL 10 s,
   kept alive) while its /health passes (logs: $data-register.log).
-  TCP listener demo-tcp on 127.0.0.1:7000 balances over them:
+  HTTP listener demo-http on 127.0.0.1:8080 and TCP listener demo-tcp on
+  127.0.0.1:7000 balance over them:
 
+    for i in 1 2 3 4; do curl -s http://127.0.0.1:8080/; echo; done
     for i in 1 2 3 4; do curl -s http://127.0.0.1:7000/; echo; done
+
+  Live dashboard: http://127.0.0.1:9901/   metrics: curl -s 127.0.0.1:9901/metrics
 
   Change the registry and watch waygate follow at once (curl -s 127.0.0.1:9901/status):
 
