@@ -396,11 +396,13 @@ def l7_matrix(ctx, kind, variants, log):
                 continue
             try:
                 if not ctx.smoke:
-                    warm = dict(variants[0][2], conns=10, duration=1)
-                    wrk(url + variants[0][1], **warm)                      # warm up
+                    wrk(url + variants[0][1], conns=10, duration=1)        # warm up
                 for label, path, kw, _ in variants:
+                    kw = dict(kw)
+                    runner = kw.pop("runner", None)     # another client than wrk
                     samples = [measured(measured_proc.pid,
-                                        lambda: wrk(url + path, duration=ctx.duration, **kw))
+                                        lambda: runner(url, path, ctx.duration) if runner else
+                                        wrk(url + path, duration=ctx.duration, **kw))
                                for _ in range(ctx.runs)]
                     d = combine(samples)
                     rows.append((target, label, d))

@@ -4,11 +4,14 @@ Every TLS server (the "direct" backend server block, waygate, HAProxy, nginx)
 uses the same self-signed RSA-2048 certificate and allows TLS 1.2 and 1.3;
 the proxies speak plain HTTP with keep-alive to the backend.
 
-- handshakes: wrk -H "Connection: close": one request per connection and a
-  full handshake each time. wrk never calls SSL_set_session, so no session is
-  resumed (tickets are issued by the servers' defaults but never presented).
-  Run at TLS 1.3 (wrk's default) and TLS 1.2 (the client is capped with an
-  OPENSSL_CONF MaxProtocol = TLSv1.2; ECDHE-RSA-AES256-GCM-SHA384 is chosen).
+- full handshakes: 8 `openssl s_time -new` clients in parallel (-tls1_3, then
+  -tls1_2), each connecting again and again with a new session every time
+  (nothing resumed), one GET / HTTP/1.0 per connection. p50/p99: n/a.
+- wrk -H "Connection: close" (TLS 1.3, and TLS 1.2 with the client capped by
+  an OPENSSL_CONF MaxProtocol = TLSv1.2): also a connection per request, but
+  wrk keeps its SSL object (SSL_clear), so it offers the last session again
+  and resumes wherever the server accepts it (HAProxy and nginx issue tickets
+  by default, waygate too): shown for reference, not the handshake figure.
 - keep-alive: wrk -c50 over TLS 1.3, many requests per connection.
 """
 
@@ -29,6 +32,35 @@ MaxProtocol = TLSv1.2
 """
 
 
+S_TIME_PROCS = 8
+
+
+def s_time(version):
+    """A runner: S_TIME_PROCS `openssl s_time -new` clients in parallel on the load
+    CPU, each opening connection after connection with a full handshake (a new
+    session every time: no ticket, no session id reused) and one GET each."""
+    def runner(url, path, duration):
+        import re
+        import subprocess
+        from ._common import LOAD_CPU, pinned
+        hostport = url.split("://", 1)[1]
+        procs = [subprocess.Popen(pinned(["openssl", "s_time", "-connect", hostport, "-new",
+                                          version, "-time", str(duration), "-www", path],
+                                         LOAD_CPU),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for _ in range(S_TIME_PROCS)]
+        conns, bad = 0, 0
+        for p in procs:
+            out = p.communicate(timeout=duration + 60)[0]
+            m = re.search(r"(\d+) connections in ([\d.]+) real seconds", out)
+            if m:
+                conns += int(m.group(1))
+            else:
+                bad += 1
+        return {"rps": conns / float(duration), "p50": None, "p99": None, "errors": bad}
+    return runner
+
+
 def run(ctx, log=print):
     import tempfile
     fd, tls12 = tempfile.mkstemp(prefix="wg-tls12-", suffix=".cnf")
@@ -37,12 +69,17 @@ def run(ctx, log=print):
     env12 = dict(os.environ, OPENSSL_CONF=tls12)
     c = 10 if ctx.smoke else 50
     close = ["Connection: close"]
-    variants = [("handshake TLS1.3 -c%d" % c, "/", {"conns": c, "headers": close}, len(SMALL_BODY)),
-                ("handshake TLS1.2 -c%d" % c, "/", {"conns": c, "headers": close, "env": env12},
+    variants = [("full handshake TLS1.3 s_time x%d" % S_TIME_PROCS, "/",
+                 {"runner": s_time("-tls1_3")}, len(SMALL_BODY)),
+                ("full handshake TLS1.2 s_time x%d" % S_TIME_PROCS, "/",
+                 {"runner": s_time("-tls1_2")}, len(SMALL_BODY)),
+                ("wrk close TLS1.3 -c%d (resumes)" % c, "/", {"conns": c, "headers": close},
                  len(SMALL_BODY)),
+                ("wrk close TLS1.2 -c%d (resumes)" % c, "/",
+                 {"conns": c, "headers": close, "env": env12}, len(SMALL_BODY)),
                 ("keep-alive TLS1.3 -c%d" % c, "/", {"conns": c}, len(SMALL_BODY))]
     if ctx.smoke:
-        variants = variants[::2]
+        variants = [variants[0], variants[4]]
     try:
         rows = l7_matrix(ctx, "tls", variants, log)
     finally:
