@@ -183,3 +183,51 @@ enum wg_proxy_result wg_proxy_read(int fd, struct wg_proxy_info *info)
         return r;
     return recv(fd, buf, used, 0) == (ssize_t)used ? WG_PROXY_DONE : WG_PROXY_ERROR;
 }
+
+/* ---- encoding (tcp listeners send PROXY v2 to services that ask for it) ---- */
+
+/* The IPv4 address of `sa` (also of an IPv4-mapped IPv6 one) into a[4]. */
+static bool ipv4_of(const struct sockaddr *sa, uint8_t a[4], uint8_t port[2])
+{
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+        memcpy(a, &sin->sin_addr, 4);
+        memcpy(port, &sin->sin_port, 2);
+        return true;
+    }
+    const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
+    if (sa->sa_family != AF_INET6 || !IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr))
+        return false;
+    memcpy(a, sin6->sin6_addr.s6_addr + 12, 4);
+    memcpy(port, &sin6->sin6_port, 2);
+    return true;
+}
+
+size_t wg_proxy_v2_encode(const struct sockaddr *src, const struct sockaddr *dst,
+                          uint8_t out[WG_PROXY_V2_MAX])
+{
+    static const uint8_t sig[12] = { 0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
+                                     0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A };
+    memcpy(out, sig, 12);
+    out[12] = 0x21;                     /* v2, PROXY */
+    size_t n = 0;
+    uint8_t *a = out + 16;
+    if (ipv4_of(src, a, a + 8) && ipv4_of(dst, a + 4, a + 10)) {
+        out[13] = 0x11;                 /* TCP over IPv4 */
+        n = 12;
+    } else if (src->sa_family == AF_INET6 && dst->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const void *)src, *d = (const void *)dst;
+        out[13] = 0x21;                 /* TCP over IPv6 */
+        memcpy(a, &s->sin6_addr, 16);
+        memcpy(a + 16, &d->sin6_addr, 16);
+        memcpy(a + 32, &s->sin6_port, 2);
+        memcpy(a + 34, &d->sin6_port, 2);
+        n = 36;
+    } else {
+        out[12] = 0x20;                 /* v2, LOCAL: nothing to tell */
+        out[13] = 0x00;
+    }
+    out[14] = (uint8_t)(n >> 8);
+    out[15] = (uint8_t)n;
+    return 16 + n;
+}

@@ -477,45 +477,17 @@ static void upstream_handshake(struct tcp_conn *c)
 }
 
 /* PROXY protocol v2 header (a binary prefix, before any TLS) telling the
- * instance who the client is: signature, v2 PROXY, TCP over IPv4/IPv6, then
- * source and destination addresses and ports. */
+ * instance who the client is. */
 static int send_proxy_v2(struct tcp_conn *c)
 {
-    static const unsigned char sig[12] = { 0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
-                                           0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A };
-    unsigned char h[16 + 36];
     struct sockaddr_storage local;
     socklen_t len = sizeof local;
+    uint8_t h[WG_PROXY_V2_MAX];
     if (getsockname(c->client.fd, (struct sockaddr *)&local, &len) < 0)
         return -1;
-    memcpy(h, sig, 12);
-    h[12] = 0x21;
-    size_t n;
-    if (c->peer_addr.ss_family == AF_INET && local.ss_family == AF_INET) {
-        const struct sockaddr_in *s = (void *)&c->peer_addr, *d = (void *)&local;
-        h[13] = 0x11;
-        memcpy(h + 16, &s->sin_addr, 4);
-        memcpy(h + 20, &d->sin_addr, 4);
-        memcpy(h + 24, &s->sin_port, 2);
-        memcpy(h + 26, &d->sin_port, 2);
-        n = 12;
-    } else if (c->peer_addr.ss_family == AF_INET6 && local.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *s = (void *)&c->peer_addr, *d = (void *)&local;
-        h[13] = 0x21;
-        memcpy(h + 16, &s->sin6_addr, 16);
-        memcpy(h + 32, &d->sin6_addr, 16);
-        memcpy(h + 48, &s->sin6_port, 2);
-        memcpy(h + 50, &d->sin6_port, 2);
-        n = 36;
-    } else {
-        h[12] = 0x20;                   /* LOCAL: no address to tell */
-        h[13] = 0x00;
-        n = 0;
-    }
-    h[14] = (unsigned char)(n >> 8);
-    h[15] = (unsigned char)n;
+    size_t n = wg_proxy_v2_encode((struct sockaddr *)&c->peer_addr, (struct sockaddr *)&local, h);
     /* A fresh connection's send buffer always takes these few bytes. */
-    return send(c->upstream.fd, h, 16 + n, MSG_NOSIGNAL) == (ssize_t)(16 + n) ? 0 : -1;
+    return send(c->upstream.fd, h, n, MSG_NOSIGNAL) == (ssize_t)n ? 0 : -1;
 }
 
 static void connected(struct tcp_conn *c)

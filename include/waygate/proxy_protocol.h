@@ -49,6 +49,14 @@ struct wg_proxy_info {
 enum wg_proxy_result wg_proxy_parse(const uint8_t *buf, size_t len, struct wg_proxy_info *info,
                                     size_t *consumed);
 
+/* Encode a PROXY v2 header (PROXY command, TCP) for a connection from `src`
+ * to `dst` into out (at most WG_PROXY_V2_MAX bytes); returns its length.
+ * IPv4-mapped IPv6 addresses are sent as IPv4; addresses of different
+ * families (or not IP) give a LOCAL header without addresses. */
+#define WG_PROXY_V2_MAX 52
+size_t wg_proxy_v2_encode(const struct sockaddr *src, const struct sockaddr *dst,
+                          uint8_t out[WG_PROXY_V2_MAX]);
+
 /* Take a PROXY header off `fd` (non-blocking): DONE (consumed from the
  * socket), AGAIN (incomplete: wait for readability), ERROR (invalid, EOF or
  * a socket error). */

@@ -187,6 +187,65 @@ START_TEST(v2_refusals)
 }
 END_TEST
 
+static struct sockaddr_storage ss_of(const char *ip, int port)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    if (strchr(ip, ':')) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        ck_assert_int_eq(inet_pton(AF_INET6, ip, &s6->sin6_addr), 1);
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        ck_assert_int_eq(inet_pton(AF_INET, ip, &s4->sin_addr), 1);
+    }
+    return ss;
+}
+
+/* What waygate sends upstream, read back by waygate's own parser. */
+START_TEST(v2_encode_round_trips)
+{
+    static const struct { const char *src, *dst, *want_src; int family; } cases[] = {
+        { "192.0.2.7", "198.51.100.1", "192.0.2.7", AF_INET },
+        { "2001:db8::7", "2001:db8::1", "2001:db8::7", AF_INET6 },
+        { "::ffff:192.0.2.9", "::ffff:127.0.0.1", "192.0.2.9", AF_INET },   /* mapped */
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        struct sockaddr_storage src = ss_of(cases[k].src, 40000 + (int)k);
+        struct sockaddr_storage dst = ss_of(cases[k].dst, 443);
+        uint8_t h[WG_PROXY_V2_MAX];
+        size_t n = wg_proxy_v2_encode((struct sockaddr *)&src, (struct sockaddr *)&dst, h);
+        struct wg_proxy_info pi;
+        size_t used = 0;
+        ck_assert_int_eq(wg_proxy_parse(h, n, &pi, &used), WG_PROXY_DONE);
+        ck_assert_uint_eq(used, n);
+        ck_assert(!pi.local && pi.version == 2);
+        ck_assert_int_eq(pi.src.ss_family, cases[k].family);
+        char text[64];
+        const void *a = pi.src.ss_family == AF_INET
+                            ? (const void *)&((struct sockaddr_in *)&pi.src)->sin_addr
+                            : (const void *)&((struct sockaddr_in6 *)&pi.src)->sin6_addr;
+        ck_assert_ptr_nonnull(inet_ntop(pi.src.ss_family, a, text, sizeof text));
+        ck_assert_str_eq(text, cases[k].want_src);
+        uint16_t port = pi.src.ss_family == AF_INET ? ((struct sockaddr_in *)&pi.src)->sin_port
+                                                    : ((struct sockaddr_in6 *)&pi.src)->sin6_port;
+        ck_assert_int_eq(ntohs(port), 40000 + (int)k);
+    }
+    /* Mixed families: LOCAL, no address. */
+    struct sockaddr_storage v4 = ss_of("192.0.2.7", 1), v6 = ss_of("2001:db8::1", 2);
+    uint8_t h[WG_PROXY_V2_MAX];
+    size_t n = wg_proxy_v2_encode((struct sockaddr *)&v6, (struct sockaddr *)&v4, h);
+    struct wg_proxy_info pi;
+    size_t used = 0;
+    ck_assert_uint_eq(n, 16);
+    ck_assert_int_eq(wg_proxy_parse(h, n, &pi, &used), WG_PROXY_DONE);
+    ck_assert(pi.local);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("proxy_protocol");
@@ -195,6 +254,7 @@ int main(void)
     tcase_add_test(t, v1_refusals);
     tcase_add_test(t, v2_proxy_local_and_tlvs);
     tcase_add_test(t, v2_refusals);
+    tcase_add_test(t, v2_encode_round_trips);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
