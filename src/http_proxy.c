@@ -1008,29 +1008,57 @@ static ssize_t tls_read(SSL *ssl, bool *read_wants_write, char *buf, size_t len)
     }
 }
 
-/* Write the head then the body bytes, as flush_to() does with writev. */
+/* Write the head then the body bytes, as flush_to() does with writev. A
+ * pending head goes out in ONE TLS record with the first body bytes (copied
+ * together, up to 16 KiB): a small response costs one record and one write,
+ * not two. The length of a write retried after WANT_* never shrinks (pending
+ * bytes only grow), as OpenSSL requires. */
+#define HP_TLS_RECORD 16384
+static _Thread_local char tls_coalesce[HP_TLS_RECORD];
+
+static enum wg_tls_io tls_write_head(SSL *ssl, struct hp_buf *head, struct hp_buf *body,
+                                     ssize_t *total)
+{
+    size_t hlen = head->end - head->sent, blen = body ? body->fwd - body->sent : 0;
+    size_t take = hlen + blen < HP_TLS_RECORD ? hlen + blen : HP_TLS_RECORD;
+    size_t from_head = hlen < take ? hlen : take;
+    memcpy(tls_coalesce, head->data + head->sent, from_head);
+    if (take > from_head)
+        memcpy(tls_coalesce + from_head, body->data + body->sent, take - from_head);
+    size_t n = 0;
+    enum wg_tls_io r = wg_tls_write(ssl, tls_coalesce, take, &n);
+    if (r == WG_TLS_OK) {
+        size_t h = n < hlen ? n : hlen;
+        head->sent += (uint32_t)h;
+        if (n > h)
+            body->sent += (uint32_t)(n - h);
+        *total += (ssize_t)n;
+    }
+    return r;
+}
+
 static ssize_t tls_flush(SSL *ssl, bool *writable, bool *write_wants_read, struct hp_buf *head,
                          struct hp_buf *body)
 {
     ssize_t total = 0;
-    struct hp_buf *bufs[2] = { head, body };
-    for (int k = 0; k < 2 && *writable; k++) {
-        struct hp_buf *b = bufs[k];
-        uint32_t end = k == 0 ? (b ? b->end : 0) : (b ? b->fwd : 0);
-        while (b && b->sent < end) {
+    while (*writable && ((head && head->sent < head->end) || (body && body->sent < body->fwd))) {
+        enum wg_tls_io r;
+        if (head && head->sent < head->end) {
+            r = tls_write_head(ssl, head, body, &total);
+        } else {
             size_t n = 0;
-            enum wg_tls_io r = wg_tls_write(ssl, b->data + b->sent, end - b->sent, &n);
+            r = wg_tls_write(ssl, body->data + body->sent, body->fwd - body->sent, &n);
             if (r == WG_TLS_OK) {
-                b->sent += (uint32_t)n;
+                body->sent += (uint32_t)n;
                 total += (ssize_t)n;
-                continue;
             }
-            if (r != WG_TLS_WANT_WRITE && r != WG_TLS_WANT_READ)
-                return -1;
-            *write_wants_read = r == WG_TLS_WANT_READ;
-            *writable = false;
-            break;
         }
+        if (r == WG_TLS_OK)
+            continue;
+        if (r != WG_TLS_WANT_WRITE && r != WG_TLS_WANT_READ)
+            return -1;
+        *write_wants_read = r == WG_TLS_WANT_READ;
+        *writable = false;
     }
     return total;
 }

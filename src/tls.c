@@ -547,16 +547,24 @@ enum wg_tls_io wg_tls_handshake(SSL *ssl)
     return r == 1 ? WG_TLS_OK : map_error(ssl, r);
 }
 
+/* DESIGN §11: the thread's error queue must be empty before each SSL call;
+ * peeking is cheaper than clearing an already empty queue. */
+static inline void clear_errors(void)
+{
+    if (ERR_peek_error())
+        ERR_clear_error();
+}
+
 enum wg_tls_io wg_tls_read(SSL *ssl, void *buf, size_t len, size_t *n)
 {
-    ERR_clear_error();
+    clear_errors();
     int r = SSL_read_ex(ssl, buf, len, n);
     return r == 1 ? WG_TLS_OK : map_error(ssl, r);
 }
 
 enum wg_tls_io wg_tls_write(SSL *ssl, const void *buf, size_t len, size_t *n)
 {
-    ERR_clear_error();
+    clear_errors();
     int r = SSL_write_ex(ssl, buf, len, n);
     return r == 1 ? WG_TLS_OK : map_error(ssl, r);
 }
