@@ -1,5 +1,6 @@
 /* check_balance_policies — least_conn, random, p2c and hash over many picks. */
 #include "unit_util.h"
+#include "balance_fixture.h"
 
 #include "waygate/balance.h"
 #include "waygate/pool.h"
@@ -17,23 +18,6 @@
 #define KEYS 100000
 #define NOW_MS 1000000000ULL        /* a fixed clock for slow start */
 
-struct fixture {
-    struct wg_reclaim *rc;
-    struct wg_pool *pool;
-    struct wg_config_ref *ref;
-    struct wg_balance_cache cache;
-    struct wg_rng rng;
-};
-
-static void setup(struct fixture *f, const char *yaml)
-{
-    memset(f, 0, sizeof *f);
-    f->rc = wg_reclaim_new();
-    f->pool = wg_pool_new(f->rc, NULL, NULL);
-    f->ref = wg_config_ref_new(unit_config(yaml));
-    wg_pool_set_config(f->pool, f->ref);
-    wg_rng_seed(&f->rng, 42);
-}
 
 static void setup_policy(struct fixture *f, const char *policy)
 {
@@ -43,13 +27,6 @@ static void setup_policy(struct fixture *f, const char *policy)
     setup(f, yaml);
 }
 
-static void teardown(struct fixture *f)
-{
-    wg_balance_cache_free(&f->cache);
-    wg_pool_free(f->pool);
-    wg_reclaim_free(f->rc);
-    wg_config_ref_put(f->ref);
-}
 
 /* Instances "i000".."i<n-1>" (member index == number), ports 9000+number;
  * `ids` (optional) names the numbers to publish. */
