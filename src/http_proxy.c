@@ -1075,11 +1075,9 @@ static void tls_handshake_step(struct hp_conn *c, bool *progress)
         return;
     }
     if (r != WG_TLS_OK) {
-        const char *why = wg_tls_error_reason();
-        wg_stats_add(c->w->stats, strcmp(why, "certificate") == 0 ? WG_C_TLS_FAIL_CERTIFICATE
-                                  : strncmp(why, "protocol", 8) == 0 ? WG_C_TLS_FAIL_PROTOCOL
-                                                                     : WG_C_TLS_FAIL_OTHER, 1);
-        wg_debug("msg=\"tls handshake failed\" client=%s reason=%s", c->client, why);
+        wg_stats_add(c->w->stats, wg_tls_failure_counter(), 1);
+        wg_debug("msg=\"tls handshake failed\" client=%s reason=%s", c->client,
+                 wg_tls_error_reason());
         c->end_reason = "tls_handshake_failed";
         conn_kill(c);
         return;
@@ -1340,9 +1338,7 @@ static void upstream_tls_step(struct hp_conn *c)
     } else if (r == WG_TLS_WANT_WRITE) {
         u->writable = false;
     } else {
-        wg_stats_add(c->w->stats, WG_C_UPSTREAM_TLS_FAILURES, 1);
-        wg_info("msg=\"upstream tls handshake failed\" service=%s upstream=%s reason=%s",
-                c->svc->name, c->inst->id, wg_tls_error_reason());
+        wg_tls_upstream_failed(c->w->stats, c->svc->name, c->inst->id);
         connect_failed(c, EPROTO);
     }
 }

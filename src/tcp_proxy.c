@@ -469,9 +469,7 @@ static void upstream_handshake(struct tcp_conn *c)
     } else if (r == WG_TLS_WANT_READ || r == WG_TLS_WANT_WRITE) {
         endpoint_want(c, &c->upstream, r == WG_TLS_WANT_READ ? EV_READ : EV_WRITE);
     } else {
-        wg_stats_add(c->w->stats, WG_C_UPSTREAM_TLS_FAILURES, 1);
-        wg_info("msg=\"upstream tls handshake failed\" service=%s upstream=%s reason=%s",
-                c->svc->name, c->inst->id, wg_tls_error_reason());
+        wg_tls_upstream_failed(c->w->stats, c->svc->name, c->inst->id);
         attempt_failed(c, EPROTO);
     }
 }
@@ -587,11 +585,7 @@ static void client_handshake(struct tcp_conn *c)
         return;
     }
     if (r != WG_TLS_OK) {
-        const char *why = wg_tls_error_reason();
-        handshake_failed(c, strcmp(why, "protocol_version") == 0 || strcmp(why, "protocol") == 0
-                                ? WG_C_TLS_FAIL_PROTOCOL
-                            : strcmp(why, "certificate") == 0 ? WG_C_TLS_FAIL_CERTIFICATE
-                                                              : WG_C_TLS_FAIL_OTHER);
+        handshake_failed(c, wg_tls_failure_counter());
         return;
     }
     drop_tls_server(c);

@@ -506,6 +506,23 @@ static __thread const char *last_reason = "none";
 
 const char *wg_tls_error_reason(void) { return last_reason; }
 
+enum wg_counter wg_tls_failure_counter(void)
+{
+    if (strcmp(last_reason, "certificate") == 0)
+        return WG_C_TLS_FAIL_CERTIFICATE;
+    if (strncmp(last_reason, "protocol", 8) == 0)   /* protocol, protocol_version */
+        return WG_C_TLS_FAIL_PROTOCOL;
+    return WG_C_TLS_FAIL_OTHER;
+}
+
+void wg_tls_upstream_failed(struct wg_stats_block *stats, const char *service,
+                            const char *upstream)
+{
+    wg_stats_add(stats, WG_C_UPSTREAM_TLS_FAILURES, 1);
+    wg_info("msg=\"upstream tls handshake failed\" service=%s upstream=%s reason=%s", service,
+            upstream, last_reason);
+}
+
 static enum wg_tls_io map_error(SSL *ssl, int ret)
 {
     int e = SSL_get_error(ssl, ret);

@@ -31,6 +31,7 @@
 #include <sys/types.h>
 
 #include "waygate/config.h"
+#include "waygate/stats.h"
 
 enum wg_tls_io { WG_TLS_OK, WG_TLS_WANT_READ, WG_TLS_WANT_WRITE, WG_TLS_EOF, WG_TLS_ERROR };
 
@@ -107,5 +108,11 @@ void wg_tls_close(SSL *ssl);
 /* Why the last failed handshake failed, short and static ("protocol",
  * "certificate", "timeout", ...), for metrics. */
 const char *wg_tls_error_reason(void);
+/* The failure counter of that reason: WG_C_TLS_FAIL_PROTOCOL, _CERTIFICATE
+ * or _OTHER (the edge's handshakes, tcp and http alike). */
+enum wg_counter wg_tls_failure_counter(void);
+/* An upstream handshake failed (tcp and http alike): count and log it. */
+void wg_tls_upstream_failed(struct wg_stats_block *stats, const char *service,
+                            const char *upstream);
 
 #endif
