@@ -36,6 +36,7 @@
 #define HP_BLOCK (16u * 1024u)          /* one I/O buffer */
 #define HP_SPARE_BLOCKS 64              /* per worker free list (1 MiB): a burst leaves little behind */
 #define HP_SPARE_HEADS 16
+#define HP_SPARE_REQS 64
 #define HP_MAX_HEADERS 128
 #define HP_ROUNDS 32                    /* pump rounds per event, for fairness */
 #define HP_LINGER_MS 2000               /* lingering close after an error */
@@ -66,12 +67,16 @@ struct hp_local {
     unsigned n_bufs;
     struct hp_head *heads;
     unsigned n_heads;
+    struct hp_req *reqs;
+    unsigned n_reqs;
     struct wg_upstream_pool *pool;
 };
 
 static pthread_key_t hp_key;
 static pthread_once_t hp_once = PTHREAD_ONCE_INIT;
 static _Thread_local struct hp_local *hp_tls;
+
+static void local_free_reqs(struct hp_local *loc);
 
 static void local_free(void *arg)
 {
@@ -87,6 +92,7 @@ static void local_free(void *arg)
         loc->heads = h->next;
         free(h);
     }
+    local_free_reqs(loc);
     free(loc);
 }
 
@@ -217,69 +223,115 @@ struct hp_settings {
     unsigned retries;
 };
 
-struct hp_conn {
-    uint32_t magic;
-    struct wg_conn_link link;
-    struct wg_worker *w;
-    struct hp_local *loc;
-    const struct wg_listener *l;
-    int fd;
-    struct event ev;                    /* client: EV_READ|EV_WRITE|EV_ET|EV_PERSIST */
-    struct event timer;
-    bool readable, writable, eof, shut;
-    bool hup;                           /* EV_CLOSED seen: read until EOF */
-    bool need_proxy;                    /* a PROXY header must come first */
-    SSL *ssl;                           /* TLS listener: the session, NULL when plain */
-    struct wg_tls_server *tls_server;   /* one reference during the handshake (SNI) */
-    bool tls_done;                      /* handshake complete */
-    bool read_wants_write;              /* SSL_read waits for the socket to be writable */
-    bool write_wants_read;              /* SSL_write waits for it to be readable */
-    char *cert_subject;                 /* verified client certificate, RFC 4514 */
-    bool dead;
-    uint64_t blocked_since;             /* output to the client waits since (0: not) */
-    uint64_t armed_ms;                  /* the timer's deadline, 0 when not armed */
-    struct hp_buf *in;                  /* from the client */
-    struct hp_buf *out;                 /* heads (ours or rewritten) to the client */
-    enum hp_rq rq;
-    enum hp_rs rs;
-    struct hp_settings t;
-    /* the request */
+/* One request and its upstream attempt. Allocated with the connection (the
+ * first request: handshake and PROXY header included) or with the first
+ * byte of a later one, freed when the request ends: an idle keep-alive
+ * client holds only its struct hp_conn, no request state and no buffer. */
+struct hp_req {
+    struct hp_req *next;                /* on the worker's free list */
     struct hp_head *head;               /* while RQ_HEAD */
     struct wg_config_ref *cfg;          /* pinned for the request */
     const struct wg_listener_config *lc;
     const struct wg_route *route;
     struct wg_pool_service *svc;        /* one reference while routed */
-    struct wg_pick pick;
     struct wg_instance *inst;           /* one reference + one `active` per attempt */
     unsigned inst_gen;                  /* its down_generation when picked (health.h) */
     unsigned attempts;
     enum wg_http_method method;
+    unsigned status;
     bool http10, req_keep_alive, req_upgrade, req_body_done, replayable;
     bool close_after;                   /* close the client after this response */
     bool fresh_only;                    /* next attempt on a new connection */
+    bool u_eof, u_shut, up_reused, resp_started, final_sent, dechunk;
+    bool upstream_keep;                 /* the response leaves the connection reusable */
+    bool log_pending;                   /* a request to log when it ends */
+    struct hp_settings t;
     struct wg_http_body rq_body;
     /* the upstream */
     struct wg_upconn *up;
     struct hp_buf *uin;                 /* from the upstream */
     struct hp_buf *uout;                /* the rewritten request head */
-    bool u_eof, u_shut, up_reused, resp_started, final_sent, dechunk;
-    bool upstream_keep;                 /* the response leaves the connection reusable */
     struct hp_head *rhead;              /* while RS_HEAD */
     struct wg_http_body rs_body;
-    unsigned status;
     /* deadlines and progress (ms, CLOCK_MONOTONIC) */
-    uint64_t idle_deadline, header_deadline, connect_deadline, response_deadline;
-    uint64_t linger_deadline, client_progress, upstream_progress, send_progress;
-    char client_ip[INET6_ADDRSTRLEN];
-    char client[64];                    /* "ip:port" / "[v6]:port", for the access log */
-    /* the access log's view of the request in progress */
+    uint64_t header_deadline, connect_deadline, response_deadline, upstream_progress;
+    /* the access log's view of the request */
     struct hp_buf *note;                /* method, target, request id as sent */
     struct wg_http_span note_method, note_target, note_id;
-    bool log_pending;                   /* a request to log when it ends */
-    const char *end_reason;             /* why it ended early, NULL: complete */
     uint64_t req_start_ns, connect_start_ns, req_bytes_in, req_bytes_out;
     int64_t connect_us;
+    struct wg_pick pick;                /* last: the tried list is long and mostly unused */
 };
+
+/* One client connection: what outlives its requests. */
+struct hp_conn {
+    uint32_t magic;
+    int fd;
+    struct wg_conn_link link;
+    struct wg_worker *w;
+    struct hp_local *loc;
+    const struct wg_listener *l;
+    struct hp_req *r;                   /* the request in progress, NULL between requests */
+    struct event ev;                    /* client: EV_READ|EV_WRITE|EV_ET|EV_PERSIST */
+    struct event timer;
+    enum hp_rq rq;
+    enum hp_rs rs;
+    bool readable, writable, eof, shut;
+    bool hup;                           /* EV_CLOSED seen: read until EOF */
+    bool need_proxy;                    /* a PROXY header must come first */
+    bool tls_done;                      /* handshake complete */
+    bool read_wants_write;              /* SSL_read waits for the socket to be writable */
+    bool write_wants_read;              /* SSL_write waits for it to be readable */
+    bool dead;
+    uint16_t client_port;               /* with client_ip: the client, for the access log */
+    SSL *ssl;                           /* TLS listener: the session, NULL when plain */
+    struct wg_tls_server *tls_server;   /* one reference during the handshake (SNI) */
+    char *cert_subject;                 /* verified client certificate, RFC 4514 */
+    const char *end_reason;             /* why it ended early, NULL: complete */
+    struct hp_buf *in;                  /* from the client */
+    struct hp_buf *out;                 /* heads (ours or rewritten) to the client */
+    uint64_t blocked_since;             /* output to the client waits since (0: not) */
+    uint64_t armed_ms;                  /* the timer's deadline, 0 when not armed */
+    uint64_t idle_deadline, linger_deadline, client_progress;
+    char client_ip[INET6_ADDRSTRLEN];
+};
+
+static struct hp_req *req_new(struct hp_local *loc)
+{
+    struct hp_req *r = loc->reqs;
+    if (r) {
+        loc->reqs = r->next;
+        loc->n_reqs--;
+    } else if (!(r = malloc(sizeof *r))) {
+        return NULL;
+    }
+    memset(r, 0, sizeof *r);
+    return r;
+}
+
+static void req_free(struct hp_local *loc, struct hp_req **rp)
+{
+    struct hp_req *r = *rp;
+    if (!r)
+        return;
+    *rp = NULL;
+    if (loc->n_reqs < HP_SPARE_REQS) {
+        r->next = loc->reqs;
+        loc->reqs = r;
+        loc->n_reqs++;
+    } else {
+        free(r);
+    }
+}
+
+static void local_free_reqs(struct hp_local *loc)
+{
+    while (loc->reqs) {
+        struct hp_req *r = loc->reqs;
+        loc->reqs = r->next;
+        free(r);
+    }
+}
 
 static void conn_pump(struct hp_conn *c);
 static void upstream_start(struct hp_conn *c);
@@ -293,41 +345,50 @@ static struct hp_conn *conn_of(struct wg_conn_link *l)
     return (struct hp_conn *)((char *)l - offsetof(struct hp_conn, link));
 }
 
+/* "ip:port" or "[v6]:port", as record.h's wg_sockaddr_text writes it. */
+static const char *client_text(const struct hp_conn *c, char *buf, size_t len)
+{
+    snprintf(buf, len, strchr(c->client_ip, ':') ? "[%s]:%u" : "%s:%u", c->client_ip,
+             (unsigned)c->client_port);
+    return buf;
+}
+
 /* Drop what a request holds: upstream attempt, service, config. */
 static void release_instance(struct hp_conn *c)
 {
-    if (!c->inst)
+    if (!c->r->inst)
         return;
-    atomic_fetch_sub_explicit(&c->inst->active, 1, memory_order_relaxed);
-    wg_instance_unref(c->inst);
-    c->inst = NULL;
+    atomic_fetch_sub_explicit(&c->r->inst->active, 1, memory_order_relaxed);
+    wg_instance_unref(c->r->inst);
+    c->r->inst = NULL;
 }
 
 static void release_upstream(struct hp_conn *c)
 {
-    if (c->up)
-        wg_upconn_close(c->up);
-    c->up = NULL;
-    buf_free(c->loc, &c->uin);
-    head_free(c->loc, &c->rhead);
-    c->u_eof = c->u_shut = false;
+    if (c->r->up)
+        wg_upconn_close(c->r->up);
+    c->r->up = NULL;
+    buf_free(c->loc, &c->r->uin);
+    head_free(c->loc, &c->r->rhead);
+    c->r->u_eof = c->r->u_shut = false;
 }
 
+/* The request is over: let go of everything it holds, and of itself. */
 static void release_request(struct hp_conn *c)
 {
+    struct hp_req *r = c->r;
+    if (!r)
+        return;
     release_upstream(c);
     release_instance(c);
-    buf_free(c->loc, &c->uout);
-    buf_free(c->loc, &c->note);
-    head_free(c->loc, &c->head);
-    if (c->svc)
-        wg_pool_service_unref(c->svc);
-    c->svc = NULL;
-    if (c->cfg)
-        wg_config_ref_put(c->cfg);
-    c->cfg = NULL;
-    c->lc = NULL;
-    c->route = NULL;
+    buf_free(c->loc, &r->uout);
+    buf_free(c->loc, &r->note);
+    head_free(c->loc, &r->head);
+    if (r->svc)
+        wg_pool_service_unref(r->svc);
+    if (r->cfg)
+        wg_config_ref_put(r->cfg);
+    req_free(c->loc, &c->r);
 }
 
 static void log_request(struct hp_conn *c, const char *reason);
@@ -366,9 +427,9 @@ static void conn_tick(struct wg_conn_link *l, uint64_t now_ms)
         conn_free(c);
         return;
     }
-    if (!c->inst || !c->svc)
+    if (!c->r || !c->r->inst || !c->r->svc)
         return;
-    enum wg_health_cut cut = wg_health_conn_cut(c->svc->cfg, c->inst, c->inst_gen, now_ms);
+    enum wg_health_cut cut = wg_health_conn_cut(c->r->svc->cfg, c->r->inst, c->r->inst_gen, now_ms);
     if (cut == WG_CUT_NONE)
         return;
     c->end_reason = wg_health_cut_name(cut);
@@ -384,12 +445,12 @@ static void report_failure(struct hp_conn *c, enum wg_health_failure why)
 {
     if (why == WG_FAIL_CONNECT)
         wg_stats_add(c->w->stats, WG_C_CONNECT_ERRORS, 1);
-    if (wg_health_report_failure(c->svc, c->inst, why))
-        wg_info("msg=\"upstream ejected\" service=%s upstream=%s address=%s", c->svc->name,
-                c->inst->id, c->inst->addr_text);
+    if (wg_health_report_failure(c->r->svc, c->r->inst, why))
+        wg_info("msg=\"upstream ejected\" service=%s upstream=%s address=%s", c->r->svc->name,
+                c->r->inst->id, c->r->inst->addr_text);
 }
 
-static void report_success(struct hp_conn *c) { wg_health_report_success(c->inst); }
+static void report_success(struct hp_conn *c) { wg_health_report_success(c->r->inst); }
 
 /* ---- writing heads ---------------------------------------------------- */
 
@@ -498,7 +559,7 @@ static void reply(struct hp_conn *c, unsigned status, const char *body, bool kee
         snprintf(text, sizeof text, "%u %s\n", status, reason_of(status));
         body = text;
     }
-    keep = keep && c->req_keep_alive && !atomic_load_explicit(&c->w->draining, memory_order_relaxed);
+    keep = keep && c->r->req_keep_alive && !atomic_load_explicit(&c->w->draining, memory_order_relaxed);
     struct hp_out o = out_open(c->loc, &c->out, 256 + strlen(body));
     puts_(&o, "HTTP/1.1 ");
     put_u64(&o, status);
@@ -506,9 +567,9 @@ static void reply(struct hp_conn *c, unsigned status, const char *body, bool kee
     puts_(&o, reason_of(status));
     puts_(&o, "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
     put_u64(&o, strlen(body));
-    puts_(&o, keep ? (c->http10 ? "\r\nConnection: keep-alive\r\n\r\n" : "\r\n\r\n")
+    puts_(&o, keep ? (c->r->http10 ? "\r\nConnection: keep-alive\r\n\r\n" : "\r\n\r\n")
                    : "\r\nConnection: close\r\n\r\n");
-    if (c->method != WG_HTTP_HEAD)
+    if (c->r->method != WG_HTTP_HEAD)
         puts_(&o, body);
     out_close(c->out, &o);
     if (o.full) {
@@ -516,15 +577,15 @@ static void reply(struct hp_conn *c, unsigned status, const char *body, bool kee
         return;
     }
     count_status(c, status);
-    c->status = status;
+    c->r->status = status;
     if (status == 408 || status == 504)
         wg_stats_add(c->w->stats, WG_C_HTTP_TIMEOUTS, 1);
     release_upstream(c);
-    c->final_sent = true;
-    c->close_after = !keep;
+    c->r->final_sent = true;
+    c->r->close_after = !keep;
     c->rs = RS_DONE;
     if (c->rq != RQ_IDLE && c->rq != RQ_HEAD)
-        c->req_body_done = true;
+        c->r->req_body_done = true;
     c->rq = RQ_SENT;
 }
 
@@ -533,7 +594,7 @@ static void reply(struct hp_conn *c, unsigned status, const char *body, bool kee
 static void fail_upstream(struct hp_conn *c, unsigned status)
 {
     c->end_reason = "upstream_error";
-    if (c->final_sent)                  /* interim responses may precede a 502 */
+    if (c->r->final_sent)                  /* interim responses may precede a 502 */
         conn_kill(c);
     else
         reply(c, status, NULL, false);
@@ -550,62 +611,69 @@ static bool note_request(struct hp_conn *c, const struct wg_http_parser *p, cons
         return false;
     memcpy(b->data, msg + m->method_text.off, m->method_text.len);
     memcpy(b->data + m->method_text.len, msg + m->target.off, m->target.len);
-    c->note_method = (struct wg_http_span){ 0, m->method_text.len };
-    c->note_target = (struct wg_http_span){ m->method_text.len, m->target.len };
-    c->note_id = (struct wg_http_span){ 0, 0 };
+    c->r->note_method = (struct wg_http_span){ 0, m->method_text.len };
+    c->r->note_target = (struct wg_http_span){ m->method_text.len, m->target.len };
+    c->r->note_id = (struct wg_http_span){ 0, 0 };
     b->end = m->method_text.len + m->target.len;
-    c->note = b;
-    c->log_pending = true;
+    c->r->note = b;
+    c->r->log_pending = true;
     return true;
 }
 
 static void note_request_id(struct hp_conn *c, const char *id, size_t len)
 {
-    struct hp_buf *b = c->note;
+    struct hp_buf *b = c->r->note;
     if (!b)
         return;
     len = len < 256 ? len : 256;
     memcpy(b->data + b->end, id, len);
-    c->note_id = (struct wg_http_span){ b->end, (uint32_t)len };
+    c->r->note_id = (struct wg_http_span){ b->end, (uint32_t)len };
     b->end += (uint32_t)len;
 }
 
 /* Once per request, when it is over, before its references go. */
 static void log_request(struct hp_conn *c, const char *reason)
 {
-    if (!c->log_pending)
+    if (!c->r || !c->r->log_pending)
         return;
-    c->log_pending = false;
-    const char *base = c->note ? c->note->data : "";
+    c->r->log_pending = false;
+    const char *base = c->r->note ? c->r->note->data : "";
+    char client[INET6_ADDRSTRLEN + 8];
     struct wg_access_entry e = {
-        .client = c->client,
-        .listener = c->lc ? c->lc->name : c->l->name,
-        .service = c->svc ? c->svc->name : NULL,
-        .upstream = c->inst ? c->inst->id : NULL,
+        .client = client_text(c, client, sizeof client),
+        .listener = c->r->lc ? c->r->lc->name : c->l->name,
+        .service = c->r->svc ? c->r->svc->name : NULL,
+        .upstream = c->r->inst ? c->r->inst->id : NULL,
         .method = NULL,
-        .path = base + c->note_target.off,
-        .path_len = c->note_target.len,
-        .request_id = c->note_id.len ? base + c->note_id.off : NULL,
-        .request_id_len = c->note_id.len,
-        .status = c->final_sent ? c->status : 0,
+        .path = base + c->r->note_target.off,
+        .path_len = c->r->note_target.len,
+        .request_id = c->r->note_id.len ? base + c->r->note_id.off : NULL,
+        .request_id_len = c->r->note_id.len,
+        .status = c->r->final_sent ? c->r->status : 0,
         .reason = reason,
-        .bytes_in = c->req_bytes_in,
-        .bytes_out = c->req_bytes_out,
-        .duration_us = (wg_now_ns() - c->req_start_ns) / 1000,
-        .connect_us = c->connect_us,
-        .retries = c->attempts > 1 ? c->attempts - 1 : 0,
+        .bytes_in = c->r->req_bytes_in,
+        .bytes_out = c->r->req_bytes_out,
+        .duration_us = (wg_now_ns() - c->r->req_start_ns) / 1000,
+        .connect_us = c->r->connect_us,
+        .retries = c->r->attempts > 1 ? c->r->attempts - 1 : 0,
     };
     char method[32];
-    size_t mlen = c->note_method.len < sizeof method - 1 ? c->note_method.len : sizeof method - 1;
-    memcpy(method, base + c->note_method.off, mlen);
+    size_t mlen = c->r->note_method.len < sizeof method - 1 ? c->r->note_method.len : sizeof method - 1;
+    memcpy(method, base + c->r->note_method.off, mlen);
     method[mlen] = '\0';
     e.method = method;
     wg_access_log(c->w->access_log, &e);
-    if (c->svc)
-        wg_service_observe_duration(c->svc->state, e.duration_us);
+    if (c->r->svc)
+        wg_service_observe_duration(c->r->svc->state, e.duration_us);
 }
 
 /* ---- the request head ------------------------------------------------- */
+
+/* Defaults of DESIGN §5 for a connection accepted before any config. */
+static const struct hp_settings hp_defaults = {
+    .header_ms = 10000, .body_ms = 60000, .idle_ms = 60000, .send_ms = 60000,
+    .tunnel_ms = 3600000, .max_head = 32768,
+};
 
 /* Pin the config current now for the request about to start. */
 static bool request_pin(struct hp_conn *c)
@@ -615,38 +683,47 @@ static bool request_pin(struct hp_conn *c)
     if (!lc)
         return false;
     wg_config_ref_get(s->config);
-    c->cfg = s->config;
-    c->lc = lc;
-    c->t.header_ms = lc->http.client_header_timeout_ms;
-    c->t.body_ms = lc->http.client_body_timeout_ms;
-    c->t.idle_ms = lc->http.client_idle_timeout_ms;
-    c->t.send_ms = lc->http.send_timeout_ms;
-    c->t.tunnel_ms = lc->http.tunnel_idle_timeout_ms;
-    c->t.max_head = lc->http.max_header_size;
-    c->t.max_body = lc->http.max_body_size;
+    c->r->cfg = s->config;
+    c->r->lc = lc;
+    c->r->t.header_ms = lc->http.client_header_timeout_ms;
+    c->r->t.body_ms = lc->http.client_body_timeout_ms;
+    c->r->t.idle_ms = lc->http.client_idle_timeout_ms;
+    c->r->t.send_ms = lc->http.send_timeout_ms;
+    c->r->t.tunnel_ms = lc->http.tunnel_idle_timeout_ms;
+    c->r->t.max_head = lc->http.max_header_size;
+    c->r->t.max_body = lc->http.max_body_size;
     return true;
 }
 
-/* A request starts with its first byte: pin, start the header deadline. */
-static void request_begin(struct hp_conn *c, uint64_t now)
+/* A request starts with its first byte: its state (the first one's came
+ * with the connection), pin, start the header deadline. */
+static bool request_begin(struct hp_conn *c, uint64_t now)
 {
-    if (!c->cfg)
+    if (!c->r) {
+        if (!(c->r = req_new(c->loc))) {
+            conn_kill(c);
+            return false;
+        }
+        c->r->t = hp_defaults;          /* until a config is pinned */
+    }
+    if (!c->r->cfg)
         request_pin(c);
     c->rq = RQ_HEAD;
-    c->header_deadline = now + c->t.header_ms;
-    c->method = WG_HTTP_OTHER;
-    c->http10 = false;
-    c->req_keep_alive = true;
-    c->req_upgrade = c->req_body_done = c->replayable = c->close_after = false;
-    c->fresh_only = c->up_reused = c->resp_started = c->final_sent = c->dechunk = false;
-    c->attempts = 0;
-    c->status = 0;
+    c->r->header_deadline = now + c->r->t.header_ms;
+    c->r->method = WG_HTTP_OTHER;
+    c->r->http10 = false;
+    c->r->req_keep_alive = true;
+    c->r->req_upgrade = c->r->req_body_done = c->r->replayable = c->r->close_after = false;
+    c->r->fresh_only = c->r->up_reused = c->r->resp_started = c->r->final_sent = c->r->dechunk = false;
+    c->r->attempts = 0;
+    c->r->status = 0;
     c->end_reason = NULL;
-    c->req_start_ns = wg_now_ns();
-    c->req_bytes_in = c->in ? c->in->end - c->in->scan : 0;
-    c->req_bytes_out = 0;
-    c->connect_us = -1;
+    c->r->req_start_ns = wg_now_ns();
+    c->r->req_bytes_in = c->in ? c->in->end - c->in->scan : 0;
+    c->r->req_bytes_out = 0;
+    c->r->connect_us = -1;
     c->rs = RS_NONE;
+    return true;
 }
 
 static bool is_name(const char *base, const struct wg_http_header *h, const char *name, size_t n)
@@ -711,7 +788,7 @@ static void put_request_line(struct hp_conn *c, struct hp_out *o, const char *ms
         put(o, "*", 1);
     } else {
         bool slash;
-        size_t off = wg_route_strip(c->route, msg + m->path.off, m->path.len, &slash);
+        size_t off = wg_route_strip(c->r->route, msg + m->path.off, m->path.len, &slash);
         if (slash)
             put(o, "/", 1);
         put(o, msg + m->path.off + off, m->path.len - off);
@@ -779,7 +856,7 @@ static bool build_upstream_head(struct hp_conn *c, const struct wg_http_parser *
     bool absolute = m->target_form == WG_HTTP_TARGET_ABSOLUTE, has_id = false;
     unsigned n_xff = 0;
     struct hp_conn_tokens tok;
-    struct hp_out o = out_open(c->loc, &c->uout, head_len + HP_HEAD_EXTRA);
+    struct hp_out o = out_open(c->loc, &c->r->uout, head_len + HP_HEAD_EXTRA);
 
     connection_tokens(p, msg, &tok);
     put_request_line(c, &o, msg, m);
@@ -820,7 +897,7 @@ static bool build_upstream_head(struct hp_conn *c, const struct wg_http_parser *
     if (!has_id)
         put_request_id(c, &o);
     puts_(&o, m->upgrade ? "Connection: upgrade\r\n\r\n" : "\r\n");
-    out_close(c->uout, &o);
+    out_close(c->r->uout, &o);
     return !o.full;
 }
 
@@ -850,15 +927,15 @@ static bool cookie_value(const struct wg_http_parser *p, const char *msg, const 
 
 static void pick_key(struct hp_conn *c, const struct wg_http_parser *p, const char *msg)
 {
-    const struct wg_service_config *sc = c->svc->cfg;
+    const struct wg_service_config *sc = c->r->svc->cfg;
     struct wg_http_span v = { 0, 0 };
     bool found = false;
 
     if (sc->balance != WG_BALANCE_HASH)
         return;
     if (sc->hash_key == WG_HASH_CLIENT_IP) {
-        c->pick.has_hash = true;
-        c->pick.hash = wg_balance_hash_bytes(c->client_ip, strlen(c->client_ip));
+        c->r->pick.has_hash = true;
+        c->r->pick.hash = wg_balance_hash_bytes(c->client_ip, strlen(c->client_ip));
         return;
     }
     if (sc->hash_key == WG_HASH_HEADER) {
@@ -869,8 +946,8 @@ static void pick_key(struct hp_conn *c, const struct wg_http_parser *p, const ch
         found = cookie_value(p, msg, sc->hash_name, &v);
     }
     if (found) {
-        c->pick.has_hash = true;
-        c->pick.hash = wg_balance_hash_bytes(msg + v.off, v.len);
+        c->r->pick.has_hash = true;
+        c->r->pick.hash = wg_balance_hash_bytes(msg + v.off, v.len);
     }
 }
 
@@ -878,25 +955,25 @@ static void pick_key(struct hp_conn *c, const struct wg_http_parser *p, const ch
 static unsigned request_route(struct hp_conn *c, const struct wg_http_parser *p, const char *msg)
 {
     const struct wg_http_message *m = &p->msg;
-    if (!c->lc)
+    if (!c->r->lc)
         return 503;
-    int r = wg_route_match(c->lc->routes, c->lc->n_routes, p, msg);
+    int r = wg_route_match(c->r->lc->routes, c->r->lc->n_routes, p, msg);
     if (r < 0)
         return 404;
-    c->route = &c->lc->routes[r];
-    if (c->t.max_body && m->has_content_length && m->content_length > c->t.max_body)
+    c->r->route = &c->r->lc->routes[r];
+    if (c->r->t.max_body && m->has_content_length && m->content_length > c->r->t.max_body)
         return 413;
     struct wg_snapshot *s = wg_pool_current(c->w->pool);
-    const struct wg_pool_service *svc = s ? wg_snapshot_service(s, c->route->service) : NULL;
+    const struct wg_pool_service *svc = s ? wg_snapshot_service(s, c->r->route->service) : NULL;
     if (!svc)
         return 503;
     wg_pool_service_ref((struct wg_pool_service *)svc);
-    c->svc = (struct wg_pool_service *)svc;
-    c->t.connect_ms = svc->cfg->connect_timeout_ms;
-    c->t.response_ms = c->route->response_timeout_ms >= 0 ? (uint64_t)c->route->response_timeout_ms
+    c->r->svc = (struct wg_pool_service *)svc;
+    c->r->t.connect_ms = svc->cfg->connect_timeout_ms;
+    c->r->t.response_ms = c->r->route->response_timeout_ms >= 0 ? (uint64_t)c->r->route->response_timeout_ms
                                                           : svc->cfg->response_timeout_ms;
-    c->t.retries = c->route->retries >= 0 ? (unsigned)c->route->retries : svc->cfg->retries;
-    wg_pick_init(&c->pick, svc, &c->w->rng, NULL);
+    c->r->t.retries = c->r->route->retries >= 0 ? (unsigned)c->r->route->retries : svc->cfg->retries;
+    wg_pick_init(&c->r->pick, svc, &c->w->rng, NULL);
     pick_key(c, p, msg);
     return 0;
 }
@@ -923,8 +1000,8 @@ static void reply_redirect(struct hp_conn *c, const struct wg_http_parser *p, co
         put_span(&o, msg, m->query);
     }
     puts_(&o, "\r\nContent-Length: 0\r\n");
-    keep = keep && c->req_keep_alive;
-    puts_(&o, keep ? (c->http10 ? "Connection: keep-alive\r\n\r\n" : "\r\n")
+    keep = keep && c->r->req_keep_alive;
+    puts_(&o, keep ? (c->r->http10 ? "Connection: keep-alive\r\n\r\n" : "\r\n")
                    : "Connection: close\r\n\r\n");
     out_close(c->out, &o);
     if (o.full) {
@@ -932,9 +1009,9 @@ static void reply_redirect(struct hp_conn *c, const struct wg_http_parser *p, co
         return;
     }
     count_status(c, 308);
-    c->status = 308;
-    c->final_sent = c->req_body_done = true;
-    c->close_after = !keep;
+    c->r->status = 308;
+    c->r->final_sent = c->r->req_body_done = true;
+    c->r->close_after = !keep;
     c->rs = RS_DONE;
     c->rq = RQ_SENT;
 }
@@ -943,7 +1020,7 @@ static void reply_redirect(struct hp_conn *c, const struct wg_http_parser *p, co
 static void request_head_done(struct hp_conn *c, size_t head_len)
 {
     struct hp_buf *b = c->in;
-    const struct wg_http_parser *p = &c->head->p;
+    const struct wg_http_parser *p = &c->r->head->p;
     const struct wg_http_message *m = &p->msg;
     const char *msg = b->data + b->start;
     bool body = m->framing == WG_HTTP_BODY_CHUNKED ||
@@ -952,21 +1029,21 @@ static void request_head_done(struct hp_conn *c, size_t head_len)
     uint64_t length = m->content_length;
     unsigned status;
 
-    c->method = m->method;
-    c->http10 = m->version == 10;
-    c->req_keep_alive = m->keep_alive;
-    c->req_upgrade = m->upgrade;
+    c->r->method = m->method;
+    c->r->http10 = m->version == 10;
+    c->r->req_keep_alive = m->keep_alive;
+    c->r->req_upgrade = m->upgrade;
     if (!note_request(c, p, msg)) {
         conn_kill(c);
         return;
     }
-    if (c->lc && c->lc->tls.redirect_http && strcmp(c->lc->tls.redirect_http, "https") == 0) {
+    if (c->r->lc && c->r->lc->tls.redirect_http && strcmp(c->r->lc->tls.redirect_http, "https") == 0) {
         reply_redirect(c, p, msg, !body);
         status = 0;
     } else if ((status = request_route(c, p, msg)) == 0 && !build_upstream_head(c, p, msg, head_len)) {
         status = 431;
     }
-    head_free(c->loc, &c->head);
+    head_free(c->loc, &c->r->head);
     b->start += (uint32_t)head_len;
     b->sent = b->fwd = b->scan = b->start;
     c->client_progress = wg_now_ms();
@@ -974,9 +1051,9 @@ static void request_head_done(struct hp_conn *c, size_t head_len)
         reply(c, status, status == 503 ? "no healthy upstream\n" : NULL, !body);
     if (c->rq != RQ_HEAD)
         return;
-    wg_http_body_init(&c->rq_body, framing, length, 0);
-    c->req_body_done = !body;
-    c->replayable = true;
+    wg_http_body_init(&c->r->rq_body, framing, length, 0);
+    c->r->req_body_done = !body;
+    c->r->replayable = true;
     c->rq = RQ_BODY;
     upstream_start(c);
 }
@@ -1076,7 +1153,7 @@ static void tls_handshake_step(struct hp_conn *c, bool *progress)
     }
     if (r != WG_TLS_OK) {
         wg_stats_add(c->w->stats, wg_tls_failure_counter(), 1);
-        wg_debug("msg=\"tls handshake failed\" client=%s reason=%s", c->client,
+        wg_debug("msg=\"tls handshake failed\" client=%s reason=%s", c->client_ip,
                  wg_tls_error_reason());
         c->end_reason = "tls_handshake_failed";
         conn_kill(c);
@@ -1091,9 +1168,9 @@ static void tls_handshake_step(struct hp_conn *c, bool *progress)
     char subject[400];
     if (wg_tls_client_subject(c->ssl, subject, sizeof subject))
         c->cert_subject = strdup(subject);
-    if (c->lc)
-        c->t.header_ms = c->lc->http.client_header_timeout_ms;
-    c->idle_deadline = wg_now_ms() + c->t.header_ms;   /* now the first request's head */
+    if (c->r->lc)
+        c->r->t.header_ms = c->r->lc->http.client_header_timeout_ms;
+    c->idle_deadline = wg_now_ms() + c->r->t.header_ms;   /* now the first request's head */
     *progress = true;
 }
 
@@ -1120,7 +1197,8 @@ static ssize_t client_read(struct hp_conn *c)
             c->readable = false;        /* drained: the next edge says when (TLS: its
                                            own buffer may hold more, read until WANT_READ) */
         c->client_progress = wg_now_ms();
-        c->req_bytes_in += (uint64_t)n;
+        if (c->r)
+            c->r->req_bytes_in += (uint64_t)n;
         wg_stats_add(c->w->stats, WG_C_BYTES_IN, (uint64_t)n);
         return n;
     }
@@ -1130,17 +1208,17 @@ static ssize_t client_read(struct hp_conn *c)
     return 0;
 }
 
-/* Read from the upstream into c->uin; bytes read (0: none now, see u_eof). */
+/* Read from the upstream into c->r->uin; bytes read (0: none now, see u_eof). */
 static ssize_t upstream_read(struct hp_conn *c)
 {
-    struct wg_upconn *u = c->up;
-    if (!u->readable || c->u_eof)
+    struct wg_upconn *u = c->r->up;
+    if (!u->readable || c->r->u_eof)
         return 0;
-    if (!c->uin && !(c->uin = buf_new(c->loc, HP_BLOCK))) {
+    if (!c->r->uin && !(c->r->uin = buf_new(c->loc, HP_BLOCK))) {
         conn_kill(c);
         return 0;
     }
-    struct hp_buf *b = c->uin;
+    struct hp_buf *b = c->r->uin;
     if (b->end == b->cap)
         buf_compact(b);
     size_t space = b->cap - b->end;
@@ -1152,12 +1230,12 @@ static ssize_t upstream_read(struct hp_conn *c)
         b->end += (uint32_t)n;
         if ((size_t)n < space && !u->hup && !u->ssl)
             u->readable = false;
-        c->upstream_progress = wg_now_ms();
+        c->r->upstream_progress = wg_now_ms();
         return n;
     }
     u->readable = false;
     if (n == 0 || !transient())
-        c->u_eof = true;
+        c->r->u_eof = true;
     return 0;
 }
 
@@ -1217,8 +1295,8 @@ static enum wg_http_result body_decode(struct wg_http_body *d, struct hp_buf *b,
 /* Send the request again from its first byte (a retry). */
 static void rewind_request(struct hp_conn *c)
 {
-    if (c->uout)
-        c->uout->sent = 0;
+    if (c->r->uout)
+        c->r->uout->sent = 0;
     if (c->in)
         c->in->sent = c->in->start;
     if (c->rq == RQ_SENT)
@@ -1231,10 +1309,10 @@ static void retry_or_fail(struct hp_conn *c, unsigned status)
 {
     release_upstream(c);
     release_instance(c);
-    if (c->attempts > c->t.retries || !c->replayable) {
+    if (c->r->attempts > c->r->t.retries || !c->r->replayable) {
         wg_info("msg=\"upstream attempts failed\" listener=%s service=%s client=%s attempts=%u "
-                "status=%u", c->lc ? c->lc->name : c->l->name, c->svc->name, c->client_ip,
-                c->attempts, status);
+                "status=%u", c->r->lc ? c->r->lc->name : c->l->name, c->r->svc->name, c->client_ip,
+                c->r->attempts, status);
         fail_upstream(c, status);
         return;
     }
@@ -1247,50 +1325,50 @@ static void connect_failed(struct hp_conn *c, int err)
 {
     report_failure(c, WG_FAIL_CONNECT);
     wg_debug("msg=\"upstream connect failed\" service=%s upstream=%s address=%s error=\"%s\"",
-             c->svc->name, c->inst->id, c->inst->addr_text, err ? strerror(err) : "timeout");
+             c->r->svc->name, c->r->inst->id, c->r->inst->addr_text, err ? strerror(err) : "timeout");
     retry_or_fail(c, 502);
 }
 
 /* The connection is usable: the request may flow, a response may come. */
 static void upstream_ready(struct hp_conn *c)
 {
-    if (!(c->rhead = head_new(c->loc))) {
+    if (!(c->r->rhead = head_new(c->loc))) {
         conn_kill(c);
         return;
     }
-    wg_http_parser_init_response(&c->rhead->p, c->rhead->h, HP_MAX_HEADERS, 0, c->method,
-                                 c->req_upgrade);
+    wg_http_parser_init_response(&c->r->rhead->p, c->r->rhead->h, HP_MAX_HEADERS, 0, c->r->method,
+                                 c->r->req_upgrade);
     c->rs = RS_HEAD;
-    c->upstream_progress = wg_now_ms();
-    c->connect_us = c->up_reused ? 0 : (int64_t)((wg_now_ns() - c->connect_start_ns) / 1000);
-    if (c->req_body_done && c->rq == RQ_BODY)
-        c->response_deadline = c->upstream_progress + c->t.response_ms;
+    c->r->upstream_progress = wg_now_ms();
+    c->r->connect_us = c->r->up_reused ? 0 : (int64_t)((wg_now_ns() - c->r->connect_start_ns) / 1000);
+    if (c->r->req_body_done && c->rq == RQ_BODY)
+        c->r->response_deadline = c->r->upstream_progress + c->r->t.response_ms;
 }
 
-/* A connection to c->inst for this attempt: pooled, unless a stale pooled
+/* A connection to c->r->inst for this attempt: pooled, unless a stale pooled
  * one just failed, else new. */
 static void upstream_attach(struct hp_conn *c)
 {
-    struct wg_upconn *u = c->fresh_only ? NULL
-                        : wg_upstream_pool_get(c->loc->pool, c->inst, c, upstream_event);
-    c->up_reused = u != NULL;
-    c->fresh_only = false;
+    struct wg_upconn *u = c->r->fresh_only ? NULL
+                        : wg_upstream_pool_get(c->loc->pool, c->r->inst, c, upstream_event);
+    c->r->up_reused = u != NULL;
+    c->r->fresh_only = false;
     if (u) {
         wg_stats_add(c->w->stats, WG_C_HTTP_UPSTREAM_REUSED, 1);
     } else {
-        int rc = wg_upconn_open(c->loc->pool, c->inst, c, upstream_event, &u);
+        int rc = wg_upconn_open(c->loc->pool, c->r->inst, c, upstream_event, &u);
         if (rc < 0) {
             connect_failed(c, -rc);
             return;
         }
         u->writable = !u->connecting;
     }
-    c->up = u;
-    c->connect_start_ns = wg_now_ns();
-    c->connect_deadline = wg_now_ms() + c->t.connect_ms;
+    c->r->up = u;
+    c->r->connect_start_ns = wg_now_ns();
+    c->r->connect_deadline = wg_now_ms() + c->r->t.connect_ms;
     if (u->connecting)
         return;
-    if (c->up_reused)
+    if (c->r->up_reused)
         upstream_ready(c);
     else
         upstream_connect_done(c);       /* connected at once: TLS may follow */
@@ -1298,17 +1376,17 @@ static void upstream_attach(struct hp_conn *c)
 
 static void upstream_start(struct hp_conn *c)
 {
-    if (c->fresh_only && c->inst) {     /* free retry: same instance, new connection */
+    if (c->r->fresh_only && c->r->inst) {     /* free retry: same instance, new connection */
         upstream_attach(c);
         return;
     }
-    wg_balance_cache_bind(&c->w->balance, &c->pick);
-    const struct wg_member *m = wg_pick_next(&c->pick);
+    wg_balance_cache_bind(&c->w->balance, &c->r->pick);
+    const struct wg_member *m = wg_pick_next(&c->r->pick);
     if (!m) {
         wg_stats_add(c->w->stats, WG_C_NO_UPSTREAM, 1);
-        if (c->attempts)
+        if (c->r->attempts)
             fail_upstream(c, 502);
-        else if (!c->final_sent)
+        else if (!c->r->final_sent)
             reply(c, 503, "no healthy upstream\n", false);
         else
             conn_kill(c);
@@ -1318,9 +1396,9 @@ static void upstream_start(struct hp_conn *c)
     wg_instance_ref(i);
     atomic_fetch_add_explicit(&i->active, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&i->requests_total, 1, memory_order_relaxed);
-    c->inst = i;
-    c->inst_gen = wg_health_conn_generation(i);
-    c->attempts++;
+    c->r->inst = i;
+    c->r->inst_gen = wg_health_conn_generation(i);
+    c->r->attempts++;
     upstream_attach(c);
 }
 
@@ -1328,7 +1406,7 @@ static void upstream_start(struct hp_conn *c)
  * bounds both); a failure is a failed attempt, retried elsewhere. */
 static void upstream_tls_step(struct hp_conn *c)
 {
-    struct wg_upconn *u = c->up;
+    struct wg_upconn *u = c->r->up;
     enum wg_tls_io r = wg_tls_handshake(u->ssl);
     if (r == WG_TLS_OK) {
         u->tls_pending = u->connecting = false;
@@ -1338,7 +1416,7 @@ static void upstream_tls_step(struct hp_conn *c)
     } else if (r == WG_TLS_WANT_WRITE) {
         u->writable = false;
     } else {
-        wg_tls_upstream_failed(c->w->stats, c->svc->name, c->inst->id);
+        wg_tls_upstream_failed(c->w->stats, c->r->svc->name, c->r->inst->id);
         connect_failed(c, EPROTO);
     }
 }
@@ -1347,7 +1425,7 @@ static void upstream_tls_step(struct hp_conn *c)
  * TLS when the service wants it. */
 static void upstream_connect_done(struct hp_conn *c)
 {
-    struct wg_upconn *u = c->up;
+    struct wg_upconn *u = c->r->up;
     if (u->tls_pending) {
         upstream_tls_step(c);
         return;
@@ -1357,14 +1435,14 @@ static void upstream_connect_done(struct hp_conn *c)
         connect_failed(c, err);
         return;
     }
-    SSL_CTX *ctx = wg_tls_set_service(c->svc->config->ext, c->svc->config->cfg, c->svc->cfg);
+    SSL_CTX *ctx = wg_tls_set_service(c->r->svc->config->ext, c->r->svc->config->cfg, c->r->svc->cfg);
     if (!ctx) {
         upstream_ready(c);
         return;
     }
-    const struct wg_service_config *sc = c->svc->cfg;
+    const struct wg_service_config *sc = c->r->svc->cfg;
     u->ssl = wg_tls_upstream_ssl(ctx, u->fd, sc->tls.sni, sc->tls.verify,
-                                 (const struct sockaddr *)&c->inst->addr);
+                                 (const struct sockaddr *)&c->r->inst->addr);
     if (!u->ssl) {
         connect_failed(c, ENOMEM);
         return;
@@ -1378,12 +1456,12 @@ static void upstream_connect_done(struct hp_conn *c)
  * an attempt (DESIGN §6). */
 static void upstream_lost(struct hp_conn *c)
 {
-    bool stale = c->up_reused && (!c->uin || c->uin->end == 0);
-    if (stale && c->replayable) {
+    bool stale = c->r->up_reused && (!c->r->uin || c->r->uin->end == 0);
+    if (stale && c->r->replayable) {
         wg_stats_add(c->w->stats, WG_C_HTTP_UPSTREAM_STALE, 1);
         release_upstream(c);
         rewind_request(c);
-        c->fresh_only = true;
+        c->r->fresh_only = true;
         upstream_start(c);
         return;
     }
@@ -1397,17 +1475,17 @@ static void upstream_lost(struct hp_conn *c)
  * so what was kept for that is let go. */
 static void response_begins(struct hp_conn *c)
 {
-    c->resp_started = true;
-    c->replayable = false;
+    c->r->resp_started = true;
+    c->r->replayable = false;
     if (c->in)
         c->in->start = c->in->sent;
-    if (c->uout && c->uout->sent == c->uout->end)
-        buf_free(c->loc, &c->uout);
+    if (c->r->uout && c->r->uout->sent == c->r->uout->end)
+        buf_free(c->loc, &c->r->uout);
 }
 
 static void request_body_error(struct hp_conn *c, unsigned status)
 {
-    if (c->final_sent)
+    if (c->r->final_sent)
         conn_kill(c);
     else
         reply(c, status, NULL, false);
@@ -1420,7 +1498,7 @@ static void in_make_room(struct hp_conn *c)
     if (!b || b->end < b->cap)
         return;
     if (b->start < b->sent) {
-        c->replayable = false;
+        c->r->replayable = false;
         b->start = b->sent;
     }
     buf_compact(b);
@@ -1430,41 +1508,41 @@ static void in_make_room(struct hp_conn *c)
  * the client is read only into the room the upstream has made. */
 static void request_body_step(struct hp_conn *c, bool *progress)
 {
-    struct wg_upconn *u = c->up;
+    struct wg_upconn *u = c->r->up;
     struct hp_buf *b = c->in;
-    if (!u || u->connecting || c->u_shut)
+    if (!u || u->connecting || c->r->u_shut)
         return;
-    if (b && b->scan < b->end && !c->req_body_done) {
-        enum wg_http_result r = body_decode(&c->rq_body, b, false);
+    if (b && b->scan < b->end && !c->r->req_body_done) {
+        enum wg_http_result r = body_decode(&c->r->rq_body, b, false);
         if (r == WG_HTTP_ERROR) {
-            request_body_error(c, (unsigned)c->rq_body.err_status);
+            request_body_error(c, (unsigned)c->r->rq_body.err_status);
             return;
         }
-        c->req_body_done = r == WG_HTTP_DONE;
-        if (c->t.max_body && c->rq_body.payload > c->t.max_body) {
+        c->r->req_body_done = r == WG_HTTP_DONE;
+        if (c->r->t.max_body && c->r->rq_body.payload > c->r->t.max_body) {
             request_body_error(c, 413);
             return;
         }
     }
-    ssize_t n = u->ssl ? tls_flush(u->ssl, &u->writable, &u->write_wants_read, c->uout, b)
-                       : flush_to(u->fd, &u->writable, c->uout, b);
+    ssize_t n = u->ssl ? tls_flush(u->ssl, &u->writable, &u->write_wants_read, c->r->uout, b)
+                       : flush_to(u->fd, &u->writable, c->r->uout, b);
     if (n < 0) {
-        if (c->resp_started) {          /* it answered early and stopped reading */
-            c->req_body_done = c->close_after = true;
-            c->u_shut = true;
+        if (c->r->resp_started) {          /* it answered early and stopped reading */
+            c->r->req_body_done = c->r->close_after = true;
+            c->r->u_shut = true;
             return;
         }
         upstream_lost(c);
         return;
     }
     *progress |= n > 0;
-    if (b && !c->replayable)
+    if (b && !c->r->replayable)
         b->start = b->sent;
-    bool flushed = (!c->uout || c->uout->sent == c->uout->end) && (!b || b->sent == b->fwd);
-    if (c->req_body_done && flushed) {
+    bool flushed = (!c->r->uout || c->r->uout->sent == c->r->uout->end) && (!b || b->sent == b->fwd);
+    if (c->r->req_body_done && flushed) {
         if (c->rq == RQ_BODY) {
             c->rq = RQ_SENT;
-            c->response_deadline = wg_now_ms() + c->t.response_ms;
+            c->r->response_deadline = wg_now_ms() + c->r->t.response_ms;
             *progress = true;
         }
         return;
@@ -1473,11 +1551,11 @@ static void request_body_step(struct hp_conn *c, bool *progress)
         if (u->ssl)
             wg_tls_close(u->ssl);
         shutdown(u->fd, SHUT_WR);       /* forward the client's half-close */
-        c->u_shut = true;
+        c->r->u_shut = true;
         *progress = true;
         return;
     }
-    if (c->req_body_done || c->eof)
+    if (c->r->req_body_done || c->eof)
         return;
     in_make_room(c);
     if (client_read(c) > 0)
@@ -1509,15 +1587,15 @@ static bool build_client_head(struct hp_conn *c, const struct wg_http_parser *p,
     for (unsigned i = 0; i < m->nheaders; i++) {
         const struct wg_http_header *h = &p->headers[i];
         if (hop_by_hop(&tok, msg, h, upgrade) ||
-            (c->dechunk && h->id == WG_HTTP_HDR_TRANSFER_ENCODING))
+            (c->r->dechunk && h->id == WG_HTTP_HDR_TRANSFER_ENCODING))
             continue;
         put_field(&o, msg, h);
     }
     if (upgrade)
         puts_(&o, "Connection: upgrade\r\n");
-    else if (final && c->close_after)
+    else if (final && c->r->close_after)
         puts_(&o, "Connection: close\r\n");
-    else if (final && c->http10)
+    else if (final && c->r->http10)
         puts_(&o, "Connection: keep-alive\r\n");
     put(&o, "\r\n", 2);
     out_close(c->out, &o);
@@ -1532,22 +1610,22 @@ static void response_final(struct hp_conn *c, const struct wg_http_parser *p, co
     bool upgrade = m->status == 101;
     bool draining = atomic_load_explicit(&c->w->draining, memory_order_relaxed);
 
-    c->status = m->status;
+    c->r->status = m->status;
     if (m->status >= 500)
         report_failure(c, WG_FAIL_HTTP_5XX);
     else
         report_success(c);
-    c->dechunk = c->http10 && m->framing == WG_HTTP_BODY_CHUNKED;
-    c->upstream_keep = m->keep_alive && !upgrade && !c->req_upgrade &&
+    c->r->dechunk = c->r->http10 && m->framing == WG_HTTP_BODY_CHUNKED;
+    c->r->upstream_keep = m->keep_alive && !upgrade && !c->r->req_upgrade &&
                        m->framing != WG_HTTP_BODY_UNTIL_CLOSE;
-    c->close_after = !upgrade && (!c->req_keep_alive || c->rq != RQ_SENT || c->dechunk ||
+    c->r->close_after = !upgrade && (!c->r->req_keep_alive || c->rq != RQ_SENT || c->r->dechunk ||
                                   m->framing == WG_HTTP_BODY_UNTIL_CLOSE || draining);
     if (!build_client_head(c, p, msg, used, true)) {
         fail_upstream(c, 502);
         return;
     }
-    wg_http_body_init(&c->rs_body, m->framing, m->content_length, 0);
-    c->final_sent = true;
+    wg_http_body_init(&c->r->rs_body, m->framing, m->content_length, 0);
+    c->r->final_sent = true;
     count_status(c, m->status);
     c->rs = RS_BODY;
     if (!upgrade && (m->framing == WG_HTTP_BODY_NONE ||
@@ -1555,33 +1633,33 @@ static void response_final(struct hp_conn *c, const struct wg_http_parser *p, co
         c->rs = RS_DONE;                /* HEAD, 204, 304, empty: nothing to wait for */
     if (upgrade) {
         c->rq = RQ_TUNNEL;
-        c->req_body_done = false;
-        wg_http_body_init(&c->rq_body, WG_HTTP_BODY_TUNNEL, 0, 0);
+        c->r->req_body_done = false;
+        wg_http_body_init(&c->r->rq_body, WG_HTTP_BODY_TUNNEL, 0, 0);
     }
 }
 
 static void response_head_step(struct hp_conn *c, bool *progress)
 {
-    struct hp_buf *b = c->uin;
+    struct hp_buf *b = c->r->uin;
     if (!b || b->scan == b->end) {
         if (upstream_read(c) > 0) {
             *progress = true;
-            if (!c->resp_started)
+            if (!c->r->resp_started)
                 response_begins(c);
-        } else if (c->u_eof && (!c->uin || c->uin->end == c->uin->start)) {
+        } else if (c->r->u_eof && (!c->r->uin || c->r->uin->end == c->r->uin->start)) {
             upstream_lost(c);
             *progress = true;
             return;
-        } else if (c->u_eof) {
+        } else if (c->r->u_eof) {
             report_failure(c, WG_FAIL_HTTP_5XX);   /* a truncated head */
             fail_upstream(c, 502);
             return;
         }
-        if (c->dead || !(b = c->uin) || b->scan == b->end)
+        if (c->dead || !(b = c->r->uin) || b->scan == b->end)
             return;
     }
     size_t used;
-    enum wg_http_result r = wg_http_parse_head(&c->rhead->p, b->data + b->start,
+    enum wg_http_result r = wg_http_parse_head(&c->r->rhead->p, b->data + b->start,
                                                b->end - b->start, &used);
     b->scan = b->end;
     *progress = true;
@@ -1592,21 +1670,21 @@ static void response_head_step(struct hp_conn *c, bool *progress)
     }
     if (r == WG_HTTP_ERROR) {
         wg_info("msg=\"malformed upstream response\" service=%s upstream=%s reason=\"%s\"",
-                c->svc->name, c->inst->id, c->rhead->p.err_reason);
+                c->r->svc->name, c->r->inst->id, c->r->rhead->p.err_reason);
         report_failure(c, WG_FAIL_HTTP_5XX);
         fail_upstream(c, 502);
         return;
     }
     const char *msg = b->data + b->start;
-    if (c->rhead->p.msg.interim) {      /* 100, 103: forwarded, the final one follows */
-        if (!c->http10 && !build_client_head(c, &c->rhead->p, msg, used, false)) {
+    if (c->r->rhead->p.msg.interim) {      /* 100, 103: forwarded, the final one follows */
+        if (!c->r->http10 && !build_client_head(c, &c->r->rhead->p, msg, used, false)) {
             conn_kill(c);
             return;
         }
-        wg_http_parser_reset(&c->rhead->p);
+        wg_http_parser_reset(&c->r->rhead->p);
     } else {
-        response_final(c, &c->rhead->p, msg, used);
-        head_free(c->loc, &c->rhead);
+        response_final(c, &c->r->rhead->p, msg, used);
+        head_free(c->loc, &c->r->rhead);
     }
     b->start += (uint32_t)used;
     b->sent = b->fwd = b->scan = b->start;
@@ -1616,35 +1694,35 @@ static void response_head_step(struct hp_conn *c, bool *progress)
  * the upstream is read only into the room the client has made. */
 static void response_body_step(struct hp_conn *c, bool *progress)
 {
-    struct hp_buf *b = c->uin;
+    struct hp_buf *b = c->r->uin;
     if (b && b->scan < b->end) {
-        enum wg_http_result r = body_decode(&c->rs_body, b, c->dechunk);
+        enum wg_http_result r = body_decode(&c->r->rs_body, b, c->r->dechunk);
         if (r == WG_HTTP_ERROR) {
             wg_info("msg=\"malformed upstream body\" service=%s upstream=%s reason=\"%s\"",
-                    c->svc->name, c->inst->id, c->rs_body.err_reason);
+                    c->r->svc->name, c->r->inst->id, c->r->rs_body.err_reason);
             conn_kill(c);
             return;
         }
         if (r == WG_HTTP_DONE) {
             c->rs = RS_DONE;
-            c->upstream_keep &= b->scan == b->end;  /* nothing may follow a response */
+            c->r->upstream_keep &= b->scan == b->end;  /* nothing may follow a response */
             *progress = true;
             return;
         }
     }
-    if (c->up && upstream_read(c) > 0) {
+    if (c->r->up && upstream_read(c) > 0) {
         *progress = true;
         return;
     }
-    if (!c->u_eof)
+    if (!c->r->u_eof)
         return;
-    if (wg_http_body_eof(&c->rs_body) != WG_HTTP_DONE) {
-        wg_info("msg=\"upstream closed mid-body\" service=%s upstream=%s", c->svc->name,
-                c->inst->id);
+    if (wg_http_body_eof(&c->r->rs_body) != WG_HTTP_DONE) {
+        wg_info("msg=\"upstream closed mid-body\" service=%s upstream=%s", c->r->svc->name,
+                c->r->inst->id);
         conn_kill(c);
         return;
     }
-    c->upstream_keep = false;
+    c->r->upstream_keep = false;
     c->rs = RS_DONE;
     *progress = true;
 }
@@ -1653,19 +1731,19 @@ static void response_body_step(struct hp_conn *c, bool *progress)
 static void client_flush(struct hp_conn *c, bool *progress)
 {
     uint64_t now;
-    ssize_t n = c->ssl ? tls_flush(c->ssl, &c->writable, &c->write_wants_read, c->out, c->uin)
-                     : flush_to(c->fd, &c->writable, c->out, c->uin);
+    ssize_t n = c->ssl ? tls_flush(c->ssl, &c->writable, &c->write_wants_read, c->out, c->r->uin)
+                     : flush_to(c->fd, &c->writable, c->out, c->r->uin);
     if (n < 0) {
         conn_kill(c);
         return;
     }
-    bool pending = (c->out && c->out->sent < c->out->end) || (c->uin && c->uin->sent < c->uin->fwd);
+    bool pending = (c->out && c->out->sent < c->out->end) || (c->r->uin && c->r->uin->sent < c->r->uin->fwd);
     if (n > 0) {
         *progress = true;
-        c->req_bytes_out += (uint64_t)n;
+        c->r->req_bytes_out += (uint64_t)n;
         wg_stats_add(c->w->stats, WG_C_BYTES_OUT, (uint64_t)n);
-        if (c->uin)
-            c->uin->start = c->uin->sent;
+        if (c->r->uin)
+            c->r->uin->start = c->r->uin->sent;
     }
     if (!pending) {
         c->blocked_since = 0;
@@ -1679,7 +1757,7 @@ static void client_flush(struct hp_conn *c, bool *progress)
 
 static bool client_flushed(const struct hp_conn *c)
 {
-    return (!c->out || c->out->sent == c->out->end) && (!c->uin || c->uin->sent == c->uin->fwd);
+    return (!c->out || c->out->sent == c->out->end) && (!c->r->uin || c->r->uin->sent == c->r->uin->fwd);
 }
 
 /* ---- the end of a request --------------------------------------------- */
@@ -1720,21 +1798,23 @@ static void linger_step(struct hp_conn *c, bool *progress)
 static void request_end(struct hp_conn *c)
 {
     log_request(c, c->end_reason);
-    bool reuse = c->up && c->upstream_keep && c->rq == RQ_SENT && !c->u_eof &&
-                 (!c->uin || c->uin->scan == c->uin->end);
+    bool reuse = c->r->up && c->r->upstream_keep && c->rq == RQ_SENT && !c->r->u_eof &&
+                 (!c->r->uin || c->r->uin->scan == c->r->uin->end);
     if (reuse) {
-        wg_upstream_pool_put(c->up, c->svc->cfg->upstream.max_idle,
-                             c->svc->cfg->upstream.idle_timeout_ms);
-        c->up = NULL;
+        wg_upstream_pool_put(c->r->up, c->r->svc->cfg->upstream.max_idle,
+                             c->r->svc->cfg->upstream.idle_timeout_ms);
+        c->r->up = NULL;
     }
+    bool close_after = c->r->close_after;
+    uint64_t idle_ms = c->r->t.idle_ms;
     release_request(c);
     c->rs = RS_NONE;
-    if (c->close_after) {
+    if (close_after) {
         linger_start(c);
         return;
     }
     c->rq = RQ_IDLE;
-    c->idle_deadline = wg_now_ms() + c->t.idle_ms;
+    c->idle_deadline = wg_now_ms() + idle_ms;
     if (c->in && c->in->scan == c->in->end && c->in->start == c->in->end)
         buf_free(c->loc, &c->in);       /* an idle client holds no buffer */
     else if (c->in)
@@ -1743,7 +1823,9 @@ static void request_end(struct hp_conn *c)
 
 static void response_step(struct hp_conn *c, bool *progress)
 {
-    if (c->rs == RS_HEAD && c->up && !c->up->connecting)
+    if (!c->r)                          /* idle, or lingering: nothing to send */
+        return;
+    if (c->rs == RS_HEAD && c->r->up && !c->r->up->connecting)
         response_head_step(c, progress);
     if (c->rs == RS_BODY && !c->dead)   /* the body bytes read with the head go out with it */
         response_body_step(c, progress);
@@ -1759,11 +1841,11 @@ static void response_step(struct hp_conn *c, bool *progress)
             shutdown(c->fd, SHUT_WR);   /* forward the upstream's half-close */
             c->shut = true;
         }
-        if (c->u_shut)
+        if (c->r->u_shut)
             conn_kill(c);
         return;
     }
-    if (c->rq == RQ_SENT || (c->rq == RQ_BODY && c->close_after)) {
+    if (c->rq == RQ_SENT || (c->rq == RQ_BODY && c->r->close_after)) {
         request_end(c);
         *progress = true;
     }
@@ -1771,7 +1853,7 @@ static void response_step(struct hp_conn *c, bool *progress)
 
 /* ---- the request side, driven by the pump ---------------------------- */
 
-static void ip_text(const struct sockaddr *sa, char *buf, size_t len);
+static void set_client(struct hp_conn *c, const struct sockaddr *sa);
 
 /* proxy_protocol: true — the real client address comes first (v1 or v2). */
 static void proxy_header_step(struct hp_conn *c, bool *progress)
@@ -1789,8 +1871,7 @@ static void proxy_header_step(struct hp_conn *c, bool *progress)
     }
     c->need_proxy = false;
     if (!pi.local) {
-        ip_text((const struct sockaddr *)&pi.src, c->client_ip, sizeof c->client_ip);
-        wg_sockaddr_text((const struct sockaddr *)&pi.src, c->client, sizeof c->client);
+        set_client(c, (const struct sockaddr *)&pi.src);
     }
     *progress = true;
 }
@@ -1818,33 +1899,34 @@ static void request_head_step(struct hp_conn *c, bool *progress)
         b = c->in;
     }
     if (c->rq == RQ_IDLE)
-        request_begin(c, wg_now_ms());
-    if (!c->head) {
-        if (!(c->head = head_new(c->loc))) {
+        if (!request_begin(c, wg_now_ms()))
+            return;
+    if (!c->r->head) {
+        if (!(c->r->head = head_new(c->loc))) {
             conn_kill(c);
             return;
         }
-        wg_http_parser_init_request(&c->head->p, c->head->h, HP_MAX_HEADERS,
-                                    (uint32_t)c->t.max_head);
+        wg_http_parser_init_request(&c->r->head->p, c->r->head->h, HP_MAX_HEADERS,
+                                    (uint32_t)c->r->t.max_head);
     }
     size_t used;
-    enum wg_http_result r = wg_http_parse_head(&c->head->p, b->data + b->start,
+    enum wg_http_result r = wg_http_parse_head(&c->r->head->p, b->data + b->start,
                                                b->end - b->start, &used);
     b->scan = b->end;
     *progress = true;
     if (r == WG_HTTP_DONE) {
         request_head_done(c, used);
     } else if (r == WG_HTTP_ERROR) {
-        unsigned status = (unsigned)c->head->p.err_status;
-        c->method = c->head->p.msg.method;
-        c->http10 = c->head->p.msg.version == 10;
+        unsigned status = (unsigned)c->r->head->p.err_status;
+        c->r->method = c->r->head->p.msg.method;
+        c->r->http10 = c->r->head->p.msg.version == 10;
         wg_debug("msg=\"bad request\" client=%s status=%u reason=\"%s\"", c->client_ip,
-                 status, c->head->p.err_reason);
-        note_request(c, &c->head->p, b->data + b->start);  /* what was parsed, for the log */
-        head_free(c->loc, &c->head);
+                 status, c->r->head->p.err_reason);
+        note_request(c, &c->r->head->p, b->data + b->start);  /* what was parsed, for the log */
+        head_free(c->loc, &c->r->head);
         reply(c, status, NULL, false);
     } else if (b->end == b->cap && b->start == 0) {
-        uint32_t cap = WG_HTTP_MAX_REQUEST_LINE + 3 + (uint32_t)c->t.max_head;
+        uint32_t cap = WG_HTTP_MAX_REQUEST_LINE + 3 + (uint32_t)c->r->t.max_head;
         struct hp_buf *nb = b->cap < cap ? buf_new(c->loc, cap) : NULL;
         if (!nb) {
             conn_kill(c);
@@ -1886,27 +1968,29 @@ static uint64_t next_deadline(const struct hp_conn *c, enum hp_deadline *kind)
 #define CANDIDATE(t, k) do { if ((t) < d) { d = (t); *kind = (k); } } while (0)
     switch (c->rq) {
     case RQ_IDLE: CANDIDATE(c->idle_deadline, DL_IDLE); break;
-    case RQ_HEAD: CANDIDATE(c->header_deadline, DL_HEADER); break;
+    case RQ_HEAD: CANDIDATE(c->r->header_deadline, DL_HEADER); break;
     case RQ_BODY:                       /* waiting for the client, not for the upstream */
-        if (c->up && !c->up->connecting && !c->req_body_done && (!b || b->sent == b->fwd))
-            CANDIDATE(c->client_progress + c->t.body_ms, DL_BODY);
+        if (c->r->up && !c->r->up->connecting && !c->r->req_body_done && (!b || b->sent == b->fwd))
+            CANDIDATE(c->client_progress + c->r->t.body_ms, DL_BODY);
         break;
     case RQ_TUNNEL:
-        CANDIDATE((c->client_progress > c->upstream_progress ? c->client_progress
-                                                             : c->upstream_progress) +
-                  c->t.tunnel_ms, DL_TUNNEL);
+        CANDIDATE((c->client_progress > c->r->upstream_progress ? c->client_progress
+                                                             : c->r->upstream_progress) +
+                  c->r->t.tunnel_ms, DL_TUNNEL);
         break;
     case RQ_LINGER: CANDIDATE(c->linger_deadline, DL_LINGER); break;
     case RQ_SENT: break;
     }
-    if (c->up && c->up->connecting)
-        CANDIDATE(c->connect_deadline, DL_CONNECT);
-    if (c->rs == RS_HEAD && c->rq == RQ_SENT && c->up && !c->up->connecting)
-        CANDIDATE(c->response_deadline, DL_RESPONSE);
-    if (c->rs == RS_BODY && c->rq != RQ_TUNNEL && !c->blocked_since && c->up)
-        CANDIDATE(c->upstream_progress + c->t.response_ms, DL_UPSTREAM_IDLE);
+    if (!c->r)                          /* idle or lingering: no request, no upstream */
+        return d;
+    if (c->r->up && c->r->up->connecting)
+        CANDIDATE(c->r->connect_deadline, DL_CONNECT);
+    if (c->rs == RS_HEAD && c->rq == RQ_SENT && c->r->up && !c->r->up->connecting)
+        CANDIDATE(c->r->response_deadline, DL_RESPONSE);
+    if (c->rs == RS_BODY && c->rq != RQ_TUNNEL && !c->blocked_since && c->r->up)
+        CANDIDATE(c->r->upstream_progress + c->r->t.response_ms, DL_UPSTREAM_IDLE);
     if (c->blocked_since)
-        CANDIDATE(c->blocked_since + c->t.send_ms, DL_SEND);
+        CANDIDATE(c->blocked_since + c->r->t.send_ms, DL_SEND);
 #undef CANDIDATE
     return d;
 }
@@ -1919,9 +2003,9 @@ static void on_timeout(struct hp_conn *c, enum hp_deadline kind)
     }
     switch (kind) {
     case DL_HEADER:
-        if (c->head && c->in)
-            note_request(c, &c->head->p, c->in->data + c->in->start);
-        head_free(c->loc, &c->head);
+        if (c->r->head && c->in)
+            note_request(c, &c->r->head->p, c->in->data + c->in->start);
+        head_free(c->loc, &c->r->head);
         reply(c, 408, NULL, false);
         break;
     case DL_BODY:
@@ -1981,8 +2065,8 @@ static void conn_pump(struct hp_conn *c)
     bool progress = true;
     for (unsigned round = 0; progress && !c->dead && round < HP_ROUNDS; round++) {
         progress = false;
-        if (c->up && c->up->connecting &&
-            (c->up->writable || (c->up->tls_pending && c->up->readable)))
+        if (c->r && c->r->up && c->r->up->connecting &&
+            (c->r->up->writable || (c->r->up->tls_pending && c->r->up->readable)))
             upstream_connect_done(c);
         if (!c->dead)
             request_step(c, &progress);
@@ -2022,25 +2106,26 @@ static void upstream_event(struct wg_upconn *u, short what, void *owner) { conn_
 
 /* ---- accept ----------------------------------------------------------- */
 
-static void ip_text(const struct sockaddr *sa, char *buf, size_t len)
+/* The client's address as text (X-Forwarded-For, logs) and its port. */
+static void set_client(struct hp_conn *c, const struct sockaddr *sa)
 {
-    const void *a = sa->sa_family == AF_INET ? (const void *)&((const struct sockaddr_in *)sa)->sin_addr
-                  : sa->sa_family == AF_INET6 ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
-                  : NULL;
-    if (!a || !inet_ntop(sa->sa_family, a, buf, (socklen_t)len))
-        snprintf(buf, len, "unknown");
+    const void *a = NULL;
+    c->client_port = 0;
+    if (sa->sa_family == AF_INET) {
+        a = &((const struct sockaddr_in *)sa)->sin_addr;
+        c->client_port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        c->client_port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+    }
+    if (!a || !inet_ntop(sa->sa_family, a, c->client_ip, sizeof c->client_ip))
+        snprintf(c->client_ip, sizeof c->client_ip, "unknown");
 }
-
-/* Defaults of DESIGN §5 for a connection accepted before any config. */
-static const struct hp_settings hp_defaults = {
-    .header_ms = 10000, .body_ms = 60000, .idle_ms = 60000, .send_ms = 60000,
-    .tunnel_ms = 3600000, .max_head = 32768,
-};
 
 /* A TLS listener: the session, and the handshake deadline. */
 static void tls_accept(struct hp_conn *c, int fd)
 {
-    struct wg_tls_server *tls = wg_tls_set_listener(c->cfg->ext, c->cfg->cfg, c->lc);
+    struct wg_tls_server *tls = wg_tls_set_listener(c->r->cfg->ext, c->r->cfg->cfg, c->r->lc);
     if (!tls)
         return;
     wg_tls_server_ref(tls);             /* its config may go while we shake hands */
@@ -2050,7 +2135,7 @@ static void tls_accept(struct hp_conn *c, int fd)
         conn_kill(c);
         return;
     }
-    c->t.header_ms = c->lc->tls.handshake_timeout_ms;   /* until the handshake is done */
+    c->r->t.header_ms = c->r->lc->tls.handshake_timeout_ms;   /* until the handshake is done */
 }
 
 void wg_http_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int fd,
@@ -2058,9 +2143,15 @@ void wg_http_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int 
 {
     struct hp_local *loc = local_get(w);
     struct hp_conn *c = loc ? calloc(1, sizeof *c) : NULL;
+    if (c && !(c->r = req_new(loc))) {
+        free(c);
+        c = NULL;
+    }
     if (!c || event_assign(&c->ev, w->base, fd, EV_READ | EV_WRITE | EV_CLOSED | EV_ET | EV_PERSIST,
                            client_event, c) < 0 ||
         evtimer_assign(&c->timer, w->base, timer_cb, c) < 0 || event_add(&c->ev, NULL) < 0) {
+        if (c)
+            req_free(loc, &c->r);
         free(c);
         close(fd);
         wg_listener_conn_closed();
@@ -2073,18 +2164,17 @@ void wg_http_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int 
     c->fd = fd;
     c->link.force_close = force_close;
     c->link.tick = conn_tick;
-    c->t = hp_defaults;
-    ip_text(peer, c->client_ip, sizeof c->client_ip);
-    wg_sockaddr_text(peer, c->client, sizeof c->client);
+    c->r->t = hp_defaults;
+    set_client(c, peer);
     wg_worker_conn_add(w, &c->link);
     c->rq = RQ_IDLE;
     if (!request_pin(c)) {              /* no snapshot yet (startup_timeout) */
-        c->req_keep_alive = false;
+        c->r->req_keep_alive = false;
         reply(c, 503, "no configuration yet\n", false);
     } else {
-        c->need_proxy = c->lc->proxy_protocol;
+        c->need_proxy = c->r->lc->proxy_protocol;
         tls_accept(c, fd);
     }
-    c->idle_deadline = wg_now_ms() + c->t.header_ms;   /* the first request's head */
+    c->idle_deadline = wg_now_ms() + c->r->t.header_ms;   /* the first request's head */
     conn_pump(c);
 }
