@@ -35,6 +35,8 @@
 #define HP_MAGIC 0x48707830U
 #define HP_BLOCK (16u * 1024u)          /* one I/O buffer */
 #define HP_SPARE_BLOCKS 64              /* per worker free list (1 MiB): a burst leaves little behind */
+#define HP_SMALL (2048u - 32u)          /* a head we build, a log note: 2 KiB with its header */
+#define HP_SPARE_SMALL 128              /* (256 KiB) */
 #define HP_SPARE_HEADS 16
 #define HP_SPARE_REQS 64
 #define HP_MAX_HEADERS 128
@@ -53,6 +55,7 @@ struct hp_buf {
     uint32_t start, sent, fwd, scan, end;
     char data[];
 };
+_Static_assert(sizeof(struct hp_buf) == 32, "HP_SMALL makes a 2 KiB block with a 32-byte header");
 
 /* Parser state for one head, held only while that head is being parsed. */
 struct hp_head {
@@ -63,8 +66,8 @@ struct hp_head {
 
 /* Per worker thread: free lists and the upstream keep-alive pool. */
 struct hp_local {
-    struct hp_buf *bufs;
-    unsigned n_bufs;
+    struct hp_buf *bufs[2];             /* free blocks: [0] small, [1] HP_BLOCK */
+    unsigned n_bufs[2];
     struct hp_head *heads;
     unsigned n_heads;
     struct hp_req *reqs;
@@ -82,11 +85,12 @@ static void local_free(void *arg)
 {
     struct hp_local *loc = arg;
     wg_upstream_pool_free(loc->pool);
-    while (loc->bufs) {
-        struct hp_buf *b = loc->bufs;
-        loc->bufs = b->next;
-        free(b);
-    }
+    for (int k = 0; k < 2; k++)
+        while (loc->bufs[k]) {
+            struct hp_buf *b = loc->bufs[k];
+            loc->bufs[k] = b->next;
+            free(b);
+        }
     while (loc->heads) {
         struct hp_head *h = loc->heads;
         loc->heads = h->next;
@@ -119,15 +123,21 @@ static struct hp_local *local_get(struct wg_worker *w)
     return loc;
 }
 
+/* Two size classes keep free lists: small blocks for the heads we build
+ * and the log note (an in-flight request touches little memory), HP_BLOCK
+ * for I/O; anything larger (a long head) is allocated to size. */
+static int buf_class(uint32_t cap) { return cap == HP_SMALL ? 0 : cap == HP_BLOCK ? 1 : -1; }
+
 static struct hp_buf *buf_new(struct hp_local *loc, uint32_t cap)
 {
     struct hp_buf *b;
-    if (cap <= HP_BLOCK && loc->bufs) {
-        b = loc->bufs;
-        loc->bufs = b->next;
-        loc->n_bufs--;
+    cap = cap <= HP_SMALL ? HP_SMALL : cap <= HP_BLOCK ? HP_BLOCK : cap;
+    int k = buf_class(cap);
+    if (k >= 0 && loc->bufs[k]) {
+        b = loc->bufs[k];
+        loc->bufs[k] = b->next;
+        loc->n_bufs[k]--;
     } else {
-        cap = cap < HP_BLOCK ? HP_BLOCK : cap;
         if (!(b = malloc(sizeof *b + cap)))
             return NULL;
         b->cap = cap;
@@ -139,14 +149,16 @@ static struct hp_buf *buf_new(struct hp_local *loc, uint32_t cap)
 
 static void buf_free(struct hp_local *loc, struct hp_buf **bp)
 {
+    static const unsigned spare[2] = { HP_SPARE_SMALL, HP_SPARE_BLOCKS };
     struct hp_buf *b = *bp;
     if (!b)
         return;
     *bp = NULL;
-    if (b->cap == HP_BLOCK && loc->n_bufs < HP_SPARE_BLOCKS) {
-        b->next = loc->bufs;
-        loc->bufs = b;
-        loc->n_bufs++;
+    int k = buf_class(b->cap);
+    if (k >= 0 && loc->n_bufs[k] < spare[k]) {
+        b->next = loc->bufs[k];
+        loc->bufs[k] = b;
+        loc->n_bufs[k]++;
     } else {
         free(b);
     }
