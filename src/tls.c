@@ -73,7 +73,10 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char iv[EVP_MAX_
         for (int i = 0; i < 3 && !k; i++)
             if (memcmp(name, r->k[i].name, 16) == 0) {
                 k = &r->k[i];
-                rc = i == 0 ? 1 : 2;    /* 2: valid, but issue a fresh ticket */
+                /* 2: valid, but issue a fresh ticket. Always in TLS 1.3: its
+                 * clients use a ticket once (OpenSSL, browsers), and OpenSSL
+                 * sends a new one after a resumption only when asked to. */
+                rc = i == 0 && SSL_version(ssl) < TLS1_3_VERSION ? 1 : 2;
             }
         if (!k)
             return 0;                   /* unknown key: full handshake */
