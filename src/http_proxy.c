@@ -178,6 +178,25 @@ static void buf_compact(struct hp_buf *b)
     b->end -= d;
 }
 
+/* Room for a read: a drained buffer starts over at its first byte (a
+ * streamed body is read whole blocks at a time, not into what is left of
+ * the tail); otherwise a full one moves its kept bytes to the front. */
+static void buf_make_room(struct hp_buf *b)
+{
+    if (b->start == b->end)
+        b->start = b->sent = b->fwd = b->scan = b->end = 0;
+    else if (b->end == b->cap)
+        buf_compact(b);
+}
+
+/* Bytes wait to be written and less than half the block is free: a read now
+ * would fill only the tail, and the stream would go on in a small piece and
+ * a large one per block (twice the reads and writes). Write first. */
+static bool buf_read_later(const struct hp_buf *b)
+{
+    return b->sent < b->fwd && b->cap - b->end < b->cap / 2;
+}
+
 static struct hp_head *head_new(struct hp_local *loc)
 {
     struct hp_head *h = loc->heads;
@@ -1196,8 +1215,9 @@ static ssize_t client_read(struct hp_conn *c)
         return 0;
     }
     struct hp_buf *b = c->in;
-    if (b->end == b->cap)
-        buf_compact(b);
+    if (buf_read_later(b))
+        return 0;
+    buf_make_room(b);
     size_t space = b->cap - b->end;
     if (space == 0)
         return 0;
@@ -1231,8 +1251,9 @@ static ssize_t upstream_read(struct hp_conn *c)
         return 0;
     }
     struct hp_buf *b = c->r->uin;
-    if (b->end == b->cap)
-        buf_compact(b);
+    if (buf_read_later(b))
+        return 0;
+    buf_make_room(b);
     size_t space = b->cap - b->end;
     if (space == 0)
         return 0;
