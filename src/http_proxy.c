@@ -1839,9 +1839,17 @@ static void request_end(struct hp_conn *c)
         c->r->up = NULL;
     }
     bool close_after = c->r->close_after;
+    /* The client asked to close and sent nothing past its request: it has
+     * nothing more to say, so close now (no lingering read for its FIN). */
+    bool asked = !c->r->req_keep_alive && c->rq == RQ_SENT &&
+                 (!c->in || c->in->scan == c->in->end);
     uint64_t idle_ms = c->r->t.idle_ms;
     release_request(c);
     c->rs = RS_NONE;
+    if (close_after && asked) {
+        conn_kill(c);
+        return;
+    }
     if (close_after) {
         linger_start(c);
         return;

@@ -241,6 +241,41 @@ def test_keepalive_reuse_counted_by_backend_accepts():
         assert st["requests"] == 61, st
 
 
+def test_client_asking_to_close_is_closed_at_once_errors_linger():
+    """Connection: close from the client, request read whole: waygate closes
+    the socket as soon as the response is out (no lingering read for the
+    client's FIN). After an error it lingers: bytes the client still sends
+    are read and dropped, not answered with a reset that could destroy the
+    error response."""
+    import errno
+    with Harness() as h:
+        wg, _ = start(h, workers=1, http={"max_body_size": "10"})
+        port = wg.port()
+
+        def reset_after_response(raw):
+            with connect(port) as s:
+                s.sendall(raw)
+                r = read_http_response(s)
+                assert recv_until_eof(s, 5.0) == b""   # then the FIN
+                time.sleep(0.2)
+                try:                                    # a closed socket answers RST
+                    s.sendall(b"late bytes")
+                    time.sleep(0.2)
+                    s.sendall(b"more late bytes")
+                    return r, False                     # still read (and dropped)
+                except OSError as e:
+                    assert e.errno in (errno.ECONNRESET, errno.EPIPE), e
+                    return r, True
+
+        r, reset = reset_after_response(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert r.status == 200 and reset, (r, reset)
+        r, reset = reset_after_response(b"GET /x HTTP/1.0\r\n\r\n")
+        assert r.status == 200 and reset, (r, reset)
+        # 413: the client may still be sending its body: linger
+        r, reset = reset_after_response(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+        assert r.status == 413 and not reset, (r, reset)
+
+
 def test_stale_pooled_connection_is_a_free_retry():
     with Harness() as h:
         b = h.backend("http", name="first")
