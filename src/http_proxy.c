@@ -282,7 +282,7 @@ struct hp_req {
     struct wg_upconn *up;
     struct hp_buf *uin;                 /* from the upstream */
     struct hp_buf *uout;                /* the rewritten request head */
-    struct hp_head *rhead;              /* while RS_HEAD */
+    struct hp_head *rhead;              /* while a response head is parsed */
     struct wg_http_body rs_body;
     /* deadlines and progress (ms, CLOCK_MONOTONIC) */
     uint64_t header_deadline, connect_deadline, response_deadline, upstream_progress;
@@ -671,7 +671,7 @@ static void log_request(struct hp_conn *c, const char *reason)
     const char *base = c->r->note ? c->r->note->data : "";
     char client[INET6_ADDRSTRLEN + 8];
     struct wg_access_entry e = {
-        .client = client_text(c, client, sizeof client),
+        .client = wg_access_log_enabled() ? client_text(c, client, sizeof client) : NULL,
         .listener = c->r->lc ? c->r->lc->name : c->l->name,
         .service = c->r->svc ? c->r->svc->name : NULL,
         .upstream = c->r->inst ? c->r->inst->id : NULL,
@@ -1365,13 +1365,7 @@ static void connect_failed(struct hp_conn *c, int err)
 /* The connection is usable: the request may flow, a response may come. */
 static void upstream_ready(struct hp_conn *c)
 {
-    if (!(c->r->rhead = head_new(c->loc))) {
-        conn_kill(c);
-        return;
-    }
-    wg_http_parser_init_response(&c->r->rhead->p, c->r->rhead->h, HP_MAX_HEADERS, 0, c->r->method,
-                                 c->r->req_upgrade);
-    c->rs = RS_HEAD;
+    c->rs = RS_HEAD;                    /* its parser comes with the first bytes */
     c->r->upstream_progress = wg_now_ms();
     c->r->connect_us = c->r->up_reused ? 0 : (int64_t)((wg_now_ns() - c->r->connect_start_ns) / 1000);
     if (c->r->req_body_done && c->rq == RQ_BODY)
@@ -1690,6 +1684,14 @@ static void response_head_step(struct hp_conn *c, bool *progress)
         }
         if (c->dead || !(b = c->r->uin) || b->scan == b->end)
             return;
+    }
+    if (!c->r->rhead) {                 /* held only while a head is parsed */
+        if (!(c->r->rhead = head_new(c->loc))) {
+            conn_kill(c);
+            return;
+        }
+        wg_http_parser_init_response(&c->r->rhead->p, c->r->rhead->h, HP_MAX_HEADERS, 0,
+                                     c->r->method, c->r->req_upgrade);
     }
     size_t used;
     enum wg_http_result r = wg_http_parse_head(&c->r->rhead->p, b->data + b->start,

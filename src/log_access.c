@@ -323,6 +323,11 @@ static void ring_put(struct wg_worker_log *wl, const char *line, size_t n)
         kick_writer();
 }
 
+bool wg_access_log_enabled(void)
+{
+    return atomic_load_explicit(&format, memory_order_relaxed) != FORMAT_OFF;
+}
+
 void wg_access_log(struct wg_worker_log *wl, const struct wg_access_entry *e)
 {
     int fmt = atomic_load_explicit(&format, memory_order_relaxed);

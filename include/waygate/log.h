@@ -111,6 +111,10 @@ void wg_worker_log_free(struct wg_worker_log *wl);
  * per accepted connection, when it closes. */
 void wg_access_log(struct wg_worker_log *wl, const struct wg_access_entry *e);
 
+/* Whether access lines are written at all (one atomic load): a caller may
+ * skip building what only the line needs. */
+bool wg_access_log_enabled(void);
+
 /* Control thread. Apply cfg->log.access_log and access_format: open the
  * file (O_APPEND, created 0644) and start the writer thread on first use.
  * On failure (the file cannot be opened) returns -1 after logging why, and
