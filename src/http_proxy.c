@@ -64,14 +64,52 @@ struct hp_head {
     struct wg_http_header h[HP_MAX_HEADERS];
 };
 
+/* A worker's free list of equal-sized objects whose first member is the
+ * link (hp_buf, hp_head, hp_req): a request in steady state allocates
+ * nothing; past `max` spares, objects go back to malloc. */
+struct hp_spares {
+    void *first;
+    unsigned n, max;
+};
+
+_Static_assert(offsetof(struct hp_buf, next) == 0 && offsetof(struct hp_head, next) == 0,
+               "spare lists link objects through their first member");
+
+static void *spare_get(struct hp_spares *s, size_t size)
+{
+    void **o = s->first;
+    if (!o)
+        return malloc(size);
+    s->first = *o;
+    s->n--;
+    return o;
+}
+
+static void spare_put(struct hp_spares *s, void *o)
+{
+    if (s->n >= s->max) {
+        free(o);
+        return;
+    }
+    *(void **)o = s->first;
+    s->first = o;
+    s->n++;
+}
+
+static void spares_free(struct hp_spares *s)
+{
+    while (s->first) {
+        void **o = s->first;
+        s->first = *o;
+        free(o);
+    }
+    s->n = 0;
+}
+
 /* Per worker thread: free lists and the upstream keep-alive pool. */
 struct hp_local {
-    struct hp_buf *bufs[2];             /* free blocks: [0] small, [1] HP_BLOCK */
-    unsigned n_bufs[2];
-    struct hp_head *heads;
-    unsigned n_heads;
-    struct hp_req *reqs;
-    unsigned n_reqs;
+    struct hp_spares bufs[2];           /* free blocks: [0] small, [1] HP_BLOCK */
+    struct hp_spares heads, reqs;
     struct wg_upstream_pool *pool;
 };
 
@@ -79,24 +117,14 @@ static pthread_key_t hp_key;
 static pthread_once_t hp_once = PTHREAD_ONCE_INIT;
 static _Thread_local struct hp_local *hp_tls;
 
-static void local_free_reqs(struct hp_local *loc);
-
 static void local_free(void *arg)
 {
     struct hp_local *loc = arg;
     wg_upstream_pool_free(loc->pool);
-    for (int k = 0; k < 2; k++)
-        while (loc->bufs[k]) {
-            struct hp_buf *b = loc->bufs[k];
-            loc->bufs[k] = b->next;
-            free(b);
-        }
-    while (loc->heads) {
-        struct hp_head *h = loc->heads;
-        loc->heads = h->next;
-        free(h);
-    }
-    local_free_reqs(loc);
+    spares_free(&loc->bufs[0]);
+    spares_free(&loc->bufs[1]);
+    spares_free(&loc->heads);
+    spares_free(&loc->reqs);
     free(loc);
 }
 
@@ -112,6 +140,12 @@ static struct hp_local *local_get(struct wg_worker *w)
         return hp_tls;
     pthread_once(&hp_once, key_init);
     struct hp_local *loc = calloc(1, sizeof *loc);
+    if (loc) {
+        loc->bufs[0].max = HP_SPARE_SMALL;
+        loc->bufs[1].max = HP_SPARE_BLOCKS;
+        loc->heads.max = HP_SPARE_HEADS;
+        loc->reqs.max = HP_SPARE_REQS;
+    }
     if (!loc || !(loc->pool = wg_upstream_pool_new(w->base)) ||
         pthread_setspecific(hp_key, loc) != 0) {
         if (loc)
@@ -130,18 +164,12 @@ static int buf_class(uint32_t cap) { return cap == HP_SMALL ? 0 : cap == HP_BLOC
 
 static struct hp_buf *buf_new(struct hp_local *loc, uint32_t cap)
 {
-    struct hp_buf *b;
     cap = cap <= HP_SMALL ? HP_SMALL : cap <= HP_BLOCK ? HP_BLOCK : cap;
     int k = buf_class(cap);
-    if (k >= 0 && loc->bufs[k]) {
-        b = loc->bufs[k];
-        loc->bufs[k] = b->next;
-        loc->n_bufs[k]--;
-    } else {
-        if (!(b = malloc(sizeof *b + cap)))
-            return NULL;
-        b->cap = cap;
-    }
+    struct hp_buf *b = k >= 0 ? spare_get(&loc->bufs[k], sizeof *b + cap) : malloc(sizeof *b + cap);
+    if (!b)
+        return NULL;
+    b->cap = cap;
     b->next = NULL;
     b->start = b->sent = b->fwd = b->scan = b->end = 0;
     return b;
@@ -149,19 +177,15 @@ static struct hp_buf *buf_new(struct hp_local *loc, uint32_t cap)
 
 static void buf_free(struct hp_local *loc, struct hp_buf **bp)
 {
-    static const unsigned spare[2] = { HP_SPARE_SMALL, HP_SPARE_BLOCKS };
     struct hp_buf *b = *bp;
     if (!b)
         return;
     *bp = NULL;
     int k = buf_class(b->cap);
-    if (k >= 0 && loc->n_bufs[k] < spare[k]) {
-        b->next = loc->bufs[k];
-        loc->bufs[k] = b;
-        loc->n_bufs[k]++;
-    } else {
+    if (k >= 0)
+        spare_put(&loc->bufs[k], b);
+    else
         free(b);
-    }
 }
 
 /* Move the kept bytes to the front to make room at the end. */
@@ -199,28 +223,14 @@ static bool buf_read_later(const struct hp_buf *b)
 
 static struct hp_head *head_new(struct hp_local *loc)
 {
-    struct hp_head *h = loc->heads;
-    if (h) {
-        loc->heads = h->next;
-        loc->n_heads--;
-        return h;
-    }
-    return malloc(sizeof *h);
+    return spare_get(&loc->heads, sizeof(struct hp_head));
 }
 
 static void head_free(struct hp_local *loc, struct hp_head **hp)
 {
-    struct hp_head *h = *hp;
-    if (!h)
-        return;
+    if (*hp)
+        spare_put(&loc->heads, *hp);
     *hp = NULL;
-    if (loc->n_heads < HP_SPARE_HEADS) {
-        h->next = loc->heads;
-        loc->heads = h;
-        loc->n_heads++;
-    } else {
-        free(h);
-    }
 }
 
 /* ---- the connection --------------------------------------------------- */
@@ -327,41 +337,21 @@ struct hp_conn {
     char client_ip[INET6_ADDRSTRLEN];
 };
 
+_Static_assert(offsetof(struct hp_req, next) == 0, "spare lists link through the first member");
+
 static struct hp_req *req_new(struct hp_local *loc)
 {
-    struct hp_req *r = loc->reqs;
-    if (r) {
-        loc->reqs = r->next;
-        loc->n_reqs--;
-    } else if (!(r = malloc(sizeof *r))) {
-        return NULL;
-    }
-    memset(r, 0, sizeof *r);
+    struct hp_req *r = spare_get(&loc->reqs, sizeof *r);
+    if (r)
+        memset(r, 0, sizeof *r);
     return r;
 }
 
 static void req_free(struct hp_local *loc, struct hp_req **rp)
 {
-    struct hp_req *r = *rp;
-    if (!r)
-        return;
+    if (*rp)
+        spare_put(&loc->reqs, *rp);
     *rp = NULL;
-    if (loc->n_reqs < HP_SPARE_REQS) {
-        r->next = loc->reqs;
-        loc->reqs = r;
-        loc->n_reqs++;
-    } else {
-        free(r);
-    }
-}
-
-static void local_free_reqs(struct hp_local *loc)
-{
-    while (loc->reqs) {
-        struct hp_req *r = loc->reqs;
-        loc->reqs = r->next;
-        free(r);
-    }
 }
 
 static void conn_pump(struct hp_conn *c);
