@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.request
 
-from wglib import Harness, Waygate, free_port, slack, wait_until
+from wglib import Harness, Waygate, free_ports, slack, wait_until
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -260,8 +260,9 @@ class EtcdHarness(Harness):
         finally:
             shutil.rmtree(self.shm, ignore_errors=True)
 
-    def _member(self, name, **kw):
-        return Member(self, name, os.path.join(self.shm, name), free_port(), free_port(), **kw)
+    def _member(self, name, ports=None, **kw):
+        client, peer = ports or free_ports(2)
+        return Member(self, name, os.path.join(self.shm, name), client, peer, **kw)
 
     def etcd(self, progress_notify="1s", tls=None, extra=(), wait=True):
         """One member (Member); retried on new ports if a port was taken."""
@@ -280,7 +281,9 @@ class EtcdHarness(Harness):
         raise AssertionError("unreachable")
 
     def etcd_cluster(self, n=3, progress_notify="1s", extra=()):
-        members = [self._member("c%d" % i, progress_notify=progress_notify, extra=extra)
+        ports = free_ports(2 * n)           # distinct: two members on one port is no cluster
+        members = [self._member("c%d" % i, ports=ports[2 * i:2 * i + 2],
+                                progress_notify=progress_notify, extra=extra)
                    for i in range(n)]
         spec = ",".join("%s=%s" % (m.name, m.peer_url) for m in members)
         for m in members:

@@ -82,6 +82,21 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_ports(n):
+    """n distinct ports that were free a moment ago: all n are held at once
+    while they are picked (free_port() twice may return the same port)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 # ---- the deterministic stream (see tests/tools/wg_backend.c) --------------
 
 def pattern(n, seed=1):
