@@ -1195,71 +1195,69 @@ static void tls_handshake_step(struct hp_conn *c, bool *progress)
     *progress = true;
 }
 
-/* Read from the client into c->in; bytes read (0: none now, see c->eof). */
-static ssize_t client_read(struct hp_conn *c)
+/* One read from one side into *bp (a block taken when missing): >0 bytes,
+ * 0 nothing now (*readable cleared once drained, *eof set at EOF or on an
+ * error), -1 out of memory. */
+static ssize_t side_read(struct hp_local *loc, struct hp_buf **bp, int fd, SSL *ssl,
+                         bool *readable, bool *read_wants_write, bool hup, bool *eof)
 {
-    if (!c->readable || c->eof)
+    if (!*readable || *eof)
         return 0;
-    if (!c->in && !(c->in = buf_new(c->loc, HP_BLOCK))) {
-        conn_kill(c);
-        return 0;
-    }
-    struct hp_buf *b = c->in;
+    if (!*bp && !(*bp = buf_new(loc, HP_BLOCK)))
+        return -1;
+    struct hp_buf *b = *bp;
     if (buf_read_later(b))
         return 0;
     buf_make_room(b);
     size_t space = b->cap - b->end;
     if (space == 0)
         return 0;
-    ssize_t n = c->ssl ? tls_read(c->ssl, &c->read_wants_write, b->data + b->end, space)
-                       : read(c->fd, b->data + b->end, space);
+    ssize_t n = ssl ? tls_read(ssl, read_wants_write, b->data + b->end, space)
+                    : read(fd, b->data + b->end, space);
     if (n > 0) {
         b->end += (uint32_t)n;
-        if ((size_t)n < space && !c->hup && !c->ssl)
-            c->readable = false;        /* drained: the next edge says when (TLS: its
+        if ((size_t)n < space && !hup && !ssl)
+            *readable = false;          /* drained: the next edge says when (TLS: its
                                            own buffer may hold more, read until WANT_READ) */
+        return n;
+    }
+    *readable = false;
+    if (n == 0 || !transient())
+        *eof = true;
+    return 0;
+}
+
+/* Read from the client into c->in; bytes read (0: none now, see c->eof). */
+static ssize_t client_read(struct hp_conn *c)
+{
+    ssize_t n = side_read(c->loc, &c->in, c->fd, c->ssl, &c->readable, &c->read_wants_write,
+                          c->hup, &c->eof);
+    if (n < 0) {
+        conn_kill(c);
+        return 0;
+    }
+    if (n > 0) {
         c->client_progress = wg_now_ms();
         if (c->r)
             c->r->req_bytes_in += (uint64_t)n;
         wg_stats_add(c->w->stats, WG_C_BYTES_IN, (uint64_t)n);
-        return n;
     }
-    c->readable = false;
-    if (n == 0 || !transient())
-        c->eof = true;
-    return 0;
+    return n;
 }
 
 /* Read from the upstream into c->r->uin; bytes read (0: none now, see u_eof). */
 static ssize_t upstream_read(struct hp_conn *c)
 {
     struct wg_upconn *u = c->r->up;
-    if (!u->readable || c->r->u_eof)
-        return 0;
-    if (!c->r->uin && !(c->r->uin = buf_new(c->loc, HP_BLOCK))) {
+    ssize_t n = side_read(c->loc, &c->r->uin, u->fd, u->ssl, &u->readable, &u->read_wants_write,
+                          u->hup, &c->r->u_eof);
+    if (n < 0) {
         conn_kill(c);
         return 0;
     }
-    struct hp_buf *b = c->r->uin;
-    if (buf_read_later(b))
-        return 0;
-    buf_make_room(b);
-    size_t space = b->cap - b->end;
-    if (space == 0)
-        return 0;
-    ssize_t n = u->ssl ? tls_read(u->ssl, &u->read_wants_write, b->data + b->end, space)
-                       : read(u->fd, b->data + b->end, space);
-    if (n > 0) {
-        b->end += (uint32_t)n;
-        if ((size_t)n < space && !u->hup && !u->ssl)
-            u->readable = false;
+    if (n > 0)
         c->r->upstream_progress = wg_now_ms();
-        return n;
-    }
-    u->readable = false;
-    if (n == 0 || !transient())
-        c->r->u_eof = true;
-    return 0;
+    return n;
 }
 
 /* Write the pending head bytes of `head`, then the ready body bytes of
