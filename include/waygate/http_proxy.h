@@ -9,10 +9,12 @@
  *
  * Promises:
  *  - Raw non-blocking sockets, edge-triggered, on the worker's event_base;
- *    no lock, no blocking call. Buffers are 16 KiB blocks from a per-worker
- *    free list, taken when bytes arrive and given back when drained: an idle
- *    keep-alive client holds no buffer and no parser state, an idle pooled
- *    upstream connection holds no buffer either.
+ *    no lock, no blocking call. Buffers are 16 KiB blocks (2 KiB for the
+ *    heads waygate writes) from per-worker free lists, taken when bytes
+ *    arrive and given back when drained; a request's state is taken with its
+ *    first byte and given back when it ends: an idle keep-alive client holds
+ *    only its connection (under 500 bytes; no buffer, no parser, no request
+ *    state), an idle pooled upstream connection holds no buffer either.
  *  - Bounded buffering both ways: at most one block of unforwarded body per
  *    direction; a side is not read while the other side has not taken what
  *    was read (backpressure). Body bytes are forwarded as received
