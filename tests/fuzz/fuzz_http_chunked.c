@@ -9,14 +9,8 @@
  * whole buffer with plain loops (no state machine); it is the oracle for
  * whether the input is complete, incomplete or invalid, where the body ends
  * and what the payload is. Two trailer limits are tried. */
-#include "waygate/http.h"
+#include "http_fuzz.h"
 
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define CHECK(c) do { if (!(c)) { fprintf(stderr, "%s:%d: check failed: %s\n", \
-                                          __FILE__, __LINE__, #c); abort(); } } while (0)
 #define MAX_IN 65536
 
 struct outcome {
@@ -26,16 +20,6 @@ struct outcome {
     uint64_t chunks, trailers, payload_len;
     uint8_t payload[MAX_IN];
 };
-
-static uint64_t rng;
-
-static uint64_t next_rand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
 
 /* Feed d[0, n) in pieces of at most `piece` bytes (0: random sizes). */
 static void decode(struct outcome *o, const uint8_t *d, size_t n, size_t piece,
@@ -289,11 +273,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size > MAX_IN)
         return 0;
-    rng = 0x9e3779b97f4a7c15ull ^ size;
-    for (size_t i = 0; i < size && i < 64; i++)
-        rng = (rng ^ data[i]) * 0x100000001b3ull;
-    if (rng == 0)
-        rng = 1;
+    rng_seed(data, size);
     run(data, size, 0);
     run(data, size, 24);
     return 0;

@@ -10,98 +10,18 @@
  * headers). Completed heads are checked against invariants that restate the
  * strictness promises of waygate/http.h; their bodies are decoded one-shot
  * and byte by byte, which must agree too. */
-#include "waygate/http.h"
-
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define CAP 100
-#define CHECK(c) do { if (!(c)) { fprintf(stderr, "%s:%d: check failed: %s\n", \
-                                          __FILE__, __LINE__, #c); abort(); } } while (0)
-
-struct outcome {
-    enum wg_http_result r;
-    size_t consumed;
-    int status;
-    const char *reason;
-    struct wg_http_message msg;
-    struct wg_http_header h[CAP];
-};
+#define HTTP_FUZZ_CAP 100
+#include "http_fuzz.h"
 
 struct config {
     uint32_t max_headers;
     uint32_t max_head;
 };
 
-static uint64_t rng;
-
-static uint64_t next_rand(void)
+static void start_request(struct wg_http_parser *p, struct outcome *o, const void *arg)
 {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-
-static void record(struct outcome *o, const struct wg_http_parser *p, enum wg_http_result r,
-                   size_t consumed)
-{
-    o->r = r;
-    o->consumed = consumed;
-    o->status = p->err_status;
-    o->reason = p->err_reason;
-    o->msg = p->msg;
-}
-
-static void one_shot(struct outcome *o, const struct config *c, const uint8_t *d, size_t n)
-{
-    struct wg_http_parser p;
-    size_t used = 0;
-    wg_http_parser_init_request(&p, o->h, c->max_headers, c->max_head);
-    enum wg_http_result r = wg_http_parse_head(&p, (const char *)d, n, &used);
-    record(o, &p, r, used);
-}
-
-static void bytewise(struct outcome *o, const struct config *c, const uint8_t *d, size_t n)
-{
-    struct wg_http_parser p;
-    enum wg_http_result r = WG_HTTP_AGAIN;
-    size_t used = 0;
-    wg_http_parser_init_request(&p, o->h, c->max_headers, c->max_head);
-    for (size_t k = 1; k <= n && r == WG_HTTP_AGAIN; k++) {
-        r = wg_http_parse_head(&p, (const char *)d, k, &used);
-        if (r == WG_HTTP_AGAIN)
-            CHECK(used == k);
-    }
-    record(o, &p, r, used);
-}
-
-static void random_pieces(struct outcome *o, const struct config *c, const uint8_t *d, size_t n)
-{
-    struct wg_http_parser p;
-    enum wg_http_result r = WG_HTTP_AGAIN;
-    size_t used = 0, k = 0;
-    wg_http_parser_init_request(&p, o->h, c->max_headers, c->max_head);
-    while (r == WG_HTTP_AGAIN && k < n) {
-        k += 1 + next_rand() % (n - k < 64 ? n - k : 64);
-        char *copy = malloc(k);
-        CHECK(copy != NULL);
-        memcpy(copy, d, k);
-        r = wg_http_parse_head(&p, copy, k, &used);
-        free(copy);
-    }
-    record(o, &p, r, used);
-}
-
-static void same(const struct outcome *a, const struct outcome *b)
-{
-    CHECK(a->r == b->r);
-    CHECK(a->consumed == b->consumed);
-    CHECK(a->status == b->status);
-    CHECK(a->reason == b->reason);
-    CHECK(memcmp(&a->msg, &b->msg, sizeof a->msg) == 0);
-    CHECK(memcmp(a->h, b->h, a->msg.nheaders * sizeof a->h[0]) == 0);
+    const struct config *c = arg;
+    wg_http_parser_init_request(p, o->h, c->max_headers, c->max_head);
 }
 
 static bool in_head(struct wg_http_span s, size_t head)
@@ -228,10 +148,10 @@ static void run(const struct config *c, const uint8_t *d, size_t n)
     static struct outcome o1, o2, o3;
 
     for (int msgs = 0; msgs < 8 && n > 0; msgs++) {
-        one_shot(&o1, c, d, n);
-        bytewise(&o2, c, d, n);
+        one_shot(&o1, start_request, c, d, n);
+        bytewise(&o2, start_request, c, d, n);
         same(&o1, &o2);
-        random_pieces(&o3, c, d, n);
+        random_pieces(&o3, start_request, c, d, n, 64);
         same(&o1, &o3);
         if (o1.r == WG_HTTP_ERROR)
             CHECK(o1.reason && (o1.status == 400 || o1.status == 414 || o1.status == 431 ||
@@ -251,13 +171,9 @@ static void run(const struct config *c, const uint8_t *d, size_t n)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const struct config configs[] = {{CAP, 0}, {4, 96}};
+    static const struct config configs[] = {{HTTP_FUZZ_CAP, 0}, {4, 96}};
 
-    rng = 0x9e3779b97f4a7c15ull ^ size;
-    for (size_t i = 0; i < size && i < 64; i++)
-        rng = (rng ^ data[i]) * 0x100000001b3ull;
-    if (rng == 0)
-        rng = 1;
+    rng_seed(data, size);
     for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++)
         run(&configs[i], data, size);
     return 0;

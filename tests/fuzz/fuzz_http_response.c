@@ -8,15 +8,8 @@
  * exactly. Completed heads are checked against the framing rules of RFC 9112
  * §6.3 as promised by waygate/http.h, and their bodies are decoded one-shot
  * and byte by byte with the same result. */
-#include "waygate/http.h"
-
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define CAP 64
-#define CHECK(c) do { if (!(c)) { fprintf(stderr, "%s:%d: check failed: %s\n", \
-                                          __FILE__, __LINE__, #c); abort(); } } while (0)
+#define HTTP_FUZZ_CAP 64
+#include "http_fuzz.h"
 
 struct context {
     enum wg_http_method method;
@@ -25,88 +18,10 @@ struct context {
     uint32_t max_head;
 };
 
-struct outcome {
-    enum wg_http_result r;
-    size_t consumed;
-    int status;
-    const char *reason;
-    struct wg_http_message msg;
-    struct wg_http_header h[CAP];
-};
-
-static uint64_t rng;
-
-static uint64_t next_rand(void)
+static void start_response(struct wg_http_parser *p, struct outcome *o, const void *arg)
 {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-
-static void start(struct wg_http_parser *p, struct outcome *o, const struct context *c)
-{
+    const struct context *c = arg;
     wg_http_parser_init_response(p, o->h, c->max_headers, c->max_head, c->method, c->upgrade);
-}
-
-static void record(struct outcome *o, const struct wg_http_parser *p, enum wg_http_result r,
-                   size_t consumed)
-{
-    o->r = r;
-    o->consumed = consumed;
-    o->status = p->err_status;
-    o->reason = p->err_reason;
-    o->msg = p->msg;
-}
-
-static void one_shot(struct outcome *o, const struct context *c, const uint8_t *d, size_t n)
-{
-    struct wg_http_parser p;
-    size_t used = 0;
-    start(&p, o, c);
-    enum wg_http_result r = wg_http_parse_head(&p, (const char *)d, n, &used);
-    record(o, &p, r, used);
-}
-
-static void bytewise(struct outcome *o, const struct context *c, const uint8_t *d, size_t n)
-{
-    struct wg_http_parser p;
-    enum wg_http_result r = WG_HTTP_AGAIN;
-    size_t used = 0;
-    start(&p, o, c);
-    for (size_t k = 1; k <= n && r == WG_HTTP_AGAIN; k++) {
-        r = wg_http_parse_head(&p, (const char *)d, k, &used);
-        if (r == WG_HTTP_AGAIN)
-            CHECK(used == k);
-    }
-    record(o, &p, r, used);
-}
-
-static void random_pieces(struct outcome *o, const struct context *c, const uint8_t *d, size_t n)
-{
-    struct wg_http_parser p;
-    enum wg_http_result r = WG_HTTP_AGAIN;
-    size_t used = 0, k = 0;
-    start(&p, o, c);
-    while (r == WG_HTTP_AGAIN && k < n) {
-        k += 1 + next_rand() % (n - k < 48 ? n - k : 48);
-        char *copy = malloc(k);
-        CHECK(copy != NULL);
-        memcpy(copy, d, k);
-        r = wg_http_parse_head(&p, copy, k, &used);
-        free(copy);
-    }
-    record(o, &p, r, used);
-}
-
-static void same(const struct outcome *a, const struct outcome *b)
-{
-    CHECK(a->r == b->r);
-    CHECK(a->consumed == b->consumed);
-    CHECK(a->status == b->status);
-    CHECK(a->reason == b->reason);
-    CHECK(memcmp(&a->msg, &b->msg, sizeof a->msg) == 0);
-    CHECK(memcmp(a->h, b->h, a->msg.nheaders * sizeof a->h[0]) == 0);
 }
 
 /* RFC 9112 §6.3 as waygate/http.h promises it. */
@@ -180,10 +95,10 @@ static void run(const struct context *c, const uint8_t *d, size_t n)
     static struct outcome o1, o2, o3;
 
     for (int msgs = 0; msgs < 8 && n > 0; msgs++) {
-        one_shot(&o1, c, d, n);
-        bytewise(&o2, c, d, n);
+        one_shot(&o1, start_response, c, d, n);
+        bytewise(&o2, start_response, c, d, n);
         same(&o1, &o2);
-        random_pieces(&o3, c, d, n);
+        random_pieces(&o3, start_response, c, d, n, 48);
         same(&o1, &o3);
         if (o1.r == WG_HTTP_ERROR)
             CHECK(o1.reason && (o1.status == 400 || o1.status == 431 || o1.status == 501 ||
@@ -203,17 +118,13 @@ static void run(const struct context *c, const uint8_t *d, size_t n)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const struct context contexts[] = {
-        {WG_HTTP_GET, false, CAP, 0}, {WG_HTTP_HEAD, false, CAP, 0},
-        {WG_HTTP_CONNECT, false, CAP, 0}, {WG_HTTP_GET, true, 3, 80},
+        {WG_HTTP_GET, false, HTTP_FUZZ_CAP, 0}, {WG_HTTP_HEAD, false, HTTP_FUZZ_CAP, 0},
+        {WG_HTTP_CONNECT, false, HTTP_FUZZ_CAP, 0}, {WG_HTTP_GET, true, 3, 80},
     };
 
     if (size == 0)
         return 0;
-    rng = 0x9e3779b97f4a7c15ull ^ size;
-    for (size_t i = 0; i < size && i < 64; i++)
-        rng = (rng ^ data[i]) * 0x100000001b3ull;
-    if (rng == 0)
-        rng = 1;
+    rng_seed(data, size);
     run(&contexts[data[size - 1] % 4], data, size);
     return 0;
 }
