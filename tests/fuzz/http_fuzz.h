@@ -7,7 +7,8 @@
  *  - With HTTP_FUZZ_CAP defined (header slots): parsing one head three ways
  *    (one call, one byte per call, pseudo-random pieces each from a fresh
  *    heap copy so that ASan catches a parser keeping a pointer into an old
- *    buffer) and same(), which demands the three outcomes agree exactly. */
+ *    buffer) and same(), which demands the three outcomes agree exactly:
+ *    parse_three_ways() does both. */
 #ifndef WG_HTTP_FUZZ_H
 #define WG_HTTP_FUZZ_H
 
@@ -116,6 +117,18 @@ static inline void same(const struct outcome *a, const struct outcome *b)
     CHECK(a->reason == b->reason);
     CHECK(memcmp(&a->msg, &b->msg, sizeof a->msg) == 0);
     CHECK(memcmp(a->h, b->h, a->msg.nheaders * sizeof a->h[0]) == 0);
+}
+
+/* One head parsed the three ways; they must agree. *o is the one-shot outcome. */
+static inline void parse_three_ways(struct outcome *o, head_start start, const void *arg,
+                                    const uint8_t *d, size_t n, size_t max_piece)
+{
+    static struct outcome bytes, pieces;    /* large: not on the stack */
+    one_shot(o, start, arg, d, n);
+    bytewise(&bytes, start, arg, d, n);
+    same(o, &bytes);
+    random_pieces(&pieces, start, arg, d, n, max_piece);
+    same(o, &pieces);
 }
 
 #endif /* HTTP_FUZZ_CAP */
