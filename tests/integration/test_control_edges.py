@@ -8,8 +8,8 @@ import errno
 import signal
 import socket
 
-from wglib import (Harness, Waygate, connect, name_via, recv_exact, run_waygate, slack,
-                   wait_until, write_atomic, yaml_block)
+from wglib import (Harness, Waygate, connect, connectable, name_via, recv_exact, run_waygate,
+                   slack, wait_until, write_atomic, yaml_block)
 
 
 def refused(port):
@@ -44,17 +44,6 @@ def test_sigterm_closes_listeners_while_draining_with_many_idle_workers():
                 s.sendall(b"still")
                 assert recv_exact(s, 5) == b"still"
             assert wg.proc.wait(timeout=slack(5)) == 0
-
-
-def connectable(port):
-    s = socket.socket()
-    try:
-        s.connect(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def test_sighup_as_soon_as_listening_is_a_reload():

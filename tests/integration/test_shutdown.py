@@ -5,7 +5,7 @@ import signal
 import socket
 import time
 
-from wglib import Harness, Waygate, connect, recv_exact, slack, wait_until
+from wglib import Harness, Waygate, connect, connectable, recv_exact, slack, wait_until
 
 
 def test_sigterm_idle_exits_zero():
@@ -35,17 +35,6 @@ def test_sigterm_as_soon_as_listening_exits_zero():
             statuses.append(wg.proc.wait(timeout=slack(2) + 1))
         assert statuses == [0] * 5, "exit statuses after an early SIGTERM: %s (-15 = killed " \
             "by the signal's default action)" % statuses
-
-
-def connectable(port):
-    s = socket.socket()
-    try:
-        s.connect(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def new_client_refused(port):

@@ -82,6 +82,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def connectable(port):
+    """True when a connection to 127.0.0.1:port is accepted now."""
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def free_ports(n):
     """n distinct ports that were free a moment ago: all n are held at once
     while they are picked (free_port() twice may return the same port)."""
