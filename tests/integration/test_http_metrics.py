@@ -3,30 +3,16 @@
 histogram waygate_request_duration_seconds (DESIGN §12)."""
 
 import json
-import socket
-import threading
 
-from wglib import Harness, http_request, slack, wait_until
+from wglib import Harness, ThreadedServer, http_request, slack, wait_until
 
 
-class Always500:
+class Always500(ThreadedServer):
     """A minimal HTTP server that answers every request with 500."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
         self.served = 0
-        threading.Thread(target=self.run, daemon=True).start()
-
-    def run(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+        super().__init__(backlog=64)
 
     def serve(self, conn):
         with conn:
@@ -44,9 +30,6 @@ class Always500:
                                      b"Content-Length: 4\r\n\r\nboom")
             except OSError:
                 return
-
-    def close(self):
-        self.sock.close()
 
 
 def http_world(h, instances, **services):

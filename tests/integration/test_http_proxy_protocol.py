@@ -6,7 +6,7 @@ import socket
 import struct
 
 from test_http import fields, http_listener
-from wglib import Harness, connect, recv_until_eof
+from wglib import Harness, ThreadedServer, connect, recv_until_eof
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 REQ = b"GET /request HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
@@ -74,48 +74,32 @@ def test_no_proxy_header_on_plain_listener_is_http():
         assert data.startswith(b"HTTP/1.1 400 "), data
 
 
-class V2Reader:
+class V2Reader(ThreadedServer):
     """Reads the PROXY v2 header waygate sends upstream (service
     proxy_protocol: true) and answers the source address it names."""
 
-    def __init__(self):
-        import threading
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        while True:
+    def serve(self, c):
+        with c:
             try:
-                c, _ = self.sock.accept()
+                c.settimeout(5)
+                head = b""
+                while len(head) < 16:
+                    d = c.recv(16 - len(head))
+                    if not d:
+                        break
+                    head += d
+                if len(head) < 16 or head[:12] != SIG:
+                    return
+                n = struct.unpack("!H", head[14:16])[0]
+                body = b""
+                while len(body) < n:
+                    body += c.recv(n - len(body))
+                src = socket.inet_ntoa(body[0:4]) if head[13] == 0x11 else \
+                    socket.inet_ntop(socket.AF_INET6, body[0:16]) if head[13] == 0x21 \
+                    else "local"
+                c.sendall(("src=%s\n" % src).encode())
             except OSError:
-                return
-            with c:
-                try:
-                    c.settimeout(5)
-                    head = b""
-                    while len(head) < 16:
-                        d = c.recv(16 - len(head))
-                        if not d:
-                            break
-                        head += d
-                    if len(head) < 16 or head[:12] != SIG:
-                        continue
-                    n = struct.unpack("!H", head[14:16])[0]
-                    body = b""
-                    while len(body) < n:
-                        body += c.recv(n - len(body))
-                    src = socket.inet_ntoa(body[0:4]) if head[13] == 0x11 else \
-                        socket.inet_ntop(socket.AF_INET6, body[0:16]) if head[13] == 0x21 \
-                        else "local"
-                    c.sendall(("src=%s\n" % src).encode())
-                except OSError:
-                    pass
-
-    def close(self):
-        self.sock.close()
+                pass
 
 
 def test_tcp_listener_accepts_proxy_protocol():

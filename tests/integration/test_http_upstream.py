@@ -5,34 +5,21 @@ cookie."""
 
 import collections
 import socket
-import threading
 
 from test_http import start
-from wglib import Harness, http_request
+from wglib import Harness, ThreadedServer, http_request
 
 
-class Canned:
+class Canned(ThreadedServer):
     """Answers every request on a connection with the same raw bytes, then
     closes if `close` (or resets if `reset`)."""
 
     def __init__(self, raw=b"", close=False, reset=False):
         self.raw, self.close_after, self.reset = raw, close, reset
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
         self.requests = 0
-        threading.Thread(target=self._run, daemon=True).start()
+        super().__init__()
 
-    def _run(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
+    def serve(self, c):
         buf = b""
         try:
             while True:
@@ -53,12 +40,6 @@ class Canned:
             pass
         finally:
             c.close()
-
-    def instance(self, id):
-        return {"id": id, "address": "127.0.0.1", "port": self.port}
-
-    def close(self):
-        self.sock.close()
 
 
 BAD = [

@@ -9,33 +9,20 @@ import threading
 import time
 
 from test_http import start
-from wglib import Harness, connect, recv_exact, recv_until_eof, slack
+from wglib import Harness, ThreadedServer, connect, recv_exact, recv_until_eof, slack
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B73"
 
 
-class WsBackend:
+class WsBackend(ThreadedServer):
     """A tiny threaded WebSocket-ish server: answers the upgrade with 101,
     then echoes bytes back, upper-cased so that an echo cannot be faked."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
         self.heads = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
+    def serve(self, c):
         with c:
             head = b""
             while b"\r\n\r\n" not in head:
@@ -60,9 +47,6 @@ class WsBackend:
                     c.shutdown(socket.SHUT_WR)
                     return
                 c.sendall(data.upper())
-
-    def close(self):
-        self.sock.close()
 
 
 UPGRADE = (b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -388,6 +388,35 @@ class Harness:
         return out
 
 
+class ThreadedServer:
+    """A server written in the test itself, on 127.0.0.1 and a free port:
+    every accepted connection goes to self.serve(conn), which the subclass
+    defines, in a thread of its own. A subclass sets its own attributes
+    before calling this __init__ (connections may arrive at once)."""
+
+    def __init__(self, backlog=16):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def instance(self, id):
+        return {"id": id, "address": "127.0.0.1", "port": self.port}
+
+    def close(self):
+        self.sock.close()
+
+
 class Backend:
     def __init__(self, harness, proc, name, port):
         self.harness = harness
