@@ -85,6 +85,15 @@ void wg_sockaddr_text(const struct sockaddr *sa, char *buf, size_t len)
     }
 }
 
+uint64_t wg_record_name_hash(const char *s)
+{
+    uint64_t h = 14695981039346656037ULL;
+
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
 /* ---- the file registry ------------------------------------------------------ */
 
 /* Ids already seen in one service: open addressing, for large files. */
@@ -94,18 +103,9 @@ struct id_table {
     size_t cap, n;
 };
 
-static size_t id_hash(const char *s)
-{
-    size_t h = 14695981039346656037ULL;
-
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
-}
-
 static size_t id_slot(const struct id_table *t, const char *id)
 {
-    size_t i = id_hash(id) & (t->cap - 1);
+    size_t i = (size_t)wg_record_name_hash(id) & (t->cap - 1);
 
     while (t->id[i] && strcmp(t->id[i], id) != 0)
         i = (i + 1) & (t->cap - 1);

@@ -62,18 +62,9 @@ struct htable {
     size_t cap, n;
 };
 
-static uint64_t str_hash(const char *s)
-{
-    uint64_t h = 14695981039346656037ULL;
-
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
-}
-
 static struct hnode *ht_find(const struct htable *t, const char *name)
 {
-    uint64_t h = str_hash(name);
+    uint64_t h = wg_record_name_hash(name);
 
     if (!t->cap)
         return NULL;
@@ -106,7 +97,7 @@ static bool ht_insert(struct htable *t, struct hnode *n)
 {
     if (t->n + 1 > t->cap / 2 * 1 + t->cap / 4 && !ht_grow(t))
         return false;
-    n->hash = str_hash(n->name);
+    n->hash = wg_record_name_hash(n->name);
     n->next = t->b[n->hash & (t->cap - 1)];
     t->b[n->hash & (t->cap - 1)] = n;
     t->n++;

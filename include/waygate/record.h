@@ -44,6 +44,10 @@ void wg_record_free(struct wg_record *r);
 /* Sort by (service, id) so that consumers can diff and group. */
 void wg_record_set_sort(struct wg_record_set *set);
 
+/* FNV-1a of a service name or an instance id, for the tables the
+ * registries keep of them. */
+uint64_t wg_record_name_hash(const char *s);
+
 /* "127.0.0.1:8080" / "[::1]:8080" for logs and /status. */
 void wg_sockaddr_text(const struct sockaddr *sa, char *buf, size_t len);
 
