@@ -312,15 +312,22 @@ def test_silent_member_is_probed_then_left():
 
 def test_propagation_histogram_exported():
     """Each applied watch response is timed from the socket to the publish:
-    waygate_registry_propagation_seconds, a Prometheus histogram."""
+    waygate_registry_propagation_seconds, a Prometheus histogram. One
+    observation per watch response, not per event: each put is awaited
+    before the next so that each comes in a response of its own (puts made
+    before the watch is live arrive together, as one response)."""
     with EtcdHarness() as h:
         etcd = h.etcd()
         c = etcd.client()
         (a,) = backends(h, 1)
         wg = h.waygate_etcd(etcd)
+        wait_until(lambda: wg.registry_status()["connected"], slack(5), "watching")
         before = wg.metric("waygate_registry_propagation_seconds_count") or 0
+        want = {}
         for k in range(5):
             c.put(P + "p%d" % k, addr(a))
+            want["p%d" % k] = addr(a)
+            wg.wait_instances(dict(want), timeout=slack(5))
         wait_until(lambda: (wg.metric("waygate_registry_propagation_seconds_count") or 0)
                    >= before + 5, slack(5), "5 timed propagations")
         inf = wg.metric('waygate_registry_propagation_seconds_bucket{le="+Inf"}')
