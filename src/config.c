@@ -126,6 +126,7 @@ static const struct cfg_key service_keys[] = {
     { "connect_timeout", cfg_p_duration, SF(connect_timeout_ms), 1, DMAX, NULL },
     { "response_timeout", cfg_p_duration, SF(response_timeout_ms), 1, DMAX, NULL },
     { "retries", cfg_p_unsigned, SF(retries), 0, 10, NULL },
+    { "retry_non_idempotent", cfg_p_bool, SF(retry_non_idempotent), 0, 0, NULL },
     { "panic_threshold", cfg_p_unsigned, SF(panic_threshold), 0, 100, NULL },
     { "max_connections", cfg_p_unsigned, SF(max_connections), 0, 1000000, NULL },
     { "drain_timeout", cfg_p_duration, SF(drain_timeout_ms), 0, DMAX, NULL },

@@ -244,6 +244,17 @@ static void p_route_retries(struct cfg_ctx *c, yaml_node_t *v, void *base,
         ((struct wg_route *)base)->retries = (int)n;
 }
 
+static void p_route_retry_ni(struct cfg_ctx *c, yaml_node_t *v, void *base,
+                             const struct cfg_key *k)
+{
+    bool b = false;
+    struct cfg_key local = *k;
+
+    local.off = 0;
+    cfg_p_bool(c, v, &b, &local);
+    ((struct wg_route *)base)->retry_non_idempotent = b;
+}
+
 static const struct cfg_key route_keys[] = {
     { "host", p_host, 0, 0, 0, NULL },
     { "path_prefix", p_path_prefix, 0, 0, 0, NULL },
@@ -253,6 +264,7 @@ static const struct cfg_key route_keys[] = {
     { "strip_prefix", cfg_p_bool, RF(strip_prefix), 0, 0, NULL },
     { "response_timeout", p_route_timeout, 0, 1, DMAX, NULL },
     { "retries", p_route_retries, 0, 0, 10, NULL },
+    { "retry_non_idempotent", p_route_retry_ni, 0, 0, 0, NULL },
 };
 static const struct cfg_table route_table = CFG_TABLE("route", route_keys);
 
@@ -283,6 +295,7 @@ static void parse_route(struct cfg_ctx *c, struct wg_listener_config *l, yaml_no
     memset(r, 0, sizeof *r);
     r->response_timeout_ms = -1;
     r->retries = -1;
+    r->retry_non_idempotent = -1;
     r->line = (unsigned)wg_yaml_line(node);
     if (!cfg_set_str(c, &r->path_prefix, "/"))
         return;
@@ -431,6 +444,7 @@ static const struct cfg_key http_keys[] = {
     { "client_idle_timeout", cfg_p_duration, LF(http.client_idle_timeout_ms), 1, DMAX, NULL },
     { "send_timeout", cfg_p_duration, LF(http.send_timeout_ms), 1, DMAX, NULL },
     { "tunnel_idle_timeout", cfg_p_duration, LF(http.tunnel_idle_timeout_ms), 1, DMAX, NULL },
+    { "allow_underscores", cfg_p_bool, LF(http.allow_underscores), 0, 0, NULL },
 };
 static const struct cfg_table http_table = CFG_TABLE("listener http", http_keys);
 

@@ -681,6 +681,22 @@ static int wg_http_connection(struct wg_http_parser *p, const unsigned char *bas
 }
 
 /* A complete field line is in p->headers[nheaders]: record and interpret. */
+/* A '_' in a field name: eight bytes at a time (names are short; a call to
+ * memchr per field cost more than the test). */
+static bool wg_http_has_underscore(const unsigned char *s, uint32_t n)
+{
+    for (; n >= 8; s += 8, n -= 8) {
+        uint64_t x;
+        memcpy(&x, s, sizeof x);
+        if (WG_HTTP_HAS_BYTE(x, '_'))
+            return true;
+    }
+    while (n--)
+        if (*s++ == '_')
+            return true;
+    return false;
+}
+
 static int wg_http_field_done(struct wg_http_parser *p, const unsigned char *base, uint32_t off)
 {
     struct wg_http_message *m = &p->msg;
@@ -689,6 +705,8 @@ static int wg_http_field_done(struct wg_http_parser *p, const unsigned char *bas
     uint32_t cursor = 0;
 
     h->id = wg_http_hdr_lookup(base + h->name.off, h->name.len);
+    if (h->id == WG_HTTP_HDR_OTHER && !p->response && !m->underscore)
+        m->underscore = wg_http_has_underscore(base + h->name.off, h->name.len);
     switch (h->id) {
     case WG_HTTP_HDR_HOST:
         if (++p->host_count > 1)

@@ -43,6 +43,8 @@
 #define HP_ROUNDS 32                    /* pump rounds per event, for fairness */
 #define HP_LINGER_MS 2000               /* lingering close after an error */
 #define HP_HEAD_EXTRA 1024              /* room for the fields we add to a head */
+#define HP_MAX_INTERIM 16               /* interim (1xx) heads per request, then 502 */
+#define HP_CONN_TOKENS 16               /* Connection tokens kept; past them, a rescan */
 
 /* ---- buffers -------------------------------------------------------------
  * One block of bytes read from one side: [start, sent) is kept for a replay,
@@ -253,7 +255,7 @@ enum hp_rs {
 
 enum hp_deadline {
     DL_NONE, DL_IDLE, DL_HEADER, DL_BODY, DL_CONNECT, DL_RESPONSE, DL_UPSTREAM_IDLE,
-    DL_SEND, DL_TUNNEL, DL_LINGER
+    DL_SEND, DL_UPSTREAM_SEND, DL_TUNNEL, DL_LINGER
 };
 
 /* The settings of the request in progress (copied from the pinned config). */
@@ -262,6 +264,8 @@ struct hp_settings {
     uint64_t max_head, max_body;
     uint64_t connect_ms, response_ms;
     unsigned retries;
+    bool retry_non_idempotent;          /* route, else service (DESIGN §6) */
+    bool allow_underscores;             /* http.allow_underscores */
 };
 
 /* One request and its upstream attempt. Allocated with the connection (the
@@ -285,6 +289,8 @@ struct hp_req {
     bool fresh_only;                    /* next attempt on a new connection */
     bool u_eof, u_shut, up_reused, resp_started, final_sent, dechunk;
     bool upstream_keep;                 /* the response leaves the connection reusable */
+    bool sent_any;                      /* this attempt wrote request bytes upstream */
+    unsigned interim;                   /* interim (1xx) heads received */
     bool log_pending;                   /* a request to log when it ends */
     struct hp_settings t;
     struct wg_http_body rq_body;
@@ -296,6 +302,7 @@ struct hp_req {
     struct wg_http_body rs_body;
     /* deadlines and progress (ms, CLOCK_MONOTONIC) */
     uint64_t header_deadline, connect_deadline, response_deadline, upstream_progress;
+    uint64_t up_blocked_since;          /* request bytes wait for the upstream since (0: not) */
     /* the access log's view of the request */
     struct hp_buf *note;                /* method, target, request id as sent */
     struct wg_http_span note_method, note_target, note_id;
@@ -319,6 +326,7 @@ struct hp_conn {
     enum hp_rs rs;
     bool readable, writable, eof, shut;
     bool hup;                           /* EV_CLOSED seen: read until EOF */
+    bool check_reset;                   /* an event while the request waits for the upstream */
     bool need_proxy;                    /* a PROXY header must come first */
     bool tls_done;                      /* handshake complete */
     bool read_wants_write;              /* SSL_read waits for the socket to be writable */
@@ -711,6 +719,7 @@ static bool request_pin(struct hp_conn *c)
     c->r->t.idle_ms = lc->http.client_idle_timeout_ms;
     c->r->t.send_ms = lc->http.send_timeout_ms;
     c->r->t.tunnel_ms = lc->http.tunnel_idle_timeout_ms;
+    c->r->t.allow_underscores = lc->http.allow_underscores;
     c->r->t.max_head = lc->http.max_header_size;
     c->r->t.max_body = lc->http.max_body_size;
     return true;
@@ -736,7 +745,7 @@ static bool request_begin(struct hp_conn *c, uint64_t now)
     c->r->req_keep_alive = true;
     c->r->req_upgrade = c->r->req_body_done = c->r->replayable = c->r->close_after = false;
     c->r->fresh_only = c->r->up_reused = c->r->resp_started = c->r->final_sent = c->r->dechunk = false;
-    c->r->attempts = 0;
+    c->r->attempts = c->r->interim = 0;
     c->r->status = 0;
     c->end_reason = NULL;
     c->r->req_start_ns = wg_now_ns();
@@ -754,23 +763,35 @@ static bool is_name(const char *base, const struct wg_http_header *h, const char
 
 #define IS(h, lit) is_name(msg, (h), lit, sizeof lit - 1)
 
-/* Field names a Connection header lists (hop-by-hop by declaration). */
+/* Field names a Connection header lists (hop-by-hop by declaration). The
+ * first HP_CONN_TOKENS are kept; a head that lists more is rare and slow:
+ * listed() then scans its Connection fields again, so that no listed name
+ * is ever forwarded however many there are. */
 struct hp_conn_tokens {
-    struct wg_http_span v[16];
+    struct wg_http_span v[HP_CONN_TOKENS];
     unsigned n;
+    bool more;                          /* tokens past the kept ones */
+    const struct wg_http_parser *p;
 };
 
 static void connection_tokens(const struct wg_http_parser *p, const char *msg,
                               struct hp_conn_tokens *t)
 {
     t->n = 0;
-    for (unsigned i = 0; i < p->msg.nheaders; i++) {
+    t->more = false;
+    t->p = p;
+    for (unsigned i = 0; i < p->msg.nheaders && !t->more; i++) {
         if (p->headers[i].id != WG_HTTP_HDR_CONNECTION)
             continue;
         uint32_t cur = 0;
         struct wg_http_span item;
-        while (t->n < 16 && wg_http_list_next(msg, p->headers[i].value, &cur, &item))
+        while (wg_http_list_next(msg, p->headers[i].value, &cur, &item)) {
+            if (t->n == HP_CONN_TOKENS) {
+                t->more = true;
+                break;
+            }
             t->v[t->n++] = item;
+        }
     }
 }
 
@@ -779,6 +800,15 @@ static bool listed(const struct hp_conn_tokens *t, const char *msg, const struct
     for (unsigned k = 0; k < t->n; k++)
         if (wg_http_name_eq(msg + t->v[k].off, t->v[k].len, msg + h->name.off, h->name.len))
             return true;
+    for (unsigned i = 0; t->more && i < t->p->msg.nheaders; i++) {
+        if (t->p->headers[i].id != WG_HTTP_HDR_CONNECTION)
+            continue;
+        uint32_t cur = 0;
+        struct wg_http_span item;
+        while (wg_http_list_next(msg, t->p->headers[i].value, &cur, &item))
+            if (wg_http_name_eq(msg + item.off, item.len, msg + h->name.off, h->name.len))
+                return true;
+    }
     return false;
 }
 
@@ -845,6 +875,31 @@ static bool ours(const char *msg, const struct wg_http_header *h)
            (h->name.len > 14 && wg_http_name_eq(msg + h->name.off, 14, "x-client-cert-", 14));
 }
 
+/* A field name with '_' (DESIGN §10): dropped unless http.allow_underscores,
+ * and never forwarded when it is an '_' spelling of a field waygate sets or
+ * strips itself (CGI-style stacks read X_Forwarded_For as X-Forwarded-For). */
+static bool underscored(const char *msg, const struct wg_http_header *h, bool allow)
+{
+    const char *n = msg + h->name.off;
+    if (!memchr(n, '_', h->name.len))
+        return false;
+    if (!allow)
+        return true;
+    char d[24];                         /* the '-' spelling of its first bytes */
+    size_t len = h->name.len < sizeof d ? h->name.len : sizeof d;
+    for (size_t k = 0; k < len; k++)
+        d[k] = n[k] == '_' ? '-' : n[k];
+    static const struct { const char *s; size_t n; bool prefix; } own[] = {
+        { "x-forwarded-", 12, true }, { "x-client-cert-", 14, true }, { "x-real-ip", 9, false },
+        { "forwarded", 9, false }, { "x-request-id", 12, false },
+    };
+    for (size_t k = 0; k < sizeof own / sizeof own[0]; k++)
+        if ((own[k].prefix ? h->name.len > own[k].n : h->name.len == own[k].n) &&
+            wg_http_name_eq(d, own[k].n, own[k].s, own[k].n))
+            return true;
+    return false;
+}
+
 static void put_field(struct hp_out *o, const char *msg, const struct wg_http_header *h)
 {
     put_span(o, msg, h->name);
@@ -891,7 +946,9 @@ static bool build_upstream_head(struct hp_conn *c, const struct wg_http_parser *
     }
     for (unsigned i = 0; i < m->nheaders; i++) {
         const struct wg_http_header *h = &p->headers[i];
-        if (hop_by_hop(&tok, msg, h, m->upgrade) || (absolute && h->id == WG_HTTP_HDR_HOST))
+        if (hop_by_hop(&tok, msg, h, m->upgrade) || (absolute && h->id == WG_HTTP_HDR_HOST) ||
+            (m->underscore && h->id == WG_HTTP_HDR_OTHER &&
+             underscored(msg, h, c->r->t.allow_underscores)))
             continue;
         if (ours(msg, h)) {
             n_xff += IS(h, "x-forwarded-for");
@@ -994,6 +1051,9 @@ static unsigned request_route(struct hp_conn *c, const struct wg_http_parser *p,
     c->r->t.response_ms = c->r->route->response_timeout_ms >= 0 ? (uint64_t)c->r->route->response_timeout_ms
                                                           : svc->cfg->response_timeout_ms;
     c->r->t.retries = c->r->route->retries >= 0 ? (unsigned)c->r->route->retries : svc->cfg->retries;
+    c->r->t.retry_non_idempotent = c->r->route->retry_non_idempotent >= 0
+                                   ? c->r->route->retry_non_idempotent > 0
+                                   : svc->cfg->retry_non_idempotent;
     wg_pick_init(&c->r->pick, svc, &c->w->rng, NULL);
     pick_key(c, p, msg);
     return 0;
@@ -1325,21 +1385,30 @@ static void rewind_request(struct hp_conn *c)
     c->rs = RS_NONE;
 }
 
+/* DESIGN §6: may the request go out again? Its bytes must still be kept,
+ * and once some of them reached an upstream (which may have acted on
+ * them), only an idempotent method goes again, unless the route or service
+ * sets retry_non_idempotent. */
+static bool may_replay(const struct hp_conn *c)
+{
+    return c->r->replayable && (!c->r->sent_any || wg_http_method_idempotent(c->r->method) ||
+                                c->r->t.retry_non_idempotent);
+}
+
 /* This attempt failed: the next untried instance, or `status`. */
 static void retry_or_fail(struct hp_conn *c, unsigned status)
 {
     release_upstream(c);
     release_instance(c);
-    if (c->r->attempts > c->r->t.retries || !c->r->replayable) {
+    if (c->r->attempts > c->r->t.retries || !may_replay(c)) {
         wg_info("msg=\"upstream attempts failed\" listener=%s service=%s client=%s attempts=%u "
                 "status=%u", c->r->lc ? c->r->lc->name : c->l->name, c->r->svc->name, c->client_ip,
                 c->r->attempts, status);
         fail_upstream(c, status);
         return;
     }
-    wg_stats_add(c->w->stats, WG_C_RETRIES, 1);
     rewind_request(c);
-    upstream_start(c);
+    upstream_start(c);                  /* counts a retry if it finds an instance */
 }
 
 static void connect_failed(struct hp_conn *c, int err)
@@ -1368,6 +1437,8 @@ static void upstream_attach(struct hp_conn *c)
                         : wg_upstream_pool_get(c->loc->pool, c->r->inst, c, upstream_event);
     c->r->up_reused = u != NULL;
     c->r->fresh_only = false;
+    c->r->sent_any = false;
+    c->r->up_blocked_since = 0;
     if (u) {
         wg_stats_add(c->w->stats, WG_C_HTTP_UPSTREAM_REUSED, 1);
     } else {
@@ -1407,6 +1478,8 @@ static void upstream_start(struct hp_conn *c)
             conn_kill(c);
         return;
     }
+    if (c->r->attempts)
+        wg_stats_add(c->w->stats, WG_C_RETRIES, 1);
     struct wg_instance *i = m->inst;
     wg_instance_ref(i);
     atomic_fetch_add_explicit(&i->active, 1, memory_order_relaxed);
@@ -1472,15 +1545,17 @@ static void upstream_connect_done(struct hp_conn *c)
 static void upstream_lost(struct hp_conn *c)
 {
     bool stale = c->r->up_reused && (!c->r->uin || c->r->uin->end == 0);
-    if (stale && c->r->replayable) {
+    if (stale)
         wg_stats_add(c->w->stats, WG_C_HTTP_UPSTREAM_STALE, 1);
+    if (stale && may_replay(c)) {
         release_upstream(c);
         rewind_request(c);
         c->r->fresh_only = true;
         upstream_start(c);
         return;
     }
-    report_failure(c, WG_FAIL_HTTP_5XX);
+    if (!stale)                         /* a pooled connection that died is not the instance's fault */
+        report_failure(c, WG_FAIL_HTTP_5XX);
     retry_or_fail(c, 502);
 }
 
@@ -1519,6 +1594,22 @@ static void in_make_room(struct hp_conn *c)
     buf_compact(b);
 }
 
+/* The client went away while its request waits for the upstream (which is
+ * not reading it, so neither are we): a reset is seen on the socket (one
+ * getsockopt, only for an event that came in that state), not in a read
+ * that backpressure holds back. A FIN waits behind the unread bytes and is
+ * left to the send deadline. */
+static bool client_reset(struct hp_conn *c)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err == 0)
+        return false;
+    c->end_reason = "client_closed";
+    conn_kill(c);
+    return true;
+}
+
 /* Request body (or tunnel bytes) client -> upstream, with backpressure:
  * the client is read only into the room the upstream has made. */
 static void request_body_step(struct hp_conn *c, bool *progress)
@@ -1551,9 +1642,17 @@ static void request_body_step(struct hp_conn *c, bool *progress)
         return;
     }
     *progress |= n > 0;
+    c->r->sent_any |= n > 0;
     if (b && !c->r->replayable)
         b->start = b->sent;
     bool flushed = (!c->r->uout || c->r->uout->sent == c->r->uout->end) && (!b || b->sent == b->fwd);
+    if (flushed)                        /* the send deadline (DL_UPSTREAM_SEND) */
+        c->r->up_blocked_since = 0;
+    else if (n > 0 || !c->r->up_blocked_since)
+        c->r->up_blocked_since = wg_now_ms();
+    if (!flushed && c->check_reset && c->rq == RQ_BODY && client_reset(c))
+        return;
+    c->check_reset = false;
     if (c->r->req_body_done && flushed) {
         if (c->rq == RQ_BODY) {
             c->rq = RQ_SENT;
@@ -1656,6 +1755,9 @@ static void response_final(struct hp_conn *c, const struct wg_http_parser *p, co
 static void response_head_step(struct hp_conn *c, bool *progress)
 {
     struct hp_buf *b = c->r->uin;
+    if (c->out && c->out->sent < c->out->end)
+        return;                         /* an interim head still goes to the client: the
+                                           upstream is not read faster than it drains */
     if (!b || b->scan == b->end) {
         if (upstream_read(c) > 0) {
             *progress = true;
@@ -1699,6 +1801,13 @@ static void response_head_step(struct hp_conn *c, bool *progress)
         return;
     }
     const char *msg = b->data + b->start;
+    if (c->r->rhead->p.msg.interim && ++c->r->interim > HP_MAX_INTERIM) {
+        wg_info("msg=\"too many interim responses\" service=%s upstream=%s", c->r->svc->name,
+                c->r->inst->id);
+        report_failure(c, WG_FAIL_HTTP_5XX);
+        fail_upstream(c, 502);
+        return;
+    }
     if (c->r->rhead->p.msg.interim) {      /* 100, 103: forwarded, the final one follows */
         if (!c->r->http10 && !build_client_head(c, &c->r->rhead->p, msg, used, false)) {
             conn_kill(c);
@@ -1822,7 +1931,7 @@ static void request_end(struct hp_conn *c)
 {
     log_request(c, c->end_reason);
     bool reuse = c->r->up && c->r->upstream_keep && c->rq == RQ_SENT && !c->r->u_eof &&
-                 (!c->r->uin || c->r->uin->scan == c->r->uin->end);
+                 !c->r->up->hup && (!c->r->uin || c->r->uin->scan == c->r->uin->end);
     if (reuse) {
         wg_upstream_pool_put(c->r->up, c->r->svc->cfg->upstream.max_idle,
                              c->r->svc->cfg->upstream.idle_timeout_ms);
@@ -2022,6 +2131,8 @@ static uint64_t next_deadline(const struct hp_conn *c, enum hp_deadline *kind)
         CANDIDATE(c->r->upstream_progress + c->r->t.response_ms, DL_UPSTREAM_IDLE);
     if (c->blocked_since)
         CANDIDATE(c->blocked_since + c->r->t.send_ms, DL_SEND);
+    if (c->r->up_blocked_since && c->rq == RQ_BODY && c->r->up)
+        CANDIDATE(c->r->up_blocked_since + c->r->t.send_ms, DL_UPSTREAM_SEND);
 #undef CANDIDATE
     return d;
 }
@@ -2046,6 +2157,12 @@ static void on_timeout(struct hp_conn *c, enum hp_deadline kind)
         connect_failed(c, 0);
         break;
     case DL_RESPONSE:
+        report_failure(c, WG_FAIL_TIMEOUT);
+        fail_upstream(c, 504);
+        break;
+    case DL_UPSTREAM_SEND:              /* the upstream stopped reading the request */
+        wg_info("msg=\"upstream stopped reading the request\" service=%s upstream=%s",
+                c->r->svc->name, c->r->inst->id);
         report_failure(c, WG_FAIL_TIMEOUT);
         fail_upstream(c, 504);
         break;
@@ -2130,6 +2247,8 @@ static void client_event(evutil_socket_t fd, short what, void *arg)
     }
     if (what & EV_CLOSED)
         c->readable = c->hup = true;
+    if (c->r && c->r->up_blocked_since)   /* a reset says nothing else while we do not read */
+        c->check_reset = true;
     conn_pump(c);
 }
 

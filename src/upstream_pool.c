@@ -127,6 +127,20 @@ static bool reusable(const struct wg_upconn *u, uint64_t now)
     return wg_health_conn_reusable(u->inst, u->health_gen) && now < u->idle_until_ms;
 }
 
+/* Nothing came from the peer since the connection was parked: no FIN, no
+ * reset, no stray byte. The event state says so for what epoll reported;
+ * one MSG_PEEK catches what arrived since (a FIN in flight while the loop
+ * served other events), so that a request is not sent into a dead
+ * connection and then unable to be replayed (DESIGN §6). */
+static bool peer_quiet(const struct wg_upconn *u)
+{
+    char b;
+    if (u->hup)
+        return false;
+    ssize_t n = recv(u->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
 static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct wg_upstream_pool *p = arg;
@@ -234,7 +248,7 @@ struct wg_upconn *wg_upstream_pool_get(struct wg_upstream_pool *p, struct wg_ins
         struct wg_upconn *u = l->head;
         bool last = l->n == 1;
         idle_unlink(p, u);              /* may free l when it was the last */
-        if (reusable(u, now)) {
+        if (reusable(u, now) && peer_quiet(u)) {
             u->owner = owner;
             u->on_event = on_event;
             u->requests++;
@@ -251,7 +265,8 @@ void wg_upstream_pool_put(struct wg_upconn *u, unsigned max_idle, uint64_t idle_
 {
     struct wg_upstream_pool *p = u->pool;
     struct wg_upstream_idle **s = list_slot(p, u->inst), *l = *s;
-    if (max_idle == 0 || idle_timeout_ms == 0 || wg_instance_health(u->inst) != WG_HEALTH_HEALTHY)
+    if (max_idle == 0 || idle_timeout_ms == 0 || u->hup ||
+        wg_instance_health(u->inst) != WG_HEALTH_HEALTHY)
         goto close;
     if (!l) {
         if (!(l = calloc(1, sizeof *l)))

@@ -66,6 +66,7 @@ struct wg_service_config {
     uint64_t connect_timeout_ms;
     uint64_t response_timeout_ms;
     unsigned retries;
+    bool retry_non_idempotent;      /* retry POST, PATCH, ... after bytes reached an upstream */
     unsigned panic_threshold;       /* percent, 0 = off */
     unsigned max_connections;       /* per instance, 0 = unlimited */
     uint64_t drain_timeout_ms;      /* 0 = never */
@@ -118,6 +119,7 @@ struct wg_route {
     bool strip_prefix;
     int64_t response_timeout_ms;    /* -1 = the service's */
     int retries;                    /* -1 = the service's */
+    int8_t retry_non_idempotent;    /* -1 = the service's, else 0 / 1 */
     unsigned line;                  /* for logs */
 };
 
@@ -141,6 +143,7 @@ struct wg_listener_config {
         uint64_t client_idle_timeout_ms;
         uint64_t send_timeout_ms;
         uint64_t tunnel_idle_timeout_ms;
+        bool allow_underscores;     /* forward field names containing '_' */
     } http;
     struct {
         bool enabled;               /* certificates present */

@@ -190,6 +190,9 @@ struct wg_http_message {
                                            response: 101 to such a request */
     bool interim;                       /* response 1xx other than 101: a final
                                            response follows (wg_http_parser_reset) */
+    bool underscore;                    /* request: some field name contains '_' (a
+                                           proxy that drops such names checks each
+                                           only then) */
     enum wg_http_framing framing;
 };
 

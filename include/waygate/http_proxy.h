@@ -24,20 +24,30 @@
  *  - Heads are rewritten in one pass (DESIGN §10): hop-by-hop fields
  *    removed, X-Forwarded-For appended, X-Forwarded-Proto/-Host set,
  *    X-Request-Id generated when absent, X-Client-Cert-* stripped, Host
- *    passed through, absolute-form targets sent in origin form.
+ *    passed through, absolute-form targets sent in origin form. Request
+ *    field names with '_' are dropped unless http.allow_underscores, and
+ *    the '_' spellings of the fields waygate sets are dropped always.
+ *    Every field a Connection header names is hop-by-hop, however many.
+ *  - Interim (1xx) heads: at most 16 per request (then 502); the upstream
+ *    is not read while one still waits for the client.
  *  - Each request pins the config current when its first byte arrives (its
  *    listener's routes and http settings) and the service version it was
  *    routed to; instance->active counts it while in flight.
  *  - Retries (DESIGN §6) go to instances not yet tried, up to the route's or
- *    service's `retries`: on connect failure or connect_timeout, and, for
- *    idempotent requests or bodies still held whole, on a reset or EOF before
- *    the first response byte. A stale pooled connection is retried for free
- *    on a new connection. Nothing is retried once a byte reached the client.
+ *    service's `retries`: on connect failure or connect_timeout (any
+ *    method), and on a reset or EOF before the first response byte when the
+ *    body is still held whole and the method is idempotent (or the route or
+ *    service sets retry_non_idempotent). A stale pooled connection is retried
+ *    for free on a new connection, under the same method rule. Nothing is
+ *    retried once a byte reached the client. An upstream connection that saw
+ *    its peer's FIN or reset is never pooled.
  *  - Timeouts are deadlines: client_header_timeout from the request's first
  *    byte (408), client_idle_timeout between requests, response_timeout from
  *    the end of the request (504 before any response byte, else close),
- *    connect_timeout per attempt. client_body_timeout, send_timeout and
- *    tunnel_idle_timeout bound a period without progress.
+ *    connect_timeout per attempt. client_body_timeout, send_timeout (both
+ *    toward the client and toward the upstream: 504 before any response
+ *    byte) and tunnel_idle_timeout bound a period without progress. A client
+ *    reset is seen while its request waits for a non-reading upstream.
  *  - Errors are answered with a short text body (DESIGN §13) and, for
  *    anything malformed, the connection is closed after a lingering close.
  */

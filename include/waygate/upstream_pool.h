@@ -17,6 +17,9 @@
  *    reuse and by the sweep, with health.h's wg_health_conn_reusable: also
  *    when it went down and came back meanwhile), and when its peer closes
  *    it or sends anything while idle (seen as soon as the event arrives).
+ *  - A connection whose peer's FIN or reset was already seen (u->hup) is
+ *    never parked; taking one checks with one recv(MSG_PEEK) that nothing
+ *    arrived since it was parked (a FIN that epoll has not reported yet).
  *  - wg_upstream_pool_get() returns the most recently parked connection
  *    (warm, least likely to have been closed by the peer's own timer).
  *  - A connection handed out may still turn out stale (the peer's FIN was

@@ -1,7 +1,7 @@
 """Upstream responses get the request parser's scrutiny (DESIGN §10): a
 malformed head is a 502 when nothing was forwarded yet; a reset before the
-response is retried on another instance; hash_key routes by header and
-cookie."""
+response is retried on another instance (an idempotent request: DESIGN §6);
+hash_key routes by header and cookie."""
 
 import collections
 import socket
@@ -77,7 +77,7 @@ def test_reset_before_response_retried_on_another_instance():
             wg, _ = start(h, instances={"users": [bad.instance("bad"), good.instance("good")]},
                           service_defaults={"retries": 1})
             for _ in range(6):
-                r = http_request(wg.port(), method="POST", path="/", body=b"abc")
+                r = http_request(wg.port(), method="PUT", path="/", body=b"abc")
                 assert r.status == 200 and r.body == b"good", r
             assert bad.requests >= 1, "the resetting instance was never tried"
     finally:
