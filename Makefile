@@ -11,7 +11,7 @@ BENCH_PACKAGES = haproxy nginx-light libnginx-mod-stream wrk iperf3
 FUZZ_PACKAGES  = clang libclang-rt-14-dev
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps test-deps apt-optional build test unit asan tsan fuzz demo bench clean check-config dashboard-shot
+.PHONY: all deps test-deps apt-optional build test unit asan tsan fuzz soak demo bench clean check-config dashboard-shot
 
 all: build
 
@@ -63,6 +63,19 @@ tsan: deps
 	       -DWAYGATE_SANITIZE=thread >/dev/null
 	@cmake --build build-tsan -j $(JOBS) --target check_reclaim
 	@TSAN_OPTIONS=halt_on_error=1 ./build-tsan/check_reclaim
+
+# The soak test under faults (tests/integration/test_soak.py; `make test`
+# runs it for 60 s): SOAK_SECONDS of wrk load while backends, etcd members
+# and configurations fail; SOAK_SEED replays a fault order. Prints its account.
+SOAK_SECONDS ?= 600
+SOAK_SEED    ?=
+soak: build
+	@rm -f $(BUILD)/soak-report.txt
+	@WAYGATE_SOAK_SECONDS=$(SOAK_SECONDS) WAYGATE_SOAK_SEED=$(SOAK_SEED) \
+	 WAYGATE_SOAK_REPORT=$(abspath $(BUILD))/soak-report.txt \
+	 python3 tests/run --build $(BUILD) --integration-only --filter test_soak.py \
+	   --timeout $$(( $(SOAK_SECONDS) + 600 )); rc=$$?; \
+	 cat $(BUILD)/soak-report.txt 2>/dev/null; exit $$rc
 
 FUZZ_SECONDS ?= 60
 fuzz: deps

@@ -7,6 +7,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <openssl/x509v3.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -223,6 +224,49 @@ static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
     return SSL_TLSEXT_ERR_OK;
 }
 
+/* The session id context of a listener: SHA-256 over its name, its verify
+ * mode and the bytes of its client CA file. OpenSSL refuses to resume (fatal
+ * internal_error) on a context that verifies peers but has none, and ticket
+ * keys are process-wide: with a context per listener and per trust setting,
+ * a ticket issued where no client certificate was asked for (or under
+ * another CA) gets a full handshake instead of resuming. */
+static int set_session_id_context(SSL_CTX *ctx, const struct wg_listener_config *lc,
+                                  bool verifies, struct wg_errors *errs)
+{
+    unsigned char out[SHA256_DIGEST_LENGTH];
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int rc = -1;
+    if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+        openssl_error(errs, lc->name, "session id context");
+        goto out;
+    }
+    unsigned char mode = verifies ? (unsigned char)lc->tls.verify : 0;
+    EVP_DigestUpdate(md, lc->name, strlen(lc->name) + 1);
+    EVP_DigestUpdate(md, &mode, 1);
+    if (verifies) {
+        FILE *f = fopen(lc->tls.client_ca, "rb");
+        if (!f) {
+            wg_errors_add(errs, "%s: cannot read client CA: %s", lc->tls.client_ca,
+                          strerror(errno));
+            goto out;
+        }
+        unsigned char buf[4096];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+            EVP_DigestUpdate(md, buf, n);
+        fclose(f);
+    }
+    unsigned int len = 0;
+    if (EVP_DigestFinal_ex(md, out, &len) == 1 &&
+        SSL_CTX_set_session_id_context(ctx, out, len) == 1)
+        rc = 0;
+    else
+        openssl_error(errs, lc->name, "session id context");
+out:
+    EVP_MD_CTX_free(md);
+    return rc;
+}
+
 static SSL_CTX *server_ctx_new(const struct wg_listener_config *lc, bool alpn_http,
                                struct wg_tls_server *s, struct wg_errors *errs)
 {
@@ -243,7 +287,12 @@ static SSL_CTX *server_ctx_new(const struct wg_listener_config *lc, bool alpn_ht
     SSL_CTX_set_tlsext_servername_arg(ctx, s);
     if (alpn_http)
         SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
-    if (lc->tls.client_ca && *lc->tls.client_ca && lc->tls.verify != WG_VERIFY_NONE) {
+    bool verifies = lc->tls.client_ca && *lc->tls.client_ca && lc->tls.verify != WG_VERIFY_NONE;
+    if (set_session_id_context(ctx, lc, verifies, errs) < 0) {
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    if (verifies) {
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(lc->tls.client_ca);
         if (!names || SSL_CTX_load_verify_locations(ctx, lc->tls.client_ca, NULL) != 1) {
             openssl_error(errs, lc->tls.client_ca, "cannot load client CA");

@@ -13,8 +13,11 @@
  *    OpenSSL picks the one the client supports.
  *  - Secure defaults: TLS 1.2+ (min_version), no renegotiation, no
  *    compression, server cipher preference; session resumption by stateless
- *    tickets whose keys rotate in-process (no locked session cache); dirty
- *    shutdown (no close_notify) is a normal end of stream.
+ *    tickets whose keys rotate in-process (no locked session cache). A
+ *    ticket resumes only on the listener that issued it, under the same
+ *    verify mode and client CA (a per-listener session id context), with
+ *    or without client certificates; dirty shutdown (no close_notify) is a
+ *    normal end of stream.
  *  - Every I/O call clears the thread's error queue first and maps OpenSSL's
  *    results to WANT_READ / WANT_WRITE / EOF / ERROR.
  *  - Client contexts (upstreams, etcd) verify the chain AND the name:

@@ -108,25 +108,27 @@ def test_min_version_13_refuses_12():
             pass
 
 
+def s_client(port, args, ca, sni="a.test"):
+    """openssl s_client against 127.0.0.1:port. stdin stays open a moment: a
+    TLS 1.3 ticket arrives after the handshake, and s_client with a closed
+    stdin may quit before it."""
+    p = subprocess.Popen(["openssl", "s_client", "-connect", "127.0.0.1:%d" % port,
+                          "-servername", sni, "-CAfile", ca] + args,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    out, err = p.communicate(b"", timeout=20)
+    return subprocess.CompletedProcess(args, p.returncode, out, err)
+
+
 def test_session_ticket_resumption():
     with Harness() as h:
         pki = shared()
         b, wg = start(h, pki, [pki.leaf("a", ["a.test"])])
         sess = h.path("sess.pem")
-        base = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % wg.port(),
-                "-servername", "a.test", "-CAfile", pki.ca]
-        def s_client(args):
-            # stdin stays open a moment: a TLS 1.3 ticket arrives after the
-            # handshake, and s_client with a closed stdin may quit before it.
-            p = subprocess.Popen(base + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE)
-            time.sleep(0.5)
-            out, err = p.communicate(b"", timeout=20)
-            return subprocess.CompletedProcess(args, p.returncode, out, err)
         for v in ("-tls1_2", "-tls1_3"):
-            first = s_client([v, "-sess_out", sess])
+            first = s_client(wg.port(), [v, "-sess_out", sess], pki.ca)
             assert first.returncode == 0, first.stderr
-            again = s_client([v, "-sess_in", sess, "-msg"])
+            again = s_client(wg.port(), [v, "-sess_in", sess, "-msg"], pki.ca)
             assert b"Reused" in again.stdout, "%s session not resumed:\n%s" % (
                 v, again.stdout.decode(errors="replace")[-2000:])
             if v == "-tls1_3":
@@ -135,6 +137,70 @@ def test_session_ticket_resumption():
                 # every other handshake is a full one (wrk showed it).
                 assert b"NewSessionTicket" in again.stdout, again.stdout.decode(
                     errors="replace")[-3000:]
+
+
+def test_resumption_with_client_certificates():
+    """mTLS listeners (verify optional and required, tcp and http) resume a
+    session on TLS 1.2 and 1.3; before a session id context was set, OpenSSL
+    answered every resumption there with a fatal internal_error alert."""
+    with Harness() as h:
+        pki = shared()
+        client = pki.leaf("client", cn="client-1", client=True)
+        cert = ["-cert", client[0], "-key", client[1]]
+        leaf = [pki.leaf("a", ["a.test"])]
+        listeners = []
+        for verify in ("optional", "required"):
+            t = tls_listener(leaf, client_ca=pki.ca, verify=verify)
+            t["name"] = "t-" + verify
+            w = https_listener(leaf, client_ca=pki.ca, verify=verify)
+            w["name"] = "web-" + verify
+            listeners += [t, w]
+        b = h.backend("name", name="a")
+        wg = h.waygate(listeners=listeners, instances={"users": [b.instance()]})
+        for name in [l["name"] for l in listeners]:
+            for v in ("-tls1_2", "-tls1_3"):
+                sess = h.path("%s%s.pem" % (name, v))
+                first = s_client(wg.port(name), [v, "-sess_out", sess] + cert, pki.ca)
+                assert first.returncode == 0 and b"New," in first.stdout, (name, v, first.stderr)
+                again = s_client(wg.port(name), [v, "-sess_in", sess] + cert, pki.ca)
+                assert b"Reused" in again.stdout, "%s %s: not resumed:\n%s%s" % (
+                    name, v, again.stdout.decode(errors="replace")[-1500:],
+                    again.stderr.decode(errors="replace")[-1000:])
+        assert "internal error" not in wg.stderr_text().lower()
+        assert wg.alive()
+
+
+def test_ticket_does_not_cross_into_an_mtls_listener():
+    """Ticket keys are process-wide: a ticket from listener `open` (no client
+    certificate) presented to listener `mtls` (verify required) gets a full
+    handshake, which asks for a certificate, never a resumed session."""
+    with Harness() as h:
+        pki = shared()
+        client = pki.leaf("client", cn="client-1", client=True)
+        leaf = [pki.leaf("a", ["a.test"])]
+        b = h.backend("name", name="a")
+        o = tls_listener(leaf)
+        o["name"] = "open"
+        m = tls_listener(leaf, client_ca=pki.ca, verify="required")
+        m["name"] = "mtls"
+        wg = h.waygate(listeners=[o, m], instances={"users": [b.instance()]})
+        for v in ("-tls1_2", "-tls1_3"):
+            sess = h.path("open%s.pem" % v)
+            first = s_client(wg.port("open"), [v, "-sess_out", sess], pki.ca)
+            assert first.returncode == 0 and b"New," in first.stdout, first.stderr
+            # With a client certificate: a full handshake that succeeds.
+            full = s_client(wg.port("mtls"), [v, "-sess_in", sess, "-cert", client[0],
+                                              "-key", client[1]], pki.ca)
+            out = full.stdout.decode(errors="replace")
+            assert "Reused" not in out, "%s: open's ticket resumed on mtls" % v
+            assert "New," in out and full.returncode == 0, "%s: no full handshake:\n%s%s" % (
+                v, out[-1500:], full.stderr.decode(errors="replace")[-1000:])
+            # Without one: refused, never served from the open listener's session.
+            bare = s_client(wg.port("mtls"), [v, "-sess_in", sess], pki.ca)
+            text = bare.stdout.decode(errors="replace") + bare.stderr.decode(errors="replace")
+            assert "Reused" not in text, "%s: resumed without a client certificate" % v
+            assert "alert" in text and "certificate required" in text or \
+                "handshake failure" in text, "%s: not refused:\n%s" % (v, text[-2000:])
 
 
 def test_required_client_certificate():

@@ -40,7 +40,9 @@
  *                                 request
  *             /slow?ms=N          waits N ms (a timer, not a sleep), then
  *                                 answers like any other path
- *             /stats              {"accepted":N,"requests":N,"active":N}
+ *             /stats              {"accepted":N,"requests":N,"active":N,"served":N}
+ *                                 (served: requests other than /health,
+ *                                 /stats and /control/health)
  *             /request            body = the request head exactly as received
  *             /status/N           answers status N, body NAME
  *             /close              closes without a response
@@ -118,6 +120,7 @@ static struct {
     int64_t listen_paused_until;    /* after EMFILE */
     uint64_t next_id;
     uint64_t accepted, requests, active;
+    uint64_t served;                /* requests but /health, /stats, /control/health */
     unsigned timers;                /* connections with a deadline */
     struct conn *all;
 } g = { .name = "backend", .seed = 1, .health_status = 200, .listen_fd = -1 };
@@ -689,6 +692,9 @@ static bool start_request(struct conn *c, size_t hlen)
         r->body_done = true;
     }
     c->hstate = H_REQ;
+    if (strcmp(ph.path, "/health") != 0 && strcmp(ph.path, "/stats") != 0 &&
+        strcmp(ph.path, "/control/health") != 0)
+        g.served++;
 
     if (strcmp(ph.path, "/reset") == 0) {
         conn_reset(c);
@@ -746,10 +752,11 @@ static bool start_request(struct conn *c, size_t hlen)
         g.health_status = (int)v;
         ok = queue_response(c, 200, "ok", 2);
     } else if (strcmp(ph.path, "/stats") == 0) {
-        char body[160];
+        char body[200];
         int n = snprintf(body, sizeof body,
-                         "{\"accepted\":%" PRIu64 ",\"requests\":%" PRIu64 ",\"active\":%" PRIu64 "}",
-                         g.accepted, g.requests, g.active);
+                         "{\"accepted\":%" PRIu64 ",\"requests\":%" PRIu64 ",\"active\":%" PRIu64
+                         ",\"served\":%" PRIu64 "}",
+                         g.accepted, g.requests, g.active, g.served);
         ok = queue_response(c, 200, body, (size_t)n);
     } else if (strcmp(ph.path, "/request") == 0) {
         ok = queue_response(c, 200, h, hlen);
