@@ -493,6 +493,8 @@ static const struct {
       "HTTP requests sent on a pooled keep-alive upstream connection." },
     { WG_C_HTTP_UPSTREAM_STALE, "waygate_http_upstream_stale_total",
       "Pooled upstream connections found closed when reused (retried for free)." },
+    { WG_C_PROXY_UNTRUSTED, "waygate_proxy_protocol_untrusted_total",
+      "Connections to proxy_protocol listeners closed because the peer is not in trusted_proxies." },
     { WG_C_HTTP_TIMEOUTS, "waygate_http_timeouts_total",
       "HTTP requests ended by a timeout (408, 504, or a close)." },
     { WG_C_TLS_HANDSHAKES, "waygate_tls_handshakes_total",

@@ -542,6 +542,7 @@ static const struct cfg_key top_keys[] = {
     { "max_connections", cfg_p_u64, CF(max_connections), 1, 10000000, NULL },
     { "startup_timeout", cfg_p_duration, CF(startup_timeout_ms), 0, DMAX, NULL },
     { "shutdown_timeout", cfg_p_duration, CF(shutdown_timeout_ms), 0, DMAX, NULL },
+    { "trusted_proxies", cfg_p_cidrs, CF(trusted_proxies), 0, 0, NULL },
     { "log", cfg_p_map, 0, 0, 0, &log_table },
     { "admin", p_admin, 0, 0, 0, NULL },
     { "registry", p_registry, 0, 0, 0, NULL },
@@ -725,6 +726,7 @@ void wg_config_free(struct wg_config *cfg)
         return;
     free(cfg->path);
     free(cfg->user);
+    free(cfg->trusted_proxies.v);
     free(cfg->log.access_log);
     str_list_free(cfg->registry.etcd.endpoints, cfg->registry.etcd.n_endpoints);
     str_list_free(cfg->registry.etcd.prefixes, cfg->registry.etcd.n_prefixes);
@@ -744,6 +746,12 @@ void wg_config_free(struct wg_config *cfg)
         cfg_listener_free(&cfg->listeners[i]);
     free(cfg->listeners);
     free(cfg);
+}
+
+const struct wg_cidr_list *wg_listener_trusted(const struct wg_config *cfg,
+                                               const struct wg_listener_config *lc)
+{
+    return lc->trusted_proxies.set ? &lc->trusted_proxies : &cfg->trusted_proxies;
 }
 
 static int service_key_cmp(const void *key, const void *elem)

@@ -293,3 +293,33 @@ void cfg_p_status(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cf
     if (why)
         cfg_error(c, v, "%s: %s, got '%.80s'", k->name, why, s);
 }
+
+void cfg_p_cidrs(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    struct wg_cidr_list *l = FIELD(base, k, struct wg_cidr_list);
+    size_t n = v->type == YAML_SEQUENCE_NODE ? wg_yaml_seq_len(v) : 0;
+
+    if (v->type != YAML_SEQUENCE_NODE) {
+        cfg_error(c, v, "%s: expected a list of addresses or CIDR ranges", k->name);
+        return;
+    }
+    free(l->v);
+    l->v = NULL;
+    l->n = 0;
+    l->set = true;
+    if (n == 0)
+        return;
+    if (!(l->v = calloc(n, sizeof *l->v))) {
+        wg_yaml_oom(&c->y);
+        return;
+    }
+    for (size_t i = 0; i < n && !c->y.aborted; i++) {
+        yaml_node_t *item = wg_yaml_seq_item(&c->y, v, i);
+        const char *t = item ? cfg_text(c, item, k->name) : NULL;
+        const char *why = t ? wg_cidr_parse(t, &l->v[l->n]) : NULL;
+        if (why)
+            cfg_error(c, item, "%s: '%.80s': %s", k->name, t, why);
+        else if (t)
+            l->n++;
+    }
+}

@@ -454,6 +454,7 @@ static const struct cfg_key listener_keys[] = {
     { "mode", cfg_p_enum, LF(mode), 0, 0, mode_names },
     { "service", p_service_ref, LF(service), 0, 0, NULL },
     { "proxy_protocol", cfg_p_bool, LF(proxy_protocol), 0, 0, NULL },
+    { "trusted_proxies", cfg_p_cidrs, LF(trusted_proxies), 0, 0, NULL },
     { "idle_timeout", cfg_p_duration, LF(idle_timeout_ms), 1, DMAX, NULL },
     { "http", cfg_p_map, 0, 0, 0, &http_table },
     { "tls", p_listener_tls, 0, 0, 0, NULL },
@@ -472,6 +473,7 @@ void cfg_listener_free(struct wg_listener_config *l)
     free(l->tls.certificates);
     free(l->tls.client_ca);
     free(l->tls.redirect_http);
+    free(l->trusted_proxies.v);
     for (size_t i = 0; i < l->n_routes; i++)
         route_free(&l->routes[i]);
     free(l->routes);

@@ -85,6 +85,7 @@ int cfg_enum(struct cfg_ctx *c, yaml_node_t *v, const char *key, const char *con
 /* With check_files: "cannot open 'x': <strerror>" unless x is a readable file. */
 void cfg_check_file(struct cfg_ctx *c, yaml_node_t *v, const char *path);
 
+cfg_parse_fn cfg_p_cidrs;         /* a list of CIDRs into a struct wg_cidr_list */
 cfg_parse_fn cfg_p_str, cfg_p_file, cfg_p_bool, cfg_p_unsigned, cfg_p_u16, cfg_p_u64,
     cfg_p_duration, cfg_p_size, cfg_p_addr, cfg_p_enum, cfg_p_map, cfg_p_status;
 

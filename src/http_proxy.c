@@ -290,6 +290,9 @@ struct hp_req {
     bool u_eof, u_shut, up_reused, resp_started, final_sent, dechunk;
     bool upstream_keep;                 /* the response leaves the connection reusable */
     bool sent_any;                      /* this attempt wrote request bytes upstream */
+    bool peer_trusted;                  /* the peer is in trusted_proxies (DESIGN §10) */
+    const char *client;                 /* the client address: c->client_ip or real_ip */
+    char real_ip[INET6_ADDRSTRLEN];     /* from X-Forwarded-For, behind a trusted peer */
     unsigned interim;                   /* interim (1xx) heads received */
     bool log_pending;                   /* a request to log when it ends */
     struct hp_settings t;
@@ -342,7 +345,8 @@ struct hp_conn {
     uint64_t blocked_since;             /* output to the client waits since (0: not) */
     uint64_t armed_ms;                  /* the timer's deadline, 0 when not armed */
     uint64_t idle_deadline, linger_deadline, client_progress;
-    char client_ip[INET6_ADDRSTRLEN];
+    char client_ip[INET6_ADDRSTRLEN];   /* the peer (or what its PROXY header says) */
+    struct wg_ip peer;                  /* the same, for trusted_proxies */
 };
 
 _Static_assert(offsetof(struct hp_req, next) == 0, "spare lists link through the first member");
@@ -374,11 +378,22 @@ static struct hp_conn *conn_of(struct wg_conn_link *l)
     return (struct hp_conn *)((char *)l - offsetof(struct hp_conn, link));
 }
 
-/* "ip:port" or "[v6]:port", as record.h's wg_sockaddr_text writes it. */
+/* The request's client address: the peer, or behind trusted proxies the
+ * first untrusted hop of X-Forwarded-For (logs, hash_key, X-Real-IP). */
+static const char *client_addr(const struct hp_conn *c)
+{
+    return c->r && c->r->client ? c->r->client : c->client_ip;
+}
+
+/* "ip:port" or "[v6]:port", as record.h's wg_sockaddr_text writes it; an
+ * address from X-Forwarded-For has no port to show. */
 static const char *client_text(const struct hp_conn *c, char *buf, size_t len)
 {
-    snprintf(buf, len, strchr(c->client_ip, ':') ? "[%s]:%u" : "%s:%u", c->client_ip,
-             (unsigned)c->client_port);
+    if (c->r && c->r->client && c->r->client != c->client_ip)
+        snprintf(buf, len, "%s", c->r->client);
+    else
+        snprintf(buf, len, strchr(c->client_ip, ':') ? "[%s]:%u" : "%s:%u", c->client_ip,
+                 (unsigned)c->client_port);
     return buf;
 }
 
@@ -722,6 +737,8 @@ static bool request_pin(struct hp_conn *c)
     c->r->t.allow_underscores = lc->http.allow_underscores;
     c->r->t.max_head = lc->http.max_header_size;
     c->r->t.max_body = lc->http.max_body_size;
+    const struct wg_cidr_list *tl = wg_listener_trusted(s->config->cfg, lc);
+    c->r->peer_trusted = tl->n && wg_cidr_match(tl, &c->peer);
     return true;
 }
 
@@ -747,6 +764,7 @@ static bool request_begin(struct hp_conn *c, uint64_t now)
     c->r->fresh_only = c->r->up_reused = c->r->resp_started = c->r->final_sent = c->r->dechunk = false;
     c->r->attempts = c->r->interim = 0;
     c->r->status = 0;
+    c->r->client = NULL;
     c->end_reason = NULL;
     c->r->req_start_ns = wg_now_ns();
     c->r->req_bytes_in = c->in ? c->in->end - c->in->scan : 0;
@@ -866,13 +884,65 @@ static void put_request_id(struct hp_conn *c, struct hp_out *o)
     puts_(o, "\r\n");
 }
 
-/* Fields waygate sets itself (DESIGN §10): inbound copies are dropped. */
-static bool ours(const char *msg, const struct wg_http_header *h)
+/* Fields waygate sets itself (DESIGN §10). */
+enum hp_own { OWN_NONE, OWN_XFF, OWN_PROTO, OWN_HOST, OWN_REAL_IP, OWN_FORWARDED, OWN_CERT };
+
+static enum hp_own own_field(const char *msg, const struct wg_http_header *h)
 {
-    if (h->id != WG_HTTP_HDR_OTHER || h->name.len < 14)
-        return false;
-    return IS(h, "x-forwarded-for") || IS(h, "x-forwarded-proto") || IS(h, "x-forwarded-host") ||
-           (h->name.len > 14 && wg_http_name_eq(msg + h->name.off, 14, "x-client-cert-", 14));
+    if (h->id != WG_HTTP_HDR_OTHER)
+        return OWN_NONE;
+    switch (h->name.len) {
+    case 9:
+        return IS(h, "x-real-ip") ? OWN_REAL_IP : IS(h, "forwarded") ? OWN_FORWARDED : OWN_NONE;
+    case 15: return IS(h, "x-forwarded-for") ? OWN_XFF : OWN_NONE;
+    case 16: return IS(h, "x-forwarded-host") ? OWN_HOST : OWN_NONE;
+    case 17: if (IS(h, "x-forwarded-proto")) return OWN_PROTO; break;
+    default: break;
+    }
+    return h->name.len > 14 && wg_http_name_eq(msg + h->name.off, 14, "x-client-cert-", 14)
+           ? OWN_CERT : OWN_NONE;
+}
+
+/* Behind a trusted peer (DESIGN §10, nginx real_ip_recursive): the client
+ * is the first hop of X-Forwarded-For, from the right, that is not in
+ * trusted_proxies; all trusted: the leftmost. A hop that is not an address
+ * ends the walk at the trusted hop to its right. */
+static void resolve_client(struct hp_conn *c, const struct wg_http_parser *p, const char *msg)
+{
+    const struct wg_cidr_list *tl = wg_listener_trusted(c->r->cfg->cfg, c->r->lc);
+    struct wg_ip ip, found;
+    bool have = false;
+    for (unsigned i = p->msg.nheaders; i-- > 0;) {
+        const struct wg_http_header *h = &p->headers[i];
+        if (own_field(msg, h) != OWN_XFF)
+            continue;
+        const char *v = msg + h->value.off;
+        size_t e = h->value.len;
+        for (;;) {
+            size_t st = e;
+            while (st > 0 && v[st - 1] != ',')
+                st--;
+            size_t a = st, b = e;
+            while (a < b && (v[a] == ' ' || v[a] == '\t'))
+                a++;
+            while (b > a && (v[b - 1] == ' ' || v[b - 1] == '\t'))
+                b--;
+            if (a < b) {
+                if (!wg_ip_parse(v + a, b - a, &ip))
+                    goto done;
+                found = ip;
+                have = true;
+                if (!wg_cidr_match(tl, &ip))
+                    goto done;
+            }
+            if (st == 0)
+                break;
+            e = st - 1;
+        }
+    }
+done:
+    if (have && inet_ntop(found.family, found.a, c->r->real_ip, sizeof c->r->real_ip))
+        c->r->client = c->r->real_ip;
 }
 
 /* A field name with '_' (DESIGN §10): dropped unless http.allow_underscores,
@@ -908,7 +978,8 @@ static void put_field(struct hp_out *o, const char *msg, const struct wg_http_he
     put(o, "\r\n", 2);
 }
 
-/* X-Forwarded-For: the values received, in order, then the client. */
+/* X-Forwarded-For: from a trusted peer the values received, in order, then
+ * the peer; from anyone else only the peer (DESIGN §10: replaced). */
 static void put_xff(struct hp_conn *c, struct hp_out *o, const struct wg_http_parser *p,
                     const char *msg, unsigned n_xff)
 {
@@ -921,6 +992,8 @@ static void put_xff(struct hp_conn *c, struct hp_out *o, const struct wg_http_pa
         }
     }
     puts_(o, c->client_ip);
+    puts_(o, "\r\nX-Real-IP: ");
+    puts_(o, client_addr(c));
     put(o, "\r\n", 2);
 }
 
@@ -930,6 +1003,7 @@ static bool build_upstream_head(struct hp_conn *c, const struct wg_http_parser *
 {
     const struct wg_http_message *m = &p->msg;
     bool absolute = m->target_form == WG_HTTP_TARGET_ABSOLUTE, has_id = false;
+    bool trusted = c->r->peer_trusted, has_proto = false, has_fhost = false;
     unsigned n_xff = 0;
     struct hp_conn_tokens tok;
     struct hp_out o = out_open(c->loc, &c->r->uout, head_len + HP_HEAD_EXTRA);
@@ -950,8 +1024,21 @@ static bool build_upstream_head(struct hp_conn *c, const struct wg_http_parser *
             (m->underscore && h->id == WG_HTTP_HDR_OTHER &&
              underscored(msg, h, c->r->t.allow_underscores)))
             continue;
-        if (ours(msg, h)) {
-            n_xff += IS(h, "x-forwarded-for");
+        switch (own_field(msg, h)) {
+        case OWN_NONE:
+            break;
+        case OWN_XFF:
+            n_xff += trusted;
+            continue;
+        case OWN_PROTO:                 /* a trusted proxy knows the scheme and host */
+        case OWN_HOST:
+        case OWN_FORWARDED:
+            if (!trusted)
+                continue;
+            has_proto |= own_field(msg, h) == OWN_PROTO;
+            has_fhost |= own_field(msg, h) == OWN_HOST;
+            break;
+        default:                        /* X-Real-IP, X-Client-Cert-*: always ours */
             continue;
         }
         if (h->id == WG_HTTP_HDR_OTHER && IS(h, "x-request-id") && !has_id) {
@@ -961,13 +1048,14 @@ static bool build_upstream_head(struct hp_conn *c, const struct wg_http_parser *
         put_field(&o, msg, h);
     }
     put_xff(c, &o, p, msg, n_xff);
-    puts_(&o, c->ssl ? "X-Forwarded-Proto: https\r\n" : "X-Forwarded-Proto: http\r\n");
+    if (!has_proto)
+        puts_(&o, c->ssl ? "X-Forwarded-Proto: https\r\n" : "X-Forwarded-Proto: http\r\n");
     if (c->cert_subject) {              /* inbound X-Client-Cert-* were dropped above */
         puts_(&o, "X-Client-Cert-Subject: ");
         puts_(&o, c->cert_subject);
         put(&o, "\r\n", 2);
     }
-    if (m->has_host) {
+    if (m->has_host && !has_fhost) {
         puts_(&o, "X-Forwarded-Host: ");
         put_span(&o, msg, m->host);
         put(&o, "\r\n", 2);
@@ -1013,7 +1101,8 @@ static void pick_key(struct hp_conn *c, const struct wg_http_parser *p, const ch
         return;
     if (sc->hash_key == WG_HASH_CLIENT_IP) {
         c->r->pick.has_hash = true;
-        c->r->pick.hash = wg_balance_hash_bytes(c->client_ip, strlen(c->client_ip));
+        const char *ip = client_addr(c);
+        c->r->pick.hash = wg_balance_hash_bytes(ip, strlen(ip));
         return;
     }
     if (sc->hash_key == WG_HASH_HEADER) {
@@ -1118,6 +1207,8 @@ static void request_head_done(struct hp_conn *c, size_t head_len)
         conn_kill(c);
         return;
     }
+    if (c->r->peer_trusted)
+        resolve_client(c, p, msg);
     if (c->r->lc && c->r->lc->tls.redirect_http && strcmp(c->r->lc->tls.redirect_http, "https") == 0) {
         reply_redirect(c, p, msg, !body);
         status = 0;
@@ -2010,8 +2101,10 @@ static void proxy_header_step(struct hp_conn *c, bool *progress)
         return;
     }
     c->need_proxy = false;
-    if (!pi.local) {
+    if (!pi.local) {                    /* the client it names is the peer from now on */
         set_client(c, (const struct sockaddr *)&pi.src);
+        const struct wg_cidr_list *tl = wg_listener_trusted(c->r->cfg->cfg, c->r->lc);
+        c->r->peer_trusted = tl->n && wg_cidr_match(tl, &c->peer);
     }
     *progress = true;
 }
@@ -2270,6 +2363,8 @@ static void set_client(struct hp_conn *c, const struct sockaddr *sa)
     }
     if (!a || !inet_ntop(sa->sa_family, a, c->client_ip, sizeof c->client_ip))
         snprintf(c->client_ip, sizeof c->client_ip, "unknown");
+    if (!wg_ip_from_sockaddr(sa, &c->peer))
+        memset(&c->peer, 0, sizeof c->peer);
 }
 
 /* A TLS listener: the session, and the handshake deadline. */
@@ -2321,6 +2416,11 @@ void wg_http_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int 
     if (!request_pin(c)) {              /* no snapshot yet (startup_timeout) */
         c->r->req_keep_alive = false;
         reply(c, 503, "no configuration yet\n", false);
+    } else if (c->r->lc->proxy_protocol && !c->r->peer_trusted) {
+        wg_stats_add(w->stats, WG_C_PROXY_UNTRUSTED, 1);     /* DESIGN §10 */
+        wg_debug("msg=\"PROXY protocol from an untrusted peer\" listener=%s client=%s",
+                 c->r->lc->name, c->client_ip);
+        conn_kill(c);
     } else {
         c->need_proxy = c->r->lc->proxy_protocol;
         tls_accept(c, fd);

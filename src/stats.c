@@ -38,6 +38,7 @@ static const char *const names[WG_C__COUNT] = {
     [WG_C_HTTP_UPSTREAM_REUSED] = "http_upstream_reused",
     [WG_C_HTTP_UPSTREAM_STALE] = "http_upstream_stale",
     [WG_C_HTTP_TIMEOUTS] = "http_timeouts",
+    [WG_C_PROXY_UNTRUSTED] = "proxy_protocol_untrusted",
 };
 
 struct wg_stats_block *wg_stats_block_new(void)

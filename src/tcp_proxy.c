@@ -774,15 +774,33 @@ static void proxy_wait_start(struct wg_worker *w, const struct wg_listener *l, i
     wg_worker_conn_add(w, &p->link);
 }
 
+static bool peer_trusted(const struct wg_config *cfg, const struct wg_listener_config *lc,
+                         const struct sockaddr *peer)
+{
+    const struct wg_cidr_list *tl = wg_listener_trusted(cfg, lc);
+    struct wg_ip ip;
+    return tl->n && wg_ip_from_sockaddr(peer, &ip) && wg_cidr_match(tl, &ip);
+}
+
 void wg_tcp_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int fd,
                          const struct sockaddr *peer, socklen_t peerlen)
 {
     struct wg_snapshot *snap = wg_pool_current(w->pool);
     const struct wg_listener_config *lc = snap ? wg_listener_config_in(snap->config->cfg, l) : NULL;
-    if (lc && lc->proxy_protocol)
+    if (lc && lc->proxy_protocol && !peer_trusted(snap->config->cfg, lc, peer)) {
+        char client[64];                /* DESIGN §10: a PROXY header only from trusted_proxies */
+        wg_sockaddr_text(peer, client, sizeof client);
+        wg_stats_add(w->stats, WG_C_PROXY_UNTRUSTED, 1);
+        wg_access_log(w->access_log, &(struct wg_access_entry){
+            .client = client, .listener = l->name, .reason = "proxy_protocol_untrusted",
+            .connect_us = -1 });
+        close(fd);
+        wg_listener_conn_closed();
+    } else if (lc && lc->proxy_protocol) {
         proxy_wait_start(w, l, fd, peer, peerlen);
-    else
+    } else {
         tcp_accept(w, l, fd, peer);
+    }
 }
 
 static void tcp_accept(struct wg_worker *w, const struct wg_listener *l, int fd,

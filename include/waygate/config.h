@@ -22,6 +22,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "waygate/cidr.h"
+
 /* A list of error lines, each "FILE:LINE:COL: message". */
 struct wg_errors {
     char **lines;
@@ -133,7 +135,8 @@ struct wg_listener_config {
     struct wg_addr listen;
     enum wg_listener_mode mode;
     char *service;                  /* tcp mode: the service; NULL in http mode */
-    bool proxy_protocol;            /* accept PROXY v1/v2 */
+    bool proxy_protocol;            /* accept PROXY v1/v2 (from trusted_proxies only) */
+    struct wg_cidr_list trusted_proxies;  /* .set: overrides the top level's */
     uint64_t idle_timeout_ms;       /* tcp mode */
     struct {
         uint64_t max_header_size;
@@ -166,6 +169,7 @@ struct wg_config {
     uint64_t max_connections;
     uint64_t startup_timeout_ms;
     uint64_t shutdown_timeout_ms;
+    struct wg_cidr_list trusted_proxies;  /* DESIGN §10; empty: trust nobody */
     struct {
         enum wg_log_level level;
         char *access_log;           /* "stdout", "off" or a path */
@@ -209,6 +213,11 @@ void wg_config_free(struct wg_config *cfg);
  * the registry knows a service the config does not. Never NULL. */
 const struct wg_service_config *wg_config_service(const struct wg_config *cfg,
                                                   const char *name);
+
+/* The trusted_proxies of a listener: its own when it sets them, else the
+ * top level's. */
+const struct wg_cidr_list *wg_listener_trusted(const struct wg_config *cfg,
+                                               const struct wg_listener_config *lc);
 
 /* Value grammar helpers (exported for the unit tests and for `register`).
  * Return false on a malformed value. */

@@ -28,6 +28,11 @@
  *    field names with '_' are dropped unless http.allow_underscores, and
  *    the '_' spellings of the fields waygate sets are dropped always.
  *    Every field a Connection header names is hop-by-hop, however many.
+ *  - trusted_proxies (DESIGN §10): from an untrusted peer, inbound
+ *    X-Forwarded-*, X-Real-IP and Forwarded are replaced; behind a trusted
+ *    one the chain is kept and the client address (X-Real-IP, hash_key
+ *    client_ip, access log) is the first untrusted X-Forwarded-For hop from
+ *    the right. proxy_protocol listeners close untrusted peers at accept.
  *  - Interim (1xx) heads: at most 16 per request (then 502); the upstream
  *    is not read while one still waits for the client.
  *  - Each request pins the config current when its first byte arrives (its

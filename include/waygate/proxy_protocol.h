@@ -2,7 +2,8 @@
  * that a trusted L4 balancer sends first on a connection to tell the real
  * client address. Listeners with `proxy_protocol: true` (tcp and http)
  * require it; anything else on such a listener is refused (the connection is
- * closed without a word).
+ * closed without a word). Only peers in trusted_proxies may send one: the
+ * listeners close any other peer at accept, before this module reads.
  *
  * Promises:
  *  - wg_proxy_parse() is pure (bytes in, result out; no allocation) and

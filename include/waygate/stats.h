@@ -40,6 +40,7 @@ enum wg_counter {
     WG_C_TLS_FAIL_TIMEOUT,      /* closed at handshake_timeout */
     WG_C_TLS_FAIL_OTHER,        /* failed: network error, peer closed */
     WG_C_UPSTREAM_TLS_FAILURES, /* upstream handshakes that failed (verification...) */
+    WG_C_PROXY_UNTRUSTED,       /* proxy_protocol listeners: peer outside trusted_proxies */
     WG_C__COUNT
 };
 

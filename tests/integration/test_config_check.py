@@ -155,3 +155,28 @@ def test_version():
     rc, out, err = run_waygate("-V")
     assert rc == 0, "exit %d: %s %s" % (rc, out, err)
     assert re.search(r"\b\d+\.\d+\.\d+\b", out), "no version in %r" % out
+
+
+def test_check_trusted_proxies():
+    base = ("registry: { file: REG }\n"
+            "service_defaults: { health_check: { type: none } }\n"
+            "trusted_proxies:\n"                        # 3
+            "  - %s\n"                                  # 4
+            "listeners:\n"
+            "  - { name: t, listen: 127.0.0.1:17001, mode: tcp, service: users,\n"
+            "      trusted_proxies: %s }\n")            # 7
+    ok = ["10.0.0.0/8", "[]"], ["192.0.2.1", "[\"2001:db8::/32\", \"::ffff:10.0.0.0/104\"]"]
+    for top, lst in ok:
+        with tempfile.TemporaryDirectory(prefix="wg-test-") as d:
+            reg = write(d, "instances.yaml", "users: []\n")
+            path = write(d, "waygate.yaml", (base % (top, lst)).replace("REG", reg))
+            rc, out, err = check(path)
+            assert rc == 0, (top, lst, err)
+    expect_error_at(base % ("10.0.0.1/8", "[]"), [4], 5, ("trusted_proxies", "10.0.0.1/8",
+                                                          "past the prefix"))
+    expect_error_at(base % ("300.1.1.1", "[]"), [4], 5, ("not an IPv4 or IPv6 address",))
+    expect_error_at(base % ("::1/129", "[]"), [4], 5, ("at most 128",))
+    expect_error_at(base % ("10.0.0.0/x", "[]"), [4], 5, ("prefix length",))
+    expect_error_at(base % ("10.0.0.0/8", "10.0.0.0/8"), [7], None, ("expected a list",))
+    expect_error_at(base % ("10.0.0.0/8", "[\"fe80::/10\", \"1.2.3/24\"]"), [7], None,
+                    ("1.2.3/24",))

@@ -47,6 +47,7 @@ def test_proxy_protocol_v1_v2_and_garbage():
         b = h.backend("http", name="b")
         listener = http_listener([{"path_prefix": "/", "service": "users"}])
         listener["proxy_protocol"] = True
+        listener["trusted_proxies"] = ["127.0.0.0/8"]
         wg = h.waygate(listeners=[listener], instances={"users": [b.instance()]})
         port = wg.port()
         assert xff_via(port, b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 80\r\n") == "192.0.2.7"
@@ -110,7 +111,8 @@ def test_tcp_listener_accepts_proxy_protocol():
                                        "proxy_protocol": True}],
                            instances={"users": [{"id": "r", "address": "127.0.0.1",
                                                  "port": up.port}]},
-                           services={"users": {"proxy_protocol": True}})
+                           services={"users": {"proxy_protocol": True}},
+                           trusted_proxies=["127.0.0.1"])      # the top level's, inherited
             for prefix, want in ((b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 80\r\n", "192.0.2.7"),
                                  (v2_tcp4("203.0.113.9", "10.0.0.1", 1234, 80), "203.0.113.9"),
                                  (b"PROXY UNKNOWN\r\n", "127.0.0.1")):

@@ -12,7 +12,7 @@ def test_partial_proxy_header_does_not_spin():
     with Harness() as h:
         a = h.backend("name", name="a")
         wg = h.waygate(listeners=[{"name": "t", "mode": "tcp", "service": "users",
-                                   "proxy_protocol": True}],
+                                   "proxy_protocol": True, "trusted_proxies": ["127.0.0.1"]}],
                        instances={"users": [a.instance()]})
         with connect(wg.port()) as s:
             s.sendall(b"PROXY TCP4 192.0.2.7 ")
