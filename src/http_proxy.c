@@ -41,7 +41,9 @@
 #define HP_SPARE_REQS 64
 #define HP_MAX_HEADERS 128
 #define HP_ROUNDS 32                    /* pump rounds per event, for fairness */
-#define HP_LINGER_MS 2000               /* lingering close after an error */
+#define HP_LINGER_MS 30000              /* lingering close after an error: at most this long */
+#define HP_LINGER_IDLE_MS 5000          /* ... and this long without a byte (nginx's values) */
+#define HP_MAX_LINGER 1024              /* lingering connections per worker; past it, close */
 #define HP_HEAD_EXTRA 1024              /* room for the fields we add to a head */
 #define HP_MAX_INTERIM 16               /* interim (1xx) heads per request, then 502 */
 #define HP_CONN_TOKENS 16               /* Connection tokens kept; past them, a rescan */
@@ -113,6 +115,7 @@ struct hp_local {
     struct hp_spares bufs[2];           /* free blocks: [0] small, [1] HP_BLOCK */
     struct hp_spares heads, reqs;
     struct wg_upstream_pool *pool;
+    unsigned lingering;                 /* connections in RQ_LINGER */
 };
 
 static pthread_key_t hp_key;
@@ -345,6 +348,7 @@ struct hp_conn {
     uint64_t blocked_since;             /* output to the client waits since (0: not) */
     uint64_t armed_ms;                  /* the timer's deadline, 0 when not armed */
     uint64_t idle_deadline, linger_deadline, client_progress;
+    uint64_t linger_until;              /* the lingering close's own end */
     char client_ip[INET6_ADDRSTRLEN];   /* the peer (or what its PROXY header says) */
     struct wg_ip peer;                  /* the same, for trusted_proxies */
 };
@@ -439,6 +443,8 @@ static void log_request(struct hp_conn *c, const char *reason);
 
 static void conn_free(struct hp_conn *c)
 {
+    if (c->rq == RQ_LINGER)
+        c->loc->lingering--;
     log_request(c, c->end_reason ? c->end_reason
                  : c->rq == RQ_TUNNEL ? "tunnel_closed" : "client_closed");
     release_request(c);
@@ -1993,8 +1999,14 @@ static void linger_start(struct hp_conn *c)
         wg_tls_close(c->ssl);           /* close_notify before the FIN */
     shutdown(c->fd, SHUT_WR);
     c->shut = true;
+    if (c->loc->lingering >= HP_MAX_LINGER) {
+        conn_kill(c);                   /* the bound: a flood of errors cannot pin memory */
+        return;
+    }
+    c->loc->lingering++;
     c->rq = RQ_LINGER;
-    c->linger_deadline = wg_now_ms() + HP_LINGER_MS;
+    c->linger_until = wg_now_ms() + HP_LINGER_MS;
+    c->linger_deadline = wg_now_ms() + HP_LINGER_IDLE_MS;
     buf_free(c->loc, &c->in);
     buf_free(c->loc, &c->out);
 }
@@ -2005,8 +2017,11 @@ static void linger_step(struct hp_conn *c, bool *progress)
     for (int k = 0; k < 16 && c->readable; k++) {
         ssize_t n = c->ssl ? tls_read(c->ssl, &c->read_wants_write, sink, sizeof sink)
                          : read(c->fd, sink, sizeof sink);
-        if (n > 0)
+        if (n > 0) {
+            uint64_t idle = wg_now_ms() + HP_LINGER_IDLE_MS;
+            c->linger_deadline = idle < c->linger_until ? idle : c->linger_until;
             continue;
+        }
         if (n == 0 || !transient()) {
             conn_kill(c);
             return;

@@ -54,7 +54,9 @@
  *    byte) and tunnel_idle_timeout bound a period without progress. A client
  *    reset is seen while its request waits for a non-reading upstream.
  *  - Errors are answered with a short text body (DESIGN §13) and, for
- *    anything malformed, the connection is closed after a lingering close.
+ *    anything malformed, the connection is closed after a lingering close
+ *    (at most 30 s, 5 s without a byte; at most 1024 per worker, past that
+ *    an immediate close).
  */
 #ifndef WAYGATE_HTTP_PROXY_H
 #define WAYGATE_HTTP_PROXY_H

@@ -1,7 +1,7 @@
 """Trust at the edge (DESIGN §10): trusted_proxies decides whether inbound
 X-Forwarded-*, Forwarded and X-Real-IP are believed (the chain kept, the
 client = the first untrusted hop from the right) or replaced; PROXY headers
-only from trusted peers."""
+only from trusted peers; a lingering close long enough to read a 413."""
 
 import time
 
@@ -101,3 +101,21 @@ def test_proxy_protocol_only_from_trusted_peers():
         assert data == b"", data
         assert metric(wg, "waygate_proxy_protocol_untrusted_total") == before + 2
 
+
+def test_lingering_close_outlasts_a_slow_client():
+    """After a 413 the client may still be sending its body for seconds:
+    waygate keeps reading (and dropping) it, so the client's later writes are
+    not answered with a reset that would destroy the 413 it has not read."""
+    with Harness() as h:
+        wg, _ = start(h, workers=1, http={"max_body_size": "10"})
+        with connect(wg.port()) as s:
+            s.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+            for k in range(4):                          # 3.3 s of a slow upload
+                s.sendall(b"x" * 1000)
+                time.sleep(1.1 if k < 3 else 0.2)
+            try:
+                s.sendall(b"x" * 1000)
+            except OSError as e:
+                raise AssertionError("reset while the client was still sending: %s" % e) from None
+            r = read_http_response(s)
+            assert r.status == 413, r
