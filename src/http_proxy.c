@@ -2239,7 +2239,9 @@ static uint64_t next_deadline(const struct hp_conn *c, enum hp_deadline *kind)
         CANDIDATE(c->r->upstream_progress + c->r->t.response_ms, DL_UPSTREAM_IDLE);
     if (c->blocked_since)
         CANDIDATE(c->blocked_since + c->r->t.send_ms, DL_SEND);
-    if (c->r->up_blocked_since && c->rq == RQ_BODY && c->r->up)
+    /* The upstream does not read the request; once its final response
+     * streams, that response's own deadlines judge it instead. */
+    if (c->r->up_blocked_since && c->rq == RQ_BODY && c->r->up && !c->r->final_sent)
         CANDIDATE(c->r->up_blocked_since + c->r->t.send_ms, DL_UPSTREAM_SEND);
 #undef CANDIDATE
     return d;

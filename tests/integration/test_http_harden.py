@@ -73,6 +73,48 @@ def test_upstream_that_stops_reading_the_body_gets_a_send_deadline():
         stall.close()
 
 
+class EarlyStream(ThreadedServer):
+    """Reads a request head, then streams a chunked answer for ~2.4 s
+    without reading the body (it answers early, as a server may)."""
+
+    def serve(self, c):
+        try:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += c.recv(4096)
+            c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(6):
+                c.sendall(b"2\r\nok\r\n")
+                time.sleep(0.4)
+            c.sendall(b"0\r\n\r\n")
+            time.sleep(slack(5))
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+
+def test_a_streaming_early_answer_is_not_cut_by_the_send_deadline():
+    up = EarlyStream()
+    try:
+        with Harness() as h:
+            wg = stall_world(h, up, send_timeout="1s", client_body_timeout="1s")
+            s = connect(wg.port(), timeout=slack(15))
+            s.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 67108864\r\n\r\n")
+
+            def feed():
+                try:
+                    s.sendall(b"x" * (64 << 20))
+                except OSError:
+                    pass
+            threading.Thread(target=feed, daemon=True).start()
+            r = read_http_response(s, timeout=slack(15))
+            assert r.status == 200 and r.body == b"ok" * 6, r
+            s.close()
+    finally:
+        up.close()
+
+
 def test_client_reset_is_seen_while_the_upstream_does_not_read():
     stall = Stall()
     try:
