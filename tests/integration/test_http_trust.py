@@ -9,7 +9,7 @@ from test_access_log import access, line_of, parse_text
 from test_health import metric
 from test_http import fields, http_listener, request_head, start
 from test_http_proxy_protocol import REQ
-from wglib import Harness, connect, http_request, read_http_response, recv_until_eof
+from wglib import SANITIZED, Harness, connect, http_request, read_http_response, recv_until_eof
 
 FORGED = [("X-Forwarded-For", "203.0.113.5, 198.51.100.7, 10.1.2.3"),
           ("X-Real-IP", "6.6.6.6"), ("Forwarded", "for=6.6.6.6"),
@@ -122,3 +122,36 @@ def test_lingering_close_outlasts_a_slow_client():
                 raise AssertionError("reset while the client was still sending: %s" % e) from None
             r = read_http_response(s)
             assert r.status == 413, r
+
+
+def test_lingering_connections_are_bounded_per_worker():
+    """At most 1024 lingering closes per worker: past them an error closes
+    at once (the client's next bytes meet a reset)."""
+    n = 1100
+    with Harness() as h:
+        wg, _ = start(h, workers=1)
+        socks = []
+        try:
+            for _ in range(n):
+                s = connect(wg.port())
+                s.sendall(b"BAD\r\n\r\n")
+                socks.append(s)
+            for s in socks:
+                assert read_http_response(s).status == 400
+            reset = set()
+            for step in (b"x", b"y", b"z"):             # a closed socket answers x with a reset
+                for k, s in enumerate(socks):
+                    try:
+                        s.sendall(step)
+                    except OSError:
+                        reset.add(k)
+                time.sleep(0.2)
+            resets = len(reset)
+            if SANITIZED:                               # slow: some lingers may have ended (5 s)
+                assert resets >= n - 1024, resets
+            else:
+                assert resets == n - 1024, "%d connections closed at once, want %d" % (
+                    resets, n - 1024)
+        finally:
+            for s in socks:
+                s.close()

@@ -398,6 +398,22 @@ START_TEST(test_field_syntax)
 }
 END_TEST
 
+START_TEST(test_underscore_names_flagged)
+{
+    /* msg.underscore: a request field name holds '_' (http_proxy drops them) */
+    ck_assert_int_eq(req_status("GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: b\r\n\r\n"), 0);
+    ck_assert(!P.msg.underscore);
+    ck_assert_int_eq(req_status("GET / HTTP/1.1\r\nHost: a\r\nX_Client_Cert_Subject: x\r\n\r\n"), 0);
+    ck_assert(P.msg.underscore);
+    ck_assert_int_eq(req_status("GET / HTTP/1.1\r\nHost: a\r\nAbcdefghijklmnop_q: x\r\n\r\n"), 0);
+    ck_assert(P.msg.underscore);                        /* past the first 8-byte word */
+    ck_assert_int_eq(req_status("GET / HTTP/1.1\r\nHost: a\r\nX: under_score\r\n\r\n"), 0);
+    ck_assert(!P.msg.underscore);                       /* in a value: not a name */
+    ck_assert_int_eq(resp_status("HTTP/1.1 200 OK\r\nX_Y: 1\r\nContent-Length: 0\r\n\r\n"), 0);
+    ck_assert(!P.msg.underscore);                       /* responses are not filtered */
+}
+END_TEST
+
 START_TEST(test_field_values)
 {
     REQ_IS(0, "GET / HTTP/1.1\r\nHost: a\r\nX-Tab:\tv\tw\t\r\nX-Empty:\r\nX-Blank:  \t \r\n"
@@ -1361,6 +1377,7 @@ static Suite *http_suite(void)
     t = tcase_create("fields");
     tcase_set_timeout(t, 60);
     tcase_add_test(t, test_field_syntax);
+    tcase_add_test(t, test_underscore_names_flagged);
     tcase_add_test(t, test_field_values);
     tcase_add_test(t, test_line_endings);
     tcase_add_test(t, test_host_rules);
