@@ -49,20 +49,27 @@ def stall_world(h, stall, **http):
                      service_defaults={"retries": 0, "response_timeout": "1s"})
 
 
+def big_upload(port):
+    """A POST of 64 MiB, its body sent by a thread for as long as the other
+    side takes it; the socket, for reading the answer."""
+    s = connect(port, timeout=slack(15))
+    s.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 67108864\r\n\r\n")
+
+    def feed():
+        try:
+            s.sendall(b"x" * (64 << 20))
+        except OSError:
+            pass
+    threading.Thread(target=feed, daemon=True).start()
+    return s
+
+
 def test_upstream_that_stops_reading_the_body_gets_a_send_deadline():
     stall = Stall()
     try:
         with Harness() as h:
             wg = stall_world(h, stall, send_timeout="1s", client_body_timeout="1s")
-            s = connect(wg.port(), timeout=slack(15))
-            s.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 67108864\r\n\r\n")
-
-            def feed():
-                try:
-                    s.sendall(b"x" * (64 << 20))
-                except OSError:
-                    pass
-            threading.Thread(target=feed, daemon=True).start()
+            s = big_upload(wg.port())
             t0 = time.monotonic()
             r = read_http_response(s, timeout=slack(15))
             assert r.status == 504, r
@@ -99,15 +106,7 @@ def test_a_streaming_early_answer_is_not_cut_by_the_send_deadline():
     try:
         with Harness() as h:
             wg = stall_world(h, up, send_timeout="1s", client_body_timeout="1s")
-            s = connect(wg.port(), timeout=slack(15))
-            s.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 67108864\r\n\r\n")
-
-            def feed():
-                try:
-                    s.sendall(b"x" * (64 << 20))
-                except OSError:
-                    pass
-            threading.Thread(target=feed, daemon=True).start()
+            s = big_upload(wg.port())
             r = read_http_response(s, timeout=slack(15))
             assert r.status == 200 and r.body == b"ok" * 6, r
             s.close()
