@@ -358,8 +358,17 @@ static void status_head(struct stream *st, struct out *o)
     out_printf(o, ",\"generation\":%" PRIu64 ",\"registry\":{\"source\":",
                st->snap ? st->snap->generation : 0);
     out_json_string(o, rs->source ? rs->source : "none");
-    out_printf(o, ",\"connected\":%s,\"revision\":%" PRId64 "},\"services\":{",
+    out_printf(o, ",\"connected\":%s,\"revision\":%" PRId64,
                rs->connected ? "true" : "false", rs->revision);
+    if (rs->session_state) {            /* zookeeper: its session, and zxid = revision */
+        out_str(o, ",\"session\":");
+        out_json_string(o, rs->session_state);
+        out_printf(o, ",\"session_id\":\"0x%" PRIx64 "\",\"zxid\":%" PRId64 ",\"server\":",
+                   (uint64_t)rs->session_id, rs->revision);
+        out_json_string(o, rs->server);
+        out_printf(o, ",\"invalid_records_total\":%" PRIu64, rs->invalid_records_total);
+    }
+    out_str(o, "},\"services\":{");
 }
 
 static void status_instance(struct out *o, const struct wg_member *m, bool comma)
@@ -641,7 +650,7 @@ static void metrics_registry(struct stream *st, struct out *o)
     uint64_t now = wg_now_ms();
     uint64_t since = rs->last_contact_ms ? rs->last_contact_ms : st->admin->started_ms;
     family_head(o, "waygate_registry_info", "gauge",
-                "Always 1; the source label names the registry (file, etcd, none).");
+                "Always 1; the source label names the registry (file, etcd, zookeeper, none).");
     out_str(o, "waygate_registry_info{source=\"");
     out_label_value(o, rs->source ? rs->source : "none");
     out_str(o, "\"} 1\n");

@@ -19,6 +19,7 @@ static const char *const balance_names[] = { "round_robin", "least_conn", "rando
                                              "hash", NULL };
 static const char *const health_names[] = { "http", "tcp", "none", NULL };
 static const char *const unhealthy_names[] = { "keep", "close", NULL };
+static const char *const zk_layout_names[] = { "auto", "curator", "dubbo", "plain", NULL };
 
 /* ---- services ---------------------------------------------------------- */
 
@@ -486,9 +487,147 @@ static void p_registry_file(struct cfg_ctx *c, yaml_node_t *v, void *base,
         cfg_check_file(c, v, t);
 }
 
+/* ---- registry.zookeeper ---- */
+
+/* "HOST:PORT" or "[V6]:PORT", HOST a name or an IP literal. */
+static bool zk_server_ok(const char *s)
+{
+    char buf[300];
+    int n = snprintf(buf, sizeof buf, "http://%s", s);
+
+    return n > 0 && (size_t)n < sizeof buf && strchr(s, '/') == NULL && endpoint_ok(buf);
+}
+
+static void p_zk_servers(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    struct wg_config *cfg = base;
+
+    str_list(c, v, k->name, true, zk_server_ok, "invalid ZooKeeper server (expected HOST:PORT)",
+             &cfg->registry.zookeeper.servers, &cfg->registry.zookeeper.n_servers);
+}
+
+/* A ZooKeeper path: "/" followed by non-empty segments, no trailing "/";
+ * "/" alone is "" (the top). */
+static bool zk_path_ok(const char *s, bool empty_ok)
+{
+    size_t n = strlen(s);
+
+    if (n == 0)
+        return empty_ok;
+    if (s[0] != '/' || strstr(s, "//") || (n > 1 && s[n - 1] == '/'))
+        return false;
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return false;
+    return !strstr(s, "/./") && !strstr(s, "/../") && strcmp(s + n - (n >= 2 ? 2 : n), "/.") &&
+           (n < 3 || strcmp(s + n - 3, "/.."));
+}
+
+static void p_zk_path(struct cfg_ctx *c, yaml_node_t *v, char **dst, const char *key, bool empty_ok)
+{
+    const char *t = cfg_text(c, v, key);
+
+    if (!t)
+        return;
+    if (strcmp(t, "/") == 0 && !empty_ok)
+        t = "";                         /* root: / is the top */
+    else if (!zk_path_ok(t, empty_ok))
+        return (void)cfg_error(c, v, "%s: expected an absolute ZooKeeper path (/a/b, no trailing "
+                                     "'/'), got '%.80s'", key, t);
+    cfg_set_str(c, dst, t);
+}
+
+static void p_zk_root(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    p_zk_path(c, v, &((struct wg_config *)base)->registry.zookeeper.root, k->name, false);
+}
+
+static void p_zk_chroot(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    p_zk_path(c, v, &((struct wg_config *)base)->registry.zookeeper.chroot, k->name, true);
+}
+
+/* dubbo_services: { INTERFACE: SERVICE, ... } */
+static void p_zk_dubbo(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    typeof(((struct wg_config *)0)->registry.zookeeper) *z =
+        &((struct wg_config *)base)->registry.zookeeper;
+    struct wg_yaml_pairs pairs;
+
+    if (v->type != YAML_MAPPING_NODE) {
+        cfg_error(c, v, "%s: expected a mapping of Dubbo interfaces to service names", k->name);
+        return;
+    }
+    wg_yaml_pairs(&c->y, v, &pairs);
+    str_list_free(z->dubbo_interfaces, z->n_dubbo);
+    str_list_free(z->dubbo_services, z->n_dubbo);
+    z->n_dubbo = 0;
+    z->dubbo_interfaces = calloc(pairs.n + 1, sizeof *z->dubbo_interfaces);
+    z->dubbo_services = calloc(pairs.n + 1, sizeof *z->dubbo_services);
+    if (!z->dubbo_interfaces || !z->dubbo_services)
+        wg_yaml_oom(&c->y);
+    for (size_t i = 0; z->dubbo_services && z->dubbo_interfaces && i < pairs.n; i++) {
+        const char *t = cfg_text(c, pairs.v[i].value, pairs.v[i].name);
+        if (!t)
+            continue;
+        if (!wg_service_name_ok(t)) {
+            cfg_error(c, pairs.v[i].value, "%s: '%.80s' is not a service name", pairs.v[i].name, t);
+            continue;
+        }
+        z->dubbo_interfaces[z->n_dubbo] = strdup(pairs.v[i].name);
+        z->dubbo_services[z->n_dubbo] = strdup(t);
+        if (!z->dubbo_interfaces[z->n_dubbo] || !z->dubbo_services[z->n_dubbo]) {
+            free(z->dubbo_interfaces[z->n_dubbo]);
+            free(z->dubbo_services[z->n_dubbo]);
+            wg_yaml_oom(&c->y);
+            break;
+        }
+        z->n_dubbo++;
+    }
+    wg_yaml_pairs_free(&pairs);
+}
+
+static const struct cfg_key zk_auth_keys[] = {
+    { "scheme", cfg_p_str, CF(registry.zookeeper.auth.scheme), 0, 0, NULL },
+    { "credentials", cfg_p_str, CF(registry.zookeeper.auth.credentials), 0, 0, NULL },
+};
+static const struct cfg_table zk_auth_table = CFG_TABLE("auth", zk_auth_keys);
+
+static const struct cfg_key zk_keys[] = {
+    { "servers", p_zk_servers, 0, 0, 0, NULL },
+    { "root", p_zk_root, 0, 0, 0, NULL },
+    { "layout", cfg_p_enum, CF(registry.zookeeper.layout), 0, 0, zk_layout_names },
+    { "session_timeout", cfg_p_duration, CF(registry.zookeeper.session_timeout_ms), 100,
+      3600000, NULL },
+    { "auth", cfg_p_map, 0, 0, 0, &zk_auth_table },
+    { "chroot", p_zk_chroot, 0, 0, 0, NULL },
+    { "dubbo_services", p_zk_dubbo, 0, 0, 0, NULL },
+};
+static const struct cfg_table zk_table = CFG_TABLE("registry.zookeeper", zk_keys);
+
+static void p_zookeeper(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    struct wg_config *cfg = base;
+    typeof(cfg->registry.zookeeper) *z = &cfg->registry.zookeeper;
+    struct cfg_seen seen;
+
+    cfg->registry.kind = WG_REGISTRY_ZOOKEEPER;
+    cfg_map(c, v, &zk_table, cfg, &seen, k->name, NULL);
+    if (!cfg_seen_has(&seen, &zk_table, "auth"))
+        return;
+    yaml_node_t *auth = seen.value[cfg_key_index(&zk_table, "auth")];
+    if (*z->auth.scheme && strcmp(z->auth.scheme, "digest") != 0)
+        cfg_error(c, auth, "auth: scheme '%.40s' is not supported (digest is)", z->auth.scheme);
+    else if (*z->auth.scheme && !strchr(z->auth.credentials, ':'))
+        cfg_error(c, auth, "auth: digest credentials are \"USER:PASSWORD\"");
+    else if (!*z->auth.scheme && *z->auth.credentials)
+        cfg_error(c, auth, "auth: credentials need a scheme (digest)");
+}
+
 static const struct cfg_key registry_keys[] = {
     { "etcd", p_etcd, 0, 0, 0, NULL },
     { "file", p_registry_file, 0, 0, 0, NULL },
+    { "zookeeper", p_zookeeper, 0, 0, 0, NULL },
     { "cache", cfg_p_str, CF(registry.cache), 0, 0, NULL },
 };
 static const struct cfg_table registry_table = CFG_TABLE("registry", registry_keys);
@@ -496,14 +635,22 @@ static const struct cfg_table registry_table = CFG_TABLE("registry", registry_ke
 static void p_registry(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
 {
     struct cfg_seen seen;
-    unsigned etcd = cfg_key_index(&registry_table, "etcd");
-    unsigned file = cfg_key_index(&registry_table, "file");
+    static const char *const sources[] = { "etcd", "file", "zookeeper" };
+    int first = -1;
 
     cfg_map(c, v, &registry_table, base, &seen, k->name, NULL);
-    if ((seen.mask & (1u << etcd)) && (seen.mask & (1u << file))) {
-        yaml_node_t *later = seen.key[etcd]->start_mark.index > seen.key[file]->start_mark.index
-                                 ? seen.key[etcd] : seen.key[file];
-        cfg_error(c, later, "registry: etcd and file are mutually exclusive");
+    /* one source: a second one is an error at whichever comes later in the file */
+    for (int i = 0; i < 3; i++) {
+        unsigned ix = cfg_key_index(&registry_table, sources[i]);
+        if (!(seen.mask & (1u << ix)))
+            continue;
+        if (first < 0) {
+            first = i;
+            continue;
+        }
+        yaml_node_t *a = seen.key[cfg_key_index(&registry_table, sources[first])], *b = seen.key[ix];
+        cfg_error(c, a->start_mark.index > b->start_mark.index ? a : b,
+                  "registry: %s and %s are mutually exclusive", sources[first], sources[i]);
     }
 }
 
@@ -669,7 +816,17 @@ static bool config_defaults(struct cfg_ctx *c, struct wg_config *cfg, const char
     if (!cfg_set_str(c, &cfg->registry.etcd.prefixes[0], prefix))
         return false;
     cfg->registry.etcd.n_prefixes = 1;
-    return cfg_set_str(c, &cfg->path, path) && cfg_set_str(c, &cfg->user, "") &&
+    cfg->registry.zookeeper.layout = WG_ZK_LAYOUT_AUTO;
+    cfg->registry.zookeeper.session_timeout_ms = 10000;
+    if (!(cfg->registry.zookeeper.servers = calloc(1, sizeof(char *))) ||
+        !cfg_set_str(c, &cfg->registry.zookeeper.servers[0], "127.0.0.1:2181"))
+        return false;
+    cfg->registry.zookeeper.n_servers = 1;
+    return cfg_set_str(c, &cfg->registry.zookeeper.root, "/services") &&
+           cfg_set_str(c, &cfg->registry.zookeeper.chroot, "") &&
+           cfg_set_str(c, &cfg->registry.zookeeper.auth.scheme, "") &&
+           cfg_set_str(c, &cfg->registry.zookeeper.auth.credentials, "") &&
+           cfg_set_str(c, &cfg->path, path) && cfg_set_str(c, &cfg->user, "") &&
            cfg_set_str(c, &cfg->log.access_log, "stdout") &&
            cfg_set_str(c, &cfg->registry.etcd.username, "") &&
            cfg_set_str(c, &cfg->registry.etcd.password, "") &&
@@ -738,6 +895,13 @@ void wg_config_free(struct wg_config *cfg)
     free(cfg->registry.etcd.tls.server_name);
     free(cfg->registry.file);
     free(cfg->registry.cache);
+    str_list_free(cfg->registry.zookeeper.servers, cfg->registry.zookeeper.n_servers);
+    str_list_free(cfg->registry.zookeeper.dubbo_interfaces, cfg->registry.zookeeper.n_dubbo);
+    str_list_free(cfg->registry.zookeeper.dubbo_services, cfg->registry.zookeeper.n_dubbo);
+    free(cfg->registry.zookeeper.root);
+    free(cfg->registry.zookeeper.chroot);
+    free(cfg->registry.zookeeper.auth.scheme);
+    free(cfg->registry.zookeeper.auth.credentials);
     service_free(&cfg->service_defaults);
     for (size_t i = 0; i < cfg->n_services; i++)
         service_free(&cfg->services[i]);

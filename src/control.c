@@ -343,6 +343,14 @@ static bool registry_changed(const __typeof__(((struct wg_config *)0)->registry)
                              const __typeof__(((struct wg_config *)0)->registry) *b)
 {
     const __typeof__(a->etcd) *x = &a->etcd, *y = &b->etcd;
+    const __typeof__(a->zookeeper) *z = &a->zookeeper, *w = &b->zookeeper;
+    if (!strv_eq(z->servers, z->n_servers, w->servers, w->n_servers) || !str_eq(z->root, w->root) ||
+        z->layout != w->layout || z->session_timeout_ms != w->session_timeout_ms ||
+        !str_eq(z->auth.scheme, w->auth.scheme) ||
+        !str_eq(z->auth.credentials, w->auth.credentials) || !str_eq(z->chroot, w->chroot) ||
+        !strv_eq(z->dubbo_interfaces, z->n_dubbo, w->dubbo_interfaces, w->n_dubbo) ||
+        !strv_eq(z->dubbo_services, z->n_dubbo, w->dubbo_services, w->n_dubbo))
+        return true;
     return a->kind != b->kind || !str_eq(a->file, b->file) || !str_eq(a->cache, b->cache) ||
            !strv_eq(x->endpoints, x->n_endpoints, y->endpoints, y->n_endpoints) ||
            !strv_eq(x->prefixes, x->n_prefixes, y->prefixes, y->n_prefixes) ||

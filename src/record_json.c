@@ -7,6 +7,8 @@
  *     "Addr"      etcd endpoints.Manager (Op must be 0, i.e. Add)
  *     "address"   native
  *     "host"      SkyDNS (priority, weight, ttl and text are ignored)
+ * and, before all of them, "serviceType" or "registrationTimeUTC": Apache
+ * Curator's ServiceInstance (ZooKeeper, DESIGN §17);
  * anything else is plain "host:port" / "[v6]:port". The key names the
  * service and the instance: a "name" or "id" inside the value is ignored
  * (go-micro nodes keep their own ids, as several share one key).
@@ -30,6 +32,7 @@ struct decode {
     const char *service;
     const char *key_id;
     bool allow_hosts;
+    bool prefer_ssl;                /* Curator: sslPort before port */
     struct wg_record_set recs;
     struct wg_record_hosts hosts;
     char *why;
@@ -37,7 +40,7 @@ struct decode {
 };
 
 static const char *const format_names[] = { "native", "plain", "endpoints", "go-micro",
-                                            "kratos", "skydns" };
+                                            "kratos", "skydns", "curator", "dubbo" };
 
 const char *wg_record_format_name(enum wg_record_format f)
 {
@@ -393,6 +396,101 @@ static bool decode_kratos(struct decode *d, json_t *o)
     return fail(d, "kratos: no http:// endpoint");
 }
 
+/* Curator's UriSpec {"parts":[{"value":"http","variable":false},...]} as
+ * one string, variables as {name}. NULL when absent or not that shape. */
+static char *curator_uri_spec(json_t *spec)
+{
+    json_t *parts = json_object_get(spec, "parts");
+    char buf[512];
+    size_t n = 0;
+
+    if (!json_is_array(parts))
+        return NULL;
+    for (size_t i = 0; i < json_array_size(parts); i++) {
+        json_t *p = json_array_get(parts, i);
+        const char *v = json_text(p, "value");
+        bool var = json_is_true(json_object_get(p, "variable"));
+        int k = v ? snprintf(buf + n, sizeof buf - n, var ? "{%s}" : "%s", v) : 0;
+        if (k < 0 || (size_t)k >= sizeof buf - n)
+            return NULL;
+        n += (size_t)k;
+    }
+    return strdup(buf);
+}
+
+static bool curator_port(json_t *v, uint16_t *port)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 65535)
+        return false;
+    *port = (uint16_t)json_integer_value(v);
+    return true;
+}
+
+/* Metadata of a Curator instance: serviceType, sslPort, payload, uriSpec. */
+static bool curator_metadata(struct decode *d, json_t *o, char **out)
+{
+    json_t *md = json_object(), *payload = json_object_get(o, "payload");
+    const char *type = json_text(o, "serviceType");
+    json_t *ssl = json_object_get(o, "sslPort");
+    char *spec = curator_uri_spec(json_object_get(o, "uriSpec"));
+    bool ok = md != NULL;
+
+    if (ok && type)
+        ok = json_object_set_new(md, "serviceType", json_string(type)) == 0;
+    if (ok && json_is_integer(ssl))
+        ok = json_object_set(md, "sslPort", ssl) == 0;
+    if (ok && payload && !json_is_null(payload))
+        ok = json_object_set(md, "payload", payload) == 0;
+    if (ok && spec)
+        ok = json_object_set_new(md, "uriSpec", json_string(spec)) == 0;
+    free(spec);
+    *out = NULL;
+    if (ok && json_object_size(md))
+        ok = (*out = json_dumps(md, JSON_COMPACT | JSON_SORT_KEYS)) != NULL;
+    json_decref(md);
+    return ok || fail(d, "out of memory");
+}
+
+static bool decode_curator(struct decode *d, json_t *o)
+{
+    static const char *const types[] = { "DYNAMIC", "DYNAMIC_SEQUENTIAL", "STATIC", "PERMANENT" };
+    const char *address = json_text(o, "address"), *type = json_text(o, "serviceType");
+    json_t *port_v = json_object_get(o, "port"), *ssl_v = json_object_get(o, "sslPort");
+    json_t *enabled = json_object_get(o, "enabled");
+    uint16_t port = 0, ssl = 0;
+    bool has_port, has_ssl, known = false;
+    char *md;
+
+    if (!address)
+        return fail(d, "curator: address must be a string");
+    if (port_v && !json_is_null(port_v) && !curator_port(port_v, &port))
+        return fail(d, "curator: port must be null or an integer 1..65535");
+    if (ssl_v && !json_is_null(ssl_v) && !curator_port(ssl_v, &ssl))
+        return fail(d, "curator: sslPort must be null or an integer 1..65535");
+    has_port = port != 0;
+    has_ssl = ssl != 0;
+    if (!has_port && !has_ssl)
+        return fail(d, "curator: neither port nor sslPort is set");
+    if (json_object_get(o, "serviceType") && !type)
+        return fail(d, "curator: serviceType must be a string");
+    for (size_t i = 0; type && i < sizeof types / sizeof *types; i++)
+        known |= strcmp(type, types[i]) == 0;
+    if (type && !known)
+        return fail(d, "curator: unknown serviceType '%.40s'", type);
+    if (enabled && !json_is_boolean(enabled))
+        return fail(d, "curator: enabled must be true or false");
+    if (!curator_metadata(d, o, &md))
+        return false;
+    return add_record(d, d->key_id, address,
+                      (has_ssl && (d->prefer_ssl || !has_port)) ? ssl : port,
+                      json_is_false(enabled) ? 0 : WG_WEIGHT_DEFAULT, md);
+}
+
+static bool is_curator(json_t *o)
+{
+    return json_object_get(o, "serviceType") || json_object_get(o, "registrationTimeUTC");
+}
+
 static bool decode_json(struct decode *d, const char *value, size_t len,
                         enum wg_record_format *format)
 {
@@ -404,6 +502,8 @@ static bool decode_json(struct decode *d, const char *value, size_t len,
         return fail(d, "not valid JSON: %.80s", err.text);
     if (!json_is_object(o))
         ok = fail(d, "JSON value is not an object");
+    else if (is_curator(o))
+        ok = (*format = WG_FORMAT_CURATOR, decode_curator(d, o));
     else if (json_object_get(o, "nodes"))
         ok = (*format = WG_FORMAT_GO_MICRO, decode_micro(d, o));
     else if (json_object_get(o, "endpoints"))
@@ -464,38 +564,67 @@ static bool hand_over(struct decode *d, struct wg_record_set *out, struct wg_rec
     return true;
 }
 
-bool wg_record_decode_etcd(const char *prefix, const char *key, size_t key_len,
-                           const char *value, size_t value_len, struct wg_record_set *out,
-                           struct wg_record_hosts *hosts, enum wg_record_format *format,
-                           char *why, size_t why_len)
+/* Key split, then the value decoded by `body` (NULL: detect the format). */
+static bool decode_value(struct decode *d, const char *prefix, const char *key, size_t key_len,
+                         const char *value, size_t value_len, bool curator_only,
+                         struct wg_record_set *out, struct wg_record_hosts *hosts,
+                         enum wg_record_format *format)
 {
-    struct decode d;
     char *service = NULL, *id = NULL;
     const char *key_why;
     enum wg_record_format f = WG_FORMAT_PLAIN;
     size_t skip = 0;
     bool ok;
 
-    memset(&d, 0, sizeof d);
-    d.why = why;
-    d.why_len = why_len;
-    d.allow_hosts = hosts != NULL;
+    d->allow_hosts = hosts != NULL;
     if (!wg_record_key_split(prefix, key, key_len, &service, &id, &key_why))
-        return fail(&d, "%s", key_why);
-    d.service = service;
-    d.key_id = id;
+        return fail(d, "%s", key_why);
+    d->service = service;
+    d->key_id = id;
     while (skip < value_len && isspace((unsigned char)value[skip]))
         skip++;
     if (skip < value_len && value[skip] == '{')
-        ok = decode_json(&d, value, value_len, &f);
+        ok = decode_json(d, value, value_len, &f);
     else
-        ok = decode_plain(&d, value + skip, value_len - skip);
-    ok = ok && hand_over(&d, out, hosts);
+        ok = decode_plain(d, value + skip, value_len - skip);
+    if (ok && curator_only && f != WG_FORMAT_CURATOR) {
+        ok = fail(d, "not a Curator ServiceInstance (%s format)", wg_record_format_name(f));
+        wg_record_set_clear(&d->recs);
+    }
+    ok = ok && hand_over(d, out, hosts);
     if (ok && format)
         *format = f;
-    wg_record_set_clear(&d.recs);
-    wg_record_hosts_clear(&d.hosts);
+    wg_record_set_clear(&d->recs);
+    wg_record_hosts_clear(&d->hosts);
     free(service);
     free(id);
     return ok;
+}
+
+bool wg_record_decode_etcd(const char *prefix, const char *key, size_t key_len,
+                           const char *value, size_t value_len, struct wg_record_set *out,
+                           struct wg_record_hosts *hosts, enum wg_record_format *format,
+                           char *why, size_t why_len)
+{
+    struct decode d;
+
+    memset(&d, 0, sizeof d);
+    d.why = why;
+    d.why_len = why_len;
+    return decode_value(&d, prefix, key, key_len, value, value_len, false, out, hosts, format);
+}
+
+bool wg_record_decode_zk(const char *prefix, const char *key, size_t key_len,
+                         const char *value, size_t value_len, bool curator_only,
+                         bool prefer_ssl, struct wg_record_set *out,
+                         enum wg_record_format *format, char *why, size_t why_len)
+{
+    struct decode d;
+
+    memset(&d, 0, sizeof d);
+    d.why = why;
+    d.why_len = why_len;
+    d.prefer_ssl = prefer_ssl;
+    return decode_value(&d, prefix, key, key_len, value, value_len, curator_only, out, NULL,
+                        format);
 }

@@ -14,6 +14,8 @@ struct wg_registry *wg_registry_new(const struct wg_config *cfg, struct event_ba
         return wg_registry_file_new(cfg->registry.file, base, pool);
     case WG_REGISTRY_ETCD:
         return wg_registry_etcd_new(cfg, base, pool);
+    case WG_REGISTRY_ZOOKEEPER:
+        return wg_registry_zk_new(cfg, base, pool);
     case WG_REGISTRY_NONE:
     default:
         return wg_registry_none_new(base, pool);
@@ -23,6 +25,15 @@ struct wg_registry *wg_registry_new(const struct wg_config *cfg, struct event_ba
 const double wg_registry_propagation_le[WG_REGISTRY_PROPAGATION_BUCKETS] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0
 };
+
+void wg_registry_observe_propagation(struct wg_registry_status *st, uint64_t ns)
+{
+    st->propagation_count++;
+    st->propagation_sum_ns += ns;
+    for (int i = 0; i < WG_REGISTRY_PROPAGATION_BUCKETS; i++)
+        if ((double)ns <= wg_registry_propagation_le[i] * 1e9)
+            st->propagation_buckets[i]++;
+}
 
 int wg_registry_start(struct wg_registry *r) { return r->ops->start(r); }
 

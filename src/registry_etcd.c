@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "registry_cache.h"
+#include "registry_map.h"
 #include "waygate/etcd_client.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
@@ -48,252 +49,6 @@
 #define AUTH_TIMEOUT_MS 5000
 #define RANGE_TIMEOUT_MS 30000
 #define CACHE_AFTER_MS 1000         /* no list by then: serve the cache */
-
-/* ---- key and service tables --------------------------------------------------- */
-
-struct hnode {
-    struct hnode *next;
-    uint64_t hash;
-    char *name;
-};
-
-struct htable {
-    struct hnode **b;
-    size_t cap, n;
-};
-
-static struct hnode *ht_find(const struct htable *t, const char *name)
-{
-    uint64_t h = wg_record_name_hash(name);
-
-    if (!t->cap)
-        return NULL;
-    for (struct hnode *n = t->b[h & (t->cap - 1)]; n; n = n->next)
-        if (n->hash == h && strcmp(n->name, name) == 0)
-            return n;
-    return NULL;
-}
-
-static bool ht_grow(struct htable *t)
-{
-    size_t cap = t->cap ? t->cap * 2 : 64;
-    struct hnode **b = calloc(cap, sizeof *b);
-
-    if (!b)
-        return false;
-    for (size_t i = 0; i < t->cap; i++)
-        for (struct hnode *n = t->b[i], *next; n; n = next) {
-            next = n->next;
-            n->next = b[n->hash & (cap - 1)];
-            b[n->hash & (cap - 1)] = n;
-        }
-    free(t->b);
-    t->b = b;
-    t->cap = cap;
-    return true;
-}
-
-static bool ht_insert(struct htable *t, struct hnode *n)
-{
-    if (t->n + 1 > t->cap / 2 * 1 + t->cap / 4 && !ht_grow(t))
-        return false;
-    n->hash = wg_record_name_hash(n->name);
-    n->next = t->b[n->hash & (t->cap - 1)];
-    t->b[n->hash & (t->cap - 1)] = n;
-    t->n++;
-    return true;
-}
-
-static void ht_remove(struct htable *t, struct hnode *n)
-{
-    struct hnode **pp = &t->b[n->hash & (t->cap - 1)];
-
-    while (*pp && *pp != n)
-        pp = &(*pp)->next;
-    if (*pp) {
-        *pp = n->next;
-        t->n--;
-    }
-}
-
-struct svc;
-
-/* The instances one etcd key holds (go-micro: several). */
-struct key_entry {
-    struct hnode h;                 /* h.name: the key */
-    struct svc *svc;
-    struct key_entry *prev, *next;  /* the service's keys */
-    struct wg_record *recs;
-    size_t n;
-    uint64_t seq;                   /* changes with every value (DNS answers check it) */
-};
-
-struct svc {
-    struct hnode h;                 /* h.name: the service */
-    struct key_entry *keys;
-    size_t n_records;
-    bool dirty;
-    struct svc *dirty_next;
-};
-
-struct keymap {
-    struct htable keys, svcs;
-    struct svc *dirty;
-};
-
-/* Values applied so far, on the control thread (identifies a key's value
- * across maps, for DNS answers). */
-static uint64_t entry_seq;
-
-static void entry_free_records(struct key_entry *e)
-{
-    for (size_t i = 0; i < e->n; i++)
-        wg_record_free(&e->recs[i]);
-    free(e->recs);
-    e->recs = NULL;
-    e->n = 0;
-}
-
-static void svc_mark(struct keymap *m, struct svc *s)
-{
-    if (s->dirty)
-        return;
-    s->dirty = true;
-    s->dirty_next = m->dirty;
-    m->dirty = s;
-}
-
-static struct svc *svc_get(struct keymap *m, const char *name)
-{
-    struct svc *s = (struct svc *)ht_find(&m->svcs, name);
-
-    if (s)
-        return s;
-    if (!(s = calloc(1, sizeof *s)) || !(s->h.name = strdup(name)) || !ht_insert(&m->svcs, &s->h)) {
-        if (s)
-            free(s->h.name);
-        free(s);
-        return NULL;
-    }
-    return s;
-}
-
-static void entry_unlink(struct keymap *m, struct key_entry *e)
-{
-    struct svc *s = e->svc;
-
-    if (e->prev)
-        e->prev->next = e->next;
-    else
-        s->keys = e->next;
-    if (e->next)
-        e->next->prev = e->prev;
-    s->n_records -= e->n;
-    svc_mark(m, s);
-    ht_remove(&m->keys, &e->h);
-    entry_free_records(e);
-    free(e->h.name);
-    free(e);
-}
-
-static bool keymap_delete(struct keymap *m, const char *key)
-{
-    struct key_entry *e = (struct key_entry *)ht_find(&m->keys, key);
-
-    if (e)
-        entry_unlink(m, e);
-    return e != NULL;
-}
-
-static struct key_entry *entry_new(struct keymap *m, const char *key, struct svc *s)
-{
-    struct key_entry *e = calloc(1, sizeof *e);
-
-    if (!e || !(e->h.name = strdup(key)) || !ht_insert(&m->keys, &e->h)) {
-        if (e)
-            free(e->h.name);
-        free(e);
-        return NULL;
-    }
-    e->svc = s;
-    e->next = s->keys;
-    if (s->keys)
-        s->keys->prev = e;
-    s->keys = e;
-    return e;
-}
-
-/* Replace what `key` holds with `set` (all of one service; taken). */
-static struct key_entry *keymap_put(struct keymap *m, const char *key, struct wg_record_set *set)
-{
-    struct key_entry *e = (struct key_entry *)ht_find(&m->keys, key);
-    struct svc *s = e ? e->svc : svc_get(m, set->v[0].service);
-
-    if (!e && s)
-        e = entry_new(m, key, s);
-    if (!e) {
-        wg_record_set_clear(set);
-        return NULL;
-    }
-    s->n_records -= e->n;
-    entry_free_records(e);
-    struct wg_record *fit = realloc(set->v, set->n * sizeof *fit);     /* keep no spare */
-    if (fit)
-        set->v = fit;
-    e->recs = set->v;
-    e->n = set->n;
-    e->seq = ++entry_seq;
-    s->n_records += e->n;
-    memset(set, 0, sizeof *set);
-    svc_mark(m, s);
-    return e;
-}
-
-static void keymap_clear(struct keymap *m)
-{
-    for (size_t i = 0; i < m->keys.cap; i++)
-        for (struct hnode *n = m->keys.b[i], *next; n; n = next) {
-            struct key_entry *e = (struct key_entry *)n;
-            next = n->next;
-            entry_free_records(e);
-            free(e->h.name);
-            free(e);
-        }
-    for (size_t i = 0; i < m->svcs.cap; i++)
-        for (struct hnode *n = m->svcs.b[i], *next; n; n = next) {
-            next = n->next;
-            free(n->name);
-            free(n);
-        }
-    free(m->keys.b);
-    free(m->svcs.b);
-    memset(m, 0, sizeof *m);
-}
-
-static int rec_id_cmp(const void *a, const void *b)
-{
-    return strcmp(((const struct wg_record *)a)->id, ((const struct wg_record *)b)->id);
-}
-
-/* The service's usable records (shallow copies), sorted by id, one per id
- * (two keys naming the same id: the first in id order wins). */
-static size_t svc_collect(const struct svc *s, struct wg_record *out)
-{
-    size_t n = 0, k = 0;
-
-    for (const struct key_entry *e = s->keys; e; e = e->next)
-        for (size_t i = 0; i < e->n; i++)
-            if (e->recs[i].addr.ss_family != AF_UNSPEC)
-                out[n++] = e->recs[i];
-    qsort(out, n, sizeof *out, rec_id_cmp);
-    for (size_t i = 0; i < n; i++)
-        if (k == 0 || strcmp(out[k - 1].id, out[i].id) != 0)
-            out[k++] = out[i];
-        else
-            wg_warn("msg=\"duplicate instance id, one skipped\" service=%s id=%s", s->h.name,
-                    out[i].id);
-    return k;
-}
 
 /* ---- the registry --------------------------------------------------------------- */
 
@@ -367,54 +122,6 @@ static void arm(struct event *ev, uint64_t ms)
     evtimer_add(ev, &tv);
 }
 
-static void observe_propagation(struct wg_registry_status *st, uint64_t ns)
-{
-    st->propagation_count++;
-    st->propagation_sum_ns += ns;
-    for (int i = 0; i < WG_REGISTRY_PROPAGATION_BUCKETS; i++)
-        if ((double)ns <= wg_registry_propagation_le[i] * 1e9)
-            st->propagation_buckets[i]++;
-}
-
-/* Stage every service the map marked dirty. */
-static void stage_dirty(struct etcd_registry *r, struct keymap *m)
-{
-    while (m->dirty) {
-        struct svc *s = m->dirty;
-        struct wg_record *recs = malloc((s->n_records ? s->n_records : 1) * sizeof *recs);
-        m->dirty = s->dirty_next;
-        s->dirty = false;
-        size_t n = recs ? svc_collect(s, recs) : 0;
-        if (!recs || wg_pool_stage_service(r->base.pool, s->h.name, recs, n) < 0)
-            wg_error("msg=\"cannot stage service, keeping its last pool\" service=%s", s->h.name);
-        free(recs);
-        if (!s->keys) {
-            ht_remove(&m->svcs, &s->h);
-            free(s->h.name);
-            free(s);
-        }
-    }
-}
-
-/* Every usable record of the map (shallow), sorted by service and id. */
-static bool map_records(const struct keymap *m, struct wg_record_set *all)
-{
-    size_t total = 0, n = 0;
-
-    for (size_t i = 0; i < m->svcs.cap; i++)
-        for (struct hnode *h = m->svcs.b[i]; h; h = h->next)
-            total += ((struct svc *)h)->n_records;
-    memset(all, 0, sizeof *all);
-    if (!(all->v = malloc((total ? total : 1) * sizeof *all->v)))
-        return false;
-    for (size_t i = 0; i < m->svcs.cap; i++)
-        for (struct hnode *h = m->svcs.b[i]; h; h = h->next)
-            n += svc_collect((struct svc *)h, all->v + n);
-    all->n = all->cap = n;
-    wg_record_set_sort(all);
-    return true;
-}
-
 /* ---- applying values ---------------------------------------------------------------- */
 
 static void dns_start(struct etcd_registry *r, struct key_entry *e, struct wg_record_hosts *h);
@@ -434,10 +141,10 @@ static bool apply_value(struct etcd_registry *r, struct keymap *m, const char *p
         wg_warn("msg=\"invalid registry record skipped\" key=\"%.200s\" reason=\"%s\"", kv->key,
                 why);
         r->base.status.invalid_records_total++;
-        keymap_delete(m, kv->key);
+        rmap_delete(m, kv->key);
         return false;
     }
-    if (!(e = keymap_put(m, kv->key, &set)))
+    if (!(e = rmap_put(m, kv->key, &set)))
         wg_error("msg=\"out of memory applying a registry record\" key=\"%.200s\"", kv->key);
     else if (hosts.n)
         dns_start(r, e, &hosts);
@@ -454,16 +161,16 @@ static void apply_events(struct watch *w, const struct wg_etcd_event *ev, size_t
         if (memchr(ev[i].kv.key, '\0', ev[i].kv.key_len))
             r->base.status.invalid_records_total++;     /* never stored */
         else if (ev[i].deleted)
-            keymap_delete(&r->map, ev[i].kv.key);
+            rmap_delete(&r->map, ev[i].kv.key);
         else
             apply_value(r, &r->map, w->prefix, &ev[i].kv);
         if (ev[i].kv.mod_revision > w->rev)
             w->rev = ev[i].kv.mod_revision;
     }
-    stage_dirty(r, &r->map);
+    rmap_stage(r->base.pool, &r->map);
     uint64_t generation = wg_pool_commit(r->base.pool);
     uint64_t ns = wg_now_ns() - recv_ns;
-    observe_propagation(&r->base.status, ns);
+    wg_registry_observe_propagation(&r->base.status, ns);
     r->base.status.events_total += n;
     published(r);
     wg_debug("msg=\"etcd watch response applied\" prefix=%s events=%zu revision=%lld "
@@ -518,10 +225,10 @@ static void dns_answer(struct dns_lookup *d, struct key_entry *e, int err, struc
         ((struct sockaddr_in *)&rec->addr)->sin_port = htons(d->port);
     else
         ((struct sockaddr_in6 *)&rec->addr)->sin6_port = htons(d->port);
-    if (ht_find(&r->map.keys, d->key) != &e->h)
+    if (rmap_find(&r->map.keys, d->key) != &e->h)
         return;                     /* in a list still running: published with it */
-    svc_mark(&r->map, e->svc);
-    stage_dirty(r, &r->map);
+    rmap_mark(&r->map, e->svc);
+    rmap_stage(r->base.pool, &r->map);
     wg_pool_commit(r->base.pool);
     published(r);
 }
@@ -535,9 +242,9 @@ static void dns_cb(int err, struct evutil_addrinfo *ai, void *arg)
         dns_unlink(d);
         return;
     }
-    e = (struct key_entry *)ht_find(&d->r->map.keys, d->key);
+    e = (struct key_entry *)rmap_find(&d->r->map.keys, d->key);
     if ((!e || e->seq != d->seq) && d->r->listing)
-        e = (struct key_entry *)ht_find(&d->r->list.map.keys, d->key);
+        e = (struct key_entry *)rmap_find(&d->r->list.map.keys, d->key);
     if (e && e->seq == d->seq && d->index < e->n)
         dns_answer(d, e, err, ai);
     if (ai)
@@ -576,7 +283,7 @@ static void dns_start(struct etcd_registry *r, struct key_entry *e, struct wg_re
 
 static void list_reset(struct listing *l)
 {
-    keymap_clear(&l->map);
+    rmap_clear(&l->map);
     free(l->after);
     memset(l, 0, sizeof *l);
 }
@@ -619,14 +326,14 @@ static void list_done(struct etcd_registry *r)
     bool resync = r->synced;
 
     r->listing = false;
-    keymap_clear(&r->map);
+    rmap_clear(&r->map);
     r->map = r->list.map;
     memset(&r->list.map, 0, sizeof r->list.map);
     while (r->map.dirty) {
         r->map.dirty->dirty = false;
         r->map.dirty = r->map.dirty->dirty_next;
     }
-    if (!map_records(&r->map, &all) || wg_pool_replace_all(r->base.pool, &all) < 0)
+    if (!rmap_records(&r->map, &all) || wg_pool_replace_all(r->base.pool, &all) < 0)
         wg_error("msg=\"cannot publish the etcd list\"");
     free(all.v);
     for (size_t i = 0; i < r->n_prefixes; i++)
@@ -1151,7 +858,7 @@ static void etcd_free(struct wg_registry *base)
     if (r->cache_timer)
         event_free(r->cache_timer);
     wg_registry_cache_free(r->cache);
-    keymap_clear(&r->map);
+    rmap_clear(&r->map);
     wg_etcd_client_free(r->client);
     /* A bufferevent freed above may still have a deferred callback queued
      * (libevent defers a refused connect's error), which holds a reference

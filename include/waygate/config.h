@@ -49,7 +49,8 @@ enum wg_listener_mode { WG_MODE_TCP, WG_MODE_HTTP };
 enum wg_log_level { WG_LOG_DEBUG, WG_LOG_INFO, WG_LOG_WARN, WG_LOG_ERROR };
 enum wg_access_format { WG_ACCESS_TEXT, WG_ACCESS_JSON };
 enum wg_tls_verify { WG_VERIFY_NONE, WG_VERIFY_OPTIONAL, WG_VERIFY_REQUIRED };
-enum wg_registry_kind { WG_REGISTRY_NONE, WG_REGISTRY_ETCD, WG_REGISTRY_FILE };
+enum wg_registry_kind { WG_REGISTRY_NONE, WG_REGISTRY_ETCD, WG_REGISTRY_FILE, WG_REGISTRY_ZOOKEEPER };
+enum wg_zk_layout { WG_ZK_LAYOUT_AUTO, WG_ZK_LAYOUT_CURATOR, WG_ZK_LAYOUT_DUBBO, WG_ZK_LAYOUT_PLAIN };
 
 /* expected_status: "200-299,404" or a single integer. */
 #define WG_STATUS_RANGES_MAX 16
@@ -191,6 +192,17 @@ struct wg_config {
             uint64_t watch_timeout_ms;
             uint64_t backoff_initial_ms, backoff_max_ms;
         } etcd;
+        struct {
+            char **servers;         /* "HOST:PORT" */
+            size_t n_servers;
+            char *root;             /* "/services": no trailing '/' ("" = the top) */
+            enum wg_zk_layout layout;
+            uint64_t session_timeout_ms;
+            struct { char *scheme, *credentials; } auth;    /* "" = none */
+            char *chroot;           /* "" or "/path" */
+            char **dubbo_interfaces, **dubbo_services;      /* dubbo_services: mapping */
+            size_t n_dubbo;
+        } zookeeper;
         char *file;
         char *cache;                /* "" = none */
     } registry;

@@ -77,7 +77,9 @@ enum wg_record_format {
     WG_FORMAT_ENDPOINTS,    /* etcd endpoints.Manager {"Op":0,"Addr":"10.0.0.5:8080"} */
     WG_FORMAT_GO_MICRO,     /* {"name":"users","nodes":[{"id":"u1","address":"..."}]} */
     WG_FORMAT_KRATOS,       /* {"id":"u1","endpoints":["http://10.0.0.5:8000"]} */
-    WG_FORMAT_SKYDNS        /* {"host":"10.0.0.5","port":8080} */
+    WG_FORMAT_SKYDNS,       /* {"host":"10.0.0.5","port":8080} */
+    WG_FORMAT_CURATOR,      /* Apache Curator ServiceInstance (below) */
+    WG_FORMAT_DUBBO         /* Apache Dubbo provider URL (below) */
 };
 const char *wg_record_format_name(enum wg_record_format f);
 
@@ -107,5 +109,47 @@ bool wg_record_decode_etcd(const char *prefix, const char *key, size_t key_len,
                            const char *value, size_t value_len, struct wg_record_set *out,
                            struct wg_record_hosts *hosts, enum wg_record_format *format,
                            char *why, size_t why_len);
+
+/* ---- ZooKeeper node data (DESIGN §17), decoded in record_json.c --------------
+ *
+ * Apache Curator's ServiceDiscovery writes a ServiceInstance as JSON:
+ *   {"name":"users","id":"u1","address":"10.0.0.5","port":8080,"sslPort":null,
+ *    "payload":{"@class":"...",...},"registrationTimeUTC":1700000000000,
+ *    "serviceType":"DYNAMIC","uriSpec":{"parts":[...]},"enabled":true}
+ * A JSON object with "serviceType" or "registrationTimeUTC" is Curator's;
+ * wg_record_decode_etcd() detects it too (any JSON format of §7 may sit in a
+ * ZooKeeper node). The key names the service and the id, as for etcd. The
+ * port is "port", or "sslPort" when `prefer_ssl` (the service sends TLS
+ * upstream) and one is given, or "sslPort" when "port" is null. serviceType
+ * must be DYNAMIC, DYNAMIC_SEQUENTIAL, STATIC or PERMANENT; "enabled":false
+ * gives weight 0 (no new traffic). Metadata: {"serviceType", "sslPort",
+ * "payload" (as written, @class included), "uriSpec" (its parts joined,
+ * variables as {name})}.
+ *
+ * wg_record_decode_zk() decodes the data of the node at `key` like
+ * wg_record_decode_etcd() (any format of §7, or Curator's), or only
+ * Curator's when `curator_only` (registry.zookeeper.layout: curator).
+ * Hostnames are refused (ZooKeeper registrations carry IP literals). */
+bool wg_record_decode_zk(const char *prefix, const char *key, size_t key_len,
+                         const char *value, size_t value_len, bool curator_only,
+                         bool prefer_ssl, struct wg_record_set *out,
+                         enum wg_record_format *format, char *why, size_t why_len);
+
+/* A Dubbo provider: the name of a node under /dubbo/<interface>/providers/
+ * is a URL-encoded (percent-encoded) URL
+ *   dubbo://10.0.0.5:20880/org.example.Users?interface=org.example.Users&weight=50&...
+ * (or tri://). `name` is the node name as stored (name_len bytes). The
+ * service is the `interface` parameter (else the URL path), mapped through
+ * `map` (n_map pairs {interface, service}; NULL: none) when it is there;
+ * the id is "HOST:PORT" (HOST an IP literal, as Dubbo writes); weight=N
+ * (0..10000, default 100); disabled=true or enabled=false give weight 0;
+ * side=consumer is refused. Metadata: {"protocol","application","version",
+ * "group"} where given. On success appends one record; on failure nothing,
+ * with a one-line reason. Never crashes on any input. */
+struct wg_dubbo_map {
+    const char *interface, *service;
+};
+bool wg_record_decode_dubbo(const char *name, size_t name_len, const struct wg_dubbo_map *map,
+                            size_t n_map, struct wg_record_set *out, char *why, size_t why_len);
 
 #endif

@@ -1,4 +1,5 @@
-/* registry — where instances come from: a file or etcd, behind one interface.
+/* registry — where instances come from: a file, etcd or ZooKeeper, behind
+ * one interface (a new source is one file: ops + a constructor here).
  *
  * Promises:
  *  - A registry runs on the control thread's event_base and publishes every
@@ -21,9 +22,16 @@ struct wg_pool;
 struct wg_registry;
 
 struct wg_registry_status {
-    const char *source;             /* "file", "etcd", "none" */
+    const char *source;             /* "file", "etcd", "zookeeper", "none" */
     bool connected;                 /* file: last read succeeded */
-    int64_t revision;               /* etcd revision; file: reload count */
+    int64_t revision;               /* etcd revision; zookeeper: the highest zxid seen;
+                                     * file: reload count */
+    /* zookeeper: the session's state ("connected", "connecting",
+     * "expired", "auth_failed"; NULL for other sources), its id, and the
+     * server it talks to ("" when none) */
+    const char *session_state;
+    int64_t session_id;
+    char server[64];
     uint64_t events_total;          /* changes applied */
     uint64_t reconnects_total;
     uint64_t resyncs_total;
@@ -42,6 +50,8 @@ struct wg_registry_status {
 
 /* Upper bounds (seconds) of the propagation histogram's buckets. */
 extern const double wg_registry_propagation_le[WG_REGISTRY_PROPAGATION_BUCKETS];
+/* Count one propagation of `ns` nanoseconds in the histogram. */
+void wg_registry_observe_propagation(struct wg_registry_status *st, uint64_t ns);
 
 struct wg_registry_ops {
     const char *name;
@@ -70,5 +80,8 @@ struct wg_registry *wg_registry_none_new(struct event_base *base, struct wg_pool
 /* registry.etcd (and registry.cache); NULL with the reason logged. */
 struct wg_registry *wg_registry_etcd_new(const struct wg_config *cfg, struct event_base *base,
                                          struct wg_pool *pool);
+/* registry.zookeeper (and registry.cache); NULL with the reason logged. */
+struct wg_registry *wg_registry_zk_new(const struct wg_config *cfg, struct event_base *base,
+                                       struct wg_pool *pool);
 
 #endif

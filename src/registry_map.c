@@ -1,0 +1,276 @@
+/* registry_map — see registry_map.h. */
+#include "registry_map.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "waygate/log.h"
+#include "waygate/pool.h"
+
+/* ---- key and service tables --------------------------------------------------- */
+
+struct hnode *rmap_find(const struct htable *t, const char *name)
+{
+    uint64_t h = wg_record_name_hash(name);
+
+    if (!t->cap)
+        return NULL;
+    for (struct hnode *n = t->b[h & (t->cap - 1)]; n; n = n->next)
+        if (n->hash == h && strcmp(n->name, name) == 0)
+            return n;
+    return NULL;
+}
+
+static bool ht_grow(struct htable *t)
+{
+    size_t cap = t->cap ? t->cap * 2 : 64;
+    struct hnode **b = calloc(cap, sizeof *b);
+
+    if (!b)
+        return false;
+    for (size_t i = 0; i < t->cap; i++)
+        for (struct hnode *n = t->b[i], *next; n; n = next) {
+            next = n->next;
+            n->next = b[n->hash & (cap - 1)];
+            b[n->hash & (cap - 1)] = n;
+        }
+    free(t->b);
+    t->b = b;
+    t->cap = cap;
+    return true;
+}
+
+bool rmap_insert(struct htable *t, struct hnode *n)
+{
+    if (t->n + 1 > t->cap / 2 * 1 + t->cap / 4 && !ht_grow(t))
+        return false;
+    n->hash = wg_record_name_hash(n->name);
+    n->next = t->b[n->hash & (t->cap - 1)];
+    t->b[n->hash & (t->cap - 1)] = n;
+    t->n++;
+    return true;
+}
+
+void rmap_remove(struct htable *t, struct hnode *n)
+{
+    struct hnode **pp = &t->b[n->hash & (t->cap - 1)];
+
+    while (*pp && *pp != n)
+        pp = &(*pp)->next;
+    if (*pp) {
+        *pp = n->next;
+        t->n--;
+    }
+}
+
+
+
+/* Values applied so far, on the control thread (identifies a key's value
+ * across maps, for DNS answers). */
+static uint64_t entry_seq;
+
+static void entry_free_records(struct key_entry *e)
+{
+    for (size_t i = 0; i < e->n; i++)
+        wg_record_free(&e->recs[i]);
+    free(e->recs);
+    e->recs = NULL;
+    e->n = 0;
+}
+
+void rmap_mark(struct keymap *m, struct svc *s)
+{
+    if (s->dirty)
+        return;
+    s->dirty = true;
+    s->dirty_next = m->dirty;
+    m->dirty = s;
+}
+
+static struct svc *svc_get(struct keymap *m, const char *name)
+{
+    struct svc *s = (struct svc *)rmap_find(&m->svcs, name);
+
+    if (s)
+        return s;
+    if (!(s = calloc(1, sizeof *s)) || !(s->h.name = strdup(name)) || !rmap_insert(&m->svcs, &s->h)) {
+        if (s)
+            free(s->h.name);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static void entry_unlink(struct keymap *m, struct key_entry *e)
+{
+    struct svc *s = e->svc;
+
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        s->keys = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    s->n_records -= e->n;
+    rmap_mark(m, s);
+    rmap_remove(&m->keys, &e->h);
+    entry_free_records(e);
+    free(e->h.name);
+    free(e);
+}
+
+bool rmap_delete(struct keymap *m, const char *key)
+{
+    struct key_entry *e = (struct key_entry *)rmap_find(&m->keys, key);
+
+    if (e)
+        entry_unlink(m, e);
+    return e != NULL;
+}
+
+static struct key_entry *entry_new(struct keymap *m, const char *key, struct svc *s)
+{
+    struct key_entry *e = calloc(1, sizeof *e);
+
+    if (!e || !(e->h.name = strdup(key)) || !rmap_insert(&m->keys, &e->h)) {
+        if (e)
+            free(e->h.name);
+        free(e);
+        return NULL;
+    }
+    e->svc = s;
+    e->next = s->keys;
+    if (s->keys)
+        s->keys->prev = e;
+    s->keys = e;
+    return e;
+}
+
+/* Replace what `key` holds with `set` (all of one service; taken). */
+struct key_entry *rmap_put(struct keymap *m, const char *key, struct wg_record_set *set)
+{
+    struct key_entry *e = (struct key_entry *)rmap_find(&m->keys, key);
+    struct svc *s = e ? e->svc : svc_get(m, set->v[0].service);
+
+    if (!e && s)
+        e = entry_new(m, key, s);
+    if (!e) {
+        wg_record_set_clear(set);
+        return NULL;
+    }
+    s->n_records -= e->n;
+    entry_free_records(e);
+    struct wg_record *fit = realloc(set->v, set->n * sizeof *fit);     /* keep no spare */
+    if (fit)
+        set->v = fit;
+    e->recs = set->v;
+    e->n = set->n;
+    e->seq = ++entry_seq;
+    s->n_records += e->n;
+    memset(set, 0, sizeof *set);
+    rmap_mark(m, s);
+    return e;
+}
+
+void rmap_clear(struct keymap *m)
+{
+    for (size_t i = 0; i < m->keys.cap; i++)
+        for (struct hnode *n = m->keys.b[i], *next; n; n = next) {
+            struct key_entry *e = (struct key_entry *)n;
+            next = n->next;
+            entry_free_records(e);
+            free(e->h.name);
+            free(e);
+        }
+    for (size_t i = 0; i < m->svcs.cap; i++)
+        for (struct hnode *n = m->svcs.b[i], *next; n; n = next) {
+            next = n->next;
+            free(n->name);
+            free(n);
+        }
+    free(m->keys.b);
+    free(m->svcs.b);
+    memset(m, 0, sizeof *m);
+}
+
+static int rec_id_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct wg_record *)a)->id, ((const struct wg_record *)b)->id);
+}
+
+/* The service's usable records (shallow copies), sorted by id, one per id
+ * (two keys naming the same id: the first in id order wins). */
+static size_t svc_collect(const struct svc *s, struct wg_record *out)
+{
+    size_t n = 0, k = 0;
+
+    for (const struct key_entry *e = s->keys; e; e = e->next)
+        for (size_t i = 0; i < e->n; i++)
+            if (e->recs[i].addr.ss_family != AF_UNSPEC)
+                out[n++] = e->recs[i];
+    qsort(out, n, sizeof *out, rec_id_cmp);
+    for (size_t i = 0; i < n; i++)
+        if (k == 0 || strcmp(out[k - 1].id, out[i].id) != 0)
+            out[k++] = out[i];
+        else
+            wg_warn("msg=\"duplicate instance id, one skipped\" service=%s id=%s", s->h.name,
+                    out[i].id);
+    return k;
+}
+
+/* Stage every service the map marked dirty. */
+void rmap_stage(struct wg_pool *pool, struct keymap *m)
+{
+    while (m->dirty) {
+        struct svc *s = m->dirty;
+        struct wg_record *recs = malloc((s->n_records ? s->n_records : 1) * sizeof *recs);
+        m->dirty = s->dirty_next;
+        s->dirty = false;
+        size_t n = recs ? svc_collect(s, recs) : 0;
+        if (!recs || wg_pool_stage_service(pool, s->h.name, recs, n) < 0)
+            wg_error("msg=\"cannot stage service, keeping its last pool\" service=%s", s->h.name);
+        free(recs);
+        if (!s->keys) {
+            rmap_remove(&m->svcs, &s->h);
+            free(s->h.name);
+            free(s);
+        }
+    }
+}
+
+/* Every usable record of the map (shallow), sorted by service and id. */
+bool rmap_records(const struct keymap *m, struct wg_record_set *all)
+{
+    size_t total = 0, n = 0;
+
+    for (size_t i = 0; i < m->svcs.cap; i++)
+        for (struct hnode *h = m->svcs.b[i]; h; h = h->next)
+            total += ((struct svc *)h)->n_records;
+    memset(all, 0, sizeof *all);
+    if (!(all->v = malloc((total ? total : 1) * sizeof *all->v)))
+        return false;
+    for (size_t i = 0; i < m->svcs.cap; i++)
+        for (struct hnode *h = m->svcs.b[i]; h; h = h->next)
+            n += svc_collect((struct svc *)h, all->v + n);
+    all->n = all->cap = n;
+    wg_record_set_sort(all);
+    return true;
+}
+
+
+size_t rmap_sweep(struct keymap *m, uint64_t mark)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < m->keys.cap; i++)
+        for (struct hnode *h = m->keys.b[i], *next; h; h = next) {
+            next = h->next;
+            if (((struct key_entry *)h)->mark < mark) {
+                entry_unlink(m, (struct key_entry *)h);
+                n++;
+            }
+        }
+    return n;
+}

@@ -1,0 +1,79 @@
+/* registry_map — the table of registry keys and the services they fill,
+ * shared by the registries that follow a key-value store (etcd, ZooKeeper);
+ * private to them.
+ *
+ * Promises:
+ *  - A key holds the records of one value (all of one service); putting a
+ *    key replaces them, deleting it removes them. Each change marks its
+ *    service dirty; rmap_stage() stages every dirty service into the pool
+ *    (its records sorted by id, one per id) and forgets emptied services,
+ *    so a caller commits one snapshot for any number of changes.
+ *  - Control thread only; no I/O.
+ */
+#ifndef WAYGATE_REGISTRY_MAP_H
+#define WAYGATE_REGISTRY_MAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "waygate/record.h"
+
+struct wg_pool;
+
+struct hnode {
+    struct hnode *next;
+    uint64_t hash;
+    char *name;
+};
+
+struct htable {
+    struct hnode **b;
+    size_t cap, n;
+};
+
+struct svc;
+
+/* The instances one key holds (go-micro: several). */
+struct key_entry {
+    struct hnode h;                 /* h.name: the key */
+    struct svc *svc;
+    struct key_entry *prev, *next;  /* the service's keys */
+    struct wg_record *recs;
+    size_t n;
+    uint64_t seq;                   /* changes with every value (DNS answers check it) */
+    uint64_t mark;                  /* the owner's (ZooKeeper: the listing that saw it) */
+};
+
+struct svc {
+    struct hnode h;                 /* h.name: the service */
+    struct key_entry *keys;
+    size_t n_records;
+    bool dirty;
+    struct svc *dirty_next;
+};
+
+struct keymap {
+    struct htable keys, svcs;
+    struct svc *dirty;
+};
+
+struct hnode *rmap_find(const struct htable *t, const char *name);
+void rmap_remove(struct htable *t, struct hnode *n);
+void rmap_mark(struct keymap *m, struct svc *s);
+/* Replace what `key` holds with `set` (non-empty, all of one service;
+ * taken, also on failure). NULL when out of memory. */
+struct key_entry *rmap_put(struct keymap *m, const char *key, struct wg_record_set *set);
+bool rmap_delete(struct keymap *m, const char *key);
+/* Delete every key whose mark is below `mark`; the count deleted. */
+size_t rmap_sweep(struct keymap *m, uint64_t mark);
+/* Insert a node into a table (name set by the caller). */
+bool rmap_insert(struct htable *t, struct hnode *n);
+void rmap_clear(struct keymap *m);
+/* Stage every dirty service (rmap_put/rmap_delete/rmap_mark). */
+void rmap_stage(struct wg_pool *pool, struct keymap *m);
+/* Every usable record of the map (shallow copies), sorted by service and
+ * id; free only all->v. */
+bool rmap_records(const struct keymap *m, struct wg_record_set *all);
+
+#endif
