@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <jansson.h>
 #include <signal.h>
@@ -34,8 +35,11 @@
 #include "waygate/http.h"
 #include "waygate/log.h"
 #include "waygate/record.h"
+#include "waygate/zk_client.h"
 
 #define DEFAULT_PREFIX "/services/"
+#define DEFAULT_ZK_ROOT "/services"
+#define ZK_RETRY_MS 1000                /* a node another session still holds */
 #define DEFAULT_TTL_MS 10000
 #define DEFAULT_DRAIN_MS 2000
 #define DEFAULT_HEALTH_INTERVAL_MS 1000
@@ -48,18 +52,25 @@
 
 #define USAGE                                                                              \
     "usage: waygate register --etcd URL[,URL] --service NAME --id ID --address HOST:PORT\n" \
+    "       waygate register --zookeeper HOST:PORT[,HOST:PORT] [--layout plain|curator]\n"  \
+    "                        --service NAME --id ID --address HOST:PORT\n"                 \
     "                        [--prefix /services/] [--weight N] [--metadata k=v ...]\n"      \
     "                        [--ttl 10s] [--health http://HOST:PORT/PATH]\n"                \
     "                        [--health-interval 1s] [--health-timeout 1s] [--drain 2s]\n"   \
     "                        [-c FILE] [-- COMMAND ARGS...]\n"                              \
     "  -c FILE  read registry.etcd (endpoints, prefix, username, password, tls, backoff)\n" \
-    "           from a waygate configuration file; options given here win\n"
+    "           or registry.zookeeper (servers, root, chroot, auth) from a waygate\n"       \
+    "           configuration file; options given here win\n"                              \
+    "  ZooKeeper: an ephemeral node <prefix>/<service>/<id> (prefix default /services);\n" \
+    "           --ttl is the session timeout\n"
 
 /* ---- options ------------------------------------------------------------------ */
 
 struct options {
     const char *config_path;
     const char *etcd;                   /* --etcd, comma-separated */
+    const char *zookeeper;              /* --zookeeper, comma-separated */
+    const char *layout;                 /* --layout plain|curator (ZooKeeper) */
     const char *prefix;
     const char *service, *id, *address;
     uint64_t weight;
@@ -72,12 +83,13 @@ struct options {
 enum opt_id {
     OPT_CONFIG, OPT_ETCD, OPT_PREFIX, OPT_SERVICE, OPT_ID, OPT_ADDRESS, OPT_WEIGHT,
     OPT_METADATA, OPT_TTL, OPT_HEALTH, OPT_HEALTH_INTERVAL, OPT_HEALTH_TIMEOUT, OPT_DRAIN,
-    OPT_COUNT
+    OPT_ZOOKEEPER, OPT_LAYOUT, OPT_COUNT
 };
 
 static const char *const opt_names[OPT_COUNT] = {
     "--config", "--etcd", "--prefix", "--service", "--id", "--address", "--weight",
-    "--metadata", "--ttl", "--health", "--health-interval", "--health-timeout", "--drain"
+    "--metadata", "--ttl", "--health", "--health-interval", "--health-timeout", "--drain",
+    "--zookeeper", "--layout"
 };
 
 static bool fail_text(char *err, size_t len, const char *fmt, ...)
@@ -123,6 +135,11 @@ static bool set_option(struct options *o, enum opt_id id, const char *v, char *e
     switch (id) {
     case OPT_CONFIG: o->config_path = v; return true;
     case OPT_ETCD: o->etcd = v; return true;
+    case OPT_ZOOKEEPER: o->zookeeper = v; return true;
+    case OPT_LAYOUT:
+        o->layout = v;
+        return strcmp(v, "plain") == 0 || strcmp(v, "curator") == 0 ||
+               fail_text(err, len, "--layout: expected plain or curator, got '%s'", v);
     case OPT_PREFIX: o->prefix = v; return true;
     case OPT_SERVICE: o->service = v; return true;
     case OPT_ID: o->id = v; return true;
@@ -334,6 +351,16 @@ struct registrar {
     struct wg_config *cfg;
     struct event_base *base;
     struct wg_etcd_client *etcd;
+    /* ZooKeeper mode (--zookeeper, or -c with registry.zookeeper) */
+    bool zk_mode;
+    struct wg_zk *zk;
+    struct wg_zk_options zk_opts;
+    char *zk_hosts;
+    char **zk_parents;                  /* persistent directories to make, top first */
+    size_t n_zk_parents;
+    unsigned zk_inflight;               /* requests sent, answers not yet in */
+    bool zk_connected;
+    struct evdns_base *dns;             /* ZooKeeper mode's own resolver (health URL) */
     char *endpoints[MAX_ENDPOINTS];
     size_t n_endpoints;
     const char *user, *password;        /* NULL: no authentication */
@@ -369,6 +396,7 @@ struct registrar {
 };
 
 static void advance(struct registrar *r);
+static void zk_step(struct registrar *r);
 
 static const char *endpoint_now(const struct registrar *r)
 {
@@ -711,6 +739,141 @@ static void keepalive_cb(evutil_socket_t fd, short what, void *arg)
     advance(r);
 }
 
+/* ---- ZooKeeper ------------------------------------------------------------------------------
+ *
+ * The node is ephemeral: it lives as long as the session. zk_step() sends
+ * what the state asks for once the session is connected: the persistent
+ * parents then the node (pipelined: ZooKeeper answers in order), or its
+ * delete. An expired session takes the node with it: a new handle is
+ * opened and the node created again. A node that already exists belongs to
+ * another session (a registrar that died, until its session expires, or a
+ * duplicate --id): waited for. */
+
+static void zk_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct registrar *r = arg;
+
+    r->waiting = false;
+    if (!r->zk_connected && wg_zk_state(r->zk) != WG_ZK_CONNECTING && wg_zk_reconnect(r->zk) < 0)
+        arm_ms(r->retry, ZK_RETRY_MS);
+    advance(r);
+}
+
+static void zk_send(struct registrar *r, int rc, enum op op)
+{
+    if (rc < 0) {
+        wg_warn("msg=\"zookeeper request not sent, retrying\" call=\"%s\" service=%s id=%s",
+                op_names[op], r->o->service, r->o->id);
+        r->waiting = true;
+        arm_ms(r->retry, ZK_RETRY_MS);
+        return;
+    }
+    r->zk_inflight++;
+    r->op = op;
+}
+
+static void zk_step(struct registrar *r)
+{
+    bool want = r->phase == PH_RUNNING && r->healthy;
+
+    if (r->phase == PH_STOPPING && !r->registered && !r->zk_inflight)
+        finish(r);
+    if (r->done || !r->zk_connected || r->zk_inflight || r->waiting)
+        return;
+    if (r->registered && (!want || r->phase == PH_STOPPING)) {
+        zk_send(r, wg_zk_delete(r->zk, r->key, 0), OP_DELETE);
+    } else if (want && !r->registered) {
+        for (size_t i = 0; i < r->n_zk_parents; i++)
+            if (wg_zk_create(r->zk, r->zk_parents[i], NULL, 0, false, 1) == 0)
+                r->zk_inflight++;
+        zk_send(r, wg_zk_create(r->zk, r->key, r->value, strlen(r->value), true, 2), OP_PUT);
+    }
+}
+
+static void zk_created(struct registrar *r, const struct wg_zk_msg *m)
+{
+    if (m->tag == 1) {                  /* a parent: there already is fine */
+        if (m->rc && !wg_zk_is_node_exists(m->rc))
+            wg_warn("msg=\"zookeeper: cannot create a parent\" path=%s error=\"%s\"", m->path,
+                    wg_zk_error(m->rc));
+        return;
+    }
+    r->op = OP_NONE;
+    if (m->rc == 0) {
+        r->registered = true;
+        wg_info("msg=\"registered\" service=%s id=%s node=%s value=%s session=0x%llx",
+                r->o->service, r->o->id, r->key, r->value,
+                (unsigned long long)wg_zk_session_id(r->zk));
+        return;
+    }
+    if (wg_zk_is_node_exists(m->rc))
+        wg_warn("msg=\"the node exists under another session; waiting for it to go\" node=%s "
+                "service=%s id=%s", r->key, r->o->service, r->o->id);
+    else
+        wg_warn("msg=\"zookeeper create failed, retrying\" node=%s error=\"%s\"", r->key,
+                wg_zk_error(m->rc));
+    r->waiting = true;
+    arm_ms(r->retry, ZK_RETRY_MS);
+}
+
+static void zk_session(struct registrar *r, enum wg_zk_state st)
+{
+    char server[64];
+
+    r->zk_connected = st == WG_ZK_CONNECTED;
+    if (st == WG_ZK_CONNECTED) {
+        wg_zk_server(r->zk, server, sizeof server);
+        wg_info("msg=\"zookeeper connected\" server=%s session=0x%llx", server,
+                (unsigned long long)wg_zk_session_id(r->zk));
+    } else if (st == WG_ZK_EXPIRED || st == WG_ZK_AUTH_FAILED) {
+        wg_warn("msg=\"zookeeper session %s; its node is gone, opening a new session\" "
+                "service=%s id=%s", st == WG_ZK_EXPIRED ? "expired" : "refused authentication",
+                r->o->service, r->o->id);
+        r->registered = false;
+        r->zk_inflight = 0;
+        r->op = OP_NONE;
+        if (wg_zk_reconnect(r->zk) < 0) {
+            r->waiting = true;
+            arm_ms(r->retry, ZK_RETRY_MS);
+        }
+    } else {
+        wg_warn("msg=\"zookeeper connection lost; the node stays while the session lives\" "
+                "service=%s id=%s", r->o->service, r->o->id);
+    }
+}
+
+static void zk_message(void *arg, const struct wg_zk_msg *m)
+{
+    struct registrar *r = arg;
+
+    switch (m->kind) {
+    case WG_ZK_SESSION:
+        zk_session(r, m->state);
+        break;
+    case WG_ZK_CREATE:
+        r->zk_inflight--;
+        zk_created(r, m);
+        break;
+    case WG_ZK_DELETE:
+        r->zk_inflight--;
+        r->op = OP_NONE;
+        if (m->rc == 0 || wg_zk_is_nonode(m->rc)) {
+            r->registered = false;
+            wg_info("msg=\"deregistered\" service=%s id=%s node=%s", r->o->service, r->o->id,
+                    r->key);
+        } else {
+            wg_warn("msg=\"zookeeper delete failed, retrying\" node=%s error=\"%s\"", r->key,
+                    wg_zk_error(m->rc));
+            r->waiting = true;
+            arm_ms(r->retry, ZK_RETRY_MS);
+        }
+        break;
+    default:
+        break;
+    }
+    advance(r);
+}
+
 /* ---- health ------------------------------------------------------------------------------ */
 
 static void health_verdict(struct registrar *r, bool pass, const char *why);
@@ -802,7 +965,7 @@ static void probe_start(struct probe *p)
     }
     /* the failure of a connect reported at once arrives through the event
      * callback, which may already have freed the bufferevent */
-    if (bufferevent_socket_connect_hostname(bev, wg_etcd_client_dns(r->etcd), AF_UNSPEC, p->host,
+    if (bufferevent_socket_connect_hostname(bev, r->dns, AF_UNSPEC, p->host,
                                             p->port) < 0 && p->bev == bev)
         probe_done(p, false, "cannot connect");
 }
@@ -906,7 +1069,10 @@ static void advance(struct registrar *r)
         return;
     if (r->phase == PH_DEREGISTER && !r->registered && r->op != OP_PUT)
         start_drain(r);
-    etcd_step(r);
+    if (r->zk_mode)
+        zk_step(r);
+    else
+        etcd_step(r);
 }
 
 static void drain_cb(evutil_socket_t fd, short what, void *arg)
@@ -1104,8 +1270,109 @@ static void file_settings(struct registrar *r)
         r->user = e->username;
         r->password = e->password ? e->password : "";
     }
-    if (!r->o->prefix)
+    if (!r->o->prefix && !r->zk_mode)
         r->o->prefix = e && e->n_prefixes ? e->prefixes[0] : DEFAULT_PREFIX;
+}
+
+/* ZooKeeper: hosts, session timeout (--ttl), root (--prefix) and auth from
+ * the options, else the file's registry.zookeeper, else defaults. */
+static bool zk_settings(struct registrar *r, char *err, size_t len)
+{
+    const typeof(r->cfg->registry.zookeeper) *z = r->cfg ? &r->cfg->registry.zookeeper : NULL;
+    bool from_file = z && r->cfg->registry.kind == WG_REGISTRY_ZOOKEEPER;
+    size_t n = 1;
+
+    if (r->o->zookeeper) {
+        r->zk_hosts = strdup(r->o->zookeeper);
+    } else {
+        for (size_t i = 0; i < z->n_servers; i++)
+            n += strlen(z->servers[i]) + 1;
+        n += strlen(z->chroot);
+        if ((r->zk_hosts = calloc(1, n))) {
+            for (size_t i = 0; i < z->n_servers; i++)
+                strcat(strcat(r->zk_hosts, i ? "," : ""), z->servers[i]);
+            strcat(r->zk_hosts, z->chroot);
+        }
+    }
+    if (!r->zk_hosts)
+        return fail_text(err, len, "out of memory");
+    if (!r->zk_hosts[0] || strspn(r->zk_hosts, ",") == strlen(r->zk_hosts))
+        return fail_text(err, len, "--zookeeper: expected HOST:PORT[,HOST:PORT]");
+    r->zk_opts = (struct wg_zk_options){ r->zk_hosts, (unsigned)r->o->ttl_ms,
+                                         from_file ? z->auth.scheme : NULL,
+                                         from_file ? z->auth.credentials : NULL };
+    if (!r->o->prefix)
+        r->o->prefix = from_file ? z->root : DEFAULT_ZK_ROOT;
+    if (r->o->layout && strcmp(r->o->layout, "curator") == 0 && r->o->weight != WG_WEIGHT_DEFAULT)
+        return fail_text(err, len, "--weight: a Curator ServiceInstance has no weight "
+                                   "(use --layout plain)");
+    return true;
+}
+
+/* Curator's ServiceInstance JSON (what ServiceDiscovery.registerService
+ * writes); metadata goes into the payload, a map as Curator's Jackson
+ * serializer types it. */
+static char *curator_value(const struct options *o, const char *host, uint16_t port)
+{
+    json_t *payload = json_null(), *v;
+    struct timespec now;
+    char *text;
+
+    clock_gettime(CLOCK_REALTIME, &now);
+    if (json_object_size(o->metadata)) {
+        payload = json_deep_copy(o->metadata);
+        if (payload)
+            json_object_set_new(payload, "@class", json_string("java.util.LinkedHashMap"));
+    }
+    v = json_pack("{sssssssIsnsosIss}", "name", o->service, "id", o->id, "address", host,
+                  "port", (json_int_t)port, "sslPort", "payload", payload,
+                  "registrationTimeUTC",
+                  (json_int_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, "serviceType",
+                  "DYNAMIC");
+    text = v ? json_dumps(v, JSON_COMPACT) : NULL;
+    json_decref(v);
+    return text;
+}
+
+/* The node's path, value (checked with the registry's decoder) and parents. */
+static bool zk_record(struct registrar *r, char *err, size_t len)
+{
+    const struct options *o = r->o;
+    bool curator = o->layout && strcmp(o->layout, "curator") == 0;
+    size_t rl = strlen(o->prefix);
+    struct wg_record_set set = { 0 };
+    char why[300];
+
+    while (rl && o->prefix[rl - 1] == '/')
+        rl--;
+    if (o->prefix[0] != '/' && rl)
+        return fail_text(err, len, "--prefix: a ZooKeeper path starts with '/', got '%s'",
+                         o->prefix);
+    if (strchr(o->id, '/'))
+        return fail_text(err, len, "--id: a ZooKeeper node name has no '/', got '%s'", o->id);
+    size_t n = rl + strlen(o->service) + strlen(o->id) + 3;
+    if (!(r->key = malloc(n)) || !(r->zk_parents = calloc(32, sizeof *r->zk_parents)))
+        return fail_text(err, len, "out of memory");
+    snprintf(r->key, n, "%.*s/%s/%s", (int)rl, o->prefix, o->service, o->id);
+    r->value = curator ? curator_value(o, r->address_host, r->address_port)
+                       : record_value(o, r->address_host, r->address_port);
+    if (!r->value)
+        return fail_text(err, len, "out of memory");
+    char prefix[rl + 2];
+    snprintf(prefix, sizeof prefix, "%.*s/", (int)rl, o->prefix);
+    bool ok = wg_record_decode_zk(prefix, r->key, strlen(r->key), r->value, strlen(r->value),
+                                  curator, false, &set, NULL, why, sizeof why);
+    wg_record_set_clear(&set);
+    if (!ok)
+        return fail_text(err, len, "the node %s would be refused by waygate: %s", r->key, why);
+    /* every directory above the node, top first */
+    for (char *slash = strchr(r->key + 1, '/'); slash; slash = strchr(slash + 1, '/')) {
+        if (r->n_zk_parents == 32)
+            return fail_text(err, len, "--prefix: too deep");
+        if (!(r->zk_parents[r->n_zk_parents++] = strndup(r->key, (size_t)(slash - r->key))))
+            return fail_text(err, len, "out of memory");
+    }
+    return true;
 }
 
 static bool required(const struct options *o, char *err, size_t len)
@@ -1137,6 +1404,9 @@ static bool build_record(struct registrar *r, char *err, size_t len)
                         sizeof r->address_host, &r->address_port))
         return fail_text(err, len, "--address: expected HOST:PORT or [V6]:PORT with a port "
                                    "1..65535, got '%s'", o->address);
+    if (r->zk_mode)
+        return zk_record(r, err, len) &&
+               (!o->health || parse_health_url(o->health, &r->health, err, len));
     if (!prefix[0] || prefix[strlen(prefix) - 1] != '/')
         slash = "/";
     n = strlen(prefix) + strlen(slash) + strlen(o->service) + strlen(o->id) + 2;
@@ -1177,12 +1447,20 @@ static bool runtime_init(struct registrar *r)
         tls = (struct wg_etcd_tls){ e->tls.ca, e->tls.cert, e->tls.key, e->tls.server_name };
     if (!(r->base = event_base_new()))
         return false;
-    if (!(r->etcd = wg_etcd_client_new(r->base, r->endpoints, r->n_endpoints, &tls, err,
-                                       sizeof err))) {
+    if (r->zk_mode) {
+        if (!(r->dns = evdns_base_new(r->base, EVDNS_BASE_INITIALIZE_NAMESERVERS)) ||
+            !(r->zk = wg_zk_new(r->base, &r->zk_opts, zk_message, r, err, sizeof err))) {
+            fprintf(stderr, "waygate register: %s\n", r->dns ? err : "cannot make a resolver");
+            return false;
+        }
+    } else if (!(r->etcd = wg_etcd_client_new(r->base, r->endpoints, r->n_endpoints, &tls, err,
+                                              sizeof err))) {
         fprintf(stderr, "waygate register: %s\n", err);
         return false;
+    } else {
+        r->dns = wg_etcd_client_dns(r->etcd);
     }
-    if (!(r->retry = evtimer_new(r->base, retry_cb, r)) ||
+    if (!(r->retry = evtimer_new(r->base, r->zk_mode ? zk_retry_cb : retry_cb, r)) ||
         !(r->keepalive = evtimer_new(r->base, keepalive_cb, r)) ||
         !(r->deadline = evtimer_new(r->base, deadline_cb, r)) ||
         !(r->drain = evtimer_new(r->base, drain_cb, r)) || !probe_init(r) || !signals_init(r))
@@ -1208,8 +1486,15 @@ static void runtime_free(struct registrar *r)
     if (r->base)
         event_base_loop(r->base, EVLOOP_NONBLOCK);
     wg_etcd_client_free(r->etcd);
+    wg_zk_free(r->zk);                  /* closing the session drops the node, too */
+    if (r->zk_mode && r->dns)
+        evdns_base_free(r->dns, 0);
     if (r->base)
         event_base_free(r->base);
+    for (size_t i = 0; i < r->n_zk_parents; i++)
+        free(r->zk_parents[i]);
+    free(r->zk_parents);
+    free(r->zk_hosts);
     for (size_t i = 0; i < r->n_endpoints; i++)
         free(r->endpoints[i]);
     free(r->key);
@@ -1233,9 +1518,9 @@ static int run(struct registrar *r)
         r->probe.enabled = true;
         arm_ms(r->probe.timer, 0);
     }
-    wg_info("msg=\"registering\" service=%s id=%s key=%s endpoints=%zu first=%s ttl_ms=%llu",
-            r->o->service, r->o->id, r->key, r->n_endpoints, r->endpoints[0],
-            (unsigned long long)r->o->ttl_ms);
+    wg_info("msg=\"registering\" service=%s id=%s key=%s registry=%s first=%s ttl_ms=%llu",
+            r->o->service, r->o->id, r->key, r->zk_mode ? "zookeeper" : "etcd",
+            r->zk_mode ? r->zk_hosts : r->endpoints[0], (unsigned long long)r->o->ttl_ms);
     advance(r);
     if (event_base_dispatch(r->base) < 0)
         return 1;
@@ -1273,10 +1558,18 @@ int wg_register_main(int argc, char **argv)
     } else if (!load_config(&r)) {
         rc = 1;
     } else {
+        r.zk_mode = o.zookeeper || (!o.etcd && r.cfg && r.cfg->registry.kind == WG_REGISTRY_ZOOKEEPER);
         file_settings(&r);
-        rc = etcd_settings(&r, err, sizeof err) && build_record(&r, err, sizeof err)
-                 ? run(&r)
-                 : usage_error(err);
+        if (o.zookeeper && o.etcd)
+            rc = usage_error("--etcd and --zookeeper are mutually exclusive");
+        else if (o.layout && !r.zk_mode)
+            rc = usage_error("--layout: only with --zookeeper");
+        else
+            rc = (r.zk_mode ? zk_settings(&r, err, sizeof err)
+                            : etcd_settings(&r, err, sizeof err)) &&
+                         build_record(&r, err, sizeof err)
+                     ? run(&r)
+                     : usage_error(err);
     }
     runtime_free(&r);
     json_decref(o.metadata);
