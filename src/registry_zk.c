@@ -430,6 +430,27 @@ static void on_data(struct zk_registry *r, const struct wg_zk_msg *m)
              wg_record_format_name(format));
 }
 
+/* A node's own delete event: its parent forgets it, so that the next
+ * children read sees it as new if it is created again before that read
+ * (its data watch fired with the delete; the children diff alone would see
+ * no change). */
+static void forget_child(struct zk_registry *r, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *parent = slash ? strndup(path, (size_t)(slash - path)) : NULL;
+    struct dir *d = parent ? dir_find(r, parent) : NULL;
+    const char *name = slash ? slash + 1 : "";
+    char **hit = d && d->children ? bsearch(&name, d->children, d->n, sizeof *d->children,
+                                            str_cmp) : NULL;
+
+    if (hit) {
+        free(*hit);
+        memmove(hit, hit + 1, (size_t)(d->children + d->n - hit - 1) * sizeof *hit);
+        d->n--;
+    }
+    free(parent);
+}
+
 static void on_watch(struct zk_registry *r, const struct wg_zk_msg *m)
 {
     const char *path = strcmp(m->path, "/") == 0 ? "" : m->path;
@@ -445,12 +466,15 @@ static void on_watch(struct zk_registry *r, const struct wg_zk_msg *m)
             read_data(r, m->path);
         break;
     case WG_ZK_EV_DELETED:
-        if (d && d->kind == DIR_ROOT)
+        if (d && d->kind == DIR_ROOT) {
             read_children(r, path);     /* NONODE: records go, exists watch set */
-        else if (d)
+            break;
+        }
+        if (d)
             dir_remove(r, d);
         else
             rmap_delete(&r->map, m->path);
+        forget_child(r, m->path);
         break;
     case WG_ZK_EV_CREATED:
         if (d && d->kind == DIR_ROOT)
