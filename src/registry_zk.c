@@ -370,8 +370,9 @@ static void on_children(struct zk_registry *r, const struct wg_zk_msg *m)
         }
         return;
     }
-    wg_debug("msg=\"zookeeper children read failed\" path=%s error=\"%s\"", m->path,
-             wg_zk_error(m->rc));
+    wg_log(wg_zk_is_connection_error(m->rc) ? WG_LOG_DEBUG : WG_LOG_WARN,
+           "msg=\"zookeeper children read failed\" path=%s error=\"%s\"", m->path,
+           wg_zk_error(m->rc));
     if (r->listing)
         r->broken = true;
 }
@@ -389,8 +390,9 @@ static void on_data(struct zk_registry *r, const struct wg_zk_msg *m)
         return;
     }
     if (m->rc != 0) {
-        wg_debug("msg=\"zookeeper data read failed\" path=%s error=\"%s\"", m->path,
-                 wg_zk_error(m->rc));
+        wg_log(wg_zk_is_connection_error(m->rc) ? WG_LOG_DEBUG : WG_LOG_WARN,
+               "msg=\"zookeeper data read failed\" path=%s error=\"%s\"", m->path,
+               wg_zk_error(m->rc));
         r->broken = r->listing;
         return;
     }
@@ -505,7 +507,7 @@ static void listing_done(struct zk_registry *r)
     if (r->broken) {
         r->broken = false;
         if (wg_zk_state(r->zk) == WG_ZK_CONNECTED)
-            arm(r->relist, RETRY_MS / 10);  /* a read failed while connected: again */
+            arm(r->relist, RETRY_MS);       /* a read failed while connected: again */
         return;                             /* else the next connect lists again */
     }
     gone = rmap_sweep(&r->map, r->epoch);

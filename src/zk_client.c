@@ -476,3 +476,9 @@ const char *wg_zk_error(int rc) { return zerror(rc); }
 bool wg_zk_is_nonode(int rc) { return rc == ZNONODE; }
 
 bool wg_zk_is_node_exists(int rc) { return rc == ZNODEEXISTS; }
+
+bool wg_zk_is_connection_error(int rc)
+{
+    return rc == ZCONNECTIONLOSS || rc == ZSESSIONEXPIRED || rc == ZCLOSING ||
+           rc == ZOPERATIONTIMEOUT || rc == ZINVALIDSTATE || rc == ZSESSIONMOVED;
+}

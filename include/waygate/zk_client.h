@@ -109,5 +109,7 @@ uint64_t wg_zk_generation(const struct wg_zk *z);
 const char *wg_zk_error(int rc);
 bool wg_zk_is_nonode(int rc);
 bool wg_zk_is_node_exists(int rc);
+/* The connection or session went (the read is not the node's fault). */
+bool wg_zk_is_connection_error(int rc);
 
 #endif

@@ -85,11 +85,16 @@ def test_kazoo_plain_curator_and_invalid_nodes():
         svc = wg.status()["services"]["users"]
         assert {i["id"]: i["weight"] for i in svc["instances"]} == {"a": 50, "b": 100}
         # a data change, a Curator instance disabled, an invalid update, a delete
+        count = wg.metric("waygate_registry_propagation_seconds_count")
         c.set(ROOT + "/users/a", native(d, weight=7))
         wg.wait_instances({"a": "127.0.0.1:%d" % d.port, "b": "127.0.0.1:%d" % b.port})
+        # one change, one snapshot, one observation of put -> routable
+        assert wg.metric("waygate_registry_propagation_seconds_count") == count + 1
+        gen = wg.status()["generation"]
         c.set(ROOT + "/users/b", curator(b, enabled=False))
         wait_until(lambda: [i["weight"] for i in wg.status()["services"]["users"]["instances"]
                             if i["id"] == "b"] == [0], slack(5), "b at weight 0")
+        assert wg.status()["generation"] == gen + 1
         c.set(ROOT + "/users/a", b'{"address": 5}')
         wg.wait_instances({"b": "127.0.0.1:%d" % b.port})
         assert wg.registry_status()["invalid_records_total"] == 2
@@ -240,3 +245,27 @@ def test_zookeeper_down_keeps_routing_then_resyncs():
         assert wg.metric("waygate_registry_resyncs_total") >= 1
         with open(cache) as f:
             assert '"port": %d' % a.port in f.read()
+
+
+def test_digest_auth_and_chroot():
+    """Nodes readable only with digest credentials, under a chroot: waygate
+    with registry.zookeeper.auth and chroot follows them; without the
+    credentials it reads nothing and keeps running."""
+    with ZkHarness() as h:
+        zk = h.zookeeper()
+        c = h.kazoo(zk, auth_data=[("digest", "reg:secret")])
+        from kazoo.security import make_digest_acl      # after zklib found kazoo
+        acl = [make_digest_acl("reg", "secret", all=True)]
+        a = h.backend("name", name="a")
+        c.create("/apps/services/users", makepath=True, acl=acl)
+        c.create("/apps/services/users/a", native(a), acl=acl)
+        wg = h.waygate_zk(zk, chroot="/apps",
+                          auth={"scheme": "digest", "credentials": "reg:secret"})
+        wg.wait_instances({"a": "127.0.0.1:%d" % a.port})
+        assert name_via(wg.port()) == "a"
+        c.create("/apps/services/users/b", native(a, weight=5), acl=acl)
+        wg.wait_instances({"a": "127.0.0.1:%d" % a.port, "b": "127.0.0.1:%d" % a.port})
+        other = h.waygate_zk(zk, chroot="/apps")
+        wait_until(lambda: "zookeeper children read failed" in other.stderr_text() and
+                   "not authenticated" in other.stderr_text(), slack(5), "a refused read logged")
+        assert other.pool() == {} and other.alive()
