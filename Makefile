@@ -3,7 +3,8 @@
 BUILD      ?= build
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 PACKAGES    = cmake gcc pkg-config make libevent-dev libssl-dev libyaml-dev libjansson-dev \
-              check etcd-server etcd-client curl openssl python3 iproute2 procps wrk
+              libzookeeper-mt-dev check etcd-server etcd-client curl openssl python3 iproute2 \
+              procps wrk zookeeper default-jre-headless python3-kazoo
 # Tools some tests use (promtool, a real Prometheus scrape, the dashboard in
 # headless Chromium); best effort: without them those tests skip.
 TEST_PACKAGES  = prometheus chromium haproxy nginx-light iperf3
