@@ -260,3 +260,18 @@ void wg_registry_cache_free(struct wg_registry_cache *c)
     free(c->tmp);
     free(c);
 }
+
+void wg_registry_cache_serve(struct wg_registry_cache *c, struct wg_pool *pool,
+                             const char *source)
+{
+    struct wg_record_set set = { 0 };
+
+    if (!c || !wg_registry_cache_load(c, &set))
+        return;
+    if (wg_pool_replace_all(pool, &set) < 0)
+        wg_error("msg=\"cannot publish the registry cache\"");
+    else
+        wg_warn("msg=\"%s unreachable: serving the registry cache until it answers\" "
+                "instances=%zu", source, set.n);
+    wg_record_set_clear(&set);
+}

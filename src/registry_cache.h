@@ -16,6 +16,7 @@
 
 #include "waygate/record.h"
 
+struct wg_pool;
 struct wg_snapshot;
 struct wg_registry_cache;
 
@@ -25,6 +26,10 @@ struct wg_registry_cache *wg_registry_cache_new(const char *path);
 void wg_registry_cache_publish(struct wg_registry_cache *c, struct wg_snapshot *s);
 /* Read the cache: false when absent or unreadable (logged). */
 bool wg_registry_cache_load(struct wg_registry_cache *c, struct wg_record_set *out);
+/* Load the cache (NULL: none) and publish it as the pools, for a registry
+ * whose source did not answer at start; logs what it did, naming `source`. */
+void wg_registry_cache_serve(struct wg_registry_cache *c, struct wg_pool *pool,
+                             const char *source);
 /* Write what is queued, stop the thread, free. NULL ignored. */
 void wg_registry_cache_free(struct wg_registry_cache *c);
 

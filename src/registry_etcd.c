@@ -733,17 +733,8 @@ static void silence_cb(evutil_socket_t fd, short what, void *arg) { start_probe(
 
 static void load_cache(struct etcd_registry *r)
 {
-    struct wg_record_set set = { 0 };
-
     r->cache_tried = true;
-    if (!r->cache || !wg_registry_cache_load(r->cache, &set))
-        return;
-    if (wg_pool_replace_all(r->base.pool, &set) < 0)
-        wg_error("msg=\"cannot publish the registry cache\"");
-    else
-        wg_warn("msg=\"etcd unreachable: serving the registry cache until it answers\" "
-                "instances=%zu", set.n);
-    wg_record_set_clear(&set);
+    wg_registry_cache_serve(r->cache, r->base.pool, "etcd");
 }
 
 static void cache_timer_cb(evutil_socket_t fd, short what, void *arg)

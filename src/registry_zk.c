@@ -561,17 +561,8 @@ static void commit_changes(struct zk_registry *r, uint64_t recv_ns)
 
 static void load_cache(struct zk_registry *r)
 {
-    struct wg_record_set set = { 0 };
-
     r->cache_tried = true;
-    if (!r->cache || !wg_registry_cache_load(r->cache, &set))
-        return;
-    if (wg_pool_replace_all(r->base.pool, &set) < 0)
-        wg_error("msg=\"cannot publish the registry cache\"");
-    else
-        wg_warn("msg=\"zookeeper unreachable: serving the registry cache until it answers\" "
-                "instances=%zu", set.n);
-    wg_record_set_clear(&set);
+    wg_registry_cache_serve(r->cache, r->base.pool, "zookeeper");
 }
 
 static void update_session(struct zk_registry *r)

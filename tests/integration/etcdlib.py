@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.request
 
-from wglib import Harness, Waygate, free_ports, slack, wait_until
+from wglib import Harness, ServerProcess, Waygate, free_ports, slack, wait_until
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -123,7 +123,7 @@ class Client:
         return self.call("/v3/lease/revoke", {"ID": str(lease)})
 
 
-class Member:
+class Member(ServerProcess):
     def __init__(self, harness, name, data_dir, client_port, peer_port, tls=None,
                  progress_notify="1s", extra=()):
         self.h = harness
@@ -169,17 +169,6 @@ class Member:
         self.starts += 1
         self.proc = self.h.start("etcd-%s-%d" % (self.name, self.starts), self.argv())
         return self
-
-    def stop(self):
-        if self.proc:
-            self.proc.stop(timeout=10)
-
-    def kill(self):
-        if self.proc:
-            self.proc.kill()
-
-    def alive(self):
-        return self.proc is not None and self.proc.alive()
 
     def client(self, **kw):
         if self.tls:

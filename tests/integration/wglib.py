@@ -417,6 +417,24 @@ class ThreadedServer:
         self.sock.close()
 
 
+class ServerProcess:
+    """A registry server a test runs (an etcd member, a ZooKeeper server):
+    `proc` is its current Proc, or None before the first start."""
+
+    proc = None
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop(timeout=10)
+
+    def kill(self):
+        if self.proc:
+            self.proc.kill()
+
+    def alive(self):
+        return self.proc is not None and self.proc.alive()
+
+
 class Backend:
     def __init__(self, harness, proc, name, port):
         self.harness = harness

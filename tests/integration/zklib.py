@@ -21,7 +21,7 @@ import sys
 import tempfile
 
 from etcdlib import EtcdWaygate
-from wglib import Harness, free_ports, slack, wait_until
+from wglib import Harness, ServerProcess, free_ports, slack, wait_until
 
 JAVA = shutil.which("java") or "/usr/bin/java"
 JARS = ["zookeeper", "zookeeper-jute", "slf4j-api", "slf4j-simple", "netty-buffer",
@@ -57,7 +57,7 @@ def four_letter(port, word, timeout=2.0):
         return ""
 
 
-class Server:
+class Server(ServerProcess):
     def __init__(self, harness, sid, data_dir, client_port, peer_port, election_port):
         self.h = harness
         self.sid = sid
@@ -99,17 +99,6 @@ class Server:
                 "-cp", classpath(), "org.apache.zookeeper.server.quorum.QuorumPeerMain", cfg]
         self.proc = self.h.start("zookeeper-%d-%d" % (self.sid, self.starts), argv)
         return self
-
-    def stop(self):
-        if self.proc:
-            self.proc.stop(timeout=10)
-
-    def kill(self):
-        if self.proc:
-            self.proc.kill()
-
-    def alive(self):
-        return self.proc is not None and self.proc.alive()
 
     def mode(self):
         """'standalone', 'leader', 'follower' or '' (down / not serving)."""
