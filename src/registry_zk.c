@@ -311,7 +311,8 @@ static void dir_update(struct zk_registry *r, struct dir *d, char **kids, size_t
     char **old = d->children;
     size_t n_old = d->n;
 
-    qsort(kids, n, sizeof *kids, str_cmp);
+    if (n)
+        qsort(kids, n, sizeof *kids, str_cmp);
     d->children = kids ? kids : calloc(1, sizeof *kids);
     d->n = n;
     if (!d->children) {
