@@ -245,6 +245,15 @@ def test_zookeeper_down_keeps_routing_then_resyncs():
         assert wg.metric("waygate_registry_resyncs_total") >= 1
         with open(cache) as f:
             assert '"port": %d' % a.port in f.read()
+        # a start with ZooKeeper down serves the cache
+        wg.proc.stop()
+        c.stop()
+        c.close()
+        zk.kill()
+        wg2 = h.waygate_zk(zk, cache=cache)
+        wg2.wait_instances({"a": "127.0.0.1:%d" % a.port, "b": "127.0.0.1:%d" % b.port})
+        assert not wg2.registry_status()["connected"]
+        assert "serving the registry cache" in wg2.stderr_text()
 
 
 def test_digest_auth_and_chroot():
