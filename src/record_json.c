@@ -617,7 +617,8 @@ bool wg_record_decode_etcd(const char *prefix, const char *key, size_t key_len,
 bool wg_record_decode_zk(const char *prefix, const char *key, size_t key_len,
                          const char *value, size_t value_len, bool curator_only,
                          bool prefer_ssl, struct wg_record_set *out,
-                         enum wg_record_format *format, char *why, size_t why_len)
+                         struct wg_record_hosts *hosts, enum wg_record_format *format,
+                         char *why, size_t why_len)
 {
     struct decode d;
 
@@ -625,6 +626,6 @@ bool wg_record_decode_zk(const char *prefix, const char *key, size_t key_len,
     d.why = why;
     d.why_len = why_len;
     d.prefer_ssl = prefer_ssl;
-    return decode_value(&d, prefix, key, key_len, value, value_len, curator_only, out, NULL,
+    return decode_value(&d, prefix, key, key_len, value, value_len, curator_only, out, hosts,
                         format);
 }

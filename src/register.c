@@ -1361,7 +1361,7 @@ static bool zk_record(struct registrar *r, char *err, size_t len)
     char prefix[rl + 2];
     snprintf(prefix, sizeof prefix, "%.*s/", (int)rl, o->prefix);
     bool ok = wg_record_decode_zk(prefix, r->key, strlen(r->key), r->value, strlen(r->value),
-                                  curator, false, &set, NULL, why, sizeof why);
+                                  curator, false, &set, NULL, NULL, why, sizeof why);
     wg_record_set_clear(&set);
     if (!ok)
         return fail_text(err, len, "the node %s would be refused by waygate: %s", r->key, why);

@@ -97,7 +97,7 @@ struct etcd_registry {
     struct watch *watches;
     struct keymap map;
     struct wg_registry_cache *cache;
-    struct dns_lookup *lookups;
+    struct rmap_resolver resolver;
 };
 
 static void session_fail(struct etcd_registry *r, enum fail_kind kind, const char *why);
@@ -180,103 +180,28 @@ static void apply_events(struct watch *w, const struct wg_etcd_event *ev, size_t
 
 /* ---- hostnames ------------------------------------------------------------------------ */
 
-struct dns_lookup {
-    struct etcd_registry *r;
-    struct dns_lookup *next;
-    bool linked;
-    struct evdns_getaddrinfo_request *req;
-    char *key;
-    uint64_t seq;
-    size_t index;
-    uint16_t port;
-};
-
-static void dns_unlink(struct dns_lookup *d)
+/* A listing's map, where an answer for a key being listed goes. */
+static struct keymap *dns_staging(void *arg)
 {
-    for (struct dns_lookup **pp = &d->r->lookups; d->linked && *pp; pp = &(*pp)->next)
-        if (*pp == d) {
-            *pp = d->next;
-            break;
-        }
-    free(d->key);
-    free(d);
+    struct etcd_registry *r = arg;
+
+    return r->listing ? &r->list.map : NULL;
 }
 
-/* Fill the record's address from the answer, or drop the record. */
-static void dns_answer(struct dns_lookup *d, struct key_entry *e, int err, struct evutil_addrinfo *ai)
+/* A live record got its address: publish it. */
+static void dns_commit(void *arg)
 {
-    struct etcd_registry *r = d->r;
-    struct wg_record *rec = &e->recs[d->index];
+    struct etcd_registry *r = arg;
 
-    for (struct evutil_addrinfo *p = ai; p; p = p->ai_next)
-        if (p->ai_family == AF_INET) {
-            ai = p;                 /* IPv4 first, like getaddrinfo's usual order */
-            break;
-        }
-    if (err || !ai || ai->ai_addrlen > sizeof rec->addr) {
-        wg_warn("msg=\"invalid registry record skipped: host name does not resolve\" key=\"%.200s\" "
-                "id=%s error=\"%s\"", d->key, rec->id, err ? evutil_gai_strerror(err) : "no address");
-        r->base.status.invalid_records_total++;
-        return;
-    }
-    memcpy(&rec->addr, ai->ai_addr, ai->ai_addrlen);
-    rec->addrlen = (socklen_t)ai->ai_addrlen;
-    if (rec->addr.ss_family == AF_INET)
-        ((struct sockaddr_in *)&rec->addr)->sin_port = htons(d->port);
-    else
-        ((struct sockaddr_in6 *)&rec->addr)->sin6_port = htons(d->port);
-    if (rmap_find(&r->map.keys, d->key) != &e->h)
-        return;                     /* in a list still running: published with it */
-    rmap_mark(&r->map, e->svc);
     rmap_stage(r->base.pool, &r->map);
     wg_pool_commit(r->base.pool);
     published(r);
 }
 
-static void dns_cb(int err, struct evutil_addrinfo *ai, void *arg)
-{
-    struct dns_lookup *d = arg;
-    struct key_entry *e;
-
-    if (err == EVUTIL_EAI_CANCEL) {
-        dns_unlink(d);
-        return;
-    }
-    e = (struct key_entry *)rmap_find(&d->r->map.keys, d->key);
-    if ((!e || e->seq != d->seq) && d->r->listing)
-        e = (struct key_entry *)rmap_find(&d->r->list.map.keys, d->key);
-    if (e && e->seq == d->seq && d->index < e->n)
-        dns_answer(d, e, err, ai);
-    if (ai)
-        evutil_freeaddrinfo(ai);
-    dns_unlink(d);
-}
-
 static void dns_start(struct etcd_registry *r, struct key_entry *e, struct wg_record_hosts *h)
 {
-    struct evutil_addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
-
-    for (size_t i = 0; i < h->n; i++) {
-        struct dns_lookup *d = calloc(1, sizeof *d);
-        if (!d || !(d->key = strdup(e->h.name))) {
-            free(d);
-            wg_error("msg=\"out of memory resolving a host name\" key=\"%.200s\"", e->h.name);
-            continue;
-        }
-        d->r = r;
-        d->seq = e->seq;
-        d->index = h->v[i].index;
-        d->port = h->v[i].port;
-        /* may answer (and free d) before returning: link d only after */
-        struct evdns_getaddrinfo_request *req =
-            evdns_getaddrinfo(wg_etcd_client_dns(r->client), h->v[i].name, NULL, &hints, dns_cb, d);
-        if (req) {
-            d->req = req;
-            d->linked = true;
-            d->next = r->lookups;
-            r->lookups = d;
-        }
-    }
+    r->resolver.dns = wg_etcd_client_dns(r->client);
+    rmap_resolve(&r->resolver, e, h);
 }
 
 /* ---- listing ----------------------------------------------------------------------------- */
@@ -829,14 +754,7 @@ static void etcd_free(struct wg_registry *base)
 
     wg_etcd_call_cancel(r->unary);
     list_reset(&r->list);
-    while (r->lookups) {
-        struct dns_lookup *d = r->lookups;
-        r->lookups = d->next;
-        /* the cancel's callback is deferred to a loop that no longer runs */
-        evdns_getaddrinfo_cancel(d->req);
-        free(d->key);
-        free(d);
-    }
+    rmap_resolver_cancel(&r->resolver);
     for (size_t i = 0; r->watches && i < r->n_prefixes; i++) {
         watch_stop(&r->watches[i]);
         if (r->watches[i].silence)
@@ -922,6 +840,9 @@ struct wg_registry *wg_registry_etcd_new(const struct wg_config *cfg, struct eve
     r->base.base = base;
     r->base.pool = pool;
     r->base.status.source = "etcd";
+    r->resolver = (struct rmap_resolver){ .live = &r->map, .staging = dns_staging,
+                                          .commit = dns_commit, .arg = r,
+                                          .invalid = &r->base.status.invalid_records_total };
     if (!copy_settings(r, cfg))
         goto fail;
     if (!(r->client = wg_etcd_client_new(base, e->endpoints, e->n_endpoints, &tls, err,

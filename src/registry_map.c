@@ -1,6 +1,9 @@
 /* registry_map — see registry_map.h. */
 #include "registry_map.h"
 
+#include <arpa/inet.h>
+#include <event2/dns.h>
+#include <event2/util.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -273,4 +276,117 @@ size_t rmap_sweep(struct keymap *m, uint64_t mark)
             }
         }
     return n;
+}
+
+/* ---- host names --------------------------------------------------------------------------- */
+
+struct rmap_lookup {
+    struct rmap_resolver *r;
+    struct rmap_lookup *next;
+    bool linked;
+    struct evdns_getaddrinfo_request *req;
+    char *key;
+    uint64_t seq;
+    size_t index;
+    uint16_t port;
+};
+
+static void dns_unlink(struct rmap_lookup *d)
+{
+    for (struct rmap_lookup **pp = &d->r->lookups; d->linked && *pp; pp = &(*pp)->next)
+        if (*pp == d) {
+            *pp = d->next;
+            break;
+        }
+    free(d->key);
+    free(d);
+}
+
+/* Fill the record's address from the answer, or drop the record. */
+static void dns_answer(struct rmap_lookup *d, struct key_entry *e, int err, struct evutil_addrinfo *ai)
+{
+    struct rmap_resolver *r = d->r;
+    struct wg_record *rec = &e->recs[d->index];
+
+    for (struct evutil_addrinfo *p = ai; p; p = p->ai_next)
+        if (p->ai_family == AF_INET) {
+            ai = p;                 /* IPv4 first, like getaddrinfo's usual order */
+            break;
+        }
+    if (err || !ai || ai->ai_addrlen > sizeof rec->addr) {
+        wg_warn("msg=\"invalid registry record skipped: host name does not resolve\" key=\"%.200s\" "
+                "id=%s error=\"%s\"", d->key, rec->id, err ? evutil_gai_strerror(err) : "no address");
+        if (r->invalid)
+            (*r->invalid)++;
+        return;
+    }
+    memcpy(&rec->addr, ai->ai_addr, ai->ai_addrlen);
+    rec->addrlen = (socklen_t)ai->ai_addrlen;
+    if (rec->addr.ss_family == AF_INET)
+        ((struct sockaddr_in *)&rec->addr)->sin_port = htons(d->port);
+    else
+        ((struct sockaddr_in6 *)&rec->addr)->sin6_port = htons(d->port);
+    if (rmap_find(&r->live->keys, d->key) != &e->h)
+        return;                     /* in a list still running: published with it */
+    rmap_mark(r->live, e->svc);
+    r->commit(r->arg);
+}
+
+static void dns_cb(int err, struct evutil_addrinfo *ai, void *arg)
+{
+    struct rmap_lookup *d = arg;
+    struct key_entry *e;
+
+    if (err == EVUTIL_EAI_CANCEL) {
+        dns_unlink(d);
+        return;
+    }
+    struct keymap *staging = d->r->staging ? d->r->staging(d->r->arg) : NULL;
+    e = (struct key_entry *)rmap_find(&d->r->live->keys, d->key);
+    if ((!e || e->seq != d->seq) && staging)
+        e = (struct key_entry *)rmap_find(&staging->keys, d->key);
+    if (e && e->seq == d->seq && d->index < e->n)
+        dns_answer(d, e, err, ai);
+    if (ai)
+        evutil_freeaddrinfo(ai);
+    dns_unlink(d);
+}
+
+void rmap_resolve(struct rmap_resolver *r, struct key_entry *e, const struct wg_record_hosts *h)
+{
+    struct evutil_addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+
+    for (size_t i = 0; i < h->n; i++) {
+        struct rmap_lookup *d = calloc(1, sizeof *d);
+        if (!d || !(d->key = strdup(e->h.name))) {
+            free(d);
+            wg_error("msg=\"out of memory resolving a host name\" key=\"%.200s\"", e->h.name);
+            continue;
+        }
+        d->r = r;
+        d->seq = e->seq;
+        d->index = h->v[i].index;
+        d->port = h->v[i].port;
+        /* may answer (and free d) before returning: link d only after */
+        struct evdns_getaddrinfo_request *req =
+            evdns_getaddrinfo(r->dns, h->v[i].name, NULL, &hints, dns_cb, d);
+        if (req) {
+            d->req = req;
+            d->linked = true;
+            d->next = r->lookups;
+            r->lookups = d;
+        }
+    }
+}
+
+void rmap_resolver_cancel(struct rmap_resolver *r)
+{
+    while (r->lookups) {
+        struct rmap_lookup *d = r->lookups;
+        r->lookups = d->next;
+        /* the cancel's callback is deferred to a loop that no longer runs */
+        evdns_getaddrinfo_cancel(d->req);
+        free(d->key);
+        free(d);
+    }
 }

@@ -76,4 +76,29 @@ void rmap_stage(struct wg_pool *pool, struct keymap *m);
  * id; free only all->v. */
 bool rmap_records(const struct keymap *m, struct wg_record_set *all);
 
+/* ---- host names (DESIGN §7: resolved asynchronously on the control thread) ----
+ *
+ * A record whose value named a host has address family AF_UNSPEC (it is
+ * not routed) until the answer comes. An answer for a key whose value
+ * changed since (seq) is dropped. An answer for a key of the `live` map
+ * fills the address and calls commit(arg) (the caller stages and
+ * publishes: one snapshot); for a key of the map staging(arg) returns (a
+ * listing still running) it only fills the address. A name that does not
+ * resolve leaves the record out and counts it in *invalid. */
+struct rmap_lookup;
+struct evdns_base;
+struct rmap_resolver {
+    struct evdns_base *dns;
+    struct keymap *live;
+    struct keymap *(*staging)(void *arg);   /* NULL, or returns NULL: none */
+    void (*commit)(void *arg);
+    void *arg;
+    uint64_t *invalid;
+    struct rmap_lookup *lookups;
+};
+/* Resolve every host of `h` for the records of entry `e`. */
+void rmap_resolve(struct rmap_resolver *res, struct key_entry *e, const struct wg_record_hosts *h);
+/* Cancel every lookup in flight (the event loop no longer runs). */
+void rmap_resolver_cancel(struct rmap_resolver *res);
+
 #endif

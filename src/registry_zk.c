@@ -33,6 +33,7 @@
  */
 #include "waygate/registry.h"
 
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,6 +81,8 @@ struct zk_registry {
     bool synced, cache_tried, was_connected;
     uint64_t listing_invalid;
     struct event *retry, *relist, *cache_timer;
+    struct evdns_base *dns;
+    struct rmap_resolver resolver;
     char *auth_scheme, *auth_credentials;
     struct wg_registry_cache *cache;
 };
@@ -383,6 +386,7 @@ static void on_data(struct zk_registry *r, const struct wg_zk_msg *m)
     char *slash = strrchr(m->path, '/');
     struct dir *d;
     struct wg_record_set set = { 0 };
+    struct wg_record_hosts hosts = { 0 };
     enum wg_record_format format;
     char why[256];
 
@@ -412,10 +416,11 @@ static void on_data(struct zk_registry *r, const struct wg_zk_msg *m)
     const char *service = d->h.name + plen;
     if (r->layout == WG_ZK_LAYOUT_PLAIN ?
             !wg_record_decode_etcd(prefix, m->path, strlen(m->path), m->data ? m->data : "",
-                                   m->data_len, &set, NULL, &format, why, sizeof why) :
+                                   m->data_len, &set, &hosts, &format, why, sizeof why) :
             !wg_record_decode_zk(prefix, m->path, strlen(m->path), m->data ? m->data : "",
                                  m->data_len, r->layout == WG_ZK_LAYOUT_CURATOR,
-                                 prefer_ssl(r, service), &set, &format, why, sizeof why)) {
+                                 prefer_ssl(r, service), &set, &hosts, &format, why,
+                                 sizeof why)) {
         wg_warn("msg=\"invalid registry record skipped\" path=\"%.300s\" reason=\"%s\"", m->path,
                 why);
         r->base.status.invalid_records_total++;
@@ -429,6 +434,9 @@ static void on_data(struct zk_registry *r, const struct wg_zk_msg *m)
         e->mark = r->epoch;
     else
         wg_error("msg=\"out of memory applying a registry record\" path=\"%.300s\"", m->path);
+    if (e && hosts.n)
+        rmap_resolve(&r->resolver, e, &hosts);     /* routed once resolved */
+    wg_record_hosts_clear(&hosts);
     wg_debug("msg=\"zookeeper node applied\" path=%s format=%s", m->path,
              wg_record_format_name(format));
 }
@@ -556,6 +564,18 @@ static void commit_changes(struct zk_registry *r, uint64_t recv_ns)
     published(r);
     wg_debug("msg=\"zookeeper change applied\" zxid=%lld generation=%llu propagation_us=%.1f",
              (long long)r->base.status.revision, (unsigned long long)generation, ns / 1000.0);
+}
+
+/* A record's host name resolved: publish it, unless a listing will. */
+static void dns_commit(void *arg)
+{
+    struct zk_registry *r = arg;
+
+    if (r->listing)
+        return;
+    rmap_stage(r->base.pool, &r->map);
+    wg_pool_commit(r->base.pool);
+    published(r);
 }
 
 /* ---- the session ------------------------------------------------------------------------ */
@@ -689,8 +709,11 @@ static int zk_start(struct wg_registry *base)
     char err[300];
 
     if (!(r->retry = evtimer_new(base->base, retry_cb, r)) ||
-        !(r->relist = evtimer_new(base->base, relist_cb, r)))
+        !(r->relist = evtimer_new(base->base, relist_cb, r)) ||
+        !(r->dns = evdns_base_new(base->base, EVDNS_BASE_INITIALIZE_NAMESERVERS)))
         return -1;
+    r->resolver = (struct rmap_resolver){ r->dns, &r->map, NULL, dns_commit, r,
+                                          &r->base.status.invalid_records_total, NULL };
     if (r->cache) {
         if (!(r->cache_timer = evtimer_new(base->base, cache_timer_cb, r)))
             return -1;
@@ -711,6 +734,9 @@ static void zk_free(struct wg_registry *base)
     struct zk_registry *r = (struct zk_registry *)base;
 
     wg_zk_free(r->zk);
+    rmap_resolver_cancel(&r->resolver);
+    if (r->dns)
+        evdns_base_free(r->dns, 0);
     if (r->retry)
         event_free(r->retry);
     if (r->relist)

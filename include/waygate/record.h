@@ -127,13 +127,14 @@ bool wg_record_decode_etcd(const char *prefix, const char *key, size_t key_len,
  * variables as {name})}.
  *
  * wg_record_decode_zk() decodes the data of the node at `key` like
- * wg_record_decode_etcd() (any format of §7, or Curator's), or only
- * Curator's when `curator_only` (registry.zookeeper.layout: curator).
- * Hostnames are refused (ZooKeeper registrations carry IP literals). */
+ * wg_record_decode_etcd() (any format of §7, or Curator's; hostnames into
+ * `hosts`, or refused when it is NULL), or only Curator's when
+ * `curator_only` (registry.zookeeper.layout: curator). */
 bool wg_record_decode_zk(const char *prefix, const char *key, size_t key_len,
                          const char *value, size_t value_len, bool curator_only,
                          bool prefer_ssl, struct wg_record_set *out,
-                         enum wg_record_format *format, char *why, size_t why_len);
+                         struct wg_record_hosts *hosts, enum wg_record_format *format,
+                         char *why, size_t why_len);
 
 /* A Dubbo provider: the name of a node under /dubbo/<interface>/providers/
  * is a URL-encoded (percent-encoded) URL

@@ -44,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check(ok, &set, true);
     wg_record_set_clear(&set);
     ok = wg_record_decode_zk(PREFIX, KEY, sizeof KEY - 1, (const char *)data, size,
-                             (size & 1) == 0, (size & 2) != 0, &set, &f, why, sizeof why);
+                             (size & 1) == 0, (size & 2) != 0, &set, NULL, &f, why, sizeof why);
     check(ok, &set, false);
     if (ok && (size & 1) == 0 && f != WG_FORMAT_CURATOR)
         abort();

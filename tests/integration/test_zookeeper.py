@@ -105,6 +105,14 @@ def test_kazoo_plain_curator_and_invalid_nodes():
         # a new service directory with an instance
         c.create(ROOT + "/late/x", native(a), makepath=True)
         wg.wait_instances({"x": "127.0.0.1:%d" % a.port}, service="late")
+        # host names are resolved on the control thread (DESIGN §7), also in Curator's JSON
+        c.create(ROOT + "/late/h", ("localhost:%d" % b.port).encode())
+        c.create(ROOT + "/late/k", curator(d).replace(b'"127.0.0.1"', b'"localhost"'))
+        wg.wait_instances({"x": "127.0.0.1:%d" % a.port, "h": "127.0.0.1:%d" % b.port,
+                           "k": "127.0.0.1:%d" % d.port}, service="late")
+        c.create(ROOT + "/late/n", b"no-such-host.invalid:80")
+        wait_until(lambda: wg.registry_status()["invalid_records_total"] == 3, slack(10),
+                   "the name that does not resolve counted")
         assert wg.alive()
         err = wg.stderr_text()
         assert "invalid registry record skipped" in err and "/services/users/bad" in err, err

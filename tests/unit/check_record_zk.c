@@ -24,7 +24,7 @@ static bool curator(const char *value, bool only, bool ssl)
 {
     reset();
     return wg_record_decode_zk(PREFIX, KEY, strlen(KEY), value, strlen(value), only, ssl, &SET,
-                               &FMT, WHY, sizeof WHY);
+                               NULL, &FMT, WHY, sizeof WHY);
 }
 
 static const char *addr(size_t i)
@@ -69,6 +69,17 @@ START_TEST(curator_instance)
     ck_assert(curator("{\"address\":\"10.0.0.6\",\"port\":81,\"serviceType\":\"PERMANENT\","
                       "\"enabled\":false}", true, false));
     ck_assert_uint_eq(SET.v[0].weight, 0);
+    /* a host name goes to the caller's resolver (or is refused without one, below) */
+    struct wg_record_hosts hosts = { 0 };
+    const char *named = "{\"address\":\"users.example\",\"port\":81,\"serviceType\":\"STATIC\"}";
+    reset();
+    ck_assert(wg_record_decode_zk(PREFIX, KEY, strlen(KEY), named, strlen(named), true, false, &SET,
+                                  &hosts, &FMT, WHY, sizeof WHY));
+    ck_assert_uint_eq(SET.n, 1);
+    ck_assert_uint_eq(hosts.n, 1);
+    ck_assert_str_eq(hosts.v[0].name, "users.example");
+    ck_assert_uint_eq(hosts.v[0].port, 81);
+    wg_record_hosts_clear(&hosts);
     /* registrationTimeUTC alone marks Curator too */
     ck_assert(curator("{\"address\":\"10.0.0.7\",\"port\":82,\"registrationTimeUTC\":1}", true,
                       false));
