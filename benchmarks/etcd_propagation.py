@@ -33,12 +33,8 @@ args = ap.parse_args()
 os.environ["WAYGATE_BUILD"] = os.path.abspath(args.build)
 
 from etcdlib import EtcdHarness          # noqa: E402  (needs WAYGATE_BUILD first)
+from propagation import report, time_until_routed  # noqa: E402
 from wglib import name_via, wait_until   # noqa: E402
-
-
-def pct(values, p):
-    v = sorted(values)
-    return v[min(len(v) - 1, int(round(p / 100.0 * (len(v) - 1))))]
 
 
 def histogram(wg):
@@ -57,24 +53,13 @@ def propagation(h, etcd):
     times = []
     for k in range(1, args.puts + 1):
         target = backends[k % 2]
-        t0 = time.perf_counter()
-        c.put("/services/users/x", "127.0.0.1:%d" % target.port)
-        while True:
-            try:
-                if name_via(wg.port(), timeout=2) == target.name:
-                    break
-            except (OSError, AssertionError):
-                pass
-        times.append(time.perf_counter() - t0)
-    ms = [t * 1000 for t in times]
-    print("propagation, put -> first routed connection, %d puts: p50 %.2f ms, p99 %.2f ms, "
-          "max %.2f ms" % (len(ms), pct(ms, 50), pct(ms, 99), max(ms)))
+        times.append(time_until_routed(
+            lambda: c.put("/services/users/x", "127.0.0.1:%d" % target.port), wg.port(),
+            target.name))
     inner = [float(x) / 1000 for x in
              re.findall(r"etcd watch response applied.*propagation_us=([0-9.]+)", wg.stderr_text())]
-    if inner:
-        print("inside waygate, watch response read -> snapshot published, %d responses: "
-              "p50 %.3f ms, p99 %.3f ms, max %.3f ms" % (len(inner), pct(inner, 50),
-                                                         pct(inner, 99), max(inner)))
+    report("put -> first routed connection, %d puts" % len(times), [t * 1000 for t in times],
+           inner, "watch response read -> snapshot published")
     for line in histogram(wg):
         print("  " + line)
     wg.proc.stop()

@@ -34,13 +34,9 @@ ap.add_argument("--instances", default="10000,100000")
 args = ap.parse_args()
 os.environ["WAYGATE_BUILD"] = os.path.abspath(args.build)
 
-from wglib import name_via, wait_until   # noqa: E402  (needs WAYGATE_BUILD first)
+from propagation import report, time_until_routed  # noqa: E402  (needs WAYGATE_BUILD first)
+from wglib import name_via, wait_until   # noqa: E402
 from zklib import ZkHarness              # noqa: E402
-
-
-def pct(values, p):
-    v = sorted(values)
-    return v[min(len(v) - 1, int(round(p / 100.0 * (len(v) - 1))))]
 
 
 def node(b):
@@ -60,24 +56,11 @@ def propagation(h, zk):
         t = c.transaction()
         t.delete("/services/users/x%d" % (k - 1))
         t.create("/services/users/x%d" % k, node(target))
-        t0 = time.perf_counter()
-        t.commit()
-        while True:
-            try:
-                if name_via(wg.port(), timeout=2) == target.name:
-                    break
-            except (OSError, AssertionError):
-                pass
-        times.append(time.perf_counter() - t0)
-    ms = [t * 1000 for t in times]
-    print("propagation, create -> first routed connection, %d creates: p50 %.2f ms, "
-          "p99 %.2f ms, max %.2f ms" % (len(ms), pct(ms, 50), pct(ms, 99), max(ms)))
+        times.append(time_until_routed(t.commit, wg.port(), target.name))
     inner = [float(x) / 1000 for x in
              re.findall(r"zookeeper change applied.*propagation_us=([0-9.]+)", wg.stderr_text())]
-    if inner:
-        print("inside waygate, result handed over -> snapshot published, %d changes: "
-              "p50 %.3f ms, p99 %.3f ms, max %.3f ms" % (len(inner), pct(inner, 50),
-                                                         pct(inner, 99), max(inner)))
+    report("create -> first routed connection, %d creates" % len(times),
+           [t * 1000 for t in times], inner, "result handed over -> snapshot published")
     wg.proc.stop()
 
 

@@ -606,12 +606,8 @@ bool wg_record_decode_etcd(const char *prefix, const char *key, size_t key_len,
                            struct wg_record_hosts *hosts, enum wg_record_format *format,
                            char *why, size_t why_len)
 {
-    struct decode d;
-
-    memset(&d, 0, sizeof d);
-    d.why = why;
-    d.why_len = why_len;
-    return decode_value(&d, prefix, key, key_len, value, value_len, false, out, hosts, format);
+    return wg_record_decode_zk(prefix, key, key_len, value, value_len, false, false, out, hosts,
+                               format, why, why_len);
 }
 
 bool wg_record_decode_zk(const char *prefix, const char *key, size_t key_len,
