@@ -806,12 +806,36 @@ static void zk_created(struct registrar *r, const struct wg_zk_msg *m)
                 (unsigned long long)wg_zk_session_id(r->zk));
         return;
     }
-    if (wg_zk_is_node_exists(m->rc))
-        wg_warn("msg=\"the node exists under another session; waiting for it to go\" node=%s "
-                "service=%s id=%s", r->key, r->o->service, r->o->id);
-    else
+    if (wg_zk_is_node_exists(m->rc)) {
+        /* ours, if an earlier create succeeded but its answer was lost with
+         * the connection: whose it is says the node's ephemeral owner */
+        if (wg_zk_exists(r->zk, r->key, false, 3) == 0) {
+            r->zk_inflight++;
+            r->op = OP_PUT;             /* still registering, as far as SIGTERM is concerned */
+            return;
+        }
+    } else {
         wg_warn("msg=\"zookeeper create failed, retrying\" node=%s error=\"%s\"", r->key,
                 wg_zk_error(m->rc));
+    }
+    r->waiting = true;
+    arm_ms(r->retry, ZK_RETRY_MS);
+}
+
+/* The owner of a node that already existed. */
+static void zk_owner(struct registrar *r, const struct wg_zk_msg *m)
+{
+    r->op = OP_NONE;
+    if (m->rc == 0 && m->stat.ephemeral_owner == wg_zk_session_id(r->zk)) {
+        r->registered = true;
+        wg_info("msg=\"registered (the node this session created earlier)\" service=%s id=%s "
+                "node=%s", r->o->service, r->o->id, r->key);
+        return;
+    }
+    if (m->rc == 0)
+        wg_warn("msg=\"the node exists under another session; waiting for it to go\" node=%s "
+                "owner=0x%llx service=%s id=%s", r->key,
+                (unsigned long long)m->stat.ephemeral_owner, r->o->service, r->o->id);
     r->waiting = true;
     arm_ms(r->retry, ZK_RETRY_MS);
 }
@@ -853,6 +877,10 @@ static void zk_message(void *arg, const struct wg_zk_msg *m)
     case WG_ZK_CREATE:
         r->zk_inflight--;
         zk_created(r, m);
+        break;
+    case WG_ZK_EXISTS:
+        r->zk_inflight--;
+        zk_owner(r, m);
         break;
     case WG_ZK_DELETE:
         r->zk_inflight--;

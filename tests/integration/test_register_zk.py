@@ -124,3 +124,27 @@ def test_zookeeper_usage_errors():
     rc, out, err = run_waygate("register", "--zookeeper", "127.0.0.1:1", "--service", "users",
                                "--id", "a/b", "--address", "127.0.0.1:80")
     assert rc == 2 and "no '/'" in err, err
+
+
+def test_a_node_of_another_session_is_waited_for():
+    """A second registrar with the same --id finds the node owned by the
+    first one's session and waits; SIGKILL the first (nothing deletes its
+    node): once its 1 s session expires, the second creates the node."""
+    with ZkHarness() as h:
+        zk = h.zookeeper()
+        c = h.kazoo(zk)
+        a, b = h.backend("name", name="a"), h.backend("name", name="b")
+        ra = registrar(h, zk, "x", a.port, "--ttl", "1s")
+        data, first = wait_node(c, "x")
+        assert data["port"] == a.port
+        rb = registrar(h, zk, "x", b.port, "--ttl", "1s")
+        wait_until(lambda: "exists under another session" in rb.stderr_text(), slack(10),
+                   "the second registrar waiting")
+        assert node(c, "x")[0]["port"] == a.port
+        ra.kill()
+        wait_until(lambda: (node(c, "x") or ({}, None))[0].get("port") == b.port, slack(15),
+                   "the node taken over")
+        assert node(c, "x")[1].ephemeralOwner != first.ephemeralOwner
+        rb.signal(signal.SIGTERM)
+        assert rb.wait(slack(10)) == 0
+        assert node(c, "x") is None
