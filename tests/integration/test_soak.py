@@ -360,8 +360,14 @@ def test_soak_under_faults():
         ]
         health = {"type": "http", "path": "/health", "interval": "300ms", "timeout": "1s"}
         wg = soak.wg = h.waygate_etcd(cluster, backoff=("50ms", "500ms"), listeners=listeners,
-                                      service_defaults={"health_check": health, "retries": 2,
-                                                        "upstream": {"idle_timeout": "1s"}})
+                                      service_defaults={
+                                          "health_check": health, "retries": 2,
+                                          "upstream": {"idle_timeout": "1s"},
+                                          # a killed instance that waygate ejects (connects
+                                          # refused) is back within the fault's wait: the
+                                          # default 30 s, x the ejection count, is not
+                                          "outlier_detection": {"base_ejection_time": "2s",
+                                                                "max_ejection_time": "3s"}})
         for inst in soak.instances:
             soak.wait_registered(inst)
             soak.wait_routed(inst)
@@ -532,4 +538,16 @@ def test_soak_under_faults():
             len(http_lines), len(tcp_lines), dropped, retries, m["waygate_retries_total"]))
         if not dropped:
             assert retries == m["waygate_retries_total"], (retries, m["waygate_retries_total"])
+        # 9. waygate's stderr holds its own log lines only (a libevent
+        # "[warn] ... reentrant invocation" at every registry switch was
+        # the soak's first find)
+        err = wg.stderr_text().splitlines()
+        stray = [l for l in err if not re.match(r"\d{4}-\d\d-\d\dT\S+ level=\w+ msg=", l)]
+        assert not stray, "stderr lines not from waygate's log: %s" % stray[:5]
+        levels = {}
+        for l in err:
+            m = re.search(r'level=(warn|error) msg="([^"]*)"', l)
+            if m:
+                levels[m.group(0)] = levels.get(m.group(0), 0) + 1
+        report("warnings and errors logged: %s" % (levels or "none"))
         assert wg.alive()
