@@ -371,7 +371,7 @@ static void switch_registry(struct control *c, const struct wg_config *cfg)
         wg_error("msg=\"new registry settings could not be applied, keeping the old source\"");
         return;
     }
-    wg_registry_free(c->registry);
+    wg_registry_retire(c->registry);        /* in a callback of c->base */
     c->registry = r;
     wg_admin_set_registry(c->admin, r);
     if (wg_registry_start(r) < 0)

@@ -43,6 +43,14 @@ void wg_registry_free(struct wg_registry *r)
         r->ops->free(r);
 }
 
+void wg_registry_retire(struct wg_registry *r)
+{
+    if (r) {
+        r->in_loop = true;
+        r->ops->free(r);
+    }
+}
+
 /* ---- no registry: one empty snapshot, so that the proxy is ready ---- */
 
 static int none_start(struct wg_registry *r)

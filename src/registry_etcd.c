@@ -772,8 +772,11 @@ static void etcd_free(struct wg_registry *base)
     /* A bufferevent freed above may still have a deferred callback queued
      * (libevent defers a refused connect's error), which holds a reference
      * on it: one non-blocking pass of the loop runs those, so that the
-     * bufferevents are really freed before the base is. */
-    if (base->base)
+     * bufferevents are really freed before the base is. Retired from inside
+     * the running loop (a reload), the loop runs them once the current
+     * callback returns; libevent refuses a nested pass (and said so on
+     * stderr: "reentrant invocation"). */
+    if (base->base && !base->in_loop)
         event_base_loop(base->base, EVLOOP_NONBLOCK);
     for (size_t i = 0; i < r->n_prefixes; i++)
         free(r->prefixes[i]);

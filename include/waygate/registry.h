@@ -64,6 +64,7 @@ struct wg_registry {
     struct event_base *base;
     struct wg_pool *pool;
     struct wg_registry_status status;
+    bool in_loop;                   /* being freed from a callback of `base` */
 };
 
 /* Create the registry the config names (none, file or etcd). */
@@ -71,7 +72,12 @@ struct wg_registry *wg_registry_new(const struct wg_config *cfg, struct event_ba
                                     struct wg_pool *pool);
 /* Start watching; the first successful read publishes the first snapshot. */
 int wg_registry_start(struct wg_registry *r);
+/* Free outside the loop (at shutdown): pending deferred callbacks of the
+ * registry's connections are run first, so that the base can be freed. */
 void wg_registry_free(struct wg_registry *r);
+/* Free from a callback of the registry's own loop (a reload replacing it):
+ * the loop runs those callbacks itself once the current one returns. */
+void wg_registry_retire(struct wg_registry *r);
 
 /* Implementations. */
 struct wg_registry *wg_registry_file_new(const char *path, struct event_base *base,
