@@ -5,11 +5,12 @@
  * when the member is routable, with probability effective/static weight
  * (slow start). That rejection keeps the choice exactly proportional to the
  * effective weights of the routable members. After a few rejected draws
- * (most of the weight unroutable) one linear pass draws exactly instead.
+ * (most of the weight unroutable) one linear pass draws exactly instead
+ * (wg_balance_pick_linear).
  * No per-worker state. */
 #include <stdlib.h>
 
-#include "waygate/balance.h"
+#include "balance_sched.h"
 
 #define RANDOM_DRAWS 8
 
@@ -47,31 +48,6 @@ static uint32_t member_at(const struct random_shared *r, uint64_t x)
     return lo;
 }
 
-/* Exact draw over the routable members' effective weights: two passes. */
-static const struct wg_member *draw_linear(struct wg_pick *p)
-{
-    const struct wg_pool_service *svc = p->svc;
-    uint64_t total = 0;
-    for (uint32_t k = 0; k < svc->n_members; k++)
-        if (wg_balance_routable(p, &svc->members[k]))
-            total += wg_balance_weight(p, &svc->members[k]);
-    if (!total)
-        return NULL;
-    uint64_t x = wg_rng_below(p->rng, total);
-    const struct wg_member *last = NULL;
-    for (uint32_t k = 0; k < svc->n_members; k++) {
-        const struct wg_member *m = &svc->members[k];
-        if (!wg_balance_routable(p, m))
-            continue;
-        uint64_t w = wg_balance_weight(p, m);
-        if (x < w)
-            return m;
-        x -= w;
-        last = m;
-    }
-    return last;        /* other workers' picks changed what is routable */
-}
-
 static const struct wg_member *random_pick(struct wg_pick *p)
 {
     const struct random_shared *r = p->svc->balance_shared;
@@ -83,7 +59,7 @@ static const struct wg_member *random_pick(struct wg_pick *p)
         if (w >= m->weight || wg_rng_below(p->rng, m->weight) < w)
             return m;
     }
-    return draw_linear(p);
+    return wg_balance_pick_linear(p, p->svc->members, p->svc->n_members);
 }
 
 const struct wg_balance_ops wg_balance_random = {

@@ -148,6 +148,9 @@ static void count_transition(struct wg_instance *i, int old, int h)
         atomic_store(&i->draining_since_ms, wg_now_ms());
     if (h == WG_HEALTH_UNHEALTHY || h == WG_HEALTH_EJECTED || h == WG_HEALTH_DRAINING)
         atomic_fetch_add(&i->down_generation, 1);
+    /* After the state itself: a worker that sees the new generation sees
+     * the new state when it rebuilds (balance.h). */
+    atomic_fetch_add_explicit(&i->service->health_generation, 1, memory_order_release);
 }
 
 enum wg_health wg_instance_set_health(struct wg_instance *i, enum wg_health h)

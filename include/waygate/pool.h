@@ -53,6 +53,9 @@ extern const double wg_duration_le[WG_DURATION_BUCKETS];
 struct wg_service_state {
     _Atomic unsigned refs;
     _Atomic int healthy;            /* instances currently healthy */
+    _Atomic unsigned health_generation; /* +1 after every visible health change of
+                                           any of its instances: workers rebuild
+                                           their pick structures when it moves */
     _Atomic uint64_t panic_routed;  /* picks made in panic mode */
     _Atomic int ejected;            /* instances currently ejected (health.h) */
     _Atomic uint64_t ejections_refused; /* ejections max_ejection_percent prevented */
