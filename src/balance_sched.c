@@ -24,6 +24,16 @@ static bool health_ok(const struct wg_pick *p, const struct wg_member *m)
     return m->weight && (h == WG_HEALTH_HEALTHY || (p->panic && h != WG_HEALTH_DRAINING));
 }
 
+/* How far into its first step a member entering a structure starts: a
+ * fixed pseudo-random fraction under half of it (by member index), so that
+ * members of one weight do not all come due together (each gets its share
+ * to within a pick, and the errors of a class cancel out instead of adding
+ * up), and none starts so early that it runs ahead in a burst. */
+static uint64_t phase(uint32_t k, uint64_t step)
+{
+    return step > 1 ? wg_balance_hash_bytes(&k, sizeof k) % (step / 2) : 0;
+}
+
 static unsigned health_generation(const struct wg_pick *p)
 {
     return atomic_load_explicit(&p->svc->state->health_generation, memory_order_acquire);
@@ -50,10 +60,11 @@ static inline bool ent_less(struct ent a, struct ent b)
     return a.key != b.key ? before(a.key, b.key) : a.k < b.k;
 }
 
-static void heap_up(struct heap *h, uint32_t i)
+/* Raise the entry at i, no higher than `top`. */
+static void heap_rise(struct heap *h, uint32_t i, uint32_t top)
 {
     struct ent e = h->v[i];
-    while (i) {
+    while (i > top) {
         uint32_t up = (i - 1) / ARITY;
         if (!ent_less(e, h->v[up]))
             break;
@@ -63,9 +74,14 @@ static void heap_up(struct heap *h, uint32_t i)
     h->v[i] = e;
 }
 
+/* Floyd's bottom-up sift: the hole goes down to a leaf along the smaller
+ * children (no comparison with the moving entry), which then rises. The
+ * entries sifted here (a last leaf, a just-advanced time) belong near the
+ * bottom, so this saves a comparison per level. */
 static void heap_down(struct heap *h, uint32_t i)
 {
     struct ent e = h->v[i];
+    uint32_t top = i;
     for (;;) {
         uint32_t c = ARITY * i + 1, end = c + ARITY < h->n ? c + ARITY : h->n;
         if (c >= h->n)
@@ -73,18 +89,17 @@ static void heap_down(struct heap *h, uint32_t i)
         for (uint32_t j = c + 1; j < end; j++)
             if (ent_less(h->v[j], h->v[c]))
                 c = j;
-        if (!ent_less(h->v[c], e))
-            break;
         h->v[i] = h->v[c];
         i = c;
     }
     h->v[i] = e;
+    heap_rise(h, i, top);
 }
 
 static void heap_push(struct heap *h, uint64_t key, uint32_t k)
 {
     h->v[h->n] = (struct ent){ key, k };
-    heap_up(h, h->n++);
+    heap_rise(h, h->n++, 0);
 }
 
 static struct ent heap_pop(struct heap *h)
@@ -138,6 +153,7 @@ struct wg_wrr {
     unsigned generation;
     uint64_t vtime;                 /* the virtual clock */
     uint64_t total;                 /* sum of w[] */
+    uint32_t last;                  /* member of the last pick, NONE = none */
     struct heap eligible;           /* start <= vtime, keyed by finish */
     struct heap pending;            /* start > vtime, keyed by start */
     uint64_t *start, *finish;
@@ -151,6 +167,7 @@ struct wg_wrr *wg_wrr_new(uint32_t n)
     if (!s)
         return NULL;
     s->n = n;
+    s->last = NONE;
     s->eligible.v = malloc(m * sizeof(struct ent));
     s->pending.v = malloc(m * sizeof(struct ent));
     s->start = calloc(m, sizeof *s->start);
@@ -188,8 +205,8 @@ static void wrr_build(struct wg_wrr *s, struct wg_pick *p, const struct wg_membe
             continue;
         }
         uint32_t w = wg_balance_weight(p, m);
-        if (!s->built || !s->w[k]) {     /* half a step in: rounds to nearest */
-            s->start[k] = s->vtime - WG_SCHED_SCALE / w / 2;
+        if (!s->built || !s->w[k]) {
+            s->start[k] = s->vtime - phase(k, WG_SCHED_SCALE / w);
             s->finish[k] = s->start[k] + WG_SCHED_SCALE / w;
         }
         s->w[k] = w;
@@ -214,9 +231,10 @@ const struct wg_member *wg_wrr_pick(struct wg_wrr *s, struct wg_pick *p,
     unsigned generation = health_generation(p);
     if (!s->built || generation != s->generation || p->panic != s->panic)
         wrr_build(s, p, members, generation);
-    uint32_t skipped[WG_SCHED_SKIPS], n_skipped = 0;
+    uint32_t skipped[WG_SCHED_SKIPS], n_skipped = 0, k = 0;
     const struct wg_member *got = NULL;
-    uint32_t k = 0;
+    bool held = false;              /* the last pick's member, set aside */
+    uint32_t prev = s->last;
     for (;;) {
         while (s->pending.n && !before(s->vtime, s->pending.v[0].key)) {
             uint32_t j = heap_pop(&s->pending).k;
@@ -229,13 +247,28 @@ const struct wg_member *wg_wrr_pick(struct wg_wrr *s, struct wg_pick *p,
             continue;
         }
         k = s->eligible.v[0].k;
-        if (wg_balance_routable(p, &members[k])) {
-            got = &members[k];
-            break;
+        if (!wg_balance_routable(p, &members[k])) {
+            if (n_skipped == WG_SCHED_SKIPS)
+                break;
+            skipped[n_skipped++] = heap_pop(&s->eligible).k;
+            continue;
         }
-        if (n_skipped == WG_SCHED_SKIPS)
-            break;
-        skipped[n_skipped++] = heap_pop(&s->eligible).k;
+        /* A member under half the weight never follows itself: it waits
+         * one pick while any other member can go (taking the next member
+         * early by a jump of the clock if need be). */
+        if (k == prev && !held && 2 * (uint64_t)s->w[k] < s->total) {
+            heap_pop(&s->eligible);
+            held = true;
+            continue;
+        }
+        got = &members[k];
+        break;
+    }
+    bool at_top = got != NULL;      /* else only the held member can go */
+    if (!got && held) {
+        k = prev;
+        got = &members[k];
+        held = false;
     }
     if (got) {
         uint32_t w = wg_balance_weight(p, got);
@@ -244,14 +277,21 @@ const struct wg_member *wg_wrr_pick(struct wg_wrr *s, struct wg_pick *p,
         s->start[k] = s->finish[k];
         s->finish[k] = s->start[k] + WG_SCHED_SCALE / w;
         s->vtime += WG_SCHED_SCALE / s->total;
-        if (before(s->vtime, s->start[k])) {
+        s->last = k;
+        if (at_top && before(s->vtime, s->start[k])) {
             heap_pop(&s->eligible);
             heap_push(&s->pending, s->start[k], k);
-        } else {
+        } else if (at_top) {
             s->eligible.v[0].key = s->finish[k];
             heap_down(&s->eligible, 0);
+        } else if (before(s->vtime, s->start[k])) {
+            heap_push(&s->pending, s->start[k], k);
+        } else {
+            heap_push(&s->eligible, s->finish[k], k);
         }
     }
+    if (held)
+        heap_push(&s->eligible, s->finish[prev], prev);
     for (uint32_t j = 0; j < n_skipped; j++)
         heap_push(&s->eligible, s->finish[skipped[j]], skipped[j]);
     if (!got && n_skipped == WG_SCHED_SKIPS)
@@ -415,8 +455,8 @@ static void lc_build(struct wg_lc *s, struct wg_pick *p, const struct wg_member 
         s->active[k] = read_active(m);
         s->w[k] = wg_balance_weight(p, m);
         struct lent e = { lc_load(s->active[k], s->w[k]), 0, k };
-        if (s->pos[k] == NONE) {     /* half a step in: rounds to nearest */
-            e.deadline = s->clock + WG_SCHED_SCALE / s->w[k] / 2;
+        if (s->pos[k] == NONE) {
+            e.deadline = s->clock + phase(k, WG_SCHED_SCALE / s->w[k]);
             s->pos[k] = size;
             s->heap[size++] = e;
         } else {

