@@ -11,6 +11,19 @@
  *    into a stale member array.
  *  - A pick honours weights and returns only a routable member (see
  *    wg_balance_routable), or NULL when there is none.
+ *  - Every policy picks in O(log n) or better, amortised. round_robin and
+ *    least_conn keep worker-local heaps (src/balance_sched.h) that work over
+ *    one member array each: a policy that picks within groups of a service's
+ *    members (zone x priority) keeps one per group, built in state_new.
+ *  - Health changes do not publish a new version: a worker's state notices
+ *    them through the service's health_generation (pool.h) and rebuilds;
+ *    between a change and the rebuild, every candidate is still checked with
+ *    wg_balance_routable() before it is returned.
+ *
+ * The ops table shape is stable: shared_new/shared_free (control thread,
+ * per version), state_new/state_free (worker, per version), pick. The call
+ * sites (tcp_proxy, http_proxy) do wg_pick_init, wg_balance_cache_bind and
+ * wg_pick_next only, whatever the policy.
  */
 #ifndef WAYGATE_BALANCE_H
 #define WAYGATE_BALANCE_H
