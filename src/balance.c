@@ -139,7 +139,7 @@ void wg_balance_cache_sweep(struct wg_balance_cache *c, const struct wg_snapshot
     for (size_t k = 0; k < cap; k++) {
         if (!old[k].svc)
             continue;
-        if (!snap || wg_snapshot_service(snap, old[k].svc->name) != old[k].svc) {
+        if (!snap || atomic_load_explicit(&old[k].svc->retired, memory_order_relaxed)) {
             entry_release(&old[k]);
             continue;
         }

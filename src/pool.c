@@ -19,6 +19,14 @@ struct publish_hook {
     void *arg;
 };
 
+/* Index of the staged services by name: open addressing over slots holding
+ * index + 1 into wg_pool.staged (0 = free); a power of two, at most half
+ * full. */
+struct staged_index {
+    uint32_t *slot;
+    size_t cap;
+};
+
 struct wg_pool {
     struct wg_reclaim *rc;
     void (*wake)(void *);
@@ -29,6 +37,7 @@ struct wg_pool {
     uint64_t serial;
     struct staged *staged;
     size_t n_staged, cap_staged;
+    struct staged_index index;
     bool config_changed;
     struct publish_hook hooks[4];
     unsigned n_hooks;
@@ -419,6 +428,8 @@ static void staged_clear(struct wg_pool *p)
         service_unref(p->staged[k].svc);
     }
     p->n_staged = 0;
+    if (p->index.slot)
+        memset(p->index.slot, 0, p->index.cap * sizeof *p->index.slot);
 }
 
 void wg_pool_free(struct wg_pool *p)
@@ -427,6 +438,7 @@ void wg_pool_free(struct wg_pool *p)
         return;
     staged_clear(p);
     free(p->staged);
+    free(p->index.slot);
     struct wg_snapshot *s = atomic_exchange(&p->current, NULL);
     if (s)
         wg_snapshot_unref(s);
@@ -442,10 +454,37 @@ void wg_pool_on_publish(struct wg_pool *p, void (*cb)(void *, struct wg_snapshot
 
 static struct staged *staged_find(struct wg_pool *p, const char *name)
 {
-    for (size_t k = 0; k < p->n_staged; k++)
-        if (strcmp(p->staged[k].name, name) == 0)
-            return &p->staged[k];
+    if (!p->n_staged)
+        return NULL;
+    size_t mask = p->index.cap - 1;
+    for (size_t h = wg_record_name_hash(name) & mask; p->index.slot[h]; h = (h + 1) & mask) {
+        struct staged *st = &p->staged[p->index.slot[h] - 1];
+        if (strcmp(st->name, name) == 0)
+            return st;
+    }
     return NULL;
+}
+
+/* Index staged[k]; grows the index (and re-indexes) when half full. */
+static int staged_index_add(struct wg_pool *p, size_t k)
+{
+    if ((p->n_staged + 1) * 2 > p->index.cap) {
+        size_t cap = p->index.cap ? p->index.cap * 2 : 64;
+        uint32_t *slot = calloc(cap, sizeof *slot);
+        if (!slot)
+            return -1;
+        free(p->index.slot);
+        p->index.slot = slot;
+        p->index.cap = cap;
+        for (size_t j = 0; j < p->n_staged; j++)
+            if (j != k && staged_index_add(p, j) < 0)
+                return -1;
+    }
+    size_t mask = p->index.cap - 1, h = wg_record_name_hash(p->staged[k].name) & mask;
+    while (p->index.slot[h])
+        h = (h + 1) & mask;
+    p->index.slot[h] = (uint32_t)k + 1;
+    return 0;
 }
 
 /* The latest version of a service: staged if any, else published. */
@@ -458,6 +497,23 @@ static const struct wg_pool_service *latest(struct wg_pool *p, const char *name)
     return cur ? wg_snapshot_service(cur, name) : NULL;
 }
 
+/* `recs` (sorted by id) are exactly what `svc` holds, on the current config. */
+static bool same_records(const struct wg_pool *p, const struct wg_pool_service *svc,
+                         const struct wg_record *recs, size_t n)
+{
+    if (svc->config != p->config || svc->n_members != n)
+        return false;
+    for (size_t k = 0; k < n; k++) {
+        const struct wg_member *m = &svc->members[k];
+        const char *a = m->metadata, *b = recs[k].metadata;
+        if (m->weight != recs[k].weight || strcmp(m->inst->id, recs[k].id) != 0 ||
+            !same_address(m->inst, &recs[k]) || wg_instance_removed(m->inst) ||
+            (a || b ? !a || !b || strcmp(a, b) != 0 : false))
+            return false;
+    }
+    return true;
+}
+
 int wg_pool_stage_service(struct wg_pool *p, const char *service,
                           const struct wg_record *recs, size_t n)
 {
@@ -465,6 +521,10 @@ int wg_pool_stage_service(struct wg_pool *p, const char *service,
         return -1;
     const struct wg_pool_service *prev = latest(p, service);
     if (!prev && n == 0)
+        return 0;
+    /* Unchanged (a re-list, say): the published version stays, with the
+     * workers' states and the policy data built for it. */
+    if (prev && n && !staged_find(p, service) && same_records(p, prev, recs, n))
         return 0;
     struct wg_pool_service *svc = NULL;
     if (n && !(svc = service_build(p, service, prev, recs, n)))
@@ -483,6 +543,10 @@ int wg_pool_stage_service(struct wg_pool *p, const char *service,
         if (!(st->name = strdup(service)))
             goto fail;
         st->svc = NULL;
+        if (staged_index_add(p, p->n_staged) < 0) {
+            free(st->name);
+            goto fail;
+        }
         p->n_staged++;
     }
     service_unref(st->svc);
@@ -493,19 +557,20 @@ fail:
     return -1;
 }
 
-static int cmp_service(const void *a, const void *b)
+static int cmp_staged(const void *a, const void *b)
 {
-    const struct wg_pool_service *x = *(struct wg_pool_service *const *)a;
-    const struct wg_pool_service *y = *(struct wg_pool_service *const *)b;
-    return strcmp(x->name, y->name);
+    return strcmp(((const struct staged *)a)->name, ((const struct staged *)b)->name);
 }
 
-/* The next list of services: published ones not staged, plus staged ones. */
+/* The next list of services: the published ones merged with the staged
+ * ones (both in name order), O(services + staged x log staged). Unchanged
+ * services are the same objects, shared with `cur`. Sorts p->staged (the
+ * index is stale afterwards: only commit calls this, and clears both). */
 static struct wg_snapshot *snapshot_next(struct wg_pool *p, struct wg_snapshot *cur)
 {
     struct wg_snapshot *s = calloc(1, sizeof *s);
-    size_t cap = (cur ? cur->n_services : 0) + p->n_staged;
-    if (!s || !(s->services = calloc(cap ? cap : 1, sizeof *s->services))) {
+    size_t n_cur = cur ? cur->n_services : 0, cap = n_cur + p->n_staged;
+    if (!s || !(s->services = malloc((cap ? cap : 1) * sizeof *s->services))) {
         free(s);
         return NULL;
     }
@@ -513,21 +578,22 @@ static struct wg_snapshot *snapshot_next(struct wg_pool *p, struct wg_snapshot *
     atomic_init(&s->refs, 1);
     wg_config_ref_get(p->config);
     s->config = p->config;
-    for (size_t k = 0; cur && k < cur->n_services; k++) {
-        struct wg_pool_service *svc = cur->services[k];
-        if (staged_find(p, svc->name))
-            continue;
-        atomic_fetch_add(&svc->refs, 1);
-        s->services[s->n_services++] = svc;
+    qsort(p->staged, p->n_staged, sizeof *p->staged, cmp_staged);
+    size_t i = 0, j = 0;
+    while (i < n_cur || j < p->n_staged) {
+        int c = i == n_cur ? 1 : j == p->n_staged ? -1 : strcmp(cur->services[i]->name, p->staged[j].name);
+        struct wg_pool_service *svc;
+        if (c < 0) {
+            svc = cur->services[i++];
+        } else {
+            svc = p->staged[j++].svc;       /* NULL: removed */
+            i += c == 0;
+        }
+        if (svc) {
+            atomic_fetch_add(&svc->refs, 1);
+            s->services[s->n_services++] = svc;
+        }
     }
-    for (size_t k = 0; k < p->n_staged; k++) {
-        struct wg_pool_service *svc = p->staged[k].svc;
-        if (!svc)
-            continue;
-        atomic_fetch_add(&svc->refs, 1);
-        s->services[s->n_services++] = svc;
-    }
-    qsort(s->services, s->n_services, sizeof *s->services, cmp_service);
     return s;
 }
 
@@ -543,8 +609,11 @@ uint64_t wg_pool_commit(struct wg_pool *p)
         return 0;
     }
     for (size_t k = 0; k < p->n_staged; k++) {
-        const struct wg_pool_service *old = cur ? wg_snapshot_service(cur, p->staged[k].name) : NULL;
+        struct wg_pool_service *old =
+            cur ? (struct wg_pool_service *)wg_snapshot_service(cur, p->staged[k].name) : NULL;
         drain_removed(old, p->staged[k].svc);
+        if (old)        /* before the publish: workers sweep their states by it */
+            atomic_store_explicit(&old->retired, true, memory_order_relaxed);
     }
     staged_clear(p);
     p->config_changed = false;

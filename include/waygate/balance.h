@@ -85,8 +85,10 @@ struct wg_balance_cache {
 };
 /* Fill p->state for p->svc (creating it when the version is new). */
 void wg_balance_cache_bind(struct wg_balance_cache *c, struct wg_pick *p);
-/* Release states of service versions `snap` no longer holds (call when the
- * worker first sees a new generation; NULL releases everything). */
+/* Release states of service versions that a snapshot up to `snap` replaced
+ * or removed (call when the worker first sees a new generation; NULL
+ * releases everything). O(states held), no lookup by name: a publish that
+ * changed one service costs a worker no more than a pass over its states. */
 void wg_balance_cache_sweep(struct wg_balance_cache *c, const struct wg_snapshot *snap);
 void wg_balance_cache_free(struct wg_balance_cache *c);
 

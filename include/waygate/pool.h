@@ -9,7 +9,10 @@
  *    its own snapshot reference (wg_snapshot_ref) while the snapshot is
  *    current for it, i.e. while the published reference still exists.
  *  - Services are refcounted immutable objects shared by consecutive
- *    snapshots when unchanged. A service owns one reference on each of its
+ *    snapshots when unchanged: a change to one service builds that service
+ *    alone (its instances, its policy data such as a Maglev table) and a
+ *    snapshot that points at the same objects for every other service, in
+ *    O(services) pointer copies with no string compare beyond a merge. A service owns one reference on each of its
  *    instances; a connection takes its own (wg_instance_ref).
  *  - Instance identity is (service, id, address:port): the same identity in
  *    the next snapshot is the SAME object, so health, counters and ejection
@@ -121,6 +124,8 @@ struct wg_pool_service {
     struct wg_member *members;          /* sorted by id */
     uint32_t n_members;
     uint64_t total_weight;
+    _Atomic bool retired;               /* a later snapshot replaced or removed it
+                                           (set before that snapshot is published) */
 };
 
 /* A refcounted, immutable configuration. */

@@ -132,9 +132,49 @@ START_TEST(removed_service_and_unchanged_service_shared)
     ck_assert_ptr_null(wg_snapshot_service(s, "s"));
     ck_assert_int_eq(wg_instance_health(a), WG_HEALTH_DRAINING);
     ck_assert_uint_eq(s->n_services, 1);
-    /* t was staged with identical records: a new version, same instance. */
-    ck_assert_ptr_eq(wg_snapshot_service(s, "t")->members[0].inst, t1->members[0].inst);
+    /* t was staged with identical records: the same version. */
+    ck_assert_ptr_eq(wg_snapshot_service(s, "t"), t1);
+    ck_assert(!atomic_load(&t1->retired));
     wg_instance_unref(a);
+    teardown(&f);
+}
+END_TEST
+
+/* One instance changed among 10,000 services: the next snapshot holds the
+ * very same objects for the 9,999 others (nothing rebuilt or copied but
+ * pointers), and only the changed service's old version is retired. */
+START_TEST(one_change_shares_every_other_service)
+{
+    struct fixture f;
+    setup(&f, CFG);
+    enum { N = 10000 };
+    struct wg_record_set set = { 0 };
+    for (int k = 0; k < N; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "svc%05d", k);
+        unit_record(&set, name, "a", "127.0.0.1", 9000 + k % 1000, 100);
+    }
+    publish(&f, &set);
+    struct wg_snapshot *s1 = wg_pool_current(f.pool);
+    wg_snapshot_ref(s1);
+    struct wg_record one = { 0 };
+    struct wg_record_set tmp = { 0 };
+    unit_record(&tmp, "svc04242", "a", "127.0.0.1", 9999, 100);
+    one = tmp.v[0];
+    ck_assert_int_eq(wg_pool_stage_service(f.pool, "svc04242", &one, 1), 0);
+    wg_record_set_clear(&tmp);
+    ck_assert_uint_eq(wg_pool_commit(f.pool), s1->generation + 1);
+    struct wg_snapshot *s2 = wg_pool_current(f.pool);
+    ck_assert_uint_eq(s2->n_services, N);
+    for (size_t k = 0; k < N; k++) {
+        bool changed = strcmp(s1->services[k]->name, "svc04242") == 0;
+        if ((s2->services[k] == s1->services[k]) == changed ||
+            atomic_load(&s1->services[k]->retired) != changed)
+            ck_abort_msg("service %s: shared %d, retired %d", s1->services[k]->name,
+                         s2->services[k] == s1->services[k], atomic_load(&s1->services[k]->retired));
+    }
+    ck_assert_uint_eq(wg_snapshot_service(s2, "svc04242")->members[0].inst->addr.ss_family, AF_INET);
+    wg_snapshot_unref(s1);
     teardown(&f);
 }
 END_TEST
@@ -235,6 +275,7 @@ int main(void)
     tcase_add_test(tc, identity_carries_health_over_weight_change);
     tcase_add_test(tc, address_change_is_new_instance_old_drains);
     tcase_add_test(tc, removed_service_and_unchanged_service_shared);
+    tcase_add_test(tc, one_change_shares_every_other_service);
     tcase_add_test(tc, probed_service_starts_unknown);
     tcase_add_test(tc, reclaim_waits_for_reader);
     tcase_add_test(tc, config_change_keeps_instances);
