@@ -2,18 +2,27 @@
 """etcd registry benchmark (not a test): propagation and initial sync.
 
     python3 benchmarks/etcd_propagation.py [--build DIR] [--puts N] [--instances N]
+                                           [--services N]
 
+0. N instances (default 100,000) in --services services (default 10,000)
+   are seeded with transactions of 128 puts; they stay registered for
+   everything below.
 1. Propagation: waygate watches a real etcd (tmpfs data dir, a TCP listener
-   over one service with health checks off). Each round writes one key with
+   over one more service with health checks off), with the big registry
+   loaded (it waits for its initial list first). Each round writes one key with
    the v3 JSON gateway so that the service's only instance moves to the
    other of two name-mode backends, then connects through waygate in a loop
    until the new backend answers. Reported: time from just before the put
    is sent to the first connection routed to the new instance, p50/p99/max
    over N puts (default 500); and waygate's own
    waygate_registry_propagation_seconds (socket read -> snapshot published).
-2. Initial sync: N instances (default 100,000) seeded with transactions of
-   128 puts, then a fresh waygate starts; reported: time from exec to the
-   "etcd list applied" log line, and waygate's RSS afterwards.
+2. etcd alone: the same paged range loop waygate runs (pages of 10,000
+   keys at a pinned revision), timed from Python: etcd's own time to serve
+   the listing (JSON parse of each page included).
+3. Initial sync: a fresh waygate starts; reported: time from exec to the
+   "etcd list applied" log line, waygate's own split of it (list_ms: first
+   page requested -> last page read, decode_ms: pages decoded meanwhile,
+   publish_ms: last page read -> snapshot published), and its RSS after.
 """
 
 import argparse
@@ -29,11 +38,13 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--build", default=os.environ.get("WAYGATE_BUILD", "build"))
 ap.add_argument("--puts", type=int, default=500)
 ap.add_argument("--instances", type=int, default=100000)
+ap.add_argument("--services", type=int, default=10000)
+ap.add_argument("--no-propagation", action="store_true", help="seed and sync only")
 args = ap.parse_args()
 os.environ["WAYGATE_BUILD"] = os.path.abspath(args.build)
 
-from etcdlib import EtcdHarness          # noqa: E402  (needs WAYGATE_BUILD first)
-from propagation import report, time_until_routed  # noqa: E402
+from etcdlib import EtcdHarness, b64, prefix_end, unb64   # noqa: E402  (needs WAYGATE_BUILD first)
+from propagation import pct, report, time_until_routed   # noqa: E402
 from wglib import name_via, wait_until   # noqa: E402
 
 
@@ -49,6 +60,8 @@ def propagation(h, etcd):
     backends = [a, b]
     c.put("/services/users/x", "127.0.0.1:%d" % a.port)
     wg = h.waygate_etcd(etcd, log={"level": "debug", "access_log": "off"})
+    wait_until(lambda: re.search(r"etcd list applied", wg.stderr_text()), 300, "the initial list",
+               interval=0.05)
     wait_until(lambda: name_via(wg.port()) == "a", 10, "first instance")
     times = []
     for k in range(1, args.puts + 1):
@@ -58,34 +71,66 @@ def propagation(h, etcd):
             target.name))
     inner = [float(x) / 1000 for x in
              re.findall(r"etcd watch response applied.*propagation_us=([0-9.]+)", wg.stderr_text())]
-    report("put -> first routed connection, %d puts" % len(times), [t * 1000 for t in times],
-           inner, "watch response read -> snapshot published")
+    report("with %d instances registered, put -> first routed connection, %d puts"
+           % (args.instances + 1, len(times)), [t * 1000 for t in times], inner,
+           "watch response read -> snapshot published")
     for line in histogram(wg):
         print("  " + line)
     wg.proc.stop()
 
 
-def initial_sync(h, etcd):
+def seed(etcd):
     c = etcd.client()
     n = args.instances
     t0 = time.monotonic()
     for start in range(0, n, 128):
-        c.txn_put([("/services/svc%d/i%06d" % (k % 100, k),
+        c.txn_put([("/services/svc%d/i%06d" % (k % args.services, k),
                     '{"address":"10.%d.%d.%d","port":8080}' % (k >> 16 & 255, k >> 8 & 255, k & 255))
                    for k in range(start, min(n, start + 128))])
-    print("seeded %d instances in %.1f s" % (n, time.monotonic() - t0))
+    print("seeded %d instances in %d services in %.1f s" % (n, args.services, time.monotonic() - t0))
+
+
+def etcd_listing(etcd):
+    """The paged range loop waygate runs, without waygate: etcd's own time."""
+    c = etcd.client(timeout=60)
+    prefix = "/services/"
+    t0 = time.monotonic()
+    rev, key, keys, pages = 0, prefix, 0, 0
+    while True:
+        body = {"key": b64(key), "range_end": b64(prefix_end(prefix)), "limit": "10000"}
+        if rev:
+            body["revision"] = str(rev)
+        r = c.call("/v3/kv/range", body)
+        pages += 1
+        rev = rev or int(r["header"]["revision"])
+        kvs = r.get("kvs", [])
+        keys += len(kvs)
+        if not r.get("more") or not kvs:
+            break
+        key = unb64(kvs[-1]["key"]) + "\0"
+    took = time.monotonic() - t0
+    print("etcd alone, paged range of %d keys (%d pages): %.2f s" % (keys, pages, took))
+    return took
+
+
+def initial_sync(h, etcd, etcd_s):
     t1 = time.monotonic()
     wg = h.waygate_etcd(etcd, wait_ready=False)
     line = wait_until(lambda: re.search(r'etcd list applied.*', wg.stderr_text()), 300,
                       "the initial list", interval=0.01)
     took = time.monotonic() - t1
     time.sleep(1.0)
-    print("initial sync of %d instances: %.2f s to publish (%s); RSS %.0f MiB" % (
-        n, took, line.group(0)[:120], wg.rss_kib() / 1024.0))
+    fields = dict(re.findall(r"(list_ms|decode_ms|publish_ms|pages)=([0-9.]+)", line.group(0)))
+    print("initial sync of %d instances: %.2f s from exec to published; list %s ms (decode %s ms "
+          "of it), last page -> published %s ms; etcd alone %.2f s; RSS %.0f MiB" % (
+              args.instances, took, fields.get("list_ms"), fields.get("decode_ms"),
+              fields.get("publish_ms"), etcd_s, wg.rss_kib() / 1024.0))
     wg.proc.stop()
 
 
 with EtcdHarness() as h:
     etcd = h.etcd(extra=["--quota-backend-bytes", str(4 << 30)])
-    propagation(h, etcd)
-    initial_sync(h, etcd)
+    seed(etcd)
+    if not args.no_propagation:
+        propagation(h, etcd)
+    initial_sync(h, etcd, etcd_listing(etcd))

@@ -29,6 +29,7 @@
 
 #include <event2/dns.h>
 #include <event2/event.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,7 @@
 #define PROBE_MAX_MS 5000
 #define AUTH_TIMEOUT_MS 5000
 #define RANGE_TIMEOUT_MS 30000
+#define LIST_CHUNK 2000             /* values applied per loop turn (~2 ms) */
 #define CACHE_AFTER_MS 1000         /* no list by then: serve the cache */
 
 /* ---- the registry --------------------------------------------------------------- */
@@ -70,6 +72,16 @@ struct listing {
     char *after;                    /* the next page starts after this key */
     size_t after_len;
     unsigned invalid;
+    unsigned pages;
+    uint64_t started_ns;            /* the first page requested */
+    uint64_t last_page_ns;          /* the last page read off the socket */
+    uint64_t decode_ns;             /* spent decoding pages (waygate's share) */
+    /* The page being applied, a chunk per loop turn, while etcd serves the
+     * next one (list_apply_cb). */
+    struct wg_etcd_range_response page;
+    bool page_held;
+    size_t page_pos;                /* values of `page` applied so far */
+    size_t page_prefix;             /* index of the prefix `page` lists */
 };
 
 enum fail_kind { FAIL_ERROR, FAIL_RESYNC, FAIL_REAUTH };
@@ -85,6 +97,7 @@ struct etcd_registry {
     uint64_t backoff_ms;            /* the next retry delay (before jitter) */
     struct event *retry;
     struct event *cache_timer;
+    struct event *list_apply;       /* applies the held page (0 s timer) */
     bool live;                      /* a session is running (no retry pending) */
     bool synced;                    /* a list was applied: watches resume */
     bool need_resync;
@@ -208,6 +221,8 @@ static void dns_start(struct etcd_registry *r, struct key_entry *e, struct wg_re
 
 static void list_reset(struct listing *l)
 {
+    if (l->page_held)
+        wg_etcd_range_response_free(&l->page);
     rmap_clear(&l->map);
     free(l->after);
     memset(l, 0, sizeof *l);
@@ -241,6 +256,7 @@ static void start_list(struct etcd_registry *r)
 {
     list_reset(&r->list);
     r->listing = true;
+    r->list.started_ns = wg_now_ns();
     list_page(r);
 }
 
@@ -261,22 +277,33 @@ static void list_done(struct etcd_registry *r)
     if (!rmap_records(&r->map, &all) || wg_pool_replace_all(r->base.pool, &all) < 0)
         wg_error("msg=\"cannot publish the etcd list\"");
     free(all.v);
+    uint64_t now = wg_now_ns();
     for (size_t i = 0; i < r->n_prefixes; i++)
         r->watches[i].rev = r->list.rev;
     r->base.status.revision = r->list.rev;
     if (resync)
         r->base.status.resyncs_total++;
+    /* list_ms: first request to last page read; publish_ms: last page read
+     * to the snapshot published; decode_ms: pages decoded (within list_ms). */
     wg_info("msg=\"etcd list applied\" endpoint=%s revision=%lld keys=%zu instances=%zu "
-            "invalid=%u resync=%d", wg_etcd_client_endpoint(r->client, r->ep),
-            (long long)r->list.rev, r->map.keys.n, all.n, r->list.invalid, resync);
+            "invalid=%u resync=%d pages=%u list_ms=%.1f decode_ms=%.1f publish_ms=%.1f",
+            wg_etcd_client_endpoint(r->client, r->ep), (long long)r->list.rev, r->map.keys.n,
+            all.n, r->list.invalid, resync, r->list.pages,
+            (double)(r->list.last_page_ns - r->list.started_ns) / 1e6,
+            (double)r->list.decode_ns / 1e6, (double)(now - r->list.last_page_ns) / 1e6);
     r->synced = true;
     r->need_resync = false;
     list_reset(&r->list);
+    /* The pages' parse trees and the listing's own map are freed: give
+     * that memory back (glibc keeps freed heap otherwise). */
+    malloc_trim(0);
     published(r);
     start_watches(r);
 }
 
-static bool list_apply_page(struct etcd_registry *r, const struct wg_etcd_range_response *rr)
+/* Where the next page starts, from the page just read (before its values
+ * are applied, so that its request goes out first). */
+static bool list_advance(struct etcd_registry *r, const struct wg_etcd_range_response *rr)
 {
     struct listing *l = &r->list;
 
@@ -284,9 +311,6 @@ static bool list_apply_page(struct etcd_registry *r, const struct wg_etcd_range_
         l->rev = rr->header.revision;
         r->cluster_id = rr->header.cluster_id;
     }
-    for (size_t i = 0; i < rr->n_kvs; i++)
-        if (!apply_value(r, &l->map, r->prefixes[l->prefix], &rr->kvs[i]))
-            l->invalid++;
     free(l->after);
     l->after = NULL;
     if (rr->more && rr->n_kvs) {
@@ -299,6 +323,40 @@ static bool list_apply_page(struct etcd_registry *r, const struct wg_etcd_range_
         l->prefix++;
     }
     return true;
+}
+
+/* Apply up to `max` more values of the held page; true when it is done. */
+static bool list_apply_some(struct etcd_registry *r, size_t max)
+{
+    struct listing *l = &r->list;
+    uint64_t t0 = wg_now_ns();
+    size_t end = l->page.n_kvs - l->page_pos > max ? l->page_pos + max : l->page.n_kvs;
+
+    for (; l->page_pos < end; l->page_pos++)
+        if (!apply_value(r, &l->map, r->prefixes[l->page_prefix], &l->page.kvs[l->page_pos]))
+            l->invalid++;
+    l->decode_ns += wg_now_ns() - t0;
+    if (l->page_pos < l->page.n_kvs)
+        return false;
+    wg_etcd_range_response_free(&l->page);
+    l->page_held = false;
+    return true;
+}
+
+/* A chunk of the held page per loop turn: the control thread stays
+ * responsive, and the next page's request is written meanwhile. After the
+ * last page, the list is applied. */
+static void list_apply_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct etcd_registry *r = arg;
+    struct timeval now = { 0, 0 };
+
+    if (!r->listing || !r->list.page_held)
+        return;
+    if (!list_apply_some(r, LIST_CHUNK))
+        evtimer_add(r->list_apply, &now);
+    else if (r->list.prefix >= r->n_prefixes)
+        list_done(r);
 }
 
 /* An error body of a plain request: re-list, re-authenticate or fail. */
@@ -333,18 +391,31 @@ static bool list_message(void *arg, struct wg_etcd_call *call, unsigned status, 
         return false;
     }
     contact(r);
+    struct listing *l = &r->list;
+    struct timeval now = { 0, 0 };
+    l->last_page_ns = recv_ns;
+    l->pages++;
+    if (l->page_held)                   /* the previous page first, whole */
+        list_apply_some(r, SIZE_MAX);
+    uint64_t t0 = wg_now_ns();
     if (!wg_etcd_parse_range(msg, len, &rr, &why)) {
         session_fail(r, FAIL_ERROR, why);
         return false;
     }
-    bool ok = list_apply_page(r, &rr);
-    wg_etcd_range_response_free(&rr);
-    if (!ok)
+    l->decode_ns += wg_now_ns() - t0;
+    l->page_prefix = l->prefix;
+    if (!list_advance(r, &rr)) {
+        wg_etcd_range_response_free(&rr);
         session_fail(r, FAIL_ERROR, "out of memory");
-    else if (r->list.prefix < r->n_prefixes)
-        list_page(r);
-    else
-        list_done(r);
+        return false;
+    }
+    l->page = rr;
+    l->page_held = true;
+    l->page_pos = 0;
+    if (l->prefix < r->n_prefixes)
+        list_page(r);                   /* etcd serves it while this one is applied */
+    if (r->unary || l->prefix >= r->n_prefixes)
+        evtimer_add(r->list_apply, &now);
     return false;
 }
 
@@ -731,6 +802,8 @@ static int etcd_start(struct wg_registry *base)
     struct etcd_registry *r = (struct etcd_registry *)base;
 
     r->backoff_ms = r->backoff_initial_ms;
+    if (!(r->list_apply = evtimer_new(base->base, list_apply_cb, r)))
+        return -1;
     if (!(r->retry = evtimer_new(base->base, session_start, r)))
         return -1;
     if (r->cache) {
@@ -764,6 +837,8 @@ static void etcd_free(struct wg_registry *base)
     free(r->watches);
     if (r->retry)
         event_free(r->retry);
+    if (r->list_apply)
+        event_free(r->list_apply);
     if (r->cache_timer)
         event_free(r->cache_timer);
     wg_registry_cache_free(r->cache);

@@ -7,6 +7,7 @@ instance it reached.
 """
 
 import json
+import re
 import subprocess
 import time
 
@@ -333,3 +334,31 @@ def test_propagation_histogram_exported():
         inf = wg.metric('waygate_registry_propagation_seconds_bucket{le="+Inf"}')
         assert inf == wg.metric("waygate_registry_propagation_seconds_count"), inf
         assert wg.metric("waygate_registry_propagation_seconds_sum") > 0
+
+
+def test_list_of_several_pages_is_applied_whole():
+    """25,000 keys are listed in three pages of 10,000, each applied in
+    chunks while the next is requested; the list is one snapshot holding
+    every instance, and a put right after it is watched (no key lost
+    between the pages and the watch)."""
+    with EtcdHarness() as h:
+        etcd = h.etcd()
+        c = etcd.client()
+        (a,) = backends(h, 1)
+        n = 25000
+        for start in range(0, n, 128):
+            c.txn_put([("/services/s%d/k%05d" % (k % 3, k), '{"address":"10.0.%d.%d","port":80}'
+                        % (k >> 8 & 255, k & 255)) for k in range(start, min(n, start + 128))])
+        c.put(P + "a", addr(a))
+        wg = h.waygate_etcd(etcd)
+        line = wait_until(lambda: re.search(r"etcd list applied.*", wg.proc.stderr_text()),
+                          slack(60), "the list")
+        fields = dict(re.findall(r"(\w+)=([0-9.]+)", line.group(0)))
+        assert fields["instances"] == str(n + 1) and fields["pages"] == "3", line.group(0)
+        assert float(fields["decode_ms"]) <= float(fields["list_ms"]) + float(fields["publish_ms"])
+        counts = {name: len(s["instances"]) for name, s in wg.status()["services"].items()}
+        assert counts == {"s0": 8334, "s1": 8333, "s2": 8333, "users": 1}, counts
+        assert wg.status()["generation"] == 1
+        wg.wait_instances({"a": addr(a)})
+        c.put(P + "b", addr(a))
+        wg.wait_instances({"a": addr(a), "b": addr(a)})
