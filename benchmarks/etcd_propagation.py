@@ -26,9 +26,11 @@
 """
 
 import argparse
+import http.client
 import os
 import re
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -76,7 +78,51 @@ def propagation(h, etcd):
            "watch response read -> snapshot published")
     for line in histogram(wg):
         print("  " + line)
+    admin_stalls(wg)
     wg.proc.stop()
+
+
+def admin_get(port, path, timeout=300):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, len(r.read())
+    finally:
+        conn.close()
+
+
+def admin_stalls(wg):
+    """/status and /metrics with the big registry: while one streams, /live
+    is asked in a loop on another connection; its longest answer time bounds
+    how long the control thread was kept from its loop."""
+    for path in ("/status", "/metrics", "/status?service=svc4242"):
+        lat, done = [], threading.Event()
+
+        def ping():
+            while not done.is_set():
+                t = time.perf_counter()
+                admin_get(wg.admin_port, "/live", timeout=10)
+                lat.append(time.perf_counter() - t)
+
+        base = []
+        for _ in range(50):
+            t = time.perf_counter()
+            admin_get(wg.admin_port, "/live", timeout=10)
+            base.append(time.perf_counter() - t)
+        th = threading.Thread(target=ping)
+        th.start()
+        t0 = time.perf_counter()
+        code, size = admin_get(wg.admin_port, path)
+        took = time.perf_counter() - t0
+        done.set()
+        th.join()
+        ms = [x * 1000 for x in lat]
+        print("admin %s: HTTP %d, %.1f MB in %.2f s; /live meanwhile (%d asks): p50 %.2f ms, "
+              "max %.2f ms (idle: p50 %.2f ms, max %.2f ms)" % (
+                  path, code, size / 1e6, took, len(ms), pct(ms, 50) if ms else 0,
+                  max(ms) if ms else 0, pct([x * 1000 for x in base], 50),
+                  max(base) * 1000))
 
 
 def seed(etcd):

@@ -421,13 +421,21 @@ static bool status_produce(struct stream *st, struct out *o)
     return false;
 }
 
-/* Index of service `name` in the snapshot, or -1. */
+/* Index of service `name` in the snapshot (sorted by name), or -1:
+ * O(log services). */
 static long snapshot_index(const struct wg_snapshot *s, const char *name)
 {
-    const struct wg_pool_service *svc = s ? wg_snapshot_service(s, name) : NULL;
-    for (size_t k = 0; svc && k < s->n_services; k++)
-        if (s->services[k] == svc)
-            return (long)k;
+    size_t lo = 0, hi = s ? s->n_services : 0;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(s->services[mid]->name, name);
+        if (c == 0)
+            return (long)mid;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
     return -1;
 }
 
@@ -615,14 +623,18 @@ static void metrics_listeners(struct stream *st, struct out *o)
 
 /* waygate_request_duration_seconds{service}: a histogram per service
  * (http requests, first byte of the request to the end of the response). */
-static void metrics_durations(struct stream *st, struct out *o)
+/* One step (STREAM_BATCH services); true when the family is complete. */
+static bool metrics_durations(struct stream *st, struct out *o)
 {
     const struct wg_snapshot *s = st->snap;
-    family_head(o, "waygate_request_duration_seconds", "histogram",
-                "HTTP request duration, from the request's first byte to the end of its "
-                "response, per service.");
-    for (size_t k = 0; s && k < s->n_services; k++) {
-        struct wg_service_state *ss = s->services[k]->state;
+    if (!st->opened) {
+        family_head(o, "waygate_request_duration_seconds", "histogram",
+                    "HTTP request duration, from the request's first byte to the end of its "
+                    "response, per service.");
+        st->opened = true;
+    }
+    for (unsigned n = 0; s && n < STREAM_BATCH && st->svc < st->svc_end; n++, st->svc++) {
+        struct wg_service_state *ss = s->services[st->svc]->state;
         uint64_t cum = 0;
         for (int b = 0; b <= WG_DURATION_BUCKETS; b++) {
             out_str(o, "waygate_request_duration_seconds_bucket{service=\"");
@@ -642,6 +654,7 @@ static void metrics_durations(struct stream *st, struct out *o)
         out_label_value(o, ss->name);
         out_printf(o, "\"} %llu\n", (unsigned long long)atomic_load(&ss->duration_count));
     }
+    return !s || st->svc >= st->svc_end;
 }
 
 static void metrics_registry(struct stream *st, struct out *o)
@@ -851,13 +864,14 @@ static bool metrics_produce(struct stream *st, struct out *o)
         metrics_process(st, o);
         metrics_tls(st, o);
         metrics_listeners(st, o);
-        metrics_durations(st, o);
         metrics_registry(st, o);
         st->part++;
         return false;
     }
     f--;
-    if (f < N_SERVICE_FAMILIES)
+    if (f == 0)                         /* per service, resumable like the rest */
+        family_done = metrics_durations(st, o);
+    else if (--f < N_SERVICE_FAMILIES)
         family_done = metrics_services(st, o, &service_families[f]);
     else if (f - N_SERVICE_FAMILIES < N_INSTANCE_FAMILIES)
         family_done = metrics_instances(st, o, &instance_families[f - N_SERVICE_FAMILIES]);

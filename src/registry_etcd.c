@@ -29,7 +29,6 @@
 
 #include <event2/dns.h>
 #include <event2/event.h>
-#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -294,9 +293,6 @@ static void list_done(struct etcd_registry *r)
     r->synced = true;
     r->need_resync = false;
     list_reset(&r->list);
-    /* The pages' parse trees and the listing's own map are freed: give
-     * that memory back (glibc keeps freed heap otherwise). */
-    malloc_trim(0);
     published(r);
     start_watches(r);
 }
