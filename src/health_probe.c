@@ -92,8 +92,7 @@ struct wg_prober {
     _Atomic int stop;
     /* prober thread only */
     struct wg_snapshot *snap;
-    struct probe **set;                 /* every probe, in snapshot order */
-    size_t n_set;
+    size_t n_set;                       /* probes: one per instance of `snap` */
     struct wg_rng rng;
     uint64_t emfile_warned_ms;
     unsigned connecting;                /* probes waiting for a connect */
@@ -667,71 +666,101 @@ static void probe_free(struct probe *p)
     free(p);
 }
 
-#define FOR_EACH_MEMBER(s, svc, inst)                                                       \
-    for (size_t k_ = 0; k_ < (s)->n_services; k_++)                                           \
-        for (uint32_t m_ = 0; m_ < (s)->services[k_]->n_members; m_++)                        \
-            for (const struct wg_pool_service *svc = (s)->services[k_]; svc; svc = NULL)      \
-                for (struct wg_instance *inst = svc->members[m_].inst; inst; inst = NULL)
+/* A service whose version differs between two snapshots: old or new is
+ * NULL when it was added or removed. */
+struct change {
+    const struct wg_pool_service *old, *new;
+};
 
-/* Pass 1: a probe for every new instance (svc still NULL marks them new).
- * Returns the number of new probes, or -1 when memory ran out (the new
- * ones are freed again). */
-static long create_new(struct wg_prober *pr, const struct wg_snapshot *s)
+/* The services of `b` that are not the same objects in `a` (both sorted by
+ * name; `a` may be NULL): O(services), no member looked at. */
+static size_t diff_services(const struct wg_snapshot *a, const struct wg_snapshot *b,
+                            struct change *out)
 {
-    long n = 0;
-    FOR_EACH_MEMBER(s, svc, inst) {
-        if (inst->health_private)
-            continue;
-        if (!probe_new(pr, inst))
-            goto fail;
-        n++;
+    size_t i = 0, j = 0, n = 0, na = a ? a->n_services : 0;
+    while (i < na || j < b->n_services) {
+        int c = i == na ? 1 : j == b->n_services ? -1
+                                                 : strcmp(a->services[i]->name, b->services[j]->name);
+        if (c < 0)
+            out[n++] = (struct change){ a->services[i++], NULL };
+        else if (c > 0)
+            out[n++] = (struct change){ NULL, b->services[j++] };
+        else if (a->services[i] != b->services[j])
+            out[n++] = (struct change){ a->services[i++], b->services[j++] };
+        else
+            i++, j++;
     }
     return n;
+}
+
+/* Pass 1: a probe for every new instance of the changed services (svc
+ * still NULL marks them new). Returns the number of new probes, or -1 when
+ * memory ran out (the new ones are freed again). */
+static long create_new(struct wg_prober *pr, const struct change *ch, size_t n_ch)
+{
+    long n = 0;
+    for (size_t c = 0; c < n_ch; c++)
+        for (uint32_t m = 0; ch[c].new && m < ch[c].new->n_members; m++) {
+            struct wg_instance *inst = ch[c].new->members[m].inst;
+            if (inst->health_private)
+                continue;
+            if (!probe_new(pr, inst))
+                goto fail;
+            n++;
+        }
+    return n;
 fail:
-    FOR_EACH_MEMBER(s, svc, inst) {
-        struct probe *p = inst->health_private;
-        if (p && !p->svc)
-            probe_free(p);
-    }
+    for (size_t c = 0; c < n_ch; c++)
+        for (uint32_t m = 0; ch[c].new && m < ch[c].new->n_members; m++) {
+            struct probe *p = ch[c].new->members[m].inst->health_private;
+            if (p && !p->svc)
+                probe_free(p);
+        }
     return -1;
 }
 
 /* Take over snapshot `s` (its reference included): new instances are probed
  * at once (a large batch is spread over one interval), known ones keep their
- * state and connection, the others are dropped. */
+ * state and connection, the others are dropped. Only the services that are
+ * not the same objects as in the snapshot held so far are looked at: one
+ * changed service among 10,000 costs its own members, not everyone's. */
 static void adopt(struct wg_prober *pr, struct wg_snapshot *s)
 {
-    size_t n = 0;
-    for (size_t k = 0; k < s->n_services; k++)
-        n += s->services[k]->n_members;
-    struct probe **set = malloc((n ? n : 1) * sizeof *set);
-    long fresh = set ? create_new(pr, s) : -1;
+    size_t cap = (pr->snap ? pr->snap->n_services : 0) + s->n_services;
+    struct change *ch = malloc((cap ? cap : 1) * sizeof *ch);
+    size_t n_ch = ch ? diff_services(pr->snap, s, ch) : 0;
+    long fresh = ch ? create_new(pr, ch, n_ch) : -1;
     if (fresh < 0) {
         wg_error("msg=\"prober out of memory, snapshot skipped\" generation=%llu",
                  (unsigned long long)s->generation);
-        free(set);
+        free(ch);
         wg_snapshot_unref(s);
         return;
     }
     uint64_t gen = s->generation;
-    size_t used = 0;
-    FOR_EACH_MEMBER(s, svc, inst) {
-        struct probe *p = inst->health_private;
-        bool is_new = !p->svc;
-        p->svc = svc;
-        p->seen = gen;
-        set[used++] = p;
-        uint64_t iv = svc->cfg->health_check.interval_ms;
-        if (is_new)
-            probe_schedule(p, fresh > BURST_AT_ONCE && iv ? wg_rng_below(&pr->rng, iv) : 0);
-    }
-    for (size_t k = 0; k < pr->n_set; k++)
-        if (pr->set[k]->seen != gen)
-            probe_free(pr->set[k]);                 /* in no service any more */
-    free(pr->set);
-    pr->set = set;
-    pr->n_set = used;
-    atomic_store(&pr->instances, used);
+    size_t freed = 0;
+    for (size_t c = 0; c < n_ch; c++)
+        for (uint32_t m = 0; ch[c].new && m < ch[c].new->n_members; m++) {
+            const struct wg_pool_service *svc = ch[c].new;
+            struct probe *p = svc->members[m].inst->health_private;
+            bool is_new = !p->svc;
+            p->svc = svc;
+            p->seen = gen;
+            uint64_t iv = svc->cfg->health_check.interval_ms;
+            if (is_new)
+                probe_schedule(p, fresh > BURST_AT_ONCE && iv ? wg_rng_below(&pr->rng, iv) : 0);
+        }
+    for (size_t c = 0; c < n_ch; c++)
+        for (uint32_t m = 0; ch[c].old && m < ch[c].old->n_members; m++) {
+            struct probe *p = ch[c].old->members[m].inst->health_private;
+            if (p && p->seen != gen) {          /* in no service any more */
+                probe_free(p);
+                freed++;
+            }
+        }
+    free(ch);
+    pr->n_set += (size_t)fresh - freed;
+    atomic_store(&pr->instances, pr->n_set);
     atomic_fetch_add(&pr->snapshots, 1);
     wg_snapshot_unref(pr->snap);
     pr->snap = s;
@@ -846,9 +875,10 @@ void wg_prober_free(struct wg_prober *pr)
         event_active(pr->mail_ev, 0, 0);
         pthread_join(pr->thread, NULL);
     }
-    for (size_t k = 0; k < pr->n_set; k++)
-        probe_free(pr->set[k]);
-    free(pr->set);
+    for (size_t k = 0; pr->snap && k < pr->snap->n_services; k++)   /* the probed ones */
+        for (uint32_t m = 0; m < pr->snap->services[k]->n_members; m++)
+            if (pr->snap->services[k]->members[m].inst->health_private)
+                probe_free(pr->snap->services[k]->members[m].inst->health_private);
     while (pr->n_io_free)
         free(pr->io_free[--pr->n_io_free]);
     wg_snapshot_unref(pr->snap);
