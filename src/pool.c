@@ -578,17 +578,34 @@ static struct wg_snapshot *snapshot_next(struct wg_pool *p, struct wg_snapshot *
     atomic_init(&s->refs, 1);
     wg_config_ref_get(p->config);
     s->config = p->config;
-    qsort(p->staged, p->n_staged, sizeof *p->staged, cmp_staged);
-    size_t i = 0, j = 0;
-    while (i < n_cur || j < p->n_staged) {
-        int c = i == n_cur ? 1 : j == p->n_staged ? -1 : strcmp(cur->services[i]->name, p->staged[j].name);
-        struct wg_pool_service *svc;
-        if (c < 0) {
-            svc = cur->services[i++];
-        } else {
-            svc = p->staged[j++].svc;       /* NULL: removed */
-            i += c == 0;
+    if (p->n_staged > 1)
+        qsort(p->staged, p->n_staged, sizeof *p->staged, cmp_staged);
+    size_t i = 0;
+    for (size_t j = 0; j <= p->n_staged; j++) {
+        /* The published services before staged[j] (all that remain after
+         * the last), found by binary search: O(staged x log services)
+         * compares, whatever the number of services. */
+        size_t end = n_cur;
+        if (j < p->n_staged) {
+            size_t lo = i, hi = n_cur;
+            while (lo < hi) {
+                size_t mid = (lo + hi) / 2;
+                if (strcmp(cur->services[mid]->name, p->staged[j].name) < 0)
+                    lo = mid + 1;
+                else
+                    hi = mid;
+            }
+            end = lo;
         }
+        for (; i < end; i++) {
+            atomic_fetch_add(&cur->services[i]->refs, 1);
+            s->services[s->n_services++] = cur->services[i];
+        }
+        if (j == p->n_staged)
+            break;
+        if (i < n_cur && strcmp(cur->services[i]->name, p->staged[j].name) == 0)
+            i++;                            /* replaced (or removed) */
+        struct wg_pool_service *svc = p->staged[j].svc;
         if (svc) {
             atomic_fetch_add(&svc->refs, 1);
             s->services[s->n_services++] = svc;

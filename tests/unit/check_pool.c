@@ -174,6 +174,26 @@ START_TEST(one_change_shares_every_other_service)
                          s2->services[k] == s1->services[k], atomic_load(&s1->services[k]->retired));
     }
     ck_assert_uint_eq(wg_snapshot_service(s2, "svc04242")->members[0].inst->addr.ss_family, AF_INET);
+    /* Several staged at once, an addition between two, a removal at each
+     * end: merged in name order. */
+    unit_record(&tmp, "svc04242x", "a", "127.0.0.1", 9998, 100);
+    unit_record(&tmp, "zzz", "a", "127.0.0.1", 9997, 100);
+    ck_assert_int_eq(wg_pool_stage_service(f.pool, "zzz", &tmp.v[1], 1), 0);
+    ck_assert_int_eq(wg_pool_stage_service(f.pool, "svc00000", NULL, 0), 0);
+    ck_assert_int_eq(wg_pool_stage_service(f.pool, "svc04242x", &tmp.v[0], 1), 0);
+    ck_assert_int_eq(wg_pool_stage_service(f.pool, "svc09999", NULL, 0), 0);
+    wg_record_set_clear(&tmp);
+    wg_pool_commit(f.pool);
+    struct wg_snapshot *s3 = wg_pool_current(f.pool);
+    ck_assert_uint_eq(s3->n_services, N);
+    for (size_t k = 1; k < s3->n_services; k++)
+        if (strcmp(s3->services[k - 1]->name, s3->services[k]->name) >= 0)
+            ck_abort_msg("out of order at %zu: %s, %s", k, s3->services[k - 1]->name,
+                         s3->services[k]->name);
+    ck_assert_str_eq(s3->services[0]->name, "svc00001");
+    ck_assert_str_eq(s3->services[N - 1]->name, "zzz");
+    ck_assert_ptr_nonnull(wg_snapshot_service(s3, "svc04242x"));
+    ck_assert_ptr_null(wg_snapshot_service(s3, "svc09999"));
     wg_snapshot_unref(s1);
     teardown(&f);
 }
