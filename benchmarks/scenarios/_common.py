@@ -340,10 +340,12 @@ def errors_of(rows):
 
 # ---- the L7 matrix shared by l7_newconn, l7_64k and tls ----
 
-def start_target(env, target, kind, backend_port, tls_direct_port=None):
-    """Starts `target` for config family `kind` ("http" or "tls"); returns
-    (url base, process measured for CPU/RSS, process to stop or None)."""
-    subst = {"BACKEND": backend_port}
+def start_target(env, target, kind, backend_port, tls_direct_port=None, clients=10000):
+    """Starts `target` for config family `kind` ("http" or "tls"), sized for
+    `clients` client connections at once; returns (url base, process
+    measured for CPU/RSS, process to stop or None)."""
+    subst = {"BACKEND": backend_port, "MAXCONN": clients + 500,
+             "WORKER_CONNECTIONS": max(19000, clients + 9000), "NOFILE": max(20000, clients + 10000)}
     scheme = "https" if kind == "tls" else "http"
     if kind == "tls":
         crt, key, pem = env.cert()
