@@ -34,9 +34,14 @@ static uint64_t phase(uint32_t k, uint64_t step)
     return step > 1 ? wg_balance_hash_bytes(&k, sizeof k) % (step / 2) : 0;
 }
 
-static unsigned health_generation(const struct wg_pick *p)
+/* The structure must be (re)built for this pick: never built, a health
+ * change since, or panic mode started or ended. Stores the generation to
+ * build for in *generation. */
+static bool must_build(const struct wg_pick *p, bool built, unsigned at, bool panic,
+                       unsigned *generation)
 {
-    return atomic_load_explicit(&p->svc->state->health_generation, memory_order_acquire);
+    *generation = atomic_load_explicit(&p->svc->state->health_generation, memory_order_acquire);
+    return !built || *generation != at || p->panic != panic;
 }
 
 /* ---- a 4-ary min-heap of (key, member) ----
@@ -228,8 +233,8 @@ const struct wg_member *wg_wrr_pick(struct wg_wrr *s, struct wg_pick *p,
 {
     if (!s || s->n != n)
         return wg_balance_pick_linear(p, members, n);
-    unsigned generation = health_generation(p);
-    if (!s->built || generation != s->generation || p->panic != s->panic)
+    unsigned generation;
+    if (must_build(p, s->built, s->generation, s->panic, &generation))
         wrr_build(s, p, members, generation);
     uint32_t skipped[WG_SCHED_SKIPS], n_skipped = 0, k = 0;
     const struct wg_member *got = NULL;
@@ -517,8 +522,8 @@ const struct wg_member *wg_lc_pick(struct wg_lc *s, struct wg_pick *p,
 {
     if (!s || s->n != n)
         return lc_linear(p, members, n);
-    unsigned generation = health_generation(p);
-    if (!s->built || generation != s->generation || p->panic != s->panic)
+    unsigned generation;
+    if (must_build(p, s->built, s->generation, s->panic, &generation))
         lc_build(s, p, members, generation);
     if (!s->size)
         return NULL;

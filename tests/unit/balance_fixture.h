@@ -27,6 +27,18 @@ static void setup(struct fixture *f, const char *yaml)
     wg_rng_seed(&f->rng, 42);
 }
 
+/* Publish `set` (sorted here, cleared after) as the whole registry; the
+ * version of service "s" it holds. */
+static const struct wg_pool_service *publish_set(struct fixture *f, struct wg_record_set *set)
+{
+    wg_record_set_sort(set);
+    wg_pool_replace_all(f->pool, set);
+    wg_record_set_clear(set);
+    const struct wg_pool_service *svc = wg_snapshot_service(wg_pool_current(f->pool), "s");
+    ck_assert_ptr_nonnull(svc);
+    return svc;
+}
+
 static void teardown(struct fixture *f)
 {
     wg_balance_cache_free(&f->cache);

@@ -16,10 +16,7 @@ static const struct wg_pool_service *publish_weights(struct fixture *f, const un
         snprintf(id, sizeof id, "i%d", k);
         unit_record(&set, "s", id, "127.0.0.1", 9000 + k, w[k]);
     }
-    wg_record_set_sort(&set);
-    wg_pool_replace_all(f->pool, &set);
-    wg_record_set_clear(&set);
-    return wg_snapshot_service(wg_pool_current(f->pool), "s");
+    return publish_set(f, &set);
 }
 
 static int pick_index(struct fixture *f, const struct wg_pool_service *svc)

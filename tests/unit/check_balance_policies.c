@@ -40,12 +40,7 @@ static const struct wg_pool_service *publish_ids(struct fixture *f, const unsign
         snprintf(id, sizeof id, "i%03d", num % 1000);
         unit_record(&set, "s", id, "127.0.0.1", 9000 + num, w[k]);
     }
-    wg_record_set_sort(&set);
-    wg_pool_replace_all(f->pool, &set);
-    wg_record_set_clear(&set);
-    const struct wg_pool_service *svc = wg_snapshot_service(wg_pool_current(f->pool), "s");
-    ck_assert_ptr_nonnull(svc);
-    return svc;
+    return publish_set(f, &set);
 }
 
 static const struct wg_pool_service *publish_weights(struct fixture *f, const unsigned *w, int n)

@@ -34,12 +34,7 @@ static const struct wg_pool_service *publish(struct fixture *f, const unsigned *
         snprintf(ip, sizeof ip, "10.%d.%d.%d", (k >> 16) & 255, (k >> 8) & 255, k & 255);
         unit_record(&set, "s", id, ip, 8080, w[k]);
     }
-    wg_record_set_sort(&set);
-    wg_pool_replace_all(f->pool, &set);
-    wg_record_set_clear(&set);
-    const struct wg_pool_service *svc = wg_snapshot_service(wg_pool_current(f->pool), "s");
-    ck_assert_ptr_nonnull(svc);
-    return svc;
+    return publish_set(f, &set);
 }
 
 static int pick(struct fixture *f, const struct wg_pool_service *svc, uint64_t key)
