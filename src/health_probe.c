@@ -679,6 +679,10 @@ static size_t diff_services(const struct wg_snapshot *a, const struct wg_snapsho
 {
     size_t i = 0, j = 0, n = 0, na = a ? a->n_services : 0;
     while (i < na || j < b->n_services) {
+        if (i < na && j < b->n_services && a->services[i] == b->services[j]) {
+            i++, j++;                   /* the common case: no compare */
+            continue;
+        }
         int c = i == na ? 1 : j == b->n_services ? -1
                                                  : strcmp(a->services[i]->name, b->services[j]->name);
         if (c < 0)
