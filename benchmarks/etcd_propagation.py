@@ -30,7 +30,6 @@ import http.client
 import os
 import re
 import sys
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -92,37 +91,46 @@ def admin_get(port, path, timeout=300):
         conn.close()
 
 
+FETCH = """
+import http.client, sys, time
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=300)
+t = time.perf_counter()
+c.request("GET", sys.argv[2])
+r = c.getresponse()
+n = 0
+while True:
+    b = r.read(1 << 20)
+    if not b:
+        break
+    n += len(b)
+print(r.status, n, time.perf_counter() - t)
+"""
+
+
 def admin_stalls(wg):
-    """/status and /metrics with the big registry: while one streams, /live
-    is asked in a loop on another connection; its longest answer time bounds
+    """/status and /metrics with the big registry: one streams to another
+    process while this one asks /live in a loop; the longest answer bounds
     how long the control thread was kept from its loop."""
+    import subprocess
     for path in ("/status", "/metrics", "/status?service=svc4242"):
-        lat, done = [], threading.Event()
-
-        def ping():
-            while not done.is_set():
-                t = time.perf_counter()
-                admin_get(wg.admin_port, "/live", timeout=10)
-                lat.append(time.perf_counter() - t)
-
         base = []
         for _ in range(50):
             t = time.perf_counter()
             admin_get(wg.admin_port, "/live", timeout=10)
             base.append(time.perf_counter() - t)
-        th = threading.Thread(target=ping)
-        th.start()
-        t0 = time.perf_counter()
-        code, size = admin_get(wg.admin_port, path)
-        took = time.perf_counter() - t0
-        done.set()
-        th.join()
+        child = subprocess.Popen([sys.executable, "-c", FETCH, str(wg.admin_port), path],
+                                 stdout=subprocess.PIPE, text=True)
+        lat = []
+        while child.poll() is None:
+            t = time.perf_counter()
+            admin_get(wg.admin_port, "/live", timeout=10)
+            lat.append(time.perf_counter() - t)
+        code, size, took = child.stdout.read().split()
         ms = [x * 1000 for x in lat]
-        print("admin %s: HTTP %d, %.1f MB in %.2f s; /live meanwhile (%d asks): p50 %.2f ms, "
+        print("admin %s: HTTP %s, %.1f MB in %.2f s; /live meanwhile (%d asks): p50 %.2f ms, "
               "max %.2f ms (idle: p50 %.2f ms, max %.2f ms)" % (
-                  path, code, size / 1e6, took, len(ms), pct(ms, 50) if ms else 0,
-                  max(ms) if ms else 0, pct([x * 1000 for x in base], 50),
-                  max(base) * 1000))
+                  path, code, int(size) / 1e6, float(took), len(ms), pct(ms, 50) if ms else 0,
+                  max(ms) if ms else 0, pct([x * 1000 for x in base], 50), max(base) * 1000))
 
 
 def seed(etcd):
