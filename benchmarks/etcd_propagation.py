@@ -127,10 +127,13 @@ def admin_stalls(wg):
             lat.append(time.perf_counter() - t)
         code, size, took = child.stdout.read().split()
         ms = [x * 1000 for x in lat]
-        print("admin %s: HTTP %s, %.1f MB in %.2f s; /live meanwhile (%d asks): p50 %.2f ms, "
-              "max %.2f ms (idle: p50 %.2f ms, max %.2f ms)" % (
-                  path, code, int(size) / 1e6, float(took), len(ms), pct(ms, 50) if ms else 0,
-                  max(ms) if ms else 0, pct([x * 1000 for x in base], 50), max(base) * 1000))
+        steps = re.findall(r'admin reply streamed\" uri="%s" bytes=\d+ longest_step_ms=([0-9.]+)'
+                           % re.escape(path), wg.stderr_text())
+        print("admin %s: HTTP %s, %.1f MB in %.2f s; longest step on the control thread %s ms; "
+              "/live meanwhile (%d asks): p50 %.2f ms, max %.2f ms (idle: p50 %.2f ms, max %.2f ms)"
+              % (path, code, int(size) / 1e6, float(took), steps[-1] if steps else "?", len(ms),
+                 pct(ms, 50) if ms else 0, max(ms) if ms else 0,
+                 pct([x * 1000 for x in base], 50), max(base) * 1000))
 
 
 def seed(etcd):
@@ -174,11 +177,13 @@ def initial_sync(h, etcd, etcd_s):
                       "the initial list", interval=0.01)
     took = time.monotonic() - t1
     time.sleep(1.0)
-    fields = dict(re.findall(r"(list_ms|decode_ms|publish_ms|pages)=([0-9.]+)", line.group(0)))
+    fields = dict(re.findall(r"(list_ms|decode_ms|publish_ms|longest_step_ms|pages)=([0-9.]+)",
+                             line.group(0)))
     print("initial sync of %d instances: %.2f s from exec to published; list %s ms (decode %s ms "
-          "of it), last page -> published %s ms; etcd alone %.2f s; RSS %.0f MiB" % (
-              args.instances, took, fields.get("list_ms"), fields.get("decode_ms"),
-              fields.get("publish_ms"), etcd_s, wg.rss_kib() / 1024.0))
+          "of it, longest step %s ms), last page -> published %s ms; etcd alone %.2f s; "
+          "RSS %.0f MiB" % (args.instances, took, fields.get("list_ms"), fields.get("decode_ms"),
+                            fields.get("longest_step_ms"), fields.get("publish_ms"), etcd_s,
+                            wg.rss_kib() / 1024.0))
     wg.proc.stop()
 
 

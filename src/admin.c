@@ -58,6 +58,8 @@ struct stream {
     size_t svc;                     /* cursor: service */
     uint32_t member;                /* cursor: instance within the service */
     bool opened;                    /* the current part's header is written */
+    uint64_t bytes;                 /* sent so far */
+    uint64_t longest_ns;            /* the longest step on the control thread */
     struct stream *prev, *next;
 };
 
@@ -277,6 +279,7 @@ static void stream_pump(struct stream *st)
     struct evhttp_request *req = st->req;
     struct out o = { evbuffer_new(), false };
     bool done = false;
+    uint64_t t0 = wg_now_ns();
     while (o.buf && !o.failed && !done && evbuffer_get_length(o.buf) < STREAM_AHEAD)
         done = st->produce(st, &o);
     if (!o.buf || o.failed) {
@@ -288,7 +291,14 @@ static void stream_pump(struct stream *st)
         evhttp_connection_free(evcon);
         return;
     }
+    st->bytes += evbuffer_get_length(o.buf);
+    uint64_t step = wg_now_ns() - t0;
+    st->longest_ns = step > st->longest_ns ? step : st->longest_ns;
     if (done) {
+        /* How long the control thread was kept from its loop at most. */
+        wg_debug("msg=\"admin reply streamed\" uri=\"%s\" bytes=%llu longest_step_ms=%.3f",
+                 evhttp_request_get_uri(req), (unsigned long long)st->bytes,
+                 (double)st->longest_ns / 1e6);
         evhttp_send_reply_chunk(req, o.buf);
         stream_free(st);            /* before the end: it may free the connection */
         evhttp_send_reply_end(req);

@@ -75,6 +75,7 @@ struct listing {
     uint64_t started_ns;            /* the first page requested */
     uint64_t last_page_ns;          /* the last page read off the socket */
     uint64_t decode_ns;             /* spent decoding pages (waygate's share) */
+    uint64_t longest_ns;            /* the longest step (a page's parse, a chunk) */
     /* The page being applied, a chunk per loop turn, while etcd serves the
      * next one (list_apply_cb). */
     struct wg_etcd_range_response page;
@@ -283,13 +284,17 @@ static void list_done(struct etcd_registry *r)
     if (resync)
         r->base.status.resyncs_total++;
     /* list_ms: first request to last page read; publish_ms: last page read
-     * to the snapshot published; decode_ms: pages decoded (within list_ms). */
+     * to the snapshot published; decode_ms: pages decoded (within list_ms);
+     * longest_step_ms: the longest the decoding kept the loop (a page's
+     * parse or a chunk of its values). */
     wg_info("msg=\"etcd list applied\" endpoint=%s revision=%lld keys=%zu instances=%zu "
-            "invalid=%u resync=%d pages=%u list_ms=%.1f decode_ms=%.1f publish_ms=%.1f",
+            "invalid=%u resync=%d pages=%u list_ms=%.1f decode_ms=%.1f longest_step_ms=%.1f "
+            "publish_ms=%.1f",
             wg_etcd_client_endpoint(r->client, r->ep), (long long)r->list.rev, r->map.keys.n,
             all.n, r->list.invalid, resync, r->list.pages,
             (double)(r->list.last_page_ns - r->list.started_ns) / 1e6,
-            (double)r->list.decode_ns / 1e6, (double)(now - r->list.last_page_ns) / 1e6);
+            (double)r->list.decode_ns / 1e6, (double)r->list.longest_ns / 1e6,
+            (double)(now - r->list.last_page_ns) / 1e6);
     r->synced = true;
     r->need_resync = false;
     list_reset(&r->list);
@@ -331,7 +336,9 @@ static bool list_apply_some(struct etcd_registry *r, size_t max)
     for (; l->page_pos < end; l->page_pos++)
         if (!apply_value(r, &l->map, r->prefixes[l->page_prefix], &l->page.kvs[l->page_pos]))
             l->invalid++;
-    l->decode_ns += wg_now_ns() - t0;
+    uint64_t step = wg_now_ns() - t0;
+    l->decode_ns += step;
+    l->longest_ns = step > l->longest_ns ? step : l->longest_ns;
     if (l->page_pos < l->page.n_kvs)
         return false;
     wg_etcd_range_response_free(&l->page);
@@ -398,7 +405,9 @@ static bool list_message(void *arg, struct wg_etcd_call *call, unsigned status, 
         session_fail(r, FAIL_ERROR, why);
         return false;
     }
-    l->decode_ns += wg_now_ns() - t0;
+    uint64_t step = wg_now_ns() - t0;
+    l->decode_ns += step;
+    l->longest_ns = step > l->longest_ns ? step : l->longest_ns;
     l->page_prefix = l->prefix;
     if (!list_advance(r, &rr)) {
         wg_etcd_range_response_free(&rr);

@@ -356,6 +356,7 @@ def test_list_of_several_pages_is_applied_whole():
         fields = dict(re.findall(r"(\w+)=([0-9.]+)", line.group(0)))
         assert fields["instances"] == str(n + 1) and fields["pages"] == "3", line.group(0)
         assert float(fields["decode_ms"]) <= float(fields["list_ms"]) + float(fields["publish_ms"])
+        assert float(fields["longest_step_ms"]) <= float(fields["decode_ms"])
         counts = {name: len(s["instances"]) for name, s in wg.status()["services"].items()}
         assert counts == {"s0": 8334, "s1": 8333, "s2": 8333, "users": 1}, counts
         assert wg.status()["generation"] == 1
