@@ -59,7 +59,7 @@ struct stream {
     uint32_t member;                /* cursor: instance within the service */
     bool opened;                    /* the current part's header is written */
     uint64_t bytes;                 /* sent so far */
-    uint64_t longest_ns;            /* the longest step on the control thread */
+    uint64_t longest_ns;            /* the longest step, in control-thread CPU time */
     struct stream *prev, *next;
 };
 
@@ -279,7 +279,7 @@ static void stream_pump(struct stream *st)
     struct evhttp_request *req = st->req;
     struct out o = { evbuffer_new(), false };
     bool done = false;
-    uint64_t t0 = wg_now_ns();
+    uint64_t t0 = wg_thread_cpu_ns();
     while (o.buf && !o.failed && !done && evbuffer_get_length(o.buf) < STREAM_AHEAD)
         done = st->produce(st, &o);
     if (!o.buf || o.failed) {
@@ -292,10 +292,11 @@ static void stream_pump(struct stream *st)
         return;
     }
     st->bytes += evbuffer_get_length(o.buf);
-    uint64_t step = wg_now_ns() - t0;
+    uint64_t step = wg_thread_cpu_ns() - t0;
     st->longest_ns = step > st->longest_ns ? step : st->longest_ns;
     if (done) {
-        /* How long the control thread was kept from its loop at most. */
+        /* How long the control thread was kept from its loop at most (its
+         * own work; time it was preempted by other processes excluded). */
         wg_debug("msg=\"admin reply streamed\" uri=\"%s\" bytes=%llu longest_step_ms=%.3f",
                  evhttp_request_get_uri(req), (unsigned long long)st->bytes,
                  (double)st->longest_ns / 1e6);

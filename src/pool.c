@@ -58,6 +58,13 @@ uint64_t wg_now_ns(void)
 
 uint64_t wg_now_ms(void) { return wg_now_ns() / 1000000u; }
 
+uint64_t wg_thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 /* ---- config references ---- */
 
 struct wg_config_ref *wg_config_ref_new(struct wg_config *cfg)

@@ -74,7 +74,7 @@ struct listing {
     unsigned pages;
     uint64_t started_ns;            /* the first page requested */
     uint64_t last_page_ns;          /* the last page read off the socket */
-    uint64_t decode_ns;             /* spent decoding pages (waygate's share) */
+    uint64_t decode_ns;             /* CPU time decoding pages (waygate's share) */
     uint64_t longest_ns;            /* the longest step (a page's parse, a chunk) */
     /* The page being applied, a chunk per loop turn, while etcd serves the
      * next one (list_apply_cb). */
@@ -286,7 +286,7 @@ static void list_done(struct etcd_registry *r)
     /* list_ms: first request to last page read; publish_ms: last page read
      * to the snapshot published; decode_ms: pages decoded (within list_ms);
      * longest_step_ms: the longest the decoding kept the loop (a page's
-     * parse or a chunk of its values). */
+     * parse or a chunk of its values). decode and steps in thread CPU time. */
     wg_info("msg=\"etcd list applied\" endpoint=%s revision=%lld keys=%zu instances=%zu "
             "invalid=%u resync=%d pages=%u list_ms=%.1f decode_ms=%.1f longest_step_ms=%.1f "
             "publish_ms=%.1f",
@@ -330,13 +330,13 @@ static bool list_advance(struct etcd_registry *r, const struct wg_etcd_range_res
 static bool list_apply_some(struct etcd_registry *r, size_t max)
 {
     struct listing *l = &r->list;
-    uint64_t t0 = wg_now_ns();
+    uint64_t t0 = wg_thread_cpu_ns();
     size_t end = l->page.n_kvs - l->page_pos > max ? l->page_pos + max : l->page.n_kvs;
 
     for (; l->page_pos < end; l->page_pos++)
         if (!apply_value(r, &l->map, r->prefixes[l->page_prefix], &l->page.kvs[l->page_pos]))
             l->invalid++;
-    uint64_t step = wg_now_ns() - t0;
+    uint64_t step = wg_thread_cpu_ns() - t0;
     l->decode_ns += step;
     l->longest_ns = step > l->longest_ns ? step : l->longest_ns;
     if (l->page_pos < l->page.n_kvs)
@@ -400,12 +400,12 @@ static bool list_message(void *arg, struct wg_etcd_call *call, unsigned status, 
     l->pages++;
     if (l->page_held)                   /* the previous page first, whole */
         list_apply_some(r, SIZE_MAX);
-    uint64_t t0 = wg_now_ns();
+    uint64_t t0 = wg_thread_cpu_ns();
     if (!wg_etcd_parse_range(msg, len, &rr, &why)) {
         session_fail(r, FAIL_ERROR, why);
         return false;
     }
-    uint64_t step = wg_now_ns() - t0;
+    uint64_t step = wg_thread_cpu_ns() - t0;
     l->decode_ns += step;
     l->longest_ns = step > l->longest_ns ? step : l->longest_ns;
     l->page_prefix = l->prefix;

@@ -240,5 +240,6 @@ static inline bool wg_instance_removed(const struct wg_instance *i)
 
 uint64_t wg_now_ms(void);       /* CLOCK_MONOTONIC in milliseconds */
 uint64_t wg_now_ns(void);
+uint64_t wg_thread_cpu_ns(void); /* CPU time of the calling thread (preemption excluded) */
 
 #endif
