@@ -75,9 +75,12 @@ static uint64_t entry_seq;
 
 static void entry_free_records(struct key_entry *e)
 {
-    for (size_t i = 0; i < e->n; i++)
-        wg_record_free(&e->recs[i]);
-    free(e->recs);
+    for (size_t i = 0; i < e->n; i++) {
+        free(e->recs[i].id);
+        free(e->recs[i].metadata);
+    }
+    if (e->recs != &e->one)
+        free(e->recs);
     e->recs = NULL;
     e->n = 0;
 }
@@ -120,7 +123,6 @@ static void entry_unlink(struct keymap *m, struct key_entry *e)
     rmap_mark(m, s);
     rmap_remove(&m->keys, &e->h);
     entry_free_records(e);
-    free(e->h.name);
     free(e);
 }
 
@@ -135,11 +137,14 @@ bool rmap_delete(struct keymap *m, const char *key)
 
 static struct key_entry *entry_new(struct keymap *m, const char *key, struct svc *s)
 {
-    struct key_entry *e = calloc(1, sizeof *e);
+    size_t len = strlen(key);
+    struct key_entry *e = calloc(1, sizeof *e + len + 1);
 
-    if (!e || !(e->h.name = strdup(key)) || !rmap_insert(&m->keys, &e->h)) {
-        if (e)
-            free(e->h.name);
+    if (!e)
+        return NULL;
+    e->h.name = (char *)(e + 1);
+    memcpy(e->h.name, key, len + 1);
+    if (!rmap_insert(&m->keys, &e->h)) {
         free(e);
         return NULL;
     }
@@ -165,14 +170,26 @@ struct key_entry *rmap_put(struct keymap *m, const char *key, struct wg_record_s
     }
     s->n_records -= e->n;
     entry_free_records(e);
-    struct wg_record *fit = realloc(set->v, set->n * sizeof *fit);     /* keep no spare */
-    if (fit)
-        set->v = fit;
-    e->recs = set->v;
+    struct rmap_rec *v = set->n == 1 ? &e->one : malloc(set->n * sizeof *v);
+    if (!v) {
+        wg_record_set_clear(set);
+        rmap_mark(m, s);
+        return NULL;
+    }
+    for (size_t i = 0; i < set->n; i++) {
+        struct wg_record *r = &set->v[i];
+        v[i] = (struct rmap_rec){ r->id, r->metadata, r->weight, 0, { 0 } };
+        if (r->addr.ss_family != AF_UNSPEC && r->addrlen <= sizeof v[i].addr) {
+            memcpy(&v[i].addr, &r->addr, r->addrlen);
+            v[i].addrlen = r->addrlen;
+        }
+        r->id = r->metadata = NULL;     /* taken */
+    }
+    e->recs = v;
     e->n = set->n;
     e->seq = ++entry_seq;
     s->n_records += e->n;
-    memset(set, 0, sizeof *set);
+    wg_record_set_clear(set);
     rmap_mark(m, s);
     return e;
 }
@@ -184,7 +201,6 @@ void rmap_clear(struct keymap *m)
             struct key_entry *e = (struct key_entry *)n;
             next = n->next;
             entry_free_records(e);
-            free(e->h.name);
             free(e);
         }
     for (size_t i = 0; i < m->svcs.cap; i++)
@@ -210,9 +226,14 @@ static size_t svc_collect(const struct svc *s, struct wg_record *out)
     size_t n = 0, k = 0;
 
     for (const struct key_entry *e = s->keys; e; e = e->next)
-        for (size_t i = 0; i < e->n; i++)
-            if (e->recs[i].addr.ss_family != AF_UNSPEC)
-                out[n++] = e->recs[i];
+        for (size_t i = 0; i < e->n; i++) {
+            const struct rmap_rec *kr = &e->recs[i];
+            if (kr->addr.sin6_family == AF_UNSPEC)
+                continue;
+            out[n] = (struct wg_record){ .service = s->h.name, .id = kr->id, .addrlen = kr->addrlen,
+                                         .weight = kr->weight, .metadata = kr->metadata };
+            memcpy(&out[n++].addr, &kr->addr, kr->addrlen);
+        }
     qsort(out, n, sizeof *out, rec_id_cmp);
     for (size_t i = 0; i < n; i++)
         if (k == 0 || strcmp(out[k - 1].id, out[i].id) != 0)
@@ -306,7 +327,7 @@ static void dns_unlink(struct rmap_lookup *d)
 static void dns_answer(struct rmap_lookup *d, struct key_entry *e, int err, struct evutil_addrinfo *ai)
 {
     struct rmap_resolver *r = d->r;
-    struct wg_record *rec = &e->recs[d->index];
+    struct rmap_rec *rec = &e->recs[d->index];
 
     for (struct evutil_addrinfo *p = ai; p; p = p->ai_next)
         if (p->ai_family == AF_INET) {
@@ -322,10 +343,10 @@ static void dns_answer(struct rmap_lookup *d, struct key_entry *e, int err, stru
     }
     memcpy(&rec->addr, ai->ai_addr, ai->ai_addrlen);
     rec->addrlen = (socklen_t)ai->ai_addrlen;
-    if (rec->addr.ss_family == AF_INET)
+    if (rec->addr.sin6_family == AF_INET)
         ((struct sockaddr_in *)&rec->addr)->sin_port = htons(d->port);
     else
-        ((struct sockaddr_in6 *)&rec->addr)->sin6_port = htons(d->port);
+        rec->addr.sin6_port = htons(d->port);
     if (rmap_find(&r->live->keys, d->key) != &e->h)
         return;                     /* in a list still running: published with it */
     rmap_mark(r->live, e->svc);

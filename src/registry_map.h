@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <netinet/in.h>
 
 #include "waygate/record.h"
 
@@ -34,15 +35,29 @@ struct htable {
 
 struct svc;
 
-/* The instances one key holds (go-micro: several). */
+/* One instance as the map keeps it: a wg_record without the service (the
+ * key's service has it) and with an address sized for IPv4 and IPv6 only
+ * (AF_UNSPEC while a host name resolves). 56 bytes, where a wg_record with
+ * its service string is ~200: the map holds every registered instance. */
+struct rmap_rec {
+    char *id;
+    char *metadata;
+    uint32_t weight;
+    socklen_t addrlen;
+    struct sockaddr_in6 addr;       /* a sockaddr_in fits at its start */
+};
+
+/* The instances one key holds (go-micro: several); a single one is kept
+ * inline, and the key after the entry (one allocation). */
 struct key_entry {
     struct hnode h;                 /* h.name: the key */
     struct svc *svc;
     struct key_entry *prev, *next;  /* the service's keys */
-    struct wg_record *recs;
+    struct rmap_rec *recs;          /* &one, or an array for several */
     size_t n;
     uint64_t seq;                   /* changes with every value (DNS answers check it) */
     uint64_t mark;                  /* the owner's (ZooKeeper: the listing that saw it) */
+    struct rmap_rec one;
 };
 
 struct svc {
