@@ -378,12 +378,53 @@ static void status_instance(struct out *o, const struct wg_member *m, bool comma
     out_json_string(o, i->id);
     out_str(o, ",\"address\":");
     out_json_string(o, i->addr_text);
-    out_printf(o, ",\"weight\":%" PRIu32 ",\"health\":\"%s\",\"active_connections\":%u"
-               ",\"requests_total\":%" PRIu64 "}",
-               m->weight, wg_health_name(wg_instance_health(i)),
+    out_str(o, ",\"zone\":");
+    out_json_string(o, i->cell->zone);
+    out_printf(o, ",\"priority\":%u,\"weight\":%" PRIu32 ",\"health\":\"%s\","
+               "\"active_connections\":%u,\"requests_total\":%" PRIu64 "}",
+               i->cell->priority, m->weight, wg_health_name(wg_instance_health(i)),
                atomic_load_explicit(&((struct wg_instance *)i)->active, memory_order_relaxed),
                atomic_load_explicit(&((struct wg_instance *)i)->requests_total,
                                     memory_order_relaxed));
+}
+
+static const char *const locality_mode_names[] = { "off", "prefer", "strict" };
+
+/* "locality":{"mode":..,"zone":..,"groups":[..],"zones":{"a":0.7,..}}: the
+ * share of new traffic each group and zone gets right now. */
+static void status_locality(struct out *o, const struct wg_pool_service *s)
+{
+    struct wg_locality_share sh[WG_LOCALITY_MAX_GROUPS];
+    unsigned n = wg_locality_shares(s, sh, WG_LOCALITY_MAX_GROUPS);
+    out_str(o, ",\"locality\":{\"mode\":");
+    out_json_string(o, locality_mode_names[s->cfg->locality.mode]);
+    out_str(o, ",\"zone\":");
+    out_json_string(o, s->config->cfg->zone);
+    out_str(o, ",\"groups\":[");
+    for (unsigned k = 0; k < n; k++) {
+        out_str(o, k ? ",{\"zone\":" : "{\"zone\":");
+        out_json_string(o, sh[k].zone);
+        out_printf(o, ",\"priority\":%u,\"local\":%s,\"instances\":%u,\"healthy\":%u,"
+                   "\"share\":%.4f}", sh[k].priority, sh[k].local ? "true" : "false",
+                   sh[k].total, sh[k].healthy, (double)sh[k].load_ppm / WG_LOCALITY_PPM);
+    }
+    out_str(o, "],\"zones\":{");
+    for (unsigned k = 0, shown = 0; k < n; k++) {
+        bool seen = false;
+        for (unsigned j = 0; j < k && !seen; j++)
+            seen = strcmp(sh[j].zone, sh[k].zone) == 0;
+        if (seen)
+            continue;
+        uint64_t sum = 0;
+        for (unsigned j = k; j < n; j++)
+            if (strcmp(sh[j].zone, sh[k].zone) == 0)
+                sum += sh[j].load_ppm;
+        if (shown++)
+            out_add(o, ",", 1);
+        out_json_string(o, sh[k].zone);
+        out_printf(o, ":%.4f", (double)sum / WG_LOCALITY_PPM);
+    }
+    out_str(o, "}}");
 }
 
 static bool status_produce(struct stream *st, struct out *o)
@@ -405,6 +446,7 @@ static bool status_produce(struct stream *st, struct out *o)
         out_json_string(o, s->name);
         out_str(o, ":{\"balance\":");
         out_json_string(o, s->balance ? s->balance->name : "none");
+        status_locality(o, s);
         out_str(o, ",\"instances\":[");
         st->opened = true;
     }
@@ -644,6 +686,34 @@ static void metrics_durations(struct stream *st, struct out *o)
     }
 }
 
+/* waygate_picks_total{service,zone}: picks summed over the zone's cells. */
+static void metrics_picks(struct stream *st, struct out *o)
+{
+    const struct wg_snapshot *s = st->snap;
+    family_head(o, "waygate_picks_total", "counter",
+                "Instances picked for new work, per service and instance zone.");
+    for (size_t k = 0; s && k < s->n_services; k++) {
+        const struct wg_service_state *ss = s->services[k]->state;
+        for (const struct wg_locality_cell *c = ss->cells; c; c = c->next) {
+            bool seen = false;
+            for (const struct wg_locality_cell *d = ss->cells; d != c && !seen; d = d->next)
+                seen = strcmp(d->zone, c->zone) == 0;
+            if (seen)
+                continue;
+            uint64_t n = 0;
+            for (const struct wg_locality_cell *d = c; d; d = d->next)
+                if (strcmp(d->zone, c->zone) == 0)
+                    n += atomic_load_explicit(&((struct wg_locality_cell *)d)->picks,
+                                              memory_order_relaxed);
+            out_str(o, "waygate_picks_total{service=\"");
+            out_label_value(o, ss->name);
+            out_str(o, "\",zone=\"");
+            out_label_value(o, c->zone);
+            out_printf(o, "\"} %llu\n", (unsigned long long)n);
+        }
+    }
+}
+
 static void metrics_registry(struct stream *st, struct out *o)
 {
     const struct wg_registry_status *rs = registry_status(st->admin);
@@ -852,6 +922,7 @@ static bool metrics_produce(struct stream *st, struct out *o)
         metrics_tls(st, o);
         metrics_listeners(st, o);
         metrics_durations(st, o);
+        metrics_picks(st, o);
         metrics_registry(st, o);
         st->part++;
         return false;
