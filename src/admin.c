@@ -18,6 +18,7 @@
 #include <strings.h>
 
 #include "waygate/balance.h"
+#include "waygate/fleet.h"
 #include "waygate/listener.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
@@ -68,6 +69,7 @@ struct wg_admin {
     struct evhttp *http;
     struct wg_pool *pool;
     const struct wg_registry *registry;
+    const struct wg_fleet *fleet;
     struct stream *streams;         /* in flight, freed with the admin */
     uint64_t started_ms;
     bool ready;
@@ -350,6 +352,53 @@ static const struct wg_registry_status *registry_status(const struct wg_admin *a
     return a->registry ? &a->registry->status : &none;
 }
 
+static void fleet_replica(struct out *o, const struct wg_fleet_replica *r, bool comma)
+{
+    out_str(o, comma ? ",{\"name\":" : "{\"name\":");
+    out_json_string(o, r->name);
+    out_str(o, ",\"zone\":");
+    out_json_string(o, r->zone);
+    out_str(o, ",\"version\":");
+    out_json_string(o, r->version);
+    out_printf(o, ",\"generation\":%" PRIu64 ",\"self\":%s,\"updated\":%" PRIu64,
+               r->generation, r->self ? "true" : "false", r->updated_unix_ms);
+    if (r->gone_unix_ms)
+        out_printf(o, ",\"gone\":%" PRIu64, r->gone_unix_ms);
+    out_str(o, ",\"value\":");
+    out_str(o, r->value);               /* JSON as stored (checked when read) */
+    out_add(o, "}", 1);
+}
+
+/* "fleet":{"name":..,"connected":..,"replicas":[..],"gone":[..],"zones":{..}} */
+static void status_fleet(const struct wg_fleet *f, struct out *o)
+{
+    struct wg_fleet_view v;
+    if (!wg_fleet_view(f, &v))
+        return;
+    out_str(o, ",\"fleet\":{\"name\":");
+    out_json_string(o, v.name);
+    out_printf(o, ",\"connected\":%s,\"registered\":%s,\"live\":%zu,\"replicas\":[",
+               v.connected ? "true" : "false", v.registered ? "true" : "false", v.n_live);
+    for (size_t k = 0; k < v.n_live; k++)
+        fleet_replica(o, &v.replicas[k], k > 0);
+    out_str(o, "],\"gone\":[");
+    for (size_t k = 0; k < v.n_gone; k++)
+        fleet_replica(o, &v.replicas[v.n_live + k], k > 0);
+    out_str(o, "],\"zones\":{");
+    for (size_t k = 0, shown = 0; k < v.n_live; k++) {
+        bool seen = false;
+        for (size_t j = 0; j < k && !seen; j++)
+            seen = strcmp(v.replicas[j].zone, v.replicas[k].zone) == 0;
+        if (seen)
+            continue;
+        if (shown++)
+            out_add(o, ",", 1);
+        out_json_string(o, v.replicas[k].zone);
+        out_printf(o, ":%u", wg_fleet_replicas(v.replicas[k].zone));
+    }
+    out_str(o, "}}");
+}
+
 static void status_head(struct stream *st, struct out *o)
 {
     const struct wg_registry_status *rs = registry_status(st->admin);
@@ -368,7 +417,9 @@ static void status_head(struct stream *st, struct out *o)
         out_json_string(o, rs->server);
         out_printf(o, ",\"invalid_records_total\":%" PRIu64, rs->invalid_records_total);
     }
-    out_str(o, "},\"services\":{");
+    out_add(o, "}", 1);
+    status_fleet(st->admin->fleet, o);
+    out_str(o, ",\"services\":{");
 }
 
 static void status_instance(struct out *o, const struct wg_member *m, bool comma)
@@ -714,6 +765,28 @@ static void metrics_picks(struct stream *st, struct out *o)
     }
 }
 
+/* waygate_fleet_replicas{zone}, waygate_fleet_connected. */
+static void metrics_fleet(struct stream *st, struct out *o)
+{
+    struct wg_fleet_view v;
+    if (!wg_fleet_view(st->admin->fleet, &v))
+        return;
+    family_head(o, "waygate_fleet_replicas", "gauge",
+                "Live waygate replicas in etcd (fleet:), per replica zone.");
+    for (size_t k = 0; k < v.n_live; k++) {
+        bool seen = false;
+        for (size_t j = 0; j < k && !seen; j++)
+            seen = strcmp(v.replicas[j].zone, v.replicas[k].zone) == 0;
+        if (seen)
+            continue;
+        out_str(o, "waygate_fleet_replicas{zone=\"");
+        out_label_value(o, v.replicas[k].zone);
+        out_printf(o, "\"} %u\n", wg_fleet_replicas(v.replicas[k].zone));
+    }
+    metric_u64(o, "waygate_fleet_connected", "gauge",
+               "1 when etcd answered the fleet within its TTL.", v.connected);
+}
+
 static void metrics_registry(struct stream *st, struct out *o)
 {
     const struct wg_registry_status *rs = registry_status(st->admin);
@@ -923,6 +996,7 @@ static bool metrics_produce(struct stream *st, struct out *o)
         metrics_listeners(st, o);
         metrics_durations(st, o);
         metrics_picks(st, o);
+        metrics_fleet(st, o);
         metrics_registry(st, o);
         st->part++;
         return false;
@@ -1210,6 +1284,8 @@ void wg_admin_set_registry(struct wg_admin *a, const struct wg_registry *registr
 {
     a->registry = registry;
 }
+
+void wg_admin_set_fleet(struct wg_admin *a, const struct wg_fleet *fleet) { a->fleet = fleet; }
 
 void wg_admin_set_listeners(struct wg_admin *a, struct wg_listener *const *const *listeners,
                             const size_t *n)

@@ -8,6 +8,7 @@ over connections (name-mode backends) and must match within 5 %.
 """
 
 import json
+import time
 
 from etcdlib import EtcdHarness
 from wglib import name_via, slack, wait_until
@@ -123,3 +124,59 @@ def test_strict_never_leaves_and_priorities_back_up():
         assert [i["priority"] for i in st["instances"] if i["id"] == "p1"] == [1], st
         s, failed = shares(wg, 100)
         assert failed == 0 and s == {"p1": 1.0}, s
+
+
+# ---- the fleet -----------------------------------------------------------------
+
+def fleet_of(wg):
+    return wg.status().get("fleet") or {}
+
+
+def test_fleet_lists_replicas_and_drops_a_killed_one_within_ttl():
+    """6 replicas in 2 zones on a 3-member cluster: every replica lists all
+    six; the live count per zone (what rate_limit scope: fleet divides by)
+    is in /status and waygate_fleet_replicas; a SIGKILLed replica drops
+    from every view within its lease TTL; a reload shows in its generation."""
+    with EtcdHarness() as h:
+        cluster = h.etcd_cluster(3)
+        wgs = []
+        for k in range(6):
+            zone = "za" if k < 3 else "zb"
+            wgs.append(h.waygate_etcd(cluster, zone=zone, workers=1,
+                                      fleet={"name": "r%d" % k, "ttl": "3s"}))
+
+        def names(wg):
+            return sorted(r["name"] for r in fleet_of(wg).get("replicas", []))
+        want = ["r%d" % k for k in range(6)]
+        for wg in wgs:
+            wait_until(lambda: names(wg) == want, slack(10), "fleet view of 6")
+        f = fleet_of(wgs[0])
+        assert f["connected"] and f["registered"] and f["live"] == 6, f
+        assert f["zones"] == {"za": 3, "zb": 3}, f
+        me = [r for r in f["replicas"] if r["self"]]
+        assert [r["name"] for r in me] == ["r0"], f
+        assert me[0]["zone"] == "za" and me[0]["version"], me
+        assert me[0]["value"]["listeners"][0]["listen"].startswith("127.0.0.1:"), me
+        assert wgs[0].metric('waygate_fleet_connected') == 1
+        code, body = wgs[0].admin("/metrics")
+        assert 'waygate_fleet_replicas{zone="zb"} 3' in body, body[:2000]
+        # SIGKILL r5: its key goes when etcd expires the lease (3 s).
+        t0 = time.monotonic()
+        wgs[5].proc.kill()
+        for wg in wgs[:5]:
+            wait_until(lambda: names(wg) == want[:5], 3 + slack(3), "r5 dropped")
+        took = time.monotonic() - t0
+        print("measured: SIGKILLed replica dropped from 5 views after %.2fs (ttl 3s)" % took)
+        f = fleet_of(wgs[0])
+        assert f["zones"] == {"za": 3, "zb": 2}, f
+        assert [r["name"] for r in f["gone"]] == ["r5"], f
+        # Put the gauges/generation through: a registry change is a new generation.
+        c = cluster.client()
+        b = h.backend("name", name="x")
+        c.put("/services/users/x", record(b, "za"))
+
+        def gen_seen():
+            mine = wgs[0].status()["generation"]
+            seen = [r["generation"] for r in fleet_of(wgs[1])["replicas"] if r["name"] == "r0"]
+            return seen == [mine] and mine > 1
+        wait_until(gen_seen, 3 + slack(5), "r1 sees r0's new generation")
