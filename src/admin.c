@@ -19,6 +19,7 @@
 
 #include "waygate/balance.h"
 #include "waygate/fleet.h"
+#include "waygate/health.h"
 #include "waygate/listener.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
@@ -70,6 +71,7 @@ struct wg_admin {
     struct wg_pool *pool;
     const struct wg_registry *registry;
     const struct wg_fleet *fleet;
+    const struct wg_health_shared *shared;
     struct stream *streams;         /* in flight, freed with the admin */
     uint64_t started_ms;
     bool ready;
@@ -419,6 +421,15 @@ static void status_head(struct stream *st, struct out *o)
     }
     out_add(o, "}", 1);
     status_fleet(st->admin->fleet, o);
+    char who[130];
+    const char *role = wg_health_shared_role(st->admin->shared, who, sizeof who);
+    if (role) {
+        out_str(o, ",\"shared_health\":{\"role\":");
+        out_json_string(o, role);
+        out_str(o, ",\"prober\":");
+        out_json_string(o, who);
+        out_add(o, "}", 1);
+    }
     out_str(o, ",\"services\":{");
 }
 
@@ -1285,7 +1296,12 @@ void wg_admin_set_registry(struct wg_admin *a, const struct wg_registry *registr
     a->registry = registry;
 }
 
-void wg_admin_set_fleet(struct wg_admin *a, const struct wg_fleet *fleet) { a->fleet = fleet; }
+void wg_admin_set_fleet(struct wg_admin *a, const struct wg_fleet *fleet,
+                        const struct wg_health_shared *shared)
+{
+    a->fleet = fleet;
+    a->shared = shared;
+}
 
 void wg_admin_set_listeners(struct wg_admin *a, struct wg_listener *const *const *listeners,
                             const size_t *n)

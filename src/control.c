@@ -40,6 +40,7 @@ struct control {
     struct wg_pool *pool;
     struct wg_registry *registry;
     struct wg_fleet *fleet;             /* NULL without fleet: */
+    struct wg_health_shared *shared;    /* NULL without health_check.shared */
     struct wg_prober *prober;
     struct wg_admin *admin;
     struct wg_worker **workers;
@@ -612,8 +613,9 @@ static void teardown(struct control *c)
     free(c->workers);
     wg_access_log_close();                  /* the workers' lines are written out */
     wg_registry_free(c->registry);
-    wg_fleet_free(c->fleet);
     wg_prober_free(c->prober);              /* nothing publishes any more */
+    wg_health_shared_free(c->shared);       /* after the prober: it queues transitions */
+    wg_fleet_free(c->fleet);
     for (size_t k = 0; k < c->n_listeners; k++)
         wg_listener_close(c->listeners[k]);
     free(c->listeners);
@@ -672,7 +674,8 @@ int wg_control_run(struct wg_config *cfg)
     if (wg_registry_start(c->registry) < 0)
         goto out;
     c->fleet = wg_fleet_new(c->base, cfg, c->pool);
-    wg_admin_set_fleet(c->admin, c->fleet);
+    c->shared = wg_health_shared_new(c->base, cfg, c->pool, c->fleet);
+    wg_admin_set_fleet(c->admin, c->fleet, c->shared);
     wg_info("msg=\"waygate started\" version=%s config=%s workers=%u", WAYGATE_VERSION, cfg->path,
             c->n_workers);
     event_base_dispatch(c->base);

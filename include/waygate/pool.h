@@ -113,6 +113,8 @@ struct wg_instance {
     _Atomic uint64_t probes_passed, probes_failed;
     _Atomic uint64_t last_probe_ms;     /* CLOCK_MONOTONIC ms of the last result */
     _Atomic int last_probe_result;      /* HTTP status, 0 = tcp pass, -errno = failure */
+    _Atomic int shared_health;          /* health_check.shared: the state the zone's
+                                           prober published last (health.h); 0 = none */
 };
 
 struct wg_member {
