@@ -160,6 +160,12 @@ def test_fleet_lists_replicas_and_drops_a_killed_one_within_ttl():
         assert wgs[0].metric('waygate_fleet_connected') == 1
         code, body = wgs[0].admin("/metrics")
         assert 'waygate_fleet_replicas{zone="zb"} 3' in body, body[:2000]
+        # The dashboard's fleet view reads these fields of /status.
+        code, page = wgs[0].admin("/")
+        assert code == 200 and "fleetSection(s.fleet, s.shared_health)" in page
+        for r in f["replicas"]:
+            assert {"name", "zone", "version", "generation", "updated", "self"} <= set(r), r
+            assert len(r["value"]["config"]) == 16, r
         # SIGKILL r5: its key goes when etcd expires the lease (3 s).
         t0 = time.monotonic()
         wgs[5].proc.kill()
