@@ -19,6 +19,7 @@
 #include "waygate/fleet.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
+#include "waygate/record.h"
 
 #define TICK_MS 250
 #define PUBLISH_BATCH 64                /* puts per transaction (etcd allows 128) */
@@ -61,6 +62,8 @@ struct wg_health_shared {
     /* published states */
     struct state_entry *states;
     size_t n_states, cap_states;
+    uint32_t *index;                    /* open addressing: 1 + position in states, 0 = free */
+    size_t cap_index;                   /* a power of two, > 2 x n_states */
 };
 
 static struct wg_health_shared *g_shared;   /* for the prober thread's queue */
@@ -105,10 +108,38 @@ void wg_health_shared_transition(const char *svc, const struct wg_instance *i, e
 
 static struct state_entry *state_find(struct wg_health_shared *s, const char *key)
 {
-    for (size_t k = 0; k < s->n_states; k++)
-        if (strcmp(s->states[k].key, key) == 0)
-            return &s->states[k];
+    if (!s->cap_index)
+        return NULL;
+    for (size_t h = wg_record_name_hash(key) & (s->cap_index - 1); s->index[h];
+         h = (h + 1) & (s->cap_index - 1))
+        if (strcmp(s->states[s->index[h] - 1].key, key) == 0)
+            return &s->states[s->index[h] - 1];
     return NULL;
+}
+
+/* Index states[n_states - 1] (growing the index when half full). */
+static bool index_add(struct wg_health_shared *s)
+{
+    if (s->n_states * 2 > s->cap_index) {
+        size_t cap = s->cap_index ? s->cap_index * 2 : 128;
+        uint32_t *v = calloc(cap, sizeof *v);
+        if (!v)
+            return false;
+        free(s->index);
+        s->index = v;
+        s->cap_index = cap;
+        for (size_t k = 0; k + 1 < s->n_states; k++) {
+            size_t h = wg_record_name_hash(s->states[k].key) & (cap - 1);
+            while (v[h])
+                h = (h + 1) & (cap - 1);
+            v[h] = (uint32_t)k + 1;
+        }
+    }
+    size_t h = wg_record_name_hash(s->states[s->n_states - 1].key) & (s->cap_index - 1);
+    while (s->index[h])
+        h = (h + 1) & (s->cap_index - 1);
+    s->index[h] = (uint32_t)s->n_states;
+    return true;
 }
 
 /* The instance <service>/<id> of the published snapshot at `address`. */
@@ -188,6 +219,12 @@ static void state_put(struct wg_health_shared *s, const char *key, const char *v
             return;
         }
         s->n_states++;
+        if (!index_add(s)) {
+            free(e->key);
+            free(a);
+            s->n_states--;
+            return;
+        }
     } else {
         free(e->address);
     }
@@ -196,12 +233,28 @@ static void state_put(struct wg_health_shared *s, const char *key, const char *v
     apply_entry(s, e);
 }
 
-/* A new snapshot: instances that appeared get the states published already. */
+/* A new snapshot: instances that appeared (still unknown) get the states
+ * published already: one index look-up each. */
 static void on_publish(void *arg, struct wg_snapshot *snap)
 {
     struct wg_health_shared *s = arg;
-    for (size_t k = 0; k < s->n_states; k++)
-        apply_entry(s, &s->states[k]);
+    char key[512];
+    if (!s->n_states)
+        return;
+    for (size_t k = 0; k < snap->n_services; k++) {
+        const struct wg_pool_service *ps = snap->services[k];
+        if (!ps->cfg->health_check.shared)
+            continue;
+        for (uint32_t m = 0; m < ps->n_members; m++) {
+            struct wg_instance *i = ps->members[m].inst;
+            if (wg_instance_health(i) != WG_HEALTH_UNKNOWN ||
+                (size_t)snprintf(key, sizeof key, "%s/%s", ps->name, i->id) >= sizeof key)
+                continue;
+            const struct state_entry *e = state_find(s, key);
+            if (e)
+                apply_entry(s, e);
+        }
+    }
 }
 
 /* ---- roles ---- */
@@ -543,6 +596,7 @@ void wg_health_shared_free(struct wg_health_shared *s)
         free(s->states[k].address);
     }
     free(s->states);
+    free(s->index);
     pthread_mutex_destroy(&s->lock);
     free(s->prefix);
     free(s->election_key);
