@@ -224,7 +224,8 @@ static void table_sort(struct wg_fleet *f)
         f->replicas[w++] = *r;
     }
     f->n_replicas = w;
-    qsort(f->replicas, f->n_replicas, sizeof *f->replicas, replica_cmp);
+    if (f->n_replicas > 1)
+        qsort(f->replicas, f->n_replicas, sizeof *f->replicas, replica_cmp);
     f->n_live = 0;
     while (f->n_live < f->n_replicas && !f->replicas[f->n_live].gone_unix_ms)
         f->n_live++;

@@ -466,9 +466,11 @@ static void publish_next(struct wg_health_shared *s)
     pthread_mutex_lock(&s->lock);
     size_t n = s->n_q < PUBLISH_BATCH ? s->n_q : PUBLISH_BATCH;
     struct pending batch[PUBLISH_BATCH];
-    memcpy(batch, s->q, n * sizeof *batch);
-    memmove(s->q, s->q + n, (s->n_q - n) * sizeof *s->q);
-    s->n_q -= n;
+    if (n) {
+        memcpy(batch, s->q, n * sizeof *batch);
+        memmove(s->q, s->q + n, (s->n_q - n) * sizeof *s->q);
+        s->n_q -= n;
+    }
     pthread_mutex_unlock(&s->lock);
     if (!n)
         return;
