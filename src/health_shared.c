@@ -23,6 +23,7 @@
 
 #define TICK_MS 250
 #define PUBLISH_BATCH 64                /* puts per transaction (etcd allows 128) */
+#define RECONCILE_TICKS 16              /* the prober re-checks what is published: 4 s */
 
 enum role { ROLE_ALONE, ROLE_FOLLOWER, ROLE_PROBER };
 static const char *const role_names[] = { "alone", "follower", "prober" };
@@ -55,6 +56,7 @@ struct wg_health_shared {
     bool listing;
     int64_t revision;
     struct event *tick, *mail;
+    unsigned ticks;
     /* the queue from the prober thread */
     pthread_mutex_t lock;
     struct pending *q;
@@ -257,6 +259,35 @@ static void on_publish(void *arg, struct wg_snapshot *snap)
     }
 }
 
+/* The prober: queue every shared instance whose state differs from what is
+ * published (on election: transitions made before it were not published;
+ * then every few seconds: a failed publish is retried this way). */
+static void reconcile(struct wg_health_shared *s)
+{
+    struct wg_snapshot *snap = wg_pool_published(s->pool);
+    char key[512];
+    size_t queued = 0;
+    for (size_t k = 0; snap && k < snap->n_services; k++) {
+        const struct wg_pool_service *ps = snap->services[k];
+        if (!ps->cfg->health_check.shared)
+            continue;
+        for (uint32_t m = 0; m < ps->n_members; m++) {
+            struct wg_instance *i = ps->members[m].inst;
+            enum wg_health h = wg_instance_health(i);
+            if ((h != WG_HEALTH_HEALTHY && h != WG_HEALTH_UNHEALTHY) ||
+                (size_t)snprintf(key, sizeof key, "%s/%s", ps->name, i->id) >= sizeof key)
+                continue;
+            const struct state_entry *e = state_find(s, key);
+            if (e && e->state == h && strcmp(e->address, i->addr_text) == 0)
+                continue;
+            wg_health_shared_transition(ps->name, i, h);
+            queued++;
+        }
+    }
+    if (queued)
+        wg_info("msg=\"shared health: publishing states that differ\" count=%zu", queued);
+}
+
 /* ---- roles ---- */
 
 static void set_role(struct wg_health_shared *s, enum role r, const char *why)
@@ -278,6 +309,8 @@ static void next_endpoint(struct wg_health_shared *s)
     s->ep = (s->ep + 1) % wg_etcd_client_endpoints(wg_fleet_etcd(s->fleet));
 }
 
+static void publish_next(struct wg_health_shared *s);
+
 static char *b64(const char *t) { return wg_base64_encode(t, strlen(t)); }
 
 static bool campaign_message(void *arg, struct wg_etcd_call *call, unsigned status,
@@ -293,6 +326,8 @@ static bool campaign_message(void *arg, struct wg_etcd_call *call, unsigned stat
             s->leader_present = true;
             snprintf(s->leader, sizeof s->leader, "%s", s->name);
             set_role(s, ROLE_PROBER, "elected");
+            reconcile(s);
+            publish_next(s);
         } else {
             s->leader_present = true;
             set_role(s, ROLE_FOLLOWER, "another replica probes");
@@ -433,8 +468,6 @@ static void watch_start(struct wg_health_shared *s)
 
 /* ---- publishing ---- */
 
-static void publish_next(struct wg_health_shared *s);
-
 static bool publish_message(void *arg, struct wg_etcd_call *call, unsigned status,
                             const char *msg, size_t len, uint64_t recv_ns)
 {
@@ -529,6 +562,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     else if (!s->listing && !s->campaign && s->role != ROLE_PROBER &&
              (!s->leader_present || s->role == ROLE_ALONE))
         campaign(s);
+    if (s->role == ROLE_PROBER && ++s->ticks % RECONCILE_TICKS == 0 && !s->publish)
+        reconcile(s);
     publish_next(s);
 }
 

@@ -114,3 +114,30 @@ def test_one_prober_per_zone_transitions_takeover_and_partition():
         set_health(b, 500)
         wait_until(lambda: health(wgs[5], "b") == "unhealthy", slack(3), "r5 sees b down")
         cut.close()
+
+
+def test_states_probed_before_the_election_are_published():
+    """100 instances (more than the prober probes at once: their first
+    probes are spread over one interval, across the election): whatever the
+    prober found before it was elected is published too, so no follower
+    keeps an instance unknown."""
+    with EtcdHarness() as h:
+        etcd = h.etcd()
+        c = etcd.client()
+        a = h.backend("http", name="a")
+        c.txn_put([("/services/users/i%03d" % k,
+                    json.dumps({"address": "127.0.0.1", "port": a.port})) for k in range(100)])
+        wgs = [start(h, etcd, "r%d" % k, "za") for k in range(2)]
+
+        def healthy(w):
+            return sum(1 for i in w.status()["services"]["users"]["instances"]
+                       if i["health"] == "healthy")
+        wait_until(lambda: sorted(role(w) for w in wgs) == ["follower", "prober"], slack(10),
+                   "a prober and a follower")
+        for w in wgs:
+            wait_until(lambda: healthy(w) == 100, slack(10), "100 healthy on %s" % w.proc.name)
+
+        def published():
+            return len([k for k in c.get_prefix("/waygate/health/za/")
+                        if not k.endswith("/_prober")])
+        wait_until(lambda: published() == 100, slack(5), "100 states published")
