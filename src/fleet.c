@@ -438,6 +438,8 @@ static bool op_message(void *arg, struct wg_etcd_call *call, unsigned status, co
 {
     struct wg_fleet *f = arg;
     enum op op = f->op;
+    if (f->call != call)
+        return false;
     json_t *root = json_loadb(msg, len, JSON_DISABLE_EOF_CHECK, NULL);
     char text[200], why[260];
     int code = root ? answer_code(root, status, text, sizeof text) : -1;
@@ -608,6 +610,8 @@ static bool view_message(void *arg, struct wg_etcd_call *call, unsigned status, 
                          size_t len, uint64_t recv_ns)
 {
     struct wg_fleet *f = arg;
+    if (f->watch != call)
+        return false;
     if (f->listing) {
         f->listing = false;
         f->watch = NULL;                /* the range call ends by itself */

@@ -317,6 +317,8 @@ static bool campaign_message(void *arg, struct wg_etcd_call *call, unsigned stat
                              const char *msg, size_t len, uint64_t recv_ns)
 {
     struct wg_health_shared *s = arg;
+    if (s->campaign != call)
+        return false;
     s->campaign = NULL;
     json_t *o = json_loadb(msg, len, JSON_DISABLE_EOF_CHECK, NULL);
     json_t *ok = json_object_get(o, "succeeded");
@@ -352,6 +354,8 @@ static const struct wg_etcd_call_ops campaign_ops = { campaign_message, campaign
  * it does not exist (create_revision == 0). */
 static void campaign(struct wg_health_shared *s)
 {
+    if (s->campaign)
+        return;                         /* one at a time */
     int64_t lease = wg_fleet_lease(s->fleet);
     char id[24], value[200];
     snprintf(id, sizeof id, "%lld", (long long)lease);
@@ -411,6 +415,8 @@ static bool watch_message(void *arg, struct wg_etcd_call *call, unsigned status,
 {
     struct wg_health_shared *s = arg;
     const char *why = NULL;
+    if (s->watch != call)
+        return false;
     if (s->listing) {
         struct wg_etcd_range_response r;
         s->listing = false;
@@ -472,6 +478,8 @@ static bool publish_message(void *arg, struct wg_etcd_call *call, unsigned statu
                             const char *msg, size_t len, uint64_t recv_ns)
 {
     struct wg_health_shared *s = arg;
+    if (s->publish != call)
+        return false;
     s->publish = NULL;
     if (status != 200)
         wg_warn("msg=\"shared health: publishing failed\" http_status=%u", status);
