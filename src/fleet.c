@@ -10,7 +10,6 @@
  */
 #include "waygate/fleet.h"
 
-#include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -359,22 +358,6 @@ static void lease_lost(struct wg_fleet *f, const char *why)
     f->keepalive_due = false;
 }
 
-static bool json_positive(json_t *v, int64_t *out)
-{
-    *out = 0;
-    if (json_is_integer(v))
-        *out = json_integer_value(v);
-    else if (json_is_string(v) && json_string_length(v)) {
-        char *end;
-        errno = 0;
-        long long n = strtoll(json_string_value(v), &end, 10);
-        if (errno || *end)
-            return false;
-        *out = n;
-    }
-    return *out > 0;
-}
-
 /* Returns false on a malformed answer. */
 static bool answer_ok(struct wg_fleet *f, enum op op, json_t *root)
 {
@@ -387,8 +370,8 @@ static bool answer_ok(struct wg_fleet *f, enum op op, json_t *root)
                wg_etcd_client_set_token(f->etcd, json_string_value(tok)) == 0;
     }
     case OP_GRANT:
-        if (!json_positive(json_object_get(root, "ID"), &id) ||
-            !json_positive(json_object_get(root, "TTL"), &ttl))
+        if (!wg_etcd_json_positive(json_object_get(root, "ID"), &id) ||
+            !wg_etcd_json_positive(json_object_get(root, "TTL"), &ttl))
             return false;
         f->lease = id;
         f->registered = false;
@@ -408,29 +391,13 @@ static bool answer_ok(struct wg_fleet *f, enum op op, json_t *root)
         res = json_object_get(root, "result");
         if (!json_is_object(res))
             return false;
-        if (!json_positive(json_object_get(res, "TTL"), &ttl))
+        if (!wg_etcd_json_positive(json_object_get(res, "TTL"), &ttl))
             lease_lost(f, "keep-alive answered without TTL");
         f->keepalive_due = false;
         return true;
     default:
         return false;
     }
-}
-
-static int answer_code(json_t *root, unsigned status, char *text, size_t len)
-{
-    json_t *e = json_object_get(root, "error");
-    json_t *code = json_is_object(e) ? json_object_get(e, "grpc_code")
-                                     : json_object_get(root, "code");
-    json_t *m = json_is_object(e) ? json_object_get(e, "message") : e;
-    snprintf(text, len, "%s", json_is_string(m) ? json_string_value(m) : "");
-    if (!e && status == 200)
-        return 0;
-    if (json_is_integer(code) && json_integer_value(code) > 0)
-        return (int)json_integer_value(code);
-    if (!text[0])
-        snprintf(text, len, "HTTP %u", status);
-    return -1;
 }
 
 static bool op_message(void *arg, struct wg_etcd_call *call, unsigned status, const char *msg,
@@ -442,7 +409,7 @@ static bool op_message(void *arg, struct wg_etcd_call *call, unsigned status, co
         return false;
     json_t *root = json_loadb(msg, len, JSON_DISABLE_EOF_CHECK, NULL);
     char text[200], why[260];
-    int code = root ? answer_code(root, status, text, sizeof text) : -1;
+    int code = root ? wg_etcd_answer_code(root, status, text, sizeof text) : -1;
     f->call = NULL;
     f->op = OP_NONE;
     if (!root) {
