@@ -267,7 +267,13 @@ void wg_record_locality(const char *metadata, char zone[WG_ZONE_MAX + 1], unsign
     if (!metadata || (!strstr(metadata, "\"zone\"") && !strstr(metadata, "\"priority\"")))
         return;
     json_t *o = json_loads(metadata, 0, NULL);
-    json_t *z = json_object_get(o, "zone"), *p = json_object_get(o, "priority");
+    /* Curator keeps the service's own data in "payload": Spring Cloud
+     * writes {"payload":{"metadata":{"zone":..}}}, others {"payload":{"zone":..}}. */
+    json_t *pl = json_object_get(o, "payload"), *plm = json_object_get(pl, "metadata");
+    json_t *src = json_object_get(o, "zone") || json_object_get(o, "priority") ? o
+                  : json_object_get(pl, "zone") || json_object_get(pl, "priority") ? pl
+                  : plm;
+    json_t *z = json_object_get(src, "zone"), *p = json_object_get(src, "priority");
     if (json_is_string(z) && json_string_length(z) <= WG_ZONE_MAX &&
         !memchr(json_string_value(z), '\0', json_string_length(z)))
         memcpy(zone, json_string_value(z), json_string_length(z) + 1);

@@ -294,6 +294,12 @@ START_TEST(locality_of_metadata)
     wg_record_locality("{\"priority\":99,\"zone\":7}", zone, &prio);
     ck_assert_str_eq(zone, "");
     ck_assert_uint_eq(prio, 0);
+    wg_record_locality("{\"payload\":{\"metadata\":{\"zone\":\"c\",\"priority\":\"3\"}}}", zone,
+                       &prio);                                             /* Curator, Spring */
+    ck_assert_str_eq(zone, "c");
+    ck_assert_uint_eq(prio, 3);
+    wg_record_locality("{\"payload\":{\"zone\":\"d\"},\"serviceType\":\"DYNAMIC\"}", zone, &prio);
+    ck_assert_str_eq(zone, "d");
     wg_record_locality("{\"zone\":", zone, &prio);
     ck_assert_str_eq(zone, "");
     wg_record_locality(NULL, zone, &prio);
