@@ -18,6 +18,8 @@
 #include <strings.h>
 
 #include "waygate/balance.h"
+#include "waygate/fleet.h"
+#include "waygate/health.h"
 #include "waygate/listener.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
@@ -70,6 +72,8 @@ struct wg_admin {
     struct evhttp *http;
     struct wg_pool *pool;
     const struct wg_registry *registry;
+    const struct wg_fleet *fleet;
+    const struct wg_health_shared *shared;
     struct stream *streams;         /* in flight, freed with the admin */
     uint64_t started_ms;
     bool ready;
@@ -361,6 +365,53 @@ static const struct wg_registry_status *registry_status(const struct wg_admin *a
     return a->registry ? &a->registry->status : &none;
 }
 
+static void fleet_replica(struct out *o, const struct wg_fleet_replica *r, bool comma)
+{
+    out_str(o, comma ? ",{\"name\":" : "{\"name\":");
+    out_json_string(o, r->name);
+    out_str(o, ",\"zone\":");
+    out_json_string(o, r->zone);
+    out_str(o, ",\"version\":");
+    out_json_string(o, r->version);
+    out_printf(o, ",\"generation\":%" PRIu64 ",\"self\":%s,\"updated\":%" PRIu64,
+               r->generation, r->self ? "true" : "false", r->updated_unix_ms);
+    if (r->gone_unix_ms)
+        out_printf(o, ",\"gone\":%" PRIu64, r->gone_unix_ms);
+    out_str(o, ",\"value\":");
+    out_str(o, r->value);               /* JSON as stored (checked when read) */
+    out_add(o, "}", 1);
+}
+
+/* "fleet":{"name":..,"connected":..,"replicas":[..],"gone":[..],"zones":{..}} */
+static void status_fleet(const struct wg_fleet *f, struct out *o)
+{
+    struct wg_fleet_view v;
+    if (!wg_fleet_view(f, &v))
+        return;
+    out_str(o, ",\"fleet\":{\"name\":");
+    out_json_string(o, v.name);
+    out_printf(o, ",\"connected\":%s,\"registered\":%s,\"live\":%zu,\"replicas\":[",
+               v.connected ? "true" : "false", v.registered ? "true" : "false", v.n_live);
+    for (size_t k = 0; k < v.n_live; k++)
+        fleet_replica(o, &v.replicas[k], k > 0);
+    out_str(o, "],\"gone\":[");
+    for (size_t k = 0; k < v.n_gone; k++)
+        fleet_replica(o, &v.replicas[v.n_live + k], k > 0);
+    out_str(o, "],\"zones\":{");
+    for (size_t k = 0, shown = 0; k < v.n_live; k++) {
+        bool seen = false;
+        for (size_t j = 0; j < k && !seen; j++)
+            seen = strcmp(v.replicas[j].zone, v.replicas[k].zone) == 0;
+        if (seen)
+            continue;
+        if (shown++)
+            out_add(o, ",", 1);
+        out_json_string(o, v.replicas[k].zone);
+        out_printf(o, ":%u", wg_fleet_replicas(v.replicas[k].zone));
+    }
+    out_str(o, "}}");
+}
+
 static void status_head(struct stream *st, struct out *o)
 {
     const struct wg_registry_status *rs = registry_status(st->admin);
@@ -379,7 +430,18 @@ static void status_head(struct stream *st, struct out *o)
         out_json_string(o, rs->server);
         out_printf(o, ",\"invalid_records_total\":%" PRIu64, rs->invalid_records_total);
     }
-    out_str(o, "},\"services\":{");
+    out_add(o, "}", 1);
+    status_fleet(st->admin->fleet, o);
+    char who[130];
+    const char *role = wg_health_shared_role(st->admin->shared, who, sizeof who);
+    if (role) {
+        out_str(o, ",\"shared_health\":{\"role\":");
+        out_json_string(o, role);
+        out_str(o, ",\"prober\":");
+        out_json_string(o, who);
+        out_add(o, "}", 1);
+    }
+    out_str(o, ",\"services\":{");
 }
 
 static void status_instance(struct out *o, const struct wg_member *m, bool comma)
@@ -389,12 +451,53 @@ static void status_instance(struct out *o, const struct wg_member *m, bool comma
     out_json_string(o, i->id);
     out_str(o, ",\"address\":");
     out_json_string(o, i->addr_text);
-    out_printf(o, ",\"weight\":%" PRIu32 ",\"health\":\"%s\",\"active_connections\":%u"
-               ",\"requests_total\":%" PRIu64 "}",
-               m->weight, wg_health_name(wg_instance_health(i)),
+    out_str(o, ",\"zone\":");
+    out_json_string(o, i->cell->zone);
+    out_printf(o, ",\"priority\":%u,\"weight\":%" PRIu32 ",\"health\":\"%s\","
+               "\"active_connections\":%u,\"requests_total\":%" PRIu64 "}",
+               i->cell->priority, m->weight, wg_health_name(wg_instance_health(i)),
                atomic_load_explicit(&((struct wg_instance *)i)->active, memory_order_relaxed),
                atomic_load_explicit(&((struct wg_instance *)i)->requests_total,
                                     memory_order_relaxed));
+}
+
+static const char *const locality_mode_names[] = { "off", "prefer", "strict" };
+
+/* "locality":{"mode":..,"zone":..,"groups":[..],"zones":{"a":0.7,..}}: the
+ * share of new traffic each group and zone gets right now. */
+static void status_locality(struct out *o, const struct wg_pool_service *s)
+{
+    struct wg_locality_share sh[WG_LOCALITY_MAX_GROUPS];
+    unsigned n = wg_locality_shares(s, sh, WG_LOCALITY_MAX_GROUPS);
+    out_str(o, ",\"locality\":{\"mode\":");
+    out_json_string(o, locality_mode_names[s->cfg->locality.mode]);
+    out_str(o, ",\"zone\":");
+    out_json_string(o, s->config->cfg->zone);
+    out_str(o, ",\"groups\":[");
+    for (unsigned k = 0; k < n; k++) {
+        out_str(o, k ? ",{\"zone\":" : "{\"zone\":");
+        out_json_string(o, sh[k].zone);
+        out_printf(o, ",\"priority\":%u,\"local\":%s,\"instances\":%u,\"healthy\":%u,"
+                   "\"share\":%.4f}", sh[k].priority, sh[k].local ? "true" : "false",
+                   sh[k].total, sh[k].healthy, (double)sh[k].load_ppm / WG_LOCALITY_PPM);
+    }
+    out_str(o, "],\"zones\":{");
+    for (unsigned k = 0, shown = 0; k < n; k++) {
+        bool seen = false;
+        for (unsigned j = 0; j < k && !seen; j++)
+            seen = strcmp(sh[j].zone, sh[k].zone) == 0;
+        if (seen)
+            continue;
+        uint64_t sum = 0;
+        for (unsigned j = k; j < n; j++)
+            if (strcmp(sh[j].zone, sh[k].zone) == 0)
+                sum += sh[j].load_ppm;
+        if (shown++)
+            out_add(o, ",", 1);
+        out_json_string(o, sh[k].zone);
+        out_printf(o, ":%.4f", (double)sum / WG_LOCALITY_PPM);
+    }
+    out_str(o, "}}");
 }
 
 static bool status_produce(struct stream *st, struct out *o)
@@ -416,6 +519,7 @@ static bool status_produce(struct stream *st, struct out *o)
         out_json_string(o, s->name);
         out_str(o, ":{\"balance\":");
         out_json_string(o, s->balance ? s->balance->name : "none");
+        status_locality(o, s);
         out_str(o, ",\"instances\":[");
         st->opened = true;
     }
@@ -668,6 +772,56 @@ static bool metrics_durations(struct stream *st, struct out *o)
     return !s || st->svc >= st->svc_end;
 }
 
+/* waygate_picks_total{service,zone}: picks summed over the zone's cells. */
+static void metrics_picks(struct stream *st, struct out *o)
+{
+    const struct wg_snapshot *s = st->snap;
+    family_head(o, "waygate_picks_total", "counter",
+                "Instances picked for new work, per service and instance zone.");
+    for (size_t k = 0; s && k < s->n_services; k++) {
+        const struct wg_service_state *ss = s->services[k]->state;
+        for (const struct wg_locality_cell *c = ss->cells; c; c = c->next) {
+            bool seen = false;
+            for (const struct wg_locality_cell *d = ss->cells; d != c && !seen; d = d->next)
+                seen = strcmp(d->zone, c->zone) == 0;
+            if (seen)
+                continue;
+            uint64_t n = 0;
+            for (const struct wg_locality_cell *d = c; d; d = d->next)
+                if (strcmp(d->zone, c->zone) == 0)
+                    n += atomic_load_explicit(&((struct wg_locality_cell *)d)->picks,
+                                              memory_order_relaxed);
+            out_str(o, "waygate_picks_total{service=\"");
+            out_label_value(o, ss->name);
+            out_str(o, "\",zone=\"");
+            out_label_value(o, c->zone);
+            out_printf(o, "\"} %llu\n", (unsigned long long)n);
+        }
+    }
+}
+
+/* waygate_fleet_replicas{zone}, waygate_fleet_connected. */
+static void metrics_fleet(struct stream *st, struct out *o)
+{
+    struct wg_fleet_view v;
+    if (!wg_fleet_view(st->admin->fleet, &v))
+        return;
+    family_head(o, "waygate_fleet_replicas", "gauge",
+                "Live waygate replicas in etcd (fleet:), per replica zone.");
+    for (size_t k = 0; k < v.n_live; k++) {
+        bool seen = false;
+        for (size_t j = 0; j < k && !seen; j++)
+            seen = strcmp(v.replicas[j].zone, v.replicas[k].zone) == 0;
+        if (seen)
+            continue;
+        out_str(o, "waygate_fleet_replicas{zone=\"");
+        out_label_value(o, v.replicas[k].zone);
+        out_printf(o, "\"} %u\n", wg_fleet_replicas(v.replicas[k].zone));
+    }
+    metric_u64(o, "waygate_fleet_connected", "gauge",
+               "1 when etcd answered the fleet within its TTL.", v.connected);
+}
+
 static void metrics_registry(struct stream *st, struct out *o)
 {
     const struct wg_registry_status *rs = registry_status(st->admin);
@@ -875,6 +1029,8 @@ static bool metrics_produce(struct stream *st, struct out *o)
         metrics_process(st, o);
         metrics_tls(st, o);
         metrics_listeners(st, o);
+        metrics_picks(st, o);
+        metrics_fleet(st, o);
         metrics_registry(st, o);
         st->part++;
         return false;
@@ -1163,6 +1319,13 @@ struct wg_admin *wg_admin_new(struct event_base *base, const struct wg_config *c
 void wg_admin_set_registry(struct wg_admin *a, const struct wg_registry *registry)
 {
     a->registry = registry;
+}
+
+void wg_admin_set_fleet(struct wg_admin *a, const struct wg_fleet *fleet,
+                        const struct wg_health_shared *shared)
+{
+    a->fleet = fleet;
+    a->shared = shared;
 }
 
 void wg_admin_set_listeners(struct wg_admin *a, struct wg_listener *const *const *listeners,

@@ -139,7 +139,8 @@ void wg_balance_cache_sweep(struct wg_balance_cache *c, const struct wg_snapshot
     for (size_t k = 0; k < cap; k++) {
         if (!old[k].svc)
             continue;
-        if (!snap || atomic_load_explicit(&old[k].svc->retired, memory_order_relaxed)) {
+        const struct wg_pool_service *root = old[k].svc->parent ? old[k].svc->parent : old[k].svc;
+        if (!snap || atomic_load_explicit(&root->retired, memory_order_relaxed)) {
             entry_release(&old[k]);
             continue;
         }
@@ -156,7 +157,8 @@ void wg_balance_cache_bind(struct wg_balance_cache *c, struct wg_pick *p)
 {
     const struct wg_balance_ops *ops = p->svc->balance;
     p->state = NULL;
-    if (!ops->state_new)
+    p->cache = c;
+    if (!ops->state_new || p->svc->locality)   /* groups bind their own (locality) */
         return;
     if (c->cap) {
         size_t h = p->svc->serial & (c->cap - 1);
@@ -200,9 +202,10 @@ const struct wg_member *wg_pick_next(struct wg_pick *p)
 {
     if (p->n_tried >= WG_MAX_TRIES)
         return NULL;
-    const struct wg_member *m = p->svc->balance->pick(p);
+    const struct wg_member *m = p->svc->locality ? wg_locality_pick(p) : p->svc->balance->pick(p);
     if (m) {
         p->tried[p->n_tried++] = m->inst;
+        atomic_fetch_add_explicit(&m->inst->cell->picks, 1, memory_order_relaxed);
         if (p->panic)
             atomic_fetch_add_explicit(&p->svc->state->panic_routed, 1, memory_order_relaxed);
     }

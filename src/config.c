@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config_value.h"
 
@@ -20,6 +21,7 @@ static const char *const balance_names[] = { "round_robin", "least_conn", "rando
 static const char *const health_names[] = { "http", "tcp", "none", NULL };
 static const char *const unhealthy_names[] = { "keep", "close", NULL };
 static const char *const zk_layout_names[] = { "auto", "curator", "dubbo", "plain", NULL };
+static const char *const locality_names[] = { "off", "prefer", "strict", NULL };
 
 /* ---- services ---------------------------------------------------------- */
 
@@ -98,6 +100,7 @@ static const struct cfg_key health_keys[] = {
     { "unhealthy_threshold", cfg_p_unsigned, SF(health_check.unhealthy_threshold), 1, 1000,
       NULL },
     { "expected_status", cfg_p_status, SF(health_check.expected_status), 0, 0, NULL },
+    { "shared", cfg_p_bool, SF(health_check.shared), 0, 0, NULL },
 };
 static const struct cfg_table health_table = CFG_TABLE("health_check", health_keys);
 
@@ -109,6 +112,36 @@ static const struct cfg_key outlier_keys[] = {
     { "max_ejection_percent", cfg_p_unsigned, SF(outlier.max_ejection_percent), 0, 100, NULL },
 };
 static const struct cfg_table outlier_table = CFG_TABLE("outlier_detection", outlier_keys);
+
+/* overprovisioning: a factor 1.0..10 with at most two decimals, kept in percent. */
+static void p_overprovisioning(struct cfg_ctx *c, yaml_node_t *v, void *base,
+                               const struct cfg_key *k)
+{
+    const char *t = v->type == YAML_SCALAR_NODE ? (const char *)v->data.scalar.value : NULL;
+    unsigned whole = 0, frac = 0, digits = 0;
+    const char *s = t;
+
+    while (s && *s >= '0' && *s <= '9' && whole < 1000)
+        whole = whole * 10 + (unsigned)(*s++ - '0');
+    if (s && s != t && *s == '.')
+        for (s++; *s >= '0' && *s <= '9' && digits < 3; digits++)
+            frac = frac * 10 + (unsigned)(*s++ - '0');
+    if (digits == 1)
+        frac *= 10;
+    if (!s || s == t || *s || digits > 2 || whole * 100 + frac < 100 || whole * 100 + frac > 1000) {
+        cfg_error(c, v, "%s: expected a factor from 1.0 to 10 (at most two decimals), got '%.80s'",
+                  k->name, t ? t : "");
+        return;
+    }
+    ((struct wg_service_config *)base)->locality.overprovisioning = whole * 100 + frac;
+}
+
+static const struct cfg_key locality_keys[] = {
+    { "mode", cfg_p_enum, SF(locality.mode), 0, 0, locality_names },
+    { "overprovisioning", p_overprovisioning, 0, 0, 0, NULL },
+    { "min_instances", cfg_p_unsigned, SF(locality.min_instances), 0, 100000, NULL },
+};
+static const struct cfg_table locality_table = CFG_TABLE("locality", locality_keys);
 
 static const struct cfg_key service_tls_keys[] = {
     { "enabled", cfg_p_bool, SF(tls.enabled), 0, 0, NULL },
@@ -135,6 +168,7 @@ static const struct cfg_key service_keys[] = {
     { "upstream", cfg_p_map, 0, 0, 0, &upstream_table },
     { "health_check", cfg_p_map, 0, 0, 0, &health_table },
     { "outlier_detection", cfg_p_map, 0, 0, 0, &outlier_table },
+    { "locality", cfg_p_map, 0, 0, 0, &locality_table },
     { "tls", cfg_p_map, 0, 0, 0, &service_tls_table },
     { "proxy_protocol", cfg_p_bool, SF(proxy_protocol), 0, 0, NULL },
 };
@@ -162,6 +196,9 @@ static bool service_defaults_init(struct cfg_ctx *c, struct wg_service_config *s
     s->outlier.base_ejection_time_ms = 30000;
     s->outlier.max_ejection_time_ms = 300000;
     s->outlier.max_ejection_percent = 50;
+    s->locality.mode = WG_LOCALITY_OFF;
+    s->locality.overprovisioning = 140;
+    s->locality.min_instances = 3;
     s->tls.verify = true;
     return cfg_set_str(c, &s->health_check.path, "/health") &&
            cfg_set_str(c, &s->health_check.host, "") && cfg_set_str(c, &s->tls.ca, "") &&
@@ -242,6 +279,11 @@ static void service_check(struct cfg_ctx *c, const struct wg_service_config *s,
         cfg_error(c, node, "tls: cert and key must be set together");
     if (s->outlier.base_ejection_time_ms > s->outlier.max_ejection_time_ms)
         cfg_error(c, node, "outlier_detection: base_ejection_time exceeds max_ejection_time");
+    if (s->locality.mode != WG_LOCALITY_OFF && !*c->cfg->zone)
+        cfg_error(c, node, "locality: mode %s needs this replica's zone (top-level zone: or "
+                  "WAYGATE_ZONE)", locality_names[s->locality.mode]);
+    if (s->health_check.shared && !c->cfg->fleet.enabled)
+        cfg_error(c, node, "health_check: shared: true needs fleet: (and the etcd registry)");
 }
 
 static void parse_service(struct cfg_ctx *c, const struct wg_yaml_pair *p)
@@ -671,6 +713,63 @@ static void p_workers(struct cfg_ctx *c, yaml_node_t *v, void *base, const struc
         cfg_error(c, v, "%s: expected auto or an integer", k->name);
 }
 
+static bool zone_ok(const char *z)
+{
+    size_t n = strlen(z);
+
+    return n <= WG_ZONE_MAX && strspn(z, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                         "0123456789._-") == n;
+}
+
+static void p_zone(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    const char *t = cfg_text(c, v, k->name);
+
+    if (t && !zone_ok(t))
+        cfg_error(c, v, "%s: expected at most %d letters, digits, '.', '_' or '-', got '%.80s'",
+                  k->name, WG_ZONE_MAX, t);
+    else if (t)
+        cfg_set_str(c, &((struct wg_config *)base)->zone, t);
+}
+
+static void p_fleet_name(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    const char *t = cfg_text(c, v, k->name);
+
+    if (t && (!*t || !wg_service_name_ok(t) || strlen(t) > 128))
+        cfg_error(c, v, "%s: expected a replica id (1..128 bytes, no '/' or spaces), got "
+                  "'%.80s'", k->name, t);
+    else if (t)
+        cfg_set_str(c, &((struct wg_config *)base)->fleet.name, t);
+}
+
+static void p_fleet_prefix(struct cfg_ctx *c, yaml_node_t *v, void *base,
+                           const struct cfg_key *k)
+{
+    const char *t = cfg_text(c, v, k->name);
+
+    if (t && (!*t || t[strlen(t) - 1] != '/'))
+        cfg_error(c, v, "%s: expected a key prefix ending in '/', got '%.80s'", k->name, t);
+    else if (t)
+        cfg_set_str(c, &((struct wg_config *)base)->fleet.prefix, t);
+}
+
+static const struct cfg_key fleet_keys[] = {
+    { "name", p_fleet_name, 0, 0, 0, NULL },
+    { "prefix", p_fleet_prefix, 0, 0, 0, NULL },
+    { "ttl", cfg_p_duration, CF(fleet.ttl_ms), 2000, 3600000, NULL },
+};
+static const struct cfg_table fleet_table = CFG_TABLE("fleet", fleet_keys);
+
+static void p_fleet(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    struct wg_config *cfg = base;
+
+    cfg->fleet.enabled = true;
+    c->fleet_node = v;
+    cfg_map(c, v, &fleet_table, cfg, NULL, k->name, NULL);
+}
+
 static void p_defer_defaults(struct cfg_ctx *c, yaml_node_t *v, CFG_UNUSED void *base,
                              CFG_UNUSED const struct cfg_key *k)
 {
@@ -693,6 +792,8 @@ static const struct cfg_key top_keys[] = {
     { "log", cfg_p_map, 0, 0, 0, &log_table },
     { "admin", p_admin, 0, 0, 0, NULL },
     { "registry", p_registry, 0, 0, 0, NULL },
+    { "zone", p_zone, 0, 0, 0, NULL },
+    { "fleet", p_fleet, 0, 0, 0, NULL },
     { "service_defaults", p_defer_defaults, 0, 0, 0, NULL },
     { "services", p_defer_services, 0, 0, 0, NULL },
     { "listeners", cfg_p_listeners, 0, 0, 0, NULL },
@@ -776,6 +877,8 @@ static void parse_root(struct cfg_ctx *c, yaml_node_t *root)
         return;
     }
     cfg_map(c, root, &top_table, cfg, NULL, "configuration", NULL);
+    if (cfg->fleet.enabled && cfg->registry.kind != WG_REGISTRY_ETCD && c->fleet_node)
+        cfg_error(c, c->fleet_node, "fleet: needs the etcd registry (registry.etcd)");
     if (!c->y.aborted)
         parse_services(c);
     if (!c->y.aborted)
@@ -793,6 +896,8 @@ static void parse_root(struct cfg_ctx *c, yaml_node_t *root)
 static bool config_defaults(struct cfg_ctx *c, struct wg_config *cfg, const char *path)
 {
     static const char *const endpoint = "http://127.0.0.1:2379", *const prefix = "/services/";
+    const char *env_zone = getenv("WAYGATE_ZONE");
+    char host[256] = "waygate";
 
     cfg->max_connections = 100000;
     cfg->startup_timeout_ms = 5000;
@@ -804,6 +909,9 @@ static bool config_defaults(struct cfg_ctx *c, struct wg_config *cfg, const char
     cfg->registry.etcd.watch_timeout_ms = 10000;
     cfg->registry.etcd.backoff_initial_ms = 50;
     cfg->registry.etcd.backoff_max_ms = 5000;
+    cfg->fleet.ttl_ms = 10000;
+    if (gethostname(host, sizeof host - 1) != 0 || !host[0] || !wg_service_name_ok(host))
+        strcpy(host, "waygate");
     cfg->registry.etcd.endpoints = calloc(1, sizeof(char *));
     cfg->registry.etcd.prefixes = calloc(1, sizeof(char *));
     if (!cfg->registry.etcd.endpoints || !cfg->registry.etcd.prefixes) {
@@ -835,6 +943,9 @@ static bool config_defaults(struct cfg_ctx *c, struct wg_config *cfg, const char
            cfg_set_str(c, &cfg->registry.etcd.tls.key, "") &&
            cfg_set_str(c, &cfg->registry.etcd.tls.server_name, "") &&
            cfg_set_str(c, &cfg->registry.file, "") && cfg_set_str(c, &cfg->registry.cache, "") &&
+           cfg_set_str(c, &cfg->zone, env_zone && zone_ok(env_zone) ? env_zone : "") &&
+           cfg_set_str(c, &cfg->fleet.name, host) &&
+           cfg_set_str(c, &cfg->fleet.prefix, "/waygate/") &&
            service_defaults_init(c, &cfg->service_defaults);
 }
 
@@ -902,6 +1013,9 @@ void wg_config_free(struct wg_config *cfg)
     free(cfg->registry.zookeeper.chroot);
     free(cfg->registry.zookeeper.auth.scheme);
     free(cfg->registry.zookeeper.auth.credentials);
+    free(cfg->zone);
+    free(cfg->fleet.name);
+    free(cfg->fleet.prefix);
     service_free(&cfg->service_defaults);
     for (size_t i = 0; i < cfg->n_services; i++)
         service_free(&cfg->services[i]);

@@ -28,6 +28,7 @@ struct cfg_ctx {
     bool check_files;
     yaml_node_t *defaults_node;     /* service_defaults, applied before services */
     yaml_node_t *services_node;
+    yaml_node_t *fleet_node;        /* for the etcd-only cross-check */
     struct cfg_listener_meta *meta; /* parallel to cfg->listeners */
 };
 

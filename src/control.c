@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "waygate/admin.h"
+#include "waygate/fleet.h"
 #include "waygate/health.h"
 #include "waygate/listener.h"
 #include "waygate/log.h"
@@ -38,6 +39,8 @@ struct control {
     struct wg_reclaim *rc;
     struct wg_pool *pool;
     struct wg_registry *registry;
+    struct wg_fleet *fleet;             /* NULL without fleet: */
+    struct wg_health_shared *shared;    /* NULL without health_check.shared */
     struct wg_prober *prober;
     struct wg_admin *admin;
     struct wg_worker **workers;
@@ -423,6 +426,7 @@ static void reload(struct control *c)
     free(added);
     if (new_registry)
         switch_registry(c, cfg);
+    wg_fleet_set_config(c->fleet, cfg);
     struct wg_snapshot *snap = wg_pool_published(c->pool);
     wg_info("msg=\"configuration reloaded\" file=%s generation=%llu", path,
             (unsigned long long)(snap ? snap->generation : 0));
@@ -610,6 +614,8 @@ static void teardown(struct control *c)
     wg_access_log_close();                  /* the workers' lines are written out */
     wg_registry_free(c->registry);
     wg_prober_free(c->prober);              /* nothing publishes any more */
+    wg_health_shared_free(c->shared);       /* after the prober: it queues transitions */
+    wg_fleet_free(c->fleet);
     for (size_t k = 0; k < c->n_listeners; k++)
         wg_listener_close(c->listeners[k]);
     free(c->listeners);
@@ -667,6 +673,9 @@ int wg_control_run(struct wg_config *cfg)
                            &c->n_listeners);
     if (wg_registry_start(c->registry) < 0)
         goto out;
+    c->fleet = wg_fleet_new(c->base, cfg, c->pool);
+    c->shared = wg_health_shared_new(c->base, cfg, c->pool, c->fleet);
+    wg_admin_set_fleet(c->admin, c->fleet, c->shared);
     wg_info("msg=\"waygate started\" version=%s config=%s workers=%u", WAYGATE_VERSION, cfg->path,
             c->n_workers);
     event_base_dispatch(c->base);

@@ -1098,3 +1098,39 @@ fail:
     call_free(call);
     return NULL;
 }
+
+/* ---- answers of plain calls (register, fleet) ---- */
+
+int wg_etcd_answer_code(json_t *root, unsigned status, char *text, size_t len)
+{
+    json_t *e = json_object_get(root, "error");
+    json_t *code = json_is_object(e) ? json_object_get(e, "grpc_code")
+                                     : json_object_get(root, "code");
+    json_t *m = json_is_object(e) ? json_object_get(e, "message") : e;
+
+    snprintf(text, len, "%s", json_is_string(m) ? json_string_value(m) : "");
+    if (!e && status == 200)
+        return 0;
+    if (json_is_integer(code) && json_integer_value(code) > 0)
+        return (int)json_integer_value(code);
+    if (!text[0])
+        snprintf(text, len, "HTTP %u", status);
+    return -1;
+}
+
+bool wg_etcd_json_positive(json_t *v, int64_t *out)
+{
+    char *end;
+
+    *out = 0;
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+    } else if (json_is_string(v) && json_string_length(v)) {
+        errno = 0;
+        long long n = strtoll(json_string_value(v), &end, 10);
+        if (errno || *end)
+            return false;
+        *out = n;
+    }
+    return *out > 0;
+}

@@ -258,3 +258,21 @@ enum wg_health wg_health_without_probes(struct wg_instance *i, uint64_t now_ms)
     }
     return wg_instance_health(i) == WG_HEALTH_DRAINING ? WG_HEALTH_DRAINING : h;
 }
+
+bool wg_health_apply_shared(struct wg_instance *i, enum wg_health published, uint64_t now_ms)
+{
+    enum wg_health h = underlying(i);
+    static const char reason[] = "shared by the zone's prober";
+    atomic_store_explicit(&i->shared_health, (int)published, memory_order_relaxed);
+    if (published == WG_HEALTH_HEALTHY) {
+        if (h == WG_HEALTH_EJECTED &&
+            atomic_load_explicit(&i->ejected_until_ms, memory_order_relaxed) > now_ms)
+            return false;           /* passive detection stays local */
+        if (h == WG_HEALTH_UNKNOWN || h == WG_HEALTH_UNHEALTHY || h == WG_HEALTH_EJECTED)
+            return transition(i, h, WG_HEALTH_HEALTHY, reason);
+    } else if (published == WG_HEALTH_UNHEALTHY) {
+        if (h == WG_HEALTH_UNKNOWN || h == WG_HEALTH_HEALTHY || h == WG_HEALTH_EJECTED)
+            return transition(i, h, WG_HEALTH_UNHEALTHY, reason);
+    }
+    return false;
+}

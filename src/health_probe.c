@@ -546,6 +546,17 @@ static void probe_start(struct probe *p)
     uint64_t now = wg_now_ms();
     record_lag(p->pr, p->due_us);       /* waiting for a slot counts as lateness */
     p->started_ms = now;
+    if (cfg->health_check.shared && cfg->health_check.type != WG_HEALTH_NONE &&
+        wg_health_shared_following()) {
+        /* The zone's prober probes; its states arrive through etcd. An
+         * ejection here is over once its time is and the state is healthy. */
+        conn_close(p, true);
+        int pub = atomic_load_explicit(&p->inst->shared_health, memory_order_relaxed);
+        if (pub)
+            wg_health_apply_shared(p->inst, (enum wg_health)pub, now);
+        probe_schedule(p, wg_health_jitter(cfg->health_check.interval_ms, wg_rng_next(&p->pr->rng)));
+        return;
+    }
     if (cfg->health_check.type == WG_HEALTH_NONE) {
         conn_close(p, true);
         wg_health_without_probes(p->inst, now);
@@ -590,7 +601,11 @@ static void probe_finish(struct probe *p, bool passed, int result)
         event_del(p->wev);
     atomic_fetch_add_explicit(&pr->probes, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(passed ? &pr->passed : &pr->failed, 1, memory_order_relaxed);
-    wg_health_on_probe(p->inst, cfg_of(p), &p->run, passed, result, now);
+    enum wg_health before = wg_instance_health(p->inst);
+    enum wg_health after = wg_health_on_probe(p->inst, cfg_of(p), &p->run, passed, result, now);
+    if (cfg_of(p)->health_check.shared && after != before &&
+        (after == WG_HEALTH_HEALTHY || after == WG_HEALTH_UNHEALTHY))
+        wg_health_shared_transition(p->svc->name, p->inst, after);
     uint64_t next = p->started_ms + wg_health_jitter(cfg_of(p)->health_check.interval_ms,
                                                      wg_rng_next(&pr->rng));
     probe_schedule(p, next > now ? next - now : 0);

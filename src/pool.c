@@ -1,6 +1,7 @@
 /* pool — see include/waygate/pool.h */
 #include "waygate/pool.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -124,8 +125,32 @@ void wg_service_observe_duration(struct wg_service_state *s, uint64_t us)
 
 static void state_unref(struct wg_service_state *s)
 {
-    if (s && atomic_fetch_sub(&s->refs, 1) == 1)
-        free(s);
+    if (!s || atomic_fetch_sub(&s->refs, 1) != 1)
+        return;
+    while (s->cells) {
+        struct wg_locality_cell *c = s->cells;
+        s->cells = c->next;
+        free(c);
+    }
+    free(s);
+}
+
+/* The cell of (zone, priority), created on first use (control thread). */
+static struct wg_locality_cell *state_cell(struct wg_service_state *s, const char *zone,
+                                           unsigned priority)
+{
+    struct wg_locality_cell **at = &s->cells;
+
+    for (; *at; at = &(*at)->next)
+        if ((*at)->priority == priority && strcmp((*at)->zone, zone) == 0)
+            return *at;
+    struct wg_locality_cell *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->priority = priority;
+    snprintf(c->zone, sizeof c->zone, "%s", zone);
+    *at = c;                            /* readers reach cells only through instances */
+    return c;
 }
 
 void wg_instance_ref(struct wg_instance *i) { atomic_fetch_add_explicit(&i->refs, 1, memory_order_relaxed); }
@@ -134,8 +159,10 @@ void wg_instance_unref(struct wg_instance *i)
 {
     if (!i || atomic_fetch_sub_explicit(&i->refs, 1, memory_order_acq_rel) != 1)
         return;
-    if (wg_instance_health(i) == WG_HEALTH_HEALTHY)
+    if (wg_instance_health(i) == WG_HEALTH_HEALTHY) {
         atomic_fetch_sub(&i->service->healthy, 1);
+        atomic_fetch_sub(&i->cell->healthy, 1);
+    }
     if (wg_instance_health(i) == WG_HEALTH_EJECTED)
         atomic_fetch_sub(&i->service->ejected, 1);
     i->magic = 0;
@@ -148,14 +175,17 @@ void wg_instance_unref(struct wg_instance *i)
  * to `h`; a change to a down state bumps down_generation (health.h). */
 static void count_transition(struct wg_instance *i, int old, int h)
 {
-    if (old == WG_HEALTH_HEALTHY)
+    if (old == WG_HEALTH_HEALTHY) {
         atomic_fetch_sub(&i->service->healthy, 1);
+        atomic_fetch_sub(&i->cell->healthy, 1);
+    }
     if (old == WG_HEALTH_EJECTED)
         atomic_fetch_sub(&i->service->ejected, 1);
     if (old == WG_HEALTH_DRAINING)
         atomic_store(&i->draining_since_ms, 0);
     if (h == WG_HEALTH_HEALTHY) {
         atomic_fetch_add(&i->service->healthy, 1);
+        atomic_fetch_add(&i->cell->healthy, 1);
         atomic_store(&i->healthy_since_ms, wg_now_ms());
     }
     if (h == WG_HEALTH_EJECTED)
@@ -232,7 +262,8 @@ bool wg_instance_cas_health(struct wg_instance *i, enum wg_health from, enum wg_
     return true;
 }
 
-static struct wg_instance *instance_new(struct wg_service_state *st, const struct wg_record *r,
+static struct wg_instance *instance_new(struct wg_service_state *st, struct wg_locality_cell *cell,
+                                        const struct wg_record *r,
                                         const struct wg_service_config *cfg)
 {
     struct wg_instance *i = calloc(1, sizeof *i);
@@ -247,6 +278,7 @@ static struct wg_instance *instance_new(struct wg_service_state *st, const struc
     atomic_init(&i->refs, 1);
     atomic_fetch_add(&st->refs, 1);
     i->service = st;
+    i->cell = cell;
     memcpy(&i->addr, &r->addr, r->addrlen);
     i->addrlen = r->addrlen;
     wg_sockaddr_text((const struct sockaddr *)&r->addr, i->addr_text, sizeof i->addr_text);
@@ -265,6 +297,7 @@ static void service_unref(struct wg_pool_service *s)
         return;
     if (s->balance && s->balance->shared_free && s->balance_shared)
         s->balance->shared_free(s->balance_shared);
+    wg_locality_free(s->locality);
     for (uint32_t k = 0; k < s->n_members; k++) {
         free(s->members[k].metadata);
         wg_instance_unref(s->members[k].inst);
@@ -275,8 +308,16 @@ static void service_unref(struct wg_pool_service *s)
     free(s);
 }
 
-void wg_pool_service_ref(struct wg_pool_service *s) { atomic_fetch_add(&s->refs, 1); }
-void wg_pool_service_unref(struct wg_pool_service *s) { service_unref(s); }
+/* A locality group is owned by its parent: references go to the parent. */
+void wg_pool_service_ref(struct wg_pool_service *s)
+{
+    atomic_fetch_add(&(s->parent ? (struct wg_pool_service *)s->parent : s)->refs, 1);
+}
+
+void wg_pool_service_unref(struct wg_pool_service *s)
+{
+    service_unref(s && s->parent ? (struct wg_pool_service *)s->parent : s);
+}
 
 static const struct wg_member *find_member(const struct wg_pool_service *s, const char *id)
 {
@@ -331,10 +372,17 @@ static struct wg_pool_service *service_build(struct wg_pool *p, const char *name
         }
         const struct wg_member *old = find_member(prev, r->id);
         struct wg_instance *inst;
-        if (old && same_address(old->inst, r) && !wg_instance_removed(old->inst)) {
+        char zone[WG_ZONE_MAX + 1];
+        unsigned priority;
+        wg_record_locality(r->metadata, zone, &priority);
+        struct wg_locality_cell *cell = state_cell(s->state, zone, priority);
+        if (!cell)
+            goto fail;
+        if (old && same_address(old->inst, r) && old->inst->cell == cell &&
+            !wg_instance_removed(old->inst)) {
             inst = old->inst;
             wg_instance_ref(inst);
-        } else if (!(inst = instance_new(s->state, r, s->cfg))) {
+        } else if (!(inst = instance_new(s->state, cell, r, s->cfg))) {
             goto fail;
         }
         struct wg_member *m = &s->members[s->n_members++];
@@ -344,6 +392,8 @@ static struct wg_pool_service *service_build(struct wg_pool *p, const char *name
         s->total_weight += r->weight;
     }
     if (s->balance->shared_new && !(s->balance_shared = s->balance->shared_new(s)))
+        goto fail;
+    if (wg_locality_build(s, p->config->cfg->zone) < 0)
         goto fail;
     return s;
 fail:

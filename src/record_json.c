@@ -232,6 +232,64 @@ static bool json_metadata(struct decode *d, json_t *v, bool strict, char **out)
     return true;
 }
 
+/* Native JSON may carry zone and priority next to the address: they are
+ * kept in the metadata object (where every other format has them), the
+ * top-level value winning. */
+static bool native_metadata(struct decode *d, json_t *o, char **out)
+{
+    json_t *zone = json_object_get(o, "zone"), *prio = json_object_get(o, "priority");
+    json_t *md = json_object_get(o, "metadata"), *copy;
+
+    if (!zone && !prio)
+        return json_metadata(d, md, true, out);
+    if (md && !json_is_null(md) && !json_is_object(md))
+        return fail(d, "metadata must be an object");
+    if (zone && !json_is_string(zone))
+        return fail(d, "zone must be a string");
+    if (prio && !(json_is_integer(prio) && json_integer_value(prio) >= 0 &&
+                  json_integer_value(prio) <= WG_PRIORITY_MAX))
+        return fail(d, "priority must be an integer 0..%d", WG_PRIORITY_MAX);
+    copy = json_is_object(md) ? json_copy(md) : json_object();
+    if (!copy || (zone && json_object_set(copy, "zone", zone) != 0) ||
+        (prio && json_object_set(copy, "priority", prio) != 0)) {
+        json_decref(copy);
+        return fail(d, "out of memory");
+    }
+    bool ok = json_metadata(d, copy, true, out);
+    json_decref(copy);
+    return ok;
+}
+
+void wg_record_locality(const char *metadata, char zone[WG_ZONE_MAX + 1], unsigned *priority)
+{
+    zone[0] = '\0';
+    *priority = 0;
+    if (!metadata || (!strstr(metadata, "\"zone\"") && !strstr(metadata, "\"priority\"")))
+        return;
+    json_t *o = json_loads(metadata, 0, NULL);
+    /* Curator keeps the service's own data in "payload": Spring Cloud
+     * writes {"payload":{"metadata":{"zone":..}}}, others {"payload":{"zone":..}}. */
+    json_t *pl = json_object_get(o, "payload"), *plm = json_object_get(pl, "metadata");
+    json_t *src = json_object_get(o, "zone") || json_object_get(o, "priority") ? o
+                  : json_object_get(pl, "zone") || json_object_get(pl, "priority") ? pl
+                  : plm;
+    json_t *z = json_object_get(src, "zone"), *p = json_object_get(src, "priority");
+    if (json_is_string(z) && json_string_length(z) <= WG_ZONE_MAX &&
+        !memchr(json_string_value(z), '\0', json_string_length(z)))
+        memcpy(zone, json_string_value(z), json_string_length(z) + 1);
+    if (json_is_integer(p) && json_integer_value(p) >= 0 &&
+        json_integer_value(p) <= WG_PRIORITY_MAX)
+        *priority = (unsigned)json_integer_value(p);
+    else if (json_is_string(p)) {
+        const char *t = json_string_value(p);
+        if (t[0] >= '0' && t[0] <= '9' && (!t[1] || (t[1] >= '0' && t[1] <= '9' && !t[2]))) {
+            unsigned n = (unsigned)atoi(t);
+            *priority = n <= WG_PRIORITY_MAX ? n : 0;
+        }
+    }
+    json_decref(o);
+}
+
 static const char *json_text(json_t *obj, const char *name)
 {
     json_t *v = json_object_get(obj, name);
@@ -298,8 +356,7 @@ static bool decode_native(struct decode *d, json_t *o)
 
     if (!address)
         return fail(d, "native: address must be a string");
-    if (!json_weight(d, json_object_get(o, "weight"), &weight) ||
-        !json_metadata(d, json_object_get(o, "metadata"), true, &md))
+    if (!json_weight(d, json_object_get(o, "weight"), &weight) || !native_metadata(d, o, &md))
         return false;
     if (!port_v)
         return add_hostport(d, d->key_id, address, weight, md);

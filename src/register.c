@@ -543,44 +543,6 @@ static void lease_lost(struct registrar *r, const char *why)
     evtimer_del(r->keepalive);
 }
 
-/* The gRPC code of an answer (0: success; -1: an HTTP error without one),
- * its message into text[len]. Plain errors are {"error":"...","code":N};
- * errors inside a stream (keep-alive) are {"error":{"grpc_code":N,...}}. */
-static int answer_code(json_t *root, unsigned status, char *text, size_t len)
-{
-    json_t *e = json_object_get(root, "error");
-    json_t *code = json_is_object(e) ? json_object_get(e, "grpc_code")
-                                     : json_object_get(root, "code");
-    json_t *m = json_is_object(e) ? json_object_get(e, "message") : e;
-
-    snprintf(text, len, "%s", json_is_string(m) ? json_string_value(m) : "");
-    if (!e && status == 200)
-        return 0;
-    if (json_is_integer(code) && json_integer_value(code) > 0)
-        return (int)json_integer_value(code);
-    if (!text[0])
-        snprintf(text, len, "HTTP %u", status);
-    return -1;
-}
-
-/* A positive int64, given as a JSON string (or number). */
-static bool json_positive(json_t *v, int64_t *out)
-{
-    char *end;
-
-    *out = 0;
-    if (json_is_integer(v)) {
-        *out = json_integer_value(v);
-    } else if (json_is_string(v) && json_string_length(v)) {
-        errno = 0;
-        long long n = strtoll(json_string_value(v), &end, 10);
-        if (errno || *end)
-            return false;
-        *out = n;
-    }
-    return *out > 0;
-}
-
 static bool answer_auth(struct registrar *r, json_t *root)
 {
     json_t *tok = json_object_get(root, "token");
@@ -596,8 +558,8 @@ static bool answer_grant(struct registrar *r, json_t *root)
 {
     int64_t id, ttl;
 
-    if (!json_positive(json_object_get(root, "ID"), &id) ||
-        !json_positive(json_object_get(root, "TTL"), &ttl))
+    if (!wg_etcd_json_positive(json_object_get(root, "ID"), &id) ||
+        !wg_etcd_json_positive(json_object_get(root, "TTL"), &ttl))
         return false;
     r->lease = id;
     r->ttl_s = (uint64_t)ttl;
@@ -618,7 +580,7 @@ static bool answer_keepalive(struct registrar *r, json_t *root)
 
     if (!json_is_object(res))
         return false;
-    if (!json_positive(json_object_get(res, "TTL"), &ttl)) {
+    if (!wg_etcd_json_positive(json_object_get(res, "TTL"), &ttl)) {
         lease_lost(r, "keep-alive answered without TTL");
         return true;
     }
@@ -689,7 +651,7 @@ static bool op_message(void *arg, struct wg_etcd_call *call, unsigned status, co
     enum op op = r->op;
     json_t *root = json_loadb(msg, len, JSON_DISABLE_EOF_CHECK, NULL);
     char text[200];
-    int code = root ? answer_code(root, status, text, sizeof text) : -1;
+    int code = root ? wg_etcd_answer_code(root, status, text, sizeof text) : -1;
 
     r->call = NULL;
     r->op = OP_NONE;

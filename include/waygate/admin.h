@@ -49,6 +49,14 @@ struct wg_admin *wg_admin_new(struct event_base *base, const struct wg_config *c
  * `registry` must outlive the admin or be replaced first. */
 void wg_admin_set_registry(struct wg_admin *a, const struct wg_registry *registry);
 
+/* The fleet whose live set /status, /metrics and the dashboard show, and
+ * the shared-health role (NULL: none, the default). Both must outlive the
+ * admin or be replaced first. */
+struct wg_fleet;
+struct wg_health_shared;
+void wg_admin_set_fleet(struct wg_admin *a, const struct wg_fleet *fleet,
+                        const struct wg_health_shared *shared);
+
 /* The control thread's serving listeners (read at each scrape, on the
  * control thread: the array may change with reloads). */
 struct wg_listener;

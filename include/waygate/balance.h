@@ -48,6 +48,7 @@ uint64_t wg_rng_below(struct wg_rng *r, uint64_t bound);
 struct wg_pick {
     const struct wg_pool_service *svc;
     void *state;                        /* the worker's state for svc (may be NULL) */
+    struct wg_balance_cache *cache;     /* set by wg_balance_cache_bind (locality groups) */
     struct wg_rng *rng;
     uint64_t now_ms;
     bool panic;                         /* route to every non-draining member */
@@ -103,6 +104,62 @@ const struct wg_member *wg_pick_next(struct wg_pick *p);
  * instance, and sticky keys survive an upgrade. Not keyed: do not use it to
  * index tables an attacker can fill. `data` may be NULL when len is 0. */
 uint64_t wg_balance_hash_bytes(const void *data, size_t len);
+
+/* ---- zones and priorities (balance_locality.c, docs/balancing.md) --------
+ *
+ * A layer above the policies. At publish, wg_locality_build() splits a
+ * service version's members into groups by (priority, zone) — by priority
+ * alone when locality.mode is off — each group a service version of its own
+ * (pool.h: `parent`) with its own policy data, so every policy, hashing
+ * included, works unchanged inside one group. At pick time the group comes
+ * from the healthy counts of the instances' cells (atomics: a health change
+ * needs no snapshot), Envoy's priority/overprovisioning model:
+ *   1. priority levels: a level's health is min(100 %, overprovisioning ×
+ *      healthy / instances); level 0 takes its health, each next level what
+ *      the previous ones left, normalised when the sum is below 100 %;
+ *   2. zones inside a level (prefer): the local zone keeps min(100 %,
+ *      overprovisioning × its healthy share) of the level; the rest spills
+ *      to the other zones in proportion to their healthy counts (all of it
+ *      when the local zone has no healthy instance; none when no other zone
+ *      has one). A local zone with fewer than min_instances instances in the
+ *      level is not preferred: the level spreads by healthy counts. strict
+ *      considers local groups only (nothing local: no pick, 503);
+ *   3. panic_threshold, then, applies to the chosen group's own healthy share;
+ *   4. slow start ramps weights inside the policy, as without locality.
+ * When nothing is healthy anywhere the groups are tried in order (level 0,
+ * local first) under the panic rule. A pick the chosen group cannot serve
+ * (all tried, limits) falls back to the other candidate groups. */
+#define WG_LOCALITY_MAX_GROUPS 64
+
+struct wg_locality_input {
+    unsigned priority;                  /* inputs sorted by priority */
+    bool local;                         /* this replica's zone */
+    unsigned total, healthy;            /* instances of the group, healthy ones */
+};
+#define WG_LOCALITY_PPM 1000000u
+/* The share of each group in parts per million (load_ppm[i]); false (all
+ * 0) when no candidate group has a healthy instance. Pure; unit-tested. */
+bool wg_locality_plan(const struct wg_locality_input *in, unsigned n, enum wg_locality_mode mode,
+                      unsigned overprovisioning_pct, unsigned min_instances, uint32_t *load_ppm);
+
+/* Build s->locality (NULL when the service has one group and is not
+ * strict). Control thread. -1 when out of memory. */
+int wg_locality_build(struct wg_pool_service *s, const char *local_zone);
+void wg_locality_free(struct wg_locality *l);
+/* The pick through the groups (wg_pick_next calls it when svc->locality). */
+const struct wg_member *wg_locality_pick(struct wg_pick *p);
+
+/* The current plan of a service, for /status and the dashboard: one entry
+ * per group (a service without groups is one entry of its own). */
+struct wg_locality_share {
+    const char *zone;                   /* "" = zones ignored or unset */
+    unsigned priority;
+    bool local;
+    unsigned total, healthy;
+    uint32_t load_ppm;
+};
+unsigned wg_locality_shares(const struct wg_pool_service *svc, struct wg_locality_share *out,
+                            unsigned max);
 
 extern const struct wg_balance_ops wg_balance_round_robin;
 extern const struct wg_balance_ops wg_balance_least_conn;

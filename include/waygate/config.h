@@ -51,6 +51,9 @@ enum wg_access_format { WG_ACCESS_TEXT, WG_ACCESS_JSON };
 enum wg_tls_verify { WG_VERIFY_NONE, WG_VERIFY_OPTIONAL, WG_VERIFY_REQUIRED };
 enum wg_registry_kind { WG_REGISTRY_NONE, WG_REGISTRY_ETCD, WG_REGISTRY_FILE, WG_REGISTRY_ZOOKEEPER };
 enum wg_zk_layout { WG_ZK_LAYOUT_AUTO, WG_ZK_LAYOUT_CURATOR, WG_ZK_LAYOUT_DUBBO, WG_ZK_LAYOUT_PLAIN };
+enum wg_locality_mode { WG_LOCALITY_OFF, WG_LOCALITY_PREFER, WG_LOCALITY_STRICT };
+
+#define WG_ZONE_MAX 63              /* bytes of a zone name (replica or instance) */
 
 /* expected_status: "200-299,404" or a single integer. */
 #define WG_STATUS_RANGES_MAX 16
@@ -89,7 +92,13 @@ struct wg_service_config {
         unsigned healthy_threshold;
         unsigned unhealthy_threshold;
         struct wg_status_ranges expected_status;
+        bool shared;                /* one elected prober per zone (fleet, DESIGN §18) */
     } health_check;
+    struct {                        /* zones and priorities (docs/balancing.md) */
+        enum wg_locality_mode mode;
+        unsigned overprovisioning;  /* percent: 140 = 1.4 */
+        unsigned min_instances;     /* prefer: a level smaller than this ignores zones */
+    } locality;
     struct {
         unsigned consecutive_failures;
         uint64_t base_ejection_time_ms;
@@ -206,6 +215,13 @@ struct wg_config {
         char *file;
         char *cache;                /* "" = none */
     } registry;
+    char *zone;                     /* this replica's zone ("" = none; WAYGATE_ZONE) */
+    struct {
+        bool enabled;               /* `fleet:` present (etcd registry only) */
+        char *name;                 /* replica id; default the host name */
+        char *prefix;               /* "/waygate/" */
+        uint64_t ttl_ms;            /* lease TTL of the replica and prober keys */
+    } fleet;
     struct wg_service_config service_defaults;
     struct wg_service_config *services;   /* declared + referenced, sorted by name */
     size_t n_services;

@@ -147,6 +147,15 @@ char *wg_etcd_range_request(const char *prefix, const char *from_key, size_t fro
 char *wg_etcd_watch_request(const char *prefix, int64_t start_revision);
 char *wg_etcd_auth_request(const char *user, const char *password);
 
+/* The gRPC code of a plain call's answer (0: success; -1: an HTTP error
+ * without one), its message into text[len]. Plain errors are
+ * {"error":"...","code":N}; errors inside a stream (lease keep-alive) are
+ * {"error":{"grpc_code":N,...}}. */
+typedef struct json_t json_t;
+int wg_etcd_answer_code(json_t *root, unsigned status, char *text, size_t len);
+/* A positive int64 given as a JSON string (or number): lease IDs, TTLs. */
+bool wg_etcd_json_positive(json_t *v, int64_t *out);
+
 /* gRPC codes the client cares about. */
 #define WG_GRPC_OUT_OF_RANGE 11     /* range at a compacted revision */
 #define WG_GRPC_UNAVAILABLE 14

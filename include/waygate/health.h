@@ -136,6 +136,14 @@ uint64_t wg_health_ejection_ms(const struct wg_service_config *cfg, unsigned n);
 /* May one more of `members` instances be ejected while `ejected` are? */
 bool wg_health_ejection_allowed(unsigned ejected, unsigned members, unsigned max_percent);
 
+/* Apply the state the zone's elected prober published for `i` (shared
+ * health, health_shared.c) as if this replica had probed: healthy moves
+ * unknown/unhealthy to healthy, and an ejected instance whose ejection is
+ * over (passive detection stays local); unhealthy moves unknown, healthy
+ * and ejected to unhealthy. Any thread. Returns true on a change (logged
+ * as a "health changed" with reason "shared by the zone's prober"). */
+bool wg_health_apply_shared(struct wg_instance *i, enum wg_health published, uint64_t now_ms);
+
 /* ---- 3. the prober -------------------------------------------------------- */
 
 struct wg_prober;
@@ -164,5 +172,38 @@ struct wg_prober *wg_prober_new(struct wg_pool *pool);
 void wg_prober_free(struct wg_prober *p);
 /* Any thread. lag_max_us is reset by each call. */
 void wg_prober_stats(struct wg_prober *p, struct wg_prober_stats *out);
+
+/* ---- 4. shared health (health_check.shared, DESIGN §18) ---------------------
+ *
+ * Per zone one replica of the fleet probes the services with `shared: true`
+ * and publishes each state change under
+ *     <fleet.prefix>health/<zone>/<service>/<instance id>  {"state","address","by"}
+ * (only transitions; no lease, so a successor starts from them). It is
+ * elected with the etcd recipe: a transaction creating
+ *     <fleet.prefix>health/<zone>/_prober   (compare create_revision == 0)
+ * under the replica's fleet lease; that key is the prober's heartbeat: it
+ * vanishes within the lease TTL when the prober dies, and every replica of
+ * the zone, watching the prefix, campaigns at once. The others skip their
+ * probes of shared services and apply the published states
+ * (wg_health_apply_shared). A replica whose etcd answers stop (the fleet
+ * not connected) probes by itself until they come back.
+ * Everything runs on the control thread but the two calls below. */
+struct wg_health_shared;
+struct wg_fleet;
+struct event_base;
+/* NULL when no service has shared: true (or without a fleet). */
+struct wg_health_shared *wg_health_shared_new(struct event_base *base, const struct wg_config *cfg,
+                                              struct wg_pool *pool, struct wg_fleet *fleet);
+void wg_health_shared_free(struct wg_health_shared *s);
+/* For /status: "prober" (elected), "follower", "alone" (probing itself), or
+ * NULL without shared health; the elected replica's name into who[len]. */
+const char *wg_health_shared_role(const struct wg_health_shared *s, char *who, size_t len);
+
+/* Prober thread: skip the probe of an instance of a shared service now? */
+bool wg_health_shared_following(void);
+/* Prober thread: a probe moved `i` (service `svc`) to `h`; published when
+ * this replica is the zone's prober. Never blocks (a mutex-guarded queue
+ * handed to the control thread). */
+void wg_health_shared_transition(const char *svc, const struct wg_instance *i, enum wg_health h);
 
 #endif

@@ -37,6 +37,7 @@
 
 struct wg_reclaim;
 struct wg_balance_ops;
+struct wg_locality;
 
 enum wg_health {
     WG_HEALTH_UNKNOWN,      /* new, not yet probed: not routed */
@@ -52,6 +53,19 @@ const char *wg_health_name(enum wg_health h);
 #define WG_DURATION_BUCKETS 11
 extern const double wg_duration_le[WG_DURATION_BUCKETS];
 
+/* The instances of one (zone, priority) of a service: healthy count and picks
+ * kept exact by the instances that belong to it (an instance's cell is fixed
+ * at creation: a record that moves zone or priority is a new instance, like a
+ * changed address). Cells live as long as their service state; only the
+ * control thread adds them. */
+struct wg_locality_cell {
+    struct wg_locality_cell *next;
+    unsigned priority;              /* 0 = primary, 1.. = backups */
+    _Atomic int healthy;
+    _Atomic uint64_t picks;         /* waygate_picks_total{service,zone} */
+    char zone[WG_ZONE_MAX + 1];     /* "" = no zone */
+};
+
 /* State of a service that outlives snapshots (shared by all its versions). */
 struct wg_service_state {
     _Atomic unsigned refs;
@@ -65,6 +79,7 @@ struct wg_service_state {
     /* Request durations (http): per bucket (not cumulative), count, sum. */
     _Atomic uint64_t duration_buckets[WG_DURATION_BUCKETS];
     _Atomic uint64_t duration_count, duration_sum_us;
+    struct wg_locality_cell *cells;     /* control thread appends; freed with the state */
     char name[];
 };
 
@@ -77,6 +92,7 @@ struct wg_instance {
     uint32_t magic;
     _Atomic unsigned refs;
     struct wg_service_state *service;   /* one reference */
+    struct wg_locality_cell *cell;      /* its zone and priority (owned by `service`) */
     char *id;
     struct sockaddr_storage addr;
     socklen_t addrlen;
@@ -103,6 +119,8 @@ struct wg_instance {
     _Atomic uint64_t probes_passed, probes_failed;
     _Atomic uint64_t last_probe_ms;     /* CLOCK_MONOTONIC ms of the last result */
     _Atomic int last_probe_result;      /* HTTP status, 0 = tcp pass, -errno = failure */
+    _Atomic int shared_health;          /* health_check.shared: the state the zone's
+                                           prober published last (health.h); 0 = none */
 };
 
 struct wg_member {
@@ -126,6 +144,12 @@ struct wg_pool_service {
     uint64_t total_weight;
     _Atomic bool retired;               /* a later snapshot replaced or removed it
                                            (set before that snapshot is published) */
+    /* Zones and priorities (balance.h): the groups picks choose between, or
+     * NULL when the service has one group. A group is itself a service
+     * version over a subset of `members` whose `parent` is this one; it is
+     * owned by the parent, and references to it go to the parent. */
+    struct wg_locality *locality;
+    const struct wg_pool_service *parent;
 };
 
 /* A refcounted, immutable configuration. */

@@ -48,6 +48,15 @@ void wg_record_set_sort(struct wg_record_set *set);
  * registries keep of them. */
 uint64_t wg_record_name_hash(const char *s);
 
+/* An instance's zone and priority from its metadata JSON object (DESIGN
+ * §18): "zone" a string of at most WG_ZONE_MAX bytes, "priority" an integer
+ * 0..WG_PRIORITY_MAX or a string of one (go-micro and Kratos metadata are
+ * string maps); for Curator records, which keep the service's data in
+ * "payload", payload.zone or payload.metadata.zone (Spring Cloud). Anything
+ * else, or no metadata, gives zone "" / priority 0. */
+#define WG_PRIORITY_MAX 15
+void wg_record_locality(const char *metadata, char zone[WG_ZONE_MAX + 1], unsigned *priority);
+
 /* "127.0.0.1:8080" / "[::1]:8080" for logs and /status. */
 void wg_sockaddr_text(const struct sockaddr *sa, char *buf, size_t len);
 

@@ -21,7 +21,8 @@ from wglib import (SANITIZED, Harness, Waygate, connect, free_port, http_request
                    recv_exact, recv_line, slack, wait_until, write_atomic)
 
 STATUS_KEYS = {"version", "generation", "registry", "services"}
-INSTANCE_KEYS = {"id", "address", "weight", "health", "active_connections", "requests_total"}
+INSTANCE_KEYS = {"id", "address", "zone", "priority", "weight", "health", "active_connections",
+                 "requests_total"}
 ODD_ID = 'q"uote\\back ü'
 
 
@@ -211,7 +212,9 @@ def test_status_shape_values_and_generation():
         assert reg["source"] == "file" and reg["connected"] is True and reg["revision"] >= 1, reg
         assert set(doc["services"]) == {"users", "odd"}, doc
         users = doc["services"]["users"]
-        assert set(users) == {"balance", "instances"} and users["balance"] == "round_robin", users
+        assert set(users) == {"balance", "locality", "instances"}, users
+        assert users["balance"] == "round_robin", users
+        assert users["locality"]["mode"] == "off" and users["locality"]["zones"] == {"": 1.0}, users
         assert [i["id"] for i in users["instances"]] == sorted(i["id"] for i in instances["users"])
         for inst in users["instances"]:
             assert set(inst) == INSTANCE_KEYS, inst

@@ -17,7 +17,7 @@ struct fixture {
     struct wg_rng rng;
 };
 
-static void setup(struct fixture *f, const char *yaml)
+static inline void setup(struct fixture *f, const char *yaml)
 {
     memset(f, 0, sizeof *f);
     f->rc = wg_reclaim_new();
@@ -29,7 +29,7 @@ static void setup(struct fixture *f, const char *yaml)
 
 /* Publish `set` (sorted here, cleared after) as the whole registry; the
  * version of service "s" it holds. */
-static const struct wg_pool_service *publish_set(struct fixture *f, struct wg_record_set *set)
+static inline const struct wg_pool_service *publish_set(struct fixture *f, struct wg_record_set *set)
 {
     wg_record_set_sort(set);
     wg_pool_replace_all(f->pool, set);
@@ -39,7 +39,7 @@ static const struct wg_pool_service *publish_set(struct fixture *f, struct wg_re
     return svc;
 }
 
-static void teardown(struct fixture *f)
+static inline void teardown(struct fixture *f)
 {
     wg_balance_cache_free(&f->cache);
     wg_pool_free(f->pool);

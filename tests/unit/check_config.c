@@ -404,6 +404,31 @@ static const struct { const char *yaml, *error; } bad[] = {
     { "listeners:\n  - name: h\n    listen: 127.0.0.1:8080\n    mode: http\n"
       "    routes: [{ service: s, servce: t }]\n",
       "t.yaml:5:28: unknown key 'servce' in route (did you mean 'service'?)" },
+    /* zones and the fleet (DESIGN §18) */
+    { "zone: \"a b\"\n",
+      "t.yaml:1:7: zone: expected at most 63 letters, digits, '.', '_' or '-', got 'a b'" },
+    { "services:\n  s: { locality: { mode: prefer } }\n",
+      "t.yaml:2:6: locality: mode prefer needs this replica's zone (top-level zone: or "
+      "WAYGATE_ZONE)" },
+    { "zone: a\nservices:\n  s: { locality: { mode: near } }\n",
+      "t.yaml:3:26: mode: invalid value 'near' (expected off|prefer|strict)" },
+    { "zone: a\nservices:\n  s: { locality: { overprovisioning: 0.9 } }\n",
+      "t.yaml:3:38: overprovisioning: expected a factor from 1.0 to 10 (at most two decimals), "
+      "got '0.9'" },
+    { "zone: a\nservices:\n  s: { locality: { overprovisioning: 1.405 } }\n",
+      "t.yaml:3:38: overprovisioning: expected a factor from 1.0 to 10 (at most two decimals), "
+      "got '1.405'" },
+    { "zone: a\nservices:\n  s: { locality: { min_instance: 2 } }\n",
+      "t.yaml:3:20: unknown key 'min_instance' in locality (did you mean 'min_instances'?)" },
+    { "fleet: { name: r1 }\n", "t.yaml:1:8: fleet: needs the etcd registry (registry.etcd)" },
+    { "registry: { etcd: {} }\nfleet: { name: \"a/b\" }\n",
+      "t.yaml:2:16: name: expected a replica id (1..128 bytes, no '/' or spaces), got 'a/b'" },
+    { "registry: { etcd: {} }\nfleet: { prefix: /w }\n",
+      "t.yaml:2:18: prefix: expected a key prefix ending in '/', got '/w'" },
+    { "registry: { etcd: {} }\nfleet: { ttl: 1s }\n",
+      "t.yaml:2:15: ttl: must be at least 2000ms, got '1s'" },
+    { "services:\n  s: { health_check: { shared: true } }\n",
+      "t.yaml:2:6: health_check: shared: true needs fleet: (and the etcd registry)" },
     /* aliases */
     { "a: &a [x, x, x, x, x, x, x, x, x, x]\n", "t.yaml:1:1: unknown key 'a' in the top level" },
 };
@@ -745,6 +770,49 @@ START_TEST(test_defaults)
     ck_assert_uint_eq(cfg->n_listeners, 0);
     ck_assert_ptr_eq(wg_config_service(cfg, "anything"), &cfg->service_defaults);
     wg_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_fleet_and_locality)
+{
+    struct wg_config *cfg = load_ok(
+        "zone: eu-1\n"
+        "registry: { etcd: {} }\n"
+        "fleet: { name: r1, prefix: /wg/, ttl: 5s }\n"
+        "services:\n"
+        "  s: { locality: { mode: strict, overprovisioning: 2.5, min_instances: 1 },\n"
+        "       health_check: { shared: true } }\n"
+        "  t: { locality: { overprovisioning: 1 } }\n");
+    ck_assert_str_eq(cfg->zone, "eu-1");
+    ck_assert(cfg->fleet.enabled);
+    ck_assert_str_eq(cfg->fleet.name, "r1");
+    ck_assert_str_eq(cfg->fleet.prefix, "/wg/");
+    ck_assert_uint_eq(cfg->fleet.ttl_ms, 5000);
+    const struct wg_service_config *s = wg_config_service(cfg, "s");
+    ck_assert_int_eq(s->locality.mode, WG_LOCALITY_STRICT);
+    ck_assert_uint_eq(s->locality.overprovisioning, 250);
+    ck_assert_uint_eq(s->locality.min_instances, 1);
+    ck_assert(s->health_check.shared);
+    const struct wg_service_config *t = wg_config_service(cfg, "t");
+    ck_assert_int_eq(t->locality.mode, WG_LOCALITY_OFF);
+    ck_assert_uint_eq(t->locality.overprovisioning, 100);
+    ck_assert_uint_eq(t->locality.min_instances, 3);
+    ck_assert(!t->health_check.shared);
+    wg_config_free(cfg);
+    /* Defaults; WAYGATE_ZONE when the file sets no zone. */
+    setenv("WAYGATE_ZONE", "z9", 1);
+    cfg = load_ok("{}\n");
+    ck_assert_str_eq(cfg->zone, "z9");
+    ck_assert(!cfg->fleet.enabled);
+    ck_assert_str_eq(cfg->fleet.prefix, "/waygate/");
+    ck_assert_uint_eq(cfg->fleet.ttl_ms, 10000);
+    ck_assert(*cfg->fleet.name);
+    ck_assert_uint_eq(cfg->service_defaults.locality.overprovisioning, 140);
+    wg_config_free(cfg);
+    cfg = load_ok("zone: z1\n");
+    ck_assert_str_eq(cfg->zone, "z1");
+    wg_config_free(cfg);
+    unsetenv("WAYGATE_ZONE");
 }
 END_TEST
 
@@ -1125,6 +1193,7 @@ static Suite *config_suite(void)
     tcase_add_loop_test(grammar, test_addr_grammar, 0, sizeof addrs / sizeof addrs[0]);
     tcase_add_loop_test(grammar, test_status_grammar, 0, sizeof statuses / sizeof statuses[0]);
     tcase_add_loop_test(errors, test_bad_config, 0, sizeof bad / sizeof bad[0]);
+    tcase_add_test(errors, test_fleet_and_locality);
     tcase_add_test(errors, test_collects_all_errors);
     tcase_add_test(errors, test_errors_append_to_existing_list);
     tcase_add_test(errors, test_billion_laughs_refused);
