@@ -3,11 +3,11 @@
 BUILD      ?= build
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 PACKAGES    = cmake gcc pkg-config make libevent-dev libssl-dev libyaml-dev libjansson-dev \
-              libzookeeper-mt-dev check etcd-server etcd-client curl openssl python3 iproute2 \
-              procps wrk zookeeper default-jre-headless python3-kazoo
+              libnghttp2-dev libzookeeper-mt-dev check etcd-server etcd-client curl openssl python3 \
+              iproute2 procps wrk zookeeper default-jre-headless python3-kazoo
 # Tools some tests use (promtool, a real Prometheus scrape, the dashboard in
 # headless Chromium); best effort: without them those tests skip.
-TEST_PACKAGES  = prometheus chromium haproxy nginx-light iperf3
+TEST_PACKAGES  = prometheus chromium haproxy nginx-light iperf3 nghttp2-client python3-h2
 BENCH_PACKAGES = haproxy nginx-light libnginx-mod-stream wrk iperf3
 FUZZ_PACKAGES  = clang libclang-rt-14-dev
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

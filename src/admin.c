@@ -633,8 +633,28 @@ static const struct {
       "TLS handshakes with clients that completed." },
     { WG_C_TLS_RESUMED, "waygate_tls_resumed_total",
       "Completed client TLS handshakes that resumed a session (ticket)." },
+    { WG_C_H2_CONNECTIONS, "waygate_http2_connections_total",
+      "Client connections that speak HTTP/2 (ALPN h2, or h2c with prior knowledge)." },
+    { WG_C_H2_STREAMS, "waygate_http2_streams_total", "HTTP/2 streams opened by clients." },
+    { WG_C_H2_RST_RECV, "waygate_http2_resets_received_total",
+      "RST_STREAM frames received from clients." },
     { WG_C_UPSTREAM_TLS_FAILURES, "waygate_upstream_tls_failures_total",
       "TLS handshakes with upstream instances that failed (verification, protocol, network)." },
+};
+
+static const struct {
+    enum wg_counter c;
+    const char *reason;
+} h2_resets_sent[] = {
+    { WG_C_H2_RST_SENT_INTERNAL, "internal_error" },
+    { WG_C_H2_RST_SENT_CANCEL, "cancel" },
+    { WG_C_H2_RST_SENT_OTHER, "other" },
+}, h2_goaways[] = {
+    { WG_C_H2_GOAWAY_NO_ERROR, "no_error" },
+    { WG_C_H2_GOAWAY_CALM, "enhance_your_calm" },
+    { WG_C_H2_GOAWAY_COMPRESSION, "compression_error" },
+    { WG_C_H2_GOAWAY_PROTOCOL, "protocol_error" },
+    { WG_C_H2_GOAWAY_OTHER, "other" },
 };
 
 static const struct {
@@ -671,6 +691,18 @@ static void metrics_process(struct stream *st, struct out *o)
                atomic_load(&wg_stats_open_connections));
     for (size_t k = 0; k < sizeof counters / sizeof counters[0]; k++)
         metric_u64(o, counters[k].name, "counter", counters[k].help, wg_stats_sum(counters[k].c));
+    metric_u64(o, "waygate_http2_streams_active", "gauge", "HTTP/2 streams open now.",
+               wg_stats_sum(WG_C_H2_STREAMS_ACTIVE));
+    family_head(o, "waygate_http2_resets_sent_total", "counter",
+                "RST_STREAM frames sent to clients, by reason.");
+    for (size_t k = 0; k < sizeof h2_resets_sent / sizeof h2_resets_sent[0]; k++)
+        out_printf(o, "waygate_http2_resets_sent_total{reason=\"%s\"} %" PRIu64 "\n",
+                   h2_resets_sent[k].reason, wg_stats_sum(h2_resets_sent[k].c));
+    family_head(o, "waygate_http2_goaways_sent_total", "counter",
+                "GOAWAY frames sent to clients, by error code.");
+    for (size_t k = 0; k < sizeof h2_goaways / sizeof h2_goaways[0]; k++)
+        out_printf(o, "waygate_http2_goaways_sent_total{reason=\"%s\"} %" PRIu64 "\n",
+                   h2_goaways[k].reason, wg_stats_sum(h2_goaways[k].c));
     family_head(o, "waygate_http_responses_total", "counter",
                 "HTTP responses sent to clients, by status class (101 counts as 1xx).");
     for (size_t k = 0; k < sizeof response_classes / sizeof response_classes[0]; k++)

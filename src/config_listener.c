@@ -435,7 +435,36 @@ static void p_listener_tls(struct cfg_ctx *c, yaml_node_t *v, void *base,
 
 /* ---- listeners ---------------------------------------------------------------- */
 
+/* protocols: [h2, http1] — at least one, no repeats. */
+static void p_protocols(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    static const char *const names[] = { "h2", "http1", NULL };
+    struct wg_listener_config *l = base;
+    size_t n = v->type == YAML_SEQUENCE_NODE ? wg_yaml_seq_len(v) : 0;
+
+    if (v->type != YAML_SEQUENCE_NODE || n == 0) {
+        cfg_error(c, v, "%s: expected a list of h2, http1", k->name);
+        return;
+    }
+    l->http.proto_h1 = l->http.proto_h2 = false;
+    for (size_t i = 0; i < n && !c->y.aborted; i++) {
+        yaml_node_t *item = wg_yaml_seq_item(&c->y, v, i);
+        int e = item ? cfg_enum(c, item, k->name, names) : -1;
+        bool *slot = e == 0 ? &l->http.proto_h2 : e == 1 ? &l->http.proto_h1 : NULL;
+        if (slot && *slot)
+            cfg_error(c, item, "%s: '%s' listed twice", k->name, names[e]);
+        else if (slot)
+            *slot = true;
+    }
+}
+
 static const struct cfg_key http_keys[] = {
+    { "protocols", p_protocols, 0, 0, 0, NULL },
+    { "h2c", cfg_p_bool, LF(http.h2c), 0, 0, NULL },
+    { "max_concurrent_streams", cfg_p_unsigned, LF(http.max_concurrent_streams), 1, 100000, NULL },
+    { "h2_max_resets_per_second", cfg_p_unsigned, LF(http.h2_max_resets), 1, 1000000, NULL },
+    { "h2_max_control_frames_per_second", cfg_p_unsigned, LF(http.h2_max_control_frames), 1,
+      1000000, NULL },
     { "max_header_size", cfg_p_size, LF(http.max_header_size), 1024, 16 << 20, NULL },
     { "max_body_size", cfg_p_size, LF(http.max_body_size), 0, WG_SIZE_MAX_BYTES, NULL },
     { "client_header_timeout", cfg_p_duration, LF(http.client_header_timeout_ms), 1, DMAX,
@@ -489,6 +518,10 @@ static bool listener_init(struct cfg_ctx *c, struct wg_listener_config *l)
     l->http.client_idle_timeout_ms = 60000;
     l->http.send_timeout_ms = 60000;
     l->http.tunnel_idle_timeout_ms = 3600000;
+    l->http.proto_h1 = l->http.proto_h2 = true;
+    l->http.max_concurrent_streams = 100;
+    l->http.h2_max_resets = 100;
+    l->http.h2_max_control_frames = 1000;
     l->tls.min_version = 12;
     l->tls.handshake_timeout_ms = 10000;
     l->tls.verify = WG_VERIFY_NONE;

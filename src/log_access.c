@@ -288,6 +288,10 @@ size_t wg_access_format(enum wg_access_format fmt, const struct wg_access_entry 
     field_u64(&l, json, "retries", e->retries);
     put_key(&l, json, "request_id");
     put_value(&l, json, e->request_id, e->request_id_len, FIELD_OUT);
+    if (e->stream_id) {                 /* HTTP/2 only: HTTP/1.1 and tcp lines keep their keys */
+        field_str(&l, json, "proto", "h2");
+        field_u64(&l, json, "stream", e->stream_id);
+    }
     if (json)
         put(&l, "}", 1);
     buf[l.n++] = '\n';

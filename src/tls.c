@@ -213,12 +213,18 @@ static int sni_cb(SSL *ssl, int *alert, void *arg)
     return SSL_TLSEXT_ERR_OK;
 }
 
+/* The listener's protocols in ALPN wire form, ours first (h2 preferred). */
+static const unsigned char alpn_both[] = "\x02h2\x08http/1.1";
+static const unsigned char alpn_h2[] = "\x02h2";
+static const unsigned char alpn_h1[] = "\x08http/1.1";
+
 static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                    const unsigned char *in, unsigned int inlen, void *arg)
 {
-    static const unsigned char h11[] = "\x08http/1.1";
+    const unsigned char *ours = arg;
     unsigned char *sel;
-    if (SSL_select_next_proto(&sel, outlen, h11, sizeof h11 - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    if (SSL_select_next_proto(&sel, outlen, ours, (unsigned)strlen((const char *)ours), in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK;    /* no overlap: carry on without ALPN */
     *out = sel;
     return SSL_TLSEXT_ERR_OK;
@@ -286,7 +292,9 @@ static SSL_CTX *server_ctx_new(const struct wg_listener_config *lc, bool alpn_ht
     SSL_CTX_set_tlsext_servername_callback(ctx, sni_cb);
     SSL_CTX_set_tlsext_servername_arg(ctx, s);
     if (alpn_http)
-        SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
+        SSL_CTX_set_alpn_select_cb(ctx, alpn_cb,
+                                   (void *)(lc->http.proto_h2 && lc->http.proto_h1 ? alpn_both
+                                            : lc->http.proto_h2 ? alpn_h2 : alpn_h1));
     bool verifies = lc->tls.client_ca && *lc->tls.client_ca && lc->tls.verify != WG_VERIFY_NONE;
     if (set_session_id_context(ctx, lc, verifies, errs) < 0) {
         SSL_CTX_free(ctx);
@@ -716,4 +724,12 @@ SSL_CTX *wg_tls_set_service(const struct wg_tls_set *set, const struct wg_config
         return set->services[set->n_services];
     size_t i = (size_t)(sc - cfg->services);
     return i < set->n_services ? set->services[i] : NULL;
+}
+
+bool wg_tls_alpn_h2(SSL *ssl)
+{
+    const unsigned char *p = NULL;
+    unsigned n = 0;
+    SSL_get0_alpn_selected(ssl, &p, &n);
+    return n == 2 && p[0] == 'h' && p[1] == '2';
 }

@@ -157,6 +157,12 @@ struct wg_listener_config {
         uint64_t send_timeout_ms;
         uint64_t tunnel_idle_timeout_ms;
         bool allow_underscores;     /* forward field names containing '_' */
+        bool proto_h1, proto_h2;    /* protocols: [h2, http1] (TLS listeners: ALPN) */
+        bool h2c;                   /* plain listener: HTTP/2 with prior knowledge */
+        unsigned max_concurrent_streams;    /* HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS */
+        unsigned h2_max_resets;     /* client RST_STREAMs per second per connection */
+        unsigned h2_max_control_frames;     /* SETTINGS/PING/WINDOW_UPDATE/PRIORITY/empty
+                                               DATA per second per connection */
     } http;
     struct {
         bool enabled;               /* certificates present */

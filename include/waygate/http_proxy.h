@@ -1,11 +1,23 @@
-/* http_proxy — the L7 path of `mode: http` listeners (DESIGN §5, §6, §10, §13).
+/* http_proxy — the L7 path of `mode: http` listeners (DESIGN §5, §6, §10,
+ * §13, §15): where an accepted connection enters.
  *
- * One request, top to bottom in src/http_proxy.c:
- *   read the client -> parse the head (http.h) -> pin the current config and
- *   route (http_route.h) -> pick an instance (balance.h) -> an idle pooled
- *   connection to it or a new one (upstream_pool.h) -> forward the rewritten
- *   head and the body -> parse the response head -> forward it rewritten and
- *   its body -> keep both connections alive, or close.
+ * Three layers (h2o's http1 / http2 / proxy split; HAProxy's muxes):
+ *   src/http1.c     the HTTP/1.1 downstream codec: PROXY header, TLS
+ *                   handshake, ALPN; request heads parsed in place (http.h);
+ *                   responses written as HTTP/1.1; keep-alive, lingering close.
+ *                   A connection that negotiated h2 (ALPN) or sent the h2c
+ *                   preface (http.h2c: true) goes to ...
+ *   src/http2.c     the HTTP/2 downstream codec (http2.h), one exchange per
+ *                   stream.
+ *   src/exchange.c  one proxy exchange (exchange.h), protocol-neutral:
+ *                   route -> policy hooks -> pick (balance.h) -> an idle
+ *                   pooled connection or a new one (upstream_pool.h) ->
+ *                   forward the rewritten head and the body -> parse the
+ *                   response head -> hand it to the codec with its body ->
+ *                   retries, deadlines, access log, stats.
+ *
+ * The promises below hold for both client protocols unless they say
+ * HTTP/1.1 (an HTTP/2 stream never tunnels, lingers or keeps alive).
  *
  * Promises:
  *  - Raw non-blocking sockets, edge-triggered, on the worker's event_base;

@@ -73,6 +73,8 @@ struct wg_access_entry {
     int64_t connect_us;         /* upstream connect of the last attempt; 0: a pooled
                                  * connection was reused; -1: no connection made */
     unsigned retries;           /* upstream attempts after the first */
+    uint32_t stream_id;         /* HTTP/2 stream id (the line ends "proto=h2 stream=N");
+                                 * 0: HTTP/1.1 or tcp (no such keys) */
 };
 
 /* Per-worker handle (struct wg_worker.access_log). wg_worker_log_new() and

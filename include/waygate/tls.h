@@ -58,6 +58,10 @@ void wg_tls_server_unref(struct wg_tls_server *s);
 SSL *wg_tls_server_ssl(struct wg_tls_server *s, int fd);
 size_t wg_tls_server_certs(const struct wg_tls_server *s, const struct wg_tls_cert_info **out);
 
+/* ALPN chose "h2" for this (completed) handshake. Server contexts of http
+ * listeners offer the listener's http.protocols, h2 first. */
+bool wg_tls_alpn_h2(SSL *ssl);
+
 /* Check that `key` matches `cert` (used by the config check). Returns false
  * and writes a message into err. */
 bool wg_tls_check_pair(const char *cert, const char *key, char *err, size_t errlen);

@@ -355,8 +355,9 @@ def test_https_listener_alpn_forwarded_proto_keepalive():
     with Harness() as h:
         pki = shared()
         b = h.backend("http", name="a")
-        wg = h.waygate(listeners=[https_listener([pki.leaf("a", ["a.test"])])],
-                       instances={"users": [b.instance()]})
+        listener = https_listener([pki.leaf("a", ["a.test"])])
+        listener["http"] = {"protocols": ["http1"]}     # h2 is offered by default (test_http2)
+        wg = h.waygate(listeners=[listener], instances={"users": [b.instance()]})
         ctx = client_context(ca=pki.ca)
         ctx.set_alpn_protocols(["h2", "http/1.1"])
         r, s = https_get(wg.port(), ctx, "a.test", "/request", keep=True)

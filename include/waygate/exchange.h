@@ -1,0 +1,266 @@
+/* exchange — one proxied HTTP request/response, whatever the client spoke
+ * (DESIGN §6, §10, §13, §15).
+ *
+ * The meeting point of the L7 path (h2o's h2o_req_t, HAProxy's stream over
+ * HTX): a downstream codec (http1.c, http2.c) turns client bytes into a
+ * request head and body bytes and hands them to the exchange; the exchange
+ * does everything else, written once:
+ *
+ *   route (http_route.h)
+ *     -> [policy hook: request head]   exchange.c: policy_request_head()
+ *     -> pick an instance (balance.h)
+ *     -> upstream (the upstream codec below; keep-alive pools upstream_pool.h)
+ *     -> retries (DESIGN §6)
+ *     -> forwarded headers (DESIGN §10)
+ *     -> [policy hook: response head]  exchange.c: policy_response_head()
+ *     -> deadlines (connect, response, upstream idle)
+ *     -> access log line and stats.
+ *
+ * What the codec gives the exchange is an HTTP/1.1 request head as the
+ * http.h parser accepted it (struct wg_http_parser + the message bytes):
+ * http1.c passes the client's own bytes (zero copy); http2.c writes the
+ * decoded HEADERS as an HTTP/1.1 head and parses it with the same parser,
+ * so that every §10 rule holds for both protocols. The body comes through
+ * d->in with the framing the head declares (http2.c frames DATA as chunked
+ * when the client gave no content-length).
+ *
+ * The exchange answers through struct wg_downstream_ops: it never asks which
+ * protocol the client speaks. The upstream side is behind the upstream codec
+ * section of exchange.c (HTTP/1.1 over a pooled struct wg_upconn); the slot
+ * for an HTTP/2 upstream codec (gRPC issue) is `struct wg_upstream_codec`.
+ *
+ * Promises:
+ *  - Worker thread only, no lock, no blocking call.
+ *  - Bounded buffering both ways: at most one block of unforwarded body per
+ *    direction; the client side is not read while the upstream has not
+ *    taken what was read, and the upstream is not read while the client
+ *    has not taken what was read (backpressure).
+ *  - Each exchange pins the config current when it begins (its listener's
+ *    routes and http settings) and the service version it was routed to;
+ *    instance->active counts it while in flight.
+ */
+#ifndef WAYGATE_EXCHANGE_H
+#define WAYGATE_EXCHANGE_H
+
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "waygate/balance.h"
+#include "waygate/http.h"
+#include "waygate/http_buf.h"
+
+struct wg_worker;
+struct wg_listener;
+struct wg_listener_config;
+struct wg_config_ref;
+struct wg_route;
+struct wg_pool_service;
+struct wg_instance;
+struct wg_upconn;
+
+/* Where the request stands (the downstream's view of one exchange). */
+enum wg_rq {
+    WG_RQ_IDLE,     /* between requests (or before the first) */
+    WG_RQ_HEAD,     /* reading a request head */
+    WG_RQ_BODY,     /* forwarding the request body (or waiting for a connection) */
+    WG_RQ_SENT,     /* request forwarded whole (or answered by us) */
+    WG_RQ_TUNNEL,   /* after a 101: raw bytes both ways (HTTP/1.1 only) */
+    WG_RQ_LINGER    /* error sent: read and drop until EOF, then close */
+};
+
+enum wg_rs {
+    WG_RS_NONE,     /* nothing expected from an upstream */
+    WG_RS_HEAD,     /* waiting for the response head */
+    WG_RS_BODY,     /* forwarding the response body */
+    WG_RS_DONE      /* response complete (ours or the upstream's) */
+};
+
+enum wg_deadline {
+    WG_DL_NONE, WG_DL_IDLE, WG_DL_HEADER, WG_DL_BODY, WG_DL_CONNECT, WG_DL_RESPONSE,
+    WG_DL_UPSTREAM_IDLE, WG_DL_SEND, WG_DL_UPSTREAM_SEND, WG_DL_TUNNEL, WG_DL_LINGER
+};
+
+/* The settings of the request in progress (copied from the pinned config). */
+struct wg_exchange_settings {
+    uint64_t header_ms, body_ms, idle_ms, send_ms, tunnel_ms;
+    uint64_t max_head, max_body;
+    uint64_t connect_ms, response_ms;
+    unsigned retries;
+    bool retry_non_idempotent;          /* route, else service (DESIGN §6) */
+    bool allow_underscores;             /* http.allow_underscores */
+};
+
+/* Defaults of DESIGN §5 for a connection accepted before any config. */
+extern const struct wg_exchange_settings wg_exchange_defaults;
+
+struct wg_downstream;
+
+/* One request and its upstream attempt (freed when the request ends). */
+struct wg_exchange {
+    struct wg_exchange *next;           /* on the worker's free list */
+    struct wg_config_ref *cfg;          /* pinned for the request */
+    const struct wg_listener_config *lc;
+    const struct wg_route *route;
+    struct wg_pool_service *svc;        /* one reference while routed */
+    struct wg_instance *inst;           /* one reference + one `active` per attempt */
+    unsigned inst_gen;                  /* its down_generation when picked (health.h) */
+    unsigned attempts;
+    enum wg_http_method method;
+    unsigned status;
+    bool http10, req_keep_alive, req_upgrade, req_body_done, replayable;
+    bool close_after;                   /* close the client after this response */
+    bool fresh_only;                    /* next attempt on a new connection */
+    bool u_eof, u_shut, up_reused, resp_started, final_sent, dechunk;
+    bool upstream_keep;                 /* the response leaves the connection reusable */
+    bool sent_any;                      /* this attempt wrote request bytes upstream */
+    unsigned interim;                   /* interim (1xx) heads received */
+    bool log_pending;                   /* a request to log when it ends */
+    struct wg_exchange_settings t;
+    struct wg_http_body rq_body;
+    /* the upstream */
+    struct wg_upconn *up;
+    struct hp_buf *uin;                 /* from the upstream; [sent, fwd) for the client */
+    struct hp_buf *uout;                /* the rewritten request head */
+    struct hp_head *rhead;              /* while a response head is parsed */
+    struct wg_http_body rs_body;
+    /* deadlines and progress (ms, CLOCK_MONOTONIC) */
+    uint64_t header_deadline, connect_deadline, response_deadline, upstream_progress;
+    uint64_t up_blocked_since;          /* request bytes wait for the upstream since (0: not) */
+    /* the access log's view of the request */
+    struct hp_buf *note;                /* method, target, request id as sent */
+    struct wg_http_span note_method, note_target, note_id;
+    uint64_t req_start_ns, connect_start_ns, req_bytes_in, req_bytes_out;
+    int64_t connect_us;
+    struct wg_pick pick;                /* last: the tried list is long and mostly unused */
+};
+
+/* What a downstream codec does for the exchanges it carries. Every
+ * function runs on the worker thread, inside the codec's own pump (never
+ * re-entering it), with `d` the downstream of the exchange. */
+struct wg_downstream_ops {
+    /* Write the status line/HEADERS of an answer waygate makes itself
+     * (DESIGN §13): `body` is a short text (NULL: "<status> <reason>").
+     * `keep`: the client connection may carry another request. false: out
+     * of memory (the exchange then kills the downstream). */
+    bool (*reply)(struct wg_downstream *d, unsigned status, const char *body, bool keep);
+    /* Write a 308 redirect to `location` (tls.redirect_http). */
+    bool (*redirect)(struct wg_downstream *d, const char *location, size_t len, bool keep);
+    /* Write an upstream response head (`final`: not 1xx); `p`/`msg` as the
+     * http.h parser accepted it, hop-by-hop fields still in. */
+    bool (*response_head)(struct wg_downstream *d, const struct wg_http_parser *p, const char *msg,
+                          size_t len, bool final);
+    /* Write what is ready for the client: heads, then x->uin [sent, fwd);
+     * set *progress when something went out. */
+    void (*flush)(struct wg_downstream *d, bool *progress);
+    /* Nothing written is pending any more. */
+    bool (*flushed)(const struct wg_downstream *d);
+    /* A head written earlier (an interim one) is still on its way: the
+     * upstream is not read faster than the client drains. */
+    bool (*head_pending)(const struct wg_downstream *d);
+    /* The client went away while its request waits for the upstream (which
+     * is not reading it, so neither are we): true kills the downstream. */
+    bool (*gone)(struct wg_downstream *d);
+    /* Read more request body into d->in (its room made); bytes read, 0
+     * when none now (then d->eof may say the client finished). */
+    ssize_t (*read)(struct wg_downstream *d);
+    /* The response went out whole: end the request (keep-alive or close). */
+    void (*end)(struct wg_downstream *d);
+    /* The upstream half-closed a tunnel: forward it (HTTP/1.1 only). */
+    void (*shutdown)(struct wg_downstream *d);
+    /* An upstream event for this downstream's exchange: run its pump. */
+    void (*wake)(struct wg_downstream *d);
+};
+
+/* The client side of one exchange: a whole HTTP/1.1 connection (one
+ * request after the other), or one HTTP/2 stream. Embedded in the codec's
+ * own struct. */
+struct wg_downstream {
+    const struct wg_downstream_ops *ops;
+    struct wg_worker *w;
+    struct hp_local *loc;
+    const struct wg_listener *l;
+    struct wg_exchange *r;              /* the request in progress, NULL between requests */
+    enum wg_rq rq;
+    enum wg_rs rs;
+    bool eof;                           /* the client sends nothing more (EOF / END_STREAM) */
+    bool dead;                          /* to be closed (reset) when the pump returns */
+    bool tls;                           /* the client came over TLS */
+    bool payload_only;                  /* the client takes de-chunked payload (HTTP/2) */
+    bool check_reset;                   /* an event came while the request waits upstream */
+    uint16_t client_port;
+    uint32_t stream_id;                 /* HTTP/2 stream, 0 for HTTP/1.1 */
+    const char *proto;                  /* "http/1.1" or "h2", for the access log */
+    const char *cert_subject;           /* verified client certificate, RFC 4514, or NULL */
+    const char *end_reason;             /* why it ended early, NULL: complete */
+    struct hp_buf *in;                  /* from the client: the head, then the body */
+    uint64_t client_progress;           /* last byte from the client (ms) */
+    uint64_t blocked_since;             /* output to the client waits since (0: not) */
+    char client_ip[INET6_ADDRSTRLEN];
+};
+
+/* ---- head helpers the codecs share ---- */
+
+/* Field names a Connection header lists (hop-by-hop by declaration). The
+ * first WG_HOP_TOKENS are kept; a head that lists more is rare and slow:
+ * wg_hop_by_hop() then scans its Connection fields again, so that no listed
+ * name is ever forwarded however many there are. */
+#define WG_HOP_TOKENS 16
+struct wg_hop_tokens {
+    struct wg_http_span v[WG_HOP_TOKENS];
+    unsigned n;
+    bool more;                          /* tokens past the kept ones */
+    const struct wg_http_parser *p;
+};
+void wg_hop_tokens(const struct wg_http_parser *p, const char *msg, struct wg_hop_tokens *t);
+/* Hop-by-hop (DESIGN §10): never forwarded, except the Upgrade field of an
+ * upgrade. Framing fields stay even when Connection names them. */
+bool wg_hop_by_hop(const struct wg_hop_tokens *t, const char *msg, const struct wg_http_header *h,
+                   bool upgrade);
+/* "Name: value\r\n" */
+void wg_put_field(struct hp_out *o, const char *msg, const struct wg_http_header *h);
+
+/* ---- called by the downstream codecs ---- */
+
+/* A request starts with its first byte: its state, pinned config, the
+ * header deadline. false: out of memory (d->dead is set). */
+bool wg_exchange_begin(struct wg_downstream *d, uint64_t now_ms);
+/* Pin the config current now (false: none yet). */
+bool wg_exchange_pin(struct wg_downstream *d);
+/* The head is complete at the front of d->in (head_len bytes, parsed by
+ * `p`): route, rewrite, start the upstream. d->in->start moves past it. */
+void wg_exchange_head(struct wg_downstream *d, const struct wg_http_parser *p, size_t head_len);
+/* The head was refused by the parser (status from it) or timed out (408):
+ * log what was parsed, answer, end. */
+void wg_exchange_bad_head(struct wg_downstream *d, const struct wg_http_parser *p, unsigned status);
+/* Every step of the exchange that can progress now: connect, forward the
+ * request body, read and forward the response, end. */
+void wg_exchange_step(struct wg_downstream *d, bool *progress);
+/* The earliest deadline of the exchange (connect, response, upstream idle,
+ * body, send, tunnel), UINT64_MAX when none. The downstream adds its own
+ * (idle, header, linger). */
+uint64_t wg_exchange_deadline(const struct wg_downstream *d, enum wg_deadline *kind);
+/* That deadline passed. */
+void wg_exchange_timeout(struct wg_downstream *d, enum wg_deadline kind);
+/* Answer `status` ourselves (DESIGN §13); the request ends with it. */
+void wg_exchange_reply(struct wg_downstream *d, unsigned status, const char *body, bool keep);
+/* The response went out whole: the upstream connection is pooled when it
+ * may carry another request, and everything the request held let go. What
+ * the client connection does next; *idle_ms: its client_idle_timeout. */
+enum wg_finish {
+    WG_FINISH_KEEP,     /* wait for another request */
+    WG_FINISH_CLOSE,    /* close now (the client asked to, and said all) */
+    WG_FINISH_LINGER    /* stop sending, drain what the client still sends, close */
+};
+enum wg_finish wg_exchange_finish(struct wg_downstream *d, uint64_t *idle_ms);
+/* Log (once) and let go of the request in progress, if any. */
+void wg_exchange_release(struct wg_downstream *d, const char *reason);
+/* The worker's 1 s tick (drain_timeout, on_unhealthy: close): the reason
+ * to cut the request now, or NULL. */
+const char *wg_exchange_cut(struct wg_downstream *d, uint64_t now_ms);
+/* Count an answered request of `status` (stats.h). */
+void wg_exchange_count_status(struct wg_downstream *d, unsigned status);
+
+#endif

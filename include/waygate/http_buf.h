@@ -1,0 +1,238 @@
+/* http_buf — the L7 path's I/O blocks, free lists and head writer.
+ *
+ * Shared by the downstream codecs (http1.c, http2.c) and the proxy exchange
+ * (exchange.c); worker thread only, no lock.
+ *
+ * Promises:
+ *  - A block (struct hp_buf) is 16 KiB of bytes read from one side (or a
+ *    2 KiB head waygate builds), taken from the worker's free list when
+ *    bytes arrive and given back when drained: in steady state a request
+ *    allocates nothing. Past a list's bound, blocks go back to malloc.
+ *  - Offsets inside a block: [start, sent) is kept for a replay, [sent, fwd)
+ *    is ready to be written to the other side, [fwd, scan) was framing the
+ *    decoder dropped (de-chunking only), [scan, end) is not decoded yet.
+ *    Heads we build use sent and end only.
+ *  - struct hp_out writes a head into a block without overflowing it: a
+ *    write that does not fit marks it full, and out_close then adds nothing.
+ */
+#ifndef WAYGATE_HTTP_BUF_H
+#define WAYGATE_HTTP_BUF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/types.h>
+#include <openssl/ssl.h>
+#include <string.h>
+
+#include "waygate/http.h"
+
+#define HP_BLOCK (16u * 1024u)          /* one I/O buffer */
+#define HP_SPARE_BLOCKS 64              /* per worker free list (1 MiB): a burst leaves little behind */
+#define HP_SMALL (2048u - 32u)          /* a head we build, a log note: 2 KiB with its header */
+#define HP_SPARE_SMALL 128              /* (256 KiB) */
+#define HP_SPARE_HEADS 16
+#define HP_SPARE_REQS 64
+#define HP_MAX_HEADERS 128
+
+struct hp_buf {
+    struct hp_buf *next;
+    uint32_t cap;
+    uint32_t start, sent, fwd, scan, end;
+    char data[];
+};
+
+/* Parser state for one head, held only while that head is being parsed. */
+_Static_assert(sizeof(struct hp_buf) == 32, "HP_SMALL makes a 2 KiB block with a 32-byte header");
+
+struct hp_head {
+    struct hp_head *next;
+    struct wg_http_parser p;
+    struct wg_http_header h[HP_MAX_HEADERS];
+};
+
+/* A worker's free list of equal-sized objects whose first member is the
+ * link: past `max` spares, objects go back to malloc. */
+struct hp_spares {
+    void *first;
+    unsigned n, max;
+};
+
+struct wg_upstream_pool;
+struct wg_worker;
+
+/* Per worker thread: free lists and the upstream keep-alive pool. */
+struct hp_local {
+    struct hp_spares bufs[2];           /* free blocks: [0] small, [1] HP_BLOCK */
+    struct hp_spares heads, reqs;
+    struct wg_upstream_pool *pool;
+};
+
+/* The calling worker's state, made on first use; NULL when out of memory. */
+struct hp_local *hp_local_get(struct wg_worker *w);
+
+/* Small and on every request's path: inline. */
+static inline void *hp_spare_get(struct hp_spares *s, size_t size)
+{
+    void **o = s->first;
+    if (!o)
+        return malloc(size);
+    s->first = *o;
+    s->n--;
+    return o;
+}
+
+static inline void hp_spare_put(struct hp_spares *s, void *o)
+{
+    if (s->n >= s->max) {
+        free(o);
+        return;
+    }
+    *(void **)o = s->first;
+    s->first = o;
+    s->n++;
+}
+
+/* Two size classes keep free lists: small blocks for the heads we build
+ * and the log note, HP_BLOCK for I/O; anything larger (a long head) is
+ * allocated to size. */
+static inline int hp_buf_class(uint32_t cap) { return cap == HP_SMALL ? 0 : cap == HP_BLOCK ? 1 : -1; }
+
+/* A block of at least `cap` bytes, empty; NULL when out of memory. */
+static inline struct hp_buf *hp_buf_new(struct hp_local *loc, uint32_t cap)
+{
+    cap = cap <= HP_SMALL ? HP_SMALL : cap <= HP_BLOCK ? HP_BLOCK : cap;
+    int k = hp_buf_class(cap);
+    struct hp_buf *b = k >= 0 ? hp_spare_get(&loc->bufs[k], sizeof *b + cap) : malloc(sizeof *b + cap);
+    if (!b)
+        return NULL;
+    b->cap = cap;
+    b->next = NULL;
+    b->start = b->sent = b->fwd = b->scan = b->end = 0;
+    return b;
+}
+
+/* Give *bp back (NULL is fine) and clear it. */
+static inline void hp_buf_free(struct hp_local *loc, struct hp_buf **bp)
+{
+    struct hp_buf *b = *bp;
+    if (!b)
+        return;
+    *bp = NULL;
+    int k = hp_buf_class(b->cap);
+    if (k >= 0)
+        hp_spare_put(&loc->bufs[k], b);
+    else
+        free(b);
+}
+
+/* Move the kept bytes to the front to make room at the end. */
+static inline void hp_buf_compact(struct hp_buf *b)
+{
+    uint32_t d = b->start;
+    if (d == 0)
+        return;
+    memmove(b->data, b->data + d, b->end - d);
+    b->start = 0;
+    b->sent -= d;
+    b->fwd -= d;
+    b->scan -= d;
+    b->end -= d;
+}
+
+/* Room for a read: a drained buffer starts over at its first byte (a
+ * streamed body is read whole blocks at a time, not into what is left of
+ * the tail); otherwise a full one moves its kept bytes to the front. */
+static inline void hp_buf_make_room(struct hp_buf *b)
+{
+    if (b->start == b->end)
+        b->start = b->sent = b->fwd = b->scan = b->end = 0;
+    else if (b->end == b->cap)
+        hp_buf_compact(b);
+}
+
+/* Bytes wait to be written and less than half the block is free: a read now
+ * would fill only the tail, and the stream would go on in a small piece and
+ * a large one per block (twice the reads and writes). Write first. */
+static inline bool hp_buf_read_later(const struct hp_buf *b)
+{
+    return b->sent < b->fwd && b->cap - b->end < b->cap / 2;
+}
+
+static inline struct hp_head *hp_head_new(struct hp_local *loc)
+{
+    return hp_spare_get(&loc->heads, sizeof(struct hp_head));
+}
+
+static inline void hp_head_free(struct hp_local *loc, struct hp_head **hp)
+{
+    if (*hp)
+        hp_spare_put(&loc->heads, *hp);
+    *hp = NULL;
+}
+
+/* ---- writing heads ---- */
+struct hp_out {
+    char *p;
+    size_t n, cap;
+    bool full;
+};
+
+static inline void hp_put(struct hp_out *o, const char *s, size_t n)
+{
+    if (o->n + n > o->cap) {
+        o->full = true;
+        return;
+    }
+    memcpy(o->p + o->n, s, n);
+    o->n += n;
+}
+
+static inline void hp_puts(struct hp_out *o, const char *s) { hp_put(o, s, strlen(s)); }
+
+static inline void hp_put_span(struct hp_out *o, const char *base, struct wg_http_span s)
+{
+    hp_put(o, base + s.off, s.len);
+}
+
+void hp_put_u64(struct hp_out *o, uint64_t v);
+/* Room for `need` more bytes after the pending bytes of *bp (a head buffer
+ * that may still hold unsent heads); o.full when out of memory. */
+struct hp_out hp_out_open(struct hp_local *loc, struct hp_buf **bp, size_t need);
+static inline void hp_out_close(struct hp_buf *b, const struct hp_out *o)
+{
+    if (b && !o->full)
+        b->end += (uint32_t)o->n;
+}
+
+/* Decode the undecoded bytes of `b` with body decoder `d`: raw mode leaves
+ * them in place as ready; de-chunk mode moves only payload runs down to
+ * `fwd`. */
+enum wg_http_result hp_body_decode(struct wg_http_body *d, struct hp_buf *b, bool dechunk);
+
+/* Reason phrase of the statuses waygate answers itself. */
+const char *hp_reason(unsigned status);
+
+/* ---- non-blocking I/O on one side (client or upstream) ----
+ * The same contract for TLS and plain sockets: >0 bytes, 0 EOF, -1 with
+ * errno EAGAIN when the socket must become ready. A TLS read that needs the
+ * socket writable (or a write that needs it readable) is remembered in
+ * *read_wants_write / *write_wants_read so that the event handler turns the
+ * other edge into a retry. */
+bool hp_transient(void);
+ssize_t hp_tls_read(SSL *ssl, bool *read_wants_write, char *buf, size_t len);
+/* Write the pending head bytes of `head` [sent, end), then the ready body
+ * bytes of `body` [sent, fwd): one writev (plain) or one TLS record for a
+ * head with the first body bytes. Bytes written (0 when the socket is full,
+ * which clears *writable), or -1 on a broken connection. */
+ssize_t hp_flush_to(int fd, bool *writable, struct hp_buf *head, struct hp_buf *body);
+ssize_t hp_tls_flush(SSL *ssl, bool *writable, bool *write_wants_read, struct hp_buf *head,
+                     struct hp_buf *body);
+/* One read into *bp (a block taken when missing): >0 bytes, 0 nothing now
+ * (*readable cleared once drained, *eof set at EOF or on an error), -1 out
+ * of memory. */
+ssize_t hp_side_read(struct hp_local *loc, struct hp_buf **bp, int fd, SSL *ssl, bool *readable,
+                     bool *read_wants_write, bool hup, bool *eof);
+
+#endif

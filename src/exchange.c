@@ -1,0 +1,1309 @@
+/* exchange — see include/waygate/exchange.h
+ *
+ * Reading order: what a request holds and lets go; passive health; errors
+ * we answer ourselves; the access log; the request head (pin, route,
+ * policies, the upstream head); the upstream codec (HTTP/1.1): picking and
+ * connecting with retries, forwarding the request body, the response head
+ * and body; the end of a request; deadlines. */
+#include "waygate/exchange.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "waygate/health.h"
+#include "waygate/http_route.h"
+#include "waygate/listener.h"
+#include "waygate/log.h"
+#include "waygate/pool.h"
+#include "waygate/stats.h"
+#include "waygate/tls.h"
+#include "waygate/upstream_pool.h"
+#include "waygate/worker.h"
+
+#define HP_HEAD_EXTRA 1024              /* room for the fields we add to a head */
+#define HP_MAX_INTERIM 16               /* interim (1xx) heads per request, then 502 */
+
+_Static_assert(offsetof(struct wg_exchange, next) == 0, "spare lists link through the first member");
+
+static struct wg_exchange *req_new(struct hp_local *loc)
+{
+    struct wg_exchange *r = hp_spare_get(&loc->reqs, sizeof *r);
+    if (r)
+        memset(r, 0, sizeof *r);
+    return r;
+}
+
+static void req_free(struct hp_local *loc, struct wg_exchange **rp)
+{
+    if (*rp)
+        hp_spare_put(&loc->reqs, *rp);
+    *rp = NULL;
+}
+
+static void upstream_start(struct wg_downstream *d);
+static void upstream_connect_done(struct wg_downstream *d);
+
+static void upstream_event(struct wg_upconn *u, short what, void *owner)
+{
+    struct wg_downstream *d = owner;
+    d->ops->wake(d);
+}
+
+/* "ip:port" or "[v6]:port", as record.h's wg_sockaddr_text writes it. */
+static const char *client_text(const struct wg_downstream *d, char *buf, size_t len)
+{
+    snprintf(buf, len, strchr(d->client_ip, ':') ? "[%s]:%u" : "%s:%u", d->client_ip,
+             (unsigned)d->client_port);
+    return buf;
+}
+
+/* Drop what a request holds: upstream attempt, service, config. */
+static void release_instance(struct wg_downstream *d)
+{
+    if (!d->r->inst)
+        return;
+    atomic_fetch_sub_explicit(&d->r->inst->active, 1, memory_order_relaxed);
+    wg_instance_unref(d->r->inst);
+    d->r->inst = NULL;
+}
+
+static void release_upstream(struct wg_downstream *d)
+{
+    if (d->r->up)
+        wg_upconn_close(d->r->up);
+    d->r->up = NULL;
+    hp_buf_free(d->loc, &d->r->uin);
+    hp_head_free(d->loc, &d->r->rhead);
+    d->r->u_eof = d->r->u_shut = false;
+}
+
+/* The request is over: let go of everything it holds, and of itself. */
+static void release_request(struct wg_downstream *d)
+{
+    struct wg_exchange *r = d->r;
+    if (!r)
+        return;
+    release_upstream(d);
+    release_instance(d);
+    hp_buf_free(d->loc, &r->uout);
+    hp_buf_free(d->loc, &r->note);
+    if (r->svc)
+        wg_pool_service_unref(r->svc);
+    if (r->cfg)
+        wg_config_ref_put(r->cfg);
+    req_free(d->loc, &d->r);
+}
+
+/* ---- passive health (health.h: outlier detection) -------------------- */
+
+static void report_failure(struct wg_downstream *d, enum wg_health_failure why)
+{
+    if (why == WG_FAIL_CONNECT)
+        wg_stats_add(d->w->stats, WG_C_CONNECT_ERRORS, 1);
+    if (wg_health_report_failure(d->r->svc, d->r->inst, why))
+        wg_info("msg=\"upstream ejected\" service=%s upstream=%s address=%s", d->r->svc->name,
+                d->r->inst->id, d->r->inst->addr_text);
+}
+
+static void report_success(struct wg_downstream *d) { wg_health_report_success(d->r->inst); }
+
+static void count_status(struct wg_downstream *d, unsigned status)
+{
+    static const enum wg_counter cls[] = { WG_C_HTTP_1XX, WG_C_HTTP_2XX, WG_C_HTTP_3XX,
+                                           WG_C_HTTP_4XX, WG_C_HTTP_5XX };
+    wg_stats_add(d->w->stats, WG_C_HTTP_REQUESTS, 1);
+    if (status >= 100 && status < 600)
+        wg_stats_add(d->w->stats, cls[status / 100 - 1], 1);
+}
+
+void wg_exchange_count_status(struct wg_downstream *d, unsigned status) { count_status(d, status); }
+
+/* Answer `status` with a short text body; the request ends with it. `keep`:
+ * the connection may carry another request (only when nothing of this
+ * request is left unread). */
+void wg_exchange_reply(struct wg_downstream *d, unsigned status, const char *body, bool keep)
+{
+    char text[64];
+    if (!body) {
+        snprintf(text, sizeof text, "%u %s\n", status, hp_reason(status));
+        body = text;
+    }
+    keep = keep && d->r->req_keep_alive && !atomic_load_explicit(&d->w->draining, memory_order_relaxed);
+    if (!d->ops->reply(d, status, body, keep)) {
+        d->dead = true;
+        return;
+    }
+    count_status(d, status);
+    d->r->status = status;
+    if (status == 408 || status == 504)
+        wg_stats_add(d->w->stats, WG_C_HTTP_TIMEOUTS, 1);
+    release_upstream(d);
+    d->r->final_sent = true;
+    d->r->close_after = !keep;
+    d->rs = WG_RS_DONE;
+    if (d->rq != WG_RQ_IDLE && d->rq != WG_RQ_HEAD)
+        d->r->req_body_done = true;
+    d->rq = WG_RQ_SENT;
+}
+
+/* An upstream failure: answer `status` if the client has seen nothing of
+ * the response yet, else cut the connection (the response is truncated). */
+static void fail_upstream(struct wg_downstream *d, unsigned status)
+{
+    d->end_reason = "upstream_error";
+    if (d->r->final_sent)                  /* interim responses may precede a 502 */
+        d->dead = true;
+    else
+        wg_exchange_reply(d, status, NULL, false);
+}
+
+/* ---- the access log (log.h) ------------------------------------------- */
+
+/* Keep what the access log needs of a head that is about to be dropped. */
+static bool note_request(struct wg_downstream *d, const struct wg_http_parser *p, const char *msg)
+{
+    const struct wg_http_message *m = &p->msg;
+    struct hp_buf *b = hp_buf_new(d->loc, m->method_text.len + m->target.len + 320);
+    if (!b)
+        return false;
+    memcpy(b->data, msg + m->method_text.off, m->method_text.len);
+    memcpy(b->data + m->method_text.len, msg + m->target.off, m->target.len);
+    d->r->note_method = (struct wg_http_span){ 0, m->method_text.len };
+    d->r->note_target = (struct wg_http_span){ m->method_text.len, m->target.len };
+    d->r->note_id = (struct wg_http_span){ 0, 0 };
+    b->end = m->method_text.len + m->target.len;
+    d->r->note = b;
+    d->r->log_pending = true;
+    return true;
+}
+
+static void note_request_id(struct wg_downstream *d, const char *id, size_t len)
+{
+    struct hp_buf *b = d->r->note;
+    if (!b)
+        return;
+    len = len < 256 ? len : 256;
+    memcpy(b->data + b->end, id, len);
+    d->r->note_id = (struct wg_http_span){ b->end, (uint32_t)len };
+    b->end += (uint32_t)len;
+}
+
+/* Once per request, when it is over, before its references go. */
+static void log_request(struct wg_downstream *d, const char *reason)
+{
+    if (!d->r || !d->r->log_pending)
+        return;
+    d->r->log_pending = false;
+    const char *base = d->r->note ? d->r->note->data : "";
+    char client[INET6_ADDRSTRLEN + 8];
+    struct wg_access_entry e = {
+        .client = wg_access_log_enabled() ? client_text(d, client, sizeof client) : NULL,
+        .listener = d->r->lc ? d->r->lc->name : d->l->name,
+        .service = d->r->svc ? d->r->svc->name : NULL,
+        .upstream = d->r->inst ? d->r->inst->id : NULL,
+        .method = NULL,
+        .path = base + d->r->note_target.off,
+        .path_len = d->r->note_target.len,
+        .request_id = d->r->note_id.len ? base + d->r->note_id.off : NULL,
+        .request_id_len = d->r->note_id.len,
+        .status = d->r->final_sent ? d->r->status : 0,
+        .reason = reason,
+        .bytes_in = d->r->req_bytes_in,
+        .bytes_out = d->r->req_bytes_out,
+        .duration_us = (wg_now_ns() - d->r->req_start_ns) / 1000,
+        .connect_us = d->r->connect_us,
+        .retries = d->r->attempts > 1 ? d->r->attempts - 1 : 0,
+        .stream_id = d->stream_id,
+    };
+    char method[32];
+    size_t mlen = d->r->note_method.len < sizeof method - 1 ? d->r->note_method.len : sizeof method - 1;
+    memcpy(method, base + d->r->note_method.off, mlen);
+    method[mlen] = '\0';
+    e.method = method;
+    wg_access_log(d->w->access_log, &e);
+    if (d->r->svc)
+        wg_service_observe_duration(d->r->svc->state, e.duration_us);
+}
+
+/* ---- the request head ------------------------------------------------- */
+
+const struct wg_exchange_settings wg_exchange_defaults = {
+    .header_ms = 10000, .body_ms = 60000, .idle_ms = 60000, .send_ms = 60000,
+    .tunnel_ms = 3600000, .max_head = 32768,
+};
+
+/* The request's state, with the defaults until a config is pinned. */
+static bool request_state(struct wg_downstream *d)
+{
+    if (d->r)
+        return true;
+    if (!(d->r = req_new(d->loc))) {
+        d->dead = true;
+        return false;
+    }
+    d->r->t = wg_exchange_defaults;
+    return true;
+}
+
+/* Pin the config current now for the request about to start. */
+bool wg_exchange_pin(struct wg_downstream *d)
+{
+    if (!request_state(d))
+        return false;
+    struct wg_snapshot *s = wg_pool_current(d->w->pool);
+    const struct wg_listener_config *lc = s ? wg_listener_config_in(s->config->cfg, d->l) : NULL;
+    if (!lc)
+        return false;
+    wg_config_ref_get(s->config);
+    d->r->cfg = s->config;
+    d->r->lc = lc;
+    d->r->t.header_ms = lc->http.client_header_timeout_ms;
+    d->r->t.body_ms = lc->http.client_body_timeout_ms;
+    d->r->t.idle_ms = lc->http.client_idle_timeout_ms;
+    d->r->t.send_ms = lc->http.send_timeout_ms;
+    d->r->t.tunnel_ms = lc->http.tunnel_idle_timeout_ms;
+    d->r->t.allow_underscores = lc->http.allow_underscores;
+    d->r->t.max_head = lc->http.max_header_size;
+    d->r->t.max_body = lc->http.max_body_size;
+    return true;
+}
+
+/* A request starts with its first byte: its state (the first one's came
+ * with the connection), pin, start the header deadline. */
+bool wg_exchange_begin(struct wg_downstream *d, uint64_t now)
+{
+    if (!request_state(d))
+        return false;
+    if (!d->r->cfg)
+        wg_exchange_pin(d);
+    d->rq = WG_RQ_HEAD;
+    d->r->header_deadline = now + d->r->t.header_ms;
+    d->r->method = WG_HTTP_OTHER;
+    d->r->http10 = false;
+    d->r->req_keep_alive = true;
+    d->r->req_upgrade = d->r->req_body_done = d->r->replayable = d->r->close_after = false;
+    d->r->fresh_only = d->r->up_reused = d->r->resp_started = d->r->final_sent = d->r->dechunk = false;
+    d->r->attempts = d->r->interim = 0;
+    d->r->status = 0;
+    d->end_reason = NULL;
+    d->r->req_start_ns = wg_now_ns();
+    d->r->req_bytes_in = d->in ? d->in->end - d->in->scan : 0;
+    d->r->req_bytes_out = 0;
+    d->r->connect_us = -1;
+    d->rs = WG_RS_NONE;
+    return true;
+}
+
+static bool is_name(const char *base, const struct wg_http_header *h, const char *name, size_t n)
+{
+    return h->name.len == n && wg_http_name_eq(base + h->name.off, n, name, n);
+}
+
+#define IS(h, lit) is_name(msg, (h), lit, sizeof lit - 1)
+
+
+void wg_hop_tokens(const struct wg_http_parser *p, const char *msg, struct wg_hop_tokens *t)
+{
+    t->n = 0;
+    t->more = false;
+    t->p = p;
+    for (unsigned i = 0; i < p->msg.nheaders && !t->more; i++) {
+        if (p->headers[i].id != WG_HTTP_HDR_CONNECTION)
+            continue;
+        uint32_t cur = 0;
+        struct wg_http_span item;
+        while (wg_http_list_next(msg, p->headers[i].value, &cur, &item)) {
+            if (t->n == WG_HOP_TOKENS) {
+                t->more = true;
+                break;
+            }
+            t->v[t->n++] = item;
+        }
+    }
+}
+
+static bool listed(const struct wg_hop_tokens *t, const char *msg, const struct wg_http_header *h)
+{
+    for (unsigned k = 0; k < t->n; k++)
+        if (wg_http_name_eq(msg + t->v[k].off, t->v[k].len, msg + h->name.off, h->name.len))
+            return true;
+    for (unsigned i = 0; t->more && i < t->p->msg.nheaders; i++) {
+        if (t->p->headers[i].id != WG_HTTP_HDR_CONNECTION)
+            continue;
+        uint32_t cur = 0;
+        struct wg_http_span item;
+        while (wg_http_list_next(msg, t->p->headers[i].value, &cur, &item))
+            if (wg_http_name_eq(msg + item.off, item.len, msg + h->name.off, h->name.len))
+                return true;
+    }
+    return false;
+}
+
+/* Hop-by-hop (DESIGN §10): never forwarded, except the Upgrade field of an
+ * upgrade. Framing fields stay even when Connection names them. */
+bool wg_hop_by_hop(const struct wg_hop_tokens *t, const char *msg,
+                       const struct wg_http_header *h, bool upgrade)
+{
+    switch (h->id) {
+    case WG_HTTP_HDR_CONNECTION: case WG_HTTP_HDR_KEEP_ALIVE:
+    case WG_HTTP_HDR_PROXY_CONNECTION: case WG_HTTP_HDR_TE: case WG_HTTP_HDR_TRAILER:
+        return true;
+    case WG_HTTP_HDR_UPGRADE:
+        return !upgrade;
+    case WG_HTTP_HDR_OTHER:
+        return t->n && listed(t, msg, h);
+    default:
+        return false;
+    }
+}
+
+static void put_request_line(struct wg_downstream *d, struct hp_out *o, const char *msg,
+                             const struct wg_http_message *m)
+{
+    hp_put_span(o, msg, m->method_text);
+    hp_put(o, " ", 1);
+    if (m->target_form == WG_HTTP_TARGET_ASTERISK) {
+        hp_put(o, "*", 1);
+    } else {
+        bool slash;
+        size_t off = wg_route_strip(d->r->route, msg + m->path.off, m->path.len, &slash);
+        if (slash)
+            hp_put(o, "/", 1);
+        hp_put(o, msg + m->path.off + off, m->path.len - off);
+        if (m->has_query) {
+            hp_put(o, "?", 1);
+            hp_put_span(o, msg, m->query);
+        }
+    }
+    hp_puts(o, " HTTP/1.1\r\n");
+}
+
+static void put_request_id(struct wg_downstream *d, struct hp_out *o)
+{
+    static const char hex[] = "0123456789abcdef";
+    char id[32];
+    uint64_t a = wg_rng_next(&d->w->rng), b = wg_rng_next(&d->w->rng);
+    for (int k = 0; k < 16; k++) {
+        id[k] = hex[(a >> (4 * k)) & 15];
+        id[16 + k] = hex[(b >> (4 * k)) & 15];
+    }
+    hp_puts(o, "X-Request-Id: ");
+    hp_put(o, id, sizeof id);
+    note_request_id(d, id, sizeof id);
+    hp_puts(o, "\r\n");
+}
+
+/* Fields waygate sets itself (DESIGN §10): inbound copies are dropped. */
+static bool ours(const char *msg, const struct wg_http_header *h)
+{
+    if (h->id != WG_HTTP_HDR_OTHER || h->name.len < 14)
+        return false;
+    return IS(h, "x-forwarded-for") || IS(h, "x-forwarded-proto") || IS(h, "x-forwarded-host") ||
+           (h->name.len > 14 && wg_http_name_eq(msg + h->name.off, 14, "x-client-cert-", 14));
+}
+
+/* A field name with '_' (DESIGN §10): dropped unless http.allow_underscores,
+ * and never forwarded when it is an '_' spelling of a field waygate sets or
+ * strips itself (CGI-style stacks read X_Forwarded_For as X-Forwarded-For). */
+static bool underscored(const char *msg, const struct wg_http_header *h, bool allow)
+{
+    const char *n = msg + h->name.off;
+    if (!memchr(n, '_', h->name.len))
+        return false;
+    if (!allow)
+        return true;
+    char d[24];                         /* the '-' spelling of its first bytes */
+    size_t len = h->name.len < sizeof d ? h->name.len : sizeof d;
+    for (size_t k = 0; k < len; k++)
+        d[k] = n[k] == '_' ? '-' : n[k];
+    static const struct { const char *s; size_t n; bool prefix; } own[] = {
+        { "x-forwarded-", 12, true }, { "x-client-cert-", 14, true }, { "x-real-ip", 9, false },
+        { "forwarded", 9, false }, { "x-request-id", 12, false },
+    };
+    for (size_t k = 0; k < sizeof own / sizeof own[0]; k++)
+        if ((own[k].prefix ? h->name.len > own[k].n : h->name.len == own[k].n) &&
+            wg_http_name_eq(d, own[k].n, own[k].s, own[k].n))
+            return true;
+    return false;
+}
+
+void wg_put_field(struct hp_out *o, const char *msg, const struct wg_http_header *h)
+{
+    hp_put_span(o, msg, h->name);
+    hp_put(o, ": ", 2);
+    hp_put_span(o, msg, h->value);
+    hp_put(o, "\r\n", 2);
+}
+
+/* X-Forwarded-For: the values received, in order, then the client. */
+static void put_xff(struct wg_downstream *d, struct hp_out *o, const struct wg_http_parser *p,
+                    const char *msg, unsigned n_xff)
+{
+    hp_puts(o, "X-Forwarded-For: ");
+    for (unsigned i = 0; n_xff && i < p->msg.nheaders; i++) {
+        const struct wg_http_header *h = &p->headers[i];
+        if (h->id == WG_HTTP_HDR_OTHER && IS(h, "x-forwarded-for") && h->value.len) {
+            hp_put_span(o, msg, h->value);
+            hp_put(o, ", ", 2);
+        }
+    }
+    hp_puts(o, d->client_ip);
+    hp_put(o, "\r\n", 2);
+}
+
+/* The head sent upstream, built in one pass over the parsed fields. */
+static bool build_upstream_head(struct wg_downstream *d, const struct wg_http_parser *p,
+                                const char *msg, size_t head_len)
+{
+    const struct wg_http_message *m = &p->msg;
+    bool absolute = m->target_form == WG_HTTP_TARGET_ABSOLUTE, has_id = false;
+    unsigned n_xff = 0;
+    struct wg_hop_tokens tok;
+    struct hp_out o = hp_out_open(d->loc, &d->r->uout, head_len + HP_HEAD_EXTRA);
+
+    wg_hop_tokens(p, msg, &tok);
+    put_request_line(d, &o, msg, m);
+    if (!m->has_host || absolute) {     /* the authority becomes Host */
+        hp_puts(&o, "Host: ");
+        if (m->has_host)
+            hp_put_span(&o, msg, m->host);
+        else
+            hp_puts(&o, d->l->addr.text);
+        hp_put(&o, "\r\n", 2);
+    }
+    for (unsigned i = 0; i < m->nheaders; i++) {
+        const struct wg_http_header *h = &p->headers[i];
+        if (wg_hop_by_hop(&tok, msg, h, m->upgrade) || (absolute && h->id == WG_HTTP_HDR_HOST) ||
+            (m->underscore && h->id == WG_HTTP_HDR_OTHER &&
+             underscored(msg, h, d->r->t.allow_underscores)))
+            continue;
+        if (ours(msg, h)) {
+            n_xff += IS(h, "x-forwarded-for");
+            continue;
+        }
+        if (h->id == WG_HTTP_HDR_OTHER && IS(h, "x-request-id") && !has_id) {
+            has_id = true;
+            note_request_id(d, msg + h->value.off, h->value.len);
+        }
+        wg_put_field(&o, msg, h);
+    }
+    put_xff(d, &o, p, msg, n_xff);
+    hp_puts(&o, d->tls ? "X-Forwarded-Proto: https\r\n" : "X-Forwarded-Proto: http\r\n");
+    if (d->cert_subject) {              /* inbound X-Client-Cert-* were dropped above */
+        hp_puts(&o, "X-Client-Cert-Subject: ");
+        hp_puts(&o, d->cert_subject);
+        hp_put(&o, "\r\n", 2);
+    }
+    if (m->has_host) {
+        hp_puts(&o, "X-Forwarded-Host: ");
+        hp_put_span(&o, msg, m->host);
+        hp_put(&o, "\r\n", 2);
+    }
+    if (!has_id)
+        put_request_id(d, &o);
+    hp_puts(&o, m->upgrade ? "Connection: upgrade\r\n\r\n" : "\r\n");
+    hp_out_close(d->r->uout, &o);
+    return !o.full;
+}
+
+/* The hash policy's key (hash_key: client_ip, header:NAME or cookie:NAME). */
+static bool cookie_value(const struct wg_http_parser *p, const char *msg, const char *name,
+                         struct wg_http_span *out)
+{
+    size_t n = strlen(name);
+    for (int k = wg_http_find_header(p, msg, "cookie", 6, 0); k >= 0;
+         k = wg_http_find_header(p, msg, "cookie", 6, (unsigned)k + 1)) {
+        struct wg_http_span v = p->headers[k].value;
+        uint32_t i = 0;
+        while (i < v.len) {
+            while (i < v.len && (msg[v.off + i] == ' ' || msg[v.off + i] == ';'))
+                i++;
+            uint32_t s = i;
+            while (i < v.len && msg[v.off + i] != ';')
+                i++;
+            if (i - s > n && msg[v.off + s + n] == '=' && memcmp(msg + v.off + s, name, n) == 0) {
+                *out = (struct wg_http_span){ v.off + s + (uint32_t)n + 1, i - s - (uint32_t)n - 1 };
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+static void pick_key(struct wg_downstream *d, const struct wg_http_parser *p, const char *msg)
+{
+    const struct wg_service_config *sc = d->r->svc->cfg;
+    struct wg_http_span v = { 0, 0 };
+    bool found = false;
+
+    if (sc->balance != WG_BALANCE_HASH)
+        return;
+    if (sc->hash_key == WG_HASH_CLIENT_IP) {
+        d->r->pick.has_hash = true;
+        d->r->pick.hash = wg_balance_hash_bytes(d->client_ip, strlen(d->client_ip));
+        return;
+    }
+    if (sc->hash_key == WG_HASH_HEADER) {
+        int k = wg_http_find_header(p, msg, sc->hash_name, strlen(sc->hash_name), 0);
+        if ((found = k >= 0))
+            v = p->headers[k].value;
+    } else {
+        found = cookie_value(p, msg, sc->hash_name, &v);
+    }
+    if (found) {
+        d->r->pick.has_hash = true;
+        d->r->pick.hash = wg_balance_hash_bytes(msg + v.off, v.len);
+    }
+}
+
+/* Route the request; 0, or the status to answer. */
+static unsigned request_route(struct wg_downstream *d, const struct wg_http_parser *p, const char *msg)
+{
+    const struct wg_http_message *m = &p->msg;
+    if (!d->r->lc)
+        return 503;
+    int r = wg_route_match(d->r->lc->routes, d->r->lc->n_routes, p, msg);
+    if (r < 0)
+        return 404;
+    d->r->route = &d->r->lc->routes[r];
+    if (d->r->t.max_body && m->has_content_length && m->content_length > d->r->t.max_body)
+        return 413;
+    struct wg_snapshot *s = wg_pool_current(d->w->pool);
+    const struct wg_pool_service *svc = s ? wg_snapshot_service(s, d->r->route->service) : NULL;
+    if (!svc)
+        return 503;
+    wg_pool_service_ref((struct wg_pool_service *)svc);
+    d->r->svc = (struct wg_pool_service *)svc;
+    d->r->t.connect_ms = svc->cfg->connect_timeout_ms;
+    d->r->t.response_ms = d->r->route->response_timeout_ms >= 0 ? (uint64_t)d->r->route->response_timeout_ms
+                                                          : svc->cfg->response_timeout_ms;
+    d->r->t.retries = d->r->route->retries >= 0 ? (unsigned)d->r->route->retries : svc->cfg->retries;
+    d->r->t.retry_non_idempotent = d->r->route->retry_non_idempotent >= 0
+                                   ? d->r->route->retry_non_idempotent > 0
+                                   : svc->cfg->retry_non_idempotent;
+    wg_pick_init(&d->r->pick, svc, &d->w->rng, NULL);
+    pick_key(d, p, msg);
+    return 0;
+}
+
+/* 308 to the https URL of the request (tls.redirect_http: https). */
+static void reply_redirect(struct wg_downstream *d, const struct wg_http_parser *p, const char *msg,
+                           bool keep)
+{
+    const struct wg_http_message *m = &p->msg;
+    char host[WG_ROUTE_HOST_MAX + 1];
+    size_t hlen = m->has_host ? wg_route_host_normalize(msg + m->host.off, m->host.len, host) : 0;
+    if (hlen == 0 || m->target_form == WG_HTTP_TARGET_ASTERISK) {
+        wg_exchange_reply(d, 400, NULL, false);
+        return;
+    }
+    struct hp_buf *loc = hp_buf_new(d->loc, (uint32_t)(16 + hlen + m->target.len));
+    if (!loc) {
+        d->dead = true;
+        return;
+    }
+    struct hp_out o = { loc->data, 0, loc->cap, false };
+    hp_puts(&o, "https://");
+    hp_put(&o, host, hlen);
+    if (m->path.len == 0)
+        hp_put(&o, "/", 1);
+    hp_put_span(&o, msg, m->path);
+    if (m->has_query) {
+        hp_put(&o, "?", 1);
+        hp_put_span(&o, msg, m->query);
+    }
+    keep = keep && d->r->req_keep_alive;
+    bool ok = d->ops->redirect(d, loc->data, o.n, keep);
+    hp_buf_free(d->loc, &loc);
+    if (!ok) {
+        d->dead = true;
+        return;
+    }
+    count_status(d, 308);
+    d->r->status = 308;
+    d->r->final_sent = d->r->req_body_done = true;
+    d->r->close_after = !keep;
+    d->rs = WG_RS_DONE;
+    d->rq = WG_RQ_SENT;
+}
+
+/* Policy hook point (DESIGN §16): the request head is parsed and routed,
+ * nothing was picked or sent yet. The policies of the listener, the
+ * service and the route run here, in that order (a refusal answers 401,
+ * 403 or 429 and ends the exchange). No policy exists yet: DESIGN §16's
+ * issue fills this in; it must stay free of I/O (workers never block). */
+static unsigned policy_request_head(struct wg_downstream *d, const struct wg_http_parser *p,
+                                    const char *msg)
+{
+    return 0;
+}
+
+/* The head is complete: check, route, rewrite, then start the upstream. */
+void wg_exchange_head(struct wg_downstream *d, const struct wg_http_parser *p, size_t head_len)
+{
+    struct hp_buf *b = d->in;
+    const struct wg_http_message *m = &p->msg;
+    const char *msg = b->data + b->start;
+    bool body = m->framing == WG_HTTP_BODY_CHUNKED ||
+                (m->framing == WG_HTTP_BODY_LENGTH && m->content_length > 0);
+    enum wg_http_framing framing = m->framing;
+    uint64_t length = m->content_length;
+    unsigned status;
+
+    d->r->method = m->method;
+    d->r->http10 = m->version == 10;
+    d->r->req_keep_alive = m->keep_alive;
+    d->r->req_upgrade = m->upgrade;
+    d->r->dechunk = d->payload_only;
+    if (!note_request(d, p, msg)) {
+        d->dead = true;
+        return;
+    }
+    if (d->r->lc && d->r->lc->tls.redirect_http && strcmp(d->r->lc->tls.redirect_http, "https") == 0) {
+        reply_redirect(d, p, msg, !body);
+        status = 0;
+    } else if ((status = request_route(d, p, msg)) == 0 &&
+               (status = policy_request_head(d, p, msg)) == 0 &&
+               !build_upstream_head(d, p, msg, head_len)) {
+        status = 431;
+    }
+    b->start += (uint32_t)head_len;
+    b->sent = b->fwd = b->scan = b->start;
+    d->client_progress = wg_now_ms();
+    if (status)
+        wg_exchange_reply(d, status, status == 503 ? "no healthy upstream\n" : NULL, !body);
+    if (d->rq != WG_RQ_HEAD)
+        return;
+    wg_http_body_init(&d->r->rq_body, framing, length, 0);
+    d->r->req_body_done = !body;
+    d->r->replayable = true;
+    d->rq = WG_RQ_BODY;
+    upstream_start(d);
+}
+
+/* The parser refused the head (its status), or it timed out (408): keep
+ * what was parsed for the log, answer, and close after. */
+void wg_exchange_bad_head(struct wg_downstream *d, const struct wg_http_parser *p, unsigned status)
+{
+    if (p) {
+        d->r->method = p->msg.method;
+        d->r->http10 = p->msg.version == 10;
+        if (d->in)
+            note_request(d, p, d->in->data + d->in->start);
+    }
+    wg_exchange_reply(d, status, NULL, false);
+}
+
+/* ---- the upstream codec: HTTP/1.1 -----------------------------------------
+ * Everything below up to "the end of a request" speaks HTTP/1.1 to the
+ * instance over a struct wg_upconn from the keep-alive pool. An HTTP/2
+ * upstream codec (DESIGN §15, the gRPC issue) takes this place behind the
+ * same four entry points: upstream_start (pick, connect or reuse),
+ * request_body_step (send), response_head_step / response_body_step
+ * (receive into d->r->uin, de-chunked when d->r->dechunk), and
+ * request_end's pooling. */
+
+/* Read from the upstream into d->r->uin; bytes read (0: none now, see u_eof). */
+static ssize_t upstream_read(struct wg_downstream *d)
+{
+    struct wg_upconn *u = d->r->up;
+    ssize_t n = hp_side_read(d->loc, &d->r->uin, u->fd, u->ssl, &u->readable, &u->read_wants_write,
+                          u->hup, &d->r->u_eof);
+    if (n < 0) {
+        d->dead = true;
+        return 0;
+    }
+    if (n > 0)
+        d->r->upstream_progress = wg_now_ms();
+    return n;
+}
+
+/* ---- picking and connecting (DESIGN §6) ------------------------------- */
+
+/* Send the request again from its first byte (a retry). */
+static void rewind_request(struct wg_downstream *d)
+{
+    if (d->r->uout)
+        d->r->uout->sent = 0;
+    if (d->in)
+        d->in->sent = d->in->start;
+    if (d->rq == WG_RQ_SENT)
+        d->rq = WG_RQ_BODY;                /* it goes out again from its first byte */
+    d->rs = WG_RS_NONE;
+}
+
+/* DESIGN §6: may the request go out again? Its bytes must still be kept,
+ * and once some of them reached an upstream (which may have acted on
+ * them), only an idempotent method goes again, unless the route or service
+ * sets retry_non_idempotent. */
+static bool may_replay(const struct wg_downstream *d)
+{
+    return d->r->replayable && (!d->r->sent_any || wg_http_method_idempotent(d->r->method) ||
+                                d->r->t.retry_non_idempotent);
+}
+
+/* This attempt failed: the next untried instance, or `status`. */
+static void retry_or_fail(struct wg_downstream *d, unsigned status)
+{
+    release_upstream(d);
+    release_instance(d);
+    if (d->r->attempts > d->r->t.retries || !may_replay(d)) {
+        wg_info("msg=\"upstream attempts failed\" listener=%s service=%s client=%s attempts=%u "
+                "status=%u", d->r->lc ? d->r->lc->name : d->l->name, d->r->svc->name, d->client_ip,
+                d->r->attempts, status);
+        fail_upstream(d, status);
+        return;
+    }
+    rewind_request(d);
+    upstream_start(d);                  /* counts a retry if it finds an instance */
+}
+
+static void connect_failed(struct wg_downstream *d, int err)
+{
+    report_failure(d, WG_FAIL_CONNECT);
+    wg_debug("msg=\"upstream connect failed\" service=%s upstream=%s address=%s error=\"%s\"",
+             d->r->svc->name, d->r->inst->id, d->r->inst->addr_text, err ? strerror(err) : "timeout");
+    retry_or_fail(d, 502);
+}
+
+/* The connection is usable: the request may flow, a response may come. */
+static void upstream_ready(struct wg_downstream *d)
+{
+    d->rs = WG_RS_HEAD;                    /* its parser comes with the first bytes */
+    d->r->upstream_progress = wg_now_ms();
+    d->r->connect_us = d->r->up_reused ? 0 : (int64_t)((wg_now_ns() - d->r->connect_start_ns) / 1000);
+    if (d->r->req_body_done && d->rq == WG_RQ_BODY)
+        d->r->response_deadline = d->r->upstream_progress + d->r->t.response_ms;
+}
+
+/* A connection to d->r->inst for this attempt: pooled, unless a stale pooled
+ * one just failed, else new. */
+static void upstream_attach(struct wg_downstream *d)
+{
+    struct wg_upconn *u = d->r->fresh_only ? NULL
+                        : wg_upstream_pool_get(d->loc->pool, d->r->inst, d, upstream_event);
+    d->r->up_reused = u != NULL;
+    d->r->fresh_only = false;
+    d->r->sent_any = false;
+    d->r->up_blocked_since = 0;
+    if (u) {
+        wg_stats_add(d->w->stats, WG_C_HTTP_UPSTREAM_REUSED, 1);
+    } else {
+        int rc = wg_upconn_open(d->loc->pool, d->r->inst, d, upstream_event, &u);
+        if (rc < 0) {
+            connect_failed(d, -rc);
+            return;
+        }
+        u->writable = !u->connecting;
+    }
+    d->r->up = u;
+    d->r->connect_start_ns = wg_now_ns();
+    d->r->connect_deadline = wg_now_ms() + d->r->t.connect_ms;
+    if (u->connecting)
+        return;
+    if (d->r->up_reused)
+        upstream_ready(d);
+    else
+        upstream_connect_done(d);       /* connected at once: TLS may follow */
+}
+
+static void upstream_start(struct wg_downstream *d)
+{
+    if (d->r->fresh_only && d->r->inst) {     /* free retry: same instance, new connection */
+        upstream_attach(d);
+        return;
+    }
+    wg_balance_cache_bind(&d->w->balance, &d->r->pick);
+    const struct wg_member *m = wg_pick_next(&d->r->pick);
+    if (!m) {
+        wg_stats_add(d->w->stats, WG_C_NO_UPSTREAM, 1);
+        if (d->r->attempts)
+            fail_upstream(d, 502);
+        else if (!d->r->final_sent)
+            wg_exchange_reply(d, 503, "no healthy upstream\n", false);
+        else
+            d->dead = true;
+        return;
+    }
+    if (d->r->attempts)
+        wg_stats_add(d->w->stats, WG_C_RETRIES, 1);
+    struct wg_instance *i = m->inst;
+    wg_instance_ref(i);
+    atomic_fetch_add_explicit(&i->active, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&i->requests_total, 1, memory_order_relaxed);
+    d->r->inst = i;
+    d->r->inst_gen = wg_health_conn_generation(i);
+    d->r->attempts++;
+    upstream_attach(d);
+}
+
+/* The service's TLS handshake, still counted as connecting (connect_timeout
+ * bounds both); a failure is a failed attempt, retried elsewhere. */
+static void upstream_tls_step(struct wg_downstream *d)
+{
+    struct wg_upconn *u = d->r->up;
+    enum wg_tls_io r = wg_tls_handshake(u->ssl);
+    if (r == WG_TLS_OK) {
+        u->tls_pending = u->connecting = false;
+        upstream_ready(d);
+    } else if (r == WG_TLS_WANT_READ) {
+        u->readable = false;
+    } else if (r == WG_TLS_WANT_WRITE) {
+        u->writable = false;
+    } else {
+        wg_tls_upstream_failed(d->w->stats, d->r->svc->name, d->r->inst->id);
+        connect_failed(d, EPROTO);
+    }
+}
+
+/* EV_WRITE on a connecting socket: connected, or this attempt failed; then
+ * TLS when the service wants it. */
+static void upstream_connect_done(struct wg_downstream *d)
+{
+    struct wg_upconn *u = d->r->up;
+    if (u->tls_pending) {
+        upstream_tls_step(d);
+        return;
+    }
+    int err = wg_upconn_connect_result(u);
+    if (err) {
+        connect_failed(d, err);
+        return;
+    }
+    SSL_CTX *ctx = wg_tls_set_service(d->r->svc->config->ext, d->r->svc->config->cfg, d->r->svc->cfg);
+    if (!ctx) {
+        upstream_ready(d);
+        return;
+    }
+    const struct wg_service_config *sc = d->r->svc->cfg;
+    u->ssl = wg_tls_upstream_ssl(ctx, u->fd, sc->tls.sni, sc->tls.verify,
+                                 (const struct sockaddr *)&d->r->inst->addr);
+    if (!u->ssl) {
+        connect_failed(d, ENOMEM);
+        return;
+    }
+    u->tls_pending = u->connecting = true;
+    upstream_tls_step(d);
+}
+
+/* The upstream broke (EOF, reset, write error) before its response began:
+ * a stale pooled connection is retried for free, anything else counts as
+ * an attempt (DESIGN §6). */
+static void upstream_lost(struct wg_downstream *d)
+{
+    bool stale = d->r->up_reused && (!d->r->uin || d->r->uin->end == 0);
+    if (stale)
+        wg_stats_add(d->w->stats, WG_C_HTTP_UPSTREAM_STALE, 1);
+    if (stale && may_replay(d)) {
+        release_upstream(d);
+        rewind_request(d);
+        d->r->fresh_only = true;
+        upstream_start(d);
+        return;
+    }
+    if (!stale)                         /* a pooled connection that died is not the instance's fault */
+        report_failure(d, WG_FAIL_HTTP_5XX);
+    retry_or_fail(d, 502);
+}
+
+/* ---- forwarding the request ------------------------------------------ */
+
+/* The first response byte arrived: the request can no longer be replayed,
+ * so what was kept for that is let go. */
+static void response_begins(struct wg_downstream *d)
+{
+    d->r->resp_started = true;
+    d->r->replayable = false;
+    if (d->in)
+        d->in->start = d->in->sent;
+    if (d->r->uout && d->r->uout->sent == d->r->uout->end)
+        hp_buf_free(d->loc, &d->r->uout);
+}
+
+static void request_body_error(struct wg_downstream *d, unsigned status)
+{
+    if (d->r->final_sent)
+        d->dead = true;
+    else
+        wg_exchange_reply(d, status, NULL, false);
+}
+
+/* Make room in d->in for more body: kept replay bytes go first. */
+static void in_make_room(struct wg_downstream *d)
+{
+    struct hp_buf *b = d->in;
+    if (!b || b->end < b->cap)
+        return;
+    if (b->start < b->sent) {
+        d->r->replayable = false;
+        b->start = b->sent;
+    }
+    hp_buf_compact(b);
+}
+
+/* Request body (or tunnel bytes) client -> upstream, with backpressure:
+ * the client is read only into the room the upstream has made. */
+static void request_body_step(struct wg_downstream *d, bool *progress)
+{
+    struct wg_upconn *u = d->r->up;
+    struct hp_buf *b = d->in;
+    if (!u || u->connecting || d->r->u_shut)
+        return;
+    if (b && b->scan < b->end && !d->r->req_body_done) {
+        enum wg_http_result r = hp_body_decode(&d->r->rq_body, b, false);
+        if (r == WG_HTTP_ERROR) {
+            request_body_error(d, (unsigned)d->r->rq_body.err_status);
+            return;
+        }
+        d->r->req_body_done = r == WG_HTTP_DONE;
+        if (d->r->t.max_body && d->r->rq_body.payload > d->r->t.max_body) {
+            request_body_error(d, 413);
+            return;
+        }
+    }
+    ssize_t n = u->ssl ? hp_tls_flush(u->ssl, &u->writable, &u->write_wants_read, d->r->uout, b)
+                       : hp_flush_to(u->fd, &u->writable, d->r->uout, b);
+    if (n < 0) {
+        if (d->r->resp_started) {          /* it answered early and stopped reading */
+            d->r->req_body_done = d->r->close_after = true;
+            d->r->u_shut = true;
+            return;
+        }
+        upstream_lost(d);
+        return;
+    }
+    *progress |= n > 0;
+    d->r->sent_any |= n > 0;
+    if (b && !d->r->replayable)
+        b->start = b->sent;
+    bool flushed = (!d->r->uout || d->r->uout->sent == d->r->uout->end) && (!b || b->sent == b->fwd);
+    if (flushed)                        /* the send deadline (WG_DL_UPSTREAM_SEND) */
+        d->r->up_blocked_since = 0;
+    else if (n > 0 || !d->r->up_blocked_since)
+        d->r->up_blocked_since = wg_now_ms();
+    if (!flushed && d->check_reset && d->rq == WG_RQ_BODY && d->ops->gone(d)) {
+        d->end_reason = "client_closed";
+        d->dead = true;
+        return;
+    }
+    d->check_reset = false;
+    if (d->r->req_body_done && flushed) {
+        if (d->rq == WG_RQ_BODY) {
+            d->rq = WG_RQ_SENT;
+            d->r->response_deadline = wg_now_ms() + d->r->t.response_ms;
+            *progress = true;
+        }
+        return;
+    }
+    if (d->rq == WG_RQ_TUNNEL && d->eof && flushed) {
+        if (u->ssl)
+            wg_tls_close(u->ssl);
+        shutdown(u->fd, SHUT_WR);       /* forward the client's half-close */
+        d->r->u_shut = true;
+        *progress = true;
+        return;
+    }
+    if (d->r->req_body_done || d->eof)
+        return;
+    in_make_room(d);
+    if (d->ops->read(d) > 0)
+        *progress = true;
+    else if (d->eof && d->rq == WG_RQ_BODY)
+        d->dead = true;                   /* the client gave up mid-body */
+    else if (d->eof)
+        *progress = true;
+}
+
+/* ---- the response ----------------------------------------------------- */
+
+/* Policy hook point (DESIGN §16): a final response head from the upstream,
+ * before the client sees it (headers policy: response set/remove; cors).
+ * No policy exists yet: DESIGN §16's issue fills this in. */
+static void policy_response_head(struct wg_downstream *d, const struct wg_http_parser *p,
+                                 const char *msg)
+{
+}
+
+/* A final response head: decide both connections' fate, forward it. */
+static void response_final(struct wg_downstream *d, const struct wg_http_parser *p, const char *msg,
+                           size_t used)
+{
+    const struct wg_http_message *m = &p->msg;
+    bool upgrade = m->status == 101;
+    bool draining = atomic_load_explicit(&d->w->draining, memory_order_relaxed);
+
+    d->r->status = m->status;
+    if (m->status >= 500)
+        report_failure(d, WG_FAIL_HTTP_5XX);
+    else
+        report_success(d);
+    bool dechunk10 = d->r->http10 && m->framing == WG_HTTP_BODY_CHUNKED;
+    d->r->dechunk = dechunk10 || d->payload_only;
+    d->r->upstream_keep = m->keep_alive && !upgrade && !d->r->req_upgrade &&
+                       m->framing != WG_HTTP_BODY_UNTIL_CLOSE;
+    d->r->close_after = !upgrade && (!d->r->req_keep_alive || d->rq != WG_RQ_SENT || dechunk10 ||
+                                  m->framing == WG_HTTP_BODY_UNTIL_CLOSE || draining);
+    policy_response_head(d, p, msg);
+    if (!d->ops->response_head(d, p, msg, used, true)) {
+        fail_upstream(d, 502);
+        return;
+    }
+    wg_http_body_init(&d->r->rs_body, m->framing, m->content_length, 0);
+    d->r->final_sent = true;
+    count_status(d, m->status);
+    d->rs = WG_RS_BODY;
+    if (!upgrade && (m->framing == WG_HTTP_BODY_NONE ||
+                     (m->framing == WG_HTTP_BODY_LENGTH && m->content_length == 0)))
+        d->rs = WG_RS_DONE;                /* HEAD, 204, 304, empty: nothing to wait for */
+    if (upgrade) {
+        d->rq = WG_RQ_TUNNEL;
+        d->r->req_body_done = false;
+        wg_http_body_init(&d->r->rq_body, WG_HTTP_BODY_TUNNEL, 0, 0);
+    }
+}
+
+static void response_head_step(struct wg_downstream *d, bool *progress)
+{
+    struct hp_buf *b = d->r->uin;
+    if (d->ops->head_pending(d))
+        return;                         /* an interim head still goes to the client: the
+                                           upstream is not read faster than it drains */
+    if (!b || b->scan == b->end) {
+        if (upstream_read(d) > 0) {
+            *progress = true;
+            if (!d->r->resp_started)
+                response_begins(d);
+        } else if (d->r->u_eof && (!d->r->uin || d->r->uin->end == d->r->uin->start)) {
+            upstream_lost(d);
+            *progress = true;
+            return;
+        } else if (d->r->u_eof) {
+            report_failure(d, WG_FAIL_HTTP_5XX);   /* a truncated head */
+            fail_upstream(d, 502);
+            return;
+        }
+        if (d->dead || !(b = d->r->uin) || b->scan == b->end)
+            return;
+    }
+    if (!d->r->rhead) {                 /* held only while a head is parsed */
+        if (!(d->r->rhead = hp_head_new(d->loc))) {
+            d->dead = true;
+            return;
+        }
+        wg_http_parser_init_response(&d->r->rhead->p, d->r->rhead->h, HP_MAX_HEADERS, 0,
+                                     d->r->method, d->r->req_upgrade);
+    }
+    size_t used;
+    enum wg_http_result r = wg_http_parse_head(&d->r->rhead->p, b->data + b->start,
+                                               b->end - b->start, &used);
+    b->scan = b->end;
+    *progress = true;
+    if (r == WG_HTTP_AGAIN) {
+        if (b->end == b->cap && b->start == 0)  /* a head over 16 KiB */
+            fail_upstream(d, 502);
+        return;
+    }
+    if (r == WG_HTTP_ERROR) {
+        wg_info("msg=\"malformed upstream response\" service=%s upstream=%s reason=\"%s\"",
+                d->r->svc->name, d->r->inst->id, d->r->rhead->p.err_reason);
+        report_failure(d, WG_FAIL_HTTP_5XX);
+        fail_upstream(d, 502);
+        return;
+    }
+    const char *msg = b->data + b->start;
+    if (d->r->rhead->p.msg.interim && ++d->r->interim > HP_MAX_INTERIM) {
+        wg_info("msg=\"too many interim responses\" service=%s upstream=%s", d->r->svc->name,
+                d->r->inst->id);
+        report_failure(d, WG_FAIL_HTTP_5XX);
+        fail_upstream(d, 502);
+        return;
+    }
+    if (d->r->rhead->p.msg.interim) {      /* 100, 103: forwarded, the final one follows */
+        if (!d->r->http10 && !d->ops->response_head(d, &d->r->rhead->p, msg, used, false)) {
+            d->dead = true;
+            return;
+        }
+        wg_http_parser_reset(&d->r->rhead->p);
+    } else {
+        response_final(d, &d->r->rhead->p, msg, used);
+        hp_head_free(d->loc, &d->r->rhead);
+    }
+    b->start += (uint32_t)used;
+    b->sent = b->fwd = b->scan = b->start;
+}
+
+/* Response body (or tunnel bytes) upstream -> client, with backpressure:
+ * the upstream is read only into the room the client has made. */
+static void response_body_step(struct wg_downstream *d, bool *progress)
+{
+    struct hp_buf *b = d->r->uin;
+    if (b && b->scan < b->end) {
+        enum wg_http_result r = hp_body_decode(&d->r->rs_body, b, d->r->dechunk);
+        if (r == WG_HTTP_ERROR) {
+            wg_info("msg=\"malformed upstream body\" service=%s upstream=%s reason=\"%s\"",
+                    d->r->svc->name, d->r->inst->id, d->r->rs_body.err_reason);
+            d->dead = true;
+            return;
+        }
+        if (r == WG_HTTP_DONE) {
+            d->rs = WG_RS_DONE;
+            d->r->upstream_keep &= b->scan == b->end;  /* nothing may follow a response */
+            *progress = true;
+            return;
+        }
+    }
+    if (d->r->up && upstream_read(d) > 0) {
+        *progress = true;
+        return;
+    }
+    if (!d->r->u_eof)
+        return;
+    if (wg_http_body_eof(&d->r->rs_body) != WG_HTTP_DONE) {
+        wg_info("msg=\"upstream closed mid-body\" service=%s upstream=%s", d->r->svc->name,
+                d->r->inst->id);
+        d->dead = true;
+        return;
+    }
+    d->r->upstream_keep = false;
+    d->rs = WG_RS_DONE;
+    *progress = true;
+}
+
+/* Everything for the client (heads, then body bytes) in one writev. */
+/* The response reached the client whole: pool the upstream connection if
+ * it may carry another request, let go of the request; tell the downstream
+ * what becomes of the client connection. */
+enum wg_finish wg_exchange_finish(struct wg_downstream *d, uint64_t *idle_ms)
+{
+    log_request(d, d->end_reason);
+    bool reuse = d->r->up && d->r->upstream_keep && d->rq == WG_RQ_SENT && !d->r->u_eof &&
+                 !d->r->up->hup && (!d->r->uin || d->r->uin->scan == d->r->uin->end);
+    if (reuse) {
+        wg_upstream_pool_put(d->r->up, d->r->svc->cfg->upstream.max_idle,
+                             d->r->svc->cfg->upstream.idle_timeout_ms);
+        d->r->up = NULL;
+    }
+    bool close_after = d->r->close_after;
+    /* The client asked to close and sent nothing past its request: it has
+     * nothing more to say, so close now (no lingering read for its FIN). */
+    bool asked = !d->r->req_keep_alive && d->rq == WG_RQ_SENT &&
+                 (!d->in || d->in->scan == d->in->end);
+    *idle_ms = d->r->t.idle_ms;
+    release_request(d);
+    d->rs = WG_RS_NONE;
+    if (close_after && asked)
+        return WG_FINISH_CLOSE;
+    return close_after ? WG_FINISH_LINGER : WG_FINISH_KEEP;
+}
+
+void wg_exchange_release(struct wg_downstream *d, const char *reason)
+{
+    log_request(d, reason);
+    release_request(d);
+}
+
+const char *wg_exchange_cut(struct wg_downstream *d, uint64_t now_ms)
+{
+    if (!d->r || !d->r->inst || !d->r->svc)
+        return NULL;
+    enum wg_health_cut cut = wg_health_conn_cut(d->r->svc->cfg, d->r->inst, d->r->inst_gen, now_ms);
+    return cut == WG_CUT_NONE ? NULL : wg_health_cut_name(cut);
+}
+
+static void response_step(struct wg_downstream *d, bool *progress)
+{
+    if (!d->r)                          /* idle, or lingering: nothing to send */
+        return;
+    if (d->rs == WG_RS_HEAD && d->r->up && !d->r->up->connecting)
+        response_head_step(d, progress);
+    if (d->rs == WG_RS_BODY && !d->dead)   /* the body bytes read with the head go out with it */
+        response_body_step(d, progress);
+    if (d->dead)
+        return;
+    d->ops->flush(d, progress);
+    if (d->dead || d->rs != WG_RS_DONE || !d->ops->flushed(d))
+        return;
+    if (d->rq == WG_RQ_TUNNEL) {
+        d->ops->shutdown(d);            /* forward the upstream's half-close */
+        if (d->r->u_shut)
+            d->dead = true;
+        return;
+    }
+    if (d->rq == WG_RQ_SENT || (d->rq == WG_RQ_BODY && d->r->close_after)) {
+        d->ops->end(d);
+        *progress = true;
+    }
+}
+
+void wg_exchange_step(struct wg_downstream *d, bool *progress)
+{
+    if (d->r && d->r->up && d->r->up->connecting &&
+        (d->r->up->writable || (d->r->up->tls_pending && d->r->up->readable)))
+        upstream_connect_done(d);
+    if (!d->dead && (d->rq == WG_RQ_BODY || d->rq == WG_RQ_TUNNEL))
+        request_body_step(d, progress);
+    if (!d->dead)
+        response_step(d, progress);
+}
+
+/* ---- deadlines (DESIGN §6) -------------------------------------------- */
+
+uint64_t wg_exchange_deadline(const struct wg_downstream *d, enum wg_deadline *kind)
+{
+    uint64_t t = UINT64_MAX;
+    const struct hp_buf *b = d->in;
+    *kind = WG_DL_NONE;
+    if (!d->r)                          /* idle or lingering: no request, no upstream */
+        return t;
+#define CANDIDATE(v, k) do { if ((v) < t) { t = (v); *kind = (k); } } while (0)
+    if (d->rq == WG_RQ_BODY) {          /* waiting for the client, not for the upstream */
+        if (d->r->up && !d->r->up->connecting && !d->r->req_body_done && (!b || b->sent == b->fwd))
+            CANDIDATE(d->client_progress + d->r->t.body_ms, WG_DL_BODY);
+    } else if (d->rq == WG_RQ_TUNNEL) {
+        CANDIDATE((d->client_progress > d->r->upstream_progress ? d->client_progress
+                                                                : d->r->upstream_progress) +
+                  d->r->t.tunnel_ms, WG_DL_TUNNEL);
+    }
+    if (d->r->up && d->r->up->connecting)
+        CANDIDATE(d->r->connect_deadline, WG_DL_CONNECT);
+    if (d->rs == WG_RS_HEAD && d->rq == WG_RQ_SENT && d->r->up && !d->r->up->connecting)
+        CANDIDATE(d->r->response_deadline, WG_DL_RESPONSE);
+    if (d->rs == WG_RS_BODY && d->rq != WG_RQ_TUNNEL && !d->blocked_since && d->r->up)
+        CANDIDATE(d->r->upstream_progress + d->r->t.response_ms, WG_DL_UPSTREAM_IDLE);
+    if (d->blocked_since)
+        CANDIDATE(d->blocked_since + d->r->t.send_ms, WG_DL_SEND);
+    if (d->r->up_blocked_since && d->rq == WG_RQ_BODY && d->r->up)
+        CANDIDATE(d->r->up_blocked_since + d->r->t.send_ms, WG_DL_UPSTREAM_SEND);
+#undef CANDIDATE
+    return t;
+}
+
+void wg_exchange_timeout(struct wg_downstream *d, enum wg_deadline kind)
+{
+    wg_stats_add(d->w->stats, WG_C_HTTP_TIMEOUTS, 1);
+    d->end_reason = "timeout";
+    switch (kind) {
+    case WG_DL_BODY:
+        request_body_error(d, 408);
+        break;
+    case WG_DL_CONNECT:
+        connect_failed(d, 0);
+        break;
+    case WG_DL_RESPONSE:
+        report_failure(d, WG_FAIL_TIMEOUT);
+        fail_upstream(d, 504);
+        break;
+    case WG_DL_UPSTREAM_SEND:           /* the upstream stopped reading the request */
+        wg_info("msg=\"upstream stopped reading the request\" service=%s upstream=%s",
+                d->r->svc->name, d->r->inst->id);
+        report_failure(d, WG_FAIL_TIMEOUT);
+        fail_upstream(d, 504);
+        break;
+    default:                            /* upstream idle, send, tunnel */
+        d->dead = true;
+        break;
+    }
+}

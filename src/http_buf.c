@@ -1,0 +1,286 @@
+/* http_buf — see include/waygate/http_buf.h */
+#include "waygate/http_buf.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "waygate/log.h"
+#include "waygate/tls.h"
+#include "waygate/upstream_pool.h"
+#include "waygate/worker.h"
+
+bool hp_transient(void) { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
+
+static void spares_free(struct hp_spares *s)
+{
+    while (s->first) {
+        void **o = s->first;
+        s->first = *o;
+        free(o);
+    }
+    s->n = 0;
+}
+
+static pthread_key_t hp_key;
+static pthread_once_t hp_once = PTHREAD_ONCE_INIT;
+static _Thread_local struct hp_local *hp_tls;
+
+static void local_free(void *arg)
+{
+    struct hp_local *loc = arg;
+    wg_upstream_pool_free(loc->pool);
+    spares_free(&loc->bufs[0]);
+    spares_free(&loc->bufs[1]);
+    spares_free(&loc->heads);
+    spares_free(&loc->reqs);
+    free(loc);
+}
+
+static void key_init(void)
+{
+    if (pthread_key_create(&hp_key, local_free) != 0)
+        wg_error("msg=\"http: cannot create the worker key\"");
+}
+
+struct hp_local *hp_local_get(struct wg_worker *w)
+{
+    if (hp_tls)
+        return hp_tls;
+    pthread_once(&hp_once, key_init);
+    struct hp_local *loc = calloc(1, sizeof *loc);
+    if (loc) {
+        loc->bufs[0].max = HP_SPARE_SMALL;
+        loc->bufs[1].max = HP_SPARE_BLOCKS;
+        loc->heads.max = HP_SPARE_HEADS;
+        loc->reqs.max = HP_SPARE_REQS;
+    }
+    if (!loc || !(loc->pool = wg_upstream_pool_new(w->base)) ||
+        pthread_setspecific(hp_key, loc) != 0) {
+        if (loc)
+            wg_upstream_pool_free(loc->pool);
+        free(loc);
+        return NULL;
+    }
+    hp_tls = loc;
+    return loc;
+}
+
+void hp_put_u64(struct hp_out *o, uint64_t v)
+{
+    char tmp[24];
+    size_t n = sizeof tmp;
+    do {
+        tmp[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    hp_put(o, tmp + n, sizeof tmp - n);
+}
+
+/* Room for `need` more bytes after the pending bytes of *bp (a head buffer
+ * that may still hold unsent heads); NULL when out of memory. */
+struct hp_out hp_out_open(struct hp_local *loc, struct hp_buf **bp, size_t need)
+{
+    struct hp_buf *b = *bp;
+    if (b && b->sent == b->end)
+        b->sent = b->end = 0;
+    if (b && b->end + need > b->cap) {
+        struct hp_buf *nb = hp_buf_new(loc, (uint32_t)(b->end - b->sent + need));
+        if (nb) {
+            nb->end = b->end - b->sent;
+            memcpy(nb->data, b->data + b->sent, nb->end);
+        }
+        hp_buf_free(loc, bp);
+        *bp = b = nb;
+    } else if (!b) {
+        *bp = b = hp_buf_new(loc, (uint32_t)need);
+    }
+    if (!b)
+        return (struct hp_out){ NULL, 0, 0, true };
+    return (struct hp_out){ b->data + b->end, 0, b->cap - b->end, false };
+}
+
+const char *hp_reason(unsigned status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Error";
+    }
+}
+/* ---- TLS on the client side (TLS listeners) ----------------------------
+ * The same contract as read(2)/writev(2) for the callers: >0 bytes, 0 EOF,
+ * -1 with errno EAGAIN when the socket must become ready. A read that needs
+ * the socket writable (or a write that needs it readable) is remembered so
+ * that client_event turns the other edge into a retry. */
+ssize_t hp_tls_read(SSL *ssl, bool *read_wants_write, char *buf, size_t len)
+{
+    size_t n = 0;
+    switch (wg_tls_read(ssl, buf, len, &n)) {
+    case WG_TLS_OK:
+        return (ssize_t)n;
+    case WG_TLS_EOF:
+        return 0;
+    case WG_TLS_WANT_WRITE:
+        *read_wants_write = true;
+        /* fall through */
+    case WG_TLS_WANT_READ:
+        errno = EAGAIN;
+        return -1;
+    default:
+        errno = ECONNRESET;
+        return -1;
+    }
+}
+
+/* Write the head then the body bytes, as flush_to() does with writev. A
+ * pending head goes out in ONE TLS record with the first body bytes (copied
+ * together, up to 16 KiB): a small response costs one record and one write,
+ * not two. The length of a write retried after WANT_* never shrinks (pending
+ * bytes only grow), as OpenSSL requires. */
+#define HP_TLS_RECORD 16384
+static _Thread_local char tls_coalesce[HP_TLS_RECORD];
+
+static enum wg_tls_io tls_write_head(SSL *ssl, struct hp_buf *head, struct hp_buf *body,
+                                     ssize_t *total)
+{
+    size_t hlen = head->end - head->sent, blen = body ? body->fwd - body->sent : 0;
+    size_t take = hlen + blen < HP_TLS_RECORD ? hlen + blen : HP_TLS_RECORD;
+    size_t from_head = hlen < take ? hlen : take;
+    memcpy(tls_coalesce, head->data + head->sent, from_head);
+    if (take > from_head)
+        memcpy(tls_coalesce + from_head, body->data + body->sent, take - from_head);
+    size_t n = 0;
+    enum wg_tls_io r = wg_tls_write(ssl, tls_coalesce, take, &n);
+    if (r == WG_TLS_OK) {
+        size_t h = n < hlen ? n : hlen;
+        head->sent += (uint32_t)h;
+        if (n > h)
+            body->sent += (uint32_t)(n - h);
+        *total += (ssize_t)n;
+    }
+    return r;
+}
+
+ssize_t hp_tls_flush(SSL *ssl, bool *writable, bool *write_wants_read, struct hp_buf *head,
+                         struct hp_buf *body)
+{
+    ssize_t total = 0;
+    while (*writable && ((head && head->sent < head->end) || (body && body->sent < body->fwd))) {
+        enum wg_tls_io r;
+        if (head && head->sent < head->end) {
+            r = tls_write_head(ssl, head, body, &total);
+        } else {
+            size_t n = 0;
+            r = wg_tls_write(ssl, body->data + body->sent, body->fwd - body->sent, &n);
+            if (r == WG_TLS_OK) {
+                body->sent += (uint32_t)n;
+                total += (ssize_t)n;
+            }
+        }
+        if (r == WG_TLS_OK)
+            continue;
+        if (r != WG_TLS_WANT_WRITE && r != WG_TLS_WANT_READ)
+            return -1;
+        *write_wants_read = r == WG_TLS_WANT_READ;
+        *writable = false;
+    }
+    return total;
+}
+
+/* One read from one side into *bp (a block taken when missing): >0 bytes,
+ * 0 nothing now (*readable cleared once drained, *eof set at EOF or on an
+ * error), -1 out of memory. */
+ssize_t hp_side_read(struct hp_local *loc, struct hp_buf **bp, int fd, SSL *ssl,
+                         bool *readable, bool *read_wants_write, bool hup, bool *eof)
+{
+    if (!*readable || *eof)
+        return 0;
+    if (!*bp && !(*bp = hp_buf_new(loc, HP_BLOCK)))
+        return -1;
+    struct hp_buf *b = *bp;
+    if (hp_buf_read_later(b))
+        return 0;
+    hp_buf_make_room(b);
+    size_t space = b->cap - b->end;
+    if (space == 0)
+        return 0;
+    ssize_t n = ssl ? hp_tls_read(ssl, read_wants_write, b->data + b->end, space)
+                    : read(fd, b->data + b->end, space);
+    if (n > 0) {
+        b->end += (uint32_t)n;
+        if ((size_t)n < space && !hup && !ssl)
+            *readable = false;          /* drained: the next edge says when (TLS: its
+                                           own buffer may hold more, read until WANT_READ) */
+        return n;
+    }
+    *readable = false;
+    if (n == 0 || !hp_transient())
+        *eof = true;
+    return 0;
+}
+
+/* Write the pending head bytes of `head`, then the ready body bytes of
+ * `body`, in one writev. Returns bytes written (0 when the socket is full,
+ * which clears *writable), or -1 on a broken connection. */
+ssize_t hp_flush_to(int fd, bool *writable, struct hp_buf *head, struct hp_buf *body)
+{
+    struct iovec iov[2];
+    int n = 0;
+    size_t hlen = head ? head->end - head->sent : 0, blen = body ? body->fwd - body->sent : 0;
+    if (hlen)
+        iov[n++] = (struct iovec){ head->data + head->sent, hlen };
+    if (blen)
+        iov[n++] = (struct iovec){ body->data + body->sent, blen };
+    if (n == 0 || !*writable)
+        return 0;
+    ssize_t w = writev(fd, iov, n);
+    if (w < 0) {
+        if (!hp_transient())
+            return -1;
+        *writable = false;
+        return 0;
+    }
+    size_t k = (size_t)w, h = k < hlen ? k : hlen;
+    if (hlen)
+        head->sent += (uint32_t)h;
+    if (k > h)
+        body->sent += (uint32_t)(k - h);
+    if (k < hlen + blen)
+        *writable = false;              /* full: the next edge says when */
+    return w;
+}
+
+/* Decode the undecoded bytes of `b`: raw mode leaves them in place as
+ * ready; de-chunk mode moves only payload runs down to `fwd`. */
+enum wg_http_result hp_body_decode(struct wg_http_body *d, struct hp_buf *b, bool dechunk)
+{
+    enum wg_http_result r = WG_HTTP_AGAIN;
+    while (b->scan < b->end && r == WG_HTTP_AGAIN) {
+        struct wg_http_body_step st;
+        r = wg_http_body_parse(d, b->data + b->scan, b->end - b->scan, &st);
+        if (r == WG_HTTP_ERROR)
+            break;
+        if (dechunk && st.data_len)
+            memmove(b->data + b->fwd, b->data + b->scan + st.data_off, st.data_len);
+        b->fwd += (uint32_t)(dechunk ? st.data_len : st.consumed);
+        b->scan += (uint32_t)st.consumed;
+        if (st.consumed == 0)
+            break;
+    }
+    return r;
+}
