@@ -325,7 +325,7 @@ void wg_hop_tokens(const struct wg_http_parser *p, const char *msg, struct wg_ho
     }
 }
 
-static bool listed(const struct wg_hop_tokens *t, const char *msg, const struct wg_http_header *h)
+bool wg_hop_listed(const struct wg_hop_tokens *t, const char *msg, const struct wg_http_header *h)
 {
     for (unsigned k = 0; k < t->n; k++)
         if (wg_http_name_eq(msg + t->v[k].off, t->v[k].len, msg + h->name.off, h->name.len))
@@ -342,23 +342,6 @@ static bool listed(const struct wg_hop_tokens *t, const char *msg, const struct 
     return false;
 }
 
-/* Hop-by-hop (DESIGN §10): never forwarded, except the Upgrade field of an
- * upgrade. Framing fields stay even when Connection names them. */
-bool wg_hop_by_hop(const struct wg_hop_tokens *t, const char *msg,
-                       const struct wg_http_header *h, bool upgrade)
-{
-    switch (h->id) {
-    case WG_HTTP_HDR_CONNECTION: case WG_HTTP_HDR_KEEP_ALIVE:
-    case WG_HTTP_HDR_PROXY_CONNECTION: case WG_HTTP_HDR_TE: case WG_HTTP_HDR_TRAILER:
-        return true;
-    case WG_HTTP_HDR_UPGRADE:
-        return !upgrade;
-    case WG_HTTP_HDR_OTHER:
-        return t->n && listed(t, msg, h);
-    default:
-        return false;
-    }
-}
 
 static void put_request_line(struct wg_downstream *d, struct hp_out *o, const char *msg,
                              const struct wg_http_message *m)
@@ -430,13 +413,6 @@ static bool underscored(const char *msg, const struct wg_http_header *h, bool al
     return false;
 }
 
-void wg_put_field(struct hp_out *o, const char *msg, const struct wg_http_header *h)
-{
-    hp_put_span(o, msg, h->name);
-    hp_put(o, ": ", 2);
-    hp_put_span(o, msg, h->value);
-    hp_put(o, "\r\n", 2);
-}
 
 /* X-Forwarded-For: the values received, in order, then the client. */
 static void put_xff(struct wg_downstream *d, struct hp_out *o, const struct wg_http_parser *p,

@@ -215,12 +215,36 @@ struct wg_hop_tokens {
     const struct wg_http_parser *p;
 };
 void wg_hop_tokens(const struct wg_http_parser *p, const char *msg, struct wg_hop_tokens *t);
+/* Is field h one of the names t holds (case-insensitive)? */
+bool wg_hop_listed(const struct wg_hop_tokens *t, const char *msg, const struct wg_http_header *h);
+
 /* Hop-by-hop (DESIGN §10): never forwarded, except the Upgrade field of an
- * upgrade. Framing fields stay even when Connection names them. */
-bool wg_hop_by_hop(const struct wg_hop_tokens *t, const char *msg, const struct wg_http_header *h,
-                   bool upgrade);
+ * upgrade. Framing fields stay even when Connection names them. (Inline:
+ * it runs for every field of every head, both ways.) */
+static inline bool wg_hop_by_hop(const struct wg_hop_tokens *t, const char *msg,
+                                 const struct wg_http_header *h, bool upgrade)
+{
+    switch (h->id) {
+    case WG_HTTP_HDR_CONNECTION: case WG_HTTP_HDR_KEEP_ALIVE:
+    case WG_HTTP_HDR_PROXY_CONNECTION: case WG_HTTP_HDR_TE: case WG_HTTP_HDR_TRAILER:
+        return true;
+    case WG_HTTP_HDR_UPGRADE:
+        return !upgrade;
+    case WG_HTTP_HDR_OTHER:
+        return t->n && wg_hop_listed(t, msg, h);
+    default:
+        return false;
+    }
+}
+
 /* "Name: value\r\n" */
-void wg_put_field(struct hp_out *o, const char *msg, const struct wg_http_header *h);
+static inline void wg_put_field(struct hp_out *o, const char *msg, const struct wg_http_header *h)
+{
+    hp_put_span(o, msg, h->name);
+    hp_put(o, ": ", 2);
+    hp_put_span(o, msg, h->value);
+    hp_put(o, "\r\n", 2);
+}
 
 /* ---- called by the downstream codecs ---- */
 
