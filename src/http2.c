@@ -1120,11 +1120,12 @@ static void client_event(evutil_socket_t fd, short what, void *arg)
 
 /* ---- accept -------------------------------------------------------------- */
 
+/* The session copies them: made for each new session, freed right after. */
 static nghttp2_session_callbacks *callbacks(void)
 {
-    static _Thread_local nghttp2_session_callbacks *cbs;
-    if (cbs || nghttp2_session_callbacks_new(&cbs) != 0)
-        return cbs;
+    nghttp2_session_callbacks *cbs;
+    if (nghttp2_session_callbacks_new(&cbs) != 0)
+        return NULL;
     nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, on_begin_frame);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
@@ -1139,14 +1140,19 @@ static int session_new(struct h2_conn *c)
 {
     nghttp2_option *opt;
     nghttp2_session_callbacks *cbs = callbacks();
-    if (!cbs || nghttp2_option_new(&opt) != 0)
+    if (!cbs)
         return -1;
+    if (nghttp2_option_new(&opt) != 0) {
+        nghttp2_session_callbacks_del(cbs);
+        return -1;
+    }
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
     nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS * 4);    /* ours first */
     nghttp2_option_set_stream_reset_rate_limit(opt, (uint64_t)c->max_resets * 4, c->max_resets * 4);
     int rc = nghttp2_session_server_new2(&c->s, cbs, c, opt);
     nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cbs);
     return rc == 0 ? 0 : -1;
 }
 
