@@ -728,6 +728,11 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *user)
 static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *user)
 {
     struct h2_stream *st = nghttp2_session_get_stream_user_data(s, id);
+    if (st && !st->finished && st->data_eof && st->ds.r && st->ds.rs == WG_RS_DONE) {
+        uint64_t idle_ms;               /* the last DATA went out: a complete exchange */
+        wg_exchange_finish(&st->ds, &idle_ms);  /* (pools its upstream connection) */
+        st->finished = true;
+    }
     if (st) {
         if (!st->finished && !st->ds.end_reason)
             st->ds.end_reason = code == NGHTTP2_NO_ERROR ? "client_closed" : "client_reset";

@@ -346,12 +346,13 @@ def start_target(env, target, kind, backend_port, tls_direct_port=None, clients=
     measured for CPU/RSS, process to stop or None)."""
     subst = {"BACKEND": backend_port, "MAXCONN": clients + 500,
              "WORKER_CONNECTIONS": max(19000, clients + 9000), "NOFILE": max(20000, clients + 10000)}
-    scheme = "https" if kind == "tls" else "http"
-    if kind == "tls":
+    tls = kind in ("tls", "h2tls")
+    scheme = "https" if tls else "http"
+    if tls:
         crt, key, pem = env.cert()
         subst.update(CRT=crt, KEY=key, PEM=pem)
     if target == "direct":
-        port = tls_direct_port if kind == "tls" else backend_port
+        port = tls_direct_port if tls else backend_port
         be = [p for p in env.procs if p.wg_name == "backend"][0]
         return "%s://127.0.0.1:%d" % (scheme, port), be, None
     port = free_port()

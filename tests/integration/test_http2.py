@@ -122,8 +122,12 @@ def test_h2_request_mapping_and_access_log():
             r = c.get("/", headers=[("x-big", "v" * 40000)])   # list over max_header_size
             assert r["status"] == 431, r
             assert c.get("/")["status"] == 200           # the connection lives on
+            for _ in range(3):
+                assert c.get("/")["status"] == 200
         finally:
             c.close()
+        # streams that ended whole give their upstream connection back to the pool
+        assert metric(metrics(wg), "waygate_http_upstream_reused_total") >= 3
         wait_until(lambda: os.path.exists(log) and "proto=h2 stream=" in open(log).read(),
                    slack(5), "an h2 access line")
         text = open(log).read()
