@@ -370,6 +370,22 @@ static const struct { const char *yaml, *error; } bad[] = {
       "    tls: { certificates: [{ cert: c, key: k }], redirect_http: https }\n"
       "    routes: [{ service: s }]\n",
       "t.yaml:5:64: redirect_http: only for a listener without certificates" },
+    /* HTTP/2 (DESIGN §15) */
+    { "listeners:\n  - name: h\n    listen: 127.0.0.1:8080\n    mode: http\n"
+      "    http: { protocols: [h2, h3] }\n    routes: [{ service: s }]\n",
+      "t.yaml:5:29: protocols: invalid value 'h3' (expected h2|http1)" },
+    { "listeners:\n  - name: h\n    listen: 127.0.0.1:8080\n    mode: http\n"
+      "    http: { protocols: [http1, http1] }\n    routes: [{ service: s }]\n",
+      "t.yaml:5:32: protocols: 'http1' listed twice" },
+    { "listeners:\n  - name: h\n    listen: 127.0.0.1:8080\n    mode: http\n"
+      "    http: { protocols: [] }\n    routes: [{ service: s }]\n",
+      "t.yaml:5:24: protocols: expected a list of h2, http1" },
+    { "listeners:\n  - name: h\n    listen: 127.0.0.1:8080\n    mode: http\n"
+      "    http: { max_concurrent_streams: 0 }\n    routes: [{ service: s }]\n",
+      "t.yaml:5:37: max_concurrent_streams: out of range (1..100000), got '0'" },
+    { "listeners:\n  - name: h\n    listen: 127.0.0.1:8080\n    mode: http\n"
+      "    http: { h2_max_reset_per_second: 5 }\n    routes: [{ service: s }]\n",
+      "t.yaml:5:13: unknown key 'h2_max_reset_per_second' in listener http (did you mean 'h2_max_resets_per_second'?)" },
     /* routes */
     { "listeners:\n  - name: h\n    listen: 127.0.0.1:8080\n    mode: http\n"
       "    routes: [{ path_prefix: / }]\n",
