@@ -555,13 +555,7 @@ static void on_timeout(struct hp_conn *c, enum wg_deadline kind)
 static void timer_update(struct hp_conn *c)
 {
     enum wg_deadline kind;
-    uint64_t d = next_deadline(c, &kind), now = wg_now_ms();
-    if (d == UINT64_MAX || (c->armed_ms && c->armed_ms <= d))
-        return;                         /* none, or the armed one fires first */
-    uint64_t left = d > now ? d - now : 0;
-    struct timeval tv = { (time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000 };
-    if (evtimer_add(&c->timer, &tv) == 0)
-        c->armed_ms = d;
+    hp_timer_arm(&c->timer, &c->armed_ms, next_deadline(c, &kind));
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -600,20 +594,7 @@ static void conn_pump(struct hp_conn *c)
 static void client_event(evutil_socket_t fd, short what, void *arg)
 {
     struct hp_conn *c = arg;
-    if (what & EV_READ) {
-        c->readable = true;
-        if (c->write_wants_read)        /* TLS: a write was waiting for this edge */
-            c->writable = true;
-        c->write_wants_read = false;
-    }
-    if (what & EV_WRITE) {
-        c->writable = true;
-        if (c->read_wants_write)
-            c->readable = true;
-        c->read_wants_write = false;
-    }
-    if (what & EV_CLOSED)
-        c->readable = c->hup = true;
+    hp_edges(what, &c->readable, &c->writable, &c->read_wants_write, &c->write_wants_read, &c->hup);
     if (c->ds.r && c->ds.r->up_blocked_since)  /* a reset says nothing else while we do not read */
         c->ds.check_reset = true;
     conn_pump(c);

@@ -1054,13 +1054,7 @@ static uint64_t conn_deadline(struct h2_conn *c)
 
 static void conn_timer_update(struct h2_conn *c)
 {
-    uint64_t d = conn_deadline(c), now = wg_now_ms();
-    if (d == UINT64_MAX || (c->armed_ms && c->armed_ms <= d))
-        return;
-    uint64_t left = d > now ? d - now : 0;
-    struct timeval tv = { (time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000 };
-    if (evtimer_add(&c->timer, &tv) == 0)
-        c->armed_ms = d;
+    hp_timer_arm(&c->timer, &c->armed_ms, conn_deadline(c));
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -1106,20 +1100,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 static void client_event(evutil_socket_t fd, short what, void *arg)
 {
     struct h2_conn *c = arg;
-    if (what & EV_READ) {
-        c->readable = true;
-        if (c->write_wants_read)
-            c->writable = true;
-        c->write_wants_read = false;
-    }
-    if (what & EV_WRITE) {
-        c->writable = true;
-        if (c->read_wants_write)
-            c->readable = true;
-        c->read_wants_write = false;
-    }
-    if (what & EV_CLOSED)
-        c->readable = c->hup = true;
+    hp_edges(what, &c->readable, &c->writable, &c->read_wants_write, &c->write_wants_read, &c->hup);
     conn_pump(c);
 }
 

@@ -2,6 +2,7 @@
 #include "waygate/http_buf.h"
 
 #include <errno.h>
+#include <event2/event.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <sys/uio.h>
@@ -283,4 +284,17 @@ enum wg_http_result hp_body_decode(struct wg_http_body *d, struct hp_buf *b, boo
             break;
     }
     return r;
+}
+
+_Static_assert(EV_READ == 0x02 && EV_WRITE == 0x04 && EV_CLOSED == 0x80, "hp_edges' event bits");
+
+void hp_timer_arm(struct event *timer, uint64_t *armed_ms, uint64_t deadline)
+{
+    uint64_t now = wg_now_ms();
+    if (deadline == UINT64_MAX || (*armed_ms && *armed_ms <= deadline))
+        return;
+    uint64_t left = deadline > now ? deadline - now : 0;
+    struct timeval tv = { (time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000 };
+    if (evtimer_add(timer, &tv) == 0)
+        *armed_ms = deadline;
 }

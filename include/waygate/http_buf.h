@@ -235,4 +235,31 @@ ssize_t hp_tls_flush(SSL *ssl, bool *writable, bool *write_wants_read, struct hp
 ssize_t hp_side_read(struct hp_local *loc, struct hp_buf **bp, int fd, SSL *ssl, bool *readable,
                      bool *read_wants_write, bool hup, bool *eof);
 
+/* An edge-triggered event on a side (client or upstream socket): what it
+ * makes ready. A TLS read waiting for writability (or a write waiting for
+ * readability) is retried on the other edge; EV_CLOSED means read to EOF. */
+static inline void hp_edges(short what, bool *readable, bool *writable, bool *read_wants_write,
+                            bool *write_wants_read, bool *hup)
+{
+    if (what & 0x02) {                  /* EV_READ */
+        *readable = true;
+        if (*write_wants_read)
+            *writable = true;
+        *write_wants_read = false;
+    }
+    if (what & 0x04) {                  /* EV_WRITE */
+        *writable = true;
+        if (*read_wants_write)
+            *readable = true;
+        *read_wants_write = false;
+    }
+    if (what & 0x80)                    /* EV_CLOSED */
+        *readable = *hup = true;
+}
+
+struct event;
+/* Arm `timer` for `deadline` (ms, CLOCK_MONOTONIC) unless none (UINT64_MAX)
+ * or the one armed (*armed_ms) fires first. */
+void hp_timer_arm(struct event *timer, uint64_t *armed_ms, uint64_t deadline);
+
 #endif

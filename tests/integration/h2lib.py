@@ -26,6 +26,17 @@ END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
 ENHANCE_YOUR_CALM, COMPRESSION_ERROR, PROTOCOL_ERROR = 0xb, 0x9, 0x1
 
 
+def recv_some(sock, timeout):
+    """Bytes that arrive within `timeout`: None when none did, b"" once closed."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(65536)
+    except (socket.timeout, ssl.SSLWantReadError):
+        return None
+    except OSError:                     # reset, TLS error
+        return b""
+
+
 def frame(ftype, flags, stream, payload=b""):
     return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + \
         struct.pack(">I", stream) + payload
@@ -91,14 +102,9 @@ class Client:
         """Read and handle what arrives within `timeout`; False once closed."""
         if self.closed:
             return False
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(65536)
-        except (socket.timeout, ssl.SSLWantReadError):
+        data = recv_some(self.sock, timeout)
+        if data is None:
             return True
-        except (ConnectionResetError, ssl.SSLError, OSError):
-            self.closed = True
-            return False
         if not data:
             self.closed = True
             return False
@@ -210,14 +216,9 @@ class Raw:
     def pump(self, timeout):
         if self.closed:
             return False
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(65536)
-        except socket.timeout:
+        data = recv_some(self.sock, timeout)
+        if data is None:
             return True
-        except OSError:
-            self.closed = True
-            return False
         if not data:
             self.closed = True
             return False
