@@ -90,6 +90,7 @@ static void release_request(struct wg_downstream *d)
     release_instance(d);
     hp_buf_free(d->loc, &r->uout);
     hp_buf_free(d->loc, &r->note);
+    hp_buf_free(d->loc, &r->trailers);
     if (r->svc)
         wg_pool_service_unref(r->svc);
     if (r->cfg)
@@ -1111,13 +1112,36 @@ static void response_head_step(struct wg_downstream *d, bool *progress)
     b->sent = b->fwd = b->scan = b->start;
 }
 
+/* A de-chunked response drops its trailer section with the framing; a
+ * client that takes payload only (HTTP/2) gets the trailer fields as
+ * their own HEADERS, so their bytes are kept as they pass (the decoder
+ * checked them, at most max_trailer). */
+static bool keep_trailers(struct wg_downstream *d, const char *p, size_t n)
+{
+    struct hp_buf *t = d->r->trailers;
+    if (!t && !(t = d->r->trailers = hp_buf_new(d->loc, WG_HTTP_DEFAULT_MAX_TRAILER)))
+        return false;
+    if (t->end + n > t->cap)
+        return false;
+    memcpy(t->data + t->end, p, n);
+    t->end += (uint32_t)n;
+    return true;
+}
+
 /* Response body (or tunnel bytes) upstream -> client, with backpressure:
  * the upstream is read only into the room the client has made. */
 static void response_body_step(struct wg_downstream *d, bool *progress)
 {
     struct hp_buf *b = d->r->uin;
     if (b && b->scan < b->end) {
+        uint32_t tl = d->r->rs_body.trailer_len;
         enum wg_http_result r = hp_body_decode(&d->r->rs_body, b, d->r->dechunk);
+        if (d->payload_only && d->r->rs_body.trailer_len > tl && r != WG_HTTP_ERROR &&
+            !keep_trailers(d, b->data + b->scan - (d->r->rs_body.trailer_len - tl),
+                           d->r->rs_body.trailer_len - tl)) {
+            d->dead = true;
+            return;
+        }
         if (r == WG_HTTP_ERROR) {
             wg_info("msg=\"malformed upstream body\" service=%s upstream=%s reason=\"%s\"",
                     d->r->svc->name, d->r->inst->id, d->r->rs_body.err_reason);

@@ -350,6 +350,49 @@ static bool h2_redirect(struct wg_downstream *d, const char *location, size_t le
     return answer(stream_ds(d), 308, NULL, location, len);
 }
 
+static bool lower_copy(char *dst, const char *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = (char)(src[i] >= 'A' && src[i] <= 'Z' ? src[i] + 32 : src[i]);
+    return true;
+}
+
+/* The upstream's trailer fields as a trailing HEADERS frame; true when
+ * submitted. Names lower-cased, hop-by-hop ones (RFC 9110 §6.5.1) dropped. */
+static bool submit_trailers(struct h2_stream *st, const struct hp_buf *t)
+{
+    nghttp2_nv nv[32];
+    char names[1024];
+    size_t n = 0, used = 0;
+    const char *p = t->data, *end = t->data + t->end;
+    while (p < end && n < sizeof nv / sizeof *nv) {
+        const char *eol = memchr(p, '\r', (size_t)(end - p)), *colon;
+        if (!eol || eol == p)
+            break;                      /* the final CRLF */
+        if (!(colon = memchr(p, ':', (size_t)(eol - p))))
+            break;
+        size_t nlen = (size_t)(colon - p);
+        const char *v = colon + 1;
+        while (v < eol && (*v == ' ' || *v == '\t'))
+            v++;
+        const char *ve = eol;
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+            ve--;
+        if (used + nlen > sizeof names)
+            break;
+        lower_copy(names + used, p, nlen);
+        bool hop = (nlen == 10 && memcmp(names + used, "connection", 10) == 0) ||
+                   (nlen == 2 && memcmp(names + used, "te", 2) == 0) ||
+                   (nlen == 17 && memcmp(names + used, "transfer-encoding", 17) == 0);
+        if (!hop)
+            nv[n++] = (nghttp2_nv){ (uint8_t *)names + used, (uint8_t *)v, nlen, (size_t)(ve - v),
+                                    NGHTTP2_NV_FLAG_NONE };
+        used += nlen;
+        p = eol + 2;
+    }
+    return n && nghttp2_submit_trailer(st->c->s, st->id, nv, n) == 0;
+}
+
 /* The provider of an upstream response's body: the exchange's block
  * d->r->uin [sent, fwd), de-chunked. */
 static ssize_t read_upstream(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
@@ -370,6 +413,8 @@ static ssize_t read_upstream(nghttp2_session *s, int32_t id, uint8_t *buf, size_
     if (!r || (st->ds.rs == WG_RS_DONE && (!b || b->sent == b->fwd))) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         st->data_eof = true;
+        if (r && r->trailers && submit_trailers(st, r->trailers))
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;     /* the trailers end the stream */
         return (ssize_t)n;
     }
     if (n == 0) {
@@ -379,12 +424,6 @@ static ssize_t read_upstream(nghttp2_session *s, int32_t id, uint8_t *buf, size_
     return (ssize_t)n;
 }
 
-static bool lower_copy(char *dst, const char *src, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        dst[i] = (char)(src[i] >= 'A' && src[i] <= 'Z' ? src[i] + 32 : src[i]);
-    return true;
-}
 
 /* An upstream response head as HEADERS: hop-by-hop and framing fields out,
  * names lower-cased (nghttp2 copies names and values). */

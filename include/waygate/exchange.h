@@ -125,6 +125,8 @@ struct wg_exchange {
     struct hp_buf *uin;                 /* from the upstream; [sent, fwd) for the client */
     struct hp_buf *uout;                /* the rewritten request head */
     struct hp_head *rhead;              /* while a response head is parsed */
+    struct hp_buf *trailers;            /* the response's trailer section (payload_only
+                                           clients): "name: value\r\n"..., final CRLF */
     struct wg_http_body rs_body;
     /* deadlines and progress (ms, CLOCK_MONOTONIC) */
     uint64_t header_deadline, connect_deadline, response_deadline, upstream_progress;

@@ -25,7 +25,8 @@
  *    most one block per stream, the upstream is not read while the client's
  *    window is closed.
  *  - Responses: hop-by-hop fields dropped, names lower-cased, a chunked
- *    body de-chunked into DATA frames.
+ *    body de-chunked into DATA frames, its trailer fields a trailing
+ *    HEADERS frame (nghttp2_submit_trailer) that ends the stream.
  *  - Limits (http: keys, safe defaults): max_concurrent_streams (100);
  *    the decoded header list of a request over max_header_size is a 431;
  *    more than 8 CONTINUATION frames or 2 x max_header_size of header

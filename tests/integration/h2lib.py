@@ -45,8 +45,10 @@ def frame(ftype, flags, stream, payload=b""):
 class Client:
     """One h2 connection (h2c, or TLS with ALPN h2 when ctx is given)."""
 
-    def __init__(self, port, ctx=None, server_hostname="localhost", settings=None):
+    def __init__(self, port, ctx=None, server_hostname="localhost", settings=None, prefix=b""):
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if prefix:                      # e.g. a PROXY protocol header
+            raw.sendall(prefix)
         self.sock = ctx.wrap_socket(raw, server_hostname=server_hostname) if ctx else raw
         cfg = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
                                         normalize_outbound_headers=False,

@@ -15,7 +15,7 @@ from h2lib import (ACK, COMPRESSION_ERROR, CONTINUATION, DATA, END_HEADERS, END_
                    ENHANCE_YOUR_CALM, HEADERS, PING, PREFACE, PRIORITY, RST_STREAM, SETTINGS,
                    WINDOW_UPDATE, Client, Raw, frame, h2c_listener)
 from tlslib import client_context, shared
-from wglib import (MIB, SANITIZED, Harness, curl, free_port, http_request, scaled, slack,
+from wglib import (MIB, SANITIZED, Harness, ThreadedServer, curl, http_request, scaled, slack,
                    wait_until)
 
 
@@ -317,3 +317,62 @@ def test_h2_sigterm_goaway_lets_streams_finish():
         finally:
             c.close()
         assert wg.proc.wait(slack(10)) == 0
+
+
+class ChunkedWithTrailers(ThreadedServer):
+    """Answers every request with a chunked body and trailer fields (what a
+    gRPC-style HTTP/1.1 upstream sends)."""
+
+    RAW = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+           b"5\r\nhello\r\n6\r\n world\r\n0\r\nGrpc-Status: 0\r\nX-Checksum: abc\r\n\r\n")
+
+    def serve(self, c):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(4096)
+                    if not d:
+                        return
+                    buf += d
+                _, _, buf = buf.partition(b"\r\n\r\n")
+                c.sendall(self.RAW)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+
+def test_h2_response_trailers_from_a_chunked_upstream():
+    up = ChunkedWithTrailers()
+    try:
+        with Harness() as h:
+            wg = h.waygate(listeners=[h2c_listener()], instances={"users": [up.instance("t")]})
+            c = Client(wg.port("h2"))
+            try:
+                for _ in range(2):                          # and again on the pooled connection
+                    r = c.get("/")
+                    assert r["status"] == 200 and bytes(r["body"]) == b"hello world", r
+                    tr = dict((k.decode() if isinstance(k, bytes) else k,
+                               v.decode() if isinstance(v, bytes) else v) for k, v in r["trailers"])
+                    assert tr == {"grpc-status": "0", "x-checksum": "abc"}, r
+                    assert "transfer-encoding" not in dict(r["headers"]), r
+            finally:
+                c.close()
+    finally:
+        up.close()
+
+
+def test_h2c_behind_proxy_protocol():
+    with Harness() as h:
+        b = h.backend("http", name="a")
+        listener = h2c_listener()
+        listener["proxy_protocol"] = True
+        wg = h2_waygate(h, b, listener)
+        c = Client(wg.port("h2"), prefix=b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 80\r\n")
+        try:
+            r = c.get("/request")
+            assert r["status"] == 200, r
+            assert "x-forwarded-for: 203.0.113.7" in bytes(r["body"]).decode().lower(), r
+        finally:
+            c.close()
