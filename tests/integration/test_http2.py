@@ -376,3 +376,20 @@ def test_h2c_behind_proxy_protocol():
             assert "x-forwarded-for: 203.0.113.7" in bytes(r["body"]).decode().lower(), r
         finally:
             c.close()
+
+
+def test_h2_reload_applies_to_the_next_stream_of_an_open_connection():
+    from test_lifecycle_http import reload, reloads
+    with Harness() as h:
+        a, b = h.backend("http", name="a"), h.backend("http", name="b")
+        wg = h.waygate(listeners=[h2c_listener()],
+                       instances={"users": [a.instance()], "other": [b.instance()]})
+        c = Client(wg.port("h2"))
+        try:
+            assert bytes(c.get("/")["body"]) == b"a"
+            reload(wg, lambda cfg: cfg["listeners"][0].update(
+                routes=[{"path_prefix": "/", "service": "other"}]))
+            wait_until(lambda: reloads(wg) == 1, slack(5), "the reload")
+            assert bytes(c.get("/")["body"]) == b"b"       # same connection, new config
+        finally:
+            c.close()
