@@ -37,6 +37,17 @@ def recv_some(sock, timeout):
         return b""
 
 
+def read_or_close(conn, timeout):
+    """conn.sock's next bytes, or None: nothing yet, or closed (conn.closed set)."""
+    if conn.closed:
+        return None
+    data = recv_some(conn.sock, timeout)
+    if data == b"":
+        conn.closed = True
+        return None
+    return data
+
+
 def frame(ftype, flags, stream, payload=b""):
     return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + \
         struct.pack(">I", stream) + payload
@@ -102,14 +113,9 @@ class Client:
 
     def pump(self, timeout):
         """Read and handle what arrives within `timeout`; False once closed."""
-        if self.closed:
-            return False
-        data = recv_some(self.sock, timeout)
+        data = read_or_close(self, timeout)
         if data is None:
-            return True
-        if not data:
-            self.closed = True
-            return False
+            return not self.closed
         for ev in self.conn.receive_data(data):
             r = self.responses.get(getattr(ev, "stream_id", None))
             if isinstance(ev, h2.events.ResponseReceived) and r is not None:
@@ -216,14 +222,9 @@ class Raw:
             yield t, fl, sid, payload
 
     def pump(self, timeout):
-        if self.closed:
-            return False
-        data = recv_some(self.sock, timeout)
+        data = read_or_close(self, timeout)
         if data is None:
-            return True
-        if not data:
-            self.closed = True
-            return False
+            return not self.closed
         self.buf += data
         for t, fl, sid, p in self._frames():
             st = self.streams.get(sid)

@@ -15,7 +15,7 @@ from h2lib import (ACK, COMPRESSION_ERROR, CONTINUATION, DATA, END_HEADERS, END_
                    ENHANCE_YOUR_CALM, HEADERS, PING, PREFACE, PRIORITY, RST_STREAM, SETTINGS,
                    WINDOW_UPDATE, Client, Raw, frame, h2c_listener)
 from tlslib import client_context, shared
-from wglib import (MIB, SANITIZED, Harness, ThreadedServer, curl, http_request, scaled, slack,
+from wglib import (MIB, SANITIZED, Harness, curl, http_request, scaled, slack,
                    wait_until)
 
 
@@ -319,32 +319,13 @@ def test_h2_sigterm_goaway_lets_streams_finish():
         assert wg.proc.wait(slack(10)) == 0
 
 
-class ChunkedWithTrailers(ThreadedServer):
-    """Answers every request with a chunked body and trailer fields (what a
-    gRPC-style HTTP/1.1 upstream sends)."""
-
-    RAW = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+TRAILED = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
            b"5\r\nhello\r\n6\r\n world\r\n0\r\nGrpc-Status: 0\r\nX-Checksum: abc\r\n\r\n")
-
-    def serve(self, c):
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    d = c.recv(4096)
-                    if not d:
-                        return
-                    buf += d
-                _, _, buf = buf.partition(b"\r\n\r\n")
-                c.sendall(self.RAW)
-        except OSError:
-            pass
-        finally:
-            c.close()
 
 
 def test_h2_response_trailers_from_a_chunked_upstream():
-    up = ChunkedWithTrailers()
+    from test_http_upstream import Canned
+    up = Canned(TRAILED)                        # what a gRPC-style HTTP/1.1 upstream sends
     try:
         with Harness() as h:
             wg = h.waygate(listeners=[h2c_listener()], instances={"users": [up.instance("t")]})
