@@ -2,13 +2,13 @@
 """Instructions (and syscalls) per request: a repeatable speed signal on a
 noisy machine (not a test).
 
-    python3 benchmarks/instructions.py [--build DIR] [--scenario l7|newconn|64k|tls|tlska]
+    python3 benchmarks/instructions.py [--build DIR] [--scenario l7|newconn|64k|tls|tlska|h2c|h2tls]
                                        [--seconds S] [--targets waygate,haproxy,nginx]
 
 Each proxy runs under `valgrind --tool=callgrind` (one worker/thread, the
 configs of benchmarks/configs) in front of the nginx-light backend. After a
 warm-up the counters are zeroed (callgrind_control -z), wrk drives load for
-S seconds, the counters are dumped (callgrind_control -d): Ir of the dump /
+S seconds (h2load -m10 for h2c and h2tls), the counters are dumped (callgrind_control -d): Ir of the dump /
 requests wrk completed = user-space instructions per request, the proxy's
 own code plus the libraries it calls (libevent, OpenSSL, libc); the kernel's
 work is not in it. The dump files are kept (path printed) for
@@ -30,7 +30,14 @@ from scenarios._common import Ctx, Env, free_port, wait_port, wrk, LOAD_CPU, PRO
 
 SCEN = {"l7": ("http", "/", []), "newconn": ("http", "/", ["Connection: close"]),
         "64k": ("http", "/64k", []), "tls": ("tls", "/", ["Connection: close"]),
-        "tlska": ("tls", "/", [])}
+        "tlska": ("tls", "/", []), "h2c": ("h2c", "/", []), "h2tls": ("h2tls", "/", [])}
+
+
+def h2load(url, conns, seconds, headers=()):
+    """h2load -mN on the load CPU (the h2 scenarios): {'rps'}."""
+    from scenarios.h2 import h2load as run
+    return run(url.rsplit("/", 1)[0], "/" + url.rsplit("/", 1)[1], seconds, clients=conns,
+               streams=10)
 
 
 def main():
@@ -47,9 +54,10 @@ def main():
     ctx = Ctx(args.build)
     with Env(ctx) as env:
         tls_direct = free_port() if kind == "tls" else None
+        load = h2load if kind.startswith("h2") else wrk
         bport = env.backend(tls_port=tls_direct)
         subst = {"BACKEND": bport}
-        if kind == "tls":
+        if kind in ("tls", "h2tls"):
             crt, key, pem = env.cert()
             subst.update(CRT=crt, KEY=key, PEM=pem)
         for target in args.targets.split(","):
@@ -70,11 +78,11 @@ def main():
             if not wait_port(port, 60, p):
                 print(target, "did not start:", env.log_tail(target))
                 continue
-            scheme = "https" if kind == "tls" else "http"
+            scheme = "https" if kind in ("tls", "h2tls") else "http"
             url = "%s://127.0.0.1:%d%s" % (scheme, port, path)
-            wrk(url, 10, 2, headers=headers)                # warm-up
+            load(url, 10, 2, headers=headers)               # warm-up
             subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True)
-            r = wrk(url, args.conns, args.seconds, headers=headers)
+            r = load(url, args.conns, args.seconds, headers=headers)
             subprocess.run(["callgrind_control", "-d", "measured", str(p.pid)], capture_output=True)
             env.stop(p)
             time.sleep(0.5)
