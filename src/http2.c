@@ -59,6 +59,7 @@ struct h2_stream {
     bool head_ready;                    /* END_HEADERS seen: start the exchange */
     bool started;                       /* the exchange has the request */
     bool end_stream;                    /* the client's END_STREAM */
+    bool no_body;                       /* END_STREAM came with the request's HEADERS */
     bool body_ended;                    /* chunked terminator (and trailers) moved */
     bool chunked;                       /* the upstream head says chunked */
     bool submitted;                     /* a final response is submitted */
@@ -66,6 +67,8 @@ struct h2_stream {
     bool data_eof;                      /* the provider gave its last byte */
     bool reset;                         /* RST_STREAM sent */
     bool finished;                      /* the exchange ended (wg_exchange_finish) */
+    bool sent_end;                      /* our END_STREAM went out */
+    bool rst_after_end;                 /* answered before the request ended: reset then */
 };
 
 struct h2_conn {
@@ -563,8 +566,12 @@ static void h2_end(struct wg_downstream *d)
     wg_exchange_finish(d, &idle_ms);    /* the connection stays: streams do not close it */
     st->finished = true;
     d->rq = WG_RQ_IDLE;
-    if (!st->end_stream)                /* answered before the request ended: stop it */
-        stream_reset(st, NGHTTP2_NO_ERROR);
+    if (!st->end_stream) {              /* answered before the request ended: stop it, */
+        st->rst_after_end = true;       /* once the answer is out (RFC 9113 §8.1): a
+                                           RST_STREAM queued now would overtake it */
+        if (st->sent_end)
+            stream_reset(st, NGHTTP2_NO_ERROR);
+    }
 }
 
 static void h2_shutdown(struct wg_downstream *d) {}
@@ -725,8 +732,10 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *user)
     bool control = false;
     switch (f->hd.type) {
     case NGHTTP2_HEADERS:
-        if (st && f->headers.cat == NGHTTP2_HCAT_REQUEST)
+        if (st && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
             st->head_ready = true;
+            st->no_body = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
+        }
         if (st && (f->hd.flags & NGHTTP2_FLAG_END_STREAM))
             st->end_stream = true;
         c->continuations = 0;
@@ -783,6 +792,15 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
 static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *user)
 {
     struct h2_conn *c = user;
+    if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
+        (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        struct h2_stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+        if (st) {
+            st->sent_end = true;
+            if (st->rst_after_end)
+                stream_reset(st, NGHTTP2_NO_ERROR);
+        }
+    }
     if (f->hd.type == NGHTTP2_GOAWAY) {
         count_goaway(c, f->goaway.error_code);
         c->goaway = true;
@@ -815,8 +833,8 @@ static void stream_start(struct h2_stream *st)
     size_t flen = st->fields ? st->fields->end : 0, clen = st->cookie ? st->cookie->end : 0;
     size_t need = strlen(st->method) + strlen(st->path) + (authority ? strlen(authority) : 0) +
                   flen + clen + 96;
-    st->chunked = !st->end_stream && !st->has_length;
-    uint32_t body_cap = st->end_stream ? 0 : H2_IN_CAP;    /* a GET's head fits a spare block */
+    st->chunked = !st->no_body && !st->has_length;  /* (DATA and END_STREAM may be in already) */
+    uint32_t body_cap = st->no_body ? 0 : H2_IN_CAP;       /* a GET's head fits a spare block */
     uint32_t cap = (uint32_t)(need > body_cap ? need : body_cap);
     if (!(d->in = hp_buf_new(c->loc, cap)) || !(st->head = hp_head_new(c->loc))) {
         d->dead = true;

@@ -374,3 +374,29 @@ def test_h2_reload_applies_to_the_next_stream_of_an_open_connection():
             assert bytes(c.get("/")["body"]) == b"b"       # same connection, new config
         finally:
             c.close()
+
+
+def test_h2_max_body_size_per_stream():
+    with Harness() as h:
+        b = h.backend("http", name="a")
+        wg = h2_waygate(h, b, h2c_listener(max_body_size="1k"))
+        c = Client(wg.port("h2"))
+        try:
+            r = c.get("/echo", method="POST", body=b"x" * 2000,
+                      headers=[("content-length", "2000")])
+            assert r["status"] == 413, r                    # known up front
+            r = c.get("/echo", method="POST", body=b"y" * 3000)      # chunked upstream
+            assert r["status"] == 413 or r["reset"] is not None, r
+            r = c.get("/echo", method="POST", body=b"z" * 500)
+            assert r["status"] == 200 and bytes(r["body"]) == b"z" * 500, r
+        finally:
+            c.close()
+        raw = Raw(wg.port("h2"))            # HEADERS, DATA and END_STREAM in one read
+        try:
+            raw.streams[1] = {"status": None, "body": b"", "ended": False, "reset": None}
+            raw.send_raw(frame(HEADERS, END_HEADERS, 1, raw.block("/echo", "POST")) +
+                         frame(DATA, END_STREAM, 1, b"one packet"))
+            got = raw.response(1, slack(10))
+            assert got["status"] == 200 and got["body"] == b"one packet", got
+        finally:
+            raw.close()
