@@ -400,3 +400,23 @@ def test_h2_max_body_size_per_stream():
             assert got["status"] == 200 and got["body"] == b"one packet", got
         finally:
             raw.close()
+
+
+def test_h2_client_certificate_subject():
+    with Harness() as h:
+        pki = shared()
+        crt, key = pki.leaf("a", ["a.test"])
+        ccrt, ckey = pki.leaf("client", cn="client-1", client=True)
+        b = h.backend("http", name="a")
+        listener = {"name": "web", "mode": "http",
+                    "routes": [{"path_prefix": "/", "service": "users"}],
+                    "tls": {"certificates": [{"cert": crt, "key": key}], "client_ca": pki.ca,
+                            "verify": "optional"}}
+        wg = h2_waygate(h, b, listener)
+        out = curl_ok("--http2", "--cacert", pki.ca, "--cert", ccrt, "--key", ckey, "--resolve",
+                      "a.test:%d:127.0.0.1" % wg.port("web"), "-H", "X-Client-Cert-Subject: CN=admin",
+                      "-w", "\\n%{http_version}", "https://a.test:%d/request" % wg.port("web"))
+        body, version = out.rsplit("\n", 1)
+        assert version == "2", out
+        low = body.lower()
+        assert "x-client-cert-subject: cn=client-1" in low and "cn=admin" not in low, body
