@@ -420,3 +420,25 @@ def test_h2_client_certificate_subject():
         assert version == "2", out
         low = body.lower()
         assert "x-client-cert-subject: cn=client-1" in low and "cn=admin" not in low, body
+
+
+def test_h2_retries_and_response_timeout():
+    from wglib import free_port
+    with Harness() as h:
+        b = h.backend("http", name="a")
+        dead = {"id": "dead", "address": "127.0.0.1", "port": free_port()}   # nothing listens
+        listener = h2c_listener()
+        listener["routes"] = [{"path_prefix": "/slow", "service": "users", "response_timeout": "300ms",
+                               "retries": 0},
+                              {"path_prefix": "/", "service": "users"}]
+        wg = h.waygate(listeners=[listener], instances={"users": [dead, b.instance()]},
+                       service_defaults={"balance": "round_robin", "retries": 2})
+        c = Client(wg.port("h2"))
+        try:
+            for _ in range(6):                  # round robin meets the dead one: retried
+                r = c.get("/")
+                assert r["status"] == 200 and bytes(r["body"]) == b"a", r
+            got = [c.get("/slow?ms=3000", timeout=slack(10))["status"] for _ in range(2)]
+            assert 504 in got and set(got) <= {502, 504}, got
+        finally:
+            c.close()
