@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "waygate/cidr.h"
 #include "waygate/health.h"
 #include "waygate/http_route.h"
 #include "waygate/listener.h"
@@ -52,11 +53,22 @@ static void upstream_event(struct wg_upconn *u, short what, void *owner)
     d->ops->wake(d);
 }
 
-/* "ip:port" or "[v6]:port", as record.h's wg_sockaddr_text writes it. */
+/* The request's client address: the peer, or behind trusted proxies the
+ * first untrusted hop of X-Forwarded-For (logs, hash_key, X-Real-IP). */
+static const char *client_addr(const struct wg_downstream *d)
+{
+    return d->r && d->r->client ? d->r->client : d->client_ip;
+}
+
+/* "ip:port" or "[v6]:port", as record.h's wg_sockaddr_text writes it; an
+ * address from X-Forwarded-For has no port to show. */
 static const char *client_text(const struct wg_downstream *d, char *buf, size_t len)
 {
-    snprintf(buf, len, strchr(d->client_ip, ':') ? "[%s]:%u" : "%s:%u", d->client_ip,
-             (unsigned)d->client_port);
+    if (d->r && d->r->client && d->r->client != d->client_ip)
+        snprintf(buf, len, "%s", d->r->client);
+    else
+        snprintf(buf, len, strchr(d->client_ip, ':') ? "[%s]:%u" : "%s:%u", d->client_ip,
+                 (unsigned)d->client_port);
     return buf;
 }
 
@@ -250,6 +262,13 @@ static bool request_state(struct wg_downstream *d)
 }
 
 /* Pin the config current now for the request about to start. */
+/* DESIGN §10: is the peer (d->peer) in the listener's trusted_proxies? */
+void wg_exchange_trust(struct wg_downstream *d)
+{
+    const struct wg_cidr_list *tl = wg_listener_trusted(d->r->cfg->cfg, d->r->lc);
+    d->r->peer_trusted = tl->n && wg_cidr_match(tl, &d->peer);
+}
+
 bool wg_exchange_pin(struct wg_downstream *d)
 {
     if (!request_state(d))
@@ -269,6 +288,7 @@ bool wg_exchange_pin(struct wg_downstream *d)
     d->r->t.allow_underscores = lc->http.allow_underscores;
     d->r->t.max_head = lc->http.max_header_size;
     d->r->t.max_body = lc->http.max_body_size;
+    wg_exchange_trust(d);
     return true;
 }
 
@@ -289,6 +309,7 @@ bool wg_exchange_begin(struct wg_downstream *d, uint64_t now)
     d->r->fresh_only = d->r->up_reused = d->r->resp_started = d->r->final_sent = d->r->dechunk = false;
     d->r->attempts = d->r->interim = 0;
     d->r->status = 0;
+    d->r->client = NULL;
     d->end_reason = NULL;
     d->r->req_start_ns = wg_now_ns();
     d->r->req_bytes_in = d->in ? d->in->end - d->in->scan : 0;
@@ -380,13 +401,65 @@ static void put_request_id(struct wg_downstream *d, struct hp_out *o)
     hp_puts(o, "\r\n");
 }
 
-/* Fields waygate sets itself (DESIGN §10): inbound copies are dropped. */
-static bool ours(const char *msg, const struct wg_http_header *h)
+/* Fields waygate sets itself (DESIGN §10). */
+enum hp_own { OWN_NONE, OWN_XFF, OWN_PROTO, OWN_HOST, OWN_REAL_IP, OWN_FORWARDED, OWN_CERT };
+
+static enum hp_own own_field(const char *msg, const struct wg_http_header *h)
 {
-    if (h->id != WG_HTTP_HDR_OTHER || h->name.len < 14)
-        return false;
-    return IS(h, "x-forwarded-for") || IS(h, "x-forwarded-proto") || IS(h, "x-forwarded-host") ||
-           (h->name.len > 14 && wg_http_name_eq(msg + h->name.off, 14, "x-client-cert-", 14));
+    if (h->id != WG_HTTP_HDR_OTHER)
+        return OWN_NONE;
+    switch (h->name.len) {
+    case 9:
+        return IS(h, "x-real-ip") ? OWN_REAL_IP : IS(h, "forwarded") ? OWN_FORWARDED : OWN_NONE;
+    case 15: return IS(h, "x-forwarded-for") ? OWN_XFF : OWN_NONE;
+    case 16: return IS(h, "x-forwarded-host") ? OWN_HOST : OWN_NONE;
+    case 17: if (IS(h, "x-forwarded-proto")) return OWN_PROTO; break;
+    default: break;
+    }
+    return h->name.len > 14 && wg_http_name_eq(msg + h->name.off, 14, "x-client-cert-", 14)
+           ? OWN_CERT : OWN_NONE;
+}
+
+/* Behind a trusted peer (DESIGN §10, nginx real_ip_recursive): the client
+ * is the first hop of X-Forwarded-For, from the right, that is not in
+ * trusted_proxies; all trusted: the leftmost. A hop that is not an address
+ * ends the walk at the trusted hop to its right. */
+static void resolve_client(struct wg_downstream *d, const struct wg_http_parser *p, const char *msg)
+{
+    const struct wg_cidr_list *tl = wg_listener_trusted(d->r->cfg->cfg, d->r->lc);
+    struct wg_ip ip, found;
+    bool have = false;
+    for (unsigned i = p->msg.nheaders; i-- > 0;) {
+        const struct wg_http_header *h = &p->headers[i];
+        if (own_field(msg, h) != OWN_XFF)
+            continue;
+        const char *v = msg + h->value.off;
+        size_t e = h->value.len;
+        for (;;) {
+            size_t st = e;
+            while (st > 0 && v[st - 1] != ',')
+                st--;
+            size_t a = st, b = e;
+            while (a < b && (v[a] == ' ' || v[a] == '\t'))
+                a++;
+            while (b > a && (v[b - 1] == ' ' || v[b - 1] == '\t'))
+                b--;
+            if (a < b) {
+                if (!wg_ip_parse(v + a, b - a, &ip))
+                    goto done;
+                found = ip;
+                have = true;
+                if (!wg_cidr_match(tl, &ip))
+                    goto done;
+            }
+            if (st == 0)
+                break;
+            e = st - 1;
+        }
+    }
+done:
+    if (have && inet_ntop(found.family, found.a, d->r->real_ip, sizeof d->r->real_ip))
+        d->r->client = d->r->real_ip;
 }
 
 /* A field name with '_' (DESIGN §10): dropped unless http.allow_underscores,
@@ -415,7 +488,8 @@ static bool underscored(const char *msg, const struct wg_http_header *h, bool al
 }
 
 
-/* X-Forwarded-For: the values received, in order, then the client. */
+/* X-Forwarded-For: from a trusted peer the values received, in order, then
+ * the peer; from anyone else only the peer (DESIGN §10: replaced). */
 static void put_xff(struct wg_downstream *d, struct hp_out *o, const struct wg_http_parser *p,
                     const char *msg, unsigned n_xff)
 {
@@ -428,6 +502,8 @@ static void put_xff(struct wg_downstream *d, struct hp_out *o, const struct wg_h
         }
     }
     hp_puts(o, d->client_ip);
+    hp_puts(o, "\r\nX-Real-IP: ");
+    hp_puts(o, client_addr(d));
     hp_put(o, "\r\n", 2);
 }
 
@@ -437,6 +513,7 @@ static bool build_upstream_head(struct wg_downstream *d, const struct wg_http_pa
 {
     const struct wg_http_message *m = &p->msg;
     bool absolute = m->target_form == WG_HTTP_TARGET_ABSOLUTE, has_id = false;
+    bool trusted = d->r->peer_trusted, has_proto = false, has_fhost = false;
     unsigned n_xff = 0;
     struct wg_hop_tokens tok;
     struct hp_out o = hp_out_open(d->loc, &d->r->uout, head_len + HP_HEAD_EXTRA);
@@ -457,8 +534,21 @@ static bool build_upstream_head(struct wg_downstream *d, const struct wg_http_pa
             (m->underscore && h->id == WG_HTTP_HDR_OTHER &&
              underscored(msg, h, d->r->t.allow_underscores)))
             continue;
-        if (ours(msg, h)) {
-            n_xff += IS(h, "x-forwarded-for");
+        switch (own_field(msg, h)) {
+        case OWN_NONE:
+            break;
+        case OWN_XFF:
+            n_xff += trusted;
+            continue;
+        case OWN_PROTO:                 /* a trusted proxy knows the scheme and host */
+        case OWN_HOST:
+        case OWN_FORWARDED:
+            if (!trusted)
+                continue;
+            has_proto |= own_field(msg, h) == OWN_PROTO;
+            has_fhost |= own_field(msg, h) == OWN_HOST;
+            break;
+        default:                        /* X-Real-IP, X-Client-Cert-*: always ours */
             continue;
         }
         if (h->id == WG_HTTP_HDR_OTHER && IS(h, "x-request-id") && !has_id) {
@@ -468,13 +558,14 @@ static bool build_upstream_head(struct wg_downstream *d, const struct wg_http_pa
         wg_put_field(&o, msg, h);
     }
     put_xff(d, &o, p, msg, n_xff);
-    hp_puts(&o, d->tls ? "X-Forwarded-Proto: https\r\n" : "X-Forwarded-Proto: http\r\n");
+    if (!has_proto)
+        hp_puts(&o, d->tls ? "X-Forwarded-Proto: https\r\n" : "X-Forwarded-Proto: http\r\n");
     if (d->cert_subject) {              /* inbound X-Client-Cert-* were dropped above */
         hp_puts(&o, "X-Client-Cert-Subject: ");
         hp_puts(&o, d->cert_subject);
         hp_put(&o, "\r\n", 2);
     }
-    if (m->has_host) {
+    if (m->has_host && !has_fhost) {
         hp_puts(&o, "X-Forwarded-Host: ");
         hp_put_span(&o, msg, m->host);
         hp_put(&o, "\r\n", 2);
@@ -520,7 +611,8 @@ static void pick_key(struct wg_downstream *d, const struct wg_http_parser *p, co
         return;
     if (sc->hash_key == WG_HASH_CLIENT_IP) {
         d->r->pick.has_hash = true;
-        d->r->pick.hash = wg_balance_hash_bytes(d->client_ip, strlen(d->client_ip));
+        const char *ip = client_addr(d);
+        d->r->pick.hash = wg_balance_hash_bytes(ip, strlen(ip));
         return;
     }
     if (sc->hash_key == WG_HASH_HEADER) {
@@ -639,6 +731,8 @@ void wg_exchange_head(struct wg_downstream *d, const struct wg_http_parser *p, s
         d->dead = true;
         return;
     }
+    if (d->r->peer_trusted)
+        resolve_client(d, p, msg);
     if (d->r->lc && d->r->lc->tls.redirect_http && strcmp(d->r->lc->tls.redirect_http, "https") == 0) {
         reply_redirect(d, p, msg, !body);
         status = 0;
@@ -1275,7 +1369,9 @@ uint64_t wg_exchange_deadline(const struct wg_downstream *d, enum wg_deadline *k
         CANDIDATE(d->r->upstream_progress + d->r->t.response_ms, WG_DL_UPSTREAM_IDLE);
     if (d->blocked_since)
         CANDIDATE(d->blocked_since + d->r->t.send_ms, WG_DL_SEND);
-    if (d->r->up_blocked_since && d->rq == WG_RQ_BODY && d->r->up)
+    /* The upstream does not read the request; once its final response
+     * streams, that response's own deadlines judge it instead. */
+    if (d->r->up_blocked_since && d->rq == WG_RQ_BODY && d->r->up && !d->r->final_sent)
         CANDIDATE(d->r->up_blocked_since + d->r->t.send_ms, WG_DL_UPSTREAM_SEND);
 #undef CANDIDATE
     return t;

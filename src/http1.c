@@ -36,7 +36,9 @@
 
 #define HP_MAGIC 0x48707830U
 #define HP_ROUNDS 32                    /* pump rounds per event, for fairness */
-#define HP_LINGER_MS 2000               /* lingering close after an error */
+#define HP_LINGER_MS 30000              /* lingering close after an error: at most this long */
+#define HP_LINGER_IDLE_MS 5000          /* ... and this long without a byte (nginx's values) */
+#define HP_MAX_LINGER 1024              /* lingering connections per worker; past it, close */
 
 /* One client connection: what outlives its requests. */
 struct hp_conn {
@@ -61,6 +63,7 @@ struct hp_conn {
     struct hp_buf *out;                 /* heads (ours or rewritten) to the client */
     uint64_t armed_ms;                  /* the timer's deadline, 0 when not armed */
     uint64_t idle_deadline, linger_deadline;
+    uint64_t linger_until;              /* the lingering close's own end */
 };
 
 static void conn_pump(struct hp_conn *c);
@@ -74,6 +77,8 @@ static struct hp_conn *conn_ds(const struct wg_downstream *d) { return (struct h
 
 static void conn_free(struct hp_conn *c)
 {
+    if (c->ds.rq == WG_RQ_LINGER)
+        c->ds.loc->lingering--;
     wg_exchange_release(&c->ds, c->ds.end_reason ? c->ds.end_reason
                         : c->ds.rq == WG_RQ_TUNNEL ? "tunnel_closed" : "client_closed");
     hp_head_free(c->ds.loc, &c->head);
@@ -262,8 +267,14 @@ static void linger_start(struct hp_conn *c)
         wg_tls_close(c->ssl);           /* close_notify before the FIN */
     shutdown(c->fd, SHUT_WR);
     c->shut = true;
+    if (c->ds.loc->lingering >= HP_MAX_LINGER) {
+        c->ds.dead = true;              /* the bound: a flood of errors cannot pin memory */
+        return;
+    }
+    c->ds.loc->lingering++;
     c->ds.rq = WG_RQ_LINGER;
-    c->linger_deadline = wg_now_ms() + HP_LINGER_MS;
+    c->linger_until = wg_now_ms() + HP_LINGER_MS;
+    c->linger_deadline = wg_now_ms() + HP_LINGER_IDLE_MS;
     hp_buf_free(c->ds.loc, &c->ds.in);
     hp_buf_free(c->ds.loc, &c->out);
 }
@@ -274,8 +285,11 @@ static void linger_step(struct hp_conn *c, bool *progress)
     for (int k = 0; k < 16 && c->readable; k++) {
         ssize_t n = c->ssl ? hp_tls_read(c->ssl, &c->read_wants_write, sink, sizeof sink)
                            : read(c->fd, sink, sizeof sink);
-        if (n > 0)
+        if (n > 0) {
+            uint64_t idle = wg_now_ms() + HP_LINGER_IDLE_MS;
+            c->linger_deadline = idle < c->linger_until ? idle : c->linger_until;
             continue;
+        }
         if (n == 0 || !hp_transient()) {
             c->ds.dead = true;
             return;
@@ -387,8 +401,10 @@ static void proxy_header_step(struct hp_conn *c, bool *progress)
         return;
     }
     c->need_proxy = false;
-    if (!pi.local)
+    if (!pi.local) {                    /* the client it names is the peer from now on */
         set_client(c, (const struct sockaddr *)&pi.src);
+        wg_exchange_trust(&c->ds);
+    }
     *progress = true;
 }
 
@@ -399,7 +415,7 @@ static void hand_over_h2(struct hp_conn *c)
 {
     struct wg_http2_client cl = {
         .fd = c->fd, .ssl = c->ssl, .cert_subject = c->cert_subject,
-        .client_port = c->ds.client_port,
+        .client_port = c->ds.client_port, .peer = c->ds.peer,
     };
     memcpy(cl.client_ip, c->ds.client_ip, sizeof cl.client_ip);
     const char *pre = c->ds.in ? c->ds.in->data + c->ds.in->start : NULL;
@@ -616,6 +632,8 @@ static void set_client(struct hp_conn *c, const struct sockaddr *sa)
     }
     if (!a || !inet_ntop(sa->sa_family, a, c->ds.client_ip, sizeof c->ds.client_ip))
         snprintf(c->ds.client_ip, sizeof c->ds.client_ip, "unknown");
+    if (!wg_ip_from_sockaddr(sa, &c->ds.peer))
+        memset(&c->ds.peer, 0, sizeof c->ds.peer);
 }
 
 /* A TLS listener: the session, and the handshake deadline. */
@@ -667,11 +685,18 @@ void wg_http_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int 
     c->link.force_close = force_close;
     c->link.tick = conn_tick;
     set_client(c, peer);
+    if (c->ds.r->cfg)                   /* pinned before the peer was known */
+        wg_exchange_trust(&c->ds);
     wg_worker_conn_add(w, &c->link);
     c->ds.rq = WG_RQ_IDLE;
     if (!c->ds.r->cfg) {                /* no snapshot yet (startup_timeout) */
         c->ds.r->req_keep_alive = false;
         wg_exchange_reply(&c->ds, 503, "no configuration yet\n", false);
+    } else if (c->ds.r->lc->proxy_protocol && !c->ds.r->peer_trusted) {
+        wg_stats_add(w->stats, WG_C_PROXY_UNTRUSTED, 1);     /* DESIGN §10 */
+        wg_debug("msg=\"PROXY protocol from an untrusted peer\" listener=%s client=%s",
+                 c->ds.r->lc->name, c->ds.client_ip);
+        c->ds.dead = true;
     } else {
         c->need_proxy = c->ds.r->lc->proxy_protocol;
         c->h2c = c->ds.r->lc->http.h2c && !c->ds.r->lc->tls.enabled;

@@ -104,6 +104,7 @@ struct h2_conn {
     uint64_t block_bytes;               /* header block bytes before END_HEADERS */
     uint16_t client_port;
     char client_ip[INET6_ADDRSTRLEN];
+    struct wg_ip peer;
 };
 
 static void conn_pump(struct h2_conn *c);
@@ -202,6 +203,7 @@ static struct h2_stream *stream_new(struct h2_conn *c, int32_t id)
     st->ds.cert_subject = c->cert_subject;
     st->ds.rq = WG_RQ_IDLE;
     memcpy(st->ds.client_ip, c->client_ip, sizeof st->ds.client_ip);
+    st->ds.peer = c->peer;
     st->header_deadline = wg_now_ms() + c->header_ms;
     st->next = c->streams;
     if (c->streams)
@@ -1215,6 +1217,7 @@ int wg_http2_accept(struct wg_worker *w, const struct wg_listener *l,
     c->ssl = cl->ssl;
     c->client_port = cl->client_port;
     memcpy(c->client_ip, cl->client_ip, sizeof c->client_ip);
+    c->peer = cl->peer;
     c->max_header = lc->http.max_header_size;
     c->idle_ms = lc->http.client_idle_timeout_ms;
     c->send_ms = lc->http.send_timeout_ms;

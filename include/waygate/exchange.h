@@ -49,6 +49,7 @@
 #include <sys/types.h>
 
 #include "waygate/balance.h"
+#include "waygate/cidr.h"
 #include "waygate/http.h"
 #include "waygate/http_buf.h"
 
@@ -116,6 +117,9 @@ struct wg_exchange {
     bool u_eof, u_shut, up_reused, resp_started, final_sent, dechunk;
     bool upstream_keep;                 /* the response leaves the connection reusable */
     bool sent_any;                      /* this attempt wrote request bytes upstream */
+    bool peer_trusted;                  /* the peer is in trusted_proxies (DESIGN §10) */
+    const char *client;                 /* the client address: d->client_ip or real_ip */
+    char real_ip[INET6_ADDRSTRLEN];     /* from X-Forwarded-For, behind a trusted peer */
     unsigned interim;                   /* interim (1xx) heads received */
     bool log_pending;                   /* a request to log when it ends */
     struct wg_exchange_settings t;
@@ -200,7 +204,8 @@ struct wg_downstream {
     struct hp_buf *in;                  /* from the client: the head, then the body */
     uint64_t client_progress;           /* last byte from the client (ms) */
     uint64_t blocked_since;             /* output to the client waits since (0: not) */
-    char client_ip[INET6_ADDRSTRLEN];
+    char client_ip[INET6_ADDRSTRLEN];   /* the peer (or what its PROXY header says) */
+    struct wg_ip peer;                  /* the same, for trusted_proxies */
 };
 
 /* ---- head helpers the codecs share ---- */
@@ -255,6 +260,8 @@ static inline void wg_put_field(struct hp_out *o, const char *msg, const struct 
 bool wg_exchange_begin(struct wg_downstream *d, uint64_t now_ms);
 /* Pin the config current now (false: none yet). */
 bool wg_exchange_pin(struct wg_downstream *d);
+/* (Re)compute whether d->peer is a trusted proxy (after a PROXY header). */
+void wg_exchange_trust(struct wg_downstream *d);
 /* The head is complete at the front of d->in (head_len bytes, parsed by
  * `p`): route, rewrite, start the upstream. d->in->start moves past it. */
 void wg_exchange_head(struct wg_downstream *d, const struct wg_http_parser *p, size_t head_len);

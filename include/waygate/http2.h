@@ -52,6 +52,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "waygate/cidr.h"
+
 struct wg_worker;
 struct wg_listener;
 
@@ -62,6 +64,7 @@ struct wg_http2_client {
     char *cert_subject;                 /* malloc'ed or NULL; owned by the codec on success */
     uint16_t client_port;
     char client_ip[INET6_ADDRSTRLEN];
+    struct wg_ip peer;                  /* for trusted_proxies */
 };
 
 /* Take the connection over (worker thread): `pre` holds the bytes already

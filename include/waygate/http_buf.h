@@ -67,6 +67,7 @@ struct hp_local {
     struct hp_spares bufs[2];           /* free blocks: [0] small, [1] HP_BLOCK */
     struct hp_spares heads, reqs;
     struct wg_upstream_pool *pool;
+    unsigned lingering;                 /* HTTP/1.1 connections in a lingering close */
 };
 
 /* The calling worker's state, made on first use; NULL when out of memory. */
