@@ -181,6 +181,7 @@ static void begin_stop(struct control *c, const char *sig)
     retire_all(c);
     for (unsigned k = 0; k < c->n_workers; k++)
         wg_worker_drain(c->workers[k]);
+    wg_fleet_leave(c->fleet);           /* the others drop us now, not after the TTL */
 }
 
 static void check_stop(struct control *c)
@@ -193,7 +194,8 @@ static void check_stop(struct control *c)
         }
     }
     if (c->n_running == 0) {
-        event_base_loopbreak(c->base);
+        if (wg_fleet_left(c->fleet))    /* the lease revoke: 1 s at most */
+            event_base_loopbreak(c->base);
         return;
     }
     if (!c->forced && wg_now_ms() >= c->stop_deadline_ms) {
