@@ -6,11 +6,10 @@ import json
 import os
 import signal
 import socket
-import threading
 import time
 
 from etcdlib import EtcdHarness
-from wglib import slack, wait_until
+from wglib import FifoDrain, slack, wait_until
 
 
 def fleet_names(wg):
@@ -37,7 +36,7 @@ def test_slow_teardown_with_a_fleet_exits_0():
         fifo = h.path("fifo")
         os.mkfifo(fifo)
         rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)   # lets waygate open it
-        done = threading.Event()
+        reader = None
         try:
             wg = h.waygate_etcd(etcd, workers=1, services=shared_hc(),
                                 fleet={"name": "r0", "ttl": "3s"},
@@ -51,19 +50,11 @@ def test_slow_teardown_with_a_fleet_exits_0():
             wait_until(lambda: '"stopped"' in wg.proc.stderr_text() or None, slack(10),
                        "stopped logged")
             time.sleep(0.5)                 # the teardown waits on the full pipe
-
-            def drain():
-                while not done.is_set():
-                    try:
-                        if not os.read(rfd, 1 << 16):
-                            time.sleep(0.01)
-                    except BlockingIOError:
-                        time.sleep(0.01)
-            reader = threading.Thread(target=drain, daemon=True)
-            reader.start()
+            reader = FifoDrain(rfd)
             assert wg.proc.wait(slack(10)) == 0, wg.proc.stderr_text()[-3000:]
         finally:
-            done.set()
+            if reader:
+                reader.stop()
             os.close(rfd)
 
 
