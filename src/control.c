@@ -181,6 +181,7 @@ static void begin_stop(struct control *c, const char *sig)
     retire_all(c);
     for (unsigned k = 0; k < c->n_workers; k++)
         wg_worker_drain(c->workers[k]);
+    wg_fleet_leave(c->fleet);           /* the others drop us now, not after the TTL */
 }
 
 static void check_stop(struct control *c)
@@ -193,7 +194,8 @@ static void check_stop(struct control *c)
         }
     }
     if (c->n_running == 0) {
-        event_base_loopbreak(c->base);
+        if (wg_fleet_left(c->fleet))    /* the lease revoke: 1 s at most */
+            event_base_loopbreak(c->base);
         return;
     }
     if (!c->forced && wg_now_ms() >= c->stop_deadline_ms) {
@@ -599,8 +601,28 @@ static int setup_events(struct control *c)
     return c->tick && event_add(c->tick, &tv) == 0 ? 0 : -1;
 }
 
+/* The control thread's own events go first: the etcd registry's free (and
+ * the pass below) runs the loop once more, and a tick or signal callback
+ * then would read the workers freed here (the 100 ms tick was due whenever
+ * the teardown before the registry took longer than that: a use after free
+ * that crashed one shutdown in a few hundred). */
+static void free_own_events(struct control *c)
+{
+    mask_handled_signals(SIG_BLOCK);        /* a second SIGTERM now waits, not kills */
+    for (int k = 0; k < 4; k++)
+        if (c->signals[k])
+            event_free(c->signals[k]);
+    memset(c->signals, 0, sizeof c->signals);
+    if (c->tick)
+        event_free(c->tick);
+    if (c->settle_ev)
+        event_free(c->settle_ev);
+    c->tick = c->settle_ev = NULL;
+}
+
 static void teardown(struct control *c)
 {
+    free_own_events(c);
     wg_admin_free(c->admin);
     for (unsigned k = 0; c->workers && k < c->n_workers; k++) {
         if (!c->workers[k])
@@ -611,11 +633,19 @@ static void teardown(struct control *c)
     for (unsigned k = 0; c->workers && k < c->n_workers; k++)
         wg_worker_free(c->workers[k]);
     free(c->workers);
+    c->workers = NULL;                      /* wake_workers (a publish) sees none */
+    c->n_workers = 0;
     wg_access_log_close();                  /* the workers' lines are written out */
     wg_registry_free(c->registry);
     wg_prober_free(c->prober);              /* nothing publishes any more */
     wg_health_shared_free(c->shared);       /* after the prober: it queues transitions */
     wg_fleet_free(c->fleet);
+    /* Bufferevents freed above (shared health's and the fleet's etcd calls)
+     * may still have a deferred callback queued, which holds a reference:
+     * one non-blocking pass runs those before the base is freed (the
+     * registry does the same for its own). Nothing of ours is left on it. */
+    if (c->base)
+        event_base_loop(c->base, EVLOOP_NONBLOCK);
     for (size_t k = 0; k < c->n_listeners; k++)
         wg_listener_close(c->listeners[k]);
     free(c->listeners);
@@ -625,13 +655,6 @@ static void teardown(struct control *c)
     wg_pool_free(c->pool);
     wg_reclaim_free(c->rc);
     wg_config_ref_put(c->config);
-    for (int k = 0; k < 4; k++)
-        if (c->signals[k])
-            event_free(c->signals[k]);
-    if (c->tick)
-        event_free(c->tick);
-    if (c->settle_ev)
-        event_free(c->settle_ev);
     if (c->base)
         event_base_free(c->base);
     wg_stats_reset_all();

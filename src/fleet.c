@@ -64,11 +64,14 @@ unsigned wg_fleet_replicas(const char *zone)
 
 /* ---- state ---- */
 
-enum op { OP_NONE, OP_AUTH, OP_GRANT, OP_PUT, OP_KEEPALIVE };
+enum op { OP_NONE, OP_AUTH, OP_GRANT, OP_PUT, OP_KEEPALIVE, OP_REVOKE };
 static const char *const op_names[] = { "none", "authenticate", "lease grant", "put",
-                                        "lease keepalive" };
+                                        "lease keepalive", "lease revoke" };
 static const char *const op_paths[] = { "", "/v3/auth/authenticate", "/v3/lease/grant",
-                                        "/v3/kv/put", "/v3/lease/keepalive" };
+                                        "/v3/kv/put", "/v3/lease/keepalive",
+                                        "/v3/lease/revoke" };
+
+#define REVOKE_TIMEOUT_MS 1000          /* a stop waits this long at most for etcd */
 
 struct wg_fleet {
     struct event_base *base;
@@ -86,6 +89,7 @@ struct wg_fleet {
     enum op op;
     struct wg_etcd_call *call;
     bool waiting, keepalive_due, registered;
+    bool leaving, left;                 /* wg_fleet_leave: revoking; revoked or given up */
     int64_t lease;
     char *put_value;                    /* being written */
     char *value;                        /* last written */
@@ -330,6 +334,7 @@ static char *op_body(struct wg_fleet *f, enum op op)
         return body;
     }
     case OP_KEEPALIVE:
+    case OP_REVOKE:
         return dump_and_free(json_pack("{ss}", "ID", id));
     default:
         return NULL;
@@ -338,6 +343,13 @@ static char *op_body(struct wg_fleet *f, enum op op)
 
 static void op_failed(struct wg_fleet *f, enum op op, const char *why)
 {
+    if (f->leaving) {                   /* no retry: the process is stopping */
+        wg_warn("msg=\"fleet: the lease could not be revoked, it expires after its TTL\" "
+                "reason=\"%s\" lease=%llx ttl_ms=%llu", why, (unsigned long long)f->lease,
+                (unsigned long long)f->ttl_ms);
+        f->left = true;
+        return;
+    }
     uint64_t cap = f->ttl_ms / 3, delay;
     delay = f->backoff_ms / 2 + (uint64_t)random() % (f->backoff_ms / 2 + 1);
     f->backoff_ms = f->backoff_ms * 2 > cap ? cap : f->backoff_ms * 2;
@@ -412,7 +424,14 @@ static bool op_message(void *arg, struct wg_etcd_call *call, unsigned status, co
     int code = root ? wg_etcd_answer_code(root, status, text, sizeof text) : -1;
     f->call = NULL;
     f->op = OP_NONE;
-    if (!root) {
+    if (op == OP_REVOKE && root && (code == 0 || code == 5)) {     /* 5: expired already */
+        wg_info("msg=\"fleet: left, lease revoked\" key=%s lease=%llx", f->key,
+                (unsigned long long)f->lease);
+        f->left = true;
+    } else if (op == OP_REVOKE) {
+        snprintf(why, sizeof why, "code %d: %s", code, root ? text : "not JSON");
+        op_failed(f, op, why);
+    } else if (!root) {
         op_failed(f, op, "not JSON");
     } else if (code == 5 && (op == OP_PUT || op == OP_KEEPALIVE)) {
         lease_lost(f, "lease not found");
@@ -467,7 +486,7 @@ static void op_start(struct wg_fleet *f, enum op op)
 
 static void advance(struct wg_fleet *f)
 {
-    if (f->call || f->waiting)
+    if (f->call || f->waiting || f->leaving)
         return;
     if (f->user && !wg_etcd_client_has_token(f->etcd))
         op_start(f, OP_AUTH);
@@ -702,6 +721,40 @@ void wg_fleet_set_config(struct wg_fleet *f, const struct wg_config *cfg)
     }
     f->config_hash = file_hash(cfg->path);
 }
+
+void wg_fleet_leave(struct wg_fleet *f)
+{
+    if (!f || f->leaving)
+        return;
+    f->leaving = true;
+    /* Whatever was under way is dropped: an answer to it would start the
+     * next step. A put that etcd applies anyway is under the lease revoked
+     * here (or fails on a revoked one); a lease granted meanwhile holds no
+     * key and expires. */
+    wg_etcd_call_cancel(f->call);
+    f->call = NULL;
+    f->op = OP_NONE;
+    evtimer_del(f->retry);
+    event_del(f->tick);
+    f->waiting = false;
+    f->registered = false;              /* wg_fleet_lease: 0, shared health steps down */
+    if (!f->lease) {
+        f->left = true;
+        return;
+    }
+    char *body = op_body(f, OP_REVOKE);
+    f->op = OP_REVOKE;
+    f->call = body ? wg_etcd_call_start(f->etcd, f->ep, op_paths[OP_REVOKE], body, false,
+                                        REVOKE_TIMEOUT_MS, &op_ops, f)
+                   : NULL;
+    free(body);
+    if (!f->call) {
+        f->op = OP_NONE;
+        op_failed(f, OP_REVOKE, "out of memory");
+    }
+}
+
+bool wg_fleet_left(const struct wg_fleet *f) { return !f || f->left; }
 
 void wg_fleet_free(struct wg_fleet *f)
 {

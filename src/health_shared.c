@@ -354,9 +354,9 @@ static const struct wg_etcd_call_ops campaign_ops = { campaign_message, campaign
  * it does not exist (create_revision == 0). */
 static void campaign(struct wg_health_shared *s)
 {
-    if (s->campaign)
-        return;                         /* one at a time */
     int64_t lease = wg_fleet_lease(s->fleet);
+    if (s->campaign || !lease)          /* one at a time; never a key without a lease */
+        return;                         /* (lease 0: it would outlive us, nobody could take over) */
     char id[24], value[200];
     snprintf(id, sizeof id, "%lld", (long long)lease);
     snprintf(value, sizeof value, "{\"name\":\"%s\"}", s->name);

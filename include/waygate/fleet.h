@@ -44,7 +44,18 @@ struct wg_fleet *wg_fleet_new(struct event_base *base, const struct wg_config *c
 /* A reload: the new listeners and config digest are published. A changed
  * name, prefix, ttl or etcd endpoints needs a restart (warned). */
 void wg_fleet_set_config(struct wg_fleet *f, const struct wg_config *cfg);
-/* Revokes the lease (best effort, no wait) and frees. NULL ignored. */
+/* A graceful stop (SIGTERM): leave the fleet at once. Keep-alives and puts
+ * stop, and the lease is revoked: the key (and a shared-health prober key
+ * under the lease) goes now, so the others drop this replica and another
+ * takes over probing at once instead of after the TTL. The view goes on
+ * until the free. An etcd answer to a call cancelled here is never seen.
+ * NULL ignored. */
+void wg_fleet_leave(struct wg_fleet *f);
+/* True once the revoke was answered or given up (etcd unreachable: within
+ * 1 s), and without a fleet (NULL). The control loop waits for it. */
+bool wg_fleet_left(const struct wg_fleet *f);
+/* Frees; never blocks. A lease not revoked by wg_fleet_leave (an error at
+ * start-up) expires after its TTL. NULL ignored. */
 void wg_fleet_free(struct wg_fleet *f);
 
 /* ---- for /status, /metrics and the dashboard (control thread) ---- */

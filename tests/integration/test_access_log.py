@@ -9,10 +9,10 @@ import re
 import signal
 import socket
 import stat
-import threading
 import time
 
-from wglib import (Harness, connect, free_port, http_request, recv_exact, slack, wait_until)
+from wglib import (FifoDrain, Harness, connect, free_port, http_request, recv_exact, slack,
+                   wait_until)
 
 TEXT_KEYS = ["client", "listener", "service", "upstream", "method", "path", "status", "reason",
              "bytes_in", "bytes_out", "duration_ms", "connect_ms", "retries", "request_id"]
@@ -197,20 +197,9 @@ def test_stuck_destination_drops_and_counts():
                 return int(m.group(1)) or None
             assert wait_until(dropped, slack(10), "dropped lines counted") > 0
         finally:
-            done = threading.Event()
-
-            def drain():
-                while not done.is_set():
-                    try:
-                        if not os.read(rfd, 1 << 16):
-                            time.sleep(0.01)
-                    except BlockingIOError:
-                        time.sleep(0.01)
-            reader = threading.Thread(target=drain, daemon=True)
-            reader.start()
+            reader = FifoDrain(rfd)
             try:
                 assert wg.proc.stop() == 0
             finally:
-                done.set()
-                reader.join(timeout=5)
+                reader.stop()
                 os.close(rfd)

@@ -178,6 +178,29 @@ def parse_duration(text):
     return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
+class FifoDrain:
+    """A thread that empties a FIFO read end (opened O_NONBLOCK) until stop():
+    a slow or stuck log reader that starts reading again."""
+
+    def __init__(self, rfd):
+        self._rfd = rfd
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._done.is_set():
+            try:
+                if not os.read(self._rfd, 1 << 16):
+                    time.sleep(0.01)
+            except BlockingIOError:
+                time.sleep(0.01)
+
+    def stop(self):
+        self._done.set()
+        self._thread.join(timeout=5)
+
+
 class Proc:
     """A process started by a test. Only `Harness` creates these.
 
