@@ -811,6 +811,8 @@ static void metrics_picks(struct stream *st, struct out *o)
     family_head(o, "waygate_picks_total", "counter",
                 "Instances picked for new work, per service and instance zone.");
     for (size_t k = 0; s && k < s->n_services; k++) {
+        if (!s->services[k]->locality)
+            continue;                   /* one group: picks are not counted */
         const struct wg_service_state *ss = s->services[k]->state;
         for (const struct wg_locality_cell *c = ss->cells; c; c = c->next) {
             bool seen = false;

