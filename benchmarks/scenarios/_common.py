@@ -106,7 +106,7 @@ class Env:
         self.ctx = ctx
         self.tmp = tempfile.mkdtemp(prefix="wg-scn-")
         self.procs = []
-        self._cert = None
+        self._certs = {}
 
     def __enter__(self):
         return self
@@ -172,11 +172,14 @@ class Env:
 
     # ---- shared pieces ----
 
-    def cert(self):
-        """One self-signed RSA-2048 certificate for every TLS server: (crt, key, pem)."""
-        if self._cert is None:
-            crt, key, pem = self.path("bench.crt"), self.path("bench.key"), self.path("bench.pem")
-            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+    def cert(self, kind="rsa"):
+        """One self-signed certificate for every TLS server, RSA-2048 or ECDSA
+        P-256 (kind "ecdsa"): (crt, key, pem)."""
+        if kind not in self._certs:
+            crt, key, pem = (self.path("bench-%s.%s" % (kind, ext)) for ext in ("crt", "key", "pem"))
+            newkey = ["-newkey", "rsa:2048"] if kind == "rsa" else [
+                "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+            subprocess.run(["openssl", "req", "-x509"] + newkey + ["-nodes",
                             "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=bench.test",
                             "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1"],
                            check=True, capture_output=True, timeout=60)
@@ -184,8 +187,8 @@ class Env:
                 for part in (crt, key):
                     with open(part) as f:
                         out.write(f.read())
-            self._cert = (crt, key, pem)
-        return self._cert
+            self._certs[kind] = (crt, key, pem)
+        return self._certs[kind]
 
     def backend(self, tls_port=None):
         """nginx-light on the load CPU: GET / -> 65-byte body, GET /64k -> 64 KiB file,
@@ -419,3 +422,38 @@ def l7_matrix(ctx, kind, variants, log):
     order = {v[0]: i for i, v in enumerate(variants)}
     rows.sort(key=lambda r: order[r[1]])
     return rows
+
+
+# ---- full TLS handshakes, a fixed number ----
+
+def full_handshakes(port, n, version="1.3", sni=None, path="/"):
+    """n connections one after another to 127.0.0.1:port, each a full TLS
+    handshake (a new session every time: no ticket or session id offered, as
+    `openssl s_time -new`), one `GET path HTTP/1.0` and the response read to
+    EOF. version "1.2" or "1.3" (both ends of the client's range). Returns the
+    number that got a 200. A fixed count, unlike s_time's fixed time, so
+    counters read around it (callgrind, perf stat) divide exactly."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    v = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = ctx.maximum_version = v
+    req = ("GET %s HTTP/1.0\r\nHost: bench.test\r\n\r\n" % path).encode()
+    ok = 0
+    for _ in range(n):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as raw:
+                with ctx.wrap_socket(raw, server_hostname=sni) as s:
+                    s.sendall(req)
+                    data = b""
+                    while True:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+            if data.startswith(b"HTTP/1.") and data[9:12] == b"200":
+                ok += 1
+        except (OSError, ssl.SSLError):
+            pass
+    return ok
