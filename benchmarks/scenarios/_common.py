@@ -190,15 +190,16 @@ class Env:
             self._certs[kind] = (crt, key, pem)
         return self._certs[kind]
 
-    def backend(self, tls_port=None):
+    def backend(self, tls_port=None, cert="rsa"):
         """nginx-light on the load CPU: GET / -> 65-byte body, GET /64k -> 64 KiB file,
-        keep-alive. tls_port: also a TLS server (the 'direct' target of the TLS scenario)."""
+        keep-alive. tls_port: also a TLS server (the 'direct' target of the TLS scenario)
+        with the `cert` kind of certificate."""
         port = free_port()
         with open(self.path("64k.bin"), "wb") as f:
             f.write(b"y" * BIG_SIZE)
         tls = ""
         if tls_port:
-            crt, key, _ = self.cert()
+            crt, key, _ = self.cert(cert)
             with open(os.path.join(CONFIGS, "backend-tls.snippet")) as f:
                 tls = f.read().replace("@TLS_PORT@", str(tls_port)).replace(
                     "@CRT@", crt).replace("@KEY@", key).replace("@TMP@", self.tmp).replace(
@@ -343,8 +344,10 @@ def errors_of(rows):
 
 # ---- the L7 matrix shared by l7_newconn, l7_64k and tls ----
 
-def start_target(env, target, kind, backend_port, tls_direct_port=None, clients=10000):
-    """Starts `target` for config family `kind` ("http" or "tls"), sized for
+def start_target(env, target, kind, backend_port, tls_direct_port=None, clients=10000,
+                 cert="rsa"):
+    """Starts `target` for config family `kind` ("http" or "tls", with the
+    `cert` kind of certificate: "rsa" or "ecdsa"), sized for
     `clients` client connections at once; returns (url base, process
     measured for CPU/RSS, process to stop or None)."""
     subst = {"BACKEND": backend_port, "MAXCONN": clients + 500,
@@ -352,7 +355,7 @@ def start_target(env, target, kind, backend_port, tls_direct_port=None, clients=
     tls = kind in ("tls", "h2tls")
     scheme = "https" if tls else "http"
     if tls:
-        crt, key, pem = env.cert()
+        crt, key, pem = env.cert(cert)
         subst.update(CRT=crt, KEY=key, PEM=pem)
     if target == "direct":
         port = tls_direct_port if tls else backend_port
@@ -378,16 +381,17 @@ def check_get(url, path, size=None):
         raise RuntimeError("%s%s answered %d with %d bytes" % (url, path, r.status, len(body)))
 
 
-def l7_matrix(ctx, kind, variants, log):
+def l7_matrix(ctx, kind, variants, log, cert="rsa"):
     """variants: [(label, path, wrk kwargs, expected body size)]. Every target
     runs every variant ctx.runs times, back to back. Returns rows for table()."""
     rows = []
     with Env(ctx) as env:
         tls_direct = free_port() if kind == "tls" else None
-        backend_port = env.backend(tls_port=tls_direct)
+        backend_port = env.backend(tls_port=tls_direct, cert=cert)
         for target in ctx.targets:
             try:
-                url, measured_proc, own = start_target(env, target, kind, backend_port, tls_direct)
+                url, measured_proc, own = start_target(env, target, kind, backend_port, tls_direct,
+                                                       cert=cert)
             except RuntimeError as e:
                 log("  %s: %s" % (target, e))
                 rows += [(target, v[0], None) for v in variants]
