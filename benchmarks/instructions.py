@@ -108,21 +108,27 @@ def main():
             load(url, 10, 2, headers=headers)               # warm-up
             subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True)
             r = load(url, args.conns, args.seconds, headers=headers)
-            subprocess.run(["callgrind_control", "-d", "measured", str(p.pid)], capture_output=True)
-            env.stop(p)
-            time.sleep(0.5)
+            ir, dumps = dump_and_stop(env, p, out)
             n = r["rps"] * args.seconds
-            dumps = sorted(glob.glob(out.replace("%p", str(p.pid)) + "*"))
-            ir = None
-            for d in dumps:
-                with open(d, errors="replace") as f:
-                    text = f.read()
-                if re.search(r"^desc: Trigger: dump measured", text, re.M):
-                    m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-                    ir = int(m.group(1)) if m else None
             print("%-8s %-8s %8.0f requests  %s instructions/request  (%s)" % (
                 target, args.scenario, n, "%.0f" % (ir / n) if ir and n else "?", ", ".join(dumps)),
                 flush=True)
+
+
+def dump_and_stop(env, p, out):
+    """Dump p's counters as "measured", stop it: (Ir of that dump or None, dump files)."""
+    subprocess.run(["callgrind_control", "-d", "measured", str(p.pid)], capture_output=True)
+    env.stop(p)
+    time.sleep(0.5)
+    ir = None
+    dumps = sorted(glob.glob(out.replace("%p", str(p.pid)) + "*"))
+    for d in dumps:
+        with open(d, errors="replace") as f:
+            text = f.read()
+        if re.search(r"^desc: Trigger: dump measured", text, re.M):
+            m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+            ir = int(m.group(1)) if m else None
+    return ir, dumps
 
 
 def cpu_split(pid):
@@ -167,17 +173,7 @@ def handshake_run(args, env, p, port, target, label, out):
               % (target, label + ("-sni" if sni else ""), ok, args.handshakes, per[0], per[1],
                  per[2], us[0], us[1]), flush=True)
         return
-    subprocess.run(["callgrind_control", "-d", "measured", str(p.pid)], capture_output=True)
-    env.stop(p)
-    time.sleep(0.5)
-    ir = None
-    dumps = sorted(glob.glob(out.replace("%p", str(p.pid)) + "*"))
-    for d in dumps:
-        with open(d, errors="replace") as f:
-            text = f.read()
-        if re.search(r"^desc: Trigger: dump measured", text, re.M):
-            m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-            ir = int(m.group(1)) if m else None
+    ir, dumps = dump_and_stop(env, p, out)
     print("%-8s %-12s %5d/%d handshakes  %s instructions/handshake  (%s)" % (
         target, label + ("-sni" if sni else ""), ok, args.handshakes,
         "%.0f" % (ir / ok) if ir and ok else "?", ", ".join(dumps)), flush=True)

@@ -450,12 +450,7 @@ def full_handshakes(port, n, version="1.3", sni=None, path="/"):
             with socket.create_connection(("127.0.0.1", port), timeout=60) as raw:
                 with ctx.wrap_socket(raw, server_hostname=sni) as s:
                     s.sendall(req)
-                    data = b""
-                    while True:
-                        chunk = s.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
+                    data = b"".join(iter(lambda: s.recv(65536), b""))     # to EOF
             if data.startswith(b"HTTP/1.") and data[9:12] == b"200":
                 ok += 1
         except (OSError, ssl.SSLError):
