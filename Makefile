@@ -8,7 +8,7 @@ PACKAGES    = cmake gcc pkg-config make libevent-dev libssl-dev libyaml-dev libj
 # Tools some tests use (promtool, a real Prometheus scrape, the dashboard in
 # headless Chromium); best effort: without them those tests skip.
 TEST_PACKAGES  = prometheus chromium haproxy nginx-light iperf3 nghttp2-client python3-h2
-BENCH_PACKAGES = haproxy nginx-light libnginx-mod-stream wrk iperf3
+BENCH_PACKAGES = haproxy nginx-light libnginx-mod-stream wrk iperf3 valgrind linux-perf
 FUZZ_PACKAGES  = clang libclang-rt-14-dev
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -2,8 +2,9 @@
 """Instructions (and syscalls) per request: a repeatable speed signal on a
 noisy machine (not a test).
 
-    python3 benchmarks/instructions.py [--build DIR] [--scenario l7|newconn|64k|tls|tlska|h2c|h2tls]
+    python3 benchmarks/instructions.py [--build DIR] [--scenario l7|newconn|64k|tls|tlska|h2c|h2tls|hs13|hs12]
                                        [--seconds S] [--targets waygate,haproxy,nginx]
+                                       [--cert rsa|ecdsa] [--handshakes N] [--sni] [--syscalls]
 
 Each proxy runs under `valgrind --tool=callgrind` (one worker/thread, the
 configs of benchmarks/configs) in front of the nginx-light backend. After a
@@ -13,6 +14,14 @@ requests wrk completed = user-space instructions per request, the proxy's
 own code plus the libraries it calls (libevent, OpenSSL, libc); the kernel's
 work is not in it. The dump files are kept (path printed) for
 callgrind_annotate.
+
+hs13 / hs12 are full TLS handshakes (TLS 1.3 / 1.2): a fixed number
+(--handshakes) of connections one after another, each a new session (nothing
+resumed, as `openssl s_time -new`) with one GET; Ir / handshakes = user-space
+instructions per full handshake, with the --cert key type (RSA-2048 or ECDSA
+P-256) and with or without SNI. --syscalls runs the proxy natively instead
+and counts its system calls per handshake (`perf stat -e
+raw_syscalls:sys_enter` on its PID): the kernel side callgrind does not see.
 """
 
 import argparse
@@ -26,11 +35,13 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True
-from scenarios._common import Ctx, Env, free_port, wait_port, wrk, LOAD_CPU, PROXY_CPU  # noqa
+from scenarios._common import (Ctx, Env, free_port, full_handshakes, wait_port, wrk,  # noqa
+                               LOAD_CPU, PROXY_CPU)
 
 SCEN = {"l7": ("http", "/", []), "newconn": ("http", "/", ["Connection: close"]),
         "64k": ("http", "/64k", []), "tls": ("tls", "/", ["Connection: close"]),
-        "tlska": ("tls", "/", []), "h2c": ("h2c", "/", []), "h2tls": ("h2tls", "/", [])}
+        "tlska": ("tls", "/", []), "h2c": ("h2c", "/", []), "h2tls": ("h2tls", "/", []),
+        "hs13": ("tls", "/", "1.3"), "hs12": ("tls", "/", "1.2")}
 
 
 def h2load(url, conns, seconds, headers=()):
@@ -48,8 +59,16 @@ def main():
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--targets", default="waygate,haproxy,nginx")
     ap.add_argument("--keep", default="/tmp/wg-callgrind")
+    ap.add_argument("--cert", default="rsa", choices=("rsa", "ecdsa"))
+    ap.add_argument("--handshakes", type=int, default=200)
+    ap.add_argument("--sni", action="store_true", help="handshakes send SNI bench.test")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="hs*: run natively, count syscalls per handshake with perf stat")
+    ap.add_argument("--record", action="store_true",
+                    help="with --syscalls: also perf record -g the proxy (KEEP/LABEL-TARGET.perf)")
     args = ap.parse_args()
     kind, path, headers = SCEN[args.scenario]
+    hs = args.scenario.startswith("hs")
     os.makedirs(args.keep, exist_ok=True)
     ctx = Ctx(args.build)
     with Env(ctx) as env:
@@ -58,12 +77,15 @@ def main():
         bport = env.backend(tls_port=tls_direct)
         subst = {"BACKEND": bport}
         if kind in ("tls", "h2tls"):
-            crt, key, pem = env.cert()
+            crt, key, pem = env.cert(args.cert)
             subst.update(CRT=crt, KEY=key, PEM=pem)
         for target in args.targets.split(","):
             port = free_port()
-            out = os.path.join(args.keep, "%s-%s.%%p" % (args.scenario, target))
+            label = args.scenario + ("-" + args.cert if hs else "")
+            out = os.path.join(args.keep, "%s-%s.%%p" % (label, target))
             vg = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out]
+            if args.syscalls:
+                vg = []
             if target == "waygate":
                 conf = env.config("%s.waygate.yaml" % kind, "wg.yaml", PORT=port, ADMIN=free_port(),
                                   REG=env.registry(bport), **subst)
@@ -78,26 +100,83 @@ def main():
             if not wait_port(port, 60, p):
                 print(target, "did not start:", env.log_tail(target))
                 continue
+            if hs:
+                handshake_run(args, env, p, port, target, label, out)
+                continue
             scheme = "https" if kind in ("tls", "h2tls") else "http"
             url = "%s://127.0.0.1:%d%s" % (scheme, port, path)
             load(url, 10, 2, headers=headers)               # warm-up
             subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True)
             r = load(url, args.conns, args.seconds, headers=headers)
-            subprocess.run(["callgrind_control", "-d", "measured", str(p.pid)], capture_output=True)
-            env.stop(p)
-            time.sleep(0.5)
+            ir, dumps = dump_and_stop(env, p, out)
             n = r["rps"] * args.seconds
-            dumps = sorted(glob.glob(out.replace("%p", str(p.pid)) + "*"))
-            ir = None
-            for d in dumps:
-                with open(d, errors="replace") as f:
-                    text = f.read()
-                if re.search(r"^desc: Trigger: dump measured", text, re.M):
-                    m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-                    ir = int(m.group(1)) if m else None
             print("%-8s %-8s %8.0f requests  %s instructions/request  (%s)" % (
                 target, args.scenario, n, "%.0f" % (ir / n) if ir and n else "?", ", ".join(dumps)),
                 flush=True)
+
+
+def dump_and_stop(env, p, out):
+    """Dump p's counters as "measured", stop it: (Ir of that dump or None, dump files)."""
+    subprocess.run(["callgrind_control", "-d", "measured", str(p.pid)], capture_output=True)
+    env.stop(p)
+    time.sleep(0.5)
+    ir = None
+    dumps = sorted(glob.glob(out.replace("%p", str(p.pid)) + "*"))
+    for d in dumps:
+        with open(d, errors="replace") as f:
+            text = f.read()
+        if re.search(r"^desc: Trigger: dump measured", text, re.M):
+            m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+            ir = int(m.group(1)) if m else None
+    return ir, dumps
+
+
+def cpu_split(pid):
+    """(utime, stime) of pid in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def handshake_run(args, env, p, port, target, label, out):
+    """Full handshakes: warm up, zero, args.handshakes of them, dump (or perf stat)."""
+    version, sni = SCEN[args.scenario][2], "bench.test" if args.sni else None
+    full_handshakes(port, 20, version, sni)                 # warm-up
+    if args.syscalls:
+        perf = subprocess.Popen(["perf", "stat", "-x,", "-e",
+                                 "raw_syscalls:sys_enter,page-faults,context-switches", "-p",
+                                 str(p.pid)], stderr=subprocess.PIPE, text=True)
+        rec = subprocess.Popen(["perf", "record", "-q", "-F", "4000", "-g", "-o",
+                                os.path.join(args.keep, "%s-%s.perf" % (label, target)), "-p",
+                                str(p.pid)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL) if args.record else None
+        time.sleep(0.5)
+    else:
+        subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True)
+    c0 = cpu_split(p.pid)
+    ok = full_handshakes(port, args.handshakes, version, sni)
+    time.sleep(1.0)                                         # the proxy's closes
+    c1 = cpu_split(p.pid)
+    if args.syscalls:
+        perf.send_signal(2)
+        text = perf.communicate(timeout=30)[1]
+        if rec:
+            rec.send_signal(2)
+            rec.wait(timeout=60)
+        env.stop(p)
+        counts = {ev: int(v) for v, ev in re.findall(r"^(\d+),[^,]*,([\w:-]+)", text, re.M)}
+        per = ["%.2f" % (counts[ev] / ok) if ok and ev in counts else "?"
+               for ev in ("raw_syscalls:sys_enter", "page-faults", "context-switches")]
+        us = ["%.0f" % ((b - a) / ok * 1e6) if ok else "?" for a, b in zip(c0, c1)]
+        print("%-8s %-12s %5d/%d handshakes  per handshake: %s syscalls, %s page faults, "
+              "%s context switches, CPU us user %s sys %s"
+              % (target, label + ("-sni" if sni else ""), ok, args.handshakes, per[0], per[1],
+                 per[2], us[0], us[1]), flush=True)
+        return
+    ir, dumps = dump_and_stop(env, p, out)
+    print("%-8s %-12s %5d/%d handshakes  %s instructions/handshake  (%s)" % (
+        target, label + ("-sni" if sni else ""), ok, args.handshakes,
+        "%.0f" % (ir / ok) if ir and ok else "?", ", ".join(dumps)), flush=True)
 
 
 if __name__ == "__main__":

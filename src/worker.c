@@ -151,12 +151,13 @@ struct wg_worker *wg_worker_new(unsigned index, struct wg_pool *pool, struct wg_
     w->conns.next = w->conns.prev = &w->conns;
     pthread_mutex_init(&w->mbox_lock, NULL);
     wg_rng_seed(&w->rng, wg_now_ns() ^ ((uint64_t)index << 48) ^ (uint64_t)getpid());
-    struct event_config *ec = event_config_new();
-    if (!ec)
-        goto fail;
-    event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER);
-    w->base = event_base_new_with_config(ec);
-    event_config_free(ec);
+    /* No EVENT_BASE_FLAG_PRECISE_TIMER: with it, libevent's epoll backend
+     * arms a timerfd (timerfd_settime) before every epoll_wait, one more
+     * syscall per loop iteration (5 per TLS handshake); without it the
+     * timeout is epoll_wait's own, in milliseconds, as every deadline of
+     * the data path is (CLOCK_MONOTONIC either way: the coarse clock ticks
+     * 4 ms here, too slow for libevent to pick it). */
+    w->base = event_base_new();
     if (!w->base)
         goto fail;
     w->stats = wg_stats_block_new();

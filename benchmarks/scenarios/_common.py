@@ -106,7 +106,7 @@ class Env:
         self.ctx = ctx
         self.tmp = tempfile.mkdtemp(prefix="wg-scn-")
         self.procs = []
-        self._cert = None
+        self._certs = {}
 
     def __enter__(self):
         return self
@@ -172,11 +172,14 @@ class Env:
 
     # ---- shared pieces ----
 
-    def cert(self):
-        """One self-signed RSA-2048 certificate for every TLS server: (crt, key, pem)."""
-        if self._cert is None:
-            crt, key, pem = self.path("bench.crt"), self.path("bench.key"), self.path("bench.pem")
-            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+    def cert(self, kind="rsa"):
+        """One self-signed certificate for every TLS server, RSA-2048 or ECDSA
+        P-256 (kind "ecdsa"): (crt, key, pem)."""
+        if kind not in self._certs:
+            crt, key, pem = (self.path("bench-%s.%s" % (kind, ext)) for ext in ("crt", "key", "pem"))
+            newkey = ["-newkey", "rsa:2048"] if kind == "rsa" else [
+                "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+            subprocess.run(["openssl", "req", "-x509"] + newkey + ["-nodes",
                             "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=bench.test",
                             "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1"],
                            check=True, capture_output=True, timeout=60)
@@ -184,18 +187,19 @@ class Env:
                 for part in (crt, key):
                     with open(part) as f:
                         out.write(f.read())
-            self._cert = (crt, key, pem)
-        return self._cert
+            self._certs[kind] = (crt, key, pem)
+        return self._certs[kind]
 
-    def backend(self, tls_port=None):
+    def backend(self, tls_port=None, cert="rsa"):
         """nginx-light on the load CPU: GET / -> 65-byte body, GET /64k -> 64 KiB file,
-        keep-alive. tls_port: also a TLS server (the 'direct' target of the TLS scenario)."""
+        keep-alive. tls_port: also a TLS server (the 'direct' target of the TLS scenario)
+        with the `cert` kind of certificate."""
         port = free_port()
         with open(self.path("64k.bin"), "wb") as f:
             f.write(b"y" * BIG_SIZE)
         tls = ""
         if tls_port:
-            crt, key, _ = self.cert()
+            crt, key, _ = self.cert(cert)
             with open(os.path.join(CONFIGS, "backend-tls.snippet")) as f:
                 tls = f.read().replace("@TLS_PORT@", str(tls_port)).replace(
                     "@CRT@", crt).replace("@KEY@", key).replace("@TMP@", self.tmp).replace(
@@ -340,8 +344,10 @@ def errors_of(rows):
 
 # ---- the L7 matrix shared by l7_newconn, l7_64k and tls ----
 
-def start_target(env, target, kind, backend_port, tls_direct_port=None, clients=10000):
-    """Starts `target` for config family `kind` ("http" or "tls"), sized for
+def start_target(env, target, kind, backend_port, tls_direct_port=None, clients=10000,
+                 cert="rsa"):
+    """Starts `target` for config family `kind` ("http" or "tls", with the
+    `cert` kind of certificate: "rsa" or "ecdsa"), sized for
     `clients` client connections at once; returns (url base, process
     measured for CPU/RSS, process to stop or None)."""
     subst = {"BACKEND": backend_port, "MAXCONN": clients + 500,
@@ -349,7 +355,7 @@ def start_target(env, target, kind, backend_port, tls_direct_port=None, clients=
     tls = kind in ("tls", "h2tls")
     scheme = "https" if tls else "http"
     if tls:
-        crt, key, pem = env.cert()
+        crt, key, pem = env.cert(cert)
         subst.update(CRT=crt, KEY=key, PEM=pem)
     if target == "direct":
         port = tls_direct_port if tls else backend_port
@@ -375,16 +381,17 @@ def check_get(url, path, size=None):
         raise RuntimeError("%s%s answered %d with %d bytes" % (url, path, r.status, len(body)))
 
 
-def l7_matrix(ctx, kind, variants, log):
+def l7_matrix(ctx, kind, variants, log, cert="rsa"):
     """variants: [(label, path, wrk kwargs, expected body size)]. Every target
     runs every variant ctx.runs times, back to back. Returns rows for table()."""
     rows = []
     with Env(ctx) as env:
         tls_direct = free_port() if kind == "tls" else None
-        backend_port = env.backend(tls_port=tls_direct)
+        backend_port = env.backend(tls_port=tls_direct, cert=cert)
         for target in ctx.targets:
             try:
-                url, measured_proc, own = start_target(env, target, kind, backend_port, tls_direct)
+                url, measured_proc, own = start_target(env, target, kind, backend_port, tls_direct,
+                                                       cert=cert)
             except RuntimeError as e:
                 log("  %s: %s" % (target, e))
                 rows += [(target, v[0], None) for v in variants]
@@ -419,3 +426,33 @@ def l7_matrix(ctx, kind, variants, log):
     order = {v[0]: i for i, v in enumerate(variants)}
     rows.sort(key=lambda r: order[r[1]])
     return rows
+
+
+# ---- full TLS handshakes, a fixed number ----
+
+def full_handshakes(port, n, version="1.3", sni=None, path="/"):
+    """n connections one after another to 127.0.0.1:port, each a full TLS
+    handshake (a new session every time: no ticket or session id offered, as
+    `openssl s_time -new`), one `GET path HTTP/1.0` and the response read to
+    EOF. version "1.2" or "1.3" (both ends of the client's range). Returns the
+    number that got a 200. A fixed count, unlike s_time's fixed time, so
+    counters read around it (callgrind, perf stat) divide exactly."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    v = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = ctx.maximum_version = v
+    req = ("GET %s HTTP/1.0\r\nHost: bench.test\r\n\r\n" % path).encode()
+    ok = 0
+    for _ in range(n):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as raw:
+                with ctx.wrap_socket(raw, server_hostname=sni) as s:
+                    s.sendall(req)
+                    data = b"".join(iter(lambda: s.recv(65536), b""))     # to EOF
+            if data.startswith(b"HTTP/1.") and data[9:12] == b"200":
+                ok += 1
+        except (OSError, ssl.SSLError):
+            pass
+    return ok

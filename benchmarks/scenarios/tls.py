@@ -1,8 +1,9 @@
 """TLS termination: full handshakes per second and keep-alive rps over TLS.
 
 Every TLS server (the "direct" backend server block, waygate, HAProxy, nginx)
-uses the same self-signed RSA-2048 certificate and allows TLS 1.2 and 1.3;
-the proxies speak plain HTTP with keep-alive to the backend.
+uses the same self-signed RSA-2048 certificate (the ECDSA rows: one ECDSA
+P-256 certificate) and allows TLS 1.2 and 1.3; the proxies speak plain HTTP
+with keep-alive to the backend.
 
 - full handshakes: 8 `openssl s_time -new` clients in parallel (-tls1_3, then
   -tls1_2), each connecting again and again with a new session every time
@@ -78,10 +79,12 @@ def run(ctx, log=print):
                 ("wrk close TLS1.2 -c%d (resumes)" % c, "/",
                  {"conns": c, "headers": close, "env": env12}, len(SMALL_BODY)),
                 ("keep-alive TLS1.3 -c%d" % c, "/", {"conns": c}, len(SMALL_BODY))]
+    ecdsa = [("ECDSA " + v[0],) + v[1:] for v in variants[:2]]
     if ctx.smoke:
-        variants = [variants[0], variants[4]]
+        variants, ecdsa = [variants[0], variants[4]], ecdsa[:1]
     try:
         rows = l7_matrix(ctx, "tls", variants, log)
+        rows += l7_matrix(ctx, "tls", ecdsa, log, cert="ecdsa")
     finally:
         os.unlink(tls12)
     return table(rows, WRK_COLS, "rps"), errors_of(rows)

@@ -12,7 +12,8 @@
  *    and an RSA certificate with the same names share one context, and
  *    OpenSSL picks the one the client supports.
  *  - Secure defaults: TLS 1.2+ (min_version), no renegotiation, no
- *    compression, server cipher preference; session resumption by stateless
+ *    compression, server cipher preference with AES-128-GCM first (Mozilla
+ *    intermediate order, OpenSSL's default set); session resumption by stateless
  *    tickets whose keys rotate in-process (no locked session cache). A
  *    ticket resumes only on the listener that issued it, under the same
  *    verify mode and client CA (a per-listener session id context), with
