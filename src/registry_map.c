@@ -314,7 +314,8 @@ struct rmap_lookup {
 
 static void dns_unlink(struct rmap_lookup *d)
 {
-    for (struct rmap_lookup **pp = &d->r->lookups; d->linked && *pp; pp = &(*pp)->next)
+    for (struct rmap_lookup **pp = d->linked ? &d->r->lookups : NULL; pp && *pp;
+         pp = &(*pp)->next)
         if (*pp == d) {
             *pp = d->next;
             break;
@@ -405,9 +406,13 @@ void rmap_resolver_cancel(struct rmap_resolver *r)
     while (r->lookups) {
         struct rmap_lookup *d = r->lookups;
         r->lookups = d->next;
-        /* the cancel's callback is deferred to a loop that no longer runs */
+        /* libevent answers a cancel with a deferred callback (dns_cb,
+         * EVUTIL_EAI_CANCEL), which frees d: run by the loop after a reload
+         * replaced the registry, or by the caller's last pass at shutdown.
+         * Freeing d here made that callback a use after free (ASan, a reload
+         * while a host name was being resolved). */
+        d->linked = false;
+        d->r = NULL;
         evdns_getaddrinfo_cancel(d->req);
-        free(d->key);
-        free(d);
     }
 }

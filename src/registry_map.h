@@ -113,7 +113,9 @@ struct rmap_resolver {
 };
 /* Resolve every host of `h` for the records of entry `e`. */
 void rmap_resolve(struct rmap_resolver *res, struct key_entry *e, const struct wg_record_hosts *h);
-/* Cancel every lookup in flight (the event loop no longer runs). */
+/* Cancel every lookup in flight. Each is freed by its cancel callback,
+ * which libevent defers: the loop runs it (a reload), or the caller runs one
+ * non-blocking pass of the loop before freeing the base (shutdown). */
 void rmap_resolver_cancel(struct rmap_resolver *res);
 
 #endif

@@ -737,6 +737,10 @@ static void zk_free(struct wg_registry *base)
     rmap_resolver_cancel(&r->resolver);
     if (r->dns)
         evdns_base_free(r->dns, 0);
+    /* the cancelled lookups are freed by their deferred callbacks: at
+     * shutdown one non-blocking pass runs them (a reload: the loop does) */
+    if (base->base && !base->in_loop)
+        event_base_loop(base->base, EVLOOP_NONBLOCK);
     if (r->retry)
         event_free(r->retry);
     if (r->relist)

@@ -1,15 +1,20 @@
 """etcd registry: authentication (short token TTL, etcd restart), TLS with a
 CA made by the test, start from the cache with etcd down, an idle watch on
-etcd's default settings, and reloads that change the etcd settings."""
+etcd's default settings, and reloads that change the etcd settings (also
+while host names are being resolved)."""
 
 import copy
+import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import time
 
 from etcdlib import ETCDCTL, EtcdHarness
-from wglib import NameLoad, SANITIZED, name_via, slack, wait_until, write_atomic, yaml_block
+from wglib import (NameLoad, SANITIZED, free_port, name_via, slack, tool, wait_until,
+                   write_atomic, yaml_block)
 
 P = "/services/users/"
 
@@ -148,3 +153,66 @@ def test_reload_with_new_etcd_settings_switches_cleanly():
         wg.wait_instances({"a": "127.0.0.1:%d" % a.port, "b": "127.0.0.1:%d" % b.port})
         err = wg.stderr_text()
         assert "reentrant" not in err and "[warn]" not in err, err[-3000:]
+
+
+def silent_resolver():
+    """A UDP socket on port 53 of some 127.x address that reads queries and
+    never answers, or None where it cannot be had (no root)."""
+    for _ in range(5):
+        addr = "127.%d.%d.%d" % (random.randrange(1, 255), random.randrange(1, 255),
+                                 random.randrange(2, 255))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind((addr, 53))
+            return s
+        except OSError:
+            s.close()
+    return None
+
+
+def test_reload_while_host_names_are_being_resolved():
+    """A reload that replaces the etcd registry while lookups of host-name
+    records are in flight: the cancelled lookups are freed by libevent's
+    deferred cancel callbacks, not before them (they were: a use after free
+    at the next loop pass, caught by ASan). waygate runs in a mount namespace
+    whose /etc/resolv.conf names a resolver that never answers."""
+    dns = silent_resolver()
+    cp = subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=10)
+    if dns is None or cp.returncode != 0:
+        print("skipped: needs root for port 53 and unshare -m")
+        return
+    with EtcdHarness() as h:
+        etcd = h.etcd()
+        c = etcd.client()
+        rc = h.path("resolv.conf")
+        with open(rc, "w") as f:
+            f.write("nameserver %s\noptions timeout:30 attempts:1\n" % dns.getsockname()[0])
+        cfg_path = h.path("waygate.yaml")
+        admin, port = free_port(), free_port()
+
+        def write(watch_timeout):
+            write_atomic(cfg_path, yaml_block({
+                "workers": 1, "shutdown_timeout": "2s",
+                "admin": {"listen": "127.0.0.1:%d" % admin},
+                "registry": {"etcd": {"endpoints": [etcd.url], "watch_timeout": watch_timeout}},
+                "listeners": [{"name": "t", "mode": "tcp", "service": "users",
+                               "listen": "127.0.0.1:%d" % port}]}) + "\n")
+        write("10s")
+        wg = h.start("waygate-ns", ["unshare", "-m", "sh", "-c", "mount --bind %s /etc/resolv.conf"
+                                    " && exec %s -c %s" % (rc, tool("waygate"), cfg_path)])
+        wg.expect_clean_exit = True         # exit 0 on the cleanup's SIGTERM, no ASan report
+        wg.stop_timeout = slack(5)
+        wait_until(lambda: "etcd watching" in wg.stderr_text(), slack(10), "the watch")
+        for k in range(3):
+            c.put(P + "h%d" % k, json.dumps({"address": "h%d.soak.test" % k, "port": 80}))
+        dns.settimeout(slack(10))
+        for _ in range(3):
+            dns.recvfrom(2048)              # lookups in flight, never answered
+        write("12s")
+        wg.signal(signal.SIGHUP)
+        wait_until(lambda: "registry settings changed" in wg.stderr_text(), slack(5), "the switch")
+        # the new registry lists the keys again and resolves them again
+        wait_until(lambda: wg.stderr_text().count("etcd list applied") == 2, slack(5), "relist")
+        time.sleep(0.5)                     # loop passes run the cancel callbacks
+        assert wg.alive(), wg.stderr_text()[-3000:]
+        dns.close()
