@@ -1,0 +1,123 @@
+"""gRPC health checks (issue 17): `health_check: { type: grpc }` calls
+grpc.health.v1.Health/Check on a real python3-grpcio server over h2c and
+over TLS (ALPN h2), and follows its serving status with the prober's
+thresholds; NOT_SERVING, UNIMPLEMENTED, NOT_FOUND and a dead server fail
+(docs/health.md, "gRPC probes"); probes reuse one connection."""
+
+import time
+
+from grpclib import GrpcServer, grpcio_available
+from test_health import probes, transitions, wait_health
+from wglib import Harness, slack
+import tlslib
+
+
+def grpc_world(h, server, **hc):
+    return h.waygate(instances={"users": [server.instance()]},
+                     service_defaults=probes("grpc", interval="100ms", timeout="1s", **hc))
+
+
+def test_grpc_probe_follows_serving_status_h2c():
+    if not grpcio_available():
+        print("python3-grpcio not installed for /usr/bin/python3: test skipped")
+        return
+    with Harness() as h:
+        g = GrpcServer(h, "a")
+        wg = grpc_world(h, g, up=2, down=2)
+        wait_health(wg, "users", "a", "healthy", slack(10))
+        g.set_all({"": "NOT_SERVING"})
+        wait_health(wg, "users", "a", "unhealthy", slack(5))
+        g.set_all({"": "SERVING"})
+        wait_health(wg, "users", "a", "healthy", slack(5))
+        g.set_all({"": "SERVICE_UNKNOWN"})
+        wait_health(wg, "users", "a", "unhealthy", slack(5))
+        reasons = [r for f, t, r in transitions(wg, "a") if t == "unhealthy"]
+        assert len(reasons) == 2, transitions(wg, "a")
+        assert "NOT_SERVING" in reasons[0] and "SERVICE_UNKNOWN" in reasons[1], reasons
+        calls = g.calls()
+        assert len(calls) >= 6 and set(calls) == {"-"}, calls
+        # The server dies: transport failures take it out too.
+        g.set_all({"": "SERVING"})
+        wait_health(wg, "users", "a", "healthy", slack(5))
+        g.proc.kill()
+        wait_health(wg, "users", "a", "unhealthy", slack(5))
+
+
+def test_grpc_probe_named_service_and_call_errors():
+    """health_check.service is sent in the request; a server without the
+    Health service (UNIMPLEMENTED) or without that name (NOT_FOUND) fails."""
+    if not grpcio_available():
+        print("python3-grpcio not installed for /usr/bin/python3: test skipped")
+        return
+    with Harness() as h:
+        g = GrpcServer(h, "a", states={"users.Users": "SERVING", "": "NOT_SERVING"})
+        wg = grpc_world(h, g, up=1, down=1, service="users.Users")
+        wait_health(wg, "users", "a", "healthy", slack(10))
+        assert set(g.calls()) == {"users.Users"}, g.calls()
+        g.set_all({"users.Users": "UNIMPLEMENTED"})
+        wait_health(wg, "users", "a", "unhealthy", slack(5))
+        g.set_all({"users.Users": "SERVING"})
+        wait_health(wg, "users", "a", "healthy", slack(5))
+        g.set_all({"": "SERVING"})
+        wait_health(wg, "users", "a", "unhealthy", slack(5))
+        reasons = [r for f, t, r in transitions(wg, "a") if t == "unhealthy"]
+        assert "grpc-status UNIMPLEMENTED" in reasons[0], reasons
+        assert "grpc-status NOT_FOUND" in reasons[1], reasons
+
+
+def test_grpc_probe_reuses_its_connection():
+    """Many probes, few connections: the h2 session stays up across probes
+    and through failing answers (a NOT_SERVING reply is no transport error)."""
+    if not grpcio_available():
+        print("python3-grpcio not installed for /usr/bin/python3: test skipped")
+        return
+    with Harness() as h:
+        g = GrpcServer(h, "a")
+        wg = grpc_world(h, g, up=1, down=1)
+        wait_health(wg, "users", "a", "healthy", slack(10))
+        g.set_all({"": "NOT_SERVING"})
+        wait_health(wg, "users", "a", "unhealthy", slack(5))
+        g.set_all({"": "SERVING"})
+        wait_health(wg, "users", "a", "healthy", slack(5))
+        n0 = len(g.calls())
+        time.sleep(1.0)
+        assert len(g.calls()) - n0 >= 4, g.calls()
+        est = established_to(g.proc.pid, g.port)
+        assert est == 1, "connections to the gRPC server: %d (want 1)" % est
+
+
+def established_to(pid, port):
+    """Established TCP connections accepted on 127.0.0.1:port (ss)."""
+    import subprocess
+    cp = subprocess.run(["ss", "-Htn", "state", "established", "( sport = :%d )" % port],
+                        capture_output=True, timeout=10, text=True)
+    return len([l for l in cp.stdout.splitlines() if l.strip()])
+
+
+def test_grpc_probe_over_tls_alpn_h2():
+    if not grpcio_available():
+        print("python3-grpcio not installed for /usr/bin/python3: test skipped")
+        return
+    pki = tlslib.shared()
+    crt, key = pki.leaf("grpc-up", dns=("grpc.test",), ips=("127.0.0.1",))
+    with Harness() as h:
+        g = GrpcServer(h, "a", cert=crt, key=key)
+        wg = h.waygate(instances={"users": [g.instance()]},
+                       service_defaults=dict(probes("grpc", interval="100ms", timeout="1s",
+                                                    up=1, down=1),
+                                             tls={"enabled": True, "ca": pki.ca}))
+        wait_health(wg, "users", "a", "healthy", slack(10))
+        g.set_all({"": "NOT_SERVING"})
+        wait_health(wg, "users", "a", "unhealthy", slack(5))
+        g.set_all({"": "SERVING"})
+        wait_health(wg, "users", "a", "healthy", slack(5))
+        # The name is verified as for traffic: a wrong sni fails the handshake.
+    with Harness() as h:
+        g = GrpcServer(h, "b", cert=crt, key=key)
+        wg = h.waygate(instances={"users": [g.instance()]},
+                       service_defaults=dict(probes("grpc", interval="100ms", timeout="1s",
+                                                    up=1, down=1),
+                                             tls={"enabled": True, "ca": pki.ca,
+                                                  "sni": "other.test"}))
+        wait_health(wg, "users", "b", "unhealthy", slack(5))
+        assert g.calls() == [], g.calls()
