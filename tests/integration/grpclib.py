@@ -55,3 +55,39 @@ class GrpcServer:
     def instance(self, id=None, weight=100):
         return {"id": id or self.name, "address": "127.0.0.1", "port": self.port,
                 "weight": weight}
+
+
+def grpc_call(target, kind, path, size, count=1, metadata=(), timeout=10.0, tls_ca=None,
+              wait=60):
+    """Runs grpc_client.py; returns its JSON result."""
+    import json
+    argv = [SYSTEM_PYTHON, os.path.join(HERE, "grpc_client.py"), target, kind, path, str(size),
+            "--count", str(count), "--timeout", str(timeout)]
+    for k, v in metadata:
+        argv += ["--metadata", "%s=%s" % (k, v)]
+    if tls_ca:
+        argv += ["--tls-ca", tls_ca]
+    cp = subprocess.run(argv, capture_output=True, timeout=wait, text=True)
+    if cp.returncode != 0 or not cp.stdout.strip():
+        raise AssertionError("grpc_client failed (%d): %s" % (cp.returncode, cp.stderr[-2000:]))
+    return json.loads(cp.stdout.strip().splitlines()[-1])
+
+
+class GrpcBackend:
+    """tests/tools/wg_grpc_backend (the C gRPC test backend) on 127.0.0.1."""
+
+    def __init__(self, harness, name="grpc", message_size=16, max_streams=100):
+        from wglib import tool
+        argv = [tool("wg_grpc_backend"), "--name", name, "--message-size", str(message_size),
+                "--max-streams", str(max_streams)]
+        self.name = name
+        self.proc = harness.start("grpc-backend-" + name, argv, pipe_stdout=True)
+        line = self.proc.read_line(timeout=10)
+        m = re.fullmatch(r"ready (\d+)", line)
+        if not m:
+            raise AssertionError("wg_grpc_backend: unexpected first line %r" % line)
+        self.port = int(m.group(1))
+
+    def instance(self, id=None, weight=100):
+        return {"id": id or self.name, "address": "127.0.0.1", "port": self.port,
+                "weight": weight}
