@@ -12,6 +12,9 @@
  *                       bytes are "NAME" repeated
  *   --name NAME         default "grpc"
  *   --max-streams N     SETTINGS_MAX_CONCURRENT_STREAMS (default 100)
+ *   --goaway-after N    on each connection, answer N streams, then send
+ *                       GOAWAY (last-stream-id = the N-th) and refuse the
+ *                       next one with RST_STREAM REFUSED_STREAM (0 = never)
  *
  * Every request is a POST with any :path. Calls:
  *   /grpc.health.v1.Health/Check   one HealthCheckResponse { status: SERVING }
@@ -63,12 +66,15 @@ struct conn {
     int fd;
     nghttp2_session *s;
     bool want_out;              /* EPOLLOUT armed */
+    unsigned streams;           /* requests begun */
+    int32_t last_id;
 };
 
 static const char *name = "grpc";
 static unsigned char *fixed;    /* the framed fixed reply */
 static size_t fixed_len;
 static unsigned max_streams = 100;
+static unsigned goaway_after;
 static int ep;
 
 static int append(struct stream *st, const void *data, size_t n)
@@ -142,6 +148,17 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ar
 {
     if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
+    struct conn *c = arg;
+    if (goaway_after && c->streams == goaway_after) {
+        if (nghttp2_submit_goaway(s, NGHTTP2_FLAG_NONE, c->last_id, NGHTTP2_NO_ERROR, NULL, 0) ||
+            nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f->hd.stream_id,
+                                      NGHTTP2_REFUSED_STREAM))
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        c->streams++;
+        return 0;
+    }
+    c->streams++;
+    c->last_id = f->hd.stream_id;
     struct stream *st = calloc(1, sizeof *st);
     if (!st)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -340,6 +357,8 @@ int main(int argc, char **argv)
             name = argv[i + 1];
         else if (strcmp(argv[i], "--max-streams") == 0)
             max_streams = (unsigned)strtoul(argv[i + 1], NULL, 10);
+        else if (strcmp(argv[i], "--goaway-after") == 0)
+            goaway_after = (unsigned)strtoul(argv[i + 1], NULL, 10);
         else {
             fprintf(stderr, "wg_grpc_backend: unknown option %s\n", argv[i]);
             return 2;
