@@ -114,7 +114,8 @@ static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     size_t n = st->len - st->off;
     if (n > len)
         n = len;
-    memcpy(buf, st->out + st->off, n);
+    if (n)
+        memcpy(buf, st->out + st->off, n);
     st->off += n;
     if (st->off == st->len && st->ended) {
         *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;

@@ -260,7 +260,9 @@ START_TEST(streams_bounded_by_peer_settings_then_cap)
     struct calls cs = { c, 6 };
     ck_assert(run_until(&w, all_closed, &cs, 5000));
     for (int i = 0; i < 6; i++)
-        ck_assert(c[i].status == 200 && c[i].error == 0 && !c[i].retryable);
+        ck_assert_msg(c[i].status == 200 && c[i].error == 0 && !c[i].retryable,
+                      "stream %d: status %u error %u retryable %d", i, c[i].status, c[i].error,
+                      c[i].retryable);
     world_down(&w);
 }
 END_TEST
@@ -351,7 +353,8 @@ START_TEST(reset_and_ping_liveness)
     struct wg_h2_pool_stats st;
     wg_h2_pool_stats(w.h2, &st);
     ck_assert_uint_eq(st.streams, 0);
-    ck_assert_uint_eq(st.connections, 1);
+    ck_assert_msg(st.connections == 1, "connections %llu connects %llu", 
+                  (unsigned long long)st.connections, (unsigned long long)st.connects);
     /* Idle for a ping interval: a PING, answered. */
     wg_h2_pool_tick(w.h2, wg_now_ms() + 1500);
     ck_assert(!run_until(&w, never, NULL, 200));
