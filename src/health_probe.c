@@ -225,17 +225,25 @@ static void probe_addr(const struct probe *p, struct sockaddr_storage *ss)
         ((struct sockaddr_in *)ss)->sin_port = htons(port);
 }
 
+/* Host header / :authority of probes: health_check.host, else the probed
+ * address. */
+static void probe_host(const struct probe *p, char *host, size_t len)
+{
+    const struct wg_service_config *cfg = cfg_of(p);
+    if (cfg->health_check.host && *cfg->health_check.host) {
+        snprintf(host, len, "%s", cfg->health_check.host);
+    } else {
+        struct sockaddr_storage ss;
+        probe_addr(p, &ss);
+        wg_sockaddr_text((const struct sockaddr *)&ss, host, len);
+    }
+}
+
 static int build_request(struct probe *p)
 {
     const struct wg_service_config *cfg = cfg_of(p);
     char host[80];
-    if (cfg->health_check.host && *cfg->health_check.host) {
-        snprintf(host, sizeof host, "%s", cfg->health_check.host);
-    } else {
-        struct sockaddr_storage ss;
-        probe_addr(p, &ss);
-        wg_sockaddr_text((const struct sockaddr *)&ss, host, sizeof host);
-    }
+    probe_host(p, host, sizeof host);
     const char *path = cfg->health_check.path && *cfg->health_check.path ? cfg->health_check.path : "/";
     int n = snprintf(p->x->req, sizeof p->x->req,
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: waygate-health/%s\r\n"
@@ -492,13 +500,7 @@ static void h2_submit(struct probe *p)
         return;
     }
     char host[256];
-    if (cfg->health_check.host && *cfg->health_check.host) {
-        snprintf(host, sizeof host, "%s", cfg->health_check.host);
-    } else {
-        struct sockaddr_storage ss;
-        probe_addr(p, &ss);
-        wg_sockaddr_text((const struct sockaddr *)&ss, host, sizeof host);
-    }
+    probe_host(p, host, sizeof host);
     const char *scheme = p->ssl ? "https" : "http";
 #define NV(n, v) { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), \
                    NGHTTP2_NV_FLAG_NO_COPY_NAME }

@@ -4,12 +4,19 @@ over TLS (ALPN h2), and follows its serving status with the prober's
 thresholds; NOT_SERVING, UNIMPLEMENTED, NOT_FOUND and a dead server fail
 (docs/health.md, "gRPC probes"); probes reuse one connection."""
 
+import subprocess
 import time
 
 from grpclib import GrpcServer, grpcio_available
 from test_health import probes, transitions, wait_health
 from wglib import Harness, slack
 import tlslib
+
+
+def flip(wg, g, states, health, iid="a"):
+    """Sets the server's statuses, waits for the instance's health."""
+    g.set_all(states)
+    wait_health(wg, "users", iid, health, slack(5))
 
 
 def grpc_world(h, server, **hc):
@@ -25,20 +32,16 @@ def test_grpc_probe_follows_serving_status_h2c():
         g = GrpcServer(h, "a")
         wg = grpc_world(h, g, up=2, down=2)
         wait_health(wg, "users", "a", "healthy", slack(10))
-        g.set_all({"": "NOT_SERVING"})
-        wait_health(wg, "users", "a", "unhealthy", slack(5))
-        g.set_all({"": "SERVING"})
-        wait_health(wg, "users", "a", "healthy", slack(5))
-        g.set_all({"": "SERVICE_UNKNOWN"})
-        wait_health(wg, "users", "a", "unhealthy", slack(5))
+        flip(wg, g, {"": "NOT_SERVING"}, "unhealthy")
+        flip(wg, g, {"": "SERVING"}, "healthy")
+        flip(wg, g, {"": "SERVICE_UNKNOWN"}, "unhealthy")
         reasons = [r for f, t, r in transitions(wg, "a") if t == "unhealthy"]
         assert len(reasons) == 2, transitions(wg, "a")
         assert "NOT_SERVING" in reasons[0] and "SERVICE_UNKNOWN" in reasons[1], reasons
         calls = g.calls()
         assert len(calls) >= 6 and set(calls) == {"-"}, calls
         # The server dies: transport failures take it out too.
-        g.set_all({"": "SERVING"})
-        wait_health(wg, "users", "a", "healthy", slack(5))
+        flip(wg, g, {"": "SERVING"}, "healthy")
         g.proc.kill()
         wait_health(wg, "users", "a", "unhealthy", slack(5))
 
@@ -54,12 +57,9 @@ def test_grpc_probe_named_service_and_call_errors():
         wg = grpc_world(h, g, up=1, down=1, service="users.Users")
         wait_health(wg, "users", "a", "healthy", slack(10))
         assert set(g.calls()) == {"users.Users"}, g.calls()
-        g.set_all({"users.Users": "UNIMPLEMENTED"})
-        wait_health(wg, "users", "a", "unhealthy", slack(5))
-        g.set_all({"users.Users": "SERVING"})
-        wait_health(wg, "users", "a", "healthy", slack(5))
-        g.set_all({"": "SERVING"})
-        wait_health(wg, "users", "a", "unhealthy", slack(5))
+        flip(wg, g, {"users.Users": "UNIMPLEMENTED"}, "unhealthy")
+        flip(wg, g, {"users.Users": "SERVING"}, "healthy")
+        flip(wg, g, {"": "SERVING"}, "unhealthy")
         reasons = [r for f, t, r in transitions(wg, "a") if t == "unhealthy"]
         assert "grpc-status UNIMPLEMENTED" in reasons[0], reasons
         assert "grpc-status NOT_FOUND" in reasons[1], reasons
@@ -75,10 +75,8 @@ def test_grpc_probe_reuses_its_connection():
         g = GrpcServer(h, "a")
         wg = grpc_world(h, g, up=1, down=1)
         wait_health(wg, "users", "a", "healthy", slack(10))
-        g.set_all({"": "NOT_SERVING"})
-        wait_health(wg, "users", "a", "unhealthy", slack(5))
-        g.set_all({"": "SERVING"})
-        wait_health(wg, "users", "a", "healthy", slack(5))
+        flip(wg, g, {"": "NOT_SERVING"}, "unhealthy")
+        flip(wg, g, {"": "SERVING"}, "healthy")
         n0 = len(g.calls())
         time.sleep(1.0)
         assert len(g.calls()) - n0 >= 4, g.calls()
@@ -88,7 +86,6 @@ def test_grpc_probe_reuses_its_connection():
 
 def established_to(pid, port):
     """Established TCP connections accepted on 127.0.0.1:port (ss)."""
-    import subprocess
     cp = subprocess.run(["ss", "-Htn", "state", "established", "( sport = :%d )" % port],
                         capture_output=True, timeout=10, text=True)
     return len([l for l in cp.stdout.splitlines() if l.strip()])
@@ -107,10 +104,8 @@ def test_grpc_probe_over_tls_alpn_h2():
                                                     up=1, down=1),
                                              tls={"enabled": True, "ca": pki.ca}))
         wait_health(wg, "users", "a", "healthy", slack(10))
-        g.set_all({"": "NOT_SERVING"})
-        wait_health(wg, "users", "a", "unhealthy", slack(5))
-        g.set_all({"": "SERVING"})
-        wait_health(wg, "users", "a", "healthy", slack(5))
+        flip(wg, g, {"": "NOT_SERVING"}, "unhealthy")
+        flip(wg, g, {"": "SERVING"}, "healthy")
         # The name is verified as for traffic: a wrong sni fails the handshake.
     with Harness() as h:
         g = GrpcServer(h, "b", cert=crt, key=key)
