@@ -33,6 +33,46 @@ enum wg_grpc_status wg_grpc_status_from_http(int http_status)
     }
 }
 
+size_t wg_grpc_message_encode(const char *in, size_t len, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)in[i];
+        bool plain = c >= 0x20 && c <= 0x7e && c != '%';
+        size_t need = plain ? 1 : 3;
+        if (n + need >= cap)
+            break;
+        if (plain) {
+            out[n++] = (char)c;
+        } else {
+            out[n++] = '%';
+            out[n++] = hex[c >> 4];
+            out[n++] = hex[c & 15];
+        }
+    }
+    out[n] = '\0';
+    return n;
+}
+
+const char *wg_grpc_error_message(int http_status)
+{
+    switch (http_status) {
+    case 400: return "waygate: malformed request";
+    case 401: return "waygate: unauthenticated";
+    case 403: return "waygate: permission denied";
+    case 404: return "waygate: no route";
+    case 408: return "waygate: request timed out";
+    case 413: return "waygate: message too large";
+    case 429: return "waygate: too many requests";
+    case 431: return "waygate: headers too large";
+    case 502: return "waygate: upstream connect failed";
+    case 503: return "waygate: no healthy upstream";
+    case 504: return "waygate: deadline exceeded";
+    default: return "waygate: error";
+    }
+}
+
 bool wg_grpc_status_is_failure(int status)
 {
     return status == WG_GRPC_UNAVAILABLE || status == WG_GRPC_DEADLINE_EXCEEDED ||

@@ -50,6 +50,18 @@ const char *wg_grpc_status_name(int status);
  * (2xx/3xx give UNKNOWN too: they are not errors to map). */
 enum wg_grpc_status wg_grpc_status_from_http(int http_status);
 
+/* grpc-message is percent-encoded (PROTOCOL-HTTP2.md): bytes outside
+ * 0x20-0x7E and '%' itself become %XX. Writes at most cap-1 bytes and a NUL
+ * into out (cap >= 1), never splitting an escape; returns the length
+ * written. */
+size_t wg_grpc_message_encode(const char *in, size_t len, char *out, size_t cap);
+
+/* The text of waygate's own error for a gRPC client: "waygate: " and the
+ * lower-case reason of HTTP status `http_status` ("no route", "no healthy
+ * upstream", "upstream connect failed", "deadline exceeded", "message too
+ * large", ...). Static. */
+const char *wg_grpc_error_message(int http_status);
+
 /* Does an upstream's grpc-status count as a failure for passive outlier
  * detection (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL)? */
 bool wg_grpc_status_is_failure(int status);

@@ -63,6 +63,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         (void)wg_grpc_is_grpc((const char *)in, n);
         int st = wg_grpc_status_parse((const char *)in, n);
         CHECK(st >= -1 && st < 1000);
+        char enc[64];
+        size_t el = wg_grpc_message_encode((const char *)in, n, enc, sizeof enc);
+        CHECK(el < sizeof enc && enc[el] == '\0' && strlen(enc) == el);
+        for (size_t i = 0; i < el; i++)
+            CHECK(enc[i] >= 0x20 && enc[i] <= 0x7e);
         break;
     }
     default: {

@@ -39,6 +39,24 @@ START_TEST(status_from_http)
 }
 END_TEST
 
+START_TEST(message_encoding)
+{
+    char out[32];
+    ck_assert_uint_eq(wg_grpc_message_encode(S("no route"), out, sizeof out), 8);
+    ck_assert_str_eq(out, "no route");
+    wg_grpc_message_encode(S("100% \xe2\x82\xac\n"), out, sizeof out);
+    ck_assert_str_eq(out, "100%25 %E2%82%AC%0A");
+    /* Never a split escape: "ab%25" does not fit in 5 bytes + NUL... */
+    ck_assert_uint_eq(wg_grpc_message_encode(S("ab%"), out, 5), 2);
+    ck_assert_str_eq(out, "ab");
+    ck_assert_uint_eq(wg_grpc_message_encode(S("abc"), out, 1), 0);
+    ck_assert_str_eq(out, "");
+    ck_assert_str_eq(wg_grpc_error_message(404), "waygate: no route");
+    ck_assert_str_eq(wg_grpc_error_message(503), "waygate: no healthy upstream");
+    ck_assert_str_eq(wg_grpc_error_message(999), "waygate: error");
+}
+END_TEST
+
 START_TEST(content_type)
 {
     ck_assert(wg_grpc_is_grpc(S("application/grpc")));
@@ -180,6 +198,7 @@ int main(void)
     TCase *t = tcase_create("pure");
     tcase_add_test(t, status_from_http);
     tcase_add_test(t, content_type);
+    tcase_add_test(t, message_encoding);
     tcase_add_test(t, timeout);
     tcase_add_test(t, retry_methods);
     tcase_add_test(t, health_request);
