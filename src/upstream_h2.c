@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "waygate/health.h"
+#include "waygate/http.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
 #include "waygate/tls.h"
@@ -1000,4 +1001,124 @@ void wg_h2_pool_tick(struct wg_h2_pool *p, uint64_t now_ms)
 void wg_h2_pool_stats(const struct wg_h2_pool *p, struct wg_h2_pool_stats *out)
 {
     *out = p->st;
+}
+
+/* ---- heads ------------------------------------------------------------------------ */
+
+static bool span_is(const char *msg, struct wg_http_span sp, const char *lower)
+{
+    size_t n = strlen(lower);
+    if (sp.len != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = msg[sp.off + i];
+        if ((c >= 'A' && c <= 'Z' ? (char)(c + 32) : c) != lower[i])
+            return false;
+    }
+    return true;
+}
+
+static nghttp2_nv nv_of(const char *name, size_t nl, const char *value, size_t vl)
+{
+    return (nghttp2_nv){ (uint8_t *)name, (uint8_t *)value, nl, vl,
+                         NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE };
+}
+
+size_t wg_h2_request_nv(const struct wg_http_message *m, const struct wg_http_header *h,
+                        const char *msg, const char *scheme, nghttp2_nv *nv, size_t cap,
+                        char *scratch, size_t scratch_cap)
+{
+    if (cap < 4 || !m->has_host)
+        return 0;
+    size_t n = 0, used = 0;
+    const char *method = msg + m->method_text.off;
+    nv[n++] = nv_of(":method", 7, method, m->method_text.len);
+    nv[n++] = nv_of(":scheme", 7, scheme, strlen(scheme));
+    nv[n++] = nv_of(":authority", 10, msg + m->host.off, m->host.len);
+    if (m->target_form == WG_HTTP_TARGET_ABSOLUTE) {
+        /* path and query are adjacent in the target: one span from path */
+        size_t len = m->path.len + (m->has_query ? 1 + m->query.len : 0);
+        if (!m->path.len)
+            nv[n++] = nv_of(":path", 5, "/", 1);
+        else
+            nv[n++] = nv_of(":path", 5, msg + m->path.off, len);
+    } else {
+        nv[n++] = nv_of(":path", 5, msg + m->target.off, m->target.len);
+    }
+    for (unsigned i = 0; i < m->nheaders; i++) {
+        const struct wg_http_header *f = &h[i];
+        switch (f->id) {
+        case WG_HTTP_HDR_HOST: case WG_HTTP_HDR_CONNECTION: case WG_HTTP_HDR_KEEP_ALIVE:
+        case WG_HTTP_HDR_PROXY_CONNECTION: case WG_HTTP_HDR_TRANSFER_ENCODING:
+        case WG_HTTP_HDR_UPGRADE:
+            continue;
+        case WG_HTTP_HDR_TE:
+            if (!span_is(msg, f->value, "trailers"))
+                continue;
+            break;
+        default:
+            break;
+        }
+        if (n == cap || f->name.len > scratch_cap - used)
+            return 0;
+        char *name = scratch + used;
+        for (uint32_t k = 0; k < f->name.len; k++) {
+            char c = msg[f->name.off + k];
+            name[k] = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
+        }
+        used += f->name.len;
+        nv[n++] = nv_of(name, f->name.len, msg + f->value.off, f->value.len);
+    }
+    return n;
+}
+
+static bool put(char *out, size_t cap, size_t *len, const void *p, size_t n)
+{
+    if (n > cap - *len)
+        return false;
+    memcpy(out + *len, p, n);
+    *len += n;
+    return true;
+}
+
+static bool put_fields(const nghttp2_nv *nv, size_t n, char *out, size_t cap, size_t *len,
+                       bool drop_length)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (drop_length && nv[i].namelen == 14 && memcmp(nv[i].name, "content-length", 14) == 0)
+            continue;
+        if (!put(out, cap, len, nv[i].name, nv[i].namelen) || !put(out, cap, len, ": ", 2) ||
+            !put(out, cap, len, nv[i].value, nv[i].valuelen) || !put(out, cap, len, "\r\n", 2))
+            return false;
+    }
+    return true;
+}
+
+size_t wg_h2_response_h1(unsigned status, const nghttp2_nv *nv, size_t n, bool end_stream,
+                         char *out, size_t cap)
+{
+    char line[32];
+    size_t len = 0;
+    int k = snprintf(line, sizeof line, "HTTP/1.1 %03u \r\n", status % 1000);
+    const char *framing = end_stream ? "content-length: 0\r\n\r\n"
+                                     : "transfer-encoding: chunked\r\n\r\n";
+    if (k < 0 || !put(out, cap, &len, line, (size_t)k) || !put_fields(nv, n, out, cap, &len, true) ||
+        !put(out, cap, &len, framing, strlen(framing)))
+        return 0;
+    return len;
+}
+
+size_t wg_h2_chunk_head(size_t n, char *out)
+{
+    int k = snprintf(out, 20, "%zx\r\n", n);
+    return k > 0 ? (size_t)k : 0;
+}
+
+size_t wg_h2_trailers_h1(const nghttp2_nv *nv, size_t n, char *out, size_t cap)
+{
+    size_t len = 0;
+    if (!put(out, cap, &len, "0\r\n", 3) || !put_fields(nv, n, out, cap, &len, false) ||
+        !put(out, cap, &len, "\r\n", 2))
+        return 0;
+    return len;
 }

@@ -46,6 +46,8 @@
 
 struct event_base;
 struct wg_instance;
+struct wg_http_message;
+struct wg_http_header;
 
 #define WG_H2_BODY_BUF (64 * 1024)      /* request body bytes a stream holds */
 
@@ -126,5 +128,38 @@ struct wg_h2_pool_stats {
     uint64_t refused;                   /* streams closed retryable */
 };
 void wg_h2_pool_stats(const struct wg_h2_pool *p, struct wg_h2_pool_stats *out);
+
+/* ---- heads between the exchange (HTTP/1.1 semantics) and HTTP/2 ----------
+ * The exchange works on HTTP/1.1 heads (exchange.h on the HTTP/2 branch:
+ * the downstream codecs hand it one, and it rewrites it for the upstream).
+ * These pure functions carry such heads to and from an HTTP/2 upstream. */
+
+/* The nv list of request head `m` (fields h[0..m->nheaders), bytes in
+ * `msg`) for wg_h2_submit(): :method, :scheme `scheme`, :authority = Host,
+ * :path = the origin-form target (absolute-form: path and query), then the
+ * fields with lower-cased names (into scratch[scratch_cap]), without Host
+ * and the connection-specific ones (RFC 9113 §8.2.2: Connection,
+ * Keep-Alive, Proxy-Connection, Transfer-Encoding, Upgrade, and TE unless
+ * it is "trailers"). Returns the number of entries, or 0 when nv[cap] or
+ * scratch is too small or the head has no Host. Values point into msg. */
+size_t wg_h2_request_nv(const struct wg_http_message *m, const struct wg_http_header *h,
+                        const char *msg, const char *scheme, nghttp2_nv *nv, size_t cap,
+                        char *scratch, size_t scratch_cap);
+
+/* An HTTP/2 response head as an HTTP/1.1 one the exchange parses:
+ * "HTTP/1.1 <status> <reason>" and the fields (content-length dropped),
+ * framed with "transfer-encoding: chunked" so that data and trailers
+ * follow as chunks (wg_h2_chunk_head, wg_h2_trailers_h1), or with
+ * "content-length: 0" when end_stream (a Trailers-Only answer: its
+ * grpc-status stays in the head). Returns the length written into out[cap],
+ * or 0 when it does not fit. */
+size_t wg_h2_response_h1(unsigned status, const nghttp2_nv *nv, size_t n, bool end_stream,
+                         char *out, size_t cap);
+/* "<hex len>\r\n" before a chunk of `len` bytes (len > 0); the chunk is
+ * followed by "\r\n". out needs 20 bytes; returns the length. */
+size_t wg_h2_chunk_head(size_t len, char *out);
+/* The last chunk with trailers: "0\r\n", the fields, "\r\n". Returns
+ * the length written into out[cap], or 0 when it does not fit. */
+size_t wg_h2_trailers_h1(const nghttp2_nv *nv, size_t n, char *out, size_t cap);
 
 #endif

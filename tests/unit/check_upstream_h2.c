@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "waygate/http.h"
 #include "waygate/pool.h"
 #include "waygate/reclaim.h"
 #include "waygate/upstream_h2.h"
@@ -377,6 +378,111 @@ START_TEST(reset_and_ping_liveness)
 }
 END_TEST
 
+static bool nv_has(const nghttp2_nv *nv, size_t n, const char *name, const char *value)
+{
+    for (size_t i = 0; i < n; i++)
+        if (nv[i].namelen == strlen(name) && memcmp(nv[i].name, name, nv[i].namelen) == 0 &&
+            nv[i].valuelen == strlen(value) && memcmp(nv[i].value, value, nv[i].valuelen) == 0)
+            return true;
+    return false;
+}
+
+static bool nv_named(const nghttp2_nv *nv, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (nv[i].namelen == strlen(name) && memcmp(nv[i].name, name, nv[i].namelen) == 0)
+            return true;
+    return false;
+}
+
+/* An HTTP/1.1 request head (as the exchange rewrites it) to nv: pseudo
+ * headers, lower-cased names, connection-specific fields dropped, TE only
+ * as trailers. */
+START_TEST(request_head_to_nv)
+{
+    static const char head[] =
+        "POST /users.Users/Get?x=1 HTTP/1.1\r\nHost: api.test\r\nContent-Type: application/grpc\r\n"
+        "TE: trailers\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nX-Request-Id: r1\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n";
+    struct wg_http_header h[16];
+    struct wg_http_parser p;
+    size_t used;
+    wg_http_parser_init_request(&p, h, 16, 0);
+    ck_assert_int_eq(wg_http_parse_head(&p, head, sizeof head - 1, &used), WG_HTTP_DONE);
+    nghttp2_nv nv[16];
+    char scratch[256];
+    size_t n = wg_h2_request_nv(&p.msg, h, head, "http", nv, 16, scratch, sizeof scratch);
+    ck_assert_uint_eq(n, 7);
+    ck_assert(nv_has(nv, n, ":method", "POST") && nv_has(nv, n, ":scheme", "http"));
+    ck_assert(nv_has(nv, n, ":authority", "api.test"));
+    ck_assert(nv_has(nv, n, ":path", "/users.Users/Get?x=1"));
+    ck_assert(nv_has(nv, n, "content-type", "application/grpc"));
+    ck_assert(nv_has(nv, n, "te", "trailers") && nv_has(nv, n, "x-request-id", "r1"));
+    ck_assert(!nv_named(nv, n, "connection") && !nv_named(nv, n, "keep-alive") &&
+              !nv_named(nv, n, "transfer-encoding") && !nv_named(nv, n, "host"));
+    ck_assert_uint_eq(wg_h2_request_nv(&p.msg, h, head, "http", nv, 5, scratch, sizeof scratch), 0);
+    ck_assert_uint_eq(wg_h2_request_nv(&p.msg, h, head, "http", nv, 16, scratch, 8), 0);
+    /* Absolute form: :path from the path and query; TE other than trailers goes. */
+    static const char abs[] = "GET http://api.test/a?b HTTP/1.1\r\nHost: api.test\r\nTE: gzip\r\n\r\n";
+    wg_http_parser_init_request(&p, h, 16, 0);
+    ck_assert_int_eq(wg_http_parse_head(&p, abs, sizeof abs - 1, &used), WG_HTTP_DONE);
+    n = wg_h2_request_nv(&p.msg, h, abs, "https", nv, 16, scratch, sizeof scratch);
+    ck_assert_uint_eq(n, 4);
+    ck_assert(nv_has(nv, n, ":path", "/a?b") && !nv_named(nv, n, "te"));
+}
+END_TEST
+
+/* An HTTP/2 response rendered as HTTP/1.1 parses back with waygate's own
+ * parser: status, fields, chunked data, trailers; Trailers-Only as a head
+ * with content-length 0. */
+START_TEST(response_h2_to_h1_round_trip)
+{
+    nghttp2_nv nv[] = { NV("content-type", "application/grpc"), NV("content-length", "12"),
+                        NV("x-backend", "b") };
+    char out[512];
+    size_t len = wg_h2_response_h1(200, nv, 3, false, out, sizeof out);
+    ck_assert_uint_gt(len, 0);
+    size_t k = wg_h2_chunk_head(7, out + len);
+    len += k;
+    memcpy(out + len, "\0\0\0\0\x02\x08\x01\r\n", 9);
+    len += 9;
+    nghttp2_nv tr[] = { NV("grpc-status", "0"), NV("grpc-message", "ok") };
+    k = wg_h2_trailers_h1(tr, 2, out + len, sizeof out - len);
+    ck_assert_uint_gt(k, 0);
+    len += k;
+    struct wg_http_header h[16];
+    struct wg_http_parser p;
+    size_t used;
+    wg_http_parser_init_response(&p, h, 16, 0, WG_HTTP_POST, false);
+    ck_assert_int_eq(wg_http_parse_head(&p, out, len, &used), WG_HTTP_DONE);
+    ck_assert_uint_eq(p.msg.status, 200);
+    ck_assert(p.msg.chunked && !p.msg.has_content_length);
+    ck_assert_uint_eq(p.msg.nheaders, 3);        /* content-type, x-backend, transfer-encoding */
+    struct wg_http_body b;
+    wg_http_body_init(&b, p.msg.framing, 0, 0);
+    size_t off = used, data = 0;
+    enum wg_http_result r;
+    do {
+        struct wg_http_body_step step;
+        r = wg_http_body_parse(&b, out + off, len - off, &step);
+        data += step.data_len;
+        off += step.consumed;
+    } while (r == WG_HTTP_AGAIN && off < len);
+    ck_assert_int_eq(r, WG_HTTP_DONE);
+    ck_assert_uint_eq(data, 7);
+    ck_assert_uint_eq(off, len);
+    ck_assert(memmem(out, len, "grpc-status: 0\r\n", 16));
+    /* Trailers-Only */
+    nghttp2_nv only[] = { NV("grpc-status", "14"), NV("grpc-message", "down") };
+    len = wg_h2_response_h1(200, only, 2, true, out, sizeof out);
+    wg_http_parser_init_response(&p, h, 16, 0, WG_HTTP_POST, false);
+    ck_assert_int_eq(wg_http_parse_head(&p, out, len, &used), WG_HTTP_DONE);
+    ck_assert(p.msg.has_content_length && p.msg.content_length == 0 && used == len);
+    ck_assert_uint_eq(wg_h2_response_h1(200, only, 2, true, out, 20), 0);
+    ck_assert_uint_eq(wg_h2_trailers_h1(tr, 2, out, 10), 0);
+}
+END_TEST
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -389,6 +495,10 @@ int main(void)
     tcase_add_test(t, flow_control_both_ways);
     tcase_add_test(t, reset_and_ping_liveness);
     suite_add_tcase(s, t);
+    TCase *heads = tcase_create("heads");
+    tcase_add_test(heads, request_head_to_nv);
+    tcase_add_test(heads, response_h2_to_h1_round_trip);
+    suite_add_tcase(s, heads);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
