@@ -348,6 +348,8 @@ static void service_check(struct cfg_ctx *c, const struct wg_service_config *s,
                   "WAYGATE_ZONE)", locality_names[s->locality.mode]);
     if (s->health_check.shared && !c->cfg->fleet.enabled)
         cfg_error(c, node, "health_check: shared: true needs fleet: (and the etcd registry)");
+    if (s->health_check.service && strlen(s->health_check.service) > 255)
+        cfg_error(c, node, "health_check: service is longer than 255 bytes");
     if (s->upstream.protocol == WG_UPSTREAM_H2 && !s->tls.enabled)
         cfg_error(c, node, "upstream: protocol h2 is HTTP/2 over TLS and needs tls.enabled: "
                   "true (HTTP/2 without TLS is h2c)");

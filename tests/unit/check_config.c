@@ -1057,6 +1057,14 @@ START_TEST(test_grpc_keys)
     ck_assert_uint_eq(wg_config_service(cfg, "s")->grpc.max_timeout_ms, 0);
     ck_assert_uint_eq(wg_config_service(cfg, "s")->grpc.n_retry_methods, 0);
     wg_config_free(cfg);
+    /* A HealthCheckRequest.service over 255 bytes is refused. */
+    char yaml[512];
+    snprintf(yaml, sizeof yaml, "services:\n  s:\n    health_check: { type: grpc, service: %0300d }\n", 0);
+    struct wg_errors errs = { 0 };
+    ck_assert_ptr_null(load(yaml, &errs));
+    ck_assert_uint_eq(errs.n, 1);
+    ck_assert_str_eq(errs.lines[0], "t.yaml:3:5: health_check: service is longer than 255 bytes");
+    wg_errors_free(&errs);
 }
 END_TEST
 
