@@ -14,6 +14,7 @@
 #include "waygate/http.h"
 #include "waygate/pool.h"
 #include "waygate/reclaim.h"
+#include "waygate/tls.h"
 #include "waygate/upstream_h2.h"
 
 #ifndef WG_GRPC_BACKEND
@@ -378,6 +379,84 @@ START_TEST(reset_and_ping_liveness)
 }
 END_TEST
 
+/* TLS with ALPN h2 against a real gRPC server (python3-grpcio's C core,
+ * tests/integration/grpc_server.py): the Health/Check call returns SERVING
+ * in one DATA frame and grpc-status 0 in the trailers. Skipped (with a
+ * note) where /usr/bin/python3 has no grpcio. */
+START_TEST(tls_alpn_h2_to_grpcio)
+{
+    if (system("/usr/bin/python3 -c 'import grpc' 2>/dev/null") != 0) {
+        fprintf(stderr, "python3-grpcio missing for /usr/bin/python3: tls test skipped\n");
+        return;
+    }
+    char dir[] = "/tmp/wg-h2tls-XXXXXX", cmd[1024], path[256];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(cmd, sizeof cmd, "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
+             "-nodes -keyout %s/k.pem -out %s/c.pem -days 1 -subj /CN=127.0.0.1 "
+             "-addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1 && printf -- '- SERVING\\n' > %s/ctl",
+             dir, dir, dir);
+    ck_assert_int_eq(system(cmd), 0);
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char crt[300], key[300], ctl[300];
+        snprintf(crt, sizeof crt, "%s/c.pem", dir);
+        snprintf(key, sizeof key, "%s/k.pem", dir);
+        snprintf(ctl, sizeof ctl, "%s/ctl", dir);
+        dup2(fds[1], 1);
+        execl("/usr/bin/python3", "python3", WG_GRPC_SERVER_PY, "--control", ctl, "--cert", crt,
+              "--key", key, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    char line[64] = "";
+    ssize_t k = read(fds[0], line, sizeof line - 1);
+    close(fds[0]);
+    unsigned port = 0;
+    ck_assert_msg(k > 0 && sscanf(line, "ready %u", &port) == 1, "grpc_server: '%s'", line);
+    struct world w;
+    memset(&w, 0, sizeof w);
+    w.backend = pid;
+    w.base = event_base_new();
+    w.rc = wg_reclaim_new();
+    w.pool = wg_pool_new(w.rc, NULL, NULL);
+    w.ref = wg_config_ref_new(unit_config("services:\n  g: { health_check: { type: none } }\n"));
+    wg_pool_set_config(w.pool, w.ref);
+    struct wg_record_set rs = { 0 };
+    unit_record(&rs, "g", "a", "127.0.0.1", (int)port, 100);
+    ck_assert_int_eq(wg_pool_replace_all(w.pool, &rs), 0);
+    wg_record_set_clear(&rs);
+    w.inst = wg_snapshot_service(wg_pool_current(w.pool), "g")->members[0].inst;
+    w.h2 = wg_h2_pool_new(w.base, NULL);
+    snprintf(path, sizeof path, "%s/c.pem", dir);
+    struct wg_errors errs = { 0 };
+    SSL_CTX *ctx = wg_tls_client_ctx_new(path, "", "", true, &errs);
+    ck_assert_ptr_nonnull(ctx);
+    static const uint8_t req[] = { 0, 0, 0, 0, 0 };
+    nghttp2_nv nv[] = { NV(":method", "POST"), NV(":scheme", "https"),
+                        NV(":authority", "127.0.0.1"), NV(":path", "/grpc.health.v1.Health/Check"),
+                        NV("content-type", "application/grpc"), NV("te", "trailers") };
+    struct call c = { 0 };
+    c.body = req;
+    c.body_len = sizeof req;
+    int err = 0;
+    c.s = wg_h2_submit(w.h2, w.inst, ctx, NULL, true, nv, 6, true, &OPS, &c, &err);
+    ck_assert_ptr_nonnull(c.s);
+    pump(&c);
+    struct calls one = { &c, 1 };
+    ck_assert(run_until(&w, all_closed, &one, 15000));
+    ck_assert_uint_eq(c.status, 200);
+    ck_assert_uint_eq(c.got, 7);                    /* 5 + 08 01 (SERVING) */
+    ck_assert_str_eq(c.grpc_status, "0");
+    ck_assert_uint_eq(c.error, 0);
+    SSL_CTX_free(ctx);
+    world_down(&w);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 static bool nv_has(const nghttp2_nv *nv, size_t n, const char *name, const char *value)
 {
     for (size_t i = 0; i < n; i++)
@@ -494,6 +573,7 @@ int main(void)
     tcase_add_test(t, goaway_refuses_unprocessed_streams);
     tcase_add_test(t, flow_control_both_ways);
     tcase_add_test(t, reset_and_ping_liveness);
+    tcase_add_test(t, tls_alpn_h2_to_grpcio);
     suite_add_tcase(s, t);
     TCase *heads = tcase_create("heads");
     tcase_add_test(heads, request_head_to_nv);
