@@ -541,10 +541,15 @@ static void h2_verdict(struct probe *p)
     struct probe_h2 *h = p->h2;
     h->stream = 0;
     if (h->status == 0) {
-        /* Reset before any response: GOAWAY/REFUSED_STREAM on a kept-alive
-         * connection gets one more try on a fresh one (probe_fail). */
-        probe_fail(p, h->close_error == NGHTTP2_REFUSED_STREAM ||
-                      h->close_error == NGHTTP2_NO_ERROR ? ECONNRESET : EPROTO);
+        /* Refused before any response (REFUSED_STREAM, or a GOAWAY below
+         * its id): the server did not look at it. On a kept-alive
+         * connection it gets one more try on a fresh one (probe_fail),
+         * whatever other frames (that GOAWAY) came meanwhile. */
+        bool refused = h->close_error == NGHTTP2_REFUSED_STREAM ||
+                       h->close_error == NGHTTP2_NO_ERROR;
+        if (refused)
+            p->got_bytes = false;
+        probe_fail(p, refused ? ECONNRESET : EPROTO);
         return;
     }
     if (h->status != 200) {

@@ -76,10 +76,11 @@ def grpc_call(target, kind, path, size, count=1, metadata=(), timeout=10.0, tls_
 class GrpcBackend:
     """tests/tools/wg_grpc_backend (the C gRPC test backend) on 127.0.0.1."""
 
-    def __init__(self, harness, name="grpc", message_size=16, max_streams=100):
+    def __init__(self, harness, name="grpc", message_size=16, max_streams=100, extra=()):
         from wglib import tool
+        self.log = harness.path("grpc-backend-%s.log" % name)
         argv = [tool("wg_grpc_backend"), "--name", name, "--message-size", str(message_size),
-                "--max-streams", str(max_streams)]
+                "--max-streams", str(max_streams), "--log", self.log] + list(extra)
         self.name = name
         self.proc = harness.start("grpc-backend-" + name, argv, pipe_stdout=True)
         line = self.proc.read_line(timeout=10)
@@ -91,3 +92,8 @@ class GrpcBackend:
     def instance(self, id=None, weight=100):
         return {"id": id or self.name, "address": "127.0.0.1", "port": self.port,
                 "weight": weight}
+
+    def accepted(self):
+        """Connections the backend accepted so far (its --log)."""
+        with open(self.log) as f:
+            return sum(1 for line in f if line.strip() == "accept")

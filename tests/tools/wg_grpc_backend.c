@@ -12,6 +12,7 @@
  *                       bytes are "NAME" repeated
  *   --name NAME         default "grpc"
  *   --max-streams N     SETTINGS_MAX_CONCURRENT_STREAMS (default 100)
+ *   --log FILE          append "accept" for every connection accepted
  *   --goaway-after N    on each connection, answer N streams, then send
  *                       GOAWAY (last-stream-id = the N-th) and refuse the
  *                       next one with RST_STREAM REFUSED_STREAM (0 = never)
@@ -75,6 +76,7 @@ static unsigned char *fixed;    /* the framed fixed reply */
 static size_t fixed_len;
 static unsigned max_streams = 100;
 static unsigned goaway_after;
+static FILE *log_file;
 static int ep;
 
 static int append(struct stream *st, const void *data, size_t n)
@@ -263,6 +265,10 @@ static void conn_new(int lfd)
         return;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (log_file) {
+        fputs("accept\n", log_file);
+        fflush(log_file);
+    }
     struct conn *c = calloc(1, sizeof *c);
     nghttp2_session_callbacks *cb;
     if (!c || nghttp2_session_callbacks_new(&cb) != 0) {
@@ -358,7 +364,12 @@ int main(int argc, char **argv)
             name = argv[i + 1];
         else if (strcmp(argv[i], "--max-streams") == 0)
             max_streams = (unsigned)strtoul(argv[i + 1], NULL, 10);
-        else if (strcmp(argv[i], "--goaway-after") == 0)
+        else if (strcmp(argv[i], "--log") == 0) {
+            if (!(log_file = fopen(argv[i + 1], "a"))) {
+                fprintf(stderr, "wg_grpc_backend: cannot open %s\n", argv[i + 1]);
+                return 1;
+            }
+        } else if (strcmp(argv[i], "--goaway-after") == 0)
             goaway_after = (unsigned)strtoul(argv[i + 1], NULL, 10);
         else {
             fprintf(stderr, "wg_grpc_backend: unknown option %s\n", argv[i]);
