@@ -405,7 +405,7 @@ START_TEST(tls_alpn_h2_to_grpcio)
         snprintf(key, sizeof key, "%s/k.pem", dir);
         snprintf(ctl, sizeof ctl, "%s/ctl", dir);
         dup2(fds[1], 1);
-        execl("/usr/bin/python3", "python3", WG_GRPC_SERVER_PY, "--control", ctl, "--cert", crt,
+        execl("/usr/bin/python3", "/usr/bin/python3", WG_GRPC_SERVER_PY, "--control", ctl, "--cert", crt,
               "--key", key, (char *)NULL);
         _exit(127);
     }
