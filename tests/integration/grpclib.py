@@ -18,6 +18,14 @@ def grpcio_available():
     return cp.returncode == 0
 
 
+def need_grpcio():
+    """grpcio_available(), saying why the test returns when it is not."""
+    if grpcio_available():
+        return True
+    print("python3-grpcio not installed for /usr/bin/python3: test skipped")
+    return False
+
+
 class GrpcServer:
     """grpc_server.py on 127.0.0.1:<port>; set(service, status) rewrites its
     control file (read on every call)."""

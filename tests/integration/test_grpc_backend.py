@@ -5,14 +5,13 @@ Health service that waygate's gRPC probes call."""
 
 import time
 
-from grpclib import GrpcBackend, grpc_call, grpcio_available
+from grpclib import GrpcBackend, grpc_call, need_grpcio
 from test_health import health, probes, transitions, wait_health
 from wglib import Harness, slack
 
 
 def test_grpc_backend_unary_echo_errors_and_health():
-    if not grpcio_available():
-        print("python3-grpcio not installed for /usr/bin/python3: test skipped")
+    if not need_grpcio():
         return
     with Harness() as h:
         b = GrpcBackend(h, name="ab", message_size=64)

@@ -7,7 +7,7 @@ thresholds; NOT_SERVING, UNIMPLEMENTED, NOT_FOUND and a dead server fail
 import subprocess
 import time
 
-from grpclib import GrpcServer, grpcio_available
+from grpclib import GrpcServer, need_grpcio
 from test_health import probes, transitions, wait_health
 from wglib import Harness, slack
 import tlslib
@@ -25,8 +25,7 @@ def grpc_world(h, server, **hc):
 
 
 def test_grpc_probe_follows_serving_status_h2c():
-    if not grpcio_available():
-        print("python3-grpcio not installed for /usr/bin/python3: test skipped")
+    if not need_grpcio():
         return
     with Harness() as h:
         g = GrpcServer(h, "a")
@@ -49,8 +48,7 @@ def test_grpc_probe_follows_serving_status_h2c():
 def test_grpc_probe_named_service_and_call_errors():
     """health_check.service is sent in the request; a server without the
     Health service (UNIMPLEMENTED) or without that name (NOT_FOUND) fails."""
-    if not grpcio_available():
-        print("python3-grpcio not installed for /usr/bin/python3: test skipped")
+    if not need_grpcio():
         return
     with Harness() as h:
         g = GrpcServer(h, "a", states={"users.Users": "SERVING", "": "NOT_SERVING"})
@@ -68,8 +66,7 @@ def test_grpc_probe_named_service_and_call_errors():
 def test_grpc_probe_reuses_its_connection():
     """Many probes, few connections: the h2 session stays up across probes
     and through failing answers (a NOT_SERVING reply is no transport error)."""
-    if not grpcio_available():
-        print("python3-grpcio not installed for /usr/bin/python3: test skipped")
+    if not need_grpcio():
         return
     with Harness() as h:
         g = GrpcServer(h, "a")
@@ -92,8 +89,7 @@ def established_to(pid, port):
 
 
 def test_grpc_probe_over_tls_alpn_h2():
-    if not grpcio_available():
-        print("python3-grpcio not installed for /usr/bin/python3: test skipped")
+    if not need_grpcio():
         return
     pki = tlslib.shared()
     crt, key = pki.leaf("grpc-up", dns=("grpc.test",), ips=("127.0.0.1",))

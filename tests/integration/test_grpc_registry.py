@@ -9,7 +9,7 @@ Kratos value would fail: nothing speaks gRPC there)."""
 import json
 
 from etcdlib import EtcdHarness
-from grpclib import GrpcServer, grpcio_available
+from grpclib import GrpcServer, need_grpcio
 from wglib import slack, wait_until
 
 HC = {"health_check": {"type": "grpc", "interval": "100ms", "timeout": "1s",
@@ -22,8 +22,7 @@ def instances(wg, service):
 
 
 def test_protocol_markers_from_etcd_pick_grpc_endpoints():
-    if not grpcio_available():
-        print("python3-grpcio not installed for /usr/bin/python3: test skipped")
+    if not need_grpcio():
         return
     with EtcdHarness() as h:
         etcd = h.etcd()

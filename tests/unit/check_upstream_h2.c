@@ -31,6 +31,23 @@ struct world {
     struct wg_h2_pool *h2;
 };
 
+/* An event base, a pool with one instance g/a at 127.0.0.1:port, an h2 pool. */
+static void world_pool(struct world *w, unsigned port, const struct wg_h2_settings *set)
+{
+    w->base = event_base_new();
+    w->rc = wg_reclaim_new();
+    w->pool = wg_pool_new(w->rc, NULL, NULL);
+    w->ref = wg_config_ref_new(unit_config("services:\n  g: { health_check: { type: none } }\n"));
+    wg_pool_set_config(w->pool, w->ref);
+    struct wg_record_set rs = { 0 };
+    unit_record(&rs, "g", "a", "127.0.0.1", (int)port, 100);
+    ck_assert_int_eq(wg_pool_replace_all(w->pool, &rs), 0);
+    wg_record_set_clear(&rs);
+    w->inst = wg_snapshot_service(wg_pool_current(w->pool), "g")->members[0].inst;
+    w->h2 = wg_h2_pool_new(w->base, set);
+    ck_assert_ptr_nonnull(w->h2);
+}
+
 static void world_up(struct world *w, const char *const *args, const struct wg_h2_settings *set)
 {
     int fds[2];
@@ -55,18 +72,7 @@ static void world_up(struct world *w, const char *const *args, const struct wg_h
     ck_assert_int_gt(k, 0);
     unsigned port = 0;
     ck_assert_int_eq(sscanf(line, "ready %u", &port), 1);
-    w->base = event_base_new();
-    w->rc = wg_reclaim_new();
-    w->pool = wg_pool_new(w->rc, NULL, NULL);
-    w->ref = wg_config_ref_new(unit_config("services:\n  g: { health_check: { type: none } }\n"));
-    wg_pool_set_config(w->pool, w->ref);
-    struct wg_record_set rs = { 0 };
-    unit_record(&rs, "g", "a", "127.0.0.1", (int)port, 100);
-    ck_assert_int_eq(wg_pool_replace_all(w->pool, &rs), 0);
-    wg_record_set_clear(&rs);
-    w->inst = wg_snapshot_service(wg_pool_current(w->pool), "g")->members[0].inst;
-    w->h2 = wg_h2_pool_new(w->base, set);
-    ck_assert_ptr_nonnull(w->h2);
+    world_pool(w, port, set);
 }
 
 static void world_down(struct world *w)
@@ -418,17 +424,7 @@ START_TEST(tls_alpn_h2_to_grpcio)
     struct world w;
     memset(&w, 0, sizeof w);
     w.backend = pid;
-    w.base = event_base_new();
-    w.rc = wg_reclaim_new();
-    w.pool = wg_pool_new(w.rc, NULL, NULL);
-    w.ref = wg_config_ref_new(unit_config("services:\n  g: { health_check: { type: none } }\n"));
-    wg_pool_set_config(w.pool, w.ref);
-    struct wg_record_set rs = { 0 };
-    unit_record(&rs, "g", "a", "127.0.0.1", (int)port, 100);
-    ck_assert_int_eq(wg_pool_replace_all(w.pool, &rs), 0);
-    wg_record_set_clear(&rs);
-    w.inst = wg_snapshot_service(wg_pool_current(w.pool), "g")->members[0].inst;
-    w.h2 = wg_h2_pool_new(w.base, NULL);
+    world_pool(&w, port, NULL);
     snprintf(path, sizeof path, "%s/c.pem", dir);
     struct wg_errors errs = { 0 };
     SSL_CTX *ctx = wg_tls_client_ctx_new(path, "", "", true, &errs);
