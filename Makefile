@@ -10,6 +10,8 @@ PACKAGES    = cmake gcc pkg-config make libevent-dev libssl-dev libyaml-dev libj
 TEST_PACKAGES  = prometheus chromium haproxy nginx-light iperf3 nghttp2-client python3-h2
 BENCH_PACKAGES = haproxy nginx-light libnginx-mod-stream wrk iperf3 valgrind linux-perf
 FUZZ_PACKAGES  = clang libclang-rt-14-dev
+# gRPC tests (issue 17): a real grpcio server and client, run by /usr/bin/python3.
+TEST_PACKAGES += python3-grpcio
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps test-deps apt-optional build test unit asan tsan fuzz soak demo bench clean check-config dashboard-shot

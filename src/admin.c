@@ -451,6 +451,7 @@ static void status_instance(struct out *o, const struct wg_member *m, bool comma
     out_json_string(o, i->id);
     out_str(o, ",\"address\":");
     out_json_string(o, i->addr_text);
+    out_printf(o, ",\"protocol\":\"%s\"", wg_upstream_protocol_name(i->protocol));
     out_str(o, ",\"zone\":");
     out_json_string(o, i->cell->zone);
     out_printf(o, ",\"priority\":%u,\"weight\":%" PRIu32 ",\"health\":\"%s\","

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "config_value.h"
+#include "waygate/grpc.h"
 
 #define CF(f) offsetof(struct wg_config, f)
 #define SF(f) offsetof(struct wg_service_config, f)
@@ -18,7 +19,8 @@ static const char *const level_names[] = { "debug", "info", "warn", "error", NUL
 static const char *const format_names[] = { "text", "json", NULL };
 static const char *const balance_names[] = { "round_robin", "least_conn", "random", "p2c",
                                              "hash", NULL };
-static const char *const health_names[] = { "http", "tcp", "none", NULL };
+static const char *const health_names[] = { "http", "tcp", "none", "grpc", NULL };
+static const char *const protocol_names[] = { "http1", "h2c", "h2", "auto", NULL };
 static const char *const unhealthy_names[] = { "keep", "close", NULL };
 static const char *const zk_layout_names[] = { "auto", "curator", "dubbo", "plain", NULL };
 static const char *const locality_names[] = { "off", "prefer", "strict", NULL };
@@ -83,15 +85,60 @@ static void p_on_unhealthy(struct cfg_ctx *c, yaml_node_t *v, void *base,
         ((struct wg_service_config *)base)->on_unhealthy_close = i == 1;
 }
 
+static void methods_free(struct wg_service_config *s)
+{
+    for (size_t i = 0; i < s->grpc.n_retry_methods; i++)
+        free(s->grpc.retry_methods[i]);
+    free(s->grpc.retry_methods);
+    s->grpc.retry_methods = NULL;
+    s->grpc.n_retry_methods = 0;
+}
+
+/* grpc.retry_methods: a list (replaces the defaults' list, §5) of
+ * "/pkg.Service/Method" or "/pkg.Service/" + "*". */
+static void p_retry_methods(struct cfg_ctx *c, yaml_node_t *v, void *base,
+                            const struct cfg_key *k)
+{
+    struct wg_service_config *s = base;
+    size_t n = v->type == YAML_SEQUENCE_NODE ? wg_yaml_seq_len(v) : 0;
+
+    if (v->type != YAML_SEQUENCE_NODE) {
+        cfg_error(c, v, "%s: expected a list", k->name);
+        return;
+    }
+    methods_free(s);
+    if (n && !(s->grpc.retry_methods = calloc(n, sizeof *s->grpc.retry_methods))) {
+        wg_yaml_oom(&c->y);
+        return;
+    }
+    for (size_t i = 0; i < n && !c->y.aborted; i++) {
+        yaml_node_t *item = wg_yaml_seq_item(&c->y, v, i);
+        const char *t = item ? cfg_text(c, item, k->name) : NULL;
+        if (t && !wg_grpc_method_entry_ok(t))
+            cfg_error(c, item, "%s: expected \"/package.Service/Method\" or "
+                      "\"/package.Service/*\", got '%.80s'", k->name, t);
+        else if (t && !(s->grpc.retry_methods[s->grpc.n_retry_methods++] = strdup(t)))
+            wg_yaml_oom(&c->y);
+    }
+}
+
+static const struct cfg_key grpc_keys[] = {
+    { "max_timeout", cfg_p_duration, SF(grpc.max_timeout_ms), 0, DMAX, NULL },
+    { "retry_methods", p_retry_methods, 0, 0, 0, NULL },
+};
+static const struct cfg_table grpc_table = CFG_TABLE("grpc", grpc_keys);
+
 static const struct cfg_key upstream_keys[] = {
     { "max_idle", cfg_p_unsigned, SF(upstream.max_idle), 0, 65536, NULL },
     { "idle_timeout", cfg_p_duration, SF(upstream.idle_timeout_ms), 1, DMAX, NULL },
+    { "protocol", cfg_p_enum, SF(upstream.protocol), 0, 0, protocol_names },
 };
 static const struct cfg_table upstream_table = CFG_TABLE("upstream", upstream_keys);
 
 static const struct cfg_key health_keys[] = {
     { "type", p_hc_type, 0, 0, 0, NULL },
     { "path", p_hc_path, 0, 0, 0, NULL },
+    { "service", cfg_p_str, SF(health_check.service), 0, 0, NULL },
     { "host", cfg_p_str, SF(health_check.host), 0, 0, NULL },
     { "port", cfg_p_u16, SF(health_check.port), 0, 65535, NULL },
     { "interval", cfg_p_duration, SF(health_check.interval_ms), 1, DMAX, NULL },
@@ -166,6 +213,7 @@ static const struct cfg_key service_keys[] = {
     { "drain_timeout", cfg_p_duration, SF(drain_timeout_ms), 0, DMAX, NULL },
     { "on_unhealthy", p_on_unhealthy, 0, 0, 0, NULL },
     { "upstream", cfg_p_map, 0, 0, 0, &upstream_table },
+    { "grpc", cfg_p_map, 0, 0, 0, &grpc_table },
     { "health_check", cfg_p_map, 0, 0, 0, &health_table },
     { "outlier_detection", cfg_p_map, 0, 0, 0, &outlier_table },
     { "locality", cfg_p_map, 0, 0, 0, &locality_table },
@@ -201,7 +249,8 @@ static bool service_defaults_init(struct cfg_ctx *c, struct wg_service_config *s
     s->locality.min_instances = 3;
     s->tls.verify = true;
     return cfg_set_str(c, &s->health_check.path, "/health") &&
-           cfg_set_str(c, &s->health_check.host, "") && cfg_set_str(c, &s->tls.ca, "") &&
+           cfg_set_str(c, &s->health_check.host, "") &&
+           cfg_set_str(c, &s->health_check.service, "") && cfg_set_str(c, &s->tls.ca, "") &&
            cfg_set_str(c, &s->tls.cert, "") && cfg_set_str(c, &s->tls.key, "") &&
            cfg_set_str(c, &s->tls.sni, "");
 }
@@ -212,6 +261,8 @@ static void service_free(struct wg_service_config *s)
     free(s->hash_name);
     free(s->health_check.path);
     free(s->health_check.host);
+    free(s->health_check.service);
+    methods_free(s);
     free(s->tls.ca);
     free(s->tls.cert);
     free(s->tls.key);
@@ -235,7 +286,20 @@ static bool service_copy(struct cfg_ctx *c, struct wg_service_config *dst,
     *dst = *src;
     dst->name = dst->hash_name = dst->health_check.path = dst->health_check.host = NULL;
     dst->tls.ca = dst->tls.cert = dst->tls.key = dst->tls.sni = NULL;
+    dst->health_check.service = NULL;
+    dst->grpc.retry_methods = NULL;
+    dst->grpc.n_retry_methods = 0;
+    if (src->grpc.n_retry_methods) {
+        if (!(dst->grpc.retry_methods = calloc(src->grpc.n_retry_methods, sizeof(char *)))) {
+            wg_yaml_oom(&c->y);
+            return false;
+        }
+        for (size_t i = 0; i < src->grpc.n_retry_methods; i++, dst->grpc.n_retry_methods++)
+            if (!dup_str(c, &dst->grpc.retry_methods[i], src->grpc.retry_methods[i]))
+                return false;
+    }
     return dup_str(c, &dst->name, name) && dup_str(c, &dst->hash_name, src->hash_name) &&
+           dup_str(c, &dst->health_check.service, src->health_check.service) &&
            dup_str(c, &dst->health_check.path, src->health_check.path) &&
            dup_str(c, &dst->health_check.host, src->health_check.host) &&
            dup_str(c, &dst->tls.ca, src->tls.ca) && dup_str(c, &dst->tls.cert, src->tls.cert) &&
@@ -284,6 +348,11 @@ static void service_check(struct cfg_ctx *c, const struct wg_service_config *s,
                   "WAYGATE_ZONE)", locality_names[s->locality.mode]);
     if (s->health_check.shared && !c->cfg->fleet.enabled)
         cfg_error(c, node, "health_check: shared: true needs fleet: (and the etcd registry)");
+    if (s->health_check.service && strlen(s->health_check.service) > 255)
+        cfg_error(c, node, "health_check: service is longer than 255 bytes");
+    if (s->upstream.protocol == WG_UPSTREAM_H2 && !s->tls.enabled)
+        cfg_error(c, node, "upstream: protocol h2 is HTTP/2 over TLS and needs tls.enabled: "
+                  "true (HTTP/2 without TLS is h2c)");
 }
 
 static void parse_service(struct cfg_ctx *c, const struct wg_yaml_pair *p)

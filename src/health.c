@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "waygate/grpc.h"
 #include "waygate/log.h"
 
 /* The state the prober reasons about: the visible one, or the one an admin
@@ -169,13 +170,26 @@ const char *wg_health_cut_name(enum wg_health_cut c)
 
 /* ---- state machine --------------------------------------------------------- */
 
-/* "3 probes failed (last: status 500)"; n == 0 omits the count. */
-static void describe(char *buf, size_t len, const char *what, unsigned n, int result)
+static const char *const serving_names[] = { "UNKNOWN", "SERVING", "NOT_SERVING",
+                                             "SERVICE_UNKNOWN" };
+
+/* "3 probes failed (last: status 500)"; n == 0 omits the count. grpc
+ * probes (health_probe.c) report a serving status 0-999, 1000 + the
+ * grpc-status of a failed call, or an HTTP status 100-599 from another
+ * range: "(last: NOT_SERVING)", "(last: grpc-status UNIMPLEMENTED)". */
+static void describe(char *buf, size_t len, const char *what, unsigned n, int result, bool grpc)
 {
     char count[16] = "";
     if (n)
         snprintf(count, sizeof count, "%u ", n);
-    if (result > 0)
+    if (grpc && result >= 1000)
+        snprintf(buf, len, "%s%s (last: grpc-status %s)", count, what,
+                 wg_grpc_status_name(result - 1000));
+    else if (grpc && result >= 0 && result < 4)
+        snprintf(buf, len, "%s%s (last: %s)", count, what, serving_names[result]);
+    else if (grpc && result >= 0 && result < 100)
+        snprintf(buf, len, "%s%s (last: serving status %d)", count, what, result);
+    else if (result > 0)
         snprintf(buf, len, "%s%s (last: status %d)", count, what, result);
     else if (result < 0)
         snprintf(buf, len, "%s%s (last: %s)", count, what, strerror(-result));
@@ -233,13 +247,13 @@ enum wg_health wg_health_on_probe(struct wg_instance *i, const struct wg_service
     if (to != h) {
         char reason[160];
         if (h == WG_HEALTH_UNKNOWN && passed)
-            describe(reason, sizeof reason, "first probe passed", 0, result);
+            describe(reason, sizeof reason, "first probe passed", 0, result, cfg->health_check.type == WG_HEALTH_GRPC);
         else if (h == WG_HEALTH_EJECTED && passed)
-            describe(reason, sizeof reason, "ejection over, probe passed", 0, result);
+            describe(reason, sizeof reason, "ejection over, probe passed", 0, result, cfg->health_check.type == WG_HEALTH_GRPC);
         else if (passed)
-            describe(reason, sizeof reason, "probes passed", run->passes, result);
+            describe(reason, sizeof reason, "probes passed", run->passes, result, cfg->health_check.type == WG_HEALTH_GRPC);
         else
-            describe(reason, sizeof reason, "probes failed", run->fails, result);
+            describe(reason, sizeof reason, "probes failed", run->fails, result, cfg->health_check.type == WG_HEALTH_GRPC);
         if (transition(i, h, to, reason))
             h = to;
     }

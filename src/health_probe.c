@@ -11,7 +11,11 @@
  * reopened when the instance closed it; a failure on a reused connection
  * before any byte of the response is retried once on a fresh one), parsed
  * with the http module's response parser; tcp — a connect, then a close with
- * RST. Sockets the prober closes itself are closed with RST (SO_LINGER 0) so
+ * RST; grpc — grpc.health.v1.Health/Check over HTTP/2 (h2c, or TLS with
+ * ALPN h2 when the service's upstream TLS is enabled) on a kept-alive
+ * connection that carries one libnghttp2 client session, driven with
+ * mem_recv/mem_send from this loop; one stream per probe. Sockets the
+ * prober closes itself are closed with RST (SO_LINGER 0) so
  * that no TIME_WAIT is left behind: 10,000 instances at 1 s do not exhaust
  * ephemeral ports.
  */
@@ -19,6 +23,7 @@
 
 #include <errno.h>
 #include <event2/event.h>
+#include <nghttp2/nghttp2.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -29,6 +34,7 @@
 #include <unistd.h>
 
 #include "waygate/balance.h"
+#include "waygate/grpc.h"
 #include "waygate/http.h"
 #include "waygate/log.h"
 #include "waygate/tls.h"
@@ -44,6 +50,27 @@
 #define MAX_CONNECTING 256              /* connects in progress at once; more wait */
 #define IO_FREELIST 128                 /* spare probe_io kept for reuse */
 #define SLOT_US 8000                    /* probe start times are rounded up to this */
+#define H2_RESPONSE_MAX 512             /* a HealthCheckResponse is 7 bytes framed */
+#define H2_REQUEST_MAX 512
+#define H2_PENDING_MAX (64 * 1024)      /* mem_send output the socket did not take yet */
+#define H2_READ 16384
+
+/* A grpc probe's HTTP/2 connection state (kept with the connection). */
+struct probe_h2 {
+    nghttp2_session *session;
+    int32_t stream;                     /* the running probe's stream, or 0 */
+    bool done;                          /* that stream closed: a verdict is due */
+    uint32_t close_error;               /* its RST_STREAM / GOAWAY error code */
+    int status;                         /* :status, 0 = none yet */
+    int grpc_status;                    /* -1 = none yet */
+    size_t resp_len;
+    bool overflow;
+    size_t req_len, req_off;
+    uint8_t resp[H2_RESPONSE_MAX];
+    uint8_t req[H2_REQUEST_MAX];
+    uint8_t *pend;                      /* unsent mem_send bytes */
+    size_t pend_len, pend_off;
+};
 
 /* State of one probe while it runs (http only). */
 struct probe_io {
@@ -78,6 +105,7 @@ struct probe {
     uint64_t started_ms;
     uint64_t seen;                      /* generation of the last snapshot holding it */
     struct probe_io *x;
+    struct probe_h2 *h2;                /* type grpc: with the connection */
 };
 
 struct wg_prober {
@@ -108,6 +136,7 @@ struct wg_prober {
 static void probe_schedule(struct probe *p, uint64_t delay_ms);
 static void probe_finish(struct probe *p, bool passed, int result);
 static void probe_connect(struct probe *p);
+static void h2_free(struct probe *p);
 
 /* ---- connections ---------------------------------------------------------- */
 
@@ -170,6 +199,7 @@ static void conn_close(struct probe *p, bool reset)
         p->ssl = NULL;
     }
     p->handshaking = false;
+    h2_free(p);
     if (p->fd < 0)
         return;
     if (reset) {
@@ -195,17 +225,25 @@ static void probe_addr(const struct probe *p, struct sockaddr_storage *ss)
         ((struct sockaddr_in *)ss)->sin_port = htons(port);
 }
 
+/* Host header / :authority of probes: health_check.host, else the probed
+ * address. */
+static void probe_host(const struct probe *p, char *host, size_t len)
+{
+    const struct wg_service_config *cfg = cfg_of(p);
+    if (cfg->health_check.host && *cfg->health_check.host) {
+        snprintf(host, len, "%s", cfg->health_check.host);
+    } else {
+        struct sockaddr_storage ss;
+        probe_addr(p, &ss);
+        wg_sockaddr_text((const struct sockaddr *)&ss, host, len);
+    }
+}
+
 static int build_request(struct probe *p)
 {
     const struct wg_service_config *cfg = cfg_of(p);
     char host[80];
-    if (cfg->health_check.host && *cfg->health_check.host) {
-        snprintf(host, sizeof host, "%s", cfg->health_check.host);
-    } else {
-        struct sockaddr_storage ss;
-        probe_addr(p, &ss);
-        wg_sockaddr_text((const struct sockaddr *)&ss, host, sizeof host);
-    }
+    probe_host(p, host, sizeof host);
     const char *path = cfg->health_check.path && *cfg->health_check.path ? cfg->health_check.path : "/";
     int n = snprintf(p->x->req, sizeof p->x->req,
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: waygate-health/%s\r\n"
@@ -252,7 +290,8 @@ static void probe_fail(struct probe *p, int err)
     if (p->reused && !p->got_bytes && (err == ECONNRESET || err == EPIPE)) {
         conn_close(p, true);
         p->reused = false;
-        io_reset(p->x);
+        if (p->x)
+            io_reset(p->x);
         probe_connect(p);
         return;
     }
@@ -305,11 +344,288 @@ static void handshake_step(struct probe *p)
         return;
     }
     p->handshaking = false;
+    if (cfg_of(p)->health_check.type == WG_HEALTH_GRPC) {
+        const unsigned char *proto = NULL;
+        unsigned len = 0;
+        SSL_get0_alpn_selected(p->ssl, &proto, &len);
+        if (len != 2 || memcmp(proto, "h2", 2) != 0) {
+            conn_close(p, true);
+            probe_finish(p, false, -EPROTO);    /* the instance does not speak h2 */
+            return;
+        }
+    }
     send_request(p);
+}
+
+/* ---- grpc: Health/Check over HTTP/2 ------------------------------------------ */
+
+static void h2_free(struct probe *p)
+{
+    if (!p->h2)
+        return;
+    nghttp2_session_del(p->h2->session);
+    free(p->h2->pend);
+    free(p->h2);
+    p->h2 = NULL;
+}
+
+static int h2_on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *name,
+                        size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                        void *arg)
+{
+    struct probe_h2 *h = ((struct probe *)arg)->h2;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->hd.stream_id != h->stream)
+        return 0;
+    if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
+        int st = 0;
+        for (size_t i = 0; i < valuelen && i < 3; i++)
+            st = st * 10 + (value[i] - '0');
+        h->status = valuelen == 3 ? st : -1;
+    } else if (namelen == 11 && memcmp(name, "grpc-status", 11) == 0) {
+        h->grpc_status = wg_grpc_status_parse((const char *)value, valuelen);
+        if (h->grpc_status < 0)
+            h->grpc_status = WG_GRPC_UNKNOWN;       /* present but garbled */
+    }
+    return 0;
+}
+
+static int h2_on_data(nghttp2_session *s, uint8_t flags, int32_t stream_id, const uint8_t *data,
+                      size_t len, void *arg)
+{
+    struct probe_h2 *h = ((struct probe *)arg)->h2;
+    if (stream_id != h->stream)
+        return 0;
+    if (len > sizeof h->resp - h->resp_len) {
+        h->overflow = true;
+        return 0;
+    }
+    memcpy(h->resp + h->resp_len, data, len);
+    h->resp_len += len;
+    return 0;
+}
+
+static int h2_on_close(nghttp2_session *s, int32_t stream_id, uint32_t error_code, void *arg)
+{
+    struct probe_h2 *h = ((struct probe *)arg)->h2;
+    if (stream_id == h->stream) {
+        h->done = true;
+        h->close_error = error_code;
+    }
+    return 0;
+}
+
+static ssize_t h2_read_body(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size_t len,
+                            uint32_t *flags, nghttp2_data_source *src, void *arg)
+{
+    struct probe_h2 *h = ((struct probe *)arg)->h2;
+    size_t n = h->req_len - h->req_off;
+    if (n > len)
+        n = len;
+    memcpy(buf, h->req + h->req_off, n);
+    h->req_off += n;
+    if (h->req_off == h->req_len)
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return (ssize_t)n;
+}
+
+/* A session for a new connection: our SETTINGS (no push, a small window:
+ * the replies are tiny) go out with the first request. */
+static int h2_open(struct probe *p)
+{
+    nghttp2_session_callbacks *cb;
+    if (!(p->h2 = calloc(1, sizeof *p->h2)) || nghttp2_session_callbacks_new(&cb) != 0)
+        return -1;
+    nghttp2_session_callbacks_set_on_header_callback(cb, h2_on_header);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, h2_on_data);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, h2_on_close);
+    int rc = nghttp2_session_client_new(&p->h2->session, cb, p);
+    nghttp2_session_callbacks_del(cb);
+    if (rc != 0)
+        return -1;
+    nghttp2_settings_entry iv[] = { { NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
+                                    { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 65535 } };
+    return nghttp2_submit_settings(p->h2->session, NGHTTP2_FLAG_NONE, iv, 2) == 0 ? 0 : -1;
+}
+
+/* Write what the session has to send; what the socket does not take waits
+ * in pend (bounded) for writability. Returns 0, or -errno. */
+static int h2_flush(struct probe *p)
+{
+    struct probe_h2 *h = p->h2;
+    for (;;) {
+        if (h->pend_off == h->pend_len) {
+            const uint8_t *data;
+            ssize_t n = nghttp2_session_mem_send(h->session, &data);
+            if (n < 0)
+                return -EPROTO;
+            if (n == 0)
+                return 0;
+            if ((size_t)n > H2_PENDING_MAX)
+                return -EMSGSIZE;
+            uint8_t *b = realloc(h->pend, (size_t)n);
+            if (!b)
+                return -ENOMEM;
+            memcpy(b, data, (size_t)n);
+            h->pend = b;
+            h->pend_len = (size_t)n;
+            h->pend_off = 0;
+        }
+        size_t left = h->pend_len - h->pend_off;
+        ssize_t w = p->ssl ? tls_send(p, (const char *)h->pend + h->pend_off, left)
+                           : send(p->fd, h->pend + h->pend_off, left, MSG_NOSIGNAL);
+        if (w > 0) {
+            h->pend_off += (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN)
+            return event_add(p->wev, NULL) < 0 ? -ENOMEM : 0;
+        return w < 0 ? -errno : -EPIPE;
+    }
+}
+
+static void h2_submit(struct probe *p)
+{
+    const struct wg_service_config *cfg = cfg_of(p);
+    if (!p->h2 && h2_open(p) < 0) {
+        probe_finish(p, false, -ENOMEM);
+        return;
+    }
+    struct probe_h2 *h = p->h2;
+    const char *svc = cfg->health_check.service ? cfg->health_check.service : "";
+    h->req_len = wg_grpc_health_request(svc, strlen(svc), h->req, sizeof h->req);
+    if (!h->req_len) {
+        probe_finish(p, false, -ENAMETOOLONG);
+        return;
+    }
+    char host[256];
+    probe_host(p, host, sizeof host);
+    const char *scheme = p->ssl ? "https" : "http";
+#define NV(n, v) { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), \
+                   NGHTTP2_NV_FLAG_NO_COPY_NAME }
+    nghttp2_nv nv[] = {
+        NV(":method", "POST"), NV(":scheme", scheme), NV(":path", WG_GRPC_HEALTH_PATH),
+        NV(":authority", host), NV("content-type", "application/grpc"), NV("te", "trailers"),
+        NV("user-agent", "waygate-health/" WAYGATE_VERSION),
+    };
+#undef NV
+    nghttp2_data_provider dp = { .read_callback = h2_read_body };
+    h->req_off = 0;
+    h->status = 0;
+    h->grpc_status = -1;
+    h->resp_len = 0;
+    h->overflow = false;
+    h->done = false;
+    h->close_error = 0;
+    h->stream = nghttp2_submit_request(h->session, NULL, nv, sizeof nv / sizeof nv[0], &dp, p);
+    if (h->stream < 0) {
+        /* The session refuses new streams (GOAWAY received, ids used up):
+         * not the instance's verdict on a kept-alive connection. */
+        h->stream = 0;
+        probe_fail(p, ECONNRESET);
+        return;
+    }
+    int rc = h2_flush(p);
+    if (rc < 0)
+        probe_fail(p, -rc);
+}
+
+/* The verdict of a closed stream (docs/health.md, "gRPC probes"): pass only
+ * on HTTP 200, grpc-status 0 and a HealthCheckResponse saying SERVING.
+ * result: the serving status (0-3) of a completed call; 1000 + grpc-status
+ * when the call failed; the HTTP status when it was not 200; -errno for
+ * transport errors. */
+static void h2_verdict(struct probe *p)
+{
+    struct probe_h2 *h = p->h2;
+    h->stream = 0;
+    if (h->status == 0) {
+        /* Refused before any response (REFUSED_STREAM, or a GOAWAY below
+         * its id): the server did not look at it. On a kept-alive
+         * connection it gets one more try on a fresh one (probe_fail),
+         * whatever other frames (that GOAWAY) came meanwhile. */
+        bool refused = h->close_error == NGHTTP2_REFUSED_STREAM ||
+                       h->close_error == NGHTTP2_NO_ERROR;
+        if (refused)
+            p->got_bytes = false;
+        probe_fail(p, refused ? ECONNRESET : EPROTO);
+        return;
+    }
+    if (h->status != 200) {
+        probe_finish(p, false, h->status);
+        return;
+    }
+    if (h->grpc_status < 0 || h->close_error) {
+        probe_finish(p, false, -EPROTO);
+        return;
+    }
+    if (h->grpc_status != WG_GRPC_OK) {
+        probe_finish(p, false, 1000 + h->grpc_status);
+        return;
+    }
+    const uint8_t *msg;
+    size_t ml, used;
+    int64_t serving = -1;
+    if (!h->overflow && wg_grpc_frame(h->resp, h->resp_len, sizeof h->resp, &msg, &ml, &used) == 1 &&
+        used == h->resp_len)
+        serving = wg_grpc_health_decode(msg, ml);
+    if (serving < 0) {
+        probe_finish(p, false, -EPROTO);
+        return;
+    }
+    probe_finish(p, serving == WG_SERVING_SERVING, serving > 999 ? 999 : (int)serving);
+}
+
+/* Bytes from a grpc probe connection, during a probe or while it idles
+ * (SETTINGS, PING, WINDOW_UPDATE, GOAWAY may come at any time). */
+static void h2_read(struct probe *p)
+{
+    uint8_t buf[H2_READ];
+    for (int rounds = 0; rounds < 16; rounds++) {
+        ssize_t n = p->ssl ? tls_recv(p, (char *)buf, sizeof buf) : recv(p->fd, buf, sizeof buf, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            break;
+        if (n <= 0) {
+            int err = n == 0 ? ECONNRESET : errno;
+            bool in_flight = p->in_flight;
+            conn_close(p, n < 0);
+            if (in_flight)
+                probe_fail(p, err);
+            return;
+        }
+        p->got_bytes = p->got_bytes || p->in_flight;
+        if (nghttp2_session_mem_recv(p->h2->session, buf, (size_t)n) != n) {
+            bool in_flight = p->in_flight;
+            conn_close(p, true);
+            if (in_flight)
+                probe_finish(p, false, -EPROTO);
+            return;
+        }
+        if (!p->ssl || SSL_pending(p->ssl) == 0)
+            if ((size_t)n < sizeof buf)
+                break;
+    }
+    int rc = h2_flush(p);
+    if (rc == 0 && p->in_flight && p->h2->done) {
+        h2_verdict(p);
+        return;                         /* probe_finish decided about the connection */
+    }
+    if (rc < 0 || (!nghttp2_session_want_read(p->h2->session) &&
+                   !nghttp2_session_want_write(p->h2->session))) {
+        bool in_flight = p->in_flight;
+        conn_close(p, rc < 0);          /* a GOAWAY ended the session */
+        if (in_flight)
+            probe_fail(p, rc < 0 ? -rc : ECONNRESET);
+    }
 }
 
 static void send_request(struct probe *p)
 {
+    if (cfg_of(p)->health_check.type == WG_HEALTH_GRPC) {
+        h2_submit(p);
+        return;
+    }
     struct probe_io *x = p->x;
     while (x->sent < x->req_len) {
         ssize_t n = p->ssl ? tls_send(p, x->req + x->sent, x->req_len - x->sent)
@@ -385,6 +701,10 @@ static void parse_response(struct probe *p)
 static void read_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct probe *p = arg;
+    if (p->h2 && !p->handshaking) {
+        h2_read(p);
+        return;
+    }
     if (!p->in_flight) {                /* an idle kept-alive connection: closed or junk */
         conn_close(p, false);
         return;
@@ -415,10 +735,19 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 static void write_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct probe *p = arg;
-    if (p->handshaking)
+    if (p->handshaking) {
         handshake_step(p);
-    else
+    } else if (p->h2) {
+        int rc = h2_flush(p);
+        if (rc < 0) {
+            bool in_flight = p->in_flight;
+            conn_close(p, true);
+            if (in_flight)
+                probe_fail(p, -rc);
+        }
+    } else {
         send_request(p);
+    }
 }
 
 /* ---- probe lifecycle ---------------------------------------------------------- */
@@ -447,6 +776,12 @@ static void connected(struct probe *p)
         probe_addr(p, &ss);
         if (!(p->ssl = wg_tls_upstream_ssl(ctx, p->fd, sc->tls.sni, sc->tls.verify,
                                            (struct sockaddr *)&ss))) {
+            conn_close(p, true);
+            probe_finish(p, false, -ENOMEM);
+            return;
+        }
+        if (sc->health_check.type == WG_HEALTH_GRPC &&
+            SSL_set_alpn_protos(p->ssl, (const unsigned char *)"\x02h2", 3) != 0) {
             conn_close(p, true);
             probe_finish(p, false, -ENOMEM);
             return;
@@ -534,7 +869,9 @@ static void record_lag(struct wg_prober *pr, uint64_t due_us)
 static void probe_start(struct probe *p)
 {
     const struct wg_service_config *cfg = cfg_of(p);
-    bool reuse = cfg->health_check.type == WG_HEALTH_HTTP && p->fd >= 0 && p->rev;
+    bool reuse = p->fd >= 0 && p->rev && !p->handshaking &&
+                 (cfg->health_check.type == WG_HEALTH_HTTP ||
+                  (cfg->health_check.type == WG_HEALTH_GRPC && p->h2));
     if (!reuse && cfg->health_check.type != WG_HEALTH_NONE &&
         p->pr->connecting >= MAX_CONNECTING) {
         /* Not a verdict: the prober itself is the bottleneck. Wait for a
@@ -584,6 +921,11 @@ static void probe_start(struct probe *p)
             return;
         }
     }
+    if (cfg->health_check.type == WG_HEALTH_GRPC && reuse) {
+        p->reused = true;
+        h2_submit(p);
+        return;
+    }
     conn_close(p, true);
     p->reused = false;
     probe_connect(p);
@@ -595,7 +937,9 @@ static void probe_finish(struct probe *p, bool passed, int result)
     uint64_t now = wg_now_ms();
     p->in_flight = false;
     io_put(p);
-    if (!passed)
+    /* A grpc answer that fails (NOT_SERVING, an error status) still came on
+     * a sound connection: keep it for the next probe. */
+    if (!passed && !(p->h2 && result >= 0))
         conn_close(p, true);
     else if (p->wev)
         event_del(p->wev);

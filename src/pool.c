@@ -264,6 +264,8 @@ bool wg_instance_cas_health(struct wg_instance *i, enum wg_health from, enum wg_
 
 static struct wg_instance *instance_new(struct wg_service_state *st, struct wg_locality_cell *cell,
                                         const struct wg_record *r,
+                                        const struct sockaddr_storage *addr, socklen_t addrlen,
+                                        enum wg_upstream_protocol protocol,
                                         const struct wg_service_config *cfg)
 {
     struct wg_instance *i = calloc(1, sizeof *i);
@@ -279,9 +281,10 @@ static struct wg_instance *instance_new(struct wg_service_state *st, struct wg_l
     atomic_fetch_add(&st->refs, 1);
     i->service = st;
     i->cell = cell;
-    memcpy(&i->addr, &r->addr, r->addrlen);
-    i->addrlen = r->addrlen;
-    wg_sockaddr_text((const struct sockaddr *)&r->addr, i->addr_text, sizeof i->addr_text);
+    memcpy(&i->addr, addr, addrlen);
+    i->addrlen = addrlen;
+    i->protocol = (uint8_t)protocol;
+    wg_sockaddr_text((const struct sockaddr *)addr, i->addr_text, sizeof i->addr_text);
     atomic_init(&i->health, WG_HEALTH_UNKNOWN);
     /* Without active probing an instance is routable from the start (§9). */
     if (cfg->health_check.type == WG_HEALTH_NONE)
@@ -300,6 +303,7 @@ static void service_unref(struct wg_pool_service *s)
     wg_locality_free(s->locality);
     for (uint32_t k = 0; k < s->n_members; k++) {
         free(s->members[k].metadata);
+        free(s->members[k].record);
         wg_instance_unref(s->members[k].inst);
     }
     free(s->members);
@@ -335,9 +339,28 @@ static const struct wg_member *find_member(const struct wg_pool_service *s, cons
     return NULL;
 }
 
-static bool same_address(const struct wg_instance *i, const struct wg_record *r)
+static bool same_identity(const struct wg_instance *i, const struct sockaddr_storage *addr,
+                          socklen_t addrlen, enum wg_upstream_protocol protocol)
 {
-    return i->addrlen == r->addrlen && memcmp(&i->addr, &r->addr, r->addrlen) == 0;
+    return i->addrlen == addrlen && memcmp(&i->addr, addr, addrlen) == 0 &&
+           i->protocol == (uint8_t)protocol;
+}
+
+/* A copy of what the record said beyond the plain address, or NULL when it
+ * said nothing more. false when out of memory. */
+static bool member_record(struct wg_member *m, const struct wg_record *r)
+{
+    if (!r->protocol && !r->grpc_endpoint && !r->grpc_addrlen)
+        return true;
+    if (!(m->record = calloc(1, sizeof *m->record)))
+        return false;
+    m->record->protocol = r->protocol;
+    m->record->grpc_endpoint = r->grpc_endpoint;
+    m->record->addrlen = r->addrlen;
+    memcpy(&m->record->addr, &r->addr, r->addrlen);
+    m->record->grpc_addrlen = r->grpc_addrlen;
+    memcpy(&m->record->grpc_addr, &r->grpc_addr, r->grpc_addrlen);
+    return true;
 }
 
 /* Build a new version of a service from records sorted by id, reusing the
@@ -370,6 +393,15 @@ static struct wg_pool_service *service_build(struct wg_pool *p, const char *name
             wg_warn("msg=\"duplicate instance id, first kept\" service=%s id=%s", name, r->id);
             continue;
         }
+        const struct sockaddr_storage *addr;
+        socklen_t addrlen;
+        enum wg_upstream_protocol proto;
+        if (!wg_record_select(r, s->cfg->upstream.protocol, s->cfg->tls.enabled, &addr, &addrlen,
+                              &proto)) {
+            wg_warn("msg=\"instance skipped: its record offers only a grpc:// endpoint and the "
+                    "service's upstream.protocol is http1\" service=%s id=%s", name, r->id);
+            continue;
+        }
         const struct wg_member *old = find_member(prev, r->id);
         struct wg_instance *inst;
         char zone[WG_ZONE_MAX + 1];
@@ -378,17 +410,19 @@ static struct wg_pool_service *service_build(struct wg_pool *p, const char *name
         struct wg_locality_cell *cell = state_cell(s->state, zone, priority);
         if (!cell)
             goto fail;
-        if (old && same_address(old->inst, r) && old->inst->cell == cell &&
+        if (old && same_identity(old->inst, addr, addrlen, proto) && old->inst->cell == cell &&
             !wg_instance_removed(old->inst)) {
             inst = old->inst;
             wg_instance_ref(inst);
-        } else if (!(inst = instance_new(s->state, cell, r, s->cfg))) {
+        } else if (!(inst = instance_new(s->state, cell, r, addr, addrlen, proto, s->cfg))) {
             goto fail;
         }
         struct wg_member *m = &s->members[s->n_members++];
         m->inst = inst;
         m->weight = r->weight;
         m->metadata = r->metadata ? strdup(r->metadata) : NULL;
+        if (!member_record(m, r))
+            goto fail;
         s->total_weight += r->weight;
     }
     if (s->balance->shared_new && !(s->balance_shared = s->balance->shared_new(s)))
@@ -554,6 +588,26 @@ static const struct wg_pool_service *latest(struct wg_pool *p, const char *name)
     return cur ? wg_snapshot_service(cur, name) : NULL;
 }
 
+/* Would record `r` give member `m` of a service under `cfg` again: the
+ * same address and protocol, and the same record beyond the address? */
+static bool same_pick(const struct wg_member *m, const struct wg_record *r,
+                      const struct wg_service_config *cfg)
+{
+    const struct sockaddr_storage *addr;
+    socklen_t addrlen;
+    enum wg_upstream_protocol proto;
+    if (!wg_record_select(r, cfg->upstream.protocol, cfg->tls.enabled, &addr, &addrlen, &proto) ||
+        !same_identity(m->inst, addr, addrlen, proto))
+        return false;
+    const struct wg_member_record *mr = m->record;
+    if (!mr)
+        return !r->protocol && !r->grpc_endpoint && !r->grpc_addrlen;
+    return mr->protocol == r->protocol && mr->grpc_endpoint == r->grpc_endpoint &&
+           mr->addrlen == r->addrlen && memcmp(&mr->addr, &r->addr, r->addrlen) == 0 &&
+           mr->grpc_addrlen == r->grpc_addrlen &&
+           memcmp(&mr->grpc_addr, &r->grpc_addr, r->grpc_addrlen) == 0;
+}
+
 /* `recs` (sorted by id) are exactly what `svc` holds, on the current config. */
 static bool same_records(const struct wg_pool *p, const struct wg_pool_service *svc,
                          const struct wg_record *recs, size_t n)
@@ -564,7 +618,7 @@ static bool same_records(const struct wg_pool *p, const struct wg_pool_service *
         const struct wg_member *m = &svc->members[k];
         const char *a = m->metadata, *b = recs[k].metadata;
         if (m->weight != recs[k].weight || strcmp(m->inst->id, recs[k].id) != 0 ||
-            !same_address(m->inst, &recs[k]) || wg_instance_removed(m->inst) ||
+            !same_pick(m, &recs[k], svc->cfg) || wg_instance_removed(m->inst) ||
             (a || b ? !a || !b || strcmp(a, b) != 0 : false))
             return false;
     }
@@ -728,6 +782,15 @@ void wg_pool_set_config(struct wg_pool *p, struct wg_config_ref *config)
             recs[m].addrlen = i->addrlen;
             recs[m].weight = svc->members[m].weight;
             recs[m].metadata = svc->members[m].metadata;
+            const struct wg_member_record *mr = svc->members[m].record;
+            if (mr) {                   /* the record as it came: pick again */
+                memcpy(&recs[m].addr, &mr->addr, mr->addrlen);
+                recs[m].addrlen = mr->addrlen;
+                recs[m].protocol = mr->protocol;
+                recs[m].grpc_endpoint = mr->grpc_endpoint;
+                memcpy(&recs[m].grpc_addr, &mr->grpc_addr, mr->grpc_addrlen);
+                recs[m].grpc_addrlen = mr->grpc_addrlen;
+            }
         }
         wg_pool_stage_service(p, svc->name, recs, svc->n_members);
         free(recs);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "config_value.h"
 #include "config_yaml.h"
@@ -23,6 +24,51 @@ void wg_record_free(struct wg_record *r)
     free(r->id);
     free(r->metadata);
     r->service = r->id = r->metadata = NULL;
+}
+
+bool wg_record_select(const struct wg_record *r, enum wg_upstream_protocol want, bool tls,
+                      const struct sockaddr_storage **addr, socklen_t *addrlen,
+                      enum wg_upstream_protocol *protocol)
+{
+    *addr = &r->addr;
+    *addrlen = r->addrlen;
+    switch (want) {
+    case WG_UPSTREAM_HTTP1:
+        *protocol = WG_UPSTREAM_HTTP1;
+        return !r->grpc_endpoint;
+    case WG_UPSTREAM_H2C:
+    case WG_UPSTREAM_H2:
+        if (r->grpc_addrlen) {
+            *addr = &r->grpc_addr;
+            *addrlen = r->grpc_addrlen;
+        }
+        *protocol = want;
+        return true;
+    case WG_UPSTREAM_AUTO:
+        break;
+    }
+    *protocol = r->protocol == WG_RECORD_PROTO_HTTP2 ? (tls ? WG_UPSTREAM_H2 : WG_UPSTREAM_H2C)
+                                                     : WG_UPSTREAM_HTTP1;
+    return true;
+}
+
+uint8_t wg_record_protocol_word(const char *s)
+{
+    static const char *const h2[] = { "grpc", "h2c", "h2", "http2", NULL };
+    static const char *const h1[] = { "http", "http1", "http/1.1", NULL };
+    for (size_t i = 0; s && h2[i]; i++)
+        if (strcasecmp(s, h2[i]) == 0)
+            return WG_RECORD_PROTO_HTTP2;
+    for (size_t i = 0; s && h1[i]; i++)
+        if (strcasecmp(s, h1[i]) == 0)
+            return WG_RECORD_PROTO_HTTP1;
+    return WG_RECORD_PROTO_UNSET;
+}
+
+const char *wg_upstream_protocol_name(enum wg_upstream_protocol p)
+{
+    static const char *const names[] = { "http1", "h2c", "h2", "auto" };
+    return (unsigned)p < 4 ? names[p] : "?";
 }
 
 /* Ownership of r's strings passes to the set even on failure (they are
@@ -171,7 +217,8 @@ struct file_parse {
     char label[128];                /* "instance 'd1'" or "instance #2" */
 };
 
-static const char *const instance_keys[] = { "id", "address", "port", "weight", "metadata" };
+static const char *const instance_keys[] = { "id", "address", "port", "weight", "metadata",
+                                             "protocol" };
 
 #define entry_error(fp, node, ...) wg_yaml_error(&(fp)->y, (node)->start_mark, __VA_ARGS__)
 
@@ -259,7 +306,12 @@ static void instance_key(struct file_parse *fp, const struct wg_yaml_pair *p,
             r->weight = (uint32_t)n;
     } else if (strcmp(p->name, "metadata") == 0) {
         r->metadata = metadata_json(fp, p->value);
-    } else if ((hint = wg_yaml_suggest(p->name, instance_keys, 5, sizeof instance_keys[0]))) {
+    } else if (strcmp(p->name, "protocol") == 0) {
+        const char *t = wg_yaml_str(&fp->y, p->value, "protocol");
+        if (t && !(r->protocol = wg_record_protocol_word(t)))
+            entry_error(fp, p->value, "%s: protocol must be grpc, h2c, h2, http2, http or http1, "
+                        "got '%.80s'", fp->label, t);
+    } else if ((hint = wg_yaml_suggest(p->name, instance_keys, 6, sizeof instance_keys[0]))) {
         entry_error(fp, p->key, "%s: unknown key '%.80s' (did you mean '%s'?)", fp->label,
                     p->name, hint);
     } else {

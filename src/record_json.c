@@ -3,7 +3,8 @@
  * Detection, per value: a value whose first non-blank byte is '{' is JSON
  * and its keys decide the format (first match wins):
  *     "nodes"     go-micro Service (one instance per node, id = node id)
- *     "endpoints" Kratos ServiceInstance (the first http:// endpoint)
+ *     "endpoints" Kratos ServiceInstance (the first http:// endpoint, and
+ *                 the first grpc:// one beside it or instead of it)
  *     "Addr"      etcd endpoints.Manager (Op must be 0, i.e. Add)
  *     "address"   native
  *     "host"      SkyDNS (priority, weight, ttl and text are ignored)
@@ -297,6 +298,22 @@ static const char *json_text(json_t *obj, const char *name)
     return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
+/* metadata.protocol, when metadata is an object holding a known word; any
+ * other metadata says nothing (it is free-form in every format). */
+static uint8_t metadata_protocol(json_t *md)
+{
+    json_t *v = json_is_object(md) ? json_object_get(md, "protocol") : NULL;
+    return json_is_string(v) ? wg_record_protocol_word(json_string_value(v)) : WG_RECORD_PROTO_UNSET;
+}
+
+/* Mark the record just appended. */
+static bool mark_last(struct decode *d, bool ok, uint8_t protocol)
+{
+    if (ok && d->recs.n)
+        d->recs.v[d->recs.n - 1].protocol = protocol;
+    return ok;
+}
+
 /* Append one record (takes `metadata`). */
 static bool add_record(struct decode *d, const char *id, const char *host, uint16_t port,
                        uint32_t weight, char *metadata)
@@ -354,17 +371,27 @@ static bool decode_native(struct decode *d, json_t *o)
     uint16_t port;
     char *md;
 
+    json_t *proto_v = json_object_get(o, "protocol");
+    uint8_t proto = metadata_protocol(json_object_get(o, "metadata"));
+
     if (!address)
         return fail(d, "native: address must be a string");
+    if (proto_v && !json_is_null(proto_v)) {
+        /* The value's own field is strict, unlike free-form metadata. */
+        proto = json_is_string(proto_v) ? wg_record_protocol_word(json_string_value(proto_v))
+                                        : WG_RECORD_PROTO_UNSET;
+        if (proto == WG_RECORD_PROTO_UNSET)
+            return fail(d, "native: protocol must be grpc, h2c, h2, http2, http or http1");
+    }
     if (!json_weight(d, json_object_get(o, "weight"), &weight) || !native_metadata(d, o, &md))
         return false;
     if (!port_v)
-        return add_hostport(d, d->key_id, address, weight, md);
+        return mark_last(d, add_hostport(d, d->key_id, address, weight, md), proto);
     if (!json_port(d, port_v, &port)) {
         free(md);
         return false;
     }
-    return add_record(d, d->key_id, address, port, weight, md);
+    return mark_last(d, add_record(d, d->key_id, address, port, weight, md), proto);
 }
 
 static bool decode_skydns(struct decode *d, json_t *o)
@@ -391,7 +418,8 @@ static bool decode_endpoints(struct decode *d, json_t *o)
         return fail(d, "endpoints: Op must be 0 (Add)");
     if (!json_metadata(d, json_object_get(o, "Metadata"), false, &md))
         return false;
-    return add_hostport(d, d->key_id, addr, WG_WEIGHT_DEFAULT, md);
+    return mark_last(d, add_hostport(d, d->key_id, addr, WG_WEIGHT_DEFAULT, md),
+                     metadata_protocol(json_object_get(o, "Metadata")));
 }
 
 /* One go-micro node: {"id","address":"h:p","metadata"} (v2+), or
@@ -405,15 +433,16 @@ static bool decode_micro_node(struct decode *d, json_t *node)
 
     if (!json_is_object(node) || !id || !address)
         return fail(d, "go-micro: each node needs a string id and address");
+    uint8_t proto = metadata_protocol(json_object_get(node, "metadata"));
     if (!json_metadata(d, json_object_get(node, "metadata"), false, &md))
         return false;
     if (!port_v || (json_is_integer(port_v) && json_integer_value(port_v) == 0))
-        return add_hostport(d, id, address, WG_WEIGHT_DEFAULT, md);
+        return mark_last(d, add_hostport(d, id, address, WG_WEIGHT_DEFAULT, md), proto);
     if (!json_port(d, port_v, &port)) {
         free(md);
         return false;
     }
-    return add_record(d, id, address, port, WG_WEIGHT_DEFAULT, md);
+    return mark_last(d, add_record(d, id, address, port, WG_WEIGHT_DEFAULT, md), proto);
 }
 
 static bool decode_micro(struct decode *d, json_t *o)
@@ -428,29 +457,62 @@ static bool decode_micro(struct decode *d, json_t *o)
     return true;
 }
 
-/* Kratos: the first "http://host:port[/...][?...]" endpoint. */
+/* The host:port of a Kratos endpoint "SCHEME://host:port[/...][?...]", or
+ * NULL when `e` does not use `scheme` ("http://", "grpc://"). */
+static const char *kratos_hostport(const char *e, const char *scheme, char *out, size_t len,
+                                   bool *too_long)
+{
+    size_t sl = strlen(scheme);
+    if (!e || strncasecmp(e, scheme, sl) != 0)
+        return NULL;
+    size_t n = strcspn(e + sl, "/?#");
+    if (n >= len) {
+        *too_long = true;
+        return NULL;
+    }
+    memcpy(out, e + sl, n);
+    out[n] = '\0';
+    return out;
+}
+
+/* Kratos: the first http:// endpoint (HTTP/1.1), and the first grpc://
+ * one beside it (r->grpc_addr, an IP literal; a host name there is
+ * ignored); without an http:// endpoint the grpc:// one is the address
+ * (HTTP/2, r->grpc_endpoint). */
 static bool decode_kratos(struct decode *d, json_t *o)
 {
     json_t *eps = json_object_get(o, "endpoints");
-    char hostport[HOSTPORT_MAX];
+    char http[HOSTPORT_MAX], grpc[HOSTPORT_MAX];
+    const char *h = NULL, *g = NULL;
+    bool too_long = false;
     char *md;
 
     if (!json_is_array(eps))
         return fail(d, "kratos: endpoints must be an array");
     for (size_t i = 0; i < json_array_size(eps); i++) {
         const char *e = json_string_value(json_array_get(eps, i));
-        if (!e || strncasecmp(e, "http://", 7) != 0)
-            continue;
-        size_t n = strcspn(e + 7, "/?#");
-        if (n >= sizeof hostport)
+        if (!h)
+            h = kratos_hostport(e, "http://", http, sizeof http, &too_long);
+        if (!g)
+            g = kratos_hostport(e, "grpc://", grpc, sizeof grpc, &too_long);
+        if (too_long)
             return fail(d, "kratos: endpoint too long");
-        memcpy(hostport, e + 7, n);
-        hostport[n] = '\0';
-        if (!json_metadata(d, json_object_get(o, "metadata"), false, &md))
-            return false;
-        return add_hostport(d, d->key_id, hostport, WG_WEIGHT_DEFAULT, md);
     }
-    return fail(d, "kratos: no http:// endpoint");
+    if (!h && !g)
+        return fail(d, "kratos: no http:// or grpc:// endpoint");
+    if (!json_metadata(d, json_object_get(o, "metadata"), false, &md))
+        return false;
+    if (!add_hostport(d, d->key_id, h ? h : g, WG_WEIGHT_DEFAULT, md))
+        return false;
+    struct wg_record *r = &d->recs.v[d->recs.n - 1];
+    r->protocol = h ? WG_RECORD_PROTO_HTTP1 : WG_RECORD_PROTO_HTTP2;
+    r->grpc_endpoint = !h;
+    char host[HOSTPORT_MAX];
+    uint16_t port;
+    if (h && g && split_hostport(g, host, sizeof host, &port) &&
+        !wg_ip_literal(host, port, &r->grpc_addr, &r->grpc_addrlen))
+        r->grpc_addrlen = 0;
+    return true;
 }
 
 /* Curator's UriSpec {"parts":[{"value":"http","variable":false},...]} as

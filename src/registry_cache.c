@@ -89,6 +89,10 @@ static void put_member(FILE *f, const struct wg_member *m)
     fputs("  - {\"id\": ", f);
     put_string(f, m->inst->id);
     fprintf(f, ", \"address\": \"%s\", \"port\": %u, \"weight\": %u", ip, port, m->weight);
+    /* The address picked for HTTP/2 stays HTTP/2 when read back (a Kratos
+     * value's other endpoint is not kept: etcd resends it once connected). */
+    if (m->inst->protocol != WG_UPSTREAM_HTTP1)
+        fputs(", \"protocol\": \"grpc\"", f);
     put_metadata(f, m->metadata);
     fputs("}\n", f);
 }

@@ -78,6 +78,7 @@ static void entry_free_records(struct key_entry *e)
     for (size_t i = 0; i < e->n; i++) {
         free(e->recs[i].id);
         free(e->recs[i].metadata);
+        free(e->recs[i].grpc_addr);
     }
     if (e->recs != &e->one)
         free(e->recs);
@@ -178,11 +179,17 @@ struct key_entry *rmap_put(struct keymap *m, const char *key, struct wg_record_s
     }
     for (size_t i = 0; i < set->n; i++) {
         struct wg_record *r = &set->v[i];
-        v[i] = (struct rmap_rec){ r->id, r->metadata, r->weight, 0, { 0 } };
+        v[i] = (struct rmap_rec){ r->id, r->metadata, r->weight, 0, { 0 }, r->protocol,
+                                  r->grpc_endpoint, NULL };
         if (r->addr.ss_family != AF_UNSPEC && r->addrlen <= sizeof v[i].addr) {
             memcpy(&v[i].addr, &r->addr, r->addrlen);
             v[i].addrlen = r->addrlen;
         }
+        /* Rare (Kratos values with both endpoints): out of memory only
+         * loses the alternative, the http:// endpoint stays. */
+        if (r->grpc_addrlen && r->grpc_addrlen <= sizeof *v[i].grpc_addr &&
+            (v[i].grpc_addr = calloc(1, sizeof *v[i].grpc_addr)))
+            memcpy(v[i].grpc_addr, &r->grpc_addr, r->grpc_addrlen);
         r->id = r->metadata = NULL;     /* taken */
     }
     e->recs = v;
@@ -231,7 +238,15 @@ static size_t svc_collect(const struct svc *s, struct wg_record *out)
             if (kr->addr.sin6_family == AF_UNSPEC)
                 continue;
             out[n] = (struct wg_record){ .service = s->h.name, .id = kr->id, .addrlen = kr->addrlen,
-                                         .weight = kr->weight, .metadata = kr->metadata };
+                                         .weight = kr->weight, .metadata = kr->metadata,
+                                         .protocol = kr->protocol,
+                                         .grpc_endpoint = kr->grpc_endpoint };
+            if (kr->grpc_addr) {
+                socklen_t gl = kr->grpc_addr->sin6_family == AF_INET6
+                                   ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+                memcpy(&out[n].grpc_addr, kr->grpc_addr, gl);
+                out[n].grpc_addrlen = gl;
+            }
             memcpy(&out[n++].addr, &kr->addr, kr->addrlen);
         }
     qsort(out, n, sizeof *out, rec_id_cmp);

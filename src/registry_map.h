@@ -45,6 +45,9 @@ struct rmap_rec {
     uint32_t weight;
     socklen_t addrlen;
     struct sockaddr_in6 addr;       /* a sockaddr_in fits at its start */
+    uint8_t protocol;               /* record.h: the protocol marker */
+    bool grpc_endpoint;
+    struct sockaddr_in6 *grpc_addr; /* a Kratos grpc:// beside http://, or NULL */
 };
 
 /* The instances one key holds (go-micro: several); a single one is kept

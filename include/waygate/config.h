@@ -44,7 +44,12 @@ struct wg_addr {
 enum wg_balance { WG_BALANCE_ROUND_ROBIN, WG_BALANCE_LEAST_CONN, WG_BALANCE_RANDOM,
                   WG_BALANCE_P2C, WG_BALANCE_HASH };
 enum wg_hash_key { WG_HASH_CLIENT_IP, WG_HASH_HEADER, WG_HASH_COOKIE };
-enum wg_health_type { WG_HEALTH_HTTP, WG_HEALTH_TCP, WG_HEALTH_NONE };
+enum wg_health_type { WG_HEALTH_HTTP, WG_HEALTH_TCP, WG_HEALTH_NONE, WG_HEALTH_GRPC };
+/* upstream.protocol (DESIGN §15): what waygate speaks to the service's
+ * instances. auto: what each instance's registry record says (record.h:
+ * wg_record.protocol), HTTP/1.1 when it says nothing. */
+enum wg_upstream_protocol { WG_UPSTREAM_HTTP1, WG_UPSTREAM_H2C, WG_UPSTREAM_H2,
+                            WG_UPSTREAM_AUTO };
 enum wg_listener_mode { WG_MODE_TCP, WG_MODE_HTTP };
 enum wg_log_level { WG_LOG_DEBUG, WG_LOG_INFO, WG_LOG_WARN, WG_LOG_ERROR };
 enum wg_access_format { WG_ACCESS_TEXT, WG_ACCESS_JSON };
@@ -80,11 +85,18 @@ struct wg_service_config {
     struct {
         unsigned max_idle;
         uint64_t idle_timeout_ms;
+        enum wg_upstream_protocol protocol;  /* h2 needs tls.enabled */
     } upstream;
+    struct {
+        uint64_t max_timeout_ms;    /* caps a client's grpc-timeout; 0 = no cap */
+        char **retry_methods;       /* "/pkg.Svc/Method" or "/pkg.Svc/" + "*" */
+        size_t n_retry_methods;
+    } grpc;
     struct {
         enum wg_health_type type;   /* resolved: tcp when used only by tcp listeners and unset */
         bool type_set;              /* written explicitly in the file */
         char *path;
+        char *service;              /* type grpc: HealthCheckRequest.service ("" = server) */
         char *host;                 /* "" -> the instance address */
         uint16_t port;              /* 0 -> the instance's port */
         uint64_t interval_ms;

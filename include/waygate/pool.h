@@ -97,6 +97,9 @@ struct wg_instance {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     char addr_text[64];                 /* 127.0.0.1:80 / [::1]:80 */
+    uint8_t protocol;                   /* enum wg_upstream_protocol (not auto): what
+                                           the data plane speaks to it; part of its
+                                           identity (a change makes a new instance) */
     _Atomic int health;                 /* read with wg_instance_health(): the low
                                            byte is the enum wg_health, higher bits
                                            hold an admin drain (see below) */
@@ -123,10 +126,20 @@ struct wg_instance {
                                            prober published last (health.h); 0 = none */
 };
 
+/* What a member's record said beyond inst's address (record.h), kept so
+ * that a reload can pick again under new settings. NULL for most. */
+struct wg_member_record {
+    uint8_t protocol;                   /* enum wg_record_protocol */
+    bool grpc_endpoint;
+    socklen_t addrlen, grpc_addrlen;
+    struct sockaddr_storage addr, grpc_addr;
+};
+
 struct wg_member {
     struct wg_instance *inst;
     uint32_t weight;                    /* 0 = no new traffic */
     char *metadata;                     /* JSON text or NULL */
+    struct wg_member_record *record;    /* set when the record had a protocol marker */
 };
 
 /* One version of a service: immutable once published. */

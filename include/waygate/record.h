@@ -22,6 +22,16 @@
 #define WG_WEIGHT_DEFAULT 100
 #define WG_WEIGHT_MAX 10000
 
+/* What a record says its instance speaks (docs/registry.md, "Protocol
+ * markers"): a Kratos grpc:// endpoint, "protocol":"grpc" in a native value,
+ * or metadata protocol grpc|h2c|h2|http2 (HTTP/2) or http|http1 (HTTP/1.1).
+ * Only services with upstream.protocol auto follow it. */
+enum wg_record_protocol {
+    WG_RECORD_PROTO_UNSET = 0,      /* the record says nothing */
+    WG_RECORD_PROTO_HTTP1,
+    WG_RECORD_PROTO_HTTP2,
+};
+
 struct wg_record {
     char *service;
     char *id;
@@ -29,7 +39,29 @@ struct wg_record {
     socklen_t addrlen;
     uint32_t weight;                /* 0 = no new traffic */
     char *metadata;                 /* JSON object text or NULL */
+    uint8_t protocol;               /* enum wg_record_protocol */
+    bool grpc_endpoint;             /* addr is a Kratos grpc:// endpoint (no http:// one) */
+    /* Kratos values with both: addr is the http:// endpoint, this the
+     * grpc:// one (an IP literal; 0 = none). */
+    socklen_t grpc_addrlen;
+    struct sockaddr_storage grpc_addr;
 };
+
+/* The address and protocol an instance of a service with upstream.protocol
+ * `want` (and tls.enabled `tls`) gets from record `r`:
+ *  - http1: r->addr over HTTP/1.1; false when r->addr is a Kratos grpc://
+ *    endpoint (a Kratos value without an http:// endpoint, as before);
+ *  - h2c / h2: the grpc:// endpoint when the record has both, else r->addr;
+ *  - auto: r->addr; HTTP/2 (h2 with tls, else h2c) when the record says so,
+ *    else HTTP/1.1.
+ * *addr points into r. */
+bool wg_record_select(const struct wg_record *r, enum wg_upstream_protocol want, bool tls,
+                      const struct sockaddr_storage **addr, socklen_t *addrlen,
+                      enum wg_upstream_protocol *protocol);
+const char *wg_upstream_protocol_name(enum wg_upstream_protocol p);
+/* A protocol word (case-insensitive): grpc, h2c, h2, http2 -> HTTP2; http,
+ * http1, http/1.1 -> HTTP1; anything else (and NULL) -> UNSET. */
+uint8_t wg_record_protocol_word(const char *s);
 
 struct wg_record_set {
     struct wg_record *v;
@@ -85,7 +117,8 @@ enum wg_record_format {
     WG_FORMAT_PLAIN,        /* 10.0.0.5:8080 or [fd00::5]:8080 */
     WG_FORMAT_ENDPOINTS,    /* etcd endpoints.Manager {"Op":0,"Addr":"10.0.0.5:8080"} */
     WG_FORMAT_GO_MICRO,     /* {"name":"users","nodes":[{"id":"u1","address":"..."}]} */
-    WG_FORMAT_KRATOS,       /* {"id":"u1","endpoints":["http://10.0.0.5:8000"]} */
+    WG_FORMAT_KRATOS,       /* {"id":"u1","endpoints":["http://10.0.0.5:8000",
+                               "grpc://10.0.0.5:9000"]} */
     WG_FORMAT_SKYDNS,       /* {"host":"10.0.0.5","port":8080} */
     WG_FORMAT_CURATOR,      /* Apache Curator ServiceInstance (below) */
     WG_FORMAT_DUBBO         /* Apache Dubbo provider URL (below) */

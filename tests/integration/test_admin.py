@@ -21,7 +21,8 @@ from wglib import (SANITIZED, Harness, Waygate, connect, free_port, http_request
                    recv_exact, recv_line, slack, wait_until, write_atomic)
 
 STATUS_KEYS = {"version", "generation", "registry", "services"}
-INSTANCE_KEYS = {"id", "address", "zone", "priority", "weight", "health", "active_connections",
+INSTANCE_KEYS = {"id", "address", "protocol", "zone", "priority", "weight", "health",
+                 "active_connections",
                  "requests_total"}
 ODD_ID = 'q"uote\\back ü'
 

@@ -250,7 +250,21 @@ static const struct { const char *yaml, *error; } bad[] = {
     { "service_defaults: { on_unhealthy: drop }\n",
       "t.yaml:1:35: on_unhealthy: invalid value 'drop' (expected keep|close)" },
     { "service_defaults:\n  health_check: { type: udp }\n",
-      "t.yaml:2:25: type: invalid value 'udp' (expected http|tcp|none)" },
+      "t.yaml:2:25: type: invalid value 'udp' (expected http|tcp|none|grpc)" },
+    { "service_defaults:\n  upstream: { protocol: http2 }\n",
+      "t.yaml:2:25: protocol: invalid value 'http2' (expected http1|h2c|h2|auto)" },
+    { "services:\n  s:\n    upstream: { protocol: h2 }\n",
+      "t.yaml:3:5: upstream: protocol h2 is HTTP/2 over TLS and needs tls.enabled: true "
+      "(HTTP/2 without TLS is h2c)" },
+    { "service_defaults:\n  grpc: { retry_methods: [/a.B/C, a.B/C] }\n",
+      "t.yaml:2:35: retry_methods: expected \"/package.Service/Method\" or "
+      "\"/package.Service/*\", got 'a.B/C'" },
+    { "service_defaults:\n  grpc: { retry_methods: /a.B/C }\n",
+      "t.yaml:2:26: retry_methods: expected a list" },
+    { "service_defaults:\n  grpc: { max_timeout: 5 }\n",
+      "t.yaml:2:24: max_timeout: duration needs a unit (ms, s, m, h), got '5'" },
+    { "service_defaults:\n  grpc: { retry_method: [] }\n",
+      "t.yaml:2:11: unknown key 'retry_method' in grpc (did you mean 'retry_methods'?)" },
     { "service_defaults:\n  health_check: { path: health }\n",
       "t.yaml:2:25: path: must start with '/', got 'health'" },
     { "service_defaults:\n  health_check: { healthy_threshold: 0 }\n",
@@ -1003,6 +1017,57 @@ START_TEST(test_services_merge_over_defaults)
 }
 END_TEST
 
+/* upstream.protocol, grpc.* and health_check type grpc; grpc lists
+ * replace the defaults' list (§5), the defaults stay untouched. */
+START_TEST(test_grpc_keys)
+{
+    struct wg_config *cfg = load_ok(
+        "service_defaults:\n"
+        "  upstream: { protocol: auto }\n"
+        "  grpc: { max_timeout: 20s, retry_methods: [/a.A/Get, \"/a.A/*\"] }\n"
+        "services:\n"
+        "  g:\n"
+        "    upstream: { protocol: h2c }\n"
+        "    health_check: { type: grpc, service: users.Users }\n"
+        "    grpc: { retry_methods: [/b.B/List] }\n"
+        "  t:\n"
+        "    upstream: { protocol: h2 }\n"
+        "    tls: { enabled: true }\n"
+        "  plain: {}\n");
+    const struct wg_service_config *g = wg_config_service(cfg, "g");
+    const struct wg_service_config *t = wg_config_service(cfg, "t");
+    const struct wg_service_config *p = wg_config_service(cfg, "plain");
+
+    ck_assert_int_eq(g->upstream.protocol, WG_UPSTREAM_H2C);
+    ck_assert_int_eq(t->upstream.protocol, WG_UPSTREAM_H2);
+    ck_assert_int_eq(p->upstream.protocol, WG_UPSTREAM_AUTO);
+    ck_assert_int_eq(g->health_check.type, WG_HEALTH_GRPC);
+    ck_assert_str_eq(g->health_check.service, "users.Users");
+    ck_assert_str_eq(p->health_check.service, "");
+    ck_assert_uint_eq(g->grpc.max_timeout_ms, 20000);
+    ck_assert_uint_eq(g->grpc.n_retry_methods, 1);
+    ck_assert_str_eq(g->grpc.retry_methods[0], "/b.B/List");
+    ck_assert_uint_eq(p->grpc.n_retry_methods, 2);
+    ck_assert_str_eq(p->grpc.retry_methods[1], "/a.A/*");
+    ck_assert_uint_eq(cfg->service_defaults.grpc.n_retry_methods, 2);
+    wg_config_free(cfg);
+    /* Defaults: http1, no cap, no list. */
+    cfg = load_ok("services: { s: {} }\n");
+    ck_assert_int_eq(wg_config_service(cfg, "s")->upstream.protocol, WG_UPSTREAM_HTTP1);
+    ck_assert_uint_eq(wg_config_service(cfg, "s")->grpc.max_timeout_ms, 0);
+    ck_assert_uint_eq(wg_config_service(cfg, "s")->grpc.n_retry_methods, 0);
+    wg_config_free(cfg);
+    /* A HealthCheckRequest.service over 255 bytes is refused. */
+    char yaml[512];
+    snprintf(yaml, sizeof yaml, "services:\n  s:\n    health_check: { type: grpc, service: %0300d }\n", 0);
+    struct wg_errors errs = { 0 };
+    ck_assert_ptr_null(load(yaml, &errs));
+    ck_assert_uint_eq(errs.n, 1);
+    ck_assert_str_eq(errs.lines[0], "t.yaml:3:5: health_check: service is longer than 255 bytes");
+    wg_errors_free(&errs);
+}
+END_TEST
+
 START_TEST(test_client_ip_overrides_header_hash)
 {
     struct wg_config *cfg = load_ok(
@@ -1226,6 +1291,7 @@ static Suite *config_suite(void)
     tcase_add_test(good, test_prefix_scalar_and_workers_auto);
     tcase_add_test(good, test_services_merge_over_defaults);
     tcase_add_test(good, test_client_ip_overrides_header_hash);
+    tcase_add_test(good, test_grpc_keys);
     tcase_add_test(good, test_health_type_resolution);
     tcase_add_test(good, test_routes);
     tcase_add_test(good, test_listener_tls);

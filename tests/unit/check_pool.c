@@ -255,6 +255,84 @@ START_TEST(config_change_keeps_instances)
 }
 END_TEST
 
+static struct wg_record kratos_both(const char *id)
+{
+    struct wg_record_set set = { 0 };
+    unit_record(&set, "g", id, "127.0.0.1", 8000, 100);
+    struct wg_record r = set.v[0];
+    memset(&set.v[0], 0, sizeof set.v[0]);
+    wg_record_set_clear(&set);
+    r.protocol = WG_RECORD_PROTO_HTTP1;
+    struct sockaddr_in *g = (struct sockaddr_in *)&r.grpc_addr;
+    g->sin_family = AF_INET;
+    g->sin_port = htons(9000);
+    g->sin_addr.s_addr = htonl(0x7f000001);
+    r.grpc_addrlen = sizeof *g;
+    return r;
+}
+
+/* upstream.protocol picks address and protocol per record; the instance
+ * keeps the protocol; a reload to another protocol picks again from the
+ * record as it came (a new instance: the identity changed). */
+START_TEST(protocol_picks_address_and_reload_picks_again)
+{
+    struct fixture f;
+    setup(&f, "services:\n  g: { upstream: { protocol: h2c }, health_check: { type: none } }\n"
+              "  a: { upstream: { protocol: auto }, health_check: { type: none } }\n");
+    struct wg_record_set set = { 0 };
+    struct wg_record r = kratos_both("k");
+    ck_assert(wg_record_set_push(&set, &r));
+    unit_record(&set, "a", "n", "127.0.0.1", 7000, 100);
+    set.v[1].protocol = WG_RECORD_PROTO_HTTP2;
+    unit_record(&set, "a", "p", "127.0.0.1", 7001, 100);
+    publish(&f, &set);
+    const struct wg_pool_service *g = wg_snapshot_service(wg_pool_current(f.pool), "g");
+    const struct wg_pool_service *a = wg_snapshot_service(wg_pool_current(f.pool), "a");
+    ck_assert_str_eq(g->members[0].inst->addr_text, "127.0.0.1:9000");
+    ck_assert_int_eq(g->members[0].inst->protocol, WG_UPSTREAM_H2C);
+    ck_assert_int_eq(a->members[0].inst->protocol, WG_UPSTREAM_H2C);
+    ck_assert_int_eq(a->members[1].inst->protocol, WG_UPSTREAM_HTTP1);
+    struct wg_instance *old = g->members[0].inst, *an = a->members[0].inst;
+    struct wg_config_ref *ref2 = wg_config_ref_new(unit_config(
+        "services:\n  g: { health_check: { type: none } }\n"
+        "  a: { upstream: { protocol: auto }, health_check: { type: none },"
+        " tls: { enabled: true, verify: false } }\n"));
+    wg_pool_set_config(f.pool, ref2);
+    g = wg_snapshot_service(wg_pool_current(f.pool), "g");
+    a = wg_snapshot_service(wg_pool_current(f.pool), "a");
+    ck_assert_str_eq(g->members[0].inst->addr_text, "127.0.0.1:8000");   /* http1: http:// */
+    ck_assert_int_eq(g->members[0].inst->protocol, WG_UPSTREAM_HTTP1);
+    ck_assert_ptr_ne(g->members[0].inst, old);
+    ck_assert_int_eq(wg_instance_health(old), WG_HEALTH_DRAINING);
+    ck_assert_int_eq(a->members[0].inst->protocol, WG_UPSTREAM_H2);      /* same marker, TLS */
+    ck_assert_ptr_ne(a->members[0].inst, an);
+    /* Back to h2c: the grpc:// endpoint again, from the kept record. */
+    wg_pool_set_config(f.pool, f.ref);
+    g = wg_snapshot_service(wg_pool_current(f.pool), "g");
+    ck_assert_str_eq(g->members[0].inst->addr_text, "127.0.0.1:9000");
+    wg_config_ref_put(ref2);
+    teardown(&f);
+}
+END_TEST
+
+/* A Kratos value with only grpc:// is skipped by an http1 service. */
+START_TEST(grpc_only_record_skipped_by_http1)
+{
+    struct fixture f;
+    setup(&f, CFG);
+    struct wg_record_set set = { 0 };
+    unit_record(&set, "s", "a", "127.0.0.1", 9000, 100);
+    set.v[0].grpc_endpoint = true;
+    set.v[0].protocol = WG_RECORD_PROTO_HTTP2;
+    unit_record(&set, "s", "b", "127.0.0.1", 9001, 100);
+    publish(&f, &set);
+    const struct wg_pool_service *svc = wg_snapshot_service(wg_pool_current(f.pool), "s");
+    ck_assert_uint_eq(svc->n_members, 1);
+    ck_assert_str_eq(svc->members[0].inst->id, "b");
+    teardown(&f);
+}
+END_TEST
+
 START_TEST(admin_drain_is_undoable_and_keeps_counts)
 {
     struct fixture f;
@@ -299,6 +377,8 @@ int main(void)
     tcase_add_test(tc, probed_service_starts_unknown);
     tcase_add_test(tc, reclaim_waits_for_reader);
     tcase_add_test(tc, config_change_keeps_instances);
+    tcase_add_test(tc, protocol_picks_address_and_reload_picks_again);
+    tcase_add_test(tc, grpc_only_record_skipped_by_http1);
     tcase_add_test(tc, admin_drain_is_undoable_and_keeps_counts);
     suite_add_tcase(s, tc);
     return unit_run(s);

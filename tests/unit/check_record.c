@@ -96,6 +96,11 @@ END_TEST
 
 /* Each bad entry sits between two good ones: it alone is skipped. */
 static const struct { const char *entry, *warning; } bad_entries[] = {
+    { "{ id: b, address: 127.0.0.1, port: 2, protocol: thrift }",
+      "reg.yaml:3:53: service 'svc': instance 'b': protocol must be grpc, h2c, h2, http2, http or http1, "
+      "got 'thrift'" },
+    { "{ id: b, address: 127.0.0.1, port: 2, protocl: grpc }",
+      "reg.yaml:3:43: service 'svc': instance 'b': unknown key 'protocl' (did you mean 'protocol'?)" },
     { "{ address: 127.0.0.1, port: 1 }",
       "reg.yaml:3:5: service 'svc': instance #2: missing required key 'id'" },
     { "{ id: \"\", address: 127.0.0.1, port: 1 }",
@@ -157,6 +162,24 @@ START_TEST(test_invalid_next_to_valid)
     ck_assert_uint_eq(p.set.n, 2);
     assert_record(&p.set.v[0], "svc", "a", "127.0.0.1:1", 100);
     assert_record(&p.set.v[1], "svc", "c", "127.0.0.1:3", 100);
+    done(&p);
+}
+END_TEST
+
+/* protocol: the file registry's protocol marker (docs/registry.md). */
+START_TEST(test_protocol_key)
+{
+    struct parsed p;
+    parse(&p, "svc:\n"
+              "  - { id: a, address: 127.0.0.1, port: 1, protocol: grpc }\n"
+              "  - { id: b, address: 127.0.0.1, port: 2, protocol: http1 }\n"
+              "  - { id: c, address: 127.0.0.1, port: 3 }\n");
+    ck_assert(p.ok);
+    ck_assert_uint_eq(p.invalid, 0);
+    ck_assert_uint_eq(p.set.n, 3);
+    ck_assert_int_eq(p.set.v[0].protocol, WG_RECORD_PROTO_HTTP2);
+    ck_assert_int_eq(p.set.v[1].protocol, WG_RECORD_PROTO_HTTP1);
+    ck_assert_int_eq(p.set.v[2].protocol, WG_RECORD_PROTO_UNSET);
     done(&p);
 }
 END_TEST
@@ -363,6 +386,7 @@ static Suite *record_suite(void)
     tcase_add_loop_test(file, test_invalid_next_to_valid, 0,
                         sizeof bad_entries / sizeof bad_entries[0]);
     tcase_add_test(file, test_bad_services_skipped);
+    tcase_add_test(file, test_protocol_key);
     tcase_add_test(file, test_same_id_in_two_services);
     tcase_add_test(file, test_many_instances_and_duplicates);
     tcase_add_test(file, test_unusable_files);

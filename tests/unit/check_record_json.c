@@ -127,8 +127,93 @@ START_TEST(kratos)
               WG_FORMAT_KRATOS, "10.0.0.5:8000", 100);
     ck_assert_str_eq(SET.v[0].metadata, "{\"m\":\"1\"}");
     expect_ok("{\"endpoints\":[\"HTTP://[::1]:80/x\"]}", WG_FORMAT_KRATOS, "[::1]:80", 100);
-    expect_invalid("{\"endpoints\":[\"grpc://10.0.0.5:9000\"]}", "no http");
+    expect_invalid("{\"endpoints\":[\"tcp://10.0.0.5:9000\"]}", "no http:// or grpc://");
     expect_invalid("{\"endpoints\":\"http://10.0.0.5:1\"}", "array");
+}
+END_TEST
+
+static const char *text_of(const struct sockaddr_storage *ss, char *buf, size_t len)
+{
+    wg_sockaddr_text((const struct sockaddr *)ss, buf, len);
+    return buf;
+}
+
+/* What each service protocol picks from a record (record.h). */
+static void expect_pick(enum wg_upstream_protocol want, bool tls, bool ok, const char *addr,
+                        enum wg_upstream_protocol proto)
+{
+    const struct sockaddr_storage *a;
+    socklen_t len;
+    enum wg_upstream_protocol p;
+    char text[64];
+    ck_assert_int_eq(wg_record_select(&SET.v[0], want, tls, &a, &len, &p), ok);
+    if (!ok)
+        return;
+    ck_assert_str_eq(text_of(a, text, sizeof text), addr);
+    ck_assert_int_eq(p, proto);
+}
+
+/* Protocol markers: Kratos grpc:// beside or instead of http://, native
+ * "protocol", metadata protocol in every format (docs/registry.md). */
+START_TEST(protocol_markers)
+{
+    /* Kratos, both endpoints: http1/auto take http, h2c/h2 take grpc. */
+    expect_ok("{\"endpoints\":[\"grpc://10.0.0.5:9000\",\"http://10.0.0.5:8000\"]}",
+              WG_FORMAT_KRATOS, "10.0.0.5:8000", 100);
+    ck_assert_int_eq(SET.v[0].protocol, WG_RECORD_PROTO_HTTP1);
+    ck_assert(!SET.v[0].grpc_endpoint);
+    expect_pick(WG_UPSTREAM_HTTP1, false, true, "10.0.0.5:8000", WG_UPSTREAM_HTTP1);
+    expect_pick(WG_UPSTREAM_AUTO, false, true, "10.0.0.5:8000", WG_UPSTREAM_HTTP1);
+    expect_pick(WG_UPSTREAM_H2C, false, true, "10.0.0.5:9000", WG_UPSTREAM_H2C);
+    expect_pick(WG_UPSTREAM_H2, true, true, "10.0.0.5:9000", WG_UPSTREAM_H2);
+    /* Kratos, grpc:// only: HTTP/2 under auto (h2 with TLS), refused by http1. */
+    expect_ok("{\"endpoints\":[\"grpc://10.0.0.6:9000?isSecure=false\"]}", WG_FORMAT_KRATOS,
+              "10.0.0.6:9000", 100);
+    ck_assert(SET.v[0].grpc_endpoint);
+    ck_assert_int_eq(SET.v[0].protocol, WG_RECORD_PROTO_HTTP2);
+    expect_pick(WG_UPSTREAM_HTTP1, false, false, NULL, 0);
+    expect_pick(WG_UPSTREAM_AUTO, false, true, "10.0.0.6:9000", WG_UPSTREAM_H2C);
+    expect_pick(WG_UPSTREAM_AUTO, true, true, "10.0.0.6:9000", WG_UPSTREAM_H2);
+    expect_pick(WG_UPSTREAM_H2C, false, true, "10.0.0.6:9000", WG_UPSTREAM_H2C);
+    /* A grpc:// host name beside an http:// endpoint is not taken. */
+    expect_ok("{\"endpoints\":[\"http://10.0.0.5:8000\",\"grpc://svc.local:9000\"]}",
+              WG_FORMAT_KRATOS, "10.0.0.5:8000", 100);
+    ck_assert_uint_eq(SET.v[0].grpc_addrlen, 0);
+    expect_pick(WG_UPSTREAM_H2C, false, true, "10.0.0.5:8000", WG_UPSTREAM_H2C);
+    /* Native: "protocol" (strict), or metadata protocol (lenient). */
+    expect_ok("{\"address\":\"10.0.0.5\",\"port\":9000,\"protocol\":\"grpc\"}",
+              WG_FORMAT_NATIVE, "10.0.0.5:9000", 100);
+    ck_assert_int_eq(SET.v[0].protocol, WG_RECORD_PROTO_HTTP2);
+    expect_pick(WG_UPSTREAM_AUTO, false, true, "10.0.0.5:9000", WG_UPSTREAM_H2C);
+    expect_pick(WG_UPSTREAM_HTTP1, false, true, "10.0.0.5:9000", WG_UPSTREAM_HTTP1);
+    expect_ok("{\"address\":\"10.0.0.5:9000\",\"metadata\":{\"protocol\":\"H2C\"}}",
+              WG_FORMAT_NATIVE, "10.0.0.5:9000", 100);
+    ck_assert_int_eq(SET.v[0].protocol, WG_RECORD_PROTO_HTTP2);
+    expect_ok("{\"address\":\"10.0.0.5:9000\",\"protocol\":\"http1\","
+              "\"metadata\":{\"protocol\":\"grpc\"}}", WG_FORMAT_NATIVE, "10.0.0.5:9000", 100);
+    ck_assert_int_eq(SET.v[0].protocol, WG_RECORD_PROTO_HTTP1);   /* the field wins */
+    expect_ok("{\"address\":\"10.0.0.5:9000\",\"metadata\":{\"protocol\":\"thrift\"}}",
+              WG_FORMAT_NATIVE, "10.0.0.5:9000", 100);
+    ck_assert_int_eq(SET.v[0].protocol, WG_RECORD_PROTO_UNSET);
+    expect_pick(WG_UPSTREAM_AUTO, true, true, "10.0.0.5:9000", WG_UPSTREAM_HTTP1);
+    expect_invalid("{\"address\":\"10.0.0.5:9000\",\"protocol\":\"thrift\"}", "protocol");
+    expect_invalid("{\"address\":\"10.0.0.5:9000\",\"protocol\":2}", "protocol");
+    /* endpoints.Manager and go-micro: metadata protocol. */
+    expect_ok("{\"Op\":0,\"Addr\":\"10.0.0.7:50051\",\"Metadata\":{\"protocol\":\"grpc\"}}",
+              WG_FORMAT_ENDPOINTS, "10.0.0.7:50051", 100);
+    ck_assert_int_eq(SET.v[0].protocol, WG_RECORD_PROTO_HTTP2);
+    expect_ok("{\"Op\":0,\"Addr\":\"10.0.0.7:50051\",\"Metadata\":\"grpc\"}",
+              WG_FORMAT_ENDPOINTS, "10.0.0.7:50051", 100);
+    ck_assert_int_eq(SET.v[0].protocol, WG_RECORD_PROTO_UNSET);   /* not an object */
+    ck_assert(decode("{\"name\":\"users\",\"nodes\":[{\"id\":\"n1\",\"address\":\"10.0.0.8:1\","
+                     "\"metadata\":{\"protocol\":\"grpc\"}},{\"id\":\"n2\","
+                     "\"address\":\"10.0.0.9:1\"}]}"));
+    ck_assert_uint_eq(SET.n, 2);
+    ck_assert_int_eq(SET.v[0].protocol, WG_RECORD_PROTO_HTTP2);
+    ck_assert_int_eq(SET.v[1].protocol, WG_RECORD_PROTO_UNSET);
+    ck_assert_int_eq(wg_record_protocol_word("HTTP/1.1"), WG_RECORD_PROTO_HTTP1);
+    ck_assert_int_eq(wg_record_protocol_word(NULL), WG_RECORD_PROTO_UNSET);
+    ck_assert_str_eq(wg_upstream_protocol_name(WG_UPSTREAM_H2C), "h2c");
 }
 END_TEST
 
@@ -220,6 +305,7 @@ int main(void)
     tcase_add_test(tc, endpoints_manager);
     tcase_add_test(tc, go_micro);
     tcase_add_test(tc, kratos);
+    tcase_add_test(tc, protocol_markers);
     tcase_add_test(tc, skydns);
     tcase_add_test(tc, bad_json);
     tcase_add_test(tc, keys);

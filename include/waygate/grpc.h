@@ -1,0 +1,134 @@
+/* grpc — the pure pieces of gRPC that the proxy exchange and the prober use
+ * (DESIGN §15): status mapping, grpc-timeout, the request classifier, the
+ * method list of grpc.retry_methods, and the two grpc.health.v1 messages.
+ *
+ * Promises:
+ *  - No I/O, no allocation, no libevent, no nghttp2: bytes and numbers in,
+ *    numbers and bytes out. Every function is total: any input (any length,
+ *    any bytes) gives a defined answer and never reads out of bounds.
+ *  - The mapping of waygate's own HTTP errors follows grpc's
+ *    doc/http-grpc-status-mapping.md where it names the status; 429 maps to
+ *    UNAVAILABLE (a client may retry it, as for 503: waygate answers 429 for
+ *    rate limits and concurrency limits, both of which pass); docs/http.md
+ *    ("gRPC") lists the whole table.
+ */
+#ifndef WAYGATE_GRPC_H
+#define WAYGATE_GRPC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* The status codes of grpc/doc/statuscodes.md. */
+enum wg_grpc_status {
+    WG_GRPC_OK = 0,
+    WG_GRPC_CANCELLED = 1,
+    WG_GRPC_UNKNOWN = 2,
+    WG_GRPC_INVALID_ARGUMENT = 3,
+    WG_GRPC_DEADLINE_EXCEEDED = 4,
+    WG_GRPC_NOT_FOUND = 5,
+    WG_GRPC_ALREADY_EXISTS = 6,
+    WG_GRPC_PERMISSION_DENIED = 7,
+    WG_GRPC_RESOURCE_EXHAUSTED = 8,
+    WG_GRPC_FAILED_PRECONDITION = 9,
+    WG_GRPC_ABORTED = 10,
+    WG_GRPC_OUT_OF_RANGE = 11,
+    WG_GRPC_UNIMPLEMENTED = 12,
+    WG_GRPC_INTERNAL = 13,
+    WG_GRPC_UNAVAILABLE = 14,
+    WG_GRPC_DATA_LOSS = 15,
+    WG_GRPC_UNAUTHENTICATED = 16,
+};
+
+/* The upper-case name ("UNAVAILABLE"), or "UNKNOWN" outside 0..16. */
+const char *wg_grpc_status_name(int status);
+
+/* The grpc-status of an error waygate itself answers with HTTP `http_status`
+ * (DESIGN §13): 400 INTERNAL, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED,
+ * 404 UNIMPLEMENTED, 408 DEADLINE_EXCEEDED, 413/431 RESOURCE_EXHAUSTED,
+ * 429/502/503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, anything else UNKNOWN
+ * (2xx/3xx give UNKNOWN too: they are not errors to map). */
+enum wg_grpc_status wg_grpc_status_from_http(int http_status);
+
+/* grpc-message is percent-encoded (PROTOCOL-HTTP2.md): bytes outside
+ * 0x20-0x7E and '%' itself become %XX. Writes at most cap-1 bytes and a NUL
+ * into out (cap >= 1), never splitting an escape; returns the length
+ * written. */
+size_t wg_grpc_message_encode(const char *in, size_t len, char *out, size_t cap);
+
+/* The text of waygate's own error for a gRPC client: "waygate: " and the
+ * lower-case reason of HTTP status `http_status` ("no route", "no healthy
+ * upstream", "upstream connect failed", "deadline exceeded", "message too
+ * large", ...). Static. */
+const char *wg_grpc_error_message(int http_status);
+
+/* Does an upstream's grpc-status count as a failure for passive outlier
+ * detection (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL)? */
+bool wg_grpc_status_is_failure(int status);
+
+/* Parse a grpc-status value: 1-2 ASCII digits, 0..16 not required (an
+ * upstream may send any code; "2147483648" does not fit and is refused).
+ * Returns -1 when `v` is not a decimal number below 1000. */
+int wg_grpc_status_parse(const char *v, size_t len);
+
+/* Is this request gRPC? `content-type` is application/grpc, exactly or
+ * followed by '+' (application/grpc+proto) or ';' (parameters), ASCII case
+ * insensitive. gRPC-Web (application/grpc-web*) is NOT gRPC here. */
+bool wg_grpc_is_grpc(const char *content_type, size_t len);
+
+/* grpc-timeout (PROTOCOL-HTTP2.md): 1..8 ASCII digits and one unit of
+ * H M S m u n. On success *ms is the value in milliseconds, rounded UP
+ * (1n -> 1 ms: a deadline never becomes 0 = none), and true is returned.
+ * Anything else (empty, 9 digits, no unit, spaces, a sign) is false; the
+ * caller then ignores the header, as grpc servers do. */
+bool wg_grpc_timeout_parse(const char *v, size_t len, uint64_t *ms);
+
+/* The response deadline of a gRPC stream: the route's/service's
+ * response_timeout_ms capped by the client's grpc-timeout (`client_ms`, 0 =
+ * absent), which is itself first capped by grpc.max_timeout (`max_ms`, 0 =
+ * no cap). */
+uint64_t wg_grpc_deadline_ms(uint64_t response_timeout_ms, uint64_t client_ms, uint64_t max_ms);
+
+/* grpc.retry_methods: is `path` (":path", "/pkg.Service/Method") listed?
+ * Entries are exact paths, or "/pkg.Service/" then "*" for every method of a
+ * service. `methods` holds n NUL-terminated entries. */
+bool wg_grpc_method_listed(char *const *methods, size_t n, const char *path, size_t len);
+
+/* Is `entry` a valid grpc.retry_methods entry ("/svc/Method" or "/svc/" then "*",
+ * svc and Method non-empty, no further '/', printable ASCII)? */
+bool wg_grpc_method_entry_ok(const char *entry);
+
+/* ---- grpc.health.v1 ------------------------------------------------------
+ * HealthCheckRequest { string service = 1; }
+ * HealthCheckResponse { enum ServingStatus status = 1; }
+ *   UNKNOWN 0, SERVING 1, NOT_SERVING 2, SERVICE_UNKNOWN 3 */
+enum wg_grpc_serving {
+    WG_SERVING_UNKNOWN = 0,
+    WG_SERVING_SERVING = 1,
+    WG_SERVING_NOT_SERVING = 2,
+    WG_SERVING_SERVICE_UNKNOWN = 3,
+};
+
+#define WG_GRPC_HEALTH_PATH "/grpc.health.v1.Health/Check"
+#define WG_GRPC_FRAME_HEADER 5          /* compressed flag + 4-byte big-endian length */
+
+/* Write one length-prefixed gRPC message carrying a HealthCheckRequest for
+ * `service` (len bytes; may be empty) into out[cap]. Returns the bytes
+ * written, or 0 when cap is too small. */
+size_t wg_grpc_health_request(const char *service, size_t len, uint8_t *out, size_t cap);
+
+/* Decode a HealthCheckResponse message body (no frame header): field 1 as a
+ * varint, unknown fields skipped per the wire format, the last field 1 wins
+ * (protobuf merge rule); absent -> UNKNOWN (proto3 default). Returns the
+ * status (which may be a value beyond SERVICE_UNKNOWN), or -1 when the bytes
+ * are not a valid message. */
+int64_t wg_grpc_health_decode(const uint8_t *msg, size_t len);
+
+/* Take one length-prefixed message from a gRPC body `buf[len]`. Returns 1
+ * with *msg, *msg_len set and *used the bytes it spans, 0 when more bytes
+ * are needed, -1 when the frame is compressed (the prober does not ask for
+ * compression) or longer than max_len. */
+int wg_grpc_frame(const uint8_t *buf, size_t len, size_t max_len, const uint8_t **msg,
+                  size_t *msg_len, size_t *used);
+
+#endif

@@ -1,0 +1,165 @@
+/* upstream_h2 — HTTP/2 to upstream instances (DESIGN §15): the upstream
+ * codec an exchange uses for services whose instances speak h2c or h2
+ * (pool.h: wg_instance.protocol).
+ *
+ * One struct wg_h2_pool per worker holds, per instance, a few connections,
+ * each one libnghttp2 client session driven with mem_recv/mem_send on the
+ * worker's event_base (no thread, no lock). Many streams share one
+ * connection:
+ *  - a stream goes on the oldest open connection of its instance with a free
+ *    slot: fewer than the peer's SETTINGS_MAX_CONCURRENT_STREAMS (100 until
+ *    its SETTINGS arrive) and fewer than `max_streams`; when all are full a
+ *    new connection is opened, at most `max_conns` per instance; beyond
+ *    that wg_h2_submit() fails with EBUSY (the exchange answers 503 /
+ *    UNAVAILABLE, or tries another instance);
+ *  - GOAWAY: the connection takes no new stream and closes once its
+ *    streams are over; streams above the last-stream-id (and streams reset
+ *    with REFUSED_STREAM, or cut before their HEADERS went out) are closed
+ *    with `retryable` true: the upstream did not process them;
+ *  - idle connections (no stream) are kept per instance up to `max_idle`,
+ *    closed after `idle_timeout_ms`, pinged every `ping_interval_ms` and
+ *    closed when a PING is not answered within `ping_timeout_ms`, and closed
+ *    when their instance is no longer healthy (health.h generation rule);
+ *  - flow control is end to end: response bytes are consumed (WINDOW_UPDATE)
+ *    only as the exchange accepts them (ops->data's return value), so an
+ *    upstream can put at most `stream_window` bytes per stream into
+ *    waygate; request bodies go through a bounded per-stream buffer
+ *    (WG_H2_BODY_BUF) and a deferred data provider: wg_h2_stream_write()
+ *    takes what fits and ops->writable says when more fits.
+ *
+ * Lifetimes: the pool holds one reference on every instance it has a
+ * connection to. A stream belongs to the exchange that submitted it until
+ * ops->closed runs (exactly once; the stream is freed right after it
+ * returns) or until the exchange calls wg_h2_stream_reset() (then no
+ * callback runs any more). Callbacks run on the worker thread from the
+ * pool's own events or from wg_h2_stream_resume_read(); they may call
+ * wg_h2_stream_write/end/resume_read/reset on their own stream.
+ */
+#ifndef WAYGATE_UPSTREAM_H2_H
+#define WAYGATE_UPSTREAM_H2_H
+
+#include <nghttp2/nghttp2.h>
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct wg_instance;
+struct wg_http_message;
+struct wg_http_header;
+
+#define WG_H2_BODY_BUF (64 * 1024)      /* request body bytes a stream holds */
+
+struct wg_h2_settings {
+    unsigned max_streams;               /* per connection, our own cap (default 100) */
+    unsigned max_conns;                 /* per instance (default 8) */
+    unsigned max_idle;                  /* idle connections kept per instance */
+    uint64_t idle_timeout_ms;
+    uint64_t connect_timeout_ms;
+    uint64_t ping_interval_ms;          /* idle liveness; 0 = no pings */
+    uint64_t ping_timeout_ms;
+    uint32_t stream_window;             /* our SETTINGS_INITIAL_WINDOW_SIZE */
+    uint32_t conn_window;               /* our connection window */
+};
+extern const struct wg_h2_settings wg_h2_defaults;
+
+/* What a stream reports to its exchange. `ctx` is the submit's ctx. */
+struct wg_h2_stream_ops {
+    /* The final response head: :status and the other fields (no pseudo
+     * headers). end_stream: nothing follows (a Trailers-Only gRPC answer
+     * has its grpc-status here). Interim (1xx) heads are not reported. */
+    void (*head)(void *ctx, unsigned status, const nghttp2_nv *nv, size_t n, bool end_stream);
+    /* Response body bytes; returns how many the exchange took (0..len).
+     * The rest is offered again after wg_h2_stream_resume_read(). */
+    size_t (*data)(void *ctx, const uint8_t *p, size_t len);
+    /* Trailers, after all data was taken. */
+    void (*trailers)(void *ctx, const nghttp2_nv *nv, size_t n);
+    /* The stream is over, after everything above was delivered: error 0 =
+     * complete; else an HTTP/2 error code (RST_STREAM, GOAWAY, connection
+     * failure: NGHTTP2_CONNECT_ERROR, timeout: NGHTTP2_CANCEL). retryable:
+     * the upstream did not process the request (see the top). */
+    void (*closed)(void *ctx, uint32_t error, bool retryable);
+    /* The request body buffer has room again. */
+    void (*writable)(void *ctx);
+};
+
+struct wg_h2_pool;
+struct wg_h2_stream;
+
+struct wg_h2_pool *wg_h2_pool_new(struct event_base *base, const struct wg_h2_settings *set);
+/* Closes every connection; open streams get ops->closed(CANCEL, false). */
+void wg_h2_pool_free(struct wg_h2_pool *p);
+
+/* Start a request to `inst`: `nv` holds the pseudo headers (:method,
+ * :scheme, :authority, :path) first, then the fields (copied now).
+ * has_body: a body follows through wg_h2_stream_write/end; else the
+ * HEADERS end the stream. tls: NULL for h2c, else the service's client
+ * context (ALPN h2 is required; sni/verify as for HTTP/1.1 upstreams).
+ * Returns the stream, or NULL with *err = EBUSY (every connection full and
+ * max_conns reached), ENOMEM, or another errno of socket/connect. */
+struct wg_h2_stream *wg_h2_submit(struct wg_h2_pool *p, struct wg_instance *inst,
+                                  SSL_CTX *tls, const char *sni, bool verify,
+                                  const nghttp2_nv *nv, size_t n, bool has_body,
+                                  const struct wg_h2_stream_ops *ops, void *ctx, int *err);
+/* Request body bytes: returns how many were taken (up to the room in the
+ * stream's buffer); 0 means full: wait for ops->writable. */
+size_t wg_h2_stream_write(struct wg_h2_stream *s, const uint8_t *p, size_t len);
+/* The request body ended; trailers (may be NULL/0) are sent after it. */
+int wg_h2_stream_end(struct wg_h2_stream *s, const nghttp2_nv *trailers, size_t n);
+/* The exchange can take response bytes again: offer what is buffered. */
+void wg_h2_stream_resume_read(struct wg_h2_stream *s);
+/* Abandon the stream (RST_STREAM `error`, e.g. NGHTTP2_CANCEL); no
+ * callback runs for it afterwards. */
+void wg_h2_stream_reset(struct wg_h2_stream *s, uint32_t error);
+/* The stream's HTTP/2 id (for logs); 0 while not assigned. */
+int32_t wg_h2_stream_id(const struct wg_h2_stream *s);
+
+/* The worker's periodic tick: idle timeouts, pings, unhealthy instances. */
+void wg_h2_pool_tick(struct wg_h2_pool *p, uint64_t now_ms);
+
+struct wg_h2_pool_stats {
+    uint64_t connections;               /* open now */
+    uint64_t streams;                   /* open now */
+    uint64_t connects;                  /* connections opened, total */
+    uint64_t goaways;                   /* GOAWAYs received */
+    uint64_t pings;                     /* PINGs sent */
+    uint64_t ping_failures;             /* connections closed for an unanswered PING */
+    uint64_t refused;                   /* streams closed retryable */
+};
+void wg_h2_pool_stats(const struct wg_h2_pool *p, struct wg_h2_pool_stats *out);
+
+/* ---- heads between the exchange (HTTP/1.1 semantics) and HTTP/2 ----------
+ * The exchange works on HTTP/1.1 heads (exchange.h on the HTTP/2 branch:
+ * the downstream codecs hand it one, and it rewrites it for the upstream).
+ * These pure functions carry such heads to and from an HTTP/2 upstream. */
+
+/* The nv list of request head `m` (fields h[0..m->nheaders), bytes in
+ * `msg`) for wg_h2_submit(): :method, :scheme `scheme`, :authority = Host,
+ * :path = the origin-form target (absolute-form: path and query), then the
+ * fields with lower-cased names (into scratch[scratch_cap]), without Host
+ * and the connection-specific ones (RFC 9113 §8.2.2: Connection,
+ * Keep-Alive, Proxy-Connection, Transfer-Encoding, Upgrade, and TE unless
+ * it is "trailers"). Returns the number of entries, or 0 when nv[cap] or
+ * scratch is too small or the head has no Host. Values point into msg. */
+size_t wg_h2_request_nv(const struct wg_http_message *m, const struct wg_http_header *h,
+                        const char *msg, const char *scheme, nghttp2_nv *nv, size_t cap,
+                        char *scratch, size_t scratch_cap);
+
+/* An HTTP/2 response head as an HTTP/1.1 one the exchange parses:
+ * "HTTP/1.1 <status> <reason>" and the fields (content-length dropped),
+ * framed with "transfer-encoding: chunked" so that data and trailers
+ * follow as chunks (wg_h2_chunk_head, wg_h2_trailers_h1), or with
+ * "content-length: 0" when end_stream (a Trailers-Only answer: its
+ * grpc-status stays in the head). Returns the length written into out[cap],
+ * or 0 when it does not fit. */
+size_t wg_h2_response_h1(unsigned status, const nghttp2_nv *nv, size_t n, bool end_stream,
+                         char *out, size_t cap);
+/* "<hex len>\r\n" before a chunk of `len` bytes (len > 0); the chunk is
+ * followed by "\r\n". out needs 20 bytes; returns the length. */
+size_t wg_h2_chunk_head(size_t len, char *out);
+/* The last chunk with trailers: "0\r\n", the fields, "\r\n". Returns
+ * the length written into out[cap], or 0 when it does not fit. */
+size_t wg_h2_trailers_h1(const nghttp2_nv *nv, size_t n, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,96 @@
+#!/usr/bin/python3
+"""A real gRPC server (Debian python3-grpcio) for the gRPC tests.
+
+Runs under /usr/bin/python3 (where Debian's python3-grpcio lives), not the
+interpreter of the test runner. Debian does not package grpc_health, so the
+grpc.health.v1.Health service is a generic handler whose messages are
+encoded by hand (HealthCheckRequest: field 1 string service;
+HealthCheckResponse: field 1 enum status).
+
+    grpc_server.py --control FILE [--cert CRT --key KEY]
+
+Prints "ready PORT" once serving on 127.0.0.1:PORT. FILE holds lines
+"SERVICE STATUS" (SERVICE "-" = the empty name, the whole server), STATUS one
+of SERVING, NOT_SERVING, SERVICE_UNKNOWN, or UNIMPLEMENTED / NOT_FOUND (the
+call fails with that grpc status). It is re-read on every call; a service
+not listed fails with NOT_FOUND, as grpc's own health service does. Every
+Check call is appended to FILE.calls as one line (the service asked about).
+"""
+
+import argparse
+import sys
+from concurrent import futures
+
+import grpc
+
+SERVING = {"UNKNOWN": 0, "SERVING": 1, "NOT_SERVING": 2, "SERVICE_UNKNOWN": 3}
+
+
+def varint(data, off):
+    v, shift = 0, 0
+    while True:
+        b = data[off]
+        off += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return v, off
+
+
+def request_service(data):
+    off, name = 0, b""
+    while off < len(data):
+        key, off = varint(data, off)
+        if key == 0x0A:
+            n, off = varint(data, off)
+            name, off = data[off:off + n], off + n
+        else:
+            raise ValueError("unexpected field %d" % key)
+    return name.decode()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--control", required=True)
+    ap.add_argument("--cert")
+    ap.add_argument("--key")
+    args = ap.parse_args()
+
+    def states():
+        out = {}
+        with open(args.control) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2:
+                    out["" if parts[0] == "-" else parts[0]] = parts[1]
+        return out
+
+    def check(request, context):
+        name = request_service(request)
+        with open(args.control + ".calls", "a") as f:
+            f.write((name or "-") + "\n")
+        st = states().get(name, "NOT_FOUND")
+        if st in SERVING:
+            return bytes([0x08, SERVING[st]])
+        context.abort(getattr(grpc.StatusCode, st), "health: %s" % st)
+
+    handler = grpc.method_handlers_generic_handler(
+        "grpc.health.v1.Health",
+        {"Check": grpc.unary_unary_rpc_method_handler(check)})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    if args.cert:
+        with open(args.cert, "rb") as f:
+            crt = f.read()
+        with open(args.key, "rb") as f:
+            key = f.read()
+        port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, crt)]))
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print("ready %d" % port, flush=True)
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

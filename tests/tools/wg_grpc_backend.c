@@ -1,0 +1,415 @@
+/* wg_grpc_backend — a small gRPC server over h2c (prior knowledge) for
+ * waygate's benchmarks and tests: libnghttp2, one thread, epoll, so that the
+ * backend is not what a gRPC benchmark measures.
+ *
+ *   wg_grpc_backend [--listen ADDR] [--ready-fd FD] [--message-size N]
+ *                   [--name NAME] [--max-streams N]
+ *
+ *   --listen ADDR       127.0.0.1:PORT; port 0 lets the kernel choose
+ *                       (default 127.0.0.1:0)
+ *   --ready-fd FD       once listening, write "ready PORT\n" to FD (default 1)
+ *   --message-size N    bytes of the fixed reply message (default 16); its
+ *                       bytes are "NAME" repeated
+ *   --name NAME         default "grpc"
+ *   --max-streams N     SETTINGS_MAX_CONCURRENT_STREAMS (default 100)
+ *   --log FILE          append "accept" for every connection accepted
+ *   --goaway-after N    on each connection, answer N streams, then send
+ *                       GOAWAY (last-stream-id = the N-th) and refuse the
+ *                       next one with RST_STREAM REFUSED_STREAM (0 = never)
+ *
+ * Every request is a POST with any :path. Calls:
+ *   /grpc.health.v1.Health/Check   one HealthCheckResponse { status: SERVING }
+ *   /wg.Echo/...                   every request DATA byte is sent back as it
+ *                                  arrives (the messages keep their framing:
+ *                                  unary and all streaming kinds echo), then
+ *                                  grpc-status 0 once the request ended
+ *   anything else                  unary: once the request ended, the fixed
+ *                                  message, framed, then grpc-status 0
+ *   A request header "x-grpc-status: N" answers Trailers-Only with
+ *   grpc-status N and grpc-message "wg_grpc_backend" instead.
+ * Responses carry content-type application/grpc and "x-backend: NAME".
+ * Echo output waits in a per-stream buffer; the backend reads no more of a
+ * stream than its connection window lets the client send (nghttp2's
+ * automatic WINDOW_UPDATE as data is received: a test tool, not a proxy).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+enum call { CALL_FIXED, CALL_ECHO, CALL_HEALTH };
+
+struct stream {
+    int32_t id;
+    enum call call;
+    int status;                 /* x-grpc-status, -1 = none */
+    bool ended;                 /* the request's END_STREAM arrived */
+    bool responded;
+    bool trailers_sent;
+    unsigned char *out;
+    size_t len, off, cap;
+};
+
+struct conn {
+    int fd;
+    nghttp2_session *s;
+    bool want_out;              /* EPOLLOUT armed */
+    unsigned streams;           /* requests begun */
+    int32_t last_id;
+};
+
+static const char *name = "grpc";
+static unsigned char *fixed;    /* the framed fixed reply */
+static size_t fixed_len;
+static unsigned max_streams = 100;
+static unsigned goaway_after;
+static FILE *log_file;
+static int ep;
+
+static int append(struct stream *st, const void *data, size_t n)
+{
+    if (st->off && st->off == st->len)
+        st->off = st->len = 0;
+    if (st->len + n > st->cap) {
+        size_t cap = st->cap ? st->cap : 4096;
+        while (cap < st->len + n)
+            cap *= 2;
+        unsigned char *b = realloc(st->out, cap);
+        if (!b)
+            return -1;
+        st->out = b;
+        st->cap = cap;
+    }
+    memcpy(st->out + st->len, data, n);
+    st->len += n;
+    return 0;
+}
+
+static ssize_t on_send(nghttp2_session *s, const uint8_t *data, size_t len, int flags, void *arg)
+{
+    struct conn *c = arg;
+    ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return NGHTTP2_ERR_WOULDBLOCK;
+    return n < 0 ? NGHTTP2_ERR_CALLBACK_FAILURE : n;
+}
+
+#define NV(n, v) { (uint8_t *)(n), (uint8_t *)(v), strlen(n), strlen(v), NGHTTP2_NV_FLAG_NONE }
+
+static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
+                         uint32_t *flags, nghttp2_data_source *src, void *arg)
+{
+    struct stream *st = src->ptr;
+    size_t n = st->len - st->off;
+    if (n > len)
+        n = len;
+    if (n)
+        memcpy(buf, st->out + st->off, n);
+    st->off += n;
+    if (st->off == st->len && st->ended) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        nghttp2_nv tr[] = { NV("grpc-status", "0") };
+        if (nghttp2_submit_trailer(s, id, tr, 1) != 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        st->trailers_sent = true;
+        return (ssize_t)n;
+    }
+    return n ? (ssize_t)n : NGHTTP2_ERR_DEFERRED;
+}
+
+static int respond(nghttp2_session *s, struct stream *st)
+{
+    st->responded = true;
+    if (st->status >= 0) {
+        char code[16];
+        snprintf(code, sizeof code, "%d", st->status);
+        nghttp2_nv nv[] = { NV(":status", "200"), NV("content-type", "application/grpc"),
+                            NV("x-backend", name), NV("grpc-status", code),
+                            NV("grpc-message", "wg_grpc_backend") };
+        return nghttp2_submit_response(s, st->id, nv, 5, NULL);
+    }
+    nghttp2_nv nv[] = { NV(":status", "200"), NV("content-type", "application/grpc"),
+                        NV("x-backend", name) };
+    nghttp2_data_provider dp = { .source.ptr = st, .read_callback = read_body };
+    return nghttp2_submit_response(s, st->id, nv, 3, &dp);
+}
+
+static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *arg)
+{
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    struct conn *c = arg;
+    if (goaway_after && c->streams == goaway_after) {
+        if (nghttp2_submit_goaway(s, NGHTTP2_FLAG_NONE, c->last_id, NGHTTP2_NO_ERROR, NULL, 0) ||
+            nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f->hd.stream_id,
+                                      NGHTTP2_REFUSED_STREAM))
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        c->streams++;
+        return 0;
+    }
+    c->streams++;
+    c->last_id = f->hd.stream_id;
+    struct stream *st = calloc(1, sizeof *st);
+    if (!st)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    st->id = f->hd.stream_id;
+    st->status = -1;
+    return nghttp2_session_set_stream_user_data(s, f->hd.stream_id, st);
+}
+
+static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *n, size_t nl,
+                     const uint8_t *v, size_t vl, uint8_t flags, void *arg)
+{
+    struct stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (!st || f->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    if (nl == 5 && memcmp(n, ":path", 5) == 0) {
+        if (vl >= 9 && memcmp(v, "/wg.Echo/", 9) == 0)
+            st->call = CALL_ECHO;
+        else if (vl == 28 && memcmp(v, "/grpc.health.v1.Health/Check", 28) == 0)
+            st->call = CALL_HEALTH;
+    } else if (nl == 13 && memcmp(n, "x-grpc-status", 13) == 0) {
+        st->status = 0;
+        for (size_t i = 0; i < vl && i < 3 && v[i] >= '0' && v[i] <= '9'; i++)
+            st->status = st->status * 10 + (v[i] - '0');
+    }
+    return 0;
+}
+
+static int on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data,
+                   size_t len, void *arg)
+{
+    struct stream *st = nghttp2_session_get_stream_user_data(s, id);
+    if (!st || st->call != CALL_ECHO || st->status >= 0)
+        return 0;
+    if (append(st, data, len) < 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (st->responded)
+        nghttp2_session_resume_data(s, id);     /* INVALID_ARGUMENT: not deferred, fine */
+    return 0;
+}
+
+static int on_frame(nghttp2_session *s, const nghttp2_frame *f, void *arg)
+{
+    struct stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (!st || (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA))
+        return 0;
+    bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
+    if (f->hd.type == NGHTTP2_HEADERS && (st->call == CALL_ECHO || st->status >= 0) &&
+        !st->responded && respond(s, st) != 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (!end)
+        return 0;
+    st->ended = true;
+    if (st->responded) {
+        if (st->status < 0 && !st->trailers_sent)
+            nghttp2_session_resume_data(s, st->id);
+        return 0;
+    }
+    if (st->call == CALL_HEALTH) {
+        static const unsigned char serving[] = { 0, 0, 0, 0, 2, 0x08, 0x01 };
+        if (append(st, serving, sizeof serving) < 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+    } else if (append(st, fixed, fixed_len) < 0) {
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    return respond(s, st) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+static int on_close(nghttp2_session *s, int32_t id, uint32_t code, void *arg)
+{
+    struct stream *st = nghttp2_session_get_stream_user_data(s, id);
+    if (st) {
+        free(st->out);
+        free(st);
+        nghttp2_session_set_stream_user_data(s, id, NULL);
+    }
+    return 0;
+}
+
+static void conn_free(struct conn *c)
+{
+    epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    nghttp2_session_del(c->s);
+    free(c);
+}
+
+static void conn_arm(struct conn *c)
+{
+    bool want = nghttp2_session_want_write(c->s);
+    if (want == c->want_out)
+        return;
+    struct epoll_event ev = { .events = EPOLLIN | (want ? EPOLLOUT : 0), .data.ptr = c };
+    epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+    c->want_out = want;
+}
+
+static void conn_new(int lfd)
+{
+    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+        return;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (log_file) {
+        fputs("accept\n", log_file);
+        fflush(log_file);
+    }
+    struct conn *c = calloc(1, sizeof *c);
+    nghttp2_session_callbacks *cb;
+    if (!c || nghttp2_session_callbacks_new(&cb) != 0) {
+        free(c);
+        close(fd);
+        return;
+    }
+    c->fd = fd;
+    nghttp2_session_callbacks_set_send_callback(cb, on_send);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_close);
+    int rc = nghttp2_session_server_new(&c->s, cb, c);
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_settings_entry iv[] = { { NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, max_streams },
+                                    { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20 } };
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
+    if (rc != 0 || nghttp2_submit_settings(c->s, NGHTTP2_FLAG_NONE, iv, 2) != 0 ||
+        nghttp2_session_set_local_window_size(c->s, NGHTTP2_FLAG_NONE, 0, 1 << 24) != 0 ||
+        epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0 || nghttp2_session_send(c->s) != 0) {
+        if (c->s)
+            nghttp2_session_del(c->s);
+        close(fd);
+        free(c);
+        return;
+    }
+    conn_arm(c);
+}
+
+static void conn_io(struct conn *c, uint32_t events)
+{
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+        unsigned char buf[65536];
+        for (;;) {
+            ssize_t n = recv(c->fd, buf, sizeof buf, 0);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0 && errno == EAGAIN)
+                break;
+            if (n <= 0 || nghttp2_session_mem_recv(c->s, buf, (size_t)n) != n) {
+                conn_free(c);
+                return;
+            }
+            if ((size_t)n < sizeof buf)
+                break;
+        }
+    }
+    if (nghttp2_session_send(c->s) != 0 ||
+        (!nghttp2_session_want_read(c->s) && !nghttp2_session_want_write(c->s))) {
+        conn_free(c);
+        return;
+    }
+    conn_arm(c);
+}
+
+static int listen_on(const char *spec, unsigned short *port)
+{
+    char host[64];
+    const char *colon = strrchr(spec, ':');
+    if (!colon || (size_t)(colon - spec) >= sizeof host)
+        return -1;
+    memcpy(host, spec, (size_t)(colon - spec));
+    host[colon - spec] = '\0';
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(colon + 1)) };
+    if (inet_pton(AF_INET, host, &sin.sin_addr) != 1)
+        return -1;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    socklen_t len = sizeof sin;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sin, sizeof sin) < 0 || listen(fd, 1024) < 0 ||
+        getsockname(fd, (struct sockaddr *)&sin, &len) < 0)
+        return -1;
+    *port = ntohs(sin.sin_port);
+    return fd;
+}
+
+int main(int argc, char **argv)
+{
+    const char *listen_spec = "127.0.0.1:0";
+    int ready_fd = 1;
+    size_t msg = 16;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--listen") == 0)
+            listen_spec = argv[i + 1];
+        else if (strcmp(argv[i], "--ready-fd") == 0)
+            ready_fd = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--message-size") == 0)
+            msg = strtoul(argv[i + 1], NULL, 10);
+        else if (strcmp(argv[i], "--name") == 0)
+            name = argv[i + 1];
+        else if (strcmp(argv[i], "--max-streams") == 0)
+            max_streams = (unsigned)strtoul(argv[i + 1], NULL, 10);
+        else if (strcmp(argv[i], "--log") == 0) {
+            if (!(log_file = fopen(argv[i + 1], "a"))) {
+                fprintf(stderr, "wg_grpc_backend: cannot open %s\n", argv[i + 1]);
+                return 1;
+            }
+        } else if (strcmp(argv[i], "--goaway-after") == 0)
+            goaway_after = (unsigned)strtoul(argv[i + 1], NULL, 10);
+        else {
+            fprintf(stderr, "wg_grpc_backend: unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (msg > (64u << 20) || !*name) {
+        fprintf(stderr, "wg_grpc_backend: --message-size at most 64 MiB, --name not empty\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    fixed_len = 5 + msg;
+    if (!(fixed = malloc(fixed_len)))
+        return 1;
+    fixed[0] = 0;
+    fixed[1] = (unsigned char)(msg >> 24);
+    fixed[2] = (unsigned char)(msg >> 16);
+    fixed[3] = (unsigned char)(msg >> 8);
+    fixed[4] = (unsigned char)msg;
+    for (size_t i = 0, nl = strlen(name); i < msg; i++)
+        fixed[5 + i] = (unsigned char)name[i % nl];
+    unsigned short port;
+    int lfd = listen_on(listen_spec, &port);
+    if (lfd < 0) {
+        fprintf(stderr, "wg_grpc_backend: cannot listen on %s: %s\n", listen_spec, strerror(errno));
+        return 1;
+    }
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event lev = { .events = EPOLLIN, .data.ptr = NULL };
+    if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &lev) < 0)
+        return 1;
+    dprintf(ready_fd, "ready %u\n", port);
+    for (;;) {
+        struct epoll_event evs[64];
+        int n = epoll_wait(ep, evs, 64, -1);
+        for (int i = 0; i < n; i++) {
+            if (!evs[i].data.ptr)
+                conn_new(lfd);
+            else
+                conn_io(evs[i].data.ptr, evs[i].events);
+        }
+    }
+}

@@ -1,0 +1,213 @@
+/* check_grpc — the pure gRPC helpers (include/waygate/grpc.h). */
+#include <check.h>
+#include <string.h>
+
+#include "waygate/grpc.h"
+
+#define S(x) x, sizeof x - 1
+
+START_TEST(status_from_http)
+{
+    ck_assert_int_eq(wg_grpc_status_from_http(404), WG_GRPC_UNIMPLEMENTED);
+    ck_assert_int_eq(wg_grpc_status_from_http(503), WG_GRPC_UNAVAILABLE);
+    ck_assert_int_eq(wg_grpc_status_from_http(502), WG_GRPC_UNAVAILABLE);
+    ck_assert_int_eq(wg_grpc_status_from_http(429), WG_GRPC_UNAVAILABLE);
+    ck_assert_int_eq(wg_grpc_status_from_http(504), WG_GRPC_DEADLINE_EXCEEDED);
+    ck_assert_int_eq(wg_grpc_status_from_http(408), WG_GRPC_DEADLINE_EXCEEDED);
+    ck_assert_int_eq(wg_grpc_status_from_http(413), WG_GRPC_RESOURCE_EXHAUSTED);
+    ck_assert_int_eq(wg_grpc_status_from_http(431), WG_GRPC_RESOURCE_EXHAUSTED);
+    ck_assert_int_eq(wg_grpc_status_from_http(401), WG_GRPC_UNAUTHENTICATED);
+    ck_assert_int_eq(wg_grpc_status_from_http(403), WG_GRPC_PERMISSION_DENIED);
+    ck_assert_int_eq(wg_grpc_status_from_http(400), WG_GRPC_INTERNAL);
+    ck_assert_int_eq(wg_grpc_status_from_http(500), WG_GRPC_UNKNOWN);
+    ck_assert_int_eq(wg_grpc_status_from_http(200), WG_GRPC_UNKNOWN);
+    ck_assert_str_eq(wg_grpc_status_name(14), "UNAVAILABLE");
+    ck_assert_str_eq(wg_grpc_status_name(0), "OK");
+    ck_assert_str_eq(wg_grpc_status_name(16), "UNAUTHENTICATED");
+    ck_assert_str_eq(wg_grpc_status_name(17), "UNKNOWN");
+    ck_assert_str_eq(wg_grpc_status_name(-1), "UNKNOWN");
+    ck_assert(wg_grpc_status_is_failure(14) && wg_grpc_status_is_failure(4) &&
+              wg_grpc_status_is_failure(13));
+    ck_assert(!wg_grpc_status_is_failure(0) && !wg_grpc_status_is_failure(12) &&
+              !wg_grpc_status_is_failure(2));
+    ck_assert_int_eq(wg_grpc_status_parse(S("0")), 0);
+    ck_assert_int_eq(wg_grpc_status_parse(S("14")), 14);
+    ck_assert_int_eq(wg_grpc_status_parse(S("")), -1);
+    ck_assert_int_eq(wg_grpc_status_parse(S("1a")), -1);
+    ck_assert_int_eq(wg_grpc_status_parse(S("-1")), -1);
+    ck_assert_int_eq(wg_grpc_status_parse(S("2147483648")), -1);
+}
+END_TEST
+
+START_TEST(message_encoding)
+{
+    char out[32];
+    ck_assert_uint_eq(wg_grpc_message_encode(S("no route"), out, sizeof out), 8);
+    ck_assert_str_eq(out, "no route");
+    wg_grpc_message_encode(S("100% \xe2\x82\xac\n"), out, sizeof out);
+    ck_assert_str_eq(out, "100%25 %E2%82%AC%0A");
+    /* Never a split escape: "ab%25" does not fit in 5 bytes + NUL... */
+    ck_assert_uint_eq(wg_grpc_message_encode(S("ab%"), out, 5), 2);
+    ck_assert_str_eq(out, "ab");
+    ck_assert_uint_eq(wg_grpc_message_encode(S("abc"), out, 1), 0);
+    ck_assert_str_eq(out, "");
+    ck_assert_str_eq(wg_grpc_error_message(404), "waygate: no route");
+    ck_assert_str_eq(wg_grpc_error_message(503), "waygate: no healthy upstream");
+    ck_assert_str_eq(wg_grpc_error_message(999), "waygate: error");
+}
+END_TEST
+
+START_TEST(content_type)
+{
+    ck_assert(wg_grpc_is_grpc(S("application/grpc")));
+    ck_assert(wg_grpc_is_grpc(S("application/grpc+proto")));
+    ck_assert(wg_grpc_is_grpc(S("Application/GRPC;charset=utf-8")));
+    ck_assert(!wg_grpc_is_grpc(S("application/grpc-web")));
+    ck_assert(!wg_grpc_is_grpc(S("application/grpc-web+proto")));
+    ck_assert(!wg_grpc_is_grpc(S("application/grp")));
+    ck_assert(!wg_grpc_is_grpc(S("application/json")));
+    ck_assert(!wg_grpc_is_grpc(S("")));
+}
+END_TEST
+
+START_TEST(timeout)
+{
+    uint64_t ms = 0;
+    ck_assert(wg_grpc_timeout_parse(S("1H"), &ms) && ms == 3600000);
+    ck_assert(wg_grpc_timeout_parse(S("2M"), &ms) && ms == 120000);
+    ck_assert(wg_grpc_timeout_parse(S("3S"), &ms) && ms == 3000);
+    ck_assert(wg_grpc_timeout_parse(S("250m"), &ms) && ms == 250);
+    ck_assert(wg_grpc_timeout_parse(S("1500u"), &ms) && ms == 2);      /* rounded up */
+    ck_assert(wg_grpc_timeout_parse(S("1n"), &ms) && ms == 1);         /* never 0 */
+    ck_assert(wg_grpc_timeout_parse(S("0m"), &ms) && ms == 1);
+    ck_assert(wg_grpc_timeout_parse(S("99999999H"), &ms) && ms == 99999999ULL * 3600000);
+    ck_assert(wg_grpc_timeout_parse(S("00000005S"), &ms) && ms == 5000);
+    ck_assert(!wg_grpc_timeout_parse(S("100000000m"), &ms));            /* 9 digits */
+    ck_assert(!wg_grpc_timeout_parse(S("m"), &ms));
+    ck_assert(!wg_grpc_timeout_parse(S(""), &ms));
+    ck_assert(!wg_grpc_timeout_parse(S("10"), &ms));
+    ck_assert(!wg_grpc_timeout_parse(S("10s"), &ms));                   /* units are case sensitive */
+    ck_assert(!wg_grpc_timeout_parse(S("1 S"), &ms));
+    ck_assert(!wg_grpc_timeout_parse(S("-1S"), &ms));
+    ck_assert(!wg_grpc_timeout_parse(S("+1S"), &ms));
+    ck_assert(!wg_grpc_timeout_parse(S("1SS"), &ms));
+    ck_assert_uint_eq(wg_grpc_deadline_ms(30000, 0, 0), 30000);
+    ck_assert_uint_eq(wg_grpc_deadline_ms(30000, 200, 0), 200);
+    ck_assert_uint_eq(wg_grpc_deadline_ms(30000, 60000, 0), 30000);
+    ck_assert_uint_eq(wg_grpc_deadline_ms(30000, 20000, 5000), 5000);
+    ck_assert_uint_eq(wg_grpc_deadline_ms(3000, 20000, 5000), 3000);
+    ck_assert_uint_eq(wg_grpc_deadline_ms(0, 700, 0), 700);
+}
+END_TEST
+
+START_TEST(retry_methods)
+{
+    char *m[] = { "/users.Users/Get", "/catalog.Catalog/*" };
+    ck_assert(wg_grpc_method_listed(m, 2, S("/users.Users/Get")));
+    ck_assert(!wg_grpc_method_listed(m, 2, S("/users.Users/GetX")));
+    ck_assert(!wg_grpc_method_listed(m, 2, S("/users.Users/Ge")));
+    ck_assert(!wg_grpc_method_listed(m, 2, S("/users.Users/Create")));
+    ck_assert(wg_grpc_method_listed(m, 2, S("/catalog.Catalog/List")));
+    ck_assert(!wg_grpc_method_listed(m, 2, S("/catalog.Catalog/")));
+    ck_assert(!wg_grpc_method_listed(m, 2, S("/catalog.Catalog/a/b")));
+    ck_assert(!wg_grpc_method_listed(m, 2, S("/catalog.CatalogX/List")));
+    ck_assert(!wg_grpc_method_listed(m, 0, S("/users.Users/Get")));
+    ck_assert(wg_grpc_method_entry_ok("/a.B/C"));
+    ck_assert(wg_grpc_method_entry_ok("/a.B/*"));
+    ck_assert(!wg_grpc_method_entry_ok("a.B/C"));
+    ck_assert(!wg_grpc_method_entry_ok("/a.B/"));
+    ck_assert(!wg_grpc_method_entry_ok("//C"));
+    ck_assert(!wg_grpc_method_entry_ok("/a.B/C/D"));
+    ck_assert(!wg_grpc_method_entry_ok("/a.B/C*"));
+    ck_assert(!wg_grpc_method_entry_ok("/a.B/C D"));
+    ck_assert(!wg_grpc_method_entry_ok("/a.B"));
+}
+END_TEST
+
+START_TEST(health_request)
+{
+    uint8_t out[64];
+    /* Empty service: a zero-length message (proto3 omits the default). */
+    ck_assert_uint_eq(wg_grpc_health_request("", 0, out, sizeof out), 5);
+    ck_assert(memcmp(out, "\0\0\0\0\0", 5) == 0);
+    /* "users": 0a 05 'users', framed with length 7. */
+    ck_assert_uint_eq(wg_grpc_health_request(S("users"), out, sizeof out), 12);
+    ck_assert(memcmp(out, "\0\0\0\0\x07\x0a\x05users", 12) == 0);
+    ck_assert_uint_eq(wg_grpc_health_request(S("users"), out, 11), 0);
+    /* A 200-byte name: the length is a two-byte varint (c8 01). */
+    char big[200];
+    memset(big, 'x', sizeof big);
+    ck_assert_uint_eq(wg_grpc_health_request(big, sizeof big, out, sizeof out), 0);
+    uint8_t large[256];
+    ck_assert_uint_eq(wg_grpc_health_request(big, sizeof big, large, sizeof large), 5 + 203);
+    ck_assert(large[5] == 0x0a && large[6] == 0xc8 && large[7] == 0x01 && large[4] == 203);
+}
+END_TEST
+
+START_TEST(health_decode)
+{
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"", 0), WG_SERVING_UNKNOWN);
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"\x08\x01", 2), WG_SERVING_SERVING);
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"\x08\x02", 2), WG_SERVING_NOT_SERVING);
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"\x08\x03", 2),
+                     WG_SERVING_SERVICE_UNKNOWN);
+    /* Last field 1 wins; unknown fields of every wire type are skipped. */
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"\x08\x02\x08\x01", 4), 1);
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"\x12\x02hi\x08\x01", 6), 1);
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"\x19" "12345678" "\x08\x01", 11), 1);
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"\x1d" "1234" "\x08\x01", 7), 1);
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"\x08\x81\x01", 3), 129);
+    /* Malformed: truncated varint, a length past the end, field 0, a group,
+     * status as a string, an 11-byte varint, a negative enum. */
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"\x08", 1), -1);
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"\x08\x80", 2), -1);
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"\x12\x05hi", 4), -1);
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"\x00\x01", 2), -1);
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"\x0b\x0c", 2), -1);
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"\x0a\x01x", 3), -1);
+    ck_assert_int_eq(wg_grpc_health_decode(
+        (const uint8_t *)"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 12), -1);
+    ck_assert_int_eq(wg_grpc_health_decode(
+        (const uint8_t *)"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 11), -1);
+    ck_assert_int_eq(wg_grpc_health_decode((const uint8_t *)"\x19" "1234", 5), -1);
+}
+END_TEST
+
+START_TEST(frames)
+{
+    const uint8_t *msg;
+    size_t ml, used;
+    const uint8_t two[] = { 0, 0, 0, 0, 2, 0x08, 0x01, 0, 0, 0, 0, 0 };
+    ck_assert_int_eq(wg_grpc_frame(two, 4, 100, &msg, &ml, &used), 0);
+    ck_assert_int_eq(wg_grpc_frame(two, 6, 100, &msg, &ml, &used), 0);
+    ck_assert_int_eq(wg_grpc_frame(two, sizeof two, 100, &msg, &ml, &used), 1);
+    ck_assert(ml == 2 && used == 7 && msg == two + 5);
+    ck_assert_int_eq(wg_grpc_frame(two + used, sizeof two - used, 100, &msg, &ml, &used), 1);
+    ck_assert(ml == 0 && used == 5);
+    ck_assert_int_eq(wg_grpc_frame(two, sizeof two, 1, &msg, &ml, &used), -1);
+    const uint8_t compressed[] = { 1, 0, 0, 0, 0 };
+    ck_assert_int_eq(wg_grpc_frame(compressed, 5, 100, &msg, &ml, &used), -1);
+    const uint8_t huge[] = { 0, 0xff, 0xff, 0xff, 0xff };
+    ck_assert_int_eq(wg_grpc_frame(huge, 5, 1 << 20, &msg, &ml, &used), -1);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("grpc");
+    TCase *t = tcase_create("pure");
+    tcase_add_test(t, status_from_http);
+    tcase_add_test(t, content_type);
+    tcase_add_test(t, message_encoding);
+    tcase_add_test(t, timeout);
+    tcase_add_test(t, retry_methods);
+    tcase_add_test(t, health_request);
+    tcase_add_test(t, health_decode);
+    tcase_add_test(t, frames);
+    suite_add_tcase(s, t);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,583 @@
+/* check_upstream_h2 — the HTTP/2 upstream codec (upstream_h2.h) against the
+ * real C gRPC test backend (tests/tools/wg_grpc_backend, an nghttp2 server
+ * in its own process): multiplexing under the peer's
+ * MAX_CONCURRENT_STREAMS, the per-instance connection cap, GOAWAY and the
+ * retryable streams above last-stream-id, flow control both ways, resets,
+ * PING liveness of idle connections. */
+#include "unit_util.h"
+
+#include <event2/event.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "waygate/http.h"
+#include "waygate/pool.h"
+#include "waygate/reclaim.h"
+#include "waygate/tls.h"
+#include "waygate/upstream_h2.h"
+
+#ifndef WG_GRPC_BACKEND
+#error "WG_GRPC_BACKEND: the path of wg_grpc_backend"
+#endif
+
+struct world {
+    pid_t backend;
+    struct event_base *base;
+    struct wg_reclaim *rc;
+    struct wg_pool *pool;
+    struct wg_config_ref *ref;
+    struct wg_instance *inst;
+    struct wg_h2_pool *h2;
+};
+
+/* An event base, a pool with one instance g/a at 127.0.0.1:port, an h2 pool. */
+static void world_pool(struct world *w, unsigned port, const struct wg_h2_settings *set)
+{
+    w->base = event_base_new();
+    w->rc = wg_reclaim_new();
+    w->pool = wg_pool_new(w->rc, NULL, NULL);
+    w->ref = wg_config_ref_new(unit_config("services:\n  g: { health_check: { type: none } }\n"));
+    wg_pool_set_config(w->pool, w->ref);
+    struct wg_record_set rs = { 0 };
+    unit_record(&rs, "g", "a", "127.0.0.1", (int)port, 100);
+    ck_assert_int_eq(wg_pool_replace_all(w->pool, &rs), 0);
+    wg_record_set_clear(&rs);
+    w->inst = wg_snapshot_service(wg_pool_current(w->pool), "g")->members[0].inst;
+    w->h2 = wg_h2_pool_new(w->base, set);
+    ck_assert_ptr_nonnull(w->h2);
+}
+
+static void world_up(struct world *w, const char *const *args, const struct wg_h2_settings *set)
+{
+    int fds[2];
+    memset(w, 0, sizeof *w);
+    ck_assert_int_eq(pipe(fds), 0);
+    const char *argv[16] = { WG_GRPC_BACKEND, "--ready-fd", "3", "--message-size", "10" };
+    int n = 5;
+    for (; args && *args && n < 14; args++)
+        argv[n++] = *args;
+    argv[n] = NULL;
+    w->backend = fork();
+    ck_assert_int_ge(w->backend, 0);
+    if (w->backend == 0) {
+        dup2(fds[1], 3);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    char line[64] = "";
+    ssize_t k = read(fds[0], line, sizeof line - 1);
+    close(fds[0]);
+    ck_assert_int_gt(k, 0);
+    unsigned port = 0;
+    ck_assert_int_eq(sscanf(line, "ready %u", &port), 1);
+    world_pool(w, port, set);
+}
+
+static void world_down(struct world *w)
+{
+    wg_h2_pool_free(w->h2);
+    kill(w->backend, SIGKILL);
+    waitpid(w->backend, NULL, 0);
+    wg_pool_free(w->pool);
+    wg_reclaim_free(w->rc);
+    wg_config_ref_put(w->ref);
+    event_base_free(w->base);
+}
+
+/* One exchange's view of its stream. */
+struct call {
+    struct wg_h2_stream *s;
+    unsigned status;
+    bool head, end_in_head, closed, retryable, paused;
+    uint32_t error;
+    size_t got, max_offer;
+    char grpc_status[8];
+    const uint8_t *body;                /* to send */
+    size_t body_len, body_off;
+    unsigned writable;
+};
+
+static void c_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t n, bool end)
+{
+    struct call *c = ctx;
+    c->head = true;
+    c->status = status;
+    c->end_in_head = end;
+}
+
+static size_t c_data(void *ctx, const uint8_t *p, size_t len)
+{
+    struct call *c = ctx;
+    if (len > c->max_offer)
+        c->max_offer = len;
+    if (c->paused)
+        return 0;
+    c->got += len;
+    return len;
+}
+
+static void c_trailers(void *ctx, const nghttp2_nv *nv, size_t n)
+{
+    struct call *c = ctx;
+    for (size_t i = 0; i < n; i++)
+        if (nv[i].namelen == 11 && memcmp(nv[i].name, "grpc-status", 11) == 0)
+            snprintf(c->grpc_status, sizeof c->grpc_status, "%.*s", (int)nv[i].valuelen,
+                     nv[i].value);
+}
+
+static void c_closed(void *ctx, uint32_t error, bool retryable)
+{
+    struct call *c = ctx;
+    ck_assert(!c->closed);
+    c->closed = true;
+    c->error = error;
+    c->retryable = retryable;
+    c->s = NULL;
+}
+
+static void pump(struct call *c)
+{
+    while (c->s && c->body && c->body_off < c->body_len) {
+        size_t n = wg_h2_stream_write(c->s, c->body + c->body_off, c->body_len - c->body_off);
+        if (!n)
+            return;
+        c->body_off += n;
+    }
+    if (c->s && c->body && c->body_off == c->body_len) {
+        c->body = NULL;
+        ck_assert_int_eq(wg_h2_stream_end(c->s, NULL, 0), 0);
+    }
+}
+
+static void c_writable(void *ctx)
+{
+    struct call *c = ctx;
+    c->writable++;
+    pump(c);
+}
+
+static const struct wg_h2_stream_ops OPS = { c_head, c_data, c_trailers, c_closed, c_writable };
+
+#define NV(n, v) { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, sizeof(v) - 1, 0 }
+
+static struct wg_h2_stream *call_start(struct world *w, struct call *c, const char *path,
+                                       const uint8_t *body, size_t len, int *err)
+{
+    nghttp2_nv nv[] = { NV(":method", "POST"), NV(":scheme", "http"),
+                        NV(":authority", "g"), { (uint8_t *)":path", (uint8_t *)path, 5,
+                                                 strlen(path), 0 },
+                        NV("content-type", "application/grpc"), NV("te", "trailers") };
+    memset(c, 0, sizeof *c);
+    c->body = body;
+    c->body_len = len;
+    int e = 0;
+    c->s = wg_h2_submit(w->h2, w->inst, NULL, NULL, false, nv, 6, true, &OPS, c, err ? err : &e);
+    if (c->s && body)
+        pump(c);
+    return c->s;
+}
+
+static const uint8_t EMPTY_MSG[5] = { 0 };
+
+/* Run the loop until done(arg) or `ms` pass. */
+static bool run_until(struct world *w, bool (*done)(void *), void *arg, unsigned ms)
+{
+    uint64_t end = wg_now_ms() + ms;
+    while (!done(arg) && wg_now_ms() < end) {
+        struct timeval tv = { 0, 10000 };
+        event_base_loopexit(w->base, &tv);
+        event_base_loop(w->base, EVLOOP_ONCE);
+    }
+    return done(arg);
+}
+
+struct calls { struct call *v; size_t n; };
+static bool all_closed(void *arg)
+{
+    struct calls *cs = arg;
+    for (size_t i = 0; i < cs->n; i++)
+        if (!cs->v[i].closed)
+            return false;
+    return true;
+}
+static bool has_head(void *arg) { return ((struct call *)arg)->head; }
+static bool never(void *arg) { return false; }
+
+START_TEST(unary_calls_share_one_connection)
+{
+    struct world w;
+    world_up(&w, NULL, NULL);
+    static struct call c[50];
+    for (int i = 0; i < 50; i++)
+        ck_assert_ptr_nonnull(call_start(&w, &c[i], "/bench.B/Call", EMPTY_MSG, 5, NULL));
+    struct calls cs = { c, 50 };
+    ck_assert(run_until(&w, all_closed, &cs, 5000));
+    for (int i = 0; i < 50; i++) {
+        ck_assert_uint_eq(c[i].status, 200);
+        ck_assert_uint_eq(c[i].got, 15);            /* 5-byte prefix + 10 */
+        ck_assert_str_eq(c[i].grpc_status, "0");
+        ck_assert_uint_eq(c[i].error, 0);
+    }
+    struct wg_h2_pool_stats st;
+    wg_h2_pool_stats(w.h2, &st);
+    ck_assert_uint_eq(st.connects, 1);
+    ck_assert_uint_eq(st.streams, 0);
+    ck_assert_uint_eq(st.connections, 1);           /* kept for the next stream */
+    /* Trailers-Only: the status in the head, the end right after. */
+    nghttp2_nv nv[] = { NV(":method", "POST"), NV(":scheme", "http"), NV(":authority", "g"),
+                        NV(":path", "/x.Y/Z"), NV("x-grpc-status", "14") };
+    struct call t = { 0 };
+    int err = 0;
+    t.s = wg_h2_submit(w.h2, w.inst, NULL, NULL, false, nv, 5, false, &OPS, &t, &err);
+    ck_assert_ptr_nonnull(t.s);
+    struct calls one = { &t, 1 };
+    ck_assert(run_until(&w, all_closed, &one, 5000));
+    ck_assert(t.end_in_head && t.status == 200 && t.got == 0 && t.error == 0);
+    wg_h2_pool_stats(w.h2, &st);
+    ck_assert_uint_eq(st.connects, 1);
+    world_down(&w);
+}
+END_TEST
+
+/* The peer's MAX_CONCURRENT_STREAMS (2) bounds each connection; more
+ * streams open more connections, up to max_conns, then EBUSY. */
+START_TEST(streams_bounded_by_peer_settings_then_cap)
+{
+    struct world w;
+    const char *args[] = { "--max-streams", "2", NULL };
+    struct wg_h2_settings set = wg_h2_defaults;
+    set.max_conns = 3;
+    world_up(&w, args, &set);
+    static struct call c[7];
+    /* Open streams (echo, body not ended): the first learns the SETTINGS. */
+    ck_assert_ptr_nonnull(call_start(&w, &c[0], "/wg.Echo/Hold", NULL, 0, NULL));
+    ck_assert(run_until(&w, has_head, &c[0], 5000));
+    for (int i = 1; i < 6; i++)
+        ck_assert_ptr_nonnull(call_start(&w, &c[i], "/wg.Echo/Hold", NULL, 0, NULL));
+    struct wg_h2_pool_stats st;
+    wg_h2_pool_stats(w.h2, &st);
+    ck_assert_uint_eq(st.connections, 3);
+    ck_assert_uint_eq(st.streams, 6);
+    int err = 0;
+    ck_assert_ptr_null(call_start(&w, &c[6], "/wg.Echo/Hold", NULL, 0, &err));
+    ck_assert_int_eq(err, EBUSY);
+    for (int i = 0; i < 6; i++)
+        ck_assert_int_eq(wg_h2_stream_end(c[i].s, NULL, 0), 0);
+    struct calls cs = { c, 6 };
+    ck_assert(run_until(&w, all_closed, &cs, 5000));
+    for (int i = 0; i < 6; i++)
+        ck_assert_msg(c[i].status == 200 && c[i].error == 0 && !c[i].retryable,
+                      "stream %d: status %u error %u retryable %d", i, c[i].status, c[i].error,
+                      c[i].retryable);
+    world_down(&w);
+}
+END_TEST
+
+/* GOAWAY after 3 streams: the 4th was not processed (REFUSED_STREAM):
+ * retryable; the connection closes; the next stream gets a new one. */
+START_TEST(goaway_refuses_unprocessed_streams)
+{
+    struct world w;
+    const char *args[] = { "--goaway-after", "3", NULL };
+    world_up(&w, args, NULL);
+    static struct call c[5];
+    for (int i = 0; i < 3; i++)
+        ck_assert_ptr_nonnull(call_start(&w, &c[i], "/bench.B/Call", EMPTY_MSG, 5, NULL));
+    struct calls cs = { c, 3 };
+    ck_assert(run_until(&w, all_closed, &cs, 5000));
+    int err = 0;
+    ck_assert_msg(call_start(&w, &c[3], "/bench.B/Call", EMPTY_MSG, 5, &err), "err %d", err);
+    struct calls c3 = { &c[3], 1 };
+    ck_assert(run_until(&w, all_closed, &c3, 5000));
+    ck_assert(!c[3].head);
+    ck_assert(c[3].retryable);
+    ck_assert_uint_eq(c[3].error, NGHTTP2_REFUSED_STREAM);
+    struct wg_h2_pool_stats st;
+    wg_h2_pool_stats(w.h2, &st);
+    ck_assert_uint_eq(st.goaways, 1);
+    ck_assert_uint_eq(st.refused, 1);
+    ck_assert_uint_eq(st.connections, 0);
+    ck_assert_ptr_nonnull(call_start(&w, &c[4], "/bench.B/Call", EMPTY_MSG, 5, NULL));
+    struct calls c4 = { &c[4], 1 };
+    ck_assert(run_until(&w, all_closed, &c4, 5000));
+    ck_assert(c[4].status == 200 && c[4].error == 0);
+    wg_h2_pool_stats(w.h2, &st);
+    ck_assert_uint_eq(st.connects, 2);
+    world_down(&w);
+}
+END_TEST
+
+/* 2 MiB echoed: the request body goes through the bounded buffer (writable
+ * callbacks), and while the exchange takes nothing the upstream can put at
+ * most one stream window into waygate. */
+START_TEST(flow_control_both_ways)
+{
+    struct world w;
+    struct wg_h2_settings set = wg_h2_defaults;
+    set.stream_window = 64 * 1024;
+    world_up(&w, NULL, &set);
+    size_t len = 2u << 20;
+    uint8_t *body = malloc(len);
+    for (size_t i = 0; i < len; i++)
+        body[i] = (uint8_t)(i * 7);
+    body[0] = 0;                        /* one 2 MiB - 5 gRPC message */
+    size_t m = len - 5;
+    body[1] = (uint8_t)(m >> 24), body[2] = (uint8_t)(m >> 16), body[3] = (uint8_t)(m >> 8);
+    body[4] = (uint8_t)m;
+    struct call c;
+    ck_assert_ptr_nonnull(call_start(&w, &c, "/wg.Echo/Big", body, len, NULL));
+    c.paused = true;
+    ck_assert(!run_until(&w, never, NULL, 500));
+    ck_assert(c.head && !c.closed);
+    ck_assert_uint_le(c.max_offer, 64 * 1024);      /* never more than the window */
+    ck_assert_uint_gt(c.writable, 0);               /* through the bounded buffer */
+    c.paused = false;
+    wg_h2_stream_resume_read(c.s);
+    struct calls cs = { &c, 1 };
+    ck_assert(run_until(&w, all_closed, &cs, 10000));
+    ck_assert_uint_eq(c.got, len);
+    ck_assert_str_eq(c.grpc_status, "0");
+    free(body);
+    world_down(&w);
+}
+END_TEST
+
+/* A reset stream gets no callback; the connection stays usable. */
+START_TEST(reset_and_ping_liveness)
+{
+    struct world w;
+    struct wg_h2_settings set = wg_h2_defaults;
+    set.ping_interval_ms = 1000;
+    set.ping_timeout_ms = 1000;
+    world_up(&w, NULL, &set);
+    struct call c;
+    ck_assert_ptr_nonnull(call_start(&w, &c, "/wg.Echo/X", NULL, 0, NULL));
+    ck_assert(run_until(&w, has_head, &c, 5000));
+    wg_h2_stream_reset(c.s, NGHTTP2_CANCEL);
+    ck_assert(!run_until(&w, never, NULL, 200));
+    ck_assert(!c.closed);
+    struct wg_h2_pool_stats st;
+    wg_h2_pool_stats(w.h2, &st);
+    ck_assert_uint_eq(st.streams, 0);
+    ck_assert_msg(st.connections == 1, "connections %llu connects %llu", 
+                  (unsigned long long)st.connections, (unsigned long long)st.connects);
+    /* Idle for a ping interval: a PING, answered. */
+    wg_h2_pool_tick(w.h2, wg_now_ms() + 1500);
+    ck_assert(!run_until(&w, never, NULL, 200));
+    wg_h2_pool_tick(w.h2, wg_now_ms() + 1600);      /* answered: no failure */
+    wg_h2_pool_stats(w.h2, &st);
+    ck_assert_uint_ge(st.pings, 1);
+    ck_assert_uint_eq(st.ping_failures, 0);
+    ck_assert_uint_eq(st.connections, 1);
+    /* A frozen upstream does not answer: closed after ping_timeout. */
+    kill(w.backend, SIGSTOP);
+    uint64_t t = wg_now_ms() + 5000;
+    wg_h2_pool_tick(w.h2, t);                       /* ping */
+    ck_assert(!run_until(&w, never, NULL, 100));
+    wg_h2_pool_tick(w.h2, t + 1200);                /* unanswered */
+    wg_h2_pool_stats(w.h2, &st);
+    ck_assert_uint_eq(st.ping_failures, 1);
+    ck_assert_uint_eq(st.connections, 0);
+    kill(w.backend, SIGCONT);
+    world_down(&w);
+}
+END_TEST
+
+/* TLS with ALPN h2 against a real gRPC server (python3-grpcio's C core,
+ * tests/integration/grpc_server.py): the Health/Check call returns SERVING
+ * in one DATA frame and grpc-status 0 in the trailers. Skipped (with a
+ * note) where /usr/bin/python3 has no grpcio. */
+START_TEST(tls_alpn_h2_to_grpcio)
+{
+    if (system("/usr/bin/python3 -c 'import grpc' 2>/dev/null") != 0) {
+        fprintf(stderr, "python3-grpcio missing for /usr/bin/python3: tls test skipped\n");
+        return;
+    }
+    char dir[] = "/tmp/wg-h2tls-XXXXXX", cmd[1024], path[256];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(cmd, sizeof cmd, "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
+             "-nodes -keyout %s/k.pem -out %s/c.pem -days 1 -subj /CN=127.0.0.1 "
+             "-addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1 && printf -- '- SERVING\\n' > %s/ctl",
+             dir, dir, dir);
+    ck_assert_int_eq(system(cmd), 0);
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char crt[300], key[300], ctl[300];
+        snprintf(crt, sizeof crt, "%s/c.pem", dir);
+        snprintf(key, sizeof key, "%s/k.pem", dir);
+        snprintf(ctl, sizeof ctl, "%s/ctl", dir);
+        dup2(fds[1], 1);
+        execl("/usr/bin/python3", "/usr/bin/python3", WG_GRPC_SERVER_PY, "--control", ctl, "--cert", crt,
+              "--key", key, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    char line[64] = "";
+    ssize_t k = read(fds[0], line, sizeof line - 1);
+    close(fds[0]);
+    unsigned port = 0;
+    ck_assert_msg(k > 0 && sscanf(line, "ready %u", &port) == 1, "grpc_server: '%s'", line);
+    struct world w;
+    memset(&w, 0, sizeof w);
+    w.backend = pid;
+    world_pool(&w, port, NULL);
+    snprintf(path, sizeof path, "%s/c.pem", dir);
+    struct wg_errors errs = { 0 };
+    SSL_CTX *ctx = wg_tls_client_ctx_new(path, "", "", true, &errs);
+    ck_assert_ptr_nonnull(ctx);
+    static const uint8_t req[] = { 0, 0, 0, 0, 0 };
+    nghttp2_nv nv[] = { NV(":method", "POST"), NV(":scheme", "https"),
+                        NV(":authority", "127.0.0.1"), NV(":path", "/grpc.health.v1.Health/Check"),
+                        NV("content-type", "application/grpc"), NV("te", "trailers") };
+    struct call c = { 0 };
+    c.body = req;
+    c.body_len = sizeof req;
+    int err = 0;
+    c.s = wg_h2_submit(w.h2, w.inst, ctx, NULL, true, nv, 6, true, &OPS, &c, &err);
+    ck_assert_ptr_nonnull(c.s);
+    pump(&c);
+    struct calls one = { &c, 1 };
+    ck_assert(run_until(&w, all_closed, &one, 15000));
+    ck_assert_uint_eq(c.status, 200);
+    ck_assert_uint_eq(c.got, 7);                    /* 5 + 08 01 (SERVING) */
+    ck_assert_str_eq(c.grpc_status, "0");
+    ck_assert_uint_eq(c.error, 0);
+    SSL_CTX_free(ctx);
+    world_down(&w);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+static bool nv_has(const nghttp2_nv *nv, size_t n, const char *name, const char *value)
+{
+    for (size_t i = 0; i < n; i++)
+        if (nv[i].namelen == strlen(name) && memcmp(nv[i].name, name, nv[i].namelen) == 0 &&
+            nv[i].valuelen == strlen(value) && memcmp(nv[i].value, value, nv[i].valuelen) == 0)
+            return true;
+    return false;
+}
+
+static bool nv_named(const nghttp2_nv *nv, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (nv[i].namelen == strlen(name) && memcmp(nv[i].name, name, nv[i].namelen) == 0)
+            return true;
+    return false;
+}
+
+/* An HTTP/1.1 request head (as the exchange rewrites it) to nv: pseudo
+ * headers, lower-cased names, connection-specific fields dropped, TE only
+ * as trailers. */
+START_TEST(request_head_to_nv)
+{
+    static const char head[] =
+        "POST /users.Users/Get?x=1 HTTP/1.1\r\nHost: api.test\r\nContent-Type: application/grpc\r\n"
+        "TE: trailers\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nX-Request-Id: r1\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n";
+    struct wg_http_header h[16];
+    struct wg_http_parser p;
+    size_t used;
+    wg_http_parser_init_request(&p, h, 16, 0);
+    ck_assert_int_eq(wg_http_parse_head(&p, head, sizeof head - 1, &used), WG_HTTP_DONE);
+    nghttp2_nv nv[16];
+    char scratch[256];
+    size_t n = wg_h2_request_nv(&p.msg, h, head, "http", nv, 16, scratch, sizeof scratch);
+    ck_assert_uint_eq(n, 7);
+    ck_assert(nv_has(nv, n, ":method", "POST") && nv_has(nv, n, ":scheme", "http"));
+    ck_assert(nv_has(nv, n, ":authority", "api.test"));
+    ck_assert(nv_has(nv, n, ":path", "/users.Users/Get?x=1"));
+    ck_assert(nv_has(nv, n, "content-type", "application/grpc"));
+    ck_assert(nv_has(nv, n, "te", "trailers") && nv_has(nv, n, "x-request-id", "r1"));
+    ck_assert(!nv_named(nv, n, "connection") && !nv_named(nv, n, "keep-alive") &&
+              !nv_named(nv, n, "transfer-encoding") && !nv_named(nv, n, "host"));
+    ck_assert_uint_eq(wg_h2_request_nv(&p.msg, h, head, "http", nv, 5, scratch, sizeof scratch), 0);
+    ck_assert_uint_eq(wg_h2_request_nv(&p.msg, h, head, "http", nv, 16, scratch, 8), 0);
+    /* Absolute form: :path from the path and query; TE other than trailers goes. */
+    static const char abs[] = "GET http://api.test/a?b HTTP/1.1\r\nHost: api.test\r\nTE: gzip\r\n\r\n";
+    wg_http_parser_init_request(&p, h, 16, 0);
+    ck_assert_int_eq(wg_http_parse_head(&p, abs, sizeof abs - 1, &used), WG_HTTP_DONE);
+    n = wg_h2_request_nv(&p.msg, h, abs, "https", nv, 16, scratch, sizeof scratch);
+    ck_assert_uint_eq(n, 4);
+    ck_assert(nv_has(nv, n, ":path", "/a?b") && !nv_named(nv, n, "te"));
+}
+END_TEST
+
+/* An HTTP/2 response rendered as HTTP/1.1 parses back with waygate's own
+ * parser: status, fields, chunked data, trailers; Trailers-Only as a head
+ * with content-length 0. */
+START_TEST(response_h2_to_h1_round_trip)
+{
+    nghttp2_nv nv[] = { NV("content-type", "application/grpc"), NV("content-length", "12"),
+                        NV("x-backend", "b") };
+    char out[512];
+    size_t len = wg_h2_response_h1(200, nv, 3, false, out, sizeof out);
+    ck_assert_uint_gt(len, 0);
+    size_t k = wg_h2_chunk_head(7, out + len);
+    len += k;
+    memcpy(out + len, "\0\0\0\0\x02\x08\x01\r\n", 9);
+    len += 9;
+    nghttp2_nv tr[] = { NV("grpc-status", "0"), NV("grpc-message", "ok") };
+    k = wg_h2_trailers_h1(tr, 2, out + len, sizeof out - len);
+    ck_assert_uint_gt(k, 0);
+    len += k;
+    struct wg_http_header h[16];
+    struct wg_http_parser p;
+    size_t used;
+    wg_http_parser_init_response(&p, h, 16, 0, WG_HTTP_POST, false);
+    ck_assert_int_eq(wg_http_parse_head(&p, out, len, &used), WG_HTTP_DONE);
+    ck_assert_uint_eq(p.msg.status, 200);
+    ck_assert(p.msg.chunked && !p.msg.has_content_length);
+    ck_assert_uint_eq(p.msg.nheaders, 3);        /* content-type, x-backend, transfer-encoding */
+    struct wg_http_body b;
+    wg_http_body_init(&b, p.msg.framing, 0, 0);
+    size_t off = used, data = 0;
+    enum wg_http_result r;
+    do {
+        struct wg_http_body_step step;
+        r = wg_http_body_parse(&b, out + off, len - off, &step);
+        data += step.data_len;
+        off += step.consumed;
+    } while (r == WG_HTTP_AGAIN && off < len);
+    ck_assert_int_eq(r, WG_HTTP_DONE);
+    ck_assert_uint_eq(data, 7);
+    ck_assert_uint_eq(off, len);
+    ck_assert(memmem(out, len, "grpc-status: 0\r\n", 16));
+    /* Trailers-Only */
+    nghttp2_nv only[] = { NV("grpc-status", "14"), NV("grpc-message", "down") };
+    len = wg_h2_response_h1(200, only, 2, true, out, sizeof out);
+    wg_http_parser_init_response(&p, h, 16, 0, WG_HTTP_POST, false);
+    ck_assert_int_eq(wg_http_parse_head(&p, out, len, &used), WG_HTTP_DONE);
+    ck_assert(p.msg.has_content_length && p.msg.content_length == 0 && used == len);
+    ck_assert_uint_eq(wg_h2_response_h1(200, only, 2, true, out, 20), 0);
+    ck_assert_uint_eq(wg_h2_trailers_h1(tr, 2, out, 10), 0);
+}
+END_TEST
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    Suite *s = suite_create("upstream_h2");
+    TCase *t = tcase_create("backend");
+    tcase_set_timeout(t, 60);
+    tcase_add_test(t, unary_calls_share_one_connection);
+    tcase_add_test(t, streams_bounded_by_peer_settings_then_cap);
+    tcase_add_test(t, goaway_refuses_unprocessed_streams);
+    tcase_add_test(t, flow_control_both_ways);
+    tcase_add_test(t, reset_and_ping_liveness);
+    tcase_add_test(t, tls_alpn_h2_to_grpcio);
+    suite_add_tcase(s, t);
+    TCase *heads = tcase_create("heads");
+    tcase_add_test(heads, request_head_to_nv);
+    tcase_add_test(heads, response_h2_to_h1_round_trip);
+    suite_add_tcase(s, heads);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
