@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include "waygate/cidr.h"
@@ -21,6 +22,7 @@
 #include "waygate/pool.h"
 #include "waygate/stats.h"
 #include "waygate/tls.h"
+#include "waygate/upstream_h2.h"
 #include "waygate/upstream_pool.h"
 #include "waygate/worker.h"
 
@@ -87,6 +89,13 @@ static void release_upstream(struct wg_downstream *d)
     if (d->r->up)
         wg_upconn_close(d->r->up);
     d->r->up = NULL;
+    if (d->r->h2_on) {
+        if (d->r->h2)
+            wg_h2_stream_reset(d->r->h2, NGHTTP2_CANCEL);
+        d->r->h2 = NULL;
+        hp_buf_free(d->loc, &d->r->h2_tail);
+        d->r->h2_on = d->r->h2_ended = d->r->h2_closed = d->r->h2_paused = false;
+    }
     hp_buf_free(d->loc, &d->r->uin);
     hp_head_free(d->loc, &d->r->rhead);
     d->r->u_eof = d->r->u_shut = false;
@@ -727,6 +736,9 @@ void wg_exchange_head(struct wg_downstream *d, const struct wg_http_parser *p, s
     d->r->req_keep_alive = m->keep_alive;
     d->r->req_upgrade = m->upgrade;
     d->r->dechunk = d->payload_only;
+    int ct = wg_http_find_header(p, msg, "content-type", 12, 0);
+    d->r->grpc = ct >= 0 && p->headers[ct].value.len >= 16 &&
+                 strncasecmp(msg + p->headers[ct].value.off, "application/grpc", 16) == 0;
     if (!note_request(d, p, msg)) {
         d->dead = true;
         return;
@@ -778,9 +790,13 @@ void wg_exchange_bad_head(struct wg_downstream *d, const struct wg_http_parser *
  * request_end's pooling. */
 
 /* Read from the upstream into d->r->uin; bytes read (0: none now, see u_eof). */
+static ssize_t h2_pull(struct wg_downstream *d);
+
 static ssize_t upstream_read(struct wg_downstream *d)
 {
     struct wg_upconn *u = d->r->up;
+    if (!u)
+        return h2_pull(d);
     ssize_t n = hp_side_read(d->loc, &d->r->uin, u->fd, u->ssl, &u->readable, &u->read_wants_write,
                           u->hup, &d->r->u_eof);
     if (n < 0) {
@@ -852,8 +868,14 @@ static void upstream_ready(struct wg_downstream *d)
 
 /* A connection to d->r->inst for this attempt: pooled, unless a stale pooled
  * one just failed, else new. */
+static void h2_attach(struct wg_downstream *d);
+
 static void upstream_attach(struct wg_downstream *d)
 {
+    if (d->r->inst->protocol != WG_UPSTREAM_HTTP1) {
+        h2_attach(d);
+        return;
+    }
     struct wg_upconn *u = d->r->fresh_only ? NULL
                         : wg_upstream_pool_get(d->loc->pool, d->r->inst, d, upstream_event);
     d->r->up_reused = u != NULL;
@@ -1017,11 +1039,282 @@ static void in_make_room(struct wg_downstream *d)
 
 /* Request body (or tunnel bytes) client -> upstream, with backpressure:
  * the client is read only into the room the upstream has made. */
+/* ---- the upstream codec: HTTP/2 (DESIGN §15) ---------------------------
+ * For h2c/h2 instances the attempt is a stream of the worker's wg_h2_pool
+ * (upstream_h2.h) instead of a struct wg_upconn. The stream's callbacks
+ * render the response as HTTP/1.1 into d->r->uin (a chunked head, chunks,
+ * the last chunk with the trailers), so that the response steps above and
+ * below parse and forward it as they do an HTTP/1.1 upstream's bytes.
+ * Callbacks only fill buffers and set flags; the pump acts on them. */
+
+#define H2_CHUNK_OVERHEAD 24            /* "<hex>\r\n" and "\r\n" around a chunk */
+#define H2_FREE_RETRIES 3               /* unprocessed streams sent again, per request */
+
+static void h2_wake(struct wg_downstream *d)
+{
+    if (!d->r->h2_calling)              /* else the pump that called in sees h2_new */
+        d->ops->wake(d);
+}
+
+static struct hp_buf *h2_room(struct wg_downstream *d, size_t need)
+{
+    struct hp_buf *b = d->r->uin;
+    if (!b && !(b = d->r->uin = hp_buf_new(d->loc, HP_BLOCK)))
+        return NULL;
+    if (b->cap - b->end < need)
+        hp_buf_make_room(b);
+    if (b->cap - b->end < need && b->start > 0)
+        hp_buf_compact(b);
+    return b->cap - b->end < need ? NULL : b;
+}
+
+static void h2_on_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t n, bool end_stream)
+{
+    struct wg_downstream *d = ctx;
+    struct hp_buf *b = h2_room(d, 256);
+    size_t len = b ? wg_h2_response_h1(status, nv, n, end_stream, b->data + b->end, b->cap - b->end)
+                   : 0;
+    if (!len) {                         /* a head over 16 KiB, or no memory */
+        wg_h2_stream_reset(d->r->h2, NGHTTP2_INTERNAL_ERROR);
+        d->r->h2 = NULL;
+        d->r->h2_closed = true;
+        d->r->h2_error = NGHTTP2_INTERNAL_ERROR;
+        h2_wake(d);
+        return;
+    }
+    b->end += (uint32_t)len;
+    d->r->h2_new += (uint32_t)len;
+    h2_wake(d);
+}
+
+static size_t h2_on_data(void *ctx, const uint8_t *p, size_t len)
+{
+    struct wg_downstream *d = ctx;
+    struct hp_buf *b = d->r->uin;
+    if (b && hp_buf_read_later(b)) {
+        d->r->h2_paused = true;
+        return 0;
+    }
+    if (!(b = h2_room(d, H2_CHUNK_OVERHEAD + 1))) {
+        d->r->h2_paused = true;
+        return 0;
+    }
+    size_t n = b->cap - b->end - H2_CHUNK_OVERHEAD;
+    if (n > len)
+        n = len;
+    uint32_t was = b->end;
+    b->end += (uint32_t)wg_h2_chunk_head(n, b->data + b->end);
+    memcpy(b->data + b->end, p, n);
+    b->end += (uint32_t)n;
+    memcpy(b->data + b->end, "\r\n", 2);
+    b->end += 2;
+    d->r->h2_new += b->end - was;
+    if (n < len)
+        d->r->h2_paused = true;
+    h2_wake(d);
+    return n;
+}
+
+static void h2_on_trailers(void *ctx, const nghttp2_nv *nv, size_t n)
+{
+    struct wg_downstream *d = ctx;
+    struct hp_buf *t = d->r->h2_tail;
+    if (!t && !(t = d->r->h2_tail = hp_buf_new(d->loc, HP_BLOCK)))
+        return;                         /* closed() then finds no tail: truncated */
+    size_t len = wg_h2_trailers_h1(nv, n, t->data, t->cap);
+    if (!len)
+        hp_buf_free(d->loc, &d->r->h2_tail);
+    else
+        t->end = (uint32_t)len;
+}
+
+static void h2_on_closed(void *ctx, uint32_t error, bool retryable)
+{
+    struct wg_downstream *d = ctx;
+    d->r->h2 = NULL;                    /* freed when this returns */
+    d->r->h2_closed = true;
+    d->r->h2_error = error;
+    d->r->h2_retryable = retryable;
+    if (!error && !d->r->h2_tail) {     /* no trailers: the plain last chunk */
+        struct hp_buf *t = d->r->h2_tail = hp_buf_new(d->loc, HP_SMALL);
+        if (t)
+            t->end = (uint32_t)wg_h2_trailers_h1(NULL, 0, t->data, t->cap);
+        else
+            d->r->h2_error = NGHTTP2_INTERNAL_ERROR;
+    }
+    h2_wake(d);
+}
+
+static void h2_on_writable(void *ctx) { h2_wake(ctx); }
+
+static const struct wg_h2_stream_ops h2_ops = {
+    .head = h2_on_head,
+    .data = h2_on_data,
+    .trailers = h2_on_trailers,
+    .closed = h2_on_closed,
+    .writable = h2_on_writable,
+};
+
+/* What the stream's callbacks put into uin since the last call (the
+ * response steps' upstream_read); a stream that ended moves its tail in,
+ * one that failed shows as the upstream's EOF (u_eof), one the upstream
+ * did not process goes again for free. */
+static ssize_t h2_pull(struct wg_downstream *d)
+{
+    struct wg_exchange *r = d->r;
+    if (r->h2_paused && r->h2 && (!r->uin || !hp_buf_read_later(r->uin))) {
+        r->h2_paused = false;
+        r->h2_calling = true;
+        wg_h2_stream_resume_read(r->h2);
+        r->h2_calling = false;
+    }
+    if (r->h2_closed && !r->h2_paused && r->h2_tail) {
+        struct hp_buf *t = r->h2_tail, *b = h2_room(d, t->end);
+        if (b) {
+            memcpy(b->data + b->end, t->data, t->end);
+            b->end += t->end;
+            r->h2_new += t->end;
+            hp_buf_free(d->loc, &r->h2_tail);
+        }
+    }
+    ssize_t n = r->h2_new;
+    r->h2_new = 0;
+    if (n > 0) {
+        r->upstream_progress = wg_now_ms();
+        return n;
+    }
+    if (r->h2_closed && r->h2_error && !r->u_eof) {
+        if (r->h2_retryable && !r->resp_started && r->h2_error == NGHTTP2_CONNECT_ERROR) {
+            connect_failed(d, ECONNREFUSED);
+            return 0;
+        }
+        if (r->h2_retryable && !r->resp_started && r->h2_free < H2_FREE_RETRIES && r->replayable) {
+            r->h2_free++;                /* GOAWAY / REFUSED_STREAM: not processed */
+            wg_stats_add(d->w->stats, WG_C_HTTP_UPSTREAM_STALE, 1);
+            release_upstream(d);
+            rewind_request(d);
+            r->fresh_only = true;
+            upstream_start(d);
+            return 0;
+        }
+        wg_debug("msg=\"upstream stream failed\" service=%s upstream=%s error=%u", r->svc->name,
+                 r->inst->id, (unsigned)r->h2_error);
+        r->u_eof = true;
+    }
+    return 0;
+}
+
+/* Start this attempt's stream: the rewritten head (d->r->uout) as HTTP/2
+ * fields; `te: trailers` again for gRPC (dropped as hop-by-hop). */
+static void h2_attach(struct wg_downstream *d)
+{
+    struct wg_exchange *r = d->r;
+    struct hp_buf *o = r->uout;
+    nghttp2_nv nv[HP_MAX_HEADERS + 8];
+    char scratch[HP_BLOCK];
+    struct wg_http_header h[HP_MAX_HEADERS];
+    struct wg_http_parser p;
+    size_t used = 0, n = 0;
+    r->fresh_only = false;
+    r->sent_any = false;
+    r->up_blocked_since = 0;
+    if (!d->loc->h2 && !(d->loc->h2 = wg_h2_pool_new(d->w->base, &wg_h2_defaults))) {
+        fail_upstream(d, 503);
+        return;
+    }
+    wg_http_parser_init_request(&p, h, HP_MAX_HEADERS, 0);
+    if (o && wg_http_parse_head(&p, o->data, o->end, &used) == WG_HTTP_DONE)
+        n = wg_h2_request_nv(&p.msg, h, o->data, d->tls ? "https" : "http", nv, HP_MAX_HEADERS + 6,
+                             scratch, sizeof scratch);
+    if (!n) {
+        fail_upstream(d, 502);
+        return;
+    }
+    if (r->grpc)
+        nv[n++] = (nghttp2_nv){ (uint8_t *)"te", (uint8_t *)"trailers", 2, 8, NGHTTP2_NV_FLAG_NONE };
+    SSL_CTX *ctx = NULL;
+    const struct wg_service_config *sc = r->svc->cfg;
+    if (r->inst->protocol == WG_UPSTREAM_H2)
+        ctx = wg_tls_set_service(r->svc->config->ext, r->svc->config->cfg, sc);
+    bool has_body = !r->req_body_done;
+    int err = 0;
+    r->h2_on = true;
+    r->h2_ended = !has_body;
+    r->connect_start_ns = wg_now_ns();
+    r->h2 = wg_h2_submit(d->loc->h2, r->inst, ctx, sc->tls.sni, sc->tls.verify, nv, n, has_body,
+                         &h2_ops, d, &err);
+    if (!r->h2) {
+        r->h2_on = false;
+        if (err == EBUSY)
+            retry_or_fail(d, 503);
+        else
+            connect_failed(d, err);
+        return;
+    }
+    o->sent = o->end;
+    r->sent_any = true;
+    r->up_reused = true;                /* connect time: the pool's, not this request's */
+    upstream_ready(d);
+}
+
+/* Request body client -> stream: de-chunked (HTTP/2 frames the payload),
+ * only what the stream's buffer takes, then END_STREAM. */
+static void h2_request_body_step(struct wg_downstream *d, bool *progress)
+{
+    struct wg_exchange *r = d->r;
+    struct hp_buf *b = d->in;
+    if (!r->h2)
+        return;                         /* closed: the response side tells */
+    if (b && b->scan < b->end && !r->req_body_done) {
+        enum wg_http_result res = hp_body_decode(&r->rq_body, b, true);
+        if (res == WG_HTTP_ERROR) {
+            request_body_error(d, (unsigned)r->rq_body.err_status);
+            return;
+        }
+        r->req_body_done = res == WG_HTTP_DONE;
+        if (r->t.max_body && r->rq_body.payload > r->t.max_body) {
+            request_body_error(d, 413);
+            return;
+        }
+    }
+    if (b && b->sent < b->fwd) {
+        size_t n = wg_h2_stream_write(r->h2, (const uint8_t *)b->data + b->sent, b->fwd - b->sent);
+        b->sent += (uint32_t)n;
+        *progress |= n > 0;
+        if (!r->replayable)
+            b->start = b->sent;
+    }
+    bool flushed = !b || b->sent == b->fwd;
+    if (r->req_body_done && flushed) {
+        if (!r->h2_ended && wg_h2_stream_end(r->h2, NULL, 0) == 0)
+            r->h2_ended = true;
+        if (r->h2_ended && d->rq == WG_RQ_BODY) {
+            d->rq = WG_RQ_SENT;
+            r->response_deadline = wg_now_ms() + r->t.response_ms;
+            *progress = true;
+        }
+        return;
+    }
+    if (!flushed || d->eof)
+        return;                         /* ops->writable wakes us */
+    in_make_room(d);
+    if (d->ops->read(d) > 0)
+        *progress = true;
+    else if (d->eof && !r->req_body_done)
+        d->dead = true;                 /* the client gave up mid-body */
+}
+
+
 static void request_body_step(struct wg_downstream *d, bool *progress)
 {
     struct wg_upconn *u = d->r->up;
     struct hp_buf *b = d->in;
-    if (!u || u->connecting || d->r->u_shut)
+    if (!u) {
+        if (d->r->h2_on)
+            h2_request_body_step(d, progress);
+        return;
+    }
+    if (u->connecting || d->r->u_shut)
         return;
     if (b && b->scan < b->end && !d->r->req_body_done) {
         enum wg_http_result r = hp_body_decode(&d->r->rq_body, b, false);
@@ -1249,7 +1542,7 @@ static void response_body_step(struct wg_downstream *d, bool *progress)
             return;
         }
     }
-    if (d->r->up && upstream_read(d) > 0) {
+    if ((d->r->up || d->r->h2_on) && upstream_read(d) > 0) {
         *progress = true;
         return;
     }
@@ -1311,7 +1604,7 @@ static void response_step(struct wg_downstream *d, bool *progress)
 {
     if (!d->r)                          /* idle, or lingering: nothing to send */
         return;
-    if (d->rs == WG_RS_HEAD && d->r->up && !d->r->up->connecting)
+    if (d->rs == WG_RS_HEAD && (d->r->up ? !d->r->up->connecting : d->r->h2_on))
         response_head_step(d, progress);
     if (d->rs == WG_RS_BODY && !d->dead)   /* the body bytes read with the head go out with it */
         response_body_step(d, progress);
@@ -1354,7 +1647,8 @@ uint64_t wg_exchange_deadline(const struct wg_downstream *d, enum wg_deadline *k
         return t;
 #define CANDIDATE(v, k) do { if ((v) < t) { t = (v); *kind = (k); } } while (0)
     if (d->rq == WG_RQ_BODY) {          /* waiting for the client, not for the upstream */
-        if (d->r->up && !d->r->up->connecting && !d->r->req_body_done && (!b || b->sent == b->fwd))
+        if ((d->r->up ? !d->r->up->connecting : d->r->h2_on) && !d->r->req_body_done &&
+            (!b || b->sent == b->fwd))
             CANDIDATE(d->client_progress + d->r->t.body_ms, WG_DL_BODY);
     } else if (d->rq == WG_RQ_TUNNEL) {
         CANDIDATE((d->client_progress > d->r->upstream_progress ? d->client_progress
@@ -1363,10 +1657,14 @@ uint64_t wg_exchange_deadline(const struct wg_downstream *d, enum wg_deadline *k
     }
     if (d->r->up && d->r->up->connecting)
         CANDIDATE(d->r->connect_deadline, WG_DL_CONNECT);
-    if (d->rs == WG_RS_HEAD && d->rq == WG_RQ_SENT && d->r->up && !d->r->up->connecting)
+    if (d->rs == WG_RS_HEAD && d->rq == WG_RQ_SENT &&
+        (d->r->up ? !d->r->up->connecting : d->r->h2_on))
         CANDIDATE(d->r->response_deadline, WG_DL_RESPONSE);
-    if (d->rs == WG_RS_BODY && d->rq != WG_RQ_TUNNEL && !d->blocked_since && d->r->up)
-        CANDIDATE(d->r->upstream_progress + d->r->t.response_ms, WG_DL_UPSTREAM_IDLE);
+    /* gRPC streams may be quiet for long once their head is out: the
+     * tunnel idle timeout judges them (DESIGN §15) */
+    if (d->rs == WG_RS_BODY && d->rq != WG_RQ_TUNNEL && !d->blocked_since && (d->r->up || d->r->h2_on))
+        CANDIDATE(d->r->upstream_progress + (d->r->grpc ? d->r->t.tunnel_ms : d->r->t.response_ms),
+                  WG_DL_UPSTREAM_IDLE);
     if (d->blocked_since)
         CANDIDATE(d->blocked_since + d->r->t.send_ms, WG_DL_SEND);
     /* The upstream does not read the request; once its final response

@@ -10,6 +10,7 @@
 
 #include "waygate/log.h"
 #include "waygate/tls.h"
+#include "waygate/upstream_h2.h"
 #include "waygate/upstream_pool.h"
 #include "waygate/worker.h"
 
@@ -32,6 +33,7 @@ static _Thread_local struct hp_local *hp_tls;
 static void local_free(void *arg)
 {
     struct hp_local *loc = arg;
+    wg_h2_pool_free(loc->h2);
     wg_upstream_pool_free(loc->pool);
     spares_free(&loc->bufs[0]);
     spares_free(&loc->bufs[1]);
@@ -45,6 +47,8 @@ static void key_init(void)
     if (pthread_key_create(&hp_key, local_free) != 0)
         wg_error("msg=\"http: cannot create the worker key\"");
 }
+
+struct hp_local *hp_local_peek(void) { return hp_tls; }
 
 struct hp_local *hp_local_get(struct wg_worker *w)
 {

@@ -10,7 +10,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "waygate/http_buf.h"
 #include "waygate/listener.h"
+#include "waygate/upstream_h2.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
 #include "waygate/reclaim.h"
@@ -103,6 +105,9 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     struct wg_worker *w = arg;
     worker_sync(w);
     uint64_t now = wg_now_ms();
+    struct hp_local *loc = hp_local_peek();
+    if (loc && loc->h2)
+        wg_h2_pool_tick(loc->h2, now);
     for (struct wg_conn_link *l = w->conns.next, *next; l != &w->conns; l = next) {
         next = l->next;                 /* l->tick may free l */
         if (l->tick)

@@ -61,6 +61,7 @@ struct wg_route;
 struct wg_pool_service;
 struct wg_instance;
 struct wg_upconn;
+struct wg_h2_stream;
 
 /* Where the request stands (the downstream's view of one exchange). */
 enum wg_rq {
@@ -126,6 +127,13 @@ struct wg_exchange {
     struct wg_http_body rq_body;
     /* the upstream */
     struct wg_upconn *up;
+    struct wg_h2_stream *h2;            /* the attempt's HTTP/2 stream (upstream_h2.h) */
+    struct hp_buf *h2_tail;             /* its rendered end (trailers, last chunk) to go into uin */
+    bool h2_on;                         /* this attempt speaks HTTP/2 (h2c/h2 instance) */
+    bool h2_ended, h2_closed, h2_retryable, h2_calling, h2_paused, grpc;
+    uint8_t h2_free;                    /* free retries after GOAWAY / REFUSED_STREAM */
+    uint32_t h2_error;                  /* the stream's close code */
+    uint32_t h2_new;                    /* bytes put into uin since the last pull */
     struct hp_buf *uin;                 /* from the upstream; [sent, fwd) for the client */
     struct hp_buf *uout;                /* the rewritten request head */
     struct hp_head *rhead;              /* while a response head is parsed */

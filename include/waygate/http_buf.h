@@ -60,6 +60,7 @@ struct hp_spares {
 };
 
 struct wg_upstream_pool;
+struct wg_h2_pool;
 struct wg_worker;
 
 /* Per worker thread: free lists and the upstream keep-alive pool. */
@@ -67,11 +68,14 @@ struct hp_local {
     struct hp_spares bufs[2];           /* free blocks: [0] small, [1] HP_BLOCK */
     struct hp_spares heads, reqs;
     struct wg_upstream_pool *pool;
+    struct wg_h2_pool *h2;              /* HTTP/2 upstreams (upstream_h2.h), made on first use */
     unsigned lingering;                 /* HTTP/1.1 connections in a lingering close */
 };
 
 /* The calling worker's state, made on first use; NULL when out of memory. */
 struct hp_local *hp_local_get(struct wg_worker *w);
+/* The calling worker's state if it was made, else NULL (never makes it). */
+struct hp_local *hp_local_peek(void);
 
 /* Small and on every request's path: inline. */
 static inline void *hp_spare_get(struct hp_spares *s, size_t size)
