@@ -32,11 +32,14 @@ def main():
     ap.add_argument("--tls-ca")
     a = ap.parse_args()
     md = [tuple(kv.split("=", 1)) for kv in a.metadata]
+    # replies up to 64 MiB (grpcio's default limit is 4 MiB)
+    opts = [("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20)]
     if a.tls_ca:
         with open(a.tls_ca, "rb") as f:
-            ch = grpc.secure_channel(a.target, grpc.ssl_channel_credentials(f.read()))
+            ch = grpc.secure_channel(a.target, grpc.ssl_channel_credentials(f.read()), options=opts)
     else:
-        ch = grpc.insecure_channel(a.target)
+        ch = grpc.insecure_channel(a.target, options=opts)
     payload = bytes((i * 7 + 1) & 0xFF for i in range(a.size))
     out = {"code": "OK", "calls": 0, "replies": [], "bytes": 0, "first": "", "details": "",
            "trailing": {}}
