@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include "waygate/cidr.h"
+#include "waygate/grpc.h"
 #include "waygate/health.h"
 #include "waygate/http_route.h"
 #include "waygate/listener.h"
@@ -737,8 +738,7 @@ void wg_exchange_head(struct wg_downstream *d, const struct wg_http_parser *p, s
     d->r->req_upgrade = m->upgrade;
     d->r->dechunk = d->payload_only;
     int ct = wg_http_find_header(p, msg, "content-type", 12, 0);
-    d->r->grpc = ct >= 0 && p->headers[ct].value.len >= 16 &&
-                 strncasecmp(msg + p->headers[ct].value.off, "application/grpc", 16) == 0;
+    d->r->grpc = ct >= 0 && wg_grpc_is_grpc(msg + p->headers[ct].value.off, p->headers[ct].value.len);
     if (!note_request(d, p, msg)) {
         d->dead = true;
         return;
