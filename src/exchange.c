@@ -155,7 +155,16 @@ void wg_exchange_reply(struct wg_downstream *d, unsigned status, const char *bod
         body = text;
     }
     keep = keep && d->r->req_keep_alive && !atomic_load_explicit(&d->w->draining, memory_order_relaxed);
-    if (!d->ops->reply(d, status, body, keep)) {
+    bool ok;
+    if (d->r->grpc && status >= 400) {   /* Trailers-Only (DESIGN §15) */
+        char m[128];
+        const char *why = wg_grpc_error_message((int)status);
+        wg_grpc_message_encode(why, strlen(why), m, sizeof m);
+        ok = d->ops->grpc_reply(d, wg_grpc_status_from_http((int)status), m, keep);
+    } else {
+        ok = d->ops->reply(d, status, body, keep);
+    }
+    if (!ok) {
         d->dead = true;
         return;
     }
@@ -638,6 +647,23 @@ static void pick_key(struct wg_downstream *d, const struct wg_http_parser *p, co
     }
 }
 
+/* A gRPC call (DESIGN §15): its grpc-timeout (capped by grpc.max_timeout)
+ * caps the response deadline; a method in grpc.retry_methods may go again
+ * after its request reached an upstream, others only when the upstream
+ * did not process it. */
+static void grpc_settings(struct wg_downstream *d, const struct wg_http_parser *p, const char *msg,
+                          const struct wg_service_config *sc)
+{
+    int i = wg_http_find_header(p, msg, "grpc-timeout", 12, 0);
+    uint64_t ms = 0;
+    if (i < 0 || !wg_grpc_timeout_parse(msg + p->headers[i].value.off, p->headers[i].value.len, &ms))
+        ms = 0;
+    d->r->t.response_ms = wg_grpc_deadline_ms(d->r->t.response_ms, ms, sc->grpc.max_timeout_ms);
+    d->r->t.retry_non_idempotent =
+        wg_grpc_method_listed(sc->grpc.retry_methods, sc->grpc.n_retry_methods,
+                              msg + p->msg.path.off, p->msg.path.len);
+}
+
 /* Route the request; 0, or the status to answer. */
 static unsigned request_route(struct wg_downstream *d, const struct wg_http_parser *p, const char *msg)
 {
@@ -663,6 +689,8 @@ static unsigned request_route(struct wg_downstream *d, const struct wg_http_pars
     d->r->t.retry_non_idempotent = d->r->route->retry_non_idempotent >= 0
                                    ? d->r->route->retry_non_idempotent > 0
                                    : svc->cfg->retry_non_idempotent;
+    if (d->r->grpc)
+        grpc_settings(d, p, msg, svc->cfg);
     wg_pick_init(&d->r->pick, svc, &d->w->rng, NULL);
     pick_key(d, p, msg);
     return 0;
@@ -1267,6 +1295,11 @@ static void h2_request_body_step(struct wg_downstream *d, bool *progress)
         return;                         /* closed: the response side tells */
     if (b && b->scan < b->end && !r->req_body_done) {
         enum wg_http_result res = hp_body_decode(&r->rq_body, b, true);
+        if (b->scan > b->fwd) {         /* drop the framing the payload left behind */
+            memmove(b->data + b->fwd, b->data + b->scan, b->end - b->scan);
+            b->end -= b->scan - b->fwd;
+            b->scan = b->fwd;
+        }
         if (res == WG_HTTP_ERROR) {
             request_body_error(d, (unsigned)r->rq_body.err_status);
             return;

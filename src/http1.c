@@ -140,6 +140,19 @@ static bool h1_reply(struct wg_downstream *d, unsigned status, const char *body,
     return !o.full;
 }
 
+static bool h1_grpc_reply(struct wg_downstream *d, int grpc_status, const char *message, bool keep)
+{
+    struct hp_conn *c = conn_ds(d);
+    struct hp_out o = hp_out_open(d->loc, &c->out, 256 + strlen(message));
+    hp_puts(&o, "HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\ngrpc-status: ");
+    hp_put_u64(&o, (uint64_t)grpc_status);
+    hp_puts(&o, "\r\ngrpc-message: ");
+    hp_puts(&o, message);
+    hp_puts(&o, keep ? "\r\nContent-Length: 0\r\n\r\n" : "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    hp_out_close(c->out, &o);
+    return !o.full;
+}
+
 static bool h1_redirect(struct wg_downstream *d, const char *location, size_t len, bool keep)
 {
     struct hp_conn *c = conn_ds(d);
@@ -346,6 +359,7 @@ static const struct wg_downstream_ops h1_ops = {
     .end = h1_end,
     .shutdown = h1_shutdown,
     .wake = h1_wake,
+    .grpc_reply = h1_grpc_reply,
 };
 
 /* ---- before the first request ------------------------------------------ */

@@ -350,6 +350,23 @@ static bool h2_reply(struct wg_downstream *d, unsigned status, const char *body,
     return answer(st, status, body, NULL, 0);
 }
 
+static bool h2_grpc_reply(struct wg_downstream *d, int grpc_status, const char *message, bool keep)
+{
+    struct h2_stream *st = stream_ds(d);
+    if (st->submitted) {                /* a response already began: cut the stream */
+        d->dead = true;
+        return true;
+    }
+    char code[12];
+    snprintf(code, sizeof code, "%d", grpc_status);
+    nghttp2_nv nv[3] = {
+        { (uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE },
+        { (uint8_t *)"grpc-status", (uint8_t *)code, 11, strlen(code), NGHTTP2_NV_FLAG_NONE },
+        { (uint8_t *)"grpc-message", (uint8_t *)message, 12, strlen(message), NGHTTP2_NV_FLAG_NONE },
+    };
+    return submit(st, 200, nv, 3, NULL) && (st->data_eof = true);   /* Trailers-Only */
+}
+
 static bool h2_redirect(struct wg_downstream *d, const char *location, size_t len, bool keep)
 {
     return answer(stream_ds(d), 308, NULL, location, len);
@@ -592,6 +609,7 @@ static const struct wg_downstream_ops h2_ops = {
     .end = h2_end,
     .shutdown = h2_shutdown,
     .wake = h2_wake,
+    .grpc_reply = h2_grpc_reply,
 };
 
 /* ---- nghttp2's callbacks: record, never run an exchange ---------------- */

@@ -160,6 +160,11 @@ struct wg_downstream_ops {
      * `keep`: the client connection may carry another request. false: out
      * of memory (the exchange then kills the downstream). */
     bool (*reply)(struct wg_downstream *d, unsigned status, const char *body, bool keep);
+    /* Write waygate's own error to a gRPC request as Trailers-Only (DESIGN
+     * §15): HTTP 200, content-type application/grpc, grpc-status
+     * `grpc_status`, grpc-message `message` (already percent-encoded), no
+     * body (HTTP/2: one HEADERS with END_STREAM). false: out of memory. */
+    bool (*grpc_reply)(struct wg_downstream *d, int grpc_status, const char *message, bool keep);
     /* Write a 308 redirect to `location` (tls.redirect_http). */
     bool (*redirect)(struct wg_downstream *d, const char *location, size_t len, bool keep);
     /* Write an upstream response head (`final`: not 1xx); `p`/`msg` as the

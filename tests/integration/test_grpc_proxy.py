@@ -52,3 +52,53 @@ def test_grpc_upstream_goaway_is_retried():
         r = grpc_call(target, "unary", "/bench.B/Call", 10, count=40)
         assert r["code"] == "OK" and r["calls"] == 40, r
         assert b.accepted() >= 10, b.accepted()
+
+
+def silent_upstream():
+    """A listening socket never accepted: connects succeed, nothing answers."""
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    return s
+
+
+def test_grpc_own_errors_are_trailers_only_statuses():
+    """waygate's own answers to gRPC calls: no route UNIMPLEMENTED, no
+    instance UNAVAILABLE, response_timeout DEADLINE_EXCEEDED, each as
+    one HEADERS frame (HTTP 200, grpc-status) ending the stream; the
+    client's grpc-timeout caps the deadline."""
+    if not need_grpcio():
+        return
+    import time
+    from h2lib import Client
+    with Harness() as h:
+        quiet = silent_upstream()
+        lst = h2c_listener("g", h2_max_control_frames_per_second=100000)
+        lst["routes"] = [{"path_prefix": "/bench.", "service": "users"},
+                         {"path_prefix": "/slow.", "service": "slow"},
+                         {"path_prefix": "/none.", "service": "none"}]
+        slow = {"id": "q", "address": "127.0.0.1", "port": quiet.getsockname()[1], "weight": 100}
+        wg = h.waygate(listeners=[lst], instances={"users": [], "slow": [slow], "none": []},
+                       services={"slow": {"upstream": {"protocol": "h2c"},
+                                          "response_timeout": "30s"},
+                                 "none": {"upstream": {"protocol": "h2c"}}})
+        target = "127.0.0.1:%d" % wg.ports["g"]
+        r = grpc_call(target, "unary", "/other.S/M", 1)
+        assert r["code"] == "UNIMPLEMENTED" and r["details"].startswith("waygate"), r
+        r = grpc_call(target, "unary", "/none.S/M", 1)
+        assert r["code"] == "UNAVAILABLE" and r["details"].startswith("waygate"), r
+        # grpc-timeout 300m caps the 30 s response_timeout: waygate answers
+        # (the raw client has no deadline of its own)
+        c = Client(wg.ports["g"])
+        t0 = time.monotonic()
+        sid = c.request("/slow.S/M", method="POST", body=b"\0\0\0\0\0",
+                        headers=[("content-type", "application/grpc"), ("te", "trailers"),
+                                 ("grpc-timeout", "300m")])
+        resp = c.response(sid, timeout=20)
+        hd = dict(resp["headers"])
+        assert resp["status"] == 200 and hd.get("grpc-status") == "4", resp
+        assert resp["ended"] and not resp["body"] and not resp["trailers"], resp
+        assert time.monotonic() - t0 < 15, "the 30 s response_timeout was not capped"
+        c.close()
+        quiet.close()
