@@ -160,7 +160,9 @@ void wg_exchange_reply(struct wg_downstream *d, unsigned status, const char *bod
         char m[128];
         const char *why = wg_grpc_error_message((int)status);
         wg_grpc_message_encode(why, strlen(why), m, sizeof m);
-        ok = d->ops->grpc_reply(d, wg_grpc_status_from_http((int)status), m, keep);
+        int code = wg_grpc_status_from_http((int)status);
+        ok = d->ops->grpc_reply(d, code, m, keep);
+        d->r->grpc_code = (int16_t)(code + 1);
     } else {
         ok = d->ops->reply(d, status, body, keep);
     }
@@ -249,6 +251,7 @@ static void log_request(struct wg_downstream *d, const char *reason)
         .connect_us = d->r->connect_us,
         .retries = d->r->attempts > 1 ? d->r->attempts - 1 : 0,
         .stream_id = d->stream_id,
+        .grpc_code = d->r->grpc ? d->r->grpc_code - 1 : -1,
     };
     char method[32];
     size_t mlen = d->r->note_method.len < sizeof method - 1 ? d->r->note_method.len : sizeof method - 1;
@@ -1096,9 +1099,24 @@ static struct hp_buf *h2_room(struct wg_downstream *d, size_t need)
     return b->cap - b->end < need ? NULL : b;
 }
 
+/* The upstream's grpc-status (in trailers, or a Trailers-Only head). */
+static void h2_grpc_status(struct wg_downstream *d, const nghttp2_nv *nv, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (nv[i].namelen == 11 && memcmp(nv[i].name, "grpc-status", 11) == 0) {
+            int code = wg_grpc_status_parse((const char *)nv[i].value, nv[i].valuelen);
+            if (code >= 0 && code < 1000)
+                d->r->grpc_code = (int16_t)(code + 1);
+            return;
+        }
+    }
+}
+
 static void h2_on_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t n, bool end_stream)
 {
     struct wg_downstream *d = ctx;
+    if (end_stream && d->r->grpc)
+        h2_grpc_status(d, nv, n);
     struct hp_buf *b = h2_room(d, 256);
     size_t len = b ? wg_h2_response_h1(status, nv, n, end_stream, b->data + b->end, b->cap - b->end)
                    : 0;
@@ -1147,6 +1165,11 @@ static void h2_on_trailers(void *ctx, const nghttp2_nv *nv, size_t n)
 {
     struct wg_downstream *d = ctx;
     struct hp_buf *t = d->r->h2_tail;
+    if (d->r->grpc) {                   /* passive outlier detection counts it like a 5xx */
+        h2_grpc_status(d, nv, n);
+        if (d->r->grpc_code && wg_grpc_status_is_failure(d->r->grpc_code - 1))
+            report_failure(d, WG_FAIL_HTTP_5XX);
+    }
     if (!t && !(t = d->r->h2_tail = hp_buf_new(d->loc, HP_BLOCK)))
         return;                         /* closed() then finds no tail: truncated */
     size_t len = wg_h2_trailers_h1(nv, n, t->data, t->cap);
@@ -1433,8 +1456,8 @@ static void response_final(struct wg_downstream *d, const struct wg_http_parser 
     bool draining = atomic_load_explicit(&d->w->draining, memory_order_relaxed);
 
     d->r->status = m->status;
-    if (m->status >= 500)
-        report_failure(d, WG_FAIL_HTTP_5XX);
+    if (m->status >= 500 || (d->r->grpc_code && wg_grpc_status_is_failure(d->r->grpc_code - 1)))
+        report_failure(d, WG_FAIL_HTTP_5XX);    /* a Trailers-Only gRPC failure too */
     else
         report_success(d);
     bool dechunk10 = d->r->http10 && m->framing == WG_HTTP_BODY_CHUNKED;

@@ -6,6 +6,7 @@
  * takes) writes the rings out. Destination changes (start, reload, SIGUSR1)
  * are opened on the control thread and handed to the writer through
  * `pending` under dest_lock, which is never held across I/O. */
+#include "waygate/grpc.h"
 #include "waygate/log.h"
 
 #include <errno.h>
@@ -292,6 +293,8 @@ size_t wg_access_format(enum wg_access_format fmt, const struct wg_access_entry 
         field_str(&l, json, "proto", "h2");
         field_u64(&l, json, "stream", e->stream_id);
     }
+    if (e->grpc_code >= 0)
+        field_str(&l, json, "grpc_code", wg_grpc_status_name(e->grpc_code));
     if (json)
         put(&l, "}", 1);
     buf[l.n++] = '\n';

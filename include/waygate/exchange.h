@@ -134,6 +134,7 @@ struct wg_exchange {
     uint8_t h2_free;                    /* free retries after GOAWAY / REFUSED_STREAM */
     uint32_t h2_error;                  /* the stream's close code */
     uint32_t h2_new;                    /* bytes put into uin since the last pull */
+    int16_t grpc_code;                  /* gRPC: grpc-status + 1 the client got; 0 = none */
     struct hp_buf *uin;                 /* from the upstream; [sent, fwd) for the client */
     struct hp_buf *uout;                /* the rewritten request head */
     struct hp_head *rhead;              /* while a response head is parsed */

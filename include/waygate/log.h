@@ -75,6 +75,8 @@ struct wg_access_entry {
     unsigned retries;           /* upstream attempts after the first */
     uint32_t stream_id;         /* HTTP/2 stream id (the line ends "proto=h2 stream=N");
                                  * 0: HTTP/1.1 or tcp (no such keys) */
+    int grpc_code;              /* gRPC calls: the grpc-status the client got (key
+                                 * grpc_code, its name); -1: not gRPC or none (no key) */
 };
 
 /* Per-worker handle (struct wg_worker.access_log). wg_worker_log_new() and

@@ -102,3 +102,40 @@ def test_grpc_own_errors_are_trailers_only_statuses():
         assert time.monotonic() - t0 < 15, "the 30 s response_timeout was not capped"
         c.close()
         quiet.close()
+
+
+def test_grpc_status_counts_for_outliers_and_is_logged():
+    """An upstream's grpc-status UNAVAILABLE counts like a 5xx for passive
+    outlier detection (consecutive_failures 3 ejects one of two: at most
+    50% are ejected), and the access log line carries grpc_code."""
+    if not need_grpcio():
+        return
+    from test_health import health
+    from wglib import slack, wait_until
+    with Harness() as h:
+        b = GrpcBackend(h, name="bad")
+        b2 = GrpcBackend(h, name="bad2")
+        log = h.path("access.log")
+        wg = h.waygate(listeners=[h2c_listener("g")],
+                       instances={"users": [b.instance(), b2.instance()]},
+                       services={"users": {"upstream": {"protocol": "h2c"}}}, service_defaults={
+            "outlier_detection": {"consecutive_failures": 3, "base_ejection_time": "30s"}},
+            log={"level": "info", "access_log": log, "access_format": "text"})
+        target = "127.0.0.1:%d" % wg.ports["g"]
+        r = grpc_call(target, "unary", "/bench.B/Call", 1, count=1)
+        assert r["code"] == "OK", r
+        assert health(wg, "users", "bad") == "healthy"
+        for _ in range(6):
+            r = grpc_call(target, "unary", "/bench.B/Call", 1, metadata=[("x-grpc-status", "14")])
+            assert r["code"] == "UNAVAILABLE" and r["details"] == "wg_grpc_backend", r
+        wait_until(lambda: "ejected" in (health(wg, "users", "bad"), health(wg, "users", "bad2")),
+                   slack(5), "an ejection")
+
+        def lines():
+            try:
+                with open(log) as f:
+                    return f.read()
+            except FileNotFoundError:
+                return ""
+        wait_until(lambda: "grpc_code=UNAVAILABLE" in lines() and "grpc_code=OK" in lines(),
+                   slack(5), "grpc_code in the access log")
