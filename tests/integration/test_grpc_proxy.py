@@ -139,3 +139,27 @@ def test_grpc_status_counts_for_outliers_and_is_logged():
                 return ""
         wait_until(lambda: "grpc_code=UNAVAILABLE" in lines() and "grpc_code=OK" in lines(),
                    slack(5), "grpc_code in the access log")
+
+
+def test_grpc_through_a_tls_listener():
+    """The same calls over a TLS listener (ALPN h2) to an h2c upstream."""
+    if not need_grpcio():
+        return
+    import tlslib
+    with Harness() as h:
+        pki = tlslib.shared()
+        crt, key = pki.leaf("g", ips=["127.0.0.1"])
+        b = GrpcBackend(h, name="ab", message_size=64)
+        lst = {"name": "g", "mode": "http", "routes": [{"path_prefix": "/", "service": "users"}],
+               "tls": {"certificates": [{"cert": crt, "key": key}]},
+               "http": {"h2_max_control_frames_per_second": 100000}}
+        wg = h.waygate(listeners=[lst], instances={"users": [b.instance()]},
+                       services={"users": {"upstream": {"protocol": "h2c"}}})
+        target = "127.0.0.1:%d" % wg.ports["g"]
+        r = grpc_call(target, "unary", "/bench.B/Call", 10, count=200, tls_ca=pki.ca)
+        assert r["code"] == "OK" and r["calls"] == 200 and r["replies"][0] == 64, r
+        r = grpc_call(target, "bidi", "/wg.Echo/Chat", 1000, count=20, tls_ca=pki.ca)
+        assert r["code"] == "OK" and r["bytes"] == 20 * 1000, r
+        r = grpc_call(target, "unary", "/bench.B/Call", 1, metadata=[("x-grpc-status", "14")],
+                      tls_ca=pki.ca)
+        assert r["code"] == "UNAVAILABLE" and r["details"] == "wg_grpc_backend", r
