@@ -641,6 +641,12 @@ static const struct {
       "RST_STREAM frames received from clients." },
     { WG_C_UPSTREAM_TLS_FAILURES, "waygate_upstream_tls_failures_total",
       "TLS handshakes with upstream instances that failed (verification, protocol, network)." },
+    { WG_C_POLICY_DENIED, "waygate_policy_denied_total",
+      "Requests refused by an authentication policy (jwt, api_key, basic_auth: 401/403)." },
+    { WG_C_POLICY_RATE_LIMITED, "waygate_policy_rate_limited_total",
+      "Requests refused by a rate_limit policy (429)." },
+    { WG_C_POLICY_RL_EVICTIONS, "waygate_policy_rate_limit_evictions_total",
+      "Live rate-limit buckets evicted because a key table was full (max_keys)." },
 };
 
 static const struct {

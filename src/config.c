@@ -219,6 +219,7 @@ static const struct cfg_key service_keys[] = {
     { "locality", cfg_p_map, 0, 0, 0, &locality_table },
     { "tls", cfg_p_map, 0, 0, 0, &service_tls_table },
     { "proxy_protocol", cfg_p_bool, SF(proxy_protocol), 0, 0, NULL },
+    { "policies", cfg_p_policies, SF(policies), 0, 0, NULL },
 };
 static const struct cfg_table service_table = CFG_TABLE("service", service_keys);
 
@@ -267,6 +268,7 @@ static void service_free(struct wg_service_config *s)
     free(s->tls.cert);
     free(s->tls.key);
     free(s->tls.sni);
+    wg_policy_list_free(&s->policies);
 }
 
 static bool dup_str(struct cfg_ctx *c, char **dst, const char *src)
@@ -286,6 +288,7 @@ static bool service_copy(struct cfg_ctx *c, struct wg_service_config *dst,
     *dst = *src;
     dst->name = dst->hash_name = dst->health_check.path = dst->health_check.host = NULL;
     dst->tls.ca = dst->tls.cert = dst->tls.key = dst->tls.sni = NULL;
+    dst->policies = (struct wg_policy_list){ NULL, 0 };   /* owned by src until copied */
     dst->health_check.service = NULL;
     dst->grpc.retry_methods = NULL;
     dst->grpc.n_retry_methods = 0;
@@ -297,6 +300,10 @@ static bool service_copy(struct cfg_ctx *c, struct wg_service_config *dst,
         for (size_t i = 0; i < src->grpc.n_retry_methods; i++, dst->grpc.n_retry_methods++)
             if (!dup_str(c, &dst->grpc.retry_methods[i], src->grpc.retry_methods[i]))
                 return false;
+    }
+    if (!wg_policy_list_copy(&dst->policies, &src->policies)) {
+        wg_yaml_oom(&c->y);
+        return false;
     }
     return dup_str(c, &dst->name, name) && dup_str(c, &dst->hash_name, src->hash_name) &&
            dup_str(c, &dst->health_check.service, src->health_check.service) &&
@@ -937,6 +944,26 @@ static void check_admin_collision(struct cfg_ctx *c)
                       cfg->listeners[i].listen.text);
 }
 
+/* Each http route's effective policy chain: listener, service, route. */
+static void build_chains(struct cfg_ctx *c)
+{
+    struct wg_config *cfg = c->cfg;
+
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        struct wg_listener_config *l = &cfg->listeners[i];
+        for (size_t j = 0; l->mode == WG_MODE_HTTP && j < l->n_routes; j++) {
+            struct wg_route *r = &l->routes[j];
+            const struct wg_service_config *s = wg_config_service(cfg, r->service);
+            bool oom;
+            r->policies = wg_policy_chain_build(&l->policies, &s->policies, &r->policy_list, &oom);
+            if (oom) {
+                wg_yaml_oom(&c->y);
+                return;
+            }
+        }
+    }
+}
+
 static void parse_root(struct cfg_ctx *c, yaml_node_t *root)
 {
     struct wg_config *cfg = c->cfg;
@@ -958,6 +985,7 @@ static void parse_root(struct cfg_ctx *c, yaml_node_t *root)
         qsort(cfg->services, cfg->n_services, sizeof *cfg->services, service_cmp);
     check_usage(c);
     check_admin_collision(c);
+    build_chains(c);
 }
 
 /* ---- construction, loading, freeing -------------------------------------- */

@@ -255,6 +255,14 @@ static void p_route_retry_ni(struct cfg_ctx *c, yaml_node_t *v, void *base,
     ((struct wg_route *)base)->retry_non_idempotent = b;
 }
 
+/* DESIGN §16 names route `backends:`; this build refuses it plainly rather
+ * than route to one of them. */
+static void p_backends(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    cfg_error(c, v, "%s: traffic split is not supported by this build yet (use service; "
+              "docs/policies.md)", k->name);
+}
+
 static const struct cfg_key route_keys[] = {
     { "host", p_host, 0, 0, 0, NULL },
     { "path_prefix", p_path_prefix, 0, 0, 0, NULL },
@@ -265,6 +273,8 @@ static const struct cfg_key route_keys[] = {
     { "response_timeout", p_route_timeout, 0, 1, DMAX, NULL },
     { "retries", p_route_retries, 0, 0, 10, NULL },
     { "retry_non_idempotent", p_route_retry_ni, 0, 0, 0, NULL },
+    { "policies", cfg_p_policies, RF(policy_list), 0, 0, NULL },
+    { "backends", p_backends, 0, 0, 0, NULL },
 };
 static const struct cfg_table route_table = CFG_TABLE("route", route_keys);
 
@@ -279,6 +289,8 @@ static void route_free(struct wg_route *r)
     }
     free(r->headers);
     free(r->service);
+    wg_policy_list_free(&r->policy_list);
+    wg_policy_chain_free(r->policies);
 }
 
 static void parse_route(struct cfg_ctx *c, struct wg_listener_config *l, yaml_node_t *node)
@@ -488,6 +500,7 @@ static const struct cfg_key listener_keys[] = {
     { "http", cfg_p_map, 0, 0, 0, &http_table },
     { "tls", p_listener_tls, 0, 0, 0, NULL },
     { "routes", p_routes, 0, 0, 0, NULL },
+    { "policies", cfg_p_policies, LF(policies), 0, 0, NULL },
 };
 static const struct cfg_table listener_table = CFG_TABLE("listener", listener_keys);
 
@@ -506,6 +519,7 @@ void cfg_listener_free(struct wg_listener_config *l)
     for (size_t i = 0; i < l->n_routes; i++)
         route_free(&l->routes[i]);
     free(l->routes);
+    wg_policy_list_free(&l->policies);
 }
 
 static bool listener_init(struct cfg_ctx *c, struct wg_listener_config *l)
@@ -560,6 +574,8 @@ static void check_mode(struct cfg_ctx *c, const struct wg_listener_config *l,
             cfg_error(c, node, "missing required key 'service' in tcp listener");
         if (HAS("routes"))
             cfg_error(c, AT("routes"), "routes: only http listeners have routes");
+        if (HAS("policies"))
+            cfg_error(c, AT("policies"), "policies: only http listeners have policies");
         if (HAS("http"))
             cfg_error(c, AT("http"), "http: only http listeners have http settings");
         if (*l->tls.redirect_http)

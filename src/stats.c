@@ -51,6 +51,9 @@ static const char *const names[WG_C__COUNT] = {
     [WG_C_H2_GOAWAY_COMPRESSION] = "http2_goaway_compression_error",
     [WG_C_H2_GOAWAY_PROTOCOL] = "http2_goaway_protocol_error",
     [WG_C_H2_GOAWAY_OTHER] = "http2_goaway_other",
+    [WG_C_POLICY_DENIED] = "policy_denied",
+    [WG_C_POLICY_RATE_LIMITED] = "policy_rate_limited",
+    [WG_C_POLICY_RL_EVICTIONS] = "policy_rate_limit_evictions",
 };
 
 struct wg_stats_block *wg_stats_block_new(void)

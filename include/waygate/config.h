@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 
 #include "waygate/cidr.h"
+#include "waygate/policy.h"
 
 /* A list of error lines, each "FILE:LINE:COL: message". */
 struct wg_errors {
@@ -124,6 +125,7 @@ struct wg_service_config {
         char *sni;
     } tls;
     bool proxy_protocol;            /* send PROXY v2 upstream (tcp mode) */
+    struct wg_policy_list policies; /* http routes to this service (policy.h) */
 };
 
 struct wg_route_header {
@@ -145,6 +147,8 @@ struct wg_route {
     int retries;                    /* -1 = the service's */
     int8_t retry_non_idempotent;    /* -1 = the service's, else 0 / 1 */
     unsigned line;                  /* for logs */
+    struct wg_policy_list policy_list;  /* the route's own `policies:` */
+    struct wg_policy_chain *policies;   /* effective chain (policy.h); NULL = none */
 };
 
 struct wg_tls_cert_pair {
@@ -188,6 +192,7 @@ struct wg_listener_config {
     } tls;
     struct wg_route *routes;        /* http mode */
     size_t n_routes;
+    struct wg_policy_list policies; /* applied to every route (policy.h) */
 };
 
 struct wg_config {

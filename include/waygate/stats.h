@@ -53,6 +53,9 @@ enum wg_counter {
     WG_C_H2_GOAWAY_COMPRESSION, /* GOAWAY sent: COMPRESSION_ERROR (HPACK) */
     WG_C_H2_GOAWAY_PROTOCOL,    /* GOAWAY sent: PROTOCOL / FLOW_CONTROL / FRAME_SIZE error */
     WG_C_H2_GOAWAY_OTHER,       /* GOAWAY sent: any other code */
+    WG_C_POLICY_DENIED,         /* requests refused by an auth policy (401/403) */
+    WG_C_POLICY_RATE_LIMITED,   /* requests refused by rate_limit (429) */
+    WG_C_POLICY_RL_EVICTIONS,   /* live rate-limit buckets evicted (key table full) */
     WG_C__COUNT
 };
 
