@@ -316,7 +316,7 @@ static void parse_route(struct cfg_ctx *c, struct wg_listener_config *l, yaml_no
         return;
     }
     cfg_map(c, node, &route_table, r, &seen, "route", NULL);
-    if (!cfg_seen_has(&seen, &route_table, "service"))
+    if (!cfg_seen_has(&seen, &route_table, "service") && !cfg_seen_has(&seen, &route_table, "backends"))
         cfg_error(c, node, "missing required key 'service' in route");
 }
 

@@ -130,9 +130,13 @@ static bool origin_allowed(const struct cors_state *s, struct wg_pstr o)
             continue;
         }
         size_t pre = (size_t)(star - p), suf = strlen(star + 1);
-        if (o.n > pre + suf && strncasecmp(o.p, p, pre) == 0 &&
-            strncasecmp(o.p + o.n - suf, star + 1, suf) == 0 &&
-            memchr(o.p + pre, '/', o.n - pre - suf) == NULL)
+        struct wg_pstr h = o;            /* "*.x" without a scheme: any scheme */
+        const char *sep = strstr(p, "://") ? NULL : memchr(o.p, ':', o.n);
+        if (sep && (size_t)(o.p + o.n - sep) > 3 && memcmp(sep, "://", 3) == 0)
+            h = (struct wg_pstr){ sep + 3, (size_t)(o.p + o.n - sep - 3) };
+        if (h.n > pre + suf && strncasecmp(h.p, p, pre) == 0 &&
+            strncasecmp(h.p + h.n - suf, star + 1, suf) == 0 &&
+            memchr(h.p + pre, '/', h.n - pre - suf) == NULL)
             return true;
     }
     return false;
