@@ -893,9 +893,13 @@ static void add_referenced(struct cfg_ctx *c)
         struct wg_listener_config *l = &cfg->listeners[i];
         if (l->service && !service_find(cfg, l->service))
             service_add(c, l->service);
-        for (size_t r = 0; r < l->n_routes && !c->y.aborted; r++)
+        for (size_t r = 0; r < l->n_routes && !c->y.aborted; r++) {
             if (l->routes[r].service && !service_find(cfg, l->routes[r].service))
                 service_add(c, l->routes[r].service);
+            for (size_t b = 0; b < l->routes[r].n_backends && !c->y.aborted; b++)
+                if (!service_find(cfg, l->routes[r].backends[b].service))
+                    service_add(c, l->routes[r].backends[b].service);
+        }
     }
 }
 
@@ -926,6 +930,11 @@ static void check_usage(struct cfg_ctx *c)
             s = l->routes[r].service ? wg_config_service(cfg, l->routes[r].service) : NULL;
             if (s && s->name)
                 use[s - cfg->services] |= 2;
+            for (size_t b = 0; b < l->routes[r].n_backends; b++) {
+                s = wg_config_service(cfg, l->routes[r].backends[b].service);
+                if (s->name)
+                    use[s - cfg->services] |= 2;
+            }
         }
     }
     for (size_t i = 0; i < cfg->n_services; i++)

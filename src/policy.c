@@ -182,6 +182,66 @@ void wg_policy_req_release(struct wg_policy_req *r)
     r->claims = NULL;
 }
 
+bool wg_policy_head_http1(struct wg_policy_req *r, struct wg_policy_head *h,
+                          const struct wg_http_parser *p, const char *msg)
+{
+    unsigned n = p->msg.nheaders;
+    struct wg_policy_field *f = n ? wg_policy_alloc(r, n * sizeof *f) : NULL;
+
+    if (n && !f)
+        return false;
+    for (unsigned i = 0; i < n; i++) {
+        const struct wg_http_header *x = &p->headers[i];
+        f[i] = (struct wg_policy_field){ { msg + x->name.off, x->name.len },
+                                         { msg + x->value.off, x->value.len } };
+    }
+    *h = (struct wg_policy_head){ f, n, NULL, NULL, 0, 0 };
+    return true;
+}
+
+static struct wg_pstr span(const char *msg, struct wg_http_span s)
+{
+    return (struct wg_pstr){ msg + s.off, s.len };
+}
+
+void wg_policy_req_http1(struct wg_policy_req *r, const struct wg_http_parser *p, const char *msg)
+{
+    const struct wg_http_message *m = &p->msg;
+
+    r->method = span(msg, m->method_text);
+    r->path = m->path.len ? span(msg, m->path) : (struct wg_pstr){ "/", 1 };
+    r->query = span(msg, m->query);
+    r->has_query = m->has_query;
+    r->authority = m->has_host ? span(msg, m->host) : (struct wg_pstr){ "", 0 };
+}
+
+static struct wg_pstr keep(struct wg_policy_req *r, struct wg_pstr s)
+{
+    char *d = s.n ? wg_policy_strdup(r, s.p, s.n) : NULL;
+
+    return d ? (struct wg_pstr){ d, s.n } : (struct wg_pstr){ "", 0 };
+}
+
+void wg_policy_req_detach(struct wg_policy_req *r)
+{
+    r->authority = keep(r, r->authority);
+    r->request_id = keep(r, r->request_id);
+    r->method = r->path = r->query = (struct wg_pstr){ "", 0 };
+    r->has_query = false;
+    r->req.in = NULL;
+    r->req.n_in = 0;
+    r->req.drop = NULL;
+}
+
+size_t wg_policy_head_added_bytes(const struct wg_policy_head *h)
+{
+    size_t n = 0;
+
+    for (unsigned i = 0; i < h->n_add; i++)
+        n += h->add[i].name.n + h->add[i].value.n + 4;
+    return n;
+}
+
 static bool same_name(struct wg_pstr a, const char *b, size_t n)
 {
     return wg_http_name_eq(a.p, a.n, b, n);

@@ -133,6 +133,12 @@ struct wg_route_header {
     char *value;
 };
 
+/* One service of a traffic split (route `backends:`). */
+struct wg_route_backend {
+    char *service;
+    uint32_t weight;                /* 0 = no traffic */
+};
+
 struct wg_route {
     char *host;                     /* NULL = any; lower-case, no port, no trailing dot */
     bool host_wildcard;             /* "*.x": host holds ".x" */
@@ -141,7 +147,13 @@ struct wg_route {
     size_t n_methods;
     struct wg_route_header *headers;
     size_t n_headers;
-    char *service;
+    char *service;                  /* with backends: the first backend's (its policies apply) */
+    struct wg_route_backend *backends;  /* traffic split; NULL/0 = service only */
+    size_t n_backends;
+    uint64_t backends_weight;       /* sum of the weights, > 0 */
+    bool sticky;                    /* split by a key's hash, not at random */
+    enum wg_hash_key sticky_key;
+    char *sticky_name;              /* header or cookie name */
     bool strip_prefix;
     int64_t response_timeout_ms;    /* -1 = the service's */
     int retries;                    /* -1 = the service's */

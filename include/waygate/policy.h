@@ -155,6 +155,21 @@ void wg_policy_response(struct wg_policy_req *r, unsigned status, struct wg_poli
 /* Free the arena and the claims (the view itself is the caller's). */
 void wg_policy_req_release(struct wg_policy_req *r);
 
+/* ---- exchange side: building the view from a codec, writing edits ---- */
+struct wg_http_parser;
+/* Point `h` at the fields of an HTTP/1 head the parser accepted (msg: its
+ * first byte); the field array comes from the arena. false on ENOMEM. */
+bool wg_policy_head_http1(struct wg_policy_req *r, struct wg_policy_head *h,
+                          const struct wg_http_parser *p, const char *msg);
+/* The request line's parts and the Host of an HTTP/1 request head. */
+void wg_policy_req_http1(struct wg_policy_req *r, const struct wg_http_parser *p, const char *msg);
+/* After the request hooks: forget every pointer into the codec's request
+ * buffer (authority and request id are copied into the arena), so the
+ * response hooks may run after that buffer was reused. */
+void wg_policy_req_detach(struct wg_policy_req *r);
+/* Bytes the added fields of `h` take as "Name: value\r\n" lines. */
+size_t wg_policy_head_added_bytes(const struct wg_policy_head *h);
+
 /* Memory that lives as long as the request (NULL on ENOMEM). */
 void *wg_policy_alloc(struct wg_policy_req *r, size_t n);
 char *wg_policy_strdup(struct wg_policy_req *r, const char *s, size_t n);

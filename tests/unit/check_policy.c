@@ -290,8 +290,6 @@ START_TEST(test_config_errors)
     cfg_bad(ROUTE("[ { basic_auth: { htpasswd: /nonexistent/x } } ]"),
             "htpasswd: cannot read '/nonexistent/x'");
     cfg_bad(ROUTE("[ { jwt: {}, cors: {} } ]"), "one policy per entry");
-    cfg_bad(HEAD "    routes:\n      - path_prefix: /\n        backends: [ { service: a, weight: 1 } ]\n",
-            "backends: traffic split is not supported by this build yet");
     cfg_bad("listeners:\n  - name: t\n    listen: 127.0.0.1:1\n    mode: tcp\n    service: a\n"
             "    policies: [ { trace: {} } ]\n", ":6:5: policies: only http listeners");
 }
@@ -321,6 +319,36 @@ START_TEST(test_file_errors_positioned)
     ck_assert_ptr_null(cfg_try(yaml, &errs));
     ck_assert_ptr_nonnull(strstr(errs.lines[0], "holds a private key"));
     wg_errors_free(&errs);
+}
+END_TEST
+
+/* ---- traffic split ------------------------------------------------------------ */
+
+START_TEST(test_split_config)
+{
+    struct wg_config *cfg = cfg_ok(HEAD "    routes:\n      - path_prefix: /\n"
+                                   "        backends: [ { service: web, weight: 95 }, { service: web-v2, weight: 5 } ]\n"
+                                   "        sticky: cookie:uid\n");
+    const struct wg_route *r = &cfg->listeners[0].routes[0];
+    ck_assert_uint_eq(r->n_backends, 2);
+    ck_assert_str_eq(r->service, "web");
+    ck_assert_str_eq(r->backends[1].service, "web-v2");
+    ck_assert_uint_eq(r->backends_weight, 100);
+    ck_assert(r->sticky && r->sticky_key == WG_HASH_COOKIE);
+    ck_assert_str_eq(r->sticky_name, "uid");
+    ck_assert_str_eq(wg_config_service(cfg, "web-v2")->name, "web-v2");   /* referenced */
+    wg_config_free(cfg);
+    cfg_bad(HEAD "    routes:\n      - path_prefix: /\n        service: a\n"
+            "        backends: [ { service: b } ]\n",
+            ":8:9: backends: a route names either service or backends, not both");
+    cfg_bad(HEAD "    routes:\n      - path_prefix: /\n"
+            "        backends: [ { service: a, weight: 0 } ]\n", "every weight is 0");
+    cfg_bad(HEAD "    routes:\n      - path_prefix: /\n        backends: [ { service: a, wieght: 2 } ]\n",
+            "unknown key 'wieght' in backend (did you mean 'weight'?)");
+    cfg_bad(HEAD "    routes:\n      - path_prefix: /\n        service: a\n        sticky: client_ip\n",
+            ":8:9: sticky: only a route with backends is split");
+    cfg_bad(HEAD "    routes:\n      - path_prefix: /\n        backends: [ { service: a } ]\n"
+            "        sticky: ip\n", "sticky: expected client_ip, header:NAME or cookie:NAME");
 }
 END_TEST
 
@@ -817,6 +845,7 @@ int main(void)
     tcase_add_unchecked_fixture(t, keys_setup, keys_teardown);
     tcase_add_test(t, test_config_errors);
     tcase_add_test(t, test_file_errors_positioned);
+    tcase_add_test(t, test_split_config);
     tcase_add_test(t, test_chain_merge);
     tcase_add_test(t, test_headers);
     tcase_add_test(t, test_rewrite);
