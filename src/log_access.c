@@ -292,6 +292,8 @@ size_t wg_access_format(enum wg_access_format fmt, const struct wg_access_entry 
         field_str(&l, json, "proto", "h2");
         field_u64(&l, json, "stream", e->stream_id);
     }
+    if (e->trace_id)
+        field_str(&l, json, "trace_id", e->trace_id);
     if (json)
         put(&l, "}", 1);
     buf[l.n++] = '\n';

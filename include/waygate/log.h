@@ -75,6 +75,8 @@ struct wg_access_entry {
     unsigned retries;           /* upstream attempts after the first */
     uint32_t stream_id;         /* HTTP/2 stream id (the line ends "proto=h2 stream=N");
                                  * 0: HTTP/1.1 or tcp (no such keys) */
+    const char *trace_id;       /* http: the W3C trace id (trace policy); NULL: the
+                                 * field is left out of the line */
 };
 
 /* Per-worker handle (struct wg_worker.access_log). wg_worker_log_new() and
