@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include "config_value.h"
 #include "waygate/grpc.h"
@@ -1129,6 +1130,7 @@ void wg_config_free(struct wg_config *cfg)
     for (size_t i = 0; i < cfg->n_listeners; i++)
         cfg_listener_free(&cfg->listeners[i]);
     free(cfg->listeners);
+    str_list_free(cfg->policy_files, cfg->n_policy_files);
     free(cfg);
 }
 
@@ -1136,6 +1138,46 @@ const struct wg_cidr_list *wg_listener_trusted(const struct wg_config *cfg,
                                                const struct wg_listener_config *lc)
 {
     return lc->trusted_proxies.set ? &lc->trusted_proxies : &cfg->trusted_proxies;
+}
+
+void cfg_watch_file(struct cfg_ctx *c, const char *path)
+{
+    struct wg_config *cfg = c->cfg;
+    char **v;
+
+    for (size_t i = 0; i < cfg->n_policy_files; i++)
+        if (strcmp(cfg->policy_files[i], path) == 0)
+            return;
+    if (!(v = realloc(cfg->policy_files, (cfg->n_policy_files + 1) * sizeof *v))) {
+        wg_yaml_oom(&c->y);
+        return;
+    }
+    cfg->policy_files = v;
+    if (!(v[cfg->n_policy_files] = strdup(path))) {
+        wg_yaml_oom(&c->y);
+        return;
+    }
+    cfg->n_policy_files++;
+}
+
+uint64_t wg_config_policy_files_stamp(const struct wg_config *cfg)
+{
+    uint64_t h = cfg->n_policy_files ? 0xcbf29ce484222325ULL : 0;
+
+    for (size_t i = 0; i < cfg->n_policy_files; i++) {
+        struct stat st;
+        uint64_t v[4] = { 0, 0, 0, 0 };
+        if (stat(cfg->policy_files[i], &st) == 0) {
+            v[0] = (uint64_t)st.st_ino;
+            v[1] = (uint64_t)st.st_size;
+            v[2] = (uint64_t)st.st_mtim.tv_sec;
+            v[3] = (uint64_t)st.st_mtim.tv_nsec;
+        }
+        const unsigned char *b = (const unsigned char *)v;
+        for (size_t k = 0; k < sizeof v; k++)
+            h = (h ^ b[k]) * 0x100000001b3ULL;          /* FNV-1a */
+    }
+    return h;
 }
 
 static int service_key_cmp(const void *key, const void *elem)

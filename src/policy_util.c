@@ -318,6 +318,7 @@ char *pp_read_file(struct cfg_ctx *c, yaml_node_t *v, const char *key, const cha
     char *buf = NULL;
     size_t n = 0, cap = 0;
 
+    cfg_watch_file(c, path);            /* watched even when unreadable now */
     if (!f) {
         cfg_error(c, v, "%s: cannot read '%.200s': %s", key, path, strerror(errno));
         return NULL;

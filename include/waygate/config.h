@@ -262,6 +262,9 @@ struct wg_config {
     size_t n_services;
     struct wg_listener_config *listeners;
     size_t n_listeners;
+    char **policy_files;            /* files policies read (keys, htpasswd): a change
+                                       to one reloads the config (control.c) */
+    size_t n_policy_files;
 };
 
 /* Load and validate a config file. Returns NULL and fills errs on any error. */
@@ -281,6 +284,9 @@ const struct wg_service_config *wg_config_service(const struct wg_config *cfg,
  * top level's. */
 const struct wg_cidr_list *wg_listener_trusted(const struct wg_config *cfg,
                                                const struct wg_listener_config *lc);
+/* A fingerprint of the policy files' identity, size and mtime (0 when
+ * there are none); a different value means one of them changed. */
+uint64_t wg_config_policy_files_stamp(const struct wg_config *cfg);
 
 /* Value grammar helpers (exported for the unit tests and for `register`).
  * Return false on a malformed value. */

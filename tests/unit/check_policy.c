@@ -322,6 +322,23 @@ START_TEST(test_file_errors_positioned)
 }
 END_TEST
 
+START_TEST(test_policy_files_watched)
+{
+    char yaml[1024];
+    sh("cd %s && htpasswd -cbB ht2 a pw 2>/dev/null", dir);
+    snprintf(yaml, sizeof yaml, ROUTE("[ { basic_auth: { htpasswd: %s } }, { api_key: { keys: { x: y } } } ]"),
+             path("ht2"));
+    struct wg_config *cfg = cfg_ok("%s", yaml);
+    ck_assert_uint_eq(cfg->n_policy_files, 1);
+    ck_assert_str_eq(cfg->policy_files[0], path("ht2"));
+    uint64_t before = wg_config_policy_files_stamp(cfg);
+    ck_assert_uint_eq(before, wg_config_policy_files_stamp(cfg));
+    sh("cd %s && htpasswd -bB ht2 b pw2 2>/dev/null", dir);
+    ck_assert_uint_ne(before, wg_config_policy_files_stamp(cfg));
+    wg_config_free(cfg);
+}
+END_TEST
+
 /* ---- traffic split ------------------------------------------------------------ */
 
 START_TEST(test_split_config)
@@ -845,6 +862,7 @@ int main(void)
     tcase_add_unchecked_fixture(t, keys_setup, keys_teardown);
     tcase_add_test(t, test_config_errors);
     tcase_add_test(t, test_file_errors_positioned);
+    tcase_add_test(t, test_policy_files_watched);
     tcase_add_test(t, test_split_config);
     tcase_add_test(t, test_chain_merge);
     tcase_add_test(t, test_headers);
