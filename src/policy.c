@@ -8,6 +8,7 @@
 
 #include "config_parse.h"
 #include "waygate/http.h"
+#include "waygate/stats.h"
 
 static const struct wg_policy_ops *const policy_table[] = {
     &wg_policy_jwt,     &wg_policy_api_key, &wg_policy_basic_auth, &wg_policy_rate_limit,
@@ -318,6 +319,54 @@ enum wg_policy_verdict wg_policy_answer(struct wg_policy_req *r, unsigned status
     r->answer_status = status;
     r->answer_body = (struct wg_pstr){ body, body ? strlen(body) : 0 };
     return WG_POLICY_ANSWER;
+}
+
+enum wg_policy_verdict wg_policy_deny(struct wg_policy_req *r, unsigned status,
+                                      const char *challenge, const char *body)
+{
+    if (r->stats)
+        wg_stats_add(r->stats, WG_C_POLICY_DENIED, 1);
+    if (challenge)
+        wg_policy_head_add(r, &r->resp_extra, "WWW-Authenticate", 16, challenge,
+                           strlen(challenge));
+    return wg_policy_answer(r, status, body);
+}
+
+/* `name=value` among `sep`-separated items of v (spaces before an item skipped). */
+static bool item_value(struct wg_pstr v, char sep, const char *name, size_t n, struct wg_pstr *out)
+{
+    size_t i = 0;
+
+    while (i < v.n) {
+        while (i < v.n && (v.p[i] == ' ' || v.p[i] == sep))
+            i++;
+        size_t st = i;
+        while (i < v.n && v.p[i] != sep)
+            i++;
+        if (i - st > n && v.p[st + n] == '=' && memcmp(v.p + st, name, n) == 0) {
+            *out = (struct wg_pstr){ v.p + st + n + 1, i - st - n - 1 };
+            return true;
+        }
+    }
+    return false;
+}
+
+bool wg_policy_query_param(const struct wg_policy_req *r, const char *name, size_t n,
+                           struct wg_pstr *out)
+{
+    return r->has_query && item_value(r->query, '&', name, n, out);
+}
+
+bool wg_policy_cookie(const struct wg_policy_req *r, const char *name, size_t n,
+                      struct wg_pstr *out)
+{
+    const struct wg_policy_head *h = &r->req;
+
+    for (unsigned f = 0; f < h->n_in; f++)
+        if (!wg_policy_head_dropped(h, f) && same_name(h->in[f].name, "cookie", 6) &&
+            item_value(h->in[f].value, ';', name, n, out))
+            return true;
+    return false;
 }
 
 unsigned wg_policy_grpc_status(unsigned http_status)

@@ -130,25 +130,12 @@ struct file_ctx {
     bool ok;
 };
 
-static bool file_line(void *arg, unsigned line, char *text)
+static bool file_line(void *arg, unsigned line, char *consumer, char *key)
 {
     struct file_ctx *f = arg;
-    char *colon = strchr(text, ':');
-    const char *why;
+    const char *why = key ? add_key(f->s, consumer, key) : "expected 'consumer: key'";
 
-    if (!colon) {
-        pp_file_error(f->c, f->s->file, line, "expected 'consumer: key'");
-        f->ok = false;
-        return true;
-    }
-    *colon = 0;
-    char *key = colon + 1;
-    while (*key == ' ' || *key == '\t')
-        key++;
-    size_t n = strlen(text);
-    while (n && (text[n - 1] == ' ' || text[n - 1] == '\t'))
-        text[--n] = 0;
-    if ((why = add_key(f->s, text, key))) {
+    if (why) {
         pp_file_error(f->c, f->s->file, line, "%s", why);
         f->ok = false;
     }
@@ -223,31 +210,9 @@ fail:
     return NULL;
 }
 
-/* The value of query parameter `name` (undecoded). */
-static bool query_param(struct wg_pstr q, const char *name, size_t n, struct wg_pstr *out)
-{
-    size_t i = 0;
-
-    while (i < q.n) {
-        size_t start = i;
-        while (i < q.n && q.p[i] != '&')
-            i++;
-        if (i - start > n && q.p[start + n] == '=' && memcmp(q.p + start, name, n) == 0) {
-            *out = (struct wg_pstr){ q.p + start + n + 1, i - start - n - 1 };
-            return true;
-        }
-        i++;
-    }
-    return false;
-}
-
 static enum wg_policy_verdict refuse(const struct ak_state *s, struct wg_policy_req *r)
 {
-    if (r->stats)
-        wg_stats_add(r->stats, WG_C_POLICY_DENIED, 1);
-    wg_policy_head_add(r, &r->resp_extra, "WWW-Authenticate", 16, s->www_auth,
-                       strlen(s->www_auth));
-    return wg_policy_answer(r, 401, "invalid or missing API key\n");
+    return wg_policy_deny(r, 401, s->www_auth, "invalid or missing API key\n");
 }
 
 static enum wg_policy_verdict ak_request(const void *state, struct wg_policy_req *r)
@@ -258,7 +223,7 @@ static enum wg_policy_verdict ak_request(const void *state, struct wg_policy_req
 
     wg_policy_head_remove(r, &r->req, s->consumer_header, s->consumer_header_len);
     if (!(s->header && wg_policy_head_get(&r->req, s->header, s->header_len, &key)) &&
-        !(s->query && r->has_query && query_param(r->query, s->query, s->query_len, &key)))
+        !(s->query && wg_policy_query_param(r, s->query, s->query_len, &key)))
         return refuse(s, r);
     SHA256((const unsigned char *)key.p, key.n, probe.digest);
     e = bsearch(&probe, s->v, s->n, sizeof *s->v, digest_cmp);

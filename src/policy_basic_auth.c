@@ -75,31 +75,29 @@ struct file_ctx {
     bool ok;
 };
 
-static bool file_line(void *arg, unsigned line, char *text)
+static bool file_line(void *arg, unsigned line, char *user, char *hash)
 {
     struct file_ctx *f = arg;
-    char *colon = strchr(text, ':');
     struct ba_user *v;
 
-    if (!colon || colon == text) {
+    if (!hash || !*user) {
         pp_file_error(f->c, f->s->htpasswd, line, "expected 'user:hash'");
         f->ok = false;
         return true;
     }
-    *colon = 0;
-    if (!known_hash(colon + 1)) {
+    if (!known_hash(hash)) {
         pp_file_error(f->c, f->s->htpasswd, line,
                       "user '%.80s': unsupported hash (use bcrypt $2y$, SHA-crypt $5$/$6$, "
-                      "$apr1$, $1$ or {SHA})", text);
+                      "$apr1$, $1$ or {SHA})", user);
         f->ok = false;
         return true;
     }
     if (!(v = realloc(f->s->v, (f->s->n + 1) * sizeof *v)))
         goto oom;
     f->s->v = v;
-    if (!(v[f->s->n].name = strdup(text)))
+    if (!(v[f->s->n].name = strdup(user)))
         goto oom;
-    if (!(v[f->s->n].hash = strdup(colon + 1))) {
+    if (!(v[f->s->n].hash = strdup(hash))) {
         free(v[f->s->n].name);
         goto oom;
     }
@@ -274,11 +272,7 @@ static _Thread_local struct ba_cache_entry ba_cache[BA_CACHE];
 
 static enum wg_policy_verdict refuse(const struct ba_state *s, struct wg_policy_req *r)
 {
-    if (r->stats)
-        wg_stats_add(r->stats, WG_C_POLICY_DENIED, 1);
-    wg_policy_head_add(r, &r->resp_extra, "WWW-Authenticate", 16, s->www_auth,
-                       strlen(s->www_auth));
-    return wg_policy_answer(r, 401, "authentication required\n");
+    return wg_policy_deny(r, 401, s->www_auth, "authentication required\n");
 }
 
 static enum wg_policy_verdict ba_request(const void *state, struct wg_policy_req *r)

@@ -757,49 +757,6 @@ out:
 
 /* ---- the hook --------------------------------------------------------------- */
 
-static bool cookie(struct wg_policy_req *r, const char *name, size_t n, struct wg_pstr *out)
-{
-    const struct wg_policy_head *h = &r->req;
-
-    for (unsigned f = 0; f < h->n_in; f++) {
-        if (wg_policy_head_dropped(h, f) || h->in[f].name.n != 6 ||
-            strncasecmp(h->in[f].name.p, "cookie", 6) != 0)
-            continue;
-        struct wg_pstr v = h->in[f].value;
-        size_t i = 0;
-        while (i < v.n) {
-            while (i < v.n && (v.p[i] == ' ' || v.p[i] == ';'))
-                i++;
-            size_t st = i;
-            while (i < v.n && v.p[i] != ';')
-                i++;
-            if (i - st > n && v.p[st + n] == '=' && memcmp(v.p + st, name, n) == 0) {
-                *out = (struct wg_pstr){ v.p + st + n + 1, i - st - n - 1 };
-                return true;
-            }
-        }
-    }
-    return false;
-}
-
-static bool query(struct wg_policy_req *r, const char *name, size_t n, struct wg_pstr *out)
-{
-    struct wg_pstr q = r->query;
-    size_t i = 0;
-
-    while (r->has_query && i < q.n) {
-        size_t st = i;
-        while (i < q.n && q.p[i] != '&')
-            i++;
-        if (i - st > n && q.p[st + n] == '=' && memcmp(q.p + st, name, n) == 0) {
-            *out = (struct wg_pstr){ q.p + st + n + 1, i - st - n - 1 };
-            return true;
-        }
-        i++;
-    }
-    return false;
-}
-
 static bool find_token(const struct jwt_state *s, struct wg_policy_req *r, struct wg_pstr *t)
 {
     for (size_t i = 0; i < s->n_src; i++) {
@@ -822,11 +779,11 @@ static bool find_token(const struct jwt_state *s, struct wg_policy_req *r, struc
                 return true;
             break;
         case SRC_COOKIE:
-            if (cookie(r, src->name, src->len, t) && t->n)
+            if (wg_policy_cookie(r, src->name, src->len, t) && t->n)
                 return true;
             break;
         case SRC_QUERY:
-            if (query(r, src->name, src->len, t) && t->n)
+            if (wg_policy_query_param(r, src->name, src->len, t) && t->n)
                 return true;
             break;
         }
@@ -838,18 +795,11 @@ static enum wg_policy_verdict refuse(struct wg_policy_req *r, const char *why)
 {
     char buf[160];
 
-    if (r->stats)
-        wg_stats_add(r->stats, WG_C_POLICY_DENIED, 1);
-    if (why) {
-        int n = snprintf(buf, sizeof buf,
-                         "Bearer realm=\"waygate\", error=\"invalid_token\", "
-                         "error_description=\"%s\"", why);
-        wg_policy_head_add(r, &r->resp_extra, "WWW-Authenticate", 16, buf, (size_t)n);
-    } else {
-        wg_policy_head_add(r, &r->resp_extra, "WWW-Authenticate", 16, "Bearer realm=\"waygate\"",
-                           22);
-    }
-    return wg_policy_answer(r, 401, why ? "invalid token\n" : "token required\n");
+    if (why)
+        snprintf(buf, sizeof buf, "Bearer realm=\"waygate\", error=\"invalid_token\", "
+                 "error_description=\"%s\"", why);
+    return wg_policy_deny(r, 401, why ? buf : "Bearer realm=\"waygate\"",
+                          why ? "invalid token\n" : "token required\n");
 }
 
 static enum wg_policy_verdict jwt_request(const void *state, struct wg_policy_req *r)

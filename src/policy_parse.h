@@ -74,9 +74,11 @@ char *pp_read_file(struct cfg_ctx *c, yaml_node_t *v, const char *key, const cha
 void pp_file_error(struct cfg_ctx *c, const char *path, unsigned line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* Split a "name: value" / "name:value" line file (comments '#', blank lines
- * skipped). cb returns false to stop. Lines are NUL-terminated copies. */
-bool pp_each_line(char *buf, bool (*cb)(void *arg, unsigned line, char *text), void *arg);
+/* Each "name:value" line of buf (comments '#' and blank lines skipped):
+ * cb gets the name (trailing blanks cut) and the value (leading blanks cut),
+ * or value NULL when the line has no ':'. cb returns false to stop. */
+bool pp_each_line(char *buf, bool (*cb)(void *arg, unsigned line, char *name, char *value),
+                  void *arg);
 
 /* A process-unique number (per-thread caches key on it, never on addresses). */
 uint64_t pp_serial(void);

@@ -421,12 +421,13 @@ void pp_file_error(struct cfg_ctx *c, const char *path, unsigned line, const cha
         wg_errors_add(c->y.errs, "%.300s:%u:1: %s", path, line, msg);
 }
 
-bool pp_each_line(char *buf, bool (*cb)(void *arg, unsigned line, char *text), void *arg)
+bool pp_each_line(char *buf, bool (*cb)(void *arg, unsigned line, char *name, char *value),
+                  void *arg)
 {
     unsigned line = 0;
 
     for (char *p = buf; p && *p;) {
-        char *nl = strchr(p, '\n');
+        char *nl = strchr(p, '\n'), *value;
         if (nl)
             *nl = 0;
         line++;
@@ -435,7 +436,15 @@ bool pp_each_line(char *buf, bool (*cb)(void *arg, unsigned line, char *text), v
             p[--n] = 0;
         while (*p == ' ' || *p == '\t')
             p++;
-        if (*p && *p != '#' && !cb(arg, line, p))
+        if ((value = strchr(p, ':'))) {
+            char *e = value;
+            *value++ = 0;
+            while (e > p && (e[-1] == ' ' || e[-1] == '\t'))
+                *--e = 0;
+            while (*value == ' ' || *value == '\t')
+                value++;
+        }
+        if (*p != '#' && (*p || value) && !cb(arg, line, p, value))
             return false;
         p = nl ? nl + 1 : NULL;
     }

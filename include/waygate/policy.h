@@ -197,6 +197,18 @@ static inline bool wg_policy_head_dropped(const struct wg_policy_head *h, unsign
 enum wg_policy_verdict wg_policy_answer(struct wg_policy_req *r, unsigned status,
                                         const char *body);
 
+/* An authentication refusal: counted (waygate_policy_denied_total), with a
+ * WWW-Authenticate challenge (may be NULL) added to the answer. */
+enum wg_policy_verdict wg_policy_deny(struct wg_policy_req *r, unsigned status,
+                                      const char *challenge, const char *body);
+
+/* The raw (undecoded) value of query parameter `name`, or false. */
+bool wg_policy_query_param(const struct wg_policy_req *r, const char *name, size_t n,
+                           struct wg_pstr *out);
+/* The value of cookie `name` in the visible Cookie fields, or false. */
+bool wg_policy_cookie(const struct wg_policy_req *r, const char *name, size_t n,
+                      struct wg_pstr *out);
+
 /* gRPC status code of a refusal waygate answers (DESIGN §15). */
 unsigned wg_policy_grpc_status(unsigned http_status);
 
