@@ -647,6 +647,10 @@ static const struct {
       "Requests refused by a rate_limit policy (429)." },
     { WG_C_POLICY_RL_EVICTIONS, "waygate_policy_rate_limit_evictions_total",
       "Live rate-limit buckets evicted because a key table was full (max_keys)." },
+    { WG_C_MIRROR_SENT, "waygate_mirror_sent_total",
+      "Request copies sent by a mirror policy (fire-and-forget)." },
+    { WG_C_MIRROR_SKIPPED, "waygate_mirror_skipped_total",
+      "Request copies a mirror policy skipped (in-flight bound, no routable instance, TLS, error)." },
 };
 
 static const struct {

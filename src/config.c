@@ -902,6 +902,10 @@ static void add_referenced(struct cfg_ctx *c)
                     service_add(c, l->routes[r].backends[b].service);
         }
     }
+    for (size_t i = 0; i < cfg->n_policy_services && !c->y.aborted; i++) {
+        if (!service_find(cfg, cfg->policy_services[i]))
+            service_add(c, cfg->policy_services[i]);
+    }
 }
 
 static const char *const hash_kind_names[] = { "client_ip", "header", "cookie" };
@@ -1131,6 +1135,7 @@ void wg_config_free(struct wg_config *cfg)
         cfg_listener_free(&cfg->listeners[i]);
     free(cfg->listeners);
     str_list_free(cfg->policy_files, cfg->n_policy_files);
+    str_list_free(cfg->policy_services, cfg->n_policy_services);
     free(cfg);
 }
 
@@ -1140,24 +1145,33 @@ const struct wg_cidr_list *wg_listener_trusted(const struct wg_config *cfg,
     return lc->trusted_proxies.set ? &lc->trusted_proxies : &cfg->trusted_proxies;
 }
 
-void cfg_watch_file(struct cfg_ctx *c, const char *path)
+static void str_set_add(struct cfg_ctx *c, char ***list, size_t *n, const char *s)
 {
-    struct wg_config *cfg = c->cfg;
     char **v;
 
-    for (size_t i = 0; i < cfg->n_policy_files; i++)
-        if (strcmp(cfg->policy_files[i], path) == 0)
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp((*list)[i], s) == 0)
             return;
-    if (!(v = realloc(cfg->policy_files, (cfg->n_policy_files + 1) * sizeof *v))) {
+    if (!(v = realloc(*list, (*n + 1) * sizeof *v))) {
         wg_yaml_oom(&c->y);
         return;
     }
-    cfg->policy_files = v;
-    if (!(v[cfg->n_policy_files] = strdup(path))) {
+    *list = v;
+    if (!(v[*n] = strdup(s))) {
         wg_yaml_oom(&c->y);
         return;
     }
-    cfg->n_policy_files++;
+    (*n)++;
+}
+
+void cfg_watch_file(struct cfg_ctx *c, const char *path)
+{
+    str_set_add(c, &c->cfg->policy_files, &c->cfg->n_policy_files, path);
+}
+
+void cfg_reference_service(struct cfg_ctx *c, const char *name)
+{
+    str_set_add(c, &c->cfg->policy_services, &c->cfg->n_policy_services, name);
 }
 
 uint64_t wg_config_policy_files_stamp(const struct wg_config *cfg)

@@ -90,6 +90,9 @@ cfg_parse_fn cfg_p_cidrs;         /* a list of CIDRs into a struct wg_cidr_list 
 cfg_parse_fn cfg_p_str, cfg_p_file, cfg_p_bool, cfg_p_unsigned, cfg_p_u16, cfg_p_u64,
     cfg_p_duration, cfg_p_size, cfg_p_addr, cfg_p_enum, cfg_p_map, cfg_p_status;
 
+/* A service a policy names (mirror): it exists in services[] afterwards. */
+void cfg_reference_service(struct cfg_ctx *c, const char *name);
+
 /* Remember a file a policy read, so that a change to it reloads. */
 void cfg_watch_file(struct cfg_ctx *c, const char *path);
 

@@ -13,11 +13,12 @@
 static const struct wg_policy_ops *const policy_table[] = {
     &wg_policy_jwt,     &wg_policy_api_key, &wg_policy_basic_auth, &wg_policy_rate_limit,
     &wg_policy_cors,    &wg_policy_headers, &wg_policy_rewrite,    &wg_policy_trace,
+    &wg_policy_mirror,
 };
 #define N_POLICIES (sizeof policy_table / sizeof policy_table[0])
 
 /* Names DESIGN §16 reserves that this build refuses with a clear message. */
-static const char *const policy_reserved[] = { "forward_auth", "mirror" };
+static const char *const policy_reserved[] = { "forward_auth" };
 
 const struct wg_policy_ops *wg_policy_ops_find(const char *name)
 {

@@ -54,6 +54,8 @@ static const char *const names[WG_C__COUNT] = {
     [WG_C_POLICY_DENIED] = "policy_denied",
     [WG_C_POLICY_RATE_LIMITED] = "policy_rate_limited",
     [WG_C_POLICY_RL_EVICTIONS] = "policy_rate_limit_evictions",
+    [WG_C_MIRROR_SENT] = "mirror_sent",
+    [WG_C_MIRROR_SKIPPED] = "mirror_skipped",
 };
 
 struct wg_stats_block *wg_stats_block_new(void)

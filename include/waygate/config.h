@@ -262,6 +262,8 @@ struct wg_config {
     size_t n_services;
     struct wg_listener_config *listeners;
     size_t n_listeners;
+    char **policy_services;         /* services policies name (mirror) */
+    size_t n_policy_services;
     char **policy_files;            /* files policies read (keys, htpasswd): a change
                                        to one reloads the config (control.c) */
     size_t n_policy_files;

@@ -59,6 +59,14 @@ struct wg_policy_head {
 
 struct wg_policy_arena_block;
 
+/* What the mirror policy asks of the exchange (immutable, in its state). */
+struct wg_policy_mirror {
+    char *service;
+    unsigned percent;                   /* of requests copied */
+    unsigned max_in_flight;             /* copies open at once, per worker */
+    uint64_t timeout_ms;                /* a copy's whole life */
+};
+
 enum wg_policy_verdict { WG_POLICY_CONTINUE = 0, WG_POLICY_ANSWER = 1 };
 
 #define WG_POLICY_TRACE_ID_LEN 32
@@ -81,6 +89,9 @@ struct wg_policy_req {
     struct wg_pstr consumer;            /* api_key / basic_auth / jwt sub: who calls */
     void *claims;                       /* jwt: the verified payload (json_t *) */
     char trace_id[WG_POLICY_TRACE_ID_LEN + 1];  /* "" when none */
+    /* mirror: send a copy of this request there (the exchange does it,
+     * http_mirror.h), NULL: no copy. */
+    const struct wg_policy_mirror *mirror;
     /* Added to the response the client gets, whoever answers (CORS,
      * RateLimit-*): the exchange writes them with the final head. */
     struct wg_policy_head resp_extra;
@@ -224,6 +235,6 @@ bool wg_policy_var_get(struct wg_policy_req *r, enum wg_policy_var v, const char
 
 extern const struct wg_policy_ops wg_policy_jwt, wg_policy_api_key, wg_policy_basic_auth,
     wg_policy_rate_limit, wg_policy_cors, wg_policy_headers, wg_policy_rewrite,
-    wg_policy_trace;
+    wg_policy_trace, wg_policy_mirror;
 
 #endif

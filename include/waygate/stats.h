@@ -56,6 +56,8 @@ enum wg_counter {
     WG_C_POLICY_DENIED,         /* requests refused by an auth policy (401/403) */
     WG_C_POLICY_RATE_LIMITED,   /* requests refused by rate_limit (429) */
     WG_C_POLICY_RL_EVICTIONS,   /* live rate-limit buckets evicted (key table full) */
+    WG_C_MIRROR_SENT,           /* mirror copies sent (http_mirror.h) */
+    WG_C_MIRROR_SKIPPED,        /* mirror copies skipped: in-flight bound, no instance */
     WG_C__COUNT
 };
 

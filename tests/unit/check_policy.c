@@ -263,7 +263,8 @@ START_TEST(test_config_errors)
     cfg_bad(ROUTE("[ { jwtt: {} } ]"), ":8:23: unknown policy 'jwtt' (did you mean 'jwt'?)");
     cfg_bad(ROUTE("[ { forward_auth: { service: auth } } ]"),
             ":8:23: policy 'forward_auth' is not supported by this build yet");
-    cfg_bad(ROUTE("[ { mirror: { service: s } } ]"), "policy 'mirror' is not supported");
+    cfg_bad(ROUTE("[ { mirror: { percent: 10 } } ]"), "mirror: needs 'service'");
+    cfg_bad(ROUTE("[ { mirror: { service: s, percent: 101 } } ]"), "percent");
     cfg_bad(ROUTE("[ { rate_limit: { rate: 10/s, scope: fleet } } ]"),
             ":8:56: scope: fleet needs the fleet registry");
     cfg_bad(ROUTE("[ { rate_limit: { rate: 10 } } ]"), ":8:43: rate: expected COUNT/UNIT");
@@ -335,6 +336,31 @@ START_TEST(test_policy_files_watched)
     ck_assert_uint_eq(before, wg_config_policy_files_stamp(cfg));
     sh("cd %s && htpasswd -bB ht2 b pw2 2>/dev/null", dir);
     ck_assert_uint_ne(before, wg_config_policy_files_stamp(cfg));
+    wg_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_mirror_share)
+{
+    struct wg_config *cfg = cfg_ok(ROUTE("[ { mirror: { service: shadow, percent: 30 } } ]"));
+    ck_assert_str_eq(wg_config_service(cfg, "shadow")->name, "shadow");   /* referenced */
+    unsigned marked = 0;
+    for (int i = 0; i < 2000; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "req-%d", i);
+        struct req q;
+        req_init(&q, NULL, "GET", "/", NULL);
+        q.r.request_id = (struct wg_pstr){ id, strlen(id) };
+        ck_assert_int_eq(wg_policy_request(chain(cfg, 0), &q.r), WG_POLICY_CONTINUE);
+        if (q.r.mirror) {
+            ck_assert_str_eq(q.r.mirror->service, "shadow");
+            ck_assert_uint_eq(q.r.mirror->max_in_flight, 64);
+            marked++;
+        }
+        wg_policy_req_release(&q.r);
+    }
+    ck_assert_uint_ge(marked, 500);     /* 600 expected; binomial sd ~20 */
+    ck_assert_uint_le(marked, 700);
     wg_config_free(cfg);
 }
 END_TEST
@@ -864,6 +890,7 @@ int main(void)
     tcase_add_test(t, test_file_errors_positioned);
     tcase_add_test(t, test_policy_files_watched);
     tcase_add_test(t, test_split_config);
+    tcase_add_test(t, test_mirror_share);
     tcase_add_test(t, test_chain_merge);
     tcase_add_test(t, test_headers);
     tcase_add_test(t, test_rewrite);
