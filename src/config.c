@@ -1136,6 +1136,11 @@ void wg_config_free(struct wg_config *cfg)
     free(cfg->listeners);
     str_list_free(cfg->policy_files, cfg->n_policy_files);
     str_list_free(cfg->policy_services, cfg->n_policy_services);
+    for (size_t i = 0; i < cfg->n_jwks_urls; i++) {
+        free(cfg->jwks_urls[i].url);
+        free(cfg->jwks_urls[i].ca);
+    }
+    free(cfg->jwks_urls);
     free(cfg);
 }
 
@@ -1167,6 +1172,32 @@ static void str_set_add(struct cfg_ctx *c, char ***list, size_t *n, const char *
 void cfg_watch_file(struct cfg_ctx *c, const char *path)
 {
     str_set_add(c, &c->cfg->policy_files, &c->cfg->n_policy_files, path);
+}
+
+void cfg_jwks_url(struct cfg_ctx *c, const char *url, const char *ca, uint64_t refresh_ms)
+{
+    struct wg_config *cfg = c->cfg;
+    struct wg_jwks_url *v;
+
+    for (size_t i = 0; i < cfg->n_jwks_urls; i++)
+        if (strcmp(cfg->jwks_urls[i].url, url) == 0) {
+            if (refresh_ms < cfg->jwks_urls[i].refresh_ms)
+                cfg->jwks_urls[i].refresh_ms = refresh_ms;
+            return;
+        }
+    if (!(v = realloc(cfg->jwks_urls, (cfg->n_jwks_urls + 1) * sizeof *v))) {
+        wg_yaml_oom(&c->y);
+        return;
+    }
+    cfg->jwks_urls = v;
+    v[cfg->n_jwks_urls] = (struct wg_jwks_url){ strdup(url), strdup(ca ? ca : ""), refresh_ms };
+    if (!v[cfg->n_jwks_urls].url || !v[cfg->n_jwks_urls].ca) {
+        free(v[cfg->n_jwks_urls].url);
+        free(v[cfg->n_jwks_urls].ca);
+        wg_yaml_oom(&c->y);
+        return;
+    }
+    cfg->n_jwks_urls++;
 }
 
 void cfg_reference_service(struct cfg_ctx *c, const char *name)

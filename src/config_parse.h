@@ -93,6 +93,9 @@ cfg_parse_fn cfg_p_str, cfg_p_file, cfg_p_bool, cfg_p_unsigned, cfg_p_u16, cfg_p
 /* A service a policy names (mirror): it exists in services[] afterwards. */
 void cfg_reference_service(struct cfg_ctx *c, const char *name);
 
+/* A JWKS URL a jwt policy needs fetched (jwks.h); `ca` may be NULL. */
+void cfg_jwks_url(struct cfg_ctx *c, const char *url, const char *ca, uint64_t refresh_ms);
+
 /* Remember a file a policy read, so that a change to it reloads. */
 void cfg_watch_file(struct cfg_ctx *c, const char *path);
 

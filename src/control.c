@@ -1,4 +1,5 @@
 /* control — see include/waygate/control.h */
+#include "waygate/jwks.h"
 #include "waygate/control.h"
 
 #include <errno.h>
@@ -465,6 +466,9 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 #define TICKET_ROTATION_MS (3600 * 1000)
 #define POLICY_FILES_CHECK_MS 1000
 
+/* A JWKS document changed (jwks.h): the jwt policies are built anew. */
+static void jwks_changed(void *arg) { reload(arg); }
+
 /* A file a policy read (htpasswd, keys) changed: reload as SIGHUP does. A
  * refused reload is not retried until the files change again. */
 static void check_policy_files(struct control *c)
@@ -493,6 +497,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     }
     wg_pool_reclaim(c->pool);
     check_policy_files(c);
+    if (!c->stopping)
+        wg_jwks_tick(c->base, c->config->cfg, jwks_changed, c);
     if (!c->ready && wg_now_ms() - c->started_ms >= c->config->cfg->startup_timeout_ms)
         become_ready(c, "startup_timeout");
     close_detached(c);
@@ -679,6 +685,7 @@ static void teardown(struct control *c)
     wg_pool_free(c->pool);
     wg_reclaim_free(c->rc);
     wg_config_ref_put(c->config);
+    wg_jwks_shutdown();                     /* before the base its fetches run on */
     if (c->base)
         event_base_free(c->base);
     wg_stats_reset_all();

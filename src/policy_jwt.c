@@ -9,9 +9,10 @@
  *    confusion (a public key used as an HMAC secret) never verify; a JWKS
  *    key's own "alg" must match too. `algorithms:` narrows the list.
  *  - Keys: `keys: FILE`, a PEM file (public keys or certificates, kid-less)
- *    or a JWKS JSON file, read when the config loads. A token's `kid`
- *    selects a key with that kid; without a kid every key of the right type
- *    is tried. https:// JWKS URLs are refused by this build (a config error).
+ *    or a JWKS JSON file, read when the config loads, or an https:// JWKS
+ *    URL fetched by the control thread (jwks.h; refreshed, refetched when a
+ *    kid is unknown). A token's `kid` selects a key with that kid; without
+ *    a kid every key of the right type is tried.
  *  - Claims: exp and nbf with `leeway`, `issuer` (iss equal), `audience`
  *    (aud equal or containing it), `required_claims` present. A `crit`
  *    header is refused (no extension is understood).
@@ -41,6 +42,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "waygate/jwks.h"
 #include "waygate/stats.h"
 
 enum jwt_alg { ALG_RS256, ALG_RS384, ALG_RS512, ALG_PS256, ALG_PS384, ALG_PS512, ALG_ES256,
@@ -68,7 +70,9 @@ struct jwt_src {
 };
 
 struct jwt_state {
-    char *keys_path, *secret, *issuer, *consumer_claim;
+    char *keys_path, *keys_ca, *secret, *issuer, *consumer_claim;
+    uint64_t refresh_ms;
+    bool remote;                        /* keys from a JWKS URL (jwks.h) */
     struct pp_strlist audience, required, algorithms, token;
     struct pp_strmap forward;
     uint64_t leeway_ms;
@@ -84,6 +88,8 @@ struct jwt_state {
 
 static const struct cfg_key jwt_keys[] = {
     { "keys", cfg_p_str, JF(keys_path), 0, 0, NULL },
+    { "keys_ca", cfg_p_file, JF(keys_ca), 0, 0, NULL },
+    { "refresh", cfg_p_duration, JF(refresh_ms), 1000, 24 * 3600 * 1000ULL, NULL },
     { "secret", cfg_p_str, JF(secret), 0, 0, NULL },
     { "issuer", cfg_p_str, JF(issuer), 0, 0, NULL },
     { "audience", pp_p_strlist, JF(audience), 0, 0, NULL },
@@ -117,6 +123,7 @@ static void jwt_free(void *p)
         free(s->src[i].name);
     free(s->src);
     free(s->keys_path);
+    free(s->keys_ca);
     if (s->secret)
         OPENSSL_clear_free(s->secret, strlen(s->secret));
     free(s->issuer);
@@ -453,8 +460,14 @@ static const char *load_keys(struct cfg_ctx *c, yaml_node_t *at, struct jwt_stat
     char *buf;
     const char *why;
 
-    if (strncmp(s->keys_path, "https://", 8) == 0 || strncmp(s->keys_path, "http://", 7) == 0)
-        return "JWKS URLs are not supported by this build yet: give a PEM or JWKS file";
+    if (strncmp(s->keys_path, "http://", 7) == 0)
+        return "a JWKS URL must be https://";
+    if (strncmp(s->keys_path, "https://", 8) == 0) {
+        const char *doc = wg_jwks_cached(s->keys_path, &len);
+        s->remote = true;
+        cfg_jwks_url(c, s->keys_path, s->keys_ca, s->refresh_ms);
+        return doc ? load_jwks(s, doc, len) : NULL;     /* none yet: refused until fetched */
+    }
     if (!c->check_files)
         return NULL;
     if (!(buf = pp_read_file(c, at, "keys", s->keys_path, &len)))
@@ -478,6 +491,7 @@ static void *jwt_parse(struct cfg_ctx *c, yaml_node_t *block)
         return NULL;
     }
     s->serial = pp_serial();
+    s->refresh_ms = 300000;
     if (!pp_block(c, block, &jwt_table, s, &seen, "jwt"))
         goto fail;
     if (!s->keys_path && !s->secret) {
@@ -722,6 +736,8 @@ static json_t *verify(const struct jwt_state *s, const char *tok, size_t n, int6
     }
     if (!verified) {
         *why = any ? "bad signature" : "no key for this token";
+        if (!any && s->remote)
+            wg_jwks_note_unknown_kid();     /* rotated keys: the control thread refetches */
         goto out;
     }
     *why = "malformed claims";

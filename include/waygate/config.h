@@ -264,6 +264,8 @@ struct wg_config {
     size_t n_listeners;
     char **policy_services;         /* services policies name (mirror) */
     size_t n_policy_services;
+    struct wg_jwks_url { char *url, *ca; uint64_t refresh_ms; } *jwks_urls;
+    size_t n_jwks_urls;             /* JWKS documents jwt policies fetch (jwks.h) */
     char **policy_files;            /* files policies read (keys, htpasswd): a change
                                        to one reloads the config (control.c) */
     size_t n_policy_files;

@@ -282,8 +282,7 @@ START_TEST(test_config_errors)
     cfg_bad(ROUTE("[ { headers: { request: { remove: ['bad name'] } } } ]"),
             "'bad name' is not a valid name");
     cfg_bad(ROUTE("[ { jwt: { issuer: x } } ]"), "jwt: needs 'keys'");
-    cfg_bad(ROUTE("[ { jwt: { keys: https://id.test/jwks } } ]"),
-            "JWKS URLs are not supported by this build yet");
+    cfg_bad(ROUTE("[ { jwt: { keys: http://id.test/jwks } } ]"), "a JWKS URL must be https://");
     cfg_bad(ROUTE("[ { jwt: { secret: short } } ]"), "at least 32 bytes");
     cfg_bad(ROUTE("[ { jwt: { secret: 0123456789abcdef0123456789abcdef, algorithms: [HS265] } } ]"),
             "unknown algorithm 'HS265' (did you mean 'HS256'?)");
@@ -787,6 +786,23 @@ START_TEST(test_jwt_claims)
 }
 END_TEST
 
+START_TEST(test_jwt_url_before_fetch)
+{
+    /* a URL nothing was fetched from yet: accepted, named for the control
+     * thread, and every token refused until the keys come */
+    struct wg_config *cfg = cfg_ok(ROUTE("[ { jwt: { keys: 'https://127.0.0.1:1/jwks', refresh: 1m } } ]"));
+    ck_assert_uint_eq(cfg->n_jwks_urls, 1);
+    ck_assert_str_eq(cfg->jwks_urls[0].url, "https://127.0.0.1:1/jwks");
+    ck_assert_uint_eq(cfg->jwks_urls[0].refresh_ms, 60000);
+    wg_config_free(cfg);
+    char yaml[512];
+    snprintf(yaml, sizeof yaml, "%s", ROUTE("[ { jwt: { keys: 'https://127.0.0.1:1/jwks' } } ]"));
+    char *t = token("RS256", NULL, path("rsa.key"), claims(""));
+    ck_assert_uint_eq(jwt_status(yaml, t, 0), 401);
+    free(t);
+}
+END_TEST
+
 /* A JWKS built from the PEM keys: RSA under kid "r1", EC under "e1". */
 static void write_jwks(void)
 {
@@ -903,6 +919,7 @@ int main(void)
     tcase_add_test(t, test_jwt_algorithms);
     tcase_add_test(t, test_jwt_claims);
     tcase_add_test(t, test_jwt_jwks_and_forwarding);
+    tcase_add_test(t, test_jwt_url_before_fetch);
     tcase_add_test(t, test_grpc_status);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);
