@@ -736,7 +736,7 @@ static json_t *verify(const struct jwt_state *s, const char *tok, size_t n, int6
     }
     if (!verified) {
         *why = any ? "bad signature" : "no key for this token";
-        if (!any && s->remote)
+        if (!any && s->remote && s->n_keys)
             wg_jwks_note_unknown_kid();     /* rotated keys: the control thread refetches */
         goto out;
     }
