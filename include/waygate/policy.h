@@ -28,6 +28,30 @@
  * writes the upstream head, and, for the response, edits applied while it
  * writes the client head. Added bytes live in the view's arena, which the
  * exchange frees with wg_policy_req_release() when the request ends.
+ *
+ * How an exchange drives it (src/http_proxy.c does exactly this for HTTP/1;
+ * an HTTP/2 codec fills the same view from its header list):
+ *   after routing, if route->policies != NULL:
+ *     r = calloc; fill method/path/query/authority (wg_policy_req_http1 for
+ *     an HTTP/1 head), r->req (wg_policy_head_http1), client_ip, tls,
+ *     worker, stats, now_ms, unix_s, is_grpc, and the request id the
+ *     upstream will get (generate it now if absent);
+ *     if wg_policy_request(route->policies, r) == WG_POLICY_ANSWER:
+ *       answer r->answer_status with r->answer_body and the fields of
+ *       r->resp_extra (gRPC: Trailers-Only with
+ *       grpc-status wg_policy_grpc_status(status)); the request goes no
+ *       further;
+ *     else write the upstream head: the path is r->new_path when set (then
+ *       without strip_prefix), received fields i with
+ *       wg_policy_head_dropped(&r->req, i) are left out, r->req.add are
+ *       appended; send a copy when r->mirror (http_mirror.h);
+ *     wg_policy_req_detach(r) before the codec's request buffer is reused;
+ *   on the final response head: if route->policies->has_response, view it
+ *     (wg_policy_head_http1 into a local head), wg_policy_response(r,
+ *     status, &head), write it without the dropped fields, then head.add,
+ *     then r->resp_extra; answers of the exchange's own (502...) carry
+ *     r->resp_extra too, and a 5xx names r->trace_id;
+ *   the access line gets r->trace_id; wg_policy_req_release(r) at the end.
  */
 #ifndef WAYGATE_POLICY_H
 #define WAYGATE_POLICY_H
