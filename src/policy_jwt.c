@@ -23,8 +23,9 @@
  *    is, other values as JSON). The `consumer_claim` (default sub) becomes
  *    the consumer.
  *  - Each worker caches tokens it verified (1024 slots, direct-mapped by a
- *    keyed hash of the whole token, checked byte for byte), so a token
- *    seen again costs one hash, one compare and its exp/nbf check.
+ *    hash of the signature bytes, the whole token checked byte for byte on
+ *    a hit), so a token seen again costs one hash, one compare and its
+ *    exp/nbf check.
  */
 #include "policy_parse.h"
 
@@ -42,6 +43,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "waygate/balance.h"
 #include "waygate/jwks.h"
 #include "waygate/stats.h"
 
@@ -833,7 +835,11 @@ static enum wg_policy_verdict jwt_request(const void *state, struct wg_policy_re
         return refuse(r, NULL);
     if (t.n > JWT_MAX)
         return refuse(r, "token too long");
-    uint64_t h = pp_keyed_hash(t.p, t.n);
+    /* the slot: a fast hash of the signature bytes; a hit is the whole token
+     * compared byte for byte, so a collision only costs a verification */
+    const char *sig = memrchr(t.p, '.', t.n);
+    size_t sig_n = sig ? t.n - (size_t)(sig + 1 - t.p) : t.n;
+    uint64_t h = wg_balance_hash_bytes(sig ? sig + 1 : t.p, sig_n);
     if (cache) {
         ce = &cache[h % JWT_CACHE];
         if (ce->serial == s->serial && ce->hash == h && ce->len == t.n &&

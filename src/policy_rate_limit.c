@@ -185,7 +185,20 @@ static struct rl_slot *slot_for(const struct rl_state *s, uint64_t h, uint64_t n
     return victim;
 }
 
-static void put_u64(char *buf, size_t n, uint64_t v) { snprintf(buf, n, "%llu", (unsigned long long)v); }
+/* Decimal text of v into buf (>= 21 bytes); no printf on the request path. */
+static void put_u64(char *buf, size_t n, uint64_t v)
+{
+    char tmp[24];
+    size_t k = 0;
+
+    do {
+        tmp[k++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v && k < sizeof tmp);
+    for (size_t i = 0; i < k && i + 1 < n; i++)
+        buf[i] = tmp[k - 1 - i];
+    buf[k < n ? k : n - 1] = 0;
+}
 
 static enum wg_policy_verdict rl_request(const void *state, struct wg_policy_req *r)
 {
