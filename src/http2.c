@@ -297,10 +297,14 @@ static ssize_t read_reply(nghttp2_session *s, int32_t id, uint8_t *buf, size_t l
     return (ssize_t)n;
 }
 
+#define H2_EXTRA 32                     /* policy fields on one head (policy.h) */
+
 static bool submit(struct h2_stream *st, unsigned status, const nghttp2_nv *extra, size_t n_extra,
                    const nghttp2_data_provider *dp)
 {
-    nghttp2_nv nv[HP_MAX_HEADERS + 2];
+    nghttp2_nv nv[HP_MAX_HEADERS + 2 + H2_EXTRA];
+    if (n_extra + 1 > sizeof nv / sizeof *nv)
+        return false;
     char code[4];
     snprintf(code, sizeof code, "%03u", status % 1000);
     nv[0] = (nghttp2_nv){ (uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE };
@@ -311,17 +315,57 @@ static bool submit(struct h2_stream *st, unsigned status, const nghttp2_nv *extr
     return true;
 }
 
-/* An answer of ours: status, content-type, content-length, a short body. */
+/* Policy fields (exchange.h: response edits, then resp_extra) appended to
+ * nv, names lower-cased into `names`; the new count. */
+static size_t add_extra(const struct wg_exchange *r, nghttp2_nv *nv, size_t n, size_t cap,
+                        char *names, size_t names_cap)
+{
+    const struct wg_policy_field *f[2];
+    size_t nf[2], used = 0;
+
+    if (!r)
+        return n;
+    wg_exchange_extra_fields(r, &f[0], &nf[0], &f[1], &nf[1]);
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; i < nf[k] && n < cap && used + f[k][i].name.n <= names_cap; i++) {
+            for (size_t j = 0; j < f[k][i].name.n; j++) {
+                char ch = f[k][i].name.p[j];
+                names[used + j] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+            }
+            nv[n++] = (nghttp2_nv){ (uint8_t *)names + used, (uint8_t *)f[k][i].value.p,
+                                    f[k][i].name.n, f[k][i].value.n, NGHTTP2_NV_FLAG_NONE };
+            used += f[k][i].name.n;
+        }
+    return n;
+}
+
+
+/* An answer of ours: status, content-type, content-length, a short body. A
+ * gRPC request refused by a policy gets Trailers-Only (DESIGN §15). */
 static bool answer(struct h2_stream *st, unsigned status, const char *body, const char *location,
                    size_t loc_len)
 {
     size_t blen = body ? strlen(body) : 0;
     if (st->ds.r && st->ds.r->method == WG_HTTP_HEAD)
         blen = 0;
-    char len[24];
+    char len[24], names[1024], grpc[8];
     snprintf(len, sizeof len, "%zu", blen);
-    nghttp2_nv nv[3];
+    nghttp2_nv nv[4 + H2_EXTRA];
     size_t n = 0;
+    const struct wg_exchange *r = st->ds.r;
+    if (r && r->pol && r->pol->is_grpc && r->pol->answer_status == status && !location) {
+        snprintf(grpc, sizeof grpc, "%u", wg_policy_grpc_status(status));
+        nv[n++] = (nghttp2_nv){ (uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16,
+                                NGHTTP2_NV_FLAG_NONE };
+        nv[n++] = (nghttp2_nv){ (uint8_t *)"grpc-status", (uint8_t *)grpc, 11, strlen(grpc),
+                                NGHTTP2_NV_FLAG_NONE };
+        size_t ml = body ? strcspn(body, "\n") : 0;
+        if (ml)
+            nv[n++] = (nghttp2_nv){ (uint8_t *)"grpc-message", (uint8_t *)body, 12, ml,
+                                    NGHTTP2_NV_FLAG_NONE };
+        n = add_extra(r, nv, n, sizeof nv / sizeof *nv, names, sizeof names);
+        return submit(st, 200, nv, n, NULL) && (st->data_eof = true);
+    }
     if (location) {
         nv[n++] = (nghttp2_nv){ (uint8_t *)"location", (uint8_t *)location, 8, loc_len,
                                 NGHTTP2_NV_FLAG_NONE };
@@ -329,9 +373,11 @@ static bool answer(struct h2_stream *st, unsigned status, const char *body, cons
         nv[n++] = (nghttp2_nv){ (uint8_t *)"content-type", (uint8_t *)"text/plain; charset=utf-8",
                                 12, 25, NGHTTP2_NV_FLAG_NONE };
     }
-    nv[n++] = (nghttp2_nv){ (uint8_t *)"content-length", (uint8_t *)len, 14, strlen(len),
-                            NGHTTP2_NV_FLAG_NONE };
-    if (!blen)
+    if (status != 204)
+        nv[n++] = (nghttp2_nv){ (uint8_t *)"content-length", (uint8_t *)len, 14, strlen(len),
+                                NGHTTP2_NV_FLAG_NONE };
+    n = add_extra(r, nv, n, sizeof nv / sizeof *nv, names, sizeof names);
+    if (!blen || status == 204)
         return submit(st, status, nv, n, NULL) && (st->data_eof = true);
     hp_buf_free(st->c->loc, &st->reply);
     if (!append(st->c->loc, &st->reply, body, blen))
@@ -438,7 +484,7 @@ static bool h2_response_head(struct wg_downstream *d, const struct wg_http_parse
     struct h2_stream *st = stream_ds(d);
     const struct wg_http_message *m = &p->msg;
     struct wg_hop_tokens tok;
-    nghttp2_nv nv[HP_MAX_HEADERS + 1];
+    nghttp2_nv nv[HP_MAX_HEADERS + 1 + H2_EXTRA];
     size_t n = 0;
     char names[4096];
     size_t used = 0;
@@ -447,7 +493,8 @@ static bool h2_response_head(struct wg_downstream *d, const struct wg_http_parse
     for (unsigned i = 0; i < m->nheaders && n < HP_MAX_HEADERS; i++) {
         const struct wg_http_header *h = &p->headers[i];
         if (wg_hop_by_hop(&tok, msg, h, false) || h->id == WG_HTTP_HDR_TRANSFER_ENCODING ||
-            h->id == WG_HTTP_HDR_UPGRADE || h->id == WG_HTTP_HDR_HOST)
+            h->id == WG_HTTP_HDR_UPGRADE || h->id == WG_HTTP_HDR_HOST ||
+            (final && wg_policy_head_dropped(&d->r->resp_edits, i)))
             continue;
         if (used + h->name.len > sizeof names)
             return false;
@@ -463,6 +510,7 @@ static bool h2_response_head(struct wg_downstream *d, const struct wg_http_parse
         nv[0] = (nghttp2_nv){ (uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE };
         return nghttp2_submit_headers(st->c->s, NGHTTP2_FLAG_NONE, st->id, NULL, nv, n + 1, NULL) == 0;
     }
+    n = add_extra(d->r, nv, n, sizeof nv / sizeof *nv, names + used, sizeof names - used);
     bool empty = m->framing == WG_HTTP_BODY_NONE ||
                  (m->framing == WG_HTTP_BODY_LENGTH && m->content_length == 0);
     if (empty) {

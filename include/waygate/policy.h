@@ -29,8 +29,8 @@
  * writes the client head. Added bytes live in the view's arena, which the
  * exchange frees with wg_policy_req_release() when the request ends.
  *
- * How an exchange drives it (src/http_proxy.c does exactly this for HTTP/1;
- * an HTTP/2 codec fills the same view from its header list):
+ * How the exchange drives it (src/exchange.c, at its two hook points, for
+ * both codecs: http2.c hands the exchange an HTTP/1.1 head too):
  *   after routing, if route->policies != NULL:
  *     r = calloc; fill method/path/query/authority (wg_policy_req_http1 for
  *     an HTTP/1 head), r->req (wg_policy_head_http1), client_ip, tls,
