@@ -19,6 +19,7 @@
 #include "waygate/config.h"
 #include "waygate/policy.h"
 #include "waygate/stats.h"
+#include "unit_util.h"
 
 static char dir[64];
 
@@ -922,9 +923,5 @@ int main(void)
     tcase_add_test(t, test_jwt_url_before_fetch);
     tcase_add_test(t, test_grpc_status);
     suite_add_tcase(s, t);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return unit_run(s);
 }
