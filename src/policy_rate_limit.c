@@ -13,6 +13,9 @@
  * The error: an evicted key starts again with a full bucket, and two
  * workers replacing the same slot at the same instant may merge two keys'
  * state for one request.
+ * scope: fleet divides rate and burst by the fleet's live replicas
+ * (fleet.h), read per request: a fleet-wide limit without a shared store,
+ * exact when clients spread evenly over the replicas.
  */
 #include "policy_parse.h"
 
@@ -21,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "waygate/fleet.h"
 #include "waygate/pool.h"
 #include "waygate/stats.h"
 
@@ -40,6 +44,7 @@ struct rl_state {
     uint64_t interval_ns;               /* T */
     uint64_t tolerance_ns;              /* burst * T */
     char limit_text[16];
+    bool fleet;                         /* scope: fleet: rate and burst / live replicas */
     uint64_t mask;
     struct rl_slot *slots;
 };
@@ -118,13 +123,11 @@ static void *rl_parse(struct cfg_ctx *c, yaml_node_t *block)
                   s->rate_text);
         goto fail;
     }
-    if (s->scope && strcmp(s->scope, "process") != 0) {
-        at = seen.value[cfg_key_index(&rl_table, "scope")];
-        if (strcmp(s->scope, "fleet") == 0)
-            cfg_error(c, at, "scope: fleet needs the fleet registry (DESIGN §18), which this "
-                      "build does not have yet; use scope: process");
-        else
-            cfg_error(c, at, "scope: expected process or fleet, got '%.80s'", s->scope);
+    if (s->scope && strcmp(s->scope, "fleet") == 0) {
+        s->fleet = true;
+    } else if (s->scope && strcmp(s->scope, "process") != 0) {
+        cfg_error(c, seen.value[cfg_key_index(&rl_table, "scope")],
+                  "scope: expected process or fleet, got '%.80s'", s->scope);
         goto fail;
     }
     if (s->key_text) {
@@ -206,32 +209,39 @@ static enum wg_policy_verdict rl_request(const void *state, struct wg_policy_req
     struct wg_pstr k;
     uint64_t now = wg_now_ns(), tat, next;
     bool allowed;
-    char remaining[24], reset[24];
+    char remaining[24], reset[24], limit[24];
+    /* scope: fleet: this replica's share, rate / N and burst / N (at least
+     * one token), N the fleet's live replicas (fleet.h; 1 without fleet:) */
+    uint64_t n = s->fleet ? wg_fleet_replicas(NULL) : 1;
+    uint64_t interval = s->interval_ns * n;
+    uint64_t tolerance = s->tolerance_ns > interval ? s->tolerance_ns : interval;
 
     if (!wg_policy_var_get(r, s->key.var, s->key.arg, &k))
         k = (struct wg_pstr){ "", 0 };
     struct rl_slot *sl = slot_for(s, pp_keyed_hash(k.p, k.n) | 1, now, r);
     tat = atomic_load_explicit(&sl->tat, memory_order_relaxed);
     do {
-        next = (tat > now ? tat : now) + s->interval_ns;
-        allowed = next - now <= s->tolerance_ns;
+        next = (tat > now ? tat : now) + interval;
+        allowed = next - now <= tolerance;
     } while (allowed && !atomic_compare_exchange_weak(&sl->tat, &tat, next));
     if (!allowed)
         next = tat > now ? tat : now;
     /* tokens left after this request, and seconds until the bucket is full */
     uint64_t used = next > now ? next - now : 0;
     put_u64(remaining, sizeof remaining,
-            used >= s->tolerance_ns ? 0 : (s->tolerance_ns - used) / s->interval_ns);
+            used >= tolerance ? 0 : (tolerance - used) / interval);
     put_u64(reset, sizeof reset, (used + 999999999ULL) / 1000000000ULL);
-    wg_policy_head_add(r, &r->resp_extra, "RateLimit-Limit", 15, s->limit_text,
-                       strlen(s->limit_text));
+    if (n > 1)
+        put_u64(limit, sizeof limit, tolerance / interval);
+    const char *lt = n > 1 ? limit : s->limit_text;
+    wg_policy_head_add(r, &r->resp_extra, "RateLimit-Limit", 15, lt, strlen(lt));
     wg_policy_head_add(r, &r->resp_extra, "RateLimit-Remaining", 19, remaining,
                        strlen(remaining));
     wg_policy_head_add(r, &r->resp_extra, "RateLimit-Reset", 15, reset, strlen(reset));
     if (allowed)
         return WG_POLICY_CONTINUE;
     /* one token is back when TAT - now drops to tolerance - T */
-    uint64_t wait = used + s->interval_ns - s->tolerance_ns;
+    uint64_t wait = used + interval - tolerance;
     char retry[24];
     put_u64(retry, sizeof retry, (wait + 999999999ULL) / 1000000000ULL);
     wg_policy_head_add(r, &r->resp_extra, "Retry-After", 11, retry, strlen(retry));

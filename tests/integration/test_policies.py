@@ -219,11 +219,11 @@ def test_config_errors_positioned():
         with open(cfg, "w") as f:
             f.write("listeners:\n  - name: w\n    listen: 127.0.0.1:1\n    mode: http\n"
                     "    routes:\n      - path_prefix: /\n        service: a\n"
-                    "        policies:\n          - rate_limit: { rate: 10/s, scope: fleet }\n"
+                    "        policies:\n          - rate_limit: { rate: 10/s, scope: fleets }\n"
                     "          - jwtt: {}\n")
         rc, _, err = run_waygate("-t", "-c", cfg)
         assert rc == 1, err
-        assert "%s:9:46: scope: fleet needs the fleet registry" % cfg in err, err
+        assert "%s:9:46: scope: expected process or fleet, got 'fleets'" % cfg in err, err
         assert "%s:10:13: unknown policy 'jwtt' (did you mean 'jwt'?)" % cfg in err, err
 
 
@@ -430,3 +430,32 @@ def test_policies_on_http2_and_grpc_status():
                 raise AssertionError("the call went through")
             except grpc.RpcError as e:
                 assert e.code() == grpc.StatusCode.UNAUTHENTICATED, (e.code(), e.details())
+
+
+def test_rate_limit_scope_fleet_divides_by_live_replicas():
+    from etcdlib import EtcdHarness
+    with EtcdHarness() as h:
+        etcd = h.etcd()
+        b = h.backend("http", name="b0")
+        etcd.client().put("/services/users/b0", json.dumps({"address": "127.0.0.1", "port": b.port}))
+        rate, burst = 400, 40
+        lst = http_listener([{"path_prefix": "/", "service": "users", "policies": [
+            {"rate_limit": {"rate": "%d/s" % rate, "burst": burst, "key": "route",
+                            "scope": "fleet"}}]}])
+        wgs = [h.waygate_etcd(etcd, listeners=[lst], workers=1,
+                              fleet={"name": "r%d" % k, "ttl": "3s"}) for k in range(2)]
+        for wg in wgs:
+            wait_until(lambda: (wg.status().get("fleet") or {}).get("live") == 2, slack(10),
+                       "both replicas live")
+        port = wgs[0].port("web")
+        st, hd, _ = curl(port, "/")
+        assert st == 200 and hd["ratelimit-limit"] == str(burst // 2), hd
+        seconds = 4
+        out = subprocess.run(["wrk", "-t2", "-c8", "-d%ds" % seconds, "http://127.0.0.1:%d/" % port],
+                             stdout=subprocess.PIPE, check=True, timeout=seconds + 30).stdout.decode()
+        m = re.search(r"(\d+) requests in ([\d.]+)s", out)
+        total, took = int(m.group(1)), float(m.group(2))
+        nm = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        allowed = total - (int(nm.group(1)) if nm else 0)
+        expect = rate / 2 * took + burst / 2            # this replica's half
+        assert abs(allowed - expect) <= 0.05 * expect, (allowed, expect, out)

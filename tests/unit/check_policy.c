@@ -266,8 +266,8 @@ START_TEST(test_config_errors)
             ":8:23: policy 'forward_auth' is not supported by this build yet");
     cfg_bad(ROUTE("[ { mirror: { percent: 10 } } ]"), "mirror: needs 'service'");
     cfg_bad(ROUTE("[ { mirror: { service: s, percent: 101 } } ]"), "percent");
-    cfg_bad(ROUTE("[ { rate_limit: { rate: 10/s, scope: fleet } } ]"),
-            ":8:56: scope: fleet needs the fleet registry");
+    cfg_bad(ROUTE("[ { rate_limit: { rate: 10/s, scope: fleets } } ]"),
+            ":8:56: scope: expected process or fleet, got 'fleets'");
     cfg_bad(ROUTE("[ { rate_limit: { rate: 10 } } ]"), ":8:43: rate: expected COUNT/UNIT");
     cfg_bad(ROUTE("[ { rate_limit: { rate: 1/s, key: ip } } ]"),
             "key: expected client_ip, header:NAME, claim:NAME, consumer or route");
