@@ -127,7 +127,6 @@ static const char *add_key(struct ak_state *s, const char *consumer, const char 
 struct file_ctx {
     struct cfg_ctx *c;
     struct ak_state *s;
-    bool ok;
 };
 
 static bool file_line(void *arg, unsigned line, char *consumer, char *key)
@@ -135,10 +134,8 @@ static bool file_line(void *arg, unsigned line, char *consumer, char *key)
     struct file_ctx *f = arg;
     const char *why = key ? add_key(f->s, consumer, key) : "expected 'consumer: key'";
 
-    if (why) {
+    if (why)
         pp_file_error(f->c, f->s->file, line, "%s", why);
-        f->ok = false;
-    }
     return true;
 }
 
@@ -178,21 +175,10 @@ static void *ak_parse(struct cfg_ctx *c, yaml_node_t *block)
                       s->inline_keys.v[i].k, why);
             goto fail;
         }
-    if (s->file) {
-        yaml_node_t *at = seen.value[cfg_key_index(&ak_table, "keys")];
-        size_t len;
-        char *buf;
-        if (!c->check_files)
-            goto done;
-        if (!(buf = pp_read_file(c, at, "keys", s->file, &len)))
-            goto fail;
-        struct file_ctx f = { c, s, true };
-        pp_each_line(buf, file_line, &f);
-        free(buf);
-        if (!f.ok)
-            goto fail;
-    }
-done:
+    struct file_ctx f = { c, s };
+    if (s->file && !pp_read_lines(c, seen.value[cfg_key_index(&ak_table, "keys")], "keys",
+                                  s->file, file_line, &f))
+        goto fail;
     qsort(s->v, s->n, sizeof *s->v, digest_cmp);
     s->header_len = s->header ? strlen(s->header) : 0;
     s->query_len = s->query ? strlen(s->query) : 0;

@@ -72,7 +72,6 @@ static bool known_hash(const char *h)
 struct file_ctx {
     struct cfg_ctx *c;
     struct ba_state *s;
-    bool ok;
 };
 
 static bool file_line(void *arg, unsigned line, char *user, char *hash)
@@ -82,14 +81,12 @@ static bool file_line(void *arg, unsigned line, char *user, char *hash)
 
     if (!hash || !*user) {
         pp_file_error(f->c, f->s->htpasswd, line, "expected 'user:hash'");
-        f->ok = false;
         return true;
     }
     if (!known_hash(hash)) {
         pp_file_error(f->c, f->s->htpasswd, line,
                       "user '%.80s': unsupported hash (use bcrypt $2y$, SHA-crypt $5$/$6$, "
                       "$apr1$, $1$ or {SHA})", user);
-        f->ok = false;
         return true;
     }
     if (!(v = realloc(f->s->v, (f->s->n + 1) * sizeof *v)))
@@ -105,7 +102,6 @@ static bool file_line(void *arg, unsigned line, char *user, char *hash)
     return true;
 oom:
     wg_yaml_oom(&f->c->y);
-    f->ok = false;
     return false;
 }
 
@@ -113,8 +109,6 @@ static void *ba_parse(struct cfg_ctx *c, yaml_node_t *block)
 {
     struct ba_state *s = calloc(1, sizeof *s);
     struct cfg_seen seen;
-    size_t len;
-    char *buf;
 
     if (!s) {
         wg_yaml_oom(&c->y);
@@ -141,16 +135,10 @@ static void *ba_parse(struct cfg_ctx *c, yaml_node_t *block)
         goto fail;
     }
     sprintf(s->www_auth, "Basic realm=\"%s\", charset=\"UTF-8\"", s->realm);
-    if (c->check_files) {
-        yaml_node_t *at = seen.value[cfg_key_index(&ba_table, "htpasswd")];
-        if (!(buf = pp_read_file(c, at, "htpasswd", s->htpasswd, &len)))
-            goto fail;
-        struct file_ctx f = { c, s, true };
-        pp_each_line(buf, file_line, &f);
-        free(buf);
-        if (!f.ok)
-            goto fail;
-    }
+    struct file_ctx f = { c, s };
+    if (!pp_read_lines(c, seen.value[cfg_key_index(&ba_table, "htpasswd")], "htpasswd",
+                       s->htpasswd, file_line, &f))
+        goto fail;
     return s;
 fail:
     ba_free(s);

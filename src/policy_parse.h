@@ -80,6 +80,13 @@ void pp_file_error(struct cfg_ctx *c, const char *path, unsigned line, const cha
 bool pp_each_line(char *buf, bool (*cb)(void *arg, unsigned line, char *name, char *value),
                   void *arg);
 
+/* Read `path` and hand its lines to cb (pp_each_line); cb reports bad
+ * lines with pp_file_error. Without file checking (fuzzing, unit loads
+ * from memory) nothing is read and this is true. false when the file could
+ * not be read or a line was reported. */
+bool pp_read_lines(struct cfg_ctx *c, yaml_node_t *at, const char *key, const char *path,
+                   bool (*cb)(void *arg, unsigned line, char *name, char *value), void *arg);
+
 /* A process-unique number (per-thread caches key on it, never on addresses). */
 uint64_t pp_serial(void);
 

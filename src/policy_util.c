@@ -451,6 +451,22 @@ bool pp_each_line(char *buf, bool (*cb)(void *arg, unsigned line, char *name, ch
     return true;
 }
 
+bool pp_read_lines(struct cfg_ctx *c, yaml_node_t *at, const char *key, const char *path,
+                   bool (*cb)(void *arg, unsigned line, char *name, char *value), void *arg)
+{
+    unsigned long before = c->y.n_errors;
+    size_t len;
+    char *buf;
+
+    if (!c->check_files)
+        return true;
+    if (!(buf = pp_read_file(c, at, key, path, &len)))
+        return false;
+    pp_each_line(buf, cb, arg);
+    free(buf);
+    return c->y.n_errors == before;
+}
+
 uint64_t pp_serial(void)
 {
     static _Atomic uint64_t next = 1;
