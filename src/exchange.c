@@ -5,6 +5,7 @@
  * policies, the upstream head); the upstream codec (HTTP/1.1): picking and
  * connecting with retries, forwarding the request body, the response head
  * and body; the end of a request; deadlines. */
+#include "waygate/grpc.h"
 #include "waygate/http_mirror.h"
 #include "waygate/exchange.h"
 
@@ -797,8 +798,8 @@ static unsigned policy_request_head(struct wg_downstream *d, const struct wg_htt
     pol->stats = d->w->stats;
     pol->now_ms = wg_now_ms();
     pol->unix_s = (int64_t)time(NULL);
-    pol->is_grpc = wg_policy_head_get(&pol->req, "content-type", 12, &ct) && ct.n >= 16 &&
-                   strncasecmp(ct.p, "application/grpc", 16) == 0;
+    pol->is_grpc = wg_policy_head_get(&pol->req, "content-type", 12, &ct) &&
+                   wg_grpc_is_grpc(ct.p, ct.n);
     if ((k = wg_http_find_header(p, msg, "x-request-id", 12, 0)) >= 0) {
         pol->request_id = (struct wg_pstr){ msg + p->headers[k].value.off, p->headers[k].value.len };
     } else {                            /* generated now: $request_id and upstream agree */

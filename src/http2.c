@@ -5,6 +5,7 @@
  * all exchange work runs after mem_recv returns, outside nghttp2); the
  * request head a stream becomes; the pump (read, feed, step every stream,
  * send); deadlines and limits; accept. */
+#include "waygate/grpc.h"
 #include "waygate/http2.h"
 
 #include <errno.h>
@@ -354,14 +355,15 @@ static bool answer(struct h2_stream *st, unsigned status, const char *body, cons
     size_t n = 0;
     const struct wg_exchange *r = st->ds.r;
     if (r && r->pol && r->pol->is_grpc && r->pol->answer_status == status && !location) {
-        snprintf(grpc, sizeof grpc, "%u", wg_policy_grpc_status(status));
+        snprintf(grpc, sizeof grpc, "%d", (int)wg_grpc_status_from_http((int)status));
         nv[n++] = (nghttp2_nv){ (uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16,
                                 NGHTTP2_NV_FLAG_NONE };
         nv[n++] = (nghttp2_nv){ (uint8_t *)"grpc-status", (uint8_t *)grpc, 11, strlen(grpc),
                                 NGHTTP2_NV_FLAG_NONE };
-        size_t ml = body ? strcspn(body, "\n") : 0;
+        char msg[256];
+        size_t ml = body ? wg_grpc_message_encode(body, strcspn(body, "\n"), msg, sizeof msg) : 0;
         if (ml)
-            nv[n++] = (nghttp2_nv){ (uint8_t *)"grpc-message", (uint8_t *)body, 12, ml,
+            nv[n++] = (nghttp2_nv){ (uint8_t *)"grpc-message", (uint8_t *)msg, 12, ml,
                                     NGHTTP2_NV_FLAG_NONE };
         n = add_extra(r, nv, n, sizeof nv / sizeof *nv, names, sizeof names);
         return submit(st, 200, nv, n, NULL) && (st->data_eof = true);

@@ -370,22 +370,6 @@ bool wg_policy_cookie(const struct wg_policy_req *r, const char *name, size_t n,
     return false;
 }
 
-unsigned wg_policy_grpc_status(unsigned http_status)
-{
-    switch (http_status) {
-    case 400: return 3;     /* INVALID_ARGUMENT */
-    case 401: return 16;    /* UNAUTHENTICATED */
-    case 403: return 7;     /* PERMISSION_DENIED */
-    case 404: return 12;    /* UNIMPLEMENTED */
-    case 413:
-    case 429: return 8;     /* RESOURCE_EXHAUSTED */
-    case 502:
-    case 503: return 14;    /* UNAVAILABLE */
-    case 504: return 4;     /* DEADLINE_EXCEEDED */
-    default: return 2;      /* UNKNOWN */
-    }
-}
-
 bool wg_policy_var_get(struct wg_policy_req *r, enum wg_policy_var v, const char *arg,
                        struct wg_pstr *out)
 {

@@ -38,9 +38,8 @@
  *     upstream will get (generate it now if absent);
  *     if wg_policy_request(route->policies, r) == WG_POLICY_ANSWER:
  *       answer r->answer_status with r->answer_body and the fields of
- *       r->resp_extra (gRPC: Trailers-Only with
- *       grpc-status wg_policy_grpc_status(status)); the request goes no
- *       further;
+ *       r->resp_extra (gRPC: Trailers-Only with grpc.h's
+ *       wg_grpc_status_from_http(status)); the request goes no further;
  *     else write the upstream head: the path is r->new_path when set (then
  *       without strip_prefix), received fields i with
  *       wg_policy_head_dropped(&r->req, i) are left out, r->req.add are
@@ -243,9 +242,6 @@ bool wg_policy_query_param(const struct wg_policy_req *r, const char *name, size
 /* The value of cookie `name` in the visible Cookie fields, or false. */
 bool wg_policy_cookie(const struct wg_policy_req *r, const char *name, size_t n,
                       struct wg_pstr *out);
-
-/* gRPC status code of a refusal waygate answers (DESIGN §15). */
-unsigned wg_policy_grpc_status(unsigned http_status);
 
 /* A named value a policy can key on or substitute (`$client_ip`,
  * `$request_id`, `$host`, `$consumer`, `$jwt.<claim>`; for keys

@@ -888,14 +888,6 @@ START_TEST(test_jwt_jwks_and_forwarding)
 }
 END_TEST
 
-START_TEST(test_grpc_status)
-{
-    ck_assert_uint_eq(wg_policy_grpc_status(401), 16);
-    ck_assert_uint_eq(wg_policy_grpc_status(403), 7);
-    ck_assert_uint_eq(wg_policy_grpc_status(429), 8);
-    ck_assert_uint_eq(wg_policy_grpc_status(503), 14);
-}
-END_TEST
 
 int main(void)
 {
@@ -921,7 +913,6 @@ int main(void)
     tcase_add_test(t, test_jwt_claims);
     tcase_add_test(t, test_jwt_jwks_and_forwarding);
     tcase_add_test(t, test_jwt_url_before_fetch);
-    tcase_add_test(t, test_grpc_status);
     suite_add_tcase(s, t);
     return unit_run(s);
 }
