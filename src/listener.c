@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "waygate/errors.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
 #include "waygate/stats.h"

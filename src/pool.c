@@ -9,6 +9,7 @@
 #include "waygate/balance.h"
 #include "waygate/log.h"
 #include "waygate/reclaim.h"
+#include "waygate/sockaddr.h"
 
 struct staged {
     char *name;
