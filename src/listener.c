@@ -56,7 +56,8 @@ struct wg_listener *wg_listener_open(const struct wg_listener_config *cfg, uint6
                                      struct wg_errors *errs)
 {
     struct wg_listener *l = calloc(1, sizeof *l);
-    if (!l || !(l->fds = calloc(n_workers, sizeof *l->fds)) || !(l->name = strdup(cfg->name))) {
+    if (!l || !(l->fds = calloc(n_workers, sizeof *l->fds)) || !(l->name = strdup(cfg->name)) ||
+        !(l->h2 = calloc(WG_H2__COUNT, sizeof *l->h2))) {
         wg_errors_add(errs, "listener %s: out of memory", cfg->name);
         goto fail;
     }
@@ -103,6 +104,7 @@ void wg_listener_close(struct wg_listener *l)
         return;
     wg_listener_close_sockets(l);
     free(l->fds);
+    free(l->h2);
     free(l->name);
     free(l);
 }

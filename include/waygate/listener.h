@@ -15,6 +15,7 @@
 #ifndef WAYGATE_LISTENER_H
 #define WAYGATE_LISTENER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -23,6 +24,24 @@
 
 struct wg_worker;
 struct wg_listener;
+
+/* HTTP/2 counters of one listener (admin: label `listener`), every worker
+ * adding to the same atomics with a relaxed add. */
+enum wg_h2_counter {
+    WG_H2_CONNECTIONS,          /* client connections that speak HTTP/2 */
+    WG_H2_STREAMS,              /* streams opened by clients */
+    WG_H2_STREAMS_ACTIVE,       /* open now (a gauge: +1 / -1) */
+    WG_H2_RST_RECV,             /* RST_STREAM frames received */
+    WG_H2_RST_SENT_INTERNAL,    /* RST_STREAM sent: the exchange gave up (INTERNAL_ERROR) */
+    WG_H2_RST_SENT_CANCEL,      /* RST_STREAM sent: a header timeout (CANCEL) */
+    WG_H2_RST_SENT_OTHER,       /* RST_STREAM sent: NO_ERROR after an early answer, flow control */
+    WG_H2_GOAWAY_NO_ERROR,      /* GOAWAY sent: drain, idle */
+    WG_H2_GOAWAY_CALM,          /* GOAWAY sent: ENHANCE_YOUR_CALM (floods, rapid reset) */
+    WG_H2_GOAWAY_COMPRESSION,   /* GOAWAY sent: COMPRESSION_ERROR (HPACK) */
+    WG_H2_GOAWAY_PROTOCOL,      /* GOAWAY sent: PROTOCOL / FLOW_CONTROL / FRAME_SIZE error */
+    WG_H2_GOAWAY_OTHER,         /* GOAWAY sent: any other code */
+    WG_H2__COUNT
+};
 
 /* Called on the worker that accepted `fd`; takes ownership of fd. */
 typedef void (*wg_accept_fn)(struct wg_worker *w, const struct wg_listener *l, int fd,
@@ -44,7 +63,14 @@ struct wg_listener {
     _Atomic unsigned detached;      /* workers that dropped it after removal */
     _Atomic uint64_t accepted;      /* connections accepted (all workers) */
     _Atomic uint64_t rejected;      /* of which closed at once: max_connections */
+    _Atomic uint64_t *h2;           /* [WG_H2__COUNT]; writable through a const listener */
 };
+
+static inline void wg_listener_h2_add(const struct wg_listener *l, enum wg_h2_counter k,
+                                      uint64_t n)
+{
+    atomic_fetch_add_explicit(&l->h2[k], n, memory_order_relaxed);
+}
 
 /* This listener's settings in `cfg` (matched by address), or NULL when the
  * config no longer has it. */

@@ -65,7 +65,8 @@ def test_h2_tls_alpn_curl_and_h1_alongside():
 def test_h2c_prior_knowledge_curl_many_streams_h2load():
     with Harness() as h:
         b = h.backend("http", name="a")
-        wg = h2_waygate(h, b)
+        wg = h.waygate(listeners=[h2c_listener(), h2c_listener("quiet")],
+                       instances={"users": [b.instance()]})
         port = wg.port("h2")
         out = curl_ok("--http2-prior-knowledge", "-w", "\\n%{http_version}",
                    "http://127.0.0.1:%d/" % port)
@@ -78,10 +79,12 @@ def test_h2c_prior_knowledge_curl_many_streams_h2load():
                            timeout=120)
         assert re.search(r"%d succeeded, 0 failed, 0 errored" % n, p.stdout), p.stdout
         m = metrics(wg)
-        assert metric(m, "waygate_http2_streams_total") >= n + 1, m
-        assert metric(m, "waygate_http2_connections_total") >= 5, m
-        wait_until(lambda: metric(metrics(wg), "waygate_http2_streams_active") == 0, slack(5),
-                   "no active stream")
+        assert metric(m, 'waygate_http2_streams_total{listener="h2"}') >= n + 1, m
+        assert metric(m, 'waygate_http2_connections_total{listener="h2"}') >= 5, m
+        assert metric(m, 'waygate_http2_streams_total{listener="quiet"}') == 0, m
+        assert metric(m, 'waygate_http2_connections_total{listener="quiet"}') == 0, m
+        wait_until(lambda: metric(metrics(wg), 'waygate_http2_streams_active{listener="h2"}') == 0,
+                   slack(5), "no active stream")
 
 
 def test_h2c_needs_h2c_true():
@@ -269,8 +272,9 @@ def test_h2_attacks_end_only_their_connection():
 
         assert attack(port, hpack_table_size, "hpack") == COMPRESSION_ERROR
         m = metrics(wg)
-        assert metric(m, 'waygate_http2_goaways_sent_total{reason="enhance_your_calm"}') >= 7, m
-        assert metric(m, "waygate_http2_resets_received_total") >= 50, m
+        calm = 'waygate_http2_goaways_sent_total{listener="h2",reason="enhance_your_calm"}'
+        assert metric(m, calm) >= 7, m
+        assert metric(m, 'waygate_http2_resets_received_total{listener="h2"}') >= 50, m
 
 
 def test_h2_huge_header_table_setting_and_max_concurrent_streams():
