@@ -1,16 +1,13 @@
-/* listener — listening sockets and the accept loop.
+/* listener — listening sockets.
  *
  * Promises:
  *  - wg_listener_open() binds one socket per worker with SO_REUSEPORT, so
  *    the kernel spreads connections over workers; before that it checks
  *    with a plain bind (no SO_REUSEPORT) that no other process holds the
  *    address, instead of silently sharing its traffic.
- *  - Accepting never spins: on EMFILE/ENFILE/ENOBUFS/ENOMEM the acceptor
- *    pauses for 100 ms and counts WG_C_ACCEPT_PAUSED.
- *  - Connections over the global max_connections are accepted and closed at
- *    once (counted WG_C_CONN_REJECTED_LIMIT).
- *  - Accepted sockets are non-blocking, close-on-exec, TCP_NODELAY, and are
- *    handed to the mode's handler on the accepting worker.
+ *  - It knows nothing of workers: each worker accepts on its own socket of
+ *    the listener (worker.h: wg_acceptor_*) and hands connections to the
+ *    listener's on_accept.
  */
 #ifndef WAYGATE_LISTENER_H
 #define WAYGATE_LISTENER_H
@@ -85,15 +82,6 @@ struct wg_listener *wg_listener_open(const struct wg_listener_config *cfg, uint6
                                      unsigned n_workers, wg_accept_fn on_accept,
                                      struct wg_errors *errs);
 void wg_listener_close(struct wg_listener *l);
-
-/* One worker's accept state for one listener. */
-struct wg_acceptor;
-struct wg_acceptor *wg_acceptor_new(struct wg_listener *l, int fd);
-struct wg_listener *wg_acceptor_listener(const struct wg_acceptor *a);
-/* Worker thread: attach to the worker's base (not accepting yet). */
-int wg_acceptor_attach(struct wg_acceptor *a, struct wg_worker *w);
-void wg_acceptor_enable(struct wg_acceptor *a, bool on);
-void wg_acceptor_free(struct wg_acceptor *a);
 
 /* Global open-connection accounting (max_connections). */
 void wg_listener_conn_closed(void);

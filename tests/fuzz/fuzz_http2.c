@@ -90,7 +90,7 @@ static void setup(void)
     struct wg_config *cfg = wg_config_load_buffer("fuzz.yaml", yaml, strlen(yaml), false, &errs);
     CHECK(cfg);
     struct wg_reclaim *rc = wg_reclaim_new();
-    w.pool = wg_pool_new(rc, NULL, NULL);
+    w.pool = wg_pool_new(rc, &wg_balance_policy, NULL, NULL);
     wg_pool_set_config(w.pool, wg_config_ref_new(cfg));
     struct wg_record r = { 0 };
     memcpy(&r.addr, &a, sizeof a);
