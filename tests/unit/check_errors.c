@@ -7,6 +7,7 @@
 
 #include "waygate/errors.h"
 #include "waygate/sockaddr.h"
+#include "unit_util.h"
 
 START_TEST(errors_list)
 {
@@ -57,9 +58,5 @@ int main(void)
     tcase_add_test(t, errors_list);
     tcase_add_test(t, sockaddr_forms);
     suite_add_tcase(s, t);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return unit_run(s);
 }
