@@ -712,7 +712,7 @@ int wg_control_run(struct wg_config *cfg)
     }
     c->n_workers = worker_count(cfg);
     if (!(c->base = event_base_new()) || !(c->rc = wg_reclaim_new()) ||
-        !(c->pool = wg_pool_new(c->rc, wake_workers, c)))
+        !(c->pool = wg_pool_new(c->rc, &wg_balance_policy, wake_workers, c)))
         goto out;
     wg_pool_on_publish(c->pool, on_publish, c);
     wg_pool_set_config(c->pool, c->config);

@@ -64,7 +64,7 @@ static const char *client_addr(const struct wg_downstream *d)
     return d->r && d->r->client ? d->r->client : d->client_ip;
 }
 
-/* "ip:port" or "[v6]:port", as record.h's wg_sockaddr_text writes it; an
+/* "ip:port" or "[v6]:port", as sockaddr.h's wg_sockaddr_text writes it; an
  * address from X-Forwarded-For has no port to show. */
 static const char *client_text(const struct wg_downstream *d, char *buf, size_t len)
 {

@@ -121,13 +121,13 @@ static struct h2_stream *stream_ds(const struct wg_downstream *d) { return (stru
 
 static void count_goaway(struct h2_conn *c, uint32_t code)
 {
-    enum wg_counter k = code == NGHTTP2_NO_ERROR ? WG_C_H2_GOAWAY_NO_ERROR
-                      : code == NGHTTP2_ENHANCE_YOUR_CALM ? WG_C_H2_GOAWAY_CALM
-                      : code == NGHTTP2_COMPRESSION_ERROR ? WG_C_H2_GOAWAY_COMPRESSION
+    enum wg_h2_counter k = code == NGHTTP2_NO_ERROR ? WG_H2_GOAWAY_NO_ERROR
+                      : code == NGHTTP2_ENHANCE_YOUR_CALM ? WG_H2_GOAWAY_CALM
+                      : code == NGHTTP2_COMPRESSION_ERROR ? WG_H2_GOAWAY_COMPRESSION
                       : code == NGHTTP2_PROTOCOL_ERROR || code == NGHTTP2_FLOW_CONTROL_ERROR ||
-                        code == NGHTTP2_FRAME_SIZE_ERROR ? WG_C_H2_GOAWAY_PROTOCOL
-                      : WG_C_H2_GOAWAY_OTHER;
-    wg_stats_add(c->w->stats, k, 1);
+                        code == NGHTTP2_FRAME_SIZE_ERROR ? WG_H2_GOAWAY_PROTOCOL
+                      : WG_H2_GOAWAY_OTHER;
+    wg_listener_h2_add(c->l, k, 1);
 }
 
 /* End the connection with GOAWAY `code` (sent when the pump flushes). */
@@ -211,8 +211,8 @@ static struct h2_stream *stream_new(struct h2_conn *c, int32_t id)
         c->streams->prev = st;
     c->streams = st;
     c->n_streams++;
-    wg_stats_add(c->w->stats, WG_C_H2_STREAMS, 1);
-    wg_stats_add(c->w->stats, WG_C_H2_STREAMS_ACTIVE, 1);
+    wg_listener_h2_add(c->l, WG_H2_STREAMS, 1);
+    wg_listener_h2_add(c->l, WG_H2_STREAMS_ACTIVE, 1);
     nghttp2_session_set_stream_user_data(c->s, id, st);
     return st;
 }
@@ -248,7 +248,7 @@ static void stream_free(struct h2_stream *st)
     c->n_streams--;
     if (c->n_streams == 0)
         c->idle_deadline = wg_now_ms() + c->idle_ms;
-    wg_stats_add(c->w->stats, WG_C_H2_STREAMS_ACTIVE, (uint64_t)-1);
+    wg_listener_h2_add(c->l, WG_H2_STREAMS_ACTIVE, (uint64_t)-1);
     free(st);
 }
 
@@ -258,9 +258,9 @@ static void stream_reset(struct h2_stream *st, uint32_t code)
         return;
     st->reset = true;
     nghttp2_submit_rst_stream(st->c->s, NGHTTP2_FLAG_NONE, st->id, code);
-    wg_stats_add(st->c->w->stats, code == NGHTTP2_INTERNAL_ERROR ? WG_C_H2_RST_SENT_INTERNAL
-                                  : code == NGHTTP2_CANCEL ? WG_C_H2_RST_SENT_CANCEL
-                                  : WG_C_H2_RST_SENT_OTHER, 1);
+    wg_listener_h2_add(st->c->l, code == NGHTTP2_INTERNAL_ERROR ? WG_H2_RST_SENT_INTERNAL
+                                  : code == NGHTTP2_CANCEL ? WG_H2_RST_SENT_CANCEL
+                                  : WG_H2_RST_SENT_OTHER, 1);
 }
 
 /* Append to a field buffer, growing it (bounded by the header checks). */
@@ -798,7 +798,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *user)
             st->end_stream = true;
         break;
     case NGHTTP2_RST_STREAM:
-        wg_stats_add(c->w->stats, WG_C_H2_RST_RECV, 1);
+        wg_listener_h2_add(c->l, WG_H2_RST_RECV, 1);
         if (!flood_ok(c, &c->resets, c->max_resets)) {
             conn_calm(c, NGHTTP2_ENHANCE_YOUR_CALM, "rapid_reset");
             return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -1305,7 +1305,7 @@ int wg_http2_accept(struct wg_worker *w, const struct wg_listener *l,
     c->idle_deadline = wg_now_ms() + c->idle_ms;
     c->window_start = wg_now_ms();
     wg_worker_conn_add(w, &c->link);
-    wg_stats_add(w->stats, WG_C_H2_CONNECTIONS, 1);
+    wg_listener_h2_add(l, WG_H2_CONNECTIONS, 1);
     conn_pump(c);
     return 0;
 fail:

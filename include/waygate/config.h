@@ -23,16 +23,8 @@
 #include <sys/socket.h>
 
 #include "waygate/cidr.h"
+#include "waygate/errors.h"
 #include "waygate/policy.h"
-
-/* A list of error lines, each "FILE:LINE:COL: message". */
-struct wg_errors {
-    char **lines;
-    size_t n, cap;
-};
-void wg_errors_add(struct wg_errors *e, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-void wg_errors_free(struct wg_errors *e);
 
 /* A socket address as written in the config. `text` keeps the canonical
  * form: "127.0.0.1:8080", "[::1]:8080", ":8080" (all interfaces). */
