@@ -3,8 +3,9 @@
 BUILD      ?= build
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 PACKAGES    = cmake gcc pkg-config make libevent-dev libssl-dev libyaml-dev libjansson-dev \
-              libnghttp2-dev libzookeeper-mt-dev check etcd-server etcd-client curl openssl python3 \
-              iproute2 procps wrk zookeeper default-jre-headless python3-kazoo
+              libnghttp2-dev libzookeeper-mt-dev libpcre2-dev libcrypt-dev apache2-utils \
+              check etcd-server etcd-client curl openssl python3 iproute2 \
+              procps wrk zookeeper default-jre-headless python3-kazoo
 # Tools some tests use (promtool, a real Prometheus scrape, the dashboard in
 # headless Chromium); best effort: without them those tests skip.
 TEST_PACKAGES  = prometheus chromium haproxy nginx-light iperf3 nghttp2-client python3-h2

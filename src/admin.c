@@ -634,28 +634,18 @@ static const struct {
       "TLS handshakes with clients that completed." },
     { WG_C_TLS_RESUMED, "waygate_tls_resumed_total",
       "Completed client TLS handshakes that resumed a session (ticket)." },
-    { WG_C_H2_CONNECTIONS, "waygate_http2_connections_total",
-      "Client connections that speak HTTP/2 (ALPN h2, or h2c with prior knowledge)." },
-    { WG_C_H2_STREAMS, "waygate_http2_streams_total", "HTTP/2 streams opened by clients." },
-    { WG_C_H2_RST_RECV, "waygate_http2_resets_received_total",
-      "RST_STREAM frames received from clients." },
     { WG_C_UPSTREAM_TLS_FAILURES, "waygate_upstream_tls_failures_total",
       "TLS handshakes with upstream instances that failed (verification, protocol, network)." },
-};
-
-static const struct {
-    enum wg_counter c;
-    const char *reason;
-} h2_resets_sent[] = {
-    { WG_C_H2_RST_SENT_INTERNAL, "internal_error" },
-    { WG_C_H2_RST_SENT_CANCEL, "cancel" },
-    { WG_C_H2_RST_SENT_OTHER, "other" },
-}, h2_goaways[] = {
-    { WG_C_H2_GOAWAY_NO_ERROR, "no_error" },
-    { WG_C_H2_GOAWAY_CALM, "enhance_your_calm" },
-    { WG_C_H2_GOAWAY_COMPRESSION, "compression_error" },
-    { WG_C_H2_GOAWAY_PROTOCOL, "protocol_error" },
-    { WG_C_H2_GOAWAY_OTHER, "other" },
+    { WG_C_POLICY_DENIED, "waygate_policy_denied_total",
+      "Requests refused by an authentication policy (jwt, api_key, basic_auth: 401/403)." },
+    { WG_C_POLICY_RATE_LIMITED, "waygate_policy_rate_limited_total",
+      "Requests refused by a rate_limit policy (429)." },
+    { WG_C_POLICY_RL_EVICTIONS, "waygate_policy_rate_limit_evictions_total",
+      "Live rate-limit buckets evicted because a key table was full (max_keys)." },
+    { WG_C_MIRROR_SENT, "waygate_mirror_sent_total",
+      "Request copies sent by a mirror policy (fire-and-forget)." },
+    { WG_C_MIRROR_SKIPPED, "waygate_mirror_skipped_total",
+      "Request copies a mirror policy skipped (in-flight bound, no routable instance, TLS, error)." },
 };
 
 static const struct {
@@ -692,18 +682,6 @@ static void metrics_process(struct stream *st, struct out *o)
                atomic_load(&wg_stats_open_connections));
     for (size_t k = 0; k < sizeof counters / sizeof counters[0]; k++)
         metric_u64(o, counters[k].name, "counter", counters[k].help, wg_stats_sum(counters[k].c));
-    metric_u64(o, "waygate_http2_streams_active", "gauge", "HTTP/2 streams open now.",
-               wg_stats_sum(WG_C_H2_STREAMS_ACTIVE));
-    family_head(o, "waygate_http2_resets_sent_total", "counter",
-                "RST_STREAM frames sent to clients, by reason.");
-    for (size_t k = 0; k < sizeof h2_resets_sent / sizeof h2_resets_sent[0]; k++)
-        out_printf(o, "waygate_http2_resets_sent_total{reason=\"%s\"} %" PRIu64 "\n",
-                   h2_resets_sent[k].reason, wg_stats_sum(h2_resets_sent[k].c));
-    family_head(o, "waygate_http2_goaways_sent_total", "counter",
-                "GOAWAY frames sent to clients, by error code.");
-    for (size_t k = 0; k < sizeof h2_goaways / sizeof h2_goaways[0]; k++)
-        out_printf(o, "waygate_http2_goaways_sent_total{reason=\"%s\"} %" PRIu64 "\n",
-                   h2_goaways[k].reason, wg_stats_sum(h2_goaways[k].c));
     family_head(o, "waygate_http_responses_total", "counter",
                 "HTTP responses sent to clients, by status class (101 counts as 1xx).");
     for (size_t k = 0; k < sizeof response_classes / sizeof response_classes[0]; k++)
@@ -765,6 +743,63 @@ static void metrics_listeners(struct stream *st, struct out *o)
             out_label_value(o, l->name);
             out_printf(o, "\"} %llu\n", (unsigned long long)atomic_load_explicit(
                 f == 0 ? &l->accepted : &l->rejected, memory_order_relaxed));
+        }
+    }
+}
+
+/* HTTP/2 families per listener (listener.h: h2): one row per counter, the
+ * reason families first by listener, then by reason. */
+static const struct {
+    const char *name, *type, *help;
+} h2_families[] = {
+    { "waygate_http2_connections_total", "counter",
+      "Client connections that speak HTTP/2 (ALPN h2, or h2c with prior knowledge)." },
+    { "waygate_http2_streams_total", "counter", "HTTP/2 streams opened by clients." },
+    { "waygate_http2_streams_active", "gauge", "HTTP/2 streams open now." },
+    { "waygate_http2_resets_received_total", "counter", "RST_STREAM frames received from clients." },
+    { "waygate_http2_resets_sent_total", "counter", "RST_STREAM frames sent to clients, by reason." },
+    { "waygate_http2_goaways_sent_total", "counter", "GOAWAY frames sent to clients, by error code." },
+};
+
+static const struct {
+    enum wg_h2_counter c;
+    unsigned family;                    /* index in h2_families */
+    const char *reason;                 /* NULL: no reason label */
+} h2_counters[] = {
+    { WG_H2_CONNECTIONS, 0, NULL },
+    { WG_H2_STREAMS, 1, NULL },
+    { WG_H2_STREAMS_ACTIVE, 2, NULL },
+    { WG_H2_RST_RECV, 3, NULL },
+    { WG_H2_RST_SENT_INTERNAL, 4, "internal_error" },
+    { WG_H2_RST_SENT_CANCEL, 4, "cancel" },
+    { WG_H2_RST_SENT_OTHER, 4, "other" },
+    { WG_H2_GOAWAY_NO_ERROR, 5, "no_error" },
+    { WG_H2_GOAWAY_CALM, 5, "enhance_your_calm" },
+    { WG_H2_GOAWAY_COMPRESSION, 5, "compression_error" },
+    { WG_H2_GOAWAY_PROTOCOL, 5, "protocol_error" },
+    { WG_H2_GOAWAY_OTHER, 5, "other" },
+};
+
+static void metrics_http2(struct stream *st, struct out *o)
+{
+    const struct wg_admin *a = st->admin;
+    size_t n = a->n_listeners ? *a->n_listeners : 0;
+    for (unsigned f = 0; f < sizeof h2_families / sizeof h2_families[0]; f++) {
+        family_head(o, h2_families[f].name, h2_families[f].type, h2_families[f].help);
+        for (size_t k = 0; k < n; k++) {
+            const struct wg_listener *l = (*a->listeners)[k];
+            if (l->mode != WG_MODE_HTTP)
+                continue;
+            for (size_t c = 0; c < sizeof h2_counters / sizeof h2_counters[0]; c++) {
+                if (h2_counters[c].family != f)
+                    continue;
+                out_printf(o, "%s{listener=\"", h2_families[f].name);
+                out_label_value(o, l->name);
+                if (h2_counters[c].reason)
+                    out_printf(o, "\",reason=\"%s", h2_counters[c].reason);
+                out_printf(o, "\"} %llu\n", (unsigned long long)atomic_load_explicit(
+                               &l->h2[h2_counters[c].c], memory_order_relaxed));
+            }
         }
     }
 }
@@ -1064,6 +1099,7 @@ static bool metrics_produce(struct stream *st, struct out *o)
         metrics_process(st, o);
         metrics_tls(st, o);
         metrics_listeners(st, o);
+        metrics_http2(st, o);
         metrics_picks(st, o);
         metrics_fleet(st, o);
         metrics_registry(st, o);

@@ -233,3 +233,20 @@ const struct wg_balance_ops *wg_balance_ops_for(enum wg_balance policy)
         return &wg_balance_round_robin;
     }
 }
+
+static int policy_build(struct wg_pool_service *s, const char *local_zone)
+{
+    s->balance = wg_balance_ops_for(s->cfg->balance);
+    if (s->balance->shared_new && !(s->balance_shared = s->balance->shared_new(s)))
+        return -1;
+    return wg_locality_build(s, local_zone);
+}
+
+static void policy_release(struct wg_pool_service *s)
+{
+    if (s->balance && s->balance->shared_free && s->balance_shared)
+        s->balance->shared_free(s->balance_shared);
+    wg_locality_free(s->locality);
+}
+
+const struct wg_pool_policy wg_balance_policy = { policy_build, policy_release };

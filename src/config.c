@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include "config_value.h"
 #include "waygate/grpc.h"
@@ -219,6 +220,7 @@ static const struct cfg_key service_keys[] = {
     { "locality", cfg_p_map, 0, 0, 0, &locality_table },
     { "tls", cfg_p_map, 0, 0, 0, &service_tls_table },
     { "proxy_protocol", cfg_p_bool, SF(proxy_protocol), 0, 0, NULL },
+    { "policies", cfg_p_policies, SF(policies), 0, 0, NULL },
 };
 static const struct cfg_table service_table = CFG_TABLE("service", service_keys);
 
@@ -267,6 +269,7 @@ static void service_free(struct wg_service_config *s)
     free(s->tls.cert);
     free(s->tls.key);
     free(s->tls.sni);
+    wg_policy_list_free(&s->policies);
 }
 
 static bool dup_str(struct cfg_ctx *c, char **dst, const char *src)
@@ -286,6 +289,7 @@ static bool service_copy(struct cfg_ctx *c, struct wg_service_config *dst,
     *dst = *src;
     dst->name = dst->hash_name = dst->health_check.path = dst->health_check.host = NULL;
     dst->tls.ca = dst->tls.cert = dst->tls.key = dst->tls.sni = NULL;
+    dst->policies = (struct wg_policy_list){ NULL, 0 };   /* owned by src until copied */
     dst->health_check.service = NULL;
     dst->grpc.retry_methods = NULL;
     dst->grpc.n_retry_methods = 0;
@@ -297,6 +301,10 @@ static bool service_copy(struct cfg_ctx *c, struct wg_service_config *dst,
         for (size_t i = 0; i < src->grpc.n_retry_methods; i++, dst->grpc.n_retry_methods++)
             if (!dup_str(c, &dst->grpc.retry_methods[i], src->grpc.retry_methods[i]))
                 return false;
+    }
+    if (!wg_policy_list_copy(&dst->policies, &src->policies)) {
+        wg_yaml_oom(&c->y);
+        return false;
     }
     return dup_str(c, &dst->name, name) && dup_str(c, &dst->hash_name, src->hash_name) &&
            dup_str(c, &dst->health_check.service, src->health_check.service) &&
@@ -886,9 +894,17 @@ static void add_referenced(struct cfg_ctx *c)
         struct wg_listener_config *l = &cfg->listeners[i];
         if (l->service && !service_find(cfg, l->service))
             service_add(c, l->service);
-        for (size_t r = 0; r < l->n_routes && !c->y.aborted; r++)
+        for (size_t r = 0; r < l->n_routes && !c->y.aborted; r++) {
             if (l->routes[r].service && !service_find(cfg, l->routes[r].service))
                 service_add(c, l->routes[r].service);
+            for (size_t b = 0; b < l->routes[r].n_backends && !c->y.aborted; b++)
+                if (!service_find(cfg, l->routes[r].backends[b].service))
+                    service_add(c, l->routes[r].backends[b].service);
+        }
+    }
+    for (size_t i = 0; i < cfg->n_policy_services && !c->y.aborted; i++) {
+        if (!service_find(cfg, cfg->policy_services[i]))
+            service_add(c, cfg->policy_services[i]);
     }
 }
 
@@ -919,6 +935,11 @@ static void check_usage(struct cfg_ctx *c)
             s = l->routes[r].service ? wg_config_service(cfg, l->routes[r].service) : NULL;
             if (s && s->name)
                 use[s - cfg->services] |= 2;
+            for (size_t b = 0; b < l->routes[r].n_backends; b++) {
+                s = wg_config_service(cfg, l->routes[r].backends[b].service);
+                if (s->name)
+                    use[s - cfg->services] |= 2;
+            }
         }
     }
     for (size_t i = 0; i < cfg->n_services; i++)
@@ -935,6 +956,26 @@ static void check_admin_collision(struct cfg_ctx *c)
         if (c->meta[i].listen && wg_addr_same(&cfg->listeners[i].listen, &cfg->admin.listen))
             cfg_error(c, c->meta[i].listen, "listen: %s is already used by admin.listen",
                       cfg->listeners[i].listen.text);
+}
+
+/* Each http route's effective policy chain: listener, service, route. */
+static void build_chains(struct cfg_ctx *c)
+{
+    struct wg_config *cfg = c->cfg;
+
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        struct wg_listener_config *l = &cfg->listeners[i];
+        for (size_t j = 0; l->mode == WG_MODE_HTTP && j < l->n_routes; j++) {
+            struct wg_route *r = &l->routes[j];
+            const struct wg_service_config *s = wg_config_service(cfg, r->service);
+            bool oom;
+            r->policies = wg_policy_chain_build(&l->policies, &s->policies, &r->policy_list, &oom);
+            if (oom) {
+                wg_yaml_oom(&c->y);
+                return;
+            }
+        }
+    }
 }
 
 static void parse_root(struct cfg_ctx *c, yaml_node_t *root)
@@ -958,6 +999,7 @@ static void parse_root(struct cfg_ctx *c, yaml_node_t *root)
         qsort(cfg->services, cfg->n_services, sizeof *cfg->services, service_cmp);
     check_usage(c);
     check_admin_collision(c);
+    build_chains(c);
 }
 
 /* ---- construction, loading, freeing -------------------------------------- */
@@ -1092,6 +1134,13 @@ void wg_config_free(struct wg_config *cfg)
     for (size_t i = 0; i < cfg->n_listeners; i++)
         cfg_listener_free(&cfg->listeners[i]);
     free(cfg->listeners);
+    str_list_free(cfg->policy_files, cfg->n_policy_files);
+    str_list_free(cfg->policy_services, cfg->n_policy_services);
+    for (size_t i = 0; i < cfg->n_jwks_urls; i++) {
+        free(cfg->jwks_urls[i].url);
+        free(cfg->jwks_urls[i].ca);
+    }
+    free(cfg->jwks_urls);
     free(cfg);
 }
 
@@ -1099,6 +1148,81 @@ const struct wg_cidr_list *wg_listener_trusted(const struct wg_config *cfg,
                                                const struct wg_listener_config *lc)
 {
     return lc->trusted_proxies.set ? &lc->trusted_proxies : &cfg->trusted_proxies;
+}
+
+static void str_set_add(struct cfg_ctx *c, char ***list, size_t *n, const char *s)
+{
+    char **v;
+
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp((*list)[i], s) == 0)
+            return;
+    if (!(v = realloc(*list, (*n + 1) * sizeof *v))) {
+        wg_yaml_oom(&c->y);
+        return;
+    }
+    *list = v;
+    if (!(v[*n] = strdup(s))) {
+        wg_yaml_oom(&c->y);
+        return;
+    }
+    (*n)++;
+}
+
+void cfg_watch_file(struct cfg_ctx *c, const char *path)
+{
+    str_set_add(c, &c->cfg->policy_files, &c->cfg->n_policy_files, path);
+}
+
+void cfg_jwks_url(struct cfg_ctx *c, const char *url, const char *ca, uint64_t refresh_ms)
+{
+    struct wg_config *cfg = c->cfg;
+    struct wg_jwks_url *v;
+
+    for (size_t i = 0; i < cfg->n_jwks_urls; i++)
+        if (strcmp(cfg->jwks_urls[i].url, url) == 0) {
+            if (refresh_ms < cfg->jwks_urls[i].refresh_ms)
+                cfg->jwks_urls[i].refresh_ms = refresh_ms;
+            return;
+        }
+    if (!(v = realloc(cfg->jwks_urls, (cfg->n_jwks_urls + 1) * sizeof *v))) {
+        wg_yaml_oom(&c->y);
+        return;
+    }
+    cfg->jwks_urls = v;
+    v[cfg->n_jwks_urls] = (struct wg_jwks_url){ strdup(url), strdup(ca ? ca : ""), refresh_ms };
+    if (!v[cfg->n_jwks_urls].url || !v[cfg->n_jwks_urls].ca) {
+        free(v[cfg->n_jwks_urls].url);
+        free(v[cfg->n_jwks_urls].ca);
+        wg_yaml_oom(&c->y);
+        return;
+    }
+    cfg->n_jwks_urls++;
+}
+
+void cfg_reference_service(struct cfg_ctx *c, const char *name)
+{
+    str_set_add(c, &c->cfg->policy_services, &c->cfg->n_policy_services, name);
+}
+
+uint64_t wg_config_policy_files_stamp(const struct wg_config *cfg)
+{
+    uint64_t h = cfg->n_policy_files ? 0xcbf29ce484222325ULL : 0;
+
+    for (size_t i = 0; i < cfg->n_policy_files; i++) {
+        struct stat st;
+        uint64_t v[4] = { 0, 0, 0, 0 };
+        if (stat(cfg->policy_files[i], &st) == 0) {
+            v[0] = (uint64_t)st.st_ino;
+            v[1] = (uint64_t)st.st_size;
+            v[2] = (uint64_t)st.st_mtim.tv_sec;
+            v[3] = (uint64_t)st.st_mtim.tv_nsec;
+        }
+        const unsigned char *b = (const unsigned char *)v;
+        for (size_t k = 0; k < sizeof v; k++)
+            h = (h ^ b[k]) * 0x100000001b3ULL;          /* FNV-1a */
+    }
+    return h;
 }
 
 static int service_key_cmp(const void *key, const void *elem)

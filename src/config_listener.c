@@ -255,6 +255,70 @@ static void p_route_retry_ni(struct cfg_ctx *c, yaml_node_t *v, void *base,
     ((struct wg_route *)base)->retry_non_idempotent = b;
 }
 
+/* backends: [ { service, weight } ] — a traffic split (DESIGN §16). */
+#define BF(f) offsetof(struct wg_route_backend, f)
+static const struct cfg_key backend_keys[] = {
+    { "service", p_service_ref, BF(service), 0, 0, NULL },
+    { "weight", cfg_p_unsigned, BF(weight), 0, 1000000, NULL },
+};
+static const struct cfg_table backend_table = CFG_TABLE("backend", backend_keys);
+
+static void p_backends(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    struct wg_route *r = base;
+    size_t n = v->type == YAML_SEQUENCE_NODE ? wg_yaml_seq_len(v) : 0;
+    struct cfg_seen seen;
+
+    if (v->type != YAML_SEQUENCE_NODE || n == 0) {
+        cfg_error(c, v, "%s: expected a non-empty list of { service, weight }", k->name);
+        return;
+    }
+    if (!(r->backends = calloc(n, sizeof *r->backends))) {
+        wg_yaml_oom(&c->y);
+        return;
+    }
+    for (size_t i = 0; i < n && !c->y.aborted; i++) {
+        yaml_node_t *item = wg_yaml_seq_item(&c->y, v, i);
+        struct wg_route_backend *b = &r->backends[r->n_backends];
+        if (!item)
+            continue;
+        b->weight = 1;
+        cfg_map(c, item, &backend_table, b, &seen, "backend", NULL);
+        if (!b->service) {
+            if (item->type == YAML_MAPPING_NODE)
+                cfg_error(c, item, "missing required key 'service' in backend");
+            continue;
+        }
+        r->backends_weight += b->weight;
+        r->n_backends++;
+    }
+    if (r->n_backends && r->backends_weight == 0)
+        cfg_error(c, v, "%s: every weight is 0: no backend would get traffic", k->name);
+}
+
+static void p_sticky(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
+{
+    struct wg_route *r = base;
+    const char *t = cfg_text(c, v, k->name), *name = NULL;
+
+    if (!t)
+        return;
+    r->sticky = true;
+    if (strcmp(t, "client_ip") == 0) {
+        r->sticky_key = WG_HASH_CLIENT_IP;
+        return;
+    }
+    if (strncmp(t, "header:", 7) == 0)
+        name = t + 7, r->sticky_key = WG_HASH_HEADER;
+    else if (strncmp(t, "cookie:", 7) == 0)
+        name = t + 7, r->sticky_key = WG_HASH_COOKIE;
+    if (!name || !wg_is_token(name))
+        cfg_error(c, v, "%s: expected client_ip, header:NAME or cookie:NAME, got '%.80s'",
+                  k->name, t);
+    else
+        cfg_set_str(c, &r->sticky_name, name);
+}
+
 static const struct cfg_key route_keys[] = {
     { "host", p_host, 0, 0, 0, NULL },
     { "path_prefix", p_path_prefix, 0, 0, 0, NULL },
@@ -265,6 +329,9 @@ static const struct cfg_key route_keys[] = {
     { "response_timeout", p_route_timeout, 0, 1, DMAX, NULL },
     { "retries", p_route_retries, 0, 0, 10, NULL },
     { "retry_non_idempotent", p_route_retry_ni, 0, 0, 0, NULL },
+    { "policies", cfg_p_policies, RF(policy_list), 0, 0, NULL },
+    { "backends", p_backends, 0, 0, 0, NULL },
+    { "sticky", p_sticky, 0, 0, 0, NULL },
 };
 static const struct cfg_table route_table = CFG_TABLE("route", route_keys);
 
@@ -279,6 +346,12 @@ static void route_free(struct wg_route *r)
     }
     free(r->headers);
     free(r->service);
+    for (size_t i = 0; i < r->n_backends; i++)
+        free(r->backends[i].service);
+    free(r->backends);
+    free(r->sticky_name);
+    wg_policy_list_free(&r->policy_list);
+    wg_policy_chain_free(r->policies);
 }
 
 static void parse_route(struct cfg_ctx *c, struct wg_listener_config *l, yaml_node_t *node)
@@ -304,8 +377,19 @@ static void parse_route(struct cfg_ctx *c, struct wg_listener_config *l, yaml_no
         return;
     }
     cfg_map(c, node, &route_table, r, &seen, "route", NULL);
-    if (!cfg_seen_has(&seen, &route_table, "service"))
+    bool has_service = cfg_seen_has(&seen, &route_table, "service");
+    if (cfg_seen_has(&seen, &route_table, "backends")) {
+        if (has_service)
+            cfg_error(c, seen.key[cfg_key_index(&route_table, "backends")],
+                      "backends: a route names either service or backends, not both");
+        else if (r->n_backends)
+            cfg_set_str(c, &r->service, r->backends[0].service);
+    } else if (!has_service) {
         cfg_error(c, node, "missing required key 'service' in route");
+    }
+    if (cfg_seen_has(&seen, &route_table, "sticky") && !cfg_seen_has(&seen, &route_table, "backends"))
+        cfg_error(c, seen.key[cfg_key_index(&route_table, "sticky")],
+                  "sticky: only a route with backends is split");
 }
 
 static void p_routes(struct cfg_ctx *c, yaml_node_t *v, void *base, const struct cfg_key *k)
@@ -488,6 +572,7 @@ static const struct cfg_key listener_keys[] = {
     { "http", cfg_p_map, 0, 0, 0, &http_table },
     { "tls", p_listener_tls, 0, 0, 0, NULL },
     { "routes", p_routes, 0, 0, 0, NULL },
+    { "policies", cfg_p_policies, LF(policies), 0, 0, NULL },
 };
 static const struct cfg_table listener_table = CFG_TABLE("listener", listener_keys);
 
@@ -506,6 +591,7 @@ void cfg_listener_free(struct wg_listener_config *l)
     for (size_t i = 0; i < l->n_routes; i++)
         route_free(&l->routes[i]);
     free(l->routes);
+    wg_policy_list_free(&l->policies);
 }
 
 static bool listener_init(struct cfg_ctx *c, struct wg_listener_config *l)
@@ -560,6 +646,8 @@ static void check_mode(struct cfg_ctx *c, const struct wg_listener_config *l,
             cfg_error(c, node, "missing required key 'service' in tcp listener");
         if (HAS("routes"))
             cfg_error(c, AT("routes"), "routes: only http listeners have routes");
+        if (HAS("policies"))
+            cfg_error(c, AT("policies"), "policies: only http listeners have policies");
         if (HAS("http"))
             cfg_error(c, AT("http"), "http: only http listeners have http settings");
         if (*l->tls.redirect_http)

@@ -90,6 +90,18 @@ cfg_parse_fn cfg_p_cidrs;         /* a list of CIDRs into a struct wg_cidr_list 
 cfg_parse_fn cfg_p_str, cfg_p_file, cfg_p_bool, cfg_p_unsigned, cfg_p_u16, cfg_p_u64,
     cfg_p_duration, cfg_p_size, cfg_p_addr, cfg_p_enum, cfg_p_map, cfg_p_status;
 
+/* A service a policy names (mirror): it exists in services[] afterwards. */
+void cfg_reference_service(struct cfg_ctx *c, const char *name);
+
+/* A JWKS URL a jwt policy needs fetched (jwks.h); `ca` may be NULL. */
+void cfg_jwks_url(struct cfg_ctx *c, const char *url, const char *ca, uint64_t refresh_ms);
+
+/* Remember a file a policy read, so that a change to it reloads. */
+void cfg_watch_file(struct cfg_ctx *c, const char *path);
+
+/* policy.c: a `policies:` list into the struct wg_policy_list at k->off. */
+cfg_parse_fn cfg_p_policies;
+
 /* config_listener.c: the `listeners:` list and its cleanup. */
 cfg_parse_fn cfg_p_listeners;
 void cfg_listener_free(struct wg_listener_config *l);

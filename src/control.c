@@ -1,4 +1,5 @@
 /* control — see include/waygate/control.h */
+#include "waygate/jwks.h"
 #include "waygate/control.h"
 
 #include <errno.h>
@@ -53,6 +54,8 @@ struct control {
     struct event *signals[4];
     struct event *tick;
     uint64_t started_ms;
+    uint64_t policy_files_stamp;        /* of c->config's policy files, last seen */
+    uint64_t policy_files_checked_ms;
     uint64_t tickets_rotated_ms;
     struct event *settle_ev;            /* polls readiness until the first probes are in */
     uint64_t stop_deadline_ms;
@@ -430,6 +433,7 @@ static void reload(struct control *c)
         switch_registry(c, cfg);
     wg_fleet_set_config(c->fleet, cfg);
     struct wg_snapshot *snap = wg_pool_published(c->pool);
+    c->policy_files_stamp = wg_config_policy_files_stamp(cfg);
     wg_info("msg=\"configuration reloaded\" file=%s generation=%llu", path,
             (unsigned long long)(snap ? snap->generation : 0));
     notify_systemd("READY=1");
@@ -460,6 +464,29 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 }
 
 #define TICKET_ROTATION_MS (3600 * 1000)
+#define POLICY_FILES_CHECK_MS 1000
+
+/* A JWKS document changed (jwks.h): the jwt policies are built anew. */
+static void jwks_changed(void *arg) { reload(arg); }
+
+/* A file a policy read (htpasswd, keys) changed: reload as SIGHUP does. A
+ * refused reload is not retried until the files change again. */
+static void check_policy_files(struct control *c)
+{
+    uint64_t now = wg_now_ms(), stamp;
+
+    if (c->stopping || !c->config->cfg->n_policy_files ||
+        now - c->policy_files_checked_ms < POLICY_FILES_CHECK_MS)
+        return;
+    c->policy_files_checked_ms = now;
+    stamp = wg_config_policy_files_stamp(c->config->cfg);
+    if (stamp == c->policy_files_stamp)
+        return;
+    c->policy_files_stamp = stamp;
+    wg_info("msg=\"a policy file changed, reloading\"");
+    reload(c);
+    c->policy_files_stamp = wg_config_policy_files_stamp(c->config->cfg);
+}
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -469,6 +496,9 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         c->tickets_rotated_ms = wg_now_ms();
     }
     wg_pool_reclaim(c->pool);
+    check_policy_files(c);
+    if (!c->stopping)
+        wg_jwks_tick(c->base, c->config->cfg, jwks_changed, c);
     if (!c->ready && wg_now_ms() - c->started_ms >= c->config->cfg->startup_timeout_ms)
         become_ready(c, "startup_timeout");
     close_detached(c);
@@ -655,6 +685,7 @@ static void teardown(struct control *c)
     wg_pool_free(c->pool);
     wg_reclaim_free(c->rc);
     wg_config_ref_put(c->config);
+    wg_jwks_shutdown();                     /* before the base its fetches run on */
     if (c->base)
         event_base_free(c->base);
     wg_stats_reset_all();
@@ -670,6 +701,7 @@ int wg_control_run(struct wg_config *cfg)
     raise_nofile();
     wg_log_set_level(cfg->log.level);
     c->started_ms = c->tickets_rotated_ms = wg_now_ms();
+    c->policy_files_stamp = wg_config_policy_files_stamp(cfg);
     struct wg_errors errs = { 0 };
     if (evthread_use_pthreads() < 0 || !(c->config = config_ref_build(cfg, &errs))) {
         for (size_t k = 0; k < errs.n; k++)
@@ -680,7 +712,7 @@ int wg_control_run(struct wg_config *cfg)
     }
     c->n_workers = worker_count(cfg);
     if (!(c->base = event_base_new()) || !(c->rc = wg_reclaim_new()) ||
-        !(c->pool = wg_pool_new(c->rc, wake_workers, c)))
+        !(c->pool = wg_pool_new(c->rc, &wg_balance_policy, wake_workers, c)))
         goto out;
     wg_pool_on_publish(c->pool, on_publish, c);
     wg_pool_set_config(c->pool, c->config);

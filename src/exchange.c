@@ -5,12 +5,15 @@
  * policies, the upstream head); the upstream codec (HTTP/1.1): picking and
  * connecting with retries, forwarding the request body, the response head
  * and body; the end of a request; deadlines. */
+#include "waygate/grpc.h"
+#include "waygate/http_mirror.h"
 #include "waygate/exchange.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 #include <sys/socket.h>
 
@@ -63,7 +66,7 @@ static const char *client_addr(const struct wg_downstream *d)
     return d->r && d->r->client ? d->r->client : d->client_ip;
 }
 
-/* "ip:port" or "[v6]:port", as record.h's wg_sockaddr_text writes it; an
+/* "ip:port" or "[v6]:port", as sockaddr.h's wg_sockaddr_text writes it; an
  * address from X-Forwarded-For has no port to show. */
 static const char *client_text(const struct wg_downstream *d, char *buf, size_t len)
 {
@@ -113,6 +116,10 @@ static void release_request(struct wg_downstream *d)
     hp_buf_free(d->loc, &r->uout);
     hp_buf_free(d->loc, &r->note);
     hp_buf_free(d->loc, &r->trailers);
+    if (r->pol) {
+        wg_policy_req_release(r->pol);
+        free(r->pol);
+    }
     if (r->svc)
         wg_pool_service_unref(r->svc);
     if (r->cfg)
@@ -149,9 +156,13 @@ void wg_exchange_count_status(struct wg_downstream *d, unsigned status) { count_
  * request is left unread). */
 void wg_exchange_reply(struct wg_downstream *d, unsigned status, const char *body, bool keep)
 {
-    char text[64];
-    if (!body) {
-        snprintf(text, sizeof text, "%u %s\n", status, hp_reason(status));
+    char text[160];
+    const char *trace = d->r->pol && d->r->pol->trace_id[0] ? d->r->pol->trace_id : NULL;
+    if (!body || (trace && status >= 500)) {    /* a 5xx of ours names the trace */
+        int n = body ? snprintf(text, sizeof text, "%.100s", body)
+                     : snprintf(text, sizeof text, "%u %s\n", status, hp_reason(status));
+        if (trace && status >= 500)
+            snprintf(text + n, sizeof text - (size_t)n, "trace_id=%s\n", trace);
         body = text;
     }
     keep = keep && d->r->req_keep_alive && !atomic_load_explicit(&d->w->draining, memory_order_relaxed);
@@ -252,6 +263,7 @@ static void log_request(struct wg_downstream *d, const char *reason)
         .retries = d->r->attempts > 1 ? d->r->attempts - 1 : 0,
         .stream_id = d->stream_id,
         .grpc_code = d->r->grpc ? d->r->grpc_code - 1 : -1,
+        .trace_id = d->r->pol && d->r->pol->trace_id[0] ? d->r->pol->trace_id : NULL,
     };
     char method[32];
     size_t mlen = d->r->note_method.len < sizeof method - 1 ? d->r->note_method.len : sizeof method - 1;
@@ -394,6 +406,12 @@ static void put_request_line(struct wg_downstream *d, struct hp_out *o, const ch
     hp_put(o, " ", 1);
     if (m->target_form == WG_HTTP_TARGET_ASTERISK) {
         hp_put(o, "*", 1);
+    } else if (d->r->pol && d->r->pol->new_path.n) {   /* a rewrite policy's path */
+        hp_put(o, d->r->pol->new_path.p, d->r->pol->new_path.n);
+        if (m->has_query) {
+            hp_put(o, "?", 1);
+            hp_put_span(o, msg, m->query);
+        }
     } else {
         bool slash;
         size_t off = wg_route_strip(d->r->route, msg + m->path.off, m->path.len, &slash);
@@ -529,6 +547,17 @@ static void put_xff(struct wg_downstream *d, struct hp_out *o, const struct wg_h
     hp_put(o, "\r\n", 2);
 }
 
+/* Fields a policy added (policy.h): names are tokens, values free of CR/LF. */
+static void put_added(struct hp_out *o, const struct wg_policy_head *h)
+{
+    for (unsigned i = 0; i < h->n_add; i++) {
+        hp_put(o, h->add[i].name.p, h->add[i].name.n);
+        hp_put(o, ": ", 2);
+        hp_put(o, h->add[i].value.p, h->add[i].value.n);
+        hp_put(o, "\r\n", 2);
+    }
+}
+
 /* The head sent upstream, built in one pass over the parsed fields. */
 static bool build_upstream_head(struct wg_downstream *d, const struct wg_http_parser *p,
                                 const char *msg, size_t head_len)
@@ -538,7 +567,10 @@ static bool build_upstream_head(struct wg_downstream *d, const struct wg_http_pa
     bool trusted = d->r->peer_trusted, has_proto = false, has_fhost = false;
     unsigned n_xff = 0;
     struct wg_hop_tokens tok;
-    struct hp_out o = hp_out_open(d->loc, &d->r->uout, head_len + HP_HEAD_EXTRA);
+    struct wg_policy_req *pol = d->r->pol;
+    struct hp_out o = hp_out_open(d->loc, &d->r->uout,
+                                  head_len + HP_HEAD_EXTRA +
+                                      (pol ? wg_policy_head_added_bytes(&pol->req) + pol->new_path.n : 0));
 
     wg_hop_tokens(p, msg, &tok);
     put_request_line(d, &o, msg, m);
@@ -554,7 +586,8 @@ static bool build_upstream_head(struct wg_downstream *d, const struct wg_http_pa
         const struct wg_http_header *h = &p->headers[i];
         if (wg_hop_by_hop(&tok, msg, h, m->upgrade) || (absolute && h->id == WG_HTTP_HDR_HOST) ||
             (m->underscore && h->id == WG_HTTP_HDR_OTHER &&
-             underscored(msg, h, d->r->t.allow_underscores)))
+             underscored(msg, h, d->r->t.allow_underscores)) ||
+            (pol && wg_policy_head_dropped(&pol->req, i)))
             continue;
         switch (own_field(msg, h)) {
         case OWN_NONE:
@@ -592,8 +625,16 @@ static bool build_upstream_head(struct wg_downstream *d, const struct wg_http_pa
         hp_put_span(&o, msg, m->host);
         hp_put(&o, "\r\n", 2);
     }
-    if (!has_id)
+    if (pol)
+        put_added(&o, &pol->req);
+    if (!has_id && pol && pol->request_id.n) {      /* generated before the policies ran */
+        hp_puts(&o, "X-Request-Id: ");
+        hp_put(&o, pol->request_id.p, pol->request_id.n);
+        note_request_id(d, pol->request_id.p, pol->request_id.n);
+        hp_put(&o, "\r\n", 2);
+    } else if (!has_id) {
         put_request_id(d, &o);
+    }
     hp_puts(&o, m->upgrade ? "Connection: upgrade\r\n\r\n" : "\r\n");
     hp_out_close(d->r->uout, &o);
     return !o.full;
@@ -667,6 +708,35 @@ static void grpc_settings(struct wg_downstream *d, const struct wg_http_parser *
                               msg + p->msg.path.off, p->msg.path.len);
 }
 
+/* A traffic split (route backends:): the service for this request, drawn
+ * by weight at random, or by the hash of the sticky key (a request without
+ * the key is drawn at random). Each backend service has its own pools. */
+static const char *split_pick(struct wg_downstream *d, const struct wg_http_parser *p,
+                              const char *msg)
+{
+    const struct wg_route *r = d->r->route;
+    uint64_t point;
+    struct wg_http_span v;
+    int k;
+
+    if (r->sticky && r->sticky_key == WG_HASH_CLIENT_IP)
+        point = wg_balance_hash_bytes(d->client_ip, strlen(d->client_ip));
+    else if (r->sticky && r->sticky_key == WG_HASH_HEADER &&
+             (k = wg_http_find_header(p, msg, r->sticky_name, strlen(r->sticky_name), 0)) >= 0)
+        point = wg_balance_hash_bytes(msg + p->headers[k].value.off, p->headers[k].value.len);
+    else if (r->sticky && r->sticky_key == WG_HASH_COOKIE && cookie_value(p, msg, r->sticky_name, &v))
+        point = wg_balance_hash_bytes(msg + v.off, v.len);
+    else
+        point = wg_rng_next(&d->w->rng);
+    point %= r->backends_weight;
+    for (size_t i = 0; i < r->n_backends; i++) {
+        if (point < r->backends[i].weight)
+            return r->backends[i].service;
+        point -= r->backends[i].weight;
+    }
+    return r->service;
+}
+
 /* Route the request; 0, or the status to answer. */
 static unsigned request_route(struct wg_downstream *d, const struct wg_http_parser *p, const char *msg)
 {
@@ -680,7 +750,8 @@ static unsigned request_route(struct wg_downstream *d, const struct wg_http_pars
     if (d->r->t.max_body && m->has_content_length && m->content_length > d->r->t.max_body)
         return 413;
     struct wg_snapshot *s = wg_pool_current(d->w->pool);
-    const struct wg_pool_service *svc = s ? wg_snapshot_service(s, d->r->route->service) : NULL;
+    const char *name = d->r->route->n_backends ? split_pick(d, p, msg) : d->r->route->service;
+    const struct wg_pool_service *svc = s ? wg_snapshot_service(s, name) : NULL;
     if (!svc)
         return 503;
     wg_pool_service_ref((struct wg_pool_service *)svc);
@@ -748,7 +819,44 @@ static void reply_redirect(struct wg_downstream *d, const struct wg_http_parser 
 static unsigned policy_request_head(struct wg_downstream *d, const struct wg_http_parser *p,
                                     const char *msg)
 {
-    return 0;
+    const struct wg_policy_chain *chain = d->r->route->policies;
+    struct wg_policy_req *pol;
+    struct wg_pstr ct;
+    int k;
+
+    if (!chain)
+        return 0;
+    if (!(pol = calloc(1, sizeof *pol)))
+        return 503;
+    d->r->pol = pol;
+    wg_policy_req_http1(pol, p, msg);
+    if (!wg_policy_head_http1(pol, &pol->req, p, msg))
+        return 503;
+    pol->client_ip = d->client_ip;
+    pol->tls = d->tls;
+    pol->worker = d->w->index;
+    pol->stats = d->w->stats;
+    pol->now_ms = wg_now_ms();
+    pol->unix_s = (int64_t)time(NULL);
+    pol->is_grpc = wg_policy_head_get(&pol->req, "content-type", 12, &ct) &&
+                   wg_grpc_is_grpc(ct.p, ct.n);
+    if ((k = wg_http_find_header(p, msg, "x-request-id", 12, 0)) >= 0) {
+        pol->request_id = (struct wg_pstr){ msg + p->headers[k].value.off, p->headers[k].value.len };
+    } else {                            /* generated now: $request_id and upstream agree */
+        static const char hex[] = "0123456789abcdef";
+        char *id = wg_policy_alloc(pol, 32);
+        uint64_t a = wg_rng_next(&d->w->rng), b = wg_rng_next(&d->w->rng);
+        if (!id)
+            return 503;
+        for (int i = 0; i < 16; i++) {
+            id[i] = hex[(a >> (4 * i)) & 15];
+            id[16 + i] = hex[(b >> (4 * i)) & 15];
+        }
+        pol->request_id = (struct wg_pstr){ id, 32 };
+    }
+    if (wg_policy_request(chain, pol) == WG_POLICY_CONTINUE)
+        return 0;
+    return pol->answer_status;
 }
 
 /* The head is complete: check, route, rewrite, then start the upstream. */
@@ -784,11 +892,18 @@ void wg_exchange_head(struct wg_downstream *d, const struct wg_http_parser *p, s
                !build_upstream_head(d, p, msg, head_len)) {
         status = 431;
     }
+    if (status == 0 && d->rq == WG_RQ_HEAD && d->r->pol && d->r->pol->mirror && !body &&
+        !m->upgrade && d->r->uout)      /* a copy, never waited for (http_mirror.h) */
+        wg_mirror_send(d->w, d->r->pol->mirror, d->r->uout->data, d->r->uout->end);
+    if (d->r->pol)
+        wg_policy_req_detach(d->r->pol);
     b->start += (uint32_t)head_len;
     b->sent = b->fwd = b->scan = b->start;
     d->client_progress = wg_now_ms();
     if (status)
-        wg_exchange_reply(d, status, status == 503 ? "no healthy upstream\n" : NULL, !body);
+        wg_exchange_reply(d, status, status == 503 ? "no healthy upstream\n" :
+                          d->r->pol && d->r->pol->answer_status == status ? d->r->pol->answer_body.p
+                                                                          : NULL, !body);
     if (d->rq != WG_RQ_HEAD)
         return;
     wg_http_body_init(&d->r->rq_body, framing, length, 0);
@@ -1445,6 +1560,13 @@ static void request_body_step(struct wg_downstream *d, bool *progress)
 static void policy_response_head(struct wg_downstream *d, const struct wg_http_parser *p,
                                  const char *msg)
 {
+    struct wg_policy_req *pol = d->r->pol;
+
+    d->r->resp_edits = (struct wg_policy_head){ 0 };
+    if (!pol || !pol->chain || !pol->chain->has_response ||
+        !wg_policy_head_http1(pol, &d->r->resp_edits, p, msg))
+        return;
+    wg_policy_response(pol, p->msg.status, &d->r->resp_edits);
 }
 
 /* A final response head: decide both connections' fate, forward it. */

@@ -39,6 +39,7 @@
 #include "waygate/log.h"
 #include "waygate/tls.h"
 #include "waygate/record.h"
+#include "waygate/sockaddr.h"
 
 #define PROBE_MAGIC 0x9a0be511U
 #define PROBE_HEAD_MAX 8192             /* response head bytes kept */

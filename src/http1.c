@@ -122,18 +122,47 @@ static void conn_tick(struct wg_conn_link *l, uint64_t now_ms)
 
 /* ---- what the exchange asks of the client side -------------------------- */
 
+/* Policy fields (exchange.h) after a head's own. */
+static size_t extra_bytes(const struct wg_exchange *r)
+{
+    return r->pol ? wg_policy_head_added_bytes(&r->resp_edits) +
+                        wg_policy_head_added_bytes(&r->pol->resp_extra) : 0;
+}
+
+static void put_extra(struct hp_out *o, const struct wg_exchange *r)
+{
+    const struct wg_policy_field *f[2];
+    size_t n[2];
+
+    wg_exchange_extra_fields(r, &f[0], &n[0], &f[1], &n[1]);
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; i < n[k]; i++) {
+            hp_put(o, f[k][i].name.p, f[k][i].name.n);
+            hp_put(o, ": ", 2);
+            hp_put(o, f[k][i].value.p, f[k][i].value.n);
+            hp_put(o, "\r\n", 2);
+        }
+}
+
 static bool h1_reply(struct wg_downstream *d, unsigned status, const char *body, bool keep)
 {
     struct hp_conn *c = conn_ds(d);
-    struct hp_out o = hp_out_open(d->loc, &c->out, 256 + strlen(body));
+    struct hp_out o = hp_out_open(d->loc, &c->out, 256 + strlen(body) + extra_bytes(d->r));
     hp_puts(&o, "HTTP/1.1 ");
     hp_put_u64(&o, status);
     hp_puts(&o, " ");
     hp_puts(&o, hp_reason(status));
-    hp_puts(&o, "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
-    hp_put_u64(&o, strlen(body));
-    hp_puts(&o, keep ? (d->r->http10 ? "\r\nConnection: keep-alive\r\n\r\n" : "\r\n\r\n")
-                     : "\r\nConnection: close\r\n\r\n");
+    hp_puts(&o, "\r\n");
+    put_extra(&o, d->r);                /* CORS, RateLimit-*, WWW-Authenticate */
+    if (status == 204) {                /* no body and no Content-Length (RFC 9110 §8.6) */
+        body = "";
+    } else {
+        hp_puts(&o, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+        hp_put_u64(&o, strlen(body));
+        hp_puts(&o, "\r\n");
+    }
+    hp_puts(&o, keep ? (d->r->http10 ? "Connection: keep-alive\r\n\r\n" : "\r\n")
+                     : "Connection: close\r\n\r\n");
     if (d->r->method != WG_HTTP_HEAD)
         hp_puts(&o, body);
     hp_out_close(c->out, &o);
@@ -175,7 +204,7 @@ static bool h1_response_head(struct wg_downstream *d, const struct wg_http_parse
     const struct wg_http_message *m = &p->msg;
     bool upgrade = m->status == 101;
     struct wg_hop_tokens tok;
-    struct hp_out o = hp_out_open(d->loc, &c->out, head_len + 64);
+    struct hp_out o = hp_out_open(d->loc, &c->out, head_len + 64 + (final ? extra_bytes(d->r) : 0));
 
     wg_hop_tokens(p, msg, &tok);
     hp_puts(&o, "HTTP/1.1 ");
@@ -186,10 +215,13 @@ static bool h1_response_head(struct wg_downstream *d, const struct wg_http_parse
     for (unsigned i = 0; i < m->nheaders; i++) {
         const struct wg_http_header *h = &p->headers[i];
         if (wg_hop_by_hop(&tok, msg, h, upgrade) ||
-            (d->r->dechunk && h->id == WG_HTTP_HDR_TRANSFER_ENCODING))
+            (d->r->dechunk && h->id == WG_HTTP_HDR_TRANSFER_ENCODING) ||
+            (final && wg_policy_head_dropped(&d->r->resp_edits, i)))
             continue;
         wg_put_field(&o, msg, h);
     }
+    if (final)
+        put_extra(&o, d->r);
     if (upgrade)
         hp_puts(&o, "Connection: upgrade\r\n");
     else if (final && d->r->close_after)

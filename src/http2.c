@@ -5,6 +5,7 @@
  * all exchange work runs after mem_recv returns, outside nghttp2); the
  * request head a stream becomes; the pump (read, feed, step every stream,
  * send); deadlines and limits; accept. */
+#include "waygate/grpc.h"
 #include "waygate/http2.h"
 
 #include <errno.h>
@@ -120,13 +121,13 @@ static struct h2_stream *stream_ds(const struct wg_downstream *d) { return (stru
 
 static void count_goaway(struct h2_conn *c, uint32_t code)
 {
-    enum wg_counter k = code == NGHTTP2_NO_ERROR ? WG_C_H2_GOAWAY_NO_ERROR
-                      : code == NGHTTP2_ENHANCE_YOUR_CALM ? WG_C_H2_GOAWAY_CALM
-                      : code == NGHTTP2_COMPRESSION_ERROR ? WG_C_H2_GOAWAY_COMPRESSION
+    enum wg_h2_counter k = code == NGHTTP2_NO_ERROR ? WG_H2_GOAWAY_NO_ERROR
+                      : code == NGHTTP2_ENHANCE_YOUR_CALM ? WG_H2_GOAWAY_CALM
+                      : code == NGHTTP2_COMPRESSION_ERROR ? WG_H2_GOAWAY_COMPRESSION
                       : code == NGHTTP2_PROTOCOL_ERROR || code == NGHTTP2_FLOW_CONTROL_ERROR ||
-                        code == NGHTTP2_FRAME_SIZE_ERROR ? WG_C_H2_GOAWAY_PROTOCOL
-                      : WG_C_H2_GOAWAY_OTHER;
-    wg_stats_add(c->w->stats, k, 1);
+                        code == NGHTTP2_FRAME_SIZE_ERROR ? WG_H2_GOAWAY_PROTOCOL
+                      : WG_H2_GOAWAY_OTHER;
+    wg_listener_h2_add(c->l, k, 1);
 }
 
 /* End the connection with GOAWAY `code` (sent when the pump flushes). */
@@ -210,8 +211,8 @@ static struct h2_stream *stream_new(struct h2_conn *c, int32_t id)
         c->streams->prev = st;
     c->streams = st;
     c->n_streams++;
-    wg_stats_add(c->w->stats, WG_C_H2_STREAMS, 1);
-    wg_stats_add(c->w->stats, WG_C_H2_STREAMS_ACTIVE, 1);
+    wg_listener_h2_add(c->l, WG_H2_STREAMS, 1);
+    wg_listener_h2_add(c->l, WG_H2_STREAMS_ACTIVE, 1);
     nghttp2_session_set_stream_user_data(c->s, id, st);
     return st;
 }
@@ -247,7 +248,7 @@ static void stream_free(struct h2_stream *st)
     c->n_streams--;
     if (c->n_streams == 0)
         c->idle_deadline = wg_now_ms() + c->idle_ms;
-    wg_stats_add(c->w->stats, WG_C_H2_STREAMS_ACTIVE, (uint64_t)-1);
+    wg_listener_h2_add(c->l, WG_H2_STREAMS_ACTIVE, (uint64_t)-1);
     free(st);
 }
 
@@ -257,9 +258,9 @@ static void stream_reset(struct h2_stream *st, uint32_t code)
         return;
     st->reset = true;
     nghttp2_submit_rst_stream(st->c->s, NGHTTP2_FLAG_NONE, st->id, code);
-    wg_stats_add(st->c->w->stats, code == NGHTTP2_INTERNAL_ERROR ? WG_C_H2_RST_SENT_INTERNAL
-                                  : code == NGHTTP2_CANCEL ? WG_C_H2_RST_SENT_CANCEL
-                                  : WG_C_H2_RST_SENT_OTHER, 1);
+    wg_listener_h2_add(st->c->l, code == NGHTTP2_INTERNAL_ERROR ? WG_H2_RST_SENT_INTERNAL
+                                  : code == NGHTTP2_CANCEL ? WG_H2_RST_SENT_CANCEL
+                                  : WG_H2_RST_SENT_OTHER, 1);
 }
 
 /* Append to a field buffer, growing it (bounded by the header checks). */
@@ -297,10 +298,14 @@ static ssize_t read_reply(nghttp2_session *s, int32_t id, uint8_t *buf, size_t l
     return (ssize_t)n;
 }
 
+#define H2_EXTRA 32                     /* policy fields on one head (policy.h) */
+
 static bool submit(struct h2_stream *st, unsigned status, const nghttp2_nv *extra, size_t n_extra,
                    const nghttp2_data_provider *dp)
 {
-    nghttp2_nv nv[HP_MAX_HEADERS + 2];
+    nghttp2_nv nv[HP_MAX_HEADERS + 2 + H2_EXTRA];
+    if (n_extra + 1 > sizeof nv / sizeof *nv)
+        return false;
     char code[4];
     snprintf(code, sizeof code, "%03u", status % 1000);
     nv[0] = (nghttp2_nv){ (uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE };
@@ -311,17 +316,58 @@ static bool submit(struct h2_stream *st, unsigned status, const nghttp2_nv *extr
     return true;
 }
 
-/* An answer of ours: status, content-type, content-length, a short body. */
+/* Policy fields (exchange.h: response edits, then resp_extra) appended to
+ * nv, names lower-cased into `names`; the new count. */
+static size_t add_extra(const struct wg_exchange *r, nghttp2_nv *nv, size_t n, size_t cap,
+                        char *names, size_t names_cap)
+{
+    const struct wg_policy_field *f[2];
+    size_t nf[2], used = 0;
+
+    if (!r)
+        return n;
+    wg_exchange_extra_fields(r, &f[0], &nf[0], &f[1], &nf[1]);
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; i < nf[k] && n < cap && used + f[k][i].name.n <= names_cap; i++) {
+            for (size_t j = 0; j < f[k][i].name.n; j++) {
+                char ch = f[k][i].name.p[j];
+                names[used + j] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+            }
+            nv[n++] = (nghttp2_nv){ (uint8_t *)names + used, (uint8_t *)f[k][i].value.p,
+                                    f[k][i].name.n, f[k][i].value.n, NGHTTP2_NV_FLAG_NONE };
+            used += f[k][i].name.n;
+        }
+    return n;
+}
+
+
+/* An answer of ours: status, content-type, content-length, a short body. A
+ * gRPC request refused by a policy gets Trailers-Only (DESIGN §15). */
 static bool answer(struct h2_stream *st, unsigned status, const char *body, const char *location,
                    size_t loc_len)
 {
     size_t blen = body ? strlen(body) : 0;
     if (st->ds.r && st->ds.r->method == WG_HTTP_HEAD)
         blen = 0;
-    char len[24];
+    char len[24], names[1024], grpc[8];
     snprintf(len, sizeof len, "%zu", blen);
-    nghttp2_nv nv[3];
+    nghttp2_nv nv[4 + H2_EXTRA];
     size_t n = 0;
+    const struct wg_exchange *r = st->ds.r;
+    if (r && r->pol && r->pol->is_grpc && r->pol->answer_status == status && !location) {
+        snprintf(grpc, sizeof grpc, "%d", (int)wg_grpc_status_from_http((int)status));
+        nv[n++] = (nghttp2_nv){ (uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16,
+                                NGHTTP2_NV_FLAG_NONE };
+        nv[n++] = (nghttp2_nv){ (uint8_t *)"grpc-status", (uint8_t *)grpc, 11, strlen(grpc),
+                                NGHTTP2_NV_FLAG_NONE };
+        char msg[256];
+        size_t ml = body ? wg_grpc_message_encode(body, strcspn(body, "\n"), msg, sizeof msg) : 0;
+        if (ml)
+            nv[n++] = (nghttp2_nv){ (uint8_t *)"grpc-message", (uint8_t *)msg, 12, ml,
+                                    NGHTTP2_NV_FLAG_NONE };
+        n = add_extra(r, nv, n, sizeof nv / sizeof *nv, names, sizeof names);
+        return submit(st, 200, nv, n, NULL) && (st->data_eof = true);
+    }
     if (location) {
         nv[n++] = (nghttp2_nv){ (uint8_t *)"location", (uint8_t *)location, 8, loc_len,
                                 NGHTTP2_NV_FLAG_NONE };
@@ -329,9 +375,11 @@ static bool answer(struct h2_stream *st, unsigned status, const char *body, cons
         nv[n++] = (nghttp2_nv){ (uint8_t *)"content-type", (uint8_t *)"text/plain; charset=utf-8",
                                 12, 25, NGHTTP2_NV_FLAG_NONE };
     }
-    nv[n++] = (nghttp2_nv){ (uint8_t *)"content-length", (uint8_t *)len, 14, strlen(len),
-                            NGHTTP2_NV_FLAG_NONE };
-    if (!blen)
+    if (status != 204)
+        nv[n++] = (nghttp2_nv){ (uint8_t *)"content-length", (uint8_t *)len, 14, strlen(len),
+                                NGHTTP2_NV_FLAG_NONE };
+    n = add_extra(r, nv, n, sizeof nv / sizeof *nv, names, sizeof names);
+    if (!blen || status == 204)
         return submit(st, status, nv, n, NULL) && (st->data_eof = true);
     hp_buf_free(st->c->loc, &st->reply);
     if (!append(st->c->loc, &st->reply, body, blen))
@@ -455,7 +503,7 @@ static bool h2_response_head(struct wg_downstream *d, const struct wg_http_parse
     struct h2_stream *st = stream_ds(d);
     const struct wg_http_message *m = &p->msg;
     struct wg_hop_tokens tok;
-    nghttp2_nv nv[HP_MAX_HEADERS + 1];
+    nghttp2_nv nv[HP_MAX_HEADERS + 1 + H2_EXTRA];
     size_t n = 0;
     char names[4096];
     size_t used = 0;
@@ -464,7 +512,8 @@ static bool h2_response_head(struct wg_downstream *d, const struct wg_http_parse
     for (unsigned i = 0; i < m->nheaders && n < HP_MAX_HEADERS; i++) {
         const struct wg_http_header *h = &p->headers[i];
         if (wg_hop_by_hop(&tok, msg, h, false) || h->id == WG_HTTP_HDR_TRANSFER_ENCODING ||
-            h->id == WG_HTTP_HDR_UPGRADE || h->id == WG_HTTP_HDR_HOST)
+            h->id == WG_HTTP_HDR_UPGRADE || h->id == WG_HTTP_HDR_HOST ||
+            (final && wg_policy_head_dropped(&d->r->resp_edits, i)))
             continue;
         if (used + h->name.len > sizeof names)
             return false;
@@ -480,6 +529,7 @@ static bool h2_response_head(struct wg_downstream *d, const struct wg_http_parse
         nv[0] = (nghttp2_nv){ (uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE };
         return nghttp2_submit_headers(st->c->s, NGHTTP2_FLAG_NONE, st->id, NULL, nv, n + 1, NULL) == 0;
     }
+    n = add_extra(d->r, nv, n, sizeof nv / sizeof *nv, names + used, sizeof names - used);
     bool empty = m->framing == WG_HTTP_BODY_NONE ||
                  (m->framing == WG_HTTP_BODY_LENGTH && m->content_length == 0);
     if (empty) {
@@ -766,7 +816,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *user)
             st->end_stream = true;
         break;
     case NGHTTP2_RST_STREAM:
-        wg_stats_add(c->w->stats, WG_C_H2_RST_RECV, 1);
+        wg_listener_h2_add(c->l, WG_H2_RST_RECV, 1);
         if (!flood_ok(c, &c->resets, c->max_resets)) {
             conn_calm(c, NGHTTP2_ENHANCE_YOUR_CALM, "rapid_reset");
             return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -1273,7 +1323,7 @@ int wg_http2_accept(struct wg_worker *w, const struct wg_listener *l,
     c->idle_deadline = wg_now_ms() + c->idle_ms;
     c->window_start = wg_now_ms();
     wg_worker_conn_add(w, &c->link);
-    wg_stats_add(w->stats, WG_C_H2_CONNECTIONS, 1);
+    wg_listener_h2_add(l, WG_H2_CONNECTIONS, 1);
     conn_pump(c);
     return 0;
 fail:

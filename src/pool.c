@@ -6,9 +6,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "waygate/balance.h"
 #include "waygate/log.h"
 #include "waygate/reclaim.h"
+#include "waygate/sockaddr.h"
 
 struct staged {
     char *name;
@@ -30,6 +30,7 @@ struct staged_index {
 
 struct wg_pool {
     struct wg_reclaim *rc;
+    const struct wg_pool_policy *policy;
     void (*wake)(void *);
     void *wake_arg;
     _Atomic(struct wg_snapshot *) current;
@@ -298,9 +299,8 @@ static void service_unref(struct wg_pool_service *s)
 {
     if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
         return;
-    if (s->balance && s->balance->shared_free && s->balance_shared)
-        s->balance->shared_free(s->balance_shared);
-    wg_locality_free(s->locality);
+    if (s->policy)
+        s->policy->release(s);
     for (uint32_t k = 0; k < s->n_members; k++) {
         free(s->members[k].metadata);
         free(s->members[k].record);
@@ -383,7 +383,6 @@ static struct wg_pool_service *service_build(struct wg_pool *p, const char *name
     wg_config_ref_get(p->config);
     s->config = p->config;
     s->cfg = wg_config_service(p->config->cfg, name);
-    s->balance = wg_balance_ops_for(s->cfg->balance);
     s->members = n ? calloc(n, sizeof *s->members) : NULL;
     if (n && !s->members)
         goto fail;
@@ -425,9 +424,8 @@ static struct wg_pool_service *service_build(struct wg_pool *p, const char *name
             goto fail;
         s->total_weight += r->weight;
     }
-    if (s->balance->shared_new && !(s->balance_shared = s->balance->shared_new(s)))
-        goto fail;
-    if (wg_locality_build(s, p->config->cfg->zone) < 0)
+    s->policy = p->policy;
+    if (s->policy->build(s, p->config->cfg->zone) < 0)
         goto fail;
     return s;
 fail:
@@ -500,12 +498,14 @@ bool wg_pool_has_snapshot(struct wg_pool *p) { return atomic_load(&p->current) !
 
 /* ---- the pool ---- */
 
-struct wg_pool *wg_pool_new(struct wg_reclaim *rc, void (*wake)(void *), void *wake_arg)
+struct wg_pool *wg_pool_new(struct wg_reclaim *rc, const struct wg_pool_policy *policy,
+                            void (*wake)(void *), void *wake_arg)
 {
     struct wg_pool *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
     p->rc = rc;
+    p->policy = policy;
     p->wake = wake;
     p->wake_arg = wake_arg;
     atomic_init(&p->current, NULL);

@@ -9,6 +9,7 @@
  * into the metadata.
  */
 #include "waygate/record.h"
+#include "waygate/sockaddr.h"
 
 #include <jansson.h>
 #include <stdarg.h>

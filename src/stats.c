@@ -39,18 +39,11 @@ static const char *const names[WG_C__COUNT] = {
     [WG_C_HTTP_UPSTREAM_STALE] = "http_upstream_stale",
     [WG_C_HTTP_TIMEOUTS] = "http_timeouts",
     [WG_C_PROXY_UNTRUSTED] = "proxy_protocol_untrusted",
-    [WG_C_H2_CONNECTIONS] = "http2_connections",
-    [WG_C_H2_STREAMS] = "http2_streams",
-    [WG_C_H2_STREAMS_ACTIVE] = "http2_streams_active",
-    [WG_C_H2_RST_RECV] = "http2_resets_received",
-    [WG_C_H2_RST_SENT_INTERNAL] = "http2_resets_sent_internal",
-    [WG_C_H2_RST_SENT_CANCEL] = "http2_resets_sent_cancel",
-    [WG_C_H2_RST_SENT_OTHER] = "http2_resets_sent_other",
-    [WG_C_H2_GOAWAY_NO_ERROR] = "http2_goaway_no_error",
-    [WG_C_H2_GOAWAY_CALM] = "http2_goaway_enhance_your_calm",
-    [WG_C_H2_GOAWAY_COMPRESSION] = "http2_goaway_compression_error",
-    [WG_C_H2_GOAWAY_PROTOCOL] = "http2_goaway_protocol_error",
-    [WG_C_H2_GOAWAY_OTHER] = "http2_goaway_other",
+    [WG_C_POLICY_DENIED] = "policy_denied",
+    [WG_C_POLICY_RATE_LIMITED] = "policy_rate_limited",
+    [WG_C_POLICY_RL_EVICTIONS] = "policy_rate_limit_evictions",
+    [WG_C_MIRROR_SENT] = "mirror_sent",
+    [WG_C_MIRROR_SKIPPED] = "mirror_skipped",
 };
 
 struct wg_stats_block *wg_stats_block_new(void)

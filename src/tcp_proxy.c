@@ -16,6 +16,7 @@
 #include "waygate/log.h"
 #include "waygate/pool.h"
 #include "waygate/proxy_protocol.h"
+#include "waygate/sockaddr.h"
 #include "waygate/stats.h"
 #include "waygate/tls.h"
 #include "waygate/worker.h"

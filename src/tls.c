@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "waygate/errors.h"
 #include "waygate/log.h"
 
 /* DESIGN §11: the thread's error queue must be empty before each SSL call;

@@ -71,6 +71,9 @@ struct wg_balance_ops {
 };
 
 const struct wg_balance_ops *wg_balance_ops_for(enum wg_balance policy);
+/* The pool's policy hooks (pool.h: wg_pool_new): the service's balance ops,
+ * their shared data, then its locality groups. */
+extern const struct wg_pool_policy wg_balance_policy;
 
 /* Can `m` take new work for this pick: healthy (any non-draining state in
  * panic mode), weight > 0, under max_connections, not tried already. */

@@ -23,15 +23,8 @@
 #include <sys/socket.h>
 
 #include "waygate/cidr.h"
-
-/* A list of error lines, each "FILE:LINE:COL: message". */
-struct wg_errors {
-    char **lines;
-    size_t n, cap;
-};
-void wg_errors_add(struct wg_errors *e, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-void wg_errors_free(struct wg_errors *e);
+#include "waygate/errors.h"
+#include "waygate/policy.h"
 
 /* A socket address as written in the config. `text` keeps the canonical
  * form: "127.0.0.1:8080", "[::1]:8080", ":8080" (all interfaces). */
@@ -124,11 +117,18 @@ struct wg_service_config {
         char *sni;
     } tls;
     bool proxy_protocol;            /* send PROXY v2 upstream (tcp mode) */
+    struct wg_policy_list policies; /* http routes to this service (policy.h) */
 };
 
 struct wg_route_header {
     char *name;
     char *value;
+};
+
+/* One service of a traffic split (route `backends:`). */
+struct wg_route_backend {
+    char *service;
+    uint32_t weight;                /* 0 = no traffic */
 };
 
 struct wg_route {
@@ -139,12 +139,20 @@ struct wg_route {
     size_t n_methods;
     struct wg_route_header *headers;
     size_t n_headers;
-    char *service;
+    char *service;                  /* with backends: the first backend's (its policies apply) */
+    struct wg_route_backend *backends;  /* traffic split; NULL/0 = service only */
+    size_t n_backends;
+    uint64_t backends_weight;       /* sum of the weights, > 0 */
+    bool sticky;                    /* split by a key's hash, not at random */
+    enum wg_hash_key sticky_key;
+    char *sticky_name;              /* header or cookie name */
     bool strip_prefix;
     int64_t response_timeout_ms;    /* -1 = the service's */
     int retries;                    /* -1 = the service's */
     int8_t retry_non_idempotent;    /* -1 = the service's, else 0 / 1 */
     unsigned line;                  /* for logs */
+    struct wg_policy_list policy_list;  /* the route's own `policies:` */
+    struct wg_policy_chain *policies;   /* effective chain (policy.h); NULL = none */
 };
 
 struct wg_tls_cert_pair {
@@ -188,6 +196,7 @@ struct wg_listener_config {
     } tls;
     struct wg_route *routes;        /* http mode */
     size_t n_routes;
+    struct wg_policy_list policies; /* applied to every route (policy.h) */
 };
 
 struct wg_config {
@@ -245,6 +254,13 @@ struct wg_config {
     size_t n_services;
     struct wg_listener_config *listeners;
     size_t n_listeners;
+    char **policy_services;         /* services policies name (mirror) */
+    size_t n_policy_services;
+    struct wg_jwks_url { char *url, *ca; uint64_t refresh_ms; } *jwks_urls;
+    size_t n_jwks_urls;             /* JWKS documents jwt policies fetch (jwks.h) */
+    char **policy_files;            /* files policies read (keys, htpasswd): a change
+                                       to one reloads the config (control.c) */
+    size_t n_policy_files;
 };
 
 /* Load and validate a config file. Returns NULL and fills errs on any error. */
@@ -264,6 +280,9 @@ const struct wg_service_config *wg_config_service(const struct wg_config *cfg,
  * top level's. */
 const struct wg_cidr_list *wg_listener_trusted(const struct wg_config *cfg,
                                                const struct wg_listener_config *lc);
+/* A fingerprint of the policy files' identity, size and mtime (0 when
+ * there are none); a different value means one of them changed. */
+uint64_t wg_config_policy_files_stamp(const struct wg_config *cfg);
 
 /* Value grammar helpers (exported for the unit tests and for `register`).
  * Return false on a malformed value. */

@@ -52,6 +52,7 @@
 #include "waygate/cidr.h"
 #include "waygate/http.h"
 #include "waygate/http_buf.h"
+#include "waygate/policy.h"
 
 struct wg_worker;
 struct wg_listener;
@@ -149,6 +150,10 @@ struct wg_exchange {
     struct wg_http_span note_method, note_target, note_id;
     uint64_t req_start_ns, connect_start_ns, req_bytes_in, req_bytes_out;
     int64_t connect_us;
+    /* gateway policies (policy.h): the route's chain's view of the request,
+     * NULL on routes without policies; the response edits of the final head */
+    struct wg_policy_req *pol;
+    struct wg_policy_head resp_edits;
     struct wg_pick pick;                /* last: the tried list is long and mostly unused */
 };
 
@@ -265,6 +270,21 @@ static inline void wg_put_field(struct hp_out *o, const char *msg, const struct 
     hp_put(o, ": ", 2);
     hp_put_span(o, msg, h->value);
     hp_put(o, "\r\n", 2);
+}
+
+/* The fields policies add to what the client gets (the response head's
+ * edits, then resp_extra), as "Name: value" pairs; a codec writes them after
+ * the head's own fields, leaving out received field i when
+ * wg_policy_head_dropped(&r->resp_edits, i). n == 0 without policies. */
+static inline size_t wg_exchange_extra_fields(const struct wg_exchange *r,
+                                              const struct wg_policy_field **a, size_t *na,
+                                              const struct wg_policy_field **b, size_t *nb)
+{
+    *a = r->resp_edits.add;
+    *na = r->resp_edits.n_add;
+    *b = r->pol ? r->pol->resp_extra.add : NULL;
+    *nb = r->pol ? r->pol->resp_extra.n_add : 0;
+    return *na + *nb;
 }
 
 /* ---- called by the downstream codecs ---- */

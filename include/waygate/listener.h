@@ -1,20 +1,18 @@
-/* listener — listening sockets and the accept loop.
+/* listener — listening sockets.
  *
  * Promises:
  *  - wg_listener_open() binds one socket per worker with SO_REUSEPORT, so
  *    the kernel spreads connections over workers; before that it checks
  *    with a plain bind (no SO_REUSEPORT) that no other process holds the
  *    address, instead of silently sharing its traffic.
- *  - Accepting never spins: on EMFILE/ENFILE/ENOBUFS/ENOMEM the acceptor
- *    pauses for 100 ms and counts WG_C_ACCEPT_PAUSED.
- *  - Connections over the global max_connections are accepted and closed at
- *    once (counted WG_C_CONN_REJECTED_LIMIT).
- *  - Accepted sockets are non-blocking, close-on-exec, TCP_NODELAY, and are
- *    handed to the mode's handler on the accepting worker.
+ *  - It knows nothing of workers: each worker accepts on its own socket of
+ *    the listener (worker.h: wg_acceptor_*) and hands connections to the
+ *    listener's on_accept.
  */
 #ifndef WAYGATE_LISTENER_H
 #define WAYGATE_LISTENER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -23,6 +21,24 @@
 
 struct wg_worker;
 struct wg_listener;
+
+/* HTTP/2 counters of one listener (admin: label `listener`), every worker
+ * adding to the same atomics with a relaxed add. */
+enum wg_h2_counter {
+    WG_H2_CONNECTIONS,          /* client connections that speak HTTP/2 */
+    WG_H2_STREAMS,              /* streams opened by clients */
+    WG_H2_STREAMS_ACTIVE,       /* open now (a gauge: +1 / -1) */
+    WG_H2_RST_RECV,             /* RST_STREAM frames received */
+    WG_H2_RST_SENT_INTERNAL,    /* RST_STREAM sent: the exchange gave up (INTERNAL_ERROR) */
+    WG_H2_RST_SENT_CANCEL,      /* RST_STREAM sent: a header timeout (CANCEL) */
+    WG_H2_RST_SENT_OTHER,       /* RST_STREAM sent: NO_ERROR after an early answer, flow control */
+    WG_H2_GOAWAY_NO_ERROR,      /* GOAWAY sent: drain, idle */
+    WG_H2_GOAWAY_CALM,          /* GOAWAY sent: ENHANCE_YOUR_CALM (floods, rapid reset) */
+    WG_H2_GOAWAY_COMPRESSION,   /* GOAWAY sent: COMPRESSION_ERROR (HPACK) */
+    WG_H2_GOAWAY_PROTOCOL,      /* GOAWAY sent: PROTOCOL / FLOW_CONTROL / FRAME_SIZE error */
+    WG_H2_GOAWAY_OTHER,         /* GOAWAY sent: any other code */
+    WG_H2__COUNT
+};
 
 /* Called on the worker that accepted `fd`; takes ownership of fd. */
 typedef void (*wg_accept_fn)(struct wg_worker *w, const struct wg_listener *l, int fd,
@@ -44,7 +60,14 @@ struct wg_listener {
     _Atomic unsigned detached;      /* workers that dropped it after removal */
     _Atomic uint64_t accepted;      /* connections accepted (all workers) */
     _Atomic uint64_t rejected;      /* of which closed at once: max_connections */
+    _Atomic uint64_t *h2;           /* [WG_H2__COUNT]; writable through a const listener */
 };
+
+static inline void wg_listener_h2_add(const struct wg_listener *l, enum wg_h2_counter k,
+                                      uint64_t n)
+{
+    atomic_fetch_add_explicit(&l->h2[k], n, memory_order_relaxed);
+}
 
 /* This listener's settings in `cfg` (matched by address), or NULL when the
  * config no longer has it. */
@@ -59,15 +82,6 @@ struct wg_listener *wg_listener_open(const struct wg_listener_config *cfg, uint6
                                      unsigned n_workers, wg_accept_fn on_accept,
                                      struct wg_errors *errs);
 void wg_listener_close(struct wg_listener *l);
-
-/* One worker's accept state for one listener. */
-struct wg_acceptor;
-struct wg_acceptor *wg_acceptor_new(struct wg_listener *l, int fd);
-struct wg_listener *wg_acceptor_listener(const struct wg_acceptor *a);
-/* Worker thread: attach to the worker's base (not accepting yet). */
-int wg_acceptor_attach(struct wg_acceptor *a, struct wg_worker *w);
-void wg_acceptor_enable(struct wg_acceptor *a, bool on);
-void wg_acceptor_free(struct wg_acceptor *a);
 
 /* Global open-connection accounting (max_connections). */
 void wg_listener_conn_closed(void);

@@ -77,6 +77,8 @@ struct wg_access_entry {
                                  * 0: HTTP/1.1 or tcp (no such keys) */
     int grpc_code;              /* gRPC calls: the grpc-status the client got (key
                                  * grpc_code, its name); -1: not gRPC or none (no key) */
+    const char *trace_id;       /* http: the W3C trace id (trace policy); NULL: the
+                                 * field is left out of the line */
 };
 
 /* Per-worker handle (struct wg_worker.access_log). wg_worker_log_new() and

@@ -150,6 +150,7 @@ struct wg_pool_service {
     struct wg_service_state *state;
     const struct wg_service_config *cfg;    /* owned by `config` below */
     struct wg_config_ref *config;
+    const struct wg_pool_policy *policy;    /* built balance, balance_shared, locality */
     const struct wg_balance_ops *balance;
     void *balance_shared;               /* policy data built at publish, or NULL */
     struct wg_member *members;          /* sorted by id */
@@ -192,9 +193,21 @@ struct wg_snapshot {
 
 struct wg_pool;
 
-/* `wake` is called on the control thread after every publish so that idle
- * readers pass a quiescent point (reclaim.h) and see the new snapshot. */
-struct wg_pool *wg_pool_new(struct wg_reclaim *rc, void (*wake)(void *), void *wake_arg);
+/* What the balancing policies keep per service version; balance.h gives it
+ * (wg_balance_policy), so that the pool knows no policy itself. */
+struct wg_pool_policy {
+    /* Once the version's members are complete: set balance, balance_shared
+     * and locality. -1: out of memory. */
+    int (*build)(struct wg_pool_service *s, const char *local_zone);
+    /* Free what build set, also after a build that failed half-way. */
+    void (*release)(struct wg_pool_service *s);
+};
+
+/* `policy` builds every service version (never NULL). `wake` is called on
+ * the control thread after every publish so that idle readers pass a
+ * quiescent point (reclaim.h) and see the new snapshot. */
+struct wg_pool *wg_pool_new(struct wg_reclaim *rc, const struct wg_pool_policy *policy,
+                            void (*wake)(void *), void *wake_arg);
 void wg_pool_free(struct wg_pool *p);
 
 /* --- control thread --- */

@@ -89,9 +89,6 @@ uint64_t wg_record_name_hash(const char *s);
 #define WG_PRIORITY_MAX 15
 void wg_record_locality(const char *metadata, char zone[WG_ZONE_MAX + 1], unsigned *priority);
 
-/* "127.0.0.1:8080" / "[::1]:8080" for logs and /status. */
-void wg_sockaddr_text(const struct sockaddr *sa, char *buf, size_t len);
-
 /* Parse the file registry. Returns false only if the file cannot be read or
  * is not valid YAML at all (the caller keeps its last good pools). Invalid
  * entries are reported in `warnings` ("FILE:LINE:COL: message") and skipped;

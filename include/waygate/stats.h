@@ -5,7 +5,8 @@
  *    relaxed atomic add: no lock, no shared cache line between workers.
  *  - Readers (admin, tests) sum all registered blocks at any time; a sum
  *    is never torn per counter, though counters are not a consistent cut.
- *  - Per-instance counters live as atomics on the instance (pool.h).
+ *  - Per-instance counters live as atomics on the instance (pool.h), the
+ *    per-listener ones (connections, HTTP/2) on the listener (listener.h).
  */
 #ifndef WAYGATE_STATS_H
 #define WAYGATE_STATS_H
@@ -41,18 +42,11 @@ enum wg_counter {
     WG_C_TLS_FAIL_OTHER,        /* failed: network error, peer closed */
     WG_C_UPSTREAM_TLS_FAILURES, /* upstream handshakes that failed (verification...) */
     WG_C_PROXY_UNTRUSTED,       /* proxy_protocol listeners: peer outside trusted_proxies */
-    WG_C_H2_CONNECTIONS,        /* client connections that speak HTTP/2 */
-    WG_C_H2_STREAMS,            /* HTTP/2 streams opened by clients */
-    WG_C_H2_STREAMS_ACTIVE,     /* open now (a gauge: +1 / -1, summed) */
-    WG_C_H2_RST_RECV,           /* RST_STREAM frames received */
-    WG_C_H2_RST_SENT_INTERNAL,  /* RST_STREAM sent: the exchange gave up (INTERNAL_ERROR) */
-    WG_C_H2_RST_SENT_CANCEL,    /* RST_STREAM sent: a header timeout (CANCEL) */
-    WG_C_H2_RST_SENT_OTHER,     /* RST_STREAM sent: NO_ERROR after an early answer, flow control */
-    WG_C_H2_GOAWAY_NO_ERROR,    /* GOAWAY sent: drain, idle */
-    WG_C_H2_GOAWAY_CALM,        /* GOAWAY sent: ENHANCE_YOUR_CALM (floods, rapid reset) */
-    WG_C_H2_GOAWAY_COMPRESSION, /* GOAWAY sent: COMPRESSION_ERROR (HPACK) */
-    WG_C_H2_GOAWAY_PROTOCOL,    /* GOAWAY sent: PROTOCOL / FLOW_CONTROL / FRAME_SIZE error */
-    WG_C_H2_GOAWAY_OTHER,       /* GOAWAY sent: any other code */
+    WG_C_POLICY_DENIED,         /* requests refused by an auth policy (401/403) */
+    WG_C_POLICY_RATE_LIMITED,   /* requests refused by rate_limit (429) */
+    WG_C_POLICY_RL_EVICTIONS,   /* live rate-limit buckets evicted (key table full) */
+    WG_C_MIRROR_SENT,           /* mirror copies sent (http_mirror.h) */
+    WG_C_MIRROR_SKIPPED,        /* mirror copies skipped: in-flight bound, no instance */
     WG_C__COUNT
 };
 

@@ -9,6 +9,12 @@
  *    its connections live on its own event_base.
  *  - Control -> worker requests (start accepting, drain, stop) are flags
  *    plus a wake; the worker acts on them in its own thread.
+ *  - Accepting (wg_acceptor_*, src/worker_accept.c) never spins: on
+ *    EMFILE/ENFILE/ENOBUFS/ENOMEM the acceptor pauses for 100 ms and counts
+ *    WG_C_ACCEPT_PAUSED. Connections over the global max_connections are
+ *    accepted and closed at once (counted WG_C_CONN_REJECTED_LIMIT).
+ *    Accepted sockets are non-blocking, close-on-exec, TCP_NODELAY, and are
+ *    handed to the listener's on_accept on the accepting worker.
  */
 #ifndef WAYGATE_WORKER_H
 #define WAYGATE_WORKER_H
@@ -78,6 +84,14 @@ struct wg_worker {
     _Atomic int draining;               /* stop accepting, exit when idle */
     _Atomic int stop;                   /* close everything and exit */
 };
+
+/* One worker's accept state for one listener (listener.h). */
+struct wg_acceptor *wg_acceptor_new(struct wg_listener *l, int fd);
+struct wg_listener *wg_acceptor_listener(const struct wg_acceptor *a);
+/* Worker thread: attach to the worker's base (not accepting yet). */
+int wg_acceptor_attach(struct wg_acceptor *a, struct wg_worker *w);
+void wg_acceptor_enable(struct wg_acceptor *a, bool on);
+void wg_acceptor_free(struct wg_acceptor *a);
 
 struct wg_worker *wg_worker_new(unsigned index, struct wg_pool *pool, struct wg_reclaim *rc);
 /* Before start: take one listening socket (SO_REUSEPORT copy) to accept on. */

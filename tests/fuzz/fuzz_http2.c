@@ -34,6 +34,7 @@
 
 static struct wg_worker w;
 static struct wg_listener listener;
+static _Atomic uint64_t listener_h2[WG_H2__COUNT];
 static struct event *accept_ev;
 
 static const char RESPONSE[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
@@ -89,7 +90,7 @@ static void setup(void)
     struct wg_config *cfg = wg_config_load_buffer("fuzz.yaml", yaml, strlen(yaml), false, &errs);
     CHECK(cfg);
     struct wg_reclaim *rc = wg_reclaim_new();
-    w.pool = wg_pool_new(rc, NULL, NULL);
+    w.pool = wg_pool_new(rc, &wg_balance_policy, NULL, NULL);
     wg_pool_set_config(w.pool, wg_config_ref_new(cfg));
     struct wg_record r = { 0 };
     memcpy(&r.addr, &a, sizeof a);
@@ -109,6 +110,7 @@ static void setup(void)
     listener.name = "h2";
     listener.addr = cfg->listeners[0].listen;
     listener.mode = WG_MODE_HTTP;
+    listener.h2 = listener_h2;
     accept_ev = event_new(w.base, lfd, EV_READ | EV_PERSIST, stub_accept, NULL);
     CHECK(accept_ev && event_add(accept_ev, NULL) == 0);
 }

@@ -4,20 +4,13 @@ traffic, raw frames for the attacks it refuses to send."""
 import socket
 import ssl
 import struct
-import sys
 import time
 
-try:
-    import h2.config
-    import h2.connection
-    import h2.events
-    import h2.settings
-except ImportError:                     # Debian's python3-h2 under another interpreter
-    sys.path.append("/usr/lib/python3/dist-packages")
-    import h2.config
-    import h2.connection
-    import h2.events
-    import h2.settings
+from wglib import debian_import
+
+h2 = debian_import("h2")                # Debian's python3-h2
+for _m in ("config", "connection", "events", "settings"):
+    debian_import("h2." + _m)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = \

@@ -78,6 +78,10 @@ def test_hash_by_client_address_is_sticky_per_source():
         wg.set_instances({"users": [b.instance() for b in bs[1:]]})
         wait_until(lambda: all(name_from(wg.port(), s) != gone for s in chosen), slack(5),
                    "the removal to apply")
-        for src, name in chosen.items():
-            if name != gone:
-                assert name_from(wg.port(), src) == name, "%s moved off %s" % (src, name)
+        # Maglev moves a small share of the other keys too (docs/balancing.md:
+        # 0.3 % of them when one of 10 goes, a few % at 4 instances on 4,099
+        # slots, depending on the ports the kernel chose): at most one of
+        # these sources, never a whole instance's worth.
+        moved = [src for src, name in chosen.items()
+                 if name != gone and name_from(wg.port(), src) != name]
+        assert len(moved) <= 1, "sources moved off instances that stayed: %s (%s)" % (moved, chosen)

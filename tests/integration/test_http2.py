@@ -6,6 +6,7 @@ clients (each attack closes only its own connection)."""
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -65,7 +66,8 @@ def test_h2_tls_alpn_curl_and_h1_alongside():
 def test_h2c_prior_knowledge_curl_many_streams_h2load():
     with Harness() as h:
         b = h.backend("http", name="a")
-        wg = h2_waygate(h, b)
+        wg = h.waygate(listeners=[h2c_listener(), h2c_listener("quiet")],
+                       instances={"users": [b.instance()]})
         port = wg.port("h2")
         out = curl_ok("--http2-prior-knowledge", "-w", "\\n%{http_version}",
                    "http://127.0.0.1:%d/" % port)
@@ -78,10 +80,12 @@ def test_h2c_prior_knowledge_curl_many_streams_h2load():
                            timeout=120)
         assert re.search(r"%d succeeded, 0 failed, 0 errored" % n, p.stdout), p.stdout
         m = metrics(wg)
-        assert metric(m, "waygate_http2_streams_total") >= n + 1, m
-        assert metric(m, "waygate_http2_connections_total") >= 5, m
-        wait_until(lambda: metric(metrics(wg), "waygate_http2_streams_active") == 0, slack(5),
-                   "no active stream")
+        assert metric(m, 'waygate_http2_streams_total{listener="h2"}') >= n + 1, m
+        assert metric(m, 'waygate_http2_connections_total{listener="h2"}') >= 5, m
+        assert metric(m, 'waygate_http2_streams_total{listener="quiet"}') == 0, m
+        assert metric(m, 'waygate_http2_connections_total{listener="quiet"}') == 0, m
+        wait_until(lambda: metric(metrics(wg), 'waygate_http2_streams_active{listener="h2"}') == 0,
+                   slack(5), "no active stream")
 
 
 def test_h2c_needs_h2c_true():
@@ -269,8 +273,9 @@ def test_h2_attacks_end_only_their_connection():
 
         assert attack(port, hpack_table_size, "hpack") == COMPRESSION_ERROR
         m = metrics(wg)
-        assert metric(m, 'waygate_http2_goaways_sent_total{reason="enhance_your_calm"}') >= 7, m
-        assert metric(m, "waygate_http2_resets_received_total") >= 50, m
+        calm = 'waygate_http2_goaways_sent_total{listener="h2",reason="enhance_your_calm"}'
+        assert metric(m, calm) >= 7, m
+        assert metric(m, 'waygate_http2_resets_received_total{listener="h2"}') >= 50, m
 
 
 def test_h2_huge_header_table_setting_and_max_concurrent_streams():
@@ -443,3 +448,44 @@ def test_h2_retries_and_response_timeout():
             assert 504 in got and set(got) <= {502, 504}, got
         finally:
             c.close()
+
+
+def test_h2_chromium_loads_the_dashboard_over_tls():
+    """Headless Chromium opens the admin dashboard through a TLS listener of
+    a second waygate: ALPN gives h2, the page and its /status fetch are two
+    streams (access log proto=h2), and the DOM shows what /status said."""
+    binary = shutil.which("chromium")
+    if not binary:
+        print("chromium not installed: skipped")
+        return
+    with Harness() as h:
+        pki = shared()
+        crt, key = pki.leaf("dash", ["dash.test"])
+        b = h.backend("http", name="a")
+        inner = h.waygate(instances={"users": [b.instance("marker-instance-7")]})
+        log = h.path("access.log")
+        listener = {"name": "web", "mode": "http",
+                    "routes": [{"path_prefix": "/", "service": "users"}],
+                    "tls": {"certificates": [{"cert": crt, "key": key}]}}
+        edge = h.waygate(listeners=[listener], log={"level": "info", "access_log": log,
+                                                     "access_format": "text"},
+                         instances={"users": [{"id": "admin", "address": "127.0.0.1",
+                                               "port": inner.admin_port}]})
+        env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS="disabled:")
+        cp = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu",
+                             "--disable-background-networking", "--disable-dev-shm-usage",
+                             "--user-data-dir=" + h.path("chrome"), "--ignore-certificate-errors",
+                             "--host-resolver-rules=MAP dash.test 127.0.0.1",
+                             "--virtual-time-budget=3000", "--dump-dom",
+                             "https://dash.test:%d/" % edge.port("web")],
+                            stdin=subprocess.DEVNULL, capture_output=True, env=env,
+                            timeout=slack(90))
+        dom = cp.stdout.decode(errors="replace")
+        assert cp.returncode == 0, cp.stderr.decode()[-2000:]
+        assert "<title>waygate</title>" in dom and "marker-instance-7" in dom, dom[-3000:]
+        wait_until(lambda: os.path.exists(log) and "path=/status " in open(log).read(),
+                   slack(5), "the dashboard's /status fetch in the access log")
+        text = open(log).read()
+        assert re.search(r"path=/ status=200 .* proto=h2 stream=\d+$", text, re.M), text
+        assert re.search(r"path=/status status=200 .* proto=h2 stream=\d+$", text, re.M), text
+        assert all(" proto=h2 " in l for l in text.splitlines()), text

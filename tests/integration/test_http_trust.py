@@ -9,7 +9,8 @@ from test_access_log import access, line_of, parse_text
 from test_health import metric
 from test_http import fields, http_listener, request_head, start
 from test_http_proxy_protocol import REQ
-from wglib import SANITIZED, Harness, connect, http_request, read_http_response, recv_until_eof
+from wglib import (SANITIZED, Harness, connect, http_request, read_http_response, recv_until_eof,
+                    slack, wait_until)
 
 FORGED = [("X-Forwarded-For", "203.0.113.5, 198.51.100.7, 10.1.2.3"),
           ("X-Real-IP", "6.6.6.6"), ("Forwarded", "for=6.6.6.6"),
@@ -99,7 +100,14 @@ def test_proxy_protocol_only_from_trusted_peers():
         wg = h.waygate(listeners=[web, tcp],
                        instances={"users": [b.instance()], "names": [a.instance()]})
         line = b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 80\r\n"
-        before = metric(wg, "waygate_proxy_protocol_untrusted_total")   # start-up probes count
+        # The harness's readiness connects count too, once a worker has
+        # accepted them (after wait_listening returned): wait until they are in.
+        def settled():
+            a = metric(wg, "waygate_proxy_protocol_untrusted_total")
+            time.sleep(0.3)
+            return a >= 2 and metric(wg, "waygate_proxy_protocol_untrusted_total") == a
+        wait_until(settled, slack(5), "the readiness connects to be counted")
+        before = metric(wg, "waygate_proxy_protocol_untrusted_total")
         assert closed_without_answer(wg.port("web"), line + REQ), "PROXY from an untrusted peer"
         assert closed_without_answer(wg.port("t4"), line + b"hello"), "tcp: relayed"
         assert metric(wg, "waygate_proxy_protocol_untrusted_total") == before + 2

@@ -48,6 +48,19 @@ def scaled(release, sanitized):
     return sanitized if SANITIZED else release
 
 
+def debian_import(name):
+    """Imports `name` from a Debian python3-* package: a python3 outside
+    Debian's (pyenv here) does not look in Debian's dist-packages, so that
+    directory is tried after the interpreter's own path."""
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if "/usr/lib/python3/dist-packages" not in sys.path:
+            sys.path.append("/usr/lib/python3/dist-packages")
+        return importlib.import_module(name)
+
+
 def slack(seconds):
     """A deadline for work waygate does: sanitizers slow it down ~3x."""
     return seconds * 3 if SANITIZED else seconds

@@ -17,11 +17,10 @@ started, by PID. Every wait is bounded.
 import os
 import shutil
 import socket
-import sys
 import tempfile
 
 from etcdlib import EtcdWaygate
-from wglib import Harness, ServerProcess, free_ports, slack, wait_until
+from wglib import Harness, ServerProcess, debian_import, free_ports, slack, wait_until
 
 JAVA = shutil.which("java") or "/usr/bin/java"
 JARS = ["zookeeper", "zookeeper-jute", "slf4j-api", "slf4j-simple", "netty-buffer",
@@ -129,14 +128,8 @@ class Server(ServerProcess):
 
 
 def kazoo_client_class():
-    """Debian's python3-kazoo; a python3 outside Debian's (pyenv) does not
-    look in its dist-packages, so that directory is added as a fallback."""
-    try:
-        from kazoo.client import KazooClient
-    except ImportError:
-        sys.path.append("/usr/lib/python3/dist-packages")
-        from kazoo.client import KazooClient
-    return KazooClient
+    """Debian's python3-kazoo."""
+    return debian_import("kazoo.client").KazooClient
 
 
 def connect_kazoo(hosts, timeout=30, **kw):

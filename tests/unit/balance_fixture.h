@@ -21,7 +21,7 @@ static inline void setup(struct fixture *f, const char *yaml)
 {
     memset(f, 0, sizeof *f);
     f->rc = wg_reclaim_new();
-    f->pool = wg_pool_new(f->rc, NULL, NULL);
+    f->pool = wg_pool_new(f->rc, &wg_balance_policy, NULL, NULL);
     f->ref = wg_config_ref_new(unit_config(yaml));
     wg_pool_set_config(f->pool, f->ref);
     wg_rng_seed(&f->rng, 42);

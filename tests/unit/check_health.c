@@ -39,7 +39,7 @@ static void setup(struct fixture *f, const char *yaml, const char *service, int 
 {
     memset(f, 0, sizeof *f);
     f->rc = wg_reclaim_new();
-    f->pool = wg_pool_new(f->rc, NULL, NULL);
+    f->pool = wg_pool_new(f->rc, &wg_balance_policy, NULL, NULL);
     f->ref = wg_config_ref_new(unit_config(yaml));
     wg_pool_set_config(f->pool, f->ref);
     struct wg_record_set set = { 0 };
@@ -499,7 +499,7 @@ START_TEST(prober_tcp_and_http)
     struct fixture f;
     memset(&f, 0, sizeof f);
     f.rc = wg_reclaim_new();
-    f.pool = wg_pool_new(f.rc, NULL, NULL);
+    f.pool = wg_pool_new(f.rc, &wg_balance_policy, NULL, NULL);
     f.ref = wg_config_ref_new(unit_config(yaml));
     wg_pool_set_config(f.pool, f.ref);
     struct wg_prober *pr = wg_prober_new(f.pool);

@@ -73,6 +73,19 @@ START_TEST(text_http_line)
 }
 END_TEST
 
+START_TEST(trace_id_only_when_known)
+{
+    char buf[WG_ACCESS_LINE_MAX];
+    struct wg_access_entry e = http_entry();
+    e.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    ck_assert_ptr_nonnull(strstr(fmt(WG_ACCESS_TEXT, &e, buf),
+                                 " request_id=0123abcd trace_id=4bf92f3577b34da6a3ce929d0e0e4736\n"));
+    json_t *j = parse(fmt(WG_ACCESS_JSON, &e, buf));
+    ck_assert_str_eq(json_string_value(json_object_get(j, "trace_id")), e.trace_id);
+    json_decref(j);
+}
+END_TEST
+
 START_TEST(json_tcp_line)
 {
     char buf[WG_ACCESS_LINE_MAX];
@@ -232,6 +245,7 @@ int main(void)
 {
     Suite *s = suite_create("log");
     TCase *tc = tcase_create("access");
+    tcase_add_test(tc, trace_id_only_when_known);
     tcase_add_test(tc, text_tcp_line);
     tcase_add_test(tc, text_http_line);
     tcase_add_test(tc, json_tcp_line);

@@ -1,6 +1,7 @@
 /* check_pool — snapshots, instance identity, draining, reclamation. */
 #include "unit_util.h"
 
+#include "waygate/balance.h"
 #include "waygate/pool.h"
 #include "waygate/reclaim.h"
 
@@ -20,7 +21,7 @@ static void setup(struct fixture *f, const char *yaml)
 {
     memset(f, 0, sizeof *f);
     f->rc = wg_reclaim_new();
-    f->pool = wg_pool_new(f->rc, on_wake, f);
+    f->pool = wg_pool_new(f->rc, &wg_balance_policy, on_wake, f);
     f->ref = wg_config_ref_new(unit_config(yaml));
     wg_pool_set_config(f->pool, f->ref);
 }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "waygate/record.h"
+#include "waygate/sockaddr.h"
 
 struct parsed {
     struct wg_record_set set;

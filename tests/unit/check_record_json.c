@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "waygate/record.h"
+#include "waygate/sockaddr.h"
 
 #define PREFIX "/services/"
 

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "waygate/http.h"
+#include "waygate/balance.h"
 #include "waygate/pool.h"
 #include "waygate/reclaim.h"
 #include "waygate/tls.h"
@@ -36,7 +37,7 @@ static void world_pool(struct world *w, unsigned port, const struct wg_h2_settin
 {
     w->base = event_base_new();
     w->rc = wg_reclaim_new();
-    w->pool = wg_pool_new(w->rc, NULL, NULL);
+    w->pool = wg_pool_new(w->rc, &wg_balance_policy, NULL, NULL);
     w->ref = wg_config_ref_new(unit_config("services:\n  g: { health_check: { type: none } }\n"));
     wg_pool_set_config(w->pool, w->ref);
     struct wg_record_set rs = { 0 };
