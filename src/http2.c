@@ -98,6 +98,9 @@ struct h2_conn {
     uint64_t idle_deadline, blocked_since, armed_ms;
     uint64_t window_start;              /* the current one-second window of the flood counts */
     unsigned resets, control;           /* in it */
+    uint64_t ack_credit;                /* DATA bytes we sent that a client's small
+                                           WINDOW_UPDATEs may still acknowledge (x2:
+                                           the stream's window and the connection's) */
     unsigned continuations;             /* CONTINUATION frames of the current header block */
     uint32_t scan_skip;                 /* the frame pre-scan: payload bytes left to skip */
     uint8_t scan_hd[9], scan_hn;        /* a frame header being collected */
@@ -826,9 +829,19 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *user)
     case NGHTTP2_PING:
         control = !(f->hd.flags & NGHTTP2_FLAG_ACK);
         break;
-    case NGHTTP2_WINDOW_UPDATE:         /* a client acking our DATA opens by whole frames */
-        control = f->window_update.window_size_increment < 1024;
+    case NGHTTP2_WINDOW_UPDATE: {       /* a client acking our DATA opens by whole frames */
+        /* A small update that acknowledges DATA we sent is flow control at
+         * work (a gRPC client acks each few-byte reply: thousands a second);
+         * one beyond what we sent is the flood. */
+        uint64_t inc = (uint64_t)f->window_update.window_size_increment;
+        if (inc >= 1024)
+            break;
+        if (inc <= c->ack_credit)
+            c->ack_credit -= inc;
+        else
+            control = true;
         break;
+    }
     case NGHTTP2_PRIORITY:
         control = true;
         break;
@@ -862,6 +875,8 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
 static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *user)
 {
     struct h2_conn *c = user;
+    if (f->hd.type == NGHTTP2_DATA)
+        c->ack_credit += 2 * (uint64_t)f->hd.length;
     if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
         (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
         struct h2_stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
