@@ -221,16 +221,17 @@ static void conn_close(struct probe *p, bool reset)
 
 static const struct wg_service_config *cfg_of(const struct probe *p) { return p->svc->cfg; }
 
-static void probe_addr(const struct probe *p, struct sockaddr_storage *ss)
+static socklen_t probe_addr(const struct probe *p, struct sockaddr_storage *ss)
 {
-    memcpy(ss, &p->inst->addr, p->inst->addrlen);
+    socklen_t len = wg_instance_sockaddr(p->inst, ss);
     uint16_t port = cfg_of(p)->health_check.port;
     if (!port)
-        return;
+        return len;
     if (ss->ss_family == AF_INET6)
         ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
     else
         ((struct sockaddr_in *)ss)->sin_port = htons(port);
+    return len;
 }
 
 /* Host header / :authority of probes: health_check.host, else the probed
@@ -833,7 +834,7 @@ static void no_socket(struct probe *p, int err)
 static void probe_connect(struct probe *p)
 {
     struct sockaddr_storage ss;
-    probe_addr(p, &ss);
+    socklen_t sslen = probe_addr(p, &ss);
     p->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (p->fd < 0) {
         no_socket(p, errno);
@@ -843,7 +844,7 @@ static void probe_connect(struct probe *p)
     atomic_fetch_add_explicit(&p->pr->connects, 1, memory_order_relaxed);
     int one = 1;
     setsockopt(p->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(p->fd, (struct sockaddr *)&ss, p->inst->addrlen) == 0) {
+    if (connect(p->fd, (struct sockaddr *)&ss, sslen) == 0) {
         connected(p);
         return;
     }
