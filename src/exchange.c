@@ -1118,8 +1118,10 @@ static void upstream_connect_done(struct wg_downstream *d)
         return;
     }
     const struct wg_service_config *sc = d->r->svc->cfg;
+    struct sockaddr_storage ss;
+    wg_instance_sockaddr(d->r->inst, &ss);
     u->ssl = wg_tls_upstream_ssl(ctx, u->fd, sc->tls.sni, sc->tls.verify,
-                                 (const struct sockaddr *)&d->r->inst->addr);
+                                 (const struct sockaddr *)&ss);
     if (!u->ssl) {
         connect_failed(d, ENOMEM);
         return;

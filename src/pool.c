@@ -1,6 +1,7 @@
 /* pool — see include/waygate/pool.h */
 #include "waygate/pool.h"
 
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,7 +169,6 @@ void wg_instance_unref(struct wg_instance *i)
         atomic_fetch_sub(&i->service->ejected, 1);
     i->magic = 0;
     state_unref(i->service);
-    free(i->id);
     free(i);
 }
 
@@ -263,27 +263,61 @@ bool wg_instance_cas_health(struct wg_instance *i, enum wg_health from, enum wg_
     return true;
 }
 
+/* The compact form of a sockaddr (zeroed first, so that memcmp compares). */
+static void inst_addr_set(struct wg_inst_addr *a, const struct sockaddr_storage *ss,
+                          socklen_t len)
+{
+    memset(a, 0, sizeof *a);
+    a->family = ss->ss_family;
+    if (ss->ss_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)ss;
+        a->port = in4->sin_port;
+        memcpy(a->ip, &in4->sin_addr, 4);
+    } else if (ss->ss_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+        a->port = in6->sin6_port;
+        a->scope_id = in6->sin6_scope_id;
+        memcpy(a->ip, &in6->sin6_addr, 16);
+    }
+}
+
+socklen_t wg_instance_sockaddr(const struct wg_instance *i, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof *ss);
+    ss->ss_family = i->addr.family;
+    if (i->addr.family == AF_INET) {
+        struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+        in4->sin_port = i->addr.port;
+        memcpy(&in4->sin_addr, i->addr.ip, 4);
+        return sizeof *in4;
+    }
+    if (i->addr.family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+        in6->sin6_port = i->addr.port;
+        in6->sin6_scope_id = i->addr.scope_id;
+        memcpy(&in6->sin6_addr, i->addr.ip, 16);
+        return sizeof *in6;
+    }
+    return 0;
+}
+
 static struct wg_instance *instance_new(struct wg_service_state *st, struct wg_locality_cell *cell,
                                         const struct wg_record *r,
                                         const struct sockaddr_storage *addr, socklen_t addrlen,
                                         enum wg_upstream_protocol protocol,
                                         const struct wg_service_config *cfg)
 {
-    struct wg_instance *i = calloc(1, sizeof *i);
+    size_t idlen = strlen(r->id);
+    struct wg_instance *i = calloc(1, sizeof *i + idlen + 1);
     if (!i)
         return NULL;
-    i->id = strdup(r->id);
-    if (!i->id) {
-        free(i);
-        return NULL;
-    }
+    memcpy(i->id, r->id, idlen + 1);
     i->magic = WG_INSTANCE_MAGIC;
     atomic_init(&i->refs, 1);
     atomic_fetch_add(&st->refs, 1);
     i->service = st;
     i->cell = cell;
-    memcpy(&i->addr, addr, addrlen);
-    i->addrlen = addrlen;
+    inst_addr_set(&i->addr, addr, addrlen);
     i->protocol = (uint8_t)protocol;
     wg_sockaddr_text((const struct sockaddr *)addr, i->addr_text, sizeof i->addr_text);
     atomic_init(&i->health, WG_HEALTH_UNKNOWN);
@@ -342,8 +376,9 @@ static const struct wg_member *find_member(const struct wg_pool_service *s, cons
 static bool same_identity(const struct wg_instance *i, const struct sockaddr_storage *addr,
                           socklen_t addrlen, enum wg_upstream_protocol protocol)
 {
-    return i->addrlen == addrlen && memcmp(&i->addr, addr, addrlen) == 0 &&
-           i->protocol == (uint8_t)protocol;
+    struct wg_inst_addr a;
+    inst_addr_set(&a, addr, addrlen);
+    return memcmp(&i->addr, &a, sizeof a) == 0 && i->protocol == (uint8_t)protocol;
 }
 
 /* A copy of what the record said beyond the plain address, or NULL when it
@@ -778,8 +813,7 @@ void wg_pool_set_config(struct wg_pool *p, struct wg_config_ref *config)
         for (uint32_t m = 0; m < svc->n_members; m++) {
             struct wg_instance *i = svc->members[m].inst;
             recs[m].id = i->id;
-            memcpy(&recs[m].addr, &i->addr, i->addrlen);
-            recs[m].addrlen = i->addrlen;
+            recs[m].addrlen = wg_instance_sockaddr(i, &recs[m].addr);
             recs[m].weight = svc->members[m].weight;
             recs[m].metadata = svc->members[m].metadata;
             const struct wg_member_record *mr = svc->members[m].record;

@@ -73,7 +73,9 @@ static void put_metadata(FILE *f, const char *json)
 
 static void put_member(FILE *f, const struct wg_member *m)
 {
-    const struct sockaddr_storage *ss = &m->inst->addr;
+    struct sockaddr_storage st;
+    const struct sockaddr_storage *ss = &st;
+    wg_instance_sockaddr(m->inst, &st);
     char ip[INET6_ADDRSTRLEN] = "";
     unsigned port = 0;
 

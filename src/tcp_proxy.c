@@ -501,8 +501,10 @@ static void connected(struct tcp_conn *c)
         return;
     }
     const struct wg_service_config *sc = c->svc->cfg;
+    struct sockaddr_storage ss;
+    wg_instance_sockaddr(c->inst, &ss);
     c->upstream.ssl = wg_tls_upstream_ssl(c->upstream_tls, c->upstream.fd, sc->tls.sni,
-                                          sc->tls.verify, (struct sockaddr *)&c->inst->addr);
+                                          sc->tls.verify, (struct sockaddr *)&ss);
     if (!c->upstream.ssl) {
         attempt_failed(c, ENOMEM);
         return;
@@ -548,7 +550,9 @@ static void start_connect(struct tcp_conn *c)
     c->attempt_ns = wg_now_ns();
     c->connect_us = -1;
     c->state = CONNECTING;
-    int fd = socket(i->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_storage ss;
+    socklen_t sslen = wg_instance_sockaddr(i, &ss);
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         /* Out of descriptors: not the instance's fault, nothing to retry. */
         wg_warn("msg=\"cannot create upstream socket\" error=\"%s\"", strerror(errno));
@@ -563,7 +567,7 @@ static void start_connect(struct tcp_conn *c)
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(fd, (struct sockaddr *)&i->addr, i->addrlen) == 0) {
+    if (connect(fd, (struct sockaddr *)&ss, sslen) == 0) {
         connected(c);
         return;
     }

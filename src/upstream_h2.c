@@ -703,7 +703,9 @@ static struct h2_conn *conn_open(struct wg_h2_pool *p, struct h2_inst *hi, SSL_C
         *err = ENOMEM;
         goto fail;
     }
-    c->fd = socket(inst->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_storage ss;
+    socklen_t sslen = wg_instance_sockaddr(inst, &ss);
+    c->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0) {
         *err = errno;
         goto fail;
@@ -719,12 +721,12 @@ static struct h2_conn *conn_open(struct wg_h2_pool *p, struct h2_inst *hi, SSL_C
         goto fail;
     }
     if (tls && (!(c->ssl = wg_tls_upstream_ssl(tls, c->fd, sni, verify,
-                                                (const struct sockaddr *)&inst->addr)) ||
+                                                (const struct sockaddr *)&ss)) ||
                 SSL_set_alpn_protos(c->ssl, (const unsigned char *)"\x02h2", 3) != 0)) {
         *err = ENOMEM;
         goto fail;
     }
-    if (connect(c->fd, (const struct sockaddr *)&inst->addr, inst->addrlen) < 0 &&
+    if (connect(c->fd, (const struct sockaddr *)&ss, sslen) < 0 &&
         errno != EINPROGRESS) {
         *err = errno;
         goto fail;

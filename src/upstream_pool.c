@@ -197,13 +197,15 @@ int wg_upconn_open(struct wg_upstream_pool *p, struct wg_instance *inst, void *o
     struct wg_upconn *u = calloc(1, sizeof *u);
     if (!u)
         return -err;
-    u->fd = socket(inst->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_storage ss;
+    socklen_t sslen = wg_instance_sockaddr(inst, &ss);
+    u->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (u->fd < 0) {
         err = errno;
         goto fail;
     }
     setsockopt(u->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(u->fd, (const struct sockaddr *)&inst->addr, inst->addrlen) < 0) {
+    if (connect(u->fd, (const struct sockaddr *)&ss, sslen) < 0) {
         if (errno != EINPROGRESS) {
             err = errno;
             goto fail;

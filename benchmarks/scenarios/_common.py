@@ -128,6 +128,7 @@ class Env:
         with open(os.path.join(CONFIGS, template)) as f:
             text = f.read()
         subst.setdefault("TMP", self.tmp)
+        subst.setdefault("WORKERS", 1)
         for k, v in subst.items():
             text = text.replace("@%s@" % k, str(v))
         left = re.findall(r"@[A-Z0-9_]+@", text)
@@ -345,11 +346,11 @@ def errors_of(rows):
 # ---- the L7 matrix shared by l7_newconn, l7_64k and tls ----
 
 def start_target(env, target, kind, backend_port, tls_direct_port=None, clients=10000,
-                 cert="rsa"):
+                 cert="rsa", workers=1):
     """Starts `target` for config family `kind` ("http" or "tls", with the
     `cert` kind of certificate: "rsa" or "ecdsa"), sized for
     `clients` client connections at once; returns (url base, process
-    measured for CPU/RSS, process to stop or None)."""
+    measured for CPU/RSS, process to stop or None); `workers`: waygate's."""
     subst = {"BACKEND": backend_port, "MAXCONN": clients + 500,
              "WORKER_CONNECTIONS": max(19000, clients + 9000), "NOFILE": max(20000, clients + 10000)}
     tls = kind in ("tls", "h2tls")
@@ -363,7 +364,8 @@ def start_target(env, target, kind, backend_port, tls_direct_port=None, clients=
         return "%s://127.0.0.1:%d" % (scheme, port), be, None
     port = free_port()
     if target == "waygate":
-        p = env.waygate("%s.waygate.yaml" % kind, port, REG=env.registry(backend_port), **subst)
+        p = env.waygate("%s.waygate.yaml" % kind, port, REG=env.registry(backend_port),
+                        WORKERS=workers, **subst)
     elif target == "haproxy":
         p = env.haproxy("%s.haproxy.cfg" % kind, port, **subst)
     else:

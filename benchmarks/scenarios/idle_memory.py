@@ -12,6 +12,13 @@ one keep-alive GET on each, reads the whole response, and keeps
 them all open and idle; after 1 s the RSS again. Per connection =
 (RSS after - RSS before) / N. The connections end with RST (SO_LINGER 0), so
 runs leave no TIME_WAIT behind. "direct" is the nginx backend itself.
+
+Mixed load (issue 18): with WG_IDLE_ACTIVE=1 (the default at 100,000 and
+more), 90 % of the N connections are opened idle as above and the other
+10 % are wrk's, active for the run's duration while the idle ones stay
+open: the table adds their p99 and errors. WG_IDLE_WORKERS=1,2 runs waygate
+with one and with two workers. As root, the hard RLIMIT_NOFILE is raised to
+N + 20,000 (up to fs.nr_open) for this process and what it starts.
 """
 
 import os
@@ -21,7 +28,7 @@ import socket
 import struct
 import time
 
-from ._common import Env, combine, free_port, rss_kib, start_target, table, check_get
+from ._common import Env, combine, free_port, rss_kib, start_target, table, check_get, wrk
 
 NAME = "idle_memory"
 CONNECTIONS = int(os.environ.get("WG_IDLE_CONNECTIONS", "10000"))
@@ -33,12 +40,23 @@ TITLE = ("%s idle keep-alive client connections after one request each: RSS per 
 # cost of an idle connection; 500 adds what a burst leaves behind (buffers
 # kept in free lists, heap fragmentation).
 BATCHES = (50, 500)
+ACTIVE = os.environ.get("WG_IDLE_ACTIVE", "1" if CONNECTIONS >= 100000 else "0") == "1"
+WORKERS = [int(w) for w in os.environ.get("WG_IDLE_WORKERS", "1").split(",")]
 
 REQ = b"GET / HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: idle\r\n\r\n"
 
 
 def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = CONNECTIONS + 20000
+    if hard < want and os.geteuid() == 0:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                want = min(want, int(f.read()))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            hard = want
+        except (OSError, ValueError):
+            pass
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
 
@@ -107,22 +125,28 @@ def open_idle(port, n, batch):
     return socks, failures
 
 
-def one(ctx, target, n, batch):
+def one(ctx, target, n, batch, workers=1):
     with Env(ctx) as env:
         backend_port = env.backend()
-        url, proc, _ = start_target(env, target, "http", backend_port, clients=n)
+        url, proc, _ = start_target(env, target, "http", backend_port, clients=n, workers=workers)
         port = int(url.rsplit(":", 1)[1])
         for _ in range(3):
             check_get(url, "/")
         time.sleep(0.3)
         before = rss_kib(proc.pid)
-        socks, failures = open_idle(port, n, batch)
+        active = n // 10 if ACTIVE else 0
+        socks, failures = open_idle(port, n - active, batch)
         time.sleep(1.0)
         after = rss_kib(proc.pid)
+        d = {"before": before / 1024.0, "after": after / 1024.0,
+             "per_conn": (after - before) * 1024.0 / (n - active), "errors": failures}
+        if active:
+            r = wrk(url + "/", conns=active, duration=ctx.duration, threads=2)
+            d.update(p99=r["p99"], rps=r["rps"], errors=failures + r["errors"])
         for s in socks:
             s.close()
-        return {"before": before / 1024.0, "after": after / 1024.0,
-                "per_conn": (after - before) * 1024.0 / n, "errors": failures}
+        return d
+
 
 
 def run(ctx, log=print):
@@ -132,26 +156,34 @@ def run(ctx, log=print):
         log("  RLIMIT_NOFILE hard limit %d: %d connections instead of %d (docs/operations.md)"
             % (hard, n, CONNECTIONS))
     rows = []
+    runs = [(t, w) for t in ctx.targets for w in (WORKERS if t == "waygate" else [1])]
     for batch in BATCHES:
-        label = "%d conns, %d in flight" % (n, batch)
-        for target in ctx.targets:
+        label = ("%d conns (%d idle + %d wrk), %d in flight" % (n, n - n // 10, n // 10, batch)
+                 if ACTIVE else "%d conns, %d in flight" % (n, batch))
+        for target, workers in runs:
+            tlabel = "%s, %d workers" % (target, workers) if len(WORKERS) > 1 and \
+                target == "waygate" else target
             samples = []
             for _ in range(ctx.runs):
                 try:
-                    samples.append(one(ctx, target, n, batch))
+                    samples.append(one(ctx, target, n, batch, workers))
                 except RuntimeError as e:
                     log("  %s: %s" % (target, e))
                     break
             if not samples:
-                rows.append((target, label, None))
+                rows.append((tlabel, label, None))
                 continue
             d = combine(samples)
-            rows.append((target, label, d))
-            log("  %-8s %s: RSS %6.1f -> %6.1f MiB: %6.0f bytes per idle connection%s"
-                % (target, label, d["before"], d["after"], d["per_conn"],
+            rows.append((tlabel, label, d))
+            log("  %-8s %s: RSS %6.1f -> %6.1f MiB: %6.0f bytes per idle connection%s%s"
+                % (tlabel, label, d["before"], d["after"], d["per_conn"],
+                   "; active p99 %.2f ms at %.0f rps" % (d["p99"], d["rps"]) if ACTIVE else "",
                    "  (%d failed)" % d["errors"] if d["errors"] else ""))
     cols = [("RSS before MiB", "before", "%.1f"), ("RSS after MiB", "after", "%.1f"),
-            ("bytes / idle conn", "per_conn", "%.0f"), ("failed", "errors", "%d")]
+            ("bytes / idle conn", "per_conn", "%.0f")]
+    if ACTIVE:
+        cols += [("active p99 ms", "p99", "%.2f"), ("active rps", "rps", "%.0f")]
+    cols += [("failed", "errors", "%d")]
     md = table(rows, cols, "per_conn")
     md += ("\n\nLower is better here: a bytes/conn ratio below 1.00 means less memory per "
            "idle connection than HAProxy (resp. the nginx backend).")

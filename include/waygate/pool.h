@@ -88,14 +88,22 @@ void wg_service_observe_duration(struct wg_service_state *s, uint64_t us);
 
 #define WG_INSTANCE_MAGIC 0x1257a9ceU
 
+/* An instance's address, compact: 24 bytes where a sockaddr_storage is 128
+ * (100,000 instances: 10 MiB). wg_instance_sockaddr() builds the sockaddr
+ * to connect to. */
+struct wg_inst_addr {
+    uint16_t family;                    /* AF_INET or AF_INET6 */
+    uint16_t port;                      /* network byte order */
+    uint32_t scope_id;                  /* AF_INET6 */
+    uint8_t ip[16];                     /* the first 4 for AF_INET */
+};
+
 struct wg_instance {
     uint32_t magic;
     _Atomic unsigned refs;
     struct wg_service_state *service;   /* one reference */
     struct wg_locality_cell *cell;      /* its zone and priority (owned by `service`) */
-    char *id;
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
+    struct wg_inst_addr addr;           /* see wg_instance_sockaddr() */
     char addr_text[64];                 /* 127.0.0.1:80 / [::1]:80 */
     uint8_t protocol;                   /* enum wg_upstream_protocol (not auto): what
                                            the data plane speaks to it; part of its
@@ -124,7 +132,13 @@ struct wg_instance {
     _Atomic int last_probe_result;      /* HTTP status, 0 = tcp pass, -errno = failure */
     _Atomic int shared_health;          /* health_check.shared: the state the zone's
                                            prober published last (health.h); 0 = none */
+    char id[];                          /* in the same allocation (8 bytes less, and no
+                                           malloc chunk of its own) */
 };
+
+/* Writes i's address as a sockaddr into *ss (zeroed first); returns its
+ * length, 0 for an address family other than IPv4 and IPv6. Any thread. */
+socklen_t wg_instance_sockaddr(const struct wg_instance *i, struct sockaddr_storage *ss);
 
 /* What a member's record said beyond inst's address (record.h), kept so
  * that a reload can pick again under new settings. NULL for most. */

@@ -18,7 +18,7 @@ import socket
 import time
 
 from wglib import (Harness, NameLoad, connect, http_request, name_via, recv_exact,
-                   recv_line, slack, wait_until)
+                   recv_line, slack, wait_until, write_atomic, yaml_block)
 
 
 # ---- helpers -------------------------------------------------------------------
@@ -258,6 +258,37 @@ def test_passive_ejection_grows_and_respects_percent():
         ej = [r for f, t, r in transitions(wg, "b") if t == "ejected"]
         assert "ejection 1 for 500ms" in ej[0] and "ejection 2 for 1000ms" in ej[1], ej
         assert all(t != "ejected" for f, t, r in transitions(wg, "a")), transitions(wg, "a")
+
+
+
+def test_reload_between_none_and_probes():
+    """type none keeps no probes (health_probe.c): a reload to type tcp
+    creates them for the service's instances, which then follow their
+    backends, and a reload back to none frees them and makes the dead one
+    routable again at once."""
+    with Harness() as h:
+        a = h.backend("name", name="a")
+        b = h.backend("name", name="b")
+        wg = h.waygate(instances={"users": [a.instance(), b.instance()]},
+                       service_defaults={"health_check": {"type": "none"}})
+        all_healthy(wg, "users", ["a", "b"])
+        b.kill()
+
+        def reload(hc):
+            cfg = wg.config_dict()
+            cfg["service_defaults"]["health_check"] = hc
+            write_atomic(wg.config_path, yaml_block(cfg) + "\n")
+            n = wg.stderr_text().count("configuration reloaded")
+            wg.proc.signal(signal.SIGHUP)
+            wait_until(lambda: wg.stderr_text().count("configuration reloaded") > n, slack(5),
+                       "the reload")
+        time.sleep(0.3)
+        assert health(wg, "users", "b") == "healthy"        # nobody probes it
+        reload(probes("tcp")["health_check"])
+        wait_health(wg, "users", "b", "unhealthy", slack(5))
+        assert health(wg, "users", "a") == "healthy"
+        reload({"type": "none", "interval": "200ms"})
+        wait_health(wg, "users", "b", "healthy", slack(5))
 
 
 # ---- draining, on_unhealthy, limits, all down, panic ---------------------------------

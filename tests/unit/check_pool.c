@@ -116,6 +116,65 @@ START_TEST(address_change_is_new_instance_old_drains)
 }
 END_TEST
 
+static void record6(struct wg_record_set *set, const char *id, const char *ip, int port,
+                    uint32_t scope)
+{
+    struct wg_record r = { 0 };
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&r.addr;
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons((uint16_t)port);
+    sin6->sin6_scope_id = scope;
+    ck_assert_int_eq(inet_pton(AF_INET6, ip, &sin6->sin6_addr), 1);
+    r.addrlen = sizeof *sin6;
+    r.service = strdup("s");
+    r.id = strdup(id);
+    r.weight = 100;
+    ck_assert(wg_record_set_push(set, &r));
+}
+
+/* The compact address (pool.h) gives back the sockaddr it was made from,
+ * and it is the instance's identity: same address, same object; another
+ * port or scope, another instance. */
+START_TEST(compact_address_round_trip_and_identity)
+{
+    struct fixture f;
+    setup(&f, CFG);
+    struct wg_record_set set = { 0 };
+    record6(&set, "a", "fe80::1:2:3:4", 9001, 3);
+    unit_record(&set, "s", "b", "10.1.2.3", 65535, 100);
+    publish(&f, &set);
+    const struct wg_pool_service *svc = wg_snapshot_service(wg_pool_current(f.pool), "s");
+    struct wg_instance *a = svc->members[0].inst, *b = svc->members[1].inst;
+    struct sockaddr_storage ss;
+    ck_assert_uint_eq(wg_instance_sockaddr(a, &ss), sizeof(struct sockaddr_in6));
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+    char text[INET6_ADDRSTRLEN];
+    ck_assert_uint_eq(in6->sin6_family, AF_INET6);
+    ck_assert_uint_eq(ntohs(in6->sin6_port), 9001);
+    ck_assert_uint_eq(in6->sin6_scope_id, 3);
+    ck_assert_str_eq(inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text), "fe80::1:2:3:4");
+    ck_assert_str_eq(a->addr_text, "[fe80::1:2:3:4]:9001");
+    ck_assert_uint_eq(wg_instance_sockaddr(b, &ss), sizeof(struct sockaddr_in));
+    const struct sockaddr_in *in4 = (const struct sockaddr_in *)&ss;
+    ck_assert_uint_eq(ntohs(in4->sin_port), 65535);
+    ck_assert_str_eq(inet_ntop(AF_INET, &in4->sin_addr, text, sizeof text), "10.1.2.3");
+    ck_assert_str_eq(b->addr_text, "10.1.2.3:65535");
+    record6(&set, "a", "fe80::1:2:3:4", 9001, 3);
+    unit_record(&set, "s", "b", "10.1.2.3", 65535, 100);
+    publish(&f, &set);
+    svc = wg_snapshot_service(wg_pool_current(f.pool), "s");
+    ck_assert_ptr_eq(svc->members[0].inst, a);
+    ck_assert_ptr_eq(svc->members[1].inst, b);
+    record6(&set, "a", "fe80::1:2:3:4", 9001, 4);
+    unit_record(&set, "s", "b", "10.1.2.3", 65534, 100);
+    publish(&f, &set);
+    svc = wg_snapshot_service(wg_pool_current(f.pool), "s");
+    ck_assert_ptr_ne(svc->members[0].inst, a);
+    ck_assert_ptr_ne(svc->members[1].inst, b);
+    teardown(&f);
+}
+END_TEST
+
 START_TEST(removed_service_and_unchanged_service_shared)
 {
     struct fixture f;
@@ -174,7 +233,10 @@ START_TEST(one_change_shares_every_other_service)
             ck_abort_msg("service %s: shared %d, retired %d", s1->services[k]->name,
                          s2->services[k] == s1->services[k], atomic_load(&s1->services[k]->retired));
     }
-    ck_assert_uint_eq(wg_snapshot_service(s2, "svc04242")->members[0].inst->addr.ss_family, AF_INET);
+    struct sockaddr_storage ss;
+    ck_assert_uint_eq(wg_instance_sockaddr(wg_snapshot_service(s2, "svc04242")->members[0].inst, &ss),
+                      sizeof(struct sockaddr_in));
+    ck_assert_uint_eq(ss.ss_family, AF_INET);
     /* Several staged at once, an addition between two, a removal at each
      * end: merged in name order. */
     unit_record(&tmp, "svc04242x", "a", "127.0.0.1", 9998, 100);
@@ -373,6 +435,7 @@ int main(void)
     tcase_add_test(tc, first_snapshot_only_from_registry);
     tcase_add_test(tc, identity_carries_health_over_weight_change);
     tcase_add_test(tc, address_change_is_new_instance_old_drains);
+    tcase_add_test(tc, compact_address_round_trip_and_identity);
     tcase_add_test(tc, removed_service_and_unchanged_service_shared);
     tcase_add_test(tc, one_change_shares_every_other_service);
     tcase_add_test(tc, probed_service_starts_unknown);
