@@ -153,11 +153,13 @@ bool wg_mirror_send(struct wg_worker *w, const struct wg_policy_mirror *pm, cons
     wg_pick_init(&pick, svc, &w->rng, NULL);
     if (!(mem = wg_pick_next(&pick)) || !(m = mirror_new(head, len)))
         goto skip;
-    m->fd = socket(mem->inst->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_storage ss;
+    socklen_t sslen = wg_instance_sockaddr(mem->inst, &ss);
+    m->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (m->fd < 0)
         goto skip;
     setsockopt(m->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(m->fd, (const struct sockaddr *)&mem->inst->addr, mem->inst->addrlen) < 0 &&
+    if (connect(m->fd, (const struct sockaddr *)&ss, sslen) < 0 &&
         errno != EINPROGRESS) {
         close(m->fd);
         goto skip;
