@@ -454,3 +454,34 @@ def test_rate_limit_scope_fleet_divides_by_live_replicas():
         allowed = total - (int(nm.group(1)) if nm else 0)
         expect = rate / 2 * took + burst / 2            # this replica's half
         assert abs(allowed - expect) <= 0.05 * expect, (allowed, expect, out)
+
+
+def test_api_key_consumers_from_the_etcd_registry():
+    import hashlib
+    from etcdlib import EtcdHarness
+    with EtcdHarness() as h:
+        etcd = h.etcd()
+        c = etcd.client()
+        b = h.backend("http", name="b0")
+        c.put("/services/users/b0", json.dumps({"address": "127.0.0.1", "port": b.port}))
+        lst = http_listener([{"path_prefix": "/", "service": "users",
+                              "policies": [{"api_key": {"registry": True}}]}])
+        wg = h.waygate_etcd(etcd, listeners=[lst], workers=2)
+        port = wg.port("web")
+        st, _, _ = curl(port, "/request", "-H", "X-API-Key: k-dave")
+        assert st == 401
+        c.put("/waygate/consumers/dave", json.dumps({"key": "k-dave"}))
+        c.put("/waygate/consumers/erin", json.dumps(
+            {"key_sha256": hashlib.sha256(b"k-erin").hexdigest()}))
+        c.put("/waygate/consumers/bad", "not json")
+        wait_until(lambda: curl(port, "/request", "-H", "X-API-Key: k-dave")[0] == 200, slack(10),
+                   "a consumer put in etcd is accepted")
+        st, _, body = curl(port, "/request", "-H", "X-API-Key: k-dave")
+        assert st == 200 and "\r\nX-Consumer: dave\r\n" in body and "k-dave" not in body, body
+        wait_until(lambda: curl(port, "/request", "-H", "X-API-Key: k-erin")[0] == 200, slack(10),
+                   "a consumer given by its key's SHA-256")
+        assert curl(port, "/request", "-H", "X-API-Key: not json")[0] == 401
+        c.delete("/waygate/consumers/dave")
+        wait_until(lambda: curl(port, "/request", "-H", "X-API-Key: k-dave")[0] == 401, slack(10),
+                   "a consumer deleted from etcd is refused")
+        assert curl(port, "/request", "-H", "X-API-Key: k-erin")[0] == 200
