@@ -202,8 +202,9 @@ static bool on_watch(const char *msg, size_t len)
         return false;
     }
     if (w.error_code || w.canceled) {
+        const char *why2 = w.error_code ? "watch error" : "watch canceled";
         wg_etcd_watch_response_free(&w);
-        failed(w.error_code ? "watch error" : "watch canceled");
+        failed(why2);
         return false;
     }
     for (size_t k = 0; k < w.n_events; k++) {
@@ -246,7 +247,7 @@ static bool on_message(void *arg, struct wg_etcd_call *call, unsigned status, co
             start();
         return false;
     }
-    return on_watch(msg, len);
+    return on_watch(msg, len) && g.call == call;   /* a reload may have stopped us */
 }
 
 static void on_end(void *arg, struct wg_etcd_call *call, bool ok, const char *why)
