@@ -993,6 +993,9 @@ static void parse_root(struct cfg_ctx *c, yaml_node_t *root)
         parse_services(c);
     if (!c->y.aborted)
         add_referenced(c);
+    if (!c->y.aborted && cfg->consumers_registry && cfg->registry.kind != WG_REGISTRY_ETCD)
+        cfg_error(c, c->consumers_node,
+                  "api_key: registry: true needs the etcd registry (registry.etcd)");
     if (c->y.aborted)
         return;
     if (cfg->n_services > 1)

@@ -29,6 +29,7 @@ struct cfg_ctx {
     yaml_node_t *defaults_node;     /* service_defaults, applied before services */
     yaml_node_t *services_node;
     yaml_node_t *fleet_node;        /* for the etcd-only cross-check */
+    yaml_node_t *consumers_node;    /* the first api_key `registry: true`, likewise */
     struct cfg_listener_meta *meta; /* parallel to cfg->listeners */
 };
 

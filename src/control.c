@@ -1,4 +1,5 @@
 /* control — see include/waygate/control.h */
+#include "waygate/consumers.h"
 #include "waygate/jwks.h"
 #include "waygate/control.h"
 
@@ -387,6 +388,18 @@ static void switch_registry(struct control *c, const struct wg_config *cfg)
     wg_info("msg=\"registry settings changed, reconnected\" source=%s", r->status.source);
 }
 
+static void reload(struct control *c);
+
+/* The registry's api_key consumers changed (consumers.h): rebuild. */
+static void consumers_changed(void *arg)
+{
+    struct control *c = arg;
+    if (!c->stopping) {
+        wg_info("msg=\"api_key consumers changed, reloading\"");
+        reload(c);
+    }
+}
+
 static void reload(struct control *c)
 {
     const char *path = c->config->cfg->path;
@@ -432,6 +445,7 @@ static void reload(struct control *c)
     if (new_registry)
         switch_registry(c, cfg);
     wg_fleet_set_config(c->fleet, cfg);
+    wg_consumers_sync(c->base, cfg, consumers_changed, c);
     struct wg_snapshot *snap = wg_pool_published(c->pool);
     c->policy_files_stamp = wg_config_policy_files_stamp(cfg);
     wg_info("msg=\"configuration reloaded\" file=%s generation=%llu", path,
@@ -670,6 +684,7 @@ static void teardown(struct control *c)
     wg_prober_free(c->prober);              /* nothing publishes any more */
     wg_health_shared_free(c->shared);       /* after the prober: it queues transitions */
     wg_fleet_free(c->fleet);
+    wg_consumers_shutdown();                /* its etcd calls, like the fleet's */
     /* Bufferevents freed above (shared health's and the fleet's etcd calls)
      * may still have a deferred callback queued, which holds a reference:
      * one non-blocking pass runs those before the base is freed (the
@@ -685,7 +700,7 @@ static void teardown(struct control *c)
     wg_pool_free(c->pool);
     wg_reclaim_free(c->rc);
     wg_config_ref_put(c->config);
-    wg_jwks_shutdown();                     /* before the base its fetches run on */
+    wg_jwks_shutdown();
     if (c->base)
         event_base_free(c->base);
     wg_stats_reset_all();
@@ -729,6 +744,7 @@ int wg_control_run(struct wg_config *cfg)
     if (wg_registry_start(c->registry) < 0)
         goto out;
     c->fleet = wg_fleet_new(c->base, cfg, c->pool);
+    wg_consumers_sync(c->base, cfg, consumers_changed, c);
     c->shared = wg_health_shared_new(c->base, cfg, c->pool, c->fleet);
     wg_admin_set_fleet(c->admin, c->fleet, c->shared);
     wg_info("msg=\"waygate started\" version=%s config=%s workers=%u", WAYGATE_VERSION, cfg->path,

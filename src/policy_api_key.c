@@ -7,7 +7,9 @@
  * how many leading bytes of a secret agree. The key is removed from the
  * upstream request; the consumer name is sent in `consumer_header`
  * (default X-Consumer; a client's own copy is always dropped) and is the
- * `consumer` rate-limit key. */
+ * `consumer` rate-limit key. With `registry: true` the consumers of the
+ * etcd registry (consumers.h, /waygate/consumers/<name>) are added to the
+ * table each time the config is built; a change there rebuilds it. */
 #include "policy_parse.h"
 
 #include <openssl/evp.h>
@@ -15,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "waygate/consumers.h"
+#include "waygate/log.h"
 #include "waygate/stats.h"
 
 struct ak_entry {
@@ -139,6 +143,17 @@ static bool file_line(void *arg, unsigned line, char *consumer, char *key)
     return true;
 }
 
+/* A consumer of the registry (consumers.h): a bad one is logged and left
+ * out, as the registry is not the config file. */
+static void registry_key(void *arg, const char *consumer, const char *key)
+{
+    const char *why = add_key(arg, consumer, key);
+
+    if (why)
+        wg_warn("msg=\"api_key: registry consumer ignored\" consumer=%s reason=\"%s\"", consumer,
+                why);
+}
+
 static void *ak_parse(struct cfg_ctx *c, yaml_node_t *block)
 {
     struct ak_state *s = calloc(1, sizeof *s);
@@ -152,13 +167,13 @@ static void *ak_parse(struct cfg_ctx *c, yaml_node_t *block)
     if (!pp_block(c, block, &ak_table, s, &seen, "api_key"))
         goto fail;
     if (s->registry) {
-        cfg_error(c, seen.value[cfg_key_index(&ak_table, "registry")],
-                  "registry: consumers from the registry are not supported by this build yet "
-                  "(use keys:)");
-        goto fail;
+        c->cfg->consumers_registry = true;
+        if (!c->consumers_node)
+            c->consumers_node = seen.value[cfg_key_index(&ak_table, "registry")];
     }
-    if (!s->file && !s->inline_keys.n) {
-        cfg_error(c, block, "api_key: missing required key 'keys' (a file or consumer: key)");
+    if (!s->file && !s->inline_keys.n && !s->registry) {
+        cfg_error(c, block, "api_key: missing required key 'keys' (a file or consumer: key) "
+                  "or registry: true");
         goto fail;
     }
     if (!s->header && !s->query && !cfg_set_str(c, &s->header, "X-API-Key"))
@@ -179,6 +194,8 @@ static void *ak_parse(struct cfg_ctx *c, yaml_node_t *block)
     if (s->file && !pp_read_lines(c, seen.value[cfg_key_index(&ak_table, "keys")], "keys",
                                   s->file, file_line, &f))
         goto fail;
+    if (s->registry)
+        wg_consumers_each(registry_key, s);
     qsort(s->v, s->n, sizeof *s->v, digest_cmp);
     s->header_len = s->header ? strlen(s->header) : 0;
     s->query_len = s->query ? strlen(s->query) : 0;

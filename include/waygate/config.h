@@ -261,6 +261,7 @@ struct wg_config {
     char **policy_files;            /* files policies read (keys, htpasswd): a change
                                        to one reloads the config (control.c) */
     size_t n_policy_files;
+    bool consumers_registry;        /* an api_key policy has registry: true (consumers.h) */
 };
 
 /* Load and validate a config file. Returns NULL and fills errs on any error. */

@@ -454,3 +454,101 @@ def test_rate_limit_scope_fleet_divides_by_live_replicas():
         allowed = total - (int(nm.group(1)) if nm else 0)
         expect = rate / 2 * took + burst / 2            # this replica's half
         assert abs(allowed - expect) <= 0.05 * expect, (allowed, expect, out)
+
+
+def test_api_key_consumers_from_the_etcd_registry():
+    import hashlib
+    from etcdlib import EtcdHarness
+    with EtcdHarness() as h:
+        etcd = h.etcd()
+        c = etcd.client()
+        b = h.backend("http", name="b0")
+        c.put("/services/users/b0", json.dumps({"address": "127.0.0.1", "port": b.port}))
+        lst = http_listener([{"path_prefix": "/", "service": "users",
+                              "policies": [{"api_key": {"registry": True}}]}])
+        wg = h.waygate_etcd(etcd, listeners=[lst], workers=2)
+        port = wg.port("web")
+        st, _, _ = curl(port, "/request", "-H", "X-API-Key: k-dave")
+        assert st == 401
+        c.put("/waygate/consumers/dave", json.dumps({"key": "k-dave"}))
+        c.put("/waygate/consumers/erin", json.dumps(
+            {"key_sha256": hashlib.sha256(b"k-erin").hexdigest()}))
+        c.put("/waygate/consumers/bad", "not json")
+        wait_until(lambda: curl(port, "/request", "-H", "X-API-Key: k-dave")[0] == 200, slack(10),
+                   "a consumer put in etcd is accepted")
+        st, _, body = curl(port, "/request", "-H", "X-API-Key: k-dave")
+        assert st == 200 and "\r\nX-Consumer: dave\r\n" in body and "k-dave" not in body, body
+        wait_until(lambda: curl(port, "/request", "-H", "X-API-Key: k-erin")[0] == 200, slack(10),
+                   "a consumer given by its key's SHA-256")
+        assert curl(port, "/request", "-H", "X-API-Key: not json")[0] == 401
+        c.delete("/waygate/consumers/dave")
+        wait_until(lambda: curl(port, "/request", "-H", "X-API-Key: k-dave")[0] == 401, slack(10),
+                   "a consumer deleted from etcd is refused")
+        assert curl(port, "/request", "-H", "X-API-Key: k-erin")[0] == 200
+
+
+def test_cors_preflight_from_headless_chromium():
+    """A page on one origin (a Python server on 127.0.0.1:P1) PUTs with a
+    custom header (a preflighted request) to waygate on 127.0.0.1:P2; the
+    page writes what fetch() saw into the DOM, read with --dump-dom."""
+    import http.server
+    import threading
+    chromium = shutil.which("chromium")
+    if not chromium:
+        print("chromium not installed: CORS-from-a-browser check skipped")
+        return
+    with Harness() as h:
+        page = {}
+
+        class Page(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = page["html"].encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        try:
+            origin = "http://127.0.0.1:%d" % srv.server_address[1]
+            b = h.backend("http", name="b0")
+            allow = {"cors": {"origins": [origin], "methods": ["PUT"], "headers": ["X-Custom"]}}
+            other = {"cors": {"origins": ["http://elsewhere.test"], "methods": ["PUT"],
+                              "headers": ["X-Custom"]}}
+            routes = [{"path_prefix": "/ok/", "service": "users", "strip_prefix": True,
+                       "policies": [allow]},
+                      {"path_prefix": "/no/", "service": "users", "strip_prefix": True,
+                       "policies": [other]}]
+            wg = h.waygate(listeners=[http_listener(routes)], instances={"users": [b.instance()]},
+                           workers=1)
+            api = "http://127.0.0.1:%d" % wg.port("web")
+            page["html"] = """<!doctype html><html><body><pre id="out">pending</pre><script>
+async function call(path) {
+  try {
+    const r = await fetch("%s" + path, {method: "PUT", headers: {"X-Custom": "1"}, body: "x"});
+    return path + "=" + r.status + ":" + (await r.text());
+  } catch (e) { return path + "=blocked"; }
+}
+(async () => {
+  document.getElementById("out").textContent =
+    "result " + (await call("/ok/")) + " " + (await call("/no/"));
+})();
+</script></body></html>""" % api
+            cp = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                                 "--disable-background-networking", "--disable-dev-shm-usage",
+                                 "--user-data-dir=" + h.path("chromium"),
+                                 "--virtual-time-budget=5000", "--dump-dom", origin + "/"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=slack(90))
+            dom = cp.stdout.decode(errors="replace")
+            m = re.search(r'<pre id="out">result (\S+) (\S+)</pre>', dom)
+            assert m, (cp.returncode, dom[-2000:], cp.stderr.decode(errors="replace")[-2000:])
+            assert m.group(1) == "/ok/=200:b0", dom
+            assert m.group(2) == "/no/=blocked", dom
+        finally:
+            srv.shutdown()
+            srv.server_close()

@@ -287,7 +287,10 @@ START_TEST(test_config_errors)
     cfg_bad(ROUTE("[ { jwt: { secret: short } } ]"), "at least 32 bytes");
     cfg_bad(ROUTE("[ { jwt: { secret: 0123456789abcdef0123456789abcdef, algorithms: [HS265] } } ]"),
             "unknown algorithm 'HS265' (did you mean 'HS256'?)");
-    cfg_bad(ROUTE("[ { api_key: { registry: true } } ]"), "registry: consumers from the registry");
+    cfg_bad(ROUTE("[ { api_key: { registry: true } } ]"),
+            ":8:44: api_key: registry: true needs the etcd registry");
+    cfg_bad(ROUTE("[ { api_key: { header: X-Key } } ]"),
+            "api_key: missing required key 'keys' (a file or consumer: key) or registry: true");
     cfg_bad(ROUTE("[ { basic_auth: { htpasswd: /nonexistent/x } } ]"),
             "htpasswd: cannot read '/nonexistent/x'");
     cfg_bad(ROUTE("[ { jwt: {}, cors: {} } ]"), "one policy per entry");
@@ -643,6 +646,15 @@ START_TEST(test_api_key)
     const char *inl = ROUTE("[ { api_key: { query: key, keys: { carol: s3cret } } } ]");
     ck_assert_int_eq(one(inl, "GET", "/x?a=1&key=s3cret", NULL, &st), WG_POLICY_CONTINUE);
     ck_assert_int_eq(one(inl, "GET", "/x?key=s3cre", NULL, &st), WG_POLICY_ANSWER);
+    /* registry: true with the etcd registry: accepted, the watch is asked
+     * for; no consumer listed yet, so every key is refused */
+    const char *reg = "registry: { etcd: { endpoints: [ 'http://127.0.0.1:1' ] } }\n"
+                      ROUTE("[ { api_key: { registry: true } } ]");
+    struct wg_config *rc = cfg_ok("%s", reg);
+    ck_assert(rc->consumers_registry);
+    wg_config_free(rc);
+    ck_assert_int_eq(one(reg, "GET", "/", alice, &st), WG_POLICY_ANSWER);
+    ck_assert_uint_eq(st, 401);
 }
 END_TEST
 
