@@ -262,7 +262,7 @@ static void log_request(struct wg_downstream *d, const char *reason)
         .connect_us = d->r->connect_us,
         .retries = d->r->attempts > 1 ? d->r->attempts - 1 : 0,
         .stream_id = d->stream_id,
-        .grpc_code = d->r->grpc ? d->r->grpc_code - 1 : -1,
+        .grpc_code = d->r->grpc ? d->r->grpc_code : 0,
         .trace_id = d->r->pol && d->r->pol->trace_id[0] ? d->r->pol->trace_id : NULL,
     };
     char method[32];

@@ -293,8 +293,8 @@ size_t wg_access_format(enum wg_access_format fmt, const struct wg_access_entry 
         field_str(&l, json, "proto", "h2");
         field_u64(&l, json, "stream", e->stream_id);
     }
-    if (e->grpc_code >= 0)
-        field_str(&l, json, "grpc_code", wg_grpc_status_name(e->grpc_code));
+    if (e->grpc_code > 0)
+        field_str(&l, json, "grpc_code", wg_grpc_status_name(e->grpc_code - 1));
     if (e->trace_id)
         field_str(&l, json, "trace_id", e->trace_id);
     if (json)

@@ -75,8 +75,9 @@ struct wg_access_entry {
     unsigned retries;           /* upstream attempts after the first */
     uint32_t stream_id;         /* HTTP/2 stream id (the line ends "proto=h2 stream=N");
                                  * 0: HTTP/1.1 or tcp (no such keys) */
-    int grpc_code;              /* gRPC calls: the grpc-status the client got (key
-                                 * grpc_code, its name); -1: not gRPC or none (no key) */
+    int grpc_code;              /* gRPC calls: the grpc-status the client got + 1 (key
+                                 * grpc_code, its name); 0: not gRPC or none (no key),
+                                 * so a zero-initialised entry has none */
     const char *trace_id;       /* http: the W3C trace id (trace policy); NULL: the
                                  * field is left out of the line */
 };
