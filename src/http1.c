@@ -703,7 +703,7 @@ static void tls_accept(struct hp_conn *c, int fd)
 void wg_http_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int fd,
                           const struct sockaddr *peer, socklen_t peerlen)
 {
-    struct hp_local *loc = hp_local_get(w);
+    struct hp_local *loc = hp_local_get(w->base);
     struct hp_conn *c = loc ? calloc(1, sizeof *c) : NULL;
     if (c) {
         c->ds.ops = &h1_ops;

@@ -1287,7 +1287,7 @@ static int session_new(struct h2_conn *c)
 int wg_http2_accept(struct wg_worker *w, const struct wg_listener *l,
                     const struct wg_http2_client *cl, const char *pre, size_t pre_len)
 {
-    struct hp_local *loc = hp_local_get(w);
+    struct hp_local *loc = hp_local_get(w->base);
     struct h2_conn *c = loc ? calloc(1, sizeof *c) : NULL;
     struct wg_snapshot *snap = wg_pool_current(w->pool);
     const struct wg_listener_config *lc = snap ? wg_listener_config_in(snap->config->cfg, l) : NULL;

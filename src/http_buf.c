@@ -12,7 +12,6 @@
 #include "waygate/tls.h"
 #include "waygate/upstream_h2.h"
 #include "waygate/upstream_pool.h"
-#include "waygate/worker.h"
 
 bool hp_transient(void) { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
 
@@ -50,7 +49,7 @@ static void key_init(void)
 
 struct hp_local *hp_local_peek(void) { return hp_tls; }
 
-struct hp_local *hp_local_get(struct wg_worker *w)
+struct hp_local *hp_local_get(struct event_base *base)
 {
     if (hp_tls)
         return hp_tls;
@@ -62,7 +61,7 @@ struct hp_local *hp_local_get(struct wg_worker *w)
         loc->heads.max = HP_SPARE_HEADS;
         loc->reqs.max = HP_SPARE_REQS;
     }
-    if (!loc || !(loc->pool = wg_upstream_pool_new(w->base)) ||
+    if (!loc || !(loc->pool = wg_upstream_pool_new(base)) ||
         pthread_setspecific(hp_key, loc) != 0) {
         if (loc)
             wg_upstream_pool_free(loc->pool);

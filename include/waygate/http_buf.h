@@ -61,7 +61,7 @@ struct hp_spares {
 
 struct wg_upstream_pool;
 struct wg_h2_pool;
-struct wg_worker;
+struct event_base;
 
 /* Per worker thread: free lists and the upstream keep-alive pool. */
 struct hp_local {
@@ -72,8 +72,9 @@ struct hp_local {
     unsigned lingering;                 /* HTTP/1.1 connections in a lingering close */
 };
 
-/* The calling worker's state, made on first use; NULL when out of memory. */
-struct hp_local *hp_local_get(struct wg_worker *w);
+/* The calling worker's state, made on first use (its pools on `base`, the
+ * worker's loop); NULL when out of memory. */
+struct hp_local *hp_local_get(struct event_base *base);
 /* The calling worker's state if it was made, else NULL (never makes it). */
 struct hp_local *hp_local_peek(void);
 
