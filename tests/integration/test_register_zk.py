@@ -7,10 +7,9 @@ and its node deleted before the child is stopped; usage errors."""
 
 import json
 import signal
-import socket
 import time
 
-from wglib import free_port, name_via, run_waygate, slack, tool, wait_until
+from wglib import connectable, free_port, name_via, run_waygate, slack, tool, wait_until
 from zklib import ZkHarness
 
 NODE = "/services/users/"
@@ -38,14 +37,6 @@ def wait_node(c, rid, timeout=10, present=True):
     what = "node %s %s" % (rid, "created" if present else "deleted")
     return wait_until(lambda: (node(c, rid) if present else node(c, rid) is None),
                       slack(timeout), what, interval=0.02)
-
-
-def port_open(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 def test_curator_and_plain_nodes_route_and_sigterm_deletes():
@@ -103,10 +94,10 @@ def test_session_expiry_recreates_the_node_and_a_wrapped_child_drains():
         t = time.monotonic()
         r.signal(signal.SIGTERM)
         wait_node(c, "x", present=False, timeout=2)
-        assert port_open(port), "the child stopped before its node was deleted"
+        assert connectable(port), "the child stopped before its node was deleted"
         assert r.wait(slack(10)) == 0, r.stderr_text()
         assert time.monotonic() - t >= 1.0, "no drain"
-        assert not port_open(port)
+        assert not connectable(port)
 
 
 def test_zookeeper_usage_errors():
