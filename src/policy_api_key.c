@@ -196,7 +196,8 @@ static void *ak_parse(struct cfg_ctx *c, yaml_node_t *block)
         goto fail;
     if (s->registry)
         wg_consumers_each(registry_key, s);
-    qsort(s->v, s->n, sizeof *s->v, digest_cmp);
+    if (s->n > 1)
+        qsort(s->v, s->n, sizeof *s->v, digest_cmp);
     s->header_len = s->header ? strlen(s->header) : 0;
     s->query_len = s->query ? strlen(s->query) : 0;
     s->consumer_header_len = strlen(s->consumer_header);

@@ -249,7 +249,8 @@ static size_t svc_collect(const struct svc *s, struct wg_record *out)
             }
             memcpy(&out[n++].addr, &kr->addr, kr->addrlen);
         }
-    qsort(out, n, sizeof *out, rec_id_cmp);
+    if (n > 1)
+        qsort(out, n, sizeof *out, rec_id_cmp);
     for (size_t i = 0; i < n; i++)
         if (k == 0 || strcmp(out[k - 1].id, out[i].id) != 0)
             out[k++] = out[i];
