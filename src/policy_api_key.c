@@ -230,7 +230,7 @@ static enum wg_policy_verdict ak_request(const void *state, struct wg_policy_req
         !(s->query && wg_policy_query_param(r, s->query, s->query_len, &key)))
         return refuse(s, r);
     SHA256((const unsigned char *)key.p, key.n, probe.digest);
-    e = bsearch(&probe, s->v, s->n, sizeof *s->v, digest_cmp);
+    e = s->n ? bsearch(&probe, s->v, s->n, sizeof *s->v, digest_cmp) : NULL;
     if (!e)
         return refuse(s, r);
     if (s->header)

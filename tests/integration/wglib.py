@@ -18,6 +18,7 @@ Environment:
   WAYGATE_KEEP_TMP   "1" keeps a failed test's temporary directory
 """
 
+import collections
 import errno
 import os
 import re
@@ -87,12 +88,35 @@ def tool(name):
     return path
 
 
-def free_port():
-    """A port that was free a moment ago (bind 127.0.0.1:0, close). Whoever
-    binds it must retry with another one if it was taken meanwhile."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+# Ports handed out by free_port()/free_ports() lately: the kernel may give
+# the same ephemeral port to two bind(0) calls once the first socket is
+# closed, and a test that asks twice before binding either would get one
+# port for two listeners ("already used by admin.listen").
+_recent_ports = collections.deque(maxlen=512)
+
+
+def _bound_fresh():
+    """A socket bound to 127.0.0.1:<port> where port was not handed out
+    lately; the caller closes it. Returns (socket, port)."""
+    for _ in range(64):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+        if port not in _recent_ports:
+            _recent_ports.append(port)
+            return s, port
+        s.close()
+    raise AssertionError("no fresh free port after 64 tries")
+
+
+def free_port():
+    """A port that was free a moment ago (bind 127.0.0.1:0, close) and that
+    no other free_port()/free_ports() call of this process handed out
+    lately. Whoever binds it must retry with another one if it was taken
+    meanwhile."""
+    s, port = _bound_fresh()
+    s.close()
+    return port
 
 
 def connectable(port):
@@ -109,16 +133,14 @@ def connectable(port):
 
 def free_ports(n):
     """n distinct ports that were free a moment ago: all n are held at once
-    while they are picked (free_port() twice may return the same port)."""
+    while they are picked, none handed out lately by free_port()."""
     socks = []
     try:
         for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(s)
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+            socks.append(_bound_fresh())
+        return [port for _, port in socks]
     finally:
-        for s in socks:
+        for s, _ in socks:
             s.close()
 
 
