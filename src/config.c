@@ -885,6 +885,44 @@ static int service_cmp(const void *a, const void *b)
                   ((const struct wg_service_config *)b)->name);
 }
 
+static bool named_by_listeners(const struct wg_config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        const struct wg_listener_config *l = &cfg->listeners[i];
+        if (l->service && strcmp(l->service, name) == 0)
+            return true;
+        for (size_t r = 0; r < l->n_routes; r++) {
+            if (l->routes[r].service && strcmp(l->routes[r].service, name) == 0)
+                return true;
+            for (size_t b = 0; b < l->routes[r].n_backends; b++)
+                if (strcmp(l->routes[r].backends[b].service, name) == 0)
+                    return true;
+        }
+    }
+    return false;
+}
+
+/* Services a policy requires (cfg_require_service) are known: declared,
+ * or named by a listener or route (before those are added). */
+static void check_required(struct cfg_ctx *c)
+{
+    struct wg_config *cfg = c->cfg;
+
+    for (size_t i = 0; i < c->n_need; i++) {
+        const char *key = c->need[i].name, *name = key + strlen(key) + 1;
+        if (service_find(cfg, name) || named_by_listeners(cfg, name))
+            continue;
+        const char *hint = cfg->n_services ? wg_yaml_suggest(name, cfg->services, cfg->n_services,
+                                                             sizeof *cfg->services) : NULL;
+        if (hint)
+            cfg_error(c, c->need[i].at, "%s: unknown service '%.80s' (did you mean '%s'?)", key,
+                      name, hint);
+        else
+            cfg_error(c, c->need[i].at, "%s: unknown service '%.80s' (declare it under services:)",
+                      key, name);
+    }
+}
+
 /* Every service a tcp listener or a route names exists in services[]. */
 static void add_referenced(struct cfg_ctx *c)
 {
@@ -992,6 +1030,8 @@ static void parse_root(struct cfg_ctx *c, yaml_node_t *root)
     if (!c->y.aborted)
         parse_services(c);
     if (!c->y.aborted)
+        check_required(c);
+    if (!c->y.aborted)
         add_referenced(c);
     if (!c->y.aborted && cfg->consumers_registry && cfg->registry.kind != WG_REGISTRY_ETCD)
         cfg_error(c, c->consumers_node,
@@ -1081,6 +1121,9 @@ struct wg_config *wg_config_load_buffer(const char *name, const char *buf, size_
     if (c.cfg && config_defaults(&c, c.cfg, name))
         parse_root(&c, wg_yaml_root(&c.y));
     free(c.meta);
+    for (size_t i = 0; i < c.n_need; i++)
+        free(c.need[i].name);
+    free(c.need);
     wg_yaml_sort_errors(&c.y);
     wg_yaml_close(&c.y);
     if (c.y.n_errors == 0)
@@ -1206,6 +1249,23 @@ void cfg_jwks_url(struct cfg_ctx *c, const char *url, const char *ca, uint64_t r
 void cfg_reference_service(struct cfg_ctx *c, const char *name)
 {
     str_set_add(c, &c->cfg->policy_services, &c->cfg->n_policy_services, name);
+}
+
+void cfg_require_service(struct cfg_ctx *c, yaml_node_t *at, const char *key, const char *name)
+{
+    struct cfg_need_service *v = realloc(c->need, (c->n_need + 1) * sizeof *v);
+    char *n = v ? malloc(strlen(key) + 1 + strlen(name) + 1) : NULL;
+
+    if (v)
+        c->need = v;
+    if (!n) {
+        wg_yaml_oom(&c->y);
+        return;
+    }
+    strcpy(n, key);                     /* "key\0name" */
+    strcpy(n + strlen(key) + 1, name);
+    c->need[c->n_need++] = (struct cfg_need_service){ at, n };
+    cfg_reference_service(c, name);
 }
 
 uint64_t wg_config_policy_files_stamp(const struct wg_config *cfg)

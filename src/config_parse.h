@@ -31,6 +31,11 @@ struct cfg_ctx {
     yaml_node_t *fleet_node;        /* for the etcd-only cross-check */
     yaml_node_t *consumers_node;    /* the first api_key `registry: true`, likewise */
     struct cfg_listener_meta *meta; /* parallel to cfg->listeners */
+    struct cfg_need_service {       /* services a policy needs known (forward_auth) */
+        yaml_node_t *at;
+        char *name;
+    } *need;
+    size_t n_need;
 };
 
 #define CFG_UNUSED __attribute__((unused))
@@ -93,6 +98,10 @@ cfg_parse_fn cfg_p_str, cfg_p_file, cfg_p_bool, cfg_p_unsigned, cfg_p_u16, cfg_p
 
 /* A service a policy names (mirror): it exists in services[] afterwards. */
 void cfg_reference_service(struct cfg_ctx *c, const char *name);
+/* The same, and it must be a service the configuration knows (declared
+ * under services:, or the service of a listener or route): otherwise
+ * "FILE:LINE:COL: KEY: unknown service 'x' (did you mean 'y'?)" at `at`. */
+void cfg_require_service(struct cfg_ctx *c, yaml_node_t *at, const char *key, const char *name);
 
 /* A JWKS URL a jwt policy needs fetched (jwks.h); `ca` may be NULL. */
 void cfg_jwks_url(struct cfg_ctx *c, const char *url, const char *ca, uint64_t refresh_ms);

@@ -52,6 +52,28 @@ static void req_free(struct hp_local *loc, struct wg_exchange **rp)
 
 static void upstream_start(struct wg_downstream *d);
 static void upstream_connect_done(struct wg_downstream *d);
+/* forward_auth (policy.h; below "the response"): while a subrequest runs,
+ * the exchange's upstream fields (svc, pick, inst, up/h2, uout, uin) serve
+ * it; what they held for the request itself waits here. */
+struct wg_auth_call {
+    const struct wg_policy_forward_auth *fa;
+    bool active;                        /* the subrequest is in flight */
+    bool failed, done, keep;            /* its outcome as the response steps saw it */
+    unsigned status;                    /* the auth service's */
+    struct wg_pool_service *svc;        /* the request's own service (one reference) */
+    struct wg_exchange_settings t;      /* and its settings */
+    bool grpc, upgrade;
+    uint64_t deadline;                  /* timeout, from the subrequest's start */
+    struct hp_head *head;               /* a copy of the request head's parse */
+    char *msg;                          /* and of its bytes */
+    size_t head_len;
+    char *body;                         /* the refusal's body, NUL-terminated */
+    size_t body_len, seen;              /* kept; read in all */
+};
+
+static bool auth_active(const struct wg_exchange *r) { return r->auth && r->auth->active; }
+static bool auth_failed(struct wg_downstream *d);
+static void auth_free(struct wg_downstream *d);
 
 static void upstream_event(struct wg_upconn *u, short what, void *owner)
 {
@@ -113,6 +135,7 @@ static void release_request(struct wg_downstream *d)
         return;
     release_upstream(d);
     release_instance(d);
+    auth_free(d);
     hp_buf_free(d->loc, &r->uout);
     hp_buf_free(d->loc, &r->note);
     hp_buf_free(d->loc, &r->trailers);
@@ -198,6 +221,8 @@ void wg_exchange_reply(struct wg_downstream *d, unsigned status, const char *bod
  * the response yet, else cut the connection (the response is truncated). */
 static void fail_upstream(struct wg_downstream *d, unsigned status)
 {
+    if (auth_failed(d))                 /* a forward_auth subrequest got no answer */
+        return;
     d->end_reason = "upstream_error";
     if (d->r->final_sent)                  /* interim responses may precede a 502 */
         d->dead = true;
@@ -854,10 +879,52 @@ static unsigned policy_request_head(struct wg_downstream *d, const struct wg_htt
         }
         pol->request_id = (struct wg_pstr){ id, 32 };
     }
-    if (wg_policy_request(chain, pol) == WG_POLICY_CONTINUE)
+    switch (wg_policy_request(chain, pol)) {
+    case WG_POLICY_CONTINUE:
+    case WG_POLICY_PENDING:             /* pol->auth: a subrequest first */
         return 0;
-    return pol->answer_status;
+    default:
+        return pol->answer_status;
+    }
 }
+
+static bool has_body(const struct wg_http_message *m)
+{
+    return m->framing == WG_HTTP_BODY_CHUNKED ||
+           (m->framing == WG_HTTP_BODY_LENGTH && m->content_length > 0);
+}
+
+/* After the request hooks (at once, or once a forward_auth subrequest let
+ * the request through): the upstream head, a mirror copy, then the
+ * upstream, or the answer `status`. */
+static void request_proceed(struct wg_downstream *d, const struct wg_http_parser *p,
+                            const char *msg, size_t head_len, unsigned status)
+{
+    const struct wg_http_message *m = &p->msg;
+    bool body = has_body(m);
+
+    if (status == 0 && !build_upstream_head(d, p, msg, head_len))
+        status = 431;
+    if (status == 0 && d->r->pol && d->r->pol->mirror && !body && !m->upgrade &&
+        d->r->uout)                     /* a copy, never waited for (http_mirror.h) */
+        wg_mirror_send(d->w, d->r->pol->mirror, d->r->uout->data, d->r->uout->end);
+    if (d->r->pol)
+        wg_policy_req_detach(d->r->pol);
+    if (status) {
+        wg_exchange_reply(d, status, status == 503 ? "no healthy upstream\n" :
+                          d->r->pol && d->r->pol->answer_status == status ? d->r->pol->answer_body.p
+                                                                          : NULL, !body);
+        return;
+    }
+    wg_http_body_init(&d->r->rq_body, m->framing, m->content_length, 0);
+    d->r->req_body_done = !body;
+    d->r->replayable = true;
+    d->rq = WG_RQ_BODY;
+    upstream_start(d);
+}
+
+static void auth_begin(struct wg_downstream *d, const struct wg_http_parser *p, const char *msg,
+                       size_t head_len);
 
 /* The head is complete: check, route, rewrite, then start the upstream. */
 void wg_exchange_head(struct wg_downstream *d, const struct wg_http_parser *p, size_t head_len)
@@ -865,11 +932,7 @@ void wg_exchange_head(struct wg_downstream *d, const struct wg_http_parser *p, s
     struct hp_buf *b = d->in;
     const struct wg_http_message *m = &p->msg;
     const char *msg = b->data + b->start;
-    bool body = m->framing == WG_HTTP_BODY_CHUNKED ||
-                (m->framing == WG_HTTP_BODY_LENGTH && m->content_length > 0);
-    enum wg_http_framing framing = m->framing;
-    uint64_t length = m->content_length;
-    unsigned status;
+    unsigned status = 0;
 
     d->r->method = m->method;
     d->r->http10 = m->version == 10;
@@ -884,33 +947,22 @@ void wg_exchange_head(struct wg_downstream *d, const struct wg_http_parser *p, s
     }
     if (d->r->peer_trusted)
         resolve_client(d, p, msg);
-    if (d->r->lc && d->r->lc->tls.redirect_http && strcmp(d->r->lc->tls.redirect_http, "https") == 0) {
-        reply_redirect(d, p, msg, !body);
-        status = 0;
-    } else if ((status = request_route(d, p, msg)) == 0 &&
-               (status = policy_request_head(d, p, msg)) == 0 &&
-               !build_upstream_head(d, p, msg, head_len)) {
-        status = 431;
-    }
-    if (status == 0 && d->rq == WG_RQ_HEAD && d->r->pol && d->r->pol->mirror && !body &&
-        !m->upgrade && d->r->uout)      /* a copy, never waited for (http_mirror.h) */
-        wg_mirror_send(d->w, d->r->pol->mirror, d->r->uout->data, d->r->uout->end);
-    if (d->r->pol)
-        wg_policy_req_detach(d->r->pol);
+    if (d->r->lc && d->r->lc->tls.redirect_http && strcmp(d->r->lc->tls.redirect_http, "https") == 0)
+        reply_redirect(d, p, msg, !has_body(m));
+    else if ((status = request_route(d, p, msg)) == 0)
+        status = policy_request_head(d, p, msg);
     b->start += (uint32_t)head_len;
     b->sent = b->fwd = b->scan = b->start;
     d->client_progress = wg_now_ms();
-    if (status)
-        wg_exchange_reply(d, status, status == 503 ? "no healthy upstream\n" :
-                          d->r->pol && d->r->pol->answer_status == status ? d->r->pol->answer_body.p
-                                                                          : NULL, !body);
-    if (d->rq != WG_RQ_HEAD)
+    if (d->rq != WG_RQ_HEAD) {          /* redirected */
+        if (d->r->pol)
+            wg_policy_req_detach(d->r->pol);
         return;
-    wg_http_body_init(&d->r->rq_body, framing, length, 0);
-    d->r->req_body_done = !body;
-    d->r->replayable = true;
-    d->rq = WG_RQ_BODY;
-    upstream_start(d);
+    }
+    if (status == 0 && d->r->pol && d->r->pol->auth)
+        auth_begin(d, p, msg, head_len);   /* its verdict calls request_proceed */
+    else
+        request_proceed(d, p, msg, head_len, status);
 }
 
 /* The parser refused the head (its status), or it timed out (408): keep
@@ -1059,6 +1111,8 @@ static void upstream_start(struct wg_downstream *d)
     const struct wg_member *m = wg_pick_next(&d->r->pick);
     if (!m) {
         wg_stats_add(d->w->stats, WG_C_NO_UPSTREAM, 1);
+        if (auth_failed(d))
+            return;
         if (d->r->attempts)
             fail_upstream(d, 502);
         else if (!d->r->final_sent)
@@ -1572,6 +1626,8 @@ static void policy_response_head(struct wg_downstream *d, const struct wg_http_p
 }
 
 /* A final response head: decide both connections' fate, forward it. */
+static void auth_head(struct wg_downstream *d, const struct wg_http_parser *p, const char *msg);
+
 static void response_final(struct wg_downstream *d, const struct wg_http_parser *p, const char *msg,
                            size_t used)
 {
@@ -1579,6 +1635,10 @@ static void response_final(struct wg_downstream *d, const struct wg_http_parser 
     bool upgrade = m->status == 101;
     bool draining = atomic_load_explicit(&d->w->draining, memory_order_relaxed);
 
+    if (auth_active(d->r)) {            /* the auth service's verdict, not for the client */
+        auth_head(d, p, msg);
+        return;
+    }
     d->r->status = m->status;
     if (m->status >= 500 || (d->r->grpc_code && wg_grpc_status_is_failure(d->r->grpc_code - 1)))
         report_failure(d, WG_FAIL_HTTP_5XX);    /* a Trailers-Only gRPC failure too */
@@ -1666,7 +1726,8 @@ static void response_head_step(struct wg_downstream *d, bool *progress)
         return;
     }
     if (d->r->rhead->p.msg.interim) {      /* 100, 103: forwarded, the final one follows */
-        if (!d->r->http10 && !d->ops->response_head(d, &d->r->rhead->p, msg, used, false)) {
+        if (!d->r->http10 && !auth_active(d->r) &&
+            !d->ops->response_head(d, &d->r->rhead->p, msg, used, false)) {
             d->dead = true;
             return;
         }
@@ -1739,6 +1800,270 @@ static void response_body_step(struct wg_downstream *d, bool *progress)
     *progress = true;
 }
 
+/* ---- forward_auth: a subrequest through the upstream code (policy.h) ---
+ * The forward_auth hook answered PENDING. The exchange keeps a copy of the
+ * request head, leaves the client's body unread (its flow control holds
+ * the client), and runs the subrequest as an attempt of its own: pick over
+ * the auth service's healthy instances, its pools (HTTP/1.1 or HTTP/2),
+ * connect and retries, passive health, all as for a request. The response
+ * steps hand its head to auth_head() and its body to auth_body_step()
+ * instead of the client; auth_finish() puts the request's own service
+ * back, then goes on with the chain, or answers. */
+
+/* Start the subrequest r->pol->auth asks for. */
+static void auth_start(struct wg_downstream *d)
+{
+    struct wg_exchange *r = d->r;
+    struct wg_auth_call *a = r->auth;
+    const struct wg_policy_forward_auth *fa = r->pol->auth;
+    struct wg_snapshot *s = wg_pool_current(d->w->pool);
+    const struct wg_pool_service *svc = s ? wg_snapshot_service(s, fa->service) : NULL;
+    struct wg_pstr head;
+
+    a->fa = fa;
+    a->failed = a->done = a->keep = false;
+    a->status = 0;
+    a->body_len = a->seen = 0;
+    a->svc = r->svc;
+    a->t = r->t;
+    a->grpc = r->grpc;
+    a->upgrade = r->req_upgrade;
+    a->deadline = wg_now_ms() + fa->timeout_ms;
+    a->active = true;
+    hp_buf_free(d->loc, &r->uout);
+    if (!svc || !wg_forward_auth_head(fa, r->pol, &head)) {
+        r->svc = NULL;                  /* nothing to give back in auth_finish */
+        auth_failed(d);
+        return;
+    }
+    struct hp_out o = hp_out_open(d->loc, &r->uout, head.n);
+    hp_put(&o, head.p, head.n);
+    hp_out_close(r->uout, &o);
+    wg_pool_service_ref((struct wg_pool_service *)svc);
+    r->svc = (struct wg_pool_service *)svc;
+    r->t.connect_ms = svc->cfg->connect_timeout_ms < fa->timeout_ms ? svc->cfg->connect_timeout_ms
+                                                                     : fa->timeout_ms;
+    r->t.response_ms = fa->timeout_ms;
+    r->t.retries = svc->cfg->retries;
+    r->t.retry_non_idempotent = true;   /* the subrequest has no body and asks only */
+    r->grpc = r->req_upgrade = false;
+    r->attempts = 0;
+    wg_pick_init(&r->pick, svc, &d->w->rng, NULL);
+    r->req_body_done = r->replayable = true;
+    d->rq = WG_RQ_BODY;
+    d->rs = WG_RS_NONE;
+    upstream_start(d);
+}
+
+/* The request head's bytes and parse outlive the codec's buffers. */
+static void auth_begin(struct wg_downstream *d, const struct wg_http_parser *p, const char *msg,
+                       size_t head_len)
+{
+    struct wg_auth_call *a = calloc(1, sizeof *a);
+    struct hp_head *h = a ? hp_head_new(d->loc) : NULL;
+    char *copy = h ? malloc(head_len) : NULL;
+
+    if (!copy) {
+        if (h)
+            hp_head_free(d->loc, &h);
+        free(a);
+        request_proceed(d, p, msg, head_len, 503);
+        return;
+    }
+    memcpy(copy, msg, head_len);
+    h->p = *p;
+    h->p.headers = h->h;
+    memcpy(h->h, p->headers, p->msg.nheaders * sizeof *h->h);
+    *a = (struct wg_auth_call){ .head = h, .msg = copy, .head_len = head_len };
+    wg_policy_req_rebase(d->r->pol, msg, head_len, copy);
+    d->r->auth = a;
+    auth_start(d);
+}
+
+static void auth_free(struct wg_downstream *d)
+{
+    struct wg_auth_call *a = d->r->auth;
+
+    if (!a)
+        return;
+    if (a->active && a->svc)            /* released mid-call: the request's service too */
+        wg_pool_service_unref(a->svc);
+    hp_head_free(d->loc, &a->head);
+    free(a->msg);
+    free(a->body);
+    free(a);
+    d->r->auth = NULL;
+}
+
+enum auth_outcome { AUTH_ALLOW, AUTH_DENY, AUTH_FAIL };
+
+/* The subrequest is over: the request gets its own service back; then its
+ * chain goes on, or the answer goes out. */
+static void auth_finish(struct wg_downstream *d, enum auth_outcome how)
+{
+    struct wg_exchange *r = d->r;
+    struct wg_auth_call *a = r->auth;
+    const struct wg_http_parser *p = &a->head->p;
+    bool body = has_body(&p->msg);
+    unsigned status = 0;
+
+    release_upstream(d);
+    release_instance(d);
+    hp_buf_free(d->loc, &r->uout);
+    if (r->svc)
+        wg_pool_service_unref(r->svc);
+    r->svc = a->svc;
+    r->t = a->t;
+    r->grpc = a->grpc;
+    r->req_upgrade = a->upgrade;
+    a->active = false;
+    r->attempts = r->interim = 0;
+    r->status = 0;
+    r->resp_started = r->final_sent = r->up_reused = r->fresh_only = r->sent_any = false;
+    r->h2_free = 0;
+    r->grpc_code = 0;
+    r->connect_us = -1;
+    r->response_deadline = 0;
+    d->rs = WG_RS_NONE;
+    wg_pick_init(&r->pick, r->svc, &d->w->rng, NULL);
+    pick_key(d, p, a->msg);
+    if (how == AUTH_FAIL && !a->fa->allow_on_failure) {
+        wg_info("msg=\"forward_auth failed\" service=%s client=%s", a->fa->service, d->client_ip);
+        r->pol->auth = NULL;
+        wg_exchange_reply(d, r->grpc ? 503 : 500, "authorization service unavailable\n", !body);
+        auth_free(d);
+        return;
+    }
+    if (how == AUTH_DENY) {
+        wg_exchange_reply(d, a->status, a->body ? a->body : "", !body);
+        auth_free(d);
+        return;
+    }
+    if (how == AUTH_FAIL) {             /* failure_mode allow: still no forged copy_headers */
+        struct wg_policy_head none = { 0 };
+        wg_forward_auth_response(a->fa, r->pol, 200, &none);
+    }
+    switch (wg_policy_resume(r->pol)) {
+    case WG_POLICY_PENDING:             /* another forward_auth further down the chain */
+        auth_start(d);
+        return;
+    case WG_POLICY_ANSWER:
+        status = r->pol->answer_status;
+        break;
+    default:
+        break;
+    }
+    request_proceed(d, p, a->msg, a->head_len, status);
+    auth_free(d);
+}
+
+/* No answer from the auth service (no instance, the attempts failed, the
+ * timeout): true when a subrequest was running, then failure_mode decides. */
+static bool auth_failed(struct wg_downstream *d)
+{
+    if (!d->r || !auth_active(d->r))
+        return false;
+    auth_finish(d, AUTH_FAIL);
+    return true;
+}
+
+/* The auth service's final head (response_final). Deciding waits for the
+ * body step: this runs inside the head step, which still uses uin. */
+static void auth_head(struct wg_downstream *d, const struct wg_http_parser *p, const char *msg)
+{
+    const struct wg_http_message *m = &p->msg;
+    struct wg_auth_call *a = d->r->auth;
+    struct wg_policy_head h;
+
+    d->rs = WG_RS_BODY;
+    a->status = m->status;
+    if (m->status >= 500)
+        report_failure(d, WG_FAIL_HTTP_5XX);
+    else
+        report_success(d);
+    if (m->status < 200 || !wg_policy_head_http1(d->r->pol, &h, p, msg)) {
+        a->failed = true;               /* a 101 for a request that asked no upgrade */
+        return;
+    }
+    bool allow = wg_forward_auth_response(a->fa, d->r->pol, m->status, &h);
+    a->keep = m->keep_alive && m->framing != WG_HTTP_BODY_UNTIL_CLOSE;
+    a->done = m->framing == WG_HTTP_BODY_NONE ||
+              (m->framing == WG_HTTP_BODY_LENGTH && m->content_length == 0);
+    wg_http_body_init(&d->r->rs_body, m->framing, m->content_length, 0);
+    if (!allow && !a->done && !(a->body = malloc(a->fa->max_response_size + 1)))
+        a->failed = true;
+}
+
+/* The auth response's body: de-chunked, kept for a refusal (at most
+ * max_response_size, more is a failure), dropped for a 2xx; then the
+ * connection goes back to its pool and auth_finish() decides. */
+static void auth_body_step(struct wg_downstream *d, bool *progress)
+{
+    struct wg_auth_call *a = d->r->auth;
+    bool allow = a->status >= 200 && a->status < 300;
+
+    while (!a->failed && !a->done) {
+        struct hp_buf *b = d->r->uin;
+        if (b && b->scan < b->end) {
+            enum wg_http_result res = hp_body_decode(&d->r->rs_body, b, true);
+            if (b->scan > b->fwd) {     /* drop the framing the payload left behind */
+                memmove(b->data + b->fwd, b->data + b->scan, b->end - b->scan);
+                b->end -= b->scan - b->fwd;
+                b->scan = b->fwd;
+            }
+            size_t n = b->fwd - b->sent;
+            a->seen += n;
+            if (a->seen > a->fa->max_response_size) {
+                a->failed = !allow;     /* a 2xx lets through whatever its body */
+                a->done = allow;
+                a->keep = false;
+                break;
+            }
+            if (a->body) {
+                memcpy(a->body + a->body_len, b->data + b->sent, n);
+                a->body_len += n;
+            }
+            b->start = b->sent = b->fwd;
+            if (res == WG_HTTP_ERROR) {
+                a->failed = true;
+                break;
+            }
+            if (res == WG_HTTP_DONE) {
+                a->done = true;
+                a->keep &= b->scan == b->end;
+                break;
+            }
+        }
+        if (upstream_read(d) > 0) {
+            *progress = true;
+            continue;
+        }
+        if (d->dead || !auth_active(d->r))
+            return;
+        if (!d->r->u_eof)
+            return;                     /* more later */
+        a->keep = false;
+        if (wg_http_body_eof(&d->r->rs_body) == WG_HTTP_DONE)
+            a->done = true;
+        else
+            a->failed = true;
+    }
+    *progress = true;
+    if (a->failed) {
+        auth_finish(d, AUTH_FAIL);
+        return;
+    }
+    if (a->body)
+        a->body[a->body_len] = '\0';
+    if (a->keep && d->r->up && !d->r->u_eof && !d->r->up->hup &&
+        (!d->r->uin || d->r->uin->scan == d->r->uin->end)) {
+        wg_upstream_pool_put(d->r->up, d->r->svc->cfg->upstream.max_idle,
+                             d->r->svc->cfg->upstream.idle_timeout_ms);
+        d->r->up = NULL;
+    }
+    auth_finish(d, allow ? AUTH_ALLOW : AUTH_DENY);
+}
+
 /* Everything for the client (heads, then body bytes) in one writev. */
 /* The response reached the client whole: pool the upstream connection if
  * it may carry another request, let go of the request; tell the downstream
@@ -1786,6 +2111,11 @@ static void response_step(struct wg_downstream *d, bool *progress)
         return;
     if (d->rs == WG_RS_HEAD && (d->r->up ? !d->r->up->connecting : d->r->h2_on))
         response_head_step(d, progress);
+    if (auth_active(d->r)) {            /* nothing of it goes to the client */
+        if (d->rs == WG_RS_BODY && !d->dead)
+            auth_body_step(d, progress);
+        return;
+    }
     if (d->rs == WG_RS_BODY && !d->dead)   /* the body bytes read with the head go out with it */
         response_body_step(d, progress);
     if (d->dead)
@@ -1826,6 +2156,12 @@ uint64_t wg_exchange_deadline(const struct wg_downstream *d, enum wg_deadline *k
     if (!d->r)                          /* idle or lingering: no request, no upstream */
         return t;
 #define CANDIDATE(v, k) do { if ((v) < t) { t = (v); *kind = (k); } } while (0)
+    if (auth_active(d->r)) {            /* forward_auth: its own timeout bounds it all */
+        CANDIDATE(d->r->auth->deadline, WG_DL_RESPONSE);
+        if (d->r->up && d->r->up->connecting)
+            CANDIDATE(d->r->connect_deadline, WG_DL_CONNECT);
+        return t;
+    }
     if (d->rq == WG_RQ_BODY) {          /* waiting for the client, not for the upstream */
         if ((d->r->up ? !d->r->up->connecting : d->r->h2_on) && !d->r->req_body_done &&
             (!b || b->sent == b->fwd))
@@ -1858,6 +2194,12 @@ uint64_t wg_exchange_deadline(const struct wg_downstream *d, enum wg_deadline *k
 void wg_exchange_timeout(struct wg_downstream *d, enum wg_deadline kind)
 {
     wg_stats_add(d->w->stats, WG_C_HTTP_TIMEOUTS, 1);
+    if (kind == WG_DL_CONNECT && auth_active(d->r)) {
+        connect_failed(d, 0);           /* the next auth instance, within the timeout */
+        return;
+    }
+    if (auth_failed(d))
+        return;
     d->end_reason = "timeout";
     switch (kind) {
     case WG_DL_BODY:

@@ -13,12 +13,10 @@
 static const struct wg_policy_ops *const policy_table[] = {
     &wg_policy_jwt,     &wg_policy_api_key, &wg_policy_basic_auth, &wg_policy_rate_limit,
     &wg_policy_cors,    &wg_policy_headers, &wg_policy_rewrite,    &wg_policy_trace,
-    &wg_policy_mirror,
+    &wg_policy_mirror,  &wg_policy_forward_auth,
 };
 #define N_POLICIES (sizeof policy_table / sizeof policy_table[0])
 
-/* Names DESIGN §16 reserves that this build refuses with a clear message. */
-static const char *const policy_reserved[] = { "forward_auth" };
 
 const struct wg_policy_ops *wg_policy_ops_find(const char *name)
 {
@@ -113,16 +111,29 @@ bool wg_policy_chain_has(const struct wg_policy_chain *c, const char *name)
 
 /* ---- worker side ---------------------------------------------------------- */
 
-enum wg_policy_verdict wg_policy_request(const struct wg_policy_chain *c, struct wg_policy_req *r)
+static enum wg_policy_verdict run_from(struct wg_policy_req *r, size_t i)
 {
-    r->chain = c;
-    for (size_t i = 0; c && i < c->n; i++) {
+    const struct wg_policy_chain *c = r->chain;
+
+    for (; c && i < c->n; i++) {
         const struct wg_policy *p = c->v[i];
-        if (p->ops->request && p->ops->request(p->state, r) == WG_POLICY_ANSWER)
-            return WG_POLICY_ANSWER;
+        enum wg_policy_verdict v = p->ops->request ? p->ops->request(p->state, r)
+                                                   : WG_POLICY_CONTINUE;
+        if (v != WG_POLICY_CONTINUE) {
+            r->resume_at = i + 1;
+            return v;
+        }
     }
     return WG_POLICY_CONTINUE;
 }
+
+enum wg_policy_verdict wg_policy_request(const struct wg_policy_chain *c, struct wg_policy_req *r)
+{
+    r->chain = c;
+    return run_from(r, 0);
+}
+
+enum wg_policy_verdict wg_policy_resume(struct wg_policy_req *r) { return run_from(r, r->resume_at); }
 
 void wg_policy_response(struct wg_policy_req *r, unsigned status, struct wg_policy_head *head)
 {
@@ -233,6 +244,29 @@ void wg_policy_req_detach(struct wg_policy_req *r)
     r->req.in = NULL;
     r->req.n_in = 0;
     r->req.drop = NULL;
+}
+
+static void rebase(struct wg_pstr *s, const char *from, size_t len, const char *to)
+{
+    if (s->p && s->p >= from && s->p < from + len)
+        s->p = to + (s->p - from);
+}
+
+void wg_policy_req_rebase(struct wg_policy_req *r, const char *from, size_t len, const char *to)
+{
+    struct wg_policy_field *f = (struct wg_policy_field *)r->req.in;   /* arena memory */
+
+    rebase(&r->method, from, len, to);
+    rebase(&r->path, from, len, to);
+    rebase(&r->query, from, len, to);
+    rebase(&r->authority, from, len, to);
+    rebase(&r->request_id, from, len, to);
+    rebase(&r->consumer, from, len, to);
+    rebase(&r->new_path, from, len, to);
+    for (unsigned i = 0; i < r->req.n_in; i++) {
+        rebase(&f[i].name, from, len, to);
+        rebase(&f[i].value, from, len, to);
+    }
 }
 
 size_t wg_policy_head_added_bytes(const struct wg_policy_head *h)
@@ -415,19 +449,13 @@ bool wg_policy_var_get(struct wg_policy_req *r, enum wg_policy_var v, const char
 
 /* ---- the `policies:` lists (config) ----------------------------------------- */
 
-static const char *ops_name_at(size_t i)
-{
-    return i < N_POLICIES ? policy_table[i]->name : policy_reserved[i - N_POLICIES];
-}
-
 static const char *suggest(const char *name)
 {
-    const char *names[N_POLICIES + sizeof policy_reserved / sizeof policy_reserved[0]];
-    size_t n = sizeof names / sizeof names[0];
+    const char *names[N_POLICIES];
 
-    for (size_t i = 0; i < n; i++)
-        names[i] = ops_name_at(i);
-    return wg_yaml_suggest(name, names, n, sizeof names[0]);
+    for (size_t i = 0; i < N_POLICIES; i++)
+        names[i] = policy_table[i]->name;
+    return wg_yaml_suggest(name, names, N_POLICIES, sizeof names[0]);
 }
 
 static void parse_entry(struct cfg_ctx *c, struct wg_policy_list *l, yaml_node_t *item)
@@ -455,13 +483,6 @@ static void parse_entry(struct cfg_ctx *c, struct wg_policy_list *l, yaml_node_t
     ops = wg_policy_ops_find(pairs.v[0].name);
     if (!ops) {
         const char *hint = suggest(pairs.v[0].name);
-        for (size_t i = 0; i < sizeof policy_reserved / sizeof policy_reserved[0]; i++)
-            if (strcmp(policy_reserved[i], pairs.v[0].name) == 0) {
-                cfg_error(c, pairs.v[0].key,
-                          "policy '%s' is not supported by this build yet (docs/policies.md)",
-                          policy_reserved[i]);
-                goto out;
-            }
         if (hint && strcmp(hint, pairs.v[0].name) != 0)
             cfg_error(c, pairs.v[0].key, "unknown policy '%.80s' (did you mean '%s'?)",
                       pairs.v[0].name, hint);

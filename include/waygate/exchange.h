@@ -63,6 +63,7 @@ struct wg_pool_service;
 struct wg_instance;
 struct wg_upconn;
 struct wg_h2_stream;
+struct wg_auth_call;
 
 /* Where the request stands (the downstream's view of one exchange). */
 enum wg_rq {
@@ -154,6 +155,7 @@ struct wg_exchange {
      * NULL on routes without policies; the response edits of the final head */
     struct wg_policy_req *pol;
     struct wg_policy_head resp_edits;
+    struct wg_auth_call *auth;          /* a forward_auth subrequest (exchange.c) */
     struct wg_pick pick;                /* last: the tried list is long and mostly unused */
 };
 

@@ -51,6 +51,16 @@
  *     then r->resp_extra; answers of the exchange's own (502...) carry
  *     r->resp_extra too, and a 5xx names r->trace_id;
  *   the access line gets r->trace_id; wg_policy_req_release(r) at the end.
+ *
+ * forward_auth is the one hook that needs I/O, and it does none itself: it
+ * returns PENDING with r->auth set. The exchange then keeps a copy of the
+ * request head (wg_policy_req_rebase), does not read the client's body,
+ * sends wg_forward_auth_head() to the auth service through its own
+ * upstream code (pick, pool, connect, retries, health, HTTP/1.1 or HTTP/2),
+ * hands the response head to wg_forward_auth_response() and reads the body
+ * (bounded); let through: wg_policy_resume(r) and on as above; refused: it
+ * answers the auth service's status and body; no answer in time: the
+ * failure mode decides.
  */
 #ifndef WAYGATE_POLICY_H
 #define WAYGATE_POLICY_H
@@ -90,7 +100,21 @@ struct wg_policy_mirror {
     uint64_t timeout_ms;                /* a copy's whole life */
 };
 
-enum wg_policy_verdict { WG_POLICY_CONTINUE = 0, WG_POLICY_ANSWER = 1 };
+/* What the forward_auth policy asks of the exchange (immutable, in its
+ * state; the header lists stay private to policy_forward_auth.c). */
+struct wg_policy_forward_auth {
+    char *service;                      /* the auth service (discovered, balanced) */
+    char *path;                         /* NULL: the request's own path and query */
+    uint64_t timeout_ms;                /* the whole subrequest */
+    uint64_t max_response_size;         /* body bytes of the auth response kept */
+    bool allow_on_failure;              /* failure_mode: allow */
+};
+
+/* A request hook's verdict. PENDING (forward_auth only): the hook set
+ * r->auth; the exchange makes that subrequest, then calls
+ * wg_forward_auth_response() and, when it let the request through,
+ * wg_policy_resume() for the rest of the chain. */
+enum wg_policy_verdict { WG_POLICY_CONTINUE = 0, WG_POLICY_ANSWER = 1, WG_POLICY_PENDING = 2 };
 
 #define WG_POLICY_TRACE_ID_LEN 32
 
@@ -115,6 +139,9 @@ struct wg_policy_req {
     /* mirror: send a copy of this request there (the exchange does it,
      * http_mirror.h), NULL: no copy. */
     const struct wg_policy_mirror *mirror;
+    /* forward_auth: the subrequest to make before the chain goes on (set
+     * with a PENDING verdict, cleared by wg_forward_auth_response()). */
+    const struct wg_policy_forward_auth *auth;
     /* Added to the response the client gets, whoever answers (CORS,
      * RateLimit-*): the exchange writes them with the final head. */
     struct wg_policy_head resp_extra;
@@ -124,6 +151,7 @@ struct wg_policy_req {
     struct wg_pstr answer_body;
     /* ---- private ---- */
     const struct wg_policy_chain *chain;
+    size_t resume_at;                   /* the chain entry after a PENDING one */
     struct wg_policy_arena_block *arena;
 };
 
@@ -182,8 +210,11 @@ void wg_policy_chain_free(struct wg_policy_chain *c);
 bool wg_policy_chain_has(const struct wg_policy_chain *c, const char *name);
 
 /* ---- worker side ---- */
-/* Run the request hooks in order; stops at the first ANSWER. */
+/* Run the request hooks in order; stops at the first ANSWER or PENDING. */
 enum wg_policy_verdict wg_policy_request(const struct wg_policy_chain *c, struct wg_policy_req *r);
+/* After a PENDING verdict whose subrequest let the request through: run
+ * the hooks after that entry, as wg_policy_request() does. */
+enum wg_policy_verdict wg_policy_resume(struct wg_policy_req *r);
 /* Run the response hooks on the response head about to go to the client. */
 void wg_policy_response(struct wg_policy_req *r, unsigned status, struct wg_policy_head *head);
 /* Free the arena and the claims (the view itself is the caller's). */
@@ -201,6 +232,10 @@ void wg_policy_req_http1(struct wg_policy_req *r, const struct wg_http_parser *p
  * buffer (authority and request id are copied into the arena), so the
  * response hooks may run after that buffer was reused. */
 void wg_policy_req_detach(struct wg_policy_req *r);
+/* The request head's bytes moved from `from` (len bytes) to `to` (the
+ * exchange keeps a copy while a forward_auth subrequest runs): every view
+ * pointer into them follows. */
+void wg_policy_req_rebase(struct wg_policy_req *r, const char *from, size_t len, const char *to);
 /* Bytes the added fields of `h` take as "Name: value\r\n" lines. */
 size_t wg_policy_head_added_bytes(const struct wg_policy_head *h);
 
@@ -236,6 +271,20 @@ enum wg_policy_verdict wg_policy_answer(struct wg_policy_req *r, unsigned status
 enum wg_policy_verdict wg_policy_deny(struct wg_policy_req *r, unsigned status,
                                       const char *challenge, const char *body);
 
+/* ---- forward_auth: what the exchange asks of the policy ---- */
+/* The subrequest's HTTP/1.1 head (request line, Host, the chosen request
+ * fields, X-Forwarded-Method/-Proto/-Host/-Uri/-For, X-Request-Id; no
+ * body), in the arena; the scheme is r->tls's. false on ENOMEM. */
+bool wg_forward_auth_head(const struct wg_policy_forward_auth *fa, struct wg_policy_req *r,
+                          struct wg_pstr *out);
+/* The auth service answered `status` with head `h` (its fields): 2xx
+ * replaces the copy_headers fields of the request with the response's and
+ * returns true (let through); anything else adds the response's end-to-end
+ * fields to r->resp_extra for the answer, counts a denial and returns
+ * false. Clears r->auth either way. */
+bool wg_forward_auth_response(const struct wg_policy_forward_auth *fa, struct wg_policy_req *r,
+                              unsigned status, const struct wg_policy_head *h);
+
 /* The raw (undecoded) value of query parameter `name`, or false. */
 bool wg_policy_query_param(const struct wg_policy_req *r, const char *name, size_t n,
                            struct wg_pstr *out);
@@ -255,6 +304,6 @@ bool wg_policy_var_get(struct wg_policy_req *r, enum wg_policy_var v, const char
 
 extern const struct wg_policy_ops wg_policy_jwt, wg_policy_api_key, wg_policy_basic_auth,
     wg_policy_rate_limit, wg_policy_cors, wg_policy_headers, wg_policy_rewrite,
-    wg_policy_trace, wg_policy_mirror;
+    wg_policy_trace, wg_policy_mirror, wg_policy_forward_auth;
 
 #endif

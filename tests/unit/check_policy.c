@@ -262,8 +262,21 @@ static enum wg_policy_verdict one(const char *yaml, const char *method, const ch
 START_TEST(test_config_errors)
 {
     cfg_bad(ROUTE("[ { jwtt: {} } ]"), ":8:23: unknown policy 'jwtt' (did you mean 'jwt'?)");
-    cfg_bad(ROUTE("[ { forward_auth: { service: auth } } ]"),
-            ":8:23: policy 'forward_auth' is not supported by this build yet");
+    cfg_bad(ROUTE("[ { forward_auth: { service: auht } } ]") "services:\n  auth: {}\n",
+            ":8:48: forward_auth: unknown service 'auht' (did you mean 'auth'?)");
+    cfg_bad(ROUTE("[ { forward_auth: { service: nowhere } } ]"),
+            ":8:48: forward_auth: unknown service 'nowhere' (declare it under services:)");
+    cfg_bad(ROUTE("[ { forward_auth: { path: /check } } ]"), "forward_auth: needs 'service'");
+    cfg_bad(ROUTE("[ { forward_auth: { service: api, path: check } } ]"),
+            ":8:59: path: must start with '/'");
+    cfg_bad(ROUTE("[ { forward_auth: { service: api, failure_mode: open } } ]"),
+            "failure_mode: invalid value 'open' (expected deny|allow)");
+    cfg_bad(ROUTE("[ { forward_auth: { service: api, copy_header: [X-User] } } ]"),
+            "unknown key 'copy_header' in forward_auth policy (did you mean 'copy_headers'?)");
+    cfg_bad(ROUTE("[ { forward_auth: { service: api, request_headers: ['a b'] } } ]"),
+            "'a b' is not a valid name");
+    cfg_bad(ROUTE("[ { forward_auth: { service: api, max_response_size: 2m } } ]"),
+            "max_response_size: out of range");
     cfg_bad(ROUTE("[ { mirror: { percent: 10 } } ]"), "mirror: needs 'service'");
     cfg_bad(ROUTE("[ { mirror: { service: s, percent: 101 } } ]"), "percent");
     cfg_bad(ROUTE("[ { rate_limit: { rate: 10/s, scope: fleets } } ]"),
@@ -296,6 +309,71 @@ START_TEST(test_config_errors)
     cfg_bad(ROUTE("[ { jwt: {}, cors: {} } ]"), "one policy per entry");
     cfg_bad("listeners:\n  - name: t\n    listen: 127.0.0.1:1\n    mode: tcp\n    service: a\n"
             "    policies: [ { trace: {} } ]\n", ":6:5: policies: only http listeners");
+}
+END_TEST
+
+/* forward_auth: PENDING, the subrequest's head, both verdicts, the chain
+ * going on after a 2xx, and the view following a moved head. */
+START_TEST(test_forward_auth)
+{
+    static const char *const hs[] = { "Authorization: Bearer t", "X-User: forged", "Cookie: a=1",
+                                      "X-Other: 1", NULL };
+    const char *yaml = ROUTE("[ { forward_auth: { service: api, copy_headers: [X-User] } },"
+                             " { headers: { request: { set: { X-After: yes } } } } ]");
+    struct req q;
+    struct wg_pstr head;
+
+    req_init(&q, cfg_ok("%s", yaml), "POST", "/p?x=1", hs);
+    ck_assert_int_eq(run(&q), WG_POLICY_PENDING);
+    ck_assert_ptr_nonnull(q.r.auth);
+    ck_assert_ptr_null(get(&q.r.req, "X-After"));     /* the chain waits */
+    ck_assert(wg_forward_auth_head(q.r.auth, &q.r, &head));
+    const char *want = "POST /p?x=1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer t\r\n"
+                       "Cookie: a=1\r\nX-Forwarded-Method: POST\r\nX-Forwarded-Proto: http\r\n"
+                       "X-Forwarded-Host: api.test\r\nX-Forwarded-Uri: /p?x=1\r\n"
+                       "X-Forwarded-For: 192.0.2.7\r\nX-Request-Id: rid-1\r\n\r\n";
+    ck_assert_int_eq(head.n, strlen(want));
+    ck_assert(memcmp(head.p, want, head.n) == 0);
+    struct wg_policy_field rf[] = { { { "x-user", 6 }, { "alice", 5 } },
+                                    { { "Content-Length", 14 }, { "0", 1 } } };
+    struct wg_policy_head rh = { rf, 2, NULL, NULL, 0, 0 };
+    ck_assert(wg_forward_auth_response(q.r.auth, &q.r, 204, &rh));
+    ck_assert_ptr_null(q.r.auth);
+    ck_assert_str_eq(get(&q.r.req, "X-User"), "alice");   /* the forged one is gone */
+    ck_assert_int_eq(wg_policy_resume(&q.r), WG_POLICY_CONTINUE);
+    ck_assert_str_eq(get(&q.r.req, "X-After"), "yes");
+    req_done(&q);
+
+    /* a refusal: the auth service's fields for the answer, not its framing */
+    yaml = ROUTE("[ { forward_auth: { service: api, path: /check, request_headers: [X-Other] } } ]");
+    req_init(&q, cfg_ok("%s", yaml), "GET", "/p", hs);
+    ck_assert_int_eq(run(&q), WG_POLICY_PENDING);
+    ck_assert(wg_forward_auth_head(q.r.auth, &q.r, &head));
+    want = "GET /check HTTP/1.1\r\nHost: api.test\r\nX-Other: 1\r\nX-Forwarded-Method: GET\r\n";
+    ck_assert(head.n > strlen(want) && memcmp(head.p, want, strlen(want)) == 0);
+    struct wg_policy_field df[] = { { { "WWW-Authenticate", 16 }, { "Bearer", 6 } },
+                                    { { "Content-Type", 12 }, { "text/html", 9 } },
+                                    { { "Connection", 10 }, { "close", 5 } } };
+    struct wg_policy_head dh = { df, 3, NULL, NULL, 0, 0 };
+    ck_assert(!wg_forward_auth_response(q.r.auth, &q.r, 401, &dh));
+    ck_assert_str_eq(get(&q.r.resp_extra, "WWW-Authenticate"), "Bearer");
+    ck_assert_ptr_null(get(&q.r.resp_extra, "Content-Type"));
+    ck_assert_ptr_null(get(&q.r.resp_extra, "Connection"));
+    req_done(&q);
+
+    /* the head moved (the exchange's copy): the view follows it */
+    char buf[] = "GET /m HTTP/1.1\r\nAuthorization: Bearer z\r\n", copy[sizeof buf];
+    req_init(&q, cfg_ok("%s", yaml), "GET", "/p", NULL);
+    struct wg_policy_field f = { { buf + 17, 13 }, { buf + 32, 8 } };
+    q.r.path = (struct wg_pstr){ buf + 4, 2 };
+    q.r.req = (struct wg_policy_head){ &f, 1, NULL, NULL, 0, 0 };
+    memcpy(copy, buf, sizeof buf);
+    wg_policy_req_rebase(&q.r, buf, sizeof buf, copy);
+    memset(buf, 'x', sizeof buf - 1);
+    ck_assert_str_eq(get(&q.r.req, "Authorization"), "Bearer z");
+    ck_assert(q.r.path.p == copy + 4);
+    ck_assert(q.r.authority.p[0] == 'a');             /* not in the head: left alone */
+    req_done(&q);
 }
 END_TEST
 
@@ -909,6 +987,7 @@ int main(void)
     tcase_add_unchecked_fixture(t, keys_setup, keys_teardown);
     tcase_add_test(t, test_config_errors);
     tcase_add_test(t, test_file_errors_positioned);
+    tcase_add_test(t, test_forward_auth);
     tcase_add_test(t, test_policy_files_watched);
     tcase_add_test(t, test_split_config);
     tcase_add_test(t, test_mirror_share);
