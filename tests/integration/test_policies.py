@@ -427,24 +427,66 @@ def test_policies_on_http2_and_grpc_status():
             assert res["code"] == "UNAUTHENTICATED", res
 
 
+def test_api_key_and_cors_over_tls_h2_alpn():
+    """The same hooks behind the TLS listener's HTTP/2 (ALPN h2): an api_key
+    refusal with its challenge, a consumer forwarded, a CORS preflight
+    answered and an actual request's CORS fields, all on one connection."""
+    from h2lib import Client
+    from tlslib import client_context, shared
+    with Harness() as h:
+        pki = shared()
+        crt, key = pki.leaf("a", ["a.test"])
+        keys = h.path("keys")
+        with open(keys, "w") as f:
+            f.write("alice: k-alice\n")
+        b = h.backend("http", name="b0")
+        lst = {"name": "tls", "mode": "http", "tls": {"certificates": [{"cert": crt, "key": key}]},
+               "routes": [{"path_prefix": "/", "service": "users", "policies": [
+                   {"cors": {"origins": ["https://app.test"], "methods": ["GET", "PUT"]}},
+                   {"api_key": {"keys": keys}}]}]}
+        wg = h.waygate(listeners=[lst], instances={"users": [b.instance()]}, workers=1)
+        ctx = client_context(pki.ca)
+        ctx.set_alpn_protocols(["h2"])
+        c = Client(wg.port("tls"), ctx=ctx, server_hostname="a.test")
+        try:
+            assert c.sock.selected_alpn_protocol() == "h2"
+            r = c.get("/request")
+            hd = dict(r["headers"])
+            assert r["status"] == 401 and hd["www-authenticate"] == 'ApiKey header="X-API-Key"', r
+            r = c.get("/request", headers=[("x-api-key", "k-alice"), ("origin", "https://app.test")])
+            hd, body = dict(r["headers"]), bytes(r["body"])
+            assert r["status"] == 200 and b"\r\nX-Consumer: alice\r\n" in body, r
+            assert b"X-Forwarded-Proto: https" in body and b"k-alice" not in body, body
+            assert hd["access-control-allow-origin"] == "https://app.test", hd
+            assert hd["vary"] == "Origin", hd
+            r = c.get("/x", method="OPTIONS", headers=[("origin", "https://app.test"),
+                                                        ("access-control-request-method", "PUT")])
+            hd = dict(r["headers"])
+            assert r["status"] == 204 and hd["access-control-allow-methods"] == "GET, PUT", r
+        finally:
+            c.close()
+
+
 def test_rate_limit_scope_fleet_divides_by_live_replicas():
     from etcdlib import EtcdHarness
+    replicas = 3
     with EtcdHarness() as h:
         etcd = h.etcd()
         b = h.backend("http", name="b0")
         etcd.client().put("/services/users/b0", json.dumps({"address": "127.0.0.1", "port": b.port}))
-        rate, burst = 400, 40
+        rate, burst = 600, 60
         lst = http_listener([{"path_prefix": "/", "service": "users", "policies": [
             {"rate_limit": {"rate": "%d/s" % rate, "burst": burst, "key": "route",
                             "scope": "fleet"}}]}])
         wgs = [h.waygate_etcd(etcd, listeners=[lst], workers=1,
-                              fleet={"name": "r%d" % k, "ttl": "3s"}) for k in range(2)]
+                              fleet={"name": "r%d" % k, "ttl": "3s"}) for k in range(replicas)]
         for wg in wgs:
-            wait_until(lambda: (wg.status().get("fleet") or {}).get("live") == 2, slack(10),
-                       "both replicas live")
+            wait_until(lambda: (wg.status().get("fleet") or {}).get("live") == replicas, slack(10),
+                       "all replicas live")
+        for wg in wgs:
+            st, hd, _ = curl(wg.port("web"), "/")
+            assert st == 200 and hd["ratelimit-limit"] == str(burst // replicas), hd
         port = wgs[0].port("web")
-        st, hd, _ = curl(port, "/")
-        assert st == 200 and hd["ratelimit-limit"] == str(burst // 2), hd
         seconds = 4
         out = subprocess.run(["wrk", "-t2", "-c8", "-d%ds" % seconds, "http://127.0.0.1:%d/" % port],
                              stdout=subprocess.PIPE, check=True, timeout=seconds + 30).stdout.decode()
@@ -452,8 +494,13 @@ def test_rate_limit_scope_fleet_divides_by_live_replicas():
         total, took = int(m.group(1)), float(m.group(2))
         nm = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         allowed = total - (int(nm.group(1)) if nm else 0)
-        expect = rate / 2 * took + burst / 2            # this replica's half
+        expect = rate / replicas * took + burst / replicas     # this replica's third
         assert abs(allowed - expect) <= 0.05 * expect, (allowed, expect, out)
+        wgs[2].proc.stop(timeout=10)                   # one leaves: the others take its share
+        wait_until(lambda: (wgs[0].status().get("fleet") or {}).get("live") == replicas - 1,
+                   slack(10), "the replica gone from the fleet")
+        wait_until(lambda: curl(port, "/")[1].get("ratelimit-limit") == str(burst // (replicas - 1)),
+                   slack(5), "the limit re-divided")
 
 
 def test_api_key_consumers_from_the_etcd_registry():
