@@ -1939,6 +1939,11 @@ static void auth_finish(struct wg_downstream *d, enum auth_outcome how)
         auth_free(d);
         return;
     }
+    if (d->ops->gone(d)) {              /* the client reset meanwhile: nothing to send for */
+        d->end_reason = "client_closed";
+        d->dead = true;
+        return;
+    }
     if (how == AUTH_FAIL) {             /* failure_mode allow: still no forged copy_headers */
         struct wg_policy_head none = { 0 };
         wg_forward_auth_response(a->fa, r->pol, 200, &none);

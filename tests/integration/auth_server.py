@@ -7,6 +7,7 @@ decides per request by its Authorization field.
     Authorization: Bearer allow:USER  200, X-User: USER, X-Auth-Instance: NAME, body "ok"
     Authorization: Bearer deny        403, X-Reason: policy, body "denied by NAME\\n"
     Authorization: Bearer slow        waits 5 s, then as allow:slow
+    Authorization: Bearer slow:MS     waits MS ms, then as allow:slow
     Authorization: Bearer big         403 with a 100 KiB body
     (none)                            401, WWW-Authenticate: Bearer realm="auth",
                                       body "login first\\n"
@@ -65,8 +66,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if n:
             self.rfile.read(n)
         auth = self.headers.get("Authorization") or ""
-        if auth == "Bearer slow":
-            time.sleep(5)
+        if auth == "Bearer slow" or auth.startswith("Bearer slow:"):
+            time.sleep(int(auth[12:]) / 1000 if auth[12:] else 5)
             auth = "Bearer allow:slow"
         if auth.startswith("Bearer allow:"):
             return self.send(200, b"ok", [("X-User", auth[13:]), ("X-Auth-Instance", NAME)])
