@@ -148,7 +148,9 @@ def test_forward_auth_over_h2c_tls_h2_and_grpc():
         a = AuthServer(h, "a1")
         pki = shared()
         crt, key = pki.leaf("a", ["a.test"])
-        routes = [{"path_prefix": "/", "service": "users", "policies": [fa()]}]
+        routes = [{"path_prefix": "/h2auth/", "service": "users", "strip_prefix": True,  # h2c auth
+                   "policies": [fa("gauth", copy_headers=["X-Backend"])]},
+                  {"path_prefix": "/", "service": "users", "policies": [fa()]}]
         grpc_routes = [
             {"path_prefix": "/down.", "service": "g", "policies": [fa("down")]},
             {"path_prefix": "/", "service": "g", "policies": [fa()]}]
@@ -158,13 +160,19 @@ def test_forward_auth_over_h2c_tls_h2_and_grpc():
              "tls": {"certificates": [{"cert": crt, "key": key}]}},
             {"name": "g", "mode": "http", "http": {"h2c": True}, "routes": grpc_routes}]
         grpc = need_grpcio()
-        gb = GrpcBackend(h, name="gb") if grpc else None
+        gb = GrpcBackend(h, name="gb")
         wg, _ = auth_waygate(h, [a.instance()], listeners=listeners,
-                             services={"g": {"upstream": {"protocol": "h2c"}}})
-        if gb:
-            wg.set_instances(dict(wg.instances, g=[gb.instance()]))
+                             services={"g": {"upstream": {"protocol": "h2c"}},
+                                       "gauth": {"upstream": {"protocol": "h2c"}}})
+        wg.set_instances(dict(wg.instances, g=[gb.instance()], gauth=[gb.instance("gauth")]))
         c = Client(wg.port("h2"))
         try:
+            wait_until(lambda: c.get("/h2auth/request")["status"] == 200, slack(10),
+                       "the h2c auth service routable")
+            r = c.get("/h2auth/request", headers=[("x-backend", "forged")])
+            body = bytes(r["body"])
+            assert r["status"] == 200 and b"\r\nX-Backend: gb\r\n" in body, r
+            assert b"forged" not in body, body
             r = c.get("/request", headers=[("authorization", "Bearer allow:h2")])
             assert r["status"] == 200 and b"\r\nX-User: h2\r\n" in bytes(r["body"]), r
             r = c.get("/request", headers=[("authorization", "Bearer deny")])
