@@ -954,7 +954,7 @@ void wg_exchange_head(struct wg_downstream *d, const struct wg_http_parser *p, s
     b->start += (uint32_t)head_len;
     b->sent = b->fwd = b->scan = b->start;
     d->client_progress = wg_now_ms();
-    if (d->rq != WG_RQ_HEAD) {          /* redirected */
+    if (d->rq != WG_RQ_HEAD || d->dead) {   /* redirected (or out of memory) */
         if (d->r->pol)
             wg_policy_req_detach(d->r->pol);
         return;
@@ -1831,14 +1831,18 @@ static void auth_start(struct wg_downstream *d)
     a->deadline = wg_now_ms() + fa->timeout_ms;
     a->active = true;
     hp_buf_free(d->loc, &r->uout);
-    if (!svc || !wg_forward_auth_head(fa, r->pol, &head)) {
+    bool ok = svc && wg_forward_auth_head(fa, r->pol, &head);
+    if (ok) {
+        struct hp_out o = hp_out_open(d->loc, &r->uout, head.n);
+        hp_put(&o, head.p, head.n);
+        hp_out_close(r->uout, &o);
+        ok = r->uout && !o.full;
+    }
+    if (!ok) {                          /* no such service now, or no memory */
         r->svc = NULL;                  /* nothing to give back in auth_finish */
         auth_failed(d);
         return;
     }
-    struct hp_out o = hp_out_open(d->loc, &r->uout, head.n);
-    hp_put(&o, head.p, head.n);
-    hp_out_close(r->uout, &o);
     wg_pool_service_ref((struct wg_pool_service *)svc);
     r->svc = (struct wg_pool_service *)svc;
     r->t.connect_ms = svc->cfg->connect_timeout_ms < fa->timeout_ms ? svc->cfg->connect_timeout_ms

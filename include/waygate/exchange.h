@@ -8,6 +8,9 @@
  *
  *   route (http_route.h)
  *     -> [policy hook: request head]   exchange.c: policy_request_head()
+ *        (forward_auth: a subrequest to the auth service through the same
+ *        pick/pool/upstream steps below, the client's body unread, then
+ *        the chain goes on or the auth service's answer is the reply)
  *     -> pick an instance (balance.h)
  *     -> upstream (the upstream codec below; keep-alive pools upstream_pool.h)
  *     -> retries (DESIGN §6)
