@@ -105,6 +105,8 @@ def test_forward_auth_balanced_to_healthy_timeout_and_failure_modes():
         routes = [
             {"path_prefix": "/slow/", "service": "users",
              "policies": [fa(timeout="300ms")]},
+            {"path_prefix": "/slowopen/", "service": "users",
+             "policies": [fa(timeout="300ms", failure_mode="allow")]},
             {"path_prefix": "/open/", "service": "users",
              "policies": [fa("down", failure_mode="allow")]},
             {"path_prefix": "/closed/", "service": "users", "policies": [fa("down")]},
@@ -129,6 +131,9 @@ def test_forward_auth_balanced_to_healthy_timeout_and_failure_modes():
         took = time.monotonic() - t0
         assert st == 500 and "authorization service unavailable" in body, (st, body)
         assert took < 4, took                           # 300ms, not the auth service's 5 s
+        t0 = time.monotonic()                           # the timer lets it through
+        st, _, body = curl(port, "/slowopen/request", *bearer("slow"), "-H", "X-User: root")
+        assert st == 200 and "root" not in body and time.monotonic() - t0 < 4, (st, body)
         st, _, body = curl(port, "/closed/request", *bearer("allow:u"))
         assert st == 500, (st, body)
         st, _, body = curl(port, "/open/request", *bearer("allow:u"), "-H", "X-User: root")
