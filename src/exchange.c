@@ -1489,11 +1489,7 @@ static void h2_request_body_step(struct wg_downstream *d, bool *progress)
         return;                         /* closed: the response side tells */
     if (b && b->scan < b->end && !r->req_body_done) {
         enum wg_http_result res = hp_body_decode(&r->rq_body, b, true);
-        if (b->scan > b->fwd) {         /* drop the framing the payload left behind */
-            memmove(b->data + b->fwd, b->data + b->scan, b->end - b->scan);
-            b->end -= b->scan - b->fwd;
-            b->scan = b->fwd;
-        }
+        hp_buf_drop_gap(b);
         if (res == WG_HTTP_ERROR) {
             request_body_error(d, (unsigned)r->rq_body.err_status);
             return;
@@ -1776,6 +1772,7 @@ static void response_body_step(struct wg_downstream *d, bool *progress)
             d->dead = true;
             return;
         }
+        hp_buf_drop_gap(b);             /* (the trailers were kept above) */
         if (r == WG_HTTP_DONE) {
             d->rs = WG_RS_DONE;
             d->r->upstream_keep &= b->scan == b->end;  /* nothing may follow a response */

@@ -214,8 +214,21 @@ static inline void hp_out_close(struct hp_buf *b, const struct hp_out *o)
 
 /* Decode the undecoded bytes of `b` with body decoder `d`: raw mode leaves
  * them in place as ready; de-chunk mode moves only payload runs down to
- * `fwd`. */
+ * `fwd`, leaving the framing they came in behind as a gap [fwd, scan). */
 enum wg_http_result hp_body_decode(struct wg_http_body *d, struct hp_buf *b, bool dechunk);
+
+/* Close the gap de-chunking left: the undecoded bytes [scan, end) move
+ * down to fwd. Without it the gap only grows while the block is never
+ * drained whole (each chunk adds its "<hex>\r\n" and "\r\n"; compaction
+ * keeps it), until no chunk fits any more and the stream stalls. */
+static inline void hp_buf_drop_gap(struct hp_buf *b)
+{
+    if (b->scan <= b->fwd)
+        return;
+    memmove(b->data + b->fwd, b->data + b->scan, b->end - b->scan);
+    b->end -= b->scan - b->fwd;
+    b->scan = b->fwd;
+}
 
 /* Reason phrase of the statuses waygate answers itself. */
 const char *hp_reason(unsigned status);

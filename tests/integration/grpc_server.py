@@ -15,10 +15,27 @@ of SERVING, NOT_SERVING, SERVICE_UNKNOWN, or UNIMPLEMENTED / NOT_FOUND (the
 call fails with that grpc status). It is re-read on every call; a service
 not listed fails with NOT_FOUND, as grpc's own health service does. Every
 Check call is appended to FILE.calls as one line (the service asked about).
+
+    --name NAME   sent back as initial metadata "x-backend: NAME" by wg.Echo
+
+wg.Echo, raw-byte messages (no protobuf), one method per streaming kind:
+    /wg.Echo/One    unary: the request back
+    /wg.Echo/Chat   bidi: every message back as it arrives
+    /wg.Echo/Down   server streaming: the request is ASCII "COUNT SIZE
+                    INTERVAL_MS"; COUNT messages of SIZE bytes (byte i of
+                    each is (i * 7 + 1) & 0xFF), INTERVAL_MS apart; after
+                    each one is handed to grpcio the number sent so far is
+                    written to FILE.down (how far the server got ahead of a
+                    slow reader)
+    /wg.Echo/Up     client streaming: reads every message (request metadata
+                    "x-read-delay-ms: N" sleeps N ms before each read), then
+                    answers ASCII "MESSAGES BYTES"
 """
 
 import argparse
+import os
 import sys
+import time
 from concurrent import futures
 
 import grpc
@@ -54,6 +71,7 @@ def main():
     ap.add_argument("--control", required=True)
     ap.add_argument("--cert")
     ap.add_argument("--key")
+    ap.add_argument("--name", default="grpc")
     args = ap.parse_args()
 
     def states():
@@ -77,8 +95,55 @@ def main():
     handler = grpc.method_handlers_generic_handler(
         "grpc.health.v1.Health",
         {"Check": grpc.unary_unary_rpc_method_handler(check)})
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((handler,))
+
+    def tag(context):
+        context.send_initial_metadata((("x-backend", args.name),))
+
+    def one(request, context):
+        tag(context)
+        return request
+
+    def chat(requests, context):
+        tag(context)
+        for m in requests:
+            yield m
+
+    def note_down(n):
+        tmp = args.control + ".down.tmp"
+        with open(tmp, "w") as f:
+            f.write("%d\n" % n)
+        os.rename(tmp, args.control + ".down")
+
+    def down(request, context):
+        tag(context)
+        count, size, interval = (int(x) for x in request.decode().split())
+        payload = bytes((i * 7 + 1) & 0xFF for i in range(size))
+        for i in range(count):
+            if i and interval:
+                time.sleep(interval / 1000.0)
+            yield payload
+            note_down(i + 1)
+
+    def up(requests, context):
+        tag(context)
+        delay = dict(context.invocation_metadata()).get("x-read-delay-ms")
+        n = total = 0
+        for m in requests:
+            n += 1
+            total += len(m)
+            if delay:
+                time.sleep(int(delay) / 1000.0)
+        return ("%d %d" % (n, total)).encode()
+
+    echo = grpc.method_handlers_generic_handler("wg.Echo", {
+        "One": grpc.unary_unary_rpc_method_handler(one),
+        "Chat": grpc.stream_stream_rpc_method_handler(chat),
+        "Down": grpc.unary_stream_rpc_method_handler(down),
+        "Up": grpc.stream_unary_rpc_method_handler(up)})
+    opts = [("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=opts)
+    server.add_generic_rpc_handlers((handler, echo))
     if args.cert:
         with open(args.cert, "rb") as f:
             crt = f.read()

@@ -35,7 +35,8 @@ class GrpcServer:
         self.name = name
         self.control = harness.path("%s.control" % name)
         self.set_all(states or {"": "SERVING"})
-        argv = [SYSTEM_PYTHON, os.path.join(HERE, "grpc_server.py"), "--control", self.control]
+        argv = [SYSTEM_PYTHON, os.path.join(HERE, "grpc_server.py"), "--control", self.control,
+                "--name", name]
         if cert:
             argv += ["--cert", cert, "--key", key]
         self.proc = harness.start("grpc-" + name, argv, pipe_stdout=True)
@@ -64,21 +65,62 @@ class GrpcServer:
         return {"id": id or self.name, "address": "127.0.0.1", "port": self.port,
                 "weight": weight}
 
+    def down_sent(self):
+        """Messages its /wg.Echo/Down handed to grpcio so far."""
+        try:
+            with open(self.control + ".down") as f:
+                return int(f.read().strip() or 0)
+        except FileNotFoundError:
+            return 0
 
-def grpc_call(target, kind, path, size, count=1, metadata=(), timeout=10.0, tls_ca=None,
-              wait=60):
-    """Runs grpc_client.py; returns its JSON result."""
-    import json
+
+def client_argv(target, kind, path, size, count=1, metadata=(), timeout=10.0, tls_ca=None,
+                interval_ms=0, read_delay_ms=0, announce=False):
     argv = [SYSTEM_PYTHON, os.path.join(HERE, "grpc_client.py"), target, kind, path, str(size),
             "--count", str(count), "--timeout", str(timeout)]
     for k, v in metadata:
         argv += ["--metadata", "%s=%s" % (k, v)]
     if tls_ca:
         argv += ["--tls-ca", tls_ca]
-    cp = subprocess.run(argv, capture_output=True, timeout=wait, text=True)
+    if interval_ms:
+        argv += ["--interval-ms", str(interval_ms)]
+    if read_delay_ms:
+        argv += ["--read-delay-ms", str(read_delay_ms)]
+    if announce:
+        argv.append("--announce")
+    return argv
+
+
+def grpc_call(target, kind, path, size, wait=60, **kw):
+    """Runs grpc_client.py (arguments: client_argv's); returns its JSON result."""
+    import json
+    cp = subprocess.run(client_argv(target, kind, path, size, **kw), capture_output=True,
+                        timeout=wait, text=True)
     if cp.returncode != 0 or not cp.stdout.strip():
         raise AssertionError("grpc_client failed (%d): %s" % (cp.returncode, cp.stderr[-2000:]))
     return json.loads(cp.stdout.strip().splitlines()[-1])
+
+
+class GrpcCall:
+    """grpc_client.py running through the harness (stopped by PID at the end);
+    started with announce=True, wait_reply() returns once its first reply
+    arrived, result() waits for its JSON line."""
+
+    def __init__(self, harness, target, kind, path, size, **kw):
+        self.proc = harness.start("grpc-call-%s" % kind,
+                                  client_argv(target, kind, path, size, announce=True, **kw),
+                                  pipe_stdout=True)
+
+    def wait_reply(self, timeout):
+        line = self.proc.read_line(timeout)
+        if line != "reply":
+            raise AssertionError("grpc_client: %r before its first reply" % line)
+
+    def result(self, timeout):
+        import json
+        line = self.proc.read_line(timeout)
+        self.proc.wait(timeout)
+        return json.loads(line)
 
 
 class GrpcBackend:
