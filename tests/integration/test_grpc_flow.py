@@ -43,3 +43,85 @@ def test_grpc_16mib_messages_over_h2c_and_tls():
             r = grpc_call(target, "server", "/wg.Echo/Down", 16 * MIB, count=1, timeout=60,
                           tls_ca=ca, wait=90)
             assert r["code"] == "OK" and r["replies"] == [16 * MIB], r
+
+
+def grpc_frame(payload):
+    return b"\0" + len(payload).to_bytes(4, "big") + payload
+
+
+GRPC_HEADERS = [("content-type", "application/grpc"), ("te", "trailers")]
+
+
+def test_grpc_slow_reader_does_not_make_waygate_buffer():
+    """A client that stops opening its window while the server streams
+    16 MiB: waygate stops reading the upstream stream, so the server is
+    held after its first messages (bytes waygate holds: the client's 64 KiB
+    window, a block, the upstream's 256 KiB stream window) and waygate's
+    RSS does not grow by the response; once the client reads again, every
+    byte arrives and the trailers end it."""
+    if not need_grpcio():
+        return
+    import time
+    from h2lib import Client
+    from wglib import SANITIZED, slack
+    count, size = 128, 128 << 10
+    with Harness() as h:
+        g = GrpcServer(h, "slow")
+        wg = h.waygate(listeners=[h2c_listener("g")], instances={"users": [g.instance()]},
+                       services={"users": {"upstream": {"protocol": "h2c"}}})
+        rss0 = wg.rss_kib()
+        c = Client(wg.ports["g"])
+        sid = c.request("/wg.Echo/Down", method="POST", headers=GRPC_HEADERS,
+                        body=grpc_frame(b"%d %d 0" % (count, size)))
+        peak = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < slack(2.0):   # no reads, no WINDOW_UPDATE
+            time.sleep(0.2)
+            peak = max(peak, wg.rss_kib() - rss0)
+        held = g.down_sent()
+        print("server %d messages ahead, waygate RSS +%d KiB" % (held, peak))
+        assert held <= 8, "the server got %d of %d messages ahead of a client that reads none" \
+            % (held, count)
+        if not SANITIZED:
+            assert peak < 8 * 1024, "waygate's RSS grew %d KiB for a client that reads none" % peak
+        r = c.response(sid, timeout=slack(60))
+        assert len(r["body"]) == count * (size + 5), len(r["body"])
+        assert dict((k.decode(), v.decode()) for k, v in r["trailers"]).get("grpc-status") == "0", r
+        assert g.down_sent() == count
+        c.close()
+
+
+def test_grpc_upload_to_a_stalled_upstream_is_held_by_flow_control():
+    """The other way: an upstream that reads nothing (connects are accepted
+    by the kernel's backlog only). The client can put no more than a few
+    windows into waygate (downstream stage, the exchange's block, the
+    upstream stream's buffer and its initial 64 KiB window), not its 16 MiB
+    message."""
+    import time
+    from h2lib import Client
+    from test_grpc_proxy import silent_upstream
+    from wglib import slack
+    with Harness() as h:
+        quiet = silent_upstream()
+        inst = {"id": "q", "address": "127.0.0.1", "port": quiet.getsockname()[1], "weight": 100}
+        wg = h.waygate(listeners=[h2c_listener("g")], instances={"users": [inst]},
+                       services={"users": {"upstream": {"protocol": "h2c"},
+                                           "response_timeout": "60s"}})
+        c = Client(wg.ports["g"], settings={4: 1 << 24})
+        sid = c.request("/wg.Echo/Up", method="POST", headers=GRPC_HEADERS, end=False)
+        total, sent = 16 << 20, 0
+        chunk = bytes(16384)
+        t0 = time.monotonic()
+        while sent < total and time.monotonic() - t0 < slack(3.0):
+            window = min(c.conn.local_flow_control_window(sid), len(chunk))
+            if window > 0:
+                c.conn.send_data(sid, chunk[:window])
+                sent += window
+                c.flush()
+            else:
+                c.pump(0.1)
+        print("client sent %d bytes to a stalled upstream" % sent)
+        assert sent <= 1 << 20, "a stalled upstream let the client send %d bytes" % sent
+        assert sent >= 64 << 10, "the client could send only %d bytes" % sent
+        c.close()
+        quiet.close()
