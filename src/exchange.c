@@ -110,7 +110,8 @@ static void release_instance(struct wg_downstream *d)
     d->r->inst = NULL;
 }
 
-static void release_upstream(struct wg_downstream *d)
+/* Close the attempt's connection or stream; what it put into uin stays. */
+static void upstream_drop(struct wg_downstream *d)
 {
     if (d->r->up)
         wg_upconn_close(d->r->up);
@@ -122,6 +123,11 @@ static void release_upstream(struct wg_downstream *d)
         hp_buf_free(d->loc, &d->r->h2_tail);
         d->r->h2_on = d->r->h2_ended = d->r->h2_closed = d->r->h2_paused = false;
     }
+}
+
+static void release_upstream(struct wg_downstream *d)
+{
+    upstream_drop(d);
     hp_buf_free(d->loc, &d->r->uin);
     hp_head_free(d->loc, &d->r->rhead);
     d->r->u_eof = d->r->u_shut = false;
@@ -217,17 +223,47 @@ void wg_exchange_reply(struct wg_downstream *d, unsigned status, const char *bod
     d->rq = WG_RQ_SENT;
 }
 
+/* A gRPC response whose head is out can no longer be an error of ours,
+ * and a reset would leave the client a bare INTERNAL: the stream ends
+ * with trailers grpc-status `code` and grpc-message "waygate: `why`"
+ * after the body bytes already taken (DESIGN §15), the upstream is let go
+ * and a request still streaming is reset once they are out (h2_end). False
+ * when the stream is not such a one (HTTP/1.1 client, no head out yet). */
+static bool grpc_cut(struct wg_downstream *d, enum wg_grpc_status code, const char *why)
+{
+    struct wg_exchange *r = d->r;
+    if (!r->grpc || !d->payload_only || !r->final_sent || d->rs != WG_RS_BODY)
+        return false;
+    struct hp_buf *t = r->trailers;
+    if (!t && !(t = r->trailers = hp_buf_new(d->loc, HP_SMALL)))
+        return false;
+    char m[128], text[96];
+    snprintf(text, sizeof text, "waygate: %s", why);
+    wg_grpc_message_encode(text, strlen(text), m, sizeof m);
+    int n = snprintf(t->data, t->cap, "grpc-status: %d\r\ngrpc-message: %s\r\n", (int)code, m);
+    t->end = n > 0 && (uint32_t)n < t->cap ? (uint32_t)n : 0;
+    upstream_drop(d);
+    if (r->uin)                         /* what was not decoded yet goes with the upstream */
+        r->uin->scan = r->uin->end = r->uin->fwd;
+    r->grpc_code = (int16_t)(code + 1);
+    r->upstream_keep = false;
+    r->close_after = true;              /* HTTP/2: the request side is reset after the end */
+    d->rs = WG_RS_DONE;
+    return true;
+}
+
 /* An upstream failure: answer `status` if the client has seen nothing of
- * the response yet, else cut the connection (the response is truncated). */
+ * the response yet, else end a gRPC stream with the status (grpc_cut) or
+ * cut the connection (the response is truncated). */
 static void fail_upstream(struct wg_downstream *d, unsigned status)
 {
     if (auth_failed(d))                 /* a forward_auth subrequest got no answer */
         return;
     d->end_reason = "upstream_error";
-    if (d->r->final_sent)                  /* interim responses may precede a 502 */
-        d->dead = true;
-    else
+    if (!d->r->final_sent)                 /* interim responses may precede a 502 */
         wg_exchange_reply(d, status, NULL, false);
+    else if (!grpc_cut(d, wg_grpc_status_from_http((int)status), "upstream failed mid-stream"))
+        d->dead = true;
 }
 
 /* ---- the access log (log.h) ------------------------------------------- */
@@ -1752,6 +1788,23 @@ static bool keep_trailers(struct wg_downstream *d, const char *p, size_t n)
     return true;
 }
 
+/* The upstream ended the response mid-body (reset, connection lost): a
+ * failure of the instance for passive outlier detection, like a 5xx head;
+ * a gRPC stream ends with the status its client would read from such an
+ * end (grpc's http-grpc-status-mapping.md: RST_STREAM CANCEL is
+ * CANCELLED, REFUSED_STREAM UNAVAILABLE, ...; a lost connection is
+ * UNAVAILABLE), counted only when that status is a failure. */
+static void upstream_cut(struct wg_downstream *d)
+{
+    uint32_t err = d->r->h2_on && d->r->h2_error != NGHTTP2_CONNECT_ERROR ? d->r->h2_error : 0;
+    enum wg_grpc_status code = err ? wg_grpc_status_from_h2_error(err) : WG_GRPC_UNAVAILABLE;
+    if (!d->r->grpc || wg_grpc_status_is_failure(code))
+        report_failure(d, WG_FAIL_HTTP_5XX);
+    d->end_reason = "upstream_error";
+    if (!grpc_cut(d, code, err ? "upstream reset the stream" : "upstream connection lost"))
+        d->dead = true;
+}
+
 /* Response body (or tunnel bytes) upstream -> client, with backpressure:
  * the upstream is read only into the room the client has made. */
 static void response_body_step(struct wg_downstream *d, bool *progress)
@@ -1769,7 +1822,8 @@ static void response_body_step(struct wg_downstream *d, bool *progress)
         if (r == WG_HTTP_ERROR) {
             wg_info("msg=\"malformed upstream body\" service=%s upstream=%s reason=\"%s\"",
                     d->r->svc->name, d->r->inst->id, d->r->rs_body.err_reason);
-            d->dead = true;
+            if (!grpc_cut(d, WG_GRPC_INTERNAL, "malformed upstream response"))
+                d->dead = true;
             return;
         }
         hp_buf_drop_gap(b);             /* (the trailers were kept above) */
@@ -1789,7 +1843,7 @@ static void response_body_step(struct wg_downstream *d, bool *progress)
     if (wg_http_body_eof(&d->r->rs_body) != WG_HTTP_DONE) {
         wg_info("msg=\"upstream closed mid-body\" service=%s upstream=%s", d->r->svc->name,
                 d->r->inst->id);
-        d->dead = true;
+        upstream_cut(d);
         return;
     }
     d->r->upstream_keep = false;
@@ -2161,6 +2215,10 @@ uint64_t wg_exchange_deadline(const struct wg_downstream *d, enum wg_deadline *k
     *kind = WG_DL_NONE;
     if (!d->r)                          /* idle or lingering: no request, no upstream */
         return t;
+    /* A gRPC stream whose response head is out is judged like a tunnel
+     * (DESIGN §15): idle when neither side moved for tunnel_idle_timeout,
+     * whichever side streams (no client_body_timeout, no response_timeout) */
+    bool grpc_stream = d->r->grpc && d->r->final_sent;
 #define CANDIDATE(v, k) do { if ((v) < t) { t = (v); *kind = (k); } } while (0)
     if (auth_active(d->r)) {            /* forward_auth: its own timeout bounds it all */
         CANDIDATE(d->r->auth->deadline, WG_DL_RESPONSE);
@@ -2168,7 +2226,7 @@ uint64_t wg_exchange_deadline(const struct wg_downstream *d, enum wg_deadline *k
             CANDIDATE(d->r->connect_deadline, WG_DL_CONNECT);
         return t;
     }
-    if (d->rq == WG_RQ_BODY) {          /* waiting for the client, not for the upstream */
+    if (d->rq == WG_RQ_BODY && !grpc_stream) {  /* waiting for the client, not the upstream */
         if ((d->r->up ? !d->r->up->connecting : d->r->h2_on) && !d->r->req_body_done &&
             (!b || b->sent == b->fwd))
             CANDIDATE(d->client_progress + d->r->t.body_ms, WG_DL_BODY);
@@ -2182,11 +2240,12 @@ uint64_t wg_exchange_deadline(const struct wg_downstream *d, enum wg_deadline *k
     if (d->rs == WG_RS_HEAD && d->rq == WG_RQ_SENT &&
         (d->r->up ? !d->r->up->connecting : d->r->h2_on))
         CANDIDATE(d->r->response_deadline, WG_DL_RESPONSE);
-    /* gRPC streams may be quiet for long once their head is out: the
-     * tunnel idle timeout judges them (DESIGN §15) */
-    if (d->rs == WG_RS_BODY && d->rq != WG_RQ_TUNNEL && !d->blocked_since && (d->r->up || d->r->h2_on))
-        CANDIDATE(d->r->upstream_progress + (d->r->grpc ? d->r->t.tunnel_ms : d->r->t.response_ms),
-                  WG_DL_UPSTREAM_IDLE);
+    if (d->rs == WG_RS_BODY && d->rq != WG_RQ_TUNNEL && !d->blocked_since && (d->r->up || d->r->h2_on)) {
+        uint64_t last = d->r->upstream_progress;
+        if (grpc_stream && d->client_progress > last)
+            last = d->client_progress;
+        CANDIDATE(last + (grpc_stream ? d->r->t.tunnel_ms : d->r->t.response_ms), WG_DL_UPSTREAM_IDLE);
+    }
     if (d->blocked_since)
         CANDIDATE(d->blocked_since + d->r->t.send_ms, WG_DL_SEND);
     /* The upstream does not read the request; once its final response
@@ -2224,7 +2283,11 @@ void wg_exchange_timeout(struct wg_downstream *d, enum wg_deadline kind)
         report_failure(d, WG_FAIL_TIMEOUT);
         fail_upstream(d, 504);
         break;
-    default:                            /* upstream idle, send, tunnel */
+    case WG_DL_UPSTREAM_IDLE:           /* a gRPC client reads the status */
+        if (!grpc_cut(d, WG_GRPC_DEADLINE_EXCEEDED, "stream idle past tunnel_idle_timeout"))
+            d->dead = true;
+        break;
+    default:                            /* send, tunnel */
         d->dead = true;
         break;
     }

@@ -55,6 +55,17 @@ size_t wg_grpc_message_encode(const char *in, size_t len, char *out, size_t cap)
     return n;
 }
 
+enum wg_grpc_status wg_grpc_status_from_h2_error(uint32_t code)
+{
+    switch (code) {
+    case 0x7: return WG_GRPC_UNAVAILABLE;               /* REFUSED_STREAM */
+    case 0x8: return WG_GRPC_CANCELLED;                 /* CANCEL */
+    case 0xb: return WG_GRPC_RESOURCE_EXHAUSTED;        /* ENHANCE_YOUR_CALM */
+    case 0xc: return WG_GRPC_PERMISSION_DENIED;         /* INADEQUATE_SECURITY */
+    default: return WG_GRPC_INTERNAL;
+    }
+}
+
 const char *wg_grpc_error_message(int http_status)
 {
     switch (http_status) {

@@ -50,6 +50,13 @@ const char *wg_grpc_status_name(int status);
  * (2xx/3xx give UNKNOWN too: they are not errors to map). */
 enum wg_grpc_status wg_grpc_status_from_http(int http_status);
 
+/* The status a gRPC client reads from a stream its server reset with
+ * HTTP/2 error `code` (RST_STREAM), per http-grpc-status-mapping.md:
+ * REFUSED_STREAM UNAVAILABLE, CANCEL CANCELLED, ENHANCE_YOUR_CALM
+ * RESOURCE_EXHAUSTED, INADEQUATE_SECURITY PERMISSION_DENIED, every other
+ * code (NO_ERROR included: a stream reset before its trailers) INTERNAL. */
+enum wg_grpc_status wg_grpc_status_from_h2_error(uint32_t code);
+
 /* grpc-message is percent-encoded (PROTOCOL-HTTP2.md): bytes outside
  * 0x20-0x7E and '%' itself become %XX. Writes at most cap-1 bytes and a NUL
  * into out (cap >= 1), never splitting an escape; returns the length

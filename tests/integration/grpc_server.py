@@ -28,8 +28,9 @@ wg.Echo, raw-byte messages (no protobuf), one method per streaming kind:
                     written to FILE.down (how far the server got ahead of a
                     slow reader)
     /wg.Echo/Up     client streaming: reads every message (request metadata
-                    "x-read-delay-ms: N" sleeps N ms before each read), then
+                    "x-read-delay-ms: N" sleeps N ms after each one), then
                     answers ASCII "MESSAGES BYTES"
+Every wg.Echo call appends its method name to FILE.echo when it starts.
 """
 
 import argparse
@@ -96,15 +97,17 @@ def main():
         "grpc.health.v1.Health",
         {"Check": grpc.unary_unary_rpc_method_handler(check)})
 
-    def tag(context):
+    def tag(context, method):
+        with open(args.control + ".echo", "a") as f:
+            f.write(method + "\n")
         context.send_initial_metadata((("x-backend", args.name),))
 
     def one(request, context):
-        tag(context)
+        tag(context, "One")
         return request
 
     def chat(requests, context):
-        tag(context)
+        tag(context, "Chat")
         for m in requests:
             yield m
 
@@ -115,7 +118,7 @@ def main():
         os.rename(tmp, args.control + ".down")
 
     def down(request, context):
-        tag(context)
+        tag(context, "Down")
         count, size, interval = (int(x) for x in request.decode().split())
         payload = bytes((i * 7 + 1) & 0xFF for i in range(size))
         for i in range(count):
@@ -125,7 +128,7 @@ def main():
             note_down(i + 1)
 
     def up(requests, context):
-        tag(context)
+        tag(context, "Up")
         delay = dict(context.invocation_metadata()).get("x-read-delay-ms")
         n = total = 0
         for m in requests:

@@ -65,6 +65,14 @@ class GrpcServer:
         return {"id": id or self.name, "address": "127.0.0.1", "port": self.port,
                 "weight": weight}
 
+    def echo_calls(self):
+        """The wg.Echo methods called so far, in order ("Down", "Chat", ...)."""
+        try:
+            with open(self.control + ".echo") as f:
+                return [l.strip() for l in f]
+        except FileNotFoundError:
+            return []
+
     def down_sent(self):
         """Messages its /wg.Echo/Down handed to grpcio so far."""
         try:

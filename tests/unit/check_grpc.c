@@ -21,6 +21,14 @@ START_TEST(status_from_http)
     ck_assert_int_eq(wg_grpc_status_from_http(400), WG_GRPC_INTERNAL);
     ck_assert_int_eq(wg_grpc_status_from_http(500), WG_GRPC_UNKNOWN);
     ck_assert_int_eq(wg_grpc_status_from_http(200), WG_GRPC_UNKNOWN);
+    /* RST_STREAM codes (http-grpc-status-mapping.md) */
+    ck_assert_int_eq(wg_grpc_status_from_h2_error(0x7), WG_GRPC_UNAVAILABLE);
+    ck_assert_int_eq(wg_grpc_status_from_h2_error(0x8), WG_GRPC_CANCELLED);
+    ck_assert_int_eq(wg_grpc_status_from_h2_error(0xb), WG_GRPC_RESOURCE_EXHAUSTED);
+    ck_assert_int_eq(wg_grpc_status_from_h2_error(0xc), WG_GRPC_PERMISSION_DENIED);
+    ck_assert_int_eq(wg_grpc_status_from_h2_error(0x0), WG_GRPC_INTERNAL);
+    ck_assert_int_eq(wg_grpc_status_from_h2_error(0x2), WG_GRPC_INTERNAL);
+    ck_assert_int_eq(wg_grpc_status_from_h2_error(0xffffffffu), WG_GRPC_INTERNAL);
     ck_assert_str_eq(wg_grpc_status_name(14), "UNAVAILABLE");
     ck_assert_str_eq(wg_grpc_status_name(0), "OK");
     ck_assert_str_eq(wg_grpc_status_name(16), "UNAUTHENTICATED");

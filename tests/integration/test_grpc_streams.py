@@ -1,0 +1,127 @@
+"""Every gRPC streaming kind through waygate (issue 17, DESIGN §15), real
+python3-grpcio on both sides (grpc_client.py -> waygate -> grpc_server.py):
+unary, server-streaming, client-streaming and bidi over h2c and TLS;
+long-lived streams judged by tunnel_idle_timeout (not response_timeout)
+once the response head is out, an idle one ended with a status the client
+reads; an instance SIGKILLed mid-stream: the client reads UNAVAILABLE, the
+failure ejects it (passive outlier detection), later calls go to the
+other instance."""
+
+from grpclib import GrpcCall, GrpcServer, grpc_call, need_grpcio
+from h2lib import h2c_listener
+from test_grpc_flow import pattern_hex, tls_listener
+from wglib import Harness, slack, wait_until
+
+
+def test_grpc_every_streaming_kind_over_h2c_and_tls():
+    if not need_grpcio():
+        return
+    import tlslib
+    with Harness() as h:
+        pki = tlslib.shared()
+        g = GrpcServer(h, "kinds")
+        wg = h.waygate(listeners=[h2c_listener("g"), tls_listener(pki)],
+                       instances={"users": [g.instance()]},
+                       services={"users": {"upstream": {"protocol": "h2c"}}})
+        for port, ca in ((wg.ports["g"], None), (wg.ports["s"], pki.ca)):
+            target = "127.0.0.1:%d" % port
+            r = grpc_call(target, "unary", "/wg.Echo/One", 1000, count=20, tls_ca=ca)
+            assert r["code"] == "OK" and r["calls"] == 20 and r["bytes"] == 20 * 1000, r
+            assert r["initial"] == {"x-backend": "kinds"}, r
+            r = grpc_call(target, "server", "/wg.Echo/Down", 1000, count=50, tls_ca=ca)
+            assert r["code"] == "OK" and r["count"] == 50 and r["bytes"] == 50 * 1000, r
+            assert r["first"] == pattern_hex(), r
+            r = grpc_call(target, "client", "/wg.Echo/Up", 1000, count=50, tls_ca=ca)
+            assert r["code"] == "OK" and r["count"] == 1, r
+            assert r["first"] == b"50 50000".hex(), r
+            r = grpc_call(target, "bidi", "/wg.Echo/Chat", 1000, count=50, tls_ca=ca)
+            assert r["code"] == "OK" and r["count"] == 50 and r["bytes"] == 50 * 1000, r
+        assert g.echo_calls() == ["One"] * 20 + ["Down", "Up", "Chat"] + ["One"] * 20 + \
+            ["Down", "Up", "Chat"], g.echo_calls()
+
+
+def test_grpc_long_lived_streams_use_tunnel_idle_timeout():
+    """response_timeout 1s, tunnel_idle_timeout 2s: streams that live 3 s
+    while messages keep flowing (either way) pass; a server stream that
+    goes quiet is ended after the idle timeout with DEADLINE_EXCEEDED and
+    waygate's grpc-message, after the message that did arrive."""
+    if not need_grpcio():
+        return
+    with Harness() as h:
+        g = GrpcServer(h, "long")
+        lst = h2c_listener("g", tunnel_idle_timeout="2s")
+        wg = h.waygate(listeners=[lst], instances={"users": [g.instance()]},
+                       services={"users": {"upstream": {"protocol": "h2c"},
+                                           "response_timeout": "1s"}})
+        target = "127.0.0.1:%d" % wg.ports["g"]
+        r = grpc_call(target, "server", "/wg.Echo/Down", 100, count=10, interval_ms=300, timeout=30)
+        assert r["code"] == "OK" and r["count"] == 10, r
+        r = grpc_call(target, "bidi", "/wg.Echo/Chat", 100, count=10, interval_ms=300, timeout=30)
+        assert r["code"] == "OK" and r["count"] == 10, r
+        # the server sent its head and then only reads: the client's
+        # messages are what keeps this stream from being idle
+        r = grpc_call(target, "client", "/wg.Echo/Up", 100, count=10, interval_ms=300, timeout=30)
+        assert r["code"] == "OK" and r["first"] == b"10 1000".hex(), r
+        r = grpc_call(target, "server", "/wg.Echo/Down", 100, count=2, interval_ms=20000,
+                      timeout=60)
+        assert r["code"] == "DEADLINE_EXCEEDED" and r["count"] == 1, r
+        assert r["details"] == "waygate: stream idle past tunnel_idle_timeout", r
+        assert 1.5 < r["seconds"] < slack(10), r
+
+
+def two_instances(h, name):
+    a, b = GrpcServer(h, name + "-a"), GrpcServer(h, name + "-b")
+    wg = h.waygate(listeners=[h2c_listener("g")],
+                   instances={"users": [a.instance(), b.instance()]},
+                   services={"users": {"upstream": {"protocol": "h2c"}}},
+                   service_defaults={"outlier_detection": {"consecutive_failures": 1,
+                                                           "base_ejection_time": "60s"}})
+    return a, b, wg
+
+
+def killed_mid_stream(h, kind, path, method):
+    """Starts a long `kind` call, SIGKILLs the instance serving it once the
+    first reply arrived; returns (client result, killed, survivor, wg)."""
+    from test_health import health
+    a, b, wg = two_instances(h, kind)
+    target = "127.0.0.1:%d" % wg.ports["g"]
+    call = GrpcCall(h, target, kind, path, 100, count=200, interval_ms=100, timeout=60)
+    call.wait_reply(slack(30))
+    serving = [g for g in (a, b) if method in g.echo_calls()]
+    assert len(serving) == 1, (a.echo_calls(), b.echo_calls())
+    killed = serving[0]
+    survivor = b if killed is a else a
+    killed.proc.kill()                  # SIGKILL, by PID
+    r = call.result(slack(20))
+    wait_until(lambda: health(wg, "users", killed.name) == "ejected", slack(5),
+               "the killed instance ejected (now %s)" % health(wg, "users", killed.name))
+    assert health(wg, "users", survivor.name) == "healthy"
+    return r, killed, survivor, wg
+
+
+def later_calls_reach(target, survivor):
+    r = grpc_call(target, "unary", "/wg.Echo/One", 10, count=10)
+    assert r["code"] == "OK" and r["calls"] == 10, r
+    assert r["initial"] == {"x-backend": survivor.name}, r
+
+
+def test_grpc_instance_killed_mid_server_stream():
+    if not need_grpcio():
+        return
+    with Harness() as h:
+        r, killed, survivor, wg = killed_mid_stream(h, "server", "/wg.Echo/Down", "Down")
+        assert r["code"] == "UNAVAILABLE", r
+        assert r["details"] == "waygate: upstream connection lost", r
+        assert 1 <= r["count"] < 200, r
+        later_calls_reach("127.0.0.1:%d" % wg.ports["g"], survivor)
+
+
+def test_grpc_instance_killed_mid_bidi_stream():
+    if not need_grpcio():
+        return
+    with Harness() as h:
+        r, killed, survivor, wg = killed_mid_stream(h, "bidi", "/wg.Echo/Chat", "Chat")
+        assert r["code"] == "UNAVAILABLE", r
+        assert r["details"] == "waygate: upstream connection lost", r
+        assert 1 <= r["count"] < 200, r
+        later_calls_reach("127.0.0.1:%d" % wg.ports["g"], survivor)
