@@ -48,7 +48,10 @@ enum wg_health_failure {
 /* Outlier detection (outlier_detection in the service's settings):
  *  - Call wg_health_report_failure() once per failed attempt: the L4 proxy on
  *    every failed or timed-out connect; the L7 proxy on a connect failure,
- *    on a 5xx response head from the upstream, and on response_timeout.
+ *    on a 5xx response head from the upstream, on response_timeout, and
+ *    on a response the upstream cut short (reset or closed mid-body; for
+ *    gRPC only when the status it maps to is UNAVAILABLE / INTERNAL /
+ *    DEADLINE_EXCEEDED), and an upstream grpc-status of those three.
  *    `svc` is the service version the request was picked from (settings and
  *    pool size). After `consecutive_failures` failures in a row a healthy
  *    instance is ejected for base_ejection_time x (its number of ejections),
