@@ -48,7 +48,8 @@ struct wg_h2_stream {
     const struct wg_h2_stream_ops *ops;
     void *ctx;
     bool abandoned;                     /* reset by the exchange: no more callbacks */
-    bool head_sent, head_seen, remote_done, closed, delivering, body_end, deferred;
+    bool head_sent, head_seen, closed, delivering, body_end, deferred;
+    bool remote_done;                   /* the response's END_STREAM arrived */
     bool want_writable;
     uint32_t error;
     bool retryable;
@@ -298,6 +299,12 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *arg)
         return 0;
     case NGHTTP2_HEADERS:
         break;
+    case NGHTTP2_DATA: {
+        struct wg_h2_stream *st = stream_of(s, f->hd.stream_id);
+        if (st && (f->hd.flags & NGHTTP2_FLAG_END_STREAM))
+            st->remote_done = true;
+        return 0;
+    }
     default:
         return 0;
     }
@@ -305,6 +312,8 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *arg)
     if (!st || st->abandoned)
         return 0;
     bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
+    if (end)
+        st->remote_done = true;
     if (collect.overflow) {
         nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
         return 0;
@@ -361,7 +370,8 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t error, void 
     struct wg_h2_stream *st = stream_of(s, id);
     if (!st)
         return 0;
-    st->remote_done = true;
+    if (!error && !st->remote_done)     /* RST_STREAM NO_ERROR before the response ended: */
+        error = NGHTTP2_INTERNAL_ERROR; /* cut short, not complete */
     stream_closed(st, error, error == NGHTTP2_REFUSED_STREAM || !st->head_sent);
     return 0;
 }

@@ -76,8 +76,10 @@ struct wg_h2_stream_ops {
     /* Trailers, after all data was taken. */
     void (*trailers)(void *ctx, const nghttp2_nv *nv, size_t n);
     /* The stream is over, after everything above was delivered: error 0 =
-     * complete; else an HTTP/2 error code (RST_STREAM, GOAWAY, connection
-     * failure: NGHTTP2_CONNECT_ERROR, timeout: NGHTTP2_CANCEL). retryable:
+     * complete (the response's END_STREAM arrived); else an HTTP/2 error
+     * code (RST_STREAM; one with NO_ERROR before the response ended is
+     * NGHTTP2_INTERNAL_ERROR; GOAWAY, connection failure:
+     * NGHTTP2_CONNECT_ERROR, timeout: NGHTTP2_CANCEL). retryable:
      * the upstream did not process the request (see the top). */
     void (*closed)(void *ctx, uint32_t error, bool retryable);
     /* The request body buffer has room again. */

@@ -125,3 +125,88 @@ def test_grpc_instance_killed_mid_bidi_stream():
         assert r["details"] == "waygate: upstream connection lost", r
         assert 1 <= r["count"] < 200, r
         later_calls_reach("127.0.0.1:%d" % wg.ports["g"], survivor)
+
+
+class ResettingUpstream:
+    """A python3-h2 server (a thread; closed by close()): every stream gets
+    a gRPC response head and one 10-byte message, then RST_STREAM with the
+    code its request's "x-rst" field names."""
+
+    def __init__(self):
+        import socket
+        import threading
+        from wglib import debian_import
+        self.h2 = debian_import("h2.connection")
+        debian_import("h2.config")
+        self.events = debian_import("h2.events")
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.done = False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        import threading
+        while not self.done:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.conn, args=(c,), daemon=True).start()
+
+    def conn(self, c):
+        import h2.config
+        conn = self.h2.H2Connection(config=h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        c.sendall(conn.data_to_send())
+        while True:
+            try:
+                data = c.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            for ev in conn.receive_data(data):
+                if isinstance(ev, self.events.RequestReceived):
+                    code = int(dict((k.decode() if isinstance(k, bytes) else k,
+                                     v.decode() if isinstance(v, bytes) else v)
+                                    for k, v in ev.headers).get("x-rst", "2"))
+                    conn.send_headers(ev.stream_id, [(":status", "200"),
+                                                     ("content-type", "application/grpc")])
+                    conn.send_data(ev.stream_id, b"\0\0\0\0\x0a" + b"r" * 10)
+                    c.sendall(conn.data_to_send())
+                    conn.reset_stream(ev.stream_id, code)
+                elif isinstance(ev, self.events.DataReceived):
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            try:
+                c.sendall(conn.data_to_send())
+            except OSError:
+                return
+
+    def close(self):
+        self.done = True
+        self.sock.close()
+
+
+def test_grpc_upstream_reset_mid_stream_is_a_status():
+    """An upstream that resets a stream after its head and a message: the
+    client reads the message, then the status grpc's mapping gives the
+    reset code (http-grpc-status-mapping.md), from waygate's trailers."""
+    if not need_grpcio():
+        return
+    with Harness() as h:
+        up = ResettingUpstream()
+        inst = {"id": "rst", "address": "127.0.0.1", "port": up.port, "weight": 100}
+        wg = h.waygate(listeners=[h2c_listener("g")], instances={"users": [inst]},
+                       services={"users": {"upstream": {"protocol": "h2c"}}})
+        target = "127.0.0.1:%d" % wg.ports["g"]
+        for code, status in ((8, "CANCELLED"), (7, "UNAVAILABLE"), (2, "INTERNAL"),
+                             (0, "INTERNAL"), (11, "RESOURCE_EXHAUSTED")):
+            r = grpc_call(target, "server", "/wg.Echo/Down", 10, count=5,
+                          metadata=[("x-rst", str(code))])
+            assert r["code"] == status and r["count"] == 1 and r["first"] == (b"r" * 10).hex(), \
+                (code, r)
+            assert r["details"] == "waygate: upstream reset the stream", (code, r)
+        up.close()
