@@ -1391,6 +1391,8 @@ static void h2_on_closed(void *ctx, uint32_t error, bool retryable)
     struct wg_downstream *d = ctx;
     d->r->h2 = NULL;                    /* freed when this returns */
     d->r->h2_closed = true;
+    d->r->h2_paused = false;            /* every byte was taken (a pause set by the last
+                                           data call would keep the tail out for good) */
     d->r->h2_error = error;
     d->r->h2_retryable = retryable;
     if (!error && !d->r->h2_tail) {     /* no trailers: the plain last chunk */

@@ -36,6 +36,7 @@ Every wg.Echo call appends its method name to FILE.echo when it starts.
 import argparse
 import os
 import sys
+import threading
 import time
 from concurrent import futures
 
@@ -112,7 +113,7 @@ def main():
             yield m
 
     def note_down(n):
-        tmp = args.control + ".down.tmp"
+        tmp = args.control + ".down.%d" % threading.get_ident()   # calls run in parallel
         with open(tmp, "w") as f:
             f.write("%d\n" % n)
         os.rename(tmp, args.control + ".down")
