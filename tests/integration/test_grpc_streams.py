@@ -79,52 +79,41 @@ def two_instances(h, name):
     return a, b, wg
 
 
-def killed_mid_stream(h, kind, path, method):
-    """Starts a long `kind` call, SIGKILLs the instance serving it once the
-    first reply arrived; returns (client result, killed, survivor, wg)."""
+def killed_mid_stream(kind, path, method):
+    """A long `kind` call; once its first reply arrived, the instance
+    serving it is SIGKILLed: the client reads UNAVAILABLE from waygate's
+    trailers, the instance is ejected, later calls reach the survivor."""
     from test_health import health
-    a, b, wg = two_instances(h, kind)
-    target = "127.0.0.1:%d" % wg.ports["g"]
-    call = GrpcCall(h, target, kind, path, 100, count=200, interval_ms=100, timeout=60)
-    call.wait_reply(slack(30))
-    serving = [g for g in (a, b) if method in g.echo_calls()]
-    assert len(serving) == 1, (a.echo_calls(), b.echo_calls())
-    killed = serving[0]
-    survivor = b if killed is a else a
-    killed.proc.kill()                  # SIGKILL, by PID
-    r = call.result(slack(20))
-    wait_until(lambda: health(wg, "users", killed.name) == "ejected", slack(5),
-               "the killed instance ejected (now %s)" % health(wg, "users", killed.name))
-    assert health(wg, "users", survivor.name) == "healthy"
-    return r, killed, survivor, wg
-
-
-def later_calls_reach(target, survivor):
-    r = grpc_call(target, "unary", "/wg.Echo/One", 10, count=10)
-    assert r["code"] == "OK" and r["calls"] == 10, r
-    assert r["initial"] == {"x-backend": survivor.name}, r
+    with Harness() as h:
+        a, b, wg = two_instances(h, kind)
+        target = "127.0.0.1:%d" % wg.ports["g"]
+        call = GrpcCall(h, target, kind, path, 100, count=200, interval_ms=100, timeout=60)
+        call.wait_reply(slack(30))
+        serving = [g for g in (a, b) if method in g.echo_calls()]
+        assert len(serving) == 1, (a.echo_calls(), b.echo_calls())
+        killed = serving[0]
+        survivor = b if killed is a else a
+        killed.proc.kill()              # SIGKILL, by PID
+        r = call.result(slack(20))
+        assert r["code"] == "UNAVAILABLE", r
+        assert r["details"] == "waygate: upstream connection lost", r
+        assert 1 <= r["count"] < 200, r
+        wait_until(lambda: health(wg, "users", killed.name) == "ejected", slack(5),
+                   "the killed instance ejected (now %s)" % health(wg, "users", killed.name))
+        assert health(wg, "users", survivor.name) == "healthy"
+        r = grpc_call(target, "unary", "/wg.Echo/One", 10, count=10)
+        assert r["code"] == "OK" and r["calls"] == 10, r
+        assert r["initial"] == {"x-backend": survivor.name}, r
 
 
 def test_grpc_instance_killed_mid_server_stream():
-    if not need_grpcio():
-        return
-    with Harness() as h:
-        r, killed, survivor, wg = killed_mid_stream(h, "server", "/wg.Echo/Down", "Down")
-        assert r["code"] == "UNAVAILABLE", r
-        assert r["details"] == "waygate: upstream connection lost", r
-        assert 1 <= r["count"] < 200, r
-        later_calls_reach("127.0.0.1:%d" % wg.ports["g"], survivor)
+    if need_grpcio():
+        killed_mid_stream("server", "/wg.Echo/Down", "Down")
 
 
 def test_grpc_instance_killed_mid_bidi_stream():
-    if not need_grpcio():
-        return
-    with Harness() as h:
-        r, killed, survivor, wg = killed_mid_stream(h, "bidi", "/wg.Echo/Chat", "Chat")
-        assert r["code"] == "UNAVAILABLE", r
-        assert r["details"] == "waygate: upstream connection lost", r
-        assert 1 <= r["count"] < 200, r
-        later_calls_reach("127.0.0.1:%d" % wg.ports["g"], survivor)
+    if need_grpcio():
+        killed_mid_stream("bidi", "/wg.Echo/Chat", "Chat")
 
 
 class ResettingUpstream:
