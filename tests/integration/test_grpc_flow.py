@@ -5,7 +5,7 @@ client that reads a long streamed response slowly."""
 
 from grpclib import GrpcServer, grpc_call, need_grpcio
 from h2lib import h2c_listener
-from wglib import Harness
+from wglib import Harness, wait_until
 
 MIB = 1 << 20
 
@@ -152,6 +152,44 @@ def test_grpc_streams_end_after_their_last_bytes():
                 stuck = [(s, len(c.responses[s]["body"])) for s in sids if not c.responses[s]["ended"]]
                 raise AssertionError("round %d: streams not ended (id, body bytes): %s"
                                      % (rnd, stuck)) from None
+            for s in sids:
+                r = c.responses.pop(s)
+                assert len(r["body"]) == count * (size + 5), (s, len(r["body"]))
+                assert (b"grpc-status", b"0") in r["trailers"], (s, r["trailers"])
+        c.close()
+
+
+def test_grpc_streams_ending_ahead_of_their_client_keep_the_connection_window():
+    """Rounds of 60 streams of 192 KiB that the upstream finishes while the
+    client reads none: waygate holds most of each one when its upstream
+    stream closes. Those bytes go back to the upstream connection's 16 MiB
+    window (they were lost from it at every such stream, and the second
+    round stalled the whole connection)."""
+    if not need_grpcio():
+        return
+    import time
+    from h2lib import Client
+    from wglib import slack
+    count, size, streams = 3, 64 << 10, 60
+    with Harness() as h:
+        g = GrpcServer(h, "window")
+        wg = h.waygate(listeners=[h2c_listener("g", max_concurrent_streams=100)],
+                       instances={"users": [g.instance()]},
+                       services={"users": {"upstream": {"protocol": "h2c"}}})
+        c = Client(wg.ports["g"])
+        for rnd in range(3):
+            calls = len(g.echo_calls())
+            sids = [c.request("/wg.Echo/Down", method="POST", headers=GRPC_HEADERS,
+                              body=grpc_frame(b"%d %d 0" % (count, size))) for _ in range(streams)]
+            wait_until(lambda: len(g.echo_calls()) - calls == streams, slack(20),
+                       "round %d: the %d calls at the server" % (rnd, streams))
+            time.sleep(1.0)             # the server finishes them; the client reads nothing
+            try:
+                c.wait(lambda: all(c.responses[s]["ended"] for s in sids), slack(20), "the streams")
+            except AssertionError:
+                stuck = sum(1 for s in sids if not c.responses[s]["ended"])
+                raise AssertionError("round %d: %d of %d streams did not end" % (rnd, stuck, streams)) \
+                    from None
             for s in sids:
                 r = c.responses.pop(s)
                 assert len(r["body"]) == count * (size + 5), (s, len(r["body"]))
