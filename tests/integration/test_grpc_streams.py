@@ -75,7 +75,9 @@ def two_instances(h, name):
                    instances={"users": [a.instance(), b.instance()]},
                    services={"users": {"upstream": {"protocol": "h2c"}}},
                    service_defaults={"outlier_detection": {"consecutive_failures": 1,
-                                                           "base_ejection_time": "60s"}})
+                                                           "base_ejection_time": "60s"}},
+                   log={"level": "info", "access_log": h.path("access.log"),
+                        "access_format": "text"})
     return a, b, wg
 
 
@@ -101,6 +103,15 @@ def killed_mid_stream(kind, path, method):
         wait_until(lambda: health(wg, "users", killed.name) == "ejected", slack(5),
                    "the killed instance ejected (now %s)" % health(wg, "users", killed.name))
         assert health(wg, "users", survivor.name) == "healthy"
+
+        def cut_logged():
+            try:
+                with open(h.path("access.log")) as f:
+                    return any("reason=upstream_error" in l and "grpc_code=UNAVAILABLE" in l
+                               and ("upstream=%s " % killed.name) in l for l in f)
+            except FileNotFoundError:
+                return False
+        wait_until(cut_logged, slack(5), "the cut stream's access log line")
         r = grpc_call(target, "unary", "/wg.Echo/One", 10, count=10)
         assert r["code"] == "OK" and r["calls"] == 10, r
         assert r["initial"] == {"x-backend": survivor.name}, r
