@@ -1463,8 +1463,14 @@ static void h2_attach(struct wg_downstream *d)
     r->h2_on = true;
     r->h2_ended = !has_body;
     r->connect_start_ns = wg_now_ns();
-    r->h2 = wg_h2_submit(d->loc->h2, r->inst, ctx, sc->tls.sni, sc->tls.verify, nv, n, has_body,
-                         &h2_ops, d, &err);
+    const struct wg_h2_conn_limits lim = {
+        .max_idle = sc->upstream.max_idle, .idle_timeout_ms = sc->upstream.idle_timeout_ms,
+        .connect_timeout_ms = sc->connect_timeout_ms,
+        .ping_interval_ms = sc->upstream.ping_interval_ms,
+        .ping_timeout_ms = sc->upstream.ping_timeout_ms,
+    };
+    r->h2 = wg_h2_submit(d->loc->h2, r->inst, ctx, sc->tls.sni, sc->tls.verify, &lim, nv, n,
+                         has_body, &h2_ops, d, &err);
     if (!r->h2) {
         r->h2_on = false;
         if (err == EBUSY)
