@@ -298,6 +298,14 @@ static void log_request(struct wg_downstream *d, const char *reason)
     wg_access_log(d->w->access_log, &e);
     if (d->r->svc)
         wg_service_observe_duration(d->r->svc->state, e.duration_us);
+    _Static_assert(sizeof d->r->svc->state->grpc_codes / sizeof(uint64_t) == WG_GRPC_CODES,
+                   "pool.h: grpc_codes has a slot per gRPC code");
+    if (e.grpc_code) {                  /* waygate_grpc_responses_total and the listener's */
+        unsigned k = wg_grpc_code_slot(e.grpc_code - 1);
+        atomic_fetch_add_explicit(&d->l->grpc[k], 1, memory_order_relaxed);
+        if (d->r->svc)
+            atomic_fetch_add_explicit(&d->r->svc->state->grpc_codes[k], 1, memory_order_relaxed);
+    }
 }
 
 /* ---- the request head ------------------------------------------------- */

@@ -43,6 +43,15 @@ enum wg_grpc_status {
 /* The upper-case name ("UNAVAILABLE"), or "UNKNOWN" outside 0..16. */
 const char *wg_grpc_status_name(int status);
 
+/* Counters by grpc-status (metric label grpc_code) have one slot per code
+ * 0..16; a code outside that range counts as UNKNOWN, as gRPC clients
+ * read it, so a label never takes more than WG_GRPC_CODES values. */
+#define WG_GRPC_CODES 17
+static inline unsigned wg_grpc_code_slot(int status)
+{
+    return status >= 0 && status < WG_GRPC_CODES ? (unsigned)status : WG_GRPC_UNKNOWN;
+}
+
 /* The grpc-status of an error waygate itself answers with HTTP `http_status`
  * (DESIGN §13): 400 INTERNAL, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED,
  * 404 UNIMPLEMENTED, 408 DEADLINE_EXCEEDED, 413/431 RESOURCE_EXHAUSTED,

@@ -79,6 +79,10 @@ struct wg_service_state {
     /* Request durations (http): per bucket (not cumulative), count, sum. */
     _Atomic uint64_t duration_buckets[WG_DURATION_BUCKETS];
     _Atomic uint64_t duration_count, duration_sum_us;
+    /* gRPC calls by the grpc-status their client got: [WG_GRPC_CODES]
+     * (grpc.h, wg_grpc_code_slot; not included here: etcd_client.h has
+     * its own WG_GRPC_* names). */
+    _Atomic uint64_t grpc_codes[17];
     struct wg_locality_cell *cells;     /* control thread appends; freed with the state */
     char name[];
 };
