@@ -58,6 +58,7 @@ def main():
                 reply, c = call.with_call(payload, timeout=a.timeout, metadata=md or None)
                 note(reply)
                 out["calls"] += 1
+                out["trailing"] = {k: v for k, v in (c.trailing_metadata() or ())}
         else:
             call = ch.stream_stream(a.path)
             it = call(iter([payload] * a.count), timeout=a.timeout, metadata=md or None)

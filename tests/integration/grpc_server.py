@@ -7,7 +7,7 @@ grpc.health.v1.Health service is a generic handler whose messages are
 encoded by hand (HealthCheckRequest: field 1 string service;
 HealthCheckResponse: field 1 enum status).
 
-    grpc_server.py --control FILE [--cert CRT --key KEY]
+    grpc_server.py --control FILE [--cert CRT --key KEY] [--name NAME]
 
 Prints "ready PORT" once serving on 127.0.0.1:PORT. FILE holds lines
 "SERVICE STATUS" (SERVICE "-" = the empty name, the whole server), STATUS one
@@ -15,10 +15,18 @@ of SERVING, NOT_SERVING, SERVICE_UNKNOWN, or UNIMPLEMENTED / NOT_FOUND (the
 call fails with that grpc status). It is re-read on every call; a service
 not listed fails with NOT_FOUND, as grpc's own health service does. Every
 Check call is appended to FILE.calls as one line (the service asked about).
+
+Beside it, wg.Echo (raw bytes, no protobuf), each answer with trailing
+metadata "x-server: NAME":
+    /wg.Echo/One    unary: the request message back
+    /wg.Echo/Chat   bidi: every message back as it arrives
+    /wg.Echo/Slow   every message back "x-count" times (metadata, default
+                    10), "x-interval-ms" apart (default 200): a long stream
 """
 
 import argparse
 import sys
+import time
 from concurrent import futures
 
 import grpc
@@ -49,11 +57,37 @@ def request_service(data):
     return name.decode()
 
 
+def echo_handler(name):
+    def one(request, context):
+        context.set_trailing_metadata((("x-server", name),))
+        return request
+
+    def chat(requests, context):
+        context.set_trailing_metadata((("x-server", name),))
+        for m in requests:
+            yield m
+
+    def slow(requests, context):
+        context.set_trailing_metadata((("x-server", name),))
+        md = dict(context.invocation_metadata())
+        count, pause = int(md.get("x-count", "10")), int(md.get("x-interval-ms", "200")) / 1000
+        for m in requests:
+            for _ in range(count):
+                time.sleep(pause)
+                yield m
+
+    return grpc.method_handlers_generic_handler("wg.Echo", {
+        "One": grpc.unary_unary_rpc_method_handler(one),
+        "Chat": grpc.stream_stream_rpc_method_handler(chat),
+        "Slow": grpc.stream_stream_rpc_method_handler(slow)})
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--control", required=True)
     ap.add_argument("--cert")
     ap.add_argument("--key")
+    ap.add_argument("--name", default="grpc")
     args = ap.parse_args()
 
     def states():
@@ -77,8 +111,8 @@ def main():
     handler = grpc.method_handlers_generic_handler(
         "grpc.health.v1.Health",
         {"Check": grpc.unary_unary_rpc_method_handler(check)})
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((handler,))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    server.add_generic_rpc_handlers((handler, echo_handler(args.name)))
     if args.cert:
         with open(args.cert, "rb") as f:
             crt = f.read()

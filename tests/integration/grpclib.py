@@ -35,7 +35,8 @@ class GrpcServer:
         self.name = name
         self.control = harness.path("%s.control" % name)
         self.set_all(states or {"": "SERVING"})
-        argv = [SYSTEM_PYTHON, os.path.join(HERE, "grpc_server.py"), "--control", self.control]
+        argv = [SYSTEM_PYTHON, os.path.join(HERE, "grpc_server.py"), "--control", self.control,
+                "--name", name]
         if cert:
             argv += ["--cert", cert, "--key", key]
         self.proc = harness.start("grpc-" + name, argv, pipe_stdout=True)
@@ -65,20 +66,40 @@ class GrpcServer:
                 "weight": weight}
 
 
+class GrpcCall:
+    """grpc_client.py running in the background (see grpc_call); result()
+    waits for it and returns its JSON result."""
+
+    def __init__(self, target, kind, path, size, count=1, metadata=(), timeout=10.0,
+                 tls_ca=None, wait=60):
+        argv = [SYSTEM_PYTHON, os.path.join(HERE, "grpc_client.py"), target, kind, path,
+                str(size), "--count", str(count), "--timeout", str(timeout)]
+        for k, v in metadata:
+            argv += ["--metadata", "%s=%s" % (k, v)]
+        if tls_ca:
+            argv += ["--tls-ca", tls_ca]
+        self.wait = wait
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+
+    def result(self):
+        import json
+        try:
+            out, err = self.proc.communicate(timeout=self.wait)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise
+        if self.proc.returncode != 0 or not out.strip():
+            raise AssertionError("grpc_client failed (%d): %s" % (self.proc.returncode,
+                                                                 err[-2000:]))
+        return json.loads(out.strip().splitlines()[-1])
+
+
 def grpc_call(target, kind, path, size, count=1, metadata=(), timeout=10.0, tls_ca=None,
               wait=60):
     """Runs grpc_client.py; returns its JSON result."""
-    import json
-    argv = [SYSTEM_PYTHON, os.path.join(HERE, "grpc_client.py"), target, kind, path, str(size),
-            "--count", str(count), "--timeout", str(timeout)]
-    for k, v in metadata:
-        argv += ["--metadata", "%s=%s" % (k, v)]
-    if tls_ca:
-        argv += ["--tls-ca", tls_ca]
-    cp = subprocess.run(argv, capture_output=True, timeout=wait, text=True)
-    if cp.returncode != 0 or not cp.stdout.strip():
-        raise AssertionError("grpc_client failed (%d): %s" % (cp.returncode, cp.stderr[-2000:]))
-    return json.loads(cp.stdout.strip().splitlines()[-1])
+    return GrpcCall(target, kind, path, size, count, metadata, timeout, tls_ca, wait).result()
 
 
 class GrpcBackend:
