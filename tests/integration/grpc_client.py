@@ -10,7 +10,7 @@ unary: N calls, each sending SIZE bytes; bidi: one call streaming N messages
 of SIZE bytes and reading replies. Prints one JSON line:
     {"code": "OK", "calls": N, "replies": [len, ...up to 10], "bytes": total,
      "first": "hex of the first 16 reply bytes", "details": "...",
-     "trailing": {"key": "value"}}
+     "trailing": {"key": "value"}, "servers": {"x-server trailer": unary calls}}
 """
 
 import argparse
@@ -42,7 +42,7 @@ def main():
         ch = grpc.insecure_channel(a.target, options=opts)
     payload = bytes((i * 7 + 1) & 0xFF for i in range(a.size))
     out = {"code": "OK", "calls": 0, "replies": [], "bytes": 0, "first": "", "details": "",
-           "trailing": {}}
+           "trailing": {}, "servers": {}}
 
     def note(reply):
         if not out["first"]:
@@ -59,6 +59,9 @@ def main():
                 note(reply)
                 out["calls"] += 1
                 out["trailing"] = {k: v for k, v in (c.trailing_metadata() or ())}
+                srv = out["trailing"].get("x-server")
+                if srv:
+                    out["servers"][srv] = out["servers"].get(srv, 0) + 1
         else:
             call = ch.stream_stream(a.path)
             it = call(iter([payload] * a.count), timeout=a.timeout, metadata=md or None)
