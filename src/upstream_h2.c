@@ -881,7 +881,22 @@ struct wg_h2_stream *wg_h2_submit(struct wg_h2_pool *p, struct wg_instance *inst
     st->ops = ops;
     st->ctx = ctx;
     nghttp2_data_provider dp = { .source.ptr = st, .read_callback = read_body };
-    st->id = nghttp2_submit_request(c->s, NULL, nv, n, has_body ? &dp : NULL, st);
+    /* nghttp2 keeps NO_COPY names and values by reference until the HEADERS
+     * go out, which is later (conn_kick): the caller's buffers (a head on
+     * its stack) are gone by then. The fields are copied now, as promised. */
+    nghttp2_nv local[64], *own = n <= 64 ? local : malloc(n * sizeof *own);
+    if (!own) {
+        stream_free(st);
+        *err = ENOMEM;
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        own[i] = nv[i];
+        own[i].flags &= (uint8_t)~(NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE);
+    }
+    st->id = nghttp2_submit_request(c->s, NULL, own, n, has_body ? &dp : NULL, st);
+    if (own != local)
+        free(own);
     if (st->id < 0) {
         *err = st->id == NGHTTP2_ERR_NOMEM ? ENOMEM : EBUSY;
         stream_free(st);

@@ -348,6 +348,34 @@ START_TEST(flow_control_both_ways)
 }
 END_TEST
 
+/* Fields are copied at submit, NO_COPY flags or not (the exchange's head
+ * lives on its stack): the buffer is overwritten before the HEADERS go
+ * out, and the backend still sees x-grpc-status 14 (Trailers-Only). */
+START_TEST(submit_copies_no_copy_fields)
+{
+    struct world w;
+    world_up(&w, NULL, NULL);
+    char buf[] = ":methodPOST:schemehttp:authorityg:path/x.Y/Zx-grpc-status14";
+    const uint8_t *b = (const uint8_t *)buf;
+    const uint8_t f = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+    nghttp2_nv nv[] = { { (uint8_t *)b, (uint8_t *)b + 7, 7, 4, f },
+                        { (uint8_t *)b + 11, (uint8_t *)b + 18, 7, 4, f },
+                        { (uint8_t *)b + 22, (uint8_t *)b + 32, 10, 1, f },
+                        { (uint8_t *)b + 33, (uint8_t *)b + 38, 5, 6, f },
+                        { (uint8_t *)b + 44, (uint8_t *)b + 57, 13, 2, f } };
+    struct call t = { 0 };
+    int err = 0;
+    t.s = wg_h2_submit(w.h2, w.inst, NULL, NULL, false, NULL, nv, 5, false, &OPS, &t, &err);
+    ck_assert_ptr_nonnull(t.s);
+    memset(buf, 'z', sizeof buf - 1);
+    struct calls one = { &t, 1 };
+    ck_assert(run_until(&w, all_closed, &one, 5000));
+    ck_assert_msg(t.end_in_head && t.status == 200 && t.error == 0, "status %u error %u",
+                  t.status, t.error);
+    world_down(&w);
+}
+END_TEST
+
 /* The limits a submit gives (the service's) replace the pool's for the
  * instance: max_idle 0 keeps no idle connection; idle_timeout closes one. */
 START_TEST(service_limits_replace_the_pools)
@@ -609,6 +637,7 @@ int main(void)
     tcase_add_test(t, flow_control_both_ways);
     tcase_add_test(t, reset_and_ping_liveness);
     tcase_add_test(t, service_limits_replace_the_pools);
+    tcase_add_test(t, submit_copies_no_copy_fields);
     tcase_add_test(t, tls_alpn_h2_to_grpcio);
     suite_add_tcase(s, t);
     TCase *heads = tcase_create("heads");
