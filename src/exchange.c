@@ -949,6 +949,11 @@ void wg_exchange_head(struct wg_downstream *d, const struct wg_http_parser *p, s
     d->r->dechunk = d->payload_only;
     int ct = wg_http_find_header(p, msg, "content-type", 12, 0);
     d->r->grpc = ct >= 0 && wg_grpc_is_grpc(msg + p->headers[ct].value.off, p->headers[ct].value.len);
+    char web[64];
+    d->r->grpc_web = ct >= 0 && !d->r->grpc &&
+                     wg_grpc_web_to_grpc(msg + p->headers[ct].value.off, p->headers[ct].value.len,
+                                         web, sizeof web) > 0;
+    d->r->grpc |= d->r->grpc_web;
     if (!note_request(d, p, msg)) {
         d->dead = true;
         return;
@@ -1291,11 +1296,35 @@ static void h2_grpc_status(struct wg_downstream *d, const nghttp2_nv *nv, size_t
     }
 }
 
+/* gRPC-Web: the field `name` of nv as `value` (copied into web[n]). */
+static const nghttp2_nv *h2_web_field(const nghttp2_nv *nv, size_t n, const char *name,
+                                      const char *value, size_t vlen, nghttp2_nv *web)
+{
+    size_t nl = strlen(name);
+    memcpy(web, nv, n * sizeof *nv);
+    for (size_t i = 0; i < n; i++)
+        if (web[i].namelen == nl && memcmp(web[i].name, name, nl) == 0) {
+            web[i].value = (uint8_t *)value;
+            web[i].valuelen = vlen;
+        }
+    return web;
+}
+
 static void h2_on_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t n, bool end_stream)
 {
     struct wg_downstream *d = ctx;
     if (end_stream && d->r->grpc)
         h2_grpc_status(d, nv, n);
+    nghttp2_nv web[128];                /* the collector's bound (upstream_h2.c) */
+    char ct[64];
+    for (size_t i = 0; d->r->grpc_web && n <= 128 && i < n; i++) {
+        size_t k;
+        if (nv[i].namelen == 12 && memcmp(nv[i].name, "content-type", 12) == 0 &&
+            (k = wg_grpc_to_grpc_web((const char *)nv[i].value, nv[i].valuelen, ct, sizeof ct))) {
+            nv = h2_web_field(nv, n, "content-type", ct, k, web);
+            break;
+        }
+    }
     struct hp_buf *b = h2_room(d, 256);
     size_t len = b ? wg_h2_response_h1(status, nv, n, end_stream, b->data + b->end, b->cap - b->end)
                    : 0;
@@ -1340,6 +1369,27 @@ static size_t h2_on_data(void *ctx, const uint8_t *p, size_t len)
     return n;
 }
 
+/* gRPC-Web: the trailers as the body's last frame (0x80), one chunk, then
+ * the plain last chunk. Returns the length written into t, 0 if too big. */
+static size_t h2_web_trailers(const nghttp2_nv *nv, size_t n, struct hp_buf *t)
+{
+    struct wg_grpc_field f[128];
+    if (n > 128 || t->cap < 64)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        f[i] = (struct wg_grpc_field){ nv[i].name, nv[i].value, nv[i].namelen, nv[i].valuelen };
+    char head[20];
+    size_t room = t->cap - 20 - 7;      /* chunk head, "\r\n0\r\n\r\n" */
+    size_t len = wg_grpc_web_trailers(f, n, (uint8_t *)t->data + 20, room);
+    if (!len)
+        return 0;
+    size_t h = wg_h2_chunk_head(len, head);
+    memmove(t->data + h, t->data + 20, len);
+    memcpy(t->data, head, h);
+    memcpy(t->data + h + len, "\r\n0\r\n\r\n", 7);
+    return h + len + 7;
+}
+
 static void h2_on_trailers(void *ctx, const nghttp2_nv *nv, size_t n)
 {
     struct wg_downstream *d = ctx;
@@ -1351,7 +1401,8 @@ static void h2_on_trailers(void *ctx, const nghttp2_nv *nv, size_t n)
     }
     if (!t && !(t = d->r->h2_tail = hp_buf_new(d->loc, HP_BLOCK)))
         return;                         /* closed() then finds no tail: truncated */
-    size_t len = wg_h2_trailers_h1(nv, n, t->data, t->cap);
+    size_t len = d->r->grpc_web ? h2_web_trailers(nv, n, t)
+                                : wg_h2_trailers_h1(nv, n, t->data, t->cap);
     if (!len)
         hp_buf_free(d->loc, &d->r->h2_tail);
     else
@@ -1462,6 +1513,15 @@ static void h2_attach(struct wg_downstream *d)
     }
     if (r->grpc)
         nv[n++] = (nghttp2_nv){ (uint8_t *)"te", (uint8_t *)"trailers", 2, 8, NGHTTP2_NV_FLAG_NONE };
+    char ct[64];                        /* gRPC-Web: application/grpc[+proto] upstream */
+    for (size_t i = 0; r->grpc_web && i < n; i++) {
+        size_t k;
+        if (nv[i].namelen == 12 && memcmp(nv[i].name, "content-type", 12) == 0 &&
+            (k = wg_grpc_web_to_grpc((const char *)nv[i].value, nv[i].valuelen, ct, sizeof ct))) {
+            nv[i].value = (uint8_t *)ct;
+            nv[i].valuelen = k;
+        }
+    }
     SSL_CTX *ctx = NULL;
     const struct wg_service_config *sc = r->svc->cfg;
     if (r->inst->protocol == WG_UPSTREAM_H2)

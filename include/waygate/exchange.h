@@ -136,6 +136,8 @@ struct wg_exchange {
     struct hp_buf *h2_tail;             /* its rendered end (trailers, last chunk) to go into uin */
     bool h2_on;                         /* this attempt speaks HTTP/2 (h2c/h2 instance) */
     bool h2_ended, h2_closed, h2_retryable, h2_calling, h2_paused, grpc;
+    bool grpc_web;                      /* gRPC-Web (binary): grpc is set too; translated to
+                                           gRPC for HTTP/2 instances (docs/http.md) */
     uint8_t h2_free;                    /* free retries after GOAWAY / REFUSED_STREAM */
     uint32_t h2_error;                  /* the stream's close code */
     uint32_t h2_new;                    /* bytes put into uin since the last pull */
