@@ -4,12 +4,9 @@ and waygate_listener_grpc_responses_total{listener,grpc_code}, counting
 the upstream's statuses and waygate's own Trailers-Only errors, with at
 most the 17 code names as label values."""
 
-import shutil
-import subprocess
-
 from grpclib import GrpcBackend, grpc_call, need_grpcio
 from h2lib import h2c_listener
-from test_admin import get_metrics, metric, parse_metrics
+from test_admin import check_promtool, get_metrics, metric, parse_metrics
 from wglib import Harness, slack, wait_until
 
 
@@ -57,10 +54,4 @@ def test_grpc_code_metrics_per_service_and_listener():
         assert fams["waygate_grpc_responses_total"]["type"] == "counter"
         assert metric(fams, "waygate_grpc_responses_total", service="users",
                       grpc_code="OK") == 3
-        promtool = shutil.which("promtool")
-        if promtool:
-            cp = subprocess.run([promtool, "check", "metrics"], input=get_metrics(wg).encode(),
-                                capture_output=True, timeout=30)
-            assert cp.returncode == 0, "promtool: %s%s" % (cp.stdout.decode(), cp.stderr.decode())
-        else:
-            print("promtool not installed (Debian package prometheus): check skipped")
+        check_promtool(wg)

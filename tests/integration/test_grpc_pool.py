@@ -3,16 +3,14 @@
 connections' PING liveness (upstream.ping_interval / ping_timeout), watched
 at the backend (its established TCP connections, ss) and in /status."""
 
-import json
 import os
 import signal
-import socket
 import time
 
 from grpclib import GrpcBackend, grpc_call, need_grpcio
 from h2lib import Client, h2c_listener
 from test_grpc_health import established_to
-from wglib import Harness, http_request, slack, wait_until
+from wglib import Blackhole, Harness, slack, wait_until
 
 GRPC = [("content-type", "application/grpc"), ("te", "trailers")]
 MSG = b"\0\0\0\0\x03abc"                # one gRPC message of 3 bytes
@@ -63,28 +61,6 @@ def test_h2_pool_max_idle_and_idle_timeout_are_the_services():
         c.close()
 
 
-def blackhole():
-    """A listener whose accept queue is full: SYNs to it go unanswered, so a
-    connect times out (on loopback, never leaving the machine)."""
-    hole = socket.socket()
-    hole.bind(("127.0.0.1", 0))
-    hole.listen(0)
-    fillers = []
-    for _ in range(3):
-        f = socket.socket()
-        f.setblocking(False)
-        f.connect_ex(hole.getsockname())
-        fillers.append(f)
-    time.sleep(0.2)
-    return hole, fillers
-
-
-def connect_failures(wg, service, inst):
-    r = http_request(wg.admin_port, "GET", "/status?service=" + service, timeout=slack(10))
-    doc = json.loads(r.body)
-    return [i for i in doc["services"][service]["instances"] if i["id"] == inst][0]
-
-
 def test_h2_connect_timeout_is_the_services():
     """connect_timeout 2s toward a blackhole: the gRPC call waits those 2 s
     (not the pool's default 1 s), then gets UNAVAILABLE from waygate, and
@@ -94,9 +70,8 @@ def test_h2_connect_timeout_is_the_services():
         return
     from test_admin import get_metrics, metric, parse_metrics
     with Harness() as h:
-        hole, fillers = blackhole()
-        inst = {"id": "hole", "address": "127.0.0.1", "port": hole.getsockname()[1],
-                "weight": 100}
+        hole = Blackhole()
+        inst = {"id": "hole", "address": "127.0.0.1", "port": hole.port, "weight": 100}
         wg = h.waygate(listeners=[h2c_listener("g")], instances={"users": [inst]},
                        services={"users": {"upstream": {"protocol": "h2c"},
                                            "connect_timeout": "2s", "retries": 0}})
@@ -108,8 +83,6 @@ def test_h2_connect_timeout_is_the_services():
         fams = parse_metrics(get_metrics(wg))
         assert metric(fams, "waygate_upstream_connect_failures_total", service="users",
                       upstream="hole") == 1
-        for f in fillers:
-            f.close()
         hole.close()
 
 
