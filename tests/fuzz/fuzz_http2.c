@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "waygate/config.h"
+#include "waygate/grpc.h"
 #include "waygate/http2.h"
 #include "waygate/listener.h"
 #include "waygate/log.h"
