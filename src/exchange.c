@@ -1296,18 +1296,9 @@ static void h2_grpc_status(struct wg_downstream *d, const nghttp2_nv *nv, size_t
     }
 }
 
-/* gRPC-Web: the field `name` of nv as `value` (copied into web[n]). */
-static const nghttp2_nv *h2_web_field(const nghttp2_nv *nv, size_t n, const char *name,
-                                      const char *value, size_t vlen, nghttp2_nv *web)
+static bool nv_is_content_type(const nghttp2_nv *f)
 {
-    size_t nl = strlen(name);
-    memcpy(web, nv, n * sizeof *nv);
-    for (size_t i = 0; i < n; i++)
-        if (web[i].namelen == nl && memcmp(web[i].name, name, nl) == 0) {
-            web[i].value = (uint8_t *)value;
-            web[i].valuelen = vlen;
-        }
-    return web;
+    return f->namelen == 12 && memcmp(f->name, "content-type", 12) == 0;
 }
 
 static void h2_on_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t n, bool end_stream)
@@ -1315,13 +1306,15 @@ static void h2_on_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t 
     struct wg_downstream *d = ctx;
     if (end_stream && d->r->grpc)
         h2_grpc_status(d, nv, n);
-    nghttp2_nv web[128];                /* the collector's bound (upstream_h2.c) */
+    nghttp2_nv web[128];                /* gRPC-Web: the content type with -web again */
     char ct[64];
-    for (size_t i = 0; d->r->grpc_web && n <= 128 && i < n; i++) {
-        size_t k;
-        if (nv[i].namelen == 12 && memcmp(nv[i].name, "content-type", 12) == 0 &&
+    for (size_t i = 0, k; d->r->grpc_web && n <= 128 && i < n; i++) {
+        if (nv_is_content_type(&nv[i]) &&
             (k = wg_grpc_to_grpc_web((const char *)nv[i].value, nv[i].valuelen, ct, sizeof ct))) {
-            nv = h2_web_field(nv, n, "content-type", ct, k, web);
+            memcpy(web, nv, n * sizeof *nv);
+            web[i].value = (uint8_t *)ct;
+            web[i].valuelen = k;
+            nv = web;
             break;
         }
     }
@@ -1514,9 +1507,8 @@ static void h2_attach(struct wg_downstream *d)
     if (r->grpc)
         nv[n++] = (nghttp2_nv){ (uint8_t *)"te", (uint8_t *)"trailers", 2, 8, NGHTTP2_NV_FLAG_NONE };
     char ct[64];                        /* gRPC-Web: application/grpc[+proto] upstream */
-    for (size_t i = 0; r->grpc_web && i < n; i++) {
-        size_t k;
-        if (nv[i].namelen == 12 && memcmp(nv[i].name, "content-type", 12) == 0 &&
+    for (size_t i = 0, k; r->grpc_web && i < n; i++) {
+        if (nv_is_content_type(&nv[i]) &&
             (k = wg_grpc_web_to_grpc((const char *)nv[i].value, nv[i].valuelen, ct, sizeof ct))) {
             nv[i].value = (uint8_t *)ct;
             nv[i].valuelen = k;
