@@ -562,6 +562,7 @@ static void handshake(struct h2_conn *c)
     if (r != WG_TLS_OK || len != 2 || memcmp(proto, "h2", 2) != 0) {
         wg_warn("msg=\"h2 upstream handshake failed\" upstream=%s address=%s reason=%s",
                 c->hi->inst->id, c->hi->inst->addr_text, r == WG_TLS_OK ? "no ALPN h2" : "tls");
+        atomic_fetch_add_explicit(&c->hi->inst->connect_failures, 1, memory_order_relaxed);
         conn_close(c, NGHTTP2_CONNECT_ERROR);
         return;
     }

@@ -11,6 +11,7 @@ import time
 import tlslib
 from grpclib import GrpcServer, grpc_call, need_grpcio
 from h2lib import h2c_listener
+from test_admin import get_metrics, metric, parse_metrics
 from wglib import Harness, ThreadedServer, slack, wait_until
 
 
@@ -90,4 +91,7 @@ def test_alpn_mismatch_is_a_clear_unavailable_not_a_hang():
         assert up.handshakes >= 1
         wait_until(lambda: "no ALPN h2" in wg.stderr_text(), slack(5),
                    "the log line naming the ALPN mismatch")
+        fams = parse_metrics(get_metrics(wg))   # a failed connect of the instance
+        assert metric(fams, "waygate_upstream_connect_failures_total", service="users",
+                      upstream="h1only") == 1
         up.close()
