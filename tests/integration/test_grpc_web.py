@@ -62,6 +62,12 @@ def test_grpc_web_over_http1_and_h2_to_a_grpc_upstream():
         # grpcio answers application/grpc: application/grpc-web back
         assert r.status == 200 and r.header("Content-Type") == "application/grpc-web", r
         check_echo(r.body, msg, "web")
+        # server streaming: the messages as they come, the trailer frame last
+        r = http_request(port, "POST", "/wg.Echo/Slow", body=frame(b"tick"), timeout=slack(10),
+                         headers=web + [("x-count", "3"), ("x-interval-ms", "20")])
+        fs = frames(r.body)
+        assert fs[:3] == [(0, b"tick")] * 3 and len(fs) == 4 and fs[3][0] == 0x80, fs
+        assert trailer_fields(fs[3][1])["grpc-status"] == "0", fs
         # HTTP/2 client, plain application/grpc-web: no HTTP trailers, the frame instead
         c = Client(port)
         sid = c.request("/wg.Echo/One", method="POST", body=frame(msg * 3),
@@ -90,4 +96,4 @@ def test_grpc_web_over_http1_and_h2_to_a_grpc_upstream():
         # counted as gRPC calls
         wait_until(lambda: grpc_series(parse_metrics(get_metrics(wg)),
                                        "waygate_grpc_responses_total", service="users") ==
-                   {"OK": 2, "NOT_FOUND": 1}, slack(5), "grpc_code counters of gRPC-Web calls")
+                   {"OK": 3, "NOT_FOUND": 1}, slack(5), "grpc_code counters of gRPC-Web calls")
