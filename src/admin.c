@@ -646,7 +646,16 @@ static const struct {
     { WG_C_MIRROR_SENT, "waygate_mirror_sent_total",
       "Request copies sent by a mirror policy (fire-and-forget)." },
     { WG_C_MIRROR_SKIPPED, "waygate_mirror_skipped_total",
-      "Request copies a mirror policy skipped (in-flight bound, no routable instance, TLS, error)." },
+      "Request copies a mirror policy skipped (in-flight bound, no routable HTTP/1.1 instance, error)." },
+};
+
+static const struct {
+    enum wg_counter c;
+    const char *reason;
+} mirror_drops[] = {
+    { WG_C_MIRROR_DROP_MAX_BODY, "max_body" },
+    { WG_C_MIRROR_DROP_ABORTED, "aborted" },
+    { WG_C_MIRROR_DROP_FAILED, "failed" },
 };
 
 static const struct {
@@ -688,6 +697,12 @@ static void metrics_process(struct stream *st, struct out *o)
     for (size_t k = 0; k < sizeof response_classes / sizeof response_classes[0]; k++)
         out_printf(o, "waygate_http_responses_total{code=\"%s\"} %" PRIu64 "\n",
                    response_classes[k].code, wg_stats_sum(response_classes[k].c));
+    family_head(o, "waygate_mirror_dropped_total", "counter",
+                "Request copies a mirror policy began and dropped before their body was whole, "
+                "by reason.");
+    for (size_t k = 0; k < sizeof mirror_drops / sizeof mirror_drops[0]; k++)
+        out_printf(o, "waygate_mirror_dropped_total{reason=\"%s\"} %" PRIu64 "\n",
+                   mirror_drops[k].reason, wg_stats_sum(mirror_drops[k].c));
 }
 
 /* Expiry of every edge certificate of the snapshot's configuration. */

@@ -139,6 +139,7 @@ static void release_request(struct wg_downstream *d)
     hp_buf_free(d->loc, &r->uout);
     hp_buf_free(d->loc, &r->note);
     hp_buf_free(d->loc, &r->trailers);
+    wg_mirror_abandon(&r->mirror);      /* a copy whose body never became whole */
     if (r->pol) {
         wg_policy_req_release(r->pol);
         free(r->pol);
@@ -913,9 +914,12 @@ static void request_proceed(struct wg_downstream *d, const struct wg_http_parser
 
     if (status == 0 && !build_upstream_head(d, p, msg, head_len))
         status = 431;
-    if (status == 0 && d->r->pol && d->r->pol->mirror && !body && !m->upgrade &&
-        d->r->uout)                     /* a copy, never waited for (http_mirror.h) */
-        wg_mirror_send(d->w, d->r->pol->mirror, d->r->uout->data, d->r->uout->end);
+    if (status == 0 && d->r->pol && d->r->pol->mirror && !m->upgrade &&
+        d->r->uout)                     /* a copy, fed by request_body_decode (http_mirror.h) */
+        wg_mirror_start(d->w, d->r->pol->mirror, d->r->uout->data, d->r->uout->end,
+                        !body ? 0 : m->framing == WG_HTTP_BODY_CHUNKED ? WG_MIRROR_CHUNKED
+                                                                       : m->content_length,
+                        &d->r->mirror);
     if (d->r->pol)
         wg_policy_req_detach(d->r->pol);
     if (status) {
@@ -1252,6 +1256,19 @@ static void in_make_room(struct wg_downstream *d)
     hp_buf_compact(b);
 }
 
+/* Decode the request body in d->in, HTTP/1.1 and HTTP/2 upstreams alike:
+ * what it marks for forwarding ([fwd before, fwd after), de-chunked when
+ * `dechunk`) is teed into the mirror copy (http_mirror.h), never waited for. */
+static enum wg_http_result request_body_decode(struct wg_downstream *d, struct hp_buf *b,
+                                               bool dechunk)
+{
+    uint32_t from = b->fwd;
+    enum wg_http_result r = hp_body_decode(&d->r->rq_body, b, dechunk);
+    if (d->r->mirror && r != WG_HTTP_ERROR)
+        wg_mirror_tee(&d->r->mirror, b->data + from, b->fwd - from, !dechunk, r == WG_HTTP_DONE);
+    return r;
+}
+
 /* Request body (or tunnel bytes) client -> upstream, with backpressure:
  * the client is read only into the room the upstream has made. */
 /* ---- the upstream codec: HTTP/2 (DESIGN §15) ---------------------------
@@ -1554,7 +1571,7 @@ static void h2_request_body_step(struct wg_downstream *d, bool *progress)
     if (!r->h2)
         return;                         /* closed: the response side tells */
     if (b && b->scan < b->end && !r->req_body_done) {
-        enum wg_http_result res = hp_body_decode(&r->rq_body, b, true);
+        enum wg_http_result res = request_body_decode(d, b, true);
         if (b->scan > b->fwd) {         /* drop the framing the payload left behind */
             memmove(b->data + b->fwd, b->data + b->scan, b->end - b->scan);
             b->end -= b->scan - b->fwd;
@@ -1610,7 +1627,7 @@ static void request_body_step(struct wg_downstream *d, bool *progress)
     if (u->connecting || d->r->u_shut)
         return;
     if (b && b->scan < b->end && !d->r->req_body_done) {
-        enum wg_http_result r = hp_body_decode(&d->r->rq_body, b, false);
+        enum wg_http_result r = request_body_decode(d, b, false);
         if (r == WG_HTTP_ERROR) {
             request_body_error(d, (unsigned)d->r->rq_body.err_status);
             return;

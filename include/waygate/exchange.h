@@ -65,6 +65,7 @@ struct wg_route;
 struct wg_pool_service;
 struct wg_instance;
 struct wg_upconn;
+struct wg_mirror_copy;
 struct wg_h2_stream;
 struct wg_auth_call;
 
@@ -161,6 +162,7 @@ struct wg_exchange {
     struct wg_policy_req *pol;
     struct wg_policy_head resp_edits;
     struct wg_auth_call *auth;          /* a forward_auth subrequest (exchange.c) */
+    struct wg_mirror_copy *mirror;      /* a mirror copy fed its body (http_mirror.h) */
     struct wg_pick pick;                /* last: the tried list is long and mostly unused */
 };
 
