@@ -341,6 +341,26 @@ def test_mirror_aborts_free_the_copy():
         assert rec.one("/echo")["body"] == b"ok"
 
 
+def test_mirror_failing_mid_body_is_dropped_the_request_goes_on():
+    """The mirror closes once it has the head while the client still sends
+    the body: the copy is dropped as failed, the real request completes."""
+    with Harness() as h:
+        main, cut = h.backend("http", name="main"), Recorder(cut=True)
+        wg = h.waygate(listeners=[http_listener([mirror_route("cut")])], workers=1,
+                       instances={"users": [main.instance()], "cut": [cut.instance("c")]})
+        body = os.urandom(30000)
+        with connect(wg.port("web")) as s:
+            s.sendall(raw_request("POST", "/echo", [("Content-Length", len(body))], body[:10000]))
+            wait_until(lambda: cut.heads == 1, slack(5), "the copy's head at the mirror")
+            wait_until(lambda: metrics(wg).get("waygate_mirror_dropped_total.failed") == 1,
+                       slack(5), "the copy dropped when the mirror closed")
+            s.sendall(body[10000:])
+            r = read_http_response(s)
+        assert r.status == 200 and r.body == body
+        m = metrics(wg)
+        assert m["waygate_mirror_sent_total"] == 0 and m["waygate_mirror_dropped_total.aborted"] == 0
+
+
 def test_mirror_to_a_tls_service():
     """A mirror service with tls.enabled: the copy goes over TLS with the
     service's CA, SNI and verification; a copy to a service whose
