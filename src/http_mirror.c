@@ -41,7 +41,7 @@ struct wg_mirror_copy {
     struct event ev, timer;
     struct wg_instance *inst;           /* one reference */
     char *buf;                          /* [sent, len) still to send */
-    size_t len, sent, cap;
+    size_t len, sent, cap, limit;       /* limit: the head + max_body, cap never above */
     uint64_t body, max_body;            /* body bytes buffered so far (as sent), the bound */
 };
 
@@ -217,7 +217,9 @@ static bool mirror_room(struct wg_mirror_copy *m, size_t need)
         if (m->cap - m->len >= need)
             return true;
     }
-    size_t cap = m->cap * 2 > m->len + need ? m->cap * 2 : m->len + need;
+    size_t cap = m->cap * 2 < m->limit ? m->cap * 2 : m->limit;
+    if (cap < m->len + need)
+        cap = m->len + need;
     char *b = realloc(m->buf, cap);
     if (!b)
         return false;
@@ -354,6 +356,7 @@ bool wg_mirror_start(struct wg_worker *w, const struct wg_policy_mirror *pm, con
     m->stats = w->stats;
     m->chunked = body == WG_MIRROR_CHUNKED;
     m->max_body = pm->max_body;
+    m->limit = m->len + (size_t)pm->max_body;
     m->next = loc->first;
     if (loc->first)
         loc->first->prev = m;

@@ -28,8 +28,7 @@ def dechunk(data):
             return None
         size = int(data[i:j].split(b";")[0], 16)
         if size == 0:
-            return bytes(body) if data.endswith(b"\r\n\r\n", j) or data[j:] == b"\r\n\r\n" \
-                else None
+            return bytes(body) if data.endswith(b"\r\n\r\n", j) else None   # (trailers)
         if len(data) < j + 2 + size + 2:
             return None
         body += data[j + 2:j + 2 + size]
