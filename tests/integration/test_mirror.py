@@ -390,3 +390,18 @@ def test_mirror_to_a_tls_service():
         wait_until(lambda: "upstream tls handshake failed" in wg.stderr_text(), slack(5),
                    "the failed handshake with the bad mirror logged")
         assert rec.count() == 1
+
+
+def test_mirror_to_an_h2c_service_is_skipped():
+    """Copies speak HTTP/1.1: an instance of the mirror service that speaks
+    h2c gets none (skipped, counted); the real request never notices."""
+    with Harness() as h:
+        main, grpc = h.backend("http", name="main"), GrpcBackend(h, name="g")
+        wg = h.waygate(listeners=[http_listener([mirror_route("g")])], workers=1,
+                       instances={"users": [main.instance()], "g": [grpc.instance()]},
+                       services={"g": {"upstream": {"protocol": "h2c"}}})
+        for k in range(3):
+            assert http_request(wg.port("web"), "POST", "/echo", body=b"abc").body == b"abc"
+        m = metrics(wg)
+        assert m["waygate_mirror_skipped_total"] == 3 and m["waygate_mirror_sent_total"] == 0, m
+        assert grpc.accepted() == 0
