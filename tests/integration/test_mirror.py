@@ -405,3 +405,32 @@ def test_mirror_to_an_h2c_service_is_skipped():
         m = metrics(wg)
         assert m["waygate_mirror_skipped_total"] == 3 and m["waygate_mirror_sent_total"] == 0, m
         assert grpc.accepted() == 0
+
+
+def test_mirror_after_forward_auth_copies_what_the_auth_let_through():
+    """forward_auth then mirror on one route: the copy starts once the auth
+    service let the request through (its copied fields in the head), and
+    the body that waited meanwhile is teed whole; a refused request is not
+    copied at all."""
+    from test_forward_auth import AuthServer
+    with Harness() as h:
+        main, rec, auth = h.backend("http", name="main"), Recorder(), AuthServer(h, "a1")
+        route = {"path_prefix": "/", "service": "users", "policies": [
+            {"forward_auth": {"service": "auth", "copy_headers": ["X-User"]}},
+            {"mirror": {"service": "shadow"}}]}
+        wg = h.waygate(listeners=[http_listener([route])], workers=1,
+                       instances={"users": [main.instance()], "shadow": [rec.instance("s")],
+                                  "auth": [auth.instance()]},
+                       services={"auth": {"connect_timeout": "1s"}})
+        port = wg.port("web")
+        body = os.urandom(50000)
+        r = http_request(port, "POST", "/echo?ok", body=body,
+                         headers={"Authorization": "Bearer slow:200"})
+        assert r.status == 200 and r.body == body
+        got = rec.one("/echo?ok")
+        assert got["body"] == body and "X-User: slow" in got["lines"], got["lines"]
+        r = http_request(port, "POST", "/echo?no", body=body, headers={"Authorization": "Bearer deny"})
+        assert r.status == 403
+        m = metrics(wg)
+        assert m["waygate_mirror_sent_total"] == 1 and m["waygate_mirror_skipped_total"] == 0, m
+        assert not rec.find("/echo?no")
