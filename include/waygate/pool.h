@@ -178,6 +178,9 @@ struct wg_pool_service {
      * owned by the parent, and references to it go to the parent. */
     struct wg_locality *locality;
     const struct wg_pool_service *parent;
+    /* Control thread only: the chunk of the published snapshot holding this
+     * version's reference (pool.c), NULL once a staged change replaces it. */
+    struct wg_svc_chunk *chunk;
 };
 
 /* A refcounted, immutable configuration. */
@@ -195,6 +198,24 @@ void wg_config_ref_put(struct wg_config_ref *r);
 
 #define WG_SNAPSHOT_MAGIC 0x5a4b5407U
 
+/* What a snapshot changed against the one published just before it
+ * (generation - 1): `old` NULL for an added service, `new` NULL for a
+ * removed one. `old` is only valid while that predecessor is. */
+struct wg_snapshot_change {
+    const struct wg_pool_service *old, *new;
+};
+
+/* A chunk of up to WG_SVC_CHUNK service references (in no order), shared
+ * by consecutive snapshots (see `chunks` below); immutable once published
+ * but for its refcount. */
+#define WG_SVC_CHUNK 128
+struct wg_svc_chunk {
+    _Atomic unsigned refs;
+    uint32_t n;
+    bool touched;                       /* control thread, while publishing */
+    struct wg_pool_service *v[WG_SVC_CHUNK];
+};
+
 struct wg_snapshot {
     uint32_t magic;
     _Atomic unsigned refs;
@@ -203,6 +224,17 @@ struct wg_snapshot {
     struct wg_config_ref *config;
     struct wg_pool_service **services;  /* sorted by name */
     size_t n_services;
+    /* The services' references, in shared chunks of up to WG_SVC_CHUNK
+     * (pool.c): a snapshot that changes one service takes one reference per
+     * chunk and rebuilds the one or two chunks the change touched, instead
+     * of one reference per service (10,000 services: 10,000 atomic adds on
+     * as many cache lines at publish, and as many subtractions at reclaim). */
+    struct wg_svc_chunk **chunks;
+    size_t n_chunks;
+    /* The change from generation - 1 (a reader that saw that snapshot needs
+     * to look at these alone), in name order. */
+    const struct wg_snapshot_change *changes;
+    size_t n_changes;
 };
 
 struct wg_pool;
