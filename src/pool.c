@@ -569,13 +569,20 @@ struct wg_pool *wg_pool_new(struct wg_reclaim *rc, const struct wg_pool_policy *
 
 static void staged_clear(struct wg_pool *p)
 {
+    /* The slots the staged names took, not the whole index: after the
+     * initial list it has room for every service (10,000: 128 KiB), and a
+     * watch event stages one. Every occupied slot is a staged name's, so
+     * emptying the run from each name's home slot empties the index. */
+    size_t mask = p->index.cap - 1;
+    for (size_t k = 0; p->index.slot && k < p->n_staged; k++)
+        for (size_t h = wg_record_name_hash(p->staged[k].name) & mask; p->index.slot[h];
+             h = (h + 1) & mask)
+            p->index.slot[h] = 0;
     for (size_t k = 0; k < p->n_staged; k++) {
         free(p->staged[k].name);
         service_unref(p->staged[k].svc);
     }
     p->n_staged = 0;
-    if (p->index.slot)
-        memset(p->index.slot, 0, p->index.cap * sizeof *p->index.slot);
 }
 
 void wg_pool_free(struct wg_pool *p)

@@ -263,20 +263,15 @@ static void start_list(struct etcd_registry *r)
 /* The list is complete: it replaces the pools, watches start after it. */
 static void list_done(struct etcd_registry *r)
 {
-    struct wg_record_set all;
     bool resync = r->synced;
 
     r->listing = false;
     rmap_clear(&r->map);
     r->map = r->list.map;
     memset(&r->list.map, 0, sizeof r->list.map);
-    while (r->map.dirty) {
-        r->map.dirty->dirty = false;
-        r->map.dirty = r->map.dirty->dirty_next;
-    }
-    if (!rmap_records(&r->map, &all) || wg_pool_replace_all(r->base.pool, &all) < 0)
+    long instances = rmap_replace_all(r->base.pool, &r->map);
+    if (instances < 0)
         wg_error("msg=\"cannot publish the etcd list\"");
-    free(all.v);
     uint64_t now = wg_now_ns();
     for (size_t i = 0; i < r->n_prefixes; i++)
         r->watches[i].rev = r->list.rev;
@@ -291,7 +286,7 @@ static void list_done(struct etcd_registry *r)
             "invalid=%u resync=%d pages=%u list_ms=%.1f decode_ms=%.1f longest_step_ms=%.1f "
             "publish_ms=%.1f",
             wg_etcd_client_endpoint(r->client, r->ep), (long long)r->list.rev, r->map.keys.n,
-            all.n, r->list.invalid, resync, r->list.pages,
+            instances < 0 ? (size_t)0 : (size_t)instances, r->list.invalid, resync, r->list.pages,
             (double)(r->list.last_page_ns - r->list.started_ns) / 1e6,
             (double)r->list.decode_ns / 1e6, (double)r->list.longest_ns / 1e6,
             (double)(now - r->list.last_page_ns) / 1e6);
