@@ -11,8 +11,11 @@
  *  - Services are refcounted immutable objects shared by consecutive
  *    snapshots when unchanged: a change to one service builds that service
  *    alone (its instances, its policy data such as a Maglev table) and a
- *    snapshot that points at the same objects for every other service, in
- *    O(services) pointer copies with no string compare beyond a merge. A service owns one reference on each of its
+ *    snapshot that points at the same objects for every other service: its
+ *    name-sorted array is a copy of the last one (8 bytes a service, no
+ *    string compare beyond a merge), while the references on services live
+ *    in shared chunks (wg_svc_chunk), so a change touches O(change + services
+ *    / WG_SVC_CHUNK) reference counts. A service owns one reference on each of its
  *    instances; a connection takes its own (wg_instance_ref).
  *  - Instance identity is (service, id, address:port): the same identity in
  *    the next snapshot is the SAME object, so health, counters and ejection

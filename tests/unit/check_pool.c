@@ -4,6 +4,7 @@
 #include "waygate/balance.h"
 #include "waygate/pool.h"
 #include "waygate/reclaim.h"
+#include "../../src/registry_map.h"
 
 static const char *CFG = "services:\n  s: { health_check: { type: none } }\n"
                          "  p: { health_check: { type: http } }\n";
@@ -345,6 +346,49 @@ START_TEST(chunks_hold_each_service_once)
 }
 END_TEST
 
+/* A list's result replaces the pools service by service (registry_map's
+ * rmap_replace_all): the map's services published, an unchanged one kept
+ * as the same object, a published one the map lacks removed (its instance
+ * draining), an empty map service dropped. */
+START_TEST(map_replaces_all_services)
+{
+    struct fixture f;
+    setup(&f, CFG);
+    struct keymap m = { 0 };
+    struct wg_record_set set = { 0 };
+    unit_record(&set, "s", "a", "127.0.0.1", 9001, 100);
+    rmap_put(&m, "/k/s/a", &set);
+    unit_record(&set, "gone", "g", "127.0.0.1", 9002, 100);
+    rmap_put(&m, "/k/gone/g", &set);
+    ck_assert_int_eq(rmap_replace_all(f.pool, &m), 2);
+    struct wg_snapshot *s1 = wg_pool_current(f.pool);
+    ck_assert_uint_eq(s1->n_services, 2);
+    const struct wg_pool_service *kept = wg_snapshot_service(s1, "s");
+    struct wg_instance *g = wg_snapshot_service(s1, "gone")->members[0].inst;
+    wg_instance_ref(g);
+    rmap_clear(&m);
+    unit_record(&set, "s", "a", "127.0.0.1", 9001, 100);        /* the same */
+    rmap_put(&m, "/k/s/a", &set);
+    unit_record(&set, "new", "n", "127.0.0.1", 9003, 100);
+    rmap_put(&m, "/k/new/n", &set);
+    unit_record(&set, "empty", "e", "127.0.0.1", 9004, 100);
+    rmap_put(&m, "/k/empty/e", &set);
+    rmap_delete(&m, "/k/empty/e");                              /* a service with no key */
+    ck_assert_int_eq(rmap_replace_all(f.pool, &m), 2);
+    struct wg_snapshot *s2 = wg_pool_current(f.pool);
+    ck_assert_uint_eq(s2->n_services, 2);
+    ck_assert_ptr_eq(wg_snapshot_service(s2, "s"), kept);
+    ck_assert_ptr_nonnull(wg_snapshot_service(s2, "new"));
+    ck_assert_ptr_null(wg_snapshot_service(s2, "gone"));
+    ck_assert_ptr_null(wg_snapshot_service(s2, "empty"));
+    ck_assert_ptr_null(m.dirty);
+    ck_assert_int_eq(wg_instance_health(g), WG_HEALTH_DRAINING);
+    wg_instance_unref(g);
+    rmap_clear(&m);
+    teardown(&f);
+}
+END_TEST
+
 START_TEST(probed_service_starts_unknown)
 {
     struct fixture f;
@@ -522,6 +566,7 @@ int main(void)
     tcase_add_test(tc, removed_service_and_unchanged_service_shared);
     tcase_add_test(tc, one_change_shares_every_other_service);
     tcase_add_test(tc, chunks_hold_each_service_once);
+    tcase_add_test(tc, map_replaces_all_services);
     tcase_add_test(tc, probed_service_starts_unknown);
     tcase_add_test(tc, reclaim_waits_for_reader);
     tcase_add_test(tc, config_change_keeps_instances);
