@@ -72,6 +72,7 @@ struct listing {
     size_t after_len;
     unsigned invalid;
     unsigned pages;
+    unsigned early;                 /* pages requested before their predecessor's parse */
     uint64_t started_ns;            /* the first page requested */
     uint64_t last_page_ns;          /* the last page read off the socket */
     uint64_t decode_ns;             /* CPU time decoding pages (waygate's share) */
@@ -278,15 +279,19 @@ static void list_done(struct etcd_registry *r)
     r->base.status.revision = r->list.rev;
     if (resync)
         r->base.status.resyncs_total++;
-    /* list_ms: first request to last page read; publish_ms: last page read
+    /* early_requests: pages asked for before the page before them was parsed
+     * (all but the first two when etcd's pages have the usual compact shape:
+     * the first page pins the revision).
+     * list_ms: first request to last page read; publish_ms: last page read
      * to the snapshot published; decode_ms: pages decoded (within list_ms);
      * longest_step_ms: the longest the decoding kept the loop (a page's
      * parse or a chunk of its values). decode and steps in thread CPU time. */
     wg_info("msg=\"etcd list applied\" endpoint=%s revision=%lld keys=%zu instances=%zu "
-            "invalid=%u resync=%d pages=%u list_ms=%.1f decode_ms=%.1f longest_step_ms=%.1f "
-            "publish_ms=%.1f",
+            "invalid=%u resync=%d pages=%u early_requests=%u list_ms=%.1f decode_ms=%.1f "
+            "longest_step_ms=%.1f publish_ms=%.1f",
             wg_etcd_client_endpoint(r->client, r->ep), (long long)r->list.rev, r->map.keys.n,
             instances < 0 ? (size_t)0 : (size_t)instances, r->list.invalid, resync, r->list.pages,
+            r->list.early,
             (double)(r->list.last_page_ns - r->list.started_ns) / 1e6,
             (double)r->list.decode_ns / 1e6, (double)r->list.longest_ns / 1e6,
             (double)(now - r->list.last_page_ns) / 1e6);
@@ -409,6 +414,7 @@ static bool list_message(void *arg, struct wg_etcd_call *call, unsigned status, 
         if (!r->unary)
             return false;               /* the session failed */
         early = true;
+        l->early++;
     }
     if (l->page_held)                   /* the previous page first, whole */
         list_apply_some(r, SIZE_MAX);
