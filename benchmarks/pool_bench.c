@@ -29,7 +29,7 @@ static struct wg_pool *pool_for(const char *policy, struct wg_reclaim *rc, struc
     struct wg_errors errs = { 0 };
     struct wg_config *cfg = wg_config_load_buffer("bench.yaml", yaml, (size_t)n, false, &errs);
     wg_errors_free(&errs);
-    struct wg_pool *p = cfg ? wg_pool_new(rc, NULL, NULL) : NULL;
+    struct wg_pool *p = cfg ? wg_pool_new(rc, &wg_balance_policy, NULL, NULL) : NULL;
     if (!p || !(*ref = wg_config_ref_new(cfg)))
         return NULL;
     wg_pool_set_config(p, *ref);
@@ -73,8 +73,8 @@ static void change_one(struct wg_pool *p, struct wg_reclaim *rc)
         const struct wg_pool_service *svc = wg_snapshot_service(wg_pool_current(p), "svc42");
         for (uint32_t m = 0; m < svc->n_members; m++) {
             const struct wg_instance *i = svc->members[m].inst;
-            recs[m] = (struct wg_record){ .id = i->id, .addrlen = i->addrlen, .weight = 100 };
-            memcpy(&recs[m].addr, &i->addr, i->addrlen);
+            recs[m] = (struct wg_record){ .id = i->id, .weight = 100 };
+            recs[m].addrlen = wg_instance_sockaddr(i, &recs[m].addr);
         }
         recs[0].weight = 100 + (uint32_t)(c % 2);
         uint64_t t0 = wg_now_ns();

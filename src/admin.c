@@ -19,6 +19,7 @@
 
 #include "waygate/balance.h"
 #include "waygate/fleet.h"
+#include "waygate/grpc.h"
 #include "waygate/health.h"
 #include "waygate/listener.h"
 #include "waygate/log.h"
@@ -645,7 +646,16 @@ static const struct {
     { WG_C_MIRROR_SENT, "waygate_mirror_sent_total",
       "Request copies sent by a mirror policy (fire-and-forget)." },
     { WG_C_MIRROR_SKIPPED, "waygate_mirror_skipped_total",
-      "Request copies a mirror policy skipped (in-flight bound, no routable instance, TLS, error)." },
+      "Request copies a mirror policy skipped (in-flight bound, no routable HTTP/1.1 instance, error)." },
+};
+
+static const struct {
+    enum wg_counter c;
+    const char *reason;
+} mirror_drops[] = {
+    { WG_C_MIRROR_DROP_MAX_BODY, "max_body" },
+    { WG_C_MIRROR_DROP_ABORTED, "aborted" },
+    { WG_C_MIRROR_DROP_FAILED, "failed" },
 };
 
 static const struct {
@@ -687,6 +697,12 @@ static void metrics_process(struct stream *st, struct out *o)
     for (size_t k = 0; k < sizeof response_classes / sizeof response_classes[0]; k++)
         out_printf(o, "waygate_http_responses_total{code=\"%s\"} %" PRIu64 "\n",
                    response_classes[k].code, wg_stats_sum(response_classes[k].c));
+    family_head(o, "waygate_mirror_dropped_total", "counter",
+                "Request copies a mirror policy began and dropped before their body was whole, "
+                "by reason.");
+    for (size_t k = 0; k < sizeof mirror_drops / sizeof mirror_drops[0]; k++)
+        out_printf(o, "waygate_mirror_dropped_total{reason=\"%s\"} %" PRIu64 "\n",
+                   mirror_drops[k].reason, wg_stats_sum(mirror_drops[k].c));
 }
 
 /* Expiry of every edge certificate of the snapshot's configuration. */
@@ -743,6 +759,30 @@ static void metrics_listeners(struct stream *st, struct out *o)
             out_label_value(o, l->name);
             out_printf(o, "\"} %llu\n", (unsigned long long)atomic_load_explicit(
                 f == 0 ? &l->accepted : &l->rejected, memory_order_relaxed));
+        }
+    }
+}
+
+/* waygate_listener_grpc_responses_total{listener,grpc_code}: gRPC calls
+ * by the grpc-status their client got, routed or not (no route:
+ * UNIMPLEMENTED); only codes seen so far, at most WG_GRPC_CODES each. */
+static void metrics_listener_grpc(struct stream *st, struct out *o)
+{
+    const struct wg_admin *a = st->admin;
+    size_t n = a->n_listeners ? *a->n_listeners : 0;
+    family_head(o, "waygate_listener_grpc_responses_total", "counter",
+                "gRPC calls answered on the listener, by the grpc-status the client got "
+                "(from the upstream or waygate's own Trailers-Only errors).");
+    for (size_t k = 0; k < n; k++) {
+        const struct wg_listener *l = (*a->listeners)[k];
+        for (int c = 0; c < WG_GRPC_CODES; c++) {
+            uint64_t v = atomic_load_explicit(&l->grpc[c], memory_order_relaxed);
+            if (!v)
+                continue;
+            out_str(o, "waygate_listener_grpc_responses_total{listener=\"");
+            out_label_value(o, l->name);
+            out_printf(o, "\",grpc_code=\"%s\"} %llu\n", wg_grpc_status_name(c),
+                       (unsigned long long)v);
         }
     }
 }
@@ -836,6 +876,32 @@ static bool metrics_durations(struct stream *st, struct out *o)
         out_str(o, "waygate_request_duration_seconds_count{service=\"");
         out_label_value(o, ss->name);
         out_printf(o, "\"} %llu\n", (unsigned long long)atomic_load(&ss->duration_count));
+    }
+    return !s || st->svc >= st->svc_end;
+}
+
+/* waygate_grpc_responses_total{service,grpc_code}: one step (STREAM_BATCH
+ * services) like metrics_durations; only codes seen so far. */
+static bool metrics_grpc_codes(struct stream *st, struct out *o)
+{
+    const struct wg_snapshot *s = st->snap;
+    if (!st->opened) {
+        family_head(o, "waygate_grpc_responses_total", "counter",
+                    "gRPC calls routed to the service, by the grpc-status the client got "
+                    "(from the upstream or waygate's own Trailers-Only errors).");
+        st->opened = true;
+    }
+    for (unsigned n = 0; s && n < STREAM_BATCH && st->svc < st->svc_end; n++, st->svc++) {
+        const struct wg_service_state *ss = s->services[st->svc]->state;
+        for (int c = 0; c < WG_GRPC_CODES; c++) {
+            uint64_t v = atomic_load_explicit(&ss->grpc_codes[c], memory_order_relaxed);
+            if (!v)
+                continue;
+            out_str(o, "waygate_grpc_responses_total{service=\"");
+            out_label_value(o, ss->name);
+            out_printf(o, "\",grpc_code=\"%s\"} %llu\n", wg_grpc_status_name(c),
+                       (unsigned long long)v);
+        }
     }
     return !s || st->svc >= st->svc_end;
 }
@@ -1100,6 +1166,7 @@ static bool metrics_produce(struct stream *st, struct out *o)
         metrics_tls(st, o);
         metrics_listeners(st, o);
         metrics_http2(st, o);
+        metrics_listener_grpc(st, o);
         metrics_picks(st, o);
         metrics_fleet(st, o);
         metrics_registry(st, o);
@@ -1109,7 +1176,9 @@ static bool metrics_produce(struct stream *st, struct out *o)
     f--;
     if (f == 0)                         /* per service, resumable like the rest */
         family_done = metrics_durations(st, o);
-    else if (--f < N_SERVICE_FAMILIES)
+    else if (f == 1)
+        family_done = metrics_grpc_codes(st, o);
+    else if ((f -= 2) < N_SERVICE_FAMILIES)
         family_done = metrics_services(st, o, &service_families[f]);
     else if (f - N_SERVICE_FAMILIES < N_INSTANCE_FAMILIES)
         family_done = metrics_instances(st, o, &instance_families[f - N_SERVICE_FAMILIES]);

@@ -133,6 +133,8 @@ static const struct cfg_key upstream_keys[] = {
     { "max_idle", cfg_p_unsigned, SF(upstream.max_idle), 0, 65536, NULL },
     { "idle_timeout", cfg_p_duration, SF(upstream.idle_timeout_ms), 1, DMAX, NULL },
     { "protocol", cfg_p_enum, SF(upstream.protocol), 0, 0, protocol_names },
+    { "ping_interval", cfg_p_duration, SF(upstream.ping_interval_ms), 0, DMAX, NULL },
+    { "ping_timeout", cfg_p_duration, SF(upstream.ping_timeout_ms), 1, DMAX, NULL },
 };
 static const struct cfg_table upstream_table = CFG_TABLE("upstream", upstream_keys);
 
@@ -234,6 +236,8 @@ static bool service_defaults_init(struct cfg_ctx *c, struct wg_service_config *s
     s->retries = 2;
     s->upstream.max_idle = 64;
     s->upstream.idle_timeout_ms = 60000;
+    s->upstream.ping_interval_ms = 10000;
+    s->upstream.ping_timeout_ms = 5000;
     s->health_check.type = WG_HEALTH_HTTP;
     s->health_check.interval_ms = 1000;
     s->health_check.timeout_ms = 500;

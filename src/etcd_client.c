@@ -465,6 +465,22 @@ static bool parse_kvs(json_t *arr, struct wg_etcd_range_response *r)
     return true;
 }
 
+bool wg_etcd_range_peek_last_key(const char *msg, size_t len, char **key, size_t *key_len)
+{
+    static const char more[] = "\"more\":true", tag[] = "\"key\":\"";
+    const size_t tag_len = sizeof tag - 1;
+    size_t tail = len < 256 ? len : 256;      /* "more" follows the kvs, then "count" */
+    if (!memmem(msg + len - tail, tail, more, sizeof more - 1))
+        return false;
+    for (size_t at = len; at >= tag_len; at--) {
+        if (memcmp(msg + at - tag_len, tag, tag_len) != 0)
+            continue;
+        const char *start = msg + at, *end = memchr(start, '"', len - at);
+        return end && wg_base64_decode(start, (size_t)(end - start), key, key_len);
+    }
+    return false;
+}
+
 bool wg_etcd_parse_range(const char *msg, size_t len, struct wg_etcd_range_response *out,
                          const char **why)
 {

@@ -145,6 +145,7 @@ static void release_request(struct wg_downstream *d)
     hp_buf_free(d->loc, &r->uout);
     hp_buf_free(d->loc, &r->note);
     hp_buf_free(d->loc, &r->trailers);
+    wg_mirror_abandon(&r->mirror);      /* a copy whose body never became whole */
     if (r->pol) {
         wg_policy_req_release(r->pol);
         free(r->pol);
@@ -232,8 +233,8 @@ void wg_exchange_reply(struct wg_downstream *d, unsigned status, const char *bod
 static bool grpc_cut(struct wg_downstream *d, enum wg_grpc_status code, const char *why)
 {
     struct wg_exchange *r = d->r;
-    if (!r->grpc || !d->payload_only || !r->final_sent || d->rs != WG_RS_BODY)
-        return false;
+    if (!r->grpc || r->grpc_web || !d->payload_only || !r->final_sent || d->rs != WG_RS_BODY)
+        return false;                   /* (gRPC-Web trailers are a body frame) */
     struct hp_buf *t = r->trailers;
     if (!t && !(t = r->trailers = hp_buf_new(d->loc, HP_SMALL)))
         return false;
@@ -334,6 +335,14 @@ static void log_request(struct wg_downstream *d, const char *reason)
     wg_access_log(d->w->access_log, &e);
     if (d->r->svc)
         wg_service_observe_duration(d->r->svc->state, e.duration_us);
+    _Static_assert(sizeof d->r->svc->state->grpc_codes / sizeof(uint64_t) == WG_GRPC_CODES,
+                   "pool.h: grpc_codes has a slot per gRPC code");
+    if (e.grpc_code) {                  /* waygate_grpc_responses_total and the listener's */
+        unsigned k = wg_grpc_code_slot(e.grpc_code - 1);
+        atomic_fetch_add_explicit(&d->l->grpc[k], 1, memory_order_relaxed);
+        if (d->r->svc)
+            atomic_fetch_add_explicit(&d->r->svc->state->grpc_codes[k], 1, memory_order_relaxed);
+    }
 }
 
 /* ---- the request head ------------------------------------------------- */
@@ -941,9 +950,12 @@ static void request_proceed(struct wg_downstream *d, const struct wg_http_parser
 
     if (status == 0 && !build_upstream_head(d, p, msg, head_len))
         status = 431;
-    if (status == 0 && d->r->pol && d->r->pol->mirror && !body && !m->upgrade &&
-        d->r->uout)                     /* a copy, never waited for (http_mirror.h) */
-        wg_mirror_send(d->w, d->r->pol->mirror, d->r->uout->data, d->r->uout->end);
+    if (status == 0 && d->r->pol && d->r->pol->mirror && !m->upgrade &&
+        d->r->uout)                     /* a copy, fed by request_body_decode (http_mirror.h) */
+        wg_mirror_start(d->w, d->r->pol->mirror, d->r->uout->data, d->r->uout->end,
+                        !body ? 0 : m->framing == WG_HTTP_BODY_CHUNKED ? WG_MIRROR_CHUNKED
+                                                                       : m->content_length,
+                        &d->r->mirror);
     if (d->r->pol)
         wg_policy_req_detach(d->r->pol);
     if (status) {
@@ -977,6 +989,11 @@ void wg_exchange_head(struct wg_downstream *d, const struct wg_http_parser *p, s
     d->r->dechunk = d->payload_only;
     int ct = wg_http_find_header(p, msg, "content-type", 12, 0);
     d->r->grpc = ct >= 0 && wg_grpc_is_grpc(msg + p->headers[ct].value.off, p->headers[ct].value.len);
+    char web[64];
+    d->r->grpc_web = ct >= 0 && !d->r->grpc &&
+                     wg_grpc_web_to_grpc(msg + p->headers[ct].value.off, p->headers[ct].value.len,
+                                         web, sizeof web) > 0;
+    d->r->grpc |= d->r->grpc_web;
     if (!note_request(d, p, msg)) {
         d->dead = true;
         return;
@@ -1275,6 +1292,19 @@ static void in_make_room(struct wg_downstream *d)
     hp_buf_compact(b);
 }
 
+/* Decode the request body in d->in, HTTP/1.1 and HTTP/2 upstreams alike:
+ * what it marks for forwarding ([fwd before, fwd after), de-chunked when
+ * `dechunk`) is teed into the mirror copy (http_mirror.h), never waited for. */
+static enum wg_http_result request_body_decode(struct wg_downstream *d, struct hp_buf *b,
+                                               bool dechunk)
+{
+    uint32_t from = b->fwd;
+    enum wg_http_result r = hp_body_decode(&d->r->rq_body, b, dechunk);
+    if (d->r->mirror && r != WG_HTTP_ERROR)
+        wg_mirror_tee(&d->r->mirror, b->data + from, b->fwd - from, !dechunk, r == WG_HTTP_DONE);
+    return r;
+}
+
 /* Request body (or tunnel bytes) client -> upstream, with backpressure:
  * the client is read only into the room the upstream has made. */
 /* ---- the upstream codec: HTTP/2 (DESIGN §15) ---------------------------
@@ -1319,11 +1349,28 @@ static void h2_grpc_status(struct wg_downstream *d, const nghttp2_nv *nv, size_t
     }
 }
 
+static bool nv_is_content_type(const nghttp2_nv *f)
+{
+    return f->namelen == 12 && memcmp(f->name, "content-type", 12) == 0;
+}
+
 static void h2_on_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t n, bool end_stream)
 {
     struct wg_downstream *d = ctx;
     if (end_stream && d->r->grpc)
         h2_grpc_status(d, nv, n);
+    nghttp2_nv web[128];                /* gRPC-Web: the content type with -web again */
+    char ct[64];
+    for (size_t i = 0, k; d->r->grpc_web && n <= 128 && i < n; i++) {
+        if (nv_is_content_type(&nv[i]) &&
+            (k = wg_grpc_to_grpc_web((const char *)nv[i].value, nv[i].valuelen, ct, sizeof ct))) {
+            memcpy(web, nv, n * sizeof *nv);
+            web[i].value = (uint8_t *)ct;
+            web[i].valuelen = k;
+            nv = web;
+            break;
+        }
+    }
     struct hp_buf *b = h2_room(d, 256);
     size_t len = b ? wg_h2_response_h1(status, nv, n, end_stream, b->data + b->end, b->cap - b->end)
                    : 0;
@@ -1368,6 +1415,27 @@ static size_t h2_on_data(void *ctx, const uint8_t *p, size_t len)
     return n;
 }
 
+/* gRPC-Web: the trailers as the body's last frame (0x80), one chunk, then
+ * the plain last chunk. Returns the length written into t, 0 if too big. */
+static size_t h2_web_trailers(const nghttp2_nv *nv, size_t n, struct hp_buf *t)
+{
+    struct wg_grpc_field f[128];
+    if (n > 128 || t->cap < 64)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        f[i] = (struct wg_grpc_field){ nv[i].name, nv[i].value, nv[i].namelen, nv[i].valuelen };
+    char head[20];
+    size_t room = t->cap - 20 - 7;      /* chunk head, "\r\n0\r\n\r\n" */
+    size_t len = wg_grpc_web_trailers(f, n, (uint8_t *)t->data + 20, room);
+    if (!len)
+        return 0;
+    size_t h = wg_h2_chunk_head(len, head);
+    memmove(t->data + h, t->data + 20, len);
+    memcpy(t->data, head, h);
+    memcpy(t->data + h + len, "\r\n0\r\n\r\n", 7);
+    return h + len + 7;
+}
+
 static void h2_on_trailers(void *ctx, const nghttp2_nv *nv, size_t n)
 {
     struct wg_downstream *d = ctx;
@@ -1379,7 +1447,8 @@ static void h2_on_trailers(void *ctx, const nghttp2_nv *nv, size_t n)
     }
     if (!t && !(t = d->r->h2_tail = hp_buf_new(d->loc, HP_BLOCK)))
         return;                         /* closed() then finds no tail: truncated */
-    size_t len = wg_h2_trailers_h1(nv, n, t->data, t->cap);
+    size_t len = d->r->grpc_web ? h2_web_trailers(nv, n, t)
+                                : wg_h2_trailers_h1(nv, n, t->data, t->cap);
     if (!len)
         hp_buf_free(d->loc, &d->r->h2_tail);
     else
@@ -1492,6 +1561,14 @@ static void h2_attach(struct wg_downstream *d)
     }
     if (r->grpc)
         nv[n++] = (nghttp2_nv){ (uint8_t *)"te", (uint8_t *)"trailers", 2, 8, NGHTTP2_NV_FLAG_NONE };
+    char ct[64];                        /* gRPC-Web: application/grpc[+proto] upstream */
+    for (size_t i = 0, k; r->grpc_web && i < n; i++) {
+        if (nv_is_content_type(&nv[i]) &&
+            (k = wg_grpc_web_to_grpc((const char *)nv[i].value, nv[i].valuelen, ct, sizeof ct))) {
+            nv[i].value = (uint8_t *)ct;
+            nv[i].valuelen = k;
+        }
+    }
     SSL_CTX *ctx = NULL;
     const struct wg_service_config *sc = r->svc->cfg;
     if (r->inst->protocol == WG_UPSTREAM_H2)
@@ -1501,8 +1578,14 @@ static void h2_attach(struct wg_downstream *d)
     r->h2_on = true;
     r->h2_ended = !has_body;
     r->connect_start_ns = wg_now_ns();
-    r->h2 = wg_h2_submit(d->loc->h2, r->inst, ctx, sc->tls.sni, sc->tls.verify, nv, n, has_body,
-                         &h2_ops, d, &err);
+    const struct wg_h2_conn_limits lim = {
+        .max_idle = sc->upstream.max_idle, .idle_timeout_ms = sc->upstream.idle_timeout_ms,
+        .connect_timeout_ms = sc->connect_timeout_ms,
+        .ping_interval_ms = sc->upstream.ping_interval_ms,
+        .ping_timeout_ms = sc->upstream.ping_timeout_ms,
+    };
+    r->h2 = wg_h2_submit(d->loc->h2, r->inst, ctx, sc->tls.sni, sc->tls.verify, &lim, nv, n,
+                         has_body, &h2_ops, d, &err);
     if (!r->h2) {
         r->h2_on = false;
         if (err == EBUSY)
@@ -1526,7 +1609,7 @@ static void h2_request_body_step(struct wg_downstream *d, bool *progress)
     if (!r->h2)
         return;                         /* closed: the response side tells */
     if (b && b->scan < b->end && !r->req_body_done) {
-        enum wg_http_result res = hp_body_decode(&r->rq_body, b, true);
+        enum wg_http_result res = request_body_decode(d, b, true);
         hp_buf_drop_gap(b);
         if (res == WG_HTTP_ERROR) {
             request_body_error(d, (unsigned)r->rq_body.err_status);
@@ -1578,7 +1661,7 @@ static void request_body_step(struct wg_downstream *d, bool *progress)
     if (u->connecting || d->r->u_shut)
         return;
     if (b && b->scan < b->end && !d->r->req_body_done) {
-        enum wg_http_result r = hp_body_decode(&d->r->rq_body, b, false);
+        enum wg_http_result r = request_body_decode(d, b, false);
         if (r == WG_HTTP_ERROR) {
             request_body_error(d, (unsigned)d->r->rq_body.err_status);
             return;

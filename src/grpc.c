@@ -117,6 +117,58 @@ bool wg_grpc_is_grpc(const char *ct, size_t len)
     return len == n || ct[n] == '+' || ct[n] == ';';
 }
 
+size_t wg_grpc_web_to_grpc(const char *ct, size_t len, char *out, size_t cap)
+{
+    static const char want[] = "application/grpc-web";
+    size_t n = sizeof want - 1;
+    if (len < n || (len > n && ct[n] != '+' && ct[n] != ';'))
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (lower(ct[i]) != want[i])
+            return 0;
+    size_t out_len = len - 4;           /* without "-web" */
+    if (out_len > cap)
+        return 0;
+    memcpy(out, "application/grpc", 16);
+    memcpy(out + 16, ct + n, len - n);
+    return out_len;
+}
+
+size_t wg_grpc_to_grpc_web(const char *ct, size_t len, char *out, size_t cap)
+{
+    if (!wg_grpc_is_grpc(ct, len) || len + 4 > cap)
+        return 0;
+    memcpy(out, "application/grpc-web", 20);
+    memcpy(out + 20, ct + 16, len - 16);
+    return len + 4;
+}
+
+size_t wg_grpc_web_trailers(const struct wg_grpc_field *f, size_t n, uint8_t *out, size_t cap)
+{
+    size_t len = 5;
+    for (size_t i = 0; i < n; i++) {
+        size_t k = f[i].namelen + f[i].valuelen + 4;
+        if (k > cap || len > cap - k)
+            return 0;
+        memcpy(out + len, f[i].name, f[i].namelen);
+        len += f[i].namelen;
+        memcpy(out + len, ": ", 2);
+        memcpy(out + len + 2, f[i].value, f[i].valuelen);
+        len += 2 + f[i].valuelen;
+        memcpy(out + len, "\r\n", 2);
+        len += 2;
+    }
+    if (len > cap || len - 5 > 0xffffffffu)
+        return 0;
+    uint32_t body = (uint32_t)(len - 5);
+    out[0] = 0x80;
+    out[1] = (uint8_t)(body >> 24);
+    out[2] = (uint8_t)(body >> 16);
+    out[3] = (uint8_t)(body >> 8);
+    out[4] = (uint8_t)body;
+    return len;
+}
+
 bool wg_grpc_timeout_parse(const char *v, size_t len, uint64_t *ms)
 {
     if (len < 2 || len > 9)

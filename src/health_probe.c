@@ -1040,7 +1040,10 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
         const struct wg_pool_service *svc = pr->snap->services[k];
         if (probed(svc))
             continue;
-        for (uint32_t m = 0; m < svc->n_members; m++)
+        /* Only ejections end here (adopt made the rest healthy): a service
+         * with none costs no member look-up (was: every instance, every
+         * interval). */
+        for (uint32_t m = 0; atomic_load(&svc->state->ejected) > 0 && m < svc->n_members; m++)
             wg_health_without_probes(svc->members[m].inst, now);
         uint64_t iv = svc->cfg->health_check.interval_ms;
         if (!next || iv < next)
@@ -1126,9 +1129,17 @@ fail:
  * changed service among 10,000 costs its own members, not everyone's. */
 static void adopt(struct wg_prober *pr, struct wg_snapshot *s)
 {
-    size_t cap = (pr->snap ? pr->snap->n_services : 0) + s->n_services;
+    /* The snapshot right after the one held: its own list of changes
+     * (O(change)); else (snapshots skipped, the first one) the diff. */
+    bool next = pr->snap && pr->snap->generation + 1 == s->generation;
+    size_t cap = next ? s->n_changes : (pr->snap ? pr->snap->n_services : 0) + s->n_services;
     struct change *ch = malloc((cap ? cap : 1) * sizeof *ch);
-    size_t n_ch = ch ? diff_services(pr->snap, s, ch) : 0;
+    size_t n_ch = 0;
+    if (ch && next)
+        for (size_t k = 0; k < s->n_changes; k++)
+            ch[n_ch++] = (struct change){ s->changes[k].old, s->changes[k].new };
+    else if (ch)
+        n_ch = diff_services(pr->snap, s, ch);
     long fresh = ch ? create_new(pr, ch, n_ch) : -1;
     if (fresh < 0) {
         wg_error("msg=\"prober out of memory, snapshot skipped\" generation=%llu",

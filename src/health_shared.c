@@ -236,16 +236,17 @@ static void state_put(struct wg_health_shared *s, const char *key, const char *v
 }
 
 /* A new snapshot: instances that appeared (still unknown) get the states
- * published already: one index look-up each. */
+ * published already: one index look-up each, in the services the snapshot
+ * changed (a hook sees every publish, so the changes since the last one). */
 static void on_publish(void *arg, struct wg_snapshot *snap)
 {
     struct wg_health_shared *s = arg;
     char key[512];
     if (!s->n_states)
         return;
-    for (size_t k = 0; k < snap->n_services; k++) {
-        const struct wg_pool_service *ps = snap->services[k];
-        if (!ps->cfg->health_check.shared)
+    for (size_t k = 0; k < snap->n_changes; k++) {
+        const struct wg_pool_service *ps = snap->changes[k].new;
+        if (!ps || !ps->cfg->health_check.shared)
             continue;
         for (uint32_t m = 0; m < ps->n_members; m++) {
             struct wg_instance *i = ps->members[m].inst;

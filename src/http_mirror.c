@@ -1,4 +1,11 @@
-/* http_mirror — see include/waygate/http_mirror.h */
+/* http_mirror — see include/waygate/http_mirror.h
+ *
+ * A copy is one struct mirror: its socket (and SSL), one edge-triggered
+ * event for everything that socket does, a timer for its whole life, and a
+ * buffer holding what is still to be sent: the head, then body bytes as the
+ * exchange tees them. The pump (on_event) does the handshake, sends the
+ * buffer, and reads and discards the response; a tee only appends and makes
+ * the event active, so the exchange never waits on the copy's socket. */
 #include "waygate/http_mirror.h"
 
 #include <errno.h>
@@ -7,6 +14,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -16,20 +24,29 @@
 #include "waygate/log.h"
 #include "waygate/pool.h"
 #include "waygate/stats.h"
+#include "waygate/tls.h"
 #include "waygate/worker.h"
 
-struct mirror {
-    struct mirror *prev, *next;
+#define MIRROR_CHUNK_HEAD 20            /* "<hex>\r\n" of a chunk we frame, and its "\r\n" */
+#define MIRROR_FIRST_BODY 4096          /* buffer room for a chunked body at first */
+
+struct wg_mirror_copy {
+    struct wg_mirror_copy *prev, *next;
     struct mirror_local *loc;
+    struct wg_mirror_copy **owner;      /* the exchange's pointer while it feeds us */
+    struct wg_stats_block *stats;       /* the worker's */
     int fd;
+    SSL *ssl;
+    bool handshaken, chunked;
     struct event ev, timer;
     struct wg_instance *inst;           /* one reference */
-    size_t len, sent;
-    char buf[];                         /* the head */
+    char *buf;                          /* [sent, len) still to send */
+    size_t len, sent, cap, limit;       /* limit: the head + max_body, cap never above */
+    uint64_t body, max_body;            /* body bytes buffered so far (as sent), the bound */
 };
 
 struct mirror_local {
-    struct mirror *first;
+    struct wg_mirror_copy *first;
     unsigned in_flight;
 };
 
@@ -37,12 +54,16 @@ static pthread_key_t mirror_key;
 static pthread_once_t mirror_once = PTHREAD_ONCE_INIT;
 static _Thread_local struct mirror_local *mirror_tls;
 
-static void mirror_end(struct mirror *m)
+static void mirror_end(struct wg_mirror_copy *m)
 {
     struct mirror_local *loc = m->loc;
 
     event_del(&m->ev);
     event_del(&m->timer);
+    if (m->ssl) {
+        wg_tls_close(m->ssl);
+        SSL_free(m->ssl);
+    }
     close(m->fd);
     wg_instance_unref(m->inst);
     if (m->prev)
@@ -52,15 +73,30 @@ static void mirror_end(struct mirror *m)
     if (m->next)
         m->next->prev = m->prev;
     loc->in_flight--;
+    free(m->buf);
     free(m);
+}
+
+/* End a copy; one still fed by its exchange is counted as dropped `why`
+ * and the exchange's pointer cleared. */
+static void mirror_drop(struct wg_mirror_copy *m, enum wg_counter why)
+{
+    if (m->owner) {
+        *m->owner = NULL;
+        m->owner = NULL;
+        wg_stats_add(m->stats, why, 1);
+    }
+    mirror_end(m);
 }
 
 static void local_free(void *arg)
 {
     struct mirror_local *loc = arg;
 
-    while (loc->first)
+    while (loc->first) {
+        loc->first->owner = NULL;       /* the worker released its exchanges first */
         mirror_end(loc->first);
+    }
     free(loc);
 }
 
@@ -88,103 +124,259 @@ static struct mirror_local *local_get(void)
 
 unsigned wg_mirror_in_flight(void) { return mirror_tls ? mirror_tls->in_flight : 0; }
 
-static void on_timer(evutil_socket_t fd, short what, void *arg) { mirror_end(arg); }
-
-static void on_event(evutil_socket_t fd, short what, void *arg)
+static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
-    struct mirror *m = arg;
+    mirror_drop(arg, WG_C_MIRROR_DROP_FAILED);
+}
+
+/* Send what the buffer holds; false when the connection failed. The buffer
+ * goes once the whole request is out. */
+static bool mirror_flush(struct wg_mirror_copy *m)
+{
+    while (m->sent < m->len) {
+        size_t n = 0;
+        if (m->ssl) {
+            enum wg_tls_io r = wg_tls_write(m->ssl, m->buf + m->sent, m->len - m->sent, &n);
+            if (r == WG_TLS_WANT_READ || r == WG_TLS_WANT_WRITE)
+                return true;
+            if (r != WG_TLS_OK)
+                return false;
+        } else {
+            ssize_t k = send(m->fd, m->buf + m->sent, m->len - m->sent, MSG_NOSIGNAL);
+            if (k < 0 && (errno == EAGAIN || errno == EINTR))
+                return true;
+            if (k <= 0)
+                return false;
+            n = (size_t)k;
+        }
+        m->sent += n;
+    }
+    m->len = m->sent = 0;
+    if (!m->owner) {                    /* whole and sent */
+        free(m->buf);
+        m->buf = NULL;
+        m->cap = 0;
+    }
+    return true;
+}
+
+/* Read and discard the response; false at its EOF or an error. */
+static bool mirror_discard(struct wg_mirror_copy *m)
+{
     char sink[4096];
 
-    if (what & EV_WRITE) {
-        while (m->sent < m->len) {
-            ssize_t n = send(m->fd, m->buf + m->sent, m->len - m->sent, MSG_NOSIGNAL);
-            if (n < 0 && (errno == EAGAIN || errno == EINTR))
-                break;
-            if (n <= 0) {
-                mirror_end(m);
-                return;
-            }
-            m->sent += (size_t)n;
-        }
-    }
-    if (what & (EV_READ | EV_CLOSED)) {
-        for (;;) {                      /* the response is discarded */
+    for (;;) {
+        if (m->ssl) {
+            size_t n = 0;
+            enum wg_tls_io r = wg_tls_read(m->ssl, sink, sizeof sink, &n);
+            if (r == WG_TLS_WANT_READ || r == WG_TLS_WANT_WRITE)
+                return true;
+            if (r != WG_TLS_OK)
+                return false;
+        } else {
             ssize_t n = recv(m->fd, sink, sizeof sink, 0);
-            if (n > 0)
-                continue;
             if (n < 0 && (errno == EAGAIN || errno == EINTR))
-                break;
-            mirror_end(m);              /* EOF (Connection: close) or an error */
-            return;
+                return true;
+            if (n <= 0)
+                return false;           /* EOF (Connection: close) or an error */
         }
     }
 }
 
-/* The head with `Connection: close` before its final CRLF. */
-static struct mirror *mirror_new(const char *head, size_t len)
+/* Every edge of the socket, and the tee's wake-up: try everything that may
+ * have become possible (edge-triggered: each step runs until it would block). */
+static void on_event(evutil_socket_t fd, short what, void *arg)
 {
-    static const char close_field[] = "Connection: close\r\n";
-    struct mirror *m;
+    struct wg_mirror_copy *m = arg;
 
-    if (len < 4 || memcmp(head + len - 4, "\r\n\r\n", 4) != 0)
+    if (m->ssl && !m->handshaken) {
+        enum wg_tls_io r = wg_tls_handshake(m->ssl);
+        if (r == WG_TLS_WANT_READ || r == WG_TLS_WANT_WRITE)
+            return;
+        if (r != WG_TLS_OK) {
+            wg_tls_upstream_failed(m->stats, m->inst->service->name, m->inst->id);
+            mirror_drop(m, WG_C_MIRROR_DROP_FAILED);
+            return;
+        }
+        m->handshaken = true;
+    }
+    if (!mirror_flush(m) || !mirror_discard(m))
+        mirror_drop(m, WG_C_MIRROR_DROP_FAILED);
+}
+
+/* Room for `need` more bytes in the buffer, whose unsent part never holds
+ * more than the head and max_body. */
+static bool mirror_room(struct wg_mirror_copy *m, size_t need)
+{
+    if (m->cap - m->len >= need)
+        return true;
+    if (m->sent) {
+        memmove(m->buf, m->buf + m->sent, m->len - m->sent);
+        m->len -= m->sent;
+        m->sent = 0;
+        if (m->cap - m->len >= need)
+            return true;
+    }
+    size_t cap = m->cap * 2 < m->limit ? m->cap * 2 : m->limit;
+    if (cap < m->len + need)
+        cap = m->len + need;
+    char *b = realloc(m->buf, cap);
+    if (!b)
+        return false;
+    m->buf = b;
+    m->cap = cap;
+    return true;
+}
+
+static void mirror_append(struct wg_mirror_copy *m, const void *p, size_t n)
+{
+    memcpy(m->buf + m->len, p, n);
+    m->len += n;
+}
+
+void wg_mirror_tee(struct wg_mirror_copy **cp, const char *p, size_t n, bool framed, bool last)
+{
+    struct wg_mirror_copy *m = *cp;
+    bool frame = m->chunked && !framed;
+    char size[MIRROR_CHUNK_HEAD];
+    size_t head = frame && n ? (size_t)snprintf(size, sizeof size, "%zx\r\n", n) : 0;
+    size_t add = n + (head ? head + 2 : 0) + (frame && last ? 5 : 0);
+
+    if (m->body + add > m->max_body) {
+        mirror_drop(m, WG_C_MIRROR_DROP_MAX_BODY);
+        return;
+    }
+    if (!mirror_room(m, add)) {
+        mirror_drop(m, WG_C_MIRROR_DROP_FAILED);
+        return;
+    }
+    if (head)
+        mirror_append(m, size, head);
+    mirror_append(m, p, n);
+    if (head)
+        mirror_append(m, "\r\n", 2);
+    if (frame && last)
+        mirror_append(m, "0\r\n\r\n", 5);
+    m->body += add;
+    if (last) {                         /* whole: it goes on alone */
+        *cp = NULL;
+        m->owner = NULL;
+        wg_stats_add(m->stats, WG_C_MIRROR_SENT, 1);
+    }
+    if (add)
+        event_active(&m->ev, EV_WRITE, 0);
+}
+
+void wg_mirror_abandon(struct wg_mirror_copy **cp)
+{
+    if (*cp)
+        mirror_drop(*cp, WG_C_MIRROR_DROP_ABORTED);
+}
+
+/* The copy of the head, with `Connection: close` before its final CRLF, in
+ * a buffer with room for `room` body bytes. */
+static struct wg_mirror_copy *mirror_new(const char *head, size_t len, size_t room)
+{
+    static const char close_field[] = "Connection: close\r\n\r\n";
+    struct wg_mirror_copy *m;
+
+    if (len < 4 || memcmp(head + len - 4, "\r\n\r\n", 4) != 0 || !(m = calloc(1, sizeof *m)))
         return NULL;
-    if (!(m = calloc(1, sizeof *m + len + sizeof close_field)))
+    m->fd = -1;
+    m->cap = len - 2 + sizeof close_field - 1 + room;
+    if (!(m->buf = malloc(m->cap))) {
+        free(m);
         return NULL;
-    memcpy(m->buf, head, len - 2);
-    memcpy(m->buf + len - 2, close_field, sizeof close_field - 1);
-    memcpy(m->buf + len - 2 + sizeof close_field - 1, "\r\n", 2);
-    m->len = len + sizeof close_field - 1;
+    }
+    mirror_append(m, head, len - 2);
+    mirror_append(m, close_field, sizeof close_field - 1);
     return m;
 }
 
-bool wg_mirror_send(struct wg_worker *w, const struct wg_policy_mirror *pm, const char *head,
-                    size_t len)
+/* The copy's connection (and SSL) to `inst`; false when it cannot start. */
+static bool mirror_connect(struct wg_mirror_copy *m, const struct wg_pool_service *svc,
+                           struct wg_instance *inst)
+{
+    struct sockaddr_storage ss;
+    socklen_t sslen = wg_instance_sockaddr(inst, &ss);
+    SSL_CTX *ctx = wg_tls_set_service(svc->config->ext, svc->config->cfg, svc->cfg);
+    int one = 1;
+
+    m->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (m->fd < 0)
+        return false;
+    setsockopt(m->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(m->fd, (const struct sockaddr *)&ss, sslen) < 0 && errno != EINPROGRESS)
+        return false;
+    if (ctx && !(m->ssl = wg_tls_upstream_ssl(ctx, m->fd, svc->cfg->tls.sni, svc->cfg->tls.verify,
+                                              (const struct sockaddr *)&ss)))
+        return false;
+    return true;
+}
+
+bool wg_mirror_start(struct wg_worker *w, const struct wg_policy_mirror *pm, const char *head,
+                     size_t len, uint64_t body, struct wg_mirror_copy **owner)
 {
     struct mirror_local *loc = local_get();
     struct wg_snapshot *snap = wg_pool_current(w->pool);
     const struct wg_pool_service *svc = snap ? wg_snapshot_service(snap, pm->service) : NULL;
     const struct wg_member *mem = NULL;
     struct wg_pick pick;
-    struct mirror *m = NULL;
-    int one = 1;
+    struct wg_mirror_copy *m = NULL;
 
-    if (!loc || !svc || svc->cfg->tls.enabled || loc->in_flight >= pm->max_in_flight)
+    *owner = NULL;
+    if (body && body != WG_MIRROR_CHUNKED && body > pm->max_body) {
+        wg_stats_add(w->stats, WG_C_MIRROR_DROP_MAX_BODY, 1);
+        return false;
+    }
+    if (!loc || !svc || loc->in_flight >= pm->max_in_flight)
         goto skip;
     wg_pick_init(&pick, svc, &w->rng, NULL);
-    if (!(mem = wg_pick_next(&pick)) || !(m = mirror_new(head, len)))
+    if (!(mem = wg_pick_next(&pick)) || mem->inst->protocol != WG_UPSTREAM_HTTP1)
         goto skip;
-    struct sockaddr_storage ss;
-    socklen_t sslen = wg_instance_sockaddr(mem->inst, &ss);
-    m->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (m->fd < 0)
+    size_t room = body == WG_MIRROR_CHUNKED ? (pm->max_body < MIRROR_FIRST_BODY ? pm->max_body
+                                                                                : MIRROR_FIRST_BODY)
+                                            : (size_t)body;
+    if (!(m = mirror_new(head, len, room)))
         goto skip;
-    setsockopt(m->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(m->fd, (const struct sockaddr *)&ss, sslen) < 0 &&
-        errno != EINPROGRESS) {
-        close(m->fd);
-        goto skip;
-    }
+    if (!mirror_connect(m, svc, mem->inst))
+        goto fail;
     struct timeval tv = { (time_t)(pm->timeout_ms / 1000), (suseconds_t)(pm->timeout_ms % 1000) * 1000 };
     if (event_assign(&m->ev, w->base, m->fd, EV_READ | EV_WRITE | EV_CLOSED | EV_ET | EV_PERSIST,
                      on_event, m) < 0 ||
-        evtimer_assign(&m->timer, w->base, on_timer, m) < 0 || event_add(&m->ev, NULL) < 0 ||
-        evtimer_add(&m->timer, &tv) < 0) {
+        evtimer_assign(&m->timer, w->base, on_timer, m) < 0 || event_add(&m->ev, NULL) < 0)
+        goto fail;
+    if (evtimer_add(&m->timer, &tv) < 0) {
         event_del(&m->ev);
-        close(m->fd);
-        goto skip;
+        goto fail;
     }
     wg_instance_ref(mem->inst);
     m->inst = mem->inst;
     m->loc = loc;
+    m->stats = w->stats;
+    m->chunked = body == WG_MIRROR_CHUNKED;
+    m->max_body = pm->max_body;
+    m->limit = m->len + (size_t)pm->max_body;
     m->next = loc->first;
     if (loc->first)
         loc->first->prev = m;
     loc->first = m;
     loc->in_flight++;
-    wg_stats_add(w->stats, WG_C_MIRROR_SENT, 1);
+    if (body) {
+        m->owner = owner;
+        *owner = m;
+    } else {
+        wg_stats_add(w->stats, WG_C_MIRROR_SENT, 1);
+    }
     return true;
-skip:
+fail:
+    if (m->ssl)
+        SSL_free(m->ssl);
+    if (m->fd >= 0)
+        close(m->fd);
+    free(m->buf);
     free(m);
+skip:
     wg_stats_add(w->stats, WG_C_MIRROR_SKIPPED, 1);
     return false;
 }

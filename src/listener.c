@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "waygate/errors.h"
+#include "waygate/grpc.h"
 #include "waygate/stats.h"
 
 #define BACKLOG 4096
@@ -40,7 +41,8 @@ struct wg_listener *wg_listener_open(const struct wg_listener_config *cfg, uint6
 {
     struct wg_listener *l = calloc(1, sizeof *l);
     if (!l || !(l->fds = calloc(n_workers, sizeof *l->fds)) || !(l->name = strdup(cfg->name)) ||
-        !(l->h2 = calloc(WG_H2__COUNT, sizeof *l->h2))) {
+        !(l->h2 = calloc(WG_H2__COUNT, sizeof *l->h2)) ||
+        !(l->grpc = calloc(WG_GRPC_CODES, sizeof *l->grpc))) {
         wg_errors_add(errs, "listener %s: out of memory", cfg->name);
         goto fail;
     }
@@ -88,6 +90,7 @@ void wg_listener_close(struct wg_listener *l)
     wg_listener_close_sockets(l);
     free(l->fds);
     free(l->h2);
+    free(l->grpc);
     free(l->name);
     free(l);
 }

@@ -1,6 +1,7 @@
 /* policy_mirror — mark `percent` of the requests for a fire-and-forget copy
- * to another service. The policy does no I/O: the exchange sends the copy
- * (http_mirror.h) once the upstream head is built, never waiting for it.
+ * to another service. The policy does no I/O: the exchange starts the copy
+ * (http_mirror.h) once the upstream head is built and tees the request body
+ * into it as it forwards it, never waiting for it.
  * The share is drawn from a keyed hash of the request id, so it is even
  * whatever the clients send. */
 #include "policy_parse.h"
@@ -15,6 +16,7 @@ static const struct cfg_key mirror_keys[] = {
     { "percent", cfg_p_unsigned, MF(percent), 0, 100, NULL },
     { "max_in_flight", cfg_p_unsigned, MF(max_in_flight), 1, 100000, NULL },
     { "timeout", cfg_p_duration, MF(timeout_ms), 1, 3600 * 1000ULL, NULL },
+    { "max_body", cfg_p_size, MF(max_body), 0, 64ULL << 20, NULL },
 };
 static const struct cfg_table mirror_table = CFG_TABLE("mirror policy", mirror_keys);
 
@@ -38,6 +40,7 @@ static void *mirror_parse(struct cfg_ctx *c, yaml_node_t *block)
     m->percent = 100;
     m->max_in_flight = 64;
     m->timeout_ms = 2000;
+    m->max_body = 64 * 1024;
     if (!pp_block(c, block, &mirror_table, m, NULL, "mirror"))
         goto fail;
     if (!m->service || !wg_service_name_ok(m->service)) {

@@ -487,11 +487,31 @@ static void drain_removed(const struct wg_pool_service *old, const struct wg_poo
 
 /* ---- snapshots ---- */
 
+/* A snapshot's references on its services are held by chunks of up to
+ * WG_SVC_CHUNK services (in no order), shared by consecutive snapshots: a
+ * snapshot references each of its chunks. Publishing a change rebuilds the
+ * chunks that held a replaced or removed version, and the last chunk, which
+ * takes the new versions: every chunk but the last one is full, so one
+ * changed service among 10,000 costs ~80 chunk references and up to two
+ * chunks of 128 service references, where a reference per service cost
+ * 10,000 atomic adds (and as many subtractions at reclaim) on as many
+ * scattered cache lines. */
+static void chunk_unref(struct wg_svc_chunk *c)
+{
+    if (!c || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    for (uint32_t k = 0; k < c->n; k++)
+        service_unref(c->v[k]);
+    free(c);
+}
+
 static void snapshot_free(struct wg_snapshot *s)
 {
-    for (size_t k = 0; k < s->n_services; k++)
-        service_unref(s->services[k]);
+    for (size_t k = 0; k < s->n_chunks; k++)
+        chunk_unref(s->chunks[k]);
+    free(s->chunks);
     free(s->services);
+    free((void *)s->changes);
     wg_config_ref_put(s->config);
     s->magic = 0;
     free(s);
@@ -549,13 +569,20 @@ struct wg_pool *wg_pool_new(struct wg_reclaim *rc, const struct wg_pool_policy *
 
 static void staged_clear(struct wg_pool *p)
 {
+    /* The slots the staged names took, not the whole index: after the
+     * initial list it has room for every service (10,000: 128 KiB), and a
+     * watch event stages one. Every occupied slot is a staged name's, so
+     * emptying the run from each name's home slot empties the index. */
+    size_t mask = p->index.cap - 1;
+    for (size_t k = 0; p->index.slot && k < p->n_staged; k++)
+        for (size_t h = wg_record_name_hash(p->staged[k].name) & mask; p->index.slot[h];
+             h = (h + 1) & mask)
+            p->index.slot[h] = 0;
     for (size_t k = 0; k < p->n_staged; k++) {
         free(p->staged[k].name);
         service_unref(p->staged[k].svc);
     }
     p->n_staged = 0;
-    if (p->index.slot)
-        memset(p->index.slot, 0, p->index.cap * sizeof *p->index.slot);
 }
 
 void wg_pool_free(struct wg_pool *p)
@@ -708,22 +735,105 @@ static int cmp_staged(const void *a, const void *b)
     return strcmp(((const struct staged *)a)->name, ((const struct staged *)b)->name);
 }
 
+/* The chunks of `s` (whose services and changes are set; `cur` is the
+ * published snapshot or NULL): cur's chunks that hold no replaced version,
+ * one more reference each, then the services of the others that stay and
+ * the new versions packed into new chunks. -1 when out of memory (nothing
+ * changed). */
+static int snapshot_chunks(struct wg_snapshot *s, const struct wg_snapshot *cur)
+{
+    size_t n_cur = cur ? cur->n_chunks : 0, loose = 0, kept = n_cur;
+    for (size_t k = 0; k < s->n_changes; k++) {
+        const struct wg_pool_service *old = s->changes[k].old;
+        if (old && !old->chunk->touched) {
+            old->chunk->touched = true;
+            kept--;
+        }
+        loose += s->changes[k].new != NULL;
+    }
+    struct wg_svc_chunk *last = n_cur ? cur->chunks[n_cur - 1] : NULL;
+    if (last && !last->touched && last->n < WG_SVC_CHUNK && s->n_changes) {
+        last->touched = true;           /* repacked with what changed: only the */
+        kept--;                         /* last chunk is ever partial */
+    }
+    for (size_t k = 0; k < n_cur; k++)
+        if (cur->chunks[k]->touched)
+            loose += cur->chunks[k]->n;     /* less the leaving ones, below */
+    for (size_t k = 0; k < s->n_changes; k++)
+        loose -= s->changes[k].old != NULL;
+    size_t fresh = (loose + WG_SVC_CHUNK - 1) / WG_SVC_CHUNK;
+    s->chunks = malloc((kept + fresh ? kept + fresh : 1) * sizeof *s->chunks);
+    for (size_t k = 0; s->chunks && k < fresh; k++)
+        if (!(s->chunks[kept + k] = malloc(sizeof **s->chunks))) {
+            while (k--)
+                free(s->chunks[kept + k]);
+            free(s->chunks);
+            s->chunks = NULL;
+        }
+    if (!s->chunks) {
+        for (size_t k = 0; k < n_cur; k++)
+            cur->chunks[k]->touched = false;
+        return -1;
+    }
+    for (size_t k = 0; k < fresh; k++) {
+        atomic_init(&s->chunks[kept + k]->refs, 1);
+        s->chunks[kept + k]->n = 0;
+        s->chunks[kept + k]->touched = false;
+    }
+    /* The leaving versions: out of their chunk (one that stays in cur). */
+    for (size_t k = 0; k < s->n_changes; k++)
+        if (s->changes[k].old)
+            ((struct wg_pool_service *)s->changes[k].old)->chunk = NULL;
+    size_t at = kept;
+#define PACK(svc)                                                                           \
+    do {                                                                                    \
+        struct wg_svc_chunk *c_ = s->chunks[at];                                            \
+        wg_pool_service_ref(svc);                                                           \
+        (svc)->chunk = c_;                                                                  \
+        c_->v[c_->n++] = (svc);                                                             \
+        if (c_->n == WG_SVC_CHUNK)                                                          \
+            at++;                                                                           \
+    } while (0)
+    s->n_chunks = 0;
+    for (size_t k = 0; k < n_cur; k++) {
+        struct wg_svc_chunk *c = cur->chunks[k];
+        if (!c->touched) {
+            atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+            s->chunks[s->n_chunks++] = c;
+            continue;
+        }
+        c->touched = false;
+        for (uint32_t m = 0; m < c->n; m++)
+            if (c->v[m]->chunk == c)        /* not leaving */
+                PACK(c->v[m]);
+    }
+    for (size_t k = 0; k < s->n_changes; k++)
+        if (s->changes[k].new)
+            PACK((struct wg_pool_service *)s->changes[k].new);
+#undef PACK
+    s->n_chunks = kept + fresh;
+    return 0;
+}
+
 /* The next list of services: the published ones merged with the staged
- * ones (both in name order), O(services + staged x log staged). Unchanged
- * services are the same objects, shared with `cur`. Sorts p->staged (the
- * index is stale afterwards: only commit calls this, and clears both). */
+ * ones (both in name order), O(services + staged x log staged) pointer
+ * copies, no reference per service (snapshot_chunks). Unchanged services
+ * are the same objects, shared with `cur`. Sorts p->staged (the index is
+ * stale afterwards: only commit calls this, and clears both). */
 static struct wg_snapshot *snapshot_next(struct wg_pool *p, struct wg_snapshot *cur)
 {
     struct wg_snapshot *s = calloc(1, sizeof *s);
     size_t n_cur = cur ? cur->n_services : 0, cap = n_cur + p->n_staged;
-    if (!s || !(s->services = malloc((cap ? cap : 1) * sizeof *s->services))) {
+    struct wg_snapshot_change *ch = NULL;
+    if (!s || !(s->services = malloc((cap ? cap : 1) * sizeof *s->services)) ||
+        !(ch = malloc((p->n_staged ? p->n_staged : 1) * sizeof *ch))) {
+        if (s)
+            free(s->services);
         free(s);
         return NULL;
     }
     s->magic = WG_SNAPSHOT_MAGIC;
     atomic_init(&s->refs, 1);
-    wg_config_ref_get(p->config);
-    s->config = p->config;
     if (p->n_staged > 1)
         qsort(p->staged, p->n_staged, sizeof *p->staged, cmp_staged);
     size_t i = 0;
@@ -743,20 +853,30 @@ static struct wg_snapshot *snapshot_next(struct wg_pool *p, struct wg_snapshot *
             }
             end = lo;
         }
-        for (; i < end; i++) {
-            atomic_fetch_add(&cur->services[i]->refs, 1);
-            s->services[s->n_services++] = cur->services[i];
-        }
+        if (end > i)
+            memcpy(s->services + s->n_services, cur->services + i, (end - i) * sizeof *s->services);
+        s->n_services += end - i;
+        i = end;
         if (j == p->n_staged)
             break;
+        const struct wg_pool_service *old = NULL;
         if (i < n_cur && strcmp(cur->services[i]->name, p->staged[j].name) == 0)
-            i++;                            /* replaced (or removed) */
+            old = cur->services[i++];       /* replaced (or removed) */
         struct wg_pool_service *svc = p->staged[j].svc;
-        if (svc) {
-            atomic_fetch_add(&svc->refs, 1);
+        if (svc)
             s->services[s->n_services++] = svc;
-        }
+        if (old || svc)
+            ch[s->n_changes++] = (struct wg_snapshot_change){ old, svc };
     }
+    s->changes = ch;
+    if (snapshot_chunks(s, cur) < 0) {
+        free(s->services);
+        free(ch);
+        free(s);
+        return NULL;
+    }
+    wg_config_ref_get(p->config);
+    s->config = p->config;
     return s;
 }
 

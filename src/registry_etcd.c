@@ -72,6 +72,7 @@ struct listing {
     size_t after_len;
     unsigned invalid;
     unsigned pages;
+    unsigned early;                 /* pages requested before their predecessor's parse */
     uint64_t started_ns;            /* the first page requested */
     uint64_t last_page_ns;          /* the last page read off the socket */
     uint64_t decode_ns;             /* CPU time decoding pages (waygate's share) */
@@ -263,35 +264,34 @@ static void start_list(struct etcd_registry *r)
 /* The list is complete: it replaces the pools, watches start after it. */
 static void list_done(struct etcd_registry *r)
 {
-    struct wg_record_set all;
     bool resync = r->synced;
 
     r->listing = false;
     rmap_clear(&r->map);
     r->map = r->list.map;
     memset(&r->list.map, 0, sizeof r->list.map);
-    while (r->map.dirty) {
-        r->map.dirty->dirty = false;
-        r->map.dirty = r->map.dirty->dirty_next;
-    }
-    if (!rmap_records(&r->map, &all) || wg_pool_replace_all(r->base.pool, &all) < 0)
+    long instances = rmap_replace_all(r->base.pool, &r->map);
+    if (instances < 0)
         wg_error("msg=\"cannot publish the etcd list\"");
-    free(all.v);
     uint64_t now = wg_now_ns();
     for (size_t i = 0; i < r->n_prefixes; i++)
         r->watches[i].rev = r->list.rev;
     r->base.status.revision = r->list.rev;
     if (resync)
         r->base.status.resyncs_total++;
-    /* list_ms: first request to last page read; publish_ms: last page read
+    /* early_requests: pages asked for before the page before them was parsed
+     * (all but the first two when etcd's pages have the usual compact shape:
+     * the first page pins the revision).
+     * list_ms: first request to last page read; publish_ms: last page read
      * to the snapshot published; decode_ms: pages decoded (within list_ms);
      * longest_step_ms: the longest the decoding kept the loop (a page's
      * parse or a chunk of its values). decode and steps in thread CPU time. */
     wg_info("msg=\"etcd list applied\" endpoint=%s revision=%lld keys=%zu instances=%zu "
-            "invalid=%u resync=%d pages=%u list_ms=%.1f decode_ms=%.1f longest_step_ms=%.1f "
-            "publish_ms=%.1f",
+            "invalid=%u resync=%d pages=%u early_requests=%u list_ms=%.1f decode_ms=%.1f "
+            "longest_step_ms=%.1f publish_ms=%.1f",
             wg_etcd_client_endpoint(r->client, r->ep), (long long)r->list.rev, r->map.keys.n,
-            all.n, r->list.invalid, resync, r->list.pages,
+            instances < 0 ? (size_t)0 : (size_t)instances, r->list.invalid, resync, r->list.pages,
+            r->list.early,
             (double)(r->list.last_page_ns - r->list.started_ns) / 1e6,
             (double)r->list.decode_ns / 1e6, (double)r->list.longest_ns / 1e6,
             (double)(now - r->list.last_page_ns) / 1e6);
@@ -398,6 +398,24 @@ static bool list_message(void *arg, struct wg_etcd_call *call, unsigned status, 
     struct timeval now = { 0, 0 };
     l->last_page_ns = recv_ns;
     l->pages++;
+    /* The next page's request first, from the key this one ends with,
+     * before this page is parsed (tens of ms for 10,000 keys) and the rest
+     * of the previous one applied: etcd serves it meanwhile. The parse
+     * below confirms the key (else the request is cancelled and sent again
+     * from the parsed page). The first page also pins the revision. */
+    bool early = false;
+    char *next;
+    size_t next_len;
+    if (l->rev && wg_etcd_range_peek_last_key(msg, len, &next, &next_len)) {
+        free(l->after);
+        l->after = next;
+        l->after_len = next_len;
+        list_page(r);
+        if (!r->unary)
+            return false;               /* the session failed */
+        early = true;
+        l->early++;
+    }
     if (l->page_held)                   /* the previous page first, whole */
         list_apply_some(r, SIZE_MAX);
     uint64_t t0 = wg_thread_cpu_ns();
@@ -409,7 +427,15 @@ static bool list_message(void *arg, struct wg_etcd_call *call, unsigned status, 
     l->decode_ns += step;
     l->longest_ns = step > l->longest_ns ? step : l->longest_ns;
     l->page_prefix = l->prefix;
-    if (!list_advance(r, &rr)) {
+    const struct wg_etcd_kv *last = rr.n_kvs ? &rr.kvs[rr.n_kvs - 1] : NULL;
+    if (early && (!rr.more || !last || last->key_len != l->after_len ||
+                  memcmp(last->key, l->after, l->after_len) != 0)) {
+        wg_warn("msg=\"etcd range page did not end as its text said, asking again\"");
+        wg_etcd_call_cancel(r->unary);
+        r->unary = NULL;
+        early = false;
+    }
+    if (!early && !list_advance(r, &rr)) {
         wg_etcd_range_response_free(&rr);
         session_fail(r, FAIL_ERROR, "out of memory");
         return false;
@@ -417,7 +443,7 @@ static bool list_message(void *arg, struct wg_etcd_call *call, unsigned status, 
     l->page = rr;
     l->page_held = true;
     l->page_pos = 0;
-    if (l->prefix < r->n_prefixes)
+    if (!early && l->prefix < r->n_prefixes)
         list_page(r);                   /* etcd serves it while this one is applied */
     if (r->unary || l->prefix >= r->n_prefixes)
         evtimer_add(r->list_apply, &now);

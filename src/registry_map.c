@@ -260,45 +260,64 @@ static size_t svc_collect(const struct svc *s, struct wg_record *out)
     return k;
 }
 
+/* Stage one service's usable records; the count, -1 when it failed. */
+static long svc_stage(struct wg_pool *pool, struct svc *s)
+{
+    struct wg_record *recs = malloc((s->n_records ? s->n_records : 1) * sizeof *recs);
+    size_t n = recs ? svc_collect(s, recs) : 0;
+    long rc = (long)n;
+    if (!recs || wg_pool_stage_service(pool, s->h.name, recs, n) < 0) {
+        wg_error("msg=\"cannot stage service, keeping its last pool\" service=%s", s->h.name);
+        rc = -1;
+    }
+    free(recs);
+    return rc;
+}
+
+static void svc_free(struct keymap *m, struct svc *s)
+{
+    rmap_remove(&m->svcs, &s->h);
+    free(s->h.name);
+    free(s);
+}
+
 /* Stage every service the map marked dirty. */
 void rmap_stage(struct wg_pool *pool, struct keymap *m)
 {
     while (m->dirty) {
         struct svc *s = m->dirty;
-        struct wg_record *recs = malloc((s->n_records ? s->n_records : 1) * sizeof *recs);
         m->dirty = s->dirty_next;
         s->dirty = false;
-        size_t n = recs ? svc_collect(s, recs) : 0;
-        if (!recs || wg_pool_stage_service(pool, s->h.name, recs, n) < 0)
-            wg_error("msg=\"cannot stage service, keeping its last pool\" service=%s", s->h.name);
-        free(recs);
-        if (!s->keys) {
-            rmap_remove(&m->svcs, &s->h);
-            free(s->h.name);
-            free(s);
-        }
+        svc_stage(pool, s);
+        if (!s->keys)
+            svc_free(m, s);
     }
 }
 
-/* Every usable record of the map (shallow), sorted by service and id. */
-bool rmap_records(const struct keymap *m, struct wg_record_set *all)
+long rmap_replace_all(struct wg_pool *pool, struct keymap *m)
 {
-    size_t total = 0, n = 0;
-
+    long total = 0;
+    bool failed = false;
+    for (; m->dirty; m->dirty = m->dirty->dirty_next)
+        m->dirty->dirty = false;
     for (size_t i = 0; i < m->svcs.cap; i++)
-        for (struct hnode *h = m->svcs.b[i]; h; h = h->next)
-            total += ((struct svc *)h)->n_records;
-    memset(all, 0, sizeof *all);
-    if (!(all->v = malloc((total ? total : 1) * sizeof *all->v)))
-        return false;
-    for (size_t i = 0; i < m->svcs.cap; i++)
-        for (struct hnode *h = m->svcs.b[i]; h; h = h->next)
-            n += svc_collect((struct svc *)h, all->v + n);
-    all->n = all->cap = n;
-    wg_record_set_sort(all);
-    return true;
+        for (struct hnode *h = m->svcs.b[i], *next; h; h = next) {
+            struct svc *s = (struct svc *)h;
+            next = h->next;
+            long n = s->keys ? svc_stage(pool, s) : 0;
+            failed |= n < 0;
+            total += n > 0 ? n : 0;
+            if (!s->keys)
+                svc_free(m, s);
+        }
+    const struct wg_snapshot *cur = wg_pool_published(pool);
+    for (size_t k = 0; cur && k < cur->n_services; k++)
+        if (!rmap_find(&m->svcs, cur->services[k]->name) &&
+            wg_pool_stage_service(pool, cur->services[k]->name, NULL, 0) < 0)
+            failed = true;
+    wg_pool_commit(pool);
+    return failed ? -1 : total;
 }
-
 
 size_t rmap_sweep(struct keymap *m, uint64_t mark)
 {

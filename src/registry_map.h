@@ -90,9 +90,13 @@ bool rmap_insert(struct htable *t, struct hnode *n);
 void rmap_clear(struct keymap *m);
 /* Stage every dirty service (rmap_put/rmap_delete/rmap_mark). */
 void rmap_stage(struct wg_pool *pool, struct keymap *m);
-/* Every usable record of the map (shallow copies), sorted by service and
- * id; free only all->v. */
-bool rmap_records(const struct keymap *m, struct wg_record_set *all);
+/* The map replaces the pools (a list's result): every service of the map
+ * staged (unchanged ones stay as they are), every published service it
+ * lacks removed, one commit. One service's records at a time: no copy of
+ * every record (1,000,000 instances: ~300 MB) and no sort of them. Returns
+ * the usable records published, or -1 when a service could not be staged
+ * (it keeps its last pool). */
+long rmap_replace_all(struct wg_pool *pool, struct keymap *m);
 
 /* ---- host names (DESIGN §7: resolved asynchronously on the control thread) ----
  *

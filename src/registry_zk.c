@@ -508,7 +508,6 @@ static void start_listing(struct zk_registry *r);
 
 static void listing_done(struct zk_registry *r)
 {
-    struct wg_record_set all;
     bool resync = r->synced;
     size_t gone;
 
@@ -520,19 +519,16 @@ static void listing_done(struct zk_registry *r)
         return;                             /* else the next connect lists again */
     }
     gone = rmap_sweep(&r->map, r->epoch);
-    while (r->map.dirty) {
-        r->map.dirty->dirty = false;
-        r->map.dirty = r->map.dirty->dirty_next;
-    }
-    if (!rmap_records(&r->map, &all) || wg_pool_replace_all(r->base.pool, &all) < 0)
+    long instances = rmap_replace_all(r->base.pool, &r->map);
+    if (instances < 0)
         wg_error("msg=\"cannot publish the zookeeper list\"");
     if (resync)
         r->base.status.resyncs_total++;
     wg_info("msg=\"zookeeper list applied\" server=%s zxid=%lld nodes=%zu instances=%zu "
             "invalid=%llu gone=%zu resync=%d", r->base.status.server,
-            (long long)r->base.status.revision, r->map.keys.n, all.n,
+            (long long)r->base.status.revision, r->map.keys.n,
+            instances < 0 ? (size_t)0 : (size_t)instances,
             (unsigned long long)r->listing_invalid, gone, resync);
-    free(all.v);
     r->synced = true;
     published(r);
 }

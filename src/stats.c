@@ -44,6 +44,9 @@ static const char *const names[WG_C__COUNT] = {
     [WG_C_POLICY_RL_EVICTIONS] = "policy_rate_limit_evictions",
     [WG_C_MIRROR_SENT] = "mirror_sent",
     [WG_C_MIRROR_SKIPPED] = "mirror_skipped",
+    [WG_C_MIRROR_DROP_MAX_BODY] = "mirror_dropped_max_body",
+    [WG_C_MIRROR_DROP_ABORTED] = "mirror_dropped_aborted",
+    [WG_C_MIRROR_DROP_FAILED] = "mirror_dropped_failed",
 };
 
 struct wg_stats_block *wg_stats_block_new(void)

@@ -31,8 +31,9 @@
 #define PENDING_MAX (1024 * 1024)
 
 const struct wg_h2_settings wg_h2_defaults = {
-    .max_streams = 100, .max_conns = 8, .max_idle = 4, .idle_timeout_ms = 60000,
-    .connect_timeout_ms = 1000, .ping_interval_ms = 10000, .ping_timeout_ms = 5000,
+    .max_streams = 100, .max_conns = 8,
+    .lim = { .max_idle = 4, .idle_timeout_ms = 60000, .connect_timeout_ms = 1000,
+             .ping_interval_ms = 10000, .ping_timeout_ms = 5000 },
     .stream_window = 256 * 1024, .conn_window = 16 * 1024 * 1024,
 };
 
@@ -93,6 +94,7 @@ struct h2_inst {
     unsigned n;
     uint32_t peer_max;                  /* the last MAX_CONCURRENT_STREAMS it sent: a new
                                            connection assumes it until its SETTINGS */
+    struct wg_h2_conn_limits lim;       /* its service's, as of the latest submit */
 };
 
 struct wg_h2_pool {
@@ -105,6 +107,7 @@ struct wg_h2_pool {
 };
 
 static void conn_close(struct h2_conn *c, uint32_t error);
+static void conn_retire(struct h2_conn *c);
 static void conn_settle(struct h2_conn *c);
 static void stream_deliver(struct wg_h2_stream *st);
 
@@ -511,8 +514,10 @@ static void conn_settle(struct h2_conn *c)
     if (c->state == C_OPEN && !nghttp2_session_want_read(c->s) &&
         !nghttp2_session_want_write(c->s))
         conn_close(c, NGHTTP2_NO_ERROR);
-    else if (c->goaway && !c->streams)
-        conn_close(c, NGHTTP2_NO_ERROR);
+    else if (c->state == C_OPEN && !c->streams && (c->goaway || !c->hi->lim.max_idle)) {
+        pool_of(c)->st.idle_closed += !c->goaway;   /* max_idle 0: none is kept */
+        conn_retire(c);
+    }
 }
 
 static void conn_read(struct h2_conn *c)
@@ -575,6 +580,7 @@ static void handshake(struct h2_conn *c)
     if (r != WG_TLS_OK || len != 2 || memcmp(proto, "h2", 2) != 0) {
         wg_warn("msg=\"h2 upstream handshake failed\" upstream=%s address=%s reason=%s",
                 c->hi->inst->id, c->hi->inst->addr_text, r == WG_TLS_OK ? "no ALPN h2" : "tls");
+        atomic_fetch_add_explicit(&c->hi->inst->connect_failures, 1, memory_order_relaxed);
         conn_close(c, NGHTTP2_CONNECT_ERROR);
         return;
     }
@@ -641,9 +647,25 @@ static void conn_kick(struct h2_conn *c)
         event_active(c->kick, EV_TIMEOUT, 0);
 }
 
+/* The connect or the handshake took longer than connect_timeout: a failed
+ * connect, like a refused one (not an unprocessed stream to send again). */
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
-    conn_close(arg, NGHTTP2_CANCEL);    /* connect or handshake took too long */
+    struct h2_conn *c = arg;
+    atomic_fetch_add_explicit(&c->hi->inst->connect_failures, 1, memory_order_relaxed);
+    conn_close(c, NGHTTP2_CONNECT_ERROR);
+}
+
+/* An open connection that is no longer wanted: GOAWAY NO_ERROR, then close. */
+static void conn_retire(struct h2_conn *c)
+{
+    if (c->in_callback) {
+        c->dying = true;
+        return;
+    }
+    nghttp2_submit_goaway(c->s, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0);
+    conn_flush(c);
+    conn_close(c, NGHTTP2_NO_ERROR);
 }
 
 /* Close now: every stream still open is closed (retryable when its HEADERS
@@ -749,8 +771,8 @@ static struct h2_conn *conn_open(struct wg_h2_pool *p, struct h2_inst *hi, SSL_C
         *err = errno;
         goto fail;
     }
-    struct timeval tv = { (time_t)(p->set.connect_timeout_ms / 1000),
-                          (suseconds_t)(p->set.connect_timeout_ms % 1000) * 1000 };
+    uint64_t ms = hi->lim.connect_timeout_ms;
+    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
     if (event_add(c->wev, NULL) < 0 || event_add(c->timer, &tv) < 0) {
         *err = ENOMEM;
         goto fail;
@@ -830,6 +852,7 @@ static struct h2_inst *inst_find(struct wg_h2_pool *p, struct wg_instance *inst,
     wg_instance_ref(inst);
     b->hi.inst = inst;
     b->hi.peer_max = 100;
+    b->hi.lim = p->set.lim;
     b->hi.next = p->insts;
     p->insts = &b->hi;
     return &b->hi;
@@ -844,6 +867,7 @@ static bool conn_has_room(const struct wg_h2_pool *p, const struct h2_conn *c)
 
 struct wg_h2_stream *wg_h2_submit(struct wg_h2_pool *p, struct wg_instance *inst,
                                   SSL_CTX *tls, const char *sni, bool verify,
+                                  const struct wg_h2_conn_limits *lim,
                                   const nghttp2_nv *nv, size_t n, bool has_body,
                                   const struct wg_h2_stream_ops *ops, void *ctx, int *err)
 {
@@ -852,6 +876,8 @@ struct wg_h2_stream *wg_h2_submit(struct wg_h2_pool *p, struct wg_instance *inst
         *err = ENOMEM;
         return NULL;
     }
+    if (lim)
+        hi->lim = *lim;
     struct h2_conn *c = NULL;
     for (struct h2_conn *k = hi->conns; k; k = k->next)
         if (conn_has_room(p, k))
@@ -874,7 +900,22 @@ struct wg_h2_stream *wg_h2_submit(struct wg_h2_pool *p, struct wg_instance *inst
     st->ops = ops;
     st->ctx = ctx;
     nghttp2_data_provider dp = { .source.ptr = st, .read_callback = read_body };
-    st->id = nghttp2_submit_request(c->s, NULL, nv, n, has_body ? &dp : NULL, st);
+    /* nghttp2 keeps NO_COPY names and values by reference until the HEADERS
+     * go out, which is later (conn_kick): the caller's buffers (a head on
+     * its stack) are gone by then. The fields are copied now, as promised. */
+    nghttp2_nv local[64], *own = n <= 64 ? local : malloc(n * sizeof *own);
+    if (!own) {
+        stream_free(st);
+        *err = ENOMEM;
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        own[i] = nv[i];
+        own[i].flags &= (uint8_t)~(NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE);
+    }
+    st->id = nghttp2_submit_request(c->s, NULL, own, n, has_body ? &dp : NULL, st);
+    if (own != local)
+        free(own);
     if (st->id < 0) {
         *err = st->id == NGHTTP2_ERR_NOMEM ? ENOMEM : EBUSY;
         stream_free(st);
@@ -988,22 +1029,21 @@ void wg_h2_pool_tick(struct wg_h2_pool *p, uint64_t now_ms)
             next = c->next;
             if (c->streams || c->state != C_OPEN)
                 continue;
-            bool close = ++idle > p->set.max_idle ||
-                         now_ms - c->idle_since_ms >= p->set.idle_timeout_ms ||
-                         !wg_health_conn_reusable(hi->inst, c->gen);
-            if (!close && c->ping_sent_ms && now_ms - c->ping_sent_ms >= p->set.ping_timeout_ms) {
+            const struct wg_h2_conn_limits *lim = &hi->lim;
+            bool spare = ++idle > lim->max_idle || now_ms - c->idle_since_ms >= lim->idle_timeout_ms;
+            bool close = spare || !wg_health_conn_reusable(hi->inst, c->gen);
+            if (!close && c->ping_sent_ms && now_ms - c->ping_sent_ms >= lim->ping_timeout_ms) {
                 p->st.ping_failures++;
                 close = true;
             }
             if (close) {
                 idle--;
-                nghttp2_submit_goaway(c->s, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0);
-                conn_flush(c);
-                conn_close(c, NGHTTP2_NO_ERROR);
+                p->st.idle_closed += spare;
+                conn_retire(c);
                 continue;
             }
-            if (p->set.ping_interval_ms && !c->ping_sent_ms &&
-                now_ms - c->idle_since_ms >= p->set.ping_interval_ms) {
+            if (lim->ping_interval_ms && !c->ping_sent_ms &&
+                now_ms - c->idle_since_ms >= lim->ping_interval_ms) {
                 c->ping_sent_ms = now_ms ? now_ms : 1;
                 c->idle_since_ms = now_ms;  /* next ping one interval later */
                 p->st.pings++;

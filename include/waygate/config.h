@@ -79,6 +79,8 @@ struct wg_service_config {
         unsigned max_idle;
         uint64_t idle_timeout_ms;
         enum wg_upstream_protocol protocol;  /* h2 needs tls.enabled */
+        uint64_t ping_interval_ms;  /* HTTP/2: PING an idle connection this often; 0 = never */
+        uint64_t ping_timeout_ms;   /* HTTP/2: unanswered this long -> closed */
     } upstream;
     struct {
         uint64_t max_timeout_ms;    /* caps a client's grpc-timeout; 0 = no cap */

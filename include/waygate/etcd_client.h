@@ -133,6 +133,13 @@ bool wg_etcd_watch_is_progress(const struct wg_etcd_watch_response *w);
 bool wg_etcd_parse_range(const char *msg, size_t len, struct wg_etcd_range_response *out,
                          const char **why);
 void wg_etcd_range_response_free(struct wg_etcd_range_response *r);
+/* The key a range page ends with when the page says "more":true, found
+ * without parsing it (keys and values are base64, which holds no quote, so
+ * the last `"key":"` is the last kv's): what the next page's request needs,
+ * sent before the page is parsed. Decoded into a malloc'd *key. false when
+ * the page does not say more or the text is not that compact shape (then
+ * parse it first); wg_etcd_parse_range stays the authority. */
+bool wg_etcd_range_peek_last_key(const char *msg, size_t len, char **key, size_t *key_len);
 
 /* The error of a plain request's body, {"error":"...","code":N}: the code
  * (0 when the body is not such an error); message into msg[msg_len]. */

@@ -65,6 +65,7 @@ struct wg_route;
 struct wg_pool_service;
 struct wg_instance;
 struct wg_upconn;
+struct wg_mirror_copy;
 struct wg_h2_stream;
 struct wg_auth_call;
 
@@ -136,6 +137,8 @@ struct wg_exchange {
     struct hp_buf *h2_tail;             /* its rendered end (trailers, last chunk) to go into uin */
     bool h2_on;                         /* this attempt speaks HTTP/2 (h2c/h2 instance) */
     bool h2_ended, h2_closed, h2_retryable, h2_calling, h2_paused, grpc;
+    bool grpc_web;                      /* gRPC-Web (binary): grpc is set too; translated to
+                                           gRPC for HTTP/2 instances (docs/http.md) */
     uint8_t h2_free;                    /* free retries after GOAWAY / REFUSED_STREAM */
     uint32_t h2_error;                  /* the stream's close code */
     uint32_t h2_new;                    /* bytes put into uin since the last pull */
@@ -159,6 +162,7 @@ struct wg_exchange {
     struct wg_policy_req *pol;
     struct wg_policy_head resp_edits;
     struct wg_auth_call *auth;          /* a forward_auth subrequest (exchange.c) */
+    struct wg_mirror_copy *mirror;      /* a mirror copy fed its body (http_mirror.h) */
     struct wg_pick pick;                /* last: the tried list is long and mostly unused */
 };
 

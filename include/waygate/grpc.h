@@ -43,6 +43,15 @@ enum wg_grpc_status {
 /* The upper-case name ("UNAVAILABLE"), or "UNKNOWN" outside 0..16. */
 const char *wg_grpc_status_name(int status);
 
+/* Counters by grpc-status (metric label grpc_code) have one slot per code
+ * 0..16; a code outside that range counts as UNKNOWN, as gRPC clients
+ * read it, so a label never takes more than WG_GRPC_CODES values. */
+#define WG_GRPC_CODES 17
+static inline unsigned wg_grpc_code_slot(int status)
+{
+    return status >= 0 && status < WG_GRPC_CODES ? (unsigned)status : WG_GRPC_UNKNOWN;
+}
+
 /* The grpc-status of an error waygate itself answers with HTTP `http_status`
  * (DESIGN §13): 400 INTERNAL, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED,
  * 404 UNIMPLEMENTED, 408 DEADLINE_EXCEEDED, 413/431 RESOURCE_EXHAUSTED,
@@ -82,6 +91,28 @@ int wg_grpc_status_parse(const char *v, size_t len);
  * followed by '+' (application/grpc+proto) or ';' (parameters), ASCII case
  * insensitive. gRPC-Web (application/grpc-web*) is NOT gRPC here. */
 bool wg_grpc_is_grpc(const char *content_type, size_t len);
+
+/* gRPC-Web (PROTOCOL-WEB.md), binary form only: is `ct` application/grpc-web
+ * exactly or followed by '+' (application/grpc-web+proto) or ';'? The
+ * base64 form application/grpc-web-text is not. When it is and out[cap]
+ * holds it, writes the content-type the gRPC upstream gets (the same
+ * without "-web": application/grpc+proto) and returns its length; else 0. */
+size_t wg_grpc_web_to_grpc(const char *ct, size_t len, char *out, size_t cap);
+/* The reverse, for the response head: application/grpc[+x][;p] becomes
+ * application/grpc-web[+x][;p]; 0 when `ct` is not gRPC or out is short. */
+size_t wg_grpc_to_grpc_web(const char *ct, size_t len, char *out, size_t cap);
+
+/* A header field for wg_grpc_web_trailers (the layout of nghttp2_nv's first
+ * four members is not assumed). */
+struct wg_grpc_field {
+    const uint8_t *name, *value;
+    size_t namelen, valuelen;
+};
+/* gRPC-Web trailers as the body's last frame: flag byte 0x80, a 4-byte
+ * big-endian length, then "name: value\r\n" per field (names lower-case,
+ * as HTTP/2 gives them). Returns the frame's length, or 0 when it does not
+ * fit into out[cap]. */
+size_t wg_grpc_web_trailers(const struct wg_grpc_field *f, size_t n, uint8_t *out, size_t cap);
 
 /* grpc-timeout (PROTOCOL-HTTP2.md): 1..8 ASCII digits and one unit of
  * H M S m u n. On success *ms is the value in milliseconds, rounded UP

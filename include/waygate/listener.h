@@ -61,6 +61,8 @@ struct wg_listener {
     _Atomic uint64_t accepted;      /* connections accepted (all workers) */
     _Atomic uint64_t rejected;      /* of which closed at once: max_connections */
     _Atomic uint64_t *h2;           /* [WG_H2__COUNT]; writable through a const listener */
+    _Atomic uint64_t *grpc;         /* [WG_GRPC_CODES]: gRPC calls by the grpc-status
+                                       their client got (wg_grpc_code_slot), routed or not */
 };
 
 static inline void wg_listener_h2_add(const struct wg_listener *l, enum wg_h2_counter k,

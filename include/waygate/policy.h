@@ -98,6 +98,7 @@ struct wg_policy_mirror {
     unsigned percent;                   /* of requests copied */
     unsigned max_in_flight;             /* copies open at once, per worker */
     uint64_t timeout_ms;                /* a copy's whole life */
+    uint64_t max_body;                  /* bytes of body a copy carries at most */
 };
 
 /* What the forward_auth policy asks of the exchange (immutable, in its

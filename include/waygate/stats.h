@@ -47,6 +47,9 @@ enum wg_counter {
     WG_C_POLICY_RL_EVICTIONS,   /* live rate-limit buckets evicted (key table full) */
     WG_C_MIRROR_SENT,           /* mirror copies sent (http_mirror.h) */
     WG_C_MIRROR_SKIPPED,        /* mirror copies skipped: in-flight bound, no instance */
+    WG_C_MIRROR_DROP_MAX_BODY,  /* mirror copies dropped: body over max_body */
+    WG_C_MIRROR_DROP_ABORTED,   /* dropped: the real request ended before its body */
+    WG_C_MIRROR_DROP_FAILED,    /* dropped: the copy's connection failed mid-body */
     WG_C__COUNT
 };
 

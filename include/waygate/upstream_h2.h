@@ -16,10 +16,16 @@
  *    streams are over; streams above the last-stream-id (and streams reset
  *    with REFUSED_STREAM, or cut before their HEADERS went out) are closed
  *    with `retryable` true: the upstream did not process them;
- *  - idle connections (no stream) are kept per instance up to `max_idle`,
- *    closed after `idle_timeout_ms`, pinged every `ping_interval_ms` and
- *    closed when a PING is not answered within `ping_timeout_ms`, and closed
- *    when their instance is no longer healthy (health.h generation rule);
+ *  - idle connections (no stream) are kept per instance up to `max_idle`
+ *    (0: a connection closes when its last stream ends), closed after
+ *    `idle_timeout_ms`, pinged every `ping_interval_ms` and closed when a
+ *    PING is not answered within `ping_timeout_ms`, and closed when their
+ *    instance is no longer healthy (health.h generation rule). These and
+ *    `connect_timeout_ms` are the service's (struct wg_h2_conn_limits,
+ *    given at every submit: the latest one applies to the instance's
+ *    idle connections, as the HTTP/1.1 pool takes a service's settings
+ *    when it parks a connection); the pool's settings apply when none is
+ *    given;
  *  - flow control is end to end: response bytes are consumed (WINDOW_UPDATE)
  *    only as the exchange accepts them (ops->data's return value), so an
  *    upstream can put at most `stream_window` bytes per stream into
@@ -51,14 +57,20 @@ struct wg_http_header;
 
 #define WG_H2_BODY_BUF (64 * 1024)      /* request body bytes a stream holds */
 
+/* What a service asks of the connections to its instances (its
+ * connect_timeout and upstream.max_idle / idle_timeout / ping_*). */
+struct wg_h2_conn_limits {
+    unsigned max_idle;                  /* idle connections kept per instance */
+    uint64_t idle_timeout_ms;
+    uint64_t connect_timeout_ms;        /* TCP connect and TLS handshake */
+    uint64_t ping_interval_ms;          /* idle liveness; 0 = no pings */
+    uint64_t ping_timeout_ms;
+};
+
 struct wg_h2_settings {
     unsigned max_streams;               /* per connection, our own cap (default 100) */
     unsigned max_conns;                 /* per instance (default 8) */
-    unsigned max_idle;                  /* idle connections kept per instance */
-    uint64_t idle_timeout_ms;
-    uint64_t connect_timeout_ms;
-    uint64_t ping_interval_ms;          /* idle liveness; 0 = no pings */
-    uint64_t ping_timeout_ms;
+    struct wg_h2_conn_limits lim;       /* when a submit gives none */
     uint32_t stream_window;             /* our SETTINGS_INITIAL_WINDOW_SIZE */
     uint32_t conn_window;               /* our connection window */
 };
@@ -98,10 +110,12 @@ void wg_h2_pool_free(struct wg_h2_pool *p);
  * has_body: a body follows through wg_h2_stream_write/end; else the
  * HEADERS end the stream. tls: NULL for h2c, else the service's client
  * context (ALPN h2 is required; sni/verify as for HTTP/1.1 upstreams).
+ * lim: the service's limits (NULL: the pool's), kept for the instance.
  * Returns the stream, or NULL with *err = EBUSY (every connection full and
  * max_conns reached), ENOMEM, or another errno of socket/connect. */
 struct wg_h2_stream *wg_h2_submit(struct wg_h2_pool *p, struct wg_instance *inst,
                                   SSL_CTX *tls, const char *sni, bool verify,
+                                  const struct wg_h2_conn_limits *lim,
                                   const nghttp2_nv *nv, size_t n, bool has_body,
                                   const struct wg_h2_stream_ops *ops, void *ctx, int *err);
 /* Request body bytes: returns how many were taken (up to the room in the
@@ -128,6 +142,7 @@ struct wg_h2_pool_stats {
     uint64_t pings;                     /* PINGs sent */
     uint64_t ping_failures;             /* connections closed for an unanswered PING */
     uint64_t refused;                   /* streams closed retryable */
+    uint64_t idle_closed;               /* idle connections closed: max_idle, idle_timeout */
 };
 void wg_h2_pool_stats(const struct wg_h2_pool *p, struct wg_h2_pool_stats *out);
 

@@ -25,6 +25,8 @@ static void decode_all(const char *msg, size_t len)
         wg_etcd_watch_response_free(&w);
     if (wg_etcd_parse_range(msg, len, &r, &why))
         wg_etcd_range_response_free(&r);
+    if (wg_etcd_range_peek_last_key(msg, len, &out, &n))
+        free(out);
     wg_etcd_parse_error(msg, len, text, sizeof text);
     free(wg_etcd_parse_token(msg, len));
     if (wg_base64_decode(msg, len, &out, &n)) {

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "waygate/config.h"
+#include "waygate/grpc.h"
 #include "waygate/http2.h"
 #include "waygate/listener.h"
 #include "waygate/log.h"
@@ -35,6 +36,7 @@
 static struct wg_worker w;
 static struct wg_listener listener;
 static _Atomic uint64_t listener_h2[WG_H2__COUNT];
+static _Atomic uint64_t listener_grpc[WG_GRPC_CODES];
 static struct event *accept_ev;
 
 static const char RESPONSE[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
@@ -111,6 +113,7 @@ static void setup(void)
     listener.addr = cfg->listeners[0].listen;
     listener.mode = WG_MODE_HTTP;
     listener.h2 = listener_h2;
+    listener.grpc = listener_grpc;
     accept_ev = event_new(w.base, lfd, EV_READ | EV_PERSIST, stub_accept, NULL);
     CHECK(accept_ev && event_add(accept_ev, NULL) == 0);
 }

@@ -18,7 +18,7 @@ Prints one JSON line at the end:
     {"code": "OK", "calls": N, "replies": [len, ...up to 10], "bytes": total,
      "count": replies, "first": "hex of the first 16 reply bytes",
      "details": "...", "trailing": {"key": "value"}, "initial": {...},
-     "seconds": wall time}
+     "servers": {"x-server trailer": unary calls}, "seconds": wall time}
 """
 
 import argparse
@@ -54,7 +54,7 @@ def main():
         ch = grpc.insecure_channel(a.target, options=opts)
     payload = bytes((i * 7 + 1) & 0xFF for i in range(a.size))
     out = {"code": "OK", "calls": 0, "replies": [], "bytes": 0, "count": 0, "first": "",
-           "details": "", "trailing": {}, "initial": {}, "seconds": 0.0}
+           "details": "", "trailing": {}, "initial": {}, "servers": {}, "seconds": 0.0}
     t0 = time.monotonic()
 
     def note(reply):
@@ -87,6 +87,10 @@ def main():
                 note(reply)
                 out["calls"] += 1
                 out["initial"] = metadata(c.initial_metadata())
+                out["trailing"] = metadata(c.trailing_metadata())
+                srv = out["trailing"].get("x-server")
+                if srv:
+                    out["servers"][srv] = out["servers"].get(srv, 0) + 1
         elif a.kind == "client":
             reply, c = ch.stream_unary(a.path).with_call(messages(), **kw)
             note(reply)

@@ -7,7 +7,7 @@ grpc.health.v1.Health service is a generic handler whose messages are
 encoded by hand (HealthCheckRequest: field 1 string service;
 HealthCheckResponse: field 1 enum status).
 
-    grpc_server.py --control FILE [--cert CRT --key KEY]
+    grpc_server.py --control FILE [--cert CRT --key KEY] [--name NAME]
 
 Prints "ready PORT" once serving on 127.0.0.1:PORT. FILE holds lines
 "SERVICE STATUS" (SERVICE "-" = the empty name, the whole server), STATUS one
@@ -16,11 +16,12 @@ call fails with that grpc status). It is re-read on every call; a service
 not listed fails with NOT_FOUND, as grpc's own health service does. Every
 Check call is appended to FILE.calls as one line (the service asked about).
 
-    --name NAME   sent back as initial metadata "x-backend: NAME" by wg.Echo
-
-wg.Echo, raw-byte messages (no protobuf), one method per streaming kind:
-    /wg.Echo/One    unary: the request back
+Beside it, wg.Echo (raw bytes, no protobuf), one method per streaming kind,
+each answer with trailing metadata "x-server: NAME":
+    /wg.Echo/One    unary: the request message back
     /wg.Echo/Chat   bidi: every message back as it arrives
+    /wg.Echo/Slow   every message back "x-count" times (metadata, default
+                    10), "x-interval-ms" apart (default 200): a long stream
     /wg.Echo/Down   server streaming: the request is ASCII "COUNT SIZE
                     INTERVAL_MS"; COUNT messages of SIZE bytes (byte i of
                     each is (i * 7 + 1) & 0xFF), INTERVAL_MS apart; after
@@ -68,6 +69,67 @@ def request_service(data):
     return name.decode()
 
 
+def echo_handler(name, control):
+    def tag(context, method):
+        with open(control + ".echo", "a") as f:
+            f.write(method + "\n")
+        context.set_trailing_metadata((("x-server", name),))
+
+    def one(request, context):
+        tag(context, "One")
+        return request
+
+    def chat(requests, context):
+        tag(context, "Chat")
+        for m in requests:
+            yield m
+
+    def slow(requests, context):
+        tag(context, "Slow")
+        md = dict(context.invocation_metadata())
+        count, pause = int(md.get("x-count", "10")), int(md.get("x-interval-ms", "200")) / 1000
+        for m in requests:
+            for _ in range(count):
+                time.sleep(pause)
+                yield m
+
+    def note_down(n):
+        tmp = control + ".down.%d" % threading.get_ident()     # calls run in parallel
+        with open(tmp, "w") as f:
+            f.write("%d\n" % n)
+        os.rename(tmp, control + ".down")
+
+    def down(request, context):
+        tag(context, "Down")
+        context.send_initial_metadata(())   # the head goes out before the first message
+        count, size, interval = (int(x) for x in request.decode().split())
+        payload = bytes((i * 7 + 1) & 0xFF for i in range(size))
+        for i in range(count):
+            if i and interval:
+                time.sleep(interval / 1000.0)
+            yield payload
+            note_down(i + 1)
+
+    def up(requests, context):
+        tag(context, "Up")
+        context.send_initial_metadata(())   # the head goes out while the client streams
+        delay = dict(context.invocation_metadata()).get("x-read-delay-ms")
+        n = total = 0
+        for m in requests:
+            n += 1
+            total += len(m)
+            if delay:
+                time.sleep(int(delay) / 1000.0)
+        return ("%d %d" % (n, total)).encode()
+
+    return grpc.method_handlers_generic_handler("wg.Echo", {
+        "One": grpc.unary_unary_rpc_method_handler(one),
+        "Chat": grpc.stream_stream_rpc_method_handler(chat),
+        "Slow": grpc.stream_stream_rpc_method_handler(slow),
+        "Down": grpc.unary_stream_rpc_method_handler(down),
+        "Up": grpc.stream_unary_rpc_method_handler(up)})
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--control", required=True)
@@ -97,57 +159,10 @@ def main():
     handler = grpc.method_handlers_generic_handler(
         "grpc.health.v1.Health",
         {"Check": grpc.unary_unary_rpc_method_handler(check)})
-
-    def tag(context, method):
-        with open(args.control + ".echo", "a") as f:
-            f.write(method + "\n")
-        context.send_initial_metadata((("x-backend", args.name),))
-
-    def one(request, context):
-        tag(context, "One")
-        return request
-
-    def chat(requests, context):
-        tag(context, "Chat")
-        for m in requests:
-            yield m
-
-    def note_down(n):
-        tmp = args.control + ".down.%d" % threading.get_ident()   # calls run in parallel
-        with open(tmp, "w") as f:
-            f.write("%d\n" % n)
-        os.rename(tmp, args.control + ".down")
-
-    def down(request, context):
-        tag(context, "Down")
-        count, size, interval = (int(x) for x in request.decode().split())
-        payload = bytes((i * 7 + 1) & 0xFF for i in range(size))
-        for i in range(count):
-            if i and interval:
-                time.sleep(interval / 1000.0)
-            yield payload
-            note_down(i + 1)
-
-    def up(requests, context):
-        tag(context, "Up")
-        delay = dict(context.invocation_metadata()).get("x-read-delay-ms")
-        n = total = 0
-        for m in requests:
-            n += 1
-            total += len(m)
-            if delay:
-                time.sleep(int(delay) / 1000.0)
-        return ("%d %d" % (n, total)).encode()
-
-    echo = grpc.method_handlers_generic_handler("wg.Echo", {
-        "One": grpc.unary_unary_rpc_method_handler(one),
-        "Chat": grpc.stream_stream_rpc_method_handler(chat),
-        "Down": grpc.unary_stream_rpc_method_handler(down),
-        "Up": grpc.stream_unary_rpc_method_handler(up)})
     opts = [("grpc.max_receive_message_length", 64 << 20),
             ("grpc.max_send_message_length", 64 << 20)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=opts)
-    server.add_generic_rpc_handlers((handler, echo))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=opts)
+    server.add_generic_rpc_handlers((handler, echo_handler(args.name, args.control)))
     if args.cert:
         with open(args.cert, "rb") as f:
             crt = f.read()

@@ -99,20 +99,38 @@ def client_argv(target, kind, path, size, count=1, metadata=(), timeout=10.0, tl
     return argv
 
 
+class GrpcCall:
+    """grpc_client.py running in the background (arguments: client_argv's);
+    result() waits for it and returns its JSON result."""
+
+    def __init__(self, target, kind, path, size, wait=60, **kw):
+        self.wait = wait
+        self.proc = subprocess.Popen(client_argv(target, kind, path, size, **kw),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def result(self):
+        import json
+        try:
+            out, err = self.proc.communicate(timeout=self.wait)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise
+        if self.proc.returncode != 0 or not out.strip():
+            raise AssertionError("grpc_client failed (%d): %s" % (self.proc.returncode,
+                                                                 err[-2000:]))
+        return json.loads(out.strip().splitlines()[-1])
+
+
 def grpc_call(target, kind, path, size, wait=60, **kw):
     """Runs grpc_client.py (arguments: client_argv's); returns its JSON result."""
-    import json
-    cp = subprocess.run(client_argv(target, kind, path, size, **kw), capture_output=True,
-                        timeout=wait, text=True)
-    if cp.returncode != 0 or not cp.stdout.strip():
-        raise AssertionError("grpc_client failed (%d): %s" % (cp.returncode, cp.stderr[-2000:]))
-    return json.loads(cp.stdout.strip().splitlines()[-1])
+    return GrpcCall(target, kind, path, size, wait=wait, **kw).result()
 
 
-class GrpcCall:
-    """grpc_client.py running through the harness (stopped by PID at the end);
-    started with announce=True, wait_reply() returns once its first reply
-    arrived, result() waits for its JSON line."""
+class GrpcStream:
+    """grpc_client.py started through the harness (stopped by PID at the
+    end) with --announce: wait_reply() returns once its first reply
+    arrived (the test then acts mid-call), result() waits for its JSON."""
 
     def __init__(self, harness, target, kind, path, size, **kw):
         self.proc = harness.start("grpc-call-%s" % kind,

@@ -132,6 +132,18 @@ def get_metrics(wg):
     return r.body.decode("utf-8")
 
 
+def check_promtool(wg):
+    """promtool check metrics on wg's /metrics (skipped, saying so, without
+    Debian's prometheus package)."""
+    promtool = shutil.which("promtool")
+    if not promtool:
+        print("promtool not installed (Debian package prometheus): check skipped")
+        return
+    cp = subprocess.run([promtool, "check", "metrics"], input=get_metrics(wg).encode(),
+                        capture_output=True, timeout=30)
+    assert cp.returncode == 0, "promtool: %s%s" % (cp.stdout.decode(), cp.stderr.decode())
+
+
 def png_rgb(data):
     """(width, height, rows of bytes in RGB) of an 8-bit, non-interlaced RGB
     or RGBA PNG (what Chromium writes), undoing the per-row filters."""
@@ -624,10 +636,4 @@ def test_tls_metrics_and_certificate_expiry():
             return f if ok else None
         after = wait_until(moved, slack(5), "the TLS counters to move")
         assert metric(after, "waygate_access_log_dropped_total") == 0
-        promtool = shutil.which("promtool")
-        if promtool:
-            cp = subprocess.run([promtool, "check", "metrics"], input=get_metrics(wg).encode(),
-                                capture_output=True, timeout=30)
-            assert cp.returncode == 0, "promtool: %s%s" % (cp.stdout.decode(), cp.stderr.decode())
-        else:
-            print("promtool not installed (Debian package prometheus): check skipped")
+        check_promtool(wg)

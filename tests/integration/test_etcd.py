@@ -338,7 +338,8 @@ def test_propagation_histogram_exported():
 
 def test_list_of_several_pages_is_applied_whole():
     """25,000 keys are listed in three pages of 10,000, each applied in
-    chunks while the next is requested; the list is one snapshot holding
+    chunks while the next is requested (before the page is even parsed,
+    from the key it ends with); the list is one snapshot holding
     every instance, and a put right after it is watched (no key lost
     between the pages and the watch)."""
     with EtcdHarness() as h:
@@ -355,6 +356,9 @@ def test_list_of_several_pages_is_applied_whole():
                           slack(60), "the list")
         fields = dict(re.findall(r"(\w+)=([0-9.]+)", line.group(0)))
         assert fields["instances"] == str(n + 1) and fields["pages"] == "3", line.group(0)
+        # page 3 was asked for before page 2 was parsed (the first page pins
+        # the revision: page 2 waits for its parse)
+        assert fields["early_requests"] == "1", line.group(0)
         assert float(fields["decode_ms"]) <= float(fields["list_ms"]) + float(fields["publish_ms"])
         assert float(fields["longest_step_ms"]) <= float(fields["decode_ms"])
         counts = {name: len(s["instances"]) for name, s in wg.status()["services"].items()}

@@ -7,7 +7,7 @@ import threading
 import time
 
 from test_http import raw_exchange, start, status_of
-from wglib import SANITIZED, Harness, connect, http_request, recv_until_eof, slack
+from wglib import SANITIZED, Blackhole, Harness, connect, http_request, recv_until_eof, slack
 
 
 def slow_send(sock, data, interval, stop):
@@ -103,27 +103,13 @@ def test_body_timeout_408():
 
 def test_connect_timeout_then_502():
     with Harness() as h:
-        # A listening socket whose accept queue is full drops new SYNs: a
-        # connect to it times out (never leave the machine: outbound
-        # traffic may be intercepted here).
-        hole = socket.socket()
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(0)
-        fillers = []
-        for _ in range(3):
-            f = socket.socket()
-            f.setblocking(False)
-            f.connect_ex(hole.getsockname())
-            fillers.append(f)
-        time.sleep(0.2)
-        port = hole.getsockname()[1]
+        hole = Blackhole()
+        port = hole.port
         inst = {"users": [{"id": "x%d" % k, "address": "127.0.0.1", "port": port} for k in range(1)]}
         wg, _ = start(h, instances=inst, service_defaults={"connect_timeout": "300ms", "retries": 0})
         t = time.monotonic()
         r = http_request(wg.port(), path="/")
         took = time.monotonic() - t
-        for f in fillers:
-            f.close()
         hole.close()
         assert r.status == 502, r
         assert 0.25 <= took <= slack(1.5), took

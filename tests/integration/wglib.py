@@ -131,6 +131,30 @@ def connectable(port):
         s.close()
 
 
+class Blackhole:
+    """A listener on 127.0.0.1 whose accept queue is full: new SYNs to it
+    go unanswered, so a connect to `port` times out (on loopback: outbound
+    traffic may be intercepted here, so never leave the machine)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.port = self.sock.getsockname()[1]
+        self.fillers = []
+        for _ in range(3):
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(("127.0.0.1", self.port))
+            self.fillers.append(f)
+        time.sleep(0.2)
+
+    def close(self):
+        for f in self.fillers:
+            f.close()
+        self.sock.close()
+
+
 def free_ports(n):
     """n distinct ports that were free a moment ago: all n are held at once
     while they are picked, none handed out lately by free_port()."""

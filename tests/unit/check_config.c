@@ -261,6 +261,8 @@ static const struct { const char *yaml, *error; } bad[] = {
       "\"/package.Service/*\", got 'a.B/C'" },
     { "service_defaults:\n  grpc: { retry_methods: /a.B/C }\n",
       "t.yaml:2:26: retry_methods: expected a list" },
+    { "service_defaults:\n  upstream: { ping_timeout: 0s }\n",
+      "t.yaml:2:29: ping_timeout: must be at least 1ms, got '0s'" },
     { "service_defaults:\n  grpc: { max_timeout: 5 }\n",
       "t.yaml:2:24: max_timeout: duration needs a unit (ms, s, m, h), got '5'" },
     { "service_defaults:\n  grpc: { retry_method: [] }\n",
@@ -739,6 +741,8 @@ static void assert_service_defaults(const struct wg_service_config *s)
     ck_assert(!s->on_unhealthy_close);
     ck_assert_uint_eq(s->upstream.max_idle, 64);
     ck_assert_uint_eq(s->upstream.idle_timeout_ms, 60000);
+    ck_assert_uint_eq(s->upstream.ping_interval_ms, 10000);
+    ck_assert_uint_eq(s->upstream.ping_timeout_ms, 5000);
     ck_assert_str_eq(s->health_check.path, "/health");
     ck_assert_str_eq(s->health_check.host, "");
     ck_assert_uint_eq(s->health_check.port, 0);
@@ -1027,7 +1031,7 @@ START_TEST(test_grpc_keys)
         "  grpc: { max_timeout: 20s, retry_methods: [/a.A/Get, \"/a.A/*\"] }\n"
         "services:\n"
         "  g:\n"
-        "    upstream: { protocol: h2c }\n"
+        "    upstream: { protocol: h2c, ping_interval: 0s, ping_timeout: 250ms }\n"
         "    health_check: { type: grpc, service: users.Users }\n"
         "    grpc: { retry_methods: [/b.B/List] }\n"
         "  t:\n"
@@ -1039,6 +1043,8 @@ START_TEST(test_grpc_keys)
     const struct wg_service_config *p = wg_config_service(cfg, "plain");
 
     ck_assert_int_eq(g->upstream.protocol, WG_UPSTREAM_H2C);
+    ck_assert_uint_eq(g->upstream.ping_interval_ms, 0);
+    ck_assert_uint_eq(g->upstream.ping_timeout_ms, 250);
     ck_assert_int_eq(t->upstream.protocol, WG_UPSTREAM_H2);
     ck_assert_int_eq(p->upstream.protocol, WG_UPSTREAM_AUTO);
     ck_assert_int_eq(g->health_check.type, WG_HEALTH_GRPC);

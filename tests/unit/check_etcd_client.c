@@ -232,6 +232,31 @@ START_TEST(watch_control_messages)
 }
 END_TEST
 
+/* The next page's start read off a page's text before it is parsed: the
+ * last kv's key when the page says more, nothing otherwise. */
+START_TEST(range_peek_last_key)
+{
+    const char *m = "{\"header\":{\"cluster_id\":\"7\",\"revision\":\"4\"},\"kvs\":["
+                    "{\"key\":\"YQ==\",\"mod_revision\":\"3\",\"value\":\"Yg==\"},"
+                    "{\"key\":\"L3MvYWI=\",\"mod_revision\":\"4\",\"value\":\"Yg==\"}],"
+                    "\"more\":true,\"count\":\"3\"}";
+    char *key = NULL;
+    size_t len = 0;
+    ck_assert(wg_etcd_range_peek_last_key(m, strlen(m), &key, &len));
+    ck_assert_str_eq(key, "/s/ab");
+    ck_assert_uint_eq(len, 5);
+    free(key);
+    const char *last = "{\"header\":{\"revision\":\"4\"},\"kvs\":[{\"key\":\"YQ==\"}],\"count\":\"1\"}";
+    ck_assert(!wg_etcd_range_peek_last_key(last, strlen(last), &key, &len));
+    const char *spaced = "{\"kvs\": [{\"key\": \"YQ==\"}], \"more\": true}";
+    ck_assert(!wg_etcd_range_peek_last_key(spaced, strlen(spaced), &key, &len));
+    const char *cut = "{\"kvs\":[{\"key\":\"YQ==";
+    ck_assert(!wg_etcd_range_peek_last_key(cut, strlen(cut), &key, &len));
+    const char *nokeys = "{\"more\":true}";
+    ck_assert(!wg_etcd_range_peek_last_key(nokeys, strlen(nokeys), &key, &len));
+}
+END_TEST
+
 START_TEST(range_and_auth)
 {
     const char *m = "{\"header\":{\"cluster_id\":\"7\",\"revision\":\"4\"},\"kvs\":["
@@ -303,6 +328,7 @@ int main(void)
     tcase_add_test(tc, watch_events);
     tcase_add_test(tc, watch_control_messages);
     tcase_add_test(tc, range_and_auth);
+    tcase_add_test(tc, range_peek_last_key);
     tcase_add_test(tc, request_bodies);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -78,6 +78,41 @@ START_TEST(content_type)
 }
 END_TEST
 
+/* gRPC-Web content types both ways (binary form only) and the trailer frame. */
+START_TEST(grpc_web)
+{
+    char out[64];
+    size_t n = wg_grpc_web_to_grpc(S("application/grpc-web"), out, sizeof out);
+    ck_assert_uint_eq(n, 16);
+    ck_assert(memcmp(out, "application/grpc", 16) == 0);
+    n = wg_grpc_web_to_grpc(S("Application/gRPC-Web+proto"), out, sizeof out);
+    ck_assert_uint_eq(n, 22);
+    ck_assert(memcmp(out, "application/grpc+proto", 22) == 0);
+    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc-web;x=1"), out, sizeof out), 20);
+    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc-web-text"), out, sizeof out), 0);
+    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc"), out, sizeof out), 0);
+    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc-webx"), out, sizeof out), 0);
+    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc-web+proto"), out, 21), 0);
+    n = wg_grpc_to_grpc_web(S("application/grpc+proto"), out, sizeof out);
+    ck_assert_uint_eq(n, 26);
+    ck_assert(memcmp(out, "application/grpc-web+proto", 26) == 0);
+    ck_assert_uint_eq(wg_grpc_to_grpc_web(S("application/grpc"), out, 19), 0);
+    ck_assert_uint_eq(wg_grpc_to_grpc_web(S("text/plain"), out, sizeof out), 0);
+    struct wg_grpc_field f[2] = {
+        { (const uint8_t *)"grpc-status", (const uint8_t *)"0", 11, 1 },
+        { (const uint8_t *)"grpc-message", (const uint8_t *)"", 12, 0 },
+    };
+    uint8_t frame[64];
+    static const uint8_t want[] = "\x80\0\0\0\x20grpc-status: 0\r\ngrpc-message: \r\n";
+    n = wg_grpc_web_trailers(f, 2, frame, sizeof frame);
+    ck_assert_uint_eq(n, sizeof want - 1);
+    ck_assert(memcmp(frame, want, n) == 0);
+    ck_assert_uint_eq(wg_grpc_web_trailers(f, 2, frame, n - 1), 0);
+    ck_assert_uint_eq(wg_grpc_web_trailers(NULL, 0, frame, 4), 0);
+    ck_assert_uint_eq(wg_grpc_web_trailers(NULL, 0, frame, 5), 5);
+}
+END_TEST
+
 START_TEST(timeout)
 {
     uint64_t ms = 0;
@@ -206,6 +241,7 @@ int main(void)
     TCase *t = tcase_create("pure");
     tcase_add_test(t, status_from_http);
     tcase_add_test(t, content_type);
+    tcase_add_test(t, grpc_web);
     tcase_add_test(t, message_encoding);
     tcase_add_test(t, timeout);
     tcase_add_test(t, retry_methods);

@@ -279,6 +279,10 @@ START_TEST(test_config_errors)
             "max_response_size: out of range");
     cfg_bad(ROUTE("[ { mirror: { percent: 10 } } ]"), "mirror: needs 'service'");
     cfg_bad(ROUTE("[ { mirror: { service: s, percent: 101 } } ]"), "percent");
+    cfg_bad(ROUTE("[ { mirror: { service: s, max_body: 65m } } ]"),
+            "max_body: out of range (0..67108864 bytes), got '65m'");
+    cfg_bad(ROUTE("[ { mirror: { service: s, max_bdy: 1k } } ]"),
+            "unknown key 'max_bdy' in mirror policy (did you mean 'max_body'?)");
     cfg_bad(ROUTE("[ { rate_limit: { rate: 10/s, scope: fleets } } ]"),
             ":8:56: scope: expected process or fleet, got 'fleets'");
     cfg_bad(ROUTE("[ { rate_limit: { rate: 10 } } ]"), ":8:43: rate: expected COUNT/UNIT");
@@ -436,6 +440,7 @@ START_TEST(test_mirror_share)
         if (q.r.mirror) {
             ck_assert_str_eq(q.r.mirror->service, "shadow");
             ck_assert_uint_eq(q.r.mirror->max_in_flight, 64);
+            ck_assert_uint_eq(q.r.mirror->max_body, 64 * 1024);
             marked++;
         }
         wg_policy_req_release(&q.r);

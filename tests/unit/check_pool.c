@@ -4,6 +4,7 @@
 #include "waygate/balance.h"
 #include "waygate/pool.h"
 #include "waygate/reclaim.h"
+#include "../../src/registry_map.h"
 
 static const char *CFG = "services:\n  s: { health_check: { type: none } }\n"
                          "  p: { health_check: { type: http } }\n";
@@ -262,6 +263,132 @@ START_TEST(one_change_shares_every_other_service)
 }
 END_TEST
 
+/* The services' references live in shared chunks (pool.c): after any mix
+ * of replaced, removed and added services, every published service is in
+ * exactly one chunk of the snapshot, holds one reference (its chunk's: the
+ * old chunks went with the old snapshots), every chunk but the last is full,
+ * `changes` lists what the commit changed, and a removed service's version
+ * is freed once its last snapshot is reclaimed. */
+START_TEST(chunks_hold_each_service_once)
+{
+    struct fixture f;
+    setup(&f, CFG);
+    enum { N = 1000 };
+    struct wg_record_set set = { 0 };
+    char name[16];
+    for (int k = 0; k < N; k++) {
+        snprintf(name, sizeof name, "svc%05d", k * 2);
+        unit_record(&set, name, "a", "127.0.0.1", 9000, 100);
+    }
+    publish(&f, &set);
+    uint32_t rng = 12345;
+    for (int round = 0; round < 200; round++) {
+        struct wg_snapshot *before = wg_pool_current(f.pool);
+        wg_snapshot_ref(before);
+        struct wg_instance *gone = NULL;
+        int staged = 0;
+        for (int op = 0; op < 1 + round % 4; op++) {
+            rng = rng * 1103515245u + 12345u;
+            int k = (int)((rng >> 8) % (2 * N));
+            snprintf(name, sizeof name, "svc%05d", k);
+            const struct wg_pool_service *cur = wg_snapshot_service(before, name);
+            struct wg_record_set one = { 0 };
+            if (cur && (rng & 1)) {             /* removed */
+                if (!gone) {
+                    gone = cur->members[0].inst;
+                    wg_instance_ref(gone);
+                }
+                ck_assert_int_eq(wg_pool_stage_service(f.pool, name, NULL, 0), 0);
+            } else {                            /* added or replaced (another weight) */
+                unit_record(&one, name, "a", "127.0.0.1", 9000, 1 + (int)(rng >> 20) % 100);
+                ck_assert_int_eq(wg_pool_stage_service(f.pool, name, one.v, 1), 0);
+                wg_record_set_clear(&one);
+            }
+            staged++;
+        }
+        if (!wg_pool_commit(f.pool)) {          /* nothing changed (same weight) */
+            ck_assert_ptr_null(gone);
+            wg_snapshot_unref(before);
+            continue;
+        }
+        struct wg_snapshot *s = wg_pool_current(f.pool);
+        ck_assert_uint_eq(s->generation, before->generation + 1);
+        ck_assert_uint_le(s->n_changes, (size_t)staged);
+        for (size_t c = 0; c < s->n_changes; c++) {
+            const struct wg_snapshot_change *x = &s->changes[c];
+            const char *n = x->new ? x->new->name : x->old->name;
+            ck_assert_ptr_eq(x->old, wg_snapshot_service(before, n));
+            ck_assert_ptr_eq(x->new, wg_snapshot_service(s, n));
+        }
+        size_t held = 0;
+        for (size_t c = 0; c < s->n_chunks; c++) {
+            if (c + 1 < s->n_chunks)
+                ck_assert_uint_eq(s->chunks[c]->n, WG_SVC_CHUNK);
+            for (uint32_t m = 0; m < s->chunks[c]->n; m++) {
+                struct wg_pool_service *v = s->chunks[c]->v[m];
+                ck_assert_ptr_eq(v->chunk, s->chunks[c]);
+                ck_assert_ptr_eq(wg_snapshot_service(s, v->name), v);
+            }
+            held += s->chunks[c]->n;
+        }
+        ck_assert_uint_eq(held, s->n_services);     /* with the above: each once */
+        wg_snapshot_unref(before);
+        wg_pool_reclaim(f.pool);
+        for (size_t k = 0; k < s->n_services; k++)
+            ck_assert_uint_eq(atomic_load(&s->services[k]->refs), 1);
+        if (gone) {
+            ck_assert_uint_eq(atomic_load(&gone->refs), 1);     /* its service version went */
+            ck_assert_int_eq(wg_instance_health(gone), WG_HEALTH_DRAINING);
+            wg_instance_unref(gone);
+        }
+    }
+    teardown(&f);
+}
+END_TEST
+
+/* A list's result replaces the pools service by service (registry_map's
+ * rmap_replace_all): the map's services published, an unchanged one kept
+ * as the same object, a published one the map lacks removed (its instance
+ * draining), an empty map service dropped. */
+START_TEST(map_replaces_all_services)
+{
+    struct fixture f;
+    setup(&f, CFG);
+    struct keymap m = { 0 };
+    struct wg_record_set set = { 0 };
+    unit_record(&set, "s", "a", "127.0.0.1", 9001, 100);
+    rmap_put(&m, "/k/s/a", &set);
+    unit_record(&set, "gone", "g", "127.0.0.1", 9002, 100);
+    rmap_put(&m, "/k/gone/g", &set);
+    ck_assert_int_eq(rmap_replace_all(f.pool, &m), 2);
+    struct wg_snapshot *s1 = wg_pool_current(f.pool);
+    ck_assert_uint_eq(s1->n_services, 2);
+    const struct wg_pool_service *kept = wg_snapshot_service(s1, "s");
+    struct wg_instance *g = wg_snapshot_service(s1, "gone")->members[0].inst;
+    wg_instance_ref(g);
+    rmap_clear(&m);
+    unit_record(&set, "s", "a", "127.0.0.1", 9001, 100);        /* the same */
+    rmap_put(&m, "/k/s/a", &set);
+    unit_record(&set, "new", "n", "127.0.0.1", 9003, 100);
+    rmap_put(&m, "/k/new/n", &set);
+    unit_record(&set, "empty", "e", "127.0.0.1", 9004, 100);
+    rmap_put(&m, "/k/empty/e", &set);
+    rmap_delete(&m, "/k/empty/e");                              /* a service with no key */
+    ck_assert_int_eq(rmap_replace_all(f.pool, &m), 2);
+    struct wg_snapshot *s2 = wg_pool_current(f.pool);
+    ck_assert_uint_eq(s2->n_services, 2);
+    ck_assert_ptr_eq(wg_snapshot_service(s2, "s"), kept);
+    ck_assert_ptr_nonnull(wg_snapshot_service(s2, "new"));
+    ck_assert_ptr_null(wg_snapshot_service(s2, "gone"));
+    ck_assert_ptr_null(wg_snapshot_service(s2, "empty"));
+    ck_assert_ptr_null(m.dirty);
+    ck_assert_int_eq(wg_instance_health(g), WG_HEALTH_DRAINING);
+    wg_instance_unref(g);
+    rmap_clear(&m);
+    teardown(&f);
+}
+END_TEST
+
 START_TEST(probed_service_starts_unknown)
 {
     struct fixture f;
@@ -438,6 +565,8 @@ int main(void)
     tcase_add_test(tc, compact_address_round_trip_and_identity);
     tcase_add_test(tc, removed_service_and_unchanged_service_shared);
     tcase_add_test(tc, one_change_shares_every_other_service);
+    tcase_add_test(tc, chunks_hold_each_service_once);
+    tcase_add_test(tc, map_replaces_all_services);
     tcase_add_test(tc, probed_service_starts_unknown);
     tcase_add_test(tc, reclaim_waits_for_reader);
     tcase_add_test(tc, config_change_keeps_instances);

@@ -163,6 +163,8 @@ static const struct wg_h2_stream_ops OPS = { c_head, c_data, c_trailers, c_close
 
 #define NV(n, v) { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, sizeof(v) - 1, 0 }
 
+static const struct wg_h2_conn_limits *call_lim;     /* the service's, for call_start */
+
 static struct wg_h2_stream *call_start(struct world *w, struct call *c, const char *path,
                                        const uint8_t *body, size_t len, int *err)
 {
@@ -174,7 +176,8 @@ static struct wg_h2_stream *call_start(struct world *w, struct call *c, const ch
     c->body = body;
     c->body_len = len;
     int e = 0;
-    c->s = wg_h2_submit(w->h2, w->inst, NULL, NULL, false, nv, 6, true, &OPS, c, err ? err : &e);
+    c->s = wg_h2_submit(w->h2, w->inst, NULL, NULL, false, call_lim, nv, 6, true, &OPS, c,
+                        err ? err : &e);
     if (c->s && body)
         pump(c);
     return c->s;
@@ -231,7 +234,7 @@ START_TEST(unary_calls_share_one_connection)
                         NV(":path", "/x.Y/Z"), NV("x-grpc-status", "14") };
     struct call t = { 0 };
     int err = 0;
-    t.s = wg_h2_submit(w.h2, w.inst, NULL, NULL, false, nv, 5, false, &OPS, &t, &err);
+    t.s = wg_h2_submit(w.h2, w.inst, NULL, NULL, false, NULL, nv, 5, false, &OPS, &t, &err);
     ck_assert_ptr_nonnull(t.s);
     struct calls one = { &t, 1 };
     ck_assert(run_until(&w, all_closed, &one, 5000));
@@ -345,13 +348,76 @@ START_TEST(flow_control_both_ways)
 }
 END_TEST
 
+/* Fields are copied at submit, NO_COPY flags or not (the exchange's head
+ * lives on its stack): the buffer is overwritten before the HEADERS go
+ * out, and the backend still sees x-grpc-status 14 (Trailers-Only). */
+START_TEST(submit_copies_no_copy_fields)
+{
+    struct world w;
+    world_up(&w, NULL, NULL);
+    char buf[] = ":methodPOST:schemehttp:authorityg:path/x.Y/Zx-grpc-status14";
+    const uint8_t *b = (const uint8_t *)buf;
+    const uint8_t f = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+    nghttp2_nv nv[] = { { (uint8_t *)b, (uint8_t *)b + 7, 7, 4, f },
+                        { (uint8_t *)b + 11, (uint8_t *)b + 18, 7, 4, f },
+                        { (uint8_t *)b + 22, (uint8_t *)b + 32, 10, 1, f },
+                        { (uint8_t *)b + 33, (uint8_t *)b + 38, 5, 6, f },
+                        { (uint8_t *)b + 44, (uint8_t *)b + 57, 13, 2, f } };
+    struct call t = { 0 };
+    int err = 0;
+    t.s = wg_h2_submit(w.h2, w.inst, NULL, NULL, false, NULL, nv, 5, false, &OPS, &t, &err);
+    ck_assert_ptr_nonnull(t.s);
+    memset(buf, 'z', sizeof buf - 1);
+    struct calls one = { &t, 1 };
+    ck_assert(run_until(&w, all_closed, &one, 5000));
+    ck_assert_msg(t.end_in_head && t.status == 200 && t.error == 0, "status %u error %u",
+                  t.status, t.error);
+    world_down(&w);
+}
+END_TEST
+
+/* The limits a submit gives (the service's) replace the pool's for the
+ * instance: max_idle 0 keeps no idle connection; idle_timeout closes one. */
+START_TEST(service_limits_replace_the_pools)
+{
+    struct world w;
+    world_up(&w, NULL, NULL);
+    struct wg_h2_conn_limits none = wg_h2_defaults.lim, brief = wg_h2_defaults.lim;
+    none.max_idle = 0;
+    brief.idle_timeout_ms = 500;
+    struct call c;
+    struct calls one = { &c, 1 };
+    struct wg_h2_pool_stats st;
+    call_lim = &none;
+    ck_assert_ptr_nonnull(call_start(&w, &c, "/bench.B/Call", EMPTY_MSG, 5, NULL));
+    ck_assert(run_until(&w, all_closed, &one, 5000));
+    ck_assert(c.status == 200 && c.error == 0);
+    wg_h2_pool_stats(w.h2, &st);
+    ck_assert_uint_eq(st.connections, 0);
+    ck_assert_uint_eq(st.idle_closed, 1);
+    call_lim = &brief;
+    ck_assert_ptr_nonnull(call_start(&w, &c, "/bench.B/Call", EMPTY_MSG, 5, NULL));
+    ck_assert(run_until(&w, all_closed, &one, 5000));
+    wg_h2_pool_tick(w.h2, wg_now_ms() + 100);
+    wg_h2_pool_stats(w.h2, &st);
+    ck_assert_uint_eq(st.connections, 1);           /* the defaults' 60 s would keep it too */
+    wg_h2_pool_tick(w.h2, wg_now_ms() + 600);
+    wg_h2_pool_stats(w.h2, &st);
+    ck_assert_uint_eq(st.connections, 0);
+    ck_assert_uint_eq(st.idle_closed, 2);
+    ck_assert_uint_eq(st.connects, 2);
+    call_lim = NULL;
+    world_down(&w);
+}
+END_TEST
+
 /* A reset stream gets no callback; the connection stays usable. */
 START_TEST(reset_and_ping_liveness)
 {
     struct world w;
     struct wg_h2_settings set = wg_h2_defaults;
-    set.ping_interval_ms = 1000;
-    set.ping_timeout_ms = 1000;
+    set.lim.ping_interval_ms = 1000;
+    set.lim.ping_timeout_ms = 1000;
     world_up(&w, NULL, &set);
     struct call c;
     ck_assert_ptr_nonnull(call_start(&w, &c, "/wg.Echo/X", NULL, 0, NULL));
@@ -438,7 +504,7 @@ START_TEST(tls_alpn_h2_to_grpcio)
     c.body = req;
     c.body_len = sizeof req;
     int err = 0;
-    c.s = wg_h2_submit(w.h2, w.inst, ctx, NULL, true, nv, 6, true, &OPS, &c, &err);
+    c.s = wg_h2_submit(w.h2, w.inst, ctx, NULL, true, NULL, nv, 6, true, &OPS, &c, &err);
     ck_assert_ptr_nonnull(c.s);
     pump(&c);
     struct calls one = { &c, 1 };
@@ -570,6 +636,8 @@ int main(void)
     tcase_add_test(t, goaway_refuses_unprocessed_streams);
     tcase_add_test(t, flow_control_both_ways);
     tcase_add_test(t, reset_and_ping_liveness);
+    tcase_add_test(t, service_limits_replace_the_pools);
+    tcase_add_test(t, submit_copies_no_copy_fields);
     tcase_add_test(t, tls_alpn_h2_to_grpcio);
     suite_add_tcase(s, t);
     TCase *heads = tcase_create("heads");
