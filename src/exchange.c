@@ -1022,8 +1022,14 @@ static void upstream_attach(struct wg_downstream *d)
         h2_attach(d);
         return;
     }
+    /* A request that a stale pooled connection would only cost a free
+     * retry (upstream_lost: no body left to stream, replayable) takes one
+     * without the recv(MSG_PEEK): one system call of ~3 per request. */
+    bool free_retry = d->r->req_body_done && d->r->replayable &&
+                      (wg_http_method_idempotent(d->r->method) || d->r->t.retry_non_idempotent);
     struct wg_upconn *u = d->r->fresh_only ? NULL
-                        : wg_upstream_pool_get(d->loc->pool, d->r->inst, d, upstream_event);
+                        : wg_upstream_pool_get(d->loc->pool, d->r->inst, d, upstream_event,
+                                               !free_retry);
     d->r->up_reused = u != NULL;
     d->r->fresh_only = false;
     d->r->sent_any = false;
