@@ -943,8 +943,8 @@ static ssize_t upstream_read(struct wg_downstream *d)
     struct wg_upconn *u = d->r->up;
     if (!u)
         return h2_pull(d);
-    ssize_t n = hp_side_read(d->loc, &d->r->uin, u->fd, u->ssl, &u->readable, &u->read_wants_write,
-                          u->hup, &d->r->u_eof);
+    ssize_t n = hp_side_read_max(d->loc, &d->r->uin, u->fd, u->ssl, &u->readable,
+                                 &u->read_wants_write, u->hup, &d->r->u_eof, d->upstream_read_max);
     if (n < 0) {
         d->dead = true;
         return 0;

@@ -35,6 +35,11 @@
 #define H2_ROUNDS 32
 #define H2_READ 16384u
 #define H2_READS 64              /* reads (TLS records) per pump round */
+/* An upstream read's bytes become one DATA frame: with its 9-byte header
+ * it fills one 16 KiB TLS record (and wbuf) exactly. A 16 KiB read made a
+ * 16,393-byte frame, whose last 9 bytes went out alone in a 31-byte record
+ * and a write(2) of their own, three times per 64 KiB response. */
+#define H2_FRAME_PAYLOAD (HP_BLOCK - 9)
 
 struct h2_conn;
 
@@ -205,6 +210,7 @@ static struct h2_stream *stream_new(struct h2_conn *c, int32_t id)
     st->ds.payload_only = true;
     st->ds.client_port = c->client_port;
     st->ds.stream_id = (uint32_t)id;
+    st->ds.upstream_read_max = H2_FRAME_PAYLOAD;
     st->ds.proto = "h2";
     st->ds.cert_subject = c->cert_subject;
     st->ds.rq = WG_RQ_IDLE;
