@@ -21,7 +21,8 @@ resumed, as `openssl s_time -new`) with one GET; Ir / handshakes = user-space
 instructions per full handshake, with the --cert key type (RSA-2048 or ECDSA
 P-256) and with or without SNI. --syscalls runs the proxy natively instead
 and counts its system calls per handshake (`perf stat -e
-raw_syscalls:sys_enter` on its PID): the kernel side callgrind does not see.
+raw_syscalls:sys_enter` on its PID): the kernel side callgrind does not see;
+with a load scenario (l7, h2c, h2tls, ...) it counts them per request.
 """
 
 import argparse
@@ -63,7 +64,7 @@ def main():
     ap.add_argument("--handshakes", type=int, default=200)
     ap.add_argument("--sni", action="store_true", help="handshakes send SNI bench.test")
     ap.add_argument("--syscalls", action="store_true",
-                    help="hs*: run natively, count syscalls per handshake with perf stat")
+                    help="run natively, count syscalls per handshake (hs*) or request with perf stat")
     ap.add_argument("--record", action="store_true",
                     help="with --syscalls: also perf record -g the proxy (KEEP/LABEL-TARGET.perf)")
     args = ap.parse_args()
@@ -106,6 +107,9 @@ def main():
             scheme = "https" if kind in ("tls", "h2tls") else "http"
             url = "%s://127.0.0.1:%d%s" % (scheme, port, path)
             load(url, 10, 2, headers=headers)               # warm-up
+            if args.syscalls:
+                load_syscalls(args, env, p, url, load, headers, target)
+                continue
             subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True)
             r = load(url, args.conns, args.seconds, headers=headers)
             ir, dumps = dump_and_stop(env, p, out)
@@ -113,6 +117,27 @@ def main():
             print("%-8s %-8s %8.0f requests  %s instructions/request  (%s)" % (
                 target, args.scenario, n, "%.0f" % (ir / n) if ir and n else "?", ", ".join(dumps)),
                 flush=True)
+
+
+def load_syscalls(args, env, p, url, load, headers, target):
+    """--syscalls with a load scenario: the proxy runs natively; system calls
+    (perf stat raw_syscalls:sys_enter on its PID) and CPU per request."""
+    perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter,context-switches",
+                             "-p", str(p.pid)], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    c0 = cpu_split(p.pid)
+    r = load(url, args.conns, args.seconds, headers=headers)
+    c1 = cpu_split(p.pid)
+    perf.send_signal(2)
+    text = perf.communicate(timeout=30)[1]
+    env.stop(p)
+    counts = {ev: int(v) for v, ev in re.findall(r"^(\d+),[^,]*,([\w:-]+)", text, re.M)}
+    n = r["rps"] * args.seconds
+    print("%-8s %-8s %8.0f rps  per request: %s syscalls, %s context switches, CPU us user %s sys %s"
+          % (target, args.scenario, r["rps"],
+             *["%.2f" % (counts[ev] / n) if n and ev in counts else "?"
+               for ev in ("raw_syscalls:sys_enter", "context-switches")],
+             *["%.1f" % ((b - a) / n * 1e6) if n else "?" for a, b in zip(c0, c1)]), flush=True)
 
 
 def dump_and_stop(env, p, out):

@@ -237,9 +237,14 @@ ssize_t hp_tls_flush(SSL *ssl, bool *writable, bool *write_wants_read, struct hp
                      struct hp_buf *body);
 /* One read into *bp (a block taken when missing): >0 bytes, 0 nothing now
  * (*readable cleared once drained, *eof set at EOF or on an error), -1 out
- * of memory. */
-ssize_t hp_side_read(struct hp_local *loc, struct hp_buf **bp, int fd, SSL *ssl, bool *readable,
-                     bool *read_wants_write, bool hup, bool *eof);
+ * of memory. At most `max` bytes when not 0. */
+ssize_t hp_side_read_max(struct hp_local *loc, struct hp_buf **bp, int fd, SSL *ssl, bool *readable,
+                         bool *read_wants_write, bool hup, bool *eof, size_t max);
+static inline ssize_t hp_side_read(struct hp_local *loc, struct hp_buf **bp, int fd, SSL *ssl,
+                                   bool *readable, bool *read_wants_write, bool hup, bool *eof)
+{
+    return hp_side_read_max(loc, bp, fd, ssl, readable, read_wants_write, hup, eof, 0);
+}
 
 /* An edge-triggered event on a side (client or upstream socket): what it
  * makes ready. A TLS read waiting for writability (or a write waiting for
