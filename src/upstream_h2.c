@@ -29,6 +29,7 @@
 #define STREAM_MAGIC 0x82015eeaU
 #define READ_CHUNK 16384
 #define PENDING_MAX (1024 * 1024)
+#define SEND_BATCH (64 * 1024)
 
 const struct wg_h2_settings wg_h2_defaults = {
     .max_streams = 100, .max_conns = 8, .max_idle = 4, .idle_timeout_ms = 60000,
@@ -81,8 +82,8 @@ struct h2_conn {
     uint64_t idle_since_ms, ping_sent_ms;
     unsigned gen;                       /* instance down_generation at connect */
     struct wg_h2_stream *list;
-    uint8_t *pend;
-    size_t pend_len, pend_off;
+    uint8_t *pend;                      /* gathered frames: [pend_off, pend_len) unsent */
+    size_t pend_len, pend_off, pend_cap;
 };
 
 struct h2_inst {
@@ -430,30 +431,43 @@ static int io_send(struct h2_conn *c, const uint8_t *p, size_t len, size_t *done
     return errno == EAGAIN || errno == EINTR ? EAGAIN : errno;
 }
 
-/* Write what the session has; the rest waits for writability. */
+/* Write what the session has; the rest waits for writability. The frames
+ * nghttp2 serialises one at a time are gathered (up to SEND_BATCH) and
+ * written with one send(): a unary call's HEADERS and DATA, and every
+ * stream's frames submitted in the same loop turn, leave together. */
 static int conn_flush(struct h2_conn *c)
 {
     if (c->state != C_OPEN)
         return 0;
     for (;;) {
         if (c->pend_off == c->pend_len) {
-            const uint8_t *data;
-            c->in_callback = true;
-            ssize_t n = nghttp2_session_mem_send(c->s, &data);
-            c->in_callback = false;
-            if (n < 0)
-                return EPROTO;
-            if (n == 0)
+            c->pend_off = c->pend_len = 0;
+            while (c->pend_len < SEND_BATCH) {
+                const uint8_t *data;
+                c->in_callback = true;
+                ssize_t n = nghttp2_session_mem_send(c->s, &data);
+                c->in_callback = false;
+                if (n < 0)
+                    return EPROTO;
+                if (n == 0)
+                    break;
+                if ((size_t)n > PENDING_MAX)
+                    return EMSGSIZE;
+                if (c->pend_len + (size_t)n > c->pend_cap) {
+                    size_t cap = c->pend_len + (size_t)n;
+                    if (cap < SEND_BATCH)
+                        cap = SEND_BATCH;
+                    uint8_t *b = realloc(c->pend, cap);
+                    if (!b)
+                        return ENOMEM;
+                    c->pend = b;
+                    c->pend_cap = cap;
+                }
+                memcpy(c->pend + c->pend_len, data, (size_t)n);
+                c->pend_len += (size_t)n;
+            }
+            if (!c->pend_len)
                 break;
-            if ((size_t)n > PENDING_MAX)
-                return EMSGSIZE;
-            uint8_t *b = realloc(c->pend, (size_t)n);
-            if (!b)
-                return ENOMEM;
-            memcpy(b, data, (size_t)n);
-            c->pend = b;
-            c->pend_len = (size_t)n;
-            c->pend_off = 0;
         }
         size_t done;
         int err = io_send(c, c->pend + c->pend_off, c->pend_len - c->pend_off, &done);
