@@ -79,6 +79,7 @@ struct h2_conn {
     unsigned streams;
     uint32_t peer_max;
     bool goaway, in_callback, dying;
+    bool want_writable;                 /* some stream's body buffer was drained */
     uint64_t idle_since_ms, ping_sent_ms;
     unsigned gen;                       /* instance down_generation at connect */
     struct wg_h2_stream *list;
@@ -388,8 +389,10 @@ static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
             return (ssize_t)n;
         }
     }
-    if (n)
+    if (n) {
         st->want_writable = true;
+        ((struct h2_conn *)arg)->want_writable = true;
+    }
     if (!n) {
         st->deferred = true;
         return NGHTTP2_ERR_DEFERRED;
@@ -479,7 +482,12 @@ static int conn_flush(struct h2_conn *c)
         if (err)
             return err;
     }
-    /* Body buffers drained: tell their exchanges (outside nghttp2). */
+    /* Body buffers drained: tell their exchanges (outside nghttp2); the
+     * streams are walked only when one was (a connection has up to
+     * max_streams of them, and this runs on every flush). */
+    if (!c->want_writable)
+        return 0;
+    c->want_writable = false;
     for (struct wg_h2_stream *st = c->list, *next; st; st = next) {
         next = st->next;
         if (st->want_writable && !st->abandoned && st->ops->writable) {
