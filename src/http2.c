@@ -648,18 +648,7 @@ static void h2_end(struct wg_downstream *d)
 
 static void h2_shutdown(struct wg_downstream *d) {}
 
-/* The exchange moved (an upstream head, data, trailers, end): pump the
- * connection once the current event is over, not now, so that everything
- * one upstream read delivered, for this stream and the others, leaves in
- * one write (a unary gRPC call's HEADERS, DATA and trailers: one writev). */
-static void h2_wake(struct wg_downstream *d)
-{
-    struct h2_conn *c = stream_ds(d)->c;
-    if (c->pumping)
-        c->again = true;
-    else
-        event_active(&c->ev, EV_TIMEOUT, 0);
-}
+static void h2_wake(struct wg_downstream *d) { conn_pump(stream_ds(d)->c); }
 
 static const struct wg_downstream_ops h2_ops = {
     .reply = h2_reply,
