@@ -34,6 +34,7 @@
 #define H2_MAX_CONTINUATIONS 8
 #define H2_ROUNDS 32
 #define H2_READ 16384u
+#define H2_READS 64              /* reads (TLS records) per pump round */
 
 struct h2_conn;
 
@@ -87,6 +88,7 @@ struct h2_conn {
     unsigned n_streams;
     bool readable, writable, read_wants_write, write_wants_read, hup, eof;
     bool dead, pumping, again, goaway;
+    bool woken;                         /* ev is activated: the pump runs later this turn */
     struct hp_buf *rbuf;                /* bytes read, not yet fed to nghttp2 */
     struct hp_buf *wbuf;                /* bytes nghttp2 produced, not yet written */
     const uint8_t *pend;                /* mem_send output that did not fit in wbuf */
@@ -648,7 +650,22 @@ static void h2_end(struct wg_downstream *d)
 
 static void h2_shutdown(struct wg_downstream *d) {}
 
-static void h2_wake(struct wg_downstream *d) { conn_pump(stream_ds(d)->c); }
+/* An upstream event: pump the connection once at the end of this loop
+ * turn, not now. The upstream events of one turn (often one per stream,
+ * e.g. 10 responses of -m10) then leave in one mem_send and one write:
+ * one TLS record and one syscall, not one per stream. libevent runs an
+ * event activated during its dispatch in the same pass, after the ones
+ * already active. */
+static void h2_wake(struct wg_downstream *d)
+{
+    struct h2_conn *c = stream_ds(d)->c;
+    if (c->pumping)
+        c->again = true;                /* an upstream event inside our own loop */
+    else if (!c->woken) {
+        c->woken = true;
+        event_active(&c->ev, EV_TIMEOUT, 0);
+    }
+}
 
 static const struct wg_downstream_ops h2_ops = {
     .reply = h2_reply,
@@ -1069,11 +1086,21 @@ static bool conn_read(struct h2_conn *c)
     if (c->rbuf && c->rbuf->sent < c->rbuf->end)
         return false;                   /* fed partly: nghttp2 paused (it never does here) */
     bool eof = false;
-    ssize_t n = hp_side_read(c->loc, &c->rbuf, c->fd, c->ssl, &c->readable, &c->read_wants_write,
-                             c->hup, &eof);
-    if (n < 0) {
-        c->dead = true;
-        return false;
+    ssize_t n = 0;
+    /* TLS: one SSL_read gives one record, and clients often send a frame
+     * per record: read on until OpenSSL wants the socket (read_ahead gives
+     * it many records per read(2)) or the block is full, so that one
+     * mem_recv sees them all and the streams they start go out together. */
+    for (unsigned i = 0; i < H2_READS && c->readable && !eof; i++) {
+        ssize_t k = hp_side_read(c->loc, &c->rbuf, c->fd, c->ssl, &c->readable,
+                                 &c->read_wants_write, c->hup, &eof);
+        if (k < 0) {
+            c->dead = true;
+            return false;
+        }
+        if (k == 0)
+            break;
+        n += k;
     }
     if (eof)
         c->eof = true;
@@ -1170,8 +1197,10 @@ static void conn_pump(struct h2_conn *c)
         conn_free(c);
         return;
     }
-    if (c->again || (c->readable && !c->eof))
+    if ((c->again || (c->readable && !c->eof)) && !c->woken) {
+        c->woken = true;
         event_active(&c->ev, EV_TIMEOUT, 0);    /* budget spent: continue later */
+    }
     conn_timer_update(c);
 }
 
@@ -1242,6 +1271,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 static void client_event(evutil_socket_t fd, short what, void *arg)
 {
     struct h2_conn *c = arg;
+    c->woken = false;
     hp_edges(what, &c->readable, &c->writable, &c->read_wants_write, &c->write_wants_read, &c->hup);
     conn_pump(c);
 }
@@ -1298,6 +1328,8 @@ int wg_http2_accept(struct wg_worker *w, const struct wg_listener *l,
     c->l = l;
     c->fd = cl->fd;
     c->ssl = cl->ssl;
+    if (c->ssl)
+        SSL_set_read_ahead(c->ssl, 1);  /* many small records per read(2) (conn_read) */
     c->client_port = cl->client_port;
     memcpy(c->client_ip, cl->client_ip, sizeof c->client_ip);
     c->peer = cl->peer;
