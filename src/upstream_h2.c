@@ -53,7 +53,11 @@ struct wg_h2_stream {
     bool want_writable;
     uint32_t error;
     bool retryable;
-    uint8_t *wbuf;                      /* request body: [woff, wlen) */
+    bool has_body;
+    uint8_t *wbuf;                      /* request body: [woff, wlen), wcap bytes, grown on
+                                           demand up to WG_H2_BODY_BUF (a unary call's message
+                                           is small: no 64 KiB malloc per call) */
+    size_t wcap;
     size_t woff, wlen;
     uint8_t *rbuf;                      /* response body not yet taken: [roff, rlen) */
     size_t roff, rlen, rcap;
@@ -375,7 +379,8 @@ static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     size_t n = st->wlen - st->woff;
     if (n > len)
         n = len;
-    memcpy(buf, st->wbuf + st->woff, n);
+    if (n)
+        memcpy(buf, st->wbuf + st->woff, n);
     st->woff += n;
     if (st->woff == st->wlen) {
         st->woff = st->wlen = 0;
@@ -869,12 +874,12 @@ struct wg_h2_stream *wg_h2_submit(struct wg_h2_pool *p, struct wg_instance *inst
             return NULL;
     }
     struct wg_h2_stream *st = calloc(1, sizeof *st);
-    if (!st || (has_body && !(st->wbuf = malloc(WG_H2_BODY_BUF)))) {
-        free(st);
+    if (!st) {
         *err = ENOMEM;
         return NULL;
     }
     st->magic = STREAM_MAGIC;
+    st->has_body = has_body;
     st->ops = ops;
     st->ctx = ctx;
     nghttp2_data_provider dp = { .source.ptr = st, .read_callback = read_body };
@@ -898,7 +903,7 @@ struct wg_h2_stream *wg_h2_submit(struct wg_h2_pool *p, struct wg_instance *inst
 
 size_t wg_h2_stream_write(struct wg_h2_stream *st, const uint8_t *data, size_t len)
 {
-    if (!st->wbuf || st->body_end || st->closed)
+    if (!st->has_body || st->body_end || st->closed)
         return 0;
     if (st->woff && st->woff == st->wlen)
         st->woff = st->wlen = 0;
@@ -910,7 +915,22 @@ size_t wg_h2_stream_write(struct wg_h2_stream *st, const uint8_t *data, size_t l
     size_t room = WG_H2_BODY_BUF - st->wlen;
     if (len > room)
         len = room;
-    memcpy(st->wbuf + st->wlen, data, len);
+    if (st->wlen + len > st->wcap) {
+        size_t cap = st->wcap ? st->wcap : 4096;
+        while (cap < st->wlen + len)
+            cap *= 2;
+        if (cap > WG_H2_BODY_BUF)
+            cap = WG_H2_BODY_BUF;
+        uint8_t *b = realloc(st->wbuf, cap);
+        if (b) {
+            st->wbuf = b;
+            st->wcap = cap;
+        } else {
+            len = st->wcap - st->wlen;  /* out of memory: what fits */
+        }
+    }
+    if (len)
+        memcpy(st->wbuf + st->wlen, data, len);
     st->wlen += len;
     if (len && st->c && st->deferred) {
         st->deferred = false;
@@ -922,7 +942,7 @@ size_t wg_h2_stream_write(struct wg_h2_stream *st, const uint8_t *data, size_t l
 
 int wg_h2_stream_end(struct wg_h2_stream *st, const nghttp2_nv *trailers, size_t n)
 {
-    if (!st->wbuf || st->body_end)
+    if (!st->has_body || st->body_end)
         return -1;
     st->body_end = true;
     if (n) {
