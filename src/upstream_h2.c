@@ -337,7 +337,7 @@ static int on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t 
     }
     /* The peer respects our window, so rbuf never holds more than it. */
     if (st->rlen + len > st->rcap) {
-        size_t cap = st->rcap ? st->rcap : 16384;
+        size_t cap = st->rcap ? st->rcap : 1024;   /* a unary reply: a small malloc */
         while (cap < st->rlen + len)
             cap *= 2;
         uint8_t *b = realloc(st->rbuf, cap);
@@ -916,7 +916,7 @@ size_t wg_h2_stream_write(struct wg_h2_stream *st, const uint8_t *data, size_t l
     if (len > room)
         len = room;
     if (st->wlen + len > st->wcap) {
-        size_t cap = st->wcap ? st->wcap : 4096;
+        size_t cap = st->wcap ? st->wcap : 1024;
         while (cap < st->wlen + len)
             cap *= 2;
         if (cap > WG_H2_BODY_BUF)
