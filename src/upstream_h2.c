@@ -155,6 +155,14 @@ static void stream_closed(struct wg_h2_stream *st, uint32_t error, bool retryabl
         nghttp2_session_set_stream_user_data(c->s, st->id, NULL);
     if (c)
         pool_of(c)->st.streams--;
+    /* Response bytes still buffered count against the connection's window,
+     * and once unlinked the stream can no longer give them back as the
+     * exchange takes them: give them back now (the stream is over, the
+     * buffer cannot grow; it was within the stream window). Without this a
+     * connection lost those bytes of its window at every stream that ended
+     * ahead of a slow client, and stalled once 16 MiB were gone. */
+    if (c && c->s && st->rlen > st->roff)
+        nghttp2_session_consume_connection(c->s, st->rlen - st->roff);
     stream_unlink(st);
     st->closed = true;
     if (!st->error)
