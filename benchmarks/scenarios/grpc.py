@@ -23,11 +23,10 @@ Ratios are waygate's to the better of nginx and HAProxy in that column
 """
 
 import os
-import re
 import subprocess
 
-from ._common import (LOAD_CPU, Env, combine, errors_of, fmt, free_port, measured, pct,
-                      pinned)
+from ._common import (LOAD_CPU, Env, combine, errors_of, fmt, free_port, h2load_summary,
+                      measured, pct, pinned)
 
 NAME = "grpc"
 TITLE = "gRPC unary calls (h2load), HTTP/2 to the C gRPC backend"
@@ -57,15 +56,10 @@ def h2load(url, body, duration, clients, streams, log_path=None):
     argv.append(url + METHOD)
     out = subprocess.run(pinned(argv, LOAD_CPU), capture_output=True, text=True,
                          timeout=duration + 90).stdout
-    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s, ([\d.]+)(\w+)/s", out)
-    if not m:
-        raise RuntimeError("h2load said: %s" % out[-400:])
-    st = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
-                   r"(\d+) errored", out)
-    unit = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}.get(m.group(3), 1)
-    r = {"rps": float(m.group(1)), "mibs": float(m.group(2)) * unit / (1 << 20),
-         "errors": int(st.group(2)) + int(st.group(3)) if st else 1, "p50": None, "p99": None}
-    if not st or int(st.group(1)) == 0:
+    s = h2load_summary(out)
+    r = {"rps": s["rps"], "mibs": s["bytes_per_s"] / (1 << 20), "errors": s["errors"],
+         "p50": None, "p99": None}
+    if s["succeeded"] == 0:
         r["errors"] = max(r["errors"], 1)
     if log_path:
         lat = []
