@@ -36,6 +36,7 @@ static void local_free(void *arg)
     wg_upstream_pool_free(loc->pool);
     spares_free(&loc->bufs[0]);
     spares_free(&loc->bufs[1]);
+    spares_free(&loc->bufs[2]);
     spares_free(&loc->heads);
     spares_free(&loc->reqs);
     free(loc);
@@ -58,6 +59,7 @@ struct hp_local *hp_local_get(struct event_base *base)
     if (loc) {
         loc->bufs[0].max = HP_SPARE_SMALL;
         loc->bufs[1].max = HP_SPARE_BLOCKS;
+        loc->bufs[2].max = HP_SPARE_WIDE;
         loc->heads.max = HP_SPARE_HEADS;
         loc->reqs.max = HP_SPARE_REQS;
     }
