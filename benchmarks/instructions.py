@@ -2,7 +2,7 @@
 """Instructions (and syscalls) per request: a repeatable speed signal on a
 noisy machine (not a test).
 
-    python3 benchmarks/instructions.py [--build DIR] [--scenario l7|newconn|64k|tls|tlska|h2c|h2tls|hs13|hs12]
+    python3 benchmarks/instructions.py [--build DIR] [--scenario l7|newconn|64k|tls|tlska|h2c|h2tls|hs13|hs12|grpc|grpc1m]
                                        [--seconds S] [--targets waygate,haproxy,nginx]
                                        [--cert rsa|ecdsa] [--handshakes N] [--sni] [--syscalls]
 
@@ -21,7 +21,8 @@ resumed, as `openssl s_time -new`) with one GET; Ir / handshakes = user-space
 instructions per full handshake, with the --cert key type (RSA-2048 or ECDSA
 P-256) and with or without SNI. --syscalls runs the proxy natively instead
 and counts its system calls per handshake (`perf stat -e
-raw_syscalls:sys_enter` on its PID): the kernel side callgrind does not see.
+raw_syscalls:sys_enter` on its PID): the kernel side callgrind does not see;
+with a load scenario (l7, h2c, h2tls, ...) it counts them per request.
 """
 
 import argparse
@@ -41,7 +42,8 @@ from scenarios._common import (Ctx, Env, free_port, full_handshakes, wait_port, 
 SCEN = {"l7": ("http", "/", []), "newconn": ("http", "/", ["Connection: close"]),
         "64k": ("http", "/64k", []), "tls": ("tls", "/", ["Connection: close"]),
         "tlska": ("tls", "/", []), "h2c": ("h2c", "/", []), "h2tls": ("h2tls", "/", []),
-        "hs13": ("tls", "/", "1.3"), "hs12": ("tls", "/", "1.2")}
+        "hs13": ("tls", "/", "1.3"), "hs12": ("tls", "/", "1.2"),
+        "grpc": ("grpc", 16, 16), "grpc1m": ("grpc", 1 << 20, 16)}
 
 
 def h2load(url, conns, seconds, headers=()):
@@ -57,13 +59,15 @@ def main():
     ap.add_argument("--scenario", default="l7", choices=sorted(SCEN))
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--streams", type=int, default=0,
+                    help="grpc*: h2load -m (default 10 for grpc, 1 for grpc1m)")
     ap.add_argument("--targets", default="waygate,haproxy,nginx")
     ap.add_argument("--keep", default="/tmp/wg-callgrind")
     ap.add_argument("--cert", default="rsa", choices=("rsa", "ecdsa"))
     ap.add_argument("--handshakes", type=int, default=200)
     ap.add_argument("--sni", action="store_true", help="handshakes send SNI bench.test")
     ap.add_argument("--syscalls", action="store_true",
-                    help="hs*: run natively, count syscalls per handshake with perf stat")
+                    help="run natively, count syscalls per handshake (hs*) or request with perf stat")
     ap.add_argument("--record", action="store_true",
                     help="with --syscalls: also perf record -g the proxy (KEEP/LABEL-TARGET.perf)")
     args = ap.parse_args()
@@ -71,6 +75,8 @@ def main():
     hs = args.scenario.startswith("hs")
     os.makedirs(args.keep, exist_ok=True)
     ctx = Ctx(args.build)
+    if kind == "grpc":
+        return grpc_run(args, ctx, reply=path, request=headers)
     with Env(ctx) as env:
         tls_direct = free_port() if kind == "tls" else None
         load = h2load if kind.startswith("h2") else wrk
@@ -106,6 +112,10 @@ def main():
             scheme = "https" if kind in ("tls", "h2tls") else "http"
             url = "%s://127.0.0.1:%d%s" % (scheme, port, path)
             load(url, 10, 2, headers=headers)               # warm-up
+            if args.syscalls:
+                load_syscalls(args, env, p,
+                              lambda: load(url, args.conns, args.seconds, headers=headers), target)
+                continue
             subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True)
             r = load(url, args.conns, args.seconds, headers=headers)
             ir, dumps = dump_and_stop(env, p, out)
@@ -113,6 +123,78 @@ def main():
             print("%-8s %-8s %8.0f requests  %s instructions/request  (%s)" % (
                 target, args.scenario, n, "%.0f" % (ir / n) if ir and n else "?", ", ".join(dumps)),
                 flush=True)
+
+
+def load_syscalls(args, env, p, run, target, unit="request"):
+    """--syscalls with a load scenario: the proxy runs natively; run() drives
+    the load and returns its summary; prints system calls (perf stat
+    raw_syscalls:sys_enter on the proxy's PID), context switches and CPU per
+    request (or call), then stops the proxy."""
+    perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter,context-switches",
+                             "-p", str(p.pid)], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    c0 = cpu_split(p.pid)
+    r = run()
+    c1 = cpu_split(p.pid)
+    perf.send_signal(2)
+    text = perf.communicate(timeout=30)[1]
+    env.stop(p)
+    counts = {ev: int(v) for v, ev in re.findall(r"^(\d+),[^,]*,([\w:-]+)", text, re.M)}
+    n = r["rps"] * args.seconds
+    print("%-8s %-8s %8.0f rps  per %s: %s syscalls, %s context switches, CPU us user %s sys %s"
+          % (target, args.scenario, r["rps"], unit,
+             *["%.2f" % (counts[ev] / n) if n and ev in counts else "?"
+               for ev in ("raw_syscalls:sys_enter", "context-switches")],
+             *["%.1f" % ((b - a) / n * 1e6) if n else "?" for a, b in zip(c0, c1)]), flush=True)
+
+
+def grpc_run(args, ctx, reply, request):
+    """gRPC unary calls (the grpc scenario's configs and backend, h2c at the
+    edge): instructions per call under callgrind, or with --syscalls, natively,
+    system calls (and CPU) per call from perf stat on the proxy's PID."""
+    from scenarios import grpc
+    streams = args.streams if args.streams else 10 if reply < (1 << 20) else 1
+    with Env(ctx) as env:
+        bport = grpc.start_backend(env, reply)
+        body = env.path("req.bin")
+        with open(body, "wb") as f:
+            f.write(grpc.frame(request))
+        for target in args.targets.split(","):
+            out = os.path.join(args.keep, "%s-%s.%%p" % (args.scenario, target))
+            vg = [] if args.syscalls else ["valgrind", "--tool=callgrind",
+                                            "--callgrind-out-file=" + out]
+            port = free_port()
+            if target == "waygate":
+                conf = env.config("grpc.waygate.yaml", "wg.yaml", PORT=port, ADMIN=free_port(),
+                                  REG=env.registry(bport),
+                                  EDGE="http: { client_idle_timeout: 300s, h2c: true }")
+                argv = vg + [os.path.join(ctx.build, "waygate"), "-c", conf]
+            elif target == "haproxy":
+                conf = env.config("grpc.haproxy.cfg", "ha.cfg", PORT=port, BACKEND=bport,
+                                  BIND="proto h2")
+                argv = vg + ["haproxy", "-db", "-f", conf]
+            else:
+                conf = env.config("grpc.nginx.conf", "ng.conf", PORT=port, BACKEND=bport,
+                                  LISTEN="http2", SSL="")
+                argv = vg + ["nginx", "-p", env.tmp, "-c", conf]
+            p = env.start(target, argv, None, PROXY_CPU)
+            if not wait_port(port, 60, p):
+                print(target, "did not start:", env.log_tail(target))
+                continue
+            url = "http://127.0.0.1:%d" % port
+            grpc.h2load(url, body, 2, 10, streams)                  # warm-up
+            if args.syscalls:
+                load_syscalls(args, env, p,
+                              lambda: grpc.h2load(url, body, args.seconds, args.conns, streams),
+                              target, "call")
+                continue
+            subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True)
+            r = grpc.h2load(url, body, args.seconds, args.conns, streams)
+            n = r["rps"] * args.seconds
+            ir, dumps = dump_and_stop(env, p, out)
+            print("%-8s %-8s %8.0f calls  %s instructions/call  (%s)" % (
+                target, args.scenario, n, "%.0f" % (ir / n) if ir and n else "?",
+                ", ".join(dumps)), flush=True)
 
 
 def dump_and_stop(env, p, out):

@@ -1048,8 +1048,8 @@ static ssize_t upstream_read(struct wg_downstream *d)
     struct wg_upconn *u = d->r->up;
     if (!u)
         return h2_pull(d);
-    ssize_t n = hp_side_read(d->loc, &d->r->uin, u->fd, u->ssl, &u->readable, &u->read_wants_write,
-                          u->hup, &d->r->u_eof);
+    ssize_t n = hp_side_read_max(d->loc, &d->r->uin, u->fd, u->ssl, &u->readable,
+                                 &u->read_wants_write, u->hup, &d->r->u_eof, d->upstream_read_max);
     if (n < 0) {
         d->dead = true;
         return 0;
@@ -1127,8 +1127,14 @@ static void upstream_attach(struct wg_downstream *d)
         h2_attach(d);
         return;
     }
+    /* A request that a stale pooled connection would only cost a free
+     * retry (upstream_lost: no body left to stream, replayable) takes one
+     * without the recv(MSG_PEEK): one system call of ~3 per request. */
+    bool free_retry = d->r->req_body_done && d->r->replayable &&
+                      (wg_http_method_idempotent(d->r->method) || d->r->t.retry_non_idempotent);
     struct wg_upconn *u = d->r->fresh_only ? NULL
-                        : wg_upstream_pool_get(d->loc->pool, d->r->inst, d, upstream_event);
+                        : wg_upstream_pool_get(d->loc->pool, d->r->inst, d, upstream_event,
+                                               !free_retry);
     d->r->up_reused = u != NULL;
     d->r->fresh_only = false;
     d->r->sent_any = false;

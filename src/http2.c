@@ -34,6 +34,12 @@
 #define H2_MAX_CONTINUATIONS 8
 #define H2_ROUNDS 32
 #define H2_READ 16384u
+#define H2_READS 64              /* reads (TLS records) per pump round */
+/* An upstream read's bytes become one DATA frame: with its 9-byte header
+ * it fills one 16 KiB TLS record (and wbuf) exactly. A 16 KiB read made a
+ * 16,393-byte frame, whose last 9 bytes went out alone in a 31-byte record
+ * and a write(2) of their own, three times per 64 KiB response. */
+#define H2_FRAME_PAYLOAD (HP_BLOCK - 9)
 
 struct h2_conn;
 
@@ -87,6 +93,7 @@ struct h2_conn {
     unsigned n_streams;
     bool readable, writable, read_wants_write, write_wants_read, hup, eof;
     bool dead, pumping, again, goaway;
+    bool woken;                         /* ev is activated: the pump runs later this turn */
     struct hp_buf *rbuf;                /* bytes read, not yet fed to nghttp2 */
     struct hp_buf *wbuf;                /* bytes nghttp2 produced, not yet written */
     const uint8_t *pend;                /* mem_send output that did not fit in wbuf */
@@ -203,6 +210,7 @@ static struct h2_stream *stream_new(struct h2_conn *c, int32_t id)
     st->ds.payload_only = true;
     st->ds.client_port = c->client_port;
     st->ds.stream_id = (uint32_t)id;
+    st->ds.upstream_read_max = H2_FRAME_PAYLOAD;
     st->ds.proto = "h2";
     st->ds.cert_subject = c->cert_subject;
     st->ds.rq = WG_RQ_IDLE;
@@ -303,14 +311,24 @@ static ssize_t read_reply(nghttp2_session *s, int32_t id, uint8_t *buf, size_t l
 
 #define H2_EXTRA 32                     /* policy fields on one head (policy.h) */
 
+/* ":status" as three digits (snprintf's format machinery was 3 % of the
+ * instructions of a small h2c request). */
+static void status_digits(char code[3], unsigned status)
+{
+    status %= 1000;
+    code[0] = (char)('0' + status / 100);
+    code[1] = (char)('0' + status / 10 % 10);
+    code[2] = (char)('0' + status % 10);
+}
+
 static bool submit(struct h2_stream *st, unsigned status, const nghttp2_nv *extra, size_t n_extra,
                    const nghttp2_data_provider *dp)
 {
     nghttp2_nv nv[HP_MAX_HEADERS + 2 + H2_EXTRA];
     if (n_extra + 1 > sizeof nv / sizeof *nv)
         return false;
-    char code[4];
-    snprintf(code, sizeof code, "%03u", status % 1000);
+    char code[3];
+    status_digits(code, status);
     nv[0] = (nghttp2_nv){ (uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE };
     memcpy(nv + 1, extra, n_extra * sizeof *nv);
     if (nghttp2_submit_response(st->c->s, st->id, nv, n_extra + 1, dp) != 0)
@@ -528,8 +546,8 @@ static bool h2_response_head(struct wg_downstream *d, const struct wg_http_parse
         used += h->name.len;
     }
     if (!final) {
-        char code[4];
-        snprintf(code, sizeof code, "%03u", m->status % 1000);
+        char code[3];
+        status_digits(code, m->status);
         memmove(nv + 1, nv, n * sizeof *nv);
         nv[0] = (nghttp2_nv){ (uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE };
         return nghttp2_submit_headers(st->c->s, NGHTTP2_FLAG_NONE, st->id, NULL, nv, n + 1, NULL) == 0;
@@ -650,7 +668,22 @@ static void h2_end(struct wg_downstream *d)
 
 static void h2_shutdown(struct wg_downstream *d) {}
 
-static void h2_wake(struct wg_downstream *d) { conn_pump(stream_ds(d)->c); }
+/* An upstream event: pump the connection once at the end of this loop
+ * turn, not now. The upstream events of one turn (often one per stream,
+ * e.g. 10 responses of -m10) then leave in one mem_send and one write:
+ * one TLS record and one syscall, not one per stream. libevent runs an
+ * event activated during its dispatch in the same pass, after the ones
+ * already active. */
+static void h2_wake(struct wg_downstream *d)
+{
+    struct h2_conn *c = stream_ds(d)->c;
+    if (c->pumping)
+        c->again = true;                /* an upstream event inside our own loop */
+    else if (!c->woken) {
+        c->woken = true;
+        event_active(&c->ev, EV_TIMEOUT, 0);
+    }
+}
 
 static const struct wg_downstream_ops h2_ops = {
     .reply = h2_reply,
@@ -1071,11 +1104,21 @@ static bool conn_read(struct h2_conn *c)
     if (c->rbuf && c->rbuf->sent < c->rbuf->end)
         return false;                   /* fed partly: nghttp2 paused (it never does here) */
     bool eof = false;
-    ssize_t n = hp_side_read(c->loc, &c->rbuf, c->fd, c->ssl, &c->readable, &c->read_wants_write,
-                             c->hup, &eof);
-    if (n < 0) {
-        c->dead = true;
-        return false;
+    ssize_t n = 0;
+    /* TLS: one SSL_read gives one record, and clients often send a frame
+     * per record: read on until OpenSSL wants the socket (read_ahead gives
+     * it many records per read(2)) or the block is full, so that one
+     * mem_recv sees them all and the streams they start go out together. */
+    for (unsigned i = 0; i < H2_READS && c->readable && !eof; i++) {
+        ssize_t k = hp_side_read(c->loc, &c->rbuf, c->fd, c->ssl, &c->readable,
+                                 &c->read_wants_write, c->hup, &eof);
+        if (k < 0) {
+            c->dead = true;
+            return false;
+        }
+        if (k == 0)
+            break;
+        n += k;
     }
     if (eof)
         c->eof = true;
@@ -1172,8 +1215,10 @@ static void conn_pump(struct h2_conn *c)
         conn_free(c);
         return;
     }
-    if (c->again || (c->readable && !c->eof))
+    if ((c->again || (c->readable && !c->eof)) && !c->woken) {
+        c->woken = true;
         event_active(&c->ev, EV_TIMEOUT, 0);    /* budget spent: continue later */
+    }
     conn_timer_update(c);
 }
 
@@ -1244,6 +1289,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 static void client_event(evutil_socket_t fd, short what, void *arg)
 {
     struct h2_conn *c = arg;
+    c->woken = false;
     hp_edges(what, &c->readable, &c->writable, &c->read_wants_write, &c->write_wants_read, &c->hup);
     conn_pump(c);
 }
@@ -1300,6 +1346,8 @@ int wg_http2_accept(struct wg_worker *w, const struct wg_listener *l,
     c->l = l;
     c->fd = cl->fd;
     c->ssl = cl->ssl;
+    if (c->ssl)
+        SSL_set_read_ahead(c->ssl, 1);  /* many small records per read(2) (conn_read) */
     c->client_port = cl->client_port;
     memcpy(c->client_ip, cl->client_ip, sizeof c->client_ip);
     c->peer = cl->peer;

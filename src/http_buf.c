@@ -36,6 +36,7 @@ static void local_free(void *arg)
     wg_upstream_pool_free(loc->pool);
     spares_free(&loc->bufs[0]);
     spares_free(&loc->bufs[1]);
+    spares_free(&loc->bufs[2]);
     spares_free(&loc->heads);
     spares_free(&loc->reqs);
     free(loc);
@@ -58,6 +59,7 @@ struct hp_local *hp_local_get(struct event_base *base)
     if (loc) {
         loc->bufs[0].max = HP_SPARE_SMALL;
         loc->bufs[1].max = HP_SPARE_BLOCKS;
+        loc->bufs[2].max = HP_SPARE_WIDE;
         loc->heads.max = HP_SPARE_HEADS;
         loc->reqs.max = HP_SPARE_REQS;
     }
@@ -209,8 +211,8 @@ ssize_t hp_tls_flush(SSL *ssl, bool *writable, bool *write_wants_read, struct hp
 /* One read from one side into *bp (a block taken when missing): >0 bytes,
  * 0 nothing now (*readable cleared once drained, *eof set at EOF or on an
  * error), -1 out of memory. */
-ssize_t hp_side_read(struct hp_local *loc, struct hp_buf **bp, int fd, SSL *ssl,
-                         bool *readable, bool *read_wants_write, bool hup, bool *eof)
+ssize_t hp_side_read_max(struct hp_local *loc, struct hp_buf **bp, int fd, SSL *ssl,
+                         bool *readable, bool *read_wants_write, bool hup, bool *eof, size_t max)
 {
     if (!*readable || *eof)
         return 0;
@@ -221,6 +223,8 @@ ssize_t hp_side_read(struct hp_local *loc, struct hp_buf **bp, int fd, SSL *ssl,
         return 0;
     hp_buf_make_room(b);
     size_t space = b->cap - b->end;
+    if (max && space > max)
+        space = max;
     if (space == 0)
         return 0;
     ssize_t n = ssl ? hp_tls_read(ssl, read_wants_write, b->data + b->end, space)

@@ -29,6 +29,7 @@
 #define STREAM_MAGIC 0x82015eeaU
 #define READ_CHUNK 16384
 #define PENDING_MAX (1024 * 1024)
+#define SEND_BATCH (64 * 1024)
 
 const struct wg_h2_settings wg_h2_defaults = {
     .max_streams = 100, .max_conns = 8,
@@ -54,7 +55,11 @@ struct wg_h2_stream {
     bool want_writable;
     uint32_t error;
     bool retryable;
-    uint8_t *wbuf;                      /* request body: [woff, wlen) */
+    bool has_body;
+    uint8_t *wbuf;                      /* request body: [woff, wlen), wcap bytes, grown on
+                                           demand up to WG_H2_BODY_BUF (a unary call's message
+                                           is small: no 64 KiB malloc per call) */
+    size_t wcap;
     size_t woff, wlen;
     uint8_t *rbuf;                      /* response body not yet taken: [roff, rlen) */
     size_t roff, rlen, rcap;
@@ -80,11 +85,12 @@ struct h2_conn {
     unsigned streams;
     uint32_t peer_max;
     bool goaway, in_callback, dying;
+    bool want_writable;                 /* some stream's body buffer was drained */
     uint64_t idle_since_ms, ping_sent_ms;
     unsigned gen;                       /* instance down_generation at connect */
     struct wg_h2_stream *list;
-    uint8_t *pend;
-    size_t pend_len, pend_off;
+    uint8_t *pend;                      /* gathered frames: [pend_off, pend_len) unsent */
+    size_t pend_len, pend_off, pend_cap;
 };
 
 struct h2_inst {
@@ -351,7 +357,7 @@ static int on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t 
     }
     /* The peer respects our window, so rbuf never holds more than it. */
     if (st->rlen + len > st->rcap) {
-        size_t cap = st->rcap ? st->rcap : 16384;
+        size_t cap = st->rcap ? st->rcap : 1024;   /* a unary reply: a small malloc */
         while (cap < st->rlen + len)
             cap *= 2;
         uint8_t *b = realloc(st->rbuf, cap);
@@ -394,7 +400,8 @@ static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     size_t n = st->wlen - st->woff;
     if (n > len)
         n = len;
-    memcpy(buf, st->wbuf + st->woff, n);
+    if (n)
+        memcpy(buf, st->wbuf + st->woff, n);
     st->woff += n;
     if (st->woff == st->wlen) {
         st->woff = st->wlen = 0;
@@ -408,8 +415,10 @@ static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
             return (ssize_t)n;
         }
     }
-    if (n)
+    if (n) {
         st->want_writable = true;
+        ((struct h2_conn *)arg)->want_writable = true;
+    }
     if (!n) {
         st->deferred = true;
         return NGHTTP2_ERR_DEFERRED;
@@ -451,30 +460,43 @@ static int io_send(struct h2_conn *c, const uint8_t *p, size_t len, size_t *done
     return errno == EAGAIN || errno == EINTR ? EAGAIN : errno;
 }
 
-/* Write what the session has; the rest waits for writability. */
+/* Write what the session has; the rest waits for writability. The frames
+ * nghttp2 serialises one at a time are gathered (up to SEND_BATCH) and
+ * written with one send(): a unary call's HEADERS and DATA, and every
+ * stream's frames submitted in the same loop turn, leave together. */
 static int conn_flush(struct h2_conn *c)
 {
     if (c->state != C_OPEN)
         return 0;
     for (;;) {
         if (c->pend_off == c->pend_len) {
-            const uint8_t *data;
-            c->in_callback = true;
-            ssize_t n = nghttp2_session_mem_send(c->s, &data);
-            c->in_callback = false;
-            if (n < 0)
-                return EPROTO;
-            if (n == 0)
+            c->pend_off = c->pend_len = 0;
+            while (c->pend_len < SEND_BATCH) {
+                const uint8_t *data;
+                c->in_callback = true;
+                ssize_t n = nghttp2_session_mem_send(c->s, &data);
+                c->in_callback = false;
+                if (n < 0)
+                    return EPROTO;
+                if (n == 0)
+                    break;
+                if ((size_t)n > PENDING_MAX)
+                    return EMSGSIZE;
+                if (c->pend_len + (size_t)n > c->pend_cap) {
+                    size_t cap = c->pend_len + (size_t)n;
+                    if (cap < SEND_BATCH)
+                        cap = SEND_BATCH;
+                    uint8_t *b = realloc(c->pend, cap);
+                    if (!b)
+                        return ENOMEM;
+                    c->pend = b;
+                    c->pend_cap = cap;
+                }
+                memcpy(c->pend + c->pend_len, data, (size_t)n);
+                c->pend_len += (size_t)n;
+            }
+            if (!c->pend_len)
                 break;
-            if ((size_t)n > PENDING_MAX)
-                return EMSGSIZE;
-            uint8_t *b = realloc(c->pend, (size_t)n);
-            if (!b)
-                return ENOMEM;
-            memcpy(b, data, (size_t)n);
-            c->pend = b;
-            c->pend_len = (size_t)n;
-            c->pend_off = 0;
         }
         size_t done;
         int err = io_send(c, c->pend + c->pend_off, c->pend_len - c->pend_off, &done);
@@ -486,7 +508,12 @@ static int conn_flush(struct h2_conn *c)
         if (err)
             return err;
     }
-    /* Body buffers drained: tell their exchanges (outside nghttp2). */
+    /* Body buffers drained: tell their exchanges (outside nghttp2); the
+     * streams are walked only when one was (a connection has up to
+     * max_streams of them, and this runs on every flush). */
+    if (!c->want_writable)
+        return 0;
+    c->want_writable = false;
     for (struct wg_h2_stream *st = c->list, *next; st; st = next) {
         next = st->next;
         if (st->want_writable && !st->abandoned && st->ops->writable) {
@@ -891,12 +918,12 @@ struct wg_h2_stream *wg_h2_submit(struct wg_h2_pool *p, struct wg_instance *inst
             return NULL;
     }
     struct wg_h2_stream *st = calloc(1, sizeof *st);
-    if (!st || (has_body && !(st->wbuf = malloc(WG_H2_BODY_BUF)))) {
-        free(st);
+    if (!st) {
         *err = ENOMEM;
         return NULL;
     }
     st->magic = STREAM_MAGIC;
+    st->has_body = has_body;
     st->ops = ops;
     st->ctx = ctx;
     nghttp2_data_provider dp = { .source.ptr = st, .read_callback = read_body };
@@ -935,7 +962,7 @@ struct wg_h2_stream *wg_h2_submit(struct wg_h2_pool *p, struct wg_instance *inst
 
 size_t wg_h2_stream_write(struct wg_h2_stream *st, const uint8_t *data, size_t len)
 {
-    if (!st->wbuf || st->body_end || st->closed)
+    if (!st->has_body || st->body_end || st->closed)
         return 0;
     if (st->woff && st->woff == st->wlen)
         st->woff = st->wlen = 0;
@@ -947,7 +974,22 @@ size_t wg_h2_stream_write(struct wg_h2_stream *st, const uint8_t *data, size_t l
     size_t room = WG_H2_BODY_BUF - st->wlen;
     if (len > room)
         len = room;
-    memcpy(st->wbuf + st->wlen, data, len);
+    if (st->wlen + len > st->wcap) {
+        size_t cap = st->wcap ? st->wcap : 1024;
+        while (cap < st->wlen + len)
+            cap *= 2;
+        if (cap > WG_H2_BODY_BUF)
+            cap = WG_H2_BODY_BUF;
+        uint8_t *b = realloc(st->wbuf, cap);
+        if (b) {
+            st->wbuf = b;
+            st->wcap = cap;
+        } else {
+            len = st->wcap - st->wlen;  /* out of memory: what fits */
+        }
+    }
+    if (len)
+        memcpy(st->wbuf + st->wlen, data, len);
     st->wlen += len;
     if (len && st->c && st->deferred) {
         st->deferred = false;
@@ -959,7 +1001,7 @@ size_t wg_h2_stream_write(struct wg_h2_stream *st, const uint8_t *data, size_t l
 
 int wg_h2_stream_end(struct wg_h2_stream *st, const nghttp2_nv *trailers, size_t n)
 {
-    if (!st->wbuf || st->body_end)
+    if (!st->has_body || st->body_end)
         return -1;
     st->body_end = true;
     if (n) {

@@ -242,7 +242,7 @@ int wg_upconn_connect_result(struct wg_upconn *u)
 }
 
 struct wg_upconn *wg_upstream_pool_get(struct wg_upstream_pool *p, struct wg_instance *inst,
-                                       void *owner, wg_upconn_fn on_event)
+                                       void *owner, wg_upconn_fn on_event, bool peek)
 {
     struct wg_upstream_idle *l = *list_slot(p, inst);
     uint64_t now = l ? wg_now_ms() : 0;
@@ -250,7 +250,7 @@ struct wg_upconn *wg_upstream_pool_get(struct wg_upstream_pool *p, struct wg_ins
         struct wg_upconn *u = l->head;
         bool last = l->n == 1;
         idle_unlink(p, u);              /* may free l when it was the last */
-        if (reusable(u, now) && peer_quiet(u)) {
+        if (reusable(u, now) && !u->hup && (!peek || peer_quiet(u))) {
             u->owner = owner;
             u->on_event = on_event;
             u->requests++;

@@ -17,7 +17,7 @@ import importlib
 from ._common import Ctx, TARGETS  # noqa: F401
 
 ORDER = ("l7_newconn", "l7_64k", "l4_iperf", "tls", "h2", "idle_memory", "discovery",
-         "sync_100k", "policies")
+         "sync_100k", "policies", "grpc")
 SCENARIOS = {name: importlib.import_module("." + name, __name__) for name in ORDER}
 
 

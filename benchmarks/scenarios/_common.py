@@ -277,6 +277,20 @@ def wrk(url, conns, duration, headers=(), env=None, threads=1):
     return r
 
 
+def h2load_summary(out):
+    """h2load's summary: {'rps', 'bytes_per_s', 'errors', 'succeeded'}; errors are
+    failed + errored requests (1 when the line is missing)."""
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s, ([\d.]+)(\w+)/s", out)
+    if not m:
+        raise RuntimeError("h2load said: %s" % out[-400:])
+    st = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
+                   r"(\d+) errored", out)
+    unit = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}.get(m.group(3), 1)
+    return {"rps": float(m.group(1)), "bytes_per_s": float(m.group(2)) * unit,
+            "errors": int(st.group(2)) + int(st.group(3)) if st else 1,
+            "succeeded": int(st.group(1)) if st else 0}
+
+
 def measured(pid, fn):
     """Runs fn() while sampling the process pid: (fn's dict + cpu %, rss MiB)."""
     c0, t0 = cpu_seconds(pid), time.monotonic()

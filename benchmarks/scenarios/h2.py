@@ -12,7 +12,8 @@ not measured: the backend speaks HTTP/1.1 only.
 import re
 import subprocess
 
-from ._common import LOAD_CPU, Env, combine, errors_of, measured, pinned, start_target, table
+from ._common import (LOAD_CPU, Env, combine, errors_of, h2load_summary, measured, pinned,
+                      start_target, table)
 
 NAME = "h2"
 TITLE = "HTTP/2 at the proxy (h2load), HTTP/1.1 to the backend"
@@ -22,15 +23,9 @@ def h2load(url, path, duration, clients=50, streams=10):
     argv = ["h2load", "-c%d" % clients, "-m%d" % streams, "-t1", "-D%d" % duration, url + path]
     out = subprocess.run(pinned(argv, LOAD_CPU), capture_output=True, text=True,
                          timeout=duration + 60).stdout
-    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s, ([\d.]+)(\w+)/s", out)
-    if not m:
-        raise RuntimeError("h2load said: %s" % out[-400:])
-    st = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
-                   r"(\d+) errored", out)
+    r = h2load_summary(out)
     lat = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
-    unit = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}.get(m.group(3), 1)
-    return {"rps": float(m.group(1)), "bytes_per_s": float(m.group(2)) * unit,
-            "errors": int(st.group(2)) + int(st.group(3)) if st else 1,
+    return {"rps": r["rps"], "bytes_per_s": r["bytes_per_s"], "errors": r["errors"],
             "p50": None, "p99": None,
             "mean": _ms(lat.group(1)) if lat else None}
 

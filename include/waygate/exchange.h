@@ -226,6 +226,8 @@ struct wg_downstream {
     bool check_reset;                   /* an event came while the request waits upstream */
     uint16_t client_port;
     uint32_t stream_id;                 /* HTTP/2 stream, 0 for HTTP/1.1 */
+    uint32_t upstream_read_max;         /* bytes per upstream read, 0: a block's room
+                                           (HTTP/2: what one DATA frame carries) */
     const char *proto;                  /* "http/1.1" or "h2", for the access log */
     const char *cert_subject;           /* verified client certificate, RFC 4514, or NULL */
     const char *end_reason;             /* why it ended early, NULL: complete */

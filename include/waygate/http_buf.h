@@ -32,6 +32,9 @@
 #define HP_SPARE_BLOCKS 64              /* per worker free list (1 MiB): a burst leaves little behind */
 #define HP_SMALL (2048u - 32u)          /* a head we build, a log note: 2 KiB with its header */
 #define HP_SPARE_SMALL 128              /* (256 KiB) */
+#define HP_WIDE (64u * 1024u + 128u)    /* an HTTP/2 stream's window and its framing */
+#define HP_SPARE_WIDE 16                /* (1 MiB): glibc consolidates its fastbins on every
+                                           free of 64 KiB, so these are kept, not freed */
 #define HP_SPARE_HEADS 16
 #define HP_SPARE_REQS 64
 #define HP_MAX_HEADERS 128
@@ -65,7 +68,7 @@ struct event_base;
 
 /* Per worker thread: free lists and the upstream keep-alive pool. */
 struct hp_local {
-    struct hp_spares bufs[2];           /* free blocks: [0] small, [1] HP_BLOCK */
+    struct hp_spares bufs[3];           /* free blocks: [0] small, [1] HP_BLOCK, [2] HP_WIDE */
     struct hp_spares heads, reqs;
     struct wg_upstream_pool *pool;
     struct wg_h2_pool *h2;              /* HTTP/2 upstreams (upstream_h2.h), made on first use */
@@ -100,15 +103,20 @@ static inline void hp_spare_put(struct hp_spares *s, void *o)
     s->n++;
 }
 
-/* Two size classes keep free lists: small blocks for the heads we build
- * and the log note, HP_BLOCK for I/O; anything larger (a long head) is
- * allocated to size. */
-static inline int hp_buf_class(uint32_t cap) { return cap == HP_SMALL ? 0 : cap == HP_BLOCK ? 1 : -1; }
+/* Three size classes keep free lists: small blocks for the heads we build
+ * and the log note, HP_BLOCK for I/O, HP_WIDE for what holds an HTTP/2
+ * stream's 64 KiB window (a request body's blocks); anything else (a long
+ * head) is allocated to size. */
+static inline int hp_buf_class(uint32_t cap)
+{
+    return cap == HP_SMALL ? 0 : cap == HP_BLOCK ? 1 : cap == HP_WIDE ? 2 : -1;
+}
 
 /* A block of at least `cap` bytes, empty; NULL when out of memory. */
 static inline struct hp_buf *hp_buf_new(struct hp_local *loc, uint32_t cap)
 {
-    cap = cap <= HP_SMALL ? HP_SMALL : cap <= HP_BLOCK ? HP_BLOCK : cap;
+    cap = cap <= HP_SMALL ? HP_SMALL : cap <= HP_BLOCK ? HP_BLOCK
+        : cap > HP_WIDE - 4096 && cap <= HP_WIDE ? HP_WIDE : cap;
     int k = hp_buf_class(cap);
     struct hp_buf *b = k >= 0 ? hp_spare_get(&loc->bufs[k], sizeof *b + cap) : malloc(sizeof *b + cap);
     if (!b)
@@ -250,9 +258,14 @@ ssize_t hp_tls_flush(SSL *ssl, bool *writable, bool *write_wants_read, struct hp
                      struct hp_buf *body);
 /* One read into *bp (a block taken when missing): >0 bytes, 0 nothing now
  * (*readable cleared once drained, *eof set at EOF or on an error), -1 out
- * of memory. */
-ssize_t hp_side_read(struct hp_local *loc, struct hp_buf **bp, int fd, SSL *ssl, bool *readable,
-                     bool *read_wants_write, bool hup, bool *eof);
+ * of memory. At most `max` bytes when not 0. */
+ssize_t hp_side_read_max(struct hp_local *loc, struct hp_buf **bp, int fd, SSL *ssl, bool *readable,
+                         bool *read_wants_write, bool hup, bool *eof, size_t max);
+static inline ssize_t hp_side_read(struct hp_local *loc, struct hp_buf **bp, int fd, SSL *ssl,
+                                   bool *readable, bool *read_wants_write, bool hup, bool *eof)
+{
+    return hp_side_read_max(loc, bp, fd, ssl, readable, read_wants_write, hup, eof, 0);
+}
 
 /* An edge-triggered event on a side (client or upstream socket): what it
  * makes ready. A TLS read waiting for writability (or a write waiting for

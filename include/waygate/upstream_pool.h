@@ -18,8 +18,9 @@
  *    when it went down and came back meanwhile), and when its peer closes
  *    it or sends anything while idle (seen as soon as the event arrives).
  *  - A connection whose peer's FIN or reset was already seen (u->hup) is
- *    never parked; taking one checks with one recv(MSG_PEEK) that nothing
- *    arrived since it was parked (a FIN that epoll has not reported yet).
+ *    never parked; taking one for a caller that asks (`peek`) checks with
+ *    one recv(MSG_PEEK) that nothing arrived since it was parked (a FIN
+ *    that epoll has not reported yet).
  *  - wg_upstream_pool_get() returns the most recently parked connection
  *    (warm, least likely to have been closed by the peer's own timer).
  *  - A connection handed out may still turn out stale (the peer's FIN was
@@ -81,9 +82,11 @@ int wg_upconn_connect_result(struct wg_upconn *u);
 /* Close and free a connection in use (owner's error path or end). */
 void wg_upconn_close(struct wg_upconn *u);
 
-/* An idle connection to `inst`, now owned by `owner`, or NULL. */
+/* An idle connection to `inst`, now owned by `owner`, or NULL. `peek`:
+ * one recv(MSG_PEEK) first (for a request a stale connection would fail,
+ * not retry for free; the others save the system call). */
 struct wg_upconn *wg_upstream_pool_get(struct wg_upstream_pool *p, struct wg_instance *inst,
-                                       void *owner, wg_upconn_fn on_event);
+                                       void *owner, wg_upconn_fn on_event, bool peek);
 /* Park a connection whose last response was complete and left it open; it
  * is closed instead when over max_idle (0: no pooling) or its instance is
  * not healthy. */

@@ -83,7 +83,7 @@ class Client:
         hdrs += list(headers)
         self.conn.send_headers(sid, hdrs, end_stream=end and body is None)
         self.responses[sid] = {"status": None, "headers": [], "body": bytearray(), "ended": False,
-                               "reset": None, "trailers": []}
+                               "reset": None, "trailers": [], "frames": []}
         if body is not None:
             self.send_body(sid, body, end=end)
         self.flush()
@@ -121,6 +121,7 @@ class Client:
             elif isinstance(ev, h2.events.DataReceived):
                 if r is not None:
                     r["body"] += ev.data
+                    r["frames"].append(len(ev.data))
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, h2.events.StreamEnded) and r is not None:
                 r["ended"] = True

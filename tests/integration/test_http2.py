@@ -165,6 +165,22 @@ def test_h2_large_upload_and_download_byte_exact_rss_bounded():
                 wg.rss_kib(), size)
 
 
+def test_h2_data_frame_with_its_header_fits_one_tls_record():
+    """An upstream read becomes one DATA frame of at most 16,375 bytes: with
+    its 9-byte header one 16 KiB TLS record (a 16 KiB frame left 9 bytes for
+    a record and a write of their own)."""
+    with Harness() as h:
+        b = h.backend("http", name="a")
+        wg = h2_waygate(h, b)
+        c = Client(wg.port("h2"))
+        try:
+            r = c.get("/bytes?n=%d" % (1 << 20))
+            assert r["status"] == 200 and len(r["body"]) == 1 << 20, r["status"]
+            assert max(r["frames"]) <= 16384 - 9, sorted(r["frames"])[-3:]
+        finally:
+            c.close()
+
+
 def test_h2_zero_window_client_reset_after_send_timeout():
     with Harness() as h:
         b = h.backend("http", name="a")

@@ -5,6 +5,8 @@ client reset seen), connections the upstream closed with its response
 names with '_', interim (1xx) floods, Connection tokens past the 16th."""
 
 import json
+import os
+import signal
 import socket
 import struct
 import threading
@@ -190,6 +192,74 @@ def test_connection_closed_with_its_response_is_never_pooled():
             assert metric(wg, "waygate_http_upstream_stale_total") == 0, "a dead connection was reused"
             assert metric(wg, "waygate_http_upstream_reused_total") == 0
             assert up.requests == 6
+    finally:
+        up.close()
+
+
+class KeepAlive(Canned):
+    """Keep-alive "ok" to every request (no bodies); close_all() closes every
+    open connection at once (FIN), as a backend's idle timer does."""
+
+    def __init__(self):
+        self.conns = []
+        self.accepted = 0
+        super().__init__(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def serve(self, c):
+        self.accepted += 1
+        self.conns.append(c)
+        super().serve(c)
+
+    def close_all(self):
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns = []
+
+
+def stopped(pid):
+    """Every thread of pid is stopped (SIGSTOP takes effect asynchronously)."""
+    states = []
+    for t in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/stat" % (pid, t)) as f:
+            states.append(f.read().rsplit(")", 1)[1].split()[0])
+    return all(st in ("T", "t") for st in states)
+
+
+def test_peek_only_for_requests_a_stale_connection_would_fail():
+    """The pooled connection's FIN arrives while waygate is stopped, after
+    the client's next request: epoll reports both in one batch, the request
+    first. A GET takes the connection without recv(MSG_PEEK) (a stale one
+    costs a free retry, counted as stale); a POST (not retried once sent)
+    peeks and never uses it."""
+    up = KeepAlive()
+    try:
+        with Harness() as h:
+            wg, _ = start(h, backends=0, instances={"users": [up.instance("u")]},
+                          service_defaults={"retries": 0})
+            with connect(wg.port()) as s:
+                for k, (req, stale) in enumerate((
+                        (b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n", 1),
+                        (b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 1))):
+                    s.sendall(b"GET /warm HTTP/1.1\r\nHost: a\r\n\r\n")
+                    r = read_http_response(s)
+                    assert r.status == 200, r
+                    time.sleep(0.1)                     # the connection is parked
+                    os.kill(wg.pid, signal.SIGSTOP)
+                    try:
+                        wait_until(lambda: stopped(wg.pid), slack(5), "waygate stopped")
+                        s.sendall(req)
+                        time.sleep(0.1)
+                        up.close_all()
+                        time.sleep(0.2)
+                    finally:
+                        os.kill(wg.pid, signal.SIGCONT)
+                    r = read_http_response(s)
+                    assert r.status == 200 and r.body == b"ok", (k, r)
+                    assert metric(wg, "waygate_http_upstream_stale_total") == stale, k
+            assert up.accepted == 3                     # the first, the GET's retry, after the peek
     finally:
         up.close()
 
