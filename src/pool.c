@@ -891,18 +891,21 @@ uint64_t wg_pool_commit(struct wg_pool *p)
         staged_clear(p);
         return 0;
     }
-    for (size_t k = 0; k < p->n_staged; k++) {
-        struct wg_pool_service *old =
-            cur ? (struct wg_pool_service *)wg_snapshot_service(cur, p->staged[k].name) : NULL;
-        drain_removed(old, p->staged[k].svc);
-        if (old)        /* before the publish: workers sweep their states by it */
-            atomic_store_explicit(&old->retired, true, memory_order_relaxed);
-    }
+    for (size_t k = 0; k < s->n_changes; k++)  /* before the publish: workers sweep */
+        if (s->changes[k].old)                    /* their states by it */
+            atomic_store_explicit(&((struct wg_pool_service *)s->changes[k].old)->retired, true,
+                                  memory_order_relaxed);
     staged_clear(p);
     p->config_changed = false;
     s->generation = ++p->generation;
     s->created_ns = wg_now_ns();
     atomic_store_explicit(&p->current, s, memory_order_release);
+    /* Removed instances start draining only once the snapshot that replaces
+     * them is out: marked before, a worker still reading the old snapshot
+     * found its one instance draining and the one that replaces it not yet
+     * there ("no routable instance" for a put b + delete a). */
+    for (size_t k = 0; k < s->n_changes; k++)
+        drain_removed(s->changes[k].old, s->changes[k].new);
     if (cur)
         wg_reclaim_retire(p->rc, cur, snapshot_unref_cb);
     for (unsigned k = 0; k < p->n_hooks; k++)
