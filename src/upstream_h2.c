@@ -27,7 +27,7 @@
 
 #define CONN_MAGIC 0x8201c0aeU
 #define STREAM_MAGIC 0x82015eeaU
-#define READ_CHUNK 16384
+#define READ_CHUNK (64 * 1024)       /* one recv: up to four 16 KiB DATA frames */
 #define PENDING_MAX (1024 * 1024)
 #define SEND_BATCH (64 * 1024)
 
