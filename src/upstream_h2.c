@@ -28,6 +28,8 @@
 #define CONN_MAGIC 0x8201c0aeU
 #define STREAM_MAGIC 0x82015eeaU
 #define READ_CHUNK (64 * 1024)       /* one recv: up to four 16 KiB DATA frames */
+#define READ_ROUNDS 32               /* recvs per readable event (2 MiB): each stream
+                                        of the connection gets more per loop turn */
 #define PENDING_MAX (1024 * 1024)
 #define SEND_BATCH (64 * 1024)
 
@@ -550,7 +552,7 @@ static void conn_settle(struct h2_conn *c)
 static void conn_read(struct h2_conn *c)
 {
     uint8_t buf[READ_CHUNK];
-    for (int rounds = 0; rounds < 8; rounds++) {
+    for (int rounds = 0; rounds < READ_ROUNDS; rounds++) {
         size_t n = 0;
         int err = 0;
         if (c->ssl) {
