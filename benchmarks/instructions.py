@@ -69,7 +69,7 @@ def main():
     ap.add_argument("--syscalls", action="store_true",
                     help="run natively, count syscalls per handshake (hs*) or request with perf stat")
     ap.add_argument("--record", action="store_true",
-                    help="with --syscalls: also perf record -g the proxy (KEEP/LABEL-TARGET.perf)")
+                    help="with --syscalls: also perf record -g the proxy (KEEP/LABEL-TARGET.perf, KEEP/SCENARIO-TARGET.perf for load scenarios)")
     args = ap.parse_args()
     kind, path, headers = SCEN[args.scenario]
     hs = args.scenario.startswith("hs")
@@ -132,12 +132,19 @@ def load_syscalls(args, env, p, run, target, unit="request"):
     request (or call), then stops the proxy."""
     perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter,context-switches",
                              "-p", str(p.pid)], stderr=subprocess.PIPE, text=True)
+    rec = subprocess.Popen(["perf", "record", "-q", "-F", "2000", "-g", "-o",
+                            os.path.join(args.keep, "%s-%s.perf" % (args.scenario, target)),
+                            "-p", str(p.pid)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL) if args.record else None
     time.sleep(0.5)
     c0 = cpu_split(p.pid)
     r = run()
     c1 = cpu_split(p.pid)
     perf.send_signal(2)
     text = perf.communicate(timeout=30)[1]
+    if rec:
+        rec.send_signal(2)
+        rec.wait(timeout=60)
     env.stop(p)
     counts = {ev: int(v) for v, ev in re.findall(r"^(\d+),[^,]*,([\w:-]+)", text, re.M)}
     n = r["rps"] * args.seconds

@@ -1333,7 +1333,7 @@ static void h2_wake(struct wg_downstream *d)
 static struct hp_buf *h2_room(struct wg_downstream *d, size_t need)
 {
     struct hp_buf *b = d->r->uin;
-    if (!b && !(b = d->r->uin = hp_buf_new(d->loc, HP_BLOCK)))
+    if (!b && !(b = d->r->uin = hp_buf_new(d->loc, HP_WIDE)))
         return NULL;
     if (b->cap - b->end < need)
         hp_buf_make_room(b);

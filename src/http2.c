@@ -36,9 +36,11 @@
 #define H2_READ 16384u
 #define H2_READS 64              /* reads (TLS records) per pump round */
 /* An upstream read's bytes become one DATA frame: with its 9-byte header
- * it fills one 16 KiB TLS record (and wbuf) exactly. A 16 KiB read made a
+ * it fills one 16 KiB TLS record exactly. A 16 KiB read made a
  * 16,393-byte frame, whose last 9 bytes went out alone in a 31-byte record
- * and a write(2) of their own, three times per 64 KiB response. */
+ * and a write(2) of their own, three times per 64 KiB response. wbuf is
+ * HP_WIDE: with a 16 KiB wbuf each full 16 KiB DATA frame (an h2 upstream's)
+ * took two writev(2), 16,384 bytes and 9; now up to four frames take one. */
 #define H2_FRAME_PAYLOAD (HP_BLOCK - 9)
 
 struct h2_conn;
@@ -1134,7 +1136,7 @@ static bool conn_send(struct h2_conn *c)
 {
     bool moved = false;
     for (;;) {
-        if (!c->wbuf && !(c->wbuf = hp_buf_new(c->loc, HP_BLOCK))) {
+        if (!c->wbuf && !(c->wbuf = hp_buf_new(c->loc, HP_WIDE))) {
             c->dead = true;
             return false;
         }

@@ -27,7 +27,10 @@
 
 #define CONN_MAGIC 0x8201c0aeU
 #define STREAM_MAGIC 0x82015eeaU
-#define READ_CHUNK 16384
+#define READ_CHUNK (64 * 1024)       /* one recv: up to four 16 KiB DATA frames */
+#define TLS_RECORD 16384             /* the largest TLS record's payload */
+#define READ_ROUNDS 32               /* recvs per readable event (2 MiB): each stream
+                                        of the connection gets more per loop turn */
 #define PENDING_MAX (1024 * 1024)
 #define SEND_BATCH (64 * 1024)
 
@@ -550,7 +553,7 @@ static void conn_settle(struct h2_conn *c)
 static void conn_read(struct h2_conn *c)
 {
     uint8_t buf[READ_CHUNK];
-    for (int rounds = 0; rounds < 8; rounds++) {
+    for (int rounds = 0; rounds < READ_ROUNDS; rounds++) {
         size_t n = 0;
         int err = 0;
         if (c->ssl) {
@@ -585,7 +588,9 @@ static void conn_read(struct h2_conn *c)
         }
         if (c->dying)
             break;
-        if (n < sizeof buf && !(c->ssl && SSL_pending(c->ssl) > 0))
+        /* A short read means the socket is drained; SSL_read returns one
+         * record at most, so over TLS only a short record says so. */
+        if (n < (c->ssl ? TLS_RECORD : sizeof buf) && !(c->ssl && SSL_pending(c->ssl) > 0))
             break;
     }
     conn_settle(c);
