@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "waygate/exchange.h"
@@ -95,6 +96,7 @@ struct h2_conn {
     unsigned n_streams;
     bool readable, writable, read_wants_write, write_wants_read, hup, eof;
     bool dead, pumping, again, goaway;
+    bool calmed;                        /* ended by an error GOAWAY (conn_calm) */
     bool woken;                         /* ev is activated: the pump runs later this turn */
     struct hp_buf *rbuf;                /* bytes read, not yet fed to nghttp2 */
     struct hp_buf *wbuf;                /* bytes nghttp2 produced, not yet written */
@@ -149,6 +151,21 @@ static void conn_calm(struct h2_conn *c, uint32_t code, const char *why)
         return;
     wg_info("msg=\"http2 connection ended\" client=%s reason=%s", c->client_ip, why);
     nghttp2_session_terminate_session(c->s, code);
+    c->calmed = true;
+}
+
+/* Before closing a connection ended by an error GOAWAY: discard what the
+ * client sent and nobody read (bounded). A close() with unread input sends
+ * a reset and drops the GOAWAY still queued behind it, so a flooding
+ * client never learnt why it was cut; with the input drained it gets the
+ * GOAWAY, then a FIN. */
+static void drain_input(int fd)
+{
+    char sink[16384];
+
+    for (int k = 0; k < 64; k++)
+        if (recv(fd, sink, sizeof sink, MSG_DONTWAIT) <= 0)
+            return;
 }
 
 static void conn_free(struct h2_conn *c)
@@ -163,6 +180,8 @@ static void conn_free(struct h2_conn *c)
         SSL_free(c->ssl);
     }
     free(c->cert_subject);
+    if (c->calmed)
+        drain_input(c->fd);
     close(c->fd);
     hp_buf_free(c->loc, &c->rbuf);
     hp_buf_free(c->loc, &c->wbuf);
