@@ -125,6 +125,18 @@ def main():
                 flush=True)
 
 
+def perf_stop(env, p, perf, rec):
+    """End perf stat (and perf record when running), stop the proxy; the
+    event counts perf stat printed, by event name."""
+    perf.send_signal(2)
+    text = perf.communicate(timeout=30)[1]
+    if rec:
+        rec.send_signal(2)
+        rec.wait(timeout=60)
+    env.stop(p)
+    return {ev: int(v) for v, ev in re.findall(r"^(\d+),[^,]*,([\w:-]+)", text, re.M)}
+
+
 def load_syscalls(args, env, p, run, target, unit="request"):
     """--syscalls with a load scenario: the proxy runs natively; run() drives
     the load and returns its summary; prints system calls (perf stat
@@ -140,13 +152,7 @@ def load_syscalls(args, env, p, run, target, unit="request"):
     c0 = cpu_split(p.pid)
     r = run()
     c1 = cpu_split(p.pid)
-    perf.send_signal(2)
-    text = perf.communicate(timeout=30)[1]
-    if rec:
-        rec.send_signal(2)
-        rec.wait(timeout=60)
-    env.stop(p)
-    counts = {ev: int(v) for v, ev in re.findall(r"^(\d+),[^,]*,([\w:-]+)", text, re.M)}
+    counts = perf_stop(env, p, perf, rec)
     n = r["rps"] * args.seconds
     print("%-8s %-8s %8.0f rps  per %s: %s syscalls, %s context switches, CPU us user %s sys %s"
           % (target, args.scenario, r["rps"], unit,
@@ -247,13 +253,7 @@ def handshake_run(args, env, p, port, target, label, out):
     time.sleep(1.0)                                         # the proxy's closes
     c1 = cpu_split(p.pid)
     if args.syscalls:
-        perf.send_signal(2)
-        text = perf.communicate(timeout=30)[1]
-        if rec:
-            rec.send_signal(2)
-            rec.wait(timeout=60)
-        env.stop(p)
-        counts = {ev: int(v) for v, ev in re.findall(r"^(\d+),[^,]*,([\w:-]+)", text, re.M)}
+        counts = perf_stop(env, p, perf, rec)
         per = ["%.2f" % (counts[ev] / ok) if ok and ev in counts else "?"
                for ev in ("raw_syscalls:sys_enter", "page-faults", "context-switches")]
         us = ["%.0f" % ((b - a) / ok * 1e6) if ok else "?" for a, b in zip(c0, c1)]
