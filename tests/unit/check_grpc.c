@@ -2,6 +2,8 @@
 #include <check.h>
 #include <string.h>
 
+#include "unit_util.h"
+
 #include "waygate/grpc.h"
 
 #define S(x) x, sizeof x - 1
@@ -249,9 +251,5 @@ int main(void)
     tcase_add_test(t, health_decode);
     tcase_add_test(t, frames);
     suite_add_tcase(s, t);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return unit_run(s);
 }

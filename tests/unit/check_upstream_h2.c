@@ -644,9 +644,5 @@ int main(void)
     tcase_add_test(heads, request_head_to_nv);
     tcase_add_test(heads, response_h2_to_h1_round_trip);
     suite_add_tcase(s, heads);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return unit_run(s);
 }
