@@ -1311,8 +1311,6 @@ static enum wg_http_result request_body_decode(struct wg_downstream *d, struct h
     return r;
 }
 
-/* Request body (or tunnel bytes) client -> upstream, with backpressure:
- * the client is read only into the room the upstream has made. */
 /* ---- the upstream codec: HTTP/2 (DESIGN §15) ---------------------------
  * For h2c/h2 instances the attempt is a stream of the worker's wg_h2_pool
  * (upstream_h2.h) instead of a struct wg_upconn. The stream's callbacks
@@ -1654,7 +1652,8 @@ static void h2_request_body_step(struct wg_downstream *d, bool *progress)
         d->dead = true;                 /* the client gave up mid-body */
 }
 
-
+/* Request body (or tunnel bytes) client -> upstream, with backpressure:
+ * the client is read only into the room the upstream has made. */
 static void request_body_step(struct wg_downstream *d, bool *progress)
 {
     struct wg_upconn *u = d->r->up;
