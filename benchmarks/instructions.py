@@ -144,7 +144,8 @@ def load_syscalls(args, env, p, run, target, unit="request"):
     request (or call), then stops the proxy."""
     perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter,context-switches",
                              "-p", str(p.pid)], stderr=subprocess.PIPE, text=True)
-    rec = subprocess.Popen(["perf", "record", "-q", "-F", "2000", "-g", "-o",
+    cg = ["--call-graph", os.environ["WG_PERF_CALL_GRAPH"]] if os.environ.get("WG_PERF_CALL_GRAPH") else ["-g"]
+    rec = subprocess.Popen(["perf", "record", "-q", "-F", "2000", *cg, "-o",
                             os.path.join(args.keep, "%s-%s.perf" % (args.scenario, target)),
                             "-p", str(p.pid)], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL) if args.record else None

@@ -1375,6 +1375,10 @@ static void h2_on_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t 
             break;
         }
     }
+    /* An HTTP/2 client takes the payload as it comes: no HTTP/1.1 chunks
+     * to frame here and strip again (gRPC-Web's trailers are a chunk; an
+     * auth subrequest's body is read as HTTP/1.1). */
+    d->r->h2_raw = d->payload_only && !d->r->grpc_web && !auth_active(d->r);
     struct hp_buf *b = h2_room(d, 256);
     size_t len = b ? wg_h2_response_h1(status, nv, n, end_stream, b->data + b->end, b->cap - b->end)
                    : 0;
@@ -1399,13 +1403,23 @@ static size_t h2_on_data(void *ctx, const uint8_t *p, size_t len)
         d->r->h2_paused = true;
         return 0;
     }
-    if (!(b = h2_room(d, H2_CHUNK_OVERHEAD + 1))) {
+    size_t framing = d->r->h2_raw ? 0 : H2_CHUNK_OVERHEAD;
+    if (!(b = h2_room(d, framing + 1))) {
         d->r->h2_paused = true;
         return 0;
     }
-    size_t n = b->cap - b->end - H2_CHUNK_OVERHEAD;
+    size_t n = b->cap - b->end - framing;
     if (n > len)
         n = len;
+    if (d->r->h2_raw) {
+        memcpy(b->data + b->end, p, n);
+        b->end += (uint32_t)n;
+        d->r->h2_new += (uint32_t)n;
+        if (n < len)
+            d->r->h2_paused = true;
+        h2_wake(d);
+        return n;
+    }
     uint32_t was = b->end;
     b->end += (uint32_t)wg_h2_chunk_head(n, b->data + b->end);
     memcpy(b->data + b->end, p, n);
@@ -1453,6 +1467,10 @@ static void h2_on_trailers(void *ctx, const nghttp2_nv *nv, size_t n)
         return;                         /* closed() then finds no tail: truncated */
     size_t len = d->r->grpc_web ? h2_web_trailers(nv, n, t)
                                 : wg_h2_trailers_h1(nv, n, t->data, t->cap);
+    if (len && d->r->h2_raw) {          /* the trailer section alone (exchange.h: trailers), */
+        memmove(t->data, t->data + 3, len - 3);     /* without the last chunk's "0" line */
+        len -= 3;
+    }
     if (!len)
         hp_buf_free(d->loc, &d->r->h2_tail);
     else
@@ -1468,7 +1486,7 @@ static void h2_on_closed(void *ctx, uint32_t error, bool retryable)
                                            data call would keep the tail out for good) */
     d->r->h2_error = error;
     d->r->h2_retryable = retryable;
-    if (!error && !d->r->h2_tail) {     /* no trailers: the plain last chunk */
+    if (!error && !d->r->h2_tail && !d->r->h2_raw) {   /* no trailers: the plain last chunk */
         struct hp_buf *t = d->r->h2_tail = hp_buf_new(d->loc, HP_SMALL);
         if (t)
             t->end = (uint32_t)wg_h2_trailers_h1(NULL, 0, t->data, t->cap);
@@ -1501,7 +1519,15 @@ static ssize_t h2_pull(struct wg_downstream *d)
         wg_h2_stream_resume_read(r->h2);
         r->h2_calling = false;
     }
-    if (r->h2_closed && !r->h2_paused && r->h2_tail) {
+    if (r->h2_closed && !r->h2_paused && r->h2_raw && !r->h2_error) {
+        if (r->h2_tail) {               /* the trailers go as they are */
+            hp_buf_free(d->loc, &r->trailers);
+            r->trailers = r->h2_tail;
+            r->h2_tail = NULL;
+        }
+        if (!r->h2_new)                 /* every byte is in: the stream's end ends the body */
+            r->u_eof = true;
+    } else if (r->h2_closed && !r->h2_paused && r->h2_tail && !r->h2_raw) {
         struct hp_buf *t = r->h2_tail, *b = h2_room(d, t->end);
         if (b) {
             memcpy(b->data + b->end, t->data, t->end);
@@ -1777,7 +1803,8 @@ static void response_final(struct wg_downstream *d, const struct wg_http_parser 
         fail_upstream(d, 502);
         return;
     }
-    wg_http_body_init(&d->r->rs_body, m->framing, m->content_length, 0);
+    wg_http_body_init(&d->r->rs_body, d->r->h2_raw ? WG_HTTP_BODY_UNTIL_CLOSE : m->framing,
+                      m->content_length, 0);
     d->r->final_sent = true;
     count_status(d, m->status);
     d->rs = WG_RS_BODY;
@@ -1930,7 +1957,7 @@ static void response_body_step(struct wg_downstream *d, bool *progress)
     }
     if (!d->r->u_eof)
         return;
-    if (wg_http_body_eof(&d->r->rs_body) != WG_HTTP_DONE) {
+    if (wg_http_body_eof(&d->r->rs_body) != WG_HTTP_DONE || (d->r->h2_on && d->r->h2_error)) {
         wg_info("msg=\"upstream closed mid-body\" service=%s upstream=%s", d->r->svc->name,
                 d->r->inst->id);
         upstream_cut(d);

@@ -74,7 +74,8 @@ struct h2_stream {
     bool chunked;                       /* the upstream head says chunked */
     bool submitted;                     /* a final response is submitted */
     bool deferred;                      /* its data provider waits for bytes */
-    bool data_eof;                      /* the provider gave its last byte */
+    bool eof_queued;                    /* the provider flagged its last frame */
+    bool data_eof;                      /* and that frame's bytes left the exchange's block */
     bool reset;                         /* RST_STREAM sent */
     bool finished;                      /* the exchange ended (wg_exchange_finish) */
     bool sent_end;                      /* our END_STREAM went out */
@@ -508,7 +509,9 @@ static bool submit_trailers(struct h2_stream *st, const struct hp_buf *t)
 }
 
 /* The provider of an upstream response's body: the exchange's block
- * d->r->uin [sent, fwd), de-chunked. */
+ * d->r->uin [sent, fwd), de-chunked. Its bytes are not copied here but by
+ * send_upstream_data(), straight into wbuf behind the frame header
+ * (NO_COPY): one copy between the exchange's block and the socket. */
 static ssize_t read_upstream(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
                              uint32_t *flags, nghttp2_data_source *src, void *user)
 {
@@ -516,17 +519,15 @@ static ssize_t read_upstream(nghttp2_session *s, int32_t id, uint8_t *buf, size_
     struct wg_exchange *r = st->ds.r;
     struct hp_buf *b = r ? r->uin : NULL;
     size_t avail = b ? b->fwd - b->sent : 0, n = avail < len ? avail : len;
-    if (n) {
-        memcpy(buf, b->data + b->sent, n);
-        b->sent += (uint32_t)n;
-        b->start = b->sent;
-        r->req_bytes_out += n;
-        st->ds.blocked_since = 0;
-        st->c->again = true;            /* the exchange may read the upstream again */
-    }
-    if (!r || (st->ds.rs == WG_RS_DONE && (!b || b->sent == b->fwd))) {
+    if (n > H2_FRAME_PAYLOAD)
+        n = H2_FRAME_PAYLOAD;
+    if (n)
+        *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (!r || (st->ds.rs == WG_RS_DONE && (!b || b->sent + n == b->fwd))) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
-        st->data_eof = true;
+        st->eof_queued = true;
+        if (!n)
+            st->data_eof = true;
         if (r && r->trailers && submit_trailers(st, r->trailers))
             *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;     /* the trailers end the stream */
         return (ssize_t)n;
@@ -538,6 +539,39 @@ static ssize_t read_upstream(nghttp2_session *s, int32_t id, uint8_t *buf, size_
     return (ssize_t)n;
 }
 
+/* A DATA frame read_upstream() gave: its header and payload go into wbuf
+ * (conn_send keeps room for a whole frame before it asks for more). */
+static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_t *framehd,
+                              size_t len, nghttp2_data_source *src, void *user)
+{
+    struct h2_conn *c = user;
+    struct h2_stream *st = src->ptr;
+    struct wg_exchange *r = st->ds.r;
+    struct hp_buf *w = c->wbuf, *b = r ? r->uin : NULL;
+    size_t pad = f->data.padlen;
+    if (!b || b->fwd - b->sent < len)   /* the exchange let go of its block: cannot be */
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (!w || w->cap - w->end < 9 + pad + len)
+        return NGHTTP2_ERR_WOULDBLOCK;
+    memcpy(w->data + w->end, framehd, 9);
+    w->end += 9;
+    if (pad)
+        w->data[w->end++] = (char)(pad - 1);
+    memcpy(w->data + w->end, b->data + b->sent, len);
+    w->end += (uint32_t)len;
+    if (pad > 1) {
+        memset(w->data + w->end, 0, pad - 1);
+        w->end += (uint32_t)(pad - 1);
+    }
+    b->sent += (uint32_t)len;
+    b->start = b->sent;
+    r->req_bytes_out += len;
+    st->ds.blocked_since = 0;
+    c->again = true;                    /* the exchange may read the upstream again */
+    if (st->eof_queued && b->sent == b->fwd)
+        st->data_eof = true;
+    return 0;
+}
 
 /* An upstream response head as HEADERS: hop-by-hop and framing fields out,
  * names lower-cased (nghttp2 copies names and values). */
@@ -1164,6 +1198,8 @@ static bool conn_send(struct h2_conn *c)
             b->sent = b->end = 0;
         while (b->end < b->cap) {
             if (!c->pend_len) {
+                if (b->cap - b->end < 9 + H2_FRAME_PAYLOAD + 256)
+                    break;              /* room for the DATA frame send_upstream_data writes */
                 ssize_t n = nghttp2_session_mem_send(c->s, &c->pend);
                 if (n < 0) {
                     c->dead = true;
@@ -1330,6 +1366,7 @@ static nghttp2_session_callbacks *callbacks(void)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+    nghttp2_session_callbacks_set_send_data_callback(cbs, send_upstream_data);
     return cbs;
 }
 

@@ -283,7 +283,7 @@ enum wg_http_result hp_body_decode(struct wg_http_body *d, struct hp_buf *b, boo
         r = wg_http_body_parse(d, b->data + b->scan, b->end - b->scan, &st);
         if (r == WG_HTTP_ERROR)
             break;
-        if (dechunk && st.data_len)
+        if (dechunk && st.data_len && b->fwd != b->scan + st.data_off)
             memmove(b->data + b->fwd, b->data + b->scan + st.data_off, st.data_len);
         b->fwd += (uint32_t)(dechunk ? st.data_len : st.consumed);
         b->scan += (uint32_t)st.consumed;

@@ -358,6 +358,25 @@ static int on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t 
         nghttp2_session_consume(s, id, len);
         return 0;
     }
+    /* Nothing waits ahead of these bytes: offer them straight from
+     * nghttp2's input, so that only what the exchange leaves is copied. */
+    bool offered = st->roff == st->rlen && !st->delivering;
+    if (offered) {
+        st->delivering = true;
+        size_t n = st->ops->data(st->ctx, data, len);
+        st->delivering = false;
+        if (n > len)
+            n = len;
+        if (st->abandoned) {            /* reset from the callback: give the window back */
+            nghttp2_session_consume(s, id, len);
+            return 0;
+        }
+        stream_consume(st, n);
+        data += n;
+        len -= n;
+        if (!len)
+            return 0;
+    }
     /* The peer respects our window, so rbuf never holds more than it. */
     if (st->rlen + len > st->rcap) {
         size_t cap = st->rcap ? st->rcap : 1024;   /* a unary reply: a small malloc */
@@ -371,7 +390,8 @@ static int on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t 
     }
     memcpy(st->rbuf + st->rlen, data, len);
     st->rlen += len;
-    stream_deliver(st);
+    if (!offered)                       /* (else the exchange just paused the stream) */
+        stream_deliver(st);
     return 0;
 }
 

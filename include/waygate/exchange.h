@@ -136,6 +136,8 @@ struct wg_exchange {
     struct wg_h2_stream *h2;            /* the attempt's HTTP/2 stream (upstream_h2.h) */
     struct hp_buf *h2_tail;             /* its rendered end (trailers, last chunk) to go into uin */
     bool h2_on;                         /* this attempt speaks HTTP/2 (h2c/h2 instance) */
+    bool h2_raw;                        /* its payload goes into uin unframed (the client takes
+                                           payload only, HTTP/2): the stream's end ends the body */
     bool h2_ended, h2_closed, h2_retryable, h2_calling, h2_paused, grpc;
     bool grpc_web;                      /* gRPC-Web (binary): grpc is set too; translated to
                                            gRPC for HTTP/2 instances (docs/http.md) */
