@@ -1316,8 +1316,12 @@ static enum wg_http_result request_body_decode(struct wg_downstream *d, struct h
  * (upstream_h2.h) instead of a struct wg_upconn. The stream's callbacks
  * render the response as HTTP/1.1 into d->r->uin (a chunked head, chunks,
  * the last chunk with the trailers), so that the response steps above and
- * below parse and forward it as they do an HTTP/1.1 upstream's bytes.
- * Callbacks only fill buffers and set flags; the pump acts on them. */
+ * below parse and forward it as they do an HTTP/1.1 upstream's bytes. For
+ * a client that takes payload only (HTTP/2) the chunks are left out
+ * (h2_raw): the payload goes in as it is, the body is framed by the
+ * stream's end (the decoder's until-close framing) and the trailers go to
+ * r->trailers directly. Callbacks only fill buffers and set flags; the
+ * pump acts on them. */
 
 #define H2_CHUNK_OVERHEAD 24            /* "<hex>\r\n" and "\r\n" around a chunk */
 #define H2_FREE_RETRIES 3               /* unprocessed streams sent again, per request */
