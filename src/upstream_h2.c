@@ -416,6 +416,9 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t error, void 
     return 0;
 }
 
+/* The request body's provider: the stream's buffer [woff, wlen). Its bytes
+ * are copied by send_body(), straight into the connection's gathered
+ * frames behind the frame header (NO_COPY): one copy, not two. */
 static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
                          uint32_t *flags, nghttp2_data_source *src, void *arg)
 {
@@ -424,29 +427,54 @@ static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     if (n > len)
         n = len;
     if (n)
-        memcpy(buf, st->wbuf + st->woff, n);
-    st->woff += n;
-    if (st->woff == st->wlen) {
-        st->woff = st->wlen = 0;
-        if (st->body_end) {
-            *flags |= NGHTTP2_DATA_FLAG_EOF;
-            if (st->n_trailers) {
-                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-                if (nghttp2_submit_trailer(s, id, st->trailers, st->n_trailers) != 0)
-                    return NGHTTP2_ERR_CALLBACK_FAILURE;
-            }
-            return (ssize_t)n;
+        *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (st->woff + n == st->wlen && st->body_end) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (st->n_trailers) {
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            if (nghttp2_submit_trailer(s, id, st->trailers, st->n_trailers) != 0)
+                return NGHTTP2_ERR_CALLBACK_FAILURE;
         }
-    }
-    if (n) {
-        st->want_writable = true;
-        ((struct h2_conn *)arg)->want_writable = true;
+        return (ssize_t)n;
     }
     if (!n) {
         st->deferred = true;
         return NGHTTP2_ERR_DEFERRED;
     }
     return (ssize_t)n;
+}
+
+static int pend_reserve(struct h2_conn *c, size_t n);
+
+/* A DATA frame read_body() gave (within the same mem_send). */
+static int send_body(nghttp2_session *s, nghttp2_frame *f, const uint8_t *framehd, size_t len,
+                     nghttp2_data_source *src, void *arg)
+{
+    struct h2_conn *c = arg;
+    struct wg_h2_stream *st = src->ptr;
+    size_t pad = f->data.padlen;
+    if (st->wlen - st->woff < len)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (pend_reserve(c, 9 + pad + len) != 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    uint8_t *o = c->pend + c->pend_len;
+    memcpy(o, framehd, 9);
+    o += 9;
+    if (pad)
+        *o++ = (uint8_t)(pad - 1);
+    memcpy(o, st->wbuf + st->woff, len);
+    o += len;
+    if (pad > 1) {
+        memset(o, 0, pad - 1);
+        o += pad - 1;
+    }
+    c->pend_len = (size_t)(o - c->pend);
+    st->woff += len;
+    if (st->woff == st->wlen)
+        st->woff = st->wlen = 0;
+    st->want_writable = true;           /* room again: tell the exchange after the flush */
+    c->want_writable = true;
+    return 0;
 }
 
 /* ---- connections ---------------------------------------------------------------- */
@@ -483,6 +511,22 @@ static int io_send(struct h2_conn *c, const uint8_t *p, size_t len, size_t *done
     return errno == EAGAIN || errno == EINTR ? EAGAIN : errno;
 }
 
+/* Room for n more gathered bytes. */
+static int pend_reserve(struct h2_conn *c, size_t n)
+{
+    if (c->pend_len + n <= c->pend_cap)
+        return 0;
+    size_t cap = c->pend_len + n;
+    if (cap < SEND_BATCH)
+        cap = SEND_BATCH;
+    uint8_t *b = realloc(c->pend, cap);
+    if (!b)
+        return ENOMEM;
+    c->pend = b;
+    c->pend_cap = cap;
+    return 0;
+}
+
 /* Write what the session has; the rest waits for writability. The frames
  * nghttp2 serialises one at a time are gathered (up to SEND_BATCH) and
  * written with one send(): a unary call's HEADERS and DATA, and every
@@ -505,16 +549,8 @@ static int conn_flush(struct h2_conn *c)
                     break;
                 if ((size_t)n > PENDING_MAX)
                     return EMSGSIZE;
-                if (c->pend_len + (size_t)n > c->pend_cap) {
-                    size_t cap = c->pend_len + (size_t)n;
-                    if (cap < SEND_BATCH)
-                        cap = SEND_BATCH;
-                    uint8_t *b = realloc(c->pend, cap);
-                    if (!b)
-                        return ENOMEM;
-                    c->pend = b;
-                    c->pend_cap = cap;
-                }
+                if (pend_reserve(c, (size_t)n) != 0)
+                    return ENOMEM;
                 memcpy(c->pend + c->pend_len, data, (size_t)n);
                 c->pend_len += (size_t)n;
             }
@@ -857,6 +893,7 @@ struct wg_h2_pool *wg_h2_pool_new(struct event_base *base, const struct wg_h2_se
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(p->cb, on_data);
     nghttp2_session_callbacks_set_on_frame_send_callback(p->cb, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(p->cb, on_stream_close);
+    nghttp2_session_callbacks_set_send_data_callback(p->cb, send_body);
     return p;
 }
 
