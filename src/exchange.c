@@ -1577,7 +1577,7 @@ static void h2_attach(struct wg_downstream *d)
     r->fresh_only = false;
     r->sent_any = false;
     r->up_blocked_since = 0;
-    if (!d->loc->h2 && !(d->loc->h2 = wg_h2_pool_new(d->w->base, &wg_h2_defaults))) {
+    if (!d->loc->h2 && !(d->loc->h2 = wg_h2_pool_new(d->w->base, &wg_h2_defaults, d->w->stats))) {
         fail_upstream(d, 503);
         return;
     }
