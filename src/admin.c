@@ -442,6 +442,13 @@ static void status_head(struct stream *st, struct out *o)
         out_json_string(o, who);
         out_add(o, "}", 1);
     }
+    out_printf(o, ",\"upstream_h2\":{\"connections\":%" PRIu64 ",\"streams\":%" PRIu64
+               ",\"connects\":%" PRIu64 ",\"goaways\":%" PRIu64 ",\"pings\":%" PRIu64
+               ",\"ping_failures\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"idle_closed\":%" PRIu64 "}",
+               wg_stats_sum(WG_C_H2_UP_CONNECTIONS), wg_stats_sum(WG_C_H2_UP_STREAMS),
+               wg_stats_sum(WG_C_H2_UP_CONNECTS), wg_stats_sum(WG_C_H2_UP_GOAWAYS),
+               wg_stats_sum(WG_C_H2_UP_PINGS), wg_stats_sum(WG_C_H2_UP_PING_FAILURES),
+               wg_stats_sum(WG_C_H2_UP_REFUSED), wg_stats_sum(WG_C_H2_UP_IDLE_CLOSED));
     out_str(o, ",\"services\":{");
 }
 
@@ -647,6 +654,29 @@ static const struct {
       "Request copies sent by a mirror policy (fire-and-forget)." },
     { WG_C_MIRROR_SKIPPED, "waygate_mirror_skipped_total",
       "Request copies a mirror policy skipped (in-flight bound, no routable HTTP/1.1 instance, error)." },
+    { WG_C_H2_UP_CONNECTS, "waygate_upstream_h2_connects_total",
+      "HTTP/2 upstream connections opened (h2c and h2 instances)." },
+    { WG_C_H2_UP_GOAWAYS, "waygate_upstream_h2_goaways_total",
+      "GOAWAY frames received on HTTP/2 upstream connections." },
+    { WG_C_H2_UP_PINGS, "waygate_upstream_h2_pings_total",
+      "PINGs sent on idle HTTP/2 upstream connections (upstream.ping_interval)." },
+    { WG_C_H2_UP_PING_FAILURES, "waygate_upstream_h2_ping_failures_total",
+      "HTTP/2 upstream connections closed because a PING went unanswered (upstream.ping_timeout)." },
+    { WG_C_H2_UP_REFUSED, "waygate_upstream_h2_refused_total",
+      "HTTP/2 upstream streams the upstream did not process (GOAWAY last-stream-id, REFUSED_STREAM)." },
+    { WG_C_H2_UP_IDLE_CLOSED, "waygate_upstream_h2_idle_closed_total",
+      "Idle HTTP/2 upstream connections closed (upstream.max_idle, upstream.idle_timeout)." },
+};
+
+/* The gauges among the per-worker counters (stats.h): +1 / -1 each. */
+static const struct {
+    enum wg_counter c;
+    const char *name, *help;
+} gauges[] = {
+    { WG_C_H2_UP_CONNECTIONS, "waygate_upstream_h2_connections",
+      "HTTP/2 upstream connections open now, all workers." },
+    { WG_C_H2_UP_STREAMS, "waygate_upstream_h2_streams",
+      "HTTP/2 upstream streams open now, all workers." },
 };
 
 static const struct {
@@ -692,6 +722,8 @@ static void metrics_process(struct stream *st, struct out *o)
                atomic_load(&wg_stats_open_connections));
     for (size_t k = 0; k < sizeof counters / sizeof counters[0]; k++)
         metric_u64(o, counters[k].name, "counter", counters[k].help, wg_stats_sum(counters[k].c));
+    for (size_t k = 0; k < sizeof gauges / sizeof gauges[0]; k++)
+        metric_u64(o, gauges[k].name, "gauge", gauges[k].help, wg_stats_sum(gauges[k].c));
     family_head(o, "waygate_http_responses_total", "counter",
                 "HTTP responses sent to clients, by status class (101 counts as 1xx).");
     for (size_t k = 0; k < sizeof response_classes / sizeof response_classes[0]; k++)

@@ -1581,7 +1581,7 @@ static void h2_attach(struct wg_downstream *d)
     r->fresh_only = false;
     r->sent_any = false;
     r->up_blocked_since = 0;
-    if (!d->loc->h2 && !(d->loc->h2 = wg_h2_pool_new(d->w->base, &wg_h2_defaults))) {
+    if (!d->loc->h2 && !(d->loc->h2 = wg_h2_pool_new(d->w->base, &wg_h2_defaults, d->w->stats))) {
         fail_upstream(d, 503);
         return;
     }
@@ -2278,12 +2278,29 @@ void wg_exchange_release(struct wg_downstream *d, const char *reason)
     release_request(d);
 }
 
-const char *wg_exchange_cut(struct wg_downstream *d, uint64_t now_ms)
+void wg_exchange_abort(struct wg_downstream *d, const char *reason, const char *message)
+{
+    struct wg_exchange *r = d->r;
+    if (!r)
+        return;
+    if (r->grpc && !r->grpc_web && d->payload_only && r->final_sent && d->rs == WG_RS_DONE)
+        return;                         /* its end (trailers) is on its way already */
+    d->end_reason = reason;
+    if (!grpc_cut(d, WG_GRPC_UNAVAILABLE, message))
+        d->dead = true;
+}
+
+bool wg_exchange_cut(struct wg_downstream *d, uint64_t now_ms)
 {
     if (!d->r || !d->r->inst || !d->r->svc)
-        return NULL;
+        return false;
     enum wg_health_cut cut = wg_health_conn_cut(d->r->svc->cfg, d->r->inst, d->r->inst_gen, now_ms);
-    return cut == WG_CUT_NONE ? NULL : wg_health_cut_name(cut);
+    if (cut == WG_CUT_NONE)
+        return false;
+    wg_exchange_abort(d, wg_health_cut_name(cut),
+                      cut == WG_CUT_DRAIN_TIMEOUT ? "upstream drained (drain_timeout)"
+                                                  : "upstream unhealthy (on_unhealthy: close)");
+    return true;
 }
 
 static void response_step(struct wg_downstream *d, bool *progress)

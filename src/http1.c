@@ -101,11 +101,19 @@ static void conn_free(struct hp_conn *c)
     free(c);
 }
 
-static void force_close(struct wg_conn_link *l) { conn_free(conn_of(l)); }
+/* shutdown_timeout: the worker stops; a request still in progress is cut
+ * (logged reason=shutdown). */
+static void force_close(struct wg_conn_link *l)
+{
+    struct hp_conn *c = conn_of(l);
+    wg_exchange_abort(&c->ds, "shutdown", "shutting down (shutdown_timeout)");
+    conn_free(c);
+}
 
 /* The worker's 1 s tick: idle clients go when the worker drains; requests
  * and tunnels to an instance that must be cut (drain_timeout, on_unhealthy:
- * close) end now (health.h). */
+ * close) end now (health.h): the exchange's rule (wg_exchange_cut) has no
+ * gRPC trailers for an HTTP/1.1 client, so the connection closes. */
 static void conn_tick(struct wg_conn_link *l, uint64_t now_ms)
 {
     struct hp_conn *c = conn_of(l);
@@ -113,11 +121,8 @@ static void conn_tick(struct wg_conn_link *l, uint64_t now_ms)
         conn_free(c);
         return;
     }
-    const char *cut = wg_exchange_cut(&c->ds, now_ms);
-    if (!cut)
-        return;
-    c->ds.end_reason = cut;
-    conn_free(c);
+    if (wg_exchange_cut(&c->ds, now_ms) && c->ds.dead)
+        conn_free(c);
 }
 
 /* ---- what the exchange asks of the client side -------------------------- */

@@ -192,10 +192,37 @@ static void conn_free(struct h2_conn *c)
     free(c);
 }
 
-static void force_close(struct wg_conn_link *l) { conn_free(conn_of(l)); }
+static bool conn_send(struct h2_conn *c);
+static void stream_step(struct h2_stream *st);
+
+/* shutdown_timeout: the worker stops (its loop is over). The streams still
+ * open are cut by the exchange's rule (wg_exchange_abort): a gRPC one gets
+ * its UNAVAILABLE trailers, the others a reset, in a last non-blocking
+ * write (best effort: what the socket takes now), then the connection
+ * closes. */
+static void force_close(struct wg_conn_link *l)
+{
+    struct h2_conn *c = conn_of(l);
+    bool cut = false;
+    for (struct h2_stream *st = c->streams; st; st = st->next)
+        if (st->started && !st->finished && !st->reset && st->ds.r) {
+            wg_exchange_abort(&st->ds, "shutdown", "shutting down (shutdown_timeout)");
+            cut = true;
+        }
+    for (unsigned round = 0; cut && round < 2 && !c->dead; round++) {
+        for (struct h2_stream *st = c->streams; st && !c->dead; st = st->next)
+            if (st->started)            /* (none starts now) */
+                stream_step(st);
+        if (!c->dead)
+            conn_send(c);
+    }
+    c->calmed = c->calmed || cut;       /* unread input would turn the close into a reset */
+    conn_free(c);
+}
 
 /* The worker's 1 s tick: drain (GOAWAY, then close once no stream is
- * left); streams to an instance that must be cut are reset. */
+ * left); streams to an instance that must be cut end by the exchange's
+ * rule (wg_exchange_cut: gRPC trailers, else a reset), sent by the pump. */
 static void conn_tick(struct wg_conn_link *l, uint64_t now_ms)
 {
     struct h2_conn *c = conn_of(l);
@@ -205,13 +232,9 @@ static void conn_tick(struct wg_conn_link *l, uint64_t now_ms)
                               nghttp2_session_get_last_proc_stream_id(c->s), NGHTTP2_NO_ERROR,
                               NULL, 0);
     }
-    for (struct h2_stream *st = c->streams; st; st = st->next) {
-        const char *cut = wg_exchange_cut(&st->ds, now_ms);
-        if (cut) {
-            st->ds.end_reason = cut;
-            st->ds.dead = true;
-        }
-    }
+    for (struct h2_stream *st = c->streams; st; st = st->next)
+        if (!st->finished && !st->reset)
+            wg_exchange_cut(&st->ds, now_ms);
     conn_pump(c);
 }
 

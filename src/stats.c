@@ -47,6 +47,14 @@ static const char *const names[WG_C__COUNT] = {
     [WG_C_MIRROR_DROP_MAX_BODY] = "mirror_dropped_max_body",
     [WG_C_MIRROR_DROP_ABORTED] = "mirror_dropped_aborted",
     [WG_C_MIRROR_DROP_FAILED] = "mirror_dropped_failed",
+    [WG_C_H2_UP_CONNECTIONS] = "upstream_h2_connections",
+    [WG_C_H2_UP_STREAMS] = "upstream_h2_streams",
+    [WG_C_H2_UP_CONNECTS] = "upstream_h2_connects",
+    [WG_C_H2_UP_GOAWAYS] = "upstream_h2_goaways",
+    [WG_C_H2_UP_PINGS] = "upstream_h2_pings",
+    [WG_C_H2_UP_PING_FAILURES] = "upstream_h2_ping_failures",
+    [WG_C_H2_UP_REFUSED] = "upstream_h2_refused",
+    [WG_C_H2_UP_IDLE_CLOSED] = "upstream_h2_idle_closed",
 };
 
 struct wg_stats_block *wg_stats_block_new(void)

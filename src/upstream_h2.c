@@ -23,6 +23,7 @@
 #include "waygate/http.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
+#include "waygate/stats.h"
 #include "waygate/tls.h"
 
 #define CONN_MAGIC 0x8201c0aeU
@@ -112,7 +113,8 @@ struct wg_h2_pool {
     struct h2_inst *insts;
     nghttp2_session_callbacks *cb;
     nghttp2_option *opt;
-    struct wg_h2_pool_stats st;
+    struct wg_stats_block *stats;       /* the worker's (stats.h WG_C_H2_UP_*), or own */
+    struct wg_stats_block *own;         /* a pool made without a worker's block */
 };
 
 static void conn_close(struct h2_conn *c, uint32_t error);
@@ -153,6 +155,11 @@ static void stream_free(struct wg_h2_stream *st)
 
 static struct wg_h2_pool *pool_of(const struct h2_conn *c);
 
+static void count(struct wg_h2_pool *p, enum wg_counter c, uint64_t n)
+{
+    wg_stats_add(p->stats, c, n);
+}
+
 /* nghttp2 closed the stream (or the connection died): report once all data
  * was taken; an abandoned stream is just freed. */
 static void stream_closed(struct wg_h2_stream *st, uint32_t error, bool retryable)
@@ -161,7 +168,7 @@ static void stream_closed(struct wg_h2_stream *st, uint32_t error, bool retryabl
     if (c && c->s && st->id > 0)
         nghttp2_session_set_stream_user_data(c->s, st->id, NULL);
     if (c)
-        pool_of(c)->st.streams--;
+        count(pool_of(c), WG_C_H2_UP_STREAMS, (uint64_t)-1);
     /* Response bytes still buffered count against the connection's window,
      * and once unlinked the stream can no longer give them back as the
      * exchange takes them: give them back now (the stream is over, the
@@ -176,7 +183,7 @@ static void stream_closed(struct wg_h2_stream *st, uint32_t error, bool retryabl
         st->error = error;
     st->retryable = st->retryable || retryable;
     if (st->retryable && c)
-        pool_of(c)->st.refused++;
+        count(pool_of(c), WG_C_H2_UP_REFUSED, 1);
     if (st->abandoned) {
         stream_free(st);
         return;
@@ -311,7 +318,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *arg)
         return 0;
     case NGHTTP2_GOAWAY:
         c->goaway = true;
-        pool_of(c)->st.goaways++;
+        count(pool_of(c), WG_C_H2_UP_GOAWAYS, 1);
         return 0;
     case NGHTTP2_PING:
         if (f->hd.flags & NGHTTP2_FLAG_ACK)
@@ -601,7 +608,8 @@ static void conn_settle(struct h2_conn *c)
         !nghttp2_session_want_write(c->s))
         conn_close(c, NGHTTP2_NO_ERROR);
     else if (c->state == C_OPEN && !c->streams && (c->goaway || !c->hi->lim.max_idle)) {
-        pool_of(c)->st.idle_closed += !c->goaway;   /* max_idle 0: none is kept */
+        if (!c->goaway)                 /* max_idle 0: none is kept */
+            count(pool_of(c), WG_C_H2_UP_IDLE_CLOSED, 1);
         conn_retire(c);
     }
 }
@@ -778,7 +786,7 @@ static void conn_close(struct h2_conn *c, uint32_t error)
     if (c->next)
         c->next->prev = c->prev;
     hi->n--;
-    p->st.connections--;
+    count(p, WG_C_H2_UP_CONNECTIONS, (uint64_t)-1);
     if (c->rev)
         event_free(c->rev);
     if (c->wev)
@@ -818,8 +826,8 @@ static struct h2_conn *conn_open(struct wg_h2_pool *p, struct h2_inst *hi, SSL_C
         hi->conns->prev = c;
     hi->conns = c;
     hi->n++;
-    p->st.connections++;
-    p->st.connects++;
+    count(p, WG_C_H2_UP_CONNECTIONS, 1);
+    count(p, WG_C_H2_UP_CONNECTS, 1);
     const struct wg_instance *inst = hi->inst;
     nghttp2_settings_entry iv[] = {
         { NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
@@ -874,14 +882,21 @@ fail:
 
 /* ---- the pool ---------------------------------------------------------------------- */
 
-struct wg_h2_pool *wg_h2_pool_new(struct event_base *base, const struct wg_h2_settings *set)
+struct wg_h2_pool *wg_h2_pool_new(struct event_base *base, const struct wg_h2_settings *set,
+                                  struct wg_stats_block *stats)
 {
     struct wg_h2_pool *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
     p->base = base;
     p->set = set ? *set : wg_h2_defaults;
-    if (nghttp2_session_callbacks_new(&p->cb) != 0 || nghttp2_option_new(&p->opt) != 0) {
+    if (!stats && posix_memalign((void **)&p->own, 64, sizeof *p->own) == 0) {
+        for (int i = 0; i < WG_C__COUNT; i++)
+            atomic_init(&p->own->c[i], 0);
+        stats = p->own;
+    }
+    p->stats = stats;
+    if (!stats || nghttp2_session_callbacks_new(&p->cb) != 0 || nghttp2_option_new(&p->opt) != 0) {
         wg_h2_pool_free(p);
         return NULL;
     }
@@ -918,6 +933,7 @@ void wg_h2_pool_free(struct wg_h2_pool *p)
         nghttp2_session_callbacks_del(p->cb);
     if (p->opt)
         nghttp2_option_del(p->opt);
+    free(p->own);
     free(p);
 }
 
@@ -1017,7 +1033,7 @@ struct wg_h2_stream *wg_h2_submit(struct wg_h2_pool *p, struct wg_instance *inst
     c->list = st;
     c->streams++;
     c->ping_sent_ms = 0;
-    p->st.streams++;
+    count(p, WG_C_H2_UP_STREAMS, 1);
     conn_kick(c);
     return st;
 }
@@ -1137,12 +1153,13 @@ void wg_h2_pool_tick(struct wg_h2_pool *p, uint64_t now_ms)
             bool spare = ++idle > lim->max_idle || now_ms - c->idle_since_ms >= lim->idle_timeout_ms;
             bool close = spare || !wg_health_conn_reusable(hi->inst, c->gen);
             if (!close && c->ping_sent_ms && now_ms - c->ping_sent_ms >= lim->ping_timeout_ms) {
-                p->st.ping_failures++;
+                count(p, WG_C_H2_UP_PING_FAILURES, 1);
                 close = true;
             }
             if (close) {
                 idle--;
-                p->st.idle_closed += spare;
+                if (spare)
+                    count(p, WG_C_H2_UP_IDLE_CLOSED, 1);
                 conn_retire(c);
                 continue;
             }
@@ -1150,7 +1167,7 @@ void wg_h2_pool_tick(struct wg_h2_pool *p, uint64_t now_ms)
                 now_ms - c->idle_since_ms >= lim->ping_interval_ms) {
                 c->ping_sent_ms = now_ms ? now_ms : 1;
                 c->idle_since_ms = now_ms;  /* next ping one interval later */
-                p->st.pings++;
+                count(p, WG_C_H2_UP_PINGS, 1);
                 nghttp2_submit_ping(c->s, NGHTTP2_FLAG_NONE, NULL);
                 conn_settle(c);
             }
@@ -1164,7 +1181,15 @@ void wg_h2_pool_tick(struct wg_h2_pool *p, uint64_t now_ms)
 
 void wg_h2_pool_stats(const struct wg_h2_pool *p, struct wg_h2_pool_stats *out)
 {
-    *out = p->st;
+    const struct wg_stats_block *b = p->stats;
+#define GET(k) atomic_load_explicit(&b->c[k], memory_order_relaxed)
+    *out = (struct wg_h2_pool_stats){
+        .connections = GET(WG_C_H2_UP_CONNECTIONS), .streams = GET(WG_C_H2_UP_STREAMS),
+        .connects = GET(WG_C_H2_UP_CONNECTS), .goaways = GET(WG_C_H2_UP_GOAWAYS),
+        .pings = GET(WG_C_H2_UP_PINGS), .ping_failures = GET(WG_C_H2_UP_PING_FAILURES),
+        .refused = GET(WG_C_H2_UP_REFUSED), .idle_closed = GET(WG_C_H2_UP_IDLE_CLOSED),
+    };
+#undef GET
 }
 
 /* ---- heads ------------------------------------------------------------------------ */

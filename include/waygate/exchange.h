@@ -337,9 +337,19 @@ enum wg_finish {
 enum wg_finish wg_exchange_finish(struct wg_downstream *d, uint64_t *idle_ms);
 /* Log (once) and let go of the request in progress, if any. */
 void wg_exchange_release(struct wg_downstream *d, const char *reason);
-/* The worker's 1 s tick (drain_timeout, on_unhealthy: close): the reason
- * to cut the request now, or NULL. */
-const char *wg_exchange_cut(struct wg_downstream *d, uint64_t now_ms);
+/* Cut the request in progress now, `reason` for the access log
+ * (d->end_reason), `message` for a gRPC client. The rule for both codecs
+ * (DESIGN §15): a gRPC stream whose response head is out ends with
+ * trailers grpc-status UNAVAILABLE, grpc-message "waygate: <message>"
+ * after the body bytes already taken (the upstream is let go; the codec
+ * sends them on its next pump), and one whose response is already whole
+ * goes on to its end; any other request gets d->dead (the codec resets
+ * the stream or closes the connection). No request: nothing happens. */
+void wg_exchange_abort(struct wg_downstream *d, const char *reason, const char *message);
+/* The worker's 1 s tick (drain_timeout, on_unhealthy: close, health.h):
+ * when the request's instance must be cut now, wg_exchange_abort() it
+ * (reason "drain_timeout" / "on_unhealthy") and return true. */
+bool wg_exchange_cut(struct wg_downstream *d, uint64_t now_ms);
 /* Count an answered request of `status` (stats.h). */
 void wg_exchange_count_status(struct wg_downstream *d, unsigned status);
 

@@ -50,6 +50,17 @@ enum wg_counter {
     WG_C_MIRROR_DROP_MAX_BODY,  /* mirror copies dropped: body over max_body */
     WG_C_MIRROR_DROP_ABORTED,   /* dropped: the real request ended before its body */
     WG_C_MIRROR_DROP_FAILED,    /* dropped: the copy's connection failed mid-body */
+    /* the worker's HTTP/2 upstream pool (upstream_h2.h wg_h2_pool_stats);
+     * the first two are gauges: +1 and (uint64_t)-1, so each worker's
+     * value is its own count and the sum wraps back to the total */
+    WG_C_H2_UP_CONNECTIONS,     /* connections open now */
+    WG_C_H2_UP_STREAMS,         /* streams open now */
+    WG_C_H2_UP_CONNECTS,        /* connections opened */
+    WG_C_H2_UP_GOAWAYS,         /* GOAWAYs received */
+    WG_C_H2_UP_PINGS,           /* PINGs sent to idle connections */
+    WG_C_H2_UP_PING_FAILURES,   /* connections closed for an unanswered PING */
+    WG_C_H2_UP_REFUSED,         /* streams closed retryable (GOAWAY, REFUSED_STREAM) */
+    WG_C_H2_UP_IDLE_CLOSED,     /* idle connections closed: max_idle, idle_timeout */
     WG_C__COUNT
 };
 

@@ -101,7 +101,13 @@ struct wg_h2_stream_ops {
 struct wg_h2_pool;
 struct wg_h2_stream;
 
-struct wg_h2_pool *wg_h2_pool_new(struct event_base *base, const struct wg_h2_settings *set);
+struct wg_stats_block;
+
+/* stats: the worker's counter block (stats.h): the pool counts into its
+ * WG_C_H2_UP_* counters, which /metrics sums over the workers; NULL: a
+ * block of the pool's own (tests). */
+struct wg_h2_pool *wg_h2_pool_new(struct event_base *base, const struct wg_h2_settings *set,
+                                  struct wg_stats_block *stats);
 /* Closes every connection; open streams get ops->closed(CANCEL, false). */
 void wg_h2_pool_free(struct wg_h2_pool *p);
 
@@ -144,6 +150,9 @@ struct wg_h2_pool_stats {
     uint64_t refused;                   /* streams closed retryable */
     uint64_t idle_closed;               /* idle connections closed: max_idle, idle_timeout */
 };
+/* The pool's counters as its block holds them (relaxed atomic loads: any
+ * thread may read a block; a worker has one pool, so its block's values
+ * are its pool's). */
 void wg_h2_pool_stats(const struct wg_h2_pool *p, struct wg_h2_pool_stats *out);
 
 /* ---- heads between the exchange (HTTP/1.1 semantics) and HTTP/2 ----------

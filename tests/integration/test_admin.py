@@ -20,7 +20,7 @@ import zlib
 from wglib import (SANITIZED, Harness, Waygate, connect, free_port, http_request, name_via,
                    recv_exact, recv_line, slack, wait_until, write_atomic)
 
-STATUS_KEYS = {"version", "generation", "registry", "services"}
+STATUS_KEYS = {"version", "generation", "registry", "upstream_h2", "services"}
 INSTANCE_KEYS = {"id", "address", "protocol", "zone", "priority", "weight", "health",
                  "active_connections",
                  "requests_total"}

@@ -45,7 +45,7 @@ static void world_pool(struct world *w, unsigned port, const struct wg_h2_settin
     ck_assert_int_eq(wg_pool_replace_all(w->pool, &rs), 0);
     wg_record_set_clear(&rs);
     w->inst = wg_snapshot_service(wg_pool_current(w->pool), "g")->members[0].inst;
-    w->h2 = wg_h2_pool_new(w->base, set);
+    w->h2 = wg_h2_pool_new(w->base, set, NULL);
     ck_assert_ptr_nonnull(w->h2);
 }
 
