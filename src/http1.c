@@ -173,8 +173,9 @@ static bool h1_grpc_reply(struct wg_downstream *d, int grpc_status, const char *
 {
     struct hp_conn *c = conn_ds(d);
     struct hp_out o = hp_out_open(d->loc, &c->out, 256 + strlen(message));
-    hp_puts(&o, d->r->grpc_web ? "HTTP/1.1 200 OK\r\nContent-Type: application/grpc-web\r\ngrpc-status: "
-                               : "HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\ngrpc-status: ");
+    hp_puts(&o, "HTTP/1.1 200 OK\r\nContent-Type: ");
+    hp_puts(&o, wg_grpc_reply_type(d->r->grpc_web, d->r->grpc_web_text));
+    hp_puts(&o, "\r\ngrpc-status: ");
     hp_put_u64(&o, (uint64_t)grpc_status);
     hp_puts(&o, "\r\ngrpc-message: ");
     hp_puts(&o, message);

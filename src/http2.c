@@ -450,10 +450,9 @@ static bool h2_grpc_reply(struct wg_downstream *d, int grpc_status, const char *
     }
     char code[12];
     snprintf(code, sizeof code, "%d", grpc_status);
-    bool web = d->r->grpc_web;
+    const char *type = wg_grpc_reply_type(d->r->grpc_web, d->r->grpc_web_text);
     nghttp2_nv nv[3] = {
-        { (uint8_t *)"content-type", (uint8_t *)(web ? "application/grpc-web" : "application/grpc"),
-          12, web ? 20 : 16, NGHTTP2_NV_FLAG_NONE },
+        { (uint8_t *)"content-type", (uint8_t *)type, 12, strlen(type), NGHTTP2_NV_FLAG_NONE },
         { (uint8_t *)"grpc-status", (uint8_t *)code, 11, strlen(code), NGHTTP2_NV_FLAG_NONE },
         { (uint8_t *)"grpc-message", (uint8_t *)message, 12, strlen(message), NGHTTP2_NV_FLAG_NONE },
     };
