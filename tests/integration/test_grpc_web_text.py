@@ -226,3 +226,68 @@ def test_grpc_web_text_over_h2():
         check_echo(unb64(resp["body"]), msg, "text")
         c.close()
 
+
+GRPC_WEB_CORS = {"cors": {"origins": ["http://app.test"], "methods": ["POST"],
+                          "headers": ["content-type", "x-grpc-web", "x-user-agent", "grpc-timeout"],
+                          "expose_headers": ["grpc-status", "grpc-message"], "max_age": "10m"}}
+
+
+def test_grpc_web_text_cors():
+    """docs/policies.md's grpc-web CORS example: the browser's preflight is
+    answered, and every answer to the call itself (the upstream's messages,
+    its Trailers-Only error, waygate's own errors, over HTTP/1.1 and h2)
+    carries Access-Control-Allow-Origin and exposes grpc-status and
+    grpc-message, without which the browser reads no status."""
+    if not need_grpcio():
+        return
+    with Harness() as h:
+        g = GrpcServer(h, "cors")
+        lst = h2c_listener("g")
+        lst["policies"] = [GRPC_WEB_CORS]
+        lst["routes"] = [{"path_prefix": "/none.", "service": "none"},
+                         {"path_prefix": "/", "service": "users"}]
+        wg = h.waygate(listeners=[lst],
+                       instances={"users": [g.instance()], "none": [g.instance("w0", weight=0)]},
+                       services={"users": {"upstream": {"protocol": "h2c"}},
+                                 "none": {"upstream": {"protocol": "h2c"}}})
+        port = wg.ports["g"]
+        origin = [("Origin", "http://app.test")]
+        r = http_request(port, "OPTIONS", "/wg.Echo/One", timeout=slack(10), headers=origin + [
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "content-type,grpc-timeout,x-grpc-web,x-user-agent")])
+        assert r.status == 204 and r.header("Access-Control-Allow-Origin") == "http://app.test", r
+        assert "x-grpc-web" in r.header("Access-Control-Allow-Headers"), r
+        assert r.header("Access-Control-Allow-Methods") == "POST", r
+
+        def cors_ok(r, status):
+            assert r.status == 200 and r.header("Access-Control-Allow-Origin") == "http://app.test", r
+            assert r.header("Access-Control-Expose-Headers") == "grpc-status, grpc-message", r
+            if status is not None:
+                assert r.header("grpc-status") == status, r
+
+        hdrs = web_headers() + origin
+        r = http_request(port, "POST", "/wg.Echo/One", headers=hdrs, body=b64(frame(b"hi")),
+                         timeout=slack(10))
+        cors_ok(r, None)
+        check_echo(unb64(r.body), b"hi", "cors")
+        r = http_request(port, "POST", "/grpc.health.v1.Health/Check", headers=hdrs,
+                         body=b64(frame(b"\x0a\x04nope")), timeout=slack(10))
+        cors_ok(r, "5")                 # the upstream's Trailers-Only
+        r = http_request(port, "POST", "/none.S/M", headers=hdrs, body=b64(frame(b"x")),
+                         timeout=slack(10))
+        cors_ok(r, "14")                # waygate's own
+        r = http_request(port, "POST", "/wg.Echo/One", headers=hdrs, body=b"!!!!",
+                         timeout=slack(10))
+        cors_ok(r, "13")                # waygate's own: invalid base64
+        c = Client(port)
+        h2hdrs = [("content-type", TEXT), ("x-grpc-web", "1"), ("origin", "http://app.test")]
+        for path, body, status in (("/none.S/M", b64(frame(b"x")), "14"),
+                                   ("/wg.Echo/One", b"!!!!", "13"),
+                                   ("/grpc.health.v1.Health/Check", b64(frame(b"\x0a\x01x")), "5")):
+            resp = c.response(c.request(path, method="POST", headers=h2hdrs, body=body),
+                              timeout=slack(10))
+            hd = dict(resp["headers"])
+            assert hd.get("grpc-status") == status, resp
+            assert hd.get("access-control-allow-origin") == "http://app.test", resp
+            assert hd.get("access-control-expose-headers") == "grpc-status, grpc-message", resp
+        c.close()
