@@ -8,13 +8,16 @@ application/grpc-web-text: messages and the 0x80 trailer frame. Invalid
 base64 is waygate's own Trailers-Only INTERNAL."""
 
 import base64
+import html
+import json
+import re
 import socket
 import time
 
 from grpclib import GrpcServer, need_grpcio
 from h2lib import Client, h2c_listener
 from test_grpc_web import check_echo, frame, frames, trailer_fields
-from wglib import Harness, http_request, read_http_response, slack
+from wglib import BrowserPage, Harness, http_request, read_http_response, slack
 
 TEXT = "application/grpc-web-text"
 
@@ -291,3 +294,77 @@ def test_grpc_web_text_cors():
             assert hd.get("access-control-allow-origin") == "http://app.test", resp
             assert hd.get("access-control-expose-headers") == "grpc-status, grpc-message", resp
         c.close()
+
+
+def test_grpc_web_text_from_headless_chromium():
+    """fetch() from a page on another origin makes the calls grpc-web's
+    JavaScript client makes in grpcwebtext mode (its headers, a preflight,
+    the body decoded 4 chars at a time): the echo's message and trailer
+    frame, and the status of Trailers-Only answers read from the head."""
+    if not need_grpcio():
+        return
+    with Harness() as h, BrowserPage() as page:
+        if not page.chromium:
+            print("chromium not installed: gRPC-Web-from-a-browser check skipped")
+            return
+        g = GrpcServer(h, "browser")
+        cors = {"cors": dict(GRPC_WEB_CORS["cors"], origins=[page.origin])}
+        lst = h2c_listener("g")
+        lst["policies"] = [cors]
+        lst["routes"] = [{"path_prefix": "/none.", "service": "none"},
+                         {"path_prefix": "/", "service": "users"}]
+        wg = h.waygate(listeners=[lst],
+                       instances={"users": [g.instance()], "none": [g.instance("w0", weight=0)]},
+                       services={"users": {"upstream": {"protocol": "h2c"}},
+                                 "none": {"upstream": {"protocol": "h2c"}}})
+        api = "http://127.0.0.1:%d" % wg.ports["g"]
+        dom = page.dom(h, """<!doctype html><html><body><pre id="out">pending</pre><script>
+const API = "%s";
+function frame(bytes) {
+  const f = new Uint8Array(5 + bytes.length);
+  new DataView(f.buffer).setUint32(1, bytes.length);
+  f.set(bytes, 5);
+  return f;
+}
+function b64(u8) { let s = ""; for (const b of u8) s += String.fromCharCode(b); return btoa(s); }
+function unb64(text) {          /* as grpc-web does: 4 chars at a time */
+  const out = [];
+  for (let i = 0; i < text.length; i += 4)
+    for (const c of atob(text.substr(i, 4))) out.push(c.charCodeAt(0));
+  return new Uint8Array(out);
+}
+async function call(path, body) {
+  try {
+    const r = await fetch(API + path, {method: "POST", body: body, headers: {
+      "content-type": "application/grpc-web-text", "accept": "application/grpc-web-text",
+      "x-grpc-web": "1", "x-user-agent": "grpc-web-javascript/0.1", "grpc-timeout": "10S"}});
+    const text = await r.text();
+    if (r.headers.get("grpc-status") !== null)
+      return "head " + r.headers.get("grpc-status") + " " + r.headers.get("grpc-message");
+    const u8 = unb64(text), out = [];
+    for (let off = 0; off < u8.length; ) {
+      const n = new DataView(u8.buffer).getUint32(off + 1);
+      out.push(u8[off] + ":" + new TextDecoder().decode(u8.subarray(off + 5, off + 5 + n)));
+      off += 5 + n;
+    }
+    return out.join("|");
+  } catch (e) { return "blocked " + e; }
+}
+(async () => {
+  const hello = new TextEncoder().encode("hello from a browser");
+  const r = [await call("/wg.Echo/One", b64(frame(hello))),
+             await call("/none.S/M", b64(frame(hello))),
+             await call("/wg.Echo/One", "!!!!"),
+             await call("/grpc.health.v1.Health/Check",
+                        b64(frame(new Uint8Array([10, 4, 110, 111, 112, 101]))))];
+  document.getElementById("out").textContent = "result " + JSON.stringify(r);
+})();
+</script></body></html>""" % api, budget_ms=10000)
+        m = re.search(r'<pre id="out">result (.*)</pre>', dom)
+        assert m, (dom[-2000:], page.stderr[-2000:])
+        r = json.loads(html.unescape(m.group(1)))
+        assert r[0].startswith("0:hello from a browser|128:"), r
+        assert "grpc-status: 0" in r[0] and "x-server: browser" in r[0], r
+        assert r[1] == "head 14 waygate: no healthy upstream", r
+        assert r[2] == "head 13 waygate: malformed request", r
+        assert r[3] == "head 5 health: NOT_FOUND", r
