@@ -107,6 +107,11 @@ def test_grpc_web_text_over_http1():
                                 pause=0.05 if step > 1 else 0.005)
             assert r.status == 200 and r.header("Content-Type") == TEXT, r
             check_echo(unb64(r.body), msg * 5, "text")
+        # a message of many blocks both ways (decoded and encoded block by block)
+        big = bytes(range(256)) * 1200 + b"x"
+        r = http_request(port, "POST", "/wg.Echo/One", headers=web_headers(),
+                         body=b64(frame(big)), timeout=slack(30))
+        check_echo(unb64(r.body), big, "text")
         # server streaming: 3 messages, then the trailer frame
         r = http_request(port, "POST", "/wg.Echo/Down", headers=web_headers(),
                          body=b64(down(3, 1000, 20)), timeout=slack(10))
@@ -206,6 +211,11 @@ def test_grpc_web_text_over_h2():
         assert resp["status"] == 200 and hd["content-type"] == TEXT, resp
         assert not resp["trailers"], resp
         check_echo(unb64(resp["body"]), msg * 3, "text")
+        # a message of many blocks both ways, the body in two padded chunks
+        big = bytes(range(256)) * 1200 + b"yz"
+        resp = c.response(c.request("/wg.Echo/One", method="POST", headers=hdrs,
+                                    body=chunks(frame(big), 100001)), timeout=slack(30))
+        check_echo(unb64(resp["body"]), big, "text")
         # server streaming, larger than a DATA frame
         resp = c.response(c.request("/wg.Echo/Down", method="POST", headers=hdrs,
                                     body=b64(down(3, 40000, 10))), timeout=slack(10))
