@@ -990,10 +990,12 @@ void wg_exchange_head(struct wg_downstream *d, const struct wg_http_parser *p, s
     int ct = wg_http_find_header(p, msg, "content-type", 12, 0);
     d->r->grpc = ct >= 0 && wg_grpc_is_grpc(msg + p->headers[ct].value.off, p->headers[ct].value.len);
     char web[64];
+    d->r->grpc_web_text = false;
     d->r->grpc_web = ct >= 0 && !d->r->grpc &&
                      wg_grpc_web_to_grpc(msg + p->headers[ct].value.off, p->headers[ct].value.len,
-                                         web, sizeof web) > 0;
+                                         web, sizeof web, &d->r->grpc_web_text) > 0;
     d->r->grpc |= d->r->grpc_web;
+    d->r->web_dec = (struct wg_b64_dec){ 0 };
     if (!note_request(d, p, msg)) {
         d->dead = true;
         return;
@@ -1344,6 +1346,71 @@ static struct hp_buf *h2_room(struct wg_downstream *d, size_t need)
     return b->cap - b->end < need ? NULL : b;
 }
 
+/* gRPC-Web-text (application/grpc-web-text) to an HTTP/2 instance: the
+ * request body is base64 (grpc.h), decoded in place as it comes; the
+ * response's messages and trailer frame are encoded as they come. All of
+ * it runs only for such calls (r->grpc_web_text). */
+
+/* Decode the base64 that request_body_decode just marked, [from, fwd), in
+ * place: fwd moves back to the end of the bytes, the rest joins the gap
+ * (hp_buf_drop_gap). False on bad base64, or a body that ends inside a
+ * 4-char group. */
+static bool h2_text_decode(struct wg_exchange *r, struct hp_buf *b, uint32_t from, bool done)
+{
+    size_t n;
+    if (!wg_b64_decode(&r->web_dec, b->data + from, b->fwd - from, (uint8_t *)b->data + from, &n))
+        return false;
+    b->fwd = from + (uint32_t)n;
+    return !done || wg_b64_decode_done(&r->web_dec);
+}
+
+/* Response bytes from the stream as base64 in one chunk of uin: whole
+ * 3-byte groups when the block is short of room (the rest is offered
+ * again), else all of them, the last group padded: a message must not wait
+ * for the next one's bytes to be readable, and no byte is held between
+ * calls (trailers and the end have nothing to flush). */
+static size_t h2_on_text(struct wg_downstream *d, const uint8_t *p, size_t len)
+{
+    struct wg_exchange *r = d->r;
+    struct hp_buf *b = h2_room(d, H2_CHUNK_OVERHEAD + 8);
+    if (!b) {
+        r->h2_paused = true;
+        return 0;
+    }
+    struct wg_b64_enc e = { 0 };
+    size_t n = wg_b64_encode_fits(&e, b->cap - b->end - H2_CHUNK_OVERHEAD - 4);
+    if (n >= len)
+        n = len;
+    else
+        r->h2_paused = true;
+    size_t chars = wg_b64_encoded_len(&e, n) + (n % 3 ? 4 : 0);
+    if (chars) {
+        char *out = b->data + b->end;
+        out += wg_h2_chunk_head(chars, out);
+        out += wg_b64_encode(&e, p, n, out);
+        out += wg_b64_encode_end(&e, out);
+        memcpy(out, "\r\n", 2);
+        out += 2;
+        r->h2_new += (uint32_t)(out - (b->data + b->end));
+        b->end = (uint32_t)(out - b->data);
+    }
+    h2_wake(d);
+    return n;
+}
+
+/* The trailer frame in base64, a padded chunk of its own, into out[cap]:
+ * its length, 0 if it does not fit. */
+static size_t h2_text_frame(const struct wg_grpc_field *f, size_t n, char *out, size_t cap)
+{
+    uint8_t frame[HP_BLOCK / 4 * 3];
+    size_t fits = cap / 4 * 3;          /* its last group padded */
+    size_t len = cap < 8 ? 0 : wg_grpc_web_trailers(f, n, frame, fits < sizeof frame ? fits
+                                                                                  : sizeof frame);
+    struct wg_b64_enc e = { 0 };
+    size_t k = len ? wg_b64_encode(&e, frame, len, out) : 0;
+    return len ? k + wg_b64_encode_end(&e, out + k) : 0;
+}
+
 /* The upstream's grpc-status (in trailers, or a Trailers-Only head). */
 static void h2_grpc_status(struct wg_downstream *d, const nghttp2_nv *nv, size_t n)
 {
@@ -1371,7 +1438,8 @@ static void h2_on_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t 
     char ct[64];
     for (size_t i = 0, k; d->r->grpc_web && n <= 128 && i < n; i++) {
         if (nv_is_content_type(&nv[i]) &&
-            (k = wg_grpc_to_grpc_web((const char *)nv[i].value, nv[i].valuelen, ct, sizeof ct))) {
+            (k = wg_grpc_to_grpc_web((const char *)nv[i].value, nv[i].valuelen,
+                                     d->r->grpc_web_text, ct, sizeof ct))) {
             memcpy(web, nv, n * sizeof *nv);
             web[i].value = (uint8_t *)ct;
             web[i].valuelen = k;
@@ -1407,6 +1475,8 @@ static size_t h2_on_data(void *ctx, const uint8_t *p, size_t len)
         d->r->h2_paused = true;
         return 0;
     }
+    if (d->r->grpc_web_text)
+        return h2_on_text(d, p, len);
     size_t framing = d->r->h2_raw ? 0 : H2_CHUNK_OVERHEAD;
     if (!(b = h2_room(d, framing + 1))) {
         d->r->h2_paused = true;
@@ -1438,8 +1508,11 @@ static size_t h2_on_data(void *ctx, const uint8_t *p, size_t len)
 }
 
 /* gRPC-Web: the trailers as the body's last frame (0x80), one chunk, then
- * the plain last chunk. Returns the length written into t, 0 if too big. */
-static size_t h2_web_trailers(const nghttp2_nv *nv, size_t n, struct hp_buf *t)
+ * the plain last chunk (gRPC-Web-text: the frame in base64, a padded chunk
+ * of its own after the data's last one). Returns the length written into
+ * t, 0 if too big. */
+static size_t h2_web_trailers(struct wg_exchange *r, const nghttp2_nv *nv, size_t n,
+                              struct hp_buf *t)
 {
     struct wg_grpc_field f[128];
     if (n > 128 || t->cap < 64)
@@ -1448,7 +1521,8 @@ static size_t h2_web_trailers(const nghttp2_nv *nv, size_t n, struct hp_buf *t)
         f[i] = (struct wg_grpc_field){ nv[i].name, nv[i].value, nv[i].namelen, nv[i].valuelen };
     char head[20];
     size_t room = t->cap - 20 - 7;      /* chunk head, "\r\n0\r\n\r\n" */
-    size_t len = wg_grpc_web_trailers(f, n, (uint8_t *)t->data + 20, room);
+    size_t len = r->grpc_web_text ? h2_text_frame(f, n, t->data + 20, room)
+                                  : wg_grpc_web_trailers(f, n, (uint8_t *)t->data + 20, room);
     if (!len)
         return 0;
     size_t h = wg_h2_chunk_head(len, head);
@@ -1469,7 +1543,7 @@ static void h2_on_trailers(void *ctx, const nghttp2_nv *nv, size_t n)
     }
     if (!t && !(t = d->r->h2_tail = hp_buf_new(d->loc, HP_BLOCK)))
         return;                         /* closed() then finds no tail: truncated */
-    size_t len = d->r->grpc_web ? h2_web_trailers(nv, n, t)
+    size_t len = d->r->grpc_web ? h2_web_trailers(d->r, nv, n, t)
                                 : wg_h2_trailers_h1(nv, n, t->data, t->cap);
     if (len && d->r->h2_raw) {          /* the trailer section alone (exchange.h: trailers), */
         memmove(t->data, t->data + 3, len - 3);     /* without the last chunk's "0" line */
@@ -1596,11 +1670,16 @@ static void h2_attach(struct wg_downstream *d)
     if (r->grpc)
         nv[n++] = (nghttp2_nv){ (uint8_t *)"te", (uint8_t *)"trailers", 2, 8, NGHTTP2_NV_FLAG_NONE };
     char ct[64];                        /* gRPC-Web: application/grpc[+proto] upstream */
+    bool text;
     for (size_t i = 0, k; r->grpc_web && i < n; i++) {
         if (nv_is_content_type(&nv[i]) &&
-            (k = wg_grpc_web_to_grpc((const char *)nv[i].value, nv[i].valuelen, ct, sizeof ct))) {
+            (k = wg_grpc_web_to_grpc((const char *)nv[i].value, nv[i].valuelen, ct, sizeof ct,
+                                     &text))) {
             nv[i].value = (uint8_t *)ct;
             nv[i].valuelen = k;
+        } else if (r->grpc_web_text && nv[i].namelen == 14 &&
+                   memcmp(nv[i].name, "content-length", 14) == 0) {
+            nv[i--] = nv[--n];          /* the base64 length: the decoded body is shorter */
         }
     }
     SSL_CTX *ctx = NULL;
@@ -1643,10 +1722,13 @@ static void h2_request_body_step(struct wg_downstream *d, bool *progress)
     if (!r->h2)
         return;                         /* closed: the response side tells */
     if (b && b->scan < b->end && !r->req_body_done) {
+        uint32_t from = b->fwd;
         enum wg_http_result res = request_body_decode(d, b, true);
+        bool text_ok = !r->grpc_web_text || res == WG_HTTP_ERROR ||
+                       h2_text_decode(r, b, from, res == WG_HTTP_DONE);
         hp_buf_drop_gap(b);
-        if (res == WG_HTTP_ERROR) {
-            request_body_error(d, (unsigned)r->rq_body.err_status);
+        if (res == WG_HTTP_ERROR || !text_ok) {
+            request_body_error(d, text_ok ? (unsigned)r->rq_body.err_status : 400);
             return;
         }
         r->req_body_done = res == WG_HTTP_DONE;

@@ -117,30 +117,39 @@ bool wg_grpc_is_grpc(const char *ct, size_t len)
     return len == n || ct[n] == '+' || ct[n] == ';';
 }
 
-size_t wg_grpc_web_to_grpc(const char *ct, size_t len, char *out, size_t cap)
+size_t wg_grpc_web_to_grpc(const char *ct, size_t len, char *out, size_t cap, bool *text)
 {
-    static const char want[] = "application/grpc-web";
-    size_t n = sizeof want - 1;
-    if (len < n || (len > n && ct[n] != '+' && ct[n] != ';'))
+    static const char want[] = "application/grpc-web-text";
+    size_t n = 20;                      /* "application/grpc-web" */
+    if (len < n)
         return 0;
     for (size_t i = 0; i < n; i++)
         if (lower(ct[i]) != want[i])
             return 0;
-    size_t out_len = len - 4;           /* without "-web" */
+    bool b64 = len >= n + 5;
+    for (size_t i = n; b64 && i < n + 5; i++)
+        b64 = lower(ct[i]) == want[i];
+    if (b64)
+        n += 5;                         /* "-text" */
+    if (len > n && ct[n] != '+' && ct[n] != ';')
+        return 0;
+    size_t out_len = 16 + (len - n);    /* "application/grpc" and the rest */
     if (out_len > cap)
         return 0;
     memcpy(out, "application/grpc", 16);
     memcpy(out + 16, ct + n, len - n);
+    *text = b64;
     return out_len;
 }
 
-size_t wg_grpc_to_grpc_web(const char *ct, size_t len, char *out, size_t cap)
+size_t wg_grpc_to_grpc_web(const char *ct, size_t len, bool text, char *out, size_t cap)
 {
-    if (!wg_grpc_is_grpc(ct, len) || len + 4 > cap)
+    size_t head = text ? 25 : 20;       /* "application/grpc-web[-text]" */
+    if (!wg_grpc_is_grpc(ct, len) || len - 16 + head > cap)
         return 0;
-    memcpy(out, "application/grpc-web", 20);
-    memcpy(out + 20, ct + 16, len - 16);
-    return len + 4;
+    memcpy(out, "application/grpc-web-text", head);
+    memcpy(out + head, ct + 16, len - 16);
+    return len - 16 + head;
 }
 
 size_t wg_grpc_web_trailers(const struct wg_grpc_field *f, size_t n, uint8_t *out, size_t cap)
@@ -167,6 +176,100 @@ size_t wg_grpc_web_trailers(const struct wg_grpc_field *f, size_t n, uint8_t *ou
     out[3] = (uint8_t)(body >> 8);
     out[4] = (uint8_t)body;
     return len;
+}
+
+static const char b64_chars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static void b64_group(const uint8_t *in, char *out)
+{
+    out[0] = b64_chars[in[0] >> 2];
+    out[1] = b64_chars[((in[0] & 3) << 4) | (in[1] >> 4)];
+    out[2] = b64_chars[((in[1] & 15) << 2) | (in[2] >> 6)];
+    out[3] = b64_chars[in[2] & 63];
+}
+
+size_t wg_b64_encode(struct wg_b64_enc *e, const uint8_t *in, size_t len, char *out)
+{
+    size_t i = 0, w = 0;
+    if (e->n) {                         /* complete the group held */
+        while (e->n < 3 && i < len)
+            e->held[e->n++] = in[i++];
+        if (e->n < 3)
+            return 0;
+        b64_group(e->held, out);
+        w = 4;
+        e->n = 0;
+    }
+    for (; len - i >= 3; i += 3, w += 4)
+        b64_group(in + i, out + w);
+    while (i < len)
+        e->held[e->n++] = in[i++];
+    return w;
+}
+
+size_t wg_b64_encode_end(struct wg_b64_enc *e, char *out)
+{
+    if (!e->n)
+        return 0;
+    uint8_t g[3] = { e->held[0], e->n > 1 ? e->held[1] : 0, 0 };
+    b64_group(g, out);
+    out[3] = '=';
+    if (e->n == 1)
+        out[2] = '=';
+    e->n = 0;
+    return 4;
+}
+
+/* The value of a base64 char, B64_PAD for '=', B64_BAD for the rest. */
+enum { B64_BAD = 64, B64_PAD = 65 };
+static uint8_t b64_value(uint8_t c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return (uint8_t)(c - 'A');
+    if (c >= 'a' && c <= 'z')
+        return (uint8_t)(c - 'a' + 26);
+    if (c >= '0' && c <= '9')
+        return (uint8_t)(c - '0' + 52);
+    return c == '+' ? 62 : c == '/' ? 63 : c == '=' ? B64_PAD : B64_BAD;
+}
+
+bool wg_b64_decode(struct wg_b64_dec *s, const char *in, size_t len, uint8_t *out, size_t *out_len)
+{
+    /* Each char adds 6 bits and a byte goes out as soon as 8 are in, so
+     * fewer than 8 bits wait: after i chars at most (7 + 6i) / 8 <= i
+     * bytes are out, and writing in place never overtakes the reading. */
+    uint32_t bits = s->bits;
+    unsigned nbits = s->nbits, quad = s->quad;
+    bool pad = s->pad;
+    size_t w = 0;
+    *out_len = 0;
+    for (size_t i = 0; i < len; i++) {
+        uint8_t v = b64_value((uint8_t)in[i]);
+        if (v < 64 && !pad) {
+            bits = (bits << 6) | v;
+            nbits += 6;
+            if (nbits >= 8) {
+                nbits -= 8;
+                out[w++] = (uint8_t)(bits >> nbits);
+                bits &= (1u << nbits) - 1;
+            }
+            quad = (quad + 1) & 3;
+        } else if (v == B64_PAD && quad >= 2) {
+            pad = quad == 2;            /* "xx=": one more '=' to come */
+            quad = pad ? 3 : 0;
+            if (!pad)                   /* the group is done: its spare bits go */
+                bits = nbits = 0;
+        } else {
+            return false;
+        }
+    }
+    s->bits = bits;
+    s->nbits = (uint8_t)nbits;
+    s->quad = (uint8_t)quad;
+    s->pad = pad;
+    *out_len = w;
+    return true;
 }
 
 bool wg_grpc_timeout_parse(const char *v, size_t len, uint64_t *ms)

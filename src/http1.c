@@ -177,9 +177,12 @@ static bool h1_reply(struct wg_downstream *d, unsigned status, const char *body,
 static bool h1_grpc_reply(struct wg_downstream *d, int grpc_status, const char *message, bool keep)
 {
     struct hp_conn *c = conn_ds(d);
-    struct hp_out o = hp_out_open(d->loc, &c->out, 256 + strlen(message));
-    hp_puts(&o, d->r->grpc_web ? "HTTP/1.1 200 OK\r\nContent-Type: application/grpc-web\r\ngrpc-status: "
-                               : "HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\ngrpc-status: ");
+    struct hp_out o = hp_out_open(d->loc, &c->out, 256 + strlen(message) + extra_bytes(d->r));
+    hp_puts(&o, "HTTP/1.1 200 OK\r\n");
+    put_extra(&o, d->r);                /* CORS: a browser reads the status only with them */
+    hp_puts(&o, "Content-Type: ");
+    hp_puts(&o, wg_grpc_reply_type(d->r->grpc_web, d->r->grpc_web_text));
+    hp_puts(&o, "\r\ngrpc-status: ");
     hp_put_u64(&o, (uint64_t)grpc_status);
     hp_puts(&o, "\r\ngrpc-message: ");
     hp_puts(&o, message);

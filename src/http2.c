@@ -471,16 +471,17 @@ static bool h2_grpc_reply(struct wg_downstream *d, int grpc_status, const char *
         d->dead = true;
         return true;
     }
-    char code[12];
+    char code[12], names[1024];
     snprintf(code, sizeof code, "%d", grpc_status);
-    bool web = d->r->grpc_web;
-    nghttp2_nv nv[3] = {
-        { (uint8_t *)"content-type", (uint8_t *)(web ? "application/grpc-web" : "application/grpc"),
-          12, web ? 20 : 16, NGHTTP2_NV_FLAG_NONE },
+    const char *type = wg_grpc_reply_type(d->r->grpc_web, d->r->grpc_web_text);
+    nghttp2_nv nv[3 + H2_EXTRA] = {
+        { (uint8_t *)"content-type", (uint8_t *)type, 12, strlen(type), NGHTTP2_NV_FLAG_NONE },
         { (uint8_t *)"grpc-status", (uint8_t *)code, 11, strlen(code), NGHTTP2_NV_FLAG_NONE },
         { (uint8_t *)"grpc-message", (uint8_t *)message, 12, strlen(message), NGHTTP2_NV_FLAG_NONE },
     };
-    return submit(st, 200, nv, 3, NULL) && (st->data_eof = true);   /* Trailers-Only */
+    /* CORS: a browser reads the status only with them */
+    size_t n = add_extra(d->r, nv, 3, sizeof nv / sizeof *nv, names, sizeof names);
+    return submit(st, 200, nv, n, NULL) && (st->data_eof = true);   /* Trailers-Only */
 }
 
 static bool h2_redirect(struct wg_downstream *d, const char *location, size_t len, bool keep)

@@ -53,6 +53,7 @@
 
 #include "waygate/balance.h"
 #include "waygate/cidr.h"
+#include "waygate/grpc.h"
 #include "waygate/http.h"
 #include "waygate/http_buf.h"
 #include "waygate/policy.h"
@@ -139,12 +140,16 @@ struct wg_exchange {
     bool h2_raw;                        /* its payload goes into uin unframed (the client takes
                                            payload only, HTTP/2): the stream's end ends the body */
     bool h2_ended, h2_closed, h2_retryable, h2_calling, h2_paused, grpc;
-    bool grpc_web;                      /* gRPC-Web (binary): grpc is set too; translated to
-                                           gRPC for HTTP/2 instances (docs/http.md) */
+    bool grpc_web;                      /* gRPC-Web: grpc is set too; translated to gRPC for
+                                           HTTP/2 instances (docs/http.md) */
+    bool grpc_web_text;                 /* ... in its base64 form (grpc_web is set too): the
+                                           request body decoded, the response encoded */
     uint8_t h2_free;                    /* free retries after GOAWAY / REFUSED_STREAM */
     uint32_t h2_error;                  /* the stream's close code */
     uint32_t h2_new;                    /* bytes put into uin since the last pull */
     int16_t grpc_code;                  /* gRPC: grpc-status + 1 the client got; 0 = none */
+    struct wg_b64_dec web_dec;          /* gRPC-Web-text to an HTTP/2 instance: the request
+                                           body's base64 state */
     struct hp_buf *uin;                 /* from the upstream; [sent, fwd) for the client */
     struct hp_buf *uout;                /* the rewritten request head */
     struct hp_head *rhead;              /* while a response head is parsed */

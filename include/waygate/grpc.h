@@ -1,6 +1,7 @@
 /* grpc — the pure pieces of gRPC that the proxy exchange and the prober use
  * (DESIGN §15): status mapping, grpc-timeout, the request classifier, the
- * method list of grpc.retry_methods, and the two grpc.health.v1 messages.
+ * method list of grpc.retry_methods, gRPC-Web's content types, trailer
+ * frame and streamed base64, and the two grpc.health.v1 messages.
  *
  * Promises:
  *  - No I/O, no allocation, no libevent, no nghttp2: bytes and numbers in,
@@ -92,15 +93,23 @@ int wg_grpc_status_parse(const char *v, size_t len);
  * insensitive. gRPC-Web (application/grpc-web*) is NOT gRPC here. */
 bool wg_grpc_is_grpc(const char *content_type, size_t len);
 
-/* gRPC-Web (PROTOCOL-WEB.md), binary form only: is `ct` application/grpc-web
- * exactly or followed by '+' (application/grpc-web+proto) or ';'? The
- * base64 form application/grpc-web-text is not. When it is and out[cap]
- * holds it, writes the content-type the gRPC upstream gets (the same
- * without "-web": application/grpc+proto) and returns its length; else 0. */
-size_t wg_grpc_web_to_grpc(const char *ct, size_t len, char *out, size_t cap);
+/* gRPC-Web (PROTOCOL-WEB.md): is `ct` application/grpc-web (binary) or
+ * application/grpc-web-text (base64), exactly or followed by '+'
+ * (application/grpc-web-text+proto) or ';'? When it is and out[cap] holds
+ * it, writes the content-type the gRPC upstream gets (the same without
+ * "-web" / "-web-text": application/grpc+proto), sets *text (the base64
+ * form) and returns its length; else 0 (*text untouched). */
+size_t wg_grpc_web_to_grpc(const char *ct, size_t len, char *out, size_t cap, bool *text);
 /* The reverse, for the response head: application/grpc[+x][;p] becomes
- * application/grpc-web[+x][;p]; 0 when `ct` is not gRPC or out is short. */
-size_t wg_grpc_to_grpc_web(const char *ct, size_t len, char *out, size_t cap);
+ * application/grpc-web[+x][;p], or application/grpc-web-text[+x][;p] when
+ * `text`; 0 when `ct` is not gRPC or out is short. */
+size_t wg_grpc_to_grpc_web(const char *ct, size_t len, bool text, char *out, size_t cap);
+/* The content-type of waygate's own Trailers-Only answer to a gRPC call,
+ * a gRPC-Web one (`web`) or a gRPC-Web-text one (`web` and `text`). */
+static inline const char *wg_grpc_reply_type(bool web, bool text)
+{
+    return !web ? "application/grpc" : text ? "application/grpc-web-text" : "application/grpc-web";
+}
 
 /* A header field for wg_grpc_web_trailers (the layout of nghttp2_nv's first
  * four members is not assumed). */
@@ -113,6 +122,55 @@ struct wg_grpc_field {
  * as HTTP/2 gives them). Returns the frame's length, or 0 when it does not
  * fit into out[cap]. */
 size_t wg_grpc_web_trailers(const struct wg_grpc_field *f, size_t n, uint8_t *out, size_t cap);
+
+/* ---- base64 of application/grpc-web-text -------------------------------
+ * RFC 4648 §4 (standard alphabet, '=' padding), streamed: the state between
+ * calls is a few bytes, and any split of the input into calls gives the
+ * same output. A gRPC-Web-text body may be several padded chunks one after
+ * the other ("AAAAAAE=gAAAAA8="): the decoder takes that, the encoder may
+ * end a chunk with padding (wg_b64_encode_end) and go on with the next. */
+struct wg_b64_enc {
+    uint8_t held[3];                    /* 0..2 bytes of a group not complete yet */
+    uint8_t n;
+};
+/* The chars wg_b64_encode writes for `len` more bytes. */
+static inline size_t wg_b64_encoded_len(const struct wg_b64_enc *e, size_t len)
+{
+    return (e->n + len) / 3 * 4;
+}
+/* The most input bytes whose chars fit into `room` now (0 when not even
+ * one group's do). */
+static inline size_t wg_b64_encode_fits(const struct wg_b64_enc *e, size_t room)
+{
+    size_t in = room / 4 * 3;
+    return in > e->n ? in - e->n : 0;
+}
+/* Encode in[len] after the bytes held from earlier calls: 4 chars per
+ * complete 3-byte group into out (wg_b64_encoded_len of them), the 0..2
+ * bytes left over held for the next call. Returns the chars written. */
+size_t wg_b64_encode(struct wg_b64_enc *e, const uint8_t *in, size_t len, char *out);
+/* End a padded chunk: the held bytes as one last group ("xx==", "xxx="),
+ * 0 or 4 chars into out; e starts over. */
+size_t wg_b64_encode_end(struct wg_b64_enc *e, char *out);
+
+struct wg_b64_dec {
+    uint32_t bits;                      /* the last nbits (< 8) of the input not output yet */
+    uint8_t nbits;
+    uint8_t quad;                       /* chars of the current 4-char group seen */
+    bool pad;                           /* a group "xx=" waits for its second '=' */
+};
+/* Decode in[len] into out, continuing from *s: *out_len bytes written.
+ * out may be in itself (decoding in place): the byte written never passes
+ * the char read. False on any byte outside the alphabet (whitespace
+ * included), '=' anywhere but the end of a group ("x=", "=" alone), or a
+ * char after "xx=" other than '='; the state is then void. */
+bool wg_b64_decode(struct wg_b64_dec *s, const char *in, size_t len, uint8_t *out, size_t *out_len);
+/* At the end of the input: did it end on a group boundary (every chunk
+ * complete, "xx" or "xx=" left over is not)? */
+static inline bool wg_b64_decode_done(const struct wg_b64_dec *s)
+{
+    return s->quad == 0;
+}
 
 /* grpc-timeout (PROTOCOL-HTTP2.md): 1..8 ASCII digits and one unit of
  * H M S m u n. On success *ms is the value in milliseconds, rounded UP

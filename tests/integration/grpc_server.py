@@ -23,11 +23,14 @@ each answer with trailing metadata "x-server: NAME":
     /wg.Echo/Slow   every message back "x-count" times (metadata, default
                     10), "x-interval-ms" apart (default 200): a long stream
     /wg.Echo/Down   server streaming: the request is ASCII "COUNT SIZE
-                    INTERVAL_MS"; COUNT messages of SIZE bytes (byte i of
-                    each is (i * 7 + 1) & 0xFF), INTERVAL_MS apart; after
-                    each one is handed to grpcio the number sent so far is
-                    written to FILE.down (how far the server got ahead of a
-                    slow reader)
+                    INTERVAL_MS [STATUS]"; COUNT messages of SIZE bytes
+                    (byte i of each is (i * 7 + 1) & 0xFF), INTERVAL_MS
+                    apart; after each one is handed to grpcio the number
+                    sent so far is written to FILE.down (how far the server
+                    got ahead of a slow reader); then, when STATUS (a
+                    grpc.StatusCode name) is given, the call fails with it
+                    and the message "down: STATUS" (in the trailers, after
+                    the messages)
     /wg.Echo/Up     client streaming: reads every message (request metadata
                     "x-read-delay-ms: N" sleeps N ms after each one), then
                     answers ASCII "MESSAGES BYTES"
@@ -102,13 +105,16 @@ def echo_handler(name, control):
     def down(request, context):
         tag(context, "Down")
         context.send_initial_metadata(())   # the head goes out before the first message
-        count, size, interval = (int(x) for x in request.decode().split())
+        words = request.decode().split()
+        count, size, interval = (int(x) for x in words[:3])
         payload = bytes((i * 7 + 1) & 0xFF for i in range(size))
         for i in range(count):
             if i and interval:
                 time.sleep(interval / 1000.0)
             yield payload
             note_down(i + 1)
+        if len(words) > 3:
+            context.abort(getattr(grpc.StatusCode, words[3]), "down: " + words[3])
 
     def up(requests, context):
         tag(context, "Up")

@@ -6,11 +6,11 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 
-from wglib import SANITIZED, Harness, http_request, run_waygate, slack, tool, wait_until
+from wglib import (SANITIZED, BrowserPage, Harness, http_request, run_waygate, slack, tool,
+                   wait_until)
 
 from test_http import http_listener
 
@@ -535,46 +535,26 @@ def test_api_key_consumers_from_the_etcd_registry():
 
 
 def test_cors_preflight_from_headless_chromium():
-    """A page on one origin (a Python server on 127.0.0.1:P1) PUTs with a
-    custom header (a preflighted request) to waygate on 127.0.0.1:P2; the
-    page writes what fetch() saw into the DOM, read with --dump-dom."""
-    import http.server
-    import threading
-    chromium = shutil.which("chromium")
-    if not chromium:
-        print("chromium not installed: CORS-from-a-browser check skipped")
-        return
-    with Harness() as h:
-        page = {}
-
-        class Page(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = page["html"].encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        try:
-            origin = "http://127.0.0.1:%d" % srv.server_address[1]
-            b = h.backend("http", name="b0")
-            allow = {"cors": {"origins": [origin], "methods": ["PUT"], "headers": ["X-Custom"]}}
-            other = {"cors": {"origins": ["http://elsewhere.test"], "methods": ["PUT"],
-                              "headers": ["X-Custom"]}}
-            routes = [{"path_prefix": "/ok/", "service": "users", "strip_prefix": True,
-                       "policies": [allow]},
-                      {"path_prefix": "/no/", "service": "users", "strip_prefix": True,
-                       "policies": [other]}]
-            wg = h.waygate(listeners=[http_listener(routes)], instances={"users": [b.instance()]},
-                           workers=1)
-            api = "http://127.0.0.1:%d" % wg.port("web")
-            page["html"] = """<!doctype html><html><body><pre id="out">pending</pre><script>
+    """A page on one origin (wglib.BrowserPage) PUTs with a custom header (a
+    preflighted request) to waygate on 127.0.0.1:P2; the page writes what
+    fetch() saw into the DOM, read with --dump-dom."""
+    with Harness() as h, BrowserPage() as page:
+        if not page.chromium:
+            print("chromium not installed: CORS-from-a-browser check skipped")
+            return
+        origin = page.origin
+        b = h.backend("http", name="b0")
+        allow = {"cors": {"origins": [origin], "methods": ["PUT"], "headers": ["X-Custom"]}}
+        other = {"cors": {"origins": ["http://elsewhere.test"], "methods": ["PUT"],
+                          "headers": ["X-Custom"]}}
+        routes = [{"path_prefix": "/ok/", "service": "users", "strip_prefix": True,
+                   "policies": [allow]},
+                  {"path_prefix": "/no/", "service": "users", "strip_prefix": True,
+                   "policies": [other]}]
+        wg = h.waygate(listeners=[http_listener(routes)], instances={"users": [b.instance()]},
+                       workers=1)
+        api = "http://127.0.0.1:%d" % wg.port("web")
+        dom = page.dom(h, """<!doctype html><html><body><pre id="out">pending</pre><script>
 async function call(path) {
   try {
     const r = await fetch("%s" + path, {method: "PUT", headers: {"X-Custom": "1"}, body: "x"});
@@ -585,17 +565,8 @@ async function call(path) {
   document.getElementById("out").textContent =
     "result " + (await call("/ok/")) + " " + (await call("/no/"));
 })();
-</script></body></html>""" % api
-            cp = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
-                                 "--disable-background-networking", "--disable-dev-shm-usage",
-                                 "--user-data-dir=" + h.path("chromium"),
-                                 "--virtual-time-budget=5000", "--dump-dom", origin + "/"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=slack(90))
-            dom = cp.stdout.decode(errors="replace")
-            m = re.search(r'<pre id="out">result (\S+) (\S+)</pre>', dom)
-            assert m, (cp.returncode, dom[-2000:], cp.stderr.decode(errors="replace")[-2000:])
-            assert m.group(1) == "/ok/=200:b0", dom
-            assert m.group(2) == "/no/=blocked", dom
-        finally:
-            srv.shutdown()
-            srv.server_close()
+</script></body></html>""" % api)
+        m = re.search(r'<pre id="out">result (\S+) (\S+)</pre>', dom)
+        assert m, (dom[-2000:], page.stderr[-2000:])
+        assert m.group(1) == "/ok/=200:b0", dom
+        assert m.group(2) == "/no/=blocked", dom

@@ -1055,3 +1055,55 @@ def curl(*args, timeout=30):
 def is_errno(e, *codes):
     return isinstance(e, OSError) and e.errno in codes
 
+
+
+class BrowserPage:
+    """A page for headless Chromium, served by a Python server on an origin
+    of its own (http://127.0.0.1:P, `origin`), so that what it fetches from
+    waygate is cross-origin. dom(h, html) serves `html`, lets Chromium load
+    and run it (--dump-dom) and returns the DOM text; None when Chromium is
+    not installed (the test then says why and returns). A context manager:
+    the server stops on exit."""
+
+    def __init__(self):
+        import http.server
+
+        page = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = page.html.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.html = ""
+        self.chromium = shutil.which("chromium")
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        self.origin = "http://127.0.0.1:%d" % self.srv.server_address[1]
+
+    def dom(self, h, html, budget_ms=5000):
+        if not self.chromium:
+            return None
+        self.html = html
+        cp = subprocess.run([self.chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                             "--disable-background-networking", "--disable-dev-shm-usage",
+                             "--user-data-dir=" + h.path("chromium"),
+                             "--virtual-time-budget=%d" % budget_ms, "--dump-dom",
+                             self.origin + "/"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=slack(90))
+        self.stderr = cp.stderr.decode(errors="replace")
+        return cp.stdout.decode(errors="replace")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.srv.shutdown()
+        self.srv.server_close()

@@ -84,22 +84,49 @@ END_TEST
 START_TEST(grpc_web)
 {
     char out[64];
-    size_t n = wg_grpc_web_to_grpc(S("application/grpc-web"), out, sizeof out);
+    bool text = true;
+    size_t n = wg_grpc_web_to_grpc(S("application/grpc-web"), out, sizeof out, &text);
     ck_assert_uint_eq(n, 16);
-    ck_assert(memcmp(out, "application/grpc", 16) == 0);
-    n = wg_grpc_web_to_grpc(S("Application/gRPC-Web+proto"), out, sizeof out);
+    ck_assert(memcmp(out, "application/grpc", 16) == 0 && !text);
+    n = wg_grpc_web_to_grpc(S("Application/gRPC-Web+proto"), out, sizeof out, &text);
     ck_assert_uint_eq(n, 22);
     ck_assert(memcmp(out, "application/grpc+proto", 22) == 0);
-    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc-web;x=1"), out, sizeof out), 20);
-    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc-web-text"), out, sizeof out), 0);
-    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc"), out, sizeof out), 0);
-    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc-webx"), out, sizeof out), 0);
-    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc-web+proto"), out, 21), 0);
-    n = wg_grpc_to_grpc_web(S("application/grpc+proto"), out, sizeof out);
+    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc-web;x=1"), out, sizeof out, &text),
+                      20);
+    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc"), out, sizeof out, &text), 0);
+    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc-webx"), out, sizeof out, &text), 0);
+    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc-web+proto"), out, 21, &text), 0);
+    ck_assert(!text);
+    /* the base64 form */
+    n = wg_grpc_web_to_grpc(S("application/grpc-web-text"), out, sizeof out, &text);
+    ck_assert_uint_eq(n, 16);
+    ck_assert(memcmp(out, "application/grpc", 16) == 0 && text);
+    text = false;
+    n = wg_grpc_web_to_grpc(S("application/GRPC-WEB-TEXT+proto"), out, sizeof out, &text);
+    ck_assert_uint_eq(n, 22);
+    ck_assert(memcmp(out, "application/grpc+proto", 22) == 0 && text);
+    text = false;
+    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc-web-text; charset=x"), out,
+                                          sizeof out, &text), 27);
+    ck_assert(memcmp(out, "application/grpc; charset=x", 27) == 0 && text);
+    text = false;
+    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc-web-textx"), out, sizeof out, &text), 0);
+    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc-web-tex"), out, sizeof out, &text), 0);
+    ck_assert_uint_eq(wg_grpc_web_to_grpc(S("application/grpc-web-text+proto"), out, 21, &text), 0);
+    ck_assert(!text);
+    n = wg_grpc_to_grpc_web(S("application/grpc+proto"), false, out, sizeof out);
     ck_assert_uint_eq(n, 26);
     ck_assert(memcmp(out, "application/grpc-web+proto", 26) == 0);
-    ck_assert_uint_eq(wg_grpc_to_grpc_web(S("application/grpc"), out, 19), 0);
-    ck_assert_uint_eq(wg_grpc_to_grpc_web(S("text/plain"), out, sizeof out), 0);
+    n = wg_grpc_to_grpc_web(S("application/grpc+proto"), true, out, sizeof out);
+    ck_assert_uint_eq(n, 31);
+    ck_assert(memcmp(out, "application/grpc-web-text+proto", 31) == 0);
+    ck_assert_uint_eq(wg_grpc_to_grpc_web(S("application/grpc"), true, out, 25), 25);
+    ck_assert_uint_eq(wg_grpc_to_grpc_web(S("application/grpc"), true, out, 24), 0);
+    ck_assert_uint_eq(wg_grpc_to_grpc_web(S("application/grpc"), false, out, 19), 0);
+    ck_assert_uint_eq(wg_grpc_to_grpc_web(S("text/plain"), false, out, sizeof out), 0);
+    ck_assert_str_eq(wg_grpc_reply_type(false, false), "application/grpc");
+    ck_assert_str_eq(wg_grpc_reply_type(true, false), "application/grpc-web");
+    ck_assert_str_eq(wg_grpc_reply_type(true, true), "application/grpc-web-text");
     struct wg_grpc_field f[2] = {
         { (const uint8_t *)"grpc-status", (const uint8_t *)"0", 11, 1 },
         { (const uint8_t *)"grpc-message", (const uint8_t *)"", 12, 0 },
@@ -237,6 +264,177 @@ START_TEST(frames)
 }
 END_TEST
 
+/* ---- base64 (application/grpc-web-text) ---- */
+
+static const struct { const char *bin, *text; } rfc4648[] = {
+    { "", "" }, { "f", "Zg==" }, { "fo", "Zm8=" }, { "foo", "Zm9v" }, { "foob", "Zm9vYg==" },
+    { "fooba", "Zm9vYmE=" }, { "foobar", "Zm9vYmFy" },
+};
+
+/* Encode in[len] in calls cut at a and b (a <= b <= len), then end. */
+static size_t enc3(const uint8_t *in, size_t len, size_t a, size_t b, char *out)
+{
+    struct wg_b64_enc e = { 0 };
+    size_t k = 0;
+    k += wg_b64_encode(&e, in, a, out + k);
+    ck_assert_uint_le(e.n, 2);
+    k += wg_b64_encode(&e, in + a, b - a, out + k);
+    k += wg_b64_encode(&e, in + b, len - b, out + k);
+    k += wg_b64_encode_end(&e, out + k);
+    ck_assert_uint_eq(e.n, 0);
+    return k;
+}
+
+/* Decode text[len] in calls cut at a and b; -1 when refused. */
+static long dec3(const char *text, size_t len, size_t a, size_t b, uint8_t *out, bool *done)
+{
+    struct wg_b64_dec s = { 0 };
+    size_t k = 0, n;
+    const size_t cut[4] = { 0, a, b, len };
+    for (int i = 0; i < 3; i++) {
+        if (!wg_b64_decode(&s, text + cut[i], cut[i + 1] - cut[i], out + k, &n))
+            return -1;
+        k += n;
+    }
+    *done = wg_b64_decode_done(&s);
+    return (long)k;
+}
+
+START_TEST(base64_vectors)
+{
+    for (size_t i = 0; i < sizeof rfc4648 / sizeof *rfc4648; i++) {
+        const char *bin = rfc4648[i].bin, *text = rfc4648[i].text;
+        size_t bl = strlen(bin), tl = strlen(text);
+        char out[16];
+        uint8_t back[16];
+        bool done;
+        struct wg_b64_enc e = { 0 };
+        ck_assert_uint_eq(wg_b64_encoded_len(&e, bl), bl / 3 * 4);
+        ck_assert_uint_eq(enc3((const uint8_t *)bin, bl, 0, bl, out), tl);
+        ck_assert(memcmp(out, text, tl) == 0);
+        ck_assert_int_eq(dec3(text, tl, 0, tl, back, &done), (long)bl);
+        ck_assert(done && memcmp(back, bin, bl) == 0);
+    }
+    /* padded chunks one after the other, as grpc-web clients send them */
+    static const char chunks[] = "Zg==Zm8=Zm9vZm9vYg==";
+    uint8_t out[32];
+    bool done;
+    ck_assert_int_eq(dec3(S(chunks), 0, 0, out, &done), 10);
+    ck_assert(done && memcmp(out, "ffofoofoob", 10) == 0);
+    /* sizing: what fits, what it writes */
+    struct wg_b64_enc e = { .held = { 1, 2 }, .n = 2 };
+    ck_assert_uint_eq(wg_b64_encode_fits(&e, 3), 0);
+    ck_assert_uint_eq(wg_b64_encode_fits(&e, 4), 1);
+    ck_assert_uint_eq(wg_b64_encode_fits(&e, 11), 4);
+    ck_assert_uint_eq(wg_b64_encoded_len(&e, 1), 4);
+    ck_assert_uint_eq(wg_b64_encoded_len(&e, 0), 0);
+    char four[4];
+    ck_assert_uint_eq(wg_b64_encode(&e, NULL, 0, four), 0);
+    ck_assert_uint_eq(wg_b64_encode_end(&e, four), 4);
+    ck_assert(memcmp(four, "AQI=", 4) == 0);
+    ck_assert_uint_eq(wg_b64_encode_end(&e, four), 0);
+}
+END_TEST
+
+/* Every cut of the input into three calls gives the same text; decoding it
+ * at every cut (and in place) gives the bytes back. */
+START_TEST(base64_every_boundary)
+{
+    uint8_t bin[40];
+    for (size_t i = 0; i < sizeof bin; i++)
+        bin[i] = (uint8_t)(i * 37 + 11);
+    for (size_t len = 0; len <= sizeof bin; len++) {
+        char whole[64];
+        size_t tl = enc3(bin, len, 0, len, whole);
+        ck_assert_uint_eq(tl, (len + 2) / 3 * 4);
+        for (size_t a = 0; a <= len; a++)
+            for (size_t b = a; b <= len; b++) {
+                char text[64];
+                ck_assert_uint_eq(enc3(bin, len, a, b, text), tl);
+                ck_assert(memcmp(text, whole, tl) == 0);
+            }
+        for (size_t a = 0; a <= tl; a++)
+            for (size_t b = a; b <= tl; b++) {
+                uint8_t out[64];
+                bool done;
+                ck_assert_int_eq(dec3(whole, tl, a, b, out, &done), (long)len);
+                ck_assert(done && memcmp(out, bin, len) == 0);
+                char place[64];         /* in place: out is the text itself */
+                memcpy(place, whole, tl);
+                ck_assert_int_eq(dec3(place, tl, a, b, (uint8_t *)place, &done), (long)len);
+                ck_assert(done && memcmp(place, bin, len) == 0);
+            }
+    }
+}
+END_TEST
+
+/* Padded chunks of every length pair, cut anywhere, decode to both parts. */
+START_TEST(base64_chunks)
+{
+    uint8_t bin[12];
+    for (size_t i = 0; i < sizeof bin; i++)
+        bin[i] = (uint8_t)(0xF0 ^ (i * 29));
+    for (size_t n1 = 0; n1 <= 6; n1++)
+        for (size_t n2 = 0; n1 + n2 <= sizeof bin; n2++) {
+            char text[32];
+            size_t tl = enc3(bin, n1, 0, n1, text);
+            tl += enc3(bin + n1, n2, 0, n2, text + tl);
+            for (size_t a = 0; a <= tl; a++) {
+                uint8_t out[32];
+                bool done;
+                ck_assert_int_eq(dec3(text, tl, a, a, out, &done), (long)(n1 + n2));
+                ck_assert(done && memcmp(out, bin, n1 + n2) == 0);
+                /* cut short: nothing refused, but not done unless on a group's end */
+                ck_assert_int_ge(dec3(text, a, a / 2, a, out, &done), 0);
+                ck_assert(done == (a % 4 == 0));
+            }
+        }
+}
+END_TEST
+
+START_TEST(base64_garbage)
+{
+    static const char good[] = "Zm9vYmFyZg==Zm8=";
+    uint8_t out[32];
+    bool done;
+    /* any byte outside the alphabet, at any position, is refused wherever the calls are cut */
+    for (int c = 0; c < 256; c++) {
+        bool alpha = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                     c == '+' || c == '/' || c == '=';
+        if (alpha)
+            continue;
+        for (size_t at = 0; at < sizeof good; at++) {
+            char bad[sizeof good + 1];
+            memcpy(bad, good, at);
+            bad[at] = (char)c;
+            memcpy(bad + at + 1, good + at, sizeof good - 1 - at);
+            for (size_t a = 0; a <= sizeof good; a += 3)
+                ck_assert_int_eq(dec3(bad, sizeof good, a < at ? a : at, at + 1, out, &done), -1);
+        }
+    }
+    /* '=' where no padding may be */
+    static const char *const refused[] = {
+        "=", "====", "Z===", "Zg=x", "Zg=Zm9v", "Zm9v=", "Zm9vZ=", "Zg===", "Zm8==",
+        "Zm9v\r\n", " Zm9v", "Zm9v-_",
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        size_t len = strlen(refused[i]);
+        ck_assert_msg(dec3(refused[i], len, 0, len, out, &done) == -1, "%s", refused[i]);
+    }
+    ck_assert_int_eq(dec3("Zm9vYmFy", 9, 0, 9, out, &done), -1);    /* its NUL */
+    /* incomplete at the end: not refused while it may go on, not done */
+    static const char *const open[] = { "Z", "Zg", "Zg=", "Zm9", "Zm9vZ", "Zm9=v" };
+    for (size_t i = 0; i < sizeof open / sizeof *open; i++) {
+        size_t len = strlen(open[i]);
+        ck_assert_int_ge(dec3(open[i], len, 0, len, out, &done), 0);
+        ck_assert_msg(!done, "%s", open[i]);
+    }
+    /* trailing bits of a padded group are not checked (RFC 4648 §3.5 allows either) */
+    ck_assert_int_eq(dec3("Zh==", 4, 0, 4, out, &done), 1);
+    ck_assert(done && out[0] == 'f');
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("grpc");
@@ -250,6 +448,10 @@ int main(void)
     tcase_add_test(t, health_request);
     tcase_add_test(t, health_decode);
     tcase_add_test(t, frames);
+    tcase_add_test(t, base64_vectors);
+    tcase_add_test(t, base64_every_boundary);
+    tcase_add_test(t, base64_chunks);
+    tcase_add_test(t, base64_garbage);
     suite_add_tcase(s, t);
     return unit_run(s);
 }
