@@ -1467,17 +1467,51 @@ static void h2_on_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t 
     h2_wake(d);
 }
 
+/* Payload for a client that takes it as is (h2_raw): into the block's
+ * tail, as much as fits. There is no socket read to make large here
+ * (hp_buf_read_later), but every move of kept bytes is a copy: the block
+ * is compacted only once the client took at least half of it; before
+ * that the stream pauses, its bytes kept by the stream (upstream_h2.h). */
+static bool h2_raw_room(const struct hp_buf *b)
+{
+    return !b || b->end < b->cap || b->start == b->end || b->start >= b->cap / 2;
+}
+
+static size_t h2_on_raw(struct wg_downstream *d, const uint8_t *p, size_t len)
+{
+    struct hp_buf *b = d->r->uin;
+    if (!b && !(b = d->r->uin = hp_buf_new(d->loc, HP_WIDE))) {
+        d->r->h2_paused = true;
+        return 0;
+    }
+    if (b->start == b->end)             /* drained: from the front again */
+        b->start = b->sent = b->fwd = b->scan = b->end = 0;
+    else if (b->end == b->cap && b->start >= b->cap / 2)
+        hp_buf_compact(b);
+    size_t n = b->cap - b->end < len ? b->cap - b->end : len;
+    memcpy(b->data + b->end, p, n);
+    b->end += (uint32_t)n;
+    d->r->h2_new += (uint32_t)n;
+    if (n < len)
+        d->r->h2_paused = true;
+    if (n)
+        h2_wake(d);
+    return n;
+}
+
 static size_t h2_on_data(void *ctx, const uint8_t *p, size_t len)
 {
     struct wg_downstream *d = ctx;
     struct hp_buf *b = d->r->uin;
+    if (d->r->h2_raw)
+        return h2_on_raw(d, p, len);
     if (b && hp_buf_read_later(b)) {
         d->r->h2_paused = true;
         return 0;
     }
     if (d->r->grpc_web_text)
         return h2_on_text(d, p, len);
-    size_t framing = d->r->h2_raw ? 0 : H2_CHUNK_OVERHEAD;
+    size_t framing = H2_CHUNK_OVERHEAD;
     if (!(b = h2_room(d, framing + 1))) {
         d->r->h2_paused = true;
         return 0;
@@ -1485,15 +1519,6 @@ static size_t h2_on_data(void *ctx, const uint8_t *p, size_t len)
     size_t n = b->cap - b->end - framing;
     if (n > len)
         n = len;
-    if (d->r->h2_raw) {
-        memcpy(b->data + b->end, p, n);
-        b->end += (uint32_t)n;
-        d->r->h2_new += (uint32_t)n;
-        if (n < len)
-            d->r->h2_paused = true;
-        h2_wake(d);
-        return n;
-    }
     uint32_t was = b->end;
     b->end += (uint32_t)wg_h2_chunk_head(n, b->data + b->end);
     memcpy(b->data + b->end, p, n);
@@ -1591,7 +1616,8 @@ static const struct wg_h2_stream_ops h2_ops = {
 static ssize_t h2_pull(struct wg_downstream *d)
 {
     struct wg_exchange *r = d->r;
-    if (r->h2_paused && r->h2 && (!r->uin || !hp_buf_read_later(r->uin))) {
+    if (r->h2_paused && r->h2 &&
+        (r->h2_raw ? h2_raw_room(r->uin) : !r->uin || !hp_buf_read_later(r->uin))) {
         r->h2_paused = false;
         r->h2_calling = true;
         wg_h2_stream_resume_read(r->h2);
