@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 
 #include "waygate/record.h"
+#include "waygate/sockaddr.h"
 
 #define PREFIX "/services/"
 #define KEY PREFIX "users/u1"

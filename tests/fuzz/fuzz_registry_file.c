@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 
 #include "waygate/record.h"
+#include "waygate/sockaddr.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
