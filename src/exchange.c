@@ -955,7 +955,7 @@ static void request_proceed(struct wg_downstream *d, const struct wg_http_parser
         wg_mirror_start(d->w, d->r->pol->mirror, d->r->uout->data, d->r->uout->end,
                         !body ? 0 : m->framing == WG_HTTP_BODY_CHUNKED ? WG_MIRROR_CHUNKED
                                                                        : m->content_length,
-                        &d->r->mirror);
+                        d->tls, &d->r->mirror);
     if (d->r->pol)
         wg_policy_req_detach(d->r->pol);
     if (status) {
