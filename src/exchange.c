@@ -2217,7 +2217,9 @@ static void auth_finish(struct wg_downstream *d, enum auth_outcome how)
     bool body = has_body(&p->msg);
     unsigned status = 0;
 
-    auth_log(d, how != AUTH_FAIL ? NULL : wg_now_ms() >= a->deadline ? "timeout" : "upstream_error");
+    auth_log(d, how != AUTH_FAIL               ? NULL
+                : wg_now_ms() >= a->deadline ? "timeout"
+                                             : "upstream_error");
     release_upstream(d);
     release_instance(d);
     hp_buf_free(d->loc, &r->uout);

@@ -539,8 +539,9 @@ bool wg_mirror_start(struct wg_worker *w, const struct wg_policy_mirror *pm, con
     } else {
         if (!mirror_connect(m, svc, mem->inst))
             goto fail;
-        if (event_assign(&m->ev, w->base, m->fd, EV_READ | EV_WRITE | EV_CLOSED | EV_ET | EV_PERSIST,
-                         on_event, m) < 0 || event_add(&m->ev, NULL) < 0)
+        if (event_assign(&m->ev, w->base, m->fd,
+                         EV_READ | EV_WRITE | EV_CLOSED | EV_ET | EV_PERSIST, on_event, m) < 0 ||
+            event_add(&m->ev, NULL) < 0)
             goto fail;
         if (evtimer_add(&m->timer, &tv) < 0) {
             event_del(&m->ev);
