@@ -64,6 +64,8 @@ struct wg_auth_call {
     struct wg_exchange_settings t;      /* and its settings */
     bool grpc, upgrade;
     uint64_t deadline;                  /* timeout, from the subrequest's start */
+    uint64_t start_ns;                  /* its start, for its access-log line */
+    struct wg_pstr sub;                 /* its head (in the policy arena), for that line */
     struct hp_head *head;               /* a copy of the request head's parse */
     char *msg;                          /* and of its bytes */
     size_t head_len;
@@ -73,6 +75,7 @@ struct wg_auth_call {
 
 static bool auth_active(const struct wg_exchange *r) { return r->auth && r->auth->active; }
 static bool auth_failed(struct wg_downstream *d);
+static void auth_log(struct wg_downstream *d, const char *reason);
 static void auth_free(struct wg_downstream *d);
 
 static void upstream_event(struct wg_upconn *u, short what, void *owner)
@@ -304,13 +307,19 @@ static void log_request(struct wg_downstream *d, const char *reason)
     if (!d->r || !d->r->log_pending)
         return;
     d->r->log_pending = false;
+    /* Ended while a forward_auth subrequest ran: its line first; the
+     * request's own service is the one waiting in the call. */
+    const struct wg_auth_call *a = auth_active(d->r) ? d->r->auth : NULL;
+    struct wg_pool_service *svc = a ? a->svc : d->r->svc;
+    if (a)
+        auth_log(d, reason ? reason : "client_closed");
     const char *base = d->r->note ? d->r->note->data : "";
     char client[INET6_ADDRSTRLEN + 8];
     struct wg_access_entry e = {
         .client = wg_access_log_enabled() ? client_text(d, client, sizeof client) : NULL,
         .listener = d->r->lc ? d->r->lc->name : d->l->name,
-        .service = d->r->svc ? d->r->svc->name : NULL,
-        .upstream = d->r->inst ? d->r->inst->id : NULL,
+        .service = svc ? svc->name : NULL,
+        .upstream = d->r->inst && !a ? d->r->inst->id : NULL,
         .method = NULL,
         .path = base + d->r->note_target.off,
         .path_len = d->r->note_target.len,
@@ -321,8 +330,8 @@ static void log_request(struct wg_downstream *d, const char *reason)
         .bytes_in = d->r->req_bytes_in,
         .bytes_out = d->r->req_bytes_out,
         .duration_us = (wg_now_ns() - d->r->req_start_ns) / 1000,
-        .connect_us = d->r->connect_us,
-        .retries = d->r->attempts > 1 ? d->r->attempts - 1 : 0,
+        .connect_us = a ? -1 : d->r->connect_us,    /* (a's are the subrequest's) */
+        .retries = !a && d->r->attempts > 1 ? d->r->attempts - 1 : 0,
         .stream_id = d->stream_id,
         .grpc_code = d->r->grpc ? d->r->grpc_code : 0,
         .trace_id = d->r->pol && d->r->pol->trace_id[0] ? d->r->pol->trace_id : NULL,
@@ -333,15 +342,15 @@ static void log_request(struct wg_downstream *d, const char *reason)
     method[mlen] = '\0';
     e.method = method;
     wg_access_log(d->w->access_log, &e);
-    if (d->r->svc)
-        wg_service_observe_duration(d->r->svc->state, e.duration_us);
+    if (svc)
+        wg_service_observe_duration(svc->state, e.duration_us);
     _Static_assert(sizeof d->r->svc->state->grpc_codes / sizeof(uint64_t) == WG_GRPC_CODES,
                    "pool.h: grpc_codes has a slot per gRPC code");
     if (e.grpc_code) {                  /* waygate_grpc_responses_total and the listener's */
         unsigned k = wg_grpc_code_slot(e.grpc_code - 1);
         atomic_fetch_add_explicit(&d->l->grpc[k], 1, memory_order_relaxed);
-        if (d->r->svc)
-            atomic_fetch_add_explicit(&d->r->svc->state->grpc_codes[k], 1, memory_order_relaxed);
+        if (svc)
+            atomic_fetch_add_explicit(&svc->state->grpc_codes[k], 1, memory_order_relaxed);
     }
 }
 
@@ -955,7 +964,7 @@ static void request_proceed(struct wg_downstream *d, const struct wg_http_parser
         wg_mirror_start(d->w, d->r->pol->mirror, d->r->uout->data, d->r->uout->end,
                         !body ? 0 : m->framing == WG_HTTP_BODY_CHUNKED ? WG_MIRROR_CHUNKED
                                                                        : m->content_length,
-                        &d->r->mirror);
+                        d->tls, &d->r->mirror);
     if (d->r->pol)
         wg_policy_req_detach(d->r->pol);
     if (status) {
@@ -2109,9 +2118,11 @@ static void auth_start(struct wg_downstream *d)
     a->grpc = r->grpc;
     a->upgrade = r->req_upgrade;
     a->deadline = wg_now_ms() + fa->timeout_ms;
+    a->start_ns = wg_now_ns();
     a->active = true;
     hp_buf_free(d->loc, &r->uout);
     bool ok = svc && wg_forward_auth_head(fa, r->pol, &head);
+    a->sub = ok ? head : (struct wg_pstr){ NULL, 0 };
     if (ok) {
         struct hp_out o = hp_out_open(d->loc, &r->uout, head.n);
         hp_put(&o, head.p, head.n);
@@ -2181,6 +2192,47 @@ static void auth_free(struct wg_downstream *d)
 
 enum auth_outcome { AUTH_ALLOW, AUTH_DENY, AUTH_FAIL };
 
+/* The subrequest's own access-log line (kind=auth), once it is over: the
+ * auth service and instance, the subrequest's method and target, the auth
+ * service's status, its own duration, connect time and retries; client,
+ * listener, request id (the X-Request-Id the auth service got) and trace
+ * id as the request's line has them. */
+static void auth_log(struct wg_downstream *d, const char *reason)
+{
+    struct wg_exchange *r = d->r;
+    const struct wg_auth_call *a = r->auth;
+    const char *h = a->sub.p;           /* "METHOD TARGET HTTP/1.1\r\n..." */
+    const char *sp1 = h ? memchr(h, ' ', a->sub.n) : NULL;
+    const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', a->sub.n - (size_t)(sp1 + 1 - h)) : NULL;
+    const struct wg_pstr *id = &r->pol->request_id;
+    char client[INET6_ADDRSTRLEN + 8], method[32];
+
+    if (!wg_access_log_enabled())
+        return;
+    size_t mlen = sp2 ? (size_t)(sp1 - h) : 0;
+    mlen = mlen < sizeof method - 1 ? mlen : sizeof method - 1;
+    memcpy(method, h ? h : "", mlen);
+    method[mlen] = '\0';
+    wg_access_log(d->w->access_log, &(struct wg_access_entry){
+        .client = client_text(d, client, sizeof client),
+        .listener = r->lc ? r->lc->name : d->l->name,
+        .service = a->fa->service,
+        .upstream = r->inst ? r->inst->id : NULL,
+        .method = mlen ? method : NULL,
+        .path = sp2 ? sp1 + 1 : NULL,
+        .path_len = sp2 ? (size_t)(sp2 - sp1 - 1) : 0,
+        .request_id = id->n ? id->p : NULL,
+        .request_id_len = id->n,
+        .status = a->status,
+        .reason = reason,
+        .duration_us = (wg_now_ns() - a->start_ns) / 1000,
+        .connect_us = r->connect_us,
+        .retries = r->attempts > 1 ? r->attempts - 1 : 0,
+        .trace_id = r->pol->trace_id[0] ? r->pol->trace_id : NULL,
+        .kind = "auth",
+    });
+}
+
 /* The subrequest is over: the request gets its own service back; then its
  * chain goes on, or the answer goes out. */
 static void auth_finish(struct wg_downstream *d, enum auth_outcome how)
@@ -2191,6 +2243,9 @@ static void auth_finish(struct wg_downstream *d, enum auth_outcome how)
     bool body = has_body(&p->msg);
     unsigned status = 0;
 
+    auth_log(d, how != AUTH_FAIL               ? NULL
+                : wg_now_ms() >= a->deadline ? "timeout"
+                                             : "upstream_error");
     release_upstream(d);
     release_instance(d);
     hp_buf_free(d->loc, &r->uout);

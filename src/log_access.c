@@ -297,6 +297,8 @@ size_t wg_access_format(enum wg_access_format fmt, const struct wg_access_entry 
         field_str(&l, json, "grpc_code", wg_grpc_status_name(e->grpc_code - 1));
     if (e->trace_id)
         field_str(&l, json, "trace_id", e->trace_id);
+    if (e->kind)
+        field_str(&l, json, "kind", e->kind);
     if (json)
         put(&l, "}", 1);
     buf[l.n++] = '\n';

@@ -80,6 +80,9 @@ struct wg_access_entry {
                                  * so a zero-initialised entry has none */
     const char *trace_id;       /* http: the W3C trace id (trace policy); NULL: the
                                  * field is left out of the line */
+    const char *kind;           /* NULL: a request's or connection's line (no such
+                                 * key); "auth": a forward_auth subrequest's own
+                                 * line (key kind, last) */
 };
 
 /* Per-worker handle (struct wg_worker.access_log). wg_worker_log_new() and

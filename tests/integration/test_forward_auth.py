@@ -234,7 +234,9 @@ def test_forward_auth_client_gone_mid_subrequest():
     with Harness() as h:
         a = AuthServer(h, "a1")
         routes = [{"path_prefix": "/", "service": "users", "policies": [fa(timeout="5s")]}]
-        wg, b = auth_waygate(h, [a.instance()], routes=routes)
+        log = h.path("access.log")
+        wg, b = auth_waygate(h, [a.instance()], routes=routes,
+                             log={"level": "info", "access_log": log})
         port = wg.port("web")
         socks = []
         for _ in range(3):
@@ -251,3 +253,109 @@ def test_forward_auth_client_gone_mid_subrequest():
         served = json.loads(http_request(b.port, path="/stats").body)["served"]
         assert served == 2, served                      # not the three that left
         assert wg.alive()
+        def gone():                                     # each with its subrequest's line
+            docs = access_lines(log)
+            left = [d for d in docs if d.get("reason") == "client_closed"]
+            auth = {d["client"] for d in docs if d.get("kind") == "auth"}
+            return left if len(left) == 3 and all(d["client"] in auth for d in left) else None
+        for d in wait_until(gone, slack(5), "the lines of the three that left"):
+            assert d["service"] == "users" and "kind" not in d, d
+
+
+def access_lines(path):
+    """The access log's text lines as {key: value} (optional keys too)."""
+    from test_access_log import _PAIR, lines_of
+    return [{k: (json.loads(v) if v.startswith('"') else v) for k, v in _PAIR.findall(line[24:])}
+            for line in lines_of(path)]
+
+
+def test_forward_auth_subrequests_have_their_own_access_log_line():
+    """With the access log on, each subrequest has a line of its own
+    (kind=auth, last), in the request line's format: the auth service and
+    instance, the subrequest's method and target, the auth service's status,
+    the request's id; a failure has its reason (upstream_error, timeout);
+    the request's line stays as it was (its own service, no kind). With
+    the access log off nothing is written."""
+    with Harness() as h:
+        a = AuthServer(h, "a1")
+        routes = [{"path_prefix": "/closed/", "service": "users", "policies": [fa("down")]},
+                  {"path_prefix": "/slow/", "service": "users",
+                   "policies": [fa(timeout="300ms", path="/check")]},
+                  {"path_prefix": "/", "service": "users", "policies": [fa()]}]
+        log = h.path("access.log")
+        wg, _ = auth_waygate(h, [a.instance()], routes=routes,
+                             log={"level": "info", "access_log": log, "access_format": "text"})
+        port = wg.port("web")
+        cases = [("ok", "/request?q=1", "allow:alice", 200),
+                 ("no", "/request", "deny", 403),
+                 ("down", "/closed/x", "allow:u", 500),
+                 ("late", "/slow/x", "slow", 500)]
+        for rid, path, token, status in cases:
+            st, _, _ = curl(port, path, *bearer(token), "-H", "X-Request-Id: " + rid)
+            assert st == status, (rid, st)
+
+        def by_client():                                 # one connection per request
+            got = {}
+            for doc in access_lines(log):
+                got.setdefault(doc["client"], []).append(doc)
+            return got if len(got) == len(cases) and all(len(v) == 2 for v in got.values()) \
+                else None
+        lines = list(wait_until(by_client, slack(5), "two lines per request").values())
+        for (rid, path, token, status), pair in zip(cases, lines):
+            auth = [d for d in pair if d.get("kind") == "auth"]
+            req = [d for d in pair if "kind" not in d]
+            assert len(auth) == 1 and len(req) == 1, pair
+            auth, req = auth[0], req[0]
+            assert list(auth)[-1] == "kind" and auth["kind"] == "auth", auth
+            assert req["service"] == "users" and req["status"] == str(status), req
+            assert req["path"] == path, (req, path)
+            assert auth["listener"] == req["listener"] and auth["request_id"] == rid, auth
+            assert auth["method"] == "GET" and auth["bytes_in"] == "0", auth
+            float(auth["duration_ms"])
+            if rid in ("ok", "no"):
+                assert auth["service"] == "auth" and auth["upstream"] == "a1", auth
+                assert auth["path"] == path and auth["reason"] == "-", auth
+                assert auth["status"] == str(status), auth
+                assert auth["connect_ms"] != "-", auth
+            elif rid == "down":                          # nobody listens: no answer
+                assert auth["service"] == "down" and auth["status"] == "-", auth
+                assert auth["reason"] == "upstream_error", auth
+            else:                                        # the auth service's 5 s > 300 ms
+                assert auth["service"] == "auth" and auth["path"] == "/check", auth
+                assert auth["status"] == "-" and auth["reason"] == "timeout", auth
+                assert 250 <= float(auth["duration_ms"]) < 4000, auth
+
+    with Harness() as h:                                 # an h2 client resets mid-subrequest
+        from h2lib import Client, h2c_listener
+        a = AuthServer(h, "a1")
+        lst = h2c_listener()
+        lst["routes"] = [{"path_prefix": "/", "service": "users", "policies": [fa(timeout="5s")]}]
+        log = h.path("access.log")
+        wg, _ = auth_waygate(h, [a.instance()], listeners=[lst],
+                             log={"level": "info", "access_log": log})
+        c = Client(wg.port("h2"))
+        try:
+            sid = c.request("/gone", headers=[("authorization", "Bearer slow:1000")])
+            wait_until(lambda: a.stats()["requests"] == 1, slack(5), "the auth service asked")
+            c.conn.reset_stream(sid, 8)
+            c.flush()
+            assert c.get("/next", headers=[("authorization", "Bearer allow:z")])["status"] == 200
+        finally:
+            c.close()
+
+        def both():
+            docs = [d for d in access_lines(log) if d["path"] == "/gone"]
+            return docs if len(docs) == 2 else None
+        auth, req = sorted(wait_until(both, slack(5), "the two lines of /gone"),
+                           key=lambda d: "kind" in d, reverse=True)
+        assert auth["kind"] == "auth" and auth["reason"] == "client_reset", auth
+        assert auth["service"] == "auth" and auth["upstream"] == "a1", auth
+        assert req["service"] == "users" and req["upstream"] == "-" and "kind" not in req, req
+        assert req["reason"] == "client_reset" and req["connect_ms"] == "-", req
+
+    with Harness() as h:                                 # off: not a line
+        a = AuthServer(h, "a1")
+        wg, _ = auth_waygate(h, [a.instance()], log={"level": "info", "access_log": "off"})
+        assert curl(wg.port("web"), "/", *bearer("allow:x"))[0] == 200
+        time.sleep(slack(0.3))                           # several writer periods
+        assert os.path.getsize(wg.proc.stdout_path) == 0, wg.proc.stdout_text()

@@ -3,7 +3,9 @@ backend written here (plain or TLS) gets the same method, path, fields and
 body bytes as the real upstream, from HTTP/1.1 (Content-Length, chunked)
 and h2c clients, toward HTTP/1.1 and h2c upstreams; its share at percent 50;
 copies over max_body dropped and counted; mirrors that never read, are down
-or fail mid-body never hold up the real requests."""
+or fail mid-body never hold up the real requests; h2c and h2 (TLS) mirror
+services get the copies as streams of the worker's HTTP/2 pool, and a
+stalled one never holds up the real requests either."""
 
 import json
 import os
@@ -15,8 +17,8 @@ from grpclib import GrpcBackend
 from h2lib import Client, h2c_listener
 from test_http import http_listener
 from tlslib import shared
-from wglib import Harness, ThreadedServer, connect, http_request, read_http_response, slack, \
-    wait_until
+from wglib import Harness, ThreadedServer, connect, debian_import, http_request, \
+    read_http_response, slack, wait_until
 
 
 def dechunk(data):
@@ -392,19 +394,205 @@ def test_mirror_to_a_tls_service():
         assert rec.count() == 1
 
 
-def test_mirror_to_an_h2c_service_is_skipped():
-    """Copies speak HTTP/1.1: an instance of the mirror service that speaks
-    h2c gets none (skipped, counted); the real request never notices."""
+class H2Recorder(ThreadedServer):
+    """An h2c mirror backend (python3-h2; h2 over TLS with ALPN h2 when `ctx`
+    is given): every stream it reads whole is recorded as {method, target,
+    fields (lower-case name -> value), body}, then answered 200 "ok".
+    `stall`: after the connection preface nothing is answered and no
+    received DATA is acknowledged, so the flow-control windows stay shut (a
+    mirror that stopped); heads and resets are still counted."""
+
+    def __init__(self, ctx=None, stall=False):
+        self.h2c = debian_import("h2.connection")
+        self.h2cfg = debian_import("h2.config")
+        self.ev = debian_import("h2.events")
+        self.ctx, self.stall = ctx, stall
+        self.lock = threading.Lock()
+        self.reqs, self.heads, self.resets = [], 0, 0
+        super().__init__(backlog=64)
+
+    def serve(self, c):
+        try:
+            c.settimeout(60)
+            if self.ctx:
+                c = self.ctx.wrap_socket(c, server_side=True)
+            conn = self.h2c.H2Connection(config=self.h2cfg.H2Configuration(client_side=False))
+            conn.initiate_connection()
+            c.sendall(conn.data_to_send())
+            streams = {}
+            while True:
+                data = c.recv(65536)
+                if not data:
+                    return
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, self.ev.RequestReceived):
+                        hd = [(k.decode() if isinstance(k, bytes) else k,
+                               v.decode() if isinstance(v, bytes) else v) for k, v in ev.headers]
+                        streams[ev.stream_id] = {"hd": hd, "body": bytearray()}
+                        with self.lock:
+                            self.heads += 1
+                    elif isinstance(ev, self.ev.DataReceived):
+                        streams[ev.stream_id]["body"] += ev.data
+                        if not self.stall:
+                            conn.acknowledge_received_data(ev.flow_controlled_length,
+                                                           ev.stream_id)
+                    elif isinstance(ev, self.ev.StreamReset):
+                        with self.lock:
+                            self.resets += 1
+                    elif isinstance(ev, self.ev.StreamEnded) and not self.stall:
+                        st = streams.pop(ev.stream_id)
+                        d = dict(st["hd"])
+                        with self.lock:
+                            self.reqs.append({"method": d[":method"], "target": d[":path"],
+                                              "fields": {k: v for k, v in st["hd"]
+                                                         if not k.startswith(":")},
+                                              "authority": d.get(":authority"),
+                                              "body": bytes(st["body"])})
+                        conn.send_headers(ev.stream_id, [(":status", "200")])
+                        conn.send_data(ev.stream_id, b"ok", end_stream=True)
+                out = conn.data_to_send()
+                if out:
+                    c.sendall(out)
+        except Exception:               # closed, reset, a protocol error: the test tells
+            pass
+        finally:
+            c.close()
+
+    def count(self):
+        with self.lock:
+            return len(self.reqs)
+
+    def find(self, target):
+        with self.lock:
+            return [r for r in self.reqs if r["target"] == target]
+
+    one = Recorder.one
+
+
+def test_mirror_to_an_h2c_service_gets_the_copies_with_bodies():
+    """A mirror service whose instance speaks h2c gets each copy as an
+    HTTP/2 stream of the worker's pool: method, path, authority, the fields
+    the real upstream got and the payload; Content-Length and chunked
+    bodies from HTTP/1.1 clients (the chunked one de-chunked), bodies larger
+    than the stream's buffer and window (flow control), and h2c clients'
+    DATA frames with and without a content-length."""
     with Harness() as h:
-        main, grpc = h.backend("http", name="main"), GrpcBackend(h, name="g")
-        wg = h.waygate(listeners=[http_listener([mirror_route("g")])], workers=1,
-                       instances={"users": [main.instance()], "g": [grpc.instance()]},
-                       services={"g": {"upstream": {"protocol": "h2c"}}})
-        for k in range(3):
-            assert http_request(wg.port("web"), "POST", "/echo", body=b"abc").body == b"abc"
+        main, rec = Recorder(), H2Recorder()
+        lst = h2c_listener()
+        route = mirror_route("shadow", max_body="1m", timeout="20s")
+        lst["routes"] = [route]
+        wg = h.waygate(listeners=[http_listener([route]), lst],
+                       workers=1,
+                       instances={"users": [main.instance("m")], "shadow": [rec.instance("s")]},
+                       services={"shadow": {"upstream": {"protocol": "h2c"}}})
+        port = wg.port("web")
+        body = os.urandom(40000)
+        r = http_request(port, raw=raw_request("POST", "/cl?a=1", [("Content-Length", len(body)),
+                                                                   ("X-Test", "a b")], body))
+        assert r.status == 200, r.status
+        chunks = [os.urandom(5000), b"x", os.urandom(20000)]
+        wire = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+        with connect(port) as s:                 # the body in pieces, as a client streams it
+            s.sendall(raw_request("PUT", "/chunked", [("Transfer-Encoding", "chunked")]) +
+                      wire[:7000])
+            s.sendall(wire[7000:])
+            assert read_http_response(s).status == 200
+        big = os.urandom(700000)                 # past the stream buffer and the windows
+        assert http_request(port, raw=raw_request("POST", "/big", [("Content-Length", len(big))],
+                                                  big), timeout=30).status == 200
+        assert http_request(port, path="/plain").status == 200
+        for target, method, payload in (("/cl?a=1", "POST", body),
+                                        ("/chunked", "PUT", b"".join(chunks)),
+                                        ("/big", "POST", big), ("/plain", "GET", b"")):
+            real, got = main.one(target), rec.one(target)
+            assert got["method"] == method and got["body"] == payload, (target, len(got["body"]))
+            fields = {k.lower(): v for k, _, v in (x.partition(": ") for x in real["lines"])}
+            assert got["authority"] == fields["host"], (got, fields)
+            want = {k: v for k, v in fields.items()
+                    if k not in ("host", "transfer-encoding", "connection")}
+            assert got["fields"] == want, (target, got["fields"], want)
+        c = Client(wg.port("h2"))
+        try:
+            for length in (True, False):
+                body = os.urandom(100000)
+                r = h2_post(c, "/echo?len=%d" % length, body, length)
+                assert r["status"] == 200, r["status"]
+                got = rec.one("/echo?len=%d" % length)
+                assert got["method"] == "POST" and got["body"] == body, len(got["body"])
+                assert got["fields"]["x-test"] == "h2", got["fields"]
+                assert got["fields"].get("content-length") == ("100000" if length else None)
+        finally:
+            c.close()
         m = metrics(wg)
-        assert m["waygate_mirror_skipped_total"] == 3 and m["waygate_mirror_sent_total"] == 0, m
-        assert grpc.accepted() == 0
+        assert m["waygate_mirror_sent_total"] == 6 and m["waygate_mirror_skipped_total"] == 0, m
+        assert sum(v for k, v in m.items() if k.startswith("waygate_mirror_dropped")) == 0, m
+
+
+def test_mirror_to_a_tls_h2_service():
+    """protocol h2 with tls.enabled: the copy is a stream over TLS with ALPN
+    h2, the service's CA and SNI; the body arrives whole."""
+    import ssl
+    with Harness() as h:
+        pki = shared()
+        cert, key = pki.leaf("mirror-h2", ["mirror.test"])
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        ctx.set_alpn_protocols(["h2"])
+        main, rec = h.backend("http", name="main"), H2Recorder(ctx=ctx)
+        wg = h.waygate(listeners=[http_listener([mirror_route("shadow")])], workers=1,
+                       instances={"users": [main.instance()], "shadow": [rec.instance("s")]},
+                       services={"shadow": {"upstream": {"protocol": "h2"},
+                                            "tls": {"enabled": True, "ca": pki.ca,
+                                                    "sni": "mirror.test"}}})
+        body = os.urandom(30000)
+        r = http_request(wg.port("web"), "POST", "/echo?tls", body=body)
+        assert r.status == 200 and r.body == body
+        got = rec.one("/echo?tls")
+        assert got["method"] == "POST" and got["body"] == body
+        assert metrics(wg)["waygate_mirror_sent_total"] == 1
+
+
+def test_mirror_to_a_stalled_h2_service_never_holds_requests():
+    """An h2c mirror that stops reading: its windows stay shut, so each copy
+    holds at most its own bounded buffer. The real requests all complete
+    (asserted on completion, not timing); copies past max_in_flight are
+    skipped; a copy whose timeout passes while the client still sends the
+    body is dropped (failed) and its stream reset; every chosen request is
+    counted once."""
+    with Harness() as h:
+        main, stall = h.backend("http", name="main"), H2Recorder(stall=True)
+        routes = [mirror_route("stall", "/stall/", max_in_flight=2, timeout="30s",
+                               max_body="1m"),
+                  mirror_route("slow", "/slow/", timeout="300ms", max_body="1m")]
+        wg = h.waygate(listeners=[http_listener(routes)], workers=1,
+                       instances={"users": [main.instance()], "stall": [stall.instance("st")],
+                                  "slow": [stall.instance("sl")]},
+                       services={"stall": {"upstream": {"protocol": "h2c"}},
+                                 "slow": {"upstream": {"protocol": "h2c"}}})
+        port = wg.port("web")
+        body = os.urandom(300000)               # more than a stream's buffer and window
+        for k in range(4):
+            r = http_request(port, "POST", "/stall/echo", body=body, timeout=30)
+            assert r.status == 200 and r.body == body, k
+        for k in range(3):
+            assert http_request(port, path="/stall/x").body == b"main"
+        wait_until(lambda: stall.heads == 2, slack(5), "the 2 copies in flight at the mirror")
+        m = metrics(wg)
+        assert m["waygate_mirror_sent_total"] == 2 and m["waygate_mirror_skipped_total"] == 5, m
+        with connect(port) as s:                # the copy's time is up mid-body
+            s.sendall(raw_request("POST", "/slow/echo", [("Content-Length", len(body))],
+                                  body[:100000]))
+            wait_until(lambda: metrics(wg).get("waygate_mirror_dropped_total.failed") == 1,
+                       slack(5), "the copy dropped at its timeout")
+            s.sendall(body[100000:])
+            r = read_http_response(s)
+        assert r.status == 200 and r.body == body
+        wait_until(lambda: stall.resets >= 1, slack(5), "the dropped copy's stream reset")
+        m = metrics(wg)
+        dropped = sum(v for k, v in m.items() if k.startswith("waygate_mirror_dropped_total"))
+        assert m["waygate_mirror_sent_total"] + m["waygate_mirror_skipped_total"] + dropped == 8, m
+        assert m["waygate_mirror_dropped_total.aborted"] == 0, m
+        assert stall.count() == 0
 
 
 def test_mirror_after_forward_auth_copies_what_the_auth_let_through():

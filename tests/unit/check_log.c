@@ -86,6 +86,21 @@ START_TEST(trace_id_only_when_known)
 }
 END_TEST
 
+START_TEST(kind_only_on_subrequest_lines)
+{
+    char buf[WG_ACCESS_LINE_MAX];
+    struct wg_access_entry e = http_entry();
+    ck_assert_ptr_null(strstr(fmt(WG_ACCESS_TEXT, &e, buf), "kind="));
+    e.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    e.kind = "auth";
+    ck_assert_ptr_nonnull(strstr(fmt(WG_ACCESS_TEXT, &e, buf),
+                                 " trace_id=4bf92f3577b34da6a3ce929d0e0e4736 kind=auth\n"));
+    json_t *j = parse(fmt(WG_ACCESS_JSON, &e, buf));
+    ck_assert_str_eq(json_string_value(json_object_get(j, "kind")), "auth");
+    json_decref(j);
+}
+END_TEST
+
 START_TEST(json_tcp_line)
 {
     char buf[WG_ACCESS_LINE_MAX];
@@ -246,6 +261,7 @@ int main(void)
     Suite *s = suite_create("log");
     TCase *tc = tcase_create("access");
     tcase_add_test(tc, trace_id_only_when_known);
+    tcase_add_test(tc, kind_only_on_subrequest_lines);
     tcase_add_test(tc, text_tcp_line);
     tcase_add_test(tc, text_http_line);
     tcase_add_test(tc, json_tcp_line);
