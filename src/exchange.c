@@ -184,7 +184,18 @@ void wg_exchange_count_status(struct wg_downstream *d, unsigned status) { count_
 /* Answer `status` with a short text body; the request ends with it. `keep`:
  * the connection may carry another request (only when nothing of this
  * request is left unread). */
+static void reply(struct wg_downstream *d, unsigned status, const char *body, const char *grpc_text,
+                  bool keep);
+
 void wg_exchange_reply(struct wg_downstream *d, unsigned status, const char *body, bool keep)
+{
+    reply(d, status, body, NULL, keep);
+}
+
+/* wg_exchange_reply; a gRPC call reads `grpc_text` as grpc-message (NULL:
+ * the status's own, wg_grpc_error_message). */
+static void reply(struct wg_downstream *d, unsigned status, const char *body, const char *grpc_text,
+                  bool keep)
 {
     char text[160];
     const char *trace = d->r->pol && d->r->pol->trace_id[0] ? d->r->pol->trace_id : NULL;
@@ -199,7 +210,7 @@ void wg_exchange_reply(struct wg_downstream *d, unsigned status, const char *bod
     bool ok;
     if (d->r->grpc && status >= 400) {   /* Trailers-Only (DESIGN §15) */
         char m[128];
-        const char *why = wg_grpc_error_message((int)status);
+        const char *why = grpc_text ? grpc_text : wg_grpc_error_message((int)status);
         wg_grpc_message_encode(why, strlen(why), m, sizeof m);
         int code = wg_grpc_status_from_http((int)status);
         ok = d->ops->grpc_reply(d, code, m, keep);
@@ -2368,6 +2379,12 @@ void wg_exchange_abort(struct wg_downstream *d, const char *reason, const char *
     if (r->grpc && !r->grpc_web && d->payload_only && r->final_sent && d->rs == WG_RS_DONE)
         return;                         /* its end (trailers) is on its way already */
     d->end_reason = reason;
+    if (r->grpc && !r->final_sent && (d->rq == WG_RQ_BODY || d->rq == WG_RQ_SENT)) {
+        char text[96];                  /* no byte of the response out yet: Trailers-Only */
+        snprintf(text, sizeof text, "waygate: %s", message);
+        reply(d, 503, NULL, text, false);
+        return;
+    }
     if (!grpc_cut(d, WG_GRPC_UNAVAILABLE, message))
         d->dead = true;
 }
