@@ -106,8 +106,9 @@ static void h1_flush(struct wg_downstream *d, bool *progress);
 /* shutdown_timeout: the worker stops (its loop is over); a request still
  * in progress is cut (logged reason=shutdown) by the exchange's rule
  * (wg_exchange_abort): what it has for the client (a gRPC call's
- * Trailers-Only answer) goes in one last non-blocking write (what the
- * socket takes now), then the connection closes. */
+ * Trailers-Only answer, a gRPC-Web body's trailer frame) goes in one last
+ * non-blocking write (what the socket takes now), then the connection
+ * closes. */
 static void force_close(struct wg_conn_link *l)
 {
     struct hp_conn *c = conn_of(l);
@@ -121,8 +122,8 @@ static void force_close(struct wg_conn_link *l)
 /* The worker's 1 s tick: idle clients go when the worker drains; requests
  * and tunnels to an instance that must be cut (drain_timeout, on_unhealthy:
  * close) end now (health.h) by the exchange's rule (wg_exchange_cut): a
- * gRPC call waiting for its response head gets a Trailers-Only answer,
- * sent by the pump; anything else closes the connection. */
+ * gRPC call gets its Trailers-Only answer or a gRPC-Web body its trailer
+ * frame, sent by the pump; anything else closes the connection. */
 static void conn_tick(struct wg_conn_link *l, uint64_t now_ms)
 {
     struct hp_conn *c = conn_of(l);
