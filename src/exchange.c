@@ -187,7 +187,18 @@ void wg_exchange_count_status(struct wg_downstream *d, unsigned status) { count_
 /* Answer `status` with a short text body; the request ends with it. `keep`:
  * the connection may carry another request (only when nothing of this
  * request is left unread). */
+static void reply(struct wg_downstream *d, unsigned status, const char *body, const char *grpc_text,
+                  bool keep);
+
 void wg_exchange_reply(struct wg_downstream *d, unsigned status, const char *body, bool keep)
+{
+    reply(d, status, body, NULL, keep);
+}
+
+/* wg_exchange_reply; a gRPC call reads `grpc_text` as grpc-message (NULL:
+ * the status's own, wg_grpc_error_message). */
+static void reply(struct wg_downstream *d, unsigned status, const char *body, const char *grpc_text,
+                  bool keep)
 {
     char text[160];
     const char *trace = d->r->pol && d->r->pol->trace_id[0] ? d->r->pol->trace_id : NULL;
@@ -202,7 +213,7 @@ void wg_exchange_reply(struct wg_downstream *d, unsigned status, const char *bod
     bool ok;
     if (d->r->grpc && status >= 400) {   /* Trailers-Only (DESIGN §15) */
         char m[128];
-        const char *why = wg_grpc_error_message((int)status);
+        const char *why = grpc_text ? grpc_text : wg_grpc_error_message((int)status);
         wg_grpc_message_encode(why, strlen(why), m, sizeof m);
         int code = wg_grpc_status_from_http((int)status);
         ok = d->ops->grpc_reply(d, code, m, keep);
@@ -227,28 +238,39 @@ void wg_exchange_reply(struct wg_downstream *d, unsigned status, const char *bod
     d->rq = WG_RQ_SENT;
 }
 
+static int web_cut(struct wg_downstream *d, enum wg_grpc_status code, const char *m);
+
 /* A gRPC response whose head is out can no longer be an error of ours,
  * and a reset would leave the client a bare INTERNAL: the stream ends
- * with trailers grpc-status `code` and grpc-message "waygate: `why`"
- * after the body bytes already taken (DESIGN §15), the upstream is let go
- * and a request still streaming is reset once they are out (h2_end). False
- * when the stream is not such a one (HTTP/1.1 client, no head out yet). */
+ * with grpc-status `code` and grpc-message "waygate: `why`" after the
+ * body bytes already taken (DESIGN §15), the upstream is let go and a
+ * request still streaming is reset once they are out (h2_end). An HTTP/2
+ * client gets them as trailers; a gRPC-Web client, over either protocol,
+ * as the body's trailer frame (web_cut). False when the stream is not such
+ * a one (gRPC over HTTP/1.1, no head out yet, a gRPC-Web body waygate does
+ * not frame or cut inside a message). */
 static bool grpc_cut(struct wg_downstream *d, enum wg_grpc_status code, const char *why)
 {
     struct wg_exchange *r = d->r;
-    if (!r->grpc || r->grpc_web || !d->payload_only || !r->final_sent || d->rs != WG_RS_BODY)
-        return false;                   /* (gRPC-Web trailers are a body frame) */
-    struct hp_buf *t = r->trailers;
-    if (!t && !(t = r->trailers = hp_buf_new(d->loc, HP_SMALL)))
+    if (!r->grpc || (!r->grpc_web && !d->payload_only) || !r->final_sent || d->rs != WG_RS_BODY)
         return false;
     char m[128], text[96];
     snprintf(text, sizeof text, "waygate: %s", why);
     wg_grpc_message_encode(text, strlen(text), m, sizeof m);
-    int n = snprintf(t->data, t->cap, "grpc-status: %d\r\ngrpc-message: %s\r\n", (int)code, m);
-    t->end = n > 0 && (uint32_t)n < t->cap ? (uint32_t)n : 0;
+    if (r->grpc_web) {
+        int w = web_cut(d, code, m);
+        if (w <= 0)
+            return w == 0;              /* 0: it ended whole meanwhile */
+    } else {
+        struct hp_buf *t = r->trailers;
+        if (!t && !(t = r->trailers = hp_buf_new(d->loc, HP_SMALL)))
+            return false;
+        int n = snprintf(t->data, t->cap, "grpc-status: %d\r\ngrpc-message: %s\r\n", (int)code, m);
+        t->end = n > 0 && (uint32_t)n < t->cap ? (uint32_t)n : 0;
+        if (r->uin)                     /* what was not decoded yet goes with the upstream */
+            r->uin->scan = r->uin->end = r->uin->fwd;
+    }
     upstream_drop(d);
-    if (r->uin)                         /* what was not decoded yet goes with the upstream */
-        r->uin->scan = r->uin->end = r->uin->fwd;
     r->grpc_code = (int16_t)(code + 1);
     r->upstream_keep = false;
     r->close_after = true;              /* HTTP/2: the request side is reset after the end */
@@ -1392,6 +1414,7 @@ static size_t h2_on_text(struct wg_downstream *d, const uint8_t *p, size_t len)
         n = len;
     else
         r->h2_paused = true;
+    wg_grpc_frames_feed(&r->web_frames, p, n);
     size_t chars = wg_b64_encoded_len(&e, n) + (n % 3 ? 4 : 0);
     if (chars) {
         char *out = b->data + b->end;
@@ -1460,6 +1483,7 @@ static void h2_on_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t 
      * to frame here and strip again (gRPC-Web's trailers are a chunk; an
      * auth subrequest's body is read as HTTP/1.1). */
     d->r->h2_raw = d->payload_only && !d->r->grpc_web && !auth_active(d->r);
+    d->r->web_frames = (struct wg_grpc_frames){ 0 };   /* the body starts after this head */
     struct hp_buf *b = h2_room(d, 256);
     size_t len = b ? wg_h2_response_h1(status, nv, n, end_stream, b->data + b->end, b->cap - b->end)
                    : 0;
@@ -1528,6 +1552,8 @@ static size_t h2_on_data(void *ctx, const uint8_t *p, size_t len)
     size_t n = b->cap - b->end - framing;
     if (n > len)
         n = len;
+    if (d->r->grpc_web)
+        wg_grpc_frames_feed(&d->r->web_frames, p, n);
     uint32_t was = b->end;
     b->end += (uint32_t)wg_h2_chunk_head(n, b->data + b->end);
     memcpy(b->data + b->end, p, n);
@@ -1564,6 +1590,72 @@ static size_t h2_web_trailers(struct wg_exchange *r, const nghttp2_nv *nv, size_
     memcpy(t->data, head, h);
     memcpy(t->data + h + len, "\r\n0\r\n\r\n", 7);
     return h + len + 7;
+}
+
+/* Room for `need` more bytes at the end of uin, past its size class if
+ * it must (a cut's trailer frame behind a block the client has not taken
+ * yet); NULL when out of memory. */
+static struct hp_buf *uin_room(struct wg_downstream *d, size_t need)
+{
+    struct hp_buf *b = h2_room(d, need), *o = d->r->uin;
+    if (b || !o)
+        return b;
+    if (!(b = hp_buf_new(d->loc, o->end - o->start + (uint32_t)need)))
+        return NULL;
+    memcpy(b->data, o->data + o->start, o->end - o->start);
+    b->sent = o->sent - o->start;
+    b->fwd = o->fwd - o->start;
+    b->scan = o->scan - o->start;
+    b->end = o->end - o->start;
+    hp_buf_free(d->loc, &d->r->uin);
+    return d->r->uin = b;
+}
+
+/* grpc_cut for gRPC-Web: the trailer frame (grpc-status `code`,
+ * grpc-message `m`, in base64 for -text) as the body's last bytes after
+ * everything the upstream stream gave, then the body's end (the last chunk
+ * for a chunked client). Only for a body waygate frames itself (an HTTP/2
+ * instance's: whole chunks in uin, its messages counted in web_frames),
+ * between two messages: else -1, and the caller resets the stream (a
+ * frame inside a message would be read as its bytes). 0: that body ended
+ * whole on its own meanwhile (rs is DONE), 1: cut. */
+static int web_cut(struct wg_downstream *d, enum wg_grpc_status code, const char *m)
+{
+    struct wg_exchange *r = d->r;
+    struct hp_buf *b = r->uin;
+    if (!r->h2_on || r->h2_raw || !wg_grpc_frames_between(&r->web_frames))
+        return -1;
+    if (b && b->scan < b->end) {        /* counted in web_frames: it goes too */
+        enum wg_http_result res = hp_body_decode(&r->rs_body, b, r->dechunk);
+        hp_buf_drop_gap(b);
+        if (res == WG_HTTP_DONE) {
+            d->rs = WG_RS_DONE;
+            return 0;
+        }
+        if (res == WG_HTTP_ERROR)
+            return -1;
+    }
+    char st[12], frame[320];
+    snprintf(st, sizeof st, "%d", (int)code);
+    const struct wg_grpc_field f[2] = {
+        { (const uint8_t *)"grpc-status", (const uint8_t *)st, 11, strlen(st) },
+        { (const uint8_t *)"grpc-message", (const uint8_t *)m, 12, strlen(m) },
+    };
+    size_t len = r->grpc_web_text ? h2_text_frame(f, 2, frame, sizeof frame)
+                                  : wg_grpc_web_trailers(f, 2, (uint8_t *)frame, sizeof frame);
+    if (!len || !(b = uin_room(d, len + H2_CHUNK_OVERHEAD + 5)))
+        return -1;
+    char *w = b->data + b->end;
+    if (!r->dechunk)
+        w += wg_h2_chunk_head(len, w);
+    memcpy(w, frame, len);
+    w += len;
+    if (!r->dechunk) {
+        memcpy(w, "\r\n0\r\n\r\n", 7);
+        w += 7;
+    }
+    b->end = b->scan = b->fwd = (uint32_t)(w - b->data);
+    return 1;
 }
 
 static void h2_on_trailers(void *ctx, const nghttp2_nv *nv, size_t n)
@@ -2446,9 +2538,15 @@ void wg_exchange_abort(struct wg_downstream *d, const char *reason, const char *
     struct wg_exchange *r = d->r;
     if (!r)
         return;
-    if (r->grpc && !r->grpc_web && d->payload_only && r->final_sent && d->rs == WG_RS_DONE)
-        return;                         /* its end (trailers) is on its way already */
+    if (r->grpc && (d->payload_only || r->grpc_web) && r->final_sent && d->rs == WG_RS_DONE)
+        return;                         /* its end (trailers, trailer frame) is on its way */
     d->end_reason = reason;
+    if (r->grpc && !r->final_sent && (d->rq == WG_RQ_BODY || d->rq == WG_RQ_SENT)) {
+        char text[96];                  /* no byte of the response out yet: Trailers-Only */
+        snprintf(text, sizeof text, "waygate: %s", message);
+        reply(d, 503, NULL, text, false);
+        return;
+    }
     if (!grpc_cut(d, WG_GRPC_UNAVAILABLE, message))
         d->dead = true;
 }

@@ -178,6 +178,29 @@ size_t wg_grpc_web_trailers(const struct wg_grpc_field *f, size_t n, uint8_t *ou
     return len;
 }
 
+void wg_grpc_frames_feed(struct wg_grpc_frames *s, const uint8_t *p, size_t n)
+{
+    while (n) {
+        if (s->left) {
+            size_t k = n < s->left ? n : s->left;
+            s->left -= (uint32_t)k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        if (s->head)                    /* a length byte (the flag byte is byte 0) */
+            s->len = s->len << 8 | *p;
+        else
+            s->len = 0;
+        p++;
+        n--;
+        if (++s->head == 5) {
+            s->head = 0;
+            s->left = s->len;
+        }
+    }
+}
+
 static const char b64_chars[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 

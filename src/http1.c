@@ -101,19 +101,29 @@ static void conn_free(struct hp_conn *c)
     free(c);
 }
 
-/* shutdown_timeout: the worker stops; a request still in progress is cut
- * (logged reason=shutdown). */
+static void h1_flush(struct wg_downstream *d, bool *progress);
+
+/* shutdown_timeout: the worker stops (its loop is over); a request still
+ * in progress is cut (logged reason=shutdown) by the exchange's rule
+ * (wg_exchange_abort): what it has for the client (a gRPC call's
+ * Trailers-Only answer, a gRPC-Web body's trailer frame) goes in one last
+ * non-blocking write (what the socket takes now), then the connection
+ * closes. */
 static void force_close(struct wg_conn_link *l)
 {
     struct hp_conn *c = conn_of(l);
     wg_exchange_abort(&c->ds, "shutdown", "shutting down (shutdown_timeout)");
+    bool progress = false;
+    if (!c->ds.dead && c->ds.r && c->ds.r->final_sent && c->ds.rq != WG_RQ_LINGER)
+        h1_flush(&c->ds, &progress);
     conn_free(c);
 }
 
 /* The worker's 1 s tick: idle clients go when the worker drains; requests
  * and tunnels to an instance that must be cut (drain_timeout, on_unhealthy:
- * close) end now (health.h): the exchange's rule (wg_exchange_cut) has no
- * gRPC trailers for an HTTP/1.1 client, so the connection closes. */
+ * close) end now (health.h) by the exchange's rule (wg_exchange_cut): a
+ * gRPC call gets its Trailers-Only answer or a gRPC-Web body its trailer
+ * frame, sent by the pump; anything else closes the connection. */
 static void conn_tick(struct wg_conn_link *l, uint64_t now_ms)
 {
     struct hp_conn *c = conn_of(l);
@@ -121,8 +131,8 @@ static void conn_tick(struct wg_conn_link *l, uint64_t now_ms)
         conn_free(c);
         return;
     }
-    if (wg_exchange_cut(&c->ds, now_ms) && c->ds.dead)
-        conn_free(c);
+    if (wg_exchange_cut(&c->ds, now_ms))
+        conn_pump(c);                   /* (frees c when the cut killed it) */
 }
 
 /* ---- what the exchange asks of the client side -------------------------- */

@@ -197,9 +197,9 @@ static void stream_step(struct h2_stream *st);
 
 /* shutdown_timeout: the worker stops (its loop is over). The streams still
  * open are cut by the exchange's rule (wg_exchange_abort): a gRPC one gets
- * its UNAVAILABLE trailers, the others a reset, in a last non-blocking
- * write (best effort: what the socket takes now), then the connection
- * closes. */
+ * its UNAVAILABLE end (Trailers-Only, trailers, a gRPC-Web trailer
+ * frame), the others a reset, in a last non-blocking write (best effort:
+ * what the socket takes now), then the connection closes. */
 static void force_close(struct wg_conn_link *l)
 {
     struct h2_conn *c = conn_of(l);
@@ -222,7 +222,7 @@ static void force_close(struct wg_conn_link *l)
 
 /* The worker's 1 s tick: drain (GOAWAY, then close once no stream is
  * left); streams to an instance that must be cut end by the exchange's
- * rule (wg_exchange_cut: gRPC trailers, else a reset), sent by the pump. */
+ * rule (wg_exchange_cut: a gRPC status, else a reset), sent by the pump. */
 static void conn_tick(struct wg_conn_link *l, uint64_t now_ms)
 {
     struct h2_conn *c = conn_of(l);

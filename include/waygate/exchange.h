@@ -150,6 +150,9 @@ struct wg_exchange {
     int16_t grpc_code;                  /* gRPC: grpc-status + 1 the client got; 0 = none */
     struct wg_b64_dec web_dec;          /* gRPC-Web-text to an HTTP/2 instance: the request
                                            body's base64 state */
+    struct wg_grpc_frames web_frames;   /* gRPC-Web from an HTTP/2 instance: where the
+                                           response's messages stand (a cut's trailer frame
+                                           goes between two) */
     struct hp_buf *uin;                 /* from the upstream; [sent, fwd) for the client */
     struct hp_buf *uout;                /* the rewritten request head */
     struct hp_head *rhead;              /* while a response head is parsed */
@@ -344,12 +347,16 @@ enum wg_finish wg_exchange_finish(struct wg_downstream *d, uint64_t *idle_ms);
 void wg_exchange_release(struct wg_downstream *d, const char *reason);
 /* Cut the request in progress now, `reason` for the access log
  * (d->end_reason), `message` for a gRPC client. The rule for both codecs
- * (DESIGN §15): a gRPC stream whose response head is out ends with
- * trailers grpc-status UNAVAILABLE, grpc-message "waygate: <message>"
- * after the body bytes already taken (the upstream is let go; the codec
- * sends them on its next pump), and one whose response is already whole
- * goes on to its end; any other request gets d->dead (the codec resets
- * the stream or closes the connection). No request: nothing happens. */
+ * (DESIGN §15): a gRPC call ends with grpc-status UNAVAILABLE,
+ * grpc-message "waygate: <message>", the upstream let go and the codec
+ * sending it on its next pump: as a Trailers-Only answer (ops->grpc_reply)
+ * when no byte of the response went out yet; else after the body bytes
+ * already taken, as trailers (HTTP/2) or, for gRPC-Web over either
+ * protocol, a trailer frame ending the body (when waygate frames that body
+ * and the cut falls between two messages); and one whose response is
+ * already whole goes on to its end. Any other request gets d->dead (the
+ * codec resets the stream or closes the connection). No request: nothing
+ * happens. */
 void wg_exchange_abort(struct wg_downstream *d, const char *reason, const char *message);
 /* The worker's 1 s tick (drain_timeout, on_unhealthy: close, health.h):
  * when the request's instance must be cut now, wg_exchange_abort() it

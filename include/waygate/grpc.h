@@ -123,6 +123,22 @@ struct wg_grpc_field {
  * fit into out[cap]. */
 size_t wg_grpc_web_trailers(const struct wg_grpc_field *f, size_t n, uint8_t *out, size_t cap);
 
+/* Where a stream of length-prefixed messages stands (flag byte, 4-byte
+ * big-endian length, payload: PROTOCOL-HTTP2.md's Length-Prefixed-Message),
+ * fed its bytes in order, split anywhere: a gRPC-Web response cut by
+ * waygate can take a trailer frame of its own only between two messages. */
+struct wg_grpc_frames {
+    uint32_t left;                      /* payload bytes of the current message still due */
+    uint32_t len;                       /* the length being read */
+    uint8_t head;                       /* bytes of the current 5-byte prefix seen (0..4) */
+};
+void wg_grpc_frames_feed(struct wg_grpc_frames *s, const uint8_t *p, size_t n);
+/* Between two messages (or before the first)? */
+static inline bool wg_grpc_frames_between(const struct wg_grpc_frames *s)
+{
+    return s->head == 0 && s->left == 0;
+}
+
 /* ---- base64 of application/grpc-web-text -------------------------------
  * RFC 4648 §4 (standard alphabet, '=' padding), streamed: the state between
  * calls is a few bytes, and any split of the input into calls gives the

@@ -197,6 +197,16 @@ class Raw:
         self.streams[sid] = {"status": None, "body": b"", "ended": False, "reset": None}
         self.send_raw(frame(HEADERS, END_HEADERS | END_STREAM, sid, self.block(path)))
 
+    def request(self, sid, path, method="POST", headers=(), body=b""):
+        """A request with fields `headers` (lower-case names) and its body
+        in one DATA frame; the response's fields land in "headers"."""
+        self.streams[sid] = {"status": None, "headers": {}, "body": b"", "ended": False,
+                             "reset": None}
+        block = self.enc.encode([(":method", method), (":scheme", "http"), (":path", path),
+                                 (":authority", "localhost")] + list(headers))
+        self.send_raw(frame(HEADERS, END_HEADERS | (0 if body else END_STREAM), sid, block) +
+                      (frame(DATA, END_STREAM, sid, body) if body else b""))
+
     def send_raw(self, data):
         self.sock.sendall(data)
 
@@ -231,6 +241,9 @@ class Raw:
                           self.dec.decode(p))
                 if ":status" in hd:
                     st["status"] = int(hd[":status"])
+                if "headers" in st:
+                    st["headers"].update((k, v.decode() if isinstance(v, bytes) else v)
+                                         for k, v in hd.items())
                 st["ended"] |= bool(fl & END_STREAM)
             elif t == DATA and st is not None:
                 st["body"] += p

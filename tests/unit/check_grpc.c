@@ -264,6 +264,33 @@ START_TEST(frames)
 }
 END_TEST
 
+/* The message boundaries of a stream, whatever its split into calls. */
+START_TEST(frames_feed)
+{
+    /* an empty message, one of 3 bytes, one of 0x0100 bytes cut short */
+    uint8_t s[5 + 5 + 3 + 5 + 256];
+    memset(s, 0x80, sizeof s);
+    memcpy(s, (const uint8_t[]){ 0, 0, 0, 0, 0, 0x80, 0, 0, 0, 3 }, 10);
+    memcpy(s + 13, (const uint8_t[]){ 0, 0, 0, 1, 0 }, 5);
+    const size_t ends[] = { 0, 5, 13, sizeof s };
+    for (size_t cut = 0; cut <= sizeof s; cut++) {
+        for (size_t len = 0; len <= sizeof s; len++) {
+            struct wg_grpc_frames f = { 0 };
+            size_t a = cut < len ? cut : len;
+            wg_grpc_frames_feed(&f, s, a);
+            wg_grpc_frames_feed(&f, s + a, len - a);
+            bool at = false;
+            for (size_t i = 0; i < sizeof ends / sizeof *ends; i++)
+                at |= ends[i] == len;
+            ck_assert_msg(wg_grpc_frames_between(&f) == at, "cut %zu len %zu", cut, len);
+        }
+    }
+    struct wg_grpc_frames f = { 0 };    /* the largest length */
+    wg_grpc_frames_feed(&f, (const uint8_t[]){ 0, 0xff, 0xff, 0xff, 0xff }, 5);
+    ck_assert_uint_eq(f.left, 0xffffffffu);
+}
+END_TEST
+
 /* ---- base64 (application/grpc-web-text) ---- */
 
 static const struct { const char *bin, *text; } rfc4648[] = {
@@ -448,6 +475,7 @@ int main(void)
     tcase_add_test(t, health_request);
     tcase_add_test(t, health_decode);
     tcase_add_test(t, frames);
+    tcase_add_test(t, frames_feed);
     tcase_add_test(t, base64_vectors);
     tcase_add_test(t, base64_every_boundary);
     tcase_add_test(t, base64_chunks);

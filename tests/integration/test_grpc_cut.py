@@ -1,0 +1,243 @@
+"""gRPC calls waygate cuts itself (DESIGN §15, exchange.h wg_exchange_abort)
+at on_unhealthy: close, at drain_timeout and at shutdown_timeout, in the two
+cases test_grpc_drain.py's HTTP/2 server stream does not cover:
+
+- a call still waiting for its response head (a python3-grpcio server's
+  /wg.Echo/Slow holding it for 30 s): a Trailers-Only answer, grpc-status
+  14 UNAVAILABLE and grpc-message "waygate: <why>", to a real grpcio client
+  (HTTP/2) and to gRPC-Web clients over HTTP/1.1 (http.client) and h2
+  (python3-h2), never a reset or a closed connection;
+- a gRPC-Web server stream (binary and -text, over HTTP/1.1 and h2) whose
+  head and first messages are out: its body ends with a trailer frame (0x80)
+  carrying the same status after the messages already sent, then the
+  response ends normally (the last chunk for HTTP/1.1), never truncated.
+
+All seven calls run at once on one instance, and one cut ends them all."""
+
+import http.client
+import signal
+import socket
+import time
+
+from grpclib import GrpcCall, GrpcServer, need_grpcio
+from h2lib import Raw, h2c_listener
+from test_grpc_web import frame, frames, trailer_fields
+from test_grpc_web_text import TEXT, b64, dechunk, down, payload, unb64
+from wglib import Harness, http_request, slack, wait_until
+
+WEB = "application/grpc-web"
+HOLD = [("x-count", "1"), ("x-interval-ms", "30000")]   # /wg.Echo/Slow: head after 30 s
+
+
+def world(h, name, services=None, **top):
+    g = GrpcServer(h, name)
+    svc = {"upstream": {"protocol": "h2c"}}
+    svc.update(services or {})
+    wg = h.waygate(listeners=[h2c_listener("g")], instances={"users": [g.instance()]},
+                   services={"users": svc},
+                   log={"level": "info", "access_log": h.path("access.log"),
+                        "access_format": "text"}, **top)
+    return g, wg, wg.ports["g"]
+
+
+class Calls:
+    """The seven calls in flight: three waiting for their head, four
+    gRPC-Web server streams (100-byte messages 100 ms apart) with theirs out."""
+
+    def __init__(self, g, port):
+        self.g = g
+        # waiting for the head: grpcio (HTTP/2), gRPC-Web over HTTP/1.1 and h2
+        self.grpcio = GrpcCall("127.0.0.1:%d" % port, "bidi", "/wg.Echo/Slow", 8, count=1,
+                               metadata=HOLD, timeout=60, wait=slack(60))
+        self.h1_wait = http.client.HTTPConnection("127.0.0.1", port, timeout=slack(30))
+        self.h1_wait.request("POST", "/wg.Echo/Slow", body=frame(b"hold"),
+                             headers=dict([("Content-Type", WEB), ("X-Grpc-Web", "1")] + HOLD))
+        self.c = Raw(port)              # (python3-h2 reads nothing after a GOAWAY)
+        self.h2_wait = 1
+        self.c.request(1, "/wg.Echo/Slow", body=frame(b"hold"),
+                       headers=[("content-type", WEB), ("x-grpc-web", "1")] + HOLD)
+        # streaming: binary and -text over HTTP/1.1 and h2
+        self.h1_streams = {}
+        for ct, body in ((WEB, down(300, 100, 100)), (TEXT, b64(down(300, 100, 100)))):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=slack(30))
+            conn.request("POST", "/wg.Echo/Down", body=body,
+                         headers={"Content-Type": ct, "X-Grpc-Web": "1"})
+            self.h1_streams[ct] = (conn, conn.getresponse())     # the head is out
+        self.h2_streams = {WEB: 3, TEXT: 5}
+        for ct, body in ((WEB, down(300, 100, 100)), (TEXT, b64(down(300, 100, 100)))):
+            self.c.request(self.h2_streams[ct], "/wg.Echo/Down", body=body,
+                           headers=[("content-type", ct), ("x-grpc-web", "1")])
+        wait_until(lambda: self.c.pump(0.05) and
+                   all(self.c.streams[s]["status"] for s in self.h2_streams.values()),
+                   slack(10), "the h2 gRPC-Web streams' heads")
+        wait_until(lambda: g.echo_calls().count("Slow") == 3 and g.echo_calls().count("Down") == 4,
+                   slack(10), "the seven calls at the server (%s)" % g.echo_calls())
+
+    def check(self, why, within):
+        message = "waygate: " + why
+        # Trailers-Only to the calls that had no response head yet
+        r = self.grpcio.result()
+        assert r["code"] == "UNAVAILABLE" and r["details"] == message and r["count"] == 0, r
+        resp = self.h1_wait.getresponse()
+        body = resp.read()
+        assert resp.status == 200 and resp.getheader("Content-Type") == WEB, resp.getheaders()
+        assert resp.getheader("grpc-status") == "14", resp.getheaders()
+        assert resp.getheader("grpc-message") == message and body == b"", (resp.getheaders(), body)
+        r = self.c.response(self.h2_wait, slack(within))
+        hd = r["headers"]
+        assert r["status"] == 200 and r["reset"] is None and r["body"] == b"", r
+        assert hd.get("grpc-status") == "14" and hd.get("grpc-message") == message, r
+        # the gRPC-Web streams: their messages, then the trailer frame
+        for ct, (conn, resp) in self.h1_streams.items():
+            body = resp.read()          # http.client: IncompleteRead without the last chunk
+            assert resp.getheader("Transfer-Encoding") == "chunked", resp.getheaders()
+            stream_ended(ct, body, message)
+            conn.close()
+        for ct, sid in self.h2_streams.items():
+            r = self.c.response(sid, slack(within))
+            assert r["reset"] is None and r["ended"] and "grpc-status" not in r["headers"], \
+                (ct, r["reset"], r["headers"], len(r["body"]))
+            stream_ended(ct, bytes(r["body"]), message)
+        self.c.close()
+        self.h1_wait.close()
+
+
+def stream_ended(ct, body, message):
+    """The body: whole 100-byte messages, then the trailer frame of the cut."""
+    fs = frames(unb64(body) if ct == TEXT else body)
+    assert len(fs) >= 2 and fs[:-1] == [(0, payload(100))] * (len(fs) - 1), (ct, fs[-2:])
+    assert fs[-1][0] == 0x80, (ct, fs[-1])
+    assert trailer_fields(fs[-1][1]) == {"grpc-status": "14", "grpc-message": message}, fs[-1]
+
+
+def cuts_logged(h, reason, n):
+    def logged():
+        try:
+            with open(h.path("access.log")) as f:
+                return sum(1 for l in f if ("reason=%s " % reason) in l and
+                           "grpc_code=UNAVAILABLE" in l)
+        except FileNotFoundError:
+            return 0
+    wait_until(lambda: logged() == n, slack(5), "%d access log lines reason=%s" % (n, reason))
+
+
+def test_grpc_calls_cut_on_unhealthy():
+    """on_unhealthy: close: the instance's gRPC probe says NOT_SERVING; the
+    next tick cuts the seven calls."""
+    if not need_grpcio():
+        return
+    from test_health import probes, wait_health
+    with Harness() as h:
+        hc = probes("grpc", interval="100ms", timeout="1s", up=1, down=1)
+        g, wg, port = world(h, "sick", dict(hc, on_unhealthy="close"))
+        wait_health(wg, "users", "sick", "healthy", slack(10))
+        calls = Calls(g, port)
+        g.set_all({"": "NOT_SERVING"})
+        calls.check("upstream unhealthy (on_unhealthy: close)", 10)
+        cuts_logged(h, "on_unhealthy", 7)
+
+
+def test_grpc_calls_cut_at_drain_timeout():
+    """The instance drained through the admin API, drain_timeout 1s."""
+    if not need_grpcio():
+        return
+    with Harness() as h:
+        g, wg, port = world(h, "drained", {"drain_timeout": "1s"})
+        calls = Calls(g, port)
+        r = http_request(wg.admin_port, "POST", "/services/users/instances/drained/drain",
+                         timeout=slack(10))
+        assert r.status == 200, r
+        calls.check("upstream drained (drain_timeout)", 10)
+        cuts_logged(h, "drain_timeout", 7)
+
+
+def test_grpc_calls_cut_at_shutdown_timeout():
+    """SIGTERM with shutdown_timeout 2s: the calls go on, then the worker
+    stops, each gets its end in the last write; exit status 0."""
+    if not need_grpcio():
+        return
+    with Harness() as h:
+        g, wg, port = world(h, "stopping", shutdown_timeout="2s")
+        calls = Calls(g, port)
+        wg.proc.signal(signal.SIGTERM)
+        calls.check("shutting down (shutdown_timeout)", 15)
+        assert wg.proc.wait(slack(10)) == 0
+        cuts_logged(h, "shutdown", 7)
+
+
+def test_grpc_web_streams_end_with_a_trailer_frame_when_the_upstream_dies():
+    """The same rule for an upstream that fails mid-stream (grpc_cut): the
+    grpcio server SIGKILLed under gRPC-Web server streams, binary over
+    HTTP/1.1 and -text over h2, ends their bodies with UNAVAILABLE
+    'waygate: upstream connection lost' in a trailer frame."""
+    if not need_grpcio():
+        return
+    with Harness() as h:
+        g, wg, port = world(h, "doomed")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=slack(30))
+        conn.request("POST", "/wg.Echo/Down", body=down(300, 100, 100),
+                     headers={"Content-Type": WEB, "X-Grpc-Web": "1"})
+        resp = conn.getresponse()
+        c = Raw(port)
+        c.request(1, "/wg.Echo/Down", body=b64(down(300, 100, 100)),
+                  headers=[("content-type", TEXT), ("x-grpc-web", "1")])
+        wait_until(lambda: c.pump(0.05) and c.streams[1]["status"] and
+                   g.echo_calls().count("Down") == 2, slack(10), "both streams under way")
+        g.proc.kill()                   # SIGKILL, by PID
+        message = "waygate: upstream connection lost"
+        stream_ended(WEB, resp.read(), message)
+        conn.close()
+        r = c.response(1, slack(10))
+        assert r["reset"] is None and r["ended"], (r["reset"], r["headers"], len(r["body"]))
+        stream_ended(TEXT, r["body"], message)
+        c.close()
+        cuts_logged(h, "upstream_error", 2)
+
+
+def test_grpc_web_stream_cut_inside_a_message_is_closed():
+    """A cut that falls inside a message cannot end the body with a
+    trailer frame (the client would read it as the message's bytes): a
+    4 MiB message to an HTTP/1.1 client that reads nothing is still on its
+    way at drain_timeout, and the connection is closed without a last
+    chunk, as before."""
+    if not need_grpcio():
+        return
+    with Harness() as h:
+        g, wg, port = world(h, "big", {"drain_timeout": "1s"})
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)    # the message cannot fit
+        s.settimeout(slack(10))
+        s.connect(("127.0.0.1", port))
+        body = down(1, 4 << 20, 0)
+        s.sendall(("POST /wg.Echo/Down HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+                   "Content-Length: %d\r\n\r\n" % (WEB, len(body))).encode() + body)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            got = s.recv(1024)
+            assert got, buf
+            buf += got
+        wait_until(lambda: "Down" in g.echo_calls(), slack(10), "the call at the server")
+        r = http_request(wg.admin_port, "POST", "/services/users/instances/big/drain",
+                         timeout=slack(10))
+        assert r.status == 200, r
+        cuts_logged_any(h, "drain_timeout")
+        end = time.monotonic() + slack(20)
+        while True:                     # now read it all: the close comes after what was sent
+            assert time.monotonic() < end, len(buf)
+            got = s.recv(1 << 20)
+            if not got:
+                break
+            buf += got
+        s.close()
+        data, ended = dechunk(buf.split(b"\r\n\r\n", 1)[1])
+        assert not ended and 0 < len(data) < 5 + (4 << 20), (ended, len(data))
+
+
+def cuts_logged_any(h, reason):
+    def logged():
+        try:
+            with open(h.path("access.log")) as f:
+                return any(("reason=%s " % reason) in l for l in f)
+        except FileNotFoundError:
+            return False
+    wait_until(logged, slack(10), "an access log line reason=%s" % reason)
