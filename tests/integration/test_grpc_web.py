@@ -42,19 +42,25 @@ def check_echo(body, msg, server):
     assert t.get("grpc-status") == "0" and t.get("x-server") == server, t
 
 
+def web_setup(h, name):
+    """A grpcio server `name` behind an HTTP/1.1 + h2c listener: service
+    users (h2c), and service none whose only instance has weight 0."""
+    g = GrpcServer(h, name)
+    lst = h2c_listener("g")             # HTTP/1.1 and h2c on one port
+    lst["routes"] = [{"path_prefix": "/none.", "service": "none"},
+                     {"path_prefix": "/", "service": "users"}]
+    wg = h.waygate(listeners=[lst],
+                   instances={"users": [g.instance()], "none": [g.instance("w0", weight=0)]},
+                   services={"users": {"upstream": {"protocol": "h2c"}},
+                             "none": {"upstream": {"protocol": "h2c"}}})
+    return g, wg, wg.ports["g"]
+
+
 def test_grpc_web_over_http1_and_h2_to_a_grpc_upstream():
     if not need_grpcio():
         return
     with Harness() as h:
-        g = GrpcServer(h, "web")
-        lst = h2c_listener("g")         # HTTP/1.1 and h2c on one port
-        lst["routes"] = [{"path_prefix": "/none.", "service": "none"},
-                         {"path_prefix": "/", "service": "users"}]
-        wg = h.waygate(listeners=[lst],
-                       instances={"users": [g.instance()], "none": [g.instance("w0", weight=0)]},
-                       services={"users": {"upstream": {"protocol": "h2c"}},
-                                 "none": {"upstream": {"protocol": "h2c"}}})
-        port = wg.ports["g"]
+        g, wg, port = web_setup(h, "web")
         msg = b"hello, grpc-web"
         web = [("Content-Type", "application/grpc-web+proto"), ("X-Grpc-Web", "1")]
         r = http_request(port, "POST", "/wg.Echo/One", headers=web, body=frame(msg),

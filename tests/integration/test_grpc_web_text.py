@@ -16,7 +16,7 @@ import time
 
 from grpclib import GrpcServer, need_grpcio
 from h2lib import Client, h2c_listener
-from test_grpc_web import check_echo, frame, frames, trailer_fields
+from test_grpc_web import check_echo, frame, frames, trailer_fields, web_setup
 from wglib import BrowserPage, Harness, http_request, read_http_response, slack
 
 TEXT = "application/grpc-web-text"
@@ -69,15 +69,7 @@ def chunked_request(port, path, headers, pieces, pause=0.05):
 
 
 def setup(h):
-    g = GrpcServer(h, "text")
-    lst = h2c_listener("g")             # HTTP/1.1 and h2c on one port
-    lst["routes"] = [{"path_prefix": "/none.", "service": "none"},
-                     {"path_prefix": "/", "service": "users"}]
-    wg = h.waygate(listeners=[lst],
-                   instances={"users": [g.instance()], "none": [g.instance("w0", weight=0)]},
-                   services={"users": {"upstream": {"protocol": "h2c"}},
-                             "none": {"upstream": {"protocol": "h2c"}}})
-    return g, wg, wg.ports["g"]
+    return web_setup(h, "text")
 
 
 def test_grpc_web_text_over_http1():

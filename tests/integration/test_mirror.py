@@ -458,15 +458,7 @@ class H2Recorder(ThreadedServer):
         finally:
             c.close()
 
-    def count(self):
-        with self.lock:
-            return len(self.reqs)
-
-    def find(self, target):
-        with self.lock:
-            return [r for r in self.reqs if r["target"] == target]
-
-    one = Recorder.one
+    count, find, one = Recorder.count, Recorder.find, Recorder.one
 
 
 def test_mirror_to_an_h2c_service_gets_the_copies_with_bodies():
