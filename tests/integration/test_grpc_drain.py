@@ -17,6 +17,7 @@ import signal
 from etcdlib import EtcdHarness
 from grpclib import GrpcCall, GrpcServer, GrpcStream, grpc_call, need_grpcio
 from h2lib import h2c_listener
+from test_grpc_cut import world
 from wglib import Harness, http_request, slack, wait_until
 
 SLOW = [("x-count", "30"), ("x-interval-ms", "200")]     # 30 replies over 6 s
@@ -87,14 +88,8 @@ def test_grpc_stream_on_a_draining_instance_completes():
 # ---- streams waygate cuts --------------------------------------------------------
 
 def cut_world(h, name, services=None, **top):
-    g = GrpcServer(h, name)
-    svc = {"upstream": {"protocol": "h2c"}}
-    svc.update(services or {})
-    wg = h.waygate(listeners=[h2c_listener("g")], instances={"users": [g.instance()]},
-                   services={"users": svc},
-                   log={"level": "info", "access_log": h.path("access.log"),
-                        "access_format": "text"}, **top)
-    call = GrpcStream(h, "127.0.0.1:%d" % wg.ports["g"], "server", "/wg.Echo/Down", 100,
+    g, wg, port = world(h, name, services, **top)
+    call = GrpcStream(h, "127.0.0.1:%d" % port, "server", "/wg.Echo/Down", 100,
                       count=300, interval_ms=100, timeout=60)
     call.wait_reply(slack(30))
     return g, wg, call
