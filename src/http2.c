@@ -6,6 +6,7 @@
  * request head a stream becomes; the pump (read, feed, step every stream,
  * send); deadlines and limits; accept. */
 #include "waygate/grpc.h"
+#include "waygate/h2_mem.h"
 #include "waygate/http2.h"
 
 #include <errno.h>
@@ -1408,7 +1409,7 @@ static int session_new(struct h2_conn *c)
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
     nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS * 4);    /* ours first */
     nghttp2_option_set_stream_reset_rate_limit(opt, (uint64_t)c->max_resets * 4, c->max_resets * 4);
-    int rc = nghttp2_session_server_new2(&c->s, cbs, c, opt);
+    int rc = nghttp2_session_server_new3(&c->s, cbs, c, opt, wg_h2_mem());
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);
     return rc == 0 ? 0 : -1;

@@ -10,6 +10,8 @@
  */
 #include "waygate/upstream_h2.h"
 
+#include "waygate/h2_mem.h"
+
 #include <errno.h>
 #include <event2/event.h>
 #include <netinet/in.h>
@@ -833,7 +835,7 @@ static struct h2_conn *conn_open(struct wg_h2_pool *p, struct h2_inst *hi, SSL_C
         { NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
         { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, p->set.stream_window },
     };
-    if (nghttp2_session_client_new2(&c->s, p->cb, c, p->opt) != 0 ||
+    if (nghttp2_session_client_new3(&c->s, p->cb, c, p->opt, wg_h2_mem()) != 0 ||
         nghttp2_submit_settings(c->s, NGHTTP2_FLAG_NONE, iv, 2) != 0 ||
         nghttp2_session_set_local_window_size(c->s, NGHTTP2_FLAG_NONE, 0, (int32_t)p->set.conn_window) != 0) {
         *err = ENOMEM;
