@@ -1209,6 +1209,31 @@ static bool span_is(const char *msg, struct wg_http_span sp, const char *lower)
     return true;
 }
 
+/* ASCII A-Z of `8 bytes` as a-z, other bytes unchanged. */
+static uint64_t lower8(uint64_t x)
+{
+    const uint64_t high = 0x8080808080808080ull;
+    uint64_t h7 = x & ~high;
+    uint64_t upper = ((h7 + 0x3f3f3f3f3f3f3f3full) ^ (h7 + 0x2525252525252525ull)) & ~x & high;
+    return x | upper >> 2;              /* bit 7 of each byte in A-Z, moved to bit 5 */
+}
+
+/* to[n] = from[n] lower-cased (ASCII), eight bytes at a time. */
+static void lower_copy(char *to, const char *from, size_t n)
+{
+    size_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        uint64_t w;
+        memcpy(&w, from + k, 8);
+        w = lower8(w);
+        memcpy(to + k, &w, 8);
+    }
+    for (; k < n; k++) {
+        char c = from[k];
+        to[k] = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
+    }
+}
+
 static nghttp2_nv nv_of(const char *name, size_t nl, const char *value, size_t vl)
 {
     return (nghttp2_nv){ (uint8_t *)name, (uint8_t *)value, nl, vl,
@@ -1253,10 +1278,7 @@ size_t wg_h2_request_nv(const struct wg_http_message *m, const struct wg_http_he
         if (n == cap || f->name.len > scratch_cap - used)
             return 0;
         char *name = scratch + used;
-        for (uint32_t k = 0; k < f->name.len; k++) {
-            char c = msg[f->name.off + k];
-            name[k] = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
-        }
+        lower_copy(name, msg + f->name.off, f->name.len);
         used += f->name.len;
         nv[n++] = nv_of(name, f->name.len, msg + f->value.off, f->value.len);
     }
