@@ -1218,15 +1218,24 @@ static uint64_t lower8(uint64_t x)
     return x | upper >> 2;              /* bit 7 of each byte in A-Z, moved to bit 5 */
 }
 
-/* to[n] = from[n] lower-cased (ASCII), eight bytes at a time. */
+/* to[n] = from[n] lower-cased (ASCII), eight bytes at a time; from n >= 8
+ * on, the last word overlaps the one before (lower-casing is idempotent). */
 static void lower_copy(char *to, const char *from, size_t n)
 {
     size_t k = 0;
-    for (; k + 8 <= n; k += 8) {
-        uint64_t w;
-        memcpy(&w, from + k, 8);
-        w = lower8(w);
-        memcpy(to + k, &w, 8);
+    uint64_t w;
+    if (n >= 8) {
+        for (; k + 8 <= n; k += 8) {
+            memcpy(&w, from + k, 8);
+            w = lower8(w);
+            memcpy(to + k, &w, 8);
+        }
+        if (k < n) {
+            memcpy(&w, from + n - 8, 8);
+            w = lower8(w);
+            memcpy(to + n - 8, &w, 8);
+        }
+        return;
     }
     for (; k < n; k++) {
         char c = from[k];
