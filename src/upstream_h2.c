@@ -1319,12 +1319,15 @@ static bool put_fields(const nghttp2_nv *nv, size_t n, char *out, size_t cap, si
 size_t wg_h2_response_h1(unsigned status, const nghttp2_nv *nv, size_t n, bool end_stream,
                          char *out, size_t cap)
 {
-    char line[32];
+    char line[] = "HTTP/1.1 000 \r\n";  /* the status as three digits (no snprintf per call) */
     size_t len = 0;
-    int k = snprintf(line, sizeof line, "HTTP/1.1 %03u \r\n", status % 1000);
+    status %= 1000;
+    line[9] = (char)('0' + status / 100);
+    line[10] = (char)('0' + status / 10 % 10);
+    line[11] = (char)('0' + status % 10);
     const char *framing = end_stream ? "content-length: 0\r\n\r\n"
                                      : "transfer-encoding: chunked\r\n\r\n";
-    if (k < 0 || !put(out, cap, &len, line, (size_t)k) || !put_fields(nv, n, out, cap, &len, true) ||
+    if (!put(out, cap, &len, line, sizeof line - 1) || !put_fields(nv, n, out, cap, &len, true) ||
         !put(out, cap, &len, framing, strlen(framing)))
         return 0;
     return len;

@@ -660,6 +660,15 @@ START_TEST(response_h2_to_h1_round_trip)
     ck_assert(p.msg.has_content_length && p.msg.content_length == 0 && used == len);
     ck_assert_uint_eq(wg_h2_response_h1(200, only, 2, true, out, 20), 0);
     ck_assert_uint_eq(wg_h2_trailers_h1(tr, 2, out, 10), 0);
+    /* the status line: three digits, an empty reason */
+    static const unsigned codes[] = { 100, 204, 404, 503, 999 };
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "HTTP/1.1 %03u \r\ncontent-length: 0\r\n\r\n", codes[i]);
+        len = wg_h2_response_h1(codes[i], NULL, 0, true, out, sizeof out);
+        ck_assert_uint_eq(len, strlen(want));
+        ck_assert_int_eq(memcmp(out, want, len), 0);
+    }
 }
 END_TEST
 
