@@ -68,7 +68,13 @@ static void drain(void *arg)
     tl.armed = false;
 }
 
-static void make_key(void) { key_ok = pthread_key_create(&key, drain) == 0; }
+/* exit() runs no key destructor for the thread calling it. */
+static void drain_at_exit(void) { drain(NULL); }
+
+static void make_key(void)
+{
+    key_ok = pthread_key_create(&key, drain) == 0 && atexit(drain_at_exit) == 0;
+}
 
 static bool arm(void)
 {

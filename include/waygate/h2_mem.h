@@ -11,7 +11,7 @@
  *    lists, which is only a question of where it is kept).
  *  - Bounded: at most WG_H2_MEM_SPARE_BYTES of spares per class and thread;
  *    past that, and for larger blocks, malloc/free. A thread's spares are
- *    freed when it exits.
+ *    freed when it exits (the thread calling exit(): by an atexit handler).
  *  - Under AddressSanitizer a spare block is poisoned until served again.
  */
 #ifndef WAYGATE_H2_MEM_H
