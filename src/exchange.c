@@ -1778,7 +1778,7 @@ static void h2_attach(struct wg_downstream *d)
     char scratch[HP_BLOCK];
     struct wg_http_header h[HP_MAX_HEADERS];
     struct wg_http_parser p;
-    size_t used = 0, n = 0;
+    size_t n = 0;
     r->fresh_only = false;
     r->sent_any = false;
     r->up_blocked_since = 0;
@@ -1787,7 +1787,7 @@ static void h2_attach(struct wg_downstream *d)
         return;
     }
     wg_http_parser_init_request(&p, h, HP_MAX_HEADERS, 0);
-    if (o && wg_http_parse_head(&p, o->data, o->end, &used) == WG_HTTP_DONE)
+    if (o && wg_http_split_head(&p, o->data, o->end))    /* built by build_upstream_head */
         n = wg_h2_request_nv(&p.msg, h, o->data, d->tls ? "https" : "http", nv, HP_MAX_HEADERS + 6,
                              scratch, sizeof scratch);
     if (!n) {

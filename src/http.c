@@ -1009,6 +1009,66 @@ enum wg_http_result wg_http_parse_head(struct wg_http_parser *p, const char *msg
     return res;
 }
 
+/* ---- heads waygate built itself ---------------------------------------- */
+
+bool wg_http_split_head(struct wg_http_parser *p, const char *msg, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)msg, *end = s + len;
+    struct wg_http_message *m = &p->msg;
+    const unsigned char *eol = memchr(s, '\n', len), *sp;
+
+    if (p->response || p->state != WG_HTTP_S_RL_START || len > UINT32_MAX || !eol ||
+        eol - s < 13 || eol[-1] != '\r' || memcmp(eol - 10, " HTTP/1.1", 9) != 0 ||
+        !(sp = memchr(s, ' ', (size_t)(eol - 10 - s))) || sp == s || sp + 1 == eol - 10)
+        return false;
+    m->version = 11;
+    m->method_text = (struct wg_http_span){ 0, (uint32_t)(sp - s) };
+    m->method = wg_http_method_lookup(s, m->method_text.len);
+    m->target = (struct wg_http_span){ (uint32_t)(sp + 1 - s), (uint32_t)(eol - 10 - sp - 1) };
+    if (m->target.len == 1 && sp[1] == '*') {
+        m->target_form = WG_HTTP_TARGET_ASTERISK;
+        m->path = (struct wg_http_span){ m->target.off + 1, 0 };
+    } else if (sp[1] == '/') {
+        const unsigned char *t = sp + 1, *q = memchr(t, '?', m->target.len);
+        m->target_form = WG_HTTP_TARGET_ORIGIN;
+        m->path = (struct wg_http_span){ m->target.off, (uint32_t)((q ? q : eol - 10) - t) };
+        if ((m->has_query = q != NULL))
+            m->query = (struct wg_http_span){ (uint32_t)(q + 1 - s), (uint32_t)(eol - 10 - q - 1) };
+    } else {
+        return false;
+    }
+    p->head_start = (uint32_t)(eol + 1 - s);
+    for (const unsigned char *l = eol + 1;; l = eol + 1) {
+        if (end - l >= 2 && l[0] == '\r' && l[1] == '\n') {
+            p->pos = (uint32_t)(l + 2 - s);
+            if (p->pos - p->head_start > p->max_head)
+                return false;
+            p->state = WG_HTTP_S_DONE;
+            return true;
+        }
+        const unsigned char *colon;
+        if (!(eol = memchr(l, '\n', (size_t)(end - l))) || eol - l < 3 || eol[-1] != '\r' ||
+            !(colon = memchr(l, ':', (size_t)(eol - 1 - l))) || colon == l ||
+            m->nheaders == p->max_headers)
+            return false;
+        struct wg_http_header *h = &p->headers[m->nheaders++];
+        const unsigned char *v = colon + 1, *ve = eol - 1;
+        while (v < ve && (*v == ' ' || *v == '\t'))
+            v++;
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+            ve--;
+        h->name = (struct wg_http_span){ (uint32_t)(l - s), (uint32_t)(colon - l) };
+        h->value = (struct wg_http_span){ (uint32_t)(v - s), (uint32_t)(ve - v) };
+        h->id = wg_http_hdr_lookup(l, h->name.len);
+        if (h->id == WG_HTTP_HDR_HOST) {
+            if (++p->host_count > 1)
+                return false;
+            m->has_host = true;
+            m->host = h->value;
+        }
+    }
+}
+
 /* ---- body decoder ----------------------------------------------------- */
 
 enum wg_http_body_state {

@@ -6,6 +6,7 @@
  * request head a stream becomes; the pump (read, feed, step every stream,
  * send); deadlines and limits; accept. */
 #include "waygate/grpc.h"
+#include "waygate/h2_mem.h"
 #include "waygate/http2.h"
 
 #include <errno.h>
@@ -319,12 +320,14 @@ static void stream_reset(struct h2_stream *st, uint32_t code)
                                   : WG_H2_RST_SENT_OTHER, 1);
 }
 
-/* Append to a field buffer, growing it (bounded by the header checks). */
-static bool append(struct hp_local *loc, struct hp_buf **bp, const void *p, size_t n)
+/* Append p[n] to a field buffer, growing it (bounded by the header checks)
+ * so that `room` (>= n) bytes fit at its end; p may be NULL when n is 0. */
+static bool append_room(struct hp_local *loc, struct hp_buf **bp, const void *p, size_t n,
+                        size_t room)
 {
     struct hp_buf *b = *bp;
-    if (!b || b->end + n > b->cap) {
-        uint32_t need = (b ? b->end : 0) + (uint32_t)n;
+    if (!b || b->end + room > b->cap) {
+        uint32_t need = (b ? b->end : 0) + (uint32_t)room;
         struct hp_buf *nb = hp_buf_new(loc, need < HP_SMALL ? HP_SMALL : need * 2);
         if (!nb)
             return false;
@@ -335,7 +338,33 @@ static bool append(struct hp_local *loc, struct hp_buf **bp, const void *p, size
         hp_buf_free(loc, bp);
         *bp = b = nb;
     }
-    memcpy(b->data + b->end, p, n);
+    if (n)
+        memcpy(b->data + b->end, p, n);
+    b->end += (uint32_t)n;
+    return true;
+}
+
+static bool append(struct hp_local *loc, struct hp_buf **bp, const void *p, size_t n)
+{
+    return append_room(loc, bp, p, n, n);
+}
+
+/* Append "name: value\r\n" (one room check, not four appends). */
+static bool append_field(struct hp_local *loc, struct hp_buf **bp, const uint8_t *name,
+                         size_t nlen, const uint8_t *value, size_t vlen)
+{
+    size_t n = nlen + 2 + vlen + 2;
+    struct hp_buf *b = *bp;
+    if ((!b || b->end + n > b->cap) && !append_room(loc, bp, NULL, 0, n))
+        return false;
+    b = *bp;
+    char *o = b->data + b->end;
+    memcpy(o, name, nlen);
+    o[nlen] = ':';
+    o[nlen + 1] = ' ';
+    memcpy(o + nlen + 2, value, vlen);
+    o[n - 2] = '\r';
+    o[n - 1] = '\n';
     b->end += (uint32_t)n;
     return true;
 }
@@ -844,8 +873,7 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         return 0;                       /* decoded (HPACK state), not kept */
     if (f->headers.cat != NGHTTP2_HCAT_REQUEST) {    /* trailers */
         if (nlen && name[0] != ':' &&
-            !(append(c->loc, &st->trailers, name, nlen) && append(c->loc, &st->trailers, ": ", 2) &&
-              append(c->loc, &st->trailers, value, vlen) && append(c->loc, &st->trailers, "\r\n", 2)))
+            !append_field(c->loc, &st->trailers, name, nlen, value, vlen))
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         return 0;
     }
@@ -882,8 +910,7 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         return 0;                       /* "trailers" (nghttp2 refused any other): hop-by-hop */
     if (nlen == 14 && memcmp(name, "content-length", 14) == 0)
         st->has_length = true;
-    if (!(append(c->loc, &st->fields, name, nlen) && append(c->loc, &st->fields, ": ", 2) &&
-          append(c->loc, &st->fields, value, vlen) && append(c->loc, &st->fields, "\r\n", 2)))
+    if (!append_field(c->loc, &st->fields, name, nlen, value, vlen))
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return 0;
 }
@@ -1408,7 +1435,7 @@ static int session_new(struct h2_conn *c)
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
     nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS * 4);    /* ours first */
     nghttp2_option_set_stream_reset_rate_limit(opt, (uint64_t)c->max_resets * 4, c->max_resets * 4);
-    int rc = nghttp2_session_server_new2(&c->s, cbs, c, opt);
+    int rc = nghttp2_session_server_new3(&c->s, cbs, c, opt, wg_h2_mem());
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);
     return rc == 0 ? 0 : -1;

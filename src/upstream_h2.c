@@ -10,6 +10,8 @@
  */
 #include "waygate/upstream_h2.h"
 
+#include "waygate/h2_mem.h"
+
 #include <errno.h>
 #include <event2/event.h>
 #include <netinet/in.h>
@@ -833,7 +835,7 @@ static struct h2_conn *conn_open(struct wg_h2_pool *p, struct h2_inst *hi, SSL_C
         { NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
         { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, p->set.stream_window },
     };
-    if (nghttp2_session_client_new2(&c->s, p->cb, c, p->opt) != 0 ||
+    if (nghttp2_session_client_new3(&c->s, p->cb, c, p->opt, wg_h2_mem()) != 0 ||
         nghttp2_submit_settings(c->s, NGHTTP2_FLAG_NONE, iv, 2) != 0 ||
         nghttp2_session_set_local_window_size(c->s, NGHTTP2_FLAG_NONE, 0, (int32_t)p->set.conn_window) != 0) {
         *err = ENOMEM;
@@ -1207,6 +1209,40 @@ static bool span_is(const char *msg, struct wg_http_span sp, const char *lower)
     return true;
 }
 
+/* ASCII A-Z of `8 bytes` as a-z, other bytes unchanged. */
+static uint64_t lower8(uint64_t x)
+{
+    const uint64_t high = 0x8080808080808080ull;
+    uint64_t h7 = x & ~high;
+    uint64_t upper = ((h7 + 0x3f3f3f3f3f3f3f3full) ^ (h7 + 0x2525252525252525ull)) & ~x & high;
+    return x | upper >> 2;              /* bit 7 of each byte in A-Z, moved to bit 5 */
+}
+
+/* to[n] = from[n] lower-cased (ASCII), eight bytes at a time; from n >= 8
+ * on, the last word overlaps the one before (lower-casing is idempotent). */
+static void lower_copy(char *to, const char *from, size_t n)
+{
+    size_t k = 0;
+    uint64_t w;
+    if (n >= 8) {
+        for (; k + 8 <= n; k += 8) {
+            memcpy(&w, from + k, 8);
+            w = lower8(w);
+            memcpy(to + k, &w, 8);
+        }
+        if (k < n) {
+            memcpy(&w, from + n - 8, 8);
+            w = lower8(w);
+            memcpy(to + n - 8, &w, 8);
+        }
+        return;
+    }
+    for (; k < n; k++) {
+        char c = from[k];
+        to[k] = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
+    }
+}
+
 static nghttp2_nv nv_of(const char *name, size_t nl, const char *value, size_t vl)
 {
     return (nghttp2_nv){ (uint8_t *)name, (uint8_t *)value, nl, vl,
@@ -1251,10 +1287,7 @@ size_t wg_h2_request_nv(const struct wg_http_message *m, const struct wg_http_he
         if (n == cap || f->name.len > scratch_cap - used)
             return 0;
         char *name = scratch + used;
-        for (uint32_t k = 0; k < f->name.len; k++) {
-            char c = msg[f->name.off + k];
-            name[k] = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
-        }
+        lower_copy(name, msg + f->name.off, f->name.len);
         used += f->name.len;
         nv[n++] = nv_of(name, f->name.len, msg + f->value.off, f->value.len);
     }
@@ -1286,12 +1319,15 @@ static bool put_fields(const nghttp2_nv *nv, size_t n, char *out, size_t cap, si
 size_t wg_h2_response_h1(unsigned status, const nghttp2_nv *nv, size_t n, bool end_stream,
                          char *out, size_t cap)
 {
-    char line[32];
+    char line[] = "HTTP/1.1 000 \r\n";  /* the status as three digits (no snprintf per call) */
     size_t len = 0;
-    int k = snprintf(line, sizeof line, "HTTP/1.1 %03u \r\n", status % 1000);
+    status %= 1000;
+    line[9] = (char)('0' + status / 100);
+    line[10] = (char)('0' + status / 10 % 10);
+    line[11] = (char)('0' + status % 10);
     const char *framing = end_stream ? "content-length: 0\r\n\r\n"
                                      : "transfer-encoding: chunked\r\n\r\n";
-    if (k < 0 || !put(out, cap, &len, line, (size_t)k) || !put_fields(nv, n, out, cap, &len, true) ||
+    if (!put(out, cap, &len, line, sizeof line - 1) || !put_fields(nv, n, out, cap, &len, true) ||
         !put(out, cap, &len, framing, strlen(framing)))
         return 0;
     return len;

@@ -260,6 +260,20 @@ void wg_http_parser_reset(struct wg_http_parser *p);
 enum wg_http_result wg_http_parse_head(struct wg_http_parser *p, const char *msg, size_t len,
                                        size_t *consumed);
 
+/* Split a request head waygate built itself (exchange.c's upstream head:
+ * well-formed by construction) into p->msg and p->headers without the
+ * parser's checks: "METHOD SP target SP HTTP/1.1" with an origin-form or
+ * "*" target, then "Name: value" lines, each ending in CRLF, and an empty
+ * line; msg[len] holds the head and nothing else. Fills version, method,
+ * method_text, target, target_form, path, query, has_query, nheaders,
+ * has_host, host and each field's name, value (OWS trimmed) and id, as
+ * wg_http_parse_head() would; the other fields stay as
+ * wg_http_parser_init_request() left them. `p` must be freshly
+ * initialised for a request. Returns false (p->msg then meaningless) when
+ * the head is not of that shape, has more fields than max_headers, a
+ * header section longer than max_head, or more than one Host. */
+bool wg_http_split_head(struct wg_http_parser *p, const char *msg, size_t len);
+
 /* Resumable body decoder for the framing of a parsed head. Private fields
  * except the counters and the error. */
 struct wg_http_body {

@@ -1331,6 +1331,81 @@ START_TEST(test_body_chunked_limits)
 }
 END_TEST
 
+/* wg_http_split_head reads what wg_http_parse_head reads from a head of
+ * the shape the exchange builds, and refuses other shapes and the limits. */
+static const char *const built_heads[] = {
+    "POST /bench.Bench/Unary HTTP/1.1\r\ncontent-type: application/grpc\r\nHost: api.test\r\n"
+    "user-agent: grpc-c/1\r\nX-Forwarded-For: 127.0.0.1\r\nX-Real-IP: 127.0.0.1\r\n"
+    "X-Forwarded-Proto: http\r\nX-Request-Id: 0123abcd\r\nTE: trailers\r\nx-empty:\r\n"
+    "x-ows: \t a b \t\r\nContent-Length: 21\r\n\r\n",
+    "GET /a/b?c=d&e HTTP/1.1\r\nHost: h:8080\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+    "Keep-Alive: 5\r\nProxy-Connection: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+    "PROPFIND /? HTTP/1.1\r\nHost: \r\nExpect: x\r\nTrailer: t\r\n\r\n",
+};
+
+static bool spans_eq(struct wg_http_span a, struct wg_http_span b)
+{
+    return a.off == b.off && a.len == b.len;
+}
+
+START_TEST(test_split_built_head)
+{
+    const char *s = built_heads[_i];
+    static struct wg_http_header h1[CAP], h2[CAP];
+    struct wg_http_parser a, b;
+    size_t used;
+    wg_http_parser_init_request(&a, h1, CAP, 0);
+    wg_http_parser_init_request(&b, h2, CAP, 0);
+    ck_assert_int_eq(wg_http_parse_head(&a, s, strlen(s), &used), WG_HTTP_DONE);
+    ck_assert(wg_http_split_head(&b, s, strlen(s)));
+    const struct wg_http_message *x = &a.msg, *y = &b.msg;
+    ck_assert_uint_eq(x->version, y->version);
+    ck_assert_int_eq(x->method, y->method);
+    ck_assert(spans_eq(x->method_text, y->method_text) && spans_eq(x->target, y->target));
+    ck_assert_int_eq(x->target_form, y->target_form);
+    ck_assert(spans_eq(x->path, y->path));
+    ck_assert_int_eq(x->has_query, y->has_query);
+    if (x->has_query)
+        ck_assert(spans_eq(x->query, y->query));
+    ck_assert_int_eq(x->has_host, y->has_host);
+    if (x->has_host)
+        ck_assert(spans_eq(x->host, y->host));
+    ck_assert_uint_eq(x->nheaders, y->nheaders);
+    for (unsigned i = 0; i < x->nheaders; i++) {
+        ck_assert(spans_eq(h1[i].name, h2[i].name) && spans_eq(h1[i].value, h2[i].value));
+        ck_assert_int_eq(h1[i].id, h2[i].id);
+    }
+}
+END_TEST
+
+START_TEST(test_split_refuses)
+{
+    static const char *const bad[] = {
+        "", "GET / HTTP/1.1\r\n", "GET / HTTP/1.1\r\nHost: a\r\n", "GET / HTTP/1.0\r\n\r\n",
+        "GET http://a/ HTTP/1.1\r\n\r\n", "GET  HTTP/1.1\r\n\r\n", " / HTTP/1.1\r\n\r\n",
+        "GET / HTTP/1.1\n\r\n", "GET / HTTP/1.1\r\nHost a\r\n\r\n",
+        "GET / HTTP/1.1\r\n: a\r\n\r\n", "GET / HTTP/1.1\r\nA: b\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+    };
+    static struct wg_http_header h[CAP];
+    struct wg_http_parser p;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        wg_http_parser_init_request(&p, h, CAP, 0);
+        ck_assert_msg(!wg_http_split_head(&p, bad[i], strlen(bad[i])), "%zu", i);
+    }
+    const char *two = "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n";
+    wg_http_parser_init_request(&p, h, 1, 0);           /* one field more than max_headers */
+    ck_assert(!wg_http_split_head(&p, two, strlen(two)));
+    wg_http_parser_init_request(&p, h, 2, 12);          /* a 12-byte section, 14 given */
+    ck_assert(!wg_http_split_head(&p, two, strlen(two)));
+    wg_http_parser_init_request(&p, h, 2, 14);
+    ck_assert(wg_http_split_head(&p, two, strlen(two)));
+    ck_assert_uint_eq(p.msg.nheaders, 2);
+    ck_assert(!p.msg.has_host);         /* no Host: split, and wg_h2_request_nv refuses it */
+}
+END_TEST
+
 START_TEST(test_body_from_parsed_head)
 {
     /* a proxy forwards the chunked encoding unchanged: consumed covers it */
@@ -1400,6 +1475,8 @@ static Suite *http_suite(void)
     tcase_add_test(t, test_error_is_sticky);
     tcase_add_test(t, test_split_everywhere);
     tcase_add_loop_test(t, test_smuggling, 0, N(smuggling));
+    tcase_add_loop_test(t, test_split_built_head, 0, N(built_heads));
+    tcase_add_test(t, test_split_refuses);
     suite_add_tcase(s, t);
 
     t = tcase_create("responses");

@@ -574,6 +574,44 @@ START_TEST(request_head_to_nv)
 }
 END_TEST
 
+/* Field names are lower-cased byte for byte (eight at a time inside):
+ * every byte value but ':', CR and LF, at every offset of an 8-byte word,
+ * split by wg_http_split_head as exchange.c's h2_attach does. */
+START_TEST(request_nv_lowercases_every_byte)
+{
+    static char head[4096];
+    size_t len = (size_t)snprintf(head, sizeof head, "GET / HTTP/1.1\r\nHost: h\r\n");
+    for (unsigned shift = 0; shift < 8; shift++) {
+        memset(head + len, 'Q', shift);             /* moves the bytes across the word */
+        len += shift;
+        for (unsigned c = 1; c < 256; c++)
+            if (c != ':' && c != '\r' && c != '\n' && c != ' ')
+                head[len++] = (char)c;
+        memcpy(head + len, ": v\r\n", 5);
+        len += 5;
+    }
+    memcpy(head + len, "\r\n", 2);
+    len += 2;
+    struct wg_http_header h[16];
+    struct wg_http_parser p;
+    wg_http_parser_init_request(&p, h, 16, 0);
+    ck_assert(wg_http_split_head(&p, head, len));
+    nghttp2_nv nv[16];
+    static char scratch[4096];
+    size_t n = wg_h2_request_nv(&p.msg, h, head, "http", nv, 16, scratch, sizeof scratch);
+    ck_assert_uint_eq(n, 4 + 8);
+    for (unsigned i = 0; i < 8; i++) {
+        const struct wg_http_header *f = &h[1 + i];
+        ck_assert_uint_eq(nv[4 + i].namelen, f->name.len);
+        for (uint32_t k = 0; k < f->name.len; k++) {
+            unsigned char c = (unsigned char)head[f->name.off + k];
+            unsigned char want = c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
+            ck_assert_uint_eq(nv[4 + i].name[k], want);
+        }
+    }
+}
+END_TEST
+
 /* An HTTP/2 response rendered as HTTP/1.1 parses back with waygate's own
  * parser: status, fields, chunked data, trailers; Trailers-Only as a head
  * with content-length 0. */
@@ -622,6 +660,15 @@ START_TEST(response_h2_to_h1_round_trip)
     ck_assert(p.msg.has_content_length && p.msg.content_length == 0 && used == len);
     ck_assert_uint_eq(wg_h2_response_h1(200, only, 2, true, out, 20), 0);
     ck_assert_uint_eq(wg_h2_trailers_h1(tr, 2, out, 10), 0);
+    /* the status line: three digits, an empty reason */
+    static const unsigned codes[] = { 100, 204, 404, 503, 999 };
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "HTTP/1.1 %03u \r\ncontent-length: 0\r\n\r\n", codes[i]);
+        len = wg_h2_response_h1(codes[i], NULL, 0, true, out, sizeof out);
+        ck_assert_uint_eq(len, strlen(want));
+        ck_assert_int_eq(memcmp(out, want, len), 0);
+    }
 }
 END_TEST
 
@@ -642,6 +689,7 @@ int main(void)
     suite_add_tcase(s, t);
     TCase *heads = tcase_create("heads");
     tcase_add_test(heads, request_head_to_nv);
+    tcase_add_test(heads, request_nv_lowercases_every_byte);
     tcase_add_test(heads, response_h2_to_h1_round_trip);
     suite_add_tcase(s, heads);
     return unit_run(s);
