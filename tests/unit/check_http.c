@@ -1334,12 +1334,12 @@ END_TEST
 /* wg_http_split_head reads what wg_http_parse_head reads from a head of
  * the shape the exchange builds, and refuses other shapes and the limits. */
 static const char *const built_heads[] = {
-    "POST /bench.Bench/Unary HTTP/1.1\r\ncontent-type: application/grpc\r\nHost: api.test\r\n"
-    "user-agent: grpc-c/1\r\nX-Forwarded-For: 127.0.0.1\r\nX-Real-IP: 127.0.0.1\r\n"
-    "X-Forwarded-Proto: http\r\nX-Request-Id: 0123abcd\r\nTE: trailers\r\nx-empty:\r\n"
-    "x-ows: \t a b \t\r\nContent-Length: 21\r\n\r\n",
-    "GET /a/b?c=d&e HTTP/1.1\r\nHost: h:8080\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
-    "Keep-Alive: 5\r\nProxy-Connection: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ("POST /bench.Bench/Unary HTTP/1.1\r\ncontent-type: application/grpc\r\nHost: api.test\r\n"
+     "user-agent: grpc-c/1\r\nX-Forwarded-For: 127.0.0.1\r\nX-Real-IP: 127.0.0.1\r\n"
+     "X-Forwarded-Proto: http\r\nX-Request-Id: 0123abcd\r\nTE: trailers\r\nx-empty:\r\n"
+     "x-ows: \t a b \t\r\nContent-Length: 21\r\n\r\n"),
+    ("GET /a/b?c=d&e HTTP/1.1\r\nHost: h:8080\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+     "Keep-Alive: 5\r\nProxy-Connection: x\r\nTransfer-Encoding: chunked\r\n\r\n"),
     "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
     "PROPFIND /? HTTP/1.1\r\nHost: \r\nExpect: x\r\nTrailer: t\r\n\r\n",
 };
