@@ -1670,11 +1670,8 @@ static void h2_on_trailers(void *ctx, const nghttp2_nv *nv, size_t n)
     if (!t && !(t = d->r->h2_tail = hp_buf_new(d->loc, HP_BLOCK)))
         return;                         /* closed() then finds no tail: truncated */
     size_t len = d->r->grpc_web ? h2_web_trailers(d->r, nv, n, t)
+                 : d->r->h2_raw ? wg_h2_trailer_section(nv, n, t->data, t->cap)
                                 : wg_h2_trailers_h1(nv, n, t->data, t->cap);
-    if (len && d->r->h2_raw) {          /* the trailer section alone (exchange.h: trailers), */
-        memmove(t->data, t->data + 3, len - 3);     /* without the last chunk's "0" line */
-        len -= 3;
-    }
     if (!len)
         hp_buf_free(d->loc, &d->r->h2_tail);
     else

@@ -26,6 +26,7 @@
 #include "waygate/pool.h"
 #include "waygate/stats.h"
 #include "waygate/tls.h"
+#include "waygate/upstream_h2.h"
 #include "waygate/worker.h"
 
 #define H2_MAGIC 0x48327830U
@@ -44,6 +45,9 @@
  * HP_WIDE: with a 16 KiB wbuf each full 16 KiB DATA frame (an h2 upstream's)
  * took two writev(2), 16,384 bytes and 9; now up to four frames take one. */
 #define H2_FRAME_PAYLOAD (HP_BLOCK - 9)
+/* What wbuf keeps free before nghttp2 is asked for more: a whole DATA frame
+ * send_upstream_data writes (header, payload, padding of at most 256). */
+#define H2_NO_COPY_ROOM (9 + H2_FRAME_PAYLOAD + 256)
 
 struct h2_conn;
 
@@ -385,16 +389,6 @@ static ssize_t read_reply(nghttp2_session *s, int32_t id, uint8_t *buf, size_t l
 
 #define H2_EXTRA 32                     /* policy fields on one head (policy.h) */
 
-/* ":status" as three digits (snprintf's format machinery was 3 % of the
- * instructions of a small h2c request). */
-static void status_digits(char code[3], unsigned status)
-{
-    status %= 1000;
-    code[0] = (char)('0' + status / 100);
-    code[1] = (char)('0' + status / 10 % 10);
-    code[2] = (char)('0' + status % 10);
-}
-
 static bool submit(struct h2_stream *st, unsigned status, const nghttp2_nv *extra, size_t n_extra,
                    const nghttp2_data_provider *dp)
 {
@@ -402,7 +396,7 @@ static bool submit(struct h2_stream *st, unsigned status, const nghttp2_nv *extr
     if (n_extra + 1 > sizeof nv / sizeof *nv)
         return false;
     char code[3];
-    status_digits(code, status);
+    wg_h2_status_digits(code, status);
     nv[0] = (nghttp2_nv){ (uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE };
     memcpy(nv + 1, extra, n_extra * sizeof *nv);
     if (nghttp2_submit_response(st->c->s, st->id, nv, n_extra + 1, dp) != 0)
@@ -424,10 +418,7 @@ static size_t add_extra(const struct wg_exchange *r, nghttp2_nv *nv, size_t n, s
     wg_exchange_extra_fields(r, &f[0], &nf[0], &f[1], &nf[1]);
     for (int k = 0; k < 2; k++)
         for (size_t i = 0; i < nf[k] && n < cap && used + f[k][i].name.n <= names_cap; i++) {
-            for (size_t j = 0; j < f[k][i].name.n; j++) {
-                char ch = f[k][i].name.p[j];
-                names[used + j] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
-            }
+            wg_h2_lower_copy(names + used, f[k][i].name.p, f[k][i].name.n);
             nv[n++] = (nghttp2_nv){ (uint8_t *)names + used, (uint8_t *)f[k][i].value.p,
                                     f[k][i].name.n, f[k][i].value.n, NGHTTP2_NV_FLAG_NONE };
             used += f[k][i].name.n;
@@ -518,13 +509,6 @@ static bool h2_redirect(struct wg_downstream *d, const char *location, size_t le
     return answer(stream_ds(d), 308, NULL, location, len);
 }
 
-static bool lower_copy(char *dst, const char *src, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        dst[i] = (char)(src[i] >= 'A' && src[i] <= 'Z' ? src[i] + 32 : src[i]);
-    return true;
-}
-
 /* The upstream's trailer fields as a trailing HEADERS frame; true when
  * submitted. Names lower-cased, hop-by-hop ones (RFC 9110 §6.5.1) dropped. */
 static bool submit_trailers(struct h2_stream *st, const struct hp_buf *t)
@@ -548,7 +532,7 @@ static bool submit_trailers(struct h2_stream *st, const struct hp_buf *t)
             ve--;
         if (used + nlen > sizeof names)
             break;
-        lower_copy(names + used, p, nlen);
+        wg_h2_lower_copy(names + used, p, nlen);
         bool hop = (nlen == 10 && memcmp(names + used, "connection", 10) == 0) ||
                    (nlen == 2 && memcmp(names + used, "te", 2) == 0) ||
                    (nlen == 17 && memcmp(names + used, "transfer-encoding", 17) == 0);
@@ -606,16 +590,8 @@ static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     if (!w || w->cap - w->end < 9 + pad + len)
         return NGHTTP2_ERR_WOULDBLOCK;
-    memcpy(w->data + w->end, framehd, 9);
-    w->end += 9;
-    if (pad)
-        w->data[w->end++] = (char)(pad - 1);
-    memcpy(w->data + w->end, b->data + b->sent, len);
-    w->end += (uint32_t)len;
-    if (pad > 1) {
-        memset(w->data + w->end, 0, pad - 1);
-        w->end += (uint32_t)(pad - 1);
-    }
+    w->end += (uint32_t)wg_h2_data_frame((uint8_t *)w->data + w->end, f, framehd,
+                                         (const uint8_t *)b->data + b->sent, len);
     b->sent += (uint32_t)len;
     b->start = b->sent;
     r->req_bytes_out += len;
@@ -648,14 +624,14 @@ static bool h2_response_head(struct wg_downstream *d, const struct wg_http_parse
             continue;
         if (used + h->name.len > sizeof names)
             return false;
-        lower_copy(names + used, msg + h->name.off, h->name.len);
+        wg_h2_lower_copy(names + used, msg + h->name.off, h->name.len);
         nv[n++] = (nghttp2_nv){ (uint8_t *)names + used, (uint8_t *)msg + h->value.off, h->name.len,
                                 h->value.len, NGHTTP2_NV_FLAG_NONE };
         used += h->name.len;
     }
     if (!final) {
         char code[3];
-        status_digits(code, m->status);
+        wg_h2_status_digits(code, m->status);
         memmove(nv + 1, nv, n * sizeof *nv);
         nv[0] = (nghttp2_nv){ (uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE };
         return nghttp2_submit_headers(st->c->s, NGHTTP2_FLAG_NONE, st->id, NULL, nv, n + 1, NULL) == 0;
@@ -1249,8 +1225,8 @@ static bool conn_send(struct h2_conn *c)
             b->sent = b->end = 0;
         while (b->end < b->cap) {
             if (!c->pend_len) {
-                if (b->cap - b->end < 9 + H2_FRAME_PAYLOAD + 256)
-                    break;              /* room for the DATA frame send_upstream_data writes */
+                if (b->cap - b->end < H2_NO_COPY_ROOM)
+                    break;
                 ssize_t n = nghttp2_session_mem_send(c->s, &c->pend);
                 if (n < 0) {
                     c->dead = true;

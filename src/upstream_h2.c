@@ -466,18 +466,7 @@ static int send_body(nghttp2_session *s, nghttp2_frame *f, const uint8_t *frameh
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     if (pend_reserve(c, 9 + pad + len) != 0)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
-    uint8_t *o = c->pend + c->pend_len;
-    memcpy(o, framehd, 9);
-    o += 9;
-    if (pad)
-        *o++ = (uint8_t)(pad - 1);
-    memcpy(o, st->wbuf + st->woff, len);
-    o += len;
-    if (pad > 1) {
-        memset(o, 0, pad - 1);
-        o += pad - 1;
-    }
-    c->pend_len = (size_t)(o - c->pend);
+    c->pend_len += wg_h2_data_frame(c->pend + c->pend_len, f, framehd, st->wbuf + st->woff, len);
     st->woff += len;
     if (st->woff == st->wlen)
         st->woff = st->wlen = 0;
@@ -1218,9 +1207,9 @@ static uint64_t lower8(uint64_t x)
     return x | upper >> 2;              /* bit 7 of each byte in A-Z, moved to bit 5 */
 }
 
-/* to[n] = from[n] lower-cased (ASCII), eight bytes at a time; from n >= 8
- * on, the last word overlaps the one before (lower-casing is idempotent). */
-static void lower_copy(char *to, const char *from, size_t n)
+/* Eight bytes at a time; from n >= 8 on, the last word overlaps the one
+ * before (lower-casing is idempotent). */
+void wg_h2_lower_copy(char *to, const char *from, size_t n)
 {
     size_t k = 0;
     uint64_t w;
@@ -1287,7 +1276,7 @@ size_t wg_h2_request_nv(const struct wg_http_message *m, const struct wg_http_he
         if (n == cap || f->name.len > scratch_cap - used)
             return 0;
         char *name = scratch + used;
-        lower_copy(name, msg + f->name.off, f->name.len);
+        wg_h2_lower_copy(name, msg + f->name.off, f->name.len);
         used += f->name.len;
         nv[n++] = nv_of(name, f->name.len, msg + f->value.off, f->value.len);
     }
@@ -1321,10 +1310,7 @@ size_t wg_h2_response_h1(unsigned status, const nghttp2_nv *nv, size_t n, bool e
 {
     char line[] = "HTTP/1.1 000 \r\n";  /* the status as three digits (no snprintf per call) */
     size_t len = 0;
-    status %= 1000;
-    line[9] = (char)('0' + status / 100);
-    line[10] = (char)('0' + status / 10 % 10);
-    line[11] = (char)('0' + status % 10);
+    wg_h2_status_digits(line + 9, status);
     const char *framing = end_stream ? "content-length: 0\r\n\r\n"
                                      : "transfer-encoding: chunked\r\n\r\n";
     if (!put(out, cap, &len, line, sizeof line - 1) || !put_fields(nv, n, out, cap, &len, true) ||
@@ -1333,17 +1319,53 @@ size_t wg_h2_response_h1(unsigned status, const nghttp2_nv *nv, size_t n, bool e
     return len;
 }
 
+/* (Not snprintf: its format machinery was 3 % of the instructions of a
+ * small h2c request.) */
+void wg_h2_status_digits(char out[3], unsigned status)
+{
+    status %= 1000;
+    out[0] = (char)('0' + status / 100);
+    out[1] = (char)('0' + status / 10 % 10);
+    out[2] = (char)('0' + status % 10);
+}
+
+size_t wg_h2_data_frame(uint8_t *out, const nghttp2_frame *f, const uint8_t *framehd,
+                        const uint8_t *data, size_t len)
+{
+    size_t pad = f->data.padlen;
+    uint8_t *o = out;
+    memcpy(o, framehd, 9);
+    o += 9;
+    if (pad)
+        *o++ = (uint8_t)(pad - 1);
+    memcpy(o, data, len);
+    o += len;
+    if (pad > 1) {
+        memset(o, 0, pad - 1);
+        o += pad - 1;
+    }
+    return (size_t)(o - out);
+}
+
 size_t wg_h2_chunk_head(size_t n, char *out)
 {
     int k = snprintf(out, 20, "%zx\r\n", n);
     return k > 0 ? (size_t)k : 0;
 }
 
+size_t wg_h2_trailer_section(const nghttp2_nv *nv, size_t n, char *out, size_t cap)
+{
+    size_t len = 0;
+    if (!put_fields(nv, n, out, cap, &len, false) || !put(out, cap, &len, "\r\n", 2))
+        return 0;
+    return len;
+}
+
 size_t wg_h2_trailers_h1(const nghttp2_nv *nv, size_t n, char *out, size_t cap)
 {
     size_t len = 0;
-    if (!put(out, cap, &len, "0\r\n", 3) || !put_fields(nv, n, out, cap, &len, false) ||
-        !put(out, cap, &len, "\r\n", 2))
+    if (!put(out, cap, &len, "0\r\n", 3))
         return 0;
-    return len;
+    size_t k = wg_h2_trailer_section(nv, n, out + len, cap - len);
+    return k ? len + k : 0;
 }

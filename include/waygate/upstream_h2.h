@@ -181,11 +181,25 @@ size_t wg_h2_request_nv(const struct wg_http_message *m, const struct wg_http_he
  * or 0 when it does not fit. */
 size_t wg_h2_response_h1(unsigned status, const nghttp2_nv *nv, size_t n, bool end_stream,
                          char *out, size_t cap);
+/* to[n] = from[n] with ASCII A-Z lower-cased (HTTP/2 field names, both
+ * codecs); other bytes unchanged. */
+void wg_h2_lower_copy(char *to, const char *from, size_t n);
+/* status % 1000 as three digits, no NUL (":status", a status line). */
+void wg_h2_status_digits(char out[3], unsigned status);
+/* A DATA frame nghttp2 hands a send_data callback (NGHTTP2_DATA_FLAG_NO_COPY,
+ * both codecs): its 9-byte header `framehd`, the pad length byte, `len`
+ * payload bytes from `data` and the padding, into out, which has room for
+ * 9 + f->data.padlen + len bytes. Returns the bytes written. */
+size_t wg_h2_data_frame(uint8_t *out, const nghttp2_frame *f, const uint8_t *framehd,
+                        const uint8_t *data, size_t len);
 /* "<hex len>\r\n" before a chunk of `len` bytes (len > 0); the chunk is
  * followed by "\r\n". out needs 20 bytes; returns the length. */
 size_t wg_h2_chunk_head(size_t len, char *out);
 /* The last chunk with trailers: "0\r\n", the fields, "\r\n". Returns
  * the length written into out[cap], or 0 when it does not fit. */
 size_t wg_h2_trailers_h1(const nghttp2_nv *nv, size_t n, char *out, size_t cap);
+/* The same without the "0\r\n" line: a trailer section as the exchange
+ * keeps one for a client that takes payload only (exchange.h: trailers). */
+size_t wg_h2_trailer_section(const nghttp2_nv *nv, size_t n, char *out, size_t cap);
 
 #endif

@@ -660,6 +660,23 @@ START_TEST(response_h2_to_h1_round_trip)
     ck_assert(p.msg.has_content_length && p.msg.content_length == 0 && used == len);
     ck_assert_uint_eq(wg_h2_response_h1(200, only, 2, true, out, 20), 0);
     ck_assert_uint_eq(wg_h2_trailers_h1(tr, 2, out, 10), 0);
+    /* the trailer section alone: the last chunk without its "0\r\n" */
+    char last[128], sect[128];
+    size_t kl = wg_h2_trailers_h1(tr, 2, last, sizeof last);
+    ck_assert_uint_eq(wg_h2_trailer_section(tr, 2, sect, sizeof sect), kl - 3);
+    ck_assert(memcmp(last, "0\r\n", 3) == 0 && memcmp(last + 3, sect, kl - 3) == 0);
+    ck_assert_uint_eq(wg_h2_trailer_section(tr, 2, sect, 10), 0);
+    /* a NO_COPY DATA frame: header, pad length byte, payload, zero padding */
+    nghttp2_frame f = { 0 };
+    const uint8_t hd[9] = { 0, 0, 9, 0, 0x08, 0, 0, 0, 1 }, payload[5] = "hello";
+    uint8_t fr[32];
+    memset(fr, 0xee, sizeof fr);
+    ck_assert_uint_eq(wg_h2_data_frame(fr, &f, hd, payload, 5), 14);
+    ck_assert(memcmp(fr, hd, 9) == 0 && memcmp(fr + 9, "hello", 5) == 0 && fr[14] == 0xee);
+    f.data.padlen = 4;                  /* the length byte (3) and 3 zero bytes */
+    ck_assert_uint_eq(wg_h2_data_frame(fr, &f, hd, payload, 5), 18);
+    ck_assert(fr[9] == 3 && memcmp(fr + 10, "hello", 5) == 0);
+    ck_assert(fr[15] == 0 && fr[16] == 0 && fr[17] == 0 && fr[18] == 0xee);
     /* the status line: three digits, an empty reason */
     static const unsigned codes[] = { 100, 204, 404, 503, 999 };
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
