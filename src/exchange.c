@@ -1517,8 +1517,8 @@ static size_t h2_on_raw(struct wg_downstream *d, const uint8_t *p, size_t len)
         d->r->h2_paused = true;
         return 0;
     }
-    if (b->start == b->end)             /* drained: from the front again */
-        b->start = b->sent = b->fwd = b->scan = b->end = 0;
+    if (b->start == b->end)
+        hp_buf_make_room(b);            /* drained: from the front again */
     else if (b->end == b->cap && b->start >= b->cap / 2)
         hp_buf_compact(b);
     size_t n = b->cap - b->end < len ? b->cap - b->end : len;
@@ -1544,12 +1544,11 @@ static size_t h2_on_data(void *ctx, const uint8_t *p, size_t len)
     }
     if (d->r->grpc_web_text)
         return h2_on_text(d, p, len);
-    size_t framing = H2_CHUNK_OVERHEAD;
-    if (!(b = h2_room(d, framing + 1))) {
+    if (!(b = h2_room(d, H2_CHUNK_OVERHEAD + 1))) {
         d->r->h2_paused = true;
         return 0;
     }
-    size_t n = b->cap - b->end - framing;
+    size_t n = b->cap - b->end - H2_CHUNK_OVERHEAD;
     if (n > len)
         n = len;
     if (d->r->grpc_web)

@@ -165,8 +165,9 @@ static inline size_t wg_b64_encode_fits(const struct wg_b64_enc *e, size_t room)
  * complete 3-byte group into out (wg_b64_encoded_len of them), the 0..2
  * bytes left over held for the next call. Returns the chars written. */
 size_t wg_b64_encode(struct wg_b64_enc *e, const uint8_t *in, size_t len, char *out);
-/* End a padded chunk: the held bytes as one last group ("xx==", "xxx="),
- * 0 or 4 chars into out; e starts over. */
+/* End a padded chunk: the held bytes as one last group, one byte as two
+ * chars and "==", two as three chars and "=" (e.g. "QQ==", "QUI="); 0 or
+ * 4 chars into out; e starts over. */
 size_t wg_b64_encode_end(struct wg_b64_enc *e, char *out);
 
 struct wg_b64_dec {
