@@ -1814,12 +1814,7 @@ static void h2_attach(struct wg_downstream *d)
     r->h2_on = true;
     r->h2_ended = !has_body;
     r->connect_start_ns = wg_now_ns();
-    const struct wg_h2_conn_limits lim = {
-        .max_idle = sc->upstream.max_idle, .idle_timeout_ms = sc->upstream.idle_timeout_ms,
-        .connect_timeout_ms = sc->connect_timeout_ms,
-        .ping_interval_ms = sc->upstream.ping_interval_ms,
-        .ping_timeout_ms = sc->upstream.ping_timeout_ms,
-    };
+    const struct wg_h2_conn_limits lim = wg_h2_service_limits(sc);
     r->h2 = wg_h2_submit(d->loc->h2, r->inst, ctx, sc->tls.sni, sc->tls.verify, &lim, nv, n,
                          has_body, &h2_ops, d, &err);
     if (!r->h2) {

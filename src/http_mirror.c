@@ -380,12 +380,7 @@ static bool h2_submit(struct wg_mirror_copy *m, struct wg_worker *w,
     const struct wg_service_config *sc = svc->cfg;
     SSL_CTX *ctx = inst->protocol == WG_UPSTREAM_H2
                        ? wg_tls_set_service(svc->config->ext, svc->config->cfg, sc) : NULL;
-    const struct wg_h2_conn_limits lim = {
-        .max_idle = sc->upstream.max_idle, .idle_timeout_ms = sc->upstream.idle_timeout_ms,
-        .connect_timeout_ms = sc->connect_timeout_ms,
-        .ping_interval_ms = sc->upstream.ping_interval_ms,
-        .ping_timeout_ms = sc->upstream.ping_timeout_ms,
-    };
+    const struct wg_h2_conn_limits lim = wg_h2_service_limits(sc);
     m->h2 = wg_h2_submit(loc->h2, inst, ctx, sc->tls.sni, sc->tls.verify, &lim, nv, n, has_body,
                          &mirror_h2_ops, m, &err);
     return m->h2 != NULL;

@@ -873,6 +873,16 @@ fail:
 
 /* ---- the pool ---------------------------------------------------------------------- */
 
+struct wg_h2_conn_limits wg_h2_service_limits(const struct wg_service_config *sc)
+{
+    return (struct wg_h2_conn_limits){
+        .max_idle = sc->upstream.max_idle, .idle_timeout_ms = sc->upstream.idle_timeout_ms,
+        .connect_timeout_ms = sc->connect_timeout_ms,
+        .ping_interval_ms = sc->upstream.ping_interval_ms,
+        .ping_timeout_ms = sc->upstream.ping_timeout_ms,
+    };
+}
+
 struct wg_h2_pool *wg_h2_pool_new(struct event_base *base, const struct wg_h2_settings *set,
                                   struct wg_stats_block *stats)
 {

@@ -67,6 +67,11 @@ struct wg_h2_conn_limits {
     uint64_t ping_timeout_ms;
 };
 
+/* A service's: its connect_timeout and upstream.max_idle / idle_timeout /
+ * ping_interval / ping_timeout (the exchange's and the mirror's streams). */
+struct wg_service_config;
+struct wg_h2_conn_limits wg_h2_service_limits(const struct wg_service_config *sc);
+
 struct wg_h2_settings {
     unsigned max_streams;               /* per connection, our own cap (default 100) */
     unsigned max_conns;                 /* per instance (default 8) */
