@@ -78,6 +78,24 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_ticks(spec):
+    """(busy, total) clock ticks so far of the CPUs in `spec` ("0", "0-2"; None: all)."""
+    want = None
+    if spec:
+        lo, _, hi = spec.partition("-")
+        want = {"cpu%d" % i for i in range(int(lo), int(hi or lo) + 1)}
+    busy = total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *vals = line.split()
+            if not name.startswith("cpu") or name == "cpu" or (want and name not in want):
+                continue
+            v = [int(x) for x in vals[:8]]
+            total += sum(v)
+            busy += sum(v) - v[3] - v[4]        # less idle and iowait
+    return busy, total
+
+
 def median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -292,11 +310,14 @@ def h2load_summary(out):
 
 
 def measured(pid, fn):
-    """Runs fn() while sampling the process pid: (fn's dict + cpu %, rss MiB)."""
-    c0, t0 = cpu_seconds(pid), time.monotonic()
+    """Runs fn() while sampling the process pid: (fn's dict + cpu %, rss MiB, load CPU %)."""
+    c0, t0, l0 = cpu_seconds(pid), time.monotonic(), cpu_ticks(LOAD_CPU)
     r = fn()
-    c1, t1 = cpu_seconds(pid), time.monotonic()
+    c1, t1, l1 = cpu_seconds(pid), time.monotonic(), cpu_ticks(LOAD_CPU)
     r["cpu"] = 100.0 * (c1 - c0) / (t1 - t0)
+    # How busy the load CPU(s) were: near 100 % means the load and backend,
+    # not the proxy, bounded the rps (the proxy's CPU per request still holds).
+    r["load_cpu"] = 100.0 * (l1[0] - l0[0]) / (l1[1] - l0[1]) if l1[1] > l0[1] else None
     r["rss"] = rss_kib(pid) / 1024.0
     if r.get("rps"):
         r["cpu_us"] = (c1 - c0) / (t1 - t0) / r["rps"] * 1e6     # the target's CPU per request

@@ -19,7 +19,10 @@ upstream with `keepalive`; HAProxy: `server ... proto h2` (connections
 reused, `http-reuse always`). p50/p99 come from h2load's per-request log
 (--log-file); CPU per call is the proxy's utime+stime over the run / calls.
 Ratios are waygate's to the better of nginx and HAProxy in that column
-(rps: the higher; CPU per call and p99: the lower).
+(rps: the higher; CPU per call and p99: the lower). "load CPU %" is how
+busy the load CPU (h2load and the backend) was: where it is near 100 % the
+load, not the proxy, bounded that row's rps, and only CPU per call compares
+the proxies.
 """
 
 import os
@@ -137,9 +140,9 @@ def run(ctx, log=print):
                     d = combine(samples)
                     rows.append((target, label, d))
                     log("  %-8s %-26s %9.0f rps  p50 %6.2f  p99 %7.2f ms  cpu %3.0f%%  "
-                        "%6.1f us/call  rss %6.1f MiB%s"
+                        "%6.1f us/call  load %3.0f%%  rss %6.1f MiB%s"
                         % (target, label, d["rps"], d["p50"] or 0, d["p99"] or 0, d["cpu"],
-                           d.get("cpu_us") or 0, d["rss"],
+                           d.get("cpu_us") or 0, d.get("load_cpu") or 0, d["rss"],
                            "  errors %d" % d["errors"] if d["errors"] else ""))
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
                     log("  %s %s: %s" % (target, label, e))
@@ -153,6 +156,7 @@ def run(ctx, log=print):
 
 COLS = [("rps", "rps", "%.0f"), ("MiB/s", "mibs", "%.0f"), ("p50 ms", "p50", "%.2f"),
         ("p99 ms", "p99", "%.2f"), ("CPU %", "cpu", "%.0f"), ("CPU us/call", "cpu_us", "%.1f"),
+        ("load CPU %", "load_cpu", "%.0f"),
         ("RSS MiB", "rss", "%.1f"), ("errors", "errors", "%d")]
 
 
