@@ -1504,10 +1504,18 @@ static void h2_on_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t 
  * tail, as much as fits. There is no socket read to make large here
  * (hp_buf_read_later), but every move of kept bytes is a copy: the block
  * is compacted only once the client took at least half of it; before
- * that the stream pauses, its bytes kept by the stream (upstream_h2.h). */
+ * that the stream pauses, its bytes kept by the stream (upstream_h2.h).
+ * [start, sent) is payload the client's codec took but has not written
+ * yet (an h2c client's writev takes it from here): it must stay where it
+ * is, so a block with such bytes is never compacted. */
+static bool h2_raw_movable(const struct hp_buf *b)
+{
+    return b->start >= b->cap / 2 && b->start == b->sent;
+}
+
 static bool h2_raw_room(const struct hp_buf *b)
 {
-    return !b || b->end < b->cap || b->start == b->end || b->start >= b->cap / 2;
+    return !b || b->end < b->cap || b->start == b->end || h2_raw_movable(b);
 }
 
 static size_t h2_on_raw(struct wg_downstream *d, const uint8_t *p, size_t len)
@@ -1519,7 +1527,7 @@ static size_t h2_on_raw(struct wg_downstream *d, const uint8_t *p, size_t len)
     }
     if (b->start == b->end)
         hp_buf_make_room(b);            /* drained: from the front again */
-    else if (b->end == b->cap && b->start >= b->cap / 2)
+    else if (b->end == b->cap && h2_raw_movable(b))
         hp_buf_compact(b);
     size_t n = b->cap - b->end < len ? b->cap - b->end : len;
     memcpy(b->data + b->end, p, n);

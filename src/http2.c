@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "waygate/exchange.h"
@@ -48,8 +49,23 @@
 /* What wbuf keeps free before nghttp2 is asked for more: a whole DATA frame
  * send_upstream_data writes (header, payload, padding of at most 256). */
 #define H2_NO_COPY_ROOM (9 + H2_FRAME_PAYLOAD + 256)
+/* DATA payloads an h2c connection holds by reference (struct h2_ref). */
+#define H2_REFS 32
 
 struct h2_conn;
+
+/* A DATA payload written to an h2c client straight from the exchange's
+ * block (h2_raw), not copied: its frame header is in wbuf before offset
+ * `at`, the payload goes out after it, in the same writev. The block's
+ * [start, sent) is what is lent this way; start moves on as the payload is
+ * written (exchange.h). A block the exchange let go while some of it was
+ * lent is the connection's (`orphan`), freed once written. */
+struct h2_ref {
+    struct hp_buf *blk;
+    const char *p;
+    uint32_t at, len;
+    bool orphan;
+};
 
 /* One stream: the client side of one exchange. */
 struct h2_stream {
@@ -108,6 +124,8 @@ struct h2_conn {
     struct hp_buf *wbuf;                /* bytes nghttp2 produced, not yet written */
     const uint8_t *pend;                /* mem_send output that did not fit in wbuf */
     size_t pend_len;
+    struct h2_ref *refs;                /* [H2_REFS], made on first use; in wbuf order */
+    unsigned nref;
     /* limits (from the config pinned at accept) */
     uint64_t max_header, idle_ms, send_ms, header_ms;
     unsigned max_resets, max_control;
@@ -174,8 +192,13 @@ static void drain_input(int fd)
             return;
 }
 
+static void refs_drop(struct h2_conn *c, unsigned n);
+static void stream_keep_lent(struct h2_stream *st);
+
 static void conn_free(struct h2_conn *c)
 {
+    refs_drop(c, c->nref);              /* nothing more is written */
+    free(c->refs);
     while (c->streams)
         stream_free(c->streams);
     nghttp2_session_del(c->s);
@@ -282,8 +305,10 @@ static void stream_free(struct h2_stream *st)
 {
     struct h2_conn *c = st->c;
     struct hp_local *loc = c->loc;
-    if (!st->finished)
+    if (!st->finished) {
+        stream_keep_lent(st);
         wg_exchange_release(&st->ds, st->ds.end_reason ? st->ds.end_reason : "client_reset");
+    }
     nghttp2_session_set_stream_user_data(c->s, st->id, NULL);
     /* What the stream received and nobody forwarded still counts against
      * the connection's window: give it back there. */
@@ -576,8 +601,99 @@ static ssize_t read_upstream(nghttp2_session *s, int32_t id, uint8_t *buf, size_
     return (ssize_t)n;
 }
 
-/* A DATA frame read_upstream() gave: its header and payload go into wbuf
- * (conn_send keeps room for a whole frame before it asks for more). */
+/* ---- payload lent by reference (h2c: struct h2_ref) --------------------- */
+
+/* The first n refs are over (written, or the connection is): an orphan
+ * block goes with its last ref; the others move to the front. */
+static void refs_drop(struct h2_conn *c, unsigned n)
+{
+    if (!n)
+        return;
+    for (unsigned i = 0; i < n; i++) {
+        struct h2_ref *f = &c->refs[i];
+        bool last = f->orphan;
+        for (unsigned j = i + 1; j < c->nref && last; j++)
+            last = c->refs[j].blk != f->blk;
+        if (last)
+            hp_buf_free(c->loc, &f->blk);
+    }
+    memmove(c->refs, c->refs + n, (c->nref - n) * sizeof *c->refs);
+    c->nref -= n;
+}
+
+/* The exchange is about to let go of its block: if some of it is still
+ * lent to the socket, the block is the connection's until written. Called
+ * before every wg_exchange_finish / wg_exchange_release of a stream. */
+static void stream_keep_lent(struct h2_stream *st)
+{
+    struct h2_conn *c = st->c;
+    struct wg_exchange *r = st->ds.r;
+    bool lent = false;
+    for (unsigned i = 0; r && r->uin && i < c->nref; i++)
+        if (c->refs[i].blk == r->uin)
+            lent = c->refs[i].orphan = true;
+    if (lent)
+        r->uin = NULL;
+}
+
+/* wbuf's bytes with the lent payloads in their places, in one writev;
+ * what was written moves wbuf's sent and the blocks' start on. The same
+ * contract as hp_flush_to. */
+static ssize_t flush_lent(struct h2_conn *c, struct hp_buf *w)
+{
+    struct iovec iov[2 * H2_REFS + 1];
+    int n = 0;
+    uint32_t pos = w->sent;
+    size_t total = 0;
+    for (unsigned i = 0; i < c->nref; i++) {
+        const struct h2_ref *f = &c->refs[i];
+        if (f->at > pos) {
+            iov[n++] = (struct iovec){ w->data + pos, f->at - pos };
+            total += f->at - pos;
+            pos = f->at;
+        }
+        iov[n++] = (struct iovec){ (void *)f->p, f->len };
+        total += f->len;
+    }
+    if (w->end > pos) {
+        iov[n++] = (struct iovec){ w->data + pos, w->end - pos };
+        total += w->end - pos;
+    }
+    if (!c->writable)
+        return 0;
+    ssize_t k = writev(c->fd, iov, n);
+    if (k < 0) {
+        if (!hp_transient())
+            return -1;
+        c->writable = false;
+        return 0;
+    }
+    size_t left = (size_t)k;
+    unsigned done = 0;
+    for (; done < c->nref && left; done++) {
+        struct h2_ref *f = &c->refs[done];
+        size_t m = f->at - w->sent < left ? f->at - w->sent : left;
+        w->sent += (uint32_t)m;
+        left -= m;
+        m = f->len < left ? f->len : left;
+        f->p += m;
+        f->len -= (uint32_t)m;
+        left -= m;
+        if (!f->orphan)
+            f->blk->start = (uint32_t)(f->p - f->blk->data);
+        if (f->len)
+            break;
+    }
+    w->sent += (uint32_t)left;          /* the bytes after the last ref */
+    refs_drop(c, done);
+    if ((size_t)k < total)
+        c->writable = false;            /* full: the next edge says when */
+    return k;
+}
+
+/* A DATA frame read_upstream() gave: its header goes into wbuf, and the
+ * payload too (conn_send keeps room for a whole frame before it asks for
+ * more), or, to an h2c client from an h2_raw block, by reference. */
 static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_t *framehd,
                               size_t len, nghttp2_data_source *src, void *user)
 {
@@ -588,12 +704,23 @@ static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_
     size_t pad = f->data.padlen;
     if (!b || b->fwd - b->sent < len)   /* the exchange let go of its block: cannot be */
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    if (!w || w->cap - w->end < 9 + pad + len)
-        return NGHTTP2_ERR_WOULDBLOCK;
-    w->end += (uint32_t)wg_h2_data_frame((uint8_t *)w->data + w->end, f, framehd,
-                                         (const uint8_t *)b->data + b->sent, len);
-    b->sent += (uint32_t)len;
-    b->start = b->sent;
+    if (!c->ssl && !pad && r->h2_raw) {
+        if (!c->refs && !(c->refs = malloc(H2_REFS * sizeof *c->refs)))
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        if (c->nref == H2_REFS || !w || w->cap - w->end < 9)
+            return NGHTTP2_ERR_WOULDBLOCK;
+        memcpy(w->data + w->end, framehd, 9);
+        w->end += 9;
+        c->refs[c->nref++] = (struct h2_ref){ b, b->data + b->sent, w->end, (uint32_t)len, false };
+        b->sent += (uint32_t)len;       /* start moves once it is written (flush_lent) */
+    } else {
+        if (!w || w->cap - w->end < 9 + pad + len)
+            return NGHTTP2_ERR_WOULDBLOCK;
+        w->end += (uint32_t)wg_h2_data_frame((uint8_t *)w->data + w->end, f, framehd,
+                                             (const uint8_t *)b->data + b->sent, len);
+        b->sent += (uint32_t)len;
+        b->start = b->sent;
+    }
     r->req_bytes_out += len;
     st->ds.blocked_since = 0;
     c->again = true;                    /* the exchange may read the upstream again */
@@ -739,6 +866,7 @@ static void h2_end(struct wg_downstream *d)
 {
     struct h2_stream *st = stream_ds(d);
     uint64_t idle_ms;
+    stream_keep_lent(st);
     wg_exchange_finish(d, &idle_ms);    /* the connection stays: streams do not close it */
     st->finished = true;
     d->rq = WG_RQ_IDLE;
@@ -978,6 +1106,7 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
     struct h2_stream *st = nghttp2_session_get_stream_user_data(s, id);
     if (st && !st->finished && st->data_eof && st->ds.r && st->ds.rs == WG_RS_DONE) {
         uint64_t idle_ms;               /* the last DATA went out: a complete exchange */
+        stream_keep_lent(st);
         wg_exchange_finish(&st->ds, &idle_ms);  /* (pools its upstream connection) */
         st->finished = true;
     }
@@ -1115,6 +1244,7 @@ static void stream_step(struct h2_stream *st)
         }
     }
     if (d->dead && !st->finished) {
+        stream_keep_lent(st);
         wg_exchange_release(d, d->end_reason ? d->end_reason : "upstream_error");
         st->finished = true;
         stream_reset(st, NGHTTP2_INTERNAL_ERROR);
@@ -1221,7 +1351,7 @@ static bool conn_send(struct h2_conn *c)
             return false;
         }
         struct hp_buf *b = c->wbuf;
-        if (b->sent == b->end)
+        if (b->sent == b->end && !c->nref)
             b->sent = b->end = 0;
         while (b->end < b->cap) {
             if (!c->pend_len) {
@@ -1242,11 +1372,11 @@ static bool conn_send(struct h2_conn *c)
             c->pend += k;
             c->pend_len -= k;
         }
-        if (b->sent == b->end)
+        if (b->sent == b->end && !c->nref)
             break;
         b->fwd = b->end;
         ssize_t w = c->ssl ? hp_tls_flush(c->ssl, &c->writable, &c->write_wants_read, NULL, b)
-                           : hp_flush_to(c->fd, &c->writable, NULL, b);
+                  : c->nref ? flush_lent(c, b) : hp_flush_to(c->fd, &c->writable, NULL, b);
         if (w < 0) {
             c->dead = true;
             return false;
@@ -1256,13 +1386,13 @@ static bool conn_send(struct h2_conn *c)
             wg_stats_add(c->w->stats, WG_C_BYTES_OUT, (uint64_t)w);
             c->blocked_since = 0;
         }
-        if (b->sent < b->end) {         /* the socket is full */
+        if (b->sent < b->end || c->nref) {     /* the socket is full */
             if (!c->blocked_since)
                 c->blocked_since = wg_now_ms();
             break;
         }
     }
-    if (c->wbuf && c->wbuf->sent == c->wbuf->end && !c->pend_len)
+    if (c->wbuf && c->wbuf->sent == c->wbuf->end && !c->pend_len && !c->nref)
         hp_buf_free(c->loc, &c->wbuf);
     return moved;
 }

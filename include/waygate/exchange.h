@@ -153,7 +153,11 @@ struct wg_exchange {
     struct wg_grpc_frames web_frames;   /* gRPC-Web from an HTTP/2 instance: where the
                                            response's messages stand (a cut's trailer frame
                                            goes between two) */
-    struct hp_buf *uin;                 /* from the upstream; [sent, fwd) for the client */
+    struct hp_buf *uin;                 /* from the upstream; [sent, fwd) for the client; with
+                                           h2_raw, [start, sent) is lent to the client's codec
+                                           (written from here, by reference, by an h2c client's
+                                           writev): not moved, and handed to the codec, not
+                                           freed, when the exchange ends (http2.c) */
     struct hp_buf *uout;                /* the rewritten request head */
     struct hp_head *rhead;              /* while a response head is parsed */
     struct hp_buf *trailers;            /* the response's trailer section (payload_only
