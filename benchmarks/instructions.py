@@ -2,7 +2,7 @@
 """Instructions (and syscalls) per request: a repeatable speed signal on a
 noisy machine (not a test).
 
-    python3 benchmarks/instructions.py [--build DIR] [--scenario l7|newconn|64k|tls|tlska|h2c|h2tls|hs13|hs12|grpc|grpc1m]
+    python3 benchmarks/instructions.py [--build DIR] [--scenario l7|newconn|64k|tls|tlska|h2c|h2tls|hs13|hs12|grpc|grpc1m|grpc1m2]
                                        [--seconds S] [--targets waygate,haproxy,nginx]
                                        [--cert rsa|ecdsa] [--handshakes N] [--sni] [--syscalls]
 
@@ -43,7 +43,8 @@ SCEN = {"l7": ("http", "/", []), "newconn": ("http", "/", ["Connection: close"])
         "64k": ("http", "/64k", []), "tls": ("tls", "/", ["Connection: close"]),
         "tlska": ("tls", "/", []), "h2c": ("h2c", "/", []), "h2tls": ("h2tls", "/", []),
         "hs13": ("tls", "/", "1.3"), "hs12": ("tls", "/", "1.2"),
-        "grpc": ("grpc", 16, 16), "grpc1m": ("grpc", 1 << 20, 16)}
+        "grpc": ("grpc", 16, 16), "grpc1m": ("grpc", 1 << 20, 16),
+        "grpc1m2": ("grpc", 1 << 20, 1 << 20)}
 
 
 def h2load(url, conns, seconds, headers=()):
