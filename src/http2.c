@@ -49,8 +49,11 @@
 /* What wbuf keeps free before nghttp2 is asked for more: a whole DATA frame
  * send_upstream_data writes (header, payload, padding of at most 256). */
 #define H2_NO_COPY_ROOM (9 + H2_FRAME_PAYLOAD + 256)
-/* DATA payloads an h2c connection holds by reference (struct h2_ref). */
+/* DATA payloads an h2c connection holds by reference (struct h2_ref), and
+ * the smallest one lent: a small payload costs less copied than as an
+ * iovec of its own (a gRPC reply of a few bytes). */
 #define H2_REFS 32
+#define H2_LEND_MIN 4096u
 
 struct h2_conn;
 
@@ -603,19 +606,32 @@ static ssize_t read_upstream(nghttp2_session *s, int32_t id, uint8_t *buf, size_
 
 /* ---- payload lent by reference (h2c: struct h2_ref) --------------------- */
 
+/* Is some of block b lent? */
+static bool lent(const struct h2_conn *c, const struct hp_buf *b)
+{
+    for (unsigned i = 0; i < c->nref; i++)
+        if (c->refs[i].blk == b)
+            return true;
+    return false;
+}
+
 /* The first n refs are over (written, or the connection is): an orphan
- * block goes with its last ref; the others move to the front. */
+ * block goes with its last ref; an exchange's block whose last ref this
+ * was has nothing lent any more (what was queued after it was copied);
+ * the others move to the front. */
 static void refs_drop(struct h2_conn *c, unsigned n)
 {
     if (!n)
         return;
     for (unsigned i = 0; i < n; i++) {
         struct h2_ref *f = &c->refs[i];
-        bool last = f->orphan;
+        bool last = true;
         for (unsigned j = i + 1; j < c->nref && last; j++)
             last = c->refs[j].blk != f->blk;
-        if (last)
+        if (last && f->orphan)
             hp_buf_free(c->loc, &f->blk);
+        else if (last)
+            f->blk->start = f->blk->sent;
     }
     memmove(c->refs, c->refs + n, (c->nref - n) * sizeof *c->refs);
     c->nref -= n;
@@ -628,11 +644,11 @@ static void stream_keep_lent(struct h2_stream *st)
 {
     struct h2_conn *c = st->c;
     struct wg_exchange *r = st->ds.r;
-    bool lent = false;
+    bool some = false;
     for (unsigned i = 0; r && r->uin && i < c->nref; i++)
         if (c->refs[i].blk == r->uin)
-            lent = c->refs[i].orphan = true;
-    if (lent)
+            some = c->refs[i].orphan = true;
+    if (some)
         r->uin = NULL;
 }
 
@@ -693,7 +709,8 @@ static ssize_t flush_lent(struct h2_conn *c, struct hp_buf *w)
 
 /* A DATA frame read_upstream() gave: its header goes into wbuf, and the
  * payload too (conn_send keeps room for a whole frame before it asks for
- * more), or, to an h2c client from an h2_raw block, by reference. */
+ * more), or, to an h2c client from an h2_raw block, by reference when it
+ * is at least H2_LEND_MIN bytes. */
 static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_t *framehd,
                               size_t len, nghttp2_data_source *src, void *user)
 {
@@ -704,7 +721,7 @@ static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_
     size_t pad = f->data.padlen;
     if (!b || b->fwd - b->sent < len)   /* the exchange let go of its block: cannot be */
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    if (!c->ssl && !pad && r->h2_raw) {
+    if (!c->ssl && !pad && r->h2_raw && len >= H2_LEND_MIN) {
         if (!c->refs && !(c->refs = malloc(H2_REFS * sizeof *c->refs)))
             return NGHTTP2_ERR_CALLBACK_FAILURE;
         if (c->nref == H2_REFS || !w || w->cap - w->end < 9)
@@ -719,7 +736,8 @@ static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_
         w->end += (uint32_t)wg_h2_data_frame((uint8_t *)w->data + w->end, f, framehd,
                                              (const uint8_t *)b->data + b->sent, len);
         b->sent += (uint32_t)len;
-        b->start = b->sent;
+        if (!lent(c, b))                /* else it moves once that is written */
+            b->start = b->sent;
     }
     r->req_bytes_out += len;
     st->ds.blocked_since = 0;
