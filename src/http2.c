@@ -49,11 +49,9 @@
 /* What wbuf keeps free before nghttp2 is asked for more: a whole DATA frame
  * send_upstream_data writes (header, payload, padding of at most 256). */
 #define H2_NO_COPY_ROOM (9 + H2_FRAME_PAYLOAD + 256)
-/* DATA payloads an h2c connection holds by reference (struct h2_ref), and
- * the smallest one lent: a small payload costs less copied than as an
- * iovec of its own (a gRPC reply of a few bytes). */
+/* DATA payloads an h2c connection holds by reference (struct h2_ref;
+ * the smallest one lent is WG_H2_LEND_MIN). */
 #define H2_REFS 32
-#define H2_LEND_MIN 4096u
 
 struct h2_conn;
 
@@ -710,7 +708,7 @@ static ssize_t flush_lent(struct h2_conn *c, struct hp_buf *w)
 /* A DATA frame read_upstream() gave: its header goes into wbuf, and the
  * payload too (conn_send keeps room for a whole frame before it asks for
  * more), or, to an h2c client from an h2_raw block, by reference when it
- * is at least H2_LEND_MIN bytes. */
+ * is at least WG_H2_LEND_MIN bytes. */
 static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_t *framehd,
                               size_t len, nghttp2_data_source *src, void *user)
 {
@@ -721,7 +719,7 @@ static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_
     size_t pad = f->data.padlen;
     if (!b || b->fwd - b->sent < len)   /* the exchange let go of its block: cannot be */
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    if (!c->ssl && !pad && r->h2_raw && len >= H2_LEND_MIN) {
+    if (!c->ssl && !pad && r->h2_raw && len >= WG_H2_LEND_MIN) {
         if (!c->refs && !(c->refs = malloc(H2_REFS * sizeof *c->refs)))
             return NGHTTP2_ERR_CALLBACK_FAILURE;
         if (c->nref == H2_REFS || !w || w->cap - w->end < 9)

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "waygate/health.h"
@@ -36,6 +37,7 @@
                                         of the connection gets more per loop turn */
 #define PENDING_MAX (1024 * 1024)
 #define SEND_BATCH (64 * 1024)
+#define UP_REFS 32                   /* request payloads a connection holds by reference */
 
 const struct wg_h2_settings wg_h2_defaults = {
     .max_streams = 100, .max_conns = 8,
@@ -67,6 +69,8 @@ struct wg_h2_stream {
                                            is small: no 64 KiB malloc per call) */
     size_t wcap;
     size_t woff, wlen;
+    unsigned lent;                      /* payloads of wbuf lent to lent_to's writes (up_ref) */
+    struct h2_conn *lent_to;
     uint8_t *rbuf;                      /* response body not yet taken: [roff, rlen) */
     size_t roff, rlen, rcap;
     nghttp2_nv *trailers;               /* request trailers (copied), sent after the body */
@@ -77,6 +81,18 @@ struct wg_h2_stream {
 };
 
 struct h2_inst;
+
+/* A request body's DATA payload written over h2c from the stream's wbuf
+ * by reference (WG_H2_LEND_MIN): its frame header is in pend before offset
+ * `at`, the payload goes out after it in the same writev. `st` is NULL once
+ * the stream is freed: `buf` (its wbuf) is then the connection's, freed
+ * with its last ref. */
+struct up_ref {
+    struct wg_h2_stream *st;
+    uint8_t *buf;
+    const uint8_t *p;
+    size_t at, len;
+};
 
 struct h2_conn {
     uint32_t magic;
@@ -97,6 +113,8 @@ struct h2_conn {
     struct wg_h2_stream *list;
     uint8_t *pend;                      /* gathered frames: [pend_off, pend_len) unsent */
     size_t pend_len, pend_off, pend_cap;
+    struct up_ref *refs;                /* [UP_REFS], made on first use; in pend order */
+    unsigned nref;
 };
 
 struct h2_inst {
@@ -146,6 +164,12 @@ static void stream_unlink(struct wg_h2_stream *st)
 
 static void stream_free(struct wg_h2_stream *st)
 {
+    struct h2_conn *c = st->lent_to;
+    for (unsigned i = 0; c && i < c->nref; i++)
+        if (c->refs[i].st == st) {      /* still to be written: the connection's now */
+            c->refs[i].st = NULL;
+            st->wbuf = NULL;
+        }
     free(st->wbuf);
     free(st->rbuf);
     free(st->trailers);
@@ -455,7 +479,8 @@ static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
 
 static int pend_reserve(struct h2_conn *c, size_t n);
 
-/* A DATA frame read_body() gave (within the same mem_send). */
+/* A DATA frame read_body() gave (within the same mem_send): copied into
+ * the gathered frames, or over h2c lent from wbuf (struct up_ref). */
 static int send_body(nghttp2_session *s, nghttp2_frame *f, const uint8_t *framehd, size_t len,
                      nghttp2_data_source *src, void *arg)
 {
@@ -464,14 +489,99 @@ static int send_body(nghttp2_session *s, nghttp2_frame *f, const uint8_t *frameh
     size_t pad = f->data.padlen;
     if (st->wlen - st->woff < len)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (!c->ssl && !pad && len >= WG_H2_LEND_MIN) {
+        if (!c->refs && !(c->refs = malloc(UP_REFS * sizeof *c->refs)))
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        if (c->nref == UP_REFS)
+            return NGHTTP2_ERR_WOULDBLOCK;
+        if (pend_reserve(c, 9) != 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        memcpy(c->pend + c->pend_len, framehd, 9);
+        c->pend_len += 9;
+        c->refs[c->nref++] = (struct up_ref){ st, st->wbuf, st->wbuf + st->woff, c->pend_len, len };
+        st->lent++;
+        st->lent_to = c;
+        st->woff += len;                /* room again once written (refs_done) */
+        return 0;
+    }
     if (pend_reserve(c, 9 + pad + len) != 0)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     c->pend_len += wg_h2_data_frame(c->pend + c->pend_len, f, framehd, st->wbuf + st->woff, len);
     st->woff += len;
-    if (st->woff == st->wlen)
+    if (st->woff == st->wlen && !st->lent)
         st->woff = st->wlen = 0;
     st->want_writable = true;           /* room again: tell the exchange after the flush */
     c->want_writable = true;
+    return 0;
+}
+
+/* The first n refs are over (written, or the connection is gone): a
+ * stream's wbuf with nothing lent any more may be reused (and the
+ * exchange told there is room); an orphan buffer goes with its last ref. */
+static void refs_done(struct h2_conn *c, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        struct up_ref *f = &c->refs[i];
+        struct wg_h2_stream *st = f->st;
+        if (st) {
+            if (--st->lent)
+                continue;
+            st->lent_to = NULL;
+            if (st->woff == st->wlen)
+                st->woff = st->wlen = 0;
+            st->want_writable = true;
+            c->want_writable = true;
+            continue;
+        }
+        bool last = true;
+        for (unsigned j = i + 1; j < c->nref && last; j++)
+            last = c->refs[j].buf != f->buf;
+        if (last)
+            free(f->buf);
+    }
+    if (n)
+        memmove(c->refs, c->refs + n, (c->nref - n) * sizeof *c->refs);
+    c->nref -= n;
+}
+
+/* The gathered frames with the lent payloads in their places, in one
+ * writev (plain text only); the same contract as io_send. */
+static int send_lent(struct h2_conn *c, size_t *done)
+{
+    struct iovec iov[2 * UP_REFS + 1];
+    int n = 0;
+    size_t pos = c->pend_off;
+    for (unsigned i = 0; i < c->nref; i++) {
+        const struct up_ref *f = &c->refs[i];
+        if (f->at > pos)
+            iov[n++] = (struct iovec){ c->pend + pos, f->at - pos };
+        pos = f->at > pos ? f->at : pos;
+        iov[n++] = (struct iovec){ (void *)f->p, f->len };
+    }
+    if (c->pend_len > pos)
+        iov[n++] = (struct iovec){ c->pend + pos, c->pend_len - pos };
+    ssize_t k = writev(c->fd, iov, n);
+    if (k < 0) {
+        *done = 0;
+        return errno == EAGAIN || errno == EINTR ? EAGAIN : errno;
+    }
+    *done = (size_t)k;
+    size_t left = (size_t)k;
+    unsigned over = 0;
+    for (; over < c->nref && left; over++) {
+        struct up_ref *f = &c->refs[over];
+        size_t m = f->at - c->pend_off < left ? f->at - c->pend_off : left;
+        c->pend_off += m;
+        left -= m;
+        m = f->len < left ? f->len : left;
+        f->p += m;
+        f->len -= m;
+        left -= m;
+        if (f->len)
+            break;
+    }
+    c->pend_off += left;                /* the frames after the last ref */
+    refs_done(c, over);
     return 0;
 }
 
@@ -534,9 +644,9 @@ static int conn_flush(struct h2_conn *c)
     if (c->state != C_OPEN)
         return 0;
     for (;;) {
-        if (c->pend_off == c->pend_len) {
+        if (c->pend_off == c->pend_len && !c->nref) {
             c->pend_off = c->pend_len = 0;
-            while (c->pend_len < SEND_BATCH) {
+            while (c->pend_len < SEND_BATCH && c->nref < UP_REFS) {
                 const uint8_t *data;
                 c->in_callback = true;
                 ssize_t n = nghttp2_session_mem_send(c->s, &data);
@@ -552,12 +662,15 @@ static int conn_flush(struct h2_conn *c)
                 memcpy(c->pend + c->pend_len, data, (size_t)n);
                 c->pend_len += (size_t)n;
             }
-            if (!c->pend_len)
+            if (!c->pend_len && !c->nref)
                 break;
         }
         size_t done;
-        int err = io_send(c, c->pend + c->pend_off, c->pend_len - c->pend_off, &done);
-        c->pend_off += done;
+        int err;
+        if (c->nref)                    /* (moves pend_off itself) */
+            err = send_lent(c, &done);
+        else if (!(err = io_send(c, c->pend + c->pend_off, c->pend_len - c->pend_off, &done)))
+            c->pend_off += done;
         if (err == EAGAIN) {
             event_add(c->wev, NULL);
             break;
@@ -793,6 +906,17 @@ static void conn_close(struct h2_conn *c, uint32_t error)
     if (c->fd >= 0)
         close(c->fd);
     nghttp2_session_del(c->s);
+    for (unsigned i = 0; i < c->nref; i++) {    /* nothing more is written */
+        struct up_ref *f = &c->refs[i];
+        if (f->st) {                    /* a stream's own wbuf: it frees it */
+            f->st->lent = 0;
+            f->st->lent_to = NULL;
+            f->st = NULL;
+            f->buf = NULL;
+        }
+    }
+    refs_done(c, c->nref);              /* frees the orphans' */
+    free(c->refs);
     free(c->pend);
     c->magic = 0;
     free(c);
@@ -1043,14 +1167,14 @@ size_t wg_h2_stream_write(struct wg_h2_stream *st, const uint8_t *data, size_t l
 {
     if (!st->has_body || st->body_end || st->closed)
         return 0;
-    if (st->woff && st->woff == st->wlen)
+    if (st->woff && st->woff == st->wlen && !st->lent)
         st->woff = st->wlen = 0;
-    if (st->woff) {                     /* compact: room at the end */
+    if (st->woff && !st->lent) {        /* compact: room at the end */
         memmove(st->wbuf, st->wbuf + st->woff, st->wlen - st->woff);
         st->wlen -= st->woff;
         st->woff = 0;
     }
-    size_t room = WG_H2_BODY_BUF - st->wlen;
+    size_t room = (st->lent ? st->wcap : WG_H2_BODY_BUF) - st->wlen;   /* lent: not moved */
     if (len > room)
         len = room;
     if (st->wlen + len > st->wcap) {

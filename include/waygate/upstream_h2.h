@@ -31,7 +31,10 @@
  *    upstream can put at most `stream_window` bytes per stream into
  *    waygate; request bodies go through a bounded per-stream buffer
  *    (WG_H2_BODY_BUF) and a deferred data provider: wg_h2_stream_write()
- *    takes what fits and ops->writable says when more fits.
+ *    takes what fits and ops->writable says when more fits. Over h2c the
+ *    buffer's bytes are written from where they are (WG_H2_LEND_MIN): it
+ *    is neither moved nor reused until they are out, and one whose stream
+ *    ended first goes with the connection until then.
  *
  * Lifetimes: the pool holds one reference on every instance it has a
  * connection to. A stream belongs to the exchange that submitted it until
@@ -56,6 +59,12 @@ struct wg_http_message;
 struct wg_http_header;
 
 #define WG_H2_BODY_BUF (64 * 1024)      /* request body bytes a stream holds */
+/* Both codecs write a plain-text (h2c) DATA payload of at least this many
+ * bytes by reference, from the buffer it is in, in the writev of the frame
+ * headers (http2.c: the response to a client, upstream_h2.c: a request
+ * body): no copy into the write buffer. A smaller one costs less copied
+ * than as an iovec of its own. */
+#define WG_H2_LEND_MIN 4096u
 
 /* What a service asks of the connections to its instances (its
  * connect_timeout and upstream.max_idle / idle_timeout / ping_*). */

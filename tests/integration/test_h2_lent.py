@@ -8,6 +8,7 @@ while a stream is reset, and while the connection closes; every byte must
 arrive once, in order, and nothing may leak (make asan)."""
 
 import os
+import signal
 import socket
 import time
 
@@ -148,4 +149,57 @@ def test_h2c_lent_payload_stream_reset_and_connection_close():
         sid = c.request("/bench.B/Call", method="POST", headers=GRPC, body=grpc_frame(b"x"))
         read_slowly(c, [sid], slack(30), pause=0)
         check_fixed(c, sid, name, size)
+        c.close()
+
+
+def test_h2c_request_bodies_lent_to_a_stalled_upstream():
+    """Request bodies go to an h2c instance from the upstream stream's
+    buffer by reference (upstream_h2.c struct up_ref). The instance is
+    stopped (SIGSTOP) mid-upload so that waygate's writes to it are short
+    and payloads stay lent across many writes; a stream the client resets
+    meanwhile leaves its buffer to the connection. Once the instance runs
+    again, every echo equals its request, byte for byte."""
+    with Harness() as h:
+        b = GrpcBackend(h, name="up", max_streams=100)
+        lst = h2c_listener("g", h2_max_resets_per_second=100000)
+        wg = h.waygate(listeners=[lst], instances={"users": [b.instance()]},
+                       services={"users": {"upstream": {"protocol": "h2c"}}})
+        c = slow_client(wg.ports["g"], rcvbuf=1 << 20)
+        r = c.get("/wg.Echo/One", method="POST", headers=GRPC, body=grpc_frame(b"warm"))
+        assert bytes(r["body"]) == grpc_frame(b"warm"), r   # its SETTINGS (1 MiB windows) are in
+        msgs = [os.urandom(3 * MIB) for _ in range(6)]  # 6 x its 1 MiB window: over what
+        sids = [c.request("/wg.Echo/One", method="POST", headers=GRPC, end=False)  # TCP buffers
+                for _ in msgs]
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        try:
+            frames = [grpc_frame(m) for m in msgs]
+            offs = [0] * len(frames)
+            quiet = time.monotonic()
+            while time.monotonic() - quiet < 0.5:   # until waygate holds what it can
+                moved = False
+                for i, sid in enumerate(sids):
+                    room = min(c.conn.local_flow_control_window(sid),
+                               c.conn.max_outbound_frame_size, len(frames[i]) - offs[i] - 1)
+                    if room > 0:
+                        c.conn.send_data(sid, frames[i][offs[i]:offs[i] + room])
+                        offs[i] += room
+                        moved = True
+                c.flush()
+                if moved:
+                    quiet = time.monotonic()
+                else:
+                    c.pump(0.05)
+            assert sum(offs) > 3 * MIB, "uploaded with the instance stopped: %r" % offs
+            time.sleep(0.3)
+            c.conn.reset_stream(sids[-1], error_code=8)  # CANCEL, with bytes lent
+            c.flush()
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        for i, sid in enumerate(sids[:-1]):
+            c.send_body(sid, frames[i][offs[i]:], end=True)
+        read_slowly(c, sids[:-1], slack(60), pause=0)
+        for sid, m in zip(sids[:-1], msgs[:-1]):
+            check_echo(c, sid, m)
+        r = c.get("/wg.Echo/One", method="POST", headers=GRPC, body=grpc_frame(b"after"))
+        assert bytes(r["body"]) == grpc_frame(b"after"), r
         c.close()
