@@ -2316,19 +2316,15 @@ static void auth_log(struct wg_downstream *d, const char *reason)
     });
 }
 
-/* The subrequest is over: the request gets its own service back; then its
- * chain goes on, or the answer goes out. */
-static void auth_finish(struct wg_downstream *d, enum auth_outcome how)
+/* The subrequest is over (its line logged with `reason`): its connection
+ * or stream is let go, and the request gets its own service, settings and
+ * gRPC-ness back, as if no byte of a response had come (none went out). */
+static void auth_end(struct wg_downstream *d, const char *reason)
 {
     struct wg_exchange *r = d->r;
     struct wg_auth_call *a = r->auth;
-    const struct wg_http_parser *p = &a->head->p;
-    bool body = has_body(&p->msg);
-    unsigned status = 0;
 
-    auth_log(d, how != AUTH_FAIL               ? NULL
-                : wg_now_ms() >= a->deadline ? "timeout"
-                                             : "upstream_error");
+    auth_log(d, reason);
     release_upstream(d);
     release_instance(d);
     hp_buf_free(d->loc, &r->uout);
@@ -2348,6 +2344,20 @@ static void auth_finish(struct wg_downstream *d, enum auth_outcome how)
     r->response_deadline = 0;
     d->rs = WG_RS_NONE;
     wg_pick_init(&r->pick, r->svc, &d->w->rng, NULL);
+}
+
+/* The subrequest's verdict: its chain goes on, or the answer goes out. */
+static void auth_finish(struct wg_downstream *d, enum auth_outcome how)
+{
+    struct wg_exchange *r = d->r;
+    struct wg_auth_call *a = r->auth;
+    const struct wg_http_parser *p = &a->head->p;
+    bool body = has_body(&p->msg);
+    unsigned status = 0;
+
+    auth_end(d, how != AUTH_FAIL               ? NULL
+                : wg_now_ms() >= a->deadline ? "timeout"
+                                             : "upstream_error");
     pick_key(d, p, a->msg);
     if (how == AUTH_FAIL && !a->fa->allow_on_failure) {
         wg_info("msg=\"forward_auth failed\" service=%s client=%s", a->fa->service, d->client_ip);
@@ -2532,6 +2542,8 @@ void wg_exchange_abort(struct wg_downstream *d, const char *reason, const char *
     if (r->grpc && (d->payload_only || r->grpc_web) && r->final_sent && d->rs == WG_RS_DONE)
         return;                         /* its end (trailers, trailer frame) is on its way */
     d->end_reason = reason;
+    if (auth_active(r))                 /* nothing of the auth service's answer is out */
+        auth_end(d, reason);
     if (r->grpc && !r->final_sent && (d->rq == WG_RQ_BODY || d->rq == WG_RQ_SENT)) {
         char text[96];                  /* no byte of the response out yet: Trailers-Only */
         snprintf(text, sizeof text, "waygate: %s", message);

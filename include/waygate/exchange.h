@@ -350,7 +350,9 @@ void wg_exchange_release(struct wg_downstream *d, const char *reason);
  * (DESIGN §15): a gRPC call ends with grpc-status UNAVAILABLE,
  * grpc-message "waygate: <message>", the upstream let go and the codec
  * sending it on its next pump: as a Trailers-Only answer (ops->grpc_reply)
- * when no byte of the response went out yet; else after the body bytes
+ * when no byte of the response went out yet (a forward_auth subrequest
+ * still in flight is such a case: it ends first, its access-log line with
+ * `reason`, its connection or stream let go); else after the body bytes
  * already taken, as trailers (HTTP/2) or, for gRPC-Web over either
  * protocol, a trailer frame ending the body (when waygate frames that body
  * and the cut falls between two messages); and one whose response is
@@ -359,8 +361,9 @@ void wg_exchange_release(struct wg_downstream *d, const char *reason);
  * happens. */
 void wg_exchange_abort(struct wg_downstream *d, const char *reason, const char *message);
 /* The worker's 1 s tick (drain_timeout, on_unhealthy: close, health.h):
- * when the request's instance must be cut now, wg_exchange_abort() it
- * (reason "drain_timeout" / "on_unhealthy") and return true. */
+ * when the request's instance (during a forward_auth subrequest, the auth
+ * service's) must be cut now, wg_exchange_abort() it (reason
+ * "drain_timeout" / "on_unhealthy") and return true. */
 bool wg_exchange_cut(struct wg_downstream *d, uint64_t now_ms);
 /* Count an answered request of `status` (stats.h). */
 void wg_exchange_count_status(struct wg_downstream *d, unsigned status);

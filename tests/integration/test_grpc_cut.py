@@ -12,7 +12,11 @@ cases test_grpc_drain.py's HTTP/2 server stream does not cover:
   carrying the same status after the messages already sent, then the
   response ends normally (the last chunk for HTTP/1.1), never truncated.
 
-All seven calls run at once on one instance, and one cut ends them all."""
+All seven calls run at once on one instance, and one cut ends them all.
+Calls still waiting for a forward_auth verdict (a grpcio call, gRPC-Web
+over h2 and HTTP/1.1) have no response byte out either: the same
+Trailers-Only answer at shutdown_timeout and at the auth instance's
+drain_timeout."""
 
 import http.client
 import signal
@@ -241,3 +245,110 @@ def cuts_logged_any(h, reason):
         except FileNotFoundError:
             return False
     wait_until(logged, slack(10), "an access log line reason=%s" % reason)
+
+
+def auth_world(h, name, auth_services=None, **top):
+    """A gRPC service behind forward_auth whose auth service (auth_server.py,
+    HTTP/1.1) holds its verdict 30 s for "Bearer slow:30000"."""
+    from test_forward_auth import AuthServer, fa
+    g = GrpcServer(h, name)
+    a = AuthServer(h, "auth-" + name)
+    routes = [{"path_prefix": "/", "service": "users", "policies": [fa(timeout="60s")]}]
+    services = {"users": {"upstream": {"protocol": "h2c"}}, "auth": auth_services or {}}
+    wg = h.waygate(listeners=[dict(h2c_listener("g"), routes=routes)],
+                   instances={"users": [g.instance()], "auth": [a.instance()]},
+                   services=services,
+                   log={"level": "info", "access_log": h.path("access.log"),
+                        "access_format": "text"}, **top)
+    return g, a, wg, wg.ports["g"]
+
+
+SLOW = "Bearer slow:30000"
+
+
+def held_by_auth(h, g, a, port):
+    """A grpcio unary call and gRPC-Web ones over h2 and HTTP/1.1, all
+    waiting for the auth service's verdict."""
+    call = GrpcCall("127.0.0.1:%d" % port, "unary", "/wg.Echo/One", 8, timeout=60,
+                    metadata=[("authorization", SLOW)], wait=slack(60))
+    c = Raw(port)
+    c.request(1, "/wg.Echo/One", body=frame(b"hold"),
+              headers=[("content-type", WEB), ("x-grpc-web", "1"), ("authorization", SLOW)])
+    h1 = http.client.HTTPConnection("127.0.0.1", port, timeout=slack(30))
+    h1.request("POST", "/wg.Echo/One", body=frame(b"hold"),
+               headers={"Content-Type": WEB, "X-Grpc-Web": "1", "Authorization": SLOW})
+    wait_until(lambda: c.pump(0.05) and a.stats()["requests"] == 3, slack(10),
+               "the three calls at the auth service")
+    return call, c, h1
+
+
+def check_held(h, held, g, why, within):
+    call, c, h1 = held
+    message = "waygate: " + why
+    r = call.result()
+    assert r["code"] == "UNAVAILABLE" and r["details"] == message, r
+    r = c.response(1, slack(within))
+    hd = r["headers"]
+    assert r["status"] == 200 and r["reset"] is None and r["body"] == b"", r
+    assert hd.get("grpc-status") == "14" and hd.get("grpc-message") == message, r
+    c.close()
+    resp = h1.getresponse()
+    body = resp.read()
+    assert resp.status == 200 and resp.getheader("grpc-status") == "14", resp.getheaders()
+    assert resp.getheader("grpc-message") == message and body == b"", (resp.getheaders(), body)
+    h1.close()
+    assert g.echo_calls() == [], g.echo_calls()     # never let through
+
+
+def auth_cuts_logged(h, reason):
+    """Each call's line (grpc_code UNAVAILABLE) and its subrequest's (kind=auth)."""
+    def logged():
+        try:
+            with open(h.path("access.log")) as f:
+                ls = [l for l in f if ("reason=%s " % reason) in l]
+        except FileNotFoundError:
+            return False
+        return (sum(1 for l in ls if "kind=auth" in l) == 3 and
+                sum(1 for l in ls if "grpc_code=UNAVAILABLE" in l and "kind=auth" not in l) == 3)
+    wait_until(logged, slack(5), "the access log lines reason=%s" % reason)
+
+
+def test_grpc_calls_waiting_for_forward_auth_cut_at_shutdown_timeout():
+    """SIGTERM with shutdown_timeout 1s while forward_auth subrequests are
+    pending: no response byte is out, so the calls get Trailers-Only
+    UNAVAILABLE, as without auth (not a reset, INTERNAL to grpcio); the
+    subrequests' connections are let go; exit status 0."""
+    if not need_grpcio():
+        return
+    with Harness() as h:
+        g, a, wg, port = auth_world(h, "authstop", shutdown_timeout="1s")
+        held = held_by_auth(h, g, a, port)
+        wg.proc.signal(signal.SIGTERM)
+        check_held(h, held, g, "shutting down (shutdown_timeout)", 15)
+        assert wg.proc.wait(slack(10)) == 0
+        auth_cuts_logged(h, "shutdown")
+
+
+def test_grpc_calls_waiting_for_forward_auth_cut_at_drain_timeout():
+    """The auth service's instance drained (drain_timeout 1s) under pending
+    subrequests: the calls get Trailers-Only UNAVAILABLE; waygate goes on
+    and calls after it still reach the auth service (its connections were
+    closed, not pooled half-read)."""
+    if not need_grpcio():
+        return
+    from grpclib import grpc_call
+    with Harness() as h:
+        g, a, wg, port = auth_world(h, "authdrain", {"drain_timeout": "1s"})
+        held = held_by_auth(h, g, a, port)
+        r = http_request(wg.admin_port, "POST", "/services/auth/instances/auth-authdrain/drain",
+                         timeout=slack(10))
+        assert r.status == 200, r
+        check_held(h, held, g, "upstream drained (drain_timeout)", 10)
+        auth_cuts_logged(h, "drain_timeout")
+        r = http_request(wg.admin_port, "POST",
+                         "/services/auth/instances/auth-authdrain/enable", timeout=slack(10))
+        assert r.status == 200, r
+        r = grpc_call("127.0.0.1:%d" % port, "unary", "/wg.Echo/One", 8,
+                      metadata=[("authorization", "Bearer allow:after")])
+        assert r["code"] == "OK", r
+        assert wg.alive()
