@@ -1312,6 +1312,13 @@ enum wg_http_result wg_http_body_eof(struct wg_http_body *b)
     return WG_HTTP_ERROR;
 }
 
+bool wg_http_body_endable(const struct wg_http_body *b, bool dechunk)
+{
+    if (b->framing == WG_HTTP_BODY_CHUNKED)
+        return dechunk ? b->state < WG_HTTP_B_TR_LINE : b->state == WG_HTTP_B_SIZE_START;
+    return b->framing == WG_HTTP_BODY_UNTIL_CLOSE && b->state == WG_HTTP_B_DATA;
+}
+
 /* ---- helpers for callers ---------------------------------------------- */
 
 const char *wg_http_method_name(enum wg_http_method m)

@@ -325,6 +325,13 @@ enum wg_http_result wg_http_body_parse(struct wg_http_body *b, const char *buf, 
  * until close, else ERROR (truncated body; err_reason set). */
 enum wg_http_result wg_http_body_eof(struct wg_http_body *b);
 
+/* May a relay end body `b` itself after the bytes parsed so far, with
+ * bytes of its own then the body's end (a cut's last word)? A chunked body
+ * between two chunks, or, its payload relayed unframed (`dechunk`),
+ * anywhere before its last chunk; one that runs until close: yes. One of a
+ * Content-Length (the receiver counts it), or done: no. */
+bool wg_http_body_endable(const struct wg_http_body *b, bool dechunk);
+
 /* Canonical text of a method ("GET", ...; "" for WG_HTTP_OTHER). */
 const char *wg_http_method_name(enum wg_http_method m);
 

@@ -16,7 +16,9 @@ All seven calls run at once on one instance, and one cut ends them all.
 Calls still waiting for a forward_auth verdict (a grpcio call, gRPC-Web
 over h2 and HTTP/1.1) have no response byte out either: the same
 Trailers-Only answer at shutdown_timeout and at the auth instance's
-drain_timeout."""
+drain_timeout. gRPC-Web calls passed unchanged to an http1 instance that
+speaks gRPC-Web itself end the same way when cut between two messages,
+and are closed / reset when cut inside one."""
 
 import http.client
 import signal
@@ -351,4 +353,91 @@ def test_grpc_calls_waiting_for_forward_auth_cut_at_drain_timeout():
         r = grpc_call("127.0.0.1:%d" % port, "unary", "/wg.Echo/One", 8,
                       metadata=[("authorization", "Bearer allow:after")])
         assert r["code"] == "OK", r
+        assert wg.alive()
+
+
+def three_then_cut(body, message):
+    fs = frames(body)
+    assert fs[:3] == [(0, b"m" * 10)] * 3 and len(fs) == 4 and fs[3][0] == 0x80, fs
+    assert trailer_fields(fs[3][1]) == {"grpc-status": "14", "grpc-message": message}, fs[3]
+
+
+class WebH1Server:
+    """grpc_web_h1_server.py: a gRPC-Web server speaking HTTP/1.1 itself."""
+
+    def __init__(self, h, name):
+        import os
+        import re
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.proc = h.start("grpc-web-h1-" + name,
+                            ["python3", os.path.join(here, "grpc_web_h1_server.py")],
+                            pipe_stdout=True)
+        m = re.fullmatch(r"ready (\d+)", self.proc.read_line(timeout=10))
+        assert m, "grpc_web_h1_server did not start"
+        self.name, self.port = name, int(m.group(1))
+
+    def instance(self):
+        return {"id": self.name, "address": "127.0.0.1", "port": self.port}
+
+
+def test_grpc_web_passed_to_an_http1_instance_ends_with_a_trailer_frame_when_cut():
+    """gRPC-Web calls waygate passes unchanged to an http1 instance that
+    speaks gRPC-Web itself (chunked, a message per chunk), cut at
+    drain_timeout after three messages: on a message boundary the body
+    ends with the trailer frame (UNAVAILABLE, waygate's message), then the
+    last chunk / END_STREAM, for binary and -text over HTTP/1.1 and binary
+    over h2. Inside a message (half of a fourth one sent), or in a
+    Content-Length body, no frame can end it: the connection is closed
+    without a last chunk (HTTP/1.1), the stream reset (h2)."""
+    with Harness() as h:
+        s = WebH1Server(h, "w1")
+        wg = h.waygate(listeners=[h2c_listener("g")], instances={"users": [s.instance()]},
+                       services={"users": {"drain_timeout": "1s"}},
+                       log={"level": "info", "access_log": h.path("access.log"),
+                            "access_format": "text"})
+        port = wg.ports["g"]
+        three = frame(b"m" * 10) * 3
+        calls = {}                      # name: (conn, resp, prefix already read)
+        for name, ct, more in (("bin", WEB, {}), ("text", TEXT, {}),
+                               ("split", WEB, {"x-split": "1"}), ("length", WEB, {"x-length": "1"})):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=slack(30))
+            conn.request("POST", "/wg.Echo/Down", body=b"",
+                         headers=dict({"Content-Type": ct, "X-Grpc-Web": "1", "x-count": "3"},
+                                      **more))
+            resp = conn.getresponse()
+            want = b64(frame(b"m" * 10)) * 3 if ct == TEXT else three
+            got = resp.read(len(want))
+            assert got == want, (name, got)
+            calls[name] = (conn, resp, got)
+        c = Raw(port)
+        c.request(1, "/wg.Echo/Down", headers=[("content-type", WEB), ("x-grpc-web", "1"),
+                                               ("x-count", "3")])
+        c.request(3, "/wg.Echo/Down", headers=[("content-type", WEB), ("x-grpc-web", "1"),
+                                               ("x-count", "3"), ("x-split", "1")])
+        wait_until(lambda: c.pump(0.05) and len(c.streams[1]["body"]) == len(three) and
+                   len(c.streams[3]["body"]) >= len(three), slack(10), "the h2 messages")
+        r = http_request(wg.admin_port, "POST", "/services/users/instances/w1/drain",
+                         timeout=slack(10))
+        assert r.status == 200, r
+        message = "waygate: upstream drained (drain_timeout)"
+        for name in ("bin", "text"):
+            conn, resp, got = calls[name]
+            body = got + resp.read()    # http.client: IncompleteRead without the last chunk
+            three_then_cut(unb64(body) if name == "text" else body, message)
+            conn.close()
+        r = c.response(1, slack(10))
+        assert r["reset"] is None and r["ended"], (r["reset"], r["headers"], len(r["body"]))
+        three_then_cut(bytes(r["body"]), message)
+        for name in ("split", "length"):
+            conn, resp, got = calls[name]
+            try:
+                rest = resp.read()
+                raise AssertionError("%s: ended whole: %r" % (name, rest))
+            except http.client.IncompleteRead as e:
+                assert b"\x80" not in e.partial, (name, e.partial)
+            conn.close()
+        r = c.response(3, slack(10))
+        assert r["reset"] is not None and not r["ended"], r
+        c.close()
+        cuts_logged(h, "drain_timeout", 3)
         assert wg.alive()

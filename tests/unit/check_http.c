@@ -1225,6 +1225,44 @@ START_TEST(test_body_chunked)
 }
 END_TEST
 
+/* Where a relay may end a body with bytes of its own (a cut's trailer
+ * frame): chunked between two chunks (de-chunked: before the last chunk),
+ * until close always, a Content-Length never. */
+START_TEST(test_body_endable)
+{
+    static const struct { const char *in; bool raw, dechunked; } chunked[] = {
+        { "", true, true },                       { "5", false, true },
+        { "5\r\n", false, true },                 { "5\r\nhel", false, true },
+        { "5\r\nhello", false, true },            { "5\r\nhello\r", false, true },
+        { "5\r\nhello\r\n", true, true },         { "5\r\nhello\r\n3;x=y\r\nabc\r\n", true, true },
+        { "5\r\nhello\r\n0\r\n", false, false },  { "5\r\nhello\r\n0\r\n\r\n", false, false },
+    };
+    for (size_t i = 0; i < sizeof chunked / sizeof *chunked; i++) {
+        struct wg_http_body b;
+        struct wg_http_body_step st;
+        wg_http_body_init(&b, WG_HTTP_BODY_CHUNKED, 0, 0);
+        const char *p = chunked[i].in;
+        size_t left = strlen(p);
+        while (left && wg_http_body_parse(&b, p, left, &st) == WG_HTTP_AGAIN && st.consumed) {
+            p += st.consumed;
+            left -= st.consumed;
+        }
+        ck_assert_msg(wg_http_body_endable(&b, false) == chunked[i].raw, "%s", chunked[i].in);
+        ck_assert_msg(wg_http_body_endable(&b, true) == chunked[i].dechunked, "%s", chunked[i].in);
+    }
+    struct wg_http_body b;
+    struct wg_http_body_step st;
+    wg_http_body_init(&b, WG_HTTP_BODY_UNTIL_CLOSE, 0, 0);
+    ck_assert(wg_http_body_endable(&b, false));
+    wg_http_body_parse(&b, "abc", 3, &st);
+    ck_assert(wg_http_body_endable(&b, false) && wg_http_body_endable(&b, true));
+    wg_http_body_init(&b, WG_HTTP_BODY_LENGTH, 10, 0);
+    ck_assert(!wg_http_body_endable(&b, false) && !wg_http_body_endable(&b, true));
+    wg_http_body_parse(&b, "abc", 3, &st);
+    ck_assert(!wg_http_body_endable(&b, false) && !wg_http_body_endable(&b, true));
+}
+END_TEST
+
 START_TEST(test_body_chunked_etcd_stream)
 {
     /* chunk boundaries are not message boundaries: the client joins the runs */
@@ -1495,6 +1533,7 @@ static Suite *http_suite(void)
     tcase_add_test(t, test_body_until_close);
     tcase_add_test(t, test_body_chunked);
     tcase_add_test(t, test_body_chunked_etcd_stream);
+    tcase_add_test(t, test_body_endable);
     tcase_add_loop_test(t, test_body_chunked_refused, 0, N(bad_chunks));
     tcase_add_test(t, test_body_chunked_limits);
     tcase_add_test(t, test_body_from_parsed_head);
