@@ -271,7 +271,11 @@ enum wg_http_result wg_http_parse_head(struct wg_http_parser *p, const char *msg
  * wg_http_parser_init_request() left them. `p` must be freshly
  * initialised for a request. Returns false (p->msg then meaningless) when
  * the head is not of that shape, has more fields than max_headers, a
- * header section longer than max_head, or more than one Host. */
+ * header section longer than max_head, or more than one Host, and where
+ * the parser would refuse a byte of the target (a CTL, SP, DEL, '#',
+ * obs-text) or of a field value (a CTL but HTAB, DEL): those two scans go
+ * a word at a time, as the parser's own; names and the request line's
+ * structure are trusted as built. */
 bool wg_http_split_head(struct wg_http_parser *p, const char *msg, size_t len);
 
 /* Resumable body decoder for the framing of a parsed head. Private fields
