@@ -246,9 +246,14 @@ static int web_cut(struct wg_downstream *d, enum wg_grpc_status code, const char
  * body bytes already taken (DESIGN §15), the upstream is let go and a
  * request still streaming is reset once they are out (h2_end). An HTTP/2
  * client gets them as trailers; a gRPC-Web client, over either protocol,
- * as the body's trailer frame (web_cut). False when the stream is not such
- * a one (gRPC over HTTP/1.1, no head out yet, a gRPC-Web body waygate does
- * not frame or cut inside a message). */
+ * as the body's trailer frame (web_cut), whether waygate translated the
+ * call for an HTTP/2 instance or passed it unchanged to an http1 one, when
+ * the cut falls on a message boundary of the body given so far. Inside a
+ * message (or a chunk of an http1 instance's body relayed as it came, or
+ * a Content-Length body) no frame can be read as the body's end: closing
+ * the connection or resetting the stream is the only honest end left.
+ * False when the stream is not such a one (gRPC over HTTP/1.1, no head out
+ * yet, a gRPC-Web body cut where no frame can go). */
 static bool grpc_cut(struct wg_downstream *d, enum wg_grpc_status code, const char *why)
 {
     struct wg_exchange *r = d->r;
@@ -1618,22 +1623,55 @@ static struct hp_buf *uin_room(struct wg_downstream *d, size_t need)
     return d->r->uin = b;
 }
 
+/* A gRPC-Web response an http1 instance sends (passed unchanged): each
+ * payload run as it is decoded for the client, counted into web_frames
+ * (base64-decoded first for -text; bad base64 gives the count up). */
+static void web_seen(void *ctx, const char *p, size_t n)
+{
+    struct wg_exchange *r = ctx;
+    uint8_t out[256];                   /* k chars never decode to more than k bytes */
+    if (!r->grpc_web_text) {
+        wg_grpc_frames_feed(&r->web_frames, (const uint8_t *)p, n);
+        return;
+    }
+    while (n && !r->web_lost) {
+        size_t k = n < sizeof out ? n : sizeof out, got;
+        r->web_lost = !wg_b64_decode(&r->web_rdec, p, k, out, &got);
+        wg_grpc_frames_feed(&r->web_frames, out, r->web_lost ? 0 : got);
+        p += k;
+        n -= k;
+    }
+}
+
+/* The response body's undecoded bytes in uin, decoded for the client (an
+ * http1 instance's gRPC-Web counted on the way, web_seen). */
+static enum wg_http_result response_decode(struct wg_exchange *r, struct hp_buf *b)
+{
+    bool count = r->grpc_web && !r->h2_on;
+    return hp_body_decode_seen(&r->rs_body, b, r->dechunk, count ? web_seen : NULL, r);
+}
+
 /* grpc_cut for gRPC-Web: the trailer frame (grpc-status `code`,
  * grpc-message `m`, in base64 for -text) as the body's last bytes after
- * everything the upstream stream gave, then the body's end (the last chunk
- * for a chunked client). Only for a body waygate frames itself (an HTTP/2
- * instance's: whole chunks in uin, its messages counted in web_frames),
- * between two messages: else -1, and the caller resets the stream (a
- * frame inside a message would be read as its bytes). 0: that body ended
- * whole on its own meanwhile (rs is DONE), 1: cut. */
+ * everything the upstream gave, then the body's end (the last chunk for a
+ * chunked client). Only where the client can read it as the last frame:
+ * the bytes given end between two messages (counted in web_frames: as an
+ * HTTP/2 instance's are framed by waygate, as an http1 instance's are
+ * decoded), before any trailer frame of the upstream's, on a base64 group
+ * boundary for -text, and where the body's framing lets it end
+ * (wg_http_body_endable: a chunked body between two chunks, or de-chunked,
+ * or one until close; never a Content-Length). Else -1, and the caller
+ * resets the stream or closes the connection (a frame inside a message
+ * would be read as its bytes). 0: that body ended whole on its own
+ * meanwhile (rs is DONE), 1: cut. */
 static int web_cut(struct wg_downstream *d, enum wg_grpc_status code, const char *m)
 {
     struct wg_exchange *r = d->r;
     struct hp_buf *b = r->uin;
-    if (!r->h2_on || r->h2_raw || !wg_grpc_frames_between(&r->web_frames))
+    if (r->h2_raw)
         return -1;
-    if (b && b->scan < b->end) {        /* counted in web_frames: it goes too */
-        enum wg_http_result res = hp_body_decode(&r->rs_body, b, r->dechunk);
+    if (b && b->scan < b->end) {        /* what the upstream gave goes too */
+        enum wg_http_result res = response_decode(r, b);
         hp_buf_drop_gap(b);
         if (res == WG_HTTP_DONE) {
             d->rs = WG_RS_DONE;
@@ -1642,6 +1680,10 @@ static int web_cut(struct wg_downstream *d, enum wg_grpc_status code, const char
         if (res == WG_HTTP_ERROR)
             return -1;
     }
+    if (!wg_grpc_frames_between(&r->web_frames) || r->web_frames.trailer || r->web_lost ||
+        !wg_b64_decode_done(&r->web_rdec) || !wg_http_body_endable(&r->rs_body, r->dechunk))
+        return -1;
+    bool chunked = !r->dechunk && r->rs_body.framing == WG_HTTP_BODY_CHUNKED;
     char st[12], frame[320];
     snprintf(st, sizeof st, "%d", (int)code);
     const struct wg_grpc_field f[2] = {
@@ -1653,11 +1695,11 @@ static int web_cut(struct wg_downstream *d, enum wg_grpc_status code, const char
     if (!len || !(b = uin_room(d, len + H2_CHUNK_OVERHEAD + 5)))
         return -1;
     char *w = b->data + b->end;
-    if (!r->dechunk)
+    if (chunked)
         w += wg_h2_chunk_head(len, w);
     memcpy(w, frame, len);
     w += len;
-    if (!r->dechunk) {
+    if (chunked) {
         memcpy(w, "\r\n0\r\n\r\n", 7);
         w += 7;
     }
@@ -2017,6 +2059,11 @@ static void response_final(struct wg_downstream *d, const struct wg_http_parser 
     }
     wg_http_body_init(&d->r->rs_body, d->r->h2_raw ? WG_HTTP_BODY_UNTIL_CLOSE : m->framing,
                       m->content_length, 0);
+    if (!d->r->h2_on) {                 /* (an HTTP/2 instance's count began at its head) */
+        d->r->web_frames = (struct wg_grpc_frames){ 0 };
+        d->r->web_rdec = (struct wg_b64_dec){ 0 };
+        d->r->web_lost = false;
+    }
     d->r->final_sent = true;
     count_status(d, m->status);
     d->rs = WG_RS_BODY;
@@ -2141,7 +2188,7 @@ static void response_body_step(struct wg_downstream *d, bool *progress)
     struct hp_buf *b = d->r->uin;
     if (b && b->scan < b->end) {
         uint32_t tl = d->r->rs_body.trailer_len;
-        enum wg_http_result r = hp_body_decode(&d->r->rs_body, b, d->r->dechunk);
+        enum wg_http_result r = response_decode(d->r, b);
         if (d->payload_only && d->r->rs_body.trailer_len > tl && r != WG_HTTP_ERROR &&
             !keep_trailers(d, b->data + b->scan - (d->r->rs_body.trailer_len - tl),
                            d->r->rs_body.trailer_len - tl)) {
@@ -2169,7 +2216,8 @@ static void response_body_step(struct wg_downstream *d, bool *progress)
     }
     if (!d->r->u_eof)
         return;
-    if (wg_http_body_eof(&d->r->rs_body) != WG_HTTP_DONE || (d->r->h2_on && d->r->h2_error)) {
+    struct wg_http_body end = d->r->rs_body;    /* (a cut's trailer frame looks at it as it was) */
+    if (wg_http_body_eof(&end) != WG_HTTP_DONE || (d->r->h2_on && d->r->h2_error)) {
         wg_info("msg=\"upstream closed mid-body\" service=%s upstream=%s", d->r->svc->name,
                 d->r->inst->id);
         upstream_cut(d);
@@ -2324,19 +2372,15 @@ static void auth_log(struct wg_downstream *d, const char *reason)
     });
 }
 
-/* The subrequest is over: the request gets its own service back; then its
- * chain goes on, or the answer goes out. */
-static void auth_finish(struct wg_downstream *d, enum auth_outcome how)
+/* The subrequest is over (its line logged with `reason`): its connection
+ * or stream is let go, and the request gets its own service, settings and
+ * gRPC-ness back, as if no byte of a response had come (none went out). */
+static void auth_end(struct wg_downstream *d, const char *reason)
 {
     struct wg_exchange *r = d->r;
     struct wg_auth_call *a = r->auth;
-    const struct wg_http_parser *p = &a->head->p;
-    bool body = has_body(&p->msg);
-    unsigned status = 0;
 
-    auth_log(d, how != AUTH_FAIL               ? NULL
-                : wg_now_ms() >= a->deadline ? "timeout"
-                                             : "upstream_error");
+    auth_log(d, reason);
     release_upstream(d);
     release_instance(d);
     hp_buf_free(d->loc, &r->uout);
@@ -2356,6 +2400,20 @@ static void auth_finish(struct wg_downstream *d, enum auth_outcome how)
     r->response_deadline = 0;
     d->rs = WG_RS_NONE;
     wg_pick_init(&r->pick, r->svc, &d->w->rng, NULL);
+}
+
+/* The subrequest's verdict: its chain goes on, or the answer goes out. */
+static void auth_finish(struct wg_downstream *d, enum auth_outcome how)
+{
+    struct wg_exchange *r = d->r;
+    struct wg_auth_call *a = r->auth;
+    const struct wg_http_parser *p = &a->head->p;
+    bool body = has_body(&p->msg);
+    unsigned status = 0;
+
+    auth_end(d, how != AUTH_FAIL               ? NULL
+                : wg_now_ms() >= a->deadline ? "timeout"
+                                             : "upstream_error");
     pick_key(d, p, a->msg);
     if (how == AUTH_FAIL && !a->fa->allow_on_failure) {
         wg_info("msg=\"forward_auth failed\" service=%s client=%s", a->fa->service, d->client_ip);
@@ -2540,6 +2598,8 @@ void wg_exchange_abort(struct wg_downstream *d, const char *reason, const char *
     if (r->grpc && (d->payload_only || r->grpc_web) && r->final_sent && d->rs == WG_RS_DONE)
         return;                         /* its end (trailers, trailer frame) is on its way */
     d->end_reason = reason;
+    if (auth_active(r))                 /* nothing of the auth service's answer is out */
+        auth_end(d, reason);
     if (r->grpc && !r->final_sent && (d->rq == WG_RQ_BODY || d->rq == WG_RQ_SENT)) {
         char text[96];                  /* no byte of the response out yet: Trailers-Only */
         snprintf(text, sizeof text, "waygate: %s", message);

@@ -188,10 +188,12 @@ void wg_grpc_frames_feed(struct wg_grpc_frames *s, const uint8_t *p, size_t n)
             n -= k;
             continue;
         }
-        if (s->head)                    /* a length byte (the flag byte is byte 0) */
+        if (s->head) {                  /* a length byte (the flag byte is byte 0) */
             s->len = s->len << 8 | *p;
-        else
+        } else {
             s->len = 0;
+            s->trailer |= (*p & 0x80) != 0;
+        }
         p++;
         n--;
         if (++s->head == 5) {

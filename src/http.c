@@ -1025,6 +1025,11 @@ bool wg_http_split_head(struct wg_http_parser *p, const char *msg, size_t len)
     m->method_text = (struct wg_http_span){ 0, (uint32_t)(sp - s) };
     m->method = wg_http_method_lookup(s, m->method_text.len);
     m->target = (struct wg_http_span){ (uint32_t)(sp + 1 - s), (uint32_t)(eol - 10 - sp - 1) };
+    const unsigned char *c = wg_http_skip_target8(sp + 1, eol - 10, false);
+    while (c < eol - 10 && WG_HTTP_IS(*c, WG_HTTP_C_URI))
+        c++;
+    if (c != eol - 10)                  /* a byte the parser refuses in a target */
+        return false;
     if (m->target.len == 1 && sp[1] == '*') {
         m->target_form = WG_HTTP_TARGET_ASTERISK;
         m->path = (struct wg_http_span){ m->target.off + 1, 0 };
@@ -1053,6 +1058,8 @@ bool wg_http_split_head(struct wg_http_parser *p, const char *msg, size_t len)
             return false;
         struct wg_http_header *h = &p->headers[m->nheaders++];
         const unsigned char *v = colon + 1, *ve = eol - 1;
+        if (wg_http_skip_value(v, ve) != ve)    /* a CTL (HTAB aside) or DEL in the value */
+            return false;
         while (v < ve && (*v == ' ' || *v == '\t'))
             v++;
         while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
@@ -1310,6 +1317,13 @@ enum wg_http_result wg_http_body_eof(struct wg_http_body *b)
     if (b->state != WG_HTTP_B_ERROR)
         wg_http_body_fail(b, 400, "truncated body");
     return WG_HTTP_ERROR;
+}
+
+bool wg_http_body_endable(const struct wg_http_body *b, bool dechunk)
+{
+    if (b->framing == WG_HTTP_BODY_CHUNKED)
+        return dechunk ? b->state < WG_HTTP_B_TR_LINE : b->state == WG_HTTP_B_SIZE_START;
+    return b->framing == WG_HTTP_BODY_UNTIL_CLOSE && b->state == WG_HTTP_B_DATA;
 }
 
 /* ---- helpers for callers ---------------------------------------------- */

@@ -275,7 +275,9 @@ ssize_t hp_flush_to(int fd, bool *writable, struct hp_buf *head, struct hp_buf *
 
 /* Decode the undecoded bytes of `b`: raw mode leaves them in place as
  * ready; de-chunk mode moves only payload runs down to `fwd`. */
-enum wg_http_result hp_body_decode(struct wg_http_body *d, struct hp_buf *b, bool dechunk)
+enum wg_http_result hp_body_decode_seen(struct wg_http_body *d, struct hp_buf *b, bool dechunk,
+                                        void (*seen)(void *ctx, const char *p, size_t n),
+                                        void *ctx)
 {
     enum wg_http_result r = WG_HTTP_AGAIN;
     while (b->scan < b->end && r == WG_HTTP_AGAIN) {
@@ -283,6 +285,8 @@ enum wg_http_result hp_body_decode(struct wg_http_body *d, struct hp_buf *b, boo
         r = wg_http_body_parse(d, b->data + b->scan, b->end - b->scan, &st);
         if (r == WG_HTTP_ERROR)
             break;
+        if (seen && st.data_len)
+            seen(ctx, b->data + b->scan + st.data_off, st.data_len);
         if (dechunk && st.data_len && b->fwd != b->scan + st.data_off)
             memmove(b->data + b->fwd, b->data + b->scan + st.data_off, st.data_len);
         b->fwd += (uint32_t)(dechunk ? st.data_len : st.consumed);

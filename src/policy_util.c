@@ -171,8 +171,8 @@ bool pp_tmpl_compile(struct cfg_ctx *c, yaml_node_t *at, const char *key, const 
     memset(out, 0, sizeof *out);
     if (!buf)
         goto oom;
-    for (size_t k = 0; k < n; k++)
-        if (s[k] == '\r' || s[k] == '\n' || s[k] == 0 || (unsigned char)s[k] == 0x7f) {
+    for (size_t k = 0; k < n; k++)     /* as an HTTP field value: no CTL but HTAB, no DEL */
+        if (((unsigned char)s[k] < 0x20 && s[k] != '\t') || (unsigned char)s[k] == 0x7f) {
             cfg_error(c, at, "%s: control characters are not allowed in a header value", key);
             free(buf);
             return false;

@@ -150,9 +150,12 @@ struct wg_exchange {
     int16_t grpc_code;                  /* gRPC: grpc-status + 1 the client got; 0 = none */
     struct wg_b64_dec web_dec;          /* gRPC-Web-text to an HTTP/2 instance: the request
                                            body's base64 state */
-    struct wg_grpc_frames web_frames;   /* gRPC-Web from an HTTP/2 instance: where the
-                                           response's messages stand (a cut's trailer frame
-                                           goes between two) */
+    struct wg_grpc_frames web_frames;   /* gRPC-Web: where the response's messages stand (a
+                                           cut's trailer frame goes between two), counted as
+                                           an HTTP/2 instance's are framed, or as an http1
+                                           instance's (passed unchanged) are decoded */
+    struct wg_b64_dec web_rdec;         /* ... the latter's base64 state, for -text */
+    bool web_lost;                      /* ... whose base64 was not (no trailer frame then) */
     struct hp_buf *uin;                 /* from the upstream; [sent, fwd) for the client; with
                                            h2_raw, [start, sent) is lent to the client's codec
                                            (written from here, by reference, by an h2c client's
@@ -354,17 +357,22 @@ void wg_exchange_release(struct wg_downstream *d, const char *reason);
  * (DESIGN §15): a gRPC call ends with grpc-status UNAVAILABLE,
  * grpc-message "waygate: <message>", the upstream let go and the codec
  * sending it on its next pump: as a Trailers-Only answer (ops->grpc_reply)
- * when no byte of the response went out yet; else after the body bytes
+ * when no byte of the response went out yet (a forward_auth subrequest
+ * still in flight is such a case: it ends first, its access-log line with
+ * `reason`, its connection or stream let go); else after the body bytes
  * already taken, as trailers (HTTP/2) or, for gRPC-Web over either
- * protocol, a trailer frame ending the body (when waygate frames that body
- * and the cut falls between two messages); and one whose response is
+ * protocol, a trailer frame ending the body (translated or passed
+ * unchanged to an http1 instance, when the cut falls between two messages
+ * of the body given and that body can still end: exchange.c, grpc_cut);
+ * and one whose response is
  * already whole goes on to its end. Any other request gets d->dead (the
  * codec resets the stream or closes the connection). No request: nothing
  * happens. */
 void wg_exchange_abort(struct wg_downstream *d, const char *reason, const char *message);
 /* The worker's 1 s tick (drain_timeout, on_unhealthy: close, health.h):
- * when the request's instance must be cut now, wg_exchange_abort() it
- * (reason "drain_timeout" / "on_unhealthy") and return true. */
+ * when the request's instance (during a forward_auth subrequest, the auth
+ * service's) must be cut now, wg_exchange_abort() it (reason
+ * "drain_timeout" / "on_unhealthy") and return true. */
 bool wg_exchange_cut(struct wg_downstream *d, uint64_t now_ms);
 /* Count an answered request of `status` (stats.h). */
 void wg_exchange_count_status(struct wg_downstream *d, unsigned status);

@@ -126,11 +126,13 @@ size_t wg_grpc_web_trailers(const struct wg_grpc_field *f, size_t n, uint8_t *ou
 /* Where a stream of length-prefixed messages stands (flag byte, 4-byte
  * big-endian length, payload: PROTOCOL-HTTP2.md's Length-Prefixed-Message),
  * fed its bytes in order, split anywhere: a gRPC-Web response cut by
- * waygate can take a trailer frame of its own only between two messages. */
+ * waygate can take a trailer frame of its own only between two messages,
+ * and not after the one its upstream sent (`trailer`). */
 struct wg_grpc_frames {
     uint32_t left;                      /* payload bytes of the current message still due */
     uint32_t len;                       /* the length being read */
     uint8_t head;                       /* bytes of the current 5-byte prefix seen (0..4) */
+    bool trailer;                       /* a gRPC-Web trailer frame (flag 0x80) began */
 };
 void wg_grpc_frames_feed(struct wg_grpc_frames *s, const uint8_t *p, size_t n);
 /* Between two messages (or before the first)? */

@@ -271,7 +271,11 @@ enum wg_http_result wg_http_parse_head(struct wg_http_parser *p, const char *msg
  * wg_http_parser_init_request() left them. `p` must be freshly
  * initialised for a request. Returns false (p->msg then meaningless) when
  * the head is not of that shape, has more fields than max_headers, a
- * header section longer than max_head, or more than one Host. */
+ * header section longer than max_head, or more than one Host, and where
+ * the parser would refuse a byte of the target (a CTL, SP, DEL, '#',
+ * obs-text) or of a field value (a CTL but HTAB, DEL): those two scans go
+ * a word at a time, as the parser's own; names and the request line's
+ * structure are trusted as built. */
 bool wg_http_split_head(struct wg_http_parser *p, const char *msg, size_t len);
 
 /* Resumable body decoder for the framing of a parsed head. Private fields
@@ -324,6 +328,13 @@ enum wg_http_result wg_http_body_parse(struct wg_http_body *b, const char *buf, 
 /* The peer closed the connection: DONE if the body is complete or runs
  * until close, else ERROR (truncated body; err_reason set). */
 enum wg_http_result wg_http_body_eof(struct wg_http_body *b);
+
+/* May a relay end body `b` itself after the bytes parsed so far, with
+ * bytes of its own then the body's end (a cut's last word)? A chunked body
+ * between two chunks, or, its payload relayed unframed (`dechunk`),
+ * anywhere before its last chunk; one that runs until close: yes. One of a
+ * Content-Length (the receiver counts it), or done: no. */
+bool wg_http_body_endable(const struct wg_http_body *b, bool dechunk);
 
 /* Canonical text of a method ("GET", ...; "" for WG_HTTP_OTHER). */
 const char *wg_http_method_name(enum wg_http_method m);

@@ -222,8 +222,18 @@ static inline void hp_out_close(struct hp_buf *b, const struct hp_out *o)
 
 /* Decode the undecoded bytes of `b` with body decoder `d`: raw mode leaves
  * them in place as ready; de-chunk mode moves only payload runs down to
- * `fwd`, leaving the framing they came in behind as a gap [fwd, scan). */
-enum wg_http_result hp_body_decode(struct wg_http_body *d, struct hp_buf *b, bool dechunk);
+ * `fwd`, leaving the framing they came in behind as a gap [fwd, scan).
+ * `seen` (NULL: none) is shown each payload run first, in order, whatever
+ * the mode: a relay that follows what the payload says (exchange.c counts
+ * a gRPC-Web body's messages so). */
+enum wg_http_result hp_body_decode_seen(struct wg_http_body *d, struct hp_buf *b, bool dechunk,
+                                        void (*seen)(void *ctx, const char *p, size_t n),
+                                        void *ctx);
+static inline enum wg_http_result hp_body_decode(struct wg_http_body *d, struct hp_buf *b,
+                                                 bool dechunk)
+{
+    return hp_body_decode_seen(d, b, dechunk, NULL, NULL);
+}
 
 /* Close the gap de-chunking left: the undecoded bytes [scan, end) move
  * down to fwd. Without it the gap only grows while the block is never

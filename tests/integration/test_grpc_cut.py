@@ -12,7 +12,13 @@ cases test_grpc_drain.py's HTTP/2 server stream does not cover:
   carrying the same status after the messages already sent, then the
   response ends normally (the last chunk for HTTP/1.1), never truncated.
 
-All seven calls run at once on one instance, and one cut ends them all."""
+All seven calls run at once on one instance, and one cut ends them all.
+Calls still waiting for a forward_auth verdict (a grpcio call, gRPC-Web
+over h2 and HTTP/1.1) have no response byte out either: the same
+Trailers-Only answer at shutdown_timeout and at the auth instance's
+drain_timeout. gRPC-Web calls passed unchanged to an http1 instance that
+speaks gRPC-Web itself end the same way when cut between two messages,
+and are closed / reset when cut inside one."""
 
 import http.client
 import signal
@@ -241,3 +247,197 @@ def cuts_logged_any(h, reason):
         except FileNotFoundError:
             return False
     wait_until(logged, slack(10), "an access log line reason=%s" % reason)
+
+
+def auth_world(h, name, auth_services=None, **top):
+    """A gRPC service behind forward_auth whose auth service (auth_server.py,
+    HTTP/1.1) holds its verdict 30 s for "Bearer slow:30000"."""
+    from test_forward_auth import AuthServer, fa
+    g = GrpcServer(h, name)
+    a = AuthServer(h, "auth-" + name)
+    routes = [{"path_prefix": "/", "service": "users", "policies": [fa(timeout="60s")]}]
+    services = {"users": {"upstream": {"protocol": "h2c"}}, "auth": auth_services or {}}
+    wg = h.waygate(listeners=[dict(h2c_listener("g"), routes=routes)],
+                   instances={"users": [g.instance()], "auth": [a.instance()]},
+                   services=services,
+                   log={"level": "info", "access_log": h.path("access.log"),
+                        "access_format": "text"}, **top)
+    return g, a, wg, wg.ports["g"]
+
+
+SLOW = "Bearer slow:30000"
+
+
+def held_by_auth(h, g, a, port):
+    """A grpcio unary call and gRPC-Web ones over h2 and HTTP/1.1, all
+    waiting for the auth service's verdict."""
+    call = GrpcCall("127.0.0.1:%d" % port, "unary", "/wg.Echo/One", 8, timeout=60,
+                    metadata=[("authorization", SLOW)], wait=slack(60))
+    c = Raw(port)
+    c.request(1, "/wg.Echo/One", body=frame(b"hold"),
+              headers=[("content-type", WEB), ("x-grpc-web", "1"), ("authorization", SLOW)])
+    h1 = http.client.HTTPConnection("127.0.0.1", port, timeout=slack(30))
+    h1.request("POST", "/wg.Echo/One", body=frame(b"hold"),
+               headers={"Content-Type": WEB, "X-Grpc-Web": "1", "Authorization": SLOW})
+    wait_until(lambda: c.pump(0.05) and a.stats()["requests"] == 3, slack(10),
+               "the three calls at the auth service")
+    return call, c, h1
+
+
+def check_held(h, held, g, why, within):
+    call, c, h1 = held
+    message = "waygate: " + why
+    r = call.result()
+    assert r["code"] == "UNAVAILABLE" and r["details"] == message, r
+    r = c.response(1, slack(within))
+    hd = r["headers"]
+    assert r["status"] == 200 and r["reset"] is None and r["body"] == b"", r
+    assert hd.get("grpc-status") == "14" and hd.get("grpc-message") == message, r
+    c.close()
+    resp = h1.getresponse()
+    body = resp.read()
+    assert resp.status == 200 and resp.getheader("grpc-status") == "14", resp.getheaders()
+    assert resp.getheader("grpc-message") == message and body == b"", (resp.getheaders(), body)
+    h1.close()
+    assert g.echo_calls() == [], g.echo_calls()     # never let through
+
+
+def auth_cuts_logged(h, reason):
+    """Each call's line (grpc_code UNAVAILABLE) and its subrequest's (kind=auth)."""
+    def logged():
+        try:
+            with open(h.path("access.log")) as f:
+                ls = [l for l in f if ("reason=%s " % reason) in l]
+        except FileNotFoundError:
+            return False
+        return (sum(1 for l in ls if "kind=auth" in l) == 3 and
+                sum(1 for l in ls if "grpc_code=UNAVAILABLE" in l and "kind=auth" not in l) == 3)
+    wait_until(logged, slack(5), "the access log lines reason=%s" % reason)
+
+
+def test_grpc_calls_waiting_for_forward_auth_cut_at_shutdown_timeout():
+    """SIGTERM with shutdown_timeout 1s while forward_auth subrequests are
+    pending: no response byte is out, so the calls get Trailers-Only
+    UNAVAILABLE, as without auth (not a reset, INTERNAL to grpcio); the
+    subrequests' connections are let go; exit status 0."""
+    if not need_grpcio():
+        return
+    with Harness() as h:
+        g, a, wg, port = auth_world(h, "authstop", shutdown_timeout="1s")
+        held = held_by_auth(h, g, a, port)
+        wg.proc.signal(signal.SIGTERM)
+        check_held(h, held, g, "shutting down (shutdown_timeout)", 15)
+        assert wg.proc.wait(slack(10)) == 0
+        auth_cuts_logged(h, "shutdown")
+
+
+def test_grpc_calls_waiting_for_forward_auth_cut_at_drain_timeout():
+    """The auth service's instance drained (drain_timeout 1s) under pending
+    subrequests: the calls get Trailers-Only UNAVAILABLE; waygate goes on
+    and calls after it still reach the auth service (its connections were
+    closed, not pooled half-read)."""
+    if not need_grpcio():
+        return
+    from grpclib import grpc_call
+    with Harness() as h:
+        g, a, wg, port = auth_world(h, "authdrain", {"drain_timeout": "1s"})
+        held = held_by_auth(h, g, a, port)
+        r = http_request(wg.admin_port, "POST", "/services/auth/instances/auth-authdrain/drain",
+                         timeout=slack(10))
+        assert r.status == 200, r
+        check_held(h, held, g, "upstream drained (drain_timeout)", 10)
+        auth_cuts_logged(h, "drain_timeout")
+        r = http_request(wg.admin_port, "POST",
+                         "/services/auth/instances/auth-authdrain/enable", timeout=slack(10))
+        assert r.status == 200, r
+        r = grpc_call("127.0.0.1:%d" % port, "unary", "/wg.Echo/One", 8,
+                      metadata=[("authorization", "Bearer allow:after")])
+        assert r["code"] == "OK", r
+        assert wg.alive()
+
+
+def three_then_cut(body, message):
+    fs = frames(body)
+    assert fs[:3] == [(0, b"m" * 10)] * 3 and len(fs) == 4 and fs[3][0] == 0x80, fs
+    assert trailer_fields(fs[3][1]) == {"grpc-status": "14", "grpc-message": message}, fs[3]
+
+
+class WebH1Server:
+    """grpc_web_h1_server.py: a gRPC-Web server speaking HTTP/1.1 itself."""
+
+    def __init__(self, h, name):
+        import os
+        import re
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.proc = h.start("grpc-web-h1-" + name,
+                            ["python3", os.path.join(here, "grpc_web_h1_server.py")],
+                            pipe_stdout=True)
+        m = re.fullmatch(r"ready (\d+)", self.proc.read_line(timeout=10))
+        assert m, "grpc_web_h1_server did not start"
+        self.name, self.port = name, int(m.group(1))
+
+    def instance(self):
+        return {"id": self.name, "address": "127.0.0.1", "port": self.port}
+
+
+def test_grpc_web_passed_to_an_http1_instance_ends_with_a_trailer_frame_when_cut():
+    """gRPC-Web calls waygate passes unchanged to an http1 instance that
+    speaks gRPC-Web itself (chunked, a message per chunk), cut at
+    drain_timeout after three messages: on a message boundary the body
+    ends with the trailer frame (UNAVAILABLE, waygate's message), then the
+    last chunk / END_STREAM, for binary and -text over HTTP/1.1 and binary
+    over h2. Inside a message (half of a fourth one sent), or in a
+    Content-Length body, no frame can end it: the connection is closed
+    without a last chunk (HTTP/1.1), the stream reset (h2)."""
+    with Harness() as h:
+        s = WebH1Server(h, "w1")
+        wg = h.waygate(listeners=[h2c_listener("g")], instances={"users": [s.instance()]},
+                       services={"users": {"drain_timeout": "1s"}},
+                       log={"level": "info", "access_log": h.path("access.log"),
+                            "access_format": "text"})
+        port = wg.ports["g"]
+        three = frame(b"m" * 10) * 3
+        calls = {}                      # name: (conn, resp, prefix already read)
+        for name, ct, more in (("bin", WEB, {}), ("text", TEXT, {}),
+                               ("split", WEB, {"x-split": "1"}), ("length", WEB, {"x-length": "1"})):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=slack(30))
+            conn.request("POST", "/wg.Echo/Down", body=b"",
+                         headers=dict({"Content-Type": ct, "X-Grpc-Web": "1", "x-count": "3"},
+                                      **more))
+            resp = conn.getresponse()
+            want = b64(frame(b"m" * 10)) * 3 if ct == TEXT else three
+            got = resp.read(len(want))
+            assert got == want, (name, got)
+            calls[name] = (conn, resp, got)
+        c = Raw(port)
+        c.request(1, "/wg.Echo/Down", headers=[("content-type", WEB), ("x-grpc-web", "1"),
+                                               ("x-count", "3")])
+        c.request(3, "/wg.Echo/Down", headers=[("content-type", WEB), ("x-grpc-web", "1"),
+                                               ("x-count", "3"), ("x-split", "1")])
+        wait_until(lambda: c.pump(0.05) and len(c.streams[1]["body"]) == len(three) and
+                   len(c.streams[3]["body"]) >= len(three), slack(10), "the h2 messages")
+        r = http_request(wg.admin_port, "POST", "/services/users/instances/w1/drain",
+                         timeout=slack(10))
+        assert r.status == 200, r
+        message = "waygate: upstream drained (drain_timeout)"
+        for name in ("bin", "text"):
+            conn, resp, got = calls[name]
+            body = got + resp.read()    # http.client: IncompleteRead without the last chunk
+            three_then_cut(unb64(body) if name == "text" else body, message)
+            conn.close()
+        r = c.response(1, slack(10))
+        assert r["reset"] is None and r["ended"], (r["reset"], r["headers"], len(r["body"]))
+        three_then_cut(bytes(r["body"]), message)
+        for name in ("split", "length"):
+            conn, resp, got = calls[name]
+            try:
+                rest = resp.read()
+                raise AssertionError("%s: ended whole: %r" % (name, rest))
+            except http.client.IncompleteRead as e:
+                assert b"\x80" not in e.partial, (name, e.partial)
+            conn.close()
+        r = c.response(3, slack(10))
+        assert r["reset"] is not None and not r["ended"], r
+        c.close()
+        cuts_logged(h, "drain_timeout", 3)
+        assert wg.alive()

@@ -570,3 +570,47 @@ async function call(path) {
         assert m, (dom[-2000:], page.stderr[-2000:])
         assert m.group(1) == "/ok/=200:b0", dom
         assert m.group(2) == "/no/=blocked", dom
+
+
+def test_header_policy_values_hold_no_control_characters():
+    """A headers policy value with a control character but HTAB (or DEL) is
+    a config error, as CR and LF always were (`waygate -t`): no such byte
+    can reach an upstream head, HTTP/1.1 or HTTP/2 (whose split of the head
+    waygate built refuses it as the parser would). HTAB and non-ASCII bytes
+    are field-value bytes: they reach an http1 instance and a gRPC call
+    through an h2c one goes on."""
+    from grpclib import GrpcServer, grpc_call, need_grpcio
+    from h2lib import h2c_listener
+    with Harness() as h:
+        reg = h.path("instances.yaml")
+        with open(reg, "w") as f:
+            f.write("users:\n  - { id: u1, address: 127.0.0.1, port: 9001 }\n")
+        for value in (r"a\x01b", r"$client_ip\x1b", r"a\x7fb"):
+            path = h.path("bad.yaml")
+            with open(path, "w") as f:
+                f.write("registry: { file: %s }\nlisteners:\n"
+                        "  - name: web\n    listen: 127.0.0.1:17002\n    mode: http\n"
+                        "    routes:\n      - path_prefix: /\n        service: users\n"
+                        "        policies: [ { headers: { request: { set: { X-A: \"%s\" } } } } ]\n"
+                        % (reg, value))
+            rc, _, err = run_waygate("-t", "-c", path)
+            assert rc != 0 and "control characters are not allowed in a header value" in err, \
+                (value, rc, err)
+        b = h.backend("http", name="b0")
+        pol = [{"headers": {"request": {"set": {"X-A": "a\tb \xe9"}}}}]
+        listeners = [http_listener([{"path_prefix": "/", "service": "users", "policies": pol}])]
+        instances = {"users": [b.instance()]}
+        services = {}
+        grpc = need_grpcio()
+        if grpc:
+            g = GrpcServer(h, "g1")
+            listeners.append(dict(h2c_listener("g"), routes=[
+                {"path_prefix": "/", "service": "gs", "policies": pol}]))
+            instances["gs"] = [g.instance()]
+            services["gs"] = {"upstream": {"protocol": "h2c"}}
+        wg = h.waygate(listeners=listeners, instances=instances, services=services)
+        st, _, body = curl(wg.port("web"), "/request")
+        assert st == 200 and "\r\nX-A: a\tb \xe9\r\n" in body, (st, body)
+        if grpc:
+            r = grpc_call("127.0.0.1:%d" % wg.ports["g"], "unary", "/wg.Echo/One", 8)
+            assert r["code"] == "OK", r

@@ -580,7 +580,8 @@ def yaml_scalar(v):
     s = str(v)
     if _PLAIN.fullmatch(s) and s.lower() not in _RESERVED:
         return s
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    s = s.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + re.sub(r"[\x00-\x1f\x7f]", lambda m: "\\x%02x" % ord(m.group()), s) + '"'
 
 
 def yaml_flow(v):

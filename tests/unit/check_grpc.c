@@ -291,6 +291,27 @@ START_TEST(frames_feed)
 }
 END_TEST
 
+/* A gRPC-Web trailer frame (flag 0x80) is noted once its flag byte is in;
+ * 0x80 bytes inside a message or its length are not flags. */
+START_TEST(frames_trailer)
+{
+    const uint8_t s[] = { 0, 0, 0, 0, 2, 0x80, 0x80, 1, 0, 0, 0, 0x80, 0x80, 0, 0, 0, 0 };
+    for (size_t cut = 0; cut <= sizeof s; cut++) {
+        struct wg_grpc_frames f = { 0 };
+        wg_grpc_frames_feed(&f, s, cut);
+        ck_assert_msg(!f.trailer, "cut %zu", cut);
+    }
+    const uint8_t t[] = { 0, 0, 0, 0, 1, 'x', 0x80, 0, 0, 0, 1, 'y' };
+    for (size_t cut = 0; cut <= sizeof t; cut++) {
+        struct wg_grpc_frames f = { 0 };
+        wg_grpc_frames_feed(&f, t, cut);
+        ck_assert_msg(f.trailer == (cut > 6), "cut %zu", cut);
+        ck_assert_msg(wg_grpc_frames_between(&f) == (cut == 0 || cut == 6 || cut == 12), "cut %zu",
+                      cut);
+    }
+}
+END_TEST
+
 /* ---- base64 (application/grpc-web-text) ---- */
 
 static const struct { const char *bin, *text; } rfc4648[] = {
@@ -476,6 +497,7 @@ int main(void)
     tcase_add_test(t, health_decode);
     tcase_add_test(t, frames);
     tcase_add_test(t, frames_feed);
+    tcase_add_test(t, frames_trailer);
     tcase_add_test(t, base64_vectors);
     tcase_add_test(t, base64_every_boundary);
     tcase_add_test(t, base64_chunks);

@@ -1225,6 +1225,44 @@ START_TEST(test_body_chunked)
 }
 END_TEST
 
+/* Where a relay may end a body with bytes of its own (a cut's trailer
+ * frame): chunked between two chunks (de-chunked: before the last chunk),
+ * until close always, a Content-Length never. */
+START_TEST(test_body_endable)
+{
+    static const struct { const char *in; bool raw, dechunked; } chunked[] = {
+        { "", true, true },                       { "5", false, true },
+        { "5\r\n", false, true },                 { "5\r\nhel", false, true },
+        { "5\r\nhello", false, true },            { "5\r\nhello\r", false, true },
+        { "5\r\nhello\r\n", true, true },         { "5\r\nhello\r\n3;x=y\r\nabc\r\n", true, true },
+        { "5\r\nhello\r\n0\r\n", false, false },  { "5\r\nhello\r\n0\r\n\r\n", false, false },
+    };
+    for (size_t i = 0; i < sizeof chunked / sizeof *chunked; i++) {
+        struct wg_http_body b;
+        struct wg_http_body_step st;
+        wg_http_body_init(&b, WG_HTTP_BODY_CHUNKED, 0, 0);
+        const char *p = chunked[i].in;
+        size_t left = strlen(p);
+        while (left && wg_http_body_parse(&b, p, left, &st) == WG_HTTP_AGAIN && st.consumed) {
+            p += st.consumed;
+            left -= st.consumed;
+        }
+        ck_assert_msg(wg_http_body_endable(&b, false) == chunked[i].raw, "%s", chunked[i].in);
+        ck_assert_msg(wg_http_body_endable(&b, true) == chunked[i].dechunked, "%s", chunked[i].in);
+    }
+    struct wg_http_body b;
+    struct wg_http_body_step st;
+    wg_http_body_init(&b, WG_HTTP_BODY_UNTIL_CLOSE, 0, 0);
+    ck_assert(wg_http_body_endable(&b, false));
+    wg_http_body_parse(&b, "abc", 3, &st);
+    ck_assert(wg_http_body_endable(&b, false) && wg_http_body_endable(&b, true));
+    wg_http_body_init(&b, WG_HTTP_BODY_LENGTH, 10, 0);
+    ck_assert(!wg_http_body_endable(&b, false) && !wg_http_body_endable(&b, true));
+    wg_http_body_parse(&b, "abc", 3, &st);
+    ck_assert(!wg_http_body_endable(&b, false) && !wg_http_body_endable(&b, true));
+}
+END_TEST
+
 START_TEST(test_body_chunked_etcd_stream)
 {
     /* chunk boundaries are not message boundaries: the client joins the runs */
@@ -1406,6 +1444,39 @@ START_TEST(test_split_refuses)
 }
 END_TEST
 
+/* A byte the parser refuses in the target or in a field value (a policy's
+ * doing: a head waygate built) is refused by the split too, in the
+ * word-at-a-time part of each scan and in its tail; every other byte
+ * passes both. */
+START_TEST(test_split_refuses_bad_bytes)
+{
+    static struct wg_http_header h1[CAP], h2[CAP];
+    static const char *const where[] = {
+        "GET /a%cb HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /abcdefghijklmnop%cqrstuvwxyz0123456789?q=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /p?abcdefghijklmnopqrst%c HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: a%cb\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: abcdefghijklmnopqrstuvwxyz%c0123456789 ok\r\n\r\n",
+        "GET / HTTP/1.1\r\nX-A: abcdefghijklmnopq%c\r\nHost: x\r\n\r\n",
+    };
+    for (size_t w = 0; w < sizeof where / sizeof *where; w++) {
+        for (unsigned c = 1; c < 256; c++) {
+            char msg[160];
+            int n = snprintf(msg, sizeof msg, where[w], c);
+            struct wg_http_parser p, q;
+            size_t used;
+            wg_http_parser_init_request(&p, h1, CAP, 0);
+            wg_http_parser_init_request(&q, h2, CAP, 0);
+            bool parsed = wg_http_parse_head(&p, msg, (size_t)n, &used) == WG_HTTP_DONE &&
+                          used == (size_t)n;
+            bool split = wg_http_split_head(&q, msg, (size_t)n);
+            ck_assert_msg(parsed == split, "where %zu byte 0x%02x: parsed %d split %d", w, c,
+                          parsed, split);
+        }
+    }
+}
+END_TEST
+
 START_TEST(test_body_from_parsed_head)
 {
     /* a proxy forwards the chunked encoding unchanged: consumed covers it */
@@ -1477,6 +1548,7 @@ static Suite *http_suite(void)
     tcase_add_loop_test(t, test_smuggling, 0, N(smuggling));
     tcase_add_loop_test(t, test_split_built_head, 0, N(built_heads));
     tcase_add_test(t, test_split_refuses);
+    tcase_add_test(t, test_split_refuses_bad_bytes);
     suite_add_tcase(s, t);
 
     t = tcase_create("responses");
@@ -1495,6 +1567,7 @@ static Suite *http_suite(void)
     tcase_add_test(t, test_body_until_close);
     tcase_add_test(t, test_body_chunked);
     tcase_add_test(t, test_body_chunked_etcd_stream);
+    tcase_add_test(t, test_body_endable);
     tcase_add_loop_test(t, test_body_chunked_refused, 0, N(bad_chunks));
     tcase_add_test(t, test_body_chunked_limits);
     tcase_add_test(t, test_body_from_parsed_head);

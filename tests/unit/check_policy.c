@@ -299,6 +299,11 @@ START_TEST(test_config_errors)
             "unknown variable '$clientip' (did you mean '$client_ip'?)");
     cfg_bad(ROUTE("[ { headers: { request: { remove: ['bad name'] } } } ]"),
             "'bad name' is not a valid name");
+    cfg_bad(ROUTE("[ { headers: { request: { set: { X-A: \"a\\x01b\" } } } } ]"),
+            "control characters are not allowed in a header value");
+    cfg_bad(ROUTE("[ { headers: { response: { add: { X-A: \"$client_ip\\x1b\" } } } } ]"),
+            "control characters are not allowed in a header value");
+    wg_config_free(cfg_ok(ROUTE("[ { headers: { request: { set: { X-A: \"a\\tb \\xe9\" } } } } ]")));
     cfg_bad(ROUTE("[ { jwt: { issuer: x } } ]"), "jwt: needs 'keys'");
     cfg_bad(ROUTE("[ { jwt: { keys: http://id.test/jwks } } ]"), "a JWKS URL must be https://");
     cfg_bad(ROUTE("[ { jwt: { secret: short } } ]"), "at least 32 bytes");
