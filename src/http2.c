@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include "waygate/exchange.h"
@@ -49,22 +48,17 @@
 /* What wbuf keeps free before nghttp2 is asked for more: a whole DATA frame
  * send_upstream_data writes (header, payload, padding of at most 256). */
 #define H2_NO_COPY_ROOM (9 + H2_FRAME_PAYLOAD + 256)
-/* DATA payloads an h2c connection holds by reference (struct h2_ref;
- * the smallest one lent is WG_H2_LEND_MIN). */
-#define H2_REFS 32
 
 struct h2_conn;
 
-/* A DATA payload written to an h2c client straight from the exchange's
- * block (h2_raw), not copied: its frame header is in wbuf before offset
- * `at`, the payload goes out after it, in the same writev. The block's
- * [start, sent) is what is lent this way; start moves on as the payload is
- * written (exchange.h). A block the exchange let go while some of it was
- * lent is the connection's (`orphan`), freed once written. */
+/* Whose is a DATA payload written to an h2c client straight from the
+ * exchange's block (h2_raw), not copied (struct wg_h2_lent: its frame
+ * header is in wbuf before it, WG_H2_LEND_MIN). The block's [start, sent)
+ * is what is lent this way; start moves on as the payload is written
+ * (exchange.h). A block the exchange let go while some of it was lent is
+ * the connection's (`orphan`), freed once written. */
 struct h2_ref {
     struct hp_buf *blk;
-    const char *p;
-    uint32_t at, len;
     bool orphan;
 };
 
@@ -125,7 +119,8 @@ struct h2_conn {
     struct hp_buf *wbuf;                /* bytes nghttp2 produced, not yet written */
     const uint8_t *pend;                /* mem_send output that did not fit in wbuf */
     size_t pend_len;
-    struct h2_ref *refs;                /* [H2_REFS], made on first use; in wbuf order */
+    struct wg_h2_lent *lent;            /* payloads lent, in wbuf order, and whose each is */
+    struct h2_ref *refs;                /* ([WG_H2_LENT_MAX] each, one malloc on first use) */
     unsigned nref;
     /* limits (from the config pinned at accept) */
     uint64_t max_header, idle_ms, send_ms, header_ms;
@@ -199,7 +194,7 @@ static void stream_keep_lent(struct h2_stream *st);
 static void conn_free(struct h2_conn *c)
 {
     refs_drop(c, c->nref);              /* nothing more is written */
-    free(c->refs);
+    free(c->lent);
     while (c->streams)
         stream_free(c->streams);
     nghttp2_session_del(c->s);
@@ -631,6 +626,7 @@ static void refs_drop(struct h2_conn *c, unsigned n)
         else if (last)
             f->blk->start = f->blk->sent;
     }
+    memmove(c->lent, c->lent + n, (c->nref - n) * sizeof *c->lent);
     memmove(c->refs, c->refs + n, (c->nref - n) * sizeof *c->refs);
     c->nref -= n;
 }
@@ -650,57 +646,29 @@ static void stream_keep_lent(struct h2_stream *st)
         r->uin = NULL;
 }
 
-/* wbuf's bytes with the lent payloads in their places, in one writev;
- * what was written moves wbuf's sent and the blocks' start on. The same
- * contract as hp_flush_to. */
+/* wbuf's bytes with the lent payloads in their places, in one writev
+ * (wg_h2_lent_write); what was written moves wbuf's sent and the blocks'
+ * start on. The same contract as hp_flush_to. */
 static ssize_t flush_lent(struct h2_conn *c, struct hp_buf *w)
 {
-    struct iovec iov[2 * H2_REFS + 1];
-    int n = 0;
-    uint32_t pos = w->sent;
-    size_t total = 0;
-    for (unsigned i = 0; i < c->nref; i++) {
-        const struct h2_ref *f = &c->refs[i];
-        if (f->at > pos) {
-            iov[n++] = (struct iovec){ w->data + pos, f->at - pos };
-            total += f->at - pos;
-            pos = f->at;
-        }
-        iov[n++] = (struct iovec){ (void *)f->p, f->len };
-        total += f->len;
-    }
-    if (w->end > pos) {
-        iov[n++] = (struct iovec){ w->data + pos, w->end - pos };
-        total += w->end - pos;
-    }
     if (!c->writable)
         return 0;
-    ssize_t k = writev(c->fd, iov, n);
+    size_t off = w->sent;
+    unsigned over;
+    ssize_t k = wg_h2_lent_write(c->fd, (const uint8_t *)w->data, &off, w->end, c->lent,
+                                 c->nref, &over);
     if (k < 0) {
         if (!hp_transient())
             return -1;
         c->writable = false;
         return 0;
     }
-    size_t left = (size_t)k;
-    unsigned done = 0;
-    for (; done < c->nref && left; done++) {
-        struct h2_ref *f = &c->refs[done];
-        size_t m = f->at - w->sent < left ? f->at - w->sent : left;
-        w->sent += (uint32_t)m;
-        left -= m;
-        m = f->len < left ? f->len : left;
-        f->p += m;
-        f->len -= (uint32_t)m;
-        left -= m;
-        if (!f->orphan)
-            f->blk->start = (uint32_t)(f->p - f->blk->data);
-        if (f->len)
-            break;
-    }
-    w->sent += (uint32_t)left;          /* the bytes after the last ref */
-    refs_drop(c, done);
-    if ((size_t)k < total)
+    w->sent = (uint32_t)off;
+    for (unsigned i = 0; i <= over && i < c->nref; i++)    /* the written, the one in part */
+        if (!c->refs[i].orphan)
+            c->refs[i].blk->start = (uint32_t)((const char *)c->lent[i].p - c->refs[i].blk->data);
+    refs_drop(c, over);
+    if (w->sent < w->end || c->nref)
         c->writable = false;            /* full: the next edge says when */
     return k;
 }
@@ -720,13 +688,15 @@ static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_
     if (!b || b->fwd - b->sent < len)   /* the exchange let go of its block: cannot be */
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     if (!c->ssl && !pad && r->h2_raw && len >= WG_H2_LEND_MIN) {
-        if (!c->refs && !(c->refs = malloc(H2_REFS * sizeof *c->refs)))
+        if (!c->lent && !(c->lent = malloc(WG_H2_LENT_MAX * (sizeof *c->lent + sizeof *c->refs))))
             return NGHTTP2_ERR_CALLBACK_FAILURE;
-        if (c->nref == H2_REFS || !w || w->cap - w->end < 9)
+        c->refs = (struct h2_ref *)(c->lent + WG_H2_LENT_MAX);
+        if (c->nref == WG_H2_LENT_MAX || !w || w->cap - w->end < 9)
             return NGHTTP2_ERR_WOULDBLOCK;
         memcpy(w->data + w->end, framehd, 9);
         w->end += 9;
-        c->refs[c->nref++] = (struct h2_ref){ b, b->data + b->sent, w->end, (uint32_t)len, false };
+        c->lent[c->nref] = (struct wg_h2_lent){ (const uint8_t *)b->data + b->sent, w->end, len };
+        c->refs[c->nref++] = (struct h2_ref){ b, false };
         b->sent += (uint32_t)len;       /* start moves once it is written (flush_lent) */
     } else {
         if (!w || w->cap - w->end < 9 + pad + len)

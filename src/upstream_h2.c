@@ -37,7 +37,6 @@
                                         of the connection gets more per loop turn */
 #define PENDING_MAX (1024 * 1024)
 #define SEND_BATCH (64 * 1024)
-#define UP_REFS 32                   /* request payloads a connection holds by reference */
 
 const struct wg_h2_settings wg_h2_defaults = {
     .max_streams = 100, .max_conns = 8,
@@ -82,16 +81,13 @@ struct wg_h2_stream {
 
 struct h2_inst;
 
-/* A request body's DATA payload written over h2c from the stream's wbuf
- * by reference (WG_H2_LEND_MIN): its frame header is in pend before offset
- * `at`, the payload goes out after it in the same writev. `st` is NULL once
- * the stream is freed: `buf` (its wbuf) is then the connection's, freed
- * with its last ref. */
+/* Whose is a request body's DATA payload lent over h2c from the stream's
+ * wbuf (struct wg_h2_lent, its frame header in pend before it): `st` is
+ * NULL once the stream is freed, `buf` (its wbuf) is then the connection's,
+ * freed with its last payload. */
 struct up_ref {
     struct wg_h2_stream *st;
     uint8_t *buf;
-    const uint8_t *p;
-    size_t at, len;
 };
 
 struct h2_conn {
@@ -113,7 +109,8 @@ struct h2_conn {
     struct wg_h2_stream *list;
     uint8_t *pend;                      /* gathered frames: [pend_off, pend_len) unsent */
     size_t pend_len, pend_off, pend_cap;
-    struct up_ref *refs;                /* [UP_REFS], made on first use; in pend order */
+    struct wg_h2_lent *lent;            /* payloads lent, in pend order, and whose each is */
+    struct up_ref *refs;                /* ([WG_H2_LENT_MAX] each, one malloc on first use) */
     unsigned nref;
 };
 
@@ -490,15 +487,17 @@ static int send_body(nghttp2_session *s, nghttp2_frame *f, const uint8_t *frameh
     if (st->wlen - st->woff < len)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     if (!c->ssl && !pad && len >= WG_H2_LEND_MIN) {
-        if (!c->refs && !(c->refs = malloc(UP_REFS * sizeof *c->refs)))
+        if (!c->lent && !(c->lent = malloc(WG_H2_LENT_MAX * (sizeof *c->lent + sizeof *c->refs))))
             return NGHTTP2_ERR_CALLBACK_FAILURE;
-        if (c->nref == UP_REFS)
+        c->refs = (struct up_ref *)(c->lent + WG_H2_LENT_MAX);
+        if (c->nref == WG_H2_LENT_MAX)
             return NGHTTP2_ERR_WOULDBLOCK;
         if (pend_reserve(c, 9) != 0)
             return NGHTTP2_ERR_CALLBACK_FAILURE;
         memcpy(c->pend + c->pend_len, framehd, 9);
         c->pend_len += 9;
-        c->refs[c->nref++] = (struct up_ref){ st, st->wbuf, st->wbuf + st->woff, c->pend_len, len };
+        c->lent[c->nref] = (struct wg_h2_lent){ st->wbuf + st->woff, c->pend_len, len };
+        c->refs[c->nref++] = (struct up_ref){ st, st->wbuf };
         st->lent++;
         st->lent_to = c;
         st->woff += len;                /* room again once written (refs_done) */
@@ -539,8 +538,10 @@ static void refs_done(struct h2_conn *c, unsigned n)
         if (last)
             free(f->buf);
     }
-    if (n)
+    if (n) {
+        memmove(c->lent, c->lent + n, (c->nref - n) * sizeof *c->lent);
         memmove(c->refs, c->refs + n, (c->nref - n) * sizeof *c->refs);
+    }
     c->nref -= n;
 }
 
@@ -548,39 +549,13 @@ static void refs_done(struct h2_conn *c, unsigned n)
  * writev (plain text only); the same contract as io_send. */
 static int send_lent(struct h2_conn *c, size_t *done)
 {
-    struct iovec iov[2 * UP_REFS + 1];
-    int n = 0;
-    size_t pos = c->pend_off;
-    for (unsigned i = 0; i < c->nref; i++) {
-        const struct up_ref *f = &c->refs[i];
-        if (f->at > pos)
-            iov[n++] = (struct iovec){ c->pend + pos, f->at - pos };
-        pos = f->at > pos ? f->at : pos;
-        iov[n++] = (struct iovec){ (void *)f->p, f->len };
-    }
-    if (c->pend_len > pos)
-        iov[n++] = (struct iovec){ c->pend + pos, c->pend_len - pos };
-    ssize_t k = writev(c->fd, iov, n);
+    unsigned over;
+    ssize_t k = wg_h2_lent_write(c->fd, c->pend, &c->pend_off, c->pend_len, c->lent, c->nref, &over);
     if (k < 0) {
         *done = 0;
         return errno == EAGAIN || errno == EINTR ? EAGAIN : errno;
     }
     *done = (size_t)k;
-    size_t left = (size_t)k;
-    unsigned over = 0;
-    for (; over < c->nref && left; over++) {
-        struct up_ref *f = &c->refs[over];
-        size_t m = f->at - c->pend_off < left ? f->at - c->pend_off : left;
-        c->pend_off += m;
-        left -= m;
-        m = f->len < left ? f->len : left;
-        f->p += m;
-        f->len -= m;
-        left -= m;
-        if (f->len)
-            break;
-    }
-    c->pend_off += left;                /* the frames after the last ref */
     refs_done(c, over);
     return 0;
 }
@@ -646,7 +621,7 @@ static int conn_flush(struct h2_conn *c)
     for (;;) {
         if (c->pend_off == c->pend_len && !c->nref) {
             c->pend_off = c->pend_len = 0;
-            while (c->pend_len < SEND_BATCH && c->nref < UP_REFS) {
+            while (c->pend_len < SEND_BATCH && c->nref < WG_H2_LENT_MAX) {
                 const uint8_t *data;
                 c->in_callback = true;
                 ssize_t n = nghttp2_session_mem_send(c->s, &data);
@@ -916,7 +891,7 @@ static void conn_close(struct h2_conn *c, uint32_t error)
         }
     }
     refs_done(c, c->nref);              /* frees the orphans' */
-    free(c->refs);
+    free(c->lent);
     free(c->pend);
     c->magic = 0;
     free(c);
@@ -1461,6 +1436,45 @@ void wg_h2_status_digits(char out[3], unsigned status)
     out[0] = (char)('0' + status / 100);
     out[1] = (char)('0' + status / 10 % 10);
     out[2] = (char)('0' + status % 10);
+}
+
+ssize_t wg_h2_lent_write(int fd, const uint8_t *frames, size_t *off, size_t end,
+                         struct wg_h2_lent *l, unsigned n, unsigned *over)
+{
+    struct iovec iov[2 * WG_H2_LENT_MAX + 1];
+    int k = 0;
+    size_t pos = *off;
+    *over = 0;
+    if (n > WG_H2_LENT_MAX)
+        n = WG_H2_LENT_MAX;
+    for (unsigned i = 0; i < n; i++) {
+        if (l[i].at > pos) {
+            iov[k++] = (struct iovec){ (void *)(frames + pos), l[i].at - pos };
+            pos = l[i].at;
+        }
+        iov[k++] = (struct iovec){ (void *)l[i].p, l[i].len };
+    }
+    if (end > pos)
+        iov[k++] = (struct iovec){ (void *)(frames + pos), end - pos };
+    ssize_t w = writev(fd, iov, k);
+    if (w < 0)
+        return -1;
+    size_t left = (size_t)w;
+    unsigned i = 0;
+    for (; i < n && left; i++) {
+        size_t m = l[i].at - *off < left ? l[i].at - *off : left;
+        *off += m;
+        left -= m;
+        m = l[i].len < left ? l[i].len : left;
+        l[i].p += m;
+        l[i].len -= m;
+        left -= m;
+        if (l[i].len)
+            break;
+    }
+    *off += left;                       /* the frame bytes after the last payload */
+    *over = i;
+    return w;
 }
 
 size_t wg_h2_data_frame(uint8_t *out, const nghttp2_frame *f, const uint8_t *framehd,

@@ -65,6 +65,7 @@ struct wg_http_header;
  * body): no copy into the write buffer. A smaller one costs less copied
  * than as an iovec of its own. */
 #define WG_H2_LEND_MIN 4096u
+#define WG_H2_LENT_MAX 32               /* payloads a connection holds lent at once */
 
 /* What a service asks of the connections to its instances (its
  * connect_timeout and upstream.max_idle / idle_timeout / ping_*). */
@@ -206,6 +207,21 @@ void wg_h2_status_digits(char out[3], unsigned status);
  * 9 + f->data.padlen + len bytes. Returns the bytes written. */
 size_t wg_h2_data_frame(uint8_t *out, const nghttp2_frame *f, const uint8_t *framehd,
                         const uint8_t *data, size_t len);
+/* A DATA payload lent (WG_H2_LEND_MIN): written from where it is, in the
+ * writev of the frame bytes around it, before the frame byte at `at`. */
+struct wg_h2_lent {
+    const uint8_t *p;
+    size_t at, len;
+};
+/* One writev (plain text; both codecs) of the frame bytes frames[*off,
+ * end) with the n (<= WG_H2_LENT_MAX) lent payloads l[] (`at` ascending,
+ * within [*off, end])
+ * in their places: *off and the payloads move past what was written (one
+ * written in part keeps its rest). Returns the bytes written, or -1 with
+ * errno (EAGAIN: the socket takes nothing now); *over: how many of l[] are
+ * wholly out (the caller lets them go). */
+ssize_t wg_h2_lent_write(int fd, const uint8_t *frames, size_t *off, size_t end,
+                         struct wg_h2_lent *l, unsigned n, unsigned *over);
 /* "<hex len>\r\n" before a chunk of `len` bytes (len > 0); the chunk is
  * followed by "\r\n". out needs 20 bytes; returns the length. */
 size_t wg_h2_chunk_head(size_t len, char *out);

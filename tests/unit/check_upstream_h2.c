@@ -6,8 +6,10 @@
  * PING liveness of idle connections. */
 #include "unit_util.h"
 
+#include <errno.h>
 #include <event2/event.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -689,6 +691,64 @@ START_TEST(response_h2_to_h1_round_trip)
 }
 END_TEST
 
+/* Frame bytes with payloads lent between them: a non-blocking socket
+ * pair with small buffers makes most writes short, and whatever the cut,
+ * the reader sees every byte once, in order; *over counts the payloads
+ * wholly out, and the caller drops them, as the codecs do. */
+START_TEST(lent_write_keeps_the_order_through_short_writes)
+{
+    int sv[2];
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    int small = 4096;
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    enum { N = 40, PAY = 5000 };
+    static uint8_t frames[N * 9 + 7], pays[N][PAY], want[sizeof frames + sizeof pays], got[sizeof want];
+    struct wg_h2_lent l[N];
+    size_t w = 0, end = 0;
+    for (unsigned i = 0; i < N; i++) {  /* 9 frame bytes, a payload, 9, a payload, ..., 7 */
+        for (unsigned j = 0; j < 9; j++)
+            want[w++] = frames[end++] = (uint8_t)(i * 9 + j);
+        for (unsigned j = 0; j < PAY; j++)
+            want[w++] = pays[i][j] = (uint8_t)(i * 31 + j * 7 + 1);
+        l[i] = (struct wg_h2_lent){ pays[i], end, i % 3 ? PAY : PAY - 1000 };
+        if (i % 3 == 0) {               /* a payload lent in part already */
+            l[i].p += 1000;
+            memmove(want + w - PAY, want + w - PAY + 1000, PAY - 1000);
+            w -= 1000;
+        }
+    }
+    for (unsigned j = 0; j < 7; j++)
+        want[w++] = frames[end++] = 0xf0;
+    size_t off = 0, have = 0, writes = 0, shorts = 0;
+    unsigned n = N, first = 0;
+    while ((off < end || n) && writes < 100000) {
+        unsigned over = 0, k = n < WG_H2_LENT_MAX ? n : WG_H2_LENT_MAX;
+        size_t before = off;
+        ssize_t r = wg_h2_lent_write(sv[0], frames, &off, k == n ? end : l[first + k].at, l + first,
+                                     k, &over);
+        ck_assert(r >= 0 || errno == EAGAIN);
+        writes++;
+        if (r > 0 && (over < k || off < (k == n ? end : l[first + k].at)))
+            shorts++;
+        ck_assert(off >= before && over <= k);
+        first += over;
+        n -= over;
+        ssize_t m;
+        while ((m = read(sv[1], got + have, sizeof got - have)) > 0)
+            have += (size_t)m;
+    }
+    ssize_t m;
+    while ((m = read(sv[1], got + have, sizeof got - have)) > 0)
+        have += (size_t)m;
+    ck_assert_uint_eq(have, w);
+    ck_assert(memcmp(got, want, w) == 0);
+    ck_assert_uint_gt(shorts, 5);       /* the short writes this is about happened */
+    close(sv[0]);
+    close(sv[1]);
+}
+END_TEST
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -708,6 +768,7 @@ int main(void)
     tcase_add_test(heads, request_head_to_nv);
     tcase_add_test(heads, request_nv_lowercases_every_byte);
     tcase_add_test(heads, response_h2_to_h1_round_trip);
+    tcase_add_test(heads, lent_write_keeps_the_order_through_short_writes);
     suite_add_tcase(s, heads);
     return unit_run(s);
 }
