@@ -600,7 +600,7 @@ static ssize_t read_upstream(nghttp2_session *s, int32_t id, uint8_t *buf, size_
 /* ---- payload lent by reference (h2c: struct h2_ref) --------------------- */
 
 /* Is some of block b lent? */
-static bool lent(const struct h2_conn *c, const struct hp_buf *b)
+static bool block_lent(const struct h2_conn *c, const struct hp_buf *b)
 {
     for (unsigned i = 0; i < c->nref; i++)
         if (c->refs[i].blk == b)
@@ -688,9 +688,11 @@ static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_
     if (!b || b->fwd - b->sent < len)   /* the exchange let go of its block: cannot be */
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     if (!c->ssl && !pad && r->h2_raw && len >= WG_H2_LEND_MIN) {
-        if (!c->lent && !(c->lent = malloc(WG_H2_LENT_MAX * (sizeof *c->lent + sizeof *c->refs))))
-            return NGHTTP2_ERR_CALLBACK_FAILURE;
-        c->refs = (struct h2_ref *)(c->lent + WG_H2_LENT_MAX);
+        if (!c->lent) {
+            if (!(c->lent = malloc(WG_H2_LENT_MAX * (sizeof *c->lent + sizeof *c->refs))))
+                return NGHTTP2_ERR_CALLBACK_FAILURE;
+            c->refs = (struct h2_ref *)(c->lent + WG_H2_LENT_MAX);
+        }
         if (c->nref == WG_H2_LENT_MAX || !w || w->cap - w->end < 9)
             return NGHTTP2_ERR_WOULDBLOCK;
         memcpy(w->data + w->end, framehd, 9);
@@ -704,7 +706,7 @@ static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_
         w->end += (uint32_t)wg_h2_data_frame((uint8_t *)w->data + w->end, f, framehd,
                                              (const uint8_t *)b->data + b->sent, len);
         b->sent += (uint32_t)len;
-        if (!lent(c, b))                /* else it moves once that is written */
+        if (!block_lent(c, b))          /* else it moves once that is written */
             b->start = b->sent;
     }
     r->req_bytes_out += len;

@@ -487,9 +487,11 @@ static int send_body(nghttp2_session *s, nghttp2_frame *f, const uint8_t *frameh
     if (st->wlen - st->woff < len)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     if (!c->ssl && !pad && len >= WG_H2_LEND_MIN) {
-        if (!c->lent && !(c->lent = malloc(WG_H2_LENT_MAX * (sizeof *c->lent + sizeof *c->refs))))
-            return NGHTTP2_ERR_CALLBACK_FAILURE;
-        c->refs = (struct up_ref *)(c->lent + WG_H2_LENT_MAX);
+        if (!c->lent) {
+            if (!(c->lent = malloc(WG_H2_LENT_MAX * (sizeof *c->lent + sizeof *c->refs))))
+                return NGHTTP2_ERR_CALLBACK_FAILURE;
+            c->refs = (struct up_ref *)(c->lent + WG_H2_LENT_MAX);
+        }
         if (c->nref == WG_H2_LENT_MAX)
             return NGHTTP2_ERR_WOULDBLOCK;
         if (pend_reserve(c, 9) != 0)
@@ -1445,8 +1447,10 @@ ssize_t wg_h2_lent_write(int fd, const uint8_t *frames, size_t *off, size_t end,
     int k = 0;
     size_t pos = *off;
     *over = 0;
-    if (n > WG_H2_LENT_MAX)
-        n = WG_H2_LENT_MAX;
+    if (n > WG_H2_LENT_MAX) {           /* (the frame bytes past the last would go too soon) */
+        errno = EINVAL;
+        return -1;
+    }
     for (unsigned i = 0; i < n; i++) {
         if (l[i].at > pos) {
             iov[k++] = (struct iovec){ (void *)(frames + pos), l[i].at - pos };

@@ -218,7 +218,8 @@ struct wg_h2_lent {
  * within [*off, end])
  * in their places: *off and the payloads move past what was written (one
  * written in part keeps its rest). Returns the bytes written, or -1 with
- * errno (EAGAIN: the socket takes nothing now); *over: how many of l[] are
+ * errno (EAGAIN: the socket takes nothing now; EINVAL: n is over
+ * WG_H2_LENT_MAX); *over: how many of l[] are
  * wholly out (the caller lets them go). */
 ssize_t wg_h2_lent_write(int fd, const uint8_t *frames, size_t *off, size_t end,
                          struct wg_h2_lent *l, unsigned n, unsigned *over);
