@@ -162,6 +162,13 @@ static bool var_char(char ch)
            ch == '_' || ch == '-';
 }
 
+/* A byte an HTTP field value may hold: no CTL but HTAB, no DEL (the
+ * parser's rule; a template's text must keep it, an expansion is made to). */
+static bool value_byte(unsigned char ch)
+{
+    return (ch >= 0x20 || ch == '\t') && ch != 0x7f;
+}
+
 bool pp_tmpl_compile(struct cfg_ctx *c, yaml_node_t *at, const char *key, const char *s,
                      struct pp_tmpl *out)
 {
@@ -171,8 +178,8 @@ bool pp_tmpl_compile(struct cfg_ctx *c, yaml_node_t *at, const char *key, const 
     memset(out, 0, sizeof *out);
     if (!buf)
         goto oom;
-    for (size_t k = 0; k < n; k++)     /* as an HTTP field value: no CTL but HTAB, no DEL */
-        if (((unsigned char)s[k] < 0x20 && s[k] != '\t') || (unsigned char)s[k] == 0x7f) {
+    for (size_t k = 0; k < n; k++)
+        if (!value_byte((unsigned char)s[k])) {
             cfg_error(c, at, "%s: control characters are not allowed in a header value", key);
             free(buf);
             return false;
@@ -270,7 +277,7 @@ bool pp_tmpl_expand(const struct pp_tmpl *t, struct wg_policy_req *r, struct wg_
         /* a claim's text may hold anything: keep the head well-formed */
         for (size_t k = 0; k < parts[i].n; k++) {
             unsigned char ch = (unsigned char)parts[i].p[k];
-            d[total++] = (ch < 0x20 && ch != '\t') || ch == 0x7f ? ' ' : (char)ch;
+            d[total++] = value_byte(ch) ? (char)ch : ' ';
         }
     }
     d[total] = 0;
