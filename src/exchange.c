@@ -132,6 +132,7 @@ static void release_upstream(struct wg_downstream *d)
 {
     upstream_drop(d);
     hp_buf_free(d->loc, &d->r->uin);
+    hp_rxq_clear(d->loc, &d->r->raw);
     hp_head_free(d->loc, &d->r->rhead);
     d->r->u_eof = d->r->u_shut = false;
 }
@@ -1356,10 +1357,10 @@ static enum wg_http_result request_body_decode(struct wg_downstream *d, struct h
  * the last chunk with the trailers), so that the response steps above and
  * below parse and forward it as they do an HTTP/1.1 upstream's bytes. For
  * a client that takes payload only (HTTP/2) the chunks are left out
- * (h2_raw): the payload goes in as it is, the body is framed by the
- * stream's end (the decoder's until-close framing) and the trailers go to
- * r->trailers directly. Callbacks only fill buffers and set flags; the
- * pump acts on them. */
+ * (h2_raw): the payload goes as it is into the queue r->raw, by reference
+ * to the stream's receive buffer where it can (h2_on_raw), the body is
+ * framed by the stream's end and the trailers go to r->trailers directly.
+ * Callbacks only fill buffers and set flags; the pump acts on them. */
 
 #define H2_CHUNK_OVERHEAD 24            /* "<hex>\r\n" and "\r\n" around a chunk */
 #define H2_FREE_RETRIES 3               /* unprocessed streams sent again, per request */
@@ -1505,38 +1506,14 @@ static void h2_on_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t 
     h2_wake(d);
 }
 
-/* Payload for a client that takes it as is (h2_raw): into the block's
- * tail, as much as fits. There is no socket read to make large here
- * (hp_buf_read_later), but every move of kept bytes is a copy: the block
- * is compacted only once the client took at least half of it; before
- * that the stream pauses, its bytes kept by the stream (upstream_h2.h).
- * [start, sent) is payload the client's codec took but has not written
- * yet (an h2c client's writev takes it from here): it must stay where it
- * is, so a block with such bytes is never compacted. */
-static bool h2_raw_movable(const struct hp_buf *b)
+/* Payload for a client that takes it as is (h2_raw): into the queue
+ * r->raw, where the client's codec takes it (http_buf.h struct hp_rxq):
+ * by reference when it came in a receive buffer the stream offers with it,
+ * else copied. A full queue pauses the stream; the rest waits in the
+ * stream (upstream_h2.h) until hp_rxq_room. */
+static size_t h2_on_raw(struct wg_downstream *d, const uint8_t *p, size_t len, struct hp_rx *rx)
 {
-    return b->start >= b->cap / 2 && b->start == b->sent;
-}
-
-static bool h2_raw_room(const struct hp_buf *b)
-{
-    return !b || b->end < b->cap || b->start == b->end || h2_raw_movable(b);
-}
-
-static size_t h2_on_raw(struct wg_downstream *d, const uint8_t *p, size_t len)
-{
-    struct hp_buf *b = d->r->uin;
-    if (!b && !(b = d->r->uin = hp_buf_new(d->loc, HP_WIDE))) {
-        d->r->h2_paused = true;
-        return 0;
-    }
-    if (b->start == b->end)
-        hp_buf_make_room(b);            /* drained: from the front again */
-    else if (b->end == b->cap && h2_raw_movable(b))
-        hp_buf_compact(b);
-    size_t n = b->cap - b->end < len ? b->cap - b->end : len;
-    memcpy(b->data + b->end, p, n);
-    b->end += (uint32_t)n;
+    size_t n = hp_rxq_put(d->loc, &d->r->raw, p, len, rx);
     d->r->h2_new += (uint32_t)n;
     if (n < len)
         d->r->h2_paused = true;
@@ -1545,12 +1522,12 @@ static size_t h2_on_raw(struct wg_downstream *d, const uint8_t *p, size_t len)
     return n;
 }
 
-static size_t h2_on_data(void *ctx, const uint8_t *p, size_t len)
+static size_t h2_on_data(void *ctx, const uint8_t *p, size_t len, struct hp_rx *rx)
 {
     struct wg_downstream *d = ctx;
     struct hp_buf *b = d->r->uin;
     if (d->r->h2_raw)
-        return h2_on_raw(d, p, len);
+        return h2_on_raw(d, p, len, rx);
     if (b && hp_buf_read_later(b)) {
         d->r->h2_paused = true;
         return 0;
@@ -1764,7 +1741,7 @@ static ssize_t h2_pull(struct wg_downstream *d)
 {
     struct wg_exchange *r = d->r;
     if (r->h2_paused && r->h2 &&
-        (r->h2_raw ? h2_raw_room(r->uin) : !r->uin || !hp_buf_read_later(r->uin))) {
+        (r->h2_raw ? hp_rxq_room(&r->raw) : !r->uin || !hp_buf_read_later(r->uin))) {
         r->h2_paused = false;
         r->h2_calling = true;
         wg_h2_stream_resume_read(r->h2);

@@ -51,17 +51,6 @@
 
 struct h2_conn;
 
-/* Whose is a DATA payload written to an h2c client straight from the
- * exchange's block (h2_raw), not copied (struct wg_h2_lent: its frame
- * header is in wbuf before it, WG_H2_LEND_MIN). The block's [start, sent)
- * is what is lent this way; start moves on as the payload is written
- * (exchange.h). A block the exchange let go while some of it was lent is
- * the connection's (`orphan`), freed once written. */
-struct h2_ref {
-    struct hp_buf *blk;
-    bool orphan;
-};
-
 /* One stream: the client side of one exchange. */
 struct h2_stream {
     struct wg_downstream ds;            /* first: the exchange's view */
@@ -119,8 +108,11 @@ struct h2_conn {
     struct hp_buf *wbuf;                /* bytes nghttp2 produced, not yet written */
     const uint8_t *pend;                /* mem_send output that did not fit in wbuf */
     size_t pend_len;
-    struct wg_h2_lent *lent;            /* payloads lent, in wbuf order, and whose each is */
-    struct h2_ref *refs;                /* ([WG_H2_LENT_MAX] each, one malloc on first use) */
+    struct wg_h2_lent *lent;            /* DATA payloads written by reference from receive
+                                           buffers (h2c, h2_raw: struct wg_h2_lent, its frame
+                                           header in wbuf before it), in wbuf order, */
+    struct hp_rx **refs;                /* and a count of the buffer of each ([WG_H2_LENT_MAX]
+                                           each, one malloc on first use) */
     unsigned nref;
     /* limits (from the config pinned at accept) */
     uint64_t max_header, idle_ms, send_ms, header_ms;
@@ -189,7 +181,6 @@ static void drain_input(int fd)
 }
 
 static void refs_drop(struct h2_conn *c, unsigned n);
-static void stream_keep_lent(struct h2_stream *st);
 
 static void conn_free(struct h2_conn *c)
 {
@@ -302,7 +293,6 @@ static void stream_free(struct h2_stream *st)
     struct h2_conn *c = st->c;
     struct hp_local *loc = c->loc;
     if (!st->finished) {
-        stream_keep_lent(st);
         wg_exchange_release(&st->ds, st->ds.end_reason ? st->ds.end_reason : "client_reset");
     }
     nghttp2_session_set_stream_user_data(c->s, st->id, NULL);
@@ -566,22 +556,33 @@ static bool submit_trailers(struct h2_stream *st, const struct hp_buf *t)
     return n && nghttp2_submit_trailer(st->c->s, st->id, nv, n) == 0;
 }
 
-/* The provider of an upstream response's body: the exchange's block
- * d->r->uin [sent, fwd), de-chunked. Its bytes are not copied here but by
- * send_upstream_data(), straight into wbuf behind the frame header
- * (NO_COPY): one copy between the exchange's block and the socket. */
+/* Upstream response payload ready for the client: an HTTP/2 instance's
+ * (h2_raw) in the exchange's queue, whose first entry the next frame
+ * takes; else the exchange's block d->r->uin [sent, fwd), de-chunked. */
+static size_t payload_ready(const struct wg_exchange *r, size_t *total)
+{
+    if (r->h2_raw) {
+        const struct hp_rxq_ent *e = hp_rxq_front(&r->raw);
+        *total = r->raw.bytes;
+        return e ? e->len : 0;
+    }
+    return *total = r->uin ? r->uin->fwd - r->uin->sent : 0;
+}
+
+/* The provider of an upstream response's body (upstream_ready). Its bytes
+ * are not copied here but by send_upstream_data() (NO_COPY), behind the
+ * frame header: into wbuf, or over h2c by reference. */
 static ssize_t read_upstream(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
                              uint32_t *flags, nghttp2_data_source *src, void *user)
 {
     struct h2_stream *st = src->ptr;
     struct wg_exchange *r = st->ds.r;
-    struct hp_buf *b = r ? r->uin : NULL;
-    size_t avail = b ? b->fwd - b->sent : 0, n = avail < len ? avail : len;
+    size_t total = 0, avail = r ? payload_ready(r, &total) : 0, n = avail < len ? avail : len;
     if (n > H2_FRAME_PAYLOAD)
         n = H2_FRAME_PAYLOAD;
     if (n)
         *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
-    if (!r || (st->ds.rs == WG_RS_DONE && (!b || b->sent + n == b->fwd))) {
+    if (!r || (st->ds.rs == WG_RS_DONE && n == total)) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         st->eof_queued = true;
         if (!n)
@@ -597,58 +598,24 @@ static ssize_t read_upstream(nghttp2_session *s, int32_t id, uint8_t *buf, size_
     return (ssize_t)n;
 }
 
-/* ---- payload lent by reference (h2c: struct h2_ref) --------------------- */
+/* ---- payload lent by reference (h2c: wg_h2_lent) ----------------------- */
 
-/* Is some of block b lent? */
-static bool block_lent(const struct h2_conn *c, const struct hp_buf *b)
-{
-    for (unsigned i = 0; i < c->nref; i++)
-        if (c->refs[i].blk == b)
-            return true;
-    return false;
-}
-
-/* The first n refs are over (written, or the connection is): an orphan
- * block goes with its last ref; an exchange's block whose last ref this
- * was has nothing lent any more (what was queued after it was copied);
- * the others move to the front. */
+/* The first n lent payloads are over (written, or the connection is):
+ * their buffers' counts go. */
 static void refs_drop(struct h2_conn *c, unsigned n)
 {
     if (!n)
         return;
-    for (unsigned i = 0; i < n; i++) {
-        struct h2_ref *f = &c->refs[i];
-        bool last = true;
-        for (unsigned j = i + 1; j < c->nref && last; j++)
-            last = c->refs[j].blk != f->blk;
-        if (last && f->orphan)
-            hp_buf_free(c->loc, &f->blk);
-        else if (last)
-            f->blk->start = f->blk->sent;
-    }
+    for (unsigned i = 0; i < n; i++)
+        hp_rx_put(c->loc, &c->refs[i]);
     memmove(c->lent, c->lent + n, (c->nref - n) * sizeof *c->lent);
     memmove(c->refs, c->refs + n, (c->nref - n) * sizeof *c->refs);
     c->nref -= n;
 }
 
-/* The exchange is about to let go of its block: if some of it is still
- * lent to the socket, the block is the connection's until written. Called
- * before every wg_exchange_finish / wg_exchange_release of a stream. */
-static void stream_keep_lent(struct h2_stream *st)
-{
-    struct h2_conn *c = st->c;
-    struct wg_exchange *r = st->ds.r;
-    bool some = false;
-    for (unsigned i = 0; r && r->uin && i < c->nref; i++)
-        if (c->refs[i].blk == r->uin)
-            some = c->refs[i].orphan = true;
-    if (some)
-        r->uin = NULL;
-}
-
 /* wbuf's bytes with the lent payloads in their places, in one writev
- * (wg_h2_lent_write); what was written moves wbuf's sent and the blocks'
- * start on. The same contract as hp_flush_to. */
+ * (wg_h2_lent_write); what was written moves wbuf's sent on and drops the
+ * payloads written whole. The same contract as hp_flush_to. */
 static ssize_t flush_lent(struct h2_conn *c, struct hp_buf *w)
 {
     if (!c->writable)
@@ -664,9 +631,6 @@ static ssize_t flush_lent(struct h2_conn *c, struct hp_buf *w)
         return 0;
     }
     w->sent = (uint32_t)off;
-    for (unsigned i = 0; i <= over && i < c->nref; i++)    /* the written, the one in part */
-        if (!c->refs[i].orphan)
-            c->refs[i].blk->start = (uint32_t)((const char *)c->lent[i].p - c->refs[i].blk->data);
     refs_drop(c, over);
     if (w->sent < w->end || c->nref)
         c->writable = false;            /* full: the next edge says when */
@@ -675,44 +639,47 @@ static ssize_t flush_lent(struct h2_conn *c, struct hp_buf *w)
 
 /* A DATA frame read_upstream() gave: its header goes into wbuf, and the
  * payload too (conn_send keeps room for a whole frame before it asks for
- * more), or, to an h2c client from an h2_raw block, by reference when it
- * is at least WG_H2_LEND_MIN bytes. */
+ * more), or, to an h2c client from the exchange's queue (h2_raw), by
+ * reference when it is at least WG_H2_LEND_MIN bytes: the frame keeps a
+ * count of the payload's receive buffer until written (flush_lent). */
 static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_t *framehd,
                               size_t len, nghttp2_data_source *src, void *user)
 {
     struct h2_conn *c = user;
     struct h2_stream *st = src->ptr;
     struct wg_exchange *r = st->ds.r;
-    struct hp_buf *w = c->wbuf, *b = r ? r->uin : NULL;
-    size_t pad = f->data.padlen;
-    if (!b || b->fwd - b->sent < len)   /* the exchange let go of its block: cannot be */
+    struct hp_buf *w = c->wbuf;
+    size_t pad = f->data.padlen, total = 0;
+    if (!r || payload_ready(r, &total) < len)  /* the exchange let go of it: cannot be */
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    if (!c->ssl && !pad && r->h2_raw && len >= WG_H2_LEND_MIN) {
+    const uint8_t *p = r->h2_raw ? hp_rxq_front(&r->raw)->p : (const uint8_t *)r->uin->data + r->uin->sent;
+    if (r->h2_raw && !c->ssl && !pad && len >= WG_H2_LEND_MIN) {
         if (!c->lent) {
             if (!(c->lent = malloc(WG_H2_LENT_MAX * (sizeof *c->lent + sizeof *c->refs))))
                 return NGHTTP2_ERR_CALLBACK_FAILURE;
-            c->refs = (struct h2_ref *)(c->lent + WG_H2_LENT_MAX);
+            c->refs = (struct hp_rx **)(c->lent + WG_H2_LENT_MAX);
         }
         if (c->nref == WG_H2_LENT_MAX || !w || w->cap - w->end < 9)
             return NGHTTP2_ERR_WOULDBLOCK;
         memcpy(w->data + w->end, framehd, 9);
         w->end += 9;
-        c->lent[c->nref] = (struct wg_h2_lent){ (const uint8_t *)b->data + b->sent, w->end, len };
-        c->refs[c->nref++] = (struct h2_ref){ b, false };
-        b->sent += (uint32_t)len;       /* start moves once it is written (flush_lent) */
+        c->lent[c->nref] = (struct wg_h2_lent){ p, w->end, len };
+        hp_rxq_take(c->loc, &r->raw, len, &c->refs[c->nref++]);
     } else {
         if (!w || w->cap - w->end < 9 + pad + len)
             return NGHTTP2_ERR_WOULDBLOCK;
-        w->end += (uint32_t)wg_h2_data_frame((uint8_t *)w->data + w->end, f, framehd,
-                                             (const uint8_t *)b->data + b->sent, len);
-        b->sent += (uint32_t)len;
-        if (!block_lent(c, b))          /* else it moves once that is written */
-            b->start = b->sent;
+        w->end += (uint32_t)wg_h2_data_frame((uint8_t *)w->data + w->end, f, framehd, p, len);
+        if (r->h2_raw) {
+            hp_rxq_take(c->loc, &r->raw, len, NULL);
+        } else {
+            r->uin->sent += (uint32_t)len;
+            r->uin->start = r->uin->sent;
+        }
     }
     r->req_bytes_out += len;
     st->ds.blocked_since = 0;
     c->again = true;                    /* the exchange may read the upstream again */
-    if (st->eof_queued && b->sent == b->fwd)
+    if (st->eof_queued && len == total)
         st->data_eof = true;
     return 0;
 }
@@ -765,8 +732,10 @@ static bool h2_response_head(struct wg_downstream *d, const struct wg_http_parse
 static void h2_flush(struct wg_downstream *d, bool *progress)
 {
     struct h2_stream *st = stream_ds(d);
-    struct hp_buf *b = d->r ? d->r->uin : NULL;
-    bool pending = b && b->sent < b->fwd;
+    size_t total = 0;
+    if (d->r)
+        payload_ready(d->r, &total);
+    bool pending = total > 0;
     if (st->deferred && (pending || d->rs == WG_RS_DONE)) {
         st->deferred = false;
         nghttp2_session_resume_data(st->c->s, st->id);
@@ -854,7 +823,6 @@ static void h2_end(struct wg_downstream *d)
 {
     struct h2_stream *st = stream_ds(d);
     uint64_t idle_ms;
-    stream_keep_lent(st);
     wg_exchange_finish(d, &idle_ms);    /* the connection stays: streams do not close it */
     st->finished = true;
     d->rq = WG_RQ_IDLE;
@@ -1094,7 +1062,6 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
     struct h2_stream *st = nghttp2_session_get_stream_user_data(s, id);
     if (st && !st->finished && st->data_eof && st->ds.r && st->ds.rs == WG_RS_DONE) {
         uint64_t idle_ms;               /* the last DATA went out: a complete exchange */
-        stream_keep_lent(st);
         wg_exchange_finish(&st->ds, &idle_ms);  /* (pools its upstream connection) */
         st->finished = true;
     }
@@ -1232,7 +1199,6 @@ static void stream_step(struct h2_stream *st)
         }
     }
     if (d->dead && !st->finished) {
-        stream_keep_lent(st);
         wg_exchange_release(d, d->end_reason ? d->end_reason : "upstream_error");
         st->finished = true;
         stream_reset(st, NGHTTP2_INTERNAL_ERROR);

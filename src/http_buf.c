@@ -39,6 +39,7 @@ static void local_free(void *arg)
     spares_free(&loc->bufs[2]);
     spares_free(&loc->heads);
     spares_free(&loc->reqs);
+    spares_free(&loc->rx);
     free(loc);
 }
 
@@ -62,6 +63,7 @@ struct hp_local *hp_local_get(struct event_base *base)
         loc->bufs[2].max = HP_SPARE_WIDE;
         loc->heads.max = HP_SPARE_HEADS;
         loc->reqs.max = HP_SPARE_REQS;
+        loc->rx.max = HP_SPARE_RX;
     }
     if (!loc || !(loc->pool = wg_upstream_pool_new(base)) ||
         pthread_setspecific(hp_key, loc) != 0) {
@@ -72,6 +74,97 @@ struct hp_local *hp_local_get(struct event_base *base)
     }
     hp_tls = loc;
     return loc;
+}
+
+/* ---- the payload queue (struct hp_rxq) ---- */
+
+static struct hp_rxq_ent *rxq_last(struct hp_rxq *q)
+{
+    return q->n ? &q->e[(q->head + q->n - 1) % HP_RXQ_MAX] : NULL;
+}
+
+static struct hp_rxq_ent *rxq_push(struct hp_rxq *q, const uint8_t *p, size_t len,
+                                   struct hp_rx *rx)
+{
+    struct hp_rxq_ent *e = &q->e[(q->head + q->n++) % HP_RXQ_MAX];
+    rx->refs++;
+    *e = (struct hp_rxq_ent){ p, (uint32_t)len, rx };
+    q->bytes += (uint32_t)len;
+    return e;
+}
+
+/* Own's room: from its first byte again once nothing refers to it. */
+static size_t own_room(const struct hp_rxq *q)
+{
+    const struct hp_rx *o = q->own;
+    return !o || o->refs == 1 ? HP_RX : HP_RX - o->len;
+}
+
+bool hp_rxq_room(const struct hp_rxq *q)
+{
+    return q->bytes < HP_RXQ_BYTES && q->n < HP_RXQ_MAX && own_room(q) > 0;
+}
+
+size_t hp_rxq_put(struct hp_local *loc, struct hp_rxq *q, const uint8_t *p, size_t len,
+                  struct hp_rx *rx)
+{
+    if (!len || q->bytes >= HP_RXQ_BYTES)
+        return 0;
+    if (len >= WG_H2_LEND_MIN && hp_rx_holds(rx, p, len)) {
+        if (q->n == HP_RXQ_MAX)
+            return 0;
+        rxq_push(q, p, len, rx);
+        return len;
+    }
+    if (!q->own && !(q->own = hp_rx_new(loc)))
+        return 0;
+    struct hp_rx *o = q->own;
+    if (o->refs == 1)
+        o->len = 0;
+    size_t n = HP_RX - o->len < len ? HP_RX - o->len : len;
+    struct hp_rxq_ent *e = rxq_last(q);
+    bool joins = e && e->rx == o && e->p + e->len == o->data + o->len;
+    if (!n || (!joins && q->n == HP_RXQ_MAX))
+        return 0;
+    memcpy(o->data + o->len, p, n);
+    if (joins) {
+        e->len += (uint32_t)n;
+        q->bytes += (uint32_t)n;
+    } else {
+        rxq_push(q, o->data + o->len, n, o);
+    }
+    o->len += (uint32_t)n;
+    return n;
+}
+
+void hp_rxq_take(struct hp_local *loc, struct hp_rxq *q, size_t n, struct hp_rx **keep)
+{
+    struct hp_rxq_ent *e = &q->e[q->head];
+    if (!q->n || n > e->len)
+        abort();                        /* a caller's bug: it takes what it was shown */
+    q->bytes -= (uint32_t)n;
+    if (n < e->len) {
+        e->p += n;
+        e->len -= (uint32_t)n;
+        if (keep)
+            (*keep = e->rx)->refs++;
+        return;
+    }
+    if (keep)
+        *keep = e->rx;                  /* the entry's count goes with the bytes */
+    else
+        hp_rx_put(loc, &e->rx);
+    e->rx = NULL;
+    q->head = (uint8_t)((q->head + 1) % HP_RXQ_MAX);
+    q->n--;
+}
+
+void hp_rxq_clear(struct hp_local *loc, struct hp_rxq *q)
+{
+    while (q->n)
+        hp_rxq_take(loc, q, q->e[q->head].len, NULL);
+    hp_rx_put(loc, &q->own);
+    q->head = 0;
 }
 
 void hp_put_u64(struct hp_out *o, uint64_t v)

@@ -276,7 +276,10 @@ static void h2_push(struct wg_mirror_copy *m)
 
 static void h2_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t n, bool end) {}
 
-static size_t h2_data(void *ctx, const uint8_t *p, size_t len) { return len; }  /* discarded */
+static size_t h2_data(void *ctx, const uint8_t *p, size_t len, struct hp_rx *rx)
+{
+    return len;                         /* discarded */
+}
 
 static void h2_closed(void *ctx, uint32_t error, bool retryable)
 {

@@ -24,6 +24,7 @@
 
 #include "waygate/health.h"
 #include "waygate/http.h"
+#include "waygate/http_buf.h"
 #include "waygate/log.h"
 #include "waygate/pool.h"
 #include "waygate/stats.h"
@@ -31,7 +32,8 @@
 
 #define CONN_MAGIC 0x8201c0aeU
 #define STREAM_MAGIC 0x82015eeaU
-#define READ_CHUNK (64 * 1024)       /* one recv: up to four 16 KiB DATA frames */
+#define READ_CHUNK (16 * 1024)       /* the least room a recv is given (HP_RX at most:
+                                        up to four 16 KiB DATA frames) */
 #define TLS_RECORD 16384             /* the largest TLS record's payload */
 #define READ_ROUNDS 32               /* recvs per readable event (2 MiB): each stream
                                         of the connection gets more per loop turn */
@@ -112,6 +114,7 @@ struct h2_conn {
     struct wg_h2_lent *lent;            /* payloads lent, in pend order, and whose each is */
     struct up_ref *refs;                /* ([WG_H2_LENT_MAX] each, one malloc on first use) */
     unsigned nref;
+    struct hp_rx *rx;                   /* what reads go into (one count of it) */
 };
 
 struct h2_inst {
@@ -126,6 +129,7 @@ struct h2_inst {
 
 struct wg_h2_pool {
     struct event_base *base;
+    struct hp_local *loc;               /* the worker's (receive buffers) */
     struct wg_h2_settings set;
     struct h2_inst *insts;
     nghttp2_session_callbacks *cb;
@@ -231,7 +235,7 @@ static void stream_deliver(struct wg_h2_stream *st)
         return;
     st->delivering = true;
     while (st->roff < st->rlen) {
-        size_t n = st->ops->data(st->ctx, st->rbuf + st->roff, st->rlen - st->roff);
+        size_t n = st->ops->data(st->ctx, st->rbuf + st->roff, st->rlen - st->roff, NULL);
         if (st->abandoned)
             break;
         if (n > st->rlen - st->roff)
@@ -389,11 +393,15 @@ static int on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t 
         return 0;
     }
     /* Nothing waits ahead of these bytes: offer them straight from
-     * nghttp2's input, so that only what the exchange leaves is copied. */
+     * nghttp2's input (the connection's receive buffer, which the exchange
+     * may keep a count of: not while the worker's buffers out are over
+     * their bound), so that only what the exchange leaves is copied. */
     bool offered = st->roff == st->rlen && !st->delivering;
     if (offered) {
+        struct h2_conn *c = st->c;
+        struct hp_rx *rx = c->rx && pool_of(c)->loc->rx_live <= HP_RX_LIVE_MAX ? c->rx : NULL;
         st->delivering = true;
-        size_t n = st->ops->data(st->ctx, data, len);
+        size_t n = st->ops->data(st->ctx, data, len, hp_rx_holds(rx, data, len) ? rx : NULL);
         st->delivering = false;
         if (n > len)
             n = len;
@@ -695,14 +703,35 @@ static void conn_settle(struct h2_conn *c)
     }
 }
 
+/* The buffer the next read goes into: the connection's, from its first
+ * byte once nobody else counts it, after its bytes while it has room
+ * (what others count never moves), else a new one. */
+static struct hp_rx *read_room(struct h2_conn *c)
+{
+    struct hp_local *loc = pool_of(c)->loc;
+    struct hp_rx *rx = c->rx;
+    if (rx && rx->refs == 1)
+        rx->len = 0;
+    else if (!rx || HP_RX - rx->len < READ_CHUNK) {
+        hp_rx_put(loc, &c->rx);
+        rx = c->rx = hp_rx_new(loc);
+    }
+    return rx;
+}
+
 static void conn_read(struct h2_conn *c)
 {
-    uint8_t buf[READ_CHUNK];
     for (int rounds = 0; rounds < READ_ROUNDS; rounds++) {
-        size_t n = 0;
+        struct hp_rx *rx = read_room(c);
+        if (!rx) {
+            conn_close(c, NGHTTP2_INTERNAL_ERROR);
+            return;
+        }
+        uint8_t *buf = rx->data + rx->len;
+        size_t room = HP_RX - rx->len, n = 0;
         int err = 0;
         if (c->ssl) {
-            enum wg_tls_io r = wg_tls_read(c->ssl, buf, sizeof buf, &n);
+            enum wg_tls_io r = wg_tls_read(c->ssl, buf, room, &n);
             if (r == WG_TLS_WANT_READ)
                 break;
             if (r == WG_TLS_WANT_WRITE) {
@@ -712,7 +741,7 @@ static void conn_read(struct h2_conn *c)
             if (r != WG_TLS_OK)
                 err = ECONNRESET;
         } else {
-            ssize_t k = recv(c->fd, buf, sizeof buf, 0);
+            ssize_t k = recv(c->fd, buf, room, 0);
             if (k < 0 && (errno == EAGAIN || errno == EINTR))
                 break;
             if (k <= 0)
@@ -724,6 +753,7 @@ static void conn_read(struct h2_conn *c)
             conn_close(c, NGHTTP2_CONNECT_ERROR);
             return;
         }
+        rx->len += (uint32_t)n;
         c->in_callback = true;
         ssize_t used = nghttp2_session_mem_recv(c->s, buf, n);
         c->in_callback = false;
@@ -735,7 +765,7 @@ static void conn_read(struct h2_conn *c)
             break;
         /* A short read means the socket is drained; SSL_read returns one
          * record at most, so over TLS only a short record says so. */
-        if (n < (c->ssl ? TLS_RECORD : sizeof buf) && !(c->ssl && SSL_pending(c->ssl) > 0))
+        if (n < (c->ssl ? TLS_RECORD : room) && !(c->ssl && SSL_pending(c->ssl) > 0))
             break;
     }
     conn_settle(c);
@@ -883,6 +913,7 @@ static void conn_close(struct h2_conn *c, uint32_t error)
     if (c->fd >= 0)
         close(c->fd);
     nghttp2_session_del(c->s);
+    hp_rx_put(p->loc, &c->rx);         /* (what others count of it stays theirs) */
     for (unsigned i = 0; i < c->nref; i++) {    /* nothing more is written */
         struct up_ref *f = &c->refs[i];
         if (f->st) {                    /* a stream's own wbuf: it frees it */
@@ -991,6 +1022,7 @@ struct wg_h2_pool *wg_h2_pool_new(struct event_base *base, const struct wg_h2_se
     if (!p)
         return NULL;
     p->base = base;
+    p->loc = hp_local_get(base);
     p->set = set ? *set : wg_h2_defaults;
     if (!stats && posix_memalign((void **)&p->own, 64, sizeof *p->own) == 0) {
         for (int i = 0; i < WG_C__COUNT; i++)
@@ -998,7 +1030,7 @@ struct wg_h2_pool *wg_h2_pool_new(struct event_base *base, const struct wg_h2_se
         stats = p->own;
     }
     p->stats = stats;
-    if (!stats || nghttp2_session_callbacks_new(&p->cb) != 0 || nghttp2_option_new(&p->opt) != 0) {
+    if (!stats || !p->loc || nghttp2_session_callbacks_new(&p->cb) != 0 || nghttp2_option_new(&p->opt) != 0) {
         wg_h2_pool_free(p);
         return NULL;
     }

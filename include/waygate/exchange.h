@@ -137,7 +137,7 @@ struct wg_exchange {
     struct wg_h2_stream *h2;            /* the attempt's HTTP/2 stream (upstream_h2.h) */
     struct hp_buf *h2_tail;             /* its rendered end (trailers, last chunk) to go into uin */
     bool h2_on;                         /* this attempt speaks HTTP/2 (h2c/h2 instance) */
-    bool h2_raw;                        /* its payload goes into uin unframed (the client takes
+    bool h2_raw;                        /* its payload goes into raw unframed (the client takes
                                            payload only, HTTP/2): the stream's end ends the body */
     bool h2_ended, h2_closed, h2_retryable, h2_calling, h2_paused, grpc;
     bool grpc_web;                      /* gRPC-Web: grpc is set too; translated to gRPC for
@@ -146,7 +146,7 @@ struct wg_exchange {
                                            request body decoded, the response encoded */
     uint8_t h2_free;                    /* free retries after GOAWAY / REFUSED_STREAM */
     uint32_t h2_error;                  /* the stream's close code */
-    uint32_t h2_new;                    /* bytes put into uin since the last pull */
+    uint32_t h2_new;                    /* bytes put into uin (or raw) since the last pull */
     int16_t grpc_code;                  /* gRPC: grpc-status + 1 the client got; 0 = none */
     struct wg_b64_dec web_dec;          /* gRPC-Web-text to an HTTP/2 instance: the request
                                            body's base64 state */
@@ -156,11 +156,10 @@ struct wg_exchange {
                                            instance's (passed unchanged) are decoded */
     struct wg_b64_dec web_rdec;         /* ... the latter's base64 state, for -text */
     bool web_lost;                      /* ... whose base64 was not (no trailer frame then) */
-    struct hp_buf *uin;                 /* from the upstream; [sent, fwd) for the client; with
-                                           h2_raw, [start, sent) is lent to the client's codec
-                                           (written from here, by reference, by an h2c client's
-                                           writev): not moved, and handed to the codec, not
-                                           freed, when the exchange ends (http2.c) */
+    struct hp_buf *uin;                 /* from the upstream; [sent, fwd) for the client */
+    struct hp_rxq raw;                  /* h2_raw: the body's payload for the client's codec,
+                                           which takes it from the front (by reference over
+                                           h2c, http_buf.h); uin then holds the head only */
     struct hp_buf *uout;                /* the rewritten request head */
     struct hp_head *rhead;              /* while a response head is parsed */
     struct hp_buf *trailers;            /* the response's trailer section (payload_only

@@ -70,6 +70,8 @@ struct event_base;
 struct hp_local {
     struct hp_spares bufs[3];           /* free blocks: [0] small, [1] HP_BLOCK, [2] HP_WIDE */
     struct hp_spares heads, reqs;
+    struct hp_spares rx;                /* free receive buffers (struct hp_rx) */
+    unsigned rx_live;                   /* receive buffers out of that list */
     struct wg_upstream_pool *pool;
     struct wg_h2_pool *h2;              /* HTTP/2 upstreams (upstream_h2.h), made on first use */
     unsigned lingering;                 /* HTTP/1.1 connections in a lingering close */
@@ -185,6 +187,100 @@ static inline void hp_head_free(struct hp_local *loc, struct hp_head **hp)
         hp_spare_put(&loc->heads, *hp);
     *hp = NULL;
 }
+
+/* ---- receive buffers lent by reference ----
+ * An HTTP/2 upstream connection reads into a struct hp_rx, and a DATA
+ * payload in it goes on to an HTTP/2 client by reference, not copied: an
+ * entry of the exchange's queue (struct hp_rxq), then a payload of the
+ * client's writev (or its TLS record, copied once into the write buffer).
+ * Every holder keeps one count; the last hp_rx_put gives the buffer back.
+ * Bytes already in a buffer never move, so a reader appends after them.
+ * loc->rx_live counts the buffers out: past HP_RX_LIVE_MAX an upstream
+ * offers its payloads for copying instead (a slow client pins one
+ * buffer per entry it keeps: this bounds what a worker's pin). */
+#define HP_RX (64u * 1024u)
+#define HP_SPARE_RX 128                 /* (8 MiB) */
+#define HP_RX_LIVE_MAX 1024             /* (64 MiB a worker) */
+
+struct hp_rx {
+    struct hp_rx *next;                 /* the free list's link */
+    uint32_t refs;
+    uint32_t len;                       /* bytes in data */
+    uint8_t data[HP_RX];
+};
+
+/* A buffer of one count, empty; NULL when out of memory. */
+static inline struct hp_rx *hp_rx_new(struct hp_local *loc)
+{
+    struct hp_rx *rx = hp_spare_get(&loc->rx, sizeof *rx);
+    if (!rx)
+        return NULL;
+    rx->next = NULL;
+    rx->refs = 1;
+    rx->len = 0;
+    loc->rx_live++;
+    return rx;
+}
+
+/* Drop the count *p holds (NULL is fine) and clear it. */
+static inline void hp_rx_put(struct hp_local *loc, struct hp_rx **p)
+{
+    struct hp_rx *rx = *p;
+    *p = NULL;
+    if (!rx || --rx->refs)
+        return;
+    loc->rx_live--;
+    hp_spare_put(&loc->rx, rx);
+}
+
+/* Does [p, p + n) lie in rx's bytes? */
+static inline bool hp_rx_holds(const struct hp_rx *rx, const uint8_t *p, size_t n)
+{
+    uintptr_t a = (uintptr_t)p, b = rx ? (uintptr_t)rx->data : 0;
+    return rx && a >= b && n <= rx->len && a - b <= rx->len - n;
+}
+
+/* A response body's payload on its way to an HTTP/2 client, in order:
+ * ranges of receive buffers, each entry holding one count of its buffer.
+ * A payload of at least WG_H2_LEND_MIN bytes (upstream_h2.h) offered with
+ * the buffer that holds it is referred to; any other is copied into `own`,
+ * the queue's buffer, which starts over once nothing refers to it (a
+ * shorter payload costs less copied than as a writev entry and a pinned
+ * buffer). At most HP_RXQ_BYTES wait (give or take one
+ * offer): past that, and when the entries or `own` are full, the queue
+ * takes nothing (hp_rxq_room says when it does again). */
+#define HP_RXQ_MAX 8
+#define HP_RXQ_BYTES (64u * 1024u)
+
+struct hp_rxq_ent {
+    const uint8_t *p;
+    uint32_t len;
+    struct hp_rx *rx;
+};
+
+struct hp_rxq {
+    struct hp_rxq_ent e[HP_RXQ_MAX];    /* a ring: e[head], then n - 1 after it */
+    uint8_t head, n;
+    uint32_t bytes;                     /* in all entries */
+    struct hp_rx *own;
+};
+
+/* Take [p, p + len) (rx: the buffer holding it, NULL if none): returns
+ * how many bytes were taken (all, some when `own` fills, or none). */
+size_t hp_rxq_put(struct hp_local *loc, struct hp_rxq *q, const uint8_t *p, size_t len,
+                  struct hp_rx *rx);
+/* Could the queue take bytes again? */
+bool hp_rxq_room(const struct hp_rxq *q);
+/* The first entry (NULL when empty). */
+static inline const struct hp_rxq_ent *hp_rxq_front(const struct hp_rxq *q)
+{
+    return q->n ? &q->e[q->head] : NULL;
+}
+/* The first n bytes (all of them in the first entry) are gone; with
+ * `keep`, the caller gets a count of their buffer. */
+void hp_rxq_take(struct hp_local *loc, struct hp_rxq *q, size_t n, struct hp_rx **keep);
+/* Drop every entry and `own`. */
+void hp_rxq_clear(struct hp_local *loc, struct hp_rxq *q);
 
 /* ---- writing heads ---- */
 struct hp_out {

@@ -34,7 +34,14 @@
  *    takes what fits and ops->writable says when more fits. Over h2c the
  *    buffer's bytes are written from where they are (WG_H2_LEND_MIN): it
  *    is neither moved nor reused until they are out, and one whose stream
- *    ended first goes with the connection until then.
+ *    ended first goes with the connection until then;
+ *  - a connection reads into receive buffers (http_buf.h struct hp_rx) and
+ *    offers a DATA payload together with the buffer that holds it: the
+ *    exchange may keep a count of that buffer and pass the payload on by
+ *    reference instead of copying it. Bytes the exchange did not take
+ *    wait in the stream's own buffer and are offered without one (NULL):
+ *    they are copied. A buffer goes back to the worker's list once the
+ *    last count is dropped, connection or not.
  *
  * Lifetimes: the pool holds one reference on every instance it has a
  * connection to. A stream belongs to the exchange that submitted it until
@@ -92,14 +99,18 @@ struct wg_h2_settings {
 extern const struct wg_h2_settings wg_h2_defaults;
 
 /* What a stream reports to its exchange. `ctx` is the submit's ctx. */
+struct hp_rx;
+
 struct wg_h2_stream_ops {
     /* The final response head: :status and the other fields (no pseudo
      * headers). end_stream: nothing follows (a Trailers-Only gRPC answer
      * has its grpc-status here). Interim (1xx) heads are not reported. */
     void (*head)(void *ctx, unsigned status, const nghttp2_nv *nv, size_t n, bool end_stream);
     /* Response body bytes; returns how many the exchange took (0..len).
-     * The rest is offered again after wg_h2_stream_resume_read(). */
-    size_t (*data)(void *ctx, const uint8_t *p, size_t len);
+     * The rest is offered again after wg_h2_stream_resume_read(). rx (may
+     * be NULL) holds [p, p + len): a callback may keep a count of it
+     * (http_buf.h) and the bytes with it instead of copying them. */
+    size_t (*data)(void *ctx, const uint8_t *p, size_t len, struct hp_rx *rx);
     /* Trailers, after all data was taken. */
     void (*trailers)(void *ctx, const nghttp2_nv *nv, size_t n);
     /* The stream is over, after everything above was delivered: error 0 =

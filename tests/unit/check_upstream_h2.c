@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "waygate/http.h"
+#include "waygate/http_buf.h"
 #include "waygate/balance.h"
 #include "waygate/pool.h"
 #include "waygate/reclaim.h"
@@ -100,6 +101,9 @@ struct call {
     const uint8_t *body;                /* to send */
     size_t body_len, body_off;
     unsigned writable;
+    bool keep;                          /* keep offered bytes: by a count of their buffer */
+    struct piece { const uint8_t *p; size_t len; struct hp_rx *rx; } *pieces;
+    size_t n_pieces, by_ref;
 };
 
 static void c_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t n, bool end)
@@ -110,7 +114,7 @@ static void c_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t n, b
     c->end_in_head = end;
 }
 
-static size_t c_data(void *ctx, const uint8_t *p, size_t len)
+static size_t c_data(void *ctx, const uint8_t *p, size_t len, struct hp_rx *rx)
 {
     struct call *c = ctx;
     if (len > c->max_offer)
@@ -118,6 +122,18 @@ static size_t c_data(void *ctx, const uint8_t *p, size_t len)
     if (c->paused)
         return 0;
     c->got += len;
+    if (c->keep) {                      /* as the exchange's queue does (struct hp_rxq) */
+        c->pieces = realloc(c->pieces, (c->n_pieces + 1) * sizeof *c->pieces);
+        struct piece *k = &c->pieces[c->n_pieces++];
+        *k = (struct piece){ p, len, rx };
+        ck_assert(!rx || hp_rx_holds(rx, p, len));
+        if (rx) {
+            rx->refs++;
+            c->by_ref += len;
+        } else {
+            k->p = memcpy(malloc(len), p, len);
+        }
+    }
     return len;
 }
 
@@ -347,6 +363,127 @@ START_TEST(flow_control_both_ways)
     ck_assert_str_eq(c.grpc_status, "0");
     free(body);
     world_down(&w);
+}
+END_TEST
+
+/* A reply's payloads come with the receive buffer that holds them, and
+ * a buffer someone keeps a count of is never read into again where its
+ * bytes are: a 2 MiB echo kept by reference to the end is byte-exact, and
+ * every buffer goes back once the counts are dropped. */
+START_TEST(payloads_kept_by_reference_stay_intact)
+{
+    struct world w;
+    world_up(&w, NULL, NULL);
+    struct hp_local *loc = hp_local_peek();
+    ck_assert_ptr_nonnull(loc);
+    unsigned live = loc->rx_live;
+    size_t len = 2u << 20;
+    uint8_t *body = malloc(len);
+    for (size_t i = 0; i < len; i++)
+        body[i] = (uint8_t)(i * 13 + (i >> 12));
+    body[0] = 0;                        /* one 2 MiB - 5 gRPC message */
+    size_t m = len - 5;
+    body[1] = (uint8_t)(m >> 24), body[2] = (uint8_t)(m >> 16), body[3] = (uint8_t)(m >> 8);
+    body[4] = (uint8_t)m;
+    struct call c;
+    ck_assert_ptr_nonnull(call_start(&w, &c, "/wg.Echo/Big", body, len, NULL));
+    c.keep = true;
+    struct calls cs = { &c, 1 };
+    ck_assert(run_until(&w, all_closed, &cs, 10000));
+    ck_assert_uint_eq(c.got, len);
+    ck_assert_uint_gt(c.by_ref, len / 2);   /* most of it came in a buffer of its own */
+    ck_assert_uint_gt(loc->rx_live, live);  /* ... which the counts still hold */
+    size_t at = 0;
+    for (size_t i = 0; i < c.n_pieces; i++) {
+        struct piece *k = &c.pieces[i];
+        ck_assert(at + k->len <= len && memcmp(k->p, body + at, k->len) == 0);
+        at += k->len;
+        if (k->rx)
+            hp_rx_put(loc, &k->rx);
+        else
+            free((void *)k->p);
+    }
+    ck_assert_uint_eq(at, len);
+    free(c.pieces);
+    world_down(&w);                     /* the connection's own buffer goes too */
+    ck_assert_uint_eq(loc->rx_live, live);
+    free(body);
+}
+END_TEST
+
+/* The exchange's payload queue: a payload in a receive buffer of its own
+ * is referred to (the same bytes, one more count); a short one, or one
+ * without a buffer, is copied into the queue's own buffer, joined to the
+ * entry before it when that is own's too; the queue takes nothing past
+ * its entries or HP_RXQ_BYTES; a take in part keeps the rest, a whole one
+ * hands the entry's count over; clear gives every count back. */
+START_TEST(payload_queue_refers_copies_and_counts)
+{
+    struct event_base *base = event_base_new();
+    struct hp_local *loc = hp_local_get(base);
+    ck_assert_ptr_nonnull(loc);
+    unsigned live = loc->rx_live;
+    struct hp_rx *rx = hp_rx_new(loc);
+    ck_assert_ptr_nonnull(rx);
+    for (unsigned i = 0; i < HP_RX; i++)
+        rx->data[i] = (uint8_t)(i * 3);
+    rx->len = HP_RX;
+    struct hp_rxq q;
+    memset(&q, 0, sizeof q);
+    /* referred to: the same bytes, a count */
+    ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data, 8192, rx), 8192);
+    ck_assert_ptr_eq(hp_rxq_front(&q)->p, rx->data);
+    ck_assert_uint_eq(rx->refs, 2);
+    /* short: copied into own, and the next short one joins that entry */
+    ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data + 8192, 100, rx), 100);
+    ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data + 8292, 50, NULL), 50);
+    ck_assert_uint_eq(q.n, 2);
+    ck_assert_uint_eq(q.bytes, 8342);
+    ck_assert_ptr_nonnull(q.own);
+    ck_assert_uint_eq(q.own->refs, 2);
+    ck_assert(memcmp(q.e[1].p, rx->data + 8192, 150) == 0);
+    /* not in the buffer it came with: copied */
+    uint8_t outside[5000];
+    memset(outside, 7, sizeof outside);
+    ck_assert_uint_eq(hp_rxq_put(loc, &q, outside, sizeof outside, rx), sizeof outside);
+    ck_assert_ptr_eq(q.e[1].p + 150, q.own->data + 150);
+    ck_assert_uint_eq(q.n, 2);
+    /* the entries fill up */
+    for (unsigned i = 0; q.n < HP_RXQ_MAX; i++)
+        ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data + 16384 + i * 4096, 4096, rx), 4096);
+    ck_assert(!hp_rxq_room(&q));
+    ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data, 4096, rx), 0);
+    /* a take in part keeps the entry; the caller's count is one more */
+    struct hp_rx *kept = NULL;
+    hp_rxq_take(loc, &q, 4096, &kept);
+    ck_assert_ptr_eq(kept, rx);
+    ck_assert_ptr_eq(hp_rxq_front(&q)->p, rx->data + 4096);
+    hp_rx_put(loc, &kept);
+    /* a whole take hands the entry's count over */
+    unsigned refs = rx->refs;
+    hp_rxq_take(loc, &q, 4096, &kept);
+    ck_assert_ptr_eq(kept, rx);
+    ck_assert_uint_eq(rx->refs, refs);
+    ck_assert_uint_eq(q.n, HP_RXQ_MAX - 1);
+    hp_rx_put(loc, &kept);
+    /* own starts over once nobody refers to it */
+    hp_rxq_take(loc, &q, q.e[q.head].len, NULL);
+    ck_assert_uint_eq(q.own->refs, 1);
+    ck_assert_uint_eq(hp_rxq_put(loc, &q, outside, 10, NULL), 10);
+    ck_assert_ptr_eq(q.e[(q.head + q.n - 1) % HP_RXQ_MAX].p, q.own->data);
+    /* no more than HP_RXQ_BYTES wait */
+    hp_rxq_clear(loc, &q);
+    ck_assert_uint_eq(rx->refs, 1);
+    for (unsigned i = 0; i < 4; i++)
+        ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data, HP_RX / 4, rx), HP_RX / 4);
+    ck_assert_uint_eq(q.bytes, HP_RXQ_BYTES);
+    ck_assert(!hp_rxq_room(&q));
+    ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data, 5000, rx), 0);
+    hp_rxq_clear(loc, &q);
+    ck_assert_uint_eq(rx->refs, 1);
+    hp_rx_put(loc, &rx);
+    ck_assert_uint_eq(loc->rx_live, live);
+    event_base_free(base);
 }
 END_TEST
 
@@ -759,6 +896,7 @@ int main(void)
     tcase_add_test(t, streams_bounded_by_peer_settings_then_cap);
     tcase_add_test(t, goaway_refuses_unprocessed_streams);
     tcase_add_test(t, flow_control_both_ways);
+    tcase_add_test(t, payloads_kept_by_reference_stay_intact);
     tcase_add_test(t, reset_and_ping_liveness);
     tcase_add_test(t, service_limits_replace_the_pools);
     tcase_add_test(t, submit_copies_no_copy_fields);
@@ -769,6 +907,7 @@ int main(void)
     tcase_add_test(heads, request_nv_lowercases_every_byte);
     tcase_add_test(heads, response_h2_to_h1_round_trip);
     tcase_add_test(heads, lent_write_keeps_the_order_through_short_writes);
+    tcase_add_test(heads, payload_queue_refers_copies_and_counts);
     suite_add_tcase(s, heads);
     return unit_run(s);
 }
