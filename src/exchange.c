@@ -1805,7 +1805,7 @@ static void h2_attach(struct wg_downstream *d)
     r->fresh_only = false;
     r->sent_any = false;
     r->up_blocked_since = 0;
-    if (!d->loc->h2 && !(d->loc->h2 = wg_h2_pool_new(d->w->base, &wg_h2_defaults, d->w->stats))) {
+    if (!wg_h2_pool_local(d->loc, d->w->base, d->w->stats)) {
         fail_upstream(d, 503);
         return;
     }

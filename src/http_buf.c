@@ -10,7 +10,6 @@
 
 #include "waygate/log.h"
 #include "waygate/tls.h"
-#include "waygate/upstream_h2.h"
 #include "waygate/upstream_pool.h"
 
 bool hp_transient(void) { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
@@ -32,7 +31,8 @@ static _Thread_local struct hp_local *hp_tls;
 static void local_free(void *arg)
 {
     struct hp_local *loc = arg;
-    wg_h2_pool_free(loc->h2);
+    if (loc->h2)
+        loc->h2_free(loc->h2);
     wg_upstream_pool_free(loc->pool);
     spares_free(&loc->bufs[0]);
     spares_free(&loc->bufs[1]);
@@ -110,7 +110,7 @@ size_t hp_rxq_put(struct hp_local *loc, struct hp_rxq *q, const uint8_t *p, size
 {
     if (!len || q->bytes >= HP_RXQ_BYTES)
         return 0;
-    if (len >= WG_H2_LEND_MIN && hp_rx_holds(rx, p, len)) {
+    if (len >= HP_LEND_MIN && hp_rx_holds(rx, p, len)) {
         if (q->n == HP_RXQ_MAX)
             return 0;
         rxq_push(q, p, len, rx);

@@ -365,7 +365,7 @@ static bool h2_submit(struct wg_mirror_copy *m, struct wg_worker *w,
     size_t used = 0, n = 0;
     int err = 0;
 
-    if (!loc || (!loc->h2 && !(loc->h2 = wg_h2_pool_new(w->base, &wg_h2_defaults, w->stats))))
+    if (!loc || !wg_h2_pool_local(loc, w->base, w->stats))
         return false;
     wg_http_parser_init_request(&p, h, HP_MAX_HEADERS, 0);
     if (wg_http_parse_head(&p, head, len, &used) == WG_HTTP_DONE)

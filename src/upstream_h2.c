@@ -1015,6 +1015,14 @@ struct wg_h2_conn_limits wg_h2_service_limits(const struct wg_service_config *sc
     };
 }
 
+struct wg_h2_pool *wg_h2_pool_local(struct hp_local *loc, struct event_base *base,
+                                    struct wg_stats_block *stats)
+{
+    if (!loc->h2 && (loc->h2 = wg_h2_pool_new(base, &wg_h2_defaults, stats)))
+        loc->h2_free = wg_h2_pool_free;
+    return loc->h2;
+}
+
 struct wg_h2_pool *wg_h2_pool_new(struct event_base *base, const struct wg_h2_settings *set,
                                   struct wg_stats_block *stats)
 {

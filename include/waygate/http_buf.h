@@ -74,6 +74,7 @@ struct hp_local {
     unsigned rx_live;                   /* receive buffers out of that list */
     struct wg_upstream_pool *pool;
     struct wg_h2_pool *h2;              /* HTTP/2 upstreams (upstream_h2.h), made on first use */
+    void (*h2_free)(struct wg_h2_pool *);   /* (its maker's: this module does not depend on it) */
     unsigned lingering;                 /* HTTP/1.1 connections in a lingering close */
 };
 
@@ -242,7 +243,7 @@ static inline bool hp_rx_holds(const struct hp_rx *rx, const uint8_t *p, size_t 
 
 /* A response body's payload on its way to an HTTP/2 client, in order:
  * ranges of receive buffers, each entry holding one count of its buffer.
- * A payload of at least WG_H2_LEND_MIN bytes (upstream_h2.h) offered with
+ * A payload of at least HP_LEND_MIN bytes (the writers' bound) offered with
  * the buffer that holds it is referred to; any other is copied into `own`,
  * the queue's buffer, which starts over once nothing refers to it (a
  * shorter payload costs less copied than as a writev entry and a pinned
@@ -251,6 +252,7 @@ static inline bool hp_rx_holds(const struct hp_rx *rx, const uint8_t *p, size_t 
  * takes nothing (hp_rxq_room says when it does again). */
 #define HP_RXQ_MAX 8
 #define HP_RXQ_BYTES (64u * 1024u)
+#define HP_LEND_MIN 4096u               /* (= WG_H2_LEND_MIN, the writers' bound) */
 
 struct hp_rxq_ent {
     const uint8_t *p;

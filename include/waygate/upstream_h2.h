@@ -60,6 +60,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "waygate/http_buf.h"
+
 struct event_base;
 struct wg_instance;
 struct wg_http_message;
@@ -70,8 +72,9 @@ struct wg_http_header;
  * bytes by reference, from the buffer it is in, in the writev of the frame
  * headers (http2.c: the response to a client, upstream_h2.c: a request
  * body): no copy into the write buffer. A smaller one costs less copied
- * than as an iovec of its own. */
-#define WG_H2_LEND_MIN 4096u
+ * than as an iovec of its own (the exchange's payload queue keeps to the
+ * same bound: http_buf.h). */
+#define WG_H2_LEND_MIN HP_LEND_MIN
 #define WG_H2_LENT_MAX 32               /* payloads a connection holds lent at once */
 
 /* What a service asks of the connections to its instances (its
@@ -136,6 +139,10 @@ struct wg_h2_pool *wg_h2_pool_new(struct event_base *base, const struct wg_h2_se
                                   struct wg_stats_block *stats);
 /* Closes every connection; open streams get ops->closed(CANCEL, false). */
 void wg_h2_pool_free(struct wg_h2_pool *p);
+/* The worker's pool, loc->h2, made on first use with the default settings
+ * (and freed with loc when the worker ends); NULL when out of memory. */
+struct wg_h2_pool *wg_h2_pool_local(struct hp_local *loc, struct event_base *base,
+                                    struct wg_stats_block *stats);
 
 /* Start a request to `inst`: `nv` holds the pseudo headers (:method,
  * :scheme, :authority, :path) first, then the fields (copied now).
