@@ -334,6 +334,20 @@ END_TEST
 /* 2 MiB echoed: the request body goes through the bounded buffer (writable
  * callbacks), and while the exchange takes nothing the upstream can put at
  * most one stream window into waygate. */
+/* One gRPC message of len - 5 bytes, framed, its bytes varying (malloc'd). */
+static uint8_t *big_message(size_t len)
+{
+    uint8_t *body = malloc(len);
+    ck_assert_ptr_nonnull(body);
+    for (size_t i = 0; i < len; i++)
+        body[i] = (uint8_t)(i * 13 + (i >> 12));
+    size_t m = len - 5;
+    body[0] = 0;
+    body[1] = (uint8_t)(m >> 24), body[2] = (uint8_t)(m >> 16), body[3] = (uint8_t)(m >> 8);
+    body[4] = (uint8_t)m;
+    return body;
+}
+
 START_TEST(flow_control_both_ways)
 {
     struct world w;
@@ -341,13 +355,7 @@ START_TEST(flow_control_both_ways)
     set.stream_window = 64 * 1024;
     world_up(&w, NULL, &set);
     size_t len = 2u << 20;
-    uint8_t *body = malloc(len);
-    for (size_t i = 0; i < len; i++)
-        body[i] = (uint8_t)(i * 7);
-    body[0] = 0;                        /* one 2 MiB - 5 gRPC message */
-    size_t m = len - 5;
-    body[1] = (uint8_t)(m >> 24), body[2] = (uint8_t)(m >> 16), body[3] = (uint8_t)(m >> 8);
-    body[4] = (uint8_t)m;
+    uint8_t *body = big_message(len);
     struct call c;
     ck_assert_ptr_nonnull(call_start(&w, &c, "/wg.Echo/Big", body, len, NULL));
     c.paused = true;
@@ -378,13 +386,7 @@ START_TEST(payloads_kept_by_reference_stay_intact)
     ck_assert_ptr_nonnull(loc);
     unsigned live = loc->rx_live;
     size_t len = 2u << 20;
-    uint8_t *body = malloc(len);
-    for (size_t i = 0; i < len; i++)
-        body[i] = (uint8_t)(i * 13 + (i >> 12));
-    body[0] = 0;                        /* one 2 MiB - 5 gRPC message */
-    size_t m = len - 5;
-    body[1] = (uint8_t)(m >> 24), body[2] = (uint8_t)(m >> 16), body[3] = (uint8_t)(m >> 8);
-    body[4] = (uint8_t)m;
+    uint8_t *body = big_message(len);
     struct call c;
     ck_assert_ptr_nonnull(call_start(&w, &c, "/wg.Echo/Big", body, len, NULL));
     c.keep = true;
