@@ -569,7 +569,7 @@ static size_t payload_ready(const struct wg_exchange *r, size_t *total)
     return *total = r->uin ? r->uin->fwd - r->uin->sent : 0;
 }
 
-/* The provider of an upstream response's body (upstream_ready). Its bytes
+/* The provider of an upstream response's body (payload_ready). Its bytes
  * are not copied here but by send_upstream_data() (NO_COPY), behind the
  * frame header: into wbuf, or over h2c by reference. */
 static ssize_t read_upstream(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,

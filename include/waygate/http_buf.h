@@ -14,6 +14,10 @@
  *    Heads we build use sent and end only.
  *  - struct hp_out writes a head into a block without overflowing it: a
  *    write that does not fit marks it full, and out_close then adds nothing.
+ *  - A receive buffer (struct hp_rx) is counted, and its bytes never move
+ *    while anyone holds a count: a payload goes from an HTTP/2 upstream's
+ *    read to an HTTP/2 client's write by reference (struct hp_rxq, the
+ *    exchange's queue of them). A worker has at most HP_RX_LIVE_MAX out.
  */
 #ifndef WAYGATE_HTTP_BUF_H
 #define WAYGATE_HTTP_BUF_H
