@@ -17,7 +17,8 @@
  *  - A receive buffer (struct hp_rx) is counted, and its bytes never move
  *    while anyone holds a count: a payload goes from an HTTP/2 upstream's
  *    read to an HTTP/2 client's write by reference (struct hp_rxq, the
- *    exchange's queue of them). A worker has at most HP_RX_LIVE_MAX out.
+ *    exchange's queue of them). Past HP_RX_LIVE_MAX buffers out, a worker
+ *    lends no more: payloads are copied into the queue's one own buffer.
  */
 #ifndef WAYGATE_HTTP_BUF_H
 #define WAYGATE_HTTP_BUF_H
