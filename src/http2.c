@@ -45,9 +45,13 @@
  * HP_WIDE: with a 16 KiB wbuf each full 16 KiB DATA frame (an h2 upstream's)
  * took two writev(2), 16,384 bytes and 9; now up to four frames take one. */
 #define H2_FRAME_PAYLOAD (HP_BLOCK - 9)
+/* The longest DATA payload nghttp2 asks for (no read_length callback). An
+ * h2 upstream's DATA payloads are not cut to H2_FRAME_PAYLOAD: a 16 KiB
+ * one would leave as two frames, the second of 9 bytes. */
+#define H2_DATA_MAX 16384u
 /* What wbuf keeps free before nghttp2 is asked for more: a whole DATA frame
  * send_upstream_data writes (header, payload, padding of at most 256). */
-#define H2_NO_COPY_ROOM (9 + H2_FRAME_PAYLOAD + 256)
+#define H2_NO_COPY_ROOM (9 + H2_DATA_MAX + 256)
 
 struct h2_conn;
 
@@ -578,8 +582,8 @@ static ssize_t read_upstream(nghttp2_session *s, int32_t id, uint8_t *buf, size_
     struct h2_stream *st = src->ptr;
     struct wg_exchange *r = st->ds.r;
     size_t total = 0, avail = r ? payload_ready(r, &total) : 0, n = avail < len ? avail : len;
-    if (n > H2_FRAME_PAYLOAD)
-        n = H2_FRAME_PAYLOAD;
+    if (n > H2_FRAME_PAYLOAD && !r->h2_raw)
+        n = H2_FRAME_PAYLOAD;           /* an h2 upstream's frames pass whole (H2_DATA_MAX) */
     if (n)
         *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
     if (!r || (st->ds.rs == WG_RS_DONE && n == total)) {

@@ -110,6 +110,12 @@ size_t hp_rxq_put(struct hp_local *loc, struct hp_rxq *q, const uint8_t *p, size
 {
     if (!len || q->bytes >= HP_RXQ_BYTES)
         return 0;
+    struct hp_rxq_ent *e = rxq_last(q);
+    if (e && rx && e->rx == rx && e->p + e->len == p && hp_rx_holds(rx, p, len)) {
+        e->len += (uint32_t)len;        /* the rest of the same frame: one count */
+        q->bytes += (uint32_t)len;
+        return len;
+    }
     if (len >= HP_LEND_MIN && hp_rx_holds(rx, p, len)) {
         if (q->n == HP_RXQ_MAX)
             return 0;
@@ -122,7 +128,6 @@ size_t hp_rxq_put(struct hp_local *loc, struct hp_rxq *q, const uint8_t *p, size
     if (o->refs == 1)
         o->len = 0;
     size_t n = HP_RX - o->len < len ? HP_RX - o->len : len;
-    struct hp_rxq_ent *e = rxq_last(q);
     bool joins = e && e->rx == o && e->p + e->len == o->data + o->len;
     if (!n || (!joins && q->n == HP_RXQ_MAX))
         return 0;

@@ -249,12 +249,14 @@ static inline bool hp_rx_holds(const struct hp_rx *rx, const uint8_t *p, size_t 
 /* A response body's payload on its way to an HTTP/2 client, in order:
  * ranges of receive buffers, each entry holding one count of its buffer.
  * A payload of at least HP_LEND_MIN bytes (the writers' bound) offered with
- * the buffer that holds it is referred to; any other is copied into `own`,
- * the queue's buffer, which starts over once nothing refers to it (a
- * shorter payload costs less copied than as a writev entry and a pinned
- * buffer). At most HP_RXQ_BYTES wait (give or take one
- * offer): past that, and when the entries or `own` are full, the queue
- * takes nothing (hp_rxq_room says when it does again). */
+ * the buffer that holds it is referred to, and so is one of any length
+ * that continues the last entry in the same buffer (the rest of a frame
+ * nghttp2 gave in two pieces: one entry, one count); any other is copied
+ * into `own`, the queue's buffer, which starts over once nothing refers to
+ * it (a shorter payload costs less copied than as a writev entry and a
+ * pinned buffer). At most HP_RXQ_BYTES wait (give or take one offer): past
+ * that, and when the entries or `own` are full, the queue takes nothing
+ * (hp_rxq_room says when it does again). */
 #define HP_RXQ_MAX 8
 #define HP_RXQ_BYTES (64u * 1024u)
 #define HP_LEND_MIN 4096u               /* (= WG_H2_LEND_MIN, the writers' bound) */

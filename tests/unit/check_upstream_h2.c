@@ -436,14 +436,27 @@ START_TEST(payload_queue_refers_copies_and_counts)
     ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data, 8192, rx), 8192);
     ck_assert_ptr_eq(hp_rxq_front(&q)->p, rx->data);
     ck_assert_uint_eq(rx->refs, 2);
-    /* short: copied into own, and the next short one joins that entry */
-    ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data + 8192, 100, rx), 100);
-    ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data + 8292, 50, NULL), 50);
+    /* the rest of it, however short, in the same buffer: the same entry, no count more */
+    ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data + 8192, 9, rx), 9);
+    ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data + 8201, 4096, rx), 4096);
+    ck_assert_uint_eq(q.n, 1);
+    ck_assert_uint_eq(hp_rxq_front(&q)->len, 8192 + 9 + 4096);
+    ck_assert_uint_eq(rx->refs, 2);
+    ck_assert_ptr_null(q.own);
+    hp_rxq_take(loc, &q, 4096, NULL);   /* a take in part leaves the join intact */
+    ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data + 12297, 3, rx), 3);
+    ck_assert_uint_eq(hp_rxq_front(&q)->len, 8192 + 9 + 3);
+    hp_rxq_clear(loc, &q);
+    ck_assert_uint_eq(rx->refs, 1);
+    ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data, 8192, rx), 8192);
+    /* short, not next to the last entry: copied into own, and the next short one joins that entry */
+    ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data + 9000, 100, rx), 100);
+    ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data + 9100, 50, NULL), 50);
     ck_assert_uint_eq(q.n, 2);
     ck_assert_uint_eq(q.bytes, 8342);
     ck_assert_ptr_nonnull(q.own);
     ck_assert_uint_eq(q.own->refs, 2);
-    ck_assert(memcmp(q.e[1].p, rx->data + 8192, 150) == 0);
+    ck_assert(memcmp(q.e[1].p, rx->data + 9000, 150) == 0);
     /* not in the buffer it came with: copied */
     uint8_t outside[5000];
     memset(outside, 7, sizeof outside);
@@ -452,7 +465,7 @@ START_TEST(payload_queue_refers_copies_and_counts)
     ck_assert_uint_eq(q.n, 2);
     /* the entries fill up */
     for (unsigned i = 0; q.n < HP_RXQ_MAX; i++)
-        ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data + 16384 + i * 4096, 4096, rx), 4096);
+        ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data + 16384 + i * 4105, 4096, rx), 4096);
     ck_assert(!hp_rxq_room(&q));
     ck_assert_uint_eq(hp_rxq_put(loc, &q, rx->data, 4096, rx), 0);
     /* a take in part keeps the entry; the caller's count is one more */
