@@ -62,6 +62,9 @@ def main():
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--streams", type=int, default=0,
                     help="grpc*: h2load -m (default 10 for grpc, 1 for grpc1m)")
+    ap.add_argument("--rps", type=float, default=0,
+                    help="grpc*: a fixed call rate (h2load --rps), so that two builds under "
+                         "callgrind see the same arrivals (else as fast as each goes)")
     ap.add_argument("--targets", default="waygate,haproxy,nginx")
     ap.add_argument("--keep", default="/tmp/wg-callgrind")
     ap.add_argument("--cert", default="rsa", choices=("rsa", "ecdsa"))
@@ -90,7 +93,7 @@ def main():
             port = free_port()
             label = args.scenario + ("-" + args.cert if hs else "")
             out = os.path.join(args.keep, "%s-%s.%%p" % (label, target))
-            vg = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out]
+            vg = ["valgrind", "--tool=callgrind", "--compress-strings=no", "--callgrind-out-file=" + out]
             if args.syscalls:
                 vg = []
             if target == "waygate":
@@ -176,7 +179,7 @@ def grpc_run(args, ctx, reply, request):
             f.write(grpc.frame(request))
         for target in args.targets.split(","):
             out = os.path.join(args.keep, "%s-%s.%%p" % (args.scenario, target))
-            vg = [] if args.syscalls else ["valgrind", "--tool=callgrind",
+            vg = [] if args.syscalls else ["valgrind", "--tool=callgrind", "--compress-strings=no",
                                             "--callgrind-out-file=" + out]
             port = free_port()
             if target == "waygate":
@@ -200,11 +203,12 @@ def grpc_run(args, ctx, reply, request):
             grpc.h2load(url, body, 2, 10, streams)                  # warm-up
             if args.syscalls:
                 load_syscalls(args, env, p,
-                              lambda: grpc.h2load(url, body, args.seconds, args.conns, streams),
+                              lambda: grpc.h2load(url, body, args.seconds, args.conns, streams,
+                                                  rps=args.rps),
                               target, "call")
                 continue
             subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True)
-            r = grpc.h2load(url, body, args.seconds, args.conns, streams)
+            r = grpc.h2load(url, body, args.seconds, args.conns, streams, rps=args.rps)
             n = r["rps"] * args.seconds
             ir, dumps = dump_and_stop(env, p, out)
             print("%-8s %-8s %8.0f calls  %s instructions/call  (%s)" % (

@@ -561,15 +561,14 @@ static bool submit_trailers(struct h2_stream *st, const struct hp_buf *t)
 }
 
 /* Upstream response payload ready for the client: an HTTP/2 instance's
- * (h2_raw) in the exchange's queue, whose first entry the next frame
- * takes; else the exchange's block d->r->uin [sent, fwd), de-chunked. */
+ * (h2_raw) in the exchange's queue, whose entries one frame may span (a
+ * frame the upstream sent lands in two receive buffers when a read ends
+ * inside it: one frame of 16 KiB to the client, not two); else the
+ * exchange's block d->r->uin [sent, fwd), de-chunked. */
 static size_t payload_ready(const struct wg_exchange *r, size_t *total)
 {
-    if (r->h2_raw) {
-        const struct hp_rxq_ent *e = hp_rxq_front(&r->raw);
-        *total = r->raw.bytes;
-        return e ? e->len : 0;
-    }
+    if (r->h2_raw)
+        return *total = r->raw.bytes;
     return *total = r->uin ? r->uin->fwd - r->uin->sent : 0;
 }
 
@@ -641,11 +640,62 @@ static ssize_t flush_lent(struct h2_conn *c, struct hp_buf *w)
     return k;
 }
 
+/* The frame's `len` payload bytes from the exchange's queue (h2_raw), a
+ * piece per entry it spans, behind its header in wbuf: to an h2c client a
+ * piece of at least WG_H2_LEND_MIN bytes by reference (the frame keeps a
+ * count of the piece's buffer until written, flush_lent), any other
+ * copied. */
+static int send_queued(struct h2_conn *c, struct hp_rxq *q, const nghttp2_frame *f,
+                       const uint8_t *framehd, size_t len)
+{
+    struct hp_buf *w = c->wbuf;
+    size_t pad = f->data.padlen, copied = 0, left = len;
+    bool lend = !c->ssl && !pad;
+    unsigned lent = 0;
+    for (unsigned i = 0; left; i++) {
+        size_t k = hp_rxq_at(q, i)->len < left ? hp_rxq_at(q, i)->len : left;
+        if (lend && k >= WG_H2_LEND_MIN)
+            lent++;
+        else
+            copied += k;
+        left -= k;
+    }
+    if (lent && !c->lent) {
+        if (!(c->lent = malloc(WG_H2_LENT_MAX * (sizeof *c->lent + sizeof *c->refs))))
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        c->refs = (struct hp_rx **)(c->lent + WG_H2_LENT_MAX);
+    }
+    if (!w || w->cap - w->end < 9 + pad + copied || c->nref + lent > WG_H2_LENT_MAX)
+        return NGHTTP2_ERR_WOULDBLOCK;
+    uint8_t *o = (uint8_t *)w->data + w->end;
+    memcpy(o, framehd, 9);
+    o += 9;
+    if (pad)
+        *o++ = (uint8_t)(pad - 1);
+    for (left = len; left;) {
+        const struct hp_rxq_ent *e = hp_rxq_front(q);
+        size_t k = e->len < left ? e->len : left;
+        if (lend && k >= WG_H2_LEND_MIN) {
+            c->lent[c->nref] = (struct wg_h2_lent){ e->p, (size_t)(o - (uint8_t *)w->data), k };
+            hp_rxq_take(c->loc, q, k, &c->refs[c->nref++]);
+        } else {
+            memcpy(o, e->p, k);
+            o += k;
+            hp_rxq_take(c->loc, q, k, NULL);
+        }
+        left -= k;
+    }
+    if (pad > 1) {
+        memset(o, 0, pad - 1);
+        o += pad - 1;
+    }
+    w->end = (uint32_t)(o - (uint8_t *)w->data);
+    return 0;
+}
+
 /* A DATA frame read_upstream() gave: its header goes into wbuf, and the
  * payload too (conn_send keeps room for a whole frame before it asks for
- * more), or, to an h2c client from the exchange's queue (h2_raw), by
- * reference when it is at least WG_H2_LEND_MIN bytes: the frame keeps a
- * count of the payload's receive buffer until written (flush_lent). */
+ * more), or from the exchange's queue (h2_raw, send_queued). */
 static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_t *framehd,
                               size_t len, nghttp2_data_source *src, void *user)
 {
@@ -653,32 +703,20 @@ static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_
     struct h2_stream *st = src->ptr;
     struct wg_exchange *r = st->ds.r;
     struct hp_buf *w = c->wbuf;
-    size_t pad = f->data.padlen, total = 0;
+    size_t total = 0;
     if (!r || payload_ready(r, &total) < len)  /* the exchange let go of it: cannot be */
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    const uint8_t *p = r->h2_raw ? hp_rxq_front(&r->raw)->p : (const uint8_t *)r->uin->data + r->uin->sent;
-    if (r->h2_raw && !c->ssl && !pad && len >= WG_H2_LEND_MIN) {
-        if (!c->lent) {
-            if (!(c->lent = malloc(WG_H2_LENT_MAX * (sizeof *c->lent + sizeof *c->refs))))
-                return NGHTTP2_ERR_CALLBACK_FAILURE;
-            c->refs = (struct hp_rx **)(c->lent + WG_H2_LENT_MAX);
-        }
-        if (c->nref == WG_H2_LENT_MAX || !w || w->cap - w->end < 9)
-            return NGHTTP2_ERR_WOULDBLOCK;
-        memcpy(w->data + w->end, framehd, 9);
-        w->end += 9;
-        c->lent[c->nref] = (struct wg_h2_lent){ p, w->end, len };
-        hp_rxq_take(c->loc, &r->raw, len, &c->refs[c->nref++]);
+    if (r->h2_raw) {
+        int rv = send_queued(c, &r->raw, f, framehd, len);
+        if (rv)
+            return rv;
     } else {
-        if (!w || w->cap - w->end < 9 + pad + len)
+        if (!w || w->cap - w->end < 9 + f->data.padlen + len)
             return NGHTTP2_ERR_WOULDBLOCK;
-        w->end += (uint32_t)wg_h2_data_frame((uint8_t *)w->data + w->end, f, framehd, p, len);
-        if (r->h2_raw) {
-            hp_rxq_take(c->loc, &r->raw, len, NULL);
-        } else {
-            r->uin->sent += (uint32_t)len;
-            r->uin->start = r->uin->sent;
-        }
+        w->end += (uint32_t)wg_h2_data_frame((uint8_t *)w->data + w->end, f, framehd,
+                                             (const uint8_t *)r->uin->data + r->uin->sent, len);
+        r->uin->sent += (uint32_t)len;
+        r->uin->start = r->uin->sent;
     }
     r->req_bytes_out += len;
     st->ds.blocked_since = 0;

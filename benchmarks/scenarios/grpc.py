@@ -51,9 +51,12 @@ def frame(n):
     return bytes([0]) + n.to_bytes(4, "big") + b"q" * n
 
 
-def h2load(url, body, duration, clients, streams, log_path=None):
+def h2load(url, body, duration, clients, streams, log_path=None, rps=None):
+    """rps: calls per second in all (h2load --rps per client), else as fast as it goes."""
     argv = ["h2load", "-c%d" % clients, "-m%d" % streams, "-t1", "-D%d" % duration,
             "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", body]
+    if rps:
+        argv.append("--rps=%g" % (rps / clients))
     if log_path:
         argv += ["--log-file", log_path]
     argv.append(url + METHOD)

@@ -256,9 +256,12 @@ static inline bool hp_rx_holds(const struct hp_rx *rx, const uint8_t *p, size_t 
  * it (a shorter payload costs less copied than as a writev entry and a
  * pinned buffer). At most HP_RXQ_BYTES wait (give or take one offer): past
  * that, and when the entries or `own` are full, the queue takes nothing
- * (hp_rxq_room says when it does again). */
-#define HP_RXQ_MAX 8
-#define HP_RXQ_BYTES (64u * 1024u)
+ * (hp_rxq_room says when it does again). HP_RXQ_BYTES is an upstream
+ * stream's window, so that a reply waits here rather than copied into the
+ * upstream stream's buffer; an entry pins at most one buffer, a stream at
+ * most HP_RXQ_MAX (the worker's HP_RX_LIVE_MAX bounds them all). */
+#define HP_RXQ_MAX 16
+#define HP_RXQ_BYTES (256u * 1024u)
 #define HP_LEND_MIN 4096u               /* (= WG_H2_LEND_MIN, the writers' bound) */
 
 struct hp_rxq_ent {
@@ -280,10 +283,14 @@ size_t hp_rxq_put(struct hp_local *loc, struct hp_rxq *q, const uint8_t *p, size
                   struct hp_rx *rx);
 /* Could the queue take bytes again? */
 bool hp_rxq_room(const struct hp_rxq *q);
-/* The first entry (NULL when empty). */
+/* The i-th entry (NULL past the last); 0 is the first. */
+static inline const struct hp_rxq_ent *hp_rxq_at(const struct hp_rxq *q, unsigned i)
+{
+    return i < q->n ? &q->e[(q->head + i) % HP_RXQ_MAX] : NULL;
+}
 static inline const struct hp_rxq_ent *hp_rxq_front(const struct hp_rxq *q)
 {
-    return q->n ? &q->e[q->head] : NULL;
+    return hp_rxq_at(q, 0);
 }
 /* The first n bytes (all of them in the first entry) are gone; with
  * `keep`, the caller gets a count of their buffer. */

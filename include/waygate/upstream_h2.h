@@ -232,13 +232,13 @@ struct wg_h2_lent {
     size_t at, len;
 };
 /* One writev (plain text; both codecs) of the frame bytes frames[*off,
- * end) with the n (<= WG_H2_LENT_MAX) lent payloads l[] (`at` ascending,
- * within [*off, end])
- * in their places: *off and the payloads move past what was written (one
- * written in part keeps its rest). Returns the bytes written, or -1 with
- * errno (EAGAIN: the socket takes nothing now; EINVAL: n is over
- * WG_H2_LENT_MAX); *over: how many of l[] are
- * wholly out (the caller lets them go). */
+ * end) with the n (<= WG_H2_LENT_MAX) lent payloads l[] in their places
+ * (`at` within [*off, end] and not descending: pieces of one payload share
+ * theirs): *off and the payloads move past what was written (one written
+ * in part keeps its rest). Returns the bytes written, or -1 with errno
+ * (EAGAIN: the socket takes nothing now; EINVAL: n is over
+ * WG_H2_LENT_MAX); *over: how many of l[] are wholly out (the caller lets
+ * them go). */
 ssize_t wg_h2_lent_write(int fd, const uint8_t *frames, size_t *off, size_t end,
                          struct wg_h2_lent *l, unsigned n, unsigned *over);
 /* "<hex len>\r\n" before a chunk of `len` bytes (len > 0); the chunk is

@@ -203,3 +203,28 @@ def test_h2c_request_bodies_lent_to_a_stalled_upstream():
         r = c.get("/wg.Echo/One", method="POST", headers=GRPC, body=grpc_frame(b"after"))
         assert bytes(r["body"]) == grpc_frame(b"after"), r
         c.close()
+
+
+def test_h2c_reply_frames_whole_across_receive_buffers():
+    """A 16 KiB DATA frame of the instance's that a 64 KiB read cuts in two
+    (one piece at the end of one receive buffer, the rest at the start of
+    the next) reaches the client as one 16,384-byte frame, not two (http2.c
+    send_queued). A 1 MiB reply is 64 such frames and a 5-byte one; every
+    64 KiB read ends inside a frame."""
+    size, name = MIB, "whole"
+    with Harness() as h:
+        b = GrpcBackend(h, name=name, message_size=size)
+        wg = h.waygate(listeners=[h2c_listener("g")], instances={"users": [b.instance()]},
+                       services={"users": {"upstream": {"protocol": "h2c"}}})
+        c = slow_client(wg.ports["g"], rcvbuf=4 * MIB)
+        frames = []
+        for _ in range(8):
+            sid = c.request("/bench.B/Call", method="POST", headers=GRPC, body=grpc_frame(b"x"))
+            read_slowly(c, [sid], slack(20), pause=0)
+            check_fixed(c, sid, name, size)
+            frames += c.responses[sid]["frames"]
+        cut = [n for n in frames if n not in (16384, 5)]
+        # A read that ends where the instance's writes did (the rest of the
+        # frame not sent yet) still sends what it has: a few, not one a read.
+        assert len(cut) <= 8, "%d of %d frames not whole: %r" % (len(cut), len(frames), cut[:20])
+        c.close()
