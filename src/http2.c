@@ -1313,6 +1313,12 @@ static bool conn_read(struct h2_conn *c)
         return false;                   /* fed partly: nghttp2 paused (it never does here) */
     bool eof = false;
     ssize_t n = 0;
+    /* 64 KiB a pump round (the buffer goes back once fed): an upload's
+     * DATA in a quarter of the reads a 16 KiB block took. */
+    if (!c->rbuf && !(c->rbuf = hp_buf_new(c->loc, HP_WIDE))) {
+        c->dead = true;
+        return false;
+    }
     /* TLS: one SSL_read gives one record, and clients often send a frame
      * per record: read on until OpenSSL wants the socket (read_ahead gives
      * it many records per read(2)) or the block is full, so that one
@@ -1333,6 +1339,8 @@ static bool conn_read(struct h2_conn *c)
     if (n > 0) {
         wg_stats_add(c->w->stats, WG_C_BYTES_IN, (uint64_t)n);
         c->rbuf->fwd = c->rbuf->end;
+    } else if (c->rbuf && c->rbuf->sent == c->rbuf->end) {
+        hp_buf_free(c->loc, &c->rbuf);  /* nothing came: an idle connection holds none */
     }
     return n > 0;
 }
