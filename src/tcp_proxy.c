@@ -135,6 +135,16 @@ static void drop_tls_server(struct tcp_conn *c)
     c->tls_server = NULL;
 }
 
+/* A read from or a write to `e` failed (errno): when the peer reset the
+ * connection (ECONNRESET, EPIPE), the access log says which side did
+ * (client_reset, upstream_reset); any other failure stays "error". Over
+ * TLS errno may not be the failure's, so it is not looked at. */
+static void io_failed(struct tcp_conn *c, const struct endpoint *e)
+{
+    if (!c->end_reason && !e->ssl && (errno == ECONNRESET || errno == EPIPE))
+        c->end_reason = e == &c->client ? "client_reset" : "upstream_reset";
+}
+
 /* How the connection ended, for the access log. */
 static const char *close_reason(const struct tcp_conn *c)
 {
@@ -261,6 +271,7 @@ static int pump_splice(struct tcp_conn *c, struct relay_dir *d)
             } else if (n == 0) {
                 d->eof = true;
             } else if (!transient()) {
+                io_failed(c, d->src);
                 return -1;
             }
         }
@@ -274,6 +285,7 @@ static int pump_splice(struct tcp_conn *c, struct relay_dir *d)
                 d->bytes += (uint64_t)n;
                 progress = true;
             } else if (n < 0 && !transient()) {
+                io_failed(c, d->dst);
                 return -1;
             } else {
                 break;                  /* dst is full: wait for it */
@@ -313,7 +325,7 @@ static enum wg_tls_io ep_write(struct endpoint *e, const char *buf, size_t len, 
     return transient() ? WG_TLS_WANT_WRITE : WG_TLS_ERROR;
 }
 
-static int fill(struct relay_dir *d, bool *progress)
+static int fill(struct tcp_conn *c, struct relay_dir *d, bool *progress)
 {
     if (d->eof || d->tail == TLS_BUF)
         return 0;
@@ -328,6 +340,7 @@ static int fill(struct relay_dir *d, bool *progress)
     } else if (r == WG_TLS_EOF) {
         d->eof = true;
     } else if (r == WG_TLS_ERROR) {
+        io_failed(c, d->src);
         return -1;
     }
     return 0;
@@ -340,8 +353,11 @@ static int flush(struct tcp_conn *c, struct relay_dir *d, bool *progress)
     size_t n = 0;
     enum wg_tls_io r = ep_write(d->dst, d->buf + d->head, d->tail - d->head, &n);
     d->dst_wants_read = r == WG_TLS_WANT_READ;
-    if (r == WG_TLS_ERROR || r == WG_TLS_EOF)
+    if (r == WG_TLS_ERROR || r == WG_TLS_EOF) {
+        if (r == WG_TLS_ERROR)
+            io_failed(c, d->dst);
         return -1;
+    }
     if (r == WG_TLS_OK) {
         d->head += n;
         wg_stats_add(c->w->stats, d->counter, n);
@@ -360,7 +376,7 @@ static int pump_buffered(struct tcp_conn *c, struct relay_dir *d)
     while (progress && (budget || (d->src->ssl && SSL_pending(d->src->ssl) > 0))) {
         progress = false;
         size_t before = d->head;
-        if (fill(d, &progress) < 0 || flush(c, d, &progress) < 0)
+        if (fill(c, d, &progress) < 0 || flush(c, d, &progress) < 0)
             return -1;
         budget = d->head - before >= budget ? 0 : budget - (d->head - before);
         if (d->head == d->tail) {

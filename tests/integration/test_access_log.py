@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import stat
+import struct
 import time
 
 from wglib import (FifoDrain, Harness, connect, free_port, http_request, recv_exact, slack,
@@ -130,6 +131,38 @@ def test_failures_have_their_reason():
         doc = line_of(path, client, parse_json)
         assert doc["reason"] == "idle_timeout" and doc["upstream"] == "a", doc
         assert doc["duration_ms"] >= 300, doc
+
+
+def test_resets_name_their_side():
+    """A relay that a peer reset ends with the side that did it: the client
+    (RST after its echo came back) gives client_reset, an instance that
+    resets the connection gives upstream_reset (reason error stays for
+    other failures)."""
+    with Harness() as h:
+        a = h.backend("echo", name="a")
+        r = h.backend("http", name="r")
+        path = h.path("access.json")
+        wg = h.waygate(listeners=[{"name": "echo", "mode": "tcp", "service": "users"},
+                                  {"name": "rst", "mode": "tcp", "service": "resets"}],
+                       instances={"users": [a.instance("a")], "resets": [r.instance("r")]},
+                       log=access(path, "json"))
+        s = connect(wg.port("echo"))
+        client = "127.0.0.1:%d" % s.getsockname()[1]
+        s.sendall(b"ping")
+        assert recv_exact(s, 4) == b"ping"
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()                       # RST
+        doc = line_of(path, client, parse_json)
+        assert doc["reason"] == "client_reset" and doc["upstream"] == "a", doc
+        with connect(wg.port("rst")) as s:
+            client = "127.0.0.1:%d" % s.getsockname()[1]
+            s.sendall(b"GET /reset HTTP/1.1\r\nHost: t\r\n\r\n")
+            try:
+                assert s.recv(1) == b""
+            except ConnectionResetError:
+                pass
+        doc = line_of(path, client, parse_json)
+        assert doc["reason"] == "upstream_reset" and doc["upstream"] == "r", doc
 
 
 def test_stdout_by_default_and_off_writes_nothing():
