@@ -39,6 +39,9 @@ sys.dont_write_bytecode = True
 from scenarios._common import (Ctx, Env, free_port, full_handshakes, wait_port, wrk,  # noqa
                                LOAD_CPU, PROXY_CPU)
 
+# Uncompressed names: the measured part (.1) names every function itself.
+CALLGRIND = ["valgrind", "--tool=callgrind", "--compress-strings=no"]
+
 SCEN = {"l7": ("http", "/", []), "newconn": ("http", "/", ["Connection: close"]),
         "64k": ("http", "/64k", []), "tls": ("tls", "/", ["Connection: close"]),
         "tlska": ("tls", "/", []), "h2c": ("h2c", "/", []), "h2tls": ("h2tls", "/", []),
@@ -93,7 +96,7 @@ def main():
             port = free_port()
             label = args.scenario + ("-" + args.cert if hs else "")
             out = os.path.join(args.keep, "%s-%s.%%p" % (label, target))
-            vg = ["valgrind", "--tool=callgrind", "--compress-strings=no", "--callgrind-out-file=" + out]
+            vg = CALLGRIND + ["--callgrind-out-file=" + out]
             if args.syscalls:
                 vg = []
             if target == "waygate":
@@ -179,8 +182,7 @@ def grpc_run(args, ctx, reply, request):
             f.write(grpc.frame(request))
         for target in args.targets.split(","):
             out = os.path.join(args.keep, "%s-%s.%%p" % (args.scenario, target))
-            vg = [] if args.syscalls else ["valgrind", "--tool=callgrind", "--compress-strings=no",
-                                            "--callgrind-out-file=" + out]
+            vg = [] if args.syscalls else CALLGRIND + ["--callgrind-out-file=" + out]
             port = free_port()
             if target == "waygate":
                 conf = env.config("grpc.waygate.yaml", "wg.yaml", PORT=port, ADMIN=free_port(),

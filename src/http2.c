@@ -653,7 +653,7 @@ static int send_queued(struct h2_conn *c, struct hp_rxq *q, const nghttp2_frame 
     bool lend = !c->ssl && !pad;
     unsigned lent = 0;
     for (unsigned i = 0; left; i++) {
-        size_t k = hp_rxq_at(q, i)->len < left ? hp_rxq_at(q, i)->len : left;
+        size_t have = hp_rxq_at(q, i)->len, k = have < left ? have : left;
         if (lend && k >= WG_H2_LEND_MIN)
             lent++;
         else

@@ -353,11 +353,10 @@ static int flush(struct tcp_conn *c, struct relay_dir *d, bool *progress)
     size_t n = 0;
     enum wg_tls_io r = ep_write(d->dst, d->buf + d->head, d->tail - d->head, &n);
     d->dst_wants_read = r == WG_TLS_WANT_READ;
-    if (r == WG_TLS_ERROR || r == WG_TLS_EOF) {
-        if (r == WG_TLS_ERROR)
-            io_failed(c, d->dst);
+    if (r == WG_TLS_ERROR)
+        io_failed(c, d->dst);
+    if (r == WG_TLS_ERROR || r == WG_TLS_EOF)
         return -1;
-    }
     if (r == WG_TLS_OK) {
         d->head += n;
         wg_stats_add(c->w->stats, d->counter, n);
