@@ -89,13 +89,21 @@ class Client:
         self.flush()
         return sid
 
-    def send_body(self, sid, body, end=True):
+    def send_body(self, sid, body, end=True, timeout=30):
+        """Sends body as the windows open; fails if the connection closes
+        or no window opens for `timeout` seconds."""
         off = 0
+        deadline = time.monotonic() + timeout
         while off < len(body):
             window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
             if window <= 0:
-                self.pump(0.5)
+                if not self.pump(0.5):
+                    raise AssertionError("connection closed with %d bytes of stream %d unsent"
+                                         % (len(body) - off, sid))
+                if time.monotonic() > deadline:
+                    raise AssertionError("no window for stream %d in %ds" % (sid, timeout))
                 continue
+            deadline = time.monotonic() + timeout
             chunk = body[off:off + window]
             self.conn.send_data(sid, chunk)
             off += len(chunk)
