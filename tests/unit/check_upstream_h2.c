@@ -10,6 +10,8 @@
 #include <event2/event.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -410,6 +412,60 @@ START_TEST(payloads_kept_by_reference_stay_intact)
     world_down(&w);                     /* the connection's own buffer goes too */
     ck_assert_uint_eq(loc->rx_live, live);
     free(body);
+}
+END_TEST
+
+/* Every readv of this process (the h2 upstream's reads) goes through here:
+ * the most bytes one returned. */
+static size_t readv_most;
+
+ssize_t readv(int fd, const struct iovec *iov, int n)
+{
+    ssize_t k = syscall(SYS_readv, fd, iov, n);
+    if (k > 0 && (size_t)k > readv_most)
+        readv_most = (size_t)k;
+    return k;
+}
+
+static bool closed_one(void *arg) { return ((struct call *)arg)->closed; }
+
+/* A bulk reply waiting in the socket is read more than a receive buffer at
+ * a time (a read that filled its buffer is followed by one readv into
+ * several), and what each buffer holds is still lent whole and in order:
+ * a 2 MiB reply, read after the instance had a stream window's worth
+ * waiting, is byte-exact and came in reads larger than HP_RX. */
+START_TEST(bulk_replies_read_several_buffers_at_once)
+{
+    struct world w;
+    const char *args[] = { "--message-size", "2097152", NULL };
+    world_up(&w, args, NULL);
+    struct hp_local *loc = hp_local_peek();
+    unsigned live = loc->rx_live;
+    struct call c;
+    ck_assert_ptr_nonnull(call_start(&w, &c, "/bench.Bench/Unary", EMPTY_MSG, 5, NULL));
+    c.keep = true;
+    ck_assert(run_until(&w, has_head, &c, 5000));
+    usleep(300 * 1000);                 /* a stream window (256 KiB) waits in the socket */
+    readv_most = 0;
+    ck_assert(run_until(&w, closed_one, &c, 10000));
+    ck_assert_str_eq(c.grpc_status, "0");
+    size_t len = 5 + (2u << 20), at = 0;
+    ck_assert_uint_eq(c.got, len);
+    ck_assert_uint_gt(readv_most, HP_RX);
+    ck_assert_uint_gt(c.by_ref, len / 2);
+    for (size_t i = 0; i < c.n_pieces; i++) {
+        struct piece *k = &c.pieces[i];
+        for (size_t j = 0; j < k->len; j++, at++)
+            ck_assert_int_eq(k->p[j], at < 5 ? "\0\x00\x20\x00\x00"[at] : "grpc"[(at - 5) % 4]);
+        if (k->rx)
+            hp_rx_put(loc, &k->rx);
+        else
+            free((void *)k->p);
+    }
+    ck_assert_uint_eq(at, len);
+    free(c.pieces);
+    world_down(&w);
+    ck_assert_uint_eq(loc->rx_live, live);
 }
 END_TEST
 
@@ -914,6 +970,7 @@ int main(void)
     tcase_add_test(t, goaway_refuses_unprocessed_streams);
     tcase_add_test(t, flow_control_both_ways);
     tcase_add_test(t, payloads_kept_by_reference_stay_intact);
+    tcase_add_test(t, bulk_replies_read_several_buffers_at_once);
     tcase_add_test(t, reset_and_ping_liveness);
     tcase_add_test(t, service_limits_replace_the_pools);
     tcase_add_test(t, submit_copies_no_copy_fields);
