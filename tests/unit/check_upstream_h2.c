@@ -376,6 +376,25 @@ START_TEST(flow_control_both_ways)
 }
 END_TEST
 
+/* The pieces c kept are `want`'s len bytes, in order; their counts and
+ * copies are given back. */
+static void pieces_are(struct hp_local *loc, struct call *c, const uint8_t *want, size_t len)
+{
+    size_t at = 0;
+    for (size_t i = 0; i < c->n_pieces; i++) {
+        struct piece *k = &c->pieces[i];
+        ck_assert(at + k->len <= len && memcmp(k->p, want + at, k->len) == 0);
+        at += k->len;
+        if (k->rx)
+            hp_rx_put(loc, &k->rx);
+        else
+            free((void *)k->p);
+    }
+    ck_assert_uint_eq(at, len);
+    free(c->pieces);
+    c->pieces = NULL;
+}
+
 /* A reply's payloads come with the receive buffer that holds them, and
  * a buffer someone keeps a count of is never read into again where its
  * bytes are: a 2 MiB echo kept by reference to the end is byte-exact, and
@@ -397,18 +416,7 @@ START_TEST(payloads_kept_by_reference_stay_intact)
     ck_assert_uint_eq(c.got, len);
     ck_assert_uint_gt(c.by_ref, len / 2);   /* most of it came in a buffer of its own */
     ck_assert_uint_gt(loc->rx_live, live);  /* ... which the counts still hold */
-    size_t at = 0;
-    for (size_t i = 0; i < c.n_pieces; i++) {
-        struct piece *k = &c.pieces[i];
-        ck_assert(at + k->len <= len && memcmp(k->p, body + at, k->len) == 0);
-        at += k->len;
-        if (k->rx)
-            hp_rx_put(loc, &k->rx);
-        else
-            free((void *)k->p);
-    }
-    ck_assert_uint_eq(at, len);
-    free(c.pieces);
+    pieces_are(loc, &c, body, len);
     world_down(&w);                     /* the connection's own buffer goes too */
     ck_assert_uint_eq(loc->rx_live, live);
     free(body);
@@ -449,21 +457,17 @@ START_TEST(bulk_replies_read_several_buffers_at_once)
     readv_most = 0;
     ck_assert(run_until(&w, closed_one, &c, 10000));
     ck_assert_str_eq(c.grpc_status, "0");
-    size_t len = 5 + (2u << 20), at = 0;
+    size_t len = 5 + (2u << 20);
     ck_assert_uint_eq(c.got, len);
     ck_assert_uint_gt(readv_most, HP_RX);
     ck_assert_uint_gt(c.by_ref, len / 2);
-    for (size_t i = 0; i < c.n_pieces; i++) {
-        struct piece *k = &c.pieces[i];
-        for (size_t j = 0; j < k->len; j++, at++)
-            ck_assert_int_eq(k->p[j], at < 5 ? "\0\x00\x20\x00\x00"[at] : "grpc"[(at - 5) % 4]);
-        if (k->rx)
-            hp_rx_put(loc, &k->rx);
-        else
-            free((void *)k->p);
-    }
-    ck_assert_uint_eq(at, len);
-    free(c.pieces);
+    uint8_t *want = malloc(len);        /* the backend's message: "grpc" repeated, framed */
+    ck_assert_ptr_nonnull(want);
+    memcpy(want, "\0\x00\x20\x00\x00", 5);
+    for (size_t i = 5; i < len; i++)
+        want[i] = (uint8_t)"grpc"[(i - 5) % 4];
+    pieces_are(loc, &c, want, len);
+    free(want);
     world_down(&w);
     ck_assert_uint_eq(loc->rx_live, live);
 }
