@@ -10,6 +10,7 @@ the whole process over the run, as a % of one core) and RSS (VmRSS at the end
 of the run) from /proc. Every cell is the median of the runs.
 """
 
+import collections
 import os
 import re
 import shutil
@@ -44,10 +45,24 @@ def pinned(argv, cpu):
     return ["taskset", "-c", cpu] + argv if cpu else argv
 
 
+# Ports free_port() handed out lately: the kernel may give the same
+# ephemeral port to two bind(0) calls once the first socket is closed, and a
+# scenario that asks twice before binding either would get one port for two
+# listeners ("already used by admin.listen"; tests/integration/wglib.py
+# does the same).
+_recent_ports = collections.deque(maxlen=512)
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that was free a moment ago and not handed out lately."""
+    for _ in range(64):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _recent_ports:
+            _recent_ports.append(port)
+            return port
+    raise RuntimeError("no fresh free port after 64 tries")
 
 
 def wait_port(port, timeout=10.0, proc=None):
