@@ -3,7 +3,13 @@
 The backend is tests/tools/wg_grpc_backend (C, nghttp2, one thread, on the
 load CPU): every call on a path it does not know is answered, once the
 request ended, with one fixed message, framed, then grpc-status 0. Two of
-them run: one with a 16-byte reply, one with a 1 MiB reply.
+them run: one with a 16-byte reply, one with a 1 MiB reply. Its DATA
+frames are as large as the proxy's SETTINGS_MAX_FRAME_SIZE allows:
+waygate allows a stream window (256 KiB); nginx's grpc_pass sends no such
+setting, nor does HAProxy while tune.bufsize is 16 KiB (as here; it
+allows tune.bufsize), so both get the 16 KiB default. That is each
+proxy's own setting at work, as it would be with any backend that sends
+frames as large as allowed.
 
 h2load sends gRPC requests (POST, `content-type: application/grpc`,
 `te: trailers`, the body a framed message from a file, `-d`), one thread on

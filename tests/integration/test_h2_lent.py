@@ -210,10 +210,11 @@ def test_h2c_reply_frames_whole_across_receive_buffers():
     (one piece at the end of one receive buffer, the rest at the start of
     the next) reaches the client as one 16,384-byte frame, not two (http2.c
     send_queued). A 1 MiB reply is 64 such frames and a 5-byte one; every
-    64 KiB read ends inside a frame."""
+    64 KiB read ends inside a frame. (The backend keeps to 16 KiB frames
+    here, as grpc-go does; waygate would let it send 256 KiB ones.)"""
     size, name = MIB, "whole"
     with Harness() as h:
-        b = GrpcBackend(h, name=name, message_size=size)
+        b = GrpcBackend(h, name=name, message_size=size, extra=["--frame-max", "16384"])
         wg = h.waygate(listeners=[h2c_listener("g")], instances={"users": [b.instance()]},
                        services={"users": {"upstream": {"protocol": "h2c"}}})
         c = slow_client(wg.ports["g"], rcvbuf=4 * MIB)

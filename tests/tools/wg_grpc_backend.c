@@ -12,7 +12,13 @@
  *                       bytes are "NAME" repeated
  *   --name NAME         default "grpc"
  *   --max-streams N     SETTINGS_MAX_CONCURRENT_STREAMS (default 100)
- *   --log FILE          append "accept" for every connection accepted
+ *   --log FILE          append "accept" for every connection accepted and
+ *                       "data-max N" for every stream that sent DATA (N:
+ *                       the largest payload one of its frames carried)
+ *   --frame-max N       no DATA frame carries more than N bytes (default:
+ *                       as many as the windows and the client's
+ *                       SETTINGS_MAX_FRAME_SIZE allow; nghttp2 alone
+ *                       stops at 16 KiB)
  *   --goaway-after N    on each connection, answer N streams, then send
  *                       GOAWAY (last-stream-id = the N-th) and refuse the
  *                       next one with RST_STREAM REFUSED_STREAM (0 = never)
@@ -62,6 +68,7 @@ struct stream {
     unsigned char *out;
     size_t len, off, cap;
     const unsigned char *reply;     /* the fixed reply, sent from where it is: [off, len) */
+    size_t data_max;            /* the largest DATA payload sent */
 };
 
 struct conn {
@@ -77,6 +84,7 @@ static unsigned char *fixed;    /* the framed fixed reply */
 static size_t fixed_len;
 static unsigned max_streams = 100;
 static unsigned goaway_after;
+static uint32_t frame_max = UINT32_MAX;
 static FILE *log_file;
 static int ep;
 
@@ -108,6 +116,17 @@ static ssize_t on_send(nghttp2_session *s, const uint8_t *data, size_t len, int 
     return n < 0 ? NGHTTP2_ERR_CALLBACK_FAILURE : n;
 }
 
+/* DATA frames as large as the peer and --frame-max allow. */
+static ssize_t frame_length(nghttp2_session *s, uint8_t type, int32_t id, int32_t conn_window,
+                            int32_t stream_window, uint32_t peer_max, void *arg)
+{
+    (void)s, (void)type, (void)id, (void)arg;
+    int64_t n = conn_window < stream_window ? conn_window : stream_window;
+    if (n > peer_max)
+        n = peer_max;
+    return n > frame_max ? (ssize_t)frame_max : (ssize_t)n;
+}
+
 #define NV(n, v) { (uint8_t *)(n), (uint8_t *)(v), strlen(n), strlen(v), NGHTTP2_NV_FLAG_NONE }
 
 static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
@@ -120,6 +139,8 @@ static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     if (n)
         memcpy(buf, (st->reply ? st->reply : st->out) + st->off, n);
     st->off += n;
+    if (n > st->data_max)
+        st->data_max = n;
     if (st->off == st->len && st->ended) {
         *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
         nghttp2_nv tr[] = { NV("grpc-status", "0") };
@@ -237,6 +258,10 @@ static int on_close(nghttp2_session *s, int32_t id, uint32_t code, void *arg)
 {
     struct stream *st = nghttp2_session_get_stream_user_data(s, id);
     if (st) {
+        if (log_file && st->data_max) {
+            fprintf(log_file, "data-max %zu\n", st->data_max);
+            fflush(log_file);
+        }
         free(st->out);
         free(st);
         nghttp2_session_set_stream_user_data(s, id, NULL);
@@ -287,6 +312,7 @@ static void conn_new(int lfd)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_close);
+    nghttp2_session_callbacks_set_data_source_read_length_callback(cb, frame_length);
     int rc = nghttp2_session_server_new(&c->s, cb, c);
     nghttp2_session_callbacks_del(cb);
     nghttp2_settings_entry iv[] = { { NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, max_streams },
@@ -373,15 +399,18 @@ int main(int argc, char **argv)
                 fprintf(stderr, "wg_grpc_backend: cannot open %s\n", argv[i + 1]);
                 return 1;
             }
-        } else if (strcmp(argv[i], "--goaway-after") == 0)
+        } else if (strcmp(argv[i], "--frame-max") == 0)
+            frame_max = (uint32_t)strtoul(argv[i + 1], NULL, 10);
+        else if (strcmp(argv[i], "--goaway-after") == 0)
             goaway_after = (unsigned)strtoul(argv[i + 1], NULL, 10);
         else {
             fprintf(stderr, "wg_grpc_backend: unknown option %s\n", argv[i]);
             return 2;
         }
     }
-    if (msg > (64u << 20) || !*name) {
-        fprintf(stderr, "wg_grpc_backend: --message-size at most 64 MiB, --name not empty\n");
+    if (msg > (64u << 20) || !*name || !frame_max) {
+        fprintf(stderr, "wg_grpc_backend: --message-size at most 64 MiB, --name not empty, "
+                        "--frame-max at least 1\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);

@@ -437,6 +437,19 @@ ssize_t readv(int fd, const struct iovec *iov, int n)
 
 static bool closed_one(void *arg) { return ((struct call *)arg)->closed; }
 
+/* The backend's fixed reply of len bytes, framed: "grpc" repeated. */
+static uint8_t *fixed_reply(size_t len)
+{
+    uint8_t *want = malloc(5 + len);
+    ck_assert_ptr_nonnull(want);
+    want[0] = 0;
+    want[1] = (uint8_t)(len >> 24), want[2] = (uint8_t)(len >> 16), want[3] = (uint8_t)(len >> 8);
+    want[4] = (uint8_t)len;
+    for (size_t i = 0; i < len; i++)
+        want[5 + i] = (uint8_t)"grpc"[i % 4];
+    return want;
+}
+
 /* A bulk reply waiting in the socket is read more than a receive buffer at
  * a time (a read that filled its buffer is followed by one readv into
  * several), and what each buffer holds is still lent whole and in order:
@@ -461,15 +474,53 @@ START_TEST(bulk_replies_read_several_buffers_at_once)
     ck_assert_uint_eq(c.got, len);
     ck_assert_uint_gt(readv_most, HP_RX);
     ck_assert_uint_gt(c.by_ref, len / 2);
-    uint8_t *want = malloc(len);        /* the backend's message: "grpc" repeated, framed */
-    ck_assert_ptr_nonnull(want);
-    memcpy(want, "\0\x00\x20\x00\x00", 5);
-    for (size_t i = 5; i < len; i++)
-        want[i] = (uint8_t)"grpc"[(i - 5) % 4];
+    uint8_t *want = fixed_reply(2u << 20);
     pieces_are(loc, &c, want, len);
     free(want);
     world_down(&w);
     ck_assert_uint_eq(loc->rx_live, live);
+}
+END_TEST
+
+/* The upstream may send DATA frames as large as a stream window
+ * (SETTINGS_MAX_FRAME_SIZE): the backend, which sends frames as large as
+ * it is allowed, sends a 1 MiB reply in frames of the whole window, and
+ * the reply, lent piece by piece out of receive buffers smaller than one
+ * frame, is byte-exact. */
+START_TEST(upstream_frames_as_large_as_the_window)
+{
+    char log[] = "/tmp/wg-h2frames-XXXXXX";
+    int fd = mkstemp(log);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    struct world w;
+    const char *args[] = { "--message-size", "1048576", "--log", log, NULL };
+    world_up(&w, args, NULL);
+    struct hp_local *loc = hp_local_peek();
+    unsigned live = loc->rx_live;
+    struct call c;
+    ck_assert_ptr_nonnull(call_start(&w, &c, "/bench.Bench/Unary", EMPTY_MSG, 5, NULL));
+    c.keep = true;
+    ck_assert(run_until(&w, closed_one, &c, 10000));
+    ck_assert_str_eq(c.grpc_status, "0");
+    size_t len = 5 + (1u << 20);
+    ck_assert_uint_eq(c.got, len);
+    uint8_t *want = fixed_reply(1u << 20);
+    pieces_are(loc, &c, want, len);
+    free(want);
+    world_down(&w);
+    ck_assert_uint_eq(loc->rx_live, live);
+    FILE *f = fopen(log, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t most = 0, k;
+    char line[64];
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "data-max %zu", &k) == 1 && k > most)
+            most = k;
+    fclose(f);
+    unlink(log);
+    ck_assert_uint_eq(most, wg_h2_defaults.stream_window);     /* not 16 KiB */
+    ck_assert_uint_gt(most, HP_RX);                            /* a frame spans buffers */
 }
 END_TEST
 
@@ -975,6 +1026,7 @@ int main(void)
     tcase_add_test(t, flow_control_both_ways);
     tcase_add_test(t, payloads_kept_by_reference_stay_intact);
     tcase_add_test(t, bulk_replies_read_several_buffers_at_once);
+    tcase_add_test(t, upstream_frames_as_large_as_the_window);
     tcase_add_test(t, reset_and_ping_liveness);
     tcase_add_test(t, service_limits_replace_the_pools);
     tcase_add_test(t, submit_copies_no_copy_fields);
