@@ -484,6 +484,22 @@ static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     return (ssize_t)n;
 }
 
+/* A request body's DATA frames are as large as the instance, the windows
+ * and the stream's buffer allow (nghttp2 alone stops at 16 KiB): a body
+ * that arrives in 16 KiB frames goes on in frames of what gathered in the
+ * buffer meanwhile, up to WG_H2_BODY_BUF. The price is nghttp2's frame
+ * buffer, grown to that once per connection (the payload itself is
+ * NO_COPY). */
+static ssize_t body_frame_length(nghttp2_session *s, uint8_t type, int32_t id,
+                                 int32_t conn_window, int32_t stream_window, uint32_t peer_max,
+                                 void *arg)
+{
+    int64_t n = conn_window < stream_window ? conn_window : stream_window;
+    if (n > peer_max)
+        n = peer_max;
+    return n > WG_H2_BODY_BUF ? WG_H2_BODY_BUF : (ssize_t)n;
+}
+
 static int pend_reserve(struct h2_conn *c, size_t n);
 
 /* A DATA frame read_body() gave (within the same mem_send): copied into
@@ -1112,6 +1128,7 @@ struct wg_h2_pool *wg_h2_pool_new(struct event_base *base, const struct wg_h2_se
     nghttp2_session_callbacks_set_on_frame_send_callback(p->cb, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(p->cb, on_stream_close);
     nghttp2_session_callbacks_set_send_data_callback(p->cb, send_body);
+    nghttp2_session_callbacks_set_data_source_read_length_callback(p->cb, body_frame_length);
     return p;
 }
 

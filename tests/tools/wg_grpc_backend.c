@@ -12,13 +12,15 @@
  *                       bytes are "NAME" repeated
  *   --name NAME         default "grpc"
  *   --max-streams N     SETTINGS_MAX_CONCURRENT_STREAMS (default 100)
- *   --log FILE          append "accept" for every connection accepted and
- *                       "data-max N" for every stream that sent DATA (N:
- *                       the largest payload one of its frames carried)
- *   --frame-max N       no DATA frame carries more than N bytes (default:
- *                       as many as the windows and the client's
- *                       SETTINGS_MAX_FRAME_SIZE allow; nghttp2 alone
- *                       stops at 16 KiB)
+ *   --log FILE          append "accept" for every connection accepted,
+ *                       "data-max N" for every stream that sent DATA and
+ *                       "data-in-max N" for every one that received some
+ *                       (N: the largest payload one of its frames carried)
+ *   --frame-max N       no DATA frame it sends carries more than N bytes,
+ *                       and SETTINGS_MAX_FRAME_SIZE is N (within 16 KiB ..
+ *                       16 MiB - 1; default: frames as large as the windows
+ *                       and the client's setting allow, nghttp2 alone stops
+ *                       at 16 KiB; the setting 1 MiB)
  *   --goaway-after N    on each connection, answer N streams, then send
  *                       GOAWAY (last-stream-id = the N-th) and refuse the
  *                       next one with RST_STREAM REFUSED_STREAM (0 = never)
@@ -68,7 +70,7 @@ struct stream {
     unsigned char *out;
     size_t len, off, cap;
     const unsigned char *reply;     /* the fixed reply, sent from where it is: [off, len) */
-    size_t data_max;            /* the largest DATA payload sent */
+    size_t data_max, data_in_max;   /* the largest DATA payload sent, received */
 };
 
 struct conn {
@@ -229,6 +231,8 @@ static int on_frame(nghttp2_session *s, const nghttp2_frame *f, void *arg)
     struct stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
     if (!st || (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA))
         return 0;
+    if (f->hd.type == NGHTTP2_DATA && f->hd.length > st->data_in_max)
+        st->data_in_max = f->hd.length;
     bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
     if (f->hd.type == NGHTTP2_HEADERS && (st->call == CALL_ECHO || st->status >= 0) &&
         !st->responded && respond(s, st) != 0)
@@ -258,10 +262,12 @@ static int on_close(nghttp2_session *s, int32_t id, uint32_t code, void *arg)
 {
     struct stream *st = nghttp2_session_get_stream_user_data(s, id);
     if (st) {
-        if (log_file && st->data_max) {
+        if (log_file && st->data_max)
             fprintf(log_file, "data-max %zu\n", st->data_max);
+        if (log_file && st->data_in_max)
+            fprintf(log_file, "data-in-max %zu\n", st->data_in_max);
+        if (log_file)
             fflush(log_file);
-        }
         free(st->out);
         free(st);
         nghttp2_session_set_stream_user_data(s, id, NULL);
@@ -315,10 +321,13 @@ static void conn_new(int lfd)
     nghttp2_session_callbacks_set_data_source_read_length_callback(cb, frame_length);
     int rc = nghttp2_session_server_new(&c->s, cb, c);
     nghttp2_session_callbacks_del(cb);
+    uint32_t frame_setting = frame_max == UINT32_MAX ? 1u << 20
+                             : frame_max < 16384 ? 16384 : frame_max > 16777215 ? 16777215 : frame_max;
     nghttp2_settings_entry iv[] = { { NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, max_streams },
-                                    { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20 } };
+                                    { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20 },
+                                    { NGHTTP2_SETTINGS_MAX_FRAME_SIZE, frame_setting } };
     struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
-    if (rc != 0 || nghttp2_submit_settings(c->s, NGHTTP2_FLAG_NONE, iv, 2) != 0 ||
+    if (rc != 0 || nghttp2_submit_settings(c->s, NGHTTP2_FLAG_NONE, iv, 3) != 0 ||
         nghttp2_session_set_local_window_size(c->s, NGHTTP2_FLAG_NONE, 0, 1 << 24) != 0 ||
         epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0 || nghttp2_session_send(c->s) != 0) {
         if (c->s)

@@ -482,12 +482,15 @@ START_TEST(bulk_replies_read_several_buffers_at_once)
 }
 END_TEST
 
-/* The upstream may send DATA frames as large as a stream window
- * (SETTINGS_MAX_FRAME_SIZE): the backend, which sends frames as large as
- * it is allowed, sends a 1 MiB reply in frames of the whole window, and
- * the reply, lent piece by piece out of receive buffers smaller than one
- * frame, is byte-exact. */
-START_TEST(upstream_frames_as_large_as_the_window)
+/* Frames larger than 16 KiB both ways. The upstream may send DATA
+ * frames as large as a stream window (SETTINGS_MAX_FRAME_SIZE): the
+ * backend, which sends frames as large as it is allowed, sends a 1 MiB
+ * reply in frames of the whole window, and the reply, lent piece by
+ * piece out of receive buffers smaller than one frame, is byte-exact.
+ * A request body goes in frames as large as the stream's buffer
+ * (WG_H2_BODY_BUF) when the instance allows them: a 1 MiB echo arrives
+ * in frames larger than 16 KiB and comes back byte-exact. */
+START_TEST(frames_as_large_as_allowed)
 {
     char log[] = "/tmp/wg-h2frames-XXXXXX";
     int fd = mkstemp(log);
@@ -508,19 +511,32 @@ START_TEST(upstream_frames_as_large_as_the_window)
     uint8_t *want = fixed_reply(1u << 20);
     pieces_are(loc, &c, want, len);
     free(want);
+    uint8_t *body = big_message(1u << 20);
+    struct call e;
+    ck_assert_ptr_nonnull(call_start(&w, &e, "/wg.Echo/Big", body, 1u << 20, NULL));
+    e.keep = true;
+    ck_assert(run_until(&w, closed_one, &e, 10000));
+    ck_assert_str_eq(e.grpc_status, "0");
+    pieces_are(loc, &e, body, 1u << 20);
+    free(body);
     world_down(&w);
     ck_assert_uint_eq(loc->rx_live, live);
     FILE *f = fopen(log, "r");
     ck_assert_ptr_nonnull(f);
-    size_t most = 0, k;
+    size_t out = 0, in = 0, k;
     char line[64];
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "data-max %zu", &k) == 1 && k > most)
-            most = k;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "data-max %zu", &k) == 1 && k > out)
+            out = k;
+        if (sscanf(line, "data-in-max %zu", &k) == 1 && k > in)
+            in = k;
+    }
     fclose(f);
     unlink(log);
-    ck_assert_uint_eq(most, wg_h2_defaults.stream_window);     /* not 16 KiB */
-    ck_assert_uint_gt(most, HP_RX);                            /* a frame spans buffers */
+    ck_assert_uint_eq(out, wg_h2_defaults.stream_window);      /* not 16 KiB */
+    ck_assert_uint_gt(out, HP_RX);                             /* a frame spans buffers */
+    ck_assert_uint_gt(in, 16384);
+    ck_assert_uint_le(in, WG_H2_BODY_BUF);
 }
 END_TEST
 
@@ -1026,7 +1042,7 @@ int main(void)
     tcase_add_test(t, flow_control_both_ways);
     tcase_add_test(t, payloads_kept_by_reference_stay_intact);
     tcase_add_test(t, bulk_replies_read_several_buffers_at_once);
-    tcase_add_test(t, upstream_frames_as_large_as_the_window);
+    tcase_add_test(t, frames_as_large_as_allowed);
     tcase_add_test(t, reset_and_ping_liveness);
     tcase_add_test(t, service_limits_replace_the_pools);
     tcase_add_test(t, submit_copies_no_copy_fields);
