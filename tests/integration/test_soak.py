@@ -33,8 +33,8 @@ import time
 
 from etcdlib import EtcdError, EtcdHarness
 from tlslib import shared
-from wglib import (SANITIZED, free_port, http_request, open_fds, slack, tool, wait_until,
-                   write_atomic, yaml_block)
+from wglib import (SANITIZED, fd_listing, free_port, http_request, open_fds, slack, tool,
+                   wait_until, write_atomic, yaml_block)
 
 SECONDS = float(os.environ.get("WAYGATE_SOAK_SECONDS") or 60)
 # RSS of the last part of the load may exceed the first part by this much:
@@ -406,6 +406,7 @@ def test_soak_under_faults():
         # descriptors when quiet (no client, pools timed out): start and end
         time.sleep(slack(2))
         fds_quiet0 = open_fds(wg.pid)
+        fds_quiet0_list = fd_listing(wg.pid)
         lua = h.path("soak.lua")
         with open(lua, "w") as f:
             f.write(WRK_LUA)
@@ -481,8 +482,15 @@ def test_soak_under_faults():
         assert not reload_errors, reload_errors
         assert sent["valid"] >= 1 and sent["invalid"] >= 1, sent
         # 5. descriptors and memory
-        wait_until(lambda: open_fds(wg.pid) <= fds_quiet0 + 2, slack(15),
-                   "descriptors back to the quiet level")
+        try:
+            wait_until(lambda: open_fds(wg.pid) <= fds_quiet0 + 2, slack(15),
+                       "descriptors back to the quiet level")
+        except AssertionError:
+            now = fd_listing(wg.pid)
+            extra = {fd: what for fd, what in sorted(now.items())
+                     if fds_quiet0_list.get(fd) != what}
+            raise AssertionError("descriptors: %d quiet, %d now; new or changed: %r" % (
+                fds_quiet0, len(now), extra))
         fds_end = open_fds(wg.pid)
         first = [s for s in samples if 0.15 * load_s <= s[0] <= 0.35 * load_s]
         last = [s for s in samples if s[0] >= 0.8 * load_s and s[0] <= load_s]

@@ -215,6 +215,38 @@ def open_fds(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
 
+TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
+              "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
+              "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
+
+
+def fd_listing(pid):
+    """{fd: what it is}: a TCP socket as "tcp LOCAL -> REMOTE STATE" (IPv4
+    loopback ports), anything else as its /proc link. For a failure
+    message: which descriptors a process holds."""
+    socks = {}
+    for name in ("/proc/%d/net/tcp" % pid, "/proc/%d/net/tcp6" % pid):
+        try:
+            lines = open(name).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            port = lambda a: int(a.rsplit(":", 1)[1], 16)
+            socks[f[9]] = "tcp :%d -> :%d %s" % (port(f[1]), port(f[2]),
+                                                 TCP_STATES.get(f[3], f[3]))
+    out = {}
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            link = socks.get(link[8:-1], link)
+        out[int(fd)] = link
+    return out
+
+
 # ---- processes --------------------------------------------------------------
 
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
