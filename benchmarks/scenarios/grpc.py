@@ -22,7 +22,9 @@ the load CPU, `-c50 -m10`:
 with h2c (prior knowledge) at the edge, and h2 over TLS 1.3 (ALPN h2) for the
 tiny call. waygate: `upstream.protocol: h2c`; nginx: `grpc_pass` to an
 upstream with `keepalive`; HAProxy: `server ... proto h2` (connections
-reused, `http-reuse always`). p50/p99 come from h2load's per-request log
+reused, `http-reuse always`). Within a variant all targets' proxies run
+and the runs alternate between them, each run in a turned order; each
+figure is the median of a target's runs. p50/p99 come from h2load's per-request log
 (--log-file); CPU per call is the proxy's utime+stime over the run / calls.
 Ratios are waygate's to the better of nginx and HAProxy in that column
 (rps: the higher; CPU per call and p99: the lower). "load CPU %" is how
@@ -131,33 +133,52 @@ def run(ctx, log=print):
             with open(env.path("req-%d.bin" % size), "wb") as f:
                 f.write(frame(size))
             bodies[size] = env.path("req-%d.bin" % size)
-        for target in targets:
-            for label, edge, reply, req, c, m in variants:
-                try:
-                    url, proc = start_proxy(env, target, edge, backends[reply])
-                except RuntimeError as e:
-                    log("  %s %s: %s" % (target, label, e))
+        for label, edge, reply, req, c, m in variants:
+            # Every target's proxy runs for the whole variant and the runs
+            # alternate between them (the order turning each run), so that
+            # the box's drift, up to 30 % within minutes, falls on all of
+            # them alike rather than on whichever ran last.
+            procs, samples = {}, {}
+            try:
+                for target in targets:
+                    try:
+                        url, proc = start_proxy(env, target, edge, backends[reply])
+                    except RuntimeError as e:
+                        log("  %s %s: %s" % (target, label, e))
+                        continue
+                    procs[target] = (url, proc)
+                    try:
+                        w = h2load(url, bodies[req], 1, 2, 2)      # serves gRPC, warms up
+                        if w["errors"]:
+                            raise RuntimeError("%d failed calls in the warm-up" % w["errors"])
+                        samples[target] = []
+                    except (RuntimeError, subprocess.TimeoutExpired) as e:
+                        log("  %s %s: %s" % (target, label, e))
+                for run_i in range(ctx.runs):
+                    live = [t for t in targets if t in samples]
+                    turn = run_i % len(live) if live else 0
+                    for target in live[turn:] + live[:turn]:
+                        url, proc = procs[target]
+                        try:
+                            samples[target].append(measured(proc.pid, lambda: h2load(
+                                url, bodies[req], ctx.duration, c, m, env.path("h2load.log"))))
+                        except (RuntimeError, subprocess.TimeoutExpired) as e:
+                            log("  %s %s: %s" % (target, label, e))
+                            del samples[target]
+            finally:
+                for url, proc in procs.values():
+                    env.stop(proc)
+            for target in targets:
+                if not samples.get(target):
                     rows.append((target, label, None))
                     continue
-                try:
-                    w = h2load(url, bodies[req], 1, 2, 2)          # serves gRPC, warms up
-                    if w["errors"]:
-                        raise RuntimeError("%d failed calls in the warm-up" % w["errors"])
-                    samples = [measured(proc.pid, lambda: h2load(
-                        url, bodies[req], ctx.duration, c, m, env.path("h2load.log")))
-                        for _ in range(ctx.runs)]
-                    d = combine(samples)
-                    rows.append((target, label, d))
-                    log("  %-8s %-26s %9.0f rps  p50 %6.2f  p99 %7.2f ms  cpu %3.0f%%  "
-                        "%6.1f us/call  load %3.0f%%  rss %6.1f MiB%s"
-                        % (target, label, d["rps"], d["p50"] or 0, d["p99"] or 0, d["cpu"],
-                           d.get("cpu_us") or 0, d.get("load_cpu") or 0, d["rss"],
-                           "  errors %d" % d["errors"] if d["errors"] else ""))
-                except (RuntimeError, subprocess.TimeoutExpired) as e:
-                    log("  %s %s: %s" % (target, label, e))
-                    rows.append((target, label, None))
-                finally:
-                    env.stop(proc)
+                d = combine(samples[target])
+                rows.append((target, label, d))
+                log("  %-8s %-26s %9.0f rps  p50 %6.2f  p99 %7.2f ms  cpu %3.0f%%  "
+                    "%6.1f us/call  load %3.0f%%  rss %6.1f MiB%s"
+                    % (target, label, d["rps"], d["p50"] or 0, d["p99"] or 0, d["cpu"],
+                       d.get("cpu_us") or 0, d.get("load_cpu") or 0, d["rss"],
+                       "  errors %d" % d["errors"] if d["errors"] else ""))
     order = [v[0] for v in VARIANTS]
     rows.sort(key=lambda r: (order.index(r[1]), TARGETS.index(r[0])))
     return grpc_table(rows), errors_of(rows)
