@@ -35,6 +35,9 @@
  *    buffer's bytes are written from where they are (WG_H2_LEND_MIN): it
  *    is neither moved nor reused until they are out, and one whose stream
  *    ended first goes with the connection until then;
+ *  - frame sizes: our SETTINGS_MAX_FRAME_SIZE is the stream window (an
+ *    instance may send a reply in frames that large), and a request body
+ *    goes in frames up to WG_H2_BODY_BUF where the instance allows them;
  *  - a connection reads into receive buffers (http_buf.h struct hp_rx) and
  *    offers a DATA payload together with the buffer that holds it: the
  *    exchange may keep a count of that buffer and pass the payload on by
