@@ -437,6 +437,18 @@ ssize_t readv(int fd, const struct iovec *iov, int n)
 
 static bool closed_one(void *arg) { return ((struct call *)arg)->closed; }
 
+/* A call for the backend's fixed reply whose pieces c keeps (by a count
+ * of their buffer); *live: the worker's buffers out before it. */
+static struct hp_local *kept_call(struct world *w, struct call *c, unsigned *live)
+{
+    struct hp_local *loc = hp_local_peek();
+    ck_assert_ptr_nonnull(loc);
+    *live = loc->rx_live;
+    ck_assert_ptr_nonnull(call_start(w, c, "/bench.Bench/Unary", EMPTY_MSG, 5, NULL));
+    c->keep = true;
+    return loc;
+}
+
 /* The backend's fixed reply of len bytes, framed: "grpc" repeated. */
 static uint8_t *fixed_reply(size_t len)
 {
@@ -460,11 +472,9 @@ START_TEST(bulk_replies_read_several_buffers_at_once)
     struct world w;
     const char *args[] = { "--message-size", "2097152", NULL };
     world_up(&w, args, NULL);
-    struct hp_local *loc = hp_local_peek();
-    unsigned live = loc->rx_live;
+    unsigned live;
     struct call c;
-    ck_assert_ptr_nonnull(call_start(&w, &c, "/bench.Bench/Unary", EMPTY_MSG, 5, NULL));
-    c.keep = true;
+    struct hp_local *loc = kept_call(&w, &c, &live);
     ck_assert(run_until(&w, has_head, &c, 5000));
     usleep(300 * 1000);                 /* a stream window (256 KiB) waits in the socket */
     readv_most = 0;
@@ -499,11 +509,9 @@ START_TEST(frames_as_large_as_allowed)
     struct world w;
     const char *args[] = { "--message-size", "1048576", "--log", log, NULL };
     world_up(&w, args, NULL);
-    struct hp_local *loc = hp_local_peek();
-    unsigned live = loc->rx_live;
+    unsigned live;
     struct call c;
-    ck_assert_ptr_nonnull(call_start(&w, &c, "/bench.Bench/Unary", EMPTY_MSG, 5, NULL));
-    c.keep = true;
+    struct hp_local *loc = kept_call(&w, &c, &live);
     ck_assert(run_until(&w, closed_one, &c, 10000));
     ck_assert_str_eq(c.grpc_status, "0");
     size_t len = 5 + (1u << 20);
