@@ -24,8 +24,9 @@ tiny call. waygate: `upstream.protocol: h2c`; nginx: `grpc_pass` to an
 upstream with `keepalive`; HAProxy: `server ... proto h2` (connections
 reused, `http-reuse always`). Within a variant all targets' proxies run
 and the runs alternate between them, each run in a turned order; each
-figure is the median of a target's runs. p50/p99 come from h2load's per-request log
-(--log-file); CPU per call is the proxy's utime+stime over the run / calls.
+figure is the median of a target's runs. p50/p99 come from h2load's
+per-request log (--log-file); CPU per call is the proxy's utime+stime over
+the run / calls.
 Ratios are waygate's to the better of nginx and HAProxy in that column
 (rps: the higher; CPU per call and p99: the lower). "load CPU %" is how
 busy the load CPU (h2load and the backend) was: where it is near 100 % the

@@ -221,9 +221,11 @@ TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FI
 
 
 def fd_listing(pid):
-    """{fd: what it is}: a TCP socket as "tcp LOCAL -> REMOTE STATE" (IPv4
-    loopback ports), anything else as its /proc link. For a failure
+    """{fd: what it is}: a TCP socket (IPv4 or IPv6) as "tcp :LOCAL_PORT ->
+    :REMOTE_PORT STATE", anything else as its /proc link. For a failure
     message: which descriptors a process holds."""
+    def port(addr):                     # "0100007F:1F90" -> 8080
+        return int(addr.rsplit(":", 1)[1], 16)
     socks = {}
     for name in ("/proc/%d/net/tcp" % pid, "/proc/%d/net/tcp6" % pid):
         try:
@@ -232,7 +234,6 @@ def fd_listing(pid):
             continue
         for line in lines:
             f = line.split()
-            port = lambda a: int(a.rsplit(":", 1)[1], 16)
             socks[f[9]] = "tcp :%d -> :%d %s" % (port(f[1]), port(f[2]),
                                                  TCP_STATES.get(f[3], f[3]))
     out = {}
