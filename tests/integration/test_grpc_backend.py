@@ -48,3 +48,35 @@ def test_grpc_probe_survives_goaway():
         assert not [t for t in transitions(wg, "ga") if t[1] == "unhealthy"], transitions(wg, "ga")
         accepted = b.accepted()
         assert accepted >= 5, "connections accepted: %d (want a new one after each GOAWAY)" % accepted
+
+
+def test_grpc_backend_uncopied_frames_byte_exact_through_a_full_socket():
+    """The fixed reply leaves in DATA frames written from where the message
+    is; what a partial write leaves is kept and written first. A client
+    that lets 1 MiB frames in but does not read for a while (the socket
+    fills, the backend's writes end mid-frame) then reads two 4 MiB replies
+    of interleaved streams byte for byte, each ended by grpc-status 0."""
+    from h2lib import Client, h2
+    size = 4 << 20
+    with Harness() as h:
+        b = GrpcBackend(h, name="nc", message_size=size)
+        c = Client(b.port, settings={h2.settings.SettingCodes.MAX_FRAME_SIZE: 1 << 20,
+                                     h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
+        c.conn.increment_flow_control_window(1 << 26)
+        c.flush()
+        hdrs = [("content-type", "application/grpc"), ("te", "trailers")]
+        body = bytes([0, 0, 0, 0, 1]) + b"q"
+        sids = [c.request("/bench.B/Call", method="POST", headers=hdrs, body=body)
+                for _ in range(2)]
+        time.sleep(0.5)                 # the backend fills the socket and keeps the rest
+        want = bytes([0]) + size.to_bytes(4, "big") + (b"nc" * (size // 2))
+        for sid in sids:
+            r = c.response(sid, timeout=slack(20))
+            assert r["reset"] is None and r["status"] == 200, r["status"]
+            assert len(r["body"]) == len(want) and r["body"] == want, \
+                "stream %d: %d bytes, first difference at %s" % (
+                    sid, len(r["body"]), next((i for i, (x, y) in enumerate(zip(r["body"], want))
+                                               if x != y), None))
+            assert (b"grpc-status", b"0") in r["trailers"], r["trailers"]
+            assert max(r["frames"]) > 16384, max(r["frames"])
+        c.close()

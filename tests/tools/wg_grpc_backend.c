@@ -36,6 +36,12 @@
  *   A request header "x-grpc-status: N" answers Trailers-Only with
  *   grpc-status N and grpc-message "wg_grpc_backend" instead.
  * Responses carry content-type application/grpc and "x-backend: NAME".
+ * The fixed reply's DATA frames are written from where the message is
+ * (NGHTTP2_DATA_FLAG_NO_COPY, header and payload in one writev): a 1 MiB
+ * reply costs the backend no copy but the kernel's, whatever the frame size,
+ * so that the proxy in front, not the backend, decides what a call costs.
+ * Only what a partial write left over is copied, to the connection's
+ * pending buffer, written before anything else.
  * Echo output waits in a per-stream buffer; the backend reads no more of a
  * stream than its connection window lets the client send (nghttp2's
  * automatic WINDOW_UPDATE as data is received: a test tool, not a proxy).
@@ -56,6 +62,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 enum call { CALL_FIXED, CALL_ECHO, CALL_HEALTH };
@@ -79,6 +86,9 @@ struct conn {
     bool want_out;              /* EPOLLOUT armed */
     unsigned streams;           /* requests begun */
     int32_t last_id;
+    const unsigned char *nc_data;   /* payload of the DATA frame read_body passed uncopied */
+    unsigned char *pend;            /* what a partial write left: [pend_off, pend_len) */
+    size_t pend_off, pend_len, pend_cap;
 };
 
 static const char *name = "grpc";
@@ -109,9 +119,76 @@ static int append(struct stream *st, const void *data, size_t n)
     return 0;
 }
 
+/* Writes what a partial write left; true once nothing is pending. */
+static bool flush_pending(struct conn *c)
+{
+    while (c->pend_off < c->pend_len) {
+        ssize_t n = send(c->fd, c->pend + c->pend_off, c->pend_len - c->pend_off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return false;       /* EAGAIN: later; an error shows on the next read */
+        c->pend_off += (size_t)n;
+    }
+    c->pend_off = c->pend_len = 0;
+    return true;
+}
+
+static int keep_pending(struct conn *c, const struct iovec *iov, int iovcnt, size_t skip)
+{
+    for (int i = 0; i < iovcnt; i++) {
+        size_t from = skip < iov[i].iov_len ? skip : iov[i].iov_len;
+        size_t n = iov[i].iov_len - from;
+        skip -= from;
+        if (c->pend_len + n > c->pend_cap) {
+            size_t cap = c->pend_cap ? c->pend_cap : 65536;
+            while (cap < c->pend_len + n)
+                cap *= 2;
+            unsigned char *b = realloc(c->pend, cap);
+            if (!b)
+                return -1;
+            c->pend = b;
+            c->pend_cap = cap;
+        }
+        memcpy(c->pend + c->pend_len, (const unsigned char *)iov[i].iov_base + from, n);
+        c->pend_len += n;
+    }
+    return 0;
+}
+
+/* A DATA frame read_body passed uncopied: its header, padding and payload
+ * in one writev, the rest of a partial write kept. */
+static int on_send_data(nghttp2_session *s, nghttp2_frame *f, const uint8_t *hd, size_t len,
+                        nghttp2_data_source *src, void *arg)
+{
+    (void)s, (void)src;
+    struct conn *c = arg;
+    if (c->pend_len)
+        return NGHTTP2_ERR_WOULDBLOCK;
+    static const unsigned char zeros[256];
+    size_t pad = f->data.padlen;
+    unsigned char padlen = pad ? (unsigned char)(pad - 1) : 0;
+    struct iovec iov[4] = { { (void *)hd, 9 } };
+    int n_iov = 1;
+    if (pad)
+        iov[n_iov++] = (struct iovec){ &padlen, 1 };
+    iov[n_iov++] = (struct iovec){ (void *)c->nc_data, len };
+    if (pad > 1)
+        iov[n_iov++] = (struct iovec){ (void *)zeros, pad - 1 };
+    ssize_t n;
+    do
+        n = writev(c->fd, iov, n_iov);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return errno == EAGAIN ? NGHTTP2_ERR_WOULDBLOCK : NGHTTP2_ERR_CALLBACK_FAILURE;
+    return keep_pending(c, iov, n_iov, (size_t)n) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
 static ssize_t on_send(nghttp2_session *s, const uint8_t *data, size_t len, int flags, void *arg)
 {
     struct conn *c = arg;
+    if (c->pend_len)
+        return NGHTTP2_ERR_WOULDBLOCK;      /* frames leave in order */
     ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return NGHTTP2_ERR_WOULDBLOCK;
@@ -138,8 +215,12 @@ static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     size_t n = st->len - st->off;
     if (n > len)
         n = len;
-    if (n)
-        memcpy(buf, (st->reply ? st->reply : st->out) + st->off, n);
+    if (n && st->reply) {       /* on_send_data writes it from where it is */
+        ((struct conn *)arg)->nc_data = st->reply + st->off;
+        *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    } else if (n) {
+        memcpy(buf, st->out + st->off, n);
+    }
     st->off += n;
     if (n > st->data_max)
         st->data_max = n;
@@ -280,12 +361,13 @@ static void conn_free(struct conn *c)
     epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     nghttp2_session_del(c->s);
+    free(c->pend);
     free(c);
 }
 
 static void conn_arm(struct conn *c)
 {
-    bool want = nghttp2_session_want_write(c->s);
+    bool want = c->pend_len || nghttp2_session_want_write(c->s);
     if (want == c->want_out)
         return;
     struct epoll_event ev = { .events = EPOLLIN | (want ? EPOLLOUT : 0), .data.ptr = c };
@@ -313,6 +395,7 @@ static void conn_new(int lfd)
     }
     c->fd = fd;
     nghttp2_session_callbacks_set_send_callback(cb, on_send);
+    nghttp2_session_callbacks_set_send_data_callback(cb, on_send_data);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data);
@@ -357,8 +440,10 @@ static void conn_io(struct conn *c, uint32_t events)
                 break;
         }
     }
-    if (nghttp2_session_send(c->s) != 0 ||
-        (!nghttp2_session_want_read(c->s) && !nghttp2_session_want_write(c->s))) {
+    if (c->pend_len)
+        flush_pending(c);
+    if (nghttp2_session_send(c->s) != 0 || (!c->pend_len && !nghttp2_session_want_read(c->s) &&
+                                            !nghttp2_session_want_write(c->s))) {
         conn_free(c);
         return;
     }
