@@ -198,14 +198,6 @@ static void stream_closed(struct wg_h2_stream *st, uint32_t error, bool retryabl
         nghttp2_session_set_stream_user_data(c->s, st->id, NULL);
     if (c)
         count(pool_of(c), WG_C_H2_UP_STREAMS, (uint64_t)-1);
-    /* Response bytes still buffered count against the connection's window,
-     * and once unlinked the stream can no longer give them back as the
-     * exchange takes them: give them back now (the stream is over, the
-     * buffer cannot grow; it was within the stream window). Without this a
-     * connection lost those bytes of its window at every stream that ended
-     * ahead of a slow client, and stalled once 16 MiB were gone. */
-    if (c && c->s && st->rlen > st->roff)
-        nghttp2_session_consume_connection(c->s, st->rlen - st->roff);
     stream_unlink(st);
     st->closed = true;
     if (!st->error)
@@ -220,14 +212,13 @@ static void stream_closed(struct wg_h2_stream *st, uint32_t error, bool retryabl
     stream_deliver(st);
 }
 
+/* Bytes the exchange took from the stream's buffer: the stream's window
+ * reopens by them. (The connection's reopened when they were buffered, see
+ * on_data.) */
 static void stream_consume(struct wg_h2_stream *st, size_t n)
 {
-    if (!n)
-        return;
-    if (st->c && st->c->s && st->id > 0 && !st->closed)
-        nghttp2_session_consume(st->c->s, st->id, n);
-    else if (st->c && st->c->s)
-        nghttp2_session_consume_connection(st->c->s, n);
+    if (n && st->c && st->c->s && st->id > 0 && !st->closed)
+        nghttp2_session_consume_stream(st->c->s, st->id, n);
 }
 
 /* Offer buffered response bytes, then trailers and the end, in order. */
@@ -411,13 +402,20 @@ static int on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t 
             nghttp2_session_consume(s, id, len);
             return 0;
         }
-        stream_consume(st, n);
+        if (n)
+            nghttp2_session_consume(s, id, n);
         data += n;
         len -= n;
         if (!len)
             return 0;
     }
-    /* The peer respects our window, so rbuf never holds more than it. */
+    /* The peer respects our window, so rbuf never holds more than it. What
+     * waits here waits for this stream's client alone: the connection's
+     * window reopens by it now, the stream's only as the exchange takes it.
+     * Streams whose clients read nothing then hold at most a stream window
+     * each and never the connection's, which their upstream connection's
+     * other streams (other clients' calls) need. */
+    nghttp2_session_consume_connection(s, len);
     if (st->rlen + len > st->rcap) {
         size_t cap = st->rcap ? st->rcap : 1024;   /* a unary reply: a small malloc */
         while (cap < st->rlen + len)
@@ -1347,10 +1345,8 @@ void wg_h2_stream_reset(struct wg_h2_stream *st, uint32_t error)
         return;
     }
     struct h2_conn *c = st->c;
-    /* Bytes buffered but never taken still count against the connection
-     * window: give them back. */
-    if (st->rlen > st->roff)
-        stream_consume(st, st->rlen - st->roff);
+    /* Bytes buffered but never taken: the connection's window had them
+     * back when they were buffered, the stream's ends with the reset. */
     st->roff = st->rlen = 0;
     nghttp2_submit_rst_stream(c->s, NGHTTP2_FLAG_NONE, st->id, error);
     conn_kick(c);                       /* on_stream_close frees it */

@@ -29,7 +29,10 @@
  *  - flow control is end to end: response bytes are consumed (WINDOW_UPDATE)
  *    only as the exchange accepts them (ops->data's return value), so an
  *    upstream can put at most `stream_window` bytes per stream into
- *    waygate; request bodies go through a bounded per-stream buffer
+ *    waygate; the connection's window reopens as soon as bytes are read
+ *    (those the exchange did not take wait in the stream's buffer, for that
+ *    stream's client alone), so that streams whose clients read nothing
+ *    hold their own windows, not the connection's; request bodies go through a bounded per-stream buffer
  *    (WG_H2_BODY_BUF) and a deferred data provider: wg_h2_stream_write()
  *    takes what fits and ops->writable says when more fits. Over h2c the
  *    buffer's bytes are written from where they are (WG_H2_LEND_MIN): it

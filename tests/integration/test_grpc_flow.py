@@ -195,3 +195,36 @@ def test_grpc_streams_ending_ahead_of_their_client_keep_the_connection_window():
                 assert len(r["body"]) == count * (size + 5), (s, len(r["body"]))
                 assert (b"grpc-status", b"0") in r["trailers"], (s, r["trailers"])
         c.close()
+
+
+def test_grpc_stalled_streams_do_not_block_their_upstream_connection():
+    """Bytes a stream holds because its client reads nothing are given back
+    to the upstream connection's window: one client with 90 non-reading
+    streams of 1 MiB replies (each holding an upstream stream window of
+    256 KiB, 22 MiB in all) does not stall other clients' calls that share
+    the upstream connection with them. (They held the connection's 16 MiB
+    window: past 64 such streams every call on that connection stopped.)"""
+    if not need_grpcio():
+        return
+    import time
+    from grpclib import GrpcBackend
+    from h2lib import Client
+    from wglib import slack
+    with Harness() as h:
+        b = GrpcBackend(h, name="big", message_size=MIB, max_streams=1000)
+        wg = h.waygate(listeners=[h2c_listener("g")], instances={"users": [b.instance()]},
+                       services={"users": {"upstream": {"protocol": "h2c"},
+                                           "response_timeout": "60s"}}, workers=1)
+        target = "127.0.0.1:%d" % wg.ports["g"]
+        assert grpc_call(target, "unary", "/wg.Echo/One", 16)["code"] == "OK"
+        c = Client(wg.ports["g"])
+        sids = [c.request("/bench.B/Call", method="POST", headers=GRPC_HEADERS,
+                          body=grpc_frame(b"q")) for _ in range(90)]
+        time.sleep(slack(1.0))          # the backend fills every window it is given
+        for i in range(3):
+            r = grpc_call(target, "unary", "/wg.Echo/One", 1000, timeout=slack(5), wait=slack(30))
+            assert r["code"] == "OK" and r["replies"] == [1000], \
+                "call %d behind 90 stalled streams: %r" % (i, r)
+        r = c.response(sids[0], timeout=slack(30))          # the stalled ones still end whole
+        assert len(r["body"]) == MIB + 5, len(r["body"])
+        c.close()
