@@ -1489,6 +1489,8 @@ static void h2_on_head(void *ctx, unsigned status, const nghttp2_nv *nv, size_t 
      * to frame here and strip again (gRPC-Web's trailers are a chunk; an
      * auth subrequest's body is read as HTTP/1.1). */
     d->r->h2_raw = d->payload_only && !d->r->grpc_web && !auth_active(d->r);
+    if (d->r->h2_raw)                   /* the queue and the stream share one window */
+        wg_h2_stream_hold_window(d->r->h2);
     d->r->web_frames = (struct wg_grpc_frames){ 0 };   /* the body starts after this head */
     struct hp_buf *b = h2_room(d, 256);
     size_t len = b ? wg_h2_response_h1(status, nv, n, end_stream, b->data + b->end, b->cap - b->end)
@@ -1520,6 +1522,12 @@ static size_t h2_on_raw(struct wg_downstream *d, const uint8_t *p, size_t len, s
     if (n)
         h2_wake(d);
     return n;
+}
+
+void wg_exchange_raw_taken(struct wg_downstream *d, size_t n)
+{
+    if (d->r && d->r->h2)
+        wg_h2_stream_release(d->r->h2, n);
 }
 
 static size_t h2_on_data(void *ctx, const uint8_t *p, size_t len, struct hp_rx *rx)

@@ -710,6 +710,7 @@ static int send_upstream_data(nghttp2_session *s, nghttp2_frame *f, const uint8_
         int rv = send_queued(c, &r->raw, f, framehd, len);
         if (rv)
             return rv;
+        wg_exchange_raw_taken(&st->ds, len);
     } else {
         if (!w || w->cap - w->end < 9 + f->data.padlen + len)
             return NGHTTP2_ERR_WOULDBLOCK;

@@ -64,6 +64,7 @@ struct wg_h2_stream {
     bool head_sent, head_seen, closed, delivering, body_end, deferred;
     bool remote_done;                   /* the response's END_STREAM arrived */
     bool want_writable;
+    bool hold;                          /* taken bytes reopen the window on release only */
     uint32_t error;
     bool retryable;
     bool has_body;
@@ -213,11 +214,11 @@ static void stream_closed(struct wg_h2_stream *st, uint32_t error, bool retryabl
 }
 
 /* Bytes the exchange took from the stream's buffer: the stream's window
- * reopens by them. (The connection's reopened when they were buffered, see
- * on_data.) */
+ * reopens by them, or on release when it holds them (wg_h2_stream_hold_window).
+ * (The connection's reopened when they were buffered, see on_data.) */
 static void stream_consume(struct wg_h2_stream *st, size_t n)
 {
-    if (n && st->c && st->c->s && st->id > 0 && !st->closed)
+    if (n && !st->hold && st->c && st->c->s && st->id > 0 && !st->closed)
         nghttp2_session_consume_stream(st->c->s, st->id, n);
 }
 
@@ -402,7 +403,9 @@ static int on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t 
             nghttp2_session_consume(s, id, len);
             return 0;
         }
-        if (n)
+        if (n && st->hold)
+            nghttp2_session_consume_connection(s, n);
+        else if (n)
             nghttp2_session_consume(s, id, n);
         data += n;
         len -= n;
@@ -1334,6 +1337,20 @@ void wg_h2_stream_resume_read(struct wg_h2_stream *st)
     stream_deliver(st);                 /* may free st */
     if (c && c->magic == CONN_MAGIC)
         conn_kick(c);                   /* the WINDOW_UPDATEs of what was taken */
+}
+
+void wg_h2_stream_hold_window(struct wg_h2_stream *st)
+{
+    st->hold = true;
+}
+
+void wg_h2_stream_release(struct wg_h2_stream *st, size_t n)
+{
+    struct h2_conn *c = st->c;
+    if (!n || !st->hold || !c || !c->s || st->id <= 0 || st->closed)
+        return;
+    nghttp2_session_consume_stream(c->s, st->id, n);
+    conn_kick(c);                       /* the WINDOW_UPDATE */
 }
 
 void wg_h2_stream_reset(struct wg_h2_stream *st, uint32_t error)

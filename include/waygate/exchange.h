@@ -373,6 +373,9 @@ void wg_exchange_abort(struct wg_downstream *d, const char *reason, const char *
  * service's) must be cut now, wg_exchange_abort() it (reason
  * "drain_timeout" / "on_unhealthy") and return true. */
 bool wg_exchange_cut(struct wg_downstream *d, uint64_t now_ms);
+/* The client's codec took n bytes from the front of d->r->raw (h2_raw):
+ * the upstream stream's window reopens by them (upstream_h2.h). */
+void wg_exchange_raw_taken(struct wg_downstream *d, size_t n);
 /* Count an answered request of `status` (stats.h). */
 void wg_exchange_count_status(struct wg_downstream *d, unsigned status);
 

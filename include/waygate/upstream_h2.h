@@ -27,7 +27,8 @@
  *    when it parks a connection); the pool's settings apply when none is
  *    given;
  *  - flow control is end to end: response bytes are consumed (WINDOW_UPDATE)
- *    only as the exchange accepts them (ops->data's return value), so an
+ *    only as the exchange accepts them (ops->data's return value), or once
+ *    it holds the window, as it releases them (wg_h2_stream_release), so an
  *    upstream can put at most `stream_window` bytes per stream into
  *    waygate; the connection's window reopens as soon as bytes are read
  *    (those the exchange did not take wait in the stream's buffer, for that
@@ -170,6 +171,12 @@ size_t wg_h2_stream_write(struct wg_h2_stream *s, const uint8_t *p, size_t len);
 int wg_h2_stream_end(struct wg_h2_stream *s, const nghttp2_nv *trailers, size_t n);
 /* The exchange can take response bytes again: offer what is buffered. */
 void wg_h2_stream_resume_read(struct wg_h2_stream *s);
+/* From now on the bytes ops->data takes reopen the stream's window only
+ * as wg_h2_stream_release() lets go of them: the exchange keeps them in a
+ * queue until an HTTP/2 client's codec takes them, and the stream holds at
+ * most one window in all, in its buffer and that queue together. */
+void wg_h2_stream_hold_window(struct wg_h2_stream *s);
+void wg_h2_stream_release(struct wg_h2_stream *s, size_t n);
 /* Abandon the stream (RST_STREAM `error`, e.g. NGHTTP2_CANCEL); no
  * callback runs for it afterwards. */
 void wg_h2_stream_reset(struct wg_h2_stream *s, uint32_t error);

@@ -55,10 +55,12 @@ GRPC_HEADERS = [("content-type", "application/grpc"), ("te", "trailers")]
 def test_grpc_slow_reader_does_not_make_waygate_buffer():
     """A client that stops opening its window while the server streams
     16 MiB: waygate stops reading the upstream stream, so the server is
-    held after its first messages (bytes waygate holds: the client's 64 KiB
-    window, a block, the upstream's 256 KiB stream window) and waygate's
-    RSS does not grow by the response; once the client reads again, every
-    byte arrives and the trailers end it."""
+    held after its first messages and waygate's RSS does not grow by the
+    response (bytes waygate holds: the upstream's 256 KiB stream window,
+    shared by the stream's buffer and the queue for the client, whose
+    64 KiB window went out; the server got 3 messages of 128 KiB ahead
+    while the stream's buffer and the queue had a window each); once the
+    client reads again, every byte arrives and the trailers end it."""
     if not need_grpcio():
         return
     import time
@@ -80,7 +82,7 @@ def test_grpc_slow_reader_does_not_make_waygate_buffer():
             peak = max(peak, wg.rss_kib() - rss0)
         held = g.down_sent()
         print("server %d messages ahead, waygate RSS +%d KiB" % (held, peak))
-        assert held <= 8, "the server got %d of %d messages ahead of a client that reads none" \
+        assert held <= 2, "the server got %d of %d messages ahead of a client that reads none" \
             % (held, count)
         if not SANITIZED:
             assert peak < 8 * 1024, "waygate's RSS grew %d KiB for a client that reads none" % peak
