@@ -9,7 +9,10 @@ waygate allows a stream window (256 KiB); nginx's grpc_pass sends no such
 setting, nor does HAProxy while tune.bufsize is 16 KiB (as here; it
 allows tune.bufsize), so both get the 16 KiB default. That is each
 proxy's own setting at work, as it would be with any backend that sends
-frames as large as allowed.
+frames as large as allowed. The backend writes those frames from where
+the message is (no copy into nghttp2's frame buffer), so that the frame
+size a proxy allows does not change what a call costs the backend beyond
+its system calls and the kernel's copy.
 
 h2load sends gRPC requests (POST, `content-type: application/grpc`,
 `te: trailers`, the body a framed message from a file, `-d`), one thread on
