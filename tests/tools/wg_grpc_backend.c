@@ -100,20 +100,28 @@ static uint32_t frame_max = UINT32_MAX;
 static FILE *log_file;
 static int ep;
 
+/* *buf holds at least `need` bytes (doubling from `first`): 0, or -1. */
+static int reserve(unsigned char **buf, size_t *cap, size_t need, size_t first)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = *cap ? *cap : first;
+    while (n < need)
+        n *= 2;
+    unsigned char *b = realloc(*buf, n);
+    if (!b)
+        return -1;
+    *buf = b;
+    *cap = n;
+    return 0;
+}
+
 static int append(struct stream *st, const void *data, size_t n)
 {
     if (st->off && st->off == st->len)
         st->off = st->len = 0;
-    if (st->len + n > st->cap) {
-        size_t cap = st->cap ? st->cap : 4096;
-        while (cap < st->len + n)
-            cap *= 2;
-        unsigned char *b = realloc(st->out, cap);
-        if (!b)
-            return -1;
-        st->out = b;
-        st->cap = cap;
-    }
+    if (reserve(&st->out, &st->cap, st->len + n, 4096) < 0)
+        return -1;
     memcpy(st->out + st->len, data, n);
     st->len += n;
     return 0;
@@ -140,16 +148,8 @@ static int keep_pending(struct conn *c, const struct iovec *iov, int iovcnt, siz
         size_t from = skip < iov[i].iov_len ? skip : iov[i].iov_len;
         size_t n = iov[i].iov_len - from;
         skip -= from;
-        if (c->pend_len + n > c->pend_cap) {
-            size_t cap = c->pend_cap ? c->pend_cap : 65536;
-            while (cap < c->pend_len + n)
-                cap *= 2;
-            unsigned char *b = realloc(c->pend, cap);
-            if (!b)
-                return -1;
-            c->pend = b;
-            c->pend_cap = cap;
-        }
+        if (reserve(&c->pend, &c->pend_cap, c->pend_len + n, 65536) < 0)
+            return -1;
         memcpy(c->pend + c->pend_len, (const unsigned char *)iov[i].iov_base + from, n);
         c->pend_len += n;
     }
