@@ -148,6 +148,8 @@ static int keep_pending(struct conn *c, const struct iovec *iov, int iovcnt, siz
         size_t from = skip < iov[i].iov_len ? skip : iov[i].iov_len;
         size_t n = iov[i].iov_len - from;
         skip -= from;
+        if (!n)                 /* written whole (nothing kept yet: pend may be NULL) */
+            continue;
         if (reserve(&c->pend, &c->pend_cap, c->pend_len + n, 65536) < 0)
             return -1;
         memcpy(c->pend + c->pend_len, (const unsigned char *)iov[i].iov_base + from, n);
