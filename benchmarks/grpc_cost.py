@@ -31,22 +31,6 @@ from scenarios._common import (LOAD_CPU, Ctx, Env, cpu_seconds, cpu_ticks,  # no
                                rss_kib)
 
 
-def backend_pid(port):
-    """The wg_grpc_backend listening on `port` (Env.start keeps no pid map)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if any(a.endswith(b"wg_grpc_backend") for a in argv) and \
-                ("127.0.0.1:%d" % port).encode() in argv:
-            return int(pid)
-    raise RuntimeError("no wg_grpc_backend on port %d" % port)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", type=int, default=1)
@@ -60,7 +44,7 @@ def main():
     print("variant: %s, rps %s" % (label, a.rps or "as fast as it goes"))
     with Env(ctx) as env:
         bport = grpc.start_backend(env, reply)
-        bpid = backend_pid(bport)
+        bpid = env.procs[-1].pid            # the backend just started (taskset execs it)
         body = env.path("req.bin")
         with open(body, "wb") as f:
             f.write(grpc.frame(req))

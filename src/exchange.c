@@ -1526,7 +1526,7 @@ static size_t h2_on_raw(struct wg_downstream *d, const uint8_t *p, size_t len, s
 
 void wg_exchange_raw_taken(struct wg_downstream *d, size_t n)
 {
-    if (d->r && d->r->h2)
+    if (d->r->h2)
         wg_h2_stream_release(d->r->h2, n);
 }
 

@@ -213,13 +213,20 @@ static void stream_closed(struct wg_h2_stream *st, uint32_t error, bool retryabl
     stream_deliver(st);
 }
 
-/* Bytes the exchange took from the stream's buffer: the stream's window
- * reopens by them, or on release when it holds them (wg_h2_stream_hold_window).
- * (The connection's reopened when they were buffered, see on_data.) */
+/* The stream's window reopens by n bytes (while nghttp2 has the stream). */
+static void stream_reopen(struct wg_h2_stream *st, size_t n)
+{
+    if (n && st->c && st->c->s && st->id > 0 && !st->closed)
+        nghttp2_session_consume_stream(st->c->s, st->id, n);
+}
+
+/* Bytes the exchange took: they reopen the stream's window, unless it
+ * holds the window (then wg_h2_stream_release does). The connection's
+ * reopened as they were read (on_data). */
 static void stream_consume(struct wg_h2_stream *st, size_t n)
 {
-    if (n && !st->hold && st->c && st->c->s && st->id > 0 && !st->closed)
-        nghttp2_session_consume_stream(st->c->s, st->id, n);
+    if (!st->hold)
+        stream_reopen(st, n);
 }
 
 /* Offer buffered response bytes, then trailers and the end, in order. */
@@ -386,6 +393,12 @@ static int on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t 
         nghttp2_session_consume(s, id, len);
         return 0;
     }
+    /* The connection's window reopens by every byte as it is read; what
+     * the exchange does not take waits in rbuf for this stream's client
+     * alone. Streams whose clients read nothing then hold at most a stream
+     * window each and never the connection's, which their upstream
+     * connection's other streams (other clients' calls) need. */
+    nghttp2_session_consume_connection(s, len);
     /* Nothing waits ahead of these bytes: offer them straight from
      * nghttp2's input (the connection's receive buffer, which the exchange
      * may keep a count of: not while the worker's buffers out are over
@@ -400,25 +413,16 @@ static int on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t 
         if (n > len)
             n = len;
         if (st->abandoned) {            /* reset from the callback: give the window back */
-            nghttp2_session_consume(s, id, len);
+            nghttp2_session_consume_stream(s, id, len);
             return 0;
         }
-        if (n && st->hold)
-            nghttp2_session_consume_connection(s, n);
-        else if (n)
-            nghttp2_session_consume(s, id, n);
+        stream_consume(st, n);
         data += n;
         len -= n;
         if (!len)
             return 0;
     }
-    /* The peer respects our window, so rbuf never holds more than it. What
-     * waits here waits for this stream's client alone: the connection's
-     * window reopens by it now, the stream's only as the exchange takes it.
-     * Streams whose clients read nothing then hold at most a stream window
-     * each and never the connection's, which their upstream connection's
-     * other streams (other clients' calls) need. */
-    nghttp2_session_consume_connection(s, len);
+    /* The peer respects our window, so rbuf never holds more than it. */
     if (st->rlen + len > st->rcap) {
         size_t cap = st->rcap ? st->rcap : 1024;   /* a unary reply: a small malloc */
         while (cap < st->rlen + len)
@@ -1346,11 +1350,10 @@ void wg_h2_stream_hold_window(struct wg_h2_stream *st)
 
 void wg_h2_stream_release(struct wg_h2_stream *st, size_t n)
 {
-    struct h2_conn *c = st->c;
-    if (!n || !st->hold || !c || !c->s || st->id <= 0 || st->closed)
+    if (!st->hold)
         return;
-    nghttp2_session_consume_stream(c->s, st->id, n);
-    conn_kick(c);                       /* the WINDOW_UPDATE */
+    stream_reopen(st, n);
+    conn_kick(st->c);                   /* the WINDOW_UPDATE */
 }
 
 void wg_h2_stream_reset(struct wg_h2_stream *st, uint32_t error)

@@ -33,8 +33,9 @@
  *    waygate; the connection's window reopens as soon as bytes are read
  *    (those the exchange did not take wait in the stream's buffer, for that
  *    stream's client alone), so that streams whose clients read nothing
- *    hold their own windows, not the connection's; request bodies go through a bounded per-stream buffer
- *    (WG_H2_BODY_BUF) and a deferred data provider: wg_h2_stream_write()
+ *    hold their own windows, not the connection's; request bodies go
+ *    through a bounded per-stream buffer (WG_H2_BODY_BUF) and a deferred
+ *    data provider: wg_h2_stream_write()
  *    takes what fits and ops->writable says when more fits. Over h2c the
  *    buffer's bytes are written from where they are (WG_H2_LEND_MIN): it
  *    is neither moved nor reused until they are out, and one whose stream

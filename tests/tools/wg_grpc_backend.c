@@ -127,19 +127,18 @@ static int append(struct stream *st, const void *data, size_t n)
     return 0;
 }
 
-/* Writes what a partial write left; true once nothing is pending. */
-static bool flush_pending(struct conn *c)
+/* Writes what a partial write left, as much as the socket takes. */
+static void flush_pending(struct conn *c)
 {
     while (c->pend_off < c->pend_len) {
         ssize_t n = send(c->fd, c->pend + c->pend_off, c->pend_len - c->pend_off, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
-            return false;       /* EAGAIN: later; an error shows on the next read */
+            return;             /* EAGAIN: later; an error shows on the next read */
         c->pend_off += (size_t)n;
     }
     c->pend_off = c->pend_len = 0;
-    return true;
 }
 
 static int keep_pending(struct conn *c, const struct iovec *iov, int iovcnt, size_t skip)
