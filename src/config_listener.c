@@ -558,6 +558,7 @@ static const struct cfg_key http_keys[] = {
     { "send_timeout", cfg_p_duration, LF(http.send_timeout_ms), 1, DMAX, NULL },
     { "tunnel_idle_timeout", cfg_p_duration, LF(http.tunnel_idle_timeout_ms), 1, DMAX, NULL },
     { "allow_underscores", cfg_p_bool, LF(http.allow_underscores), 0, 0, NULL },
+    { "tcp_notsent_lowat", cfg_p_size, LF(http.tcp_notsent_lowat), 0, 64 << 20, NULL },
 };
 static const struct cfg_table http_table = CFG_TABLE("listener http", http_keys);
 
@@ -608,6 +609,7 @@ static bool listener_init(struct cfg_ctx *c, struct wg_listener_config *l)
     l->http.max_concurrent_streams = 100;
     l->http.h2_max_resets = 100;
     l->http.h2_max_control_frames = 1000;
+    l->http.tcp_notsent_lowat = 128 * 1024;
     l->tls.min_version = 12;
     l->tls.handshake_timeout_ms = 10000;
     l->tls.verify = WG_VERIFY_NONE;

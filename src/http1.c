@@ -17,6 +17,7 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -763,6 +764,9 @@ void wg_http_proxy_accept(struct wg_worker *w, const struct wg_listener *l, int 
                  c->ds.r->lc->name, c->ds.client_ip);
         c->ds.dead = true;
     } else {
+        int lowat = (int)c->ds.r->lc->http.tcp_notsent_lowat;
+        if (lowat)          /* what waits unsent in the kernel: docs/configuration.md */
+            setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof lowat);
         c->need_proxy = c->ds.r->lc->proxy_protocol;
         c->h2c = c->ds.r->lc->http.h2c && !c->ds.r->lc->tls.enabled;
         tls_accept(c, fd);

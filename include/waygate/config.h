@@ -185,6 +185,7 @@ struct wg_listener_config {
         unsigned h2_max_resets;     /* client RST_STREAMs per second per connection */
         unsigned h2_max_control_frames;     /* SETTINGS/PING/WINDOW_UPDATE/PRIORITY/empty
                                                DATA per second per connection */
+        uint64_t tcp_notsent_lowat; /* client sockets' TCP_NOTSENT_LOWAT; 0 = the kernel's */
     } http;
     struct {
         bool enabled;               /* certificates present */

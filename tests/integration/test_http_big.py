@@ -3,6 +3,7 @@ waygate's RSS bounded: bodies are never buffered whole. Checksums compare
 what went in with what came out."""
 
 import hashlib
+import socket
 import threading
 import time
 
@@ -90,3 +91,49 @@ def test_download_one_gib_rss_bounded():
         assert got == total
         if not SANITIZED:
             assert peak - rss0 < 16 * 1024, (rss0, peak)
+
+
+def send_queue(local_port, remote_port):
+    """Bytes the kernel holds for the TCP socket local_port -> remote_port
+    that its peer has not acknowledged (/proc/net/tcp's tx_queue, what `ss`
+    shows as Send-Q), or None when there is no such socket."""
+    with open("/proc/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            if (int(fields[1].rsplit(":", 1)[1], 16) == local_port and
+                    int(fields[2].rsplit(":", 1)[1], 16) == remote_port):
+                return int(fields[4].split(":")[0], 16)
+    return None
+
+
+def unsent_to_a_client_that_reads_nothing(lowat):
+    """waygate's Send-Q toward a client that asked for 64 MiB and reads
+    none of it, once it stops growing."""
+    with Harness() as h:
+        wg, _ = start(h, http=None if lowat is None else {"tcp_notsent_lowat": lowat})
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.settimeout(10)
+        try:
+            s.connect(("127.0.0.1", wg.port()))
+            s.sendall(b"GET /bytes?n=%d HTTP/1.1\r\nHost: a\r\n\r\n" % (64 * MIB))
+            me = s.getsockname()[1]
+            last, steady, deadline = -1, 0, time.monotonic() + 20
+            while steady < 5 and time.monotonic() < deadline:
+                time.sleep(0.1)
+                q = send_queue(wg.port(), me)
+                steady = steady + 1 if q == last else 0
+                last = q
+            assert steady >= 5, "Send-Q still moving after 20 s: %r" % last
+            return last
+        finally:
+            s.close()
+
+
+def test_tcp_notsent_lowat_bounds_what_waits_in_the_kernel():
+    # The default 128k: what the client has not read stays in waygate (and
+    # the upstream), not in the socket, a write at most beyond the mark.
+    bounded = unsent_to_a_client_that_reads_nothing(None)
+    unbounded = unsent_to_a_client_that_reads_nothing("0")
+    assert bounded < 384 * 1024, (bounded, unbounded)
+    assert unbounded > 2 * bounded, (bounded, unbounded)

@@ -400,6 +400,9 @@ static const struct { const char *yaml, *error; } bad[] = {
       "    http: { max_concurrent_streams: 0 }\n    routes: [{ service: s }]\n",
       "t.yaml:5:37: max_concurrent_streams: out of range (1..100000), got '0'" },
     { "listeners:\n  - name: h\n    listen: 127.0.0.1:8080\n    mode: http\n"
+      "    http: { tcp_notsent_lowat: 65m }\n    routes: [{ service: s }]\n",
+      "t.yaml:5:32: tcp_notsent_lowat: out of range (0..67108864 bytes), got '65m'" },
+    { "listeners:\n  - name: h\n    listen: 127.0.0.1:8080\n    mode: http\n"
       "    http: { h2_max_reset_per_second: 5 }\n    routes: [{ service: s }]\n",
       "t.yaml:5:13: unknown key 'h2_max_reset_per_second' in listener http (did you mean 'h2_max_resets_per_second'?)" },
     /* routes */
